@@ -1,0 +1,43 @@
+"""requests-smartretry: deadlines, classified retries, backoff, circuit breaking and retry
+budgets for ``requests`` sessions.
+
+::
+
+    from requests_smartretry import smart_session
+
+    session = smart_session(max_retries=1, timeout=30.0, operation_name="生成艺术照")
+    response = session.post("https://api.example.com/v1/tasks", json={"prompt": "..."})
+"""
+
+from .adapter import SmartRetryAdapter, smart_session
+from .classify import Classification
+from .errors import (
+    AdapterClosedError,
+    AttemptDeadlineExceeded,
+    CircuitOpenError,
+    SmartRetryError,
+    attempt_history,
+)
+from .events import AttemptEvent, EventKind, Verdict
+from .log import LoggingHook
+from .policy import RetryPolicy
+from .testing import set_testing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterClosedError",
+    "AttemptDeadlineExceeded",
+    "AttemptEvent",
+    "CircuitOpenError",
+    "Classification",
+    "EventKind",
+    "LoggingHook",
+    "RetryPolicy",
+    "SmartRetryAdapter",
+    "SmartRetryError",
+    "Verdict",
+    "attempt_history",
+    "set_testing",
+    "smart_session",
+]

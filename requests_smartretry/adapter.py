@@ -1,0 +1,505 @@
+"""SmartRetryAdapter: the ``requests`` transport adapter that retries, with deadlines.
+
+Mount it once and every request through the session gets a wall-clock deadline per
+attempt, classified retries with capped backoff, the seed's log lines and an event per
+attempt for statistics, the breaker and the budget::
+
+    session = requests.Session()
+    session.mount("https://", SmartRetryAdapter(max_retries=1, timeout=30.0,
+                                                operation_name="生成艺术照"))
+
+Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vendor codes),
+:meth:`SmartRetryAdapter.prepare_attempt` (per-attempt signing),
+:meth:`SmartRetryAdapter.operation_for` and :meth:`SmartRetryAdapter.service_for`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import numbers
+import time
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+import urllib3.connectionpool
+from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout as Urllib3Timeout
+
+from .backoff import parse_retry_after
+from .classify import Classification, classify_exception, classify_status
+from .deadline import active_watch, current_scope, watch
+from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
+from .errors import AdapterClosedError, AttemptDeadlineExceeded, attach_history
+from .events import Hook, Verdict
+from .log import LoggingHook
+from .policy import RetryPolicy
+from .redact import redact_text, redact_url
+
+__all__ = ["SmartRetryAdapter", "smart_session"]
+
+_log = logging.getLogger("requests_smartretry")
+
+TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
+
+# urllib3 refuses a zero socket timeout; an attempt with less left than this is cut at once.
+_MIN_SOCKET_TIMEOUT = 0.001
+
+
+class _WatchedPoolMixin:
+    """Attaches each connection to the attempt's deadline watch while it carries the
+    attempt, and detaches it before it returns to the pool (where another thread may take
+    it), so the watchdog can only ever cut the attempt it belongs to."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        current = active_watch()
+        if current is not None:
+            current.attach(conn)
+        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            owner = conn.__dict__.pop("_smartretry_watch", None)
+            if owner is not None:
+                owner.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+# Named as urllib3's own classes so that error messages read exactly as without us.
+class HTTPConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
+    """urllib3's pool, with connections watched for the attempt deadline."""
+
+
+class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
+    """urllib3's TLS pool, with connections watched for the attempt deadline."""
+
+
+_POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+class _BodyReplay:
+    """Whether (and how) a request body can be sent again."""
+
+    __slots__ = ("body", "position", "replayable")
+
+    def __init__(self, request: requests.PreparedRequest) -> None:
+        body = request.body
+        self.body = body
+        self.position: Optional[int] = None
+        if body is None or isinstance(body, (bytes, bytearray, str)):
+            self.replayable = True
+        elif hasattr(body, "seek") and hasattr(body, "tell"):
+            position = getattr(request, "_body_position", None)
+            if not isinstance(position, int):
+                try:
+                    position = body.tell()
+                except (OSError, ValueError):
+                    position = None
+            self.position = position if isinstance(position, int) else None
+            self.replayable = self.position is not None
+        else:  # generators, iterators, unseekable streams
+            self.replayable = False
+
+    def rewind(self) -> None:
+        if self.position is not None:
+            try:
+                self.body.seek(self.position)  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                self.replayable = False
+
+
+def _resolve_timeouts(
+    timeout: TimeoutArg, policy: RetryPolicy
+) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(connect, read, attempt total) in seconds.  ``None`` from requests' default means
+    the policy's; the caller's explicit value wins.  A ``(connect, read)`` tuple bounds the
+    attempt by ``connect + read``."""
+    if timeout is None:
+        total = policy.timeout
+        return (policy.connect_timeout or total, total, total)
+    if isinstance(timeout, Urllib3Timeout):
+        connect, read = timeout.connect_timeout, timeout.read_timeout
+        connect = None if connect is Urllib3Timeout.DEFAULT_TIMEOUT else connect
+        read = None if read is Urllib3Timeout.DEFAULT_TIMEOUT else read
+        total = timeout.total
+        if total is None and connect is not None and read is not None:
+            total = connect + read
+        return (_seconds("timeout connect", connect), _seconds("timeout read", read),
+                _seconds("timeout total", total))
+    if isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise ValueError(
+                f"timeout must be a number or a (connect, read) tuple, got {timeout!r}"
+            )
+        connect = _seconds("timeout connect", timeout[0])
+        read = _seconds("timeout read", timeout[1])
+        total = None if connect is None or read is None else connect + read
+        return (connect, read, total)
+    seconds = _seconds("timeout", timeout)
+    return (seconds, seconds, seconds)
+
+
+def _seconds(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
+    """Carry a ``urllib3.Retry`` over (the migration path from ``HTTPAdapter``)."""
+    total = retry.total if isinstance(retry.total, int) and not isinstance(retry.total, bool) \
+        else None
+    counts = [c for c in (total, retry.connect, retry.read, retry.status)
+              if isinstance(c, int) and not isinstance(c, bool)]
+    derived: dict[str, Any] = {"max_retries": min(counts) if counts else 1}
+    if retry.backoff_factor:
+        derived["backoff_base"] = float(retry.backoff_factor)
+        cap = getattr(retry, "backoff_max", None) or getattr(Retry, "DEFAULT_BACKOFF_MAX", 120)
+        derived["backoff_max"] = max(float(cap), float(retry.backoff_factor))
+    if retry.status_forcelist:
+        derived["retry_statuses"] = frozenset(retry.status_forcelist)
+    methods = getattr(retry, "allowed_methods", None) or getattr(retry, "method_whitelist", None)
+    if methods:
+        derived["idempotent_methods"] = frozenset(methods)
+    derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
+    derived.update(changes)
+    return RetryPolicy(**derived)
+
+
+class SmartRetryAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` that gives every request a deadline and classified retries.
+
+    Example::
+
+        adapter = SmartRetryAdapter(max_retries=1, timeout=30.0, operation_name="生成艺术照",
+                                    on_retry=lambda attempt, error: print(attempt, error))
+        session = requests.Session()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+
+    Pass either ``policy=RetryPolicy(...)`` or the policy's keywords (``max_retries``,
+    ``timeout``, ``backoff_base``…); keywords given with ``policy=`` override it.  A
+    ``urllib3.Retry`` passed as ``max_retries`` is converted (migration from
+    ``HTTPAdapter(max_retries=Retry(...))``).
+
+    Deadlines: with ``stream=False`` (the default) the body is read inside the attempt, so
+    the attempt's wall-clock deadline covers connect, send, headers and body.  With
+    ``stream=True`` the deadline covers up to the headers; each later read of the body
+    keeps the per-read timeout (the policy's ``timeout``, or the read part of yours).
+
+    Thread safety: the adapter holds only the immutable policy and thread-safe
+    collaborators (breaker, budget, stats), so one session may serve many threads.
+    """
+
+    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012 - requests' own convention "policy", "breaker", "budget", "extra_hooks",
+                 "_sleep", "_clock"]
+
+    policy: RetryPolicy
+
+    def __init__(
+        self,
+        policy: Optional[RetryPolicy] = None,
+        *,
+        breaker: Optional[BreakerGate] = None,
+        budget: Optional[BudgetGate] = None,
+        hooks: tuple[Hook, ...] = (),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+        **policy_options: Any,
+    ) -> None:
+        unknown = set(policy_options) - RetryPolicy.field_names()
+        if unknown:
+            raise TypeError(
+                f"SmartRetryAdapter got unexpected keyword(s): {', '.join(sorted(unknown))}"
+            )
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
+        if isinstance(policy_options.get("max_retries"), Retry):
+            legacy = policy_options.pop("max_retries")
+            policy = _policy_from_urllib3(legacy, policy_options)
+        elif policy is None:
+            policy = RetryPolicy(**policy_options)
+        elif policy_options:
+            policy = policy.replace(**policy_options)
+        for name, fn in (("sleep", sleep), ("clock", clock)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
+        hooks = (hooks,) if callable(hooks) else tuple(hooks)
+        for hook in hooks:
+            if not callable(hook):
+                raise TypeError(f"hooks must contain callables, got {hook!r}")
+        self.policy = policy
+        self.breaker = breaker
+        self.budget = budget
+        self.extra_hooks = hooks
+        self._sleep = sleep
+        self._clock = clock
+        self._closed = False
+        super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize,
+                         max_retries=0, pool_block=pool_block)
+        self._hooks = self._build_hooks()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(policy={self.policy!r})"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._closed = False
+        super().__setstate__(state)
+        self._hooks = self._build_hooks()
+
+    def _build_hooks(self) -> tuple[Hook, ...]:
+        hooks: list[Hook] = []
+        if self.policy.log:
+            hooks.append(LoggingHook(self.policy.lang, backoff_max=self.policy.backoff_max))
+        hooks.extend(self.policy.hooks)
+        hooks.extend(self.extra_hooks)
+        hooks.extend(g for g in (self.breaker, self.budget) if g is not None)
+        return tuple(hooks)
+
+    # -- pools -----------------------------------------------------------------------
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Create the pool manager with pools that let the watchdog enforce deadlines."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """As ``HTTPAdapter``'s, with watched pools (SOCKS pools keep per-read timeouts)."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        return manager
+
+    def close(self) -> None:
+        """Release every pooled connection; the adapter refuses to send afterwards."""
+        self._closed = True
+        super().close()
+
+    # -- hooks for subclasses ---------------------------------------------------------
+
+    def operation_for(self, request: requests.PreparedRequest) -> str:
+        """The operation name in log lines: the policy's, a preset's, or ``METHOD host/path``."""
+        policy = self.policy
+        if policy.operation_name:
+            return policy.operation_name
+        if policy.name_request is not None:
+            try:
+                name = policy.name_request(request)
+            except Exception:
+                _log.exception("requests_smartretry: name_request hook failed")
+                name = None
+            if name:
+                return name
+        parts = urlsplit(request.url or "")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return f"{request.method or 'GET'} {host}{parts.path or '/'}"
+
+    def service_for(self, request: requests.PreparedRequest) -> str:
+        """The breaker/budget key: the policy's ``service``, or ``scheme://host``."""
+        if self.policy.service:
+            return self.policy.service
+        parts = urlsplit(request.url or "")
+        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+    def is_idempotent(self, request: requests.PreparedRequest) -> bool:
+        """Whether repeating ``request`` after it reached the server is safe."""
+        if (request.method or "GET").upper() in self.policy.idempotent_methods:
+            return True
+        if "Idempotency-Key" in request.headers:
+            return True
+        rule = self.policy.idempotent
+        if callable(rule):
+            try:
+                return bool(rule(request))
+            except Exception:
+                _log.exception("requests_smartretry: idempotent rule failed; assuming not")
+                return False
+        return rule
+
+    def classify_response(self, response: requests.Response) -> Classification:
+        """The verdict on a response: the policy's vendor hook first, then the status table,
+        with ``Retry-After`` attached for retryable verdicts."""
+        verdict: Optional[Classification] = None
+        hook = self.policy.classify_response
+        if hook is not None:
+            try:
+                verdict = hook(response)
+            except Exception:
+                _log.exception("requests_smartretry: classify_response hook failed; "
+                               "using the status table")
+        if verdict is None:
+            verdict = classify_status(response.status_code, self.policy.retry_statuses)
+        if verdict.retryable and verdict.retry_after is None:
+            asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+            if asked is not None:
+                verdict = dataclasses.replace(verdict, retry_after=asked)
+        return verdict
+
+    def prepare_attempt(
+        self, request: requests.PreparedRequest, attempt: int
+    ) -> requests.PreparedRequest:
+        """The request to send as attempt ``attempt``: the policy's hook (signing) applied to
+        a copy, so each attempt is signed afresh and the caller's request is untouched."""
+        hook = self.policy.prepare_attempt
+        if hook is None:
+            return request
+        copy = request.copy()
+        return hook(copy, attempt) or copy
+
+    # -- the send loop ------------------------------------------------------------------
+
+    def send(  # type: ignore[override]
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: TimeoutArg = None,
+        verify: Union[bool, str] = True,
+        cert: Any = None,
+        proxies: Optional[dict[str, str]] = None,
+    ) -> requests.Response:
+        """Send ``request`` with retries; returns the last response or raises the last
+        transport error (its ``requests`` type, with ``retry_history`` attached)."""
+        if self._closed:
+            raise AdapterClosedError(
+                "this SmartRetryAdapter was closed (session.close()); mount a new one",
+                request=request,
+            )
+        connect_s, read_s, total_s = _resolve_timeouts(timeout, self.policy)
+        call = CallInfo(
+            operation=self.operation_for(request),
+            service=self.service_for(request),
+            method=request.method,
+            url=redact_url(request.url or ""),
+        )
+        idempotent = self.is_idempotent(request)
+        replay = _BodyReplay(request)
+        previous: list[requests.Response] = []
+
+        def attempt(number: int) -> Outcome[requests.Response]:
+            for stale in previous:  # a retry discards the last failed response
+                stale.close()
+            previous.clear()
+            if number > 1:
+                replay.rewind()
+            outcome = self._attempt(self.prepare_attempt(request, number), stream,
+                                    (connect_s, read_s, total_s), verify, cert, proxies)
+            if outcome.value is not None:
+                previous.append(outcome.value)
+            return dataclasses.replace(outcome, veto=self._veto(outcome, idempotent, replay))
+
+        finished = run_call(self.policy, call, attempt, hooks=self._hooks,
+                            breaker=self.breaker, budget=self.budget, sleep=self._sleep,
+                            clock=self._clock)
+        return self._finish(finished)
+
+    def _attempt(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool,
+        timeouts: tuple[Optional[float], Optional[float], Optional[float]],
+        verify: Union[bool, str],
+        cert: Any,
+        proxies: Optional[dict[str, str]],
+    ) -> Outcome[requests.Response]:
+        connect_s, read_s, total_s = timeouts
+        scope = current_scope()
+        left = scope.remaining() if scope is not None else None
+        if left is not None:
+            total_s = left if total_s is None else min(total_s, left)
+        if total_s is not None:
+            if total_s <= _MIN_SOCKET_TIMEOUT:
+                error = AttemptDeadlineExceeded(
+                    "no time left for this attempt (enclosing deadline)", request=request)
+                return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
+                               error=error, signal=error)
+            connect_s = total_s if connect_s is None else min(connect_s, total_s)
+        with watch(total_s) as deadline:
+            try:
+                response = super().send(request, stream=True, timeout=(connect_s, read_s),
+                                        verify=verify, cert=cert, proxies=proxies)
+                if not stream:
+                    response.content  # noqa: B018 - read the body inside the deadline
+            except Exception as exc:
+                error: BaseException = exc
+                if deadline is not None and deadline.fired:
+                    error = self._deadline_error(total_s, request)
+                    error.__cause__ = exc
+                return Outcome(classify_exception(error), error=error, signal=error)
+        if deadline is not None and deadline.fired:
+            response.close()
+            error = self._deadline_error(total_s, request)
+            return Outcome(classify_exception(error), error=error, signal=error)
+        verdict = self.classify_response(response)
+        if verdict.verdict is Verdict.SUCCESS:
+            return Outcome(verdict, value=response, status_code=response.status_code)
+        signal = requests.HTTPError(
+            f"{response.status_code} {verdict.reason} for {redact_url(request.url or '')}",
+            request=request, response=response)
+        return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
+
+    @staticmethod
+    def _deadline_error(
+        total_s: Optional[float], request: requests.PreparedRequest
+    ) -> AttemptDeadlineExceeded:
+        return AttemptDeadlineExceeded(
+            f"attempt deadline of {total_s:g}s passed (connect + send + headers + body)",
+            request=request,
+        )
+
+    @staticmethod
+    def _veto(
+        outcome: Outcome[requests.Response], idempotent: bool, replay: _BodyReplay
+    ) -> Optional[str]:
+        verdict = outcome.classification
+        if not verdict.retryable:
+            return None
+        if verdict.sent and not replay.replayable:
+            return "not_replayable"
+        if not verdict.safe_to_repeat and not idempotent:
+            return "unsafe"
+        return None
+
+    def _finish(self, finished: Finished[requests.Response]) -> requests.Response:
+        outcome = finished.outcome
+        if outcome.error is not None:
+            error = outcome.error
+            text = str(error)
+            clean = redact_text(text)
+            if clean != text:
+                error.args = (clean,)
+            note = None
+            if finished.give_up_reason not in (None, "exhausted", "not_retryable"):
+                note = f"requests_smartretry: not retried ({finished.give_up_reason})"
+            attach_history(error, finished.history, note)
+            raise error
+        response = outcome.value
+        assert response is not None
+        response.retry_history = finished.history  # type: ignore[attr-defined]
+        return response
+
+
+def smart_session(
+    policy: Optional[RetryPolicy] = None, **options: Any
+) -> requests.Session:
+    """A ``requests.Session`` with one :class:`SmartRetryAdapter` mounted on both schemes.
+
+    Example::
+
+        session = smart_session(max_retries=1, timeout=30.0, operation_name="生成艺术照")
+        response = session.get("https://example.com/api")
+        adapter = session.get_adapter("https://")   # adapter.policy, adapter.stats
+    """
+    adapter = SmartRetryAdapter(policy, **options)
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session

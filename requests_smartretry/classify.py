@@ -1,0 +1,181 @@
+"""The classification table: what one attempt's exception or response means.
+
+Read top to bottom: the first row that matches any exception in the cause chain wins, so
+the most specific facts (an errno, a DNS failure) come before the generic wrappers that
+urllib3 and requests put around them.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import requests
+import urllib3.exceptions as u3
+
+from .errors import AttemptDeadlineExceeded
+from .events import Verdict
+
+__all__ = [
+    "Classification",
+    "classify_exception",
+    "classify_message",
+    "classify_status",
+    "walk_causes",
+]
+
+_MAX_CHAIN = 64
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on one attempt, and the facts that decide whether a retry is safe.
+
+    Example::
+
+        Classification(Verdict.SERVER_ERROR, "HTTP 500 SYSTEM_ERROR", sent=True)
+    """
+
+    verdict: Verdict
+    #: Short machine-readable reason (``ECONNREFUSED``, ``HTTP 503``, a vendor code...).
+    reason: str
+    #: Whether the request may have reached the server.  ``False`` means nothing was sent,
+    #: so a retry is safe whatever the method.
+    sent: bool = True
+    #: Whether the server may have acted on it.  429 and 503 say it did not.
+    server_acted: bool = True
+    #: Seconds the server asked to wait (``Retry-After``), when it said so.
+    retry_after: Optional[float] = None
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the verdict is one a retry may fix (safety is decided separately)."""
+        return self.verdict.retryable
+
+    @property
+    def safe_to_repeat(self) -> bool:
+        """True when repeating cannot duplicate a side effect, whatever the method."""
+        return not self.sent or not self.server_acted
+
+
+SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
+
+
+def walk_causes(exc: BaseException) -> Iterator[BaseException]:
+    """Every exception reachable from ``exc``: itself, ``__cause__``, ``__context__``,
+    urllib3's ``reason`` and exceptions passed as arguments (as requests does), breadth
+    first, each once, at most 64."""
+    seen: set[int] = set()
+    queue: deque[BaseException] = deque([exc])
+    while queue and len(seen) < _MAX_CHAIN:
+        node = queue.popleft()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        linked = [node.__cause__, node.__context__, getattr(node, "reason", None)]
+        linked.extend(a for a in getattr(node, "args", ()) if isinstance(a, BaseException))
+        queue.extend(x for x in linked if isinstance(x, BaseException) and id(x) not in seen)
+
+
+def _errno_in(*codes: int) -> Callable[[BaseException], bool]:
+    wanted = frozenset(codes)
+    return lambda e: isinstance(e, OSError) and e.errno in wanted
+
+
+def _is_dns_failure(e: BaseException) -> bool:
+    name_resolution = getattr(u3, "NameResolutionError", ())  # urllib3 >= 2
+    return isinstance(e, socket.gaierror) or (
+        bool(name_resolution) and isinstance(e, name_resolution)
+    )
+
+
+def _is_connect_timeout(e: BaseException) -> bool:
+    # urllib3 makes NewConnectionError a subclass of ConnectTimeoutError; only the real
+    # timeout counts here (requests draws the same line).
+    return isinstance(e, requests.exceptions.ConnectTimeout) or (
+        isinstance(e, u3.ConnectTimeoutError) and not isinstance(e, u3.NewConnectionError)
+    )
+
+
+def _is_tls_verification(e: BaseException) -> bool:
+    return isinstance(e, (ssl.SSLCertVerificationError, ssl.CertificateError))
+
+
+_CHUNKED = requests.exceptions.ChunkedEncodingError
+
+# (predicate, verdict, reason, sent).  First match over the whole cause chain wins.
+_EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, bool], ...] = (
+    (lambda e: isinstance(e, AttemptDeadlineExceeded), Verdict.TIMEOUT, "deadline", True),
+    (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
+    (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
+    (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", False),
+    (_errno_in(errno.ENETUNREACH, errno.EHOSTUNREACH), Verdict.NETWORK, "EHOSTUNREACH", False),
+    (_is_connect_timeout, Verdict.NETWORK, "ETIMEDOUT", False),
+    (_errno_in(errno.ETIMEDOUT), Verdict.NETWORK, "ETIMEDOUT", False),
+    (_errno_in(errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED), Verdict.NETWORK,
+     "ECONNRESET", True),
+    (lambda e: isinstance(e, (u3.ReadTimeoutError, requests.exceptions.ReadTimeout,
+                              socket.timeout, TimeoutError)),
+     Verdict.TIMEOUT, "read_timeout", True),
+    (lambda e: isinstance(e, (u3.ProtocolError, _CHUNKED, ConnectionError)), Verdict.NETWORK,
+     "ECONNRESET", True),
+    (lambda e: isinstance(e, u3.NewConnectionError), Verdict.NETWORK, "connect_failed", False),
+    (lambda e: isinstance(e, requests.exceptions.SSLError), Verdict.NETWORK, "TLS error", True),
+    (lambda e: isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                              requests.exceptions.InvalidSchema,
+                              requests.exceptions.InvalidHeader,
+                              requests.exceptions.TooManyRedirects)),
+     Verdict.PERMANENT, "invalid request", False),
+    (lambda e: isinstance(e, requests.exceptions.ConnectionError), Verdict.NETWORK,
+     "connection_error", True),
+)
+
+
+def classify_exception(exc: BaseException) -> Classification:
+    """Classify a transport exception by walking its cause chain through the table.
+
+    Anything the table does not know (a ``ValueError`` from a bad body, the caller's own
+    errors) is ``BUSINESS``: never retried.
+    """
+    chain = list(walk_causes(exc))
+    for predicate, verdict, reason, sent in _EXCEPTION_TABLE:
+        if any(predicate(node) for node in chain):
+            return Classification(verdict, reason, sent=sent)
+    return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)
+
+
+_TIMEOUT_WORDS = ("超时", "timeout", "timed out")
+
+
+def classify_message(exc: BaseException) -> Optional[Classification]:
+    """The seed's last rule, for the callable API: a message mentioning 超时 / timeout is a
+    retryable timeout."""
+    text = str(exc).lower()
+    if any(word in text for word in _TIMEOUT_WORDS):
+        return Classification(Verdict.TIMEOUT, "timeout (message)", sent=True)
+    return None
+
+
+def classify_status(status: int, retry_statuses: frozenset[int]) -> Classification:
+    """The HTTP-status column of the table: 429 and 5xx (as configured) retry, 4xx do not.
+
+    429 and 503 tell the client that the server did not act on the request, so even a POST
+    may be repeated.
+    """
+    reason = f"HTTP {status}"
+    if status < 400 and status not in retry_statuses:
+        return SUCCESS
+    if status == 429:
+        verdict = Verdict.RATE_LIMIT if status in retry_statuses else Verdict.CLIENT_ERROR
+        return Classification(verdict, reason, server_acted=False)
+    if status in retry_statuses:
+        return Classification(Verdict.SERVER_ERROR, reason, server_acted=status != 503)
+    if status >= 500:
+        return Classification(Verdict.PERMANENT, reason)
+    return Classification(Verdict.CLIENT_ERROR, reason)

@@ -1,0 +1,212 @@
+"""The retry loop, shared by the HTTP adapter and the callable API.
+
+The loop knows nothing of HTTP: an *attempt function* performs one attempt and returns an
+:class:`Outcome` (its classification, its value or error, and whether repeating it is
+safe); the loop decides, waits and emits one event per step to the hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+
+from . import testing as _testing
+from .backoff import backoff_delay
+from .classify import Classification
+from .deadline import current_scope
+from .errors import CircuitOpenError
+from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, next_call_id
+from .policy import RetryPolicy
+
+__all__ = ["BreakerGate", "BudgetGate", "CallInfo", "Finished", "Outcome", "run_call"]
+
+T = TypeVar("T")
+_log = logging.getLogger("requests_smartretry")
+
+
+class BreakerGate(Protocol):
+    """What the loop asks of a circuit breaker (it also receives every event as a hook)."""
+
+    def before_attempt(self, service: str) -> None:
+        """Raise :class:`CircuitOpenError` to refuse an attempt on ``service``."""
+
+    def __call__(self, event: AttemptEvent) -> None: ...
+
+
+class BudgetGate(Protocol):
+    """What the loop asks of a retry budget (it also receives every event as a hook)."""
+
+    def allow_retry(self, service: str) -> bool:
+        """Spend from the budget for one retry on ``service``; ``False`` when spent."""
+
+    def __call__(self, event: AttemptEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the events say about the call: its name, service key, method and URL."""
+
+    operation: str
+    service: str
+    method: Optional[str] = None
+    url: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """The result of one attempt, as the attempt function reports it."""
+
+    classification: Classification
+    #: The attempt's value (a Response, a return value); kept even for failed statuses.
+    value: Optional[T] = None
+    #: The exception the attempt raised, re-raised if the call ends on it.
+    error: Optional[BaseException] = None
+    #: The failure as ``on_retry`` and the events see it (an ``HTTPError`` for a response).
+    signal: Optional[BaseException] = None
+    status_code: Optional[int] = None
+    #: Set when the attempt knows that repeating it is not allowed ("unsafe",
+    #: "not_replayable"), whatever the verdict.
+    veto: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Finished(Generic[T]):
+    """How the call ended: the last attempt's outcome and every event of the call."""
+
+    outcome: Outcome[T]
+    history: tuple[AttemptEvent, ...] = field(default=())
+    give_up_reason: Optional[str] = None
+
+
+def run_call(
+    policy: RetryPolicy,
+    call: CallInfo,
+    attempt: Callable[[int], Outcome[T]],
+    *,
+    hooks: tuple[Hook, ...] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Any = random,
+) -> Finished[T]:
+    """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
+
+    Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
+    other ending, success or failure, comes back as :class:`Finished`.
+    """
+    scope = current_scope()
+    max_attempts = policy.max_attempts
+    if scope is not None and policy.nested == "single":
+        max_attempts = 1  # the enclosing call does the retrying
+    capped = _testing.testing_attempts()
+    if capped is not None:
+        max_attempts = min(max_attempts, capped)
+    wait_for = _testing.sleeper(sleep)
+    call_id = next_call_id()
+    history: list[AttemptEvent] = []
+
+    def emit(kind: EventKind, number: int, **fields: Any) -> AttemptEvent:
+        event = AttemptEvent(
+            kind=kind,
+            operation=call.operation,
+            service=call.service,
+            attempt=number,
+            max_attempts=max_attempts,
+            call_id=call_id,
+            method=call.method,
+            url=call.url,
+            **fields,
+        )
+        history.append(event)
+        dispatch(hooks, event)
+        return event
+
+    previous_wait: Optional[float] = None
+    outcome: Optional[Outcome[T]] = None
+    for number in range(1, max_attempts + 1):
+        if breaker is not None:
+            try:
+                breaker.before_attempt(call.service)
+            except CircuitOpenError as exc:
+                emit(EventKind.REJECTED, number, wait=exc.retry_in, reason="circuit_open",
+                     error=exc)
+                if outcome is None:
+                    exc.retry_history = tuple(history)  # type: ignore[attr-defined]
+                    raise
+                emit(EventKind.GIVE_UP, number - 1, verdict=outcome.classification.verdict,
+                     reason=outcome.classification.reason, give_up_reason="circuit_open")
+                return Finished(outcome, tuple(history), "circuit_open")
+        emit(EventKind.START, number)
+        started = clock()
+        outcome = attempt(number)
+        elapsed = clock() - started
+        verdict = outcome.classification
+        if verdict.verdict is Verdict.SUCCESS:
+            emit(EventKind.SUCCESS, number, verdict=Verdict.SUCCESS, elapsed=elapsed,
+                 status_code=outcome.status_code)
+            return Finished(outcome, tuple(history))
+        emit(EventKind.FAILURE, number, verdict=verdict.verdict, reason=verdict.reason,
+             error=outcome.signal or outcome.error, status_code=outcome.status_code,
+             elapsed=elapsed, retry_after=verdict.retry_after)
+
+        give_up, wait = _decide(policy, verdict, outcome, number, max_attempts, previous_wait,
+                                rng, scope)
+        if give_up is None and budget is not None and not budget.allow_retry(call.service):
+            give_up = "budget"
+        if give_up is not None:
+            emit(EventKind.GIVE_UP, number, verdict=verdict.verdict, reason=verdict.reason,
+                 status_code=outcome.status_code, retry_after=verdict.retry_after,
+                 give_up_reason=give_up)
+            return Finished(outcome, tuple(history), give_up)
+
+        emit(EventKind.RETRY, number, verdict=verdict.verdict, reason=verdict.reason,
+             wait=wait, retry_after=verdict.retry_after)
+        _notify_on_retry(policy, number, outcome.signal or outcome.error)
+        wait_for(wait)
+        previous_wait = wait
+    raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+
+
+def _decide(
+    policy: RetryPolicy,
+    verdict: Classification,
+    outcome: Outcome[Any],
+    number: int,
+    max_attempts: int,
+    previous_wait: Optional[float],
+    rng: Any,
+    scope: Any,
+) -> tuple[Optional[str], float]:
+    """(give-up reason, or None and the seconds to wait before the next attempt)."""
+    if not verdict.retryable:
+        return "not_retryable", 0.0
+    if outcome.veto is not None:
+        return outcome.veto, 0.0
+    if number >= max_attempts:
+        return "exhausted", 0.0
+    wait = backoff_delay(policy, number, previous=previous_wait, rng=rng)
+    if verdict.retry_after is not None and policy.respect_retry_after:
+        if verdict.retry_after > policy.backoff_max:
+            return "retry_after_too_long", 0.0
+        wait = verdict.retry_after
+    if scope is not None:
+        left = scope.remaining()
+        if left is not None and wait >= left:
+            return "deadline", 0.0
+    return None, wait
+
+
+def _notify_on_retry(policy: RetryPolicy, attempt: int, error: Optional[BaseException]) -> None:
+    callback = policy.on_retry
+    if callback is None or error is None:
+        return
+    try:
+        callback(attempt, error)
+    except Exception:
+        # A broken callback must not turn a recoverable failure into a crash.
+        _log.exception("requests_smartretry: on_retry callback %r raised; retrying anyway",
+                       callback)

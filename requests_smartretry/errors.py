@@ -1,0 +1,78 @@
+"""The exception tree: rooted at :class:`SmartRetryError`, leaves also inherit the
+``requests`` class that existing ``except`` clauses already catch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import requests
+
+if TYPE_CHECKING:
+    from .events import AttemptEvent
+
+__all__ = [
+    "AdapterClosedError",
+    "AttemptDeadlineExceeded",
+    "CircuitOpenError",
+    "SmartRetryError",
+    "attempt_history",
+]
+
+_HISTORY_ATTR = "retry_history"
+
+
+class SmartRetryError(requests.RequestException):
+    """Root of every error this library raises itself."""
+
+
+class AttemptDeadlineExceeded(SmartRetryError, requests.exceptions.ReadTimeout):
+    """An attempt passed its wall-clock deadline (connect + send + headers + body).
+
+    It is a ``requests.exceptions.ReadTimeout`` (hence a ``Timeout``), so code that catches
+    requests' timeouts keeps working.
+    """
+
+
+class CircuitOpenError(SmartRetryError, requests.exceptions.ConnectionError):
+    """The circuit breaker for ``service`` is open: the call was refused without touching
+    the network.  ``retry_in`` is the number of seconds until the breaker lets a probe
+    through."""
+
+    def __init__(self, service: str, retry_in: float, *args: Any, **kwargs: Any) -> None:
+        message = (
+            f"circuit breaker for {service!r} is open; next probe in {max(retry_in, 0.0):.3f}s"
+        )
+        super().__init__(message, *args, **kwargs)
+        self.service = service
+        self.retry_in = max(retry_in, 0.0)
+
+
+class AdapterClosedError(SmartRetryError):
+    """The adapter (or the session that owns it) was closed and cannot send."""
+
+
+def attempt_history(exc: BaseException) -> tuple[AttemptEvent, ...]:
+    """The attempt events of the call that raised ``exc`` (empty if it carries none).
+
+    Every exception that leaves a retrying call carries them, whatever its type::
+
+        try:
+            session.get(url)
+        except requests.ConnectionError as exc:
+            for event in attempt_history(exc):
+                print(event.attempt, event.reason)
+    """
+    history = getattr(exc, _HISTORY_ATTR, ())
+    return tuple(history)
+
+
+def attach_history(
+    exc: BaseException, history: tuple[AttemptEvent, ...], note: Optional[str] = None
+) -> None:
+    """Record the attempt history (and a human note) on an exception leaving a call."""
+    try:
+        setattr(exc, _HISTORY_ATTR, history)
+    except AttributeError:  # exceptions with __slots__: history stays unavailable
+        return
+    if note and hasattr(exc, "add_note"):
+        exc.add_note(note)

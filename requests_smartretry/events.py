@@ -1,0 +1,152 @@
+"""The attempt-event stream: one frozen record per step of a call, fed to every hook.
+
+Logging, statistics, the circuit breaker, the retry budget and user callbacks are all
+consumers of this one stream; none of them has a copy of the retry loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+__all__ = ["AttemptEvent", "EventKind", "Hook", "Verdict", "dispatch"]
+
+_log = logging.getLogger("requests_smartretry")
+
+
+class Verdict(str, enum.Enum):
+    """What one attempt's outcome means for the retry decision."""
+
+    SUCCESS = "success"
+    #: Transport failure: refused, reset, DNS, connect timeout.  Retryable.
+    NETWORK = "network"
+    #: The attempt's deadline (or a read timeout) passed.  Retryable.
+    TIMEOUT = "timeout"
+    #: 5xx (or a vendor code meaning "internal error").  Retryable.
+    SERVER_ERROR = "server_error"
+    #: 429 (or a vendor code meaning "slow down").  Retryable, honours Retry-After.
+    RATE_LIMIT = "rate_limit"
+    #: 4xx other than 429.  Never retried.
+    CLIENT_ERROR = "client_error"
+    #: The caller's own error, or a vendor code marked permanent.  Never retried.
+    BUSINESS = "business"
+    #: A transport failure that repeating cannot fix (bad URL, TLS verification).  Never retried.
+    PERMANENT = "permanent"
+
+    @property
+    def retryable(self) -> bool:
+        """True for the verdicts that a retry may fix."""
+        return self in _RETRYABLE
+
+    @property
+    def is_failure(self) -> bool:
+        """True for every verdict but success."""
+        return self is not Verdict.SUCCESS
+
+
+_RETRYABLE = frozenset(
+    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT}
+)
+
+
+class EventKind(str, enum.Enum):
+    """Which step of a call an :class:`AttemptEvent` reports."""
+
+    #: An attempt is about to start.
+    START = "start"
+    #: An attempt succeeded; the call ends.
+    SUCCESS = "success"
+    #: An attempt failed (any non-success verdict).
+    FAILURE = "failure"
+    #: A retry was decided; ``wait`` seconds of backoff follow.
+    RETRY = "retry"
+    #: The call ends on a failure; ``give_up_reason`` says why.
+    GIVE_UP = "give_up"
+    #: The circuit breaker refused the attempt before it touched the network.
+    REJECTED = "rejected"
+
+
+#: Why a failed call was not retried (``AttemptEvent.give_up_reason``).
+GIVE_UP_REASONS = (
+    "exhausted",  # every attempt was used
+    "not_retryable",  # the verdict is not retryable (4xx, business, permanent)
+    "unsafe",  # the request may have reached the server and is not idempotent
+    "not_replayable",  # the body cannot be sent again (generator, unseekable stream)
+    "retry_after_too_long",  # the server asked for a wait above the backoff cap
+    "budget",  # the retry budget is spent
+    "deadline",  # an enclosing deadline leaves no time for the wait
+    "circuit_open",  # the breaker refused the retry
+)
+
+_call_ids = itertools.count(1)
+
+
+def next_call_id() -> int:
+    """A process-unique number that ties together the events of one call."""
+    return next(_call_ids)
+
+
+@dataclass(frozen=True)
+class AttemptEvent:
+    """One immutable record of a step in a call, consumed by every hook.
+
+    Example::
+
+        def print_failures(event: AttemptEvent) -> None:
+            if event.kind is EventKind.FAILURE:
+                print(event.operation, event.attempt, event.verdict)
+
+        session = smart_session(hooks=[print_failures])
+    """
+
+    kind: EventKind
+    operation: str
+    #: The key that the breaker and the budget use (scheme+host, or a preset's vendor name).
+    service: str
+    #: 1-based number of the attempt this event is about.
+    attempt: int
+    max_attempts: int
+    call_id: int
+    verdict: Optional[Verdict] = None
+    #: Short machine-readable reason: ``ECONNREFUSED``, ``ECONNRESET``, ``ENOTFOUND``,
+    #: ``ETIMEDOUT``, ``deadline``, ``read_timeout``, ``HTTP 503``, a vendor code...
+    reason: Optional[str] = None
+    #: The failure as an exception (a 5xx/429 response arrives as ``requests.HTTPError``).
+    error: Optional[BaseException] = field(default=None, compare=False)
+    status_code: Optional[int] = None
+    #: Seconds the attempt took (SUCCESS / FAILURE).
+    elapsed: Optional[float] = None
+    #: Seconds of backoff before the next attempt (RETRY), or until the breaker's next probe
+    #: (REJECTED).
+    wait: Optional[float] = None
+    #: The server's Retry-After, in seconds, when it sent a valid one.
+    retry_after: Optional[float] = None
+    give_up_reason: Optional[str] = None
+    method: Optional[str] = None
+    #: The request URL with secrets redacted.
+    url: Optional[str] = None
+    timestamp: float = field(default_factory=time.time, compare=False)
+
+    @property
+    def retries_left(self) -> int:
+        """Attempts still available after this one."""
+        return self.max_attempts - self.attempt
+
+
+Hook = Callable[[AttemptEvent], None]
+
+
+def dispatch(hooks: Iterable[Hook], event: AttemptEvent) -> None:
+    """Feed ``event`` to every hook; a failing hook is logged and never breaks the call."""
+    for hook in hooks:
+        try:
+            hook(event)
+        except Exception:
+            _log.exception(
+                "requests_smartretry: hook %r failed on a %s event", hook, event.kind.value
+            )

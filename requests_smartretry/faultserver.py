@@ -1,0 +1,297 @@
+"""A small real HTTP/1.1 server on loopback that misbehaves on request.
+
+Used by the demo, the test suite and the benchmarks.  Every behaviour is chosen by the
+request path, so one server serves every scenario at once:
+
+==========================  =====================================================
+``/ok``                     200 with a short body
+``/status/503``             that status (``?retry_after=...`` adds the header)
+``/reset``                  reads the request, then resets the connection (RST)
+``/hang?seconds=5``         reads the request, says nothing for that long
+``/drip?interval=0.1&count=50``  headers, then one body byte per interval
+``/midreset?count=1000``    headers and part of the body, then a reset
+``/big?bytes=10000000``     a large body, as fast as the socket takes it
+``/echo``                   200 with the request body
+``/seq/KEY?steps=reset,503,ok``  the n-th request to KEY does step n (the last repeats)
+==========================  =====================================================
+
+Example::
+
+    with FaultServer() as server:
+        requests.get(server.url("/status/503"))
+        assert server.hits("/status/503") == 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["FaultServer", "RecordedRequest", "unused_port"]
+
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return self.path.split("?", 1)[0]
+
+
+def unused_port() -> int:
+    """A loopback TCP port with nothing listening on it (connections are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+Handler = Callable[["FaultServer", socket.socket, RecordedRequest], None]
+
+
+class FaultServer:
+    """A threaded HTTP/1.1 server on ``127.0.0.1:0`` with scripted faults (see module doc).
+
+    ``handlers`` maps a route prefix to a custom ``handler(server, sock, request)`` for
+    scenarios the paths do not cover (vendor fakes).  Safe to use from many threads.
+    """
+
+    def __init__(self, handlers: Optional[dict[str, Handler]] = None) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port = int(self._listener.getsockname()[1])
+        self.handlers = dict(handlers or {})
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._sequences: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._conns: set[socket.socket] = set()
+        self._acceptor = threading.Thread(target=self._accept, name="faultserver", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> FaultServer:
+        """Start accepting connections."""
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop: close the listener and every open connection, end hanging handlers."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._acceptor.join(timeout=5)
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what the tests read ---------------------------------------------------------------
+
+    def url(self, path: str = "/ok") -> str:
+        """The full URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def hits(self, route: Optional[str] = None) -> int:
+        """How many requests reached the server (for ``route``, a path without query)."""
+        with self._lock:
+            if route is None:
+                return len(self.requests)
+            return sum(1 for r in self.requests if r.route == route)
+
+    def received(self, route: Optional[str] = None) -> list[RecordedRequest]:
+        """The requests received (for ``route``), oldest first."""
+        with self._lock:
+            return [r for r in self.requests if route is None or r.route == route]
+
+    def reset_counts(self) -> None:
+        """Forget recorded requests and sequence positions."""
+        with self._lock:
+            self.requests.clear()
+            self._sequences.clear()
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.add(conn)
+            worker = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            worker.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        try:
+            while not self._stopping.is_set():
+                request = _read_request(reader)
+                if request is None:
+                    return
+                with self._lock:
+                    self.requests.append(request)
+                if not self._respond(conn, request):
+                    return
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            with contextlib.suppress(OSError):
+                reader.close()
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _next_step(self, key: str, steps: list[str]) -> str:
+        with self._lock:
+            index = self._sequences.get(key, 0)
+            self._sequences[key] = index + 1
+        return steps[min(index, len(steps) - 1)]
+
+    def _respond(self, conn: socket.socket, request: RecordedRequest) -> bool:
+        """Answer one request; False closes the connection."""
+        parts = urlsplit(request.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        route = parts.path
+        for prefix, handler in self.handlers.items():
+            if route.startswith(prefix):
+                handler(self, conn, request)
+                return request.headers.get("connection", "").lower() != "close"
+        if route.startswith("/seq/"):
+            step = self._next_step(route, query.get("steps", "ok").split(","))
+        else:
+            step = route.strip("/").split("/", 1)[0]
+            if step == "status":
+                step = route.rsplit("/", 1)[-1]
+        return self._perform(conn, step, query, request)
+
+    def _perform(self, conn: socket.socket, step: str, query: dict[str, str],
+                 request: RecordedRequest) -> bool:
+        if step == "ok":
+            self.send(conn, 200, b"ok")
+        elif step == "echo":
+            self.send(conn, 200, request.body)
+        elif step == "reset":
+            self.reset(conn)
+            return False
+        elif step == "hang":
+            self._stopping.wait(float(query.get("seconds", "30")))
+            return False
+        elif step == "drip":
+            self._drip(conn, float(query.get("interval", "0.1")), int(query.get("count", "50")))
+        elif step == "midreset":
+            count = int(query.get("count", "1000"))
+            conn.sendall(_head(200, {"Content-Length": str(count)}) + b"x" * (count // 2))
+            time.sleep(0.05)
+            self.reset(conn)
+            return False
+        elif step == "big":
+            self._big(conn, int(query.get("bytes", "1000000")))
+        elif step.isdigit():
+            headers = {}
+            if "retry_after" in query:
+                headers["Retry-After"] = query["retry_after"]
+            self.send(conn, int(step), f"status {step}".encode(), headers)
+        else:
+            self.send(conn, 404, b"unknown scenario " + step.encode())
+        return True
+
+    # -- building blocks for custom handlers -------------------------------------------
+
+    def send(self, conn: socket.socket, status: int, body: bytes,
+             headers: Optional[dict[str, str]] = None) -> None:
+        """Write a complete response with a Content-Length."""
+        all_headers = {"Content-Length": str(len(body)), **(headers or {})}
+        conn.sendall(_head(status, all_headers) + body)
+
+    @staticmethod
+    def reset(conn: socket.socket) -> None:
+        """Close ``conn`` with a TCP RST (SO_LINGER 0): the client sees ECONNRESET."""
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def _drip(self, conn: socket.socket, interval: float, count: int) -> None:
+        conn.sendall(_head(200, {"Content-Length": str(count)}))
+        for _ in range(count):
+            if self._stopping.wait(interval):
+                return
+            conn.sendall(b"x")
+
+    @staticmethod
+    def _big(conn: socket.socket, size: int) -> None:
+        conn.sendall(_head(200, {"Content-Length": str(size)}))
+        chunk = b"x" * 65536
+        left = size
+        while left > 0:
+            piece = chunk if left >= len(chunk) else chunk[:left]
+            conn.sendall(piece)
+            left -= len(piece)
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _read_request(reader: Any) -> Optional[RecordedRequest]:
+    line = reader.readline(65537)
+    if not line:
+        return None
+    try:
+        method, path, _version = line.decode("latin-1").split(" ", 2)
+    except ValueError:
+        return None
+    headers: dict[str, str] = {}
+    while True:
+        raw = reader.readline(65537)
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = raw.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if "content-length" in headers:
+        body = reader.read(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        pieces = []
+        while True:
+            size = int(reader.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                reader.readline()
+                break
+            pieces.append(reader.read(size))
+            reader.readline()
+        body = b"".join(pieces)
+    return RecordedRequest(method, path, headers, body)

@@ -1,0 +1,204 @@
+"""The logging hook: the seed's log lines, one per step, through stdlib ``logging``.
+
+::
+
+    [API重试] 生成艺术照 - 第 1 次尝试 (最多 2 次)
+    [API重试] 生成艺术照 - 第 1 次尝试失败: 网络连接超时
+    [API重试] 生成艺术照 - 准备重试 (剩余 1 次机会)
+    [API重试] 生成艺术照 - 等待 1000ms 后重试
+    [API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)
+    [API重试] 生成艺术照 - 第 2 次尝试成功
+
+Each record carries structured ``extra`` fields (``retry_operation``, ``retry_attempt``,
+``retry_verdict``…) for JSON pipelines.  No URL query, header or exception text reaches a
+line: only the operation name and the classification's reason code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from .events import AttemptEvent, EventKind, Verdict
+
+__all__ = ["LoggingHook", "describe_failure", "logger"]
+
+logger = logging.getLogger("requests_smartretry")
+logger.addHandler(logging.NullHandler())
+
+_TEXT = {
+    "zh": {
+        "prefix": "[API重试]",
+        "start": "第 {attempt} 次尝试 (最多 {max_attempts} 次)",
+        "success": "第 {attempt} 次尝试成功",
+        "failure": "第 {attempt} 次尝试失败: {reason}",
+        "retry": "准备重试 (剩余 {left} 次机会)",
+        "wait": "等待 {ms}ms 后重试",
+        "rejected": "熔断器已打开, 请求被拒绝 ({ms}ms 后允许探测)",
+        "exhausted": "已达最大尝试次数 ({max_attempts} 次), 放弃",
+        "not_retryable": "错误不可重试, 放弃",
+        "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
+        "not_replayable": "请求体无法重放 (生成器或不可回退的流), 不重试",
+        "retry_after_too_long": "服务器要求等待 {ms}ms, 超过上限 {cap_ms}ms, 不重试",
+        "budget": "重试预算已用尽, 不重试",
+        "deadline": "剩余时间不足以等待重试, 放弃",
+        "circuit_open": "熔断器已打开, 不重试",
+    },
+    "en": {
+        "prefix": "[API retry]",
+        "start": "attempt {attempt} (of at most {max_attempts})",
+        "success": "attempt {attempt} succeeded",
+        "failure": "attempt {attempt} failed: {reason}",
+        "retry": "retrying ({left} left)",
+        "wait": "waiting {ms}ms before retrying",
+        "rejected": "circuit breaker open, request refused (next probe in {ms}ms)",
+        "exhausted": "all {max_attempts} attempts failed, giving up",
+        "not_retryable": "error is not retryable, giving up",
+        "unsafe": "request may have reached the server and {method} is not idempotent; "
+        "not retrying",
+        "not_replayable": "request body cannot be replayed (generator or unseekable stream); "
+        "not retrying",
+        "retry_after_too_long": "server asked to wait {ms}ms, above the {cap_ms}ms cap; "
+        "not retrying",
+        "budget": "retry budget spent; not retrying",
+        "deadline": "no time left for another attempt; giving up",
+        "circuit_open": "circuit breaker open; not retrying",
+    },
+}
+
+_VERDICT_TEXT = {
+    "zh": {
+        Verdict.TIMEOUT: "网络连接超时",
+        Verdict.NETWORK: "网络错误",
+        Verdict.SERVER_ERROR: "服务器错误",
+        Verdict.RATE_LIMIT: "请求过于频繁",
+        Verdict.CLIENT_ERROR: "客户端错误",
+        Verdict.BUSINESS: "业务错误",
+        Verdict.PERMANENT: "不可重试的错误",
+    },
+    "en": {
+        Verdict.TIMEOUT: "network timeout",
+        Verdict.NETWORK: "network error",
+        Verdict.SERVER_ERROR: "server error",
+        Verdict.RATE_LIMIT: "rate limited",
+        Verdict.CLIENT_ERROR: "client error",
+        Verdict.BUSINESS: "business error",
+        Verdict.PERMANENT: "permanent error",
+    },
+}
+
+_NETWORK_TEXT = {
+    "zh": {
+        "ECONNREFUSED": "连接被拒绝",
+        "ECONNRESET": "连接被重置",
+        "ENOTFOUND": "域名解析失败",
+        "ETIMEDOUT": "网络连接超时",
+        "EHOSTUNREACH": "网络不可达",
+    },
+    "en": {
+        "ECONNREFUSED": "connection refused",
+        "ECONNRESET": "connection reset",
+        "ENOTFOUND": "DNS lookup failed",
+        "ETIMEDOUT": "connect timeout",
+        "EHOSTUNREACH": "network unreachable",
+    },
+}
+
+# Timeouts print as the seed did, with no code after them.
+_PLAIN_TIMEOUT_REASONS = frozenset({"deadline", "read_timeout", "timeout (message)"})
+
+
+def describe_failure(verdict: Optional[Verdict], reason: Optional[str], lang: str) -> str:
+    """The human text for a failed attempt: ``网络连接超时``, ``连接被拒绝 (ECONNREFUSED)``,
+    ``服务器错误 (HTTP 503)``…"""
+    lang = lang if lang in _TEXT else "zh"
+    if verdict is None:
+        return reason or ""
+    if verdict is Verdict.TIMEOUT and (reason is None or reason in _PLAIN_TIMEOUT_REASONS):
+        return _VERDICT_TEXT[lang][Verdict.TIMEOUT]
+    base = _NETWORK_TEXT[lang].get(reason or "") or _VERDICT_TEXT[lang].get(verdict, "")
+    return f"{base} ({reason})" if reason else base
+
+
+def _ms(seconds: Optional[float]) -> int:
+    return round((seconds or 0.0) * 1000)
+
+
+class LoggingHook:
+    """Writes the seed's log lines for every attempt event.
+
+    Example::
+
+        session = smart_session(log=False, hooks=[LoggingHook(lang="en")])
+    """
+
+    def __init__(
+        self,
+        lang: str = "zh",
+        *,
+        backoff_max: Optional[float] = None,
+        logger: logging.Logger = logger,
+    ) -> None:
+        if lang not in _TEXT:
+            raise ValueError(f"lang must be 'zh' or 'en', got {lang!r}")
+        self.lang = lang
+        self.backoff_max = backoff_max
+        self.logger = logger
+
+    def __repr__(self) -> str:
+        return f"LoggingHook(lang={self.lang!r})"
+
+    def __call__(self, event: AttemptEvent) -> None:
+        """Write the line(s) for ``event``."""
+        text = _TEXT[self.lang]
+        kind = event.kind
+        fields = {
+            "attempt": event.attempt,
+            "max_attempts": event.max_attempts,
+            "left": event.retries_left,
+            "ms": _ms(event.wait),
+            "method": event.method or "",
+            "cap_ms": _ms(self.backoff_max),
+        }
+        if kind is EventKind.START:
+            self._emit(logging.INFO, event, text["start"].format(**fields))
+        elif kind is EventKind.SUCCESS:
+            self._emit(logging.INFO, event, text["success"].format(**fields))
+        elif kind is EventKind.FAILURE:
+            reason = describe_failure(event.verdict, event.reason, self.lang)
+            self._emit(logging.WARNING, event, text["failure"].format(reason=reason, **fields))
+        elif kind is EventKind.RETRY:
+            self._emit(logging.INFO, event, text["retry"].format(**fields))
+            self._emit(logging.INFO, event, text["wait"].format(**fields))
+        elif kind is EventKind.REJECTED:
+            self._emit(logging.WARNING, event, text["rejected"].format(**fields))
+        elif kind is EventKind.GIVE_UP:
+            key = event.give_up_reason or "exhausted"
+            if key == "retry_after_too_long":
+                fields["ms"] = _ms(event.retry_after)
+            template = text.get(key, text["exhausted"])
+            level = logging.INFO if key == "not_retryable" else logging.ERROR
+            self._emit(level, event, template.format(**fields))
+
+    def _emit(self, level: int, event: AttemptEvent, message: str) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        prefix = _TEXT[self.lang]["prefix"]
+        extra: dict[str, Any] = {
+            "retry_event": event.kind.value,
+            "retry_operation": event.operation,
+            "retry_service": event.service,
+            "retry_attempt": event.attempt,
+            "retry_max_attempts": event.max_attempts,
+            "retry_call_id": event.call_id,
+            "retry_verdict": event.verdict.value if event.verdict else None,
+            "retry_reason": event.reason,
+            "retry_status_code": event.status_code,
+            "retry_elapsed_s": event.elapsed,
+            "retry_wait_s": event.wait,
+            "retry_after_s": event.retry_after,
+            "retry_give_up_reason": event.give_up_reason,
+            "retry_method": event.method,
+            "retry_url": event.url,
+        }
+        self.logger.log(level, "%s %s - %s", prefix, event.operation, message, extra=extra)

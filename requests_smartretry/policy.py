@@ -1,0 +1,225 @@
+"""RetryPolicy: the frozen, validated description of how calls are retried."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from .backoff import JITTER_MODES
+from .events import Hook
+
+if TYPE_CHECKING:
+    import requests
+
+    from .classify import Classification
+
+__all__ = ["DEFAULT_IDEMPOTENT_METHODS", "DEFAULT_RETRY_STATUSES", "RetryPolicy"]
+
+#: 429 and every 5xx.
+DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
+#: RFC 9110's idempotent methods.
+DEFAULT_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+OnRetry = Callable[[int, BaseException], None]
+ResponseClassifier = Callable[["requests.Response"], Optional["Classification"]]
+PrepareAttempt = Callable[["requests.PreparedRequest", int], Optional["requests.PreparedRequest"]]
+RequestNamer = Callable[["requests.PreparedRequest"], Optional[str]]
+IdempotentRule = Union[bool, Callable[["requests.PreparedRequest"], bool]]
+
+_LANGS = ("zh", "en")
+_NESTED = ("single", "retry")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a call is retried: attempts, deadline, backoff, classification and hooks.
+
+    Immutable and validated at construction, so one policy is safely shared by threads,
+    sessions and processes.  Derive variants with :meth:`replace`::
+
+        policy = RetryPolicy(max_retries=1, timeout=30.0, operation_name="生成艺术照")
+        patient = policy.replace(max_retries=3, jitter="full")
+        session = smart_session(policy=patient)
+    """
+
+    #: Retries after the first attempt (1 → at most 2 attempts).
+    max_retries: int = 1
+    #: Wall-clock seconds for one attempt: connect + send + headers + body.
+    timeout: float = 30.0
+    #: Seconds before the first retry.
+    backoff_base: float = 1.0
+    #: Factor between consecutive backoffs.
+    backoff_multiplier: float = 2.0
+    #: Cap on every wait, Retry-After included: a longer Retry-After ends the call.
+    backoff_max: float = 5.0
+    #: ``None`` (exact backoff), ``"full"``, ``"equal"`` or ``"decorrelated"``.
+    jitter: Optional[str] = None
+    #: Name in log lines; default ``METHOD host/path``.
+    operation_name: Optional[str] = None
+    #: ``on_retry(attempt, error)`` before each retry; ``attempt`` is the failed one (1-based).
+    on_retry: Optional[OnRetry] = None
+    #: Language of log lines: ``"zh"`` (the seed's) or ``"en"``.
+    lang: str = "zh"
+    #: Connect timeout per attempt; default: ``timeout``.
+    connect_timeout: Optional[float] = None
+    #: Statuses that are retried (429 and all 5xx by default).
+    retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+    #: Methods retried even when the request may have reached the server.
+    idempotent_methods: frozenset[str] = DEFAULT_IDEMPOTENT_METHODS
+    #: Mark the operation idempotent (``True``), or decide per request (a callable).
+    idempotent: IdempotentRule = False
+    #: Honour ``Retry-After`` (up to ``backoff_max``).
+    respect_retry_after: bool = True
+    #: Vendor hook: classify a response (return ``None`` to fall back to the status table).
+    classify_response: Optional[ResponseClassifier] = None
+    #: Per-attempt hook: sign or otherwise prepare a copy of the request for attempt ``n``.
+    prepare_attempt: Optional[PrepareAttempt] = None
+    #: Per-request operation names (a preset names requests after the vendor's action).
+    name_request: Optional[RequestNamer] = None
+    #: Key for the breaker and the budget; default ``scheme://host``.
+    service: Optional[str] = None
+    #: Extra consumers of the attempt-event stream.
+    hooks: tuple[Hook, ...] = ()
+    #: Write the seed's log lines through the ``requests_smartretry`` logger.
+    log: bool = True
+    #: Inside another retrying call: ``"single"`` makes one attempt (the outer call
+    #: retries), ``"retry"`` retries as configured (attempts multiply).
+    nested: str = "single"
+    #: Extra keys for the breaker/budget and the rest of the library (kept, not read here).
+    extras: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        _check_int("max_retries", self.max_retries, minimum=0)
+        _check_positive("timeout", self.timeout)
+        if self.connect_timeout is not None:
+            _check_positive("connect_timeout", self.connect_timeout)
+        _check_non_negative("backoff_base", self.backoff_base)
+        _check_non_negative("backoff_max", self.backoff_max)
+        _check_positive("backoff_multiplier", self.backoff_multiplier)
+        if self.backoff_multiplier < 1:
+            raise ValueError(
+                f"backoff_multiplier must be >= 1 (backoffs never shrink), "
+                f"got {self.backoff_multiplier!r}"
+            )
+        if self.backoff_base > self.backoff_max:
+            raise ValueError(
+                f"backoff_base ({self.backoff_base!r}) must not exceed "
+                f"backoff_max ({self.backoff_max!r})"
+            )
+        if self.jitter is not None and self.jitter not in JITTER_MODES:
+            raise ValueError(
+                f"jitter must be None or one of {', '.join(map(repr, JITTER_MODES))}, "
+                f"got {self.jitter!r}"
+            )
+        if self.lang not in _LANGS:
+            raise ValueError(f"lang must be 'zh' or 'en', got {self.lang!r}")
+        if self.nested not in _NESTED:
+            raise ValueError(f"nested must be 'single' or 'retry', got {self.nested!r}")
+        if self.operation_name is not None and (
+            not isinstance(self.operation_name, str) or not self.operation_name.strip()
+        ):
+            raise TypeError(
+                f"operation_name must be a non-empty string or None, got {self.operation_name!r}"
+            )
+        if self.service is not None and (not isinstance(self.service, str) or not self.service):
+            raise TypeError(f"service must be a non-empty string or None, got {self.service!r}")
+        for name in ("on_retry", "classify_response", "prepare_attempt", "name_request"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, got {value!r}")
+        if not (isinstance(self.idempotent, bool) or callable(self.idempotent)):
+            raise TypeError(
+                f"idempotent must be a bool or a callable(request) -> bool, "
+                f"got {self.idempotent!r}"
+            )
+        for name in ("respect_retry_after", "log"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        object.__setattr__(self, "retry_statuses", _statuses(self.retry_statuses))
+        object.__setattr__(self, "idempotent_methods", _methods(self.idempotent_methods))
+        hooks = self.hooks
+        if callable(hooks):
+            hooks = (hooks,)
+        if not isinstance(hooks, (tuple, list)):
+            raise TypeError(f"hooks must be a sequence of callables, got {hooks!r}")
+        for hook in hooks:
+            if not callable(hook):
+                raise TypeError(f"hooks must contain callables, got {hook!r}")
+        object.__setattr__(self, "hooks", tuple(hooks))
+        object.__setattr__(self, "timeout", float(self.timeout))
+        object.__setattr__(self, "backoff_base", float(self.backoff_base))
+        object.__setattr__(self, "backoff_max", float(self.backoff_max))
+        object.__setattr__(self, "backoff_multiplier", float(self.backoff_multiplier))
+
+    @property
+    def max_attempts(self) -> int:
+        """``max_retries + 1``."""
+        return self.max_retries + 1
+
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The keyword names a policy accepts (the adapter routes these to the policy)."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    def extra(self, key: str, default: Any = None) -> Any:
+        """A value stored under ``extras``."""
+        return dict(self.extras).get(key, default)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if _check_number(name, value) <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_non_negative(name: str, value: Any) -> None:
+    if _check_number(name, value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def _statuses(value: Any) -> frozenset[int]:
+    try:
+        codes = frozenset(value)
+    except TypeError:
+        raise TypeError(f"retry_statuses must be a collection of ints, got {value!r}") from None
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"retry_statuses must contain ints, got {code!r}")
+        if not 100 <= code <= 599:
+            raise ValueError(f"retry_statuses contains {code!r}, not an HTTP status (100-599)")
+    return codes
+
+
+def _methods(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        raise TypeError(f"idempotent_methods must be a collection of names, got {value!r}")
+    try:
+        names = frozenset(value)
+    except TypeError:
+        raise TypeError(f"idempotent_methods must be a collection, got {value!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not name.isalpha():
+            raise ValueError(f"idempotent_methods contains {name!r}, not an HTTP method")
+    return frozenset(n.upper() for n in names)
