@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
@@ -85,7 +85,7 @@ class _BodyReplay:
     __slots__ = ("body", "position", "replayable")
 
     def __init__(self, request: requests.PreparedRequest) -> None:
-        body = request.body
+        body: Any = request.body
         self.body = body
         self.position: Optional[int] = None
         if body is None or isinstance(body, (bytes, bytearray, str)):
@@ -105,7 +105,7 @@ class _BodyReplay:
     def rewind(self) -> None:
         if self.position is not None:
             try:
-                self.body.seek(self.position)  # type: ignore[union-attr]
+                self.body.seek(self.position)
             except (OSError, ValueError):
                 self.replayable = False
 
@@ -117,17 +117,17 @@ def _resolve_timeouts(
     the policy's; the caller's explicit value wins.  A ``(connect, read)`` tuple bounds the
     attempt by ``connect + read``."""
     if timeout is None:
-        total = policy.timeout
-        return (policy.connect_timeout or total, total, total)
+        return (policy.connect_timeout or policy.timeout, policy.timeout, policy.timeout)
+    connect: Optional[float]
+    read: Optional[float]
+    total: Optional[float]
     if isinstance(timeout, Urllib3Timeout):
-        connect, read = timeout.connect_timeout, timeout.read_timeout
-        connect = None if connect is Urllib3Timeout.DEFAULT_TIMEOUT else connect
-        read = None if read is Urllib3Timeout.DEFAULT_TIMEOUT else read
-        total = timeout.total
+        connect = _seconds("timeout connect", _plain(timeout.connect_timeout))
+        read = _seconds("timeout read", _plain(timeout.read_timeout))
+        total = _seconds("timeout total", timeout.total)
         if total is None and connect is not None and read is not None:
             total = connect + read
-        return (_seconds("timeout connect", connect), _seconds("timeout read", read),
-                _seconds("timeout total", total))
+        return (connect, read, total)
     if isinstance(timeout, tuple):
         if len(timeout) != 2:
             raise ValueError(
@@ -141,14 +141,20 @@ def _resolve_timeouts(
     return (seconds, seconds, seconds)
 
 
+def _plain(value: Any) -> Any:
+    """urllib3's "use the default" sentinel means no value of the caller's."""
+    return None if value is Urllib3Timeout.DEFAULT_TIMEOUT else value
+
+
 def _seconds(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
-    if not value > 0 or value != value or value == float("inf"):
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
@@ -160,7 +166,7 @@ def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
     derived: dict[str, Any] = {"max_retries": min(counts) if counts else 1}
     if retry.backoff_factor:
         derived["backoff_base"] = float(retry.backoff_factor)
-        cap = getattr(retry, "backoff_max", None) or getattr(Retry, "DEFAULT_BACKOFF_MAX", 120)
+        cap: Any = getattr(retry, "backoff_max", None) or getattr(Retry, "DEFAULT_BACKOFF_MAX", 120)
         derived["backoff_max"] = max(float(cap), float(retry.backoff_factor))
     if retry.status_forcelist:
         derived["retry_statuses"] = frozenset(retry.status_forcelist)
@@ -253,7 +259,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._closed = False
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[misc]
         self._hooks = self._build_hooks()
 
     def _build_hooks(self) -> tuple[Hook, ...]:
@@ -424,20 +430,21 @@ class SmartRetryAdapter(HTTPAdapter):
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
         with watch(total_s) as deadline:
             try:
-                response = super().send(request, stream=True, timeout=(connect_s, read_s),
+                response = super().send(request, stream=True,
+                                        timeout=(connect_s, read_s),  # type: ignore[arg-type]
                                         verify=verify, cert=cert, proxies=proxies)
                 if not stream:
                     response.content  # noqa: B018 - read the body inside the deadline
             except Exception as exc:
-                error: BaseException = exc
+                failure: BaseException = exc
                 if deadline is not None and deadline.fired:
-                    error = self._deadline_error(total_s, request)
-                    error.__cause__ = exc
-                return Outcome(classify_exception(error), error=error, signal=error)
+                    failure = self._deadline_error(total_s, request)
+                    failure.__cause__ = exc
+                return Outcome(classify_exception(failure), error=failure, signal=failure)
         if deadline is not None and deadline.fired:
             response.close()
-            error = self._deadline_error(total_s, request)
-            return Outcome(classify_exception(error), error=error, signal=error)
+            cut = self._deadline_error(total_s, request)
+            return Outcome(classify_exception(cut), error=cut, signal=cut)
         verdict = self.classify_response(response)
         if verdict.verdict is Verdict.SUCCESS:
             return Outcome(verdict, value=response, status_code=response.status_code)

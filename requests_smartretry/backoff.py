@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
@@ -35,7 +36,7 @@ def backoff_delay(
     retry_number: int,
     *,
     previous: Optional[float] = None,
-    rng: _Random = random,  # type: ignore[assignment]
+    rng: _Random = random,
 ) -> float:
     """Seconds to wait before retry ``retry_number`` (1-based), never above the cap.
 
@@ -63,12 +64,10 @@ def backoff_delay(
     return max(0.0, min(cap, delay))
 
 
-def parse_retry_after(value: Optional[str], *, now: float) -> Optional[float]:
+def parse_retry_after(value: object, *, now: float) -> Optional[float]:
     """Seconds asked by a ``Retry-After`` header (delta-seconds or HTTP-date), or ``None``
     when it is absent or malformed.  A date in the past means 0.  ``now`` is a Unix time.
     """
-    if value is None:
-        return None
     if not isinstance(value, str):
         return None
     match = _DELTA_SECONDS.match(value)
@@ -78,11 +77,7 @@ def parse_retry_after(value: Optional[str], *, now: float) -> Optional[float]:
         when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None:  # pragma: no cover - older Pythons returned None
-        return None
     if when.tzinfo is None:  # RFC 7231 dates are GMT; treat naive as UTC
-        import datetime
-
         when = when.replace(tzinfo=datetime.timezone.utc)
     try:
         delta = when.timestamp() - now

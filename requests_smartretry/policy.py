@@ -154,6 +154,15 @@ class RetryPolicy:
         object.__setattr__(self, "backoff_max", float(self.backoff_max))
         object.__setattr__(self, "backoff_multiplier", float(self.backoff_multiplier))
 
+    def __repr__(self) -> str:
+        always = ("max_retries", "timeout")
+        shown = []
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in always or (spec.repr and value != spec.default):
+                shown.append(f"{spec.name}={value!r}")
+        return f"RetryPolicy({', '.join(shown)})"
+
     @property
     def max_attempts(self) -> int:
         """``max_retries + 1``."""
