@@ -203,8 +203,10 @@ class SmartRetryAdapter(HTTPAdapter):
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012 - requests' own convention "policy", "breaker", "budget", "extra_hooks",
-                 "_sleep", "_clock"]
+    # What pickling keeps (requests' convention): the policy and the shared collaborators.
+    __attrs__ = [  # noqa: RUF012
+        *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "_sleep", "_clock",
+    ]
 
     policy: RetryPolicy
 

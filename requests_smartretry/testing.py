@@ -5,7 +5,7 @@ Example::
     import requests_smartretry.testing as srt
 
     def test_my_service_handles_outages():
-        with srt.testing():          # retries happen, waits do not
+        with srt.fast_retries():     # retries happen, waits do not
             ...
 
 Like stamina's ``set_testing``: a process-wide flag, meant for tests only.
@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Callable, Optional
 
-__all__ = ["is_testing", "set_testing", "sleeper", "testing"]
+__all__ = ["fast_retries", "is_testing", "set_testing", "sleeper"]
 
 _lock = threading.Lock()
 _testing = False
@@ -47,8 +47,9 @@ def testing_attempts() -> Optional[int]:
     return _attempts if _testing else None
 
 
+# Not named ``testing``: pytest would collect a ``test*`` function imported into a test module.
 @contextlib.contextmanager
-def testing(*, attempts: Optional[int] = None) -> Iterator[None]:
+def fast_retries(*, attempts: Optional[int] = None) -> Iterator[None]:
     """Test mode for the duration of a ``with`` block (restores the previous setting)."""
     previous = (_testing, _attempts)
     set_testing(True, attempts=attempts)

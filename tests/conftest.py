@@ -1,0 +1,63 @@
+"""Shared fixtures: a real fault server on loopback, recorded sleeps, captured log lines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from requests_smartretry.faultserver import FaultServer
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    """A FaultServer on 127.0.0.1, port 0, stopped after the test."""
+    with FaultServer() as running:
+        yield running
+
+
+class SleepRecorder:
+    """An injectable ``sleep`` that records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    """Record backoff waits instead of sleeping through them."""
+    return SleepRecorder()
+
+
+class LineCollector(logging.Handler):
+    """Collects the formatted messages and raw records of the library's logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def lines(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LineCollector]:
+    """Every record written to the ``requests_smartretry`` logger during the test."""
+    collector = LineCollector()
+    target = logging.getLogger("requests_smartretry")
+    previous = target.level
+    target.addHandler(collector)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield collector
+    finally:
+        target.removeHandler(collector)
+        target.setLevel(previous)

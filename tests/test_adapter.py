@@ -1,0 +1,565 @@
+"""SmartRetryAdapter against a real local server: the seed's scenarios and the safety rules."""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import pickle
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import responses
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from urllib3.util.retry import Retry
+
+from requests_smartretry import (
+    AdapterClosedError,
+    AttemptDeadlineExceeded,
+    EventKind,
+    RetryPolicy,
+    SmartRetryAdapter,
+    attempt_history,
+    smart_session,
+)
+from requests_smartretry.faultserver import FaultServer, unused_port
+from requests_smartretry.testing import fast_retries
+
+from .conftest import LineCollector, SleepRecorder
+
+_keys = itertools.count()
+
+
+def seq(server: FaultServer, steps: str, **query: Any) -> str:
+    """A fresh /seq/ URL that plays ``steps`` in order."""
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return server.url(f"/seq/k{next(_keys)}?steps={steps}{extra}")
+
+
+def route(url: str) -> str:
+    """The path of ``url`` without its query, as the server records it."""
+    return urlsplit(url).path
+
+
+def session_with(sleeps: SleepRecorder | None = None, **options: Any) -> requests.Session:
+    """A session whose adapter records its waits instead of sleeping."""
+    kwargs: dict[str, Any] = dict(options)
+    if sleeps is not None:
+        kwargs["sleep"] = sleeps
+    return smart_session(**kwargs)
+
+
+# -- the seed's scenarios --------------------------------------------------------------
+
+
+def test_success_is_not_retried(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A successful first attempt is returned as is, after exactly one request."""
+    response = session_with(sleeps).get(server.url("/ok"))
+    assert response.status_code == 200 and response.text == "ok"
+    assert server.hits("/ok") == 1 and sleeps.waits == []
+
+
+def test_one_failure_is_retried_once(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A 503 then a 200: the caller sees the 200; the server saw two requests; 1 s waited."""
+    url = seq(server, "503,ok")
+    response = session_with(sleeps).get(url)
+    assert response.status_code == 200
+    assert server.hits(route(url)) == 2
+    assert sleeps.waits == [1.0]
+
+
+def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """Every attempt 503: the last response comes back, and raise_for_status raises as usual."""
+    response = session_with(sleeps).get(server.url("/status/503"))
+    assert response.status_code == 503
+    assert server.hits("/status/503") == 2
+    with pytest.raises(requests.HTTPError) as caught:
+        response.raise_for_status()
+    assert caught.value.response is response
+
+
+def test_timeout_triggers_a_retry(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A hung first attempt is cut at the deadline and the retry succeeds."""
+    url = seq(server, "hang,ok", seconds=10)
+    started = time.monotonic()
+    response = session_with(sleeps, timeout=0.5).get(url)
+    assert response.status_code == 200
+    assert server.hits(route(url)) == 2
+    assert time.monotonic() - started < 0.5 + 2.0
+
+
+def test_on_retry_gets_attempt_number_and_exception(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """on_retry(attempt, error) runs before the retry; a 5xx arrives as HTTPError with .response."""
+    calls: list[tuple[int, BaseException]] = []
+    session = session_with(sleeps, on_retry=lambda attempt, error: calls.append((attempt, error)))
+    session.get(seq(server, "502,ok"))
+    assert len(calls) == 1
+    attempt, error = calls[0]
+    assert attempt == 1
+    assert isinstance(error, requests.HTTPError)
+    assert error.response is not None and error.response.status_code == 502
+
+
+def test_on_retry_gets_the_transport_exception(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """For a reset, on_retry receives the requests ConnectionError that caused the retry."""
+    calls: list[BaseException] = []
+    session_with(sleeps, on_retry=lambda _n, error: calls.append(error)).get(
+        seq(server, "reset,ok"))
+    assert len(calls) == 1 and isinstance(calls[0], requests.ConnectionError)
+
+
+def test_a_failing_on_retry_callback_does_not_break_the_request(
+    server: FaultServer, sleeps: SleepRecorder, log_lines: LineCollector
+) -> None:
+    """An exception in on_retry is logged and the retry still happens."""
+
+    def broken(attempt: int, error: BaseException) -> None:
+        raise RuntimeError("callback bug")
+
+    response = session_with(sleeps, on_retry=broken).get(seq(server, "500,ok"))
+    assert response.status_code == 200
+    assert any("on_retry callback" in line for line in log_lines.lines)
+
+
+def test_reset_is_retried(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A connection reset by the server is retried and the retry succeeds."""
+    url = seq(server, "reset,ok")
+    assert session_with(sleeps).get(url).status_code == 200
+    assert server.hits(route(url)) == 2
+
+
+def test_mid_body_reset_is_retried(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A reset halfway through the body fails the attempt, and the retry succeeds."""
+    url = seq(server, "midreset,ok", count=200_000)
+    response = session_with(sleeps).get(url)
+    assert response.status_code == 200 and response.text == "ok"
+    assert server.hits(route(url)) == 2
+
+
+def test_refused_is_retried_then_raises_connection_error(sleeps: SleepRecorder) -> None:
+    """A refused port: two attempts, then the requests ConnectionError legacy code catches."""
+    url = f"http://127.0.0.1:{unused_port()}/x"
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        session_with(sleeps).get(url)
+    history = attempt_history(caught.value)
+    failures = [e for e in history if e.kind is EventKind.FAILURE]
+    assert [e.reason for e in failures] == ["ECONNREFUSED", "ECONNREFUSED"]
+    assert sleeps.waits == [1.0]
+
+
+def test_dns_failure_is_retried(monkeypatch: pytest.MonkeyPatch, sleeps: SleepRecorder) -> None:
+    """A DNS failure (simulated in getaddrinfo, no packet leaves) is retried, then raised."""
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "api.unknown.invalid":
+            lookups.append(host)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        session_with(sleeps).get("http://api.unknown.invalid/x")
+    assert len(lookups) == 2
+    reasons = {e.reason for e in attempt_history(caught.value) if e.kind is EventKind.FAILURE}
+    assert reasons == {"ENOTFOUND"}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
+def test_server_errors_and_rate_limits_are_retried(
+    server: FaultServer, sleeps: SleepRecorder, status: int
+) -> None:
+    """5xx and 429 get one retry with the default policy."""
+    url = seq(server, f"{status},ok")
+    assert session_with(sleeps).get(url).status_code == 200
+    assert server.hits(route(url)) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+def test_other_client_errors_are_not_retried(
+    server: FaultServer, sleeps: SleepRecorder, status: int
+) -> None:
+    """Other 4xx come back at once after a single request."""
+    url = server.url(f"/status/{status}")
+    assert session_with(sleeps).get(url).status_code == status
+    assert server.hits(f"/status/{status}") == 1 and sleeps.waits == []
+
+
+def test_exhausted_timeouts_raise_a_requests_timeout(server: FaultServer,
+                                                     sleeps: SleepRecorder) -> None:
+    """Legacy `except requests.exceptions.Timeout` catches an attempt deadline on every try."""
+    with pytest.raises(requests.exceptions.Timeout) as caught:
+        session_with(sleeps, timeout=0.3).get(server.url("/hang?seconds=5"))
+    assert isinstance(caught.value, AttemptDeadlineExceeded)
+    assert server.hits("/hang") == 2
+    assert len([e for e in attempt_history(caught.value) if e.kind is EventKind.START]) == 2
+
+
+# -- deadlines ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_slow_drip_cannot_hold_an_attempt_past_its_deadline(server: FaultServer) -> None:
+    """Headers then a byte every 100 ms: the attempt ends within timeout + 0.5 s."""
+    url = server.url("/drip?interval=0.1&count=40")
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        smart_session(max_retries=0, timeout=1.0).get(url)
+    assert time.monotonic() - started < 1.0 + 0.5
+
+
+@pytest.mark.slow
+def test_plain_requests_is_not_cut_by_the_same_timeout(server: FaultServer) -> None:
+    """The contrast: plain requests with timeout=1.0 waits through the whole 4 s drip."""
+    started = time.monotonic()
+    response = requests.get(server.url("/drip?interval=0.1&count=40"), timeout=1.0)
+    assert len(response.content) == 40
+    assert time.monotonic() - started > 3.0
+
+
+def test_hung_server_is_cut_at_the_deadline(server: FaultServer) -> None:
+    """A server that never answers holds an attempt no longer than its timeout (+ slack)."""
+    started = time.monotonic()
+    with pytest.raises(AttemptDeadlineExceeded):
+        smart_session(max_retries=0, timeout=0.5).get(server.url("/hang?seconds=10"))
+    assert time.monotonic() - started < 0.5 + 0.5
+
+
+def test_callers_timeout_wins_over_the_policy(server: FaultServer) -> None:
+    """An explicit timeout= replaces the policy's 30 s for that request."""
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        smart_session(max_retries=0).get(server.url("/hang?seconds=10"), timeout=0.4)
+    assert time.monotonic() - started < 0.4 + 0.5
+
+
+def test_connect_read_tuple_bounds_the_attempt_by_their_sum(server: FaultServer) -> None:
+    """A (connect, read) tuple bounds the whole attempt by connect + read, even for a drip."""
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        smart_session(max_retries=0).get(server.url("/drip?interval=0.05&count=100"),
+                                         timeout=(0.2, 0.4))
+    assert time.monotonic() - started < 0.6 + 0.5
+
+
+def test_stream_true_deadline_covers_headers_only(server: FaultServer) -> None:
+    """With stream=True the call returns at the headers; the body then reads at its own pace."""
+    session = smart_session(max_retries=0, timeout=0.5)
+    started = time.monotonic()
+    response = session.get(server.url("/drip?interval=0.05&count=20"), stream=True)
+    assert time.monotonic() - started < 0.5
+    assert response.content == b"x" * 20  # ~1 s of drip: per-read timeouts, no total cut
+
+
+@pytest.mark.parametrize("bad", [-1, 0, "5", (1, 2, 3), (0, 1), float("inf")])
+def test_bad_per_request_timeout_is_refused(server: FaultServer, bad: Any) -> None:
+    """A nonsensical timeout= is a ValueError naming the timeout, before any request."""
+    with pytest.raises(ValueError, match="timeout"):
+        smart_session().get(server.url("/ok"), timeout=bad)
+    assert server.hits() == 0
+
+
+# -- Retry-After ------------------------------------------------------------------------
+
+
+def test_retry_after_seconds_is_honoured(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A 429 with Retry-After: 3 waits 3 s (not the 1 s backoff) before the retry."""
+    url = seq(server, "429,ok", retry_after=3)
+    assert session_with(sleeps).get(url).status_code == 200
+    assert sleeps.waits == [3.0]
+
+
+def test_retry_after_http_date_is_honoured(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A 503 with an HTTP-date Retry-After waits until that date (within a second)."""
+    import email.utils
+    from urllib.parse import quote
+
+    when = email.utils.formatdate(time.time() + 4, usegmt=True)
+    url = seq(server, "503,ok", retry_after=quote(when))
+    assert session_with(sleeps).get(url).status_code == 200
+    assert len(sleeps.waits) == 1 and 2.0 <= sleeps.waits[0] <= 4.5
+
+
+def test_retry_after_above_the_cap_returns_at_once(
+    server: FaultServer, sleeps: SleepRecorder, log_lines: LineCollector
+) -> None:
+    """Retry-After: 60 exceeds the 5 s cap: the 429 comes back at once and the log says why."""
+    response = session_with(sleeps).get(server.url("/status/429?retry_after=60"))
+    assert response.status_code == 429
+    assert server.hits("/status/429") == 1 and sleeps.waits == []
+    assert any("60000ms" in line for line in log_lines.lines)
+
+
+def test_malformed_retry_after_falls_back_to_backoff(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """An unparseable Retry-After is ignored: the normal 1 s backoff applies."""
+    url = seq(server, "503,ok", retry_after="soon-ish")
+    assert session_with(sleeps).get(url).status_code == 200
+    assert sleeps.waits == [1.0]
+
+
+# -- what is safe to repeat -------------------------------------------------------------
+
+
+def test_post_is_not_resent_after_it_reached_the_server(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """A POST reset after sending is raised, not resent: the server saw it once."""
+    url = seq(server, "reset,ok")
+    with pytest.raises(requests.ConnectionError) as caught:
+        session_with(sleeps).post(url, json={"amount": 1})
+    assert server.hits(route(url)) == 1
+    give_up = [e for e in attempt_history(caught.value) if e.kind is EventKind.GIVE_UP]
+    assert give_up[0].give_up_reason == "unsafe"
+
+
+def test_post_with_idempotency_key_is_resent(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """With an Idempotency-Key the same POST is resent, body and key unchanged."""
+    url = seq(server, "reset,echo")
+    response = session_with(sleeps).post(url, data=b"order-1",
+                                         headers={"Idempotency-Key": "abc"})
+    assert response.status_code == 200 and response.content == b"order-1"
+    received = server.received(route(url))
+    assert [r.body for r in received] == [b"order-1", b"order-1"]
+    assert {r.headers["idempotency-key"] for r in received} == {"abc"}
+
+
+def test_post_marked_idempotent_by_policy_is_resent(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """idempotent=True on the policy lets POST retries happen."""
+    url = seq(server, "500,ok")
+    assert session_with(sleeps, idempotent=True).post(url, data=b"x").status_code == 200
+    assert server.hits(route(url)) == 2
+
+
+@pytest.mark.parametrize(("status", "hits"), [(500, 1), (502, 1), (503, 2), (429, 2)])
+def test_post_retries_only_when_the_server_did_not_act(
+    server: FaultServer, sleeps: SleepRecorder, status: int, hits: int
+) -> None:
+    """For POST, 503 and 429 (server did not act) are retried; 500 and 502 are not."""
+    url = seq(server, f"{status},ok")
+    session_with(sleeps).post(url, data=b"x")
+    assert server.hits(route(url)) == hits
+
+
+def test_post_refused_is_retried(sleeps: SleepRecorder) -> None:
+    """A refused POST never reached a server, so it is retried."""
+    with pytest.raises(requests.ConnectionError) as caught:
+        session_with(sleeps).post(f"http://127.0.0.1:{unused_port()}/pay", data=b"x")
+    assert len([e for e in attempt_history(caught.value) if e.kind is EventKind.START]) == 2
+
+
+def test_generator_body_is_never_resent(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A generator body cannot be replayed: even with an Idempotency-Key there is one request."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b"part1-"
+        yield b"part2"
+
+    url = seq(server, "503,ok")
+    response = session_with(sleeps).post(url, data=chunks(), headers={"Idempotency-Key": "k"})
+    assert response.status_code == 503
+    assert server.hits(route(url)) == 1
+    assert server.received(route(url))[0].body == b"part1-part2"
+    give_up = [e for e in response.retry_history if e.kind is EventKind.GIVE_UP]
+    assert give_up[0].give_up_reason == "not_replayable"
+
+
+def test_file_body_is_rewound_for_the_retry(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """A seekable file body is sent again from its start."""
+    url = seq(server, "503,echo")
+    body = io.BytesIO(b"file-content")
+    response = session_with(sleeps).put(url, data=body)
+    assert response.content == b"file-content"
+    assert [r.body for r in server.received(route(url))] == [b"file-content"] * 2
+
+
+# -- log lines --------------------------------------------------------------------------
+
+
+def test_log_lines_match_the_seed_character_for_character(
+    server: FaultServer, sleeps: SleepRecorder, log_lines: LineCollector
+) -> None:
+    """Fail once (timeout) then succeed: the six seed lines, exactly."""
+    session = session_with(sleeps, timeout=0.3, operation_name="生成艺术照")
+    session.get(seq(server, "hang,ok", seconds=5))
+    assert log_lines.lines == [
+        "[API重试] 生成艺术照 - 第 1 次尝试 (最多 2 次)",
+        "[API重试] 生成艺术照 - 第 1 次尝试失败: 网络连接超时",
+        "[API重试] 生成艺术照 - 准备重试 (剩余 1 次机会)",
+        "[API重试] 生成艺术照 - 等待 1000ms 后重试",
+        "[API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)",
+        "[API重试] 生成艺术照 - 第 2 次尝试成功",
+    ]
+
+
+def test_english_log_lines(server: FaultServer, sleeps: SleepRecorder,
+                           log_lines: LineCollector) -> None:
+    """lang='en' gives the same six steps in English."""
+    session_with(sleeps, lang="en", operation_name="render").get(seq(server, "503,ok"))
+    assert log_lines.lines == [
+        "[API retry] render - attempt 1 (of at most 2)",
+        "[API retry] render - attempt 1 failed: server error (HTTP 503)",
+        "[API retry] render - retrying (1 left)",
+        "[API retry] render - waiting 1000ms before retrying",
+        "[API retry] render - attempt 2 (of at most 2)",
+        "[API retry] render - attempt 2 succeeded",
+    ]
+
+
+def test_default_operation_name_is_method_host_path_without_query(
+    server: FaultServer, log_lines: LineCollector
+) -> None:
+    """Without operation_name a call is named METHOD host/path, and its query never shows."""
+    smart_session().get(server.url("/ok?access_token=SECRET123"))
+    assert log_lines.lines[0].startswith(f"[API重试] GET 127.0.0.1:{server.port}/ok - ")
+    assert not any("SECRET123" in line for line in log_lines.lines)
+    assert all("SECRET123" not in str(r.__dict__) for r in log_lines.records)
+
+
+# -- legacy code, pickling, configuration ----------------------------------------------------
+
+
+def test_legacy_except_clauses_catch_exhausted_failures(sleeps: SleepRecorder) -> None:
+    """Code written for plain requests keeps working: the exception types are requests' own."""
+    try:
+        session_with(sleeps).get(f"http://127.0.0.1:{unused_port()}/")
+    except requests.exceptions.ConnectionError as exc:
+        assert type(exc) is requests.exceptions.ConnectionError
+    else:  # pragma: no cover - the port is closed
+        pytest.fail("expected ConnectionError")
+
+
+def test_adapter_pickles_with_its_policy(server: FaultServer) -> None:
+    """A pickled (or copied) adapter and session keep the policy and still work."""
+    adapter = SmartRetryAdapter(max_retries=3, timeout=7.0, operation_name="生成视频")
+    clone = pickle.loads(pickle.dumps(adapter))
+    assert clone.policy == adapter.policy
+    session = smart_session(max_retries=2, timeout=4.0)
+    for copied in (pickle.loads(pickle.dumps(session)), copy.deepcopy(session)):
+        assert copied.get_adapter("http://").policy.max_retries == 2  # type: ignore[attr-defined]
+        assert copied.get(server.url("/ok")).status_code == 200
+
+
+def test_closed_adapter_refuses_to_send(server: FaultServer) -> None:
+    """After session.close() the adapter says so clearly instead of sending."""
+    session = smart_session()
+    session.close()
+    with pytest.raises(AdapterClosedError, match="closed"):
+        session.get(server.url("/ok"))
+
+
+def test_adapter_keywords_and_policy_are_validated() -> None:
+    """Unknown keywords, wrong policy types and bad values are refused by name."""
+    with pytest.raises(TypeError, match="max_retry"):
+        SmartRetryAdapter(max_retry=2)
+    with pytest.raises(TypeError, match="policy"):
+        SmartRetryAdapter(policy={"max_retries": 1})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sleep"):
+        SmartRetryAdapter(sleep=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        SmartRetryAdapter(timeout=-3)
+
+
+def test_policy_keywords_override_a_given_policy() -> None:
+    """policy= plus keywords: the keywords win, the rest comes from the policy."""
+    adapter = SmartRetryAdapter(RetryPolicy(max_retries=3, lang="en"), timeout=5.0)
+    assert (adapter.policy.max_retries, adapter.policy.lang, adapter.policy.timeout) == \
+        (3, "en", 5.0)
+
+
+def test_urllib3_retry_is_migrated() -> None:
+    """HTTPAdapter(max_retries=Retry(...)) users can pass the same Retry object."""
+    adapter = SmartRetryAdapter(max_retries=Retry(total=3, backoff_factor=0.5,
+                                                  status_forcelist=[502, 503]))
+    policy = adapter.policy
+    assert policy.max_retries == 3
+    assert policy.backoff_base == 0.5
+    assert policy.retry_statuses == frozenset({502, 503})
+
+
+def test_test_mode_skips_real_sleeping(server: FaultServer) -> None:
+    """Inside testing() retries happen but the 1 s backoff is not slept."""
+    started = time.monotonic()
+    with fast_retries():
+        assert smart_session().get(seq(server, "503,ok")).status_code == 200
+    assert time.monotonic() - started < 0.9
+
+
+def test_responses_mocks_still_see_the_retry(sleeps: SleepRecorder) -> None:
+    """Wiring with the `responses` library: a mocked 503 then 200 is retried once."""
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.GET, "https://api.example.test/v1/x", status=503)
+        mocked.add(responses.GET, "https://api.example.test/v1/x", json={"ok": True})
+        response = session_with(sleeps).get("https://api.example.test/v1/x")
+        assert response.json() == {"ok": True}
+        assert len(mocked.calls) == 2
+
+
+# -- properties and concurrency ---------------------------------------------------------------
+
+FAILURES = st.sampled_from(["reset", "500", "502", "503", "504", "429", "hang", "midreset"])
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(FAILURES, min_size=2, max_size=4))
+def test_property_23_any_retryable_failures_mean_exactly_two_attempts(
+    server: FaultServer, steps: list[str]
+) -> None:
+    """Any sequence of retryable failures: the server sees exactly 2 attempts, each bounded."""
+    timeout = 0.4
+    url = seq(server, ",".join(steps), seconds=5, count=100_000)
+    sleeps = SleepRecorder()
+    started = time.monotonic()
+    try:
+        session_with(sleeps, timeout=timeout).get(url)
+    except requests.RequestException:
+        pass
+    elapsed = time.monotonic() - started
+    assert server.hits(route(url)) == 2
+    assert elapsed < 2 * (timeout + 0.75)
+
+
+def test_threads_share_one_session_and_every_call_is_accounted_for(server: FaultServer) -> None:
+    """16 threads × 50 requests with mixed faults: each call returns or raises exactly once."""
+    session = smart_session(timeout=2.0, backoff_base=0.0, backoff_max=0.0)
+    plan = ["ok", "503,ok", "reset,ok", "404", "500", "reset"]
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        for n in range(50):
+            steps = plan[(index + n) % len(plan)]
+            try:
+                status = str(session.get(seq(server, steps)).status_code)
+            except requests.ConnectionError:
+                status = "error"
+            with lock:
+                outcomes[f"{steps}:{status}"] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(outcomes.values()) == 16 * 50
+    assert set(outcomes) == {"ok:200", "503,ok:200", "reset,ok:200", "404:404", "500:500",
+                             "reset:error"}
+    # ok:1, 503,ok:2, reset,ok:2, 404:1, 500:2, reset:2 server-side attempts per call
+    per_call = {"ok": 1, "503,ok": 2, "reset,ok": 2, "404": 1, "500": 2, "reset": 2}
+    expected = sum(per_call[key.rsplit(":", 1)[0]] * count for key, count in outcomes.items())
+    assert server.hits() == expected
