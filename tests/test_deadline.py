@@ -1,0 +1,121 @@
+"""The deadline watchdog and the retry scope."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from requests_smartretry import deadline
+from requests_smartretry.deadline import current_scope, remaining, retry_scope, watch
+
+
+class FakeConn:
+    """Stands in for a urllib3 connection: the watchdog only reads ``.sock``."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+
+
+def test_watch_shuts_the_socket_down_at_the_deadline() -> None:
+    """A read blocked past the deadline is woken by the watchdog (returns EOF)."""
+    left, right = socket.socketpair()
+    try:
+        with watch(0.2) as armed:
+            assert armed is not None
+            armed.attach(FakeConn(left))
+            started = time.monotonic()
+            data = left.recv(10)  # the peer never writes: only the watchdog can end this
+            elapsed = time.monotonic() - started
+        assert data == b"" and armed.fired
+        assert elapsed < 0.2 + 1.0
+    finally:
+        left.close()
+        right.close()
+
+
+def test_finished_watch_never_touches_the_socket() -> None:
+    """Once the attempt is over, its watch cannot cut a connection now serving someone else."""
+    left, right = socket.socketpair()
+    try:
+        with watch(0.05) as armed:
+            assert armed is not None
+            armed.attach(FakeConn(left))
+        time.sleep(0.3)
+        right.sendall(b"still open")
+        assert left.recv(10) == b"still open"
+        assert not armed.fired
+    finally:
+        left.close()
+        right.close()
+
+
+def test_detached_connection_is_not_cut() -> None:
+    """A connection returned to the pool (detached) is left alone even past the deadline."""
+    left, right = socket.socketpair()
+    try:
+        conn = FakeConn(left)
+        with watch(0.05) as armed:
+            assert armed is not None
+            armed.attach(conn)
+            armed.detach(conn)
+            time.sleep(0.3)
+            right.sendall(b"ok")
+            assert left.recv(2) == b"ok"
+    finally:
+        left.close()
+        right.close()
+
+
+def test_watch_keeps_looking_while_no_socket_exists_yet() -> None:
+    """A deadline that passes during connect cuts the socket as soon as it appears."""
+    left, right = socket.socketpair()
+    try:
+        conn = FakeConn(None)
+        with watch(0.05) as armed:
+            assert armed is not None
+            armed.attach(conn)
+            time.sleep(0.2)
+            conn.sock = left
+            started = time.monotonic()
+            assert left.recv(10) == b""
+            assert time.monotonic() - started < 1.0
+    finally:
+        left.close()
+        right.close()
+
+
+def test_many_finished_watches_do_not_accumulate() -> None:
+    """The heap is compacted: finished watches do not pile up in memory."""
+    for _ in range(10_000):
+        with watch(30.0):
+            pass
+    assert len(deadline._watchdog._heap) < 5000
+
+
+def test_no_deadline_means_no_watch() -> None:
+    """watch(None) arms nothing."""
+    with watch(None) as armed:
+        assert armed is None
+
+
+def test_retry_scope_nests_and_keeps_the_earliest_deadline() -> None:
+    """An inner scope never extends the outer deadline, and depth counts the nesting."""
+    assert current_scope() is None and remaining() is None
+    with retry_scope(time.monotonic() + 1.0) as outer:
+        with retry_scope(time.monotonic() + 100.0) as inner:
+            assert inner.depth == 2
+            assert inner.deadline_at == outer.deadline_at
+            left = remaining()
+            assert left is not None and 0 < left <= 1.0
+    assert current_scope() is None
+
+
+def test_scope_is_per_thread() -> None:
+    """A scope set in one thread is invisible to another (contextvars)."""
+    seen: list[object] = []
+    with retry_scope(None):
+        worker = threading.Thread(target=lambda: seen.append(current_scope()))
+        worker.start()
+        worker.join()
+    assert seen == [None]
