@@ -1,0 +1,74 @@
+"""The logging hook: the seed's wording, levels and structured fields."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from requests_smartretry import AttemptEvent, EventKind, LoggingHook, Verdict
+from requests_smartretry.log import describe_failure
+
+from .conftest import LineCollector
+
+
+def event(kind: EventKind, **fields: object) -> AttemptEvent:
+    """An event of a two-attempt call named 生成艺术照."""
+    base: dict[str, object] = {"operation": "生成艺术照", "service": "https://h", "attempt": 1,
+                               "max_attempts": 2, "call_id": 7}
+    base.update(fields)
+    return AttemptEvent(kind=kind, **base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "reason", "zh", "en"),
+    [
+        (Verdict.TIMEOUT, "deadline", "网络连接超时", "network timeout"),
+        (Verdict.NETWORK, "ECONNREFUSED", "连接被拒绝 (ECONNREFUSED)",
+         "connection refused (ECONNREFUSED)"),
+        (Verdict.NETWORK, "ENOTFOUND", "域名解析失败 (ENOTFOUND)", "DNS lookup failed (ENOTFOUND)"),
+        (Verdict.SERVER_ERROR, "HTTP 503", "服务器错误 (HTTP 503)", "server error (HTTP 503)"),
+        (Verdict.RATE_LIMIT, "HTTP 429", "请求过于频繁 (HTTP 429)", "rate limited (HTTP 429)"),
+        (Verdict.CLIENT_ERROR, "HTTP 404", "客户端错误 (HTTP 404)", "client error (HTTP 404)"),
+    ],
+)
+def test_failure_reasons_read_naturally(verdict: Verdict, reason: str, zh: str, en: str) -> None:
+    """Each verdict has a short human text in both languages, with its code."""
+    assert describe_failure(verdict, reason, "zh") == zh
+    assert describe_failure(verdict, reason, "en") == en
+
+
+def test_levels_and_structured_fields(log_lines: LineCollector) -> None:
+    """Failures log at WARNING, give-ups at ERROR, with retry_* extra fields for JSON logs."""
+    hook = LoggingHook()
+    hook(event(EventKind.FAILURE, verdict=Verdict.SERVER_ERROR, reason="HTTP 500",
+               status_code=500, elapsed=0.25))
+    hook(event(EventKind.GIVE_UP, attempt=2, verdict=Verdict.SERVER_ERROR, reason="HTTP 500",
+               give_up_reason="exhausted"))
+    failure, give_up = log_lines.records
+    assert failure.levelno == logging.WARNING and give_up.levelno == logging.ERROR
+    assert failure.retry_operation == "生成艺术照"  # type: ignore[attr-defined]
+    assert failure.retry_status_code == 500  # type: ignore[attr-defined]
+    assert failure.retry_verdict == "server_error"  # type: ignore[attr-defined]
+    assert give_up.getMessage() == "[API重试] 生成艺术照 - 已达最大尝试次数 (2 次), 放弃"
+
+
+def test_breaker_rejection_line(log_lines: LineCollector) -> None:
+    """A refused call says the breaker is open and when the next probe goes."""
+    LoggingHook(lang="en")(event(EventKind.REJECTED, wait=1.5))
+    assert log_lines.lines == [
+        "[API retry] 生成艺术照 - circuit breaker open, request refused (next probe in 1500ms)"
+    ]
+
+
+def test_unknown_language_is_refused() -> None:
+    """LoggingHook(lang=...) accepts only zh and en."""
+    with pytest.raises(ValueError, match="lang"):
+        LoggingHook(lang="de")
+
+
+def test_nothing_is_formatted_when_the_logger_is_off(log_lines: LineCollector) -> None:
+    """A disabled level costs nothing and writes nothing."""
+    logging.getLogger("requests_smartretry").setLevel(logging.CRITICAL)
+    LoggingHook()(event(EventKind.START))
+    assert log_lines.lines == []
