@@ -102,12 +102,12 @@ def test_no_deadline_means_no_watch() -> None:
 def test_retry_scope_nests_and_keeps_the_earliest_deadline() -> None:
     """An inner scope never extends the outer deadline, and depth counts the nesting."""
     assert current_scope() is None and remaining() is None
-    with retry_scope(time.monotonic() + 1.0) as outer:
-        with retry_scope(time.monotonic() + 100.0) as inner:
-            assert inner.depth == 2
-            assert inner.deadline_at == outer.deadline_at
-            left = remaining()
-            assert left is not None and 0 < left <= 1.0
+    with retry_scope(time.monotonic() + 1.0) as outer, \
+            retry_scope(time.monotonic() + 100.0) as inner:
+        assert inner.depth == 2
+        assert inner.deadline_at == outer.deadline_at
+        left = remaining()
+        assert left is not None and 0 < left <= 1.0
     assert current_scope() is None
 
 
