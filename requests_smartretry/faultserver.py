@@ -97,6 +97,9 @@ class FaultServer:
         """Stop: close the listener and every open connection, end hanging handlers."""
         self._stopping.set()
         with contextlib.suppress(OSError):
+            # close() alone does not wake a thread blocked in accept() on Linux.
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
             conns = list(self._conns)

@@ -105,6 +105,8 @@ class LatencyHistogram:
                 break
         if index == 0:
             estimate = self.minimum
+        elif index == self.SIZE - 1:  # the overflow bucket has no upper edge
+            estimate = self.maximum
         else:
             lower = self.FLOOR * 2 ** ((index - 1) / self.PER_DOUBLING)
             upper = self.FLOOR * 2 ** (index / self.PER_DOUBLING)
