@@ -291,8 +291,14 @@ class VerdictRule:
                 f"VerdictRule.respect_retry_after must be a bool or None, "
                 f"got {self.respect_retry_after!r}"
             )
-        _check_non_negative("VerdictRule.breaker_weight", self.breaker_weight)
-        object.__setattr__(self, "breaker_weight", float(self.breaker_weight))
+        weight: Any = self.breaker_weight  # callers may pass anything
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise TypeError(f"VerdictRule.breaker_weight must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(
+                f"VerdictRule.breaker_weight must be a finite number >= 0, got {weight!r}"
+            )
+        object.__setattr__(self, "breaker_weight", float(weight))
 
     def backoff_for(self, policy: RetryPolicy) -> ResolvedBackoff:
         """The backoff settings for this verdict: this rule's values over ``policy``'s."""
