@@ -294,11 +294,12 @@ class VerdictRule:
         weight: Any = self.breaker_weight  # callers may pass anything
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise TypeError(f"VerdictRule.breaker_weight must be a number, got {weight!r}")
-        if not (math.isfinite(weight) and weight >= 0):
+        as_float = float(weight)
+        if not (math.isfinite(as_float) and as_float >= 0):
             raise ValueError(
                 f"VerdictRule.breaker_weight must be a finite number >= 0, got {weight!r}"
             )
-        object.__setattr__(self, "breaker_weight", float(weight))
+        object.__setattr__(self, "breaker_weight", as_float)
 
     def backoff_for(self, policy: RetryPolicy) -> ResolvedBackoff:
         """The backoff settings for this verdict: this rule's values over ``policy``'s."""

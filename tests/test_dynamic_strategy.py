@@ -120,7 +120,8 @@ def test_a_rule_can_switch_jitter_off_or_on() -> None:
 def test_string_keys_are_accepted_and_the_policy_stays_frozen_and_hashable() -> None:
     """per_verdict takes verdict names too; the table is read-only, hashable, picklable and
     kept by replace()."""
-    policy = RetryPolicy(max_retries=2, per_verdict={"rate_limit": VerdictRule(max_retries=1)})
+    policy = RetryPolicy(max_retries=2,
+                         per_verdict={"rate_limit": VerdictRule(max_retries=1)})  # type: ignore[dict-item]
     assert list(policy.per_verdict) == [Verdict.RATE_LIMIT]
     assert policy.rule_for(Verdict.RATE_LIMIT) == VerdictRule(max_retries=1)
     assert policy.rule_for(Verdict.TIMEOUT) is None
