@@ -209,6 +209,9 @@ class Stats:
     ``"__other__"``.
     """
 
+    #: The snapshot key of the totals (also ``requests_smartretry.stats.TOTAL_KEY``).
+    TOTAL_KEY = TOTAL_KEY
+
     def __init__(
         self,
         *,

@@ -124,7 +124,7 @@ def test_snapshot_is_json_with_totals_over_operations() -> None:
     feed_retried_success(stats, clock, op="GET example.com/x", call_id=2)
     snapshot = stats.snapshot()
     assert json.loads(json.dumps(snapshot)) == snapshot
-    assert set(snapshot) == {"生成艺术照", "GET example.com/x", TOTAL_KEY}
+    assert set(snapshot) == {"生成艺术照", "GET example.com/x", Stats.TOTAL_KEY}
     total = snapshot[TOTAL_KEY]
     assert (total["requests"], total["attempts"], total["retries"]) == (2, 4, 2)
     assert total["attempt_seconds"]["count"] == 4
