@@ -10,6 +10,7 @@ budgets for ``requests`` sessions.
 """
 
 from .adapter import SmartRetryAdapter, smart_session
+from .alerts import RetryRateAlert, RetryRateExceeded
 from .classify import Classification
 from .errors import (
     AdapterClosedError,
@@ -20,7 +21,8 @@ from .errors import (
 )
 from .events import AttemptEvent, EventKind, Verdict
 from .log import LoggingHook
-from .policy import RetryPolicy
+from .policy import RetryPolicy, VerdictRule
+from .stats import Stats
 from .testing import set_testing
 
 __version__ = "0.1.0"
@@ -34,9 +36,13 @@ __all__ = [
     "EventKind",
     "LoggingHook",
     "RetryPolicy",
+    "RetryRateAlert",
+    "RetryRateExceeded",
     "SmartRetryAdapter",
     "SmartRetryError",
+    "Stats",
     "Verdict",
+    "VerdictRule",
     "attempt_history",
     "set_testing",
     "smart_session",

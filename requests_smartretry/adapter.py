@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import numbers
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -37,6 +37,7 @@ from .events import Hook, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
 from .redact import redact_text, redact_url
+from .stats import Stats
 
 __all__ = ["SmartRetryAdapter", "smart_session"]
 
@@ -199,13 +200,19 @@ class SmartRetryAdapter(HTTPAdapter):
     ``stream=True`` the deadline covers up to the headers; each later read of the body
     keeps the per-read timeout (the policy's ``timeout``, or the read part of yours).
 
+    Statistics: ``adapter.stats`` (a :class:`~requests_smartretry.Stats`) counts every call;
+    ``adapter.stats.snapshot()`` gives them per operation.  ``stats=`` shares one ``Stats``
+    among adapters; ``stats=False`` turns counting off (``adapter.stats`` is then ``None``).
+
     Thread safety: the adapter holds only the immutable policy and thread-safe
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
 
-    # What pickling keeps (requests' convention): the policy and the shared collaborators.
+    # What pickling keeps (requests' convention): the policy and the shared collaborators;
+    # "stats" pickles its counts, not its lock.
     __attrs__ = [  # noqa: RUF012
-        *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "_sleep", "_clock",
+        *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "stats",
+        "_sleep", "_clock",
     ]
 
     policy: RetryPolicy
@@ -217,6 +224,7 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = None,
         hooks: tuple[Hook, ...] = (),
+        stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         pool_connections: int = 10,
@@ -245,6 +253,13 @@ class SmartRetryAdapter(HTTPAdapter):
         for hook in hooks:
             if not callable(hook):
                 raise TypeError(f"hooks must contain callables, got {hook!r}")
+        # stats: None gives this adapter its own Stats (on its clock); a Stats is shared;
+        # False: none.
+        if stats is None:
+            stats = Stats(clock=clock)
+        elif stats is not False and not isinstance(stats, Stats):
+            raise TypeError(f"stats must be a Stats, None or False, got {stats!r}")
+        self.stats: Optional[Stats] = stats or None
         self.policy = policy
         self.breaker = breaker
         self.budget = budget
@@ -268,6 +283,9 @@ class SmartRetryAdapter(HTTPAdapter):
         hooks: list[Hook] = []
         if self.policy.log:
             hooks.append(LoggingHook(self.policy.lang, backoff_max=self.policy.backoff_max))
+        stats = getattr(self, "stats", None)  # absent in adapters pickled before stats existed
+        if stats is not None:
+            hooks.append(stats)
         hooks.extend(self.policy.hooks)
         hooks.extend(self.extra_hooks)
         hooks.extend(g for g in (self.breaker, self.budget) if g is not None)

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 
 from . import testing as _testing
 from .backoff import backoff_delay
@@ -19,7 +19,7 @@ from .classify import Classification
 from .deadline import current_scope
 from .errors import CircuitOpenError
 from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, next_call_id
-from .policy import RetryPolicy
+from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
 __all__ = ["BreakerGate", "BudgetGate", "CallInfo", "Finished", "Outcome", "run_call"]
 
@@ -127,6 +127,7 @@ def run_call(
 
     previous_wait: Optional[float] = None
     outcome: Optional[Outcome[T]] = None
+    failures_by_verdict: dict[Verdict, int] = {}  # for per-verdict retry limits
     for number in range(1, max_attempts + 1):
         if breaker is not None:
             try:
@@ -149,12 +150,16 @@ def run_call(
             emit(EventKind.SUCCESS, number, verdict=Verdict.SUCCESS, elapsed=elapsed,
                  status_code=outcome.status_code)
             return Finished(outcome, tuple(history))
+        rule = policy.rule_for(verdict.verdict)
         emit(EventKind.FAILURE, number, verdict=verdict.verdict, reason=verdict.reason,
              error=outcome.signal or outcome.error, status_code=outcome.status_code,
-             elapsed=elapsed, retry_after=verdict.retry_after)
+             elapsed=elapsed, retry_after=verdict.retry_after,
+             weight=1.0 if rule is None else rule.breaker_weight)
+        seen = failures_by_verdict[verdict.verdict] = failures_by_verdict.get(
+            verdict.verdict, 0) + 1
 
         give_up, wait = _decide(policy, verdict, outcome, number, max_attempts, previous_wait,
-                                rng, scope)
+                                rng, scope, rule=rule, seen=seen)
         if give_up is None and budget is not None and not budget.allow_retry(call.service):
             give_up = "budget"
         if give_up is not None:
@@ -180,17 +185,31 @@ def _decide(
     previous_wait: Optional[float],
     rng: Any,
     scope: Any,
+    *,
+    rule: Optional[VerdictRule] = None,
+    seen: int = 1,
 ) -> tuple[Optional[str], float]:
-    """(give-up reason, or None and the seconds to wait before the next attempt)."""
+    """(give-up reason, or None and the seconds to wait before the next attempt).
+
+    ``rule`` is the policy's per-verdict rule for this failure and ``seen`` the number of
+    failures with this verdict so far in the call (this one included).
+    """
     if not verdict.retryable:
         return "not_retryable", 0.0
     if outcome.veto is not None:
         return outcome.veto, 0.0
     if number >= max_attempts:
         return "exhausted", 0.0
-    wait = backoff_delay(policy, number, previous=previous_wait, rng=rng)
-    if verdict.retry_after is not None and policy.respect_retry_after:
-        if verdict.retry_after > policy.backoff_max:
+    settings: Union[RetryPolicy, ResolvedBackoff] = policy
+    respect_retry_after = policy.respect_retry_after
+    if rule is not None:
+        if rule.max_retries is not None and seen > rule.max_retries:
+            return "verdict_limit", 0.0
+        settings = rule.backoff_for(policy)
+        respect_retry_after = rule.retry_after_for(policy)
+    wait = backoff_delay(settings, number, previous=previous_wait, rng=rng)
+    if verdict.retry_after is not None and respect_retry_after:
+        if verdict.retry_after > settings.backoff_max:
             return "retry_after_too_long", 0.0
         wait = verdict.retry_after
     if scope is not None:

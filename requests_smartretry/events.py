@@ -74,6 +74,7 @@ class EventKind(str, enum.Enum):
 #: Why a failed call was not retried (``AttemptEvent.give_up_reason``).
 GIVE_UP_REASONS = (
     "exhausted",  # every attempt was used
+    "verdict_limit",  # the policy's per-verdict rule allows no more retries for this verdict
     "not_retryable",  # the verdict is not retryable (4xx, business, permanent)
     "unsafe",  # the request may have reached the server and is not idempotent
     "not_replayable",  # the body cannot be sent again (generator, unseekable stream)
@@ -131,6 +132,9 @@ class AttemptEvent:
     #: The request URL with secrets redacted.
     url: Optional[str] = None
     timestamp: float = field(default_factory=time.time, compare=False)
+    #: How hard this failure counts for the circuit breaker (FAILURE events; the policy's
+    #: ``per_verdict`` rule's ``breaker_weight``, else 1.0).
+    weight: float = 1.0
 
     @property
     def retries_left(self) -> int:

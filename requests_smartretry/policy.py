@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .backoff import JITTER_MODES
-from .events import Hook
+from .events import Hook, Verdict
 
 if TYPE_CHECKING:
     import requests
 
     from .classify import Classification
 
-__all__ = ["DEFAULT_IDEMPOTENT_METHODS", "DEFAULT_RETRY_STATUSES", "RetryPolicy"]
+__all__ = ["DEFAULT_IDEMPOTENT_METHODS", "DEFAULT_RETRY_STATUSES", "RetryPolicy", "VerdictRule"]
 
 #: 429 and every 5xx.
 DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
@@ -90,6 +91,9 @@ class RetryPolicy:
     nested: str = "single"
     #: Extra keys for the breaker/budget and the rest of the library (kept, not read here).
     extras: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
+    #: Dynamic strategy: ``{Verdict.RATE_LIMIT: VerdictRule(backoff_max=30.0), ...}``
+    #: overrides retries, backoff and breaker weight for failures of one verdict.
+    per_verdict: Mapping[Verdict, VerdictRule] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, minimum=0)
@@ -153,13 +157,16 @@ class RetryPolicy:
         object.__setattr__(self, "backoff_base", float(self.backoff_base))
         object.__setattr__(self, "backoff_max", float(self.backoff_max))
         object.__setattr__(self, "backoff_multiplier", float(self.backoff_multiplier))
+        object.__setattr__(self, "per_verdict", _rule_table(self))
 
     def __repr__(self) -> str:
         always = ("max_retries", "timeout")
         shown = []
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            if spec.name in always or (spec.repr and value != spec.default):
+            default = (spec.default if spec.default is not dataclasses.MISSING
+                       else spec.default_factory())  # type: ignore[operator]
+            if spec.name in always or (spec.repr and value != default):
                 shown.append(f"{spec.name}={value!r}")
         return f"RetryPolicy({', '.join(shown)})"
 
@@ -180,6 +187,10 @@ class RetryPolicy:
     def extra(self, key: str, default: Any = None) -> Any:
         """A value stored under ``extras``."""
         return dict(self.extras).get(key, default)
+
+    def rule_for(self, verdict: Verdict) -> Optional[VerdictRule]:
+        """The ``per_verdict`` rule for ``verdict``, or ``None``."""
+        return self.per_verdict.get(verdict)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
@@ -232,3 +243,173 @@ def _methods(value: Any) -> frozenset[str]:
         if not isinstance(name, str) or not name.isalpha():
             raise ValueError(f"idempotent_methods contains {name!r}, not an HTTP method")
     return frozenset(n.upper() for n in names)
+
+
+# -- dynamic strategy: per-verdict rules ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Overrides for the failures of one verdict; ``None`` fields keep the policy's value.
+
+    Example::
+
+        policy = RetryPolicy(max_retries=3, per_verdict={
+            Verdict.RATE_LIMIT: VerdictRule(backoff_base=2.0, backoff_max=30.0),
+            Verdict.TIMEOUT: VerdictRule(max_retries=1),
+            Verdict.NETWORK: VerdictRule(breaker_weight=2.0),
+        })
+
+    With this policy a 429 waits 2 s, 4 s, 8 s… (or its ``Retry-After``, up to 30 s), a
+    timeout is retried once per call, and a refused connection counts double for the
+    circuit breaker.  Only retryable verdicts take rules.
+    """
+
+    #: Retries allowed after failures of this verdict in one call (at most the policy's
+    #: ``max_retries``, which still caps the call as a whole).
+    max_retries: Optional[int] = None
+    backoff_base: Optional[float] = None
+    backoff_multiplier: Optional[float] = None
+    #: Cap on the wait, ``Retry-After`` included: a longer 429 wait can be allowed here.
+    backoff_max: Optional[float] = None
+    #: A jitter mode, or ``"none"`` to turn the policy's jitter off for this verdict.
+    jitter: Optional[str] = None
+    respect_retry_after: Optional[bool] = None
+    #: How much one failure of this verdict counts for the breaker (``AttemptEvent.weight``).
+    breaker_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries is not None:
+            _check_int("VerdictRule.max_retries", self.max_retries, minimum=0)
+        for name in ("backoff_base", "backoff_max", "backoff_multiplier"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_non_negative(f"VerdictRule.{name}", value)
+                object.__setattr__(self, name, float(value))
+        if self.backoff_multiplier is not None and self.backoff_multiplier < 1:
+            raise ValueError(
+                f"VerdictRule.backoff_multiplier must be >= 1, got {self.backoff_multiplier!r}"
+            )
+        if self.jitter is not None and self.jitter not in (*JITTER_MODES, "none"):
+            raise ValueError(
+                f"VerdictRule.jitter must be None, 'none' or one of "
+                f"{', '.join(map(repr, JITTER_MODES))}, got {self.jitter!r}"
+            )
+        if self.respect_retry_after is not None and not isinstance(
+            self.respect_retry_after, bool
+        ):
+            raise TypeError(
+                f"VerdictRule.respect_retry_after must be a bool or None, "
+                f"got {self.respect_retry_after!r}"
+            )
+        weight: Any = self.breaker_weight  # callers may pass anything
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise TypeError(f"VerdictRule.breaker_weight must be a number, got {weight!r}")
+        as_float = float(weight)
+        if not (math.isfinite(as_float) and as_float >= 0):
+            raise ValueError(
+                f"VerdictRule.breaker_weight must be a finite number >= 0, got {weight!r}"
+            )
+        object.__setattr__(self, "breaker_weight", as_float)
+
+    def backoff_for(self, policy: RetryPolicy) -> ResolvedBackoff:
+        """The backoff settings for this verdict: this rule's values over ``policy``'s."""
+        jitter = policy.jitter if self.jitter is None else self.jitter
+        return ResolvedBackoff(
+            backoff_base=_pick(self.backoff_base, policy.backoff_base),
+            backoff_multiplier=_pick(self.backoff_multiplier, policy.backoff_multiplier),
+            backoff_max=_pick(self.backoff_max, policy.backoff_max),
+            jitter=None if jitter == "none" else jitter,
+        )
+
+    def retry_after_for(self, policy: RetryPolicy) -> bool:
+        """Whether ``Retry-After`` is honoured for this verdict."""
+        if self.respect_retry_after is None:
+            return policy.respect_retry_after
+        return self.respect_retry_after
+
+
+@dataclass(frozen=True)
+class ResolvedBackoff:
+    """Backoff settings after a :class:`VerdictRule` is applied (what ``backoff_delay`` reads)."""
+
+    backoff_base: float
+    backoff_multiplier: float
+    backoff_max: float
+    jitter: Optional[str]
+
+
+def _pick(value: Optional[float], default: float) -> float:
+    return default if value is None else value
+
+
+class _RuleTable(Mapping[Verdict, VerdictRule]):
+    """A read-only, hashable ``{Verdict: VerdictRule}`` (so policies stay hashable)."""
+
+    __slots__ = ("_rules",)
+
+    def __init__(self, rules: dict[Verdict, VerdictRule]) -> None:
+        self._rules = rules
+
+    def __getitem__(self, verdict: Verdict) -> VerdictRule:
+        return self._rules[verdict]
+
+    def __iter__(self) -> Iterator[Verdict]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._rules.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._rules) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return repr(self._rules)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_RuleTable, (self._rules,))
+
+
+def _rule_table(policy: RetryPolicy) -> _RuleTable:
+    """Validate ``policy.per_verdict`` against the policy and freeze it."""
+    table = policy.per_verdict
+    if not isinstance(table, Mapping):
+        raise TypeError(
+            f"per_verdict must be a mapping {{Verdict: VerdictRule}}, got {table!r}"
+        )
+    rules: dict[Verdict, VerdictRule] = {}
+    retryable = ", ".join(v.value for v in Verdict if v.retryable)
+    for key, rule in table.items():
+        try:
+            verdict = Verdict(key)
+        except ValueError:
+            raise ValueError(
+                f"per_verdict key {key!r} is not a Verdict (retryable ones: {retryable})"
+            ) from None
+        where = f"per_verdict[{verdict.value}]"
+        if not verdict.retryable:
+            raise ValueError(
+                f"{where}: {verdict.value} is never retried, so it takes no rule "
+                f"(retryable verdicts: {retryable})"
+            )
+        if not isinstance(rule, VerdictRule):
+            raise TypeError(f"{where} must be a VerdictRule, got {rule!r}")
+        if rule.max_retries is not None and rule.max_retries > policy.max_retries:
+            raise ValueError(
+                f"{where}.max_retries={rule.max_retries!r} exceeds max_retries="
+                f"{policy.max_retries!r}, which caps every call; raise max_retries and "
+                f"lower the other verdicts instead"
+            )
+        resolved = rule.backoff_for(policy)
+        if resolved.backoff_base > resolved.backoff_max:
+            raise ValueError(
+                f"{where}: backoff_base ({resolved.backoff_base!r}) must not exceed "
+                f"backoff_max ({resolved.backoff_max!r})"
+            )
+        rules[verdict] = rule
+    return _RuleTable(rules)

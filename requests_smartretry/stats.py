@@ -1,0 +1,332 @@
+"""Statistics per operation: counts and latency percentiles from the attempt-event stream.
+
+Every :class:`~requests_smartretry.SmartRetryAdapter` carries a :class:`Stats` as
+``adapter.stats``; ``adapter.stats.snapshot()`` returns plain, JSON-serialisable data keyed
+by operation name.  Latency percentiles come from a fixed log-bucket histogram: constant
+memory, O(1) per observation, within about 5 % of the true value.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from .events import AttemptEvent, EventKind
+
+__all__ = ["TOTAL_KEY", "LatencyHistogram", "Stats"]
+
+#: The snapshot key under which the totals over every operation appear.
+TOTAL_KEY = "__total__"
+#: Operations beyond ``max_operations`` are counted together under this key.
+OTHER_KEY = "__other__"
+
+#: The events that start or end a call (only these read the clock).
+_TIMED = frozenset({EventKind.START, EventKind.SUCCESS, EventKind.GIVE_UP})
+_QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+
+
+class LatencyHistogram:
+    """A streaming latency estimate: counts in fixed logarithmic buckets.
+
+    Example::
+
+        histogram = LatencyHistogram()
+        for seconds in (0.010, 0.012, 0.250):
+            histogram.add(seconds)
+        histogram.quantile(0.5)     # ~0.012 (within 4.5 %)
+
+    Buckets are 8 per doubling from 100 µs to about 28 minutes, so an estimate (the
+    geometric middle of its bucket, clamped to the observed min and max) is within
+    2**(1/16) - 1 ≈ 4.4 % of an observed value.  Not thread-safe on its own: :class:`Stats`
+    guards it with its lock.
+    """
+
+    __slots__ = ("buckets", "count", "maximum", "minimum", "total")
+
+    #: Lower edge of the first bucket, in seconds (anything faster lands in bucket 0).
+    FLOOR = 1e-4
+    PER_DOUBLING = 8
+    DOUBLINGS = 24
+    SIZE = PER_DOUBLING * DOUBLINGS + 2  # + an underflow and an overflow bucket
+
+    def __init__(self) -> None:
+        self.buckets = [0] * self.SIZE
+        self.count = 0
+        self.total = 0.0
+        self.minimum = math.inf
+        self.maximum = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Record one observation (negative and non-finite values are ignored)."""
+        if not 0.0 <= seconds < math.inf:
+            return
+        if seconds <= self.FLOOR:
+            index = 0
+        else:
+            index = 1 + int(math.log2(seconds / self.FLOOR) * self.PER_DOUBLING)
+            if index >= self.SIZE:
+                index = self.SIZE - 1
+        self.buckets[index] += 1
+        self.count += 1
+        self.total += seconds
+        if seconds < self.minimum:
+            self.minimum = seconds
+        if seconds > self.maximum:
+            self.maximum = seconds
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add ``other``'s observations to this histogram."""
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        self.count += other.count
+        self.total += other.total
+        self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
+
+    def copy(self) -> LatencyHistogram:
+        """An independent copy."""
+        clone = LatencyHistogram()
+        clone.merge(self)
+        return clone
+
+    def quantile(self, q: float) -> Optional[float]:
+        """The estimated ``q``-quantile (0 < q <= 1) in seconds, or ``None`` when empty."""
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"q must be in (0, 1], got {q!r}")
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        index = 0
+        for index, n in enumerate(self.buckets):  # noqa: B007 - index is used after the loop
+            seen += n
+            if seen >= rank:
+                break
+        if index == 0:
+            estimate = self.minimum
+        elif index == self.SIZE - 1:  # the overflow bucket has no upper edge
+            estimate = self.maximum
+        else:
+            lower = self.FLOOR * 2 ** ((index - 1) / self.PER_DOUBLING)
+            upper = self.FLOOR * 2 ** (index / self.PER_DOUBLING)
+            estimate = math.sqrt(lower * upper)
+        return min(max(estimate, self.minimum), self.maximum)
+
+    def summary(self) -> dict[str, Any]:
+        """``count``, ``mean``, ``p50``, ``p90``, ``p99`` and ``max`` as plain data."""
+        if self.count == 0:
+            return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None,
+                    "max": None}
+        summary: dict[str, Any] = {"count": self.count, "mean": self.total / self.count}
+        for name, q in _QUANTILES:
+            summary[name] = self.quantile(q)
+        summary["max"] = self.maximum
+        return summary
+
+
+class _Counters:
+    """The mutable tallies of one operation (always touched under the Stats lock)."""
+
+    __slots__ = ("attempt_seconds", "attempts", "budget_denials", "call_seconds",
+                 "failures", "give_ups", "refused", "rejections", "requests", "retries",
+                 "successes")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.attempts = 0
+        self.retries = 0
+        self.successes = 0
+        self.rejections = 0
+        self.refused = 0  # calls the breaker refused before their first attempt
+        self.budget_denials = 0
+        self.failures: dict[str, int] = {}
+        self.give_ups: dict[str, int] = {}
+        self.attempt_seconds = LatencyHistogram()
+        self.call_seconds = LatencyHistogram()
+
+    def copy(self) -> _Counters:
+        clone = _Counters()
+        clone.merge(self)
+        return clone
+
+    def merge(self, other: _Counters) -> None:
+        for name in ("requests", "attempts", "retries", "successes", "rejections",
+                     "refused", "budget_denials"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.failures, other.failures), (self.give_ups, other.give_ups)):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+        self.attempt_seconds.merge(other.attempt_seconds)
+        self.call_seconds.merge(other.call_seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        give_ups = sum(self.give_ups.values())
+        return {
+            "requests": self.requests,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "successes": self.successes,
+            "failures": sum(self.failures.values()),
+            "failures_by_verdict": dict(sorted(self.failures.items())),
+            "give_ups": give_ups,
+            "give_ups_by_reason": dict(sorted(self.give_ups.items())),
+            "rejections": self.rejections,
+            "budget_denials": self.budget_denials,
+            "in_flight": max(0, self.requests - self.successes - give_ups - self.refused),
+            "retry_rate": self.retries / self.requests if self.requests else 0.0,
+            "attempt_seconds": self.attempt_seconds.summary(),
+            "call_seconds": self.call_seconds.summary(),
+        }
+
+
+class Stats:
+    """Thread-safe statistics per operation, fed by the attempt-event stream (a hook).
+
+    Example::
+
+        session = smart_session(max_retries=1)
+        session.get("https://example.com/api")
+        stats = session.get_adapter("https://").stats
+        stats.snapshot()["GET example.com/api"]["retries"]     # 0
+        shared = Stats()                                       # one Stats, many adapters:
+        smart_session(stats=shared), smart_session(stats=shared)
+
+    Per operation: ``requests`` (calls, including those the breaker refused), ``attempts``,
+    ``retries``, ``successes`` (calls), ``failures`` (failed attempts) and
+    ``failures_by_verdict``, ``give_ups`` (calls that ended in failure) and
+    ``give_ups_by_reason``, ``rejections`` (breaker refusals), ``budget_denials``,
+    ``in_flight``, ``retry_rate`` (retries per request) and latency summaries
+    ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max; a call's time
+    runs from its first attempt's start to its end, on ``clock``).  The totals over every
+    operation are under :data:`TOTAL_KEY`.
+
+    Thread safety: every event takes one short lock (no I/O, no callbacks under it);
+    :meth:`snapshot` copies under the lock and computes percentiles outside it, so it is
+    consistent (a snapshot never shows half an event) and never blocks callers for long.
+    At most ``max_operations`` names are tracked (high-cardinality default names such as
+    ``GET host/users/123`` cannot grow memory without bound); later ones are counted under
+    ``"__other__"``.
+    """
+
+    #: The snapshot key of the totals (also ``requests_smartretry.stats.TOTAL_KEY``).
+    TOTAL_KEY = TOTAL_KEY
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_operations: int = 1000,
+        max_in_flight: int = 100_000,
+    ) -> None:
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        for name, value in (("max_operations", max_operations), ("max_in_flight", max_in_flight)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        self._clock = clock
+        self.max_operations = max_operations
+        self.max_in_flight = max_in_flight
+        self._lock = threading.Lock()
+        self._operations: dict[str, _Counters] = {}
+        # call_id -> clock() at its first attempt; entries leave when the call ends.  A call
+        # that never ends (its thread died mid-call) is evicted, oldest first, at the cap.
+        self._started: dict[int, float] = {}
+
+    def __repr__(self) -> str:
+        return f"Stats(operations={len(self._operations)})"
+
+    def __call__(self, event: AttemptEvent) -> None:
+        """Count one event (the hook entry point)."""
+        kind = event.kind
+        now = self._clock() if kind in _TIMED else 0.0
+        with self._lock:
+            counters = self._operations.get(event.operation)
+            if counters is None:
+                counters = self._new_operation(event.operation)
+            if kind is EventKind.START:
+                counters.attempts += 1
+                if event.attempt == 1:
+                    counters.requests += 1
+                    if len(self._started) >= self.max_in_flight:
+                        del self._started[next(iter(self._started))]
+                    self._started[event.call_id] = now
+            elif kind is EventKind.SUCCESS:
+                counters.successes += 1
+                self._record_elapsed(counters, event)
+                self._end_call(counters, event.call_id, now)
+            elif kind is EventKind.FAILURE:
+                verdict = event.verdict.value if event.verdict is not None else "unknown"
+                counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
+                self._record_elapsed(counters, event)
+            elif kind is EventKind.RETRY:
+                counters.retries += 1
+            elif kind is EventKind.GIVE_UP:
+                reason = event.give_up_reason or "unknown"
+                counters.give_ups[reason] = counters.give_ups.get(reason, 0) + 1
+                if reason == "budget":
+                    counters.budget_denials += 1
+                self._end_call(counters, event.call_id, now)
+            elif kind is EventKind.REJECTED:
+                counters.rejections += 1
+                if event.attempt == 1:  # refused before any attempt: the call ends here
+                    counters.requests += 1
+                    counters.refused += 1
+                    self._started.pop(event.call_id, None)
+
+    def _new_operation(self, operation: str) -> _Counters:
+        if len(self._operations) >= self.max_operations:
+            counters = self._operations.get(OTHER_KEY)
+            if counters is None:
+                counters = self._operations[OTHER_KEY] = _Counters()
+            return counters
+        counters = self._operations[operation] = _Counters()
+        return counters
+
+    @staticmethod
+    def _record_elapsed(counters: _Counters, event: AttemptEvent) -> None:
+        if event.elapsed is not None:
+            counters.attempt_seconds.add(event.elapsed)
+
+    def _end_call(self, counters: _Counters, call_id: int, now: float) -> None:
+        started = self._started.pop(call_id, None)
+        if started is not None:
+            counters.call_seconds.add(max(0.0, now - started))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Plain, JSON-serialisable counts keyed by operation name, plus :data:`TOTAL_KEY`."""
+        with self._lock:
+            copies = {name: counters.copy() for name, counters in self._operations.items()}
+        total = _Counters()
+        result: dict[str, dict[str, Any]] = {}
+        for name in sorted(copies):
+            total.merge(copies[name])
+            result[name] = copies[name].as_dict()
+        result[TOTAL_KEY] = total.as_dict()
+        return result
+
+    def operations(self) -> list[str]:
+        """The operation names seen so far, sorted."""
+        with self._lock:
+            return sorted(self._operations)
+
+    def reset(self) -> None:
+        """Forget every count (calls in flight finish without a call time)."""
+        with self._lock:
+            self._operations.clear()
+            self._started.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The lock cannot be pickled; calls in flight belong to this process only.
+        with self._lock:
+            state = self.__dict__.copy()
+            state["_operations"] = {k: v.copy() for k, v in self._operations.items()}
+        del state["_lock"]
+        state["_started"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

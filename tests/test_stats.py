@@ -1,0 +1,328 @@
+"""Tests for requests_smartretry.stats: per-operation counts and latency percentiles."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import threading
+from typing import Any
+
+import pytest
+import requests
+
+from requests_smartretry import SmartRetryAdapter, Stats
+from requests_smartretry.events import AttemptEvent, EventKind, Verdict
+from requests_smartretry.faultserver import FaultServer
+from requests_smartretry.stats import OTHER_KEY, TOTAL_KEY, LatencyHistogram
+
+
+class FakeClock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
+          **fields: Any) -> AttemptEvent:
+    return AttemptEvent(kind=kind, operation=op, service="http://svc", attempt=attempt,
+                        max_attempts=2, call_id=call_id, **fields)
+
+
+def feed_retried_success(stats: Stats, clock: FakeClock, *, op: str = "op",
+                         call_id: int = 1) -> None:
+    """One call: a 503 on attempt 1 (0.1 s), 0.4 s of backoff, a success (0.05 s)."""
+    stats(event(EventKind.START, op=op, call_id=call_id))
+    clock.now += 0.1
+    stats(event(EventKind.FAILURE, op=op, call_id=call_id, verdict=Verdict.SERVER_ERROR,
+                elapsed=0.1, status_code=503))
+    stats(event(EventKind.RETRY, op=op, call_id=call_id, verdict=Verdict.SERVER_ERROR,
+                wait=0.4))
+    clock.now += 0.4
+    stats(event(EventKind.START, op=op, call_id=call_id, attempt=2))
+    clock.now += 0.05
+    stats(event(EventKind.SUCCESS, op=op, call_id=call_id, attempt=2,
+                verdict=Verdict.SUCCESS, elapsed=0.05))
+
+
+def test_a_retried_success_is_counted_per_operation() -> None:
+    """One call that failed once and then succeeded shows 1 request, 2 attempts, 1 retry."""
+    clock = FakeClock()
+    stats = Stats(clock=clock)
+    feed_retried_success(stats, clock)
+    op = stats.snapshot()["op"]
+    assert op["requests"] == 1
+    assert op["attempts"] == 2
+    assert op["retries"] == 1
+    assert op["successes"] == 1
+    assert op["failures"] == 1
+    assert op["failures_by_verdict"] == {"server_error": 1}
+    assert op["give_ups"] == 0
+    assert op["in_flight"] == 0
+    assert op["retry_rate"] == 1.0
+    assert op["attempt_seconds"]["count"] == 2
+    assert op["attempt_seconds"]["max"] == pytest.approx(0.1)
+    assert op["call_seconds"]["count"] == 1
+    assert op["call_seconds"]["p50"] == pytest.approx(0.55)
+
+
+def test_give_ups_are_counted_by_reason_and_budget_denials_separately() -> None:
+    """A call that ends in failure counts as a give-up under its reason; 'budget' ones
+    also count as budget denials."""
+    stats = Stats(clock=FakeClock())
+    for call_id, reason in ((1, "exhausted"), (2, "budget"), (3, "budget")):
+        stats(event(EventKind.START, call_id=call_id))
+        stats(event(EventKind.FAILURE, call_id=call_id, verdict=Verdict.TIMEOUT, elapsed=1.0))
+        stats(event(EventKind.GIVE_UP, call_id=call_id, verdict=Verdict.TIMEOUT,
+                    give_up_reason=reason))
+    op = stats.snapshot()["op"]
+    assert op["requests"] == 3
+    assert op["give_ups"] == 3
+    assert op["give_ups_by_reason"] == {"budget": 2, "exhausted": 1}
+    assert op["budget_denials"] == 2
+    assert op["failures_by_verdict"] == {"timeout": 3}
+    assert op["in_flight"] == 0
+    assert op["call_seconds"]["count"] == 3
+
+
+def test_breaker_rejections_count_as_requests_only_before_the_first_attempt() -> None:
+    """A call refused outright is one request and one rejection; a retry refused later is a
+    rejection inside a call that then gives up."""
+    stats = Stats(clock=FakeClock())
+    stats(event(EventKind.REJECTED, call_id=1, reason="circuit_open", wait=3.0))
+    stats(event(EventKind.START, call_id=2))
+    stats(event(EventKind.FAILURE, call_id=2, verdict=Verdict.NETWORK, elapsed=0.01))
+    stats(event(EventKind.RETRY, call_id=2, verdict=Verdict.NETWORK, wait=0.0))
+    stats(event(EventKind.REJECTED, call_id=2, attempt=2, reason="circuit_open"))
+    stats(event(EventKind.GIVE_UP, call_id=2, verdict=Verdict.NETWORK,
+                give_up_reason="circuit_open"))
+    op = stats.snapshot()["op"]
+    assert op["requests"] == 2
+    assert op["rejections"] == 2
+    assert op["attempts"] == 1
+    assert op["give_ups_by_reason"] == {"circuit_open": 1}
+    assert op["in_flight"] == 0
+    assert op["call_seconds"]["count"] == 1  # the refused call never ran
+
+
+def test_a_call_in_progress_shows_as_in_flight() -> None:
+    """A call that started but has not ended is in flight."""
+    stats = Stats(clock=FakeClock())
+    stats(event(EventKind.START, call_id=7))
+    assert stats.snapshot()["op"]["in_flight"] == 1
+
+
+def test_snapshot_is_json_with_totals_over_operations() -> None:
+    """The snapshot is plain JSON data keyed by operation, with totals under __total__."""
+    clock = FakeClock()
+    stats = Stats(clock=clock)
+    feed_retried_success(stats, clock, op="生成艺术照", call_id=1)
+    feed_retried_success(stats, clock, op="GET example.com/x", call_id=2)
+    snapshot = stats.snapshot()
+    assert json.loads(json.dumps(snapshot)) == snapshot
+    assert set(snapshot) == {"生成艺术照", "GET example.com/x", Stats.TOTAL_KEY}
+    total = snapshot[TOTAL_KEY]
+    assert (total["requests"], total["attempts"], total["retries"]) == (2, 4, 2)
+    assert total["attempt_seconds"]["count"] == 4
+    assert stats.operations() == sorted(["生成艺术照", "GET example.com/x"])
+
+
+def test_empty_snapshot_has_zero_totals() -> None:
+    """A Stats that saw nothing reports zeros and no percentiles, not an error."""
+    total = Stats().snapshot()[TOTAL_KEY]
+    assert total["requests"] == 0
+    assert total["retry_rate"] == 0.0
+    assert total["attempt_seconds"]["p99"] is None
+
+
+def test_reset_forgets_everything() -> None:
+    """reset() empties the counts."""
+    clock = FakeClock()
+    stats = Stats(clock=clock)
+    feed_retried_success(stats, clock)
+    stats.reset()
+    assert stats.snapshot() == Stats().snapshot()
+
+
+def test_operations_beyond_the_cap_are_counted_under_other() -> None:
+    """High-cardinality operation names cannot grow memory: extras share '__other__'."""
+    stats = Stats(max_operations=2)
+    for call_id, op in enumerate(["a", "b", "c", "d"], start=1):
+        stats(event(EventKind.START, op=op, call_id=call_id))
+    snapshot = stats.snapshot()
+    assert set(snapshot) == {"a", "b", OTHER_KEY, TOTAL_KEY}
+    assert snapshot[OTHER_KEY]["requests"] == 2
+    assert snapshot[TOTAL_KEY]["requests"] == 4
+
+
+def test_calls_that_never_end_are_evicted_at_the_in_flight_cap() -> None:
+    """Calls whose thread died mid-call do not pile up: the oldest is dropped at the cap."""
+    stats = Stats(max_in_flight=3)
+    for call_id in range(1, 11):
+        stats(event(EventKind.START, call_id=call_id))
+    assert len(stats._started) == 3
+    assert set(stats._started) == {8, 9, 10}
+
+
+def test_stats_survive_pickling_with_their_counts() -> None:
+    """A pickled Stats (inside a pickled adapter) keeps its counts and works afterwards."""
+    clock = FakeClock()
+    stats = Stats()
+    feed_retried_success(stats, clock)
+    copy = pickle.loads(pickle.dumps(stats))
+    assert copy.snapshot() == stats.snapshot()
+    copy(event(EventKind.START, call_id=99))
+    assert copy.snapshot()["op"]["requests"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"clock": 3}, "clock must be callable"),
+        ({"max_operations": 0}, "max_operations must be >= 1, got 0"),
+        ({"max_in_flight": "9"}, "max_in_flight must be an int, got '9'"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(kwargs: dict[str, Any], message: str) -> None:
+    """A bad Stats setting fails at construction, naming the setting and the value."""
+    with pytest.raises((TypeError, ValueError), match=message):
+        Stats(**kwargs)
+
+
+def test_histogram_percentiles_are_within_five_percent() -> None:
+    """The streaming percentiles of 1..2000 ms are within 5 % of the exact ones."""
+    histogram = LatencyHistogram()
+    values = [n / 1000 for n in range(1, 2001)]
+    random.Random(7).shuffle(values)
+    for value in values:
+        histogram.add(value)
+    for q, exact in ((0.5, 1.0), (0.9, 1.8), (0.99, 1.98)):
+        estimate = histogram.quantile(q)
+        assert estimate is not None
+        assert abs(estimate - exact) / exact < 0.05, (q, estimate)
+    summary = histogram.summary()
+    assert summary["count"] == 2000
+    assert summary["max"] == 2.0
+    assert summary["mean"] == pytest.approx(1.0005)
+
+
+def test_histogram_clamps_to_what_it_saw_and_ignores_nonsense() -> None:
+    """Estimates never leave [min, max]; negative, NaN and infinite times are ignored;
+    extreme values land in the end buckets."""
+    histogram = LatencyHistogram()
+    for value in (-1.0, float("nan"), float("inf")):
+        histogram.add(value)
+    assert histogram.quantile(0.5) is None
+    histogram.add(0.00001)
+    histogram.add(1e6)
+    assert histogram.quantile(0.5) == 0.00001
+    assert histogram.quantile(1.0) == 1e6
+    with pytest.raises(ValueError, match="q must be in"):
+        histogram.quantile(0)
+
+
+def test_totals_add_up_exactly_under_16_threads() -> None:
+    """Sixteen threads feeding one Stats lose no event: totals equal the sum of the work."""
+    stats = Stats()
+    threads_n, calls_per_thread = 16, 400
+    start = threading.Barrier(threads_n)
+
+    def work(thread_index: int) -> None:
+        start.wait()
+        for n in range(calls_per_thread):
+            call_id = thread_index * 1_000_000 + n
+            op = f"op{n % 3}"
+            stats(event(EventKind.START, op=op, call_id=call_id))
+            if n % 2:  # odd calls: one retry, then success
+                stats(event(EventKind.FAILURE, op=op, call_id=call_id,
+                            verdict=Verdict.SERVER_ERROR, elapsed=0.01))
+                stats(event(EventKind.RETRY, op=op, call_id=call_id, wait=0.0))
+                stats(event(EventKind.START, op=op, call_id=call_id, attempt=2))
+            stats(event(EventKind.SUCCESS, op=op, call_id=call_id, attempt=1 + n % 2,
+                        verdict=Verdict.SUCCESS, elapsed=0.002))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    total = stats.snapshot()[TOTAL_KEY]
+    calls = threads_n * calls_per_thread
+    assert total["requests"] == calls
+    assert total["successes"] == calls
+    assert total["retries"] == calls // 2
+    assert total["attempts"] == calls + calls // 2
+    assert total["failures_by_verdict"] == {"server_error": calls // 2}
+    assert total["attempt_seconds"]["count"] == calls + calls // 2
+    assert total["call_seconds"]["count"] == calls
+    assert total["in_flight"] == 0
+    assert stats._started == {}
+
+
+# -- wiring through a real adapter and a real local server ------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    with FaultServer() as running:
+        yield running
+
+
+def no_sleep(seconds: float) -> None:
+    """Backoff that does not really wait."""
+
+
+def test_adapter_stats_count_a_retried_request(server: FaultServer) -> None:
+    """adapter.stats shows a 503-then-ok request as 1 request, 2 attempts, 1 retry,
+    1 success and 1 server_error failure."""
+    adapter = SmartRetryAdapter(max_retries=1, timeout=10.0, operation_name="wired",
+                                sleep=no_sleep)
+    with requests.Session() as session:
+        session.mount("http://", adapter)
+        response = session.get(server.url("/seq/stats-wired?steps=503,ok"))
+    assert response.status_code == 200
+    op = adapter.stats.snapshot()["wired"] if adapter.stats else {}
+    assert op["requests"] == 1
+    assert op["attempts"] == 2
+    assert op["retries"] == 1
+    assert op["successes"] == 1
+    assert op["failures_by_verdict"] == {"server_error": 1}
+    assert op["attempt_seconds"]["count"] == 2
+    assert op["call_seconds"]["count"] == 1
+
+
+def test_one_stats_can_be_shared_and_counting_turned_off(server: FaultServer) -> None:
+    """stats=<Stats> shares one Stats across adapters; stats=False leaves none."""
+    shared = Stats()
+    adapters = [SmartRetryAdapter(operation_name="shared", stats=shared) for _ in range(2)]
+    for adapter in adapters:
+        assert adapter.stats is shared
+        with requests.Session() as session:
+            session.mount("http://", adapter)
+            session.get(server.url("/ok"))
+    assert shared.snapshot()["shared"]["requests"] == 2
+    silent = SmartRetryAdapter(stats=False)
+    assert silent.stats is None
+    assert not any(isinstance(hook, Stats) for hook in silent._hooks)
+    with pytest.raises(TypeError, match="stats must be a Stats, None or False, got 'yes'"):
+        SmartRetryAdapter(stats="yes")  # type: ignore[arg-type]
+
+
+def test_a_pickled_adapter_keeps_its_policy_and_counts(server: FaultServer) -> None:
+    """An adapter survives pickling with its policy and statistics, and keeps counting."""
+    adapter = SmartRetryAdapter(operation_name="pickled", timeout=10.0)
+    with requests.Session() as session:
+        session.mount("http://", adapter)
+        session.get(server.url("/ok"))
+    copy = pickle.loads(pickle.dumps(adapter))
+    assert copy.policy == adapter.policy
+    assert copy.stats is not None
+    assert copy.stats.snapshot()["pickled"]["requests"] == 1
+    with requests.Session() as session:
+        session.mount("http://", copy)
+        session.get(server.url("/ok"))
+    assert copy.stats.snapshot()["pickled"]["requests"] == 2
