@@ -14,11 +14,13 @@ from .classify import Classification
 from .errors import (
     AdapterClosedError,
     AttemptDeadlineExceeded,
+    CallTimeoutError,
     CircuitOpenError,
     SmartRetryError,
     attempt_history,
 )
 from .events import AttemptEvent, EventKind, Verdict
+from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
 from .policy import RetryPolicy
 from .testing import set_testing
@@ -29,6 +31,7 @@ __all__ = [
     "AdapterClosedError",
     "AttemptDeadlineExceeded",
     "AttemptEvent",
+    "CallTimeoutError",
     "CircuitOpenError",
     "Classification",
     "EventKind",
@@ -38,6 +41,9 @@ __all__ = [
     "SmartRetryError",
     "Verdict",
     "attempt_history",
+    "execute_with_retry",
+    "execute_with_smart_retry",
     "set_testing",
     "smart_session",
+    "with_retry",
 ]
