@@ -217,13 +217,17 @@ def _retry_after_of(exc: BaseException) -> Optional[float]:
     return None
 
 
+_PROGRAMMING_ERRORS = (LookupError, AttributeError, TypeError, NameError, AssertionError)
+
+
 def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> Classification:
     """The whole table for an exception raised by an arbitrary callable (an SDK call).
 
     Rows, first decisive one wins: the transport table (:func:`classify_exception`); an HTTP
     status the exception carries (:func:`status_of`, then :func:`classify_status`, with
     ``Retry-After`` when a response is attached); a message mentioning 超时 / timeout
-    (:func:`classify_message`).  Anything else is ``BUSINESS``: never retried.
+    (:func:`classify_message`; not for programming errors such as ``KeyError``).  Anything
+    else is ``BUSINESS``: never retried.
     """
     verdict = classify_exception(exc)
     if verdict.verdict is not Verdict.BUSINESS:
@@ -239,10 +243,14 @@ def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> C
                 verdict = Classification(verdict.verdict, verdict.reason, sent=verdict.sent,
                                          server_acted=verdict.server_acted, retry_after=asked)
         return verdict
-    try:
-        by_message = classify_message(exc)
-    except Exception:  # an exception whose __str__ fails says nothing about timeouts
-        by_message = None
+    by_message = None
+    # A KeyError('timeout_ms') or an AttributeError about '.timeout' is a bug, not a slow
+    # server: the message rule applies only to errors that are not programming errors.
+    if not isinstance(exc, _PROGRAMMING_ERRORS):
+        try:
+            by_message = classify_message(exc)
+        except Exception:  # an exception whose __str__ fails says nothing about timeouts
+            by_message = None
     if by_message is not None:
         return by_message
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)

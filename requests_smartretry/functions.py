@@ -132,13 +132,15 @@ class _Job:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    def run(self) -> None:
-        """Run the attempt inside its retry scope; never raises."""
+    def run(self, before_done: Callable[[], None]) -> None:
+        """Run the attempt inside its retry scope, call ``before_done`` and wake the caller;
+        never raises."""
         try:
             value = self.context.run(_call_in_scope, self.fn, self.deadline_at)
             error: Optional[BaseException] = None
         except BaseException as exc:  # the caller decides what SystemExit etc. mean
             value, error = None, exc
+        before_done()
         with self._lock:
             self.value, self.error = value, error
             abandoned = self.abandoned
@@ -204,10 +206,10 @@ class _WorkerPool:
 
     def _work(self, job: Optional[_Job]) -> None:
         while job is not None:
-            job.run()
+            # Idle again *before* the caller wakes, so that its next attempt reuses this
+            # thread instead of racing it and starting another.
+            job.run(self._now_idle)
             job = None
-            with self._lock:
-                self._idle += 1
             while job is None:
                 try:
                     job = self._jobs.get(timeout=_IDLE_SECONDS)
@@ -216,6 +218,10 @@ class _WorkerPool:
                         if self._jobs.empty():  # nothing was handed to us: retire
                             self._idle -= 1
                             return
+
+    def _now_idle(self) -> None:
+        with self._lock:
+            self._idle += 1
 
     def abandoned_started(self) -> None:
         with self._lock:
