@@ -362,14 +362,16 @@ def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classifica
         _log.exception("requests_smartretry: classify callback %r failed; using the table",
                        classify)
         return None
-    if answer is None or isinstance(answer, Classification):
+    if answer is None:
+        return None
+    if isinstance(answer, Classification) and answer.verdict is not Verdict.SUCCESS:
         return answer
     if answer is True:
         return Classification(Verdict.ERROR, type(error).__name__)
     if answer is False:
         return Classification(Verdict.BUSINESS, type(error).__name__)
-    _log.error("requests_smartretry: classify callback %r returned %r, not a Classification, "
-               "bool or None; using the table", classify, answer)
+    _log.error("requests_smartretry: classify callback %r returned %r, not a failure "
+               "Classification, a bool or None; using the table", classify, answer)
     return None
 
 
@@ -390,6 +392,11 @@ def _check_fn(fn: Any, caller: str) -> None:
         raise TypeError(
             f"{caller}() runs synchronous callables; {fn!r} is async (its coroutine would "
             "never be awaited)"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise TypeError(
+            f"{caller}() cannot retry the generator function {fn!r}: only creating the "
+            "generator would be retried, not iterating it"
         )
 
 
@@ -589,7 +596,8 @@ def with_retry(
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.
 
     The wrapper keeps ``fn``'s signature (for type checkers too) and ``functools.wraps``
-    metadata; the options are validated once, when wrapping::
+    metadata, and exposes the resolved policy as ``wrapper.retry_policy``; the options are
+    validated once, when wrapping::
 
         @with_retry(max_retries=2, timeout=10.0, smart=True, operation_name="查询订单")
         def query_order(order_id: str) -> dict[str, str]: ...

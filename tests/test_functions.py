@@ -8,7 +8,6 @@ import errno
 import inspect
 import json
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -701,23 +700,38 @@ def test_bad_arguments_are_named() -> None:
         with_retry(max_retrys=2)  # validated when decorating, not at the first call
 
 
-def test_async_functions_are_refused() -> None:
-    """An async function is refused (its coroutine would never be awaited)."""
+def test_async_and_generator_functions_are_refused() -> None:
+    """Async and generator functions are refused: only creating the coroutine/generator
+    would be retried, never the work."""
 
     async def fetch() -> int:
         return 1
+
+    def pages() -> Any:
+        yield 1
 
     with pytest.raises(TypeError, match="async"):
         execute_with_retry(fetch)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="async"):
         with_retry(fetch)
+    with pytest.raises(TypeError, match="generator"):
+        execute_with_smart_retry(pages)
+
+
+def test_a_classify_callback_cannot_turn_an_error_into_success(caplog: Any) -> None:
+    """A classify answer that is not a failure verdict (SUCCESS, a string) is logged and
+    ignored: the table decides."""
+    for answer in (Classification(Verdict.SUCCESS, "ok"), "retry please"):
+        fn = Flaky(ValueError("bad"))
+        with pytest.raises(ValueError):
+            execute_with_smart_retry(fn, classify=lambda e, a=answer: a, sleep=Waits())
+        assert fn.calls == 1
+    assert caplog.text.count("classify callback") == 2
 
 
 # -- typing ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("mypy") is None and sys.modules.get("mypy") is None,
-                    reason="mypy not installed")
 def test_with_retry_keeps_signatures_for_mypy() -> None:
     """mypy --strict accepts tests/typing_check.py: with_retry keeps the wrapped signature
     (its required '# type: ignore's would otherwise be reported unused)."""
