@@ -15,11 +15,13 @@ from .classify import Classification
 from .errors import (
     AdapterClosedError,
     AttemptDeadlineExceeded,
+    CallTimeoutError,
     CircuitOpenError,
     SmartRetryError,
     attempt_history,
 )
 from .events import AttemptEvent, EventKind, Verdict
+from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
 from .policy import RetryPolicy, VerdictRule
 from .stats import Stats
@@ -31,6 +33,7 @@ __all__ = [
     "AdapterClosedError",
     "AttemptDeadlineExceeded",
     "AttemptEvent",
+    "CallTimeoutError",
     "CircuitOpenError",
     "Classification",
     "EventKind",
@@ -44,6 +47,9 @@ __all__ = [
     "Verdict",
     "VerdictRule",
     "attempt_history",
+    "execute_with_retry",
+    "execute_with_smart_retry",
     "set_testing",
     "smart_session",
+    "with_retry",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,14 +19,17 @@ from typing import Callable, Optional
 import requests
 import urllib3.exceptions as u3
 
+from .backoff import parse_retry_after
 from .errors import AttemptDeadlineExceeded
 from .events import Verdict
 
 __all__ = [
     "Classification",
+    "classify_call_error",
     "classify_exception",
     "classify_message",
     "classify_status",
+    "status_of",
     "walk_causes",
 ]
 
@@ -121,7 +125,7 @@ _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, boo
     (_errno_in(errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED), Verdict.NETWORK,
      "ECONNRESET", True),
     (lambda e: isinstance(e, (u3.ReadTimeoutError, requests.exceptions.ReadTimeout,
-                              socket.timeout, TimeoutError)),
+                              socket.timeout, TimeoutError, requests.exceptions.Timeout)),
      Verdict.TIMEOUT, "read_timeout", True),
     (lambda e: isinstance(e, (u3.ProtocolError, _CHUNKED, ConnectionError)), Verdict.NETWORK,
      "ECONNRESET", True),
@@ -179,3 +183,74 @@ def classify_status(status: int, retry_statuses: frozenset[int]) -> Classificati
     if status >= 500:
         return Classification(Verdict.PERMANENT, reason)
     return Classification(Verdict.CLIENT_ERROR, reason)
+
+
+# -- the callable API's column: errors raised by SDKs and the caller's own code ------------
+
+
+def _http_status(value: object) -> Optional[int]:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 100 <= value <= 599 else None
+
+
+def status_of(exc: BaseException) -> Optional[int]:
+    """The HTTP status an SDK's exception carries (``status``, ``status_code`` or
+    ``response.status_code``, anywhere in its cause chain), or ``None``."""
+    for node in walk_causes(exc):
+        for value in (getattr(node, "status_code", None), getattr(node, "status", None),
+                      getattr(getattr(node, "response", None), "status_code", None)):
+            code = _http_status(value)
+            if code is not None:
+                return code
+    return None
+
+
+def _retry_after_of(exc: BaseException) -> Optional[float]:
+    for node in walk_causes(exc):
+        headers = getattr(getattr(node, "response", None), "headers", None)
+        if headers is not None and hasattr(headers, "get"):
+            try:
+                return parse_retry_after(headers.get("Retry-After"), now=time.time())
+            except Exception:  # a foreign headers object that misbehaves: ignore it
+                return None
+    return None
+
+
+_PROGRAMMING_ERRORS = (LookupError, AttributeError, TypeError, NameError, AssertionError)
+
+
+def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> Classification:
+    """The whole table for an exception raised by an arbitrary callable (an SDK call).
+
+    Rows, first decisive one wins: the transport table (:func:`classify_exception`); an HTTP
+    status the exception carries (:func:`status_of`, then :func:`classify_status`, with
+    ``Retry-After`` when a response is attached); a message mentioning 超时 / timeout
+    (:func:`classify_message`; not for programming errors such as ``KeyError``).  Anything
+    else is ``BUSINESS``: never retried.
+    """
+    verdict = classify_exception(exc)
+    if verdict.verdict is not Verdict.BUSINESS:
+        return verdict
+    status = status_of(exc)
+    if status is not None:
+        verdict = classify_status(status, retry_statuses)
+        if verdict.verdict is Verdict.SUCCESS:  # a 2xx/3xx on an exception: not ours to judge
+            return Classification(Verdict.BUSINESS, f"{type(exc).__name__} (HTTP {status})")
+        if verdict.retryable:
+            asked = _retry_after_of(exc)
+            if asked is not None:
+                verdict = Classification(verdict.verdict, verdict.reason, sent=verdict.sent,
+                                         server_acted=verdict.server_acted, retry_after=asked)
+        return verdict
+    by_message = None
+    # A KeyError('timeout_ms') or an AttributeError about '.timeout' is a bug, not a slow
+    # server: the message rule applies only to errors that are not programming errors.
+    if not isinstance(exc, _PROGRAMMING_ERRORS):
+        try:
+            by_message = classify_message(exc)
+        except Exception:  # an exception whose __str__ fails says nothing about timeouts
+            by_message = None
+    if by_message is not None:
+        return by_message
+    return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)

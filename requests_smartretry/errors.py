@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdapterClosedError",
     "AttemptDeadlineExceeded",
+    "CallTimeoutError",
     "CircuitOpenError",
     "SmartRetryError",
     "attempt_history",
@@ -30,6 +31,15 @@ class AttemptDeadlineExceeded(SmartRetryError, requests.exceptions.ReadTimeout):
 
     It is a ``requests.exceptions.ReadTimeout`` (hence a ``Timeout``), so code that catches
     requests' timeouts keeps working.
+    """
+
+
+class CallTimeoutError(AttemptDeadlineExceeded, TimeoutError):
+    """A callable's attempt passed its deadline and the caller stopped waiting for it
+    (``execute_with_retry(fn, timeout=...)``).
+
+    It is also the builtin ``TimeoutError``, so code that catches either kind keeps working.
+    The abandoned attempt may still be running in the background.
     """
 
 

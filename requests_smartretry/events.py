@@ -37,6 +37,9 @@ class Verdict(str, enum.Enum):
     BUSINESS = "business"
     #: A transport failure that repeating cannot fix (bad URL, TLS verification).  Never retried.
     PERMANENT = "permanent"
+    #: Any other exception, retried because the caller asked for it (the basic callable
+    #: API, ``execute_with_retry``; or ``retry_on=``).  Retryable.
+    ERROR = "error"
 
     @property
     def retryable(self) -> bool:
@@ -50,7 +53,7 @@ class Verdict(str, enum.Enum):
 
 
 _RETRYABLE = frozenset(
-    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT}
+    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT, Verdict.ERROR}
 )
 
 

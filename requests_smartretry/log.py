@@ -77,6 +77,7 @@ _VERDICT_TEXT = {
         Verdict.CLIENT_ERROR: "客户端错误",
         Verdict.BUSINESS: "业务错误",
         Verdict.PERMANENT: "不可重试的错误",
+        Verdict.ERROR: "错误",
     },
     "en": {
         Verdict.TIMEOUT: "network timeout",
@@ -86,6 +87,7 @@ _VERDICT_TEXT = {
         Verdict.CLIENT_ERROR: "client error",
         Verdict.BUSINESS: "business error",
         Verdict.PERMANENT: "permanent error",
+        Verdict.ERROR: "error",
     },
 }
 

@@ -1,0 +1,626 @@
+"""The callable API: the adapter's retries, deadlines, log lines and hooks for any function.
+
+For SDKs that own their HTTP (``wechatpayv3`` calls module-level ``requests.post``; others
+use httpx) and for any other flaky call::
+
+    from requests_smartretry import execute_with_retry, execute_with_smart_retry, with_retry
+
+    task = execute_with_retry(lambda: client.create_task(prompt), operation_name="生成艺术照")
+
+    code, body = execute_with_smart_retry(lambda: pay_or_raise(order), timeout=10.0)
+
+    @with_retry(max_retries=2, timeout=10.0, smart=True)
+    def fetch_order(order_id: str) -> dict[str, str]: ...
+
+All three run through the one retry loop (:func:`engine.run_call`): same
+:class:`RetryPolicy` keywords, same log lines, same events for hooks, statistics, the
+breaker and the budget, same ``on_retry(attempt, error)``.
+
+Deadlines.  Each attempt runs ``fn`` in a worker thread (a small pool of reusable daemon
+threads), and the caller waits at most the attempt's ``timeout`` (plus a 50 ms grace for
+the attempt to report its own, more precise, error).  Python cannot stop a thread, so an
+attempt still running at its deadline is *abandoned*: it keeps running to completion in the
+background, may still have side effects (a payment may still be created), and its result
+or exception is discarded and logged at DEBUG.  At most 64 abandoned attempts may be
+running at once; beyond that new attempts are refused (a hung dependency must not eat every
+thread of the process) until some finish.
+
+The deadline also reaches inside: ``fn`` runs within a retry scope (``deadline.retry_scope``,
+a contextvar copied into the worker thread), so ``SmartRetryAdapter`` requests made in
+``fn`` get ``min(their own timeout, time left)`` and are cut at the socket, and code in
+``fn`` can read ``deadline.remaining()``.  Plain ``requests`` calls and other libraries do
+not see the scope; for them only the abandonment applies.
+
+Nesting.  A retrying call made inside ``fn`` (a ``smart_session()`` request, another
+``execute_with_retry``) whose policy has ``nested="single"`` (the default) makes exactly one
+attempt: the outer call does the retrying, so attempts never multiply (2, not 2×2).  A
+policy with ``nested="retry"`` retries as configured inside each outer attempt (2×2 = 4).
+
+Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
+in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
+such code pass ``run_in_thread=False``: ``fn`` then runs in the caller's thread and the
+deadline only reaches inside through the retry scope; the caller is not guaranteed to
+regain control at the deadline.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
+
+from .classify import Classification, classify_call_error
+from .deadline import remaining, retry_scope
+from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
+from .errors import CallTimeoutError, SmartRetryError, attach_history
+from .events import Hook, Verdict
+from .log import LoggingHook
+from .policy import RetryPolicy
+
+if TYPE_CHECKING:
+    # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
+    from typing_extensions import ParamSpec
+
+    P = ParamSpec("P")
+
+__all__ = [
+    "ErrorClassifier",
+    "RetryOn",
+    "abandoned_attempts",
+    "execute_with_retry",
+    "execute_with_smart_retry",
+    "with_retry",
+]
+
+R = TypeVar("R")
+
+#: ``classify(error)``: a :class:`Classification`, ``True`` (retry), ``False`` (raise at
+#: once) or ``None`` (let the table decide).
+ErrorClassifier = Callable[[BaseException], Union[Classification, bool, None]]
+#: Exception types retried in addition to the table's rows.
+RetryOn = Union[type[BaseException], tuple[type[BaseException], ...]]
+
+_log = logging.getLogger("requests_smartretry")
+
+# The caller waits this long past the deadline, so that an attempt whose own requests were
+# cut at the deadline (by the adapter's watchdog) can report that precise error itself.
+_GRACE = 0.05
+# An attempt with less time than this left in the enclosing deadline is not started.
+_MIN_ATTEMPT = 0.001
+# Abandoned attempts still running, beyond which new attempts are refused.
+_MAX_ABANDONED = 64
+# An idle worker thread exits after this many seconds without work.
+_IDLE_SECONDS = 30.0
+
+_ABANDONED_TEXT = {
+    "zh": "第 {attempt} 次尝试超时被放弃后在后台结束 ({ms}ms), {what}已丢弃",
+    "en": "abandoned attempt {attempt} finished in the background after {ms}ms; "
+    "its {what} was discarded",
+}
+_WHAT = {"zh": ("返回值", "异常 {name} "), "en": ("return value", "exception {name}")}
+
+
+# -- worker threads ------------------------------------------------------------------------
+
+
+class _Job:
+    """One attempt handed to a worker thread, and how it ended."""
+
+    __slots__ = ("_lock", "abandoned", "context", "deadline_at", "done", "error", "fn",
+                 "label", "lang", "log", "started", "value")
+
+    def __init__(self, fn: Callable[[], Any], deadline_at: float, label: tuple[str, int],
+                 lang: str, log: bool) -> None:
+        self.fn = fn
+        # A fresh copy per attempt: an abandoned attempt may still be running in its copy.
+        self.context = contextvars.copy_context()
+        self.deadline_at = deadline_at
+        self.label = label
+        self.lang = lang
+        self.log = log
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        self.abandoned = False
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def run(self, before_done: Callable[[], None]) -> None:
+        """Run the attempt inside its retry scope, call ``before_done`` and wake the caller;
+        never raises."""
+        try:
+            value = self.context.run(_call_in_scope, self.fn, self.deadline_at)
+            error: Optional[BaseException] = None
+        except BaseException as exc:  # the caller decides what SystemExit etc. mean
+            value, error = None, exc
+        before_done()
+        with self._lock:
+            self.value, self.error = value, error
+            abandoned = self.abandoned
+            self.done.set()
+        if abandoned:
+            _pool.abandoned_finished()
+            if self.log:
+                self._log_discarded(error)
+
+    def abandon(self) -> bool:
+        """Stop waiting for the attempt; ``False`` if it finished in the meantime."""
+        with self._lock:
+            if self.done.is_set():
+                return False
+            self.abandoned = True
+            _pool.abandoned_started()
+            return True
+
+    def _log_discarded(self, error: Optional[BaseException]) -> None:
+        if not _log.isEnabledFor(logging.DEBUG):
+            return
+        lang = self.lang if self.lang in _ABANDONED_TEXT else "zh"
+        kept, failed = _WHAT[lang]
+        what = kept if error is None else failed.format(name=type(error).__name__)
+        operation, attempt = self.label
+        ms = round((time.monotonic() - self.started) * 1000)
+        prefix = "[API重试]" if lang == "zh" else "[API retry]"
+        message = _ABANDONED_TEXT[lang].format(attempt=attempt, ms=ms, what=what)
+        _log.debug("%s %s - %s", prefix, operation, message,
+                   extra={"retry_event": "abandoned_finished", "retry_operation": operation,
+                          "retry_attempt": attempt})
+
+
+def _call_in_scope(fn: Callable[[], R], deadline_at: float) -> R:
+    with retry_scope(deadline_at):
+        return fn()
+
+
+class _WorkerPool:
+    """Daemon threads that run attempts: idle ones are reused, and exit after 30 s idle.
+
+    Thread safety: every counter is guarded by ``_lock``.  ``_idle`` counts workers waiting
+    for a job that no queued job has claimed yet, so a submit either hands its job to one of
+    them (through the queue) or starts a thread with the job as its first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._idle = 0
+        self._names = itertools.count(1)
+        self.abandoned = 0
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        thread = threading.Thread(target=self._work, args=(job,), daemon=True,
+                                  name=f"requests-smartretry-call-{next(self._names)}")
+        thread.start()
+
+    def _work(self, job: Optional[_Job]) -> None:
+        while job is not None:
+            # Idle again *before* the caller wakes, so that its next attempt reuses this
+            # thread instead of racing it and starting another.
+            job.run(self._now_idle)
+            job = None
+            while job is None:
+                try:
+                    job = self._jobs.get(timeout=_IDLE_SECONDS)
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():  # nothing was handed to us: retire
+                            self._idle -= 1
+                            return
+
+    def _now_idle(self) -> None:
+        with self._lock:
+            self._idle += 1
+
+    def abandoned_started(self) -> None:
+        with self._lock:
+            self.abandoned += 1
+
+    def abandoned_finished(self) -> None:
+        with self._lock:
+            self.abandoned -= 1
+
+
+_pool = _WorkerPool()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's workers do not exist in the child: start from an empty pool.
+    global _pool
+    _pool = _WorkerPool()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def abandoned_attempts() -> int:
+    """How many attempts abandoned at their deadline are still running in the background."""
+    return _pool.abandoned
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+class _Config:
+    """Everything one call (or one decorated function) needs, validated once."""
+
+    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "policy", "run_in_thread",
+                 "sleep")
+
+    def __init__(
+        self,
+        *,
+        smart: bool,
+        policy: Optional[RetryPolicy],
+        hooks: Union[Hook, tuple[Hook, ...], list[Hook]],
+        breaker: Optional[BreakerGate],
+        budget: Optional[BudgetGate],
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        run_in_thread: bool,
+        retry_on: Optional[RetryOn],
+        classify: Optional[ErrorClassifier],
+        options: dict[str, Any],
+        caller: str,
+    ) -> None:
+        unknown = set(options) - RetryPolicy.field_names()
+        if unknown:
+            raise TypeError(f"{caller}() got unexpected keyword(s): {', '.join(sorted(unknown))}")
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
+        if policy is None:
+            policy = RetryPolicy(**options)
+        elif options:
+            policy = policy.replace(**options)
+        for name, fn in (("sleep", sleep), ("clock", clock)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {fn!r}")
+        _check_bool("run_in_thread", run_in_thread)
+        if classify is not None and not callable(classify):
+            raise TypeError(f"classify must be callable(error) or None, got {classify!r}")
+        if retry_on is not None:
+            if not smart:
+                raise TypeError(
+                    f"{caller}() retries every exception already; retry_on= is for "
+                    "execute_with_smart_retry() / with_retry(smart=True)"
+                )
+            _check_retry_on(retry_on)
+        extra = (hooks,) if callable(hooks) else tuple(hooks)
+        for hook in extra:
+            if not callable(hook):
+                raise TypeError(f"hooks must contain callables, got {hook!r}")
+        built: list[Hook] = []
+        if policy.log:  # the same consumers, in the same order, as SmartRetryAdapter's
+            built.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
+        built.extend(policy.hooks)
+        built.extend(extra)
+        built.extend(g for g in (breaker, budget) if g is not None)
+        self.policy = policy
+        self.hooks = tuple(built)
+        self.breaker = breaker
+        self.budget = budget
+        self.sleep = sleep
+        self.clock = clock
+        self.run_in_thread = run_in_thread
+        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _check_retry_on(retry_on: Any) -> None:
+    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    for kind in kinds:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise TypeError(
+                f"retry_on must be an exception class or a tuple of them, got {retry_on!r}"
+            )
+
+
+def _classifier(
+    smart: bool,
+    retry_statuses: frozenset[int],
+    retry_on: Optional[RetryOn],
+    classify: Optional[ErrorClassifier],
+) -> Callable[[BaseException], Classification]:
+    """The verdict on an exception raised by ``fn``: the caller's ``classify`` first, then
+    ``retry_on``, then the table; the basic variant retries whatever the table says."""
+
+    def verdict(error: BaseException) -> Classification:
+        if classify is not None:
+            decided = _ask(classify, error)
+            if decided is not None:
+                return decided
+        table = classify_call_error(error, retry_statuses)
+        if table.retryable:
+            return table
+        if not smart or (retry_on is not None and isinstance(error, retry_on)):
+            return Classification(Verdict.ERROR, table.reason, sent=table.sent)
+        return table
+
+    return verdict
+
+
+def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
+    try:
+        answer: Any = classify(error)  # checked below: user code may return anything
+    except Exception:
+        _log.exception("requests_smartretry: classify callback %r failed; using the table",
+                       classify)
+        return None
+    if answer is None:
+        return None
+    if isinstance(answer, Classification) and answer.verdict is not Verdict.SUCCESS:
+        return answer
+    if answer is True:
+        return Classification(Verdict.ERROR, type(error).__name__)
+    if answer is False:
+        return Classification(Verdict.BUSINESS, type(error).__name__)
+    _log.error("requests_smartretry: classify callback %r returned %r, not a failure "
+               "Classification, a bool or None; using the table", classify, answer)
+    return None
+
+
+def _operation_name(fn: Callable[..., Any], policy: RetryPolicy) -> str:
+    if policy.operation_name:
+        return policy.operation_name
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    name = getattr(target, "__qualname__", None)
+    return name if isinstance(name, str) and name else type(target).__qualname__
+
+
+def _check_fn(fn: Any, caller: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{caller}() needs a callable, got {fn!r}")
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    ):
+        raise TypeError(
+            f"{caller}() runs synchronous callables; {fn!r} is async (its coroutine would "
+            "never be awaited)"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise TypeError(
+            f"{caller}() cannot retry the generator function {fn!r}: only creating the "
+            "generator would be retried, not iterating it"
+        )
+
+
+# -- the call ------------------------------------------------------------------------------
+
+
+def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
+    policy = config.policy
+    call = CallInfo(operation=operation, service=policy.service or operation)
+
+    def attempt(number: int) -> Outcome[R]:
+        return _attempt(fn, config, operation, number)
+
+    finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
+                                     breaker=config.breaker, budget=config.budget,
+                                     sleep=config.sleep, clock=config.clock)
+    outcome = finished.outcome
+    if outcome.error is not None:
+        note = None
+        if finished.give_up_reason not in (None, "exhausted", "not_retryable"):
+            note = f"requests_smartretry: not retried ({finished.give_up_reason})"
+        attach_history(outcome.error, finished.history, note)
+        raise outcome.error
+    return cast(R, outcome.value)
+
+
+def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) -> Outcome[R]:
+    timeout = config.policy.timeout
+    left = remaining()
+    if left is not None:
+        timeout = min(timeout, left)
+    if timeout <= _MIN_ATTEMPT:
+        error: BaseException = CallTimeoutError(
+            f"{operation}: no time left for attempt {number} (enclosing deadline)")
+        return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
+                       error=error, signal=error)
+    deadline_at = time.monotonic() + timeout
+    if not config.run_in_thread:
+        try:
+            value = _call_in_scope(fn, deadline_at)
+        except Exception as exc:
+            return _failed(exc, config)
+        return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
+
+    if _pool.abandoned >= _MAX_ABANDONED:
+        error = SmartRetryError(
+            f"{operation}: {_pool.abandoned} attempts abandoned at their deadline are still "
+            f"running; refusing to start another until some finish")
+        return Outcome(Classification(Verdict.PERMANENT, "too_many_abandoned", sent=False),
+                       error=error, signal=error)
+    job = _Job(fn, deadline_at, (operation, number), config.policy.lang, config.policy.log)
+    _pool.submit(job)
+    try:
+        job.done.wait(max(0.0, deadline_at - time.monotonic()) + _GRACE)
+    except BaseException:  # KeyboardInterrupt while waiting: the attempt runs on alone
+        job.abandon()
+        raise
+    if not job.done.is_set() and job.abandon():
+        error = CallTimeoutError(
+            f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
+            "abandoned and may still be running in the background")
+        return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=True),
+                       error=error, signal=error)
+    if job.error is not None:
+        if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
+            raise job.error
+        return _failed(job.error, config)
+    return Outcome(Classification(Verdict.SUCCESS, "ok"), value=cast(R, job.value))
+
+
+def _failed(error: Exception, config: _Config) -> Outcome[Any]:
+    return Outcome(config.classify(error), error=error, signal=error)
+
+
+# -- the public functions ------------------------------------------------------------------
+
+
+def execute_with_retry(
+    fn: Callable[[], R],
+    *,
+    policy: Optional[RetryPolicy] = None,
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    run_in_thread: bool = True,
+    classify: Optional[ErrorClassifier] = None,
+    **options: Any,
+) -> R:
+    """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
+
+    ``options`` are :class:`RetryPolicy` keywords: ``max_retries=1``, ``timeout=30.0``
+    (seconds per attempt), ``operation_name`` (default: ``fn.__qualname__``),
+    ``on_retry(attempt, error)``, backoff and ``lang``.  ``classify(error)`` may return
+    ``False`` to raise an error at once (or a :class:`Classification`).  The last
+    attempt's exception is raised with its attempt history; a timed-out attempt raises
+    :class:`CallTimeoutError` (see the module doc for what happens to it)::
+
+        order = execute_with_retry(lambda: sdk.create(order), max_retries=2, timeout=10.0)
+    """
+    _check_fn(fn, "execute_with_retry")
+    config = _Config(smart=False, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
+                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=None,
+                     classify=classify, options=options, caller="execute_with_retry")
+    return _run(fn, config, _operation_name(fn, config.policy))
+
+
+def execute_with_smart_retry(
+    fn: Callable[[], R],
+    *,
+    policy: Optional[RetryPolicy] = None,
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    run_in_thread: bool = True,
+    retry_on: Optional[RetryOn] = None,
+    classify: Optional[ErrorClassifier] = None,
+    **options: Any,
+) -> R:
+    """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
+
+    Retried: ``ECONNRESET`` / ``ETIMEDOUT`` / ``ECONNREFUSED`` and DNS failures, timeouts
+    (``TimeoutError``, ``requests`` timeouts, a timed-out attempt), exceptions carrying an
+    HTTP ``status`` / ``status_code`` / ``response.status_code`` of 5xx or 429 (the policy's
+    ``retry_statuses``), and messages containing 超时 or "timeout".  Everything else (4xx,
+    the caller's business errors) is raised after one attempt.  Extend the table with
+    ``retry_on=(MyError, ...)`` or ``classify(error) -> Classification | bool | None``::
+
+        result = execute_with_smart_retry(lambda: sdk.query(order_id), timeout=10.0,
+                                          retry_on=sdk.BusyError)
+    """
+    _check_fn(fn, "execute_with_smart_retry")
+    config = _Config(smart=True, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
+                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
+                     classify=classify, options=options, caller="execute_with_smart_retry")
+    return _run(fn, config, _operation_name(fn, config.policy))
+
+
+@overload
+def with_retry(
+    fn: Callable[P, R],
+    /,
+    *,
+    smart: bool = ...,
+    policy: Optional[RetryPolicy] = ...,
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
+    breaker: Optional[BreakerGate] = ...,
+    budget: Optional[BudgetGate] = ...,
+    sleep: Callable[[float], None] = ...,
+    clock: Callable[[], float] = ...,
+    run_in_thread: bool = ...,
+    retry_on: Optional[RetryOn] = ...,
+    classify: Optional[ErrorClassifier] = ...,
+    **options: Any,
+) -> Callable[P, R]: ...
+
+
+@overload
+def with_retry(
+    fn: None = None,
+    /,
+    *,
+    smart: bool = ...,
+    policy: Optional[RetryPolicy] = ...,
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
+    breaker: Optional[BreakerGate] = ...,
+    budget: Optional[BudgetGate] = ...,
+    sleep: Callable[[float], None] = ...,
+    clock: Callable[[], float] = ...,
+    run_in_thread: bool = ...,
+    retry_on: Optional[RetryOn] = ...,
+    classify: Optional[ErrorClassifier] = ...,
+    **options: Any,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def with_retry(
+    fn: Optional[Callable[P, R]] = None,
+    /,
+    *,
+    smart: bool = False,
+    policy: Optional[RetryPolicy] = None,
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    run_in_thread: bool = True,
+    retry_on: Optional[RetryOn] = None,
+    classify: Optional[ErrorClassifier] = None,
+    **options: Any,
+) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
+    """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
+    ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.
+
+    The wrapper keeps ``fn``'s signature (for type checkers too) and ``functools.wraps``
+    metadata, and exposes the resolved policy as ``wrapper.retry_policy``; the options are
+    validated once, when wrapping::
+
+        @with_retry(max_retries=2, timeout=10.0, smart=True, operation_name="查询订单")
+        def query_order(order_id: str) -> dict[str, str]: ...
+
+        create = with_retry(sdk.create_task, timeout=60.0)
+    """
+    _check_bool("smart", smart)
+    caller = "with_retry"
+    config = _Config(smart=smart, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
+                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
+                     classify=classify, options=options, caller=caller)
+
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
+        _check_fn(target, caller)
+        operation = _operation_name(target, config.policy)
+
+        @functools.wraps(target)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return _run(functools.partial(target, *args, **kwargs), config, operation)
+
+        wrapper.retry_policy = config.policy  # type: ignore[attr-defined]
+        return wrapper
+
+    if fn is None:
+        return decorate
+    return decorate(fn)
