@@ -21,6 +21,14 @@ from .errors import (
 from .events import AttemptEvent, EventKind, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
+from .presets import (
+    payment_adapter,
+    payment_session,
+    photo_adapter,
+    photo_session,
+    video_adapter,
+    video_session,
+)
 from .testing import set_testing
 
 __version__ = "0.1.0"
@@ -38,6 +46,12 @@ __all__ = [
     "SmartRetryError",
     "Verdict",
     "attempt_history",
+    "payment_adapter",
+    "payment_session",
+    "photo_adapter",
+    "photo_session",
     "set_testing",
     "smart_session",
+    "video_adapter",
+    "video_session",
 ]
