@@ -74,14 +74,21 @@ class ScriptedFake:
         step = self._next_step(self.script_key(request))
         if step == "reset":
             self.act(request)  # the server acted, then the connection broke
-            FaultServer.reset(sock)
+            self._abort(sock)
         elif isinstance(step, tuple) and step[0] == "hang":
             self._stopped.wait(float(step[1]))
-            FaultServer.reset(sock)
+            self._abort(sock)
         elif isinstance(step, tuple):
             self._reply(sock, int(step[0]), step[1])
         else:
             self._reply(sock, *self.act(request))
+
+    @staticmethod
+    def _abort(sock: socket.socket) -> None:
+        FaultServer.reset(sock)
+        # FaultServer's serve loop still holds the socket through its reader, so the RST
+        # goes out only when that loop ends: an OSError from a handler ends it.
+        raise ConnectionAbortedError("fake vendor reset the connection")
 
     def _reply(self, sock: socket.socket, status: int, body: Any) -> None:
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
