@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -110,3 +111,11 @@ def test_bad_configuration_is_named() -> None:
         video_session("")
     with pytest.raises(ValueError, match="endpoint"):
         video_session(KEY, endpoint="ark.cn-beijing.volces.com/api/v3")
+
+
+def test_video_policy_pickles() -> None:
+    """The video policy (Bearer signer, classifier, names) survives pickling."""
+    policy = pickle.loads(pickle.dumps(video_adapter(api_key=KEY).policy))
+    assert policy.prepare_attempt is not None and policy.service == "volcengine-ark"
+    prepared = policy.prepare_attempt(requests.Request("GET", "https://x.example/").prepare(), 1)
+    assert prepared is not None and prepared.headers["Authorization"] == f"Bearer {KEY}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import itertools
+import pickle
 import time
 from collections import OrderedDict
 from typing import Any
@@ -13,11 +14,17 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from volcengine.auth.SignerV4 import SignerV4
+from volcengine.auth.SignParam import SignParam
 from volcengine.base.Request import Request as VolcRequest
 from volcengine.Credentials import Credentials
 from volcengine.visual.VisualService import VisualService
 
-from requests_smartretry import AttemptEvent, EventKind, photo_adapter, photo_session
+from requests_smartretry import (
+    AttemptEvent,
+    EventKind,
+    photo_adapter,
+    photo_session,
+)
 from requests_smartretry.faultserver import RecordedRequest
 from requests_smartretry.presets import VolcengineSigner
 from tests.fakes.volcengine import FakeVisual, gateway_error, sdk_authorization, visual_error
@@ -244,3 +251,32 @@ def test_unsignable_body_is_a_clear_error() -> None:
                                 data=(b"x" for _ in range(2))).prepare()
     with pytest.raises(TypeError, match="VolcengineSigner can sign only bytes"):
         VolcengineSigner(AK, SK).sign(prepared)
+
+
+def test_session_token_signature_equals_sdk() -> None:
+    """With an STS session token the signature (token header signed) equals the SDK's."""
+    prepared = requests.Request("POST", "https://visual.volcengineapi.com/" + PROCESS,
+                                data=b"{}", headers={"Content-Type": "application/json"}
+                                ).prepare()
+    VolcengineSigner(AK, SK, session_token="STStoken", clock=FIXED.timestamp).sign(prepared)
+    param = SignParam()
+    param.set_method("POST")
+    param.set_path("/")
+    param.set_query(OrderedDict([("Action", "CVProcess"), ("Version", "2022-08-31")]))
+    param.set_body(b"{}")
+    param.set_header_list(OrderedDict([("Content-Type", "application/json"),
+                                       ("Host", "visual.volcengineapi.com")]))
+    param.set_date(FIXED)
+    expected = SignerV4.sign_only(param, Credentials(AK, SK, "cv", "cn-north-1", "STStoken"))
+    assert prepared.headers["X-Security-Token"] == "STStoken"
+    assert prepared.headers["Authorization"] == expected.authorization
+
+
+def test_photo_policy_pickles() -> None:
+    """The photo policy (signer, classifier, names) survives pickling and still signs."""
+    policy = pickle.loads(pickle.dumps(photo_adapter(AK, SK).policy))
+    assert policy.prepare_attempt is not None and policy.service == "volcengine-visual"
+    prepared = policy.prepare_attempt(
+        requests.Request("GET", "https://example.com/?Action=CVProcess").prepare(), 1)
+    assert prepared is not None
+    assert prepared.headers["Authorization"].startswith(f"HMAC-SHA256 Credential={AK}/")

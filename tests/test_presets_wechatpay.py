@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import pickle
 import re
 import time
 import types
@@ -236,3 +237,18 @@ def test_bad_configuration_is_named(pem: str) -> None:
     with pytest.raises(ValueError, match="nonce"):
         WechatPaySigner(MCHID, SERIAL, pem, nonce=lambda: "").sign(
             requests.Request("GET", "https://api.mch.weixin.qq.com/v3/x").prepare())
+
+
+def test_signer_survives_pickling(pem: str, key: rsa.RSAPrivateKey) -> None:
+    """A pickled payment policy (as a pickled session carries it) still signs validly."""
+    adapter = payment_adapter(MCHID, SERIAL, pem)
+    policy = pickle.loads(pickle.dumps(adapter.policy))
+    assert policy.prepare_attempt is not None
+    prepared = policy.prepare_attempt(
+        requests.Request("GET", "https://api.mch.weixin.qq.com/v3/x").prepare(), 1)
+    assert prepared is not None
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', prepared.headers["Authorization"]))
+    key.public_key().verify(
+        base64.b64decode(fields["signature"]),
+        f"GET\n/v3/x\n{fields['timestamp']}\n{fields['nonce_str']}\n\n".encode(), PKCS1v15(),
+        SHA256())

@@ -181,7 +181,7 @@ class VolcengineSigner:
 
         url = request.url or ""
         signed = {
-            name.lower(): str(value)
+            name.lower(): value.decode("latin-1") if isinstance(value, bytes) else str(value)
             for name, value in headers.items()
             if name.lower() in ("content-type", "content-md5", "host")
             or name.lower().startswith("x-")

@@ -175,6 +175,20 @@ class WechatPaySigner:
     def __repr__(self) -> str:
         return f"WechatPaySigner(mchid={self.mchid!r}, serial_no={self.serial_no!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # RSA key objects do not pickle; their PEM does (a pickled session keeps its key).
+        from cryptography.hazmat.primitives import serialization
+
+        state = dict(self.__dict__)
+        state["_key"] = self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._key = _load_private_key(state["_key"])
+
     def message(self, method: str, url: str, timestamp: str, nonce: str, body: bytes) -> bytes:
         """The bytes that are signed (the vendor's five lines)."""
         parts = urlsplit(url)
