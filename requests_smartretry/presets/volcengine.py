@@ -181,7 +181,7 @@ class VolcengineSigner:
 
         url = request.url or ""
         signed = {
-            name.lower(): value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            name.lower(): _header_text(value)
             for name, value in headers.items()
             if name.lower() in ("content-type", "content-md5", "host")
             or name.lower().startswith("x-")
@@ -209,6 +209,11 @@ class VolcengineSigner:
             f"HMAC-SHA256 Credential={self.access_key}/{scope}, "
             f"SignedHeaders={signed_names}, Signature={signature}"
         )
+
+
+def _header_text(value: Any) -> str:
+    # requests accepts bytes header values and sends them as latin-1.
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _host_value(netloc: str) -> str:
