@@ -280,3 +280,12 @@ def test_photo_policy_pickles() -> None:
         requests.Request("GET", "https://example.com/?Action=CVProcess").prepare(), 1)
     assert prepared is not None
     assert prepared.headers["Authorization"].startswith(f"HMAC-SHA256 Credential={AK}/")
+
+
+def test_bytes_header_values_sign_as_sent() -> None:
+    """A header given as bytes (requests sends it as latin-1) is signed as its text."""
+    as_text = signed("https://visual.volcengineapi.com/" + PROCESS, b"{}",
+                     {"Content-Type": "application/json"})
+    as_bytes = signed("https://visual.volcengineapi.com/" + PROCESS, b"{}",
+                      {"Content-Type": b"application/json"})  # type: ignore[dict-item]
+    assert as_bytes.headers["Authorization"] == as_text.headers["Authorization"]
