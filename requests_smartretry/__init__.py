@@ -24,6 +24,14 @@ from .events import AttemptEvent, EventKind, Verdict
 from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
 from .policy import RetryPolicy, VerdictRule
+from .presets import (
+    payment_adapter,
+    payment_session,
+    photo_adapter,
+    photo_session,
+    video_adapter,
+    video_session,
+)
 from .stats import Stats
 from .testing import set_testing
 
@@ -49,7 +57,13 @@ __all__ = [
     "attempt_history",
     "execute_with_retry",
     "execute_with_smart_retry",
+    "payment_adapter",
+    "payment_session",
+    "photo_adapter",
+    "photo_session",
     "set_testing",
     "smart_session",
+    "video_adapter",
+    "video_session",
     "with_retry",
 ]

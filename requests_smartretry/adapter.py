@@ -15,6 +15,7 @@ Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vend
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import numbers
@@ -39,7 +40,7 @@ from .policy import RetryPolicy
 from .redact import redact_text, redact_url
 from .stats import Stats
 
-__all__ = ["SmartRetryAdapter", "smart_session"]
+__all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 
 _log = logging.getLogger("requests_smartretry")
 
@@ -78,6 +79,17 @@ class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnect
 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+# How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
+_PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
+    "requests_smartretry_previous_attempts", default=())
+
+
+def previous_attempts() -> tuple[Classification, ...]:
+    """Inside a ``prepare_attempt`` hook: the classifications of the call's earlier attempts,
+    oldest first (empty on the first attempt), e.g. to fail over to a backup host after a
+    connection failure or timeout."""
+    return _PREVIOUS_ATTEMPTS.get()
 
 
 class _BodyReplay:
@@ -409,6 +421,7 @@ class SmartRetryAdapter(HTTPAdapter):
         idempotent = self.is_idempotent(request)
         replay = _BodyReplay(request)
         previous: list[requests.Response] = []
+        verdicts: list[Classification] = []  # for previous_attempts()
 
         def attempt(number: int) -> Outcome[requests.Response]:
             for stale in previous:  # a retry discards the last failed response
@@ -416,8 +429,14 @@ class SmartRetryAdapter(HTTPAdapter):
             previous.clear()
             if number > 1:
                 replay.rewind()
-            outcome = self._attempt(self.prepare_attempt(request, number), stream,
-                                    (connect_s, read_s, total_s), verify, cert, proxies)
+            token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
+            try:
+                to_send = self.prepare_attempt(request, number)
+            finally:
+                _PREVIOUS_ATTEMPTS.reset(token)
+            outcome = self._attempt(to_send, stream, (connect_s, read_s, total_s), verify,
+                                    cert, proxies)
+            verdicts.append(outcome.classification)
             if outcome.value is not None:
                 previous.append(outcome.value)
             return dataclasses.replace(outcome, veto=self._veto(outcome, idempotent, replay))

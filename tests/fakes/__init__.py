@@ -1,0 +1,1 @@
+"""Local fakes of the three vendors' HTTP APIs (real HTTP on loopback, built on FaultServer)."""
