@@ -10,6 +10,8 @@ budgets for ``requests`` sessions.
 """
 
 from .adapter import SmartRetryAdapter, smart_session
+from .breaker import CircuitBreaker
+from .budget import RetryBudget
 from .classify import Classification
 from .errors import (
     AdapterClosedError,
@@ -21,6 +23,7 @@ from .errors import (
 from .events import AttemptEvent, EventKind, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
+from .state import MemoryStateStore, StateStore
 from .testing import set_testing
 
 __version__ = "0.1.0"
@@ -29,13 +32,17 @@ __all__ = [
     "AdapterClosedError",
     "AttemptDeadlineExceeded",
     "AttemptEvent",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Classification",
     "EventKind",
     "LoggingHook",
+    "MemoryStateStore",
+    "RetryBudget",
     "RetryPolicy",
     "SmartRetryAdapter",
     "SmartRetryError",
+    "StateStore",
     "Verdict",
     "attempt_history",
     "set_testing",

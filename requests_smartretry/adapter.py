@@ -29,6 +29,7 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .backoff import parse_retry_after
+from .budget import DEFAULT_BUDGET, RetryBudget
 from .classify import Classification, classify_exception, classify_status
 from .deadline import active_watch, current_scope, watch
 from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
@@ -37,6 +38,7 @@ from .events import Hook, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
 from .redact import redact_text, redact_url
+from .state import resolve_store
 
 __all__ = ["SmartRetryAdapter", "smart_session"]
 
@@ -193,12 +195,19 @@ class SmartRetryAdapter(HTTPAdapter):
     ``stream=True`` the deadline covers up to the headers; each later read of the body
     keeps the per-read timeout (the policy's ``timeout``, or the read part of yours).
 
+    Breaker and budget: ``breaker=CircuitBreaker(...)`` refuses attempts to a service that
+    is down; ``budget=`` bounds retries as a share of calls (``RetryBudget()`` unless
+    ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
+    state store) keeps their state in Redis, shared by every process pointing at it.
+
     Thread safety: the adapter holds only the immutable policy and thread-safe
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012 - requests' own convention "policy", "breaker", "budget", "extra_hooks",
-                 "_sleep", "_clock"]
+    # requests' own convention: an adapter pickles only what is listed here.
+    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012
+                 "policy", "breaker", "budget", "extra_hooks", "_sleep", "_clock",
+                 "state"]
 
     policy: RetryPolicy
 
@@ -207,7 +216,8 @@ class SmartRetryAdapter(HTTPAdapter):
         policy: Optional[RetryPolicy] = None,
         *,
         breaker: Optional[BreakerGate] = None,
-        budget: Optional[BudgetGate] = None,
+        budget: Optional[BudgetGate] = DEFAULT_BUDGET,
+        state: Any = None,
         hooks: tuple[Hook, ...] = (),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -237,6 +247,16 @@ class SmartRetryAdapter(HTTPAdapter):
         for hook in hooks:
             if not callable(hook):
                 raise TypeError(f"hooks must contain callables, got {hook!r}")
+        # Breaker and budget state: this process, or shared through Redis (``state=``).
+        if budget is DEFAULT_BUDGET:
+            budget = RetryBudget()
+        store = resolve_store(state)
+        if store is not None:
+            for gate in (breaker, budget):
+                attach = getattr(gate, "use_store", None)
+                if attach is not None:
+                    attach(store)
+        self.state = store
         self.policy = policy
         self.breaker = breaker
         self.budget = budget
