@@ -101,7 +101,7 @@ def client(url: str) -> Any:
     return redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
 
 
-# -- code run inside worker processes (spawned: must be importable, picklable) -----------
+# -- code run inside worker processes (forked from a clean server process: importable, picklable) -----------
 
 
 def _no_sleep(seconds: float) -> None:
@@ -162,3 +162,41 @@ def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[
         granted += budget.allow_retry("svc")
     assert store.shared, "Redis was reachable for the whole run"
     return failures, granted
+
+
+def _entry(results: Any, index: int, function: Any, args: tuple[Any, ...]) -> None:
+    try:
+        results.put((index, "ok", function(*args)))
+    except BaseException as exc:  # reported to the test, which fails with it
+        results.put((index, "error", repr(exc)))
+
+
+def in_processes(
+    function: Any, arguments: list[tuple[Any, ...]], timeout: float = 120
+) -> list[Any]:
+    """Run ``function(*args)`` for each ``args`` in its own process, all at once;
+    return the results in order (an error in a child fails the test)."""
+    import multiprocessing
+
+    # forkserver: children fork from a clean server process that has the library imported
+    # once, so each starts fast, and none inherits the test process's threads.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["requests", "redis", "requests_smartretry", __name__])
+    results = context.Queue()
+    processes = [context.Process(target=_entry, args=(results, index, function, args))
+                 for index, args in enumerate(arguments)]
+    for process in processes:
+        process.start()
+    collected: dict[int, Any] = {}
+    try:
+        for _ in processes:
+            index, status, value = results.get(timeout=timeout)
+            if status != "ok":
+                pytest.fail(f"worker {index} failed: {value}")
+            collected[index] = value
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [collected[index] for index in range(len(arguments))]
