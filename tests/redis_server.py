@@ -101,7 +101,7 @@ def client(url: str) -> Any:
     return redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
 
 
-# -- code run inside worker processes (forked from a clean server process: importable, picklable) -----------
+# -- code run inside worker processes (importable and picklable) -----------------------
 
 
 def _no_sleep(seconds: float) -> None:
