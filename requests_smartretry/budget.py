@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -42,7 +43,8 @@ class RetryBudget:
         budget.tokens("https://api.example.com")     # what is left to spend
 
     ``SmartRetryAdapter`` uses ``RetryBudget()`` unless told otherwise (``budget=None``
-    turns budgeting off).  Thread-safe (the store updates atomically); picklable.
+    turns budgeting off).  Thread-safe (the store updates atomically; deposits are
+    gathered locally until they make a whole token or a retry asks); picklable.
     ``clock`` (seconds, monotonic) is injectable for tests; a Redis store uses the Redis
     server's clock instead.
     """
@@ -71,11 +73,27 @@ class RetryBudget:
         self._explicit_store = store is not None
         self.store: StateStore = store if store is not None else MemoryStateStore()
         self._clock = clock
+        self._lock = threading.Lock()
+        # Deposits not yet written to the store, per service: sent with the next spend, or
+        # once they make a whole token, so that a healthy request costs a shared store
+        # a round trip only every 1/ratio calls.
+        self._pending: dict[str, float] = {}
 
     def __repr__(self) -> str:
         s = self.settings
         return (f"RetryBudget(ratio={s.ratio:g}, max_tokens={s.max_tokens:g}, "
                 f"min_per_second={s.min_per_second:g}, store={self.store!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        with self._lock:
+            state["_pending"] = dict(self._pending)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def use_store(self, store: StateStore) -> None:
         """Keep state in ``store`` (the adapter's ``state=``) unless one was given here."""
@@ -84,22 +102,35 @@ class RetryBudget:
                              "pass the store in one place only")
         self.store = store
 
+    def _take_pending(self, service: str) -> float:
+        with self._lock:
+            return self._pending.pop(service, 0.0)
+
     def allow_retry(self, service: str) -> bool:
         """Spend one token for a retry on ``service``; ``False`` (nothing spent) if short."""
-        applied, _ = self.store.budget_change(service, self.settings, self._clock(), -1.0)
-        return applied
+        spent, _ = self.store.budget_change(service, self.settings, self._clock(),
+                                            self._take_pending(service), 1.0)
+        return spent
 
     def __call__(self, event: AttemptEvent) -> None:
         """Deposit for each call (its first attempt's START); refund a granted retry that
         the breaker then refused (a REJECTED event after the first attempt)."""
         if event.kind is EventKind.START and event.attempt == 1:
-            if self.settings.ratio > 0:
-                self.store.budget_change(event.service, self.settings, self._clock(),
-                                         self.settings.ratio)
+            if self.settings.ratio <= 0:
+                return
+            with self._lock:
+                pending = self._pending.get(event.service, 0.0) + self.settings.ratio
+                if pending < 1.0 - 1e-9:
+                    self._pending[event.service] = pending
+                    return
+                self._pending.pop(event.service, None)
+            self.store.budget_change(event.service, self.settings, self._clock(), pending, 0.0)
         elif event.kind is EventKind.REJECTED and event.attempt > 1:
-            self.store.budget_change(event.service, self.settings, self._clock(), 1.0)
+            self.store.budget_change(event.service, self.settings, self._clock(),
+                                     1.0 + self._take_pending(event.service), 0.0)
 
     def tokens(self, service: str) -> float:
         """The tokens ``service`` has left (a read: adds nothing, spends nothing)."""
-        _, balance = self.store.budget_change(service, self.settings, self._clock(), 0.0)
+        _, balance = self.store.budget_change(service, self.settings, self._clock(),
+                                              self._take_pending(service), 0.0)
         return balance

@@ -178,18 +178,20 @@ end
 local max_tokens = tonumber(ARGV[2])
 local per_second = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
-local delta = tonumber(ARGV[5])
+local deposit = tonumber(ARGV[5])
+local spend = tonumber(ARGV[6])
 local saved = redis.call('HMGET', key, 'tok', 'ts')
 local tokens = max_tokens
 local tok, ts = tonumber(saved[1]), tonumber(saved[2])
 if tok and ts then
   tokens = math.min(max_tokens, tok + per_second * math.max(0, now - ts))
 end
-local applied = not (delta < 0 and tokens + delta < 0)
-if applied then tokens = math.min(max_tokens, tokens + delta) end
+tokens = math.min(max_tokens, tokens + deposit)
+local spent = tokens >= spend - 1e-9
+if spent then tokens = math.max(0, tokens - spend) end
 redis.call('HSET', key, 'tok', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
 redis.call('PEXPIRE', key, ttl)
-if applied then return {'1', string.format('%.17g', tokens)} end
+if spent then return {'1', string.format('%.17g', tokens)} end
 return {'0', string.format('%.17g', tokens)}
 """
 
@@ -431,21 +433,21 @@ class RedisStateStore:
                                      lambda: self._local.breaker_status(key, settings, now))
 
     def budget_change(
-        self, key: str, settings: BudgetSettings, now: float, delta: float
+        self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
     ) -> tuple[bool, float]:
-        """Add (or, negative, spend) tokens; returns (applied, balance afterwards)."""
+        """Deposit, then spend if covered; returns (spent, balance afterwards)."""
 
         def shared() -> tuple[bool, float]:
             reply = self._redis()[1](
                 keys=[self.key("budget", key)],
                 args=[self._now_arg(now), repr(float(settings.max_tokens)),
                       repr(float(settings.min_per_second)), int(settings.ttl * 1000),
-                      repr(float(delta))])
+                      repr(float(deposit)), repr(float(spend))])
             applied, tokens = _strings(reply, 2)
             return applied == "1", float(tokens)
 
         return self._shared_or_local(
-            shared, lambda: self._local.budget_change(key, settings, now, delta))
+            shared, lambda: self._local.budget_change(key, settings, now, deposit, spend))
 
     def close(self) -> None:
         """Disconnect from Redis (the store reconnects if used again)."""

@@ -129,15 +129,17 @@ class StateStore(Protocol):
         """The current state of ``key``'s breaker, without changing it."""
 
     def budget_change(
-        self, key: str, settings: BudgetSettings, now: float, delta: float
+        self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
     ) -> tuple[bool, float]:
-        """Add ``delta`` tokens (negative: spend); a spend that would go below zero is
-        refused and changes nothing.  Returns (applied, balance afterwards)."""
+        """Add ``deposit`` tokens, then spend ``spend`` if the balance covers it (a spend
+        it does not cover is refused and takes nothing).  Returns (spent, balance)."""
 
 
 # -- the algorithms (transcribed to Lua in redis_state.py; keep both in step) --------------
 
 Record = dict[str, float]
+#: Float rounding tolerated when comparing a balance with a spend.
+_DUST = 1e-9
 
 
 def _get(record: Record, name: str) -> float:
@@ -249,7 +251,7 @@ def breaker_status(record: Record, s: BreakerSettings, now: float) -> BreakerSta
 
 
 def budget_change(
-    record: Record, s: BudgetSettings, now: float, delta: float
+    record: Record, s: BudgetSettings, now: float, deposit: float, spend: float
 ) -> tuple[bool, float]:
     """The token-bucket rule (mutates ``record``)."""
     if "tok" in record:
@@ -257,12 +259,13 @@ def budget_change(
         tokens = min(s.max_tokens, record["tok"] + s.min_per_second * elapsed)
     else:
         tokens = s.max_tokens
-    applied = not (delta < 0 and tokens + delta < 0)
-    if applied:
-        tokens = min(s.max_tokens, tokens + delta)
+    tokens = min(s.max_tokens, tokens + deposit)
+    spent = tokens >= spend - _DUST  # ten deposits of 0.1 make a whole token
+    if spent:
+        tokens = max(0.0, tokens - spend)
     record["tok"] = tokens
     record["ts"] = now
-    return applied, tokens
+    return spent, tokens
 
 
 # -- the in-process store -----------------------------------------------------------------
@@ -319,11 +322,12 @@ class MemoryStateStore:
             return breaker_status(dict(self._breakers.get(key, {})), settings, now)
 
     def budget_change(
-        self, key: str, settings: BudgetSettings, now: float, delta: float
+        self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
     ) -> tuple[bool, float]:
-        """Add (or, negative, spend) tokens; returns (applied, balance afterwards)."""
+        """Deposit, then spend if covered; returns (spent, balance afterwards)."""
         with self._lock:
-            return budget_change(self._budgets.setdefault(key, {}), settings, now, delta)
+            record = self._budgets.setdefault(key, {})
+            return budget_change(record, settings, now, deposit, spend)
 
 
 def resolve_store(state: Any) -> Optional[StateStore]:

@@ -70,6 +70,34 @@ def test_each_call_deposits_ratio_but_retries_do_not() -> None:
     assert budget.tokens(SVC) == pytest.approx(2.0)
 
 
+class CountingStore(MemoryStateStore):
+    """The in-process store, counting budget writes (a shared store's round trips)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def budget_change(self, *args: Any, **kwargs: Any) -> tuple[bool, float]:
+        self.writes += 1
+        return super().budget_change(*args, **kwargs)
+
+
+def test_deposits_are_batched_into_whole_tokens() -> None:
+    """Healthy calls write to the store once per whole token deposited, not per call,
+    and a retry takes the gathered deposits along with its spend."""
+    store = CountingStore()
+    budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, store=store, clock=FakeClock())
+    for _ in range(20):
+        assert budget.allow_retry(SVC)
+    store.writes = 0
+    for _ in range(35):
+        budget(start())
+    assert store.writes == 3
+    assert budget.allow_retry(SVC)
+    assert store.writes == 4
+    assert budget.tokens(SVC) == pytest.approx(80 + 3.5 - 1)
+
+
 def test_tokens_trickle_in_over_time_up_to_the_cap() -> None:
     """``min_per_second`` refills a quiet service's bucket, never above ``max_tokens``."""
     clock = FakeClock()

@@ -119,9 +119,10 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
                     m.retry_in) == pytest.approx((r.consecutive_failures, r.window_failures,
                                                   r.window_requests, r.retry_in)), step
         elif choice < 0.9:
-            delta = rng.choice([-1.0, -1.0, 0.2, 0.0])
-            applied_m, tokens_m = memory.budget_change("k", budget, now, delta)
-            applied_r, tokens_r = shared.budget_change("k", budget, now, delta)
+            deposit = rng.choice([0.0, 0.0, 0.2, 0.7, 1.0])
+            spend = rng.choice([0.0, 1.0, 1.0])
+            applied_m, tokens_m = memory.budget_change("k", budget, now, deposit, spend)
+            applied_r, tokens_r = shared.budget_change("k", budget, now, deposit, spend)
             assert applied_m == applied_r, step
             assert tokens_m == pytest.approx(tokens_r), step
         else:
@@ -168,8 +169,9 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
 def test_at_most_one_round_trip_per_event(
     redis_url: str, prefix: str, fault: FaultServer
 ) -> None:
-    """Admission, each result and each budget step cost one Redis round trip each: a
-    successful request with breaker and budget costs three."""
+    """Admission, each result and each retry's spend cost one Redis round trip each;
+    deposits travel with the next spend (or once they make a whole token), so a
+    successful request with breaker and budget costs two."""
     store = RedisStateStore(redis_url, prefix=prefix)
     session = smart_session(breaker=CircuitBreaker(), state=store, log=False,
                             sleep=lambda seconds: None)
@@ -184,11 +186,15 @@ def test_at_most_one_round_trip_per_event(
 
     redis_client.execute_command = counting
     assert session.get(fault.url("/ok")).status_code == 200
-    assert commands == ["EVALSHA"] * 3  # admit, deposit (START), record (SUCCESS)
+    assert commands == ["EVALSHA"] * 2  # admit, record (SUCCESS)
     commands.clear()
     assert session.get(fault.url("/status/503")).status_code == 503
-    # admit, deposit, record failure, spend for the retry, admit, record failure
-    assert commands == ["EVALSHA"] * 6
+    # admit, record failure, spend for the retry (with the deposits), admit, record failure
+    assert commands == ["EVALSHA"] * 5
+    commands.clear()
+    for _ in range(10):
+        session.get(fault.url("/ok"))
+    assert len(commands) == 2 * 10 + 1  # one deposit of a whole token in ten calls
 
 
 # -- configuration -------------------------------------------------------------------------
