@@ -54,28 +54,38 @@ local buckets = tonumber(ARGV[9])
 local ttl = tonumber(ARGV[10])
 
 local r = {}
-local flat = redis.call('HGETALL', key)
-for i = 1, #flat, 2 do r[flat[i]] = tonumber(flat[i + 1]) end
-local changed = false
+if op == 'admit' then  -- the hot path reads only the fields it needs
+  local names = {'st', 't', 'rnd', 'pin'}
+  local values = redis.call('HMGET', key, unpack(names))
+  for i = 1, #names do r[names[i]] = tonumber(values[i]) end
+else
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do r[flat[i]] = tonumber(flat[i + 1]) end
+end
+-- Only the fields that changed are written back (all of them after a reset).
+local dirty = {}
+local wiped = false
 local function get(name) return r[name] or 0 end
+local function set(name, value) r[name] = value; dirty[name] = true end
 local function fmt(x) return string.format('%.17g', x) end
 local function start_round()
-  r.st = 2; r.t = now; r.rnd = get('rnd') + 1; r.pin = 0; r.pok = 0
-  changed = true
+  set('st', 2); set('t', now); set('rnd', get('rnd') + 1); set('pin', 0); set('pok', 0)
 end
 local function reset(state)
   local kept = get('rnd')
-  r = {st = state, t = now, rnd = kept, cf = 0}
-  changed = 'reset'
+  r = {}
+  dirty = {}
+  wiped = true
+  set('st', state); set('t', now); set('rnd', kept); set('cf', 0)
 end
 local function save()
-  if not changed then return end
-  if changed == 'reset' then redis.call('DEL', key) end
   local args = {}
-  for k, v in pairs(r) do
+  for k, _ in pairs(dirty) do
     args[#args + 1] = k
-    args[#args + 1] = fmt(v)
+    args[#args + 1] = fmt(r[k])
   end
+  if #args == 0 then return end
+  if wiped then redis.call('DEL', key) end
   redis.call('HSET', key, unpack(args))
   redis.call('PEXPIRE', key, ttl)
 end
@@ -106,8 +116,7 @@ if op == 'admit' then
   local result = {'1', '0', '0'}
   if get('st') == 2 then
     if get('pin') < probes then
-      r.pin = get('pin') + 1
-      changed = true
+      set('pin', get('pin') + 1)
       result = {'1', '0', fmt(get('rnd'))}
     else
       result = {'0', fmt(get('t') + recovery - now), '0'}
@@ -123,8 +132,7 @@ elseif op == 'record' then
   if state == 2 then
     if ticket ~= get('rnd') then return {'2'} end
     if failed then reset(1); save(); return {'1'} end
-    r.pok = get('pok') + 1
-    changed = true
+    set('pok', get('pok') + 1)
     if get('pok') >= probes then reset(0); save(); return {'0'} end
     save()
     return {'2'}
@@ -133,16 +141,15 @@ elseif op == 'record' then
   local current = bucket()
   local slot = current % buckets
   if r['b' .. slot] ~= current then
-    r['b' .. slot] = current; r['s' .. slot] = 0; r['f' .. slot] = 0
+    set('b' .. slot, current); set('s' .. slot, 0); set('f' .. slot, 0)
   end
   if failed then
-    r['f' .. slot] = get('f' .. slot) + weight
-    r.cf = get('cf') + weight
+    set('f' .. slot, get('f' .. slot) + weight)
+    set('cf', get('cf') + weight)
   else
-    r['s' .. slot] = get('s' .. slot) + 1
-    r.cf = 0
+    set('s' .. slot, get('s' .. slot) + 1)
+    if get('cf') ~= 0 then set('cf', 0) end
   end
-  changed = true
   local trip = threshold > 0 and get('cf') >= threshold
   if not trip and failed and rate > 0 then
     local failures, requests = window_totals()
@@ -262,6 +269,7 @@ class RedisStateStore:
         self._scripts: Optional[tuple[Any, Any]] = None
         self._down = False
         self._next_try = 0.0
+        self._settings_args: dict[BreakerSettings, list[Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"prefix": self.prefix, "socket_timeout": self.socket_timeout,
@@ -384,9 +392,13 @@ class RedisStateStore:
         return "" if self.server_time else repr(float(now))
 
     def _breaker_args(self, op: str, s: BreakerSettings, now: float) -> list[Any]:
-        return [op, self._now_arg(now), repr(float(s.failure_threshold)),
-                repr(float(s.recovery_timeout)), s.half_open_probes, repr(float(s.failure_rate)),
-                repr(float(s.window)), s.minimum_requests, s.buckets, int(s.ttl * 1000)]
+        static = self._settings_args.get(s)
+        if static is None:
+            static = [repr(float(s.failure_threshold)), repr(float(s.recovery_timeout)),
+                      s.half_open_probes, repr(float(s.failure_rate)), repr(float(s.window)),
+                      s.minimum_requests, s.buckets, int(s.ttl * 1000)]
+            self._settings_args[s] = static
+        return [op, self._now_arg(now), *static]
 
     def _breaker(self, key: str, args: list[Any], size: int) -> list[str]:
         reply = self._redis()[0](keys=[self.key("breaker", key)], args=args)
