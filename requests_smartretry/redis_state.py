@@ -4,8 +4,8 @@ Every update is one server-side Lua script (one round trip, atomic across proces
 hosts, timed by the Redis server's clock); keys are namespaced (``smartretry:breaker:<service>``)
 and expire when idle.  Redis down, slow or answering garbage never fails or hangs a
 request: the store switches to local state within its short socket timeout, logs one
-warning per outage, and goes back to Redis when a probe (at most one per
-``retry_interval``) finds it reachable again.
+warning per outage, and goes back to Redis when a probe (one request now and then,
+backing off while Redis stays out) finds it reachable again.
 
 Needs the ``redis`` extra (``pip install requests-smartretry[redis]``); redis-py is
 imported only when the store first talks to Redis.
@@ -219,8 +219,9 @@ class RedisStateStore:
     ``target`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL or a ``redis.Redis``
     client (its connection settings are used, with ``socket_timeout`` where it sets none).
     ``prefix`` namespaces the keys.  ``socket_timeout`` bounds what one Redis round trip
-    may add to a request; after a failure, Redis is tried again at most once per
-    ``retry_interval`` seconds (local state serves meanwhile).  ``server_time=False``
+    may add to a request; after a failure, local state serves and one request probes
+    Redis after ``retry_interval`` seconds, then after twice as long, and so on up to
+    30 s, until Redis answers again.  ``server_time=False``
     uses the callers' clock instead of the Redis server's (for tests with a fake clock).
 
     Thread-safe; picklable (the client is rebuilt from its settings on unpickling).
@@ -269,6 +270,7 @@ class RedisStateStore:
         self._scripts: Optional[tuple[Any, Any]] = None
         self._down = False
         self._next_try = 0.0
+        self._failed_probes = 0
         self._settings_args: dict[BreakerSettings, list[Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -359,7 +361,7 @@ class RedisStateStore:
             try:
                 result = call()
             except Exception as exc:  # down, slow, garbage: never the request's problem
-                self._went_down(exc)
+                self._went_down(exc, probing)
                 return local()
             if probing:
                 self._came_back()
@@ -368,9 +370,15 @@ class RedisStateStore:
             if probing:
                 self._probe_lock.release()
 
-    def _went_down(self, exc: BaseException) -> None:
+    def _went_down(self, exc: BaseException, probing: bool) -> None:
         with self._lock:
-            self._next_try = time.monotonic() + self.retry_interval
+            if probing:
+                self._failed_probes += 1
+            # A Redis that stays out is probed less and less often (up to every 30 s, or
+            # retry_interval if longer): each probe of a silent Redis costs one request a
+            # socket timeout.
+            wait = self.retry_interval * 2.0 ** min(self._failed_probes, 16)
+            self._next_try = time.monotonic() + min(wait, max(self.retry_interval, 30.0))
             if self._down:
                 return
             self._down = True
@@ -385,6 +393,7 @@ class RedisStateStore:
             if not self._down:
                 return
             self._down = False
+            self._failed_probes = 0
         _log.info("requests_smartretry: Redis state store %s reachable again; sharing "
                   "breaker and budget state", self.where, extra={"redis_state": self.where})
 

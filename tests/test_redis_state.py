@@ -35,7 +35,7 @@ from requests_smartretry import (
     Verdict,
     smart_session,
 )
-from requests_smartretry.faultserver import FaultServer
+from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
 from requests_smartretry.state import BreakerSettings, BudgetSettings
 
@@ -270,13 +270,19 @@ def test_four_processes_share_one_breaker(redis_url: str, fault: FaultServer) ->
 
 
 @pytest.mark.slow
-def test_budget_across_four_processes_bounds_the_fleet(redis_url: str, fault: FaultServer) -> None:
+def test_budget_across_four_processes_bounds_the_fleet(
+    redis_url: str, fault: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     """With one budget shared by 4 processes in an outage, the server sees at most
     ``calls * (1 + ratio) + max_tokens`` attempts, whatever the process count."""
     calls, ratio, max_tokens = 100, 0.1, 10.0
     in_processes(budgeted_calls,
                  [(redis_url, fault.url("/status/503"), calls, ratio, max_tokens)] * 4)
     total_calls = 4 * calls
+    with capsys.disabled():
+        print(f"\n[redis budget] 4 processes x {calls} calls, max_retries=3, outage: "
+              f"attempts/call {fault.hits() / total_calls:.3f} "
+              f"(bound {1 + ratio + max_tokens / total_calls:.3f})")
     assert total_calls < fault.hits() <= total_calls * (1 + ratio) + max_tokens
     # Per-process budgets would have allowed up to 4 * max_tokens of the initial burst.
     balance = float(client(redis_url).hget(
@@ -369,6 +375,19 @@ def test_unresponsive_redis_costs_one_short_timeout(
     assert rest < 10.0
     assert not store.shared
     assert len(redis_warnings(caplog)) == 1
+
+
+def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
+    """Each failed probe doubles the wait before the next one (from ``retry_interval``),
+    so a Redis that stays out costs ever fewer requests a timeout."""
+    store = RedisStateStore(f"redis://127.0.0.1:{unused_port()}/0", retry_interval=0.5)
+    waits = []
+    for _ in range(4):
+        store._next_try = 0.0  # the probe is due
+        store.budget_change(SVC, BudgetSettings(0.1, 10.0, 1.0), 0.0, 0.0, 1.0)
+        waits.append(store._next_try - time.monotonic())
+    assert [round(w * 2) / 2 for w in waits] == [0.5, 1.0, 2.0, 4.0]
+    assert not store.shared
 
 
 class GarbageRedis:
