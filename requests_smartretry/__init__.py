@@ -23,6 +23,7 @@ from .errors import (
 from .events import AttemptEvent, EventKind, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
+from .redis_state import RedisStateStore
 from .state import MemoryStateStore, StateStore
 from .testing import set_testing
 
@@ -38,6 +39,7 @@ __all__ = [
     "EventKind",
     "LoggingHook",
     "MemoryStateStore",
+    "RedisStateStore",
     "RetryBudget",
     "RetryPolicy",
     "SmartRetryAdapter",

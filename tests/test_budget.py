@@ -208,3 +208,16 @@ def test_outage_attempts_per_call_with_budget_on_and_off(
               f"{ratios['on']:.3f}, off {ratios['off']:.3f}")
     assert 1.0 < ratios["on"] <= 1.15
     assert ratios["off"] == 2.0
+
+
+def test_retry_cut_by_an_opening_breaker_costs_no_token() -> None:
+    """When the breaker opens between attempts, the token spent on that retry comes back."""
+    budget = RetryBudget(0.0, max_tokens=5, min_per_second=0)
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    session = smart_session(max_retries=2, budget=budget, breaker=breaker, log=False,
+                            sleep=no_sleep)
+    with FaultServer() as fault:
+        response = session.get(fault.url("/status/503"))
+        service = f"http://127.0.0.1:{fault.port}"
+    assert response.retry_history[-1].give_up_reason == "circuit_open"
+    assert budget.tokens(service) == pytest.approx(5.0)
