@@ -114,11 +114,13 @@ class CircuitBreaker:
         self._pending = threading.local()
 
     def use_store(self, store: StateStore) -> None:
-        """Keep state in ``store`` (the adapter's ``state=``) unless one was given here."""
+        """Keep state in ``store`` (an adapter's ``state=``); refused if this breaker was
+        already given, or bound to, another store."""
         if self._explicit_store and store is not self.store:
             raise ValueError(f"this breaker already keeps its state in {self.store!r}; "
                              "pass the store in one place only")
         self.store = store
+        self._explicit_store = True
 
     # -- the engine's side -----------------------------------------------------------
 

@@ -96,11 +96,13 @@ class RetryBudget:
         self._lock = threading.Lock()
 
     def use_store(self, store: StateStore) -> None:
-        """Keep state in ``store`` (the adapter's ``state=``) unless one was given here."""
+        """Keep state in ``store`` (an adapter's ``state=``); refused if this budget was
+        already given, or bound to, another store."""
         if self._explicit_store and store is not self.store:
             raise ValueError(f"this budget already keeps its state in {self.store!r}; "
                              "pass the store in one place only")
         self.store = store
+        self._explicit_store = True
 
     def _take_pending(self, service: str) -> float:
         with self._lock:

@@ -142,7 +142,8 @@ def test_bad_configuration_names_the_parameter(options: dict[str, Any], named: s
 
 
 def test_budget_and_breaker_refuse_a_second_store() -> None:
-    """A budget given its own store refuses another one from the adapter's ``state=``."""
+    """A budget or breaker keeps one store: a second, different ``state=`` is refused
+    rather than silently splitting its state."""
     budget = RetryBudget(store=MemoryStateStore())
     with pytest.raises(ValueError, match="one place"):
         SmartRetryAdapter(budget=budget, state=MemoryStateStore())
@@ -151,6 +152,9 @@ def test_budget_and_breaker_refuse_a_second_store() -> None:
     adapter = SmartRetryAdapter(breaker=breaker, state=shared)
     assert breaker.store is shared and adapter.budget is not None
     assert adapter.budget.store is shared  # type: ignore[attr-defined]
+    SmartRetryAdapter(breaker=breaker, state=shared)  # the same store again: fine
+    with pytest.raises(ValueError, match="one place"):
+        SmartRetryAdapter(breaker=breaker, state=MemoryStateStore())
 
 
 def test_adapter_budgets_by_default_and_none_turns_it_off() -> None:
