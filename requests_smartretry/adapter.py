@@ -250,6 +250,13 @@ class SmartRetryAdapter(HTTPAdapter):
         # Breaker and budget state: this process, or shared through Redis (``state=``).
         if budget is DEFAULT_BUDGET:
             budget = RetryBudget()
+        for name, gate, method, kind in (
+            ("breaker", breaker, "before_attempt", "CircuitBreaker"),
+            ("budget", budget, "allow_retry", "RetryBudget"),
+        ):
+            if gate is not None and not callable(getattr(gate, method, None)):
+                raise TypeError(f"{name} must be None or a {kind} (with {method}()), "
+                                f"got {gate!r}")
         store = resolve_store(state)
         if store is not None:
             for gate in (breaker, budget):

@@ -165,6 +165,14 @@ def test_adapter_budgets_by_default_and_none_turns_it_off() -> None:
     assert SmartRetryAdapter(budget=None).budget is None
 
 
+@pytest.mark.parametrize("name", ["breaker", "budget"])
+def test_adapter_refuses_a_breaker_or_budget_of_the_wrong_kind(name: str) -> None:
+    """``breaker=`` / ``budget=`` given something else (``True``, a number) is refused,
+    naming the parameter."""
+    with pytest.raises(TypeError, match=name):
+        SmartRetryAdapter(**{name: True})
+
+
 def test_pickled_budget_keeps_its_balance() -> None:
     """A pickled budget comes back with its balance and keeps working."""
     budget = RetryBudget(0.0, max_tokens=3, min_per_second=0)
