@@ -11,6 +11,8 @@ budgets for ``requests`` sessions.
 
 from .adapter import SmartRetryAdapter, smart_session
 from .alerts import RetryRateAlert, RetryRateExceeded
+from .breaker import CircuitBreaker
+from .budget import RetryBudget
 from .classify import Classification
 from .errors import (
     AdapterClosedError,
@@ -32,6 +34,8 @@ from .presets import (
     video_adapter,
     video_session,
 )
+from .redis_state import RedisStateStore
+from .state import MemoryStateStore, StateStore
 from .stats import Stats
 from .testing import set_testing
 
@@ -42,15 +46,20 @@ __all__ = [
     "AttemptDeadlineExceeded",
     "AttemptEvent",
     "CallTimeoutError",
+    "CircuitBreaker",
     "CircuitOpenError",
     "Classification",
     "EventKind",
     "LoggingHook",
+    "MemoryStateStore",
+    "RedisStateStore",
+    "RetryBudget",
     "RetryPolicy",
     "RetryRateAlert",
     "RetryRateExceeded",
     "SmartRetryAdapter",
     "SmartRetryError",
+    "StateStore",
     "Stats",
     "Verdict",
     "VerdictRule",

@@ -30,6 +30,7 @@ from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .backoff import parse_retry_after
+from .budget import DEFAULT_BUDGET, RetryBudget
 from .classify import Classification, classify_exception, classify_status
 from .deadline import active_watch, current_scope, watch
 from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
@@ -38,6 +39,7 @@ from .events import Hook, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
 from .redact import redact_text, redact_url
+from .state import resolve_store
 from .stats import Stats
 
 __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
@@ -215,6 +217,10 @@ class SmartRetryAdapter(HTTPAdapter):
     Statistics: ``adapter.stats`` (a :class:`~requests_smartretry.Stats`) counts every call;
     ``adapter.stats.snapshot()`` gives them per operation.  ``stats=`` shares one ``Stats``
     among adapters; ``stats=False`` turns counting off (``adapter.stats`` is then ``None``).
+    Breaker and budget: ``breaker=CircuitBreaker(...)`` refuses attempts to a service that
+    is down; ``budget=`` bounds retries as a share of calls (``RetryBudget()`` unless
+    ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
+    state store) keeps their state in Redis, shared by every process pointing at it.
 
     Thread safety: the adapter holds only the immutable policy and thread-safe
     collaborators (breaker, budget, stats), so one session may serve many threads.
@@ -224,7 +230,7 @@ class SmartRetryAdapter(HTTPAdapter):
     # "stats" pickles its counts, not its lock.
     __attrs__ = [  # noqa: RUF012
         *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "stats",
-        "_sleep", "_clock",
+        "state", "_sleep", "_clock",
     ]
 
     policy: RetryPolicy
@@ -234,7 +240,8 @@ class SmartRetryAdapter(HTTPAdapter):
         policy: Optional[RetryPolicy] = None,
         *,
         breaker: Optional[BreakerGate] = None,
-        budget: Optional[BudgetGate] = None,
+        budget: Optional[BudgetGate] = DEFAULT_BUDGET,
+        state: Any = None,
         hooks: tuple[Hook, ...] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -272,6 +279,23 @@ class SmartRetryAdapter(HTTPAdapter):
         elif stats is not False and not isinstance(stats, Stats):
             raise TypeError(f"stats must be a Stats, None or False, got {stats!r}")
         self.stats: Optional[Stats] = stats or None
+        # Breaker and budget state: this process, or shared through Redis (``state=``).
+        if budget is DEFAULT_BUDGET:
+            budget = RetryBudget()
+        for name, gate, method, kind in (
+            ("breaker", breaker, "before_attempt", "CircuitBreaker"),
+            ("budget", budget, "allow_retry", "RetryBudget"),
+        ):
+            if gate is not None and not callable(getattr(gate, method, None)):
+                raise TypeError(f"{name} must be None or a {kind} (with {method}()), "
+                                f"got {gate!r}")
+        store = resolve_store(state)
+        if store is not None:
+            for gate in (breaker, budget):
+                attach = getattr(gate, "use_store", None)
+                if attach is not None:
+                    attach(store)
+        self.state = store
         self.policy = policy
         self.breaker = breaker
         self.budget = budget

@@ -1,0 +1,173 @@
+"""The circuit breaker: stop calling a service that is down, probe it, resume.
+
+Per service key (``scheme://host`` by default, the vendor's name for presets), the
+breaker is *closed* (attempts go out), *open* (attempts are refused at once with
+:class:`~requests_smartretry.errors.CircuitOpenError`, no network touched) or *half-open*
+(a bounded number of probes go out; if all succeed it closes, a failure reopens it).
+
+It opens on ``failure_threshold`` consecutive failures and/or when failures make up
+``failure_rate`` of the requests in a sliding ``window`` holding at least
+``minimum_requests``.  A failure is an attempt whose verdict is retryable (network,
+timeout, 5xx, 429); 4xx and business errors mean the service answered, and count as
+successes.  The state lives in a state store (this process by default, Redis with
+``state=``), so a fleet of workers can share one breaker.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from .errors import CircuitOpenError
+from .events import AttemptEvent, EventKind
+from .state import BreakerSettings, BreakerStatus, MemoryStateStore, StateStore
+
+__all__ = ["CircuitBreaker"]
+
+# Probe tickets of attempts in flight on this thread, per service (a stack, because a call
+# may nest another call to the same service).  Bounded so that attempts whose events never
+# arrive (an exception escaping the loop) cannot grow it.
+_MAX_PENDING = 8
+
+
+class CircuitBreaker:
+    """A circuit breaker per service key, consulted before every attempt.
+
+    Example::
+
+        breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30.0)
+        session = smart_session(breaker=breaker)
+        try:
+            session.get("https://api.example.com/v1/status")
+        except CircuitOpenError as exc:       # also a requests.ConnectionError
+            print(f"{exc.service} is down; next probe in {exc.retry_in:.1f}s")
+
+    Thread-safe: the state is updated atomically by the store, which never holds a lock
+    around a network call.  Picklable (the store's state is copied, or re-connected for
+    Redis).  ``clock`` (seconds, monotonic) is injectable for tests; a Redis store uses the
+    Redis server's clock instead.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: Optional[float] = 5,
+        recovery_timeout: float = 30.0,
+        *,
+        half_open_probes: int = 1,
+        failure_rate: Optional[float] = None,
+        window: float = 60.0,
+        minimum_requests: int = 20,
+        store: Optional[StateStore] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold is not None:
+            _check_number("failure_threshold", failure_threshold, minimum=0, open_min=True)
+        _check_number("recovery_timeout", recovery_timeout, minimum=0, open_min=True)
+        _check_int("half_open_probes", half_open_probes, 1)
+        if failure_rate is not None:
+            _check_number("failure_rate", failure_rate, minimum=0, open_min=True)
+            if failure_rate > 1:
+                raise ValueError(f"failure_rate must be in (0, 1], got {failure_rate!r}")
+        _check_number("window", window, minimum=0, open_min=True)
+        _check_int("minimum_requests", minimum_requests, 1)
+        if failure_threshold is None and failure_rate is None:
+            raise ValueError("failure_threshold and failure_rate cannot both be None: "
+                             "the breaker would never open")
+        if store is not None and not isinstance(store, StateStore):
+            raise TypeError(f"store must be a StateStore, got {store!r}")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        self.settings = BreakerSettings(
+            failure_threshold=float(failure_threshold or 0),
+            recovery_timeout=float(recovery_timeout),
+            half_open_probes=half_open_probes,
+            failure_rate=float(failure_rate or 0),
+            window=float(window),
+            minimum_requests=minimum_requests,
+        )
+        self._explicit_store = store is not None
+        self.store: StateStore = store if store is not None else MemoryStateStore()
+        self._clock = clock
+        self._pending = threading.local()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        rules = []
+        if s.failure_threshold:
+            rules.append(f"failure_threshold={s.failure_threshold:g}")
+        if s.failure_rate:
+            rules.append(f"failure_rate={s.failure_rate:g}, window={s.window:g}, "
+                         f"minimum_requests={s.minimum_requests}")
+        return (f"CircuitBreaker({', '.join(rules)}, recovery_timeout={s.recovery_timeout:g}, "
+                f"half_open_probes={s.half_open_probes}, store={self.store!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_pending"]  # thread-local: meaningless in another process
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pending = threading.local()
+
+    def use_store(self, store: StateStore) -> None:
+        """Keep state in ``store`` (an adapter's ``state=``); refused if this breaker was
+        already given, or bound to, another store."""
+        if self._explicit_store and store is not self.store:
+            raise ValueError(f"this breaker already keeps its state in {self.store!r}; "
+                             "pass the store in one place only")
+        self.store = store
+        self._explicit_store = True
+
+    # -- the engine's side -----------------------------------------------------------
+
+    def before_attempt(self, service: str) -> None:
+        """Raise :class:`CircuitOpenError` when ``service``'s breaker refuses an attempt."""
+        admission = self.store.breaker_admit(service, self.settings, self._clock())
+        if not admission.allowed:
+            raise CircuitOpenError(service, admission.retry_in)
+        stacks: dict[str, list[int]] = self._pending.__dict__.setdefault("stacks", {})
+        stack = stacks.setdefault(service, [])
+        if len(stack) >= _MAX_PENDING:
+            del stack[0]
+        stack.append(admission.ticket)
+
+    def __call__(self, event: AttemptEvent) -> None:
+        """Record the result of an attempt (SUCCESS and FAILURE events)."""
+        if event.kind is EventKind.SUCCESS:
+            failed = False
+        elif event.kind is EventKind.FAILURE:
+            failed = event.verdict is not None and event.verdict.retryable
+        else:
+            return
+        stack = self._pending.__dict__.get("stacks", {}).get(event.service)
+        ticket = stack.pop() if stack else 0
+        # Another consumer may weigh failures (a refused connection counts more).
+        weight = float(getattr(event, "weight", 1.0)) if failed else 1.0
+        self.store.breaker_record(event.service, self.settings, self._clock(),
+                                  failed=failed, weight=weight, ticket=ticket)
+
+    # -- inspection ------------------------------------------------------------------
+
+    def status(self, service: str) -> BreakerStatus:
+        """The current state of ``service``'s breaker (read-only)."""
+        return self.store.breaker_status(service, self.settings, self._clock())
+
+    def state(self, service: str) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"`` for ``service``."""
+        return self.status(service).state
+
+
+def _check_number(name: str, value: Any, *, minimum: float, open_min: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < minimum or (open_min and value == minimum):
+        relation = ">" if open_min else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,202 @@
+"""A real ``redis-server`` on a free loopback port for the tests, and the code that the
+multi-process tests run in their worker processes (importable by spawned children).
+
+Without the binary the Redis tests skip with a reason, except under ``CI=true`` where a
+missing Redis fails them (CI installs it: ``apt-get install -y redis-server``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+
+from requests_smartretry.faultserver import unused_port
+
+_CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
+
+
+def redis_binary() -> str:
+    """The redis-server binary; skips the test without one (fails it under CI=true)."""
+    for candidate in _CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    reason = "redis-server binary not found (apt-get install redis-server) - Redis tests need it"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
+    pytest.skip(reason)
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1 (no persistence), stoppable and
+    restartable on the same port."""
+
+    def __init__(self, port: Optional[int] = None) -> None:
+        self.binary = redis_binary()
+        self.port = port or unused_port()
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if self.ping():
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 20s")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the abrupt outage the store must survive."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A started server, killed afterwards."""
+    with RedisServer() as server:
+        yield server
+
+
+def client(url: str) -> Any:
+    """A plain redis-py client for inspecting what the stores wrote."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=5, decode_responses=True)
+
+
+# -- code run inside worker processes (importable and picklable) -----------------------
+
+
+def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def failing_calls(redis_url: str, url: str, calls: int, threshold: int) -> list[str]:
+    """Make ``calls`` single-attempt calls to ``url`` with a breaker shared through Redis;
+    return what each call ended in (a status code, or the exception's type name)."""
+    from requests_smartretry import CircuitBreaker, CircuitOpenError, smart_session
+
+    breaker = CircuitBreaker(failure_threshold=threshold, recovery_timeout=300.0)
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, state=redis_url,
+                            log=False, timeout=10.0)
+    results = []
+    for _ in range(calls):
+        try:
+            results.append(str(session.get(url).status_code))
+        except CircuitOpenError:
+            results.append("CircuitOpenError")
+    return results
+
+
+def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
+                   max_tokens: float) -> int:
+    """Make ``calls`` calls (3 retries each) under a retry budget shared through Redis;
+    return the calls made."""
+    from requests_smartretry import RetryBudget, smart_session
+
+    budget = RetryBudget(ratio, max_tokens=max_tokens, min_per_second=0.0)
+    session = smart_session(max_retries=3, budget=budget, state=redis_url, log=False,
+                            sleep=_no_sleep, timeout=10.0)
+    for _ in range(calls):
+        session.get(url).close()
+    return calls
+
+
+def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[int, int]:
+    """Feed ``events`` random attempt results to a shared breaker and spend one budget
+    token per event; return (failures fed, retries granted)."""
+    from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, RetryBudget, Verdict
+    from requests_smartretry.redis_state import RedisStateStore
+
+    store = RedisStateStore(redis_url, prefix=prefix, socket_timeout=5.0)
+    # Thresholds out of reach: the test counts updates, not transitions.
+    breaker = CircuitBreaker(failure_threshold=10**9, window=3600.0, store=store)
+    budget = RetryBudget(0.0, max_tokens=10**6, min_per_second=0.0, store=store)
+    rng = random.Random(seed)
+    failures = granted = 0
+    for number in range(events):
+        failed = rng.random() < 0.5
+        failures += failed
+        breaker.before_attempt("svc")
+        breaker(AttemptEvent(
+            kind=EventKind.FAILURE if failed else EventKind.SUCCESS, operation="op",
+            service="svc", attempt=1, max_attempts=1, call_id=number,
+            verdict=Verdict.SERVER_ERROR if failed else Verdict.SUCCESS))
+        granted += budget.allow_retry("svc")
+    assert store.shared, "Redis was reachable for the whole run"
+    return failures, granted
+
+
+def _entry(results: Any, index: int, function: Any, args: tuple[Any, ...]) -> None:
+    try:
+        results.put((index, "ok", function(*args)))
+    except BaseException as exc:  # reported to the test, which fails with it
+        results.put((index, "error", repr(exc)))
+
+
+def in_processes(
+    function: Any, arguments: list[tuple[Any, ...]], timeout: float = 120
+) -> list[Any]:
+    """Run ``function(*args)`` for each ``args`` in its own process, all at once;
+    return the results in order (an error in a child fails the test)."""
+    import multiprocessing
+
+    # forkserver: children fork from a clean server process that has the library imported
+    # once, so each starts fast, and none inherits the test process's threads.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["requests", "redis", "requests_smartretry", __name__])
+    results = context.Queue()
+    processes = [context.Process(target=_entry, args=(results, index, function, args))
+                 for index, args in enumerate(arguments)]
+    for process in processes:
+        process.start()
+    collected: dict[int, Any] = {}
+    try:
+        for _ in processes:
+            index, status, value = results.get(timeout=timeout)
+            if status != "ok":
+                pytest.fail(f"worker {index} failed: {value}")
+            collected[index] = value
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [collected[index] for index in range(len(arguments))]

@@ -1,0 +1,235 @@
+"""RetryBudget: the token bucket (injected clock), its wiring into the retry loop, and the
+outage figure: server-side attempts per call with the budget on and off."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from requests_smartretry import (
+    AttemptEvent,
+    CircuitBreaker,
+    EventKind,
+    MemoryStateStore,
+    RetryBudget,
+    SmartRetryAdapter,
+    smart_session,
+)
+from requests_smartretry.faultserver import FaultServer
+
+SVC = "https://api.example.com"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def start(service: str = SVC, attempt: int = 1) -> AttemptEvent:
+    return AttemptEvent(kind=EventKind.START, operation="op", service=service,
+                        attempt=attempt, max_attempts=4, call_id=1)
+
+
+def no_sleep(seconds: float) -> None:
+    """Backoff without the waiting."""
+
+
+def test_full_bucket_allows_max_tokens_retries_then_refuses() -> None:
+    """A fresh service may retry ``max_tokens`` times; then retries are refused."""
+    budget = RetryBudget(0.0, max_tokens=3, min_per_second=0, clock=FakeClock())
+    assert [budget.allow_retry(SVC) for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_refusal_spends_nothing() -> None:
+    """A refused retry leaves the balance as it was, so refusals never go into debt."""
+    budget = RetryBudget(0.5, max_tokens=1, min_per_second=0, clock=FakeClock())
+    assert budget.allow_retry(SVC)
+    budget(start())
+    for _ in range(10):
+        assert not budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(0.5)
+    budget(start())
+    assert budget.allow_retry(SVC)
+
+
+def test_each_call_deposits_ratio_but_retries_do_not() -> None:
+    """Calls (first attempts) earn ``ratio`` tokens each; retry attempts earn nothing."""
+    budget = RetryBudget(0.25, max_tokens=10, min_per_second=0, clock=FakeClock())
+    for _ in range(10):
+        assert budget.allow_retry(SVC)
+    for _ in range(8):
+        budget(start())
+        budget(start(attempt=2))
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+
+
+class CountingStore(MemoryStateStore):
+    """The in-process store, counting budget writes (a shared store's round trips)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def budget_change(self, *args: Any, **kwargs: Any) -> tuple[bool, float]:
+        self.writes += 1
+        return super().budget_change(*args, **kwargs)
+
+
+def test_deposits_are_batched_into_whole_tokens() -> None:
+    """Healthy calls write to the store once per whole token deposited, not per call,
+    and a retry takes the gathered deposits along with its spend."""
+    store = CountingStore()
+    budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, store=store, clock=FakeClock())
+    for _ in range(20):
+        assert budget.allow_retry(SVC)
+    store.writes = 0
+    for _ in range(35):
+        budget(start())
+    assert store.writes == 3
+    assert budget.allow_retry(SVC)
+    assert store.writes == 4
+    assert budget.tokens(SVC) == pytest.approx(80 + 3.5 - 1)
+
+
+def test_tokens_trickle_in_over_time_up_to_the_cap() -> None:
+    """``min_per_second`` refills a quiet service's bucket, never above ``max_tokens``."""
+    clock = FakeClock()
+    budget = RetryBudget(0.0, max_tokens=5, min_per_second=2.0, clock=clock)
+    for _ in range(5):
+        budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(0.0)
+    clock.now += 1.0
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+    clock.now += 100.0
+    assert budget.tokens(SVC) == pytest.approx(5.0)
+
+
+def test_services_have_separate_budgets() -> None:
+    """Spending one service's budget leaves another's untouched."""
+    budget = RetryBudget(0.0, max_tokens=1, min_per_second=0, clock=FakeClock())
+    assert budget.allow_retry(SVC)
+    assert not budget.allow_retry(SVC)
+    assert budget.allow_retry("https://other.example.com")
+
+
+def test_retry_refused_by_the_breaker_is_refunded() -> None:
+    """A retry the budget granted but the breaker then refused costs nothing."""
+    budget = RetryBudget(0.0, max_tokens=2, min_per_second=0, clock=FakeClock())
+    assert budget.allow_retry(SVC)
+    budget(AttemptEvent(kind=EventKind.REJECTED, operation="op", service=SVC, attempt=2,
+                        max_attempts=2, call_id=1))
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"ratio": -0.1}, "ratio"),
+    ({"ratio": "0.1"}, "ratio"),
+    ({"max_tokens": float("inf")}, "max_tokens"),
+    ({"min_per_second": -1}, "min_per_second"),
+    ({"min_per_second": True}, "min_per_second"),
+])
+def test_bad_configuration_names_the_parameter(options: dict[str, Any], named: str) -> None:
+    """A bad setting is refused at construction with its name in the message."""
+    with pytest.raises(ValueError, match=named):
+        RetryBudget(**options)
+
+
+def test_budget_and_breaker_refuse_a_second_store() -> None:
+    """A budget or breaker keeps one store: a second, different ``state=`` is refused
+    rather than silently splitting its state."""
+    budget = RetryBudget(store=MemoryStateStore())
+    with pytest.raises(ValueError, match="one place"):
+        SmartRetryAdapter(budget=budget, state=MemoryStateStore())
+    shared = MemoryStateStore()
+    breaker = CircuitBreaker()
+    adapter = SmartRetryAdapter(breaker=breaker, state=shared)
+    assert breaker.store is shared and adapter.budget is not None
+    assert adapter.budget.store is shared  # type: ignore[attr-defined]
+    SmartRetryAdapter(breaker=breaker, state=shared)  # the same store again: fine
+    with pytest.raises(ValueError, match="one place"):
+        SmartRetryAdapter(breaker=breaker, state=MemoryStateStore())
+
+
+def test_adapter_budgets_by_default_and_none_turns_it_off() -> None:
+    """Every adapter gets its own generous ``RetryBudget()``; ``budget=None`` has none."""
+    first, second = SmartRetryAdapter(), SmartRetryAdapter()
+    assert isinstance(first.budget, RetryBudget)
+    assert first.budget is not second.budget
+    assert SmartRetryAdapter(budget=None).budget is None
+
+
+@pytest.mark.parametrize("name", ["breaker", "budget"])
+def test_adapter_refuses_a_breaker_or_budget_of_the_wrong_kind(name: str) -> None:
+    """``breaker=`` / ``budget=`` given something else (``True``, a number) is refused,
+    naming the parameter."""
+    with pytest.raises(TypeError, match=name):
+        SmartRetryAdapter(**{name: True})
+
+
+def test_pickled_budget_keeps_its_balance() -> None:
+    """A pickled budget comes back with its balance and keeps working."""
+    budget = RetryBudget(0.0, max_tokens=3, min_per_second=0)
+    budget.allow_retry(SVC)
+    copy = pickle.loads(pickle.dumps(budget))
+    assert copy.tokens(SVC) == pytest.approx(2.0)
+    assert copy.allow_retry(SVC)
+
+
+def test_spent_budget_gives_up_with_reason_budget() -> None:
+    """With the budget spent, a failing call is not retried: it ends with the give-up
+    reason ``budget`` and ``on_retry`` is not called."""
+    retries: list[int] = []
+    budget = RetryBudget(0.0, max_tokens=1, min_per_second=0)
+    session = smart_session(max_retries=3, budget=budget, log=False, sleep=no_sleep,
+                            on_retry=lambda attempt, error: retries.append(attempt))
+    with FaultServer() as fault:
+        first = session.get(fault.url("/status/503"))
+        assert [e.give_up_reason for e in first.retry_history if e.give_up_reason] == [
+            "budget"]
+        assert fault.hits() == 2 and retries == [1]
+        second = session.get(fault.url("/status/503"))
+        assert second.retry_history[-1].give_up_reason == "budget"
+        assert fault.hits() == 3 and retries == [1]
+
+
+@pytest.mark.slow
+def test_outage_attempts_per_call_with_budget_on_and_off(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In a total outage (every call 503, one retry allowed), the default budget keeps the
+    server at <= 1.15 attempts per call over 1000 calls; without a budget it is 2.0."""
+    calls = 1000
+    ratios = {}
+    with FaultServer() as fault:
+        for label, options in (("on", {}), ("off", {"budget": None})):
+            fault.reset_counts()
+            session = smart_session(max_retries=1, log=False, sleep=no_sleep, **options)
+            for _ in range(calls):
+                session.get(fault.url("/status/503")).close()
+            ratios[label] = fault.hits() / calls
+            session.close()
+    with capsys.disabled():
+        print(f"\n[budget] outage, 1000 calls, max_retries=1: attempts/call budget on "
+              f"{ratios['on']:.3f}, off {ratios['off']:.3f}")
+    assert 1.0 < ratios["on"] <= 1.15
+    assert ratios["off"] == 2.0
+
+
+def test_retry_cut_by_an_opening_breaker_costs_no_token() -> None:
+    """When the breaker opens between attempts, the token spent on that retry comes back."""
+    budget = RetryBudget(0.0, max_tokens=5, min_per_second=0)
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    session = smart_session(max_retries=2, budget=budget, breaker=breaker, log=False,
+                            sleep=no_sleep)
+    with FaultServer() as fault:
+        response = session.get(fault.url("/status/503"))
+        service = f"http://127.0.0.1:{fault.port}"
+    assert response.retry_history[-1].give_up_reason == "circuit_open"
+    assert budget.tokens(service) == pytest.approx(5.0)
