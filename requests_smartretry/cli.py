@@ -94,6 +94,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
 def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip():
@@ -153,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="'NAME: VALUE'", help="extra request header (repeatable)")
     get.add_argument("-q", "--quiet", action="store_true",
                      help="print no attempt lines, only errors")
-    get.add_argument("--breaker-threshold", type=_non_negative_int, metavar="N",
+    get.add_argument("--breaker-threshold", type=_positive_int, metavar="N",
                      help="open a circuit breaker after N consecutive failures "
                      "(within this call: it then refuses further retries)")
     return parser
@@ -189,8 +196,8 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         circuit_breaker = getattr(requests_smartretry, "CircuitBreaker", None)
         if circuit_breaker is None:
             parser.error("--breaker-threshold needs CircuitBreaker, not in this build")
-        options["breaker"] = circuit_breaker(failure_threshold=max(args.breaker_threshold, 1),
-                                            recovery_timeout=max(args.timeout, 1.0))
+        options["breaker"] = circuit_breaker(failure_threshold=args.breaker_threshold,
+                                             recovery_timeout=max(args.timeout, 1.0))
     try:
         adapter = SmartRetryAdapter(**options)
     except (TypeError, ValueError) as exc:

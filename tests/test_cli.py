@@ -150,6 +150,7 @@ def test_secret_in_unreachable_url_is_redacted(capsys: pytest.CaptureFixture[str
         ["get", "http://127.0.0.1:1/", "--timeout", "0"],
         ["get", "http://127.0.0.1:1/", "--timeout", "soon"],
         ["get", "http://127.0.0.1:1/", "-H", "no-colon"],
+        ["get", "http://127.0.0.1:1/", "--breaker-threshold", "0"],
         ["fetch", "http://127.0.0.1:1/"],
         [],
     ],
