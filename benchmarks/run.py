@@ -708,7 +708,8 @@ def write_plots(results: dict[str, Any]) -> None:
     values = [[d["timeout"] + x / 1e3 for x in d["overshoot_ms"]],
               *d["peers_elapsed_s"].values()]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    _bars(ax, labels, values, "#7f7f7f", "seconds until the call returns (median, min–max)")
+    _bars(ax, labels, values, "#7f7f7f", "seconds until the call returns (median, min–max)",
+          ".3f")
     ax.axvline(d["timeout"], color="black", linestyle="--", linewidth=1)
     ax.text(d["timeout"], len(labels) - 0.55, " timeout=1 s", fontsize=8, va="bottom")
     ax.set_title("3. Slow drip (1 byte / 50 ms for 5 s) with timeout=1 s")
