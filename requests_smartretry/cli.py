@@ -1,0 +1,241 @@
+"""The ``requests-smartretry`` command: ``demo`` (the guided tour) and ``get`` (curl-like).
+
+::
+
+    requests-smartretry demo
+    requests-smartretry get https://example.com/api --retries 2 --timeout 5 --lang en
+
+``get`` prints the attempts (the library's log lines) and a summary to stderr, the body to
+stdout, and exits with a code that says how the call ended (see ``EXIT_CODES``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import requests
+
+from . import __version__
+from .adapter import SmartRetryAdapter
+from .errors import CircuitOpenError, attempt_history
+from .events import EventKind
+from .redact import is_secret_header, redact_text, redact_url
+
+__all__ = [
+    "EXIT_BREAKER_OPEN",
+    "EXIT_CODES",
+    "EXIT_HTTP_ERROR",
+    "EXIT_NETWORK",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "exit_code_for",
+    "main",
+]
+
+EXIT_OK = 0
+#: The last response had a status >= 400 (after any retries).
+EXIT_HTTP_ERROR = 1
+#: Bad command line (argparse's own code).
+EXIT_USAGE = 2
+#: Every attempt failed at the network level: refused, reset, DNS…
+EXIT_NETWORK = 3
+#: Every attempt ran out of time (the per-attempt deadline).
+EXIT_TIMEOUT = 4
+#: The circuit breaker refused the call (or a retry) without touching the network.
+EXIT_BREAKER_OPEN = 5
+
+EXIT_CODES = {
+    EXIT_OK: "success (status < 400)",
+    EXIT_HTTP_ERROR: "HTTP error: final status >= 400 after retries",
+    EXIT_USAGE: "bad usage (invalid arguments)",
+    EXIT_NETWORK: "network failure: refused, reset, DNS... on every attempt",
+    EXIT_TIMEOUT: "timeout: every attempt passed its deadline",
+    EXIT_BREAKER_OPEN: "circuit breaker open: the call was refused",
+}
+
+_logger = logging.getLogger("requests_smartretry")
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The exit code for a call that raised ``error``."""
+    if isinstance(error, CircuitOpenError):
+        return EXIT_BREAKER_OPEN
+    if any(e.give_up_reason == "circuit_open" for e in attempt_history(error)):
+        return EXIT_BREAKER_OPEN
+    if isinstance(error, requests.Timeout):
+        return EXIT_TIMEOUT
+    return EXIT_NETWORK
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {redact_text(text)!r}")
+    return name.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (``requests-smartretry --help``)."""
+    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="requests-smartretry",
+        description="Deadlines, classified retries and backoff for requests, "
+        "from the command line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  requests-smartretry demo\n"
+        "  requests-smartretry get https://example.com/ --retries 2 --timeout 5 --lang en\n"
+        f"\nexit codes of 'get':\n{codes}",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo = commands.add_parser(
+        "demo", help="walk through every retry scenario against a local fault server",
+        description="Start a local fault server and show, with the real log lines, what "
+        "the library does for: success, reset, 503, 429 + Retry-After, 404, a slow drip, "
+        "a POST, the circuit breaker; then a statistics table. Takes a few seconds.")
+    demo.add_argument("--lang", choices=("zh", "en"), default="zh",
+                      help="language of the log lines (default: zh, the original format)")
+
+    get = commands.add_parser(
+        "get", help="GET a URL with retries: attempts to stderr, body to stdout",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "GET URL through a SmartRetryAdapter. The attempts (log lines) and a summary go "
+            "to stderr, the response body to stdout. Secrets (Authorization, cookies, "
+            "token-like query parameters) never appear in what is printed.", 78),
+        epilog=f"exit codes:\n{codes}")
+    get.add_argument("url", metavar="URL", help="http:// or https:// URL")
+    get.add_argument("--retries", type=_non_negative_int, default=1, metavar="N",
+                     help="retries after the first attempt (default: 1, i.e. 2 attempts)")
+    get.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+                     help="wall-clock seconds per attempt: connect + headers + body "
+                     "(default: 30)")
+    get.add_argument("--backoff", type=_positive_float, default=1.0, metavar="S",
+                     help="seconds before the first retry, doubling, capped at "
+                     "--backoff-max (default: 1)")
+    get.add_argument("--backoff-max", type=_positive_float, default=5.0, metavar="S",
+                     help="cap on every wait, Retry-After included (default: 5)")
+    get.add_argument("--operation", metavar="NAME",
+                     help="operation name in the log lines (default: 'GET host/path')")
+    get.add_argument("--lang", choices=("zh", "en"), default="zh",
+                     help="language of the log lines (default: zh)")
+    get.add_argument("-H", "--header", type=_header, action="append", default=[],
+                     metavar="'NAME: VALUE'", help="extra request header (repeatable)")
+    get.add_argument("-q", "--quiet", action="store_true",
+                     help="print no attempt lines, only errors")
+    get.add_argument("--breaker-threshold", type=_positive_int, metavar="N",
+                     help="open a circuit breaker after N consecutive failures "
+                     "(within this call: it then refuses further retries)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code (see ``EXIT_CODES``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with EXIT_USAGE on bad usage
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(lang=args.lang)
+    return _get(parser, args)
+
+
+def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    url: str = args.url
+    if not url.lower().startswith(("http://", "https://")):
+        parser.error(f"URL must start with http:// or https://, got {redact_url(url)!r}")
+    options: dict[str, Any] = {
+        "max_retries": args.retries,
+        "timeout": args.timeout,
+        "backoff_base": args.backoff,
+        "backoff_max": max(args.backoff_max, args.backoff),
+        "lang": args.lang,
+    }
+    if args.operation:
+        options["operation_name"] = args.operation
+    if args.breaker_threshold is not None:
+        import requests_smartretry
+
+        circuit_breaker = getattr(requests_smartretry, "CircuitBreaker", None)
+        if circuit_breaker is None:
+            parser.error("--breaker-threshold needs CircuitBreaker, not in this build")
+        options["breaker"] = circuit_breaker(failure_threshold=args.breaker_threshold,
+                                             recovery_timeout=max(args.timeout, 1.0))
+    try:
+        adapter = SmartRetryAdapter(**options)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    err = sys.stderr
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = (_logger.level, _logger.propagate)
+    if not args.quiet:
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+    started = time.monotonic()
+    try:
+        response = session.get(url, headers=dict(args.header))
+    except requests.RequestException as exc:
+        code = exit_code_for(exc)
+        attempts = sum(1 for e in attempt_history(exc) if e.kind is EventKind.START)
+        print(f"error: {type(exc).__name__}: {redact_text(str(exc))} "
+              f"({attempts} attempt(s), {time.monotonic() - started:.2f} s)", file=err)
+        return code
+    finally:
+        _logger.removeHandler(handler)
+        _logger.setLevel(saved[0])
+        _logger.propagate = saved[1]
+        session.close()
+    history = getattr(response, "retry_history", ())
+    attempts = sum(1 for e in history if e.kind is EventKind.START)
+    if not args.quiet or response.status_code >= 400:
+        shown = {k: v for k, v in response.headers.items() if not is_secret_header(k)}
+        print(f"HTTP {response.status_code} {response.reason} from {redact_url(url)} "
+              f"({attempts} attempt(s), {time.monotonic() - started:.2f} s, "
+              f"{len(response.content)} bytes, {shown.get('Content-Type', 'no content type')})",
+              file=err)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.flush()
+    return EXIT_HTTP_ERROR if response.status_code >= 400 else EXIT_OK

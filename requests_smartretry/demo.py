@@ -1,0 +1,331 @@
+"""The guided tour: ``python -m requests_smartretry demo``.
+
+Starts a :class:`~requests_smartretry.faultserver.FaultServer` on loopback and walks
+through what the library does, one scenario at a time, printing the real log lines that
+each call writes and, at the end, a statistics table.  It needs nothing but the package
+and finishes in a few seconds (the delays are real, only shortened).
+
+Read the scenario methods of :class:`Tour` as documentation: each is the code a user
+would write, followed by what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Optional, TextIO
+
+import requests
+
+from .adapter import SmartRetryAdapter
+from .errors import CircuitOpenError, attempt_history
+from .events import AttemptEvent, EventKind
+from .faultserver import FaultServer
+
+__all__ = ["EventCounter", "Tour", "format_stats_table", "run_demo"]
+
+_logger = logging.getLogger("requests_smartretry")
+
+# Short real delays keep the tour under a few seconds (the library's defaults are 1 s, 2 s…).
+_DEMO_BACKOFF = 0.2
+
+
+class EventCounter:
+    """A hook that counts attempt events per operation, in the shape of ``stats.snapshot()``.
+
+    Example::
+
+        counter = EventCounter()
+        session = smart_session(hooks=[counter])
+        session.get("http://127.0.0.1:8080/ok")
+        counter.snapshot()   # {"GET 127.0.0.1:8080/ok": {"requests": 1, "attempts": 1, ...}}
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, event: AttemptEvent) -> None:
+        """Count ``event``."""
+        with self._lock:
+            row = self._counts.setdefault(event.operation, _empty_row())
+            kind = event.kind
+            if kind is EventKind.START:
+                row["attempts"] += 1
+                if event.attempt == 1:
+                    row["requests"] += 1
+            elif kind is EventKind.SUCCESS:
+                row["successes"] += 1
+            elif kind is EventKind.FAILURE:
+                verdict = event.verdict.value if event.verdict else "unknown"
+                row["failures"][verdict] += 1
+            elif kind is EventKind.RETRY:
+                row["retries"] += 1
+            elif kind is EventKind.GIVE_UP:
+                row["give_ups"][event.give_up_reason or "exhausted"] += 1
+            elif kind is EventKind.REJECTED:
+                row["rejected"] += 1
+                if event.attempt == 1:
+                    row["requests"] += 1
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """A JSON-serialisable copy: ``{operation: {counter: int | {key: int}}}``."""
+        with self._lock:
+            return {
+                op: {k: dict(v) if isinstance(v, dict) else v for k, v in row.items()}
+                for op, row in self._counts.items()
+            }
+
+
+def _empty_row() -> dict[str, Any]:
+    return {
+        "requests": 0,
+        "attempts": 0,
+        "retries": 0,
+        "successes": 0,
+        "failures": defaultdict(int),
+        "give_ups": defaultdict(int),
+        "rejected": 0,
+    }
+
+
+# Columns shown first, in this order; any other counter a stats snapshot has follows.
+_PREFERRED_COLUMNS = ("requests", "attempts", "retries", "successes", "failures", "give_ups",
+                      "rejected")
+
+
+def format_stats_table(snapshot: dict[str, Any]) -> str:
+    """Render ``{operation: {counter: int | {key: int}}}`` as a plain-text table.
+
+    A nested counter (failures by verdict, give-ups by reason) shows its total followed by
+    its breakdown, e.g. ``2 (server_error=1, timeout=1)``.
+    """
+    rows = {op: row for op, row in snapshot.items() if isinstance(row, dict)}
+    if not rows:
+        return "(no calls recorded)"
+    present = {key for row in rows.values() for key, value in row.items()
+               if isinstance(value, (int, float, dict)) and not isinstance(value, bool)}
+    columns = [c for c in _PREFERRED_COLUMNS if c in present]
+    columns += sorted(present - set(columns))
+    table = [["operation", *columns]]
+    for op, row in rows.items():
+        table.append([op, *(_cell(row.get(column)) for column in columns)])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    lines = []
+    for index, line in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        parts = {k: v for k, v in value.items() if isinstance(v, (int, float)) and v}
+        total = sum(parts.values())
+        if not parts:
+            return "0"
+        detail = ", ".join(f"{k}={v:g}" for k, v in sorted(parts.items()))
+        return f"{total:g} ({detail})"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+class Tour:
+    """The demo's scenarios against one local :class:`FaultServer`.
+
+    Example::
+
+        with FaultServer() as server:
+            Tour(server, out=sys.stdout, lang="en").run()
+    """
+
+    def __init__(self, server: FaultServer, *, out: TextIO, lang: str = "zh") -> None:
+        self.server = server
+        self.out = out
+        self.lang = lang
+        self.counter = EventCounter()
+        self.adapters: list[SmartRetryAdapter] = []
+        self.step = 0
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def session(self, operation: str, **options: Any) -> requests.Session:
+        """A session with our adapter, named ``operation`` in log lines and statistics."""
+        options.setdefault("max_retries", 2)
+        options.setdefault("timeout", 2.0)
+        options.setdefault("backoff_base", _DEMO_BACKOFF)
+        adapter = SmartRetryAdapter(operation_name=operation, lang=self.lang,
+                                    hooks=(self.counter,), **options)
+        self.adapters.append(adapter)
+        session = requests.Session()
+        session.mount("http://", adapter)
+        return session
+
+    def heading(self, title: str) -> None:
+        self.step += 1
+        self.say(f"\n{self.step}. {title}")
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def result(self, text: str) -> None:
+        self.say(f"   => {text}")
+
+    # -- the scenarios -----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Every scenario, in order, then the statistics table."""
+        self.success()
+        self.reset_then_success()
+        self.server_error_then_success()
+        self.rate_limited_with_retry_after()
+        self.not_found_is_not_retried()
+        self.slow_drip_cut_by_deadline()
+        self.post_is_not_resent()
+        self.breaker_opens_and_recovers()
+        self.statistics()
+
+    def success(self) -> None:
+        self.heading("Success: one attempt, nothing to retry")
+        session = self.session("demo-success")
+        response = session.get(self.server.url("/ok"))
+        self.result(f"HTTP {response.status_code}, server saw {self.server.hits('/ok')} request")
+
+    def reset_then_success(self) -> None:
+        self.heading("Connection reset -> retry -> success")
+        session = self.session("demo-reset")
+        response = session.get(self.server.url("/seq/reset?steps=reset,ok"))
+        self.result(f"HTTP {response.status_code} after "
+                    f"{self.server.hits('/seq/reset')} attempts (the first was reset)")
+
+    def server_error_then_success(self) -> None:
+        self.heading("503 Service Unavailable -> retry -> success")
+        session = self.session("demo-503")
+        response = session.get(self.server.url("/seq/unavailable?steps=503,ok"))
+        self.result(f"HTTP {response.status_code} after "
+                    f"{self.server.hits('/seq/unavailable')} attempts")
+
+    def rate_limited_with_retry_after(self) -> None:
+        self.heading("429 Too Many Requests with Retry-After: 1 -> waits what the server asked")
+        session = self.session("demo-429", backoff_max=2.0)
+        started = time.monotonic()
+        response = session.get(self.server.url("/seq/limited?steps=429,ok&retry_after=1"))
+        waited = time.monotonic() - started
+        self.result(f"HTTP {response.status_code} after {waited:.1f} s "
+                    f"(Retry-After 1 s honoured, not the {_DEMO_BACKOFF:g} s backoff)")
+
+    def not_found_is_not_retried(self) -> None:
+        self.heading("404 Not Found: a client error, returned at once, never retried")
+        session = self.session("demo-404")
+        response = session.get(self.server.url("/status/404"))
+        self.result(f"HTTP {response.status_code}, server saw "
+                    f"{self.server.hits('/status/404')} request")
+
+    def slow_drip_cut_by_deadline(self) -> None:
+        self.heading("Slow drip (1 byte / 0.2 s for 10 s) with timeout=1.0: "
+                     "each attempt is cut at 1 s")
+        session = self.session("demo-drip", max_retries=1, timeout=1.0)
+        started = time.monotonic()
+        try:
+            session.get(self.server.url("/drip?interval=0.2&count=50"))
+        except requests.Timeout as exc:
+            elapsed = time.monotonic() - started
+            self.result(f"{type(exc).__name__} after {elapsed:.1f} s for "
+                        f"{len(_starts(exc))} attempts (plain requests' timeout=1 would wait "
+                        f"10 s: every byte arrives within the read timeout)")
+
+    def post_is_not_resent(self) -> None:
+        self.heading("POST reset after it was sent: not resent (the server may have acted)")
+        session = self.session("demo-post")
+        try:
+            session.post(self.server.url("/reset"), json={"order": 42})
+        except requests.ConnectionError as exc:
+            self.result(f"{type(exc).__name__} raised, server saw "
+                        f"{self.server.hits('/reset')} POST")
+        self.say("   The same POST with an Idempotency-Key header is safe to resend:")
+        keyed = self.session("demo-post-idempotent")
+        response = keyed.post(self.server.url("/seq/keyed?steps=reset,ok"), json={"order": 42},
+                              headers={"Idempotency-Key": "order-42"})
+        self.result(f"HTTP {response.status_code} after "
+                    f"{self.server.hits('/seq/keyed')} attempts")
+
+    def breaker_opens_and_recovers(self) -> None:
+        self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")
+        circuit_breaker = _optional("CircuitBreaker")
+        if circuit_breaker is None:
+            self.say("   breaker scenario needs CircuitBreaker (not in this build); skipped")
+            return
+        breaker = circuit_breaker(failure_threshold=3, recovery_timeout=1.0)
+        session = self.session("demo-breaker", max_retries=0, breaker=breaker)
+        for _ in range(3):
+            session.get(self.server.url("/status/500"))
+        before = self.server.hits()
+        try:
+            session.get(self.server.url("/ok"))
+            self.result("the breaker did not open (unexpected)")
+        except CircuitOpenError as exc:
+            self.result(f"CircuitOpenError: refused without touching the network "
+                        f"(server requests {before} -> {self.server.hits()}), "
+                        f"next probe in {exc.retry_in:.1f} s")
+        time.sleep(1.1)
+        response = session.get(self.server.url("/ok"))
+        self.result(f"after the recovery timeout the probe succeeds: HTTP "
+                    f"{response.status_code}; the breaker is closed again")
+
+    def statistics(self) -> None:
+        snapshot = self.stats_snapshot()
+        self.say("\nStatistics (per operation)")
+        self.say(format_stats_table(snapshot))
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """The adapters' own statistics when they keep them, else the event counter's."""
+        merged: dict[str, Any] = {}
+        for adapter in self.adapters:
+            stats = getattr(adapter, "stats", None)
+            if stats is None or not hasattr(stats, "snapshot"):
+                return self.counter.snapshot()
+            merged.update({op: row for op, row in stats.snapshot().items()
+                           if isinstance(row, dict)})
+        return merged
+
+
+def _optional(name: str) -> Any:
+    """A public name of the package that this build may not have yet (``None`` then)."""
+    import requests_smartretry
+
+    return getattr(requests_smartretry, name, None)
+
+
+def _starts(exc: BaseException) -> list[AttemptEvent]:
+    return [e for e in attempt_history(exc) if e.kind is EventKind.START]
+
+
+def run_demo(lang: str = "zh", out: Optional[TextIO] = None) -> int:
+    """Run the tour, printing to ``out`` (stdout); returns the process exit code (0)."""
+    out = out if out is not None else sys.stdout
+    started = time.monotonic()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("     %(message)s"))
+    saved = (_logger.level, _logger.propagate)
+    # The demo, and only the demo, shows the library's log lines on its own output.
+    _logger.addHandler(handler)
+    _logger.setLevel(logging.INFO)
+    _logger.propagate = False
+    try:
+        with FaultServer() as server:
+            print(f"requests-smartretry demo: a fault server on {server.url('/')}",
+                  file=out, flush=True)
+            Tour(server, out=out, lang=lang).run()
+    finally:
+        _logger.removeHandler(handler)
+        _logger.setLevel(saved[0])
+        _logger.propagate = saved[1]
+    print(f"\nDone in {time.monotonic() - started:.1f} s.", file=out, flush=True)
+    return 0

@@ -1,0 +1,218 @@
+"""The ``requests-smartretry`` command line, against a real local FaultServer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import requests_smartretry
+from requests_smartretry.cli import (
+    EXIT_BREAKER_OPEN,
+    EXIT_HTTP_ERROR,
+    EXIT_NETWORK,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    exit_code_for,
+    main,
+)
+from requests_smartretry.errors import AttemptDeadlineExceeded, CircuitOpenError
+from requests_smartretry.faultserver import FaultServer, unused_port
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--backoff", "0.01", "--lang", "en"]
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as fault_server:
+        yield fault_server
+
+
+def test_success_prints_body_to_stdout_and_attempts_to_stderr(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 200 exits 0 with the body alone on stdout and the attempt lines on stderr."""
+    code = main(["get", server.url("/ok"), *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK
+    assert out == "ok"
+    assert "attempt 1 succeeded" in err
+    assert "HTTP 200" in err
+
+
+def test_retries_a_503_then_reports_http_error(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A persistent 503 is retried --retries times, then exits with the HTTP-error code."""
+    code = main(["get", server.url("/status/503"), "--retries", "2", *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_HTTP_ERROR
+    assert server.hits("/status/503") == 3
+    assert out == "status 503"
+    assert "attempt 3 failed: server error (HTTP 503)" in err
+
+
+def test_retry_then_success_exits_zero(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reset followed by a success is retried and exits 0."""
+    code = main(["get", server.url("/seq/a?steps=reset,ok"), *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK
+    assert out == "ok"
+    assert "connection reset (ECONNRESET)" in err
+    assert "attempt 2 succeeded" in err
+
+
+def test_not_found_is_not_retried(server: FaultServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 404 is returned at once (one request) and exits with the HTTP-error code."""
+    code = main(["get", server.url("/status/404"), "--retries", "3", *FAST])
+    capsys.readouterr()
+    assert code == EXIT_HTTP_ERROR
+    assert server.hits("/status/404") == 1
+
+
+def test_refused_connection_exits_with_network_code(capsys: pytest.CaptureFixture[str]) -> None:
+    """Connection refused on every attempt exits with the network-failure code."""
+    code = main(["get", f"http://127.0.0.1:{unused_port()}/x", *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_NETWORK
+    assert out == ""
+    assert "connection refused (ECONNREFUSED)" in err
+    assert "error: ConnectionError" in err
+
+
+def test_slow_drip_exits_with_timeout_code(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A body dripping past --timeout is cut at the deadline and exits with the timeout code."""
+    code = main(["get", server.url("/drip?interval=0.1&count=100"), "--retries", "0",
+                 "--timeout", "0.5", *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_TIMEOUT
+    assert out == ""
+    assert "AttemptDeadlineExceeded" in err
+
+
+def test_operation_name_and_chinese_log_lines(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--operation names the call in the log lines, which are Chinese by default."""
+    code = main(["get", server.url("/ok"), "--operation", "生成艺术照"])
+    _, err = capsys.readouterr()
+    assert code == EXIT_OK
+    assert "[API重试] 生成艺术照 - 第 1 次尝试成功" in err
+
+
+def test_quiet_prints_no_attempt_lines(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--quiet leaves stderr empty on success."""
+    code = main(["get", server.url("/ok"), "--quiet", *FAST])
+    out, err = capsys.readouterr()
+    assert (code, out, err) == (EXIT_OK, "ok", "")
+
+
+def test_secrets_never_printed(server: FaultServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tokens in the URL and an Authorization header never appear in what the command prints."""
+    secret = "s3cr3t-TOKEN-value"
+    code = main(["get", server.url(f"/status/404?access_token={secret}"),
+                 "-H", f"Authorization: Bearer {secret}", *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_HTTP_ERROR
+    assert secret not in out + err
+    assert "[REDACTED]" in err
+    assert server.received("/status/404")[0].headers["authorization"] == f"Bearer {secret}"
+
+
+def test_secret_in_unreachable_url_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    """A failing call's error text has the URL's credentials redacted."""
+    secret = "pa55word-xyz"
+    code = main(["get", f"http://user:{secret}@127.0.0.1:{unused_port()}/x?api_key={secret}",
+                 "--retries", "0", *FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_NETWORK
+    assert secret not in out + err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get"],
+        ["get", "ftp://example.invalid/"],
+        ["get", "http://127.0.0.1:1/", "--retries", "-1"],
+        ["get", "http://127.0.0.1:1/", "--timeout", "0"],
+        ["get", "http://127.0.0.1:1/", "--timeout", "soon"],
+        ["get", "http://127.0.0.1:1/", "-H", "no-colon"],
+        ["get", "http://127.0.0.1:1/", "--breaker-threshold", "0"],
+        ["fetch", "http://127.0.0.1:1/"],
+        [],
+    ],
+)
+def test_bad_usage_exits_with_usage_code(argv: list[str], capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    """Invalid arguments exit with the usage code and an error naming the problem."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == EXIT_USAGE
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_documents_options_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    """``get --help`` lists every option and the meaning of each exit code."""
+    with pytest.raises(SystemExit) as exited:
+        main(["get", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--retries", "--timeout", "--operation", "--lang", "--header", "--quiet"):
+        assert option in text
+    for code in (EXIT_OK, EXIT_HTTP_ERROR, EXIT_USAGE, EXIT_NETWORK, EXIT_TIMEOUT,
+                 EXIT_BREAKER_OPEN):
+        assert f"\n  {code}  " in text
+
+
+def test_exit_code_for_each_failure_kind() -> None:
+    """Breaker refusals, deadlines and transport errors map to distinct exit codes."""
+    import requests
+
+    assert exit_code_for(CircuitOpenError("http://x", 1.0)) == EXIT_BREAKER_OPEN
+    assert exit_code_for(AttemptDeadlineExceeded("late")) == EXIT_TIMEOUT
+    assert exit_code_for(requests.ConnectTimeout("slow connect")) == EXIT_TIMEOUT
+    assert exit_code_for(requests.ConnectionError("reset")) == EXIT_NETWORK
+    assert len({EXIT_OK, EXIT_HTTP_ERROR, EXIT_USAGE, EXIT_NETWORK, EXIT_TIMEOUT,
+                EXIT_BREAKER_OPEN}) == 6
+
+
+def test_breaker_refusing_the_retry_exits_with_breaker_code(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --breaker-threshold 1 a reset opens the breaker, which refuses the retry."""
+    if not hasattr(requests_smartretry, "CircuitBreaker"):
+        pytest.skip("CircuitBreaker not in this build yet")
+    code = main(["get", server.url("/reset"), "--retries", "3", "--breaker-threshold", "1",
+                 *FAST])
+    capsys.readouterr()
+    assert code == EXIT_BREAKER_OPEN
+    assert server.hits("/reset") == 1
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "requests_smartretry", *args],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+
+
+def test_module_entry_point_in_a_subprocess(server: FaultServer) -> None:
+    """``python -m requests_smartretry get`` works as a process: body, stderr lines, exit code."""
+    done = _run_module("get", server.url("/seq/b?steps=503,ok"), *FAST)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stdout == "ok"
+    assert "attempt 1 failed: server error (HTTP 503)" in done.stderr
+    failed = _run_module("get", server.url("/status/404"), *FAST)
+    assert failed.returncode == EXIT_HTTP_ERROR
