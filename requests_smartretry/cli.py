@@ -23,6 +23,7 @@ import requests
 
 from . import __version__
 from .adapter import SmartRetryAdapter
+from .breaker import CircuitBreaker
 from .errors import CircuitOpenError, attempt_history
 from .events import EventKind
 from .redact import is_secret_header, redact_text, redact_url
@@ -191,13 +192,8 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.operation:
         options["operation_name"] = args.operation
     if args.breaker_threshold is not None:
-        import requests_smartretry
-
-        circuit_breaker = getattr(requests_smartretry, "CircuitBreaker", None)
-        if circuit_breaker is None:
-            parser.error("--breaker-threshold needs CircuitBreaker, not in this build")
-        options["breaker"] = circuit_breaker(failure_threshold=args.breaker_threshold,
-                                             recovery_timeout=max(args.timeout, 1.0))
+        options["breaker"] = CircuitBreaker(failure_threshold=args.breaker_threshold,
+                                            recovery_timeout=max(args.timeout, 1.0))
     try:
         adapter = SmartRetryAdapter(**options)
     except (TypeError, ValueError) as exc:

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
-from collections import defaultdict
 from typing import Any, Optional, TextIO
 
 import requests
 
 from .adapter import SmartRetryAdapter
+from .breaker import CircuitBreaker
 from .errors import CircuitOpenError, attempt_history
 from .events import AttemptEvent, EventKind
 from .faultserver import FaultServer
+from .stats import Stats
 
-__all__ = ["EventCounter", "Tour", "format_stats_table", "run_demo"]
+__all__ = ["Tour", "format_stats_table", "run_demo"]
 
 _logger = logging.getLogger("requests_smartretry")
 
@@ -33,86 +33,39 @@ _logger = logging.getLogger("requests_smartretry")
 _DEMO_BACKOFF = 0.2
 
 
-class EventCounter:
-    """A hook that counts attempt events per operation, in the shape of ``stats.snapshot()``.
-
-    Example::
-
-        counter = EventCounter()
-        session = smart_session(hooks=[counter])
-        session.get("http://127.0.0.1:8080/ok")
-        counter.snapshot()   # {"GET 127.0.0.1:8080/ok": {"requests": 1, "attempts": 1, ...}}
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, dict[str, Any]] = {}
-
-    def __call__(self, event: AttemptEvent) -> None:
-        """Count ``event``."""
-        with self._lock:
-            row = self._counts.setdefault(event.operation, _empty_row())
-            kind = event.kind
-            if kind is EventKind.START:
-                row["attempts"] += 1
-                if event.attempt == 1:
-                    row["requests"] += 1
-            elif kind is EventKind.SUCCESS:
-                row["successes"] += 1
-            elif kind is EventKind.FAILURE:
-                verdict = event.verdict.value if event.verdict else "unknown"
-                row["failures"][verdict] += 1
-            elif kind is EventKind.RETRY:
-                row["retries"] += 1
-            elif kind is EventKind.GIVE_UP:
-                row["give_ups"][event.give_up_reason or "exhausted"] += 1
-            elif kind is EventKind.REJECTED:
-                row["rejected"] += 1
-                if event.attempt == 1:
-                    row["requests"] += 1
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """A JSON-serialisable copy: ``{operation: {counter: int | {key: int}}}``."""
-        with self._lock:
-            return {
-                op: {k: dict(v) if isinstance(v, dict) else v for k, v in row.items()}
-                for op, row in self._counts.items()
-            }
-
-
-def _empty_row() -> dict[str, Any]:
-    return {
-        "requests": 0,
-        "attempts": 0,
-        "retries": 0,
-        "successes": 0,
-        "failures": defaultdict(int),
-        "give_ups": defaultdict(int),
-        "rejected": 0,
-    }
-
-
-# Columns shown first, in this order; any other counter a stats snapshot has follows.
-_PREFERRED_COLUMNS = ("requests", "attempts", "retries", "successes", "failures", "give_ups",
-                      "rejected")
+# (column title, snapshot field) for the statistics table; latencies in milliseconds.
+_COLUMNS = (
+    ("requests", "requests"),
+    ("attempts", "attempts"),
+    ("retries", "retries"),
+    ("ok", "successes"),
+    ("failures", "failures"),
+    ("gave up", "give_ups"),
+    ("refused", "rejections"),
+    ("retry rate", "retry_rate"),
+)
 
 
 def format_stats_table(snapshot: dict[str, Any]) -> str:
-    """Render ``{operation: {counter: int | {key: int}}}`` as a plain-text table.
+    """Render a :meth:`Stats.snapshot` as a plain-text table, totals last.
 
-    A nested counter (failures by verdict, give-ups by reason) shows its total followed by
-    its breakdown, e.g. ``2 (server_error=1, timeout=1)``.
+    Each row shows the counts, the retry rate, the p50/p99 call time in milliseconds and
+    the failures by verdict (``server_error=1 timeout=2``).
     """
     rows = {op: row for op, row in snapshot.items() if isinstance(row, dict)}
     if not rows:
         return "(no calls recorded)"
-    present = {key for row in rows.values() for key, value in row.items()
-               if isinstance(value, (int, float, dict)) and not isinstance(value, bool)}
-    columns = [c for c in _PREFERRED_COLUMNS if c in present]
-    columns += sorted(present - set(columns))
-    table = [["operation", *columns]]
-    for op, row in rows.items():
-        table.append([op, *(_cell(row.get(column)) for column in columns)])
+    order = sorted(rows, key=lambda op: op == Stats.TOTAL_KEY)  # stable: totals go last
+    table = [["operation", *(title for title, _ in _COLUMNS), "p50 ms", "p99 ms",
+              "failures by verdict"]]
+    for op in order:
+        row = rows[op]
+        cells = [_cell(row.get(field)) for _, field in _COLUMNS]
+        latency = row.get("call_seconds") or {}
+        cells += [_millis(latency.get("p50")), _millis(latency.get("p99"))]
+        verdicts = row.get("failures_by_verdict") or {}
+        cells.append(" ".join(f"{k}={v}" for k, v in sorted(verdicts.items()) if v) or "-")
+        table.append(["total" if op == Stats.TOTAL_KEY else op, *cells])
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = []
     for index, line in enumerate(table):
@@ -125,16 +78,13 @@ def format_stats_table(snapshot: dict[str, Any]) -> str:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, dict):
-        parts = {k: v for k, v in value.items() if isinstance(v, (int, float)) and v}
-        total = sum(parts.values())
-        if not parts:
-            return "0"
-        detail = ", ".join(f"{k}={v:g}" for k, v in sorted(parts.items()))
-        return f"{total:g} ({detail})"
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.2f}"
     return str(value)
+
+
+def _millis(seconds: Any) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 class Tour:
@@ -150,8 +100,7 @@ class Tour:
         self.server = server
         self.out = out
         self.lang = lang
-        self.counter = EventCounter()
-        self.adapters: list[SmartRetryAdapter] = []
+        self.stats = Stats()  # one table for every scenario's adapter
         self.step = 0
 
     # -- helpers ---------------------------------------------------------------------
@@ -162,8 +111,7 @@ class Tour:
         options.setdefault("timeout", 2.0)
         options.setdefault("backoff_base", _DEMO_BACKOFF)
         adapter = SmartRetryAdapter(operation_name=operation, lang=self.lang,
-                                    hooks=(self.counter,), **options)
-        self.adapters.append(adapter)
+                                    stats=self.stats, **options)
         session = requests.Session()
         session.mount("http://", adapter)
         return session
@@ -258,11 +206,7 @@ class Tour:
 
     def breaker_opens_and_recovers(self) -> None:
         self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")
-        circuit_breaker = _optional("CircuitBreaker")
-        if circuit_breaker is None:
-            self.say("   breaker scenario needs CircuitBreaker (not in this build); skipped")
-            return
-        breaker = circuit_breaker(failure_threshold=3, recovery_timeout=1.0)
+        breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=1.0)
         session = self.session("demo-breaker", max_retries=0, breaker=breaker)
         for _ in range(3):
             session.get(self.server.url("/status/500"))
@@ -280,27 +224,8 @@ class Tour:
                     f"{response.status_code}; the breaker is closed again")
 
     def statistics(self) -> None:
-        snapshot = self.stats_snapshot()
-        self.say("\nStatistics (per operation)")
-        self.say(format_stats_table(snapshot))
-
-    def stats_snapshot(self) -> dict[str, Any]:
-        """The adapters' own statistics when they keep them, else the event counter's."""
-        merged: dict[str, Any] = {}
-        for adapter in self.adapters:
-            stats = getattr(adapter, "stats", None)
-            if stats is None or not hasattr(stats, "snapshot"):
-                return self.counter.snapshot()
-            merged.update({op: row for op, row in stats.snapshot().items()
-                           if isinstance(row, dict)})
-        return merged
-
-
-def _optional(name: str) -> Any:
-    """A public name of the package that this build may not have yet (``None`` then)."""
-    import requests_smartretry
-
-    return getattr(requests_smartretry, name, None)
+        self.say("\nStatistics (per operation; adapter.stats.snapshot())")
+        self.say(format_stats_table(self.stats.snapshot()))
 
 
 def _starts(exc: BaseException) -> list[AttemptEvent]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from requests_smartretry.demo import EventCounter, format_stats_table
+from requests_smartretry import Stats
+from requests_smartretry.demo import format_stats_table
 from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,14 +37,17 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "demo-post - request may have reached the server and POST is not idempotent",
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
-        "Statistics (per operation)",
+        "Statistics (per operation",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
-    assert ("CircuitOpenError: refused without touching the network" in out
-            or "breaker scenario needs CircuitBreaker" in out)
-    table = out.split("Statistics (per operation)", 1)[1]
-    assert "requests" in table and "retries" in table
-    assert "demo-drip" in table
+    assert "CircuitOpenError: refused without touching the network" in out
+    assert "the breaker is closed again" in out
+    table = out.split("Statistics (per operation", 1)[1].splitlines()
+    rows = {line.split()[0]: line.split() for line in table if line.startswith(("demo-", "total"))}
+    # operation requests attempts retries ok failures gave-up refused ...
+    assert rows["demo-reset"][1:5] == ["1", "2", "1", "1"]
+    assert rows["demo-404"][1:4] == ["1", "1", "0"]
+    assert rows["demo-breaker"][7] == "1"  # one call refused by the open breaker
 
 
 def _event(kind: EventKind, attempt: int = 1, **fields: object) -> AttemptEvent:
@@ -51,34 +55,22 @@ def _event(kind: EventKind, attempt: int = 1, **fields: object) -> AttemptEvent:
                         max_attempts=2, call_id=1, **fields)  # type: ignore[arg-type]
 
 
-def test_event_counter_counts_one_call_with_a_retry() -> None:
-    """The counter turns a call's events into requests, attempts, retries and outcomes."""
-    counter = EventCounter()
+def test_stats_table_shows_counts_latency_and_verdicts() -> None:
+    """A call that failed twice shows its counts, retry rate and verdicts; totals come last."""
+    stats = Stats()
     for event in (
         _event(EventKind.START),
-        _event(EventKind.FAILURE, verdict=Verdict.SERVER_ERROR),
+        _event(EventKind.FAILURE, verdict=Verdict.SERVER_ERROR, elapsed=0.01),
         _event(EventKind.RETRY, wait=0.1),
         _event(EventKind.START, 2),
-        _event(EventKind.FAILURE, 2, verdict=Verdict.TIMEOUT),
+        _event(EventKind.FAILURE, 2, verdict=Verdict.TIMEOUT, elapsed=0.02),
         _event(EventKind.GIVE_UP, 2, give_up_reason="exhausted"),
     ):
-        counter(event)
-    row = counter.snapshot()["op"]
-    assert (row["requests"], row["attempts"], row["retries"], row["successes"]) == (1, 2, 1, 0)
-    assert row["failures"] == {"server_error": 1, "timeout": 1}
-    assert row["give_ups"] == {"exhausted": 1}
-
-
-def test_stats_table_shows_totals_and_breakdowns() -> None:
-    """Nested counters print their total and breakdown; unknown counters still get a column."""
-    table = format_stats_table({
-        "photo": {"requests": 3, "attempts": 5, "failures": {"timeout": 2, "network": 0},
-                  "p95_s": 0.25},
-        "note": "not an operation",
-    })
-    header, rule, row = table.splitlines()
-    assert header.split() == ["operation", "requests", "attempts", "failures", "p95_s"]
+        stats(event)
+    header, rule, row, total = format_stats_table(stats.snapshot()).splitlines()
+    assert header.split()[:4] == ["operation", "requests", "attempts", "retries"]
     assert set(rule) == {"-", " "}
-    assert row.split(None, 3)[:3] == ["photo", "3", "5"]
-    assert "2 (timeout=2)" in row
+    assert row.split()[:8] == ["op", "1", "2", "1", "0", "2", "1", "0"]
+    assert "server_error=1 timeout=1" in row
+    assert total.startswith("total")
     assert format_stats_table({}) == "(no calls recorded)"
