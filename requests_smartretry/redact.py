@@ -45,6 +45,8 @@ def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 def redact_url(url: str) -> str:
     """``url`` with its user:password and credential-like query values replaced."""
+    if "@" not in url and not _SECRET_PARAM.search(url.partition("?")[2]):
+        return url  # the common case, without parsing
     try:
         parts = urlsplit(url)
     except ValueError:
