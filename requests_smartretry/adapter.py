@@ -503,11 +503,15 @@ class SmartRetryAdapter(HTTPAdapter):
                 if not stream:
                     response.content  # noqa: B018 - read the body inside the deadline
             except Exception as exc:
-                failure: BaseException = exc
-                if deadline is not None and deadline.fired:
-                    failure = self._deadline_error(total_s, request)
-                    failure.__cause__ = exc
-                return Outcome(classify_exception(failure), error=failure, signal=failure)
+                verdict = classify_exception(exc)
+                # A cut that fell before anything was sent (connect timeout, DNS) keeps its
+                # own type and its "nothing sent" safety; only a cut after sending is the
+                # attempt deadline's.
+                if deadline is not None and deadline.fired and verdict.sent:
+                    cut = self._deadline_error(total_s, request)
+                    cut.__cause__ = exc
+                    return Outcome(classify_exception(cut), error=cut, signal=cut)
+                return Outcome(verdict, error=exc, signal=exc)
         if deadline is not None and deadline.fired:
             response.close()
             cut = self._deadline_error(total_s, request)

@@ -20,7 +20,7 @@ import requests
 import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
-from .errors import AttemptDeadlineExceeded
+from .errors import AttemptDeadlineExceeded, CircuitOpenError
 from .events import Verdict
 
 __all__ = [
@@ -116,6 +116,9 @@ _CHUNKED = requests.exceptions.ChunkedEncodingError
 # (predicate, verdict, reason, sent).  First match over the whole cause chain wins.
 _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, bool], ...] = (
     (lambda e: isinstance(e, AttemptDeadlineExceeded), Verdict.TIMEOUT, "deadline", True),
+    # An inner breaker refused without touching the network; retrying before it lets a
+    # probe through only repeats the refusal.
+    (lambda e: isinstance(e, CircuitOpenError), Verdict.PERMANENT, "circuit_open", False),
     (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
     (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
     (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", False),

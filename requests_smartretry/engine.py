@@ -17,7 +17,7 @@ from . import testing as _testing
 from .backoff import backoff_delay
 from .classify import Classification
 from .deadline import current_scope
-from .errors import CircuitOpenError
+from .errors import CircuitOpenError, attach_history
 from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, make_event, next_call_id
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
@@ -137,7 +137,18 @@ def run_call(
                 return Finished(outcome, tuple(history), "circuit_open")
         emit(EventKind.START, number)
         started = clock()
-        outcome = attempt(number)
+        try:
+            outcome = attempt(number)
+        except BaseException as exc:
+            # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
+            # interrupted: the call ends here, but its events still close it out.
+            reason = type(exc).__name__
+            emit(EventKind.FAILURE, number, verdict=Verdict.PERMANENT, reason=reason,
+                 error=exc, elapsed=clock() - started)
+            emit(EventKind.GIVE_UP, number, verdict=Verdict.PERMANENT, reason=reason,
+                 give_up_reason="error")
+            attach_history(exc, tuple(history))
+            raise
         elapsed = clock() - started
         verdict = outcome.classification
         if verdict.verdict is Verdict.SUCCESS:
@@ -157,9 +168,10 @@ def run_call(
         if give_up is None and budget is not None and not budget.allow_retry(call.service):
             give_up = "budget"
         if give_up is not None:
+            cap = (rule.backoff_for(policy) if rule is not None else policy).backoff_max
             emit(EventKind.GIVE_UP, number, verdict=verdict.verdict, reason=verdict.reason,
                  status_code=outcome.status_code, retry_after=verdict.retry_after,
-                 give_up_reason=give_up)
+                 give_up_reason=give_up, backoff_cap=cap)
             return Finished(outcome, tuple(history), give_up)
 
         emit(EventKind.RETRY, number, verdict=verdict.verdict, reason=verdict.reason,
@@ -190,10 +202,10 @@ def _decide(
     """
     if not verdict.retryable:
         return "not_retryable", 0.0
-    if outcome.veto is not None:
-        return outcome.veto, 0.0
     if number >= max_attempts:
         return "exhausted", 0.0
+    if outcome.veto is not None:
+        return outcome.veto, 0.0
     settings: Union[RetryPolicy, ResolvedBackoff] = policy
     respect_retry_after = policy.respect_retry_after
     if rule is not None:
@@ -205,7 +217,9 @@ def _decide(
     if verdict.retry_after is not None and respect_retry_after:
         if verdict.retry_after > settings.backoff_max:
             return "retry_after_too_long", 0.0
-        wait = verdict.retry_after
+        # The server's delay is a minimum: "Retry-After: 0" (or a date our clock already
+        # passed) must not turn into a burst of immediate retries.
+        wait = max(wait, verdict.retry_after)
     if scope is not None:
         left = scope.remaining()
         if left is not None and wait >= left:

@@ -86,6 +86,7 @@ GIVE_UP_REASONS = (
     "budget",  # the retry budget is spent
     "deadline",  # an enclosing deadline leaves no time for the wait
     "circuit_open",  # the breaker refused the retry
+    "error",  # the attempt itself raised (a signer, a hook, KeyboardInterrupt)
 )
 
 _call_ids = itertools.count(1)
@@ -132,6 +133,8 @@ class AttemptEvent:
     #: The server's Retry-After, in seconds, when it sent a valid one.
     retry_after: Optional[float] = None
     give_up_reason: Optional[str] = None
+    #: GIVE_UP: the backoff cap in force (the policy's, or its per-verdict rule's).
+    backoff_cap: Optional[float] = None
     method: Optional[str] = None
     #: The request URL with secrets redacted.
     url: Optional[str] = None

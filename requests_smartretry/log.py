@@ -44,6 +44,7 @@ _TEXT = {
         "budget": "重试预算已用尽, 不重试",
         "deadline": "剩余时间不足以等待重试, 放弃",
         "circuit_open": "熔断器已打开, 不重试",
+        "error": "尝试过程中出现异常 ({reason}), 放弃",
     },
     "en": {
         "prefix": "[API retry]",
@@ -65,6 +66,7 @@ _TEXT = {
         "budget": "retry budget spent; not retrying",
         "deadline": "no time left for another attempt; giving up",
         "circuit_open": "circuit breaker open; not retrying",
+        "error": "the attempt raised {reason}; giving up",
     },
 }
 
@@ -175,7 +177,8 @@ class LoggingHook:
             "left": event.retries_left,
             "ms": _ms(event.wait),
             "method": event.method or "",
-            "cap_ms": _ms(self.backoff_max),
+            "cap_ms": _ms(event.backoff_cap if event.backoff_cap is not None
+                          else self.backoff_max),
         }
         if kind is EventKind.START:
             self._emit(logging.INFO, event, text["start"].format(**fields))
@@ -195,7 +198,7 @@ class LoggingHook:
                 fields["ms"] = _ms(event.retry_after)
             template = text.get(key, text["exhausted"])
             level = logging.INFO if key == "not_retryable" else logging.ERROR
-            self._emit(level, event, template.format(**fields))
+            self._emit(level, event, template.format(reason=event.reason or "", **fields))
 
     def _emit(self, level: int, event: AttemptEvent, message: str) -> None:
         if not self.logger.isEnabledFor(level):

@@ -565,3 +565,70 @@ def test_threads_share_one_session_and_every_call_is_accounted_for(server: Fault
     per_call = {"ok": 1, "503,ok": 2, "reset,ok": 2, "404": 1, "500": 2, "reset": 2}
     expected = sum(per_call[key.rsplit(":", 1)[0]] * count for key, count in outcomes.items())
     assert server.hits() == expected
+
+
+# -- regressions found in review ---------------------------------------------------------
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A loopback listener whose accept queue is full: new connections time out (SYN dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    time.sleep(0.2)
+    yield port
+    for sock in (*fillers, listener):
+        sock.close()
+
+
+def test_connect_timeout_stays_a_safe_connect_timeout(
+    unaccepting_port: int, sleeps: SleepRecorder
+) -> None:
+    """A connect that times out is ConnectTimeout (nothing sent): even a POST is retried."""
+    session = session_with(sleeps, timeout=0.5, budget=None)
+    with pytest.raises(requests.exceptions.ConnectTimeout) as caught:
+        session.post(f"http://127.0.0.1:{unaccepting_port}/pay", data=b"{}")
+    failures = [e for e in attempt_history(caught.value) if e.kind is EventKind.FAILURE]
+    assert [e.reason for e in failures] == ["ETIMEDOUT", "ETIMEDOUT"]
+
+
+def test_retry_after_zero_still_backs_off(server: FaultServer, sleeps: SleepRecorder) -> None:
+    """Retry-After: 0 is a minimum, not a licence for an immediate retry burst."""
+    url = seq(server, "429,ok", retry_after=0)
+    assert session_with(sleeps).get(url).status_code == 200
+    assert sleeps.waits == [1.0]
+
+
+def test_a_raising_signer_ends_the_call_with_its_history(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """A prepare_attempt hook that raises ends the call: its exception carries the history
+    and the statistics close the call instead of leaving it in flight."""
+
+    def sign(request: requests.PreparedRequest, attempt: int) -> requests.PreparedRequest:
+        if attempt == 2:
+            raise RuntimeError("token refresh failed")
+        return request
+
+    adapter = SmartRetryAdapter(prepare_attempt=sign, sleep=sleeps)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    with pytest.raises(RuntimeError, match="token refresh") as caught:
+        session.get(seq(server, "503,ok"))
+    kinds = [e.kind for e in attempt_history(caught.value)]
+    assert kinds[-1] is EventKind.GIVE_UP
+    assert attempt_history(caught.value)[-1].give_up_reason == "error"
+    assert adapter.stats is not None
+    row = next(iter(v for k, v in adapter.stats.snapshot().items() if k != "__total__"))
+    assert (row["in_flight"], row["give_ups"]) == (0, 1)

@@ -847,3 +847,24 @@ def test_wraps_a_real_wechatpayv3_sdk_call(server: FaultServer) -> None:
     assert len(set(fake.nonces)) == 2  # each attempt was signed afresh by the SDK
     failure = next(e for e in events if e.kind is EventKind.FAILURE)
     assert (failure.verdict, failure.reason) == (Verdict.SERVER_ERROR, "HTTP 500")
+
+
+def test_an_open_inner_breaker_is_not_retried_by_the_outer_call() -> None:
+    """CircuitOpenError from a smart session inside fn is final: retrying cannot pass it."""
+    from requests_smartretry import CircuitBreaker, CircuitOpenError, smart_session
+    from requests_smartretry.faultserver import unused_port
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    session = smart_session(max_retries=0, breaker=breaker)
+    url = f"http://127.0.0.1:{unused_port()}/x"
+    with pytest.raises(requests.ConnectionError):
+        session.get(url)  # opens the breaker
+    calls: list[int] = []
+
+    def fetch() -> requests.Response:
+        calls.append(1)
+        return session.get(url)
+
+    with pytest.raises(CircuitOpenError):
+        execute_with_smart_retry(fetch, max_retries=2, sleep=lambda s: None)
+    assert len(calls) == 1

@@ -72,3 +72,12 @@ def test_nothing_is_formatted_when_the_logger_is_off(log_lines: LineCollector) -
     logging.getLogger("requests_smartretry").setLevel(logging.CRITICAL)
     LoggingHook()(event(EventKind.START))
     assert log_lines.lines == []
+
+
+def test_retry_after_refusal_names_the_cap_in_force(log_lines: LineCollector) -> None:
+    """The refusal line quotes the cap the engine applied (a per-verdict rule's, if any)."""
+    LoggingHook(lang="en", backoff_max=5.0)(
+        event(EventKind.GIVE_UP, verdict=Verdict.RATE_LIMIT, retry_after=60.0,
+              give_up_reason="retry_after_too_long", backoff_cap=30.0))
+    assert log_lines.lines == ["[API retry] 生成艺术照 - server asked to wait 60000ms, "
+                               "above the 30000ms cap; not retrying"]
