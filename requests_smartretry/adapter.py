@@ -197,8 +197,9 @@ class SmartRetryAdapter(HTTPAdapter):
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
 
-    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012 - requests' own convention "policy", "breaker", "budget", "extra_hooks",
-                 "_sleep", "_clock"]
+    # requests' own convention: an adapter pickles exactly these attributes.
+    __attrs__ = [*HTTPAdapter.__attrs__,  # noqa: RUF012
+                 "policy", "breaker", "budget", "extra_hooks", "_sleep", "_clock"]
 
     policy: RetryPolicy
 
