@@ -36,7 +36,7 @@ from .errors import AdapterClosedError, AttemptDeadlineExceeded, attach_history
 from .events import Hook, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
-from .redact import redact_text, redact_url
+from .redact import redact_exception, redact_text, redact_url
 
 __all__ = ["SmartRetryAdapter", "smart_session"]
 
@@ -395,6 +395,10 @@ class SmartRetryAdapter(HTTPAdapter):
                                     (connect_s, read_s, total_s), verify, cert, proxies)
             if outcome.value is not None:
                 previous.append(outcome.value)
+            # Hooks, on_retry and the caller see failures only with secrets removed.
+            for failure in (outcome.error, outcome.signal):
+                if failure is not None:
+                    redact_exception(failure)
             return dataclasses.replace(outcome, veto=self._veto(outcome, idempotent, replay))
 
         finished = run_call(self.policy, call, attempt, hooks=self._hooks,

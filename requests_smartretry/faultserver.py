@@ -96,7 +96,7 @@ class FaultServer:
     def stop(self) -> None:
         """Stop: close the listener and every open connection, end hanging handlers."""
         self._stopping.set()
-        # close() alone does not wake a thread blocked in accept() on Linux; shutdown does.
+        # close() alone does not wake a thread blocked in accept() on Linux; shutdown() does.
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
