@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .classify import linked_exceptions
+
 __all__ = [
     "REDACTED",
     "RedactingFilter",
@@ -125,8 +127,8 @@ def redact_text(text: str) -> str:
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
-    # Same links as the classification walk (cause, context, urllib3's reason, exceptions
-    # passed as arguments), bounded, each node once: cycles and depth cannot hang it.
+    # The classification walk's links (cause, context, urllib3's reason, exceptions passed
+    # as arguments), bounded, each node once: cycles and depth cannot hang it.
     seen: set[int] = set()
     order: list[BaseException] = []
     pending = [exc]
@@ -136,9 +138,7 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
             continue
         seen.add(id(node))
         order.append(node)
-        linked = [node.__cause__, node.__context__, getattr(node, "reason", None)]
-        linked.extend(getattr(node, "args", ()))
-        pending.extend(x for x in linked if isinstance(x, BaseException) and id(x) not in seen)
+        pending.extend(x for x in linked_exceptions(node) if id(x) not in seen)
     return order
 
 
@@ -163,7 +163,7 @@ def redact_exception(exc: BaseException) -> BaseException:
                     node.url = redacted  # type: ignore[attr-defined]
             if isinstance(node, OSError) and isinstance(node.strerror, str):
                 node.strerror = redact_text(node.strerror)
-        except (AttributeError, TypeError):  # read-only attributes of exotic exceptions
+        except Exception:  # read-only or raising attributes of a caller's exception
             continue
     return exc
 
