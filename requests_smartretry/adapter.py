@@ -64,6 +64,10 @@ class _WatchedPoolMixin:
             owner = conn.__dict__.pop("_smartretry_watch", None)
             if owner is not None:
                 owner.detach(conn)
+                if owner.fired:
+                    # The watchdog shut this socket down: it must not wait in the pool
+                    # (urllib3 1.26 returns it there after a body cut short).
+                    conn.close()
         super()._put_conn(conn)  # type: ignore[misc]
 
 
@@ -428,12 +432,18 @@ class SmartRetryAdapter(HTTPAdapter):
                                error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
         with watch(total_s) as deadline:
+            sent: Optional[requests.Response] = None
             try:
-                response = super().send(request, stream=True, timeout=(connect_s, read_s),
-                                        verify=verify, cert=cert, proxies=proxies)
+                response = sent = super().send(request, stream=True,
+                                               timeout=(connect_s, read_s), verify=verify,
+                                               cert=cert, proxies=proxies)
                 if not stream:
                     response.content  # noqa: B018 - read the body inside the deadline
             except Exception as exc:
+                if sent is not None:
+                    # A body read that failed (deadline, reset) leaves the socket referenced
+                    # from the traceback; close it now rather than at garbage collection.
+                    sent.close()
                 error: BaseException = exc
                 if deadline is not None and deadline.fired:
                     error = self._deadline_error(total_s, request)
