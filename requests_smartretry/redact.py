@@ -1,7 +1,8 @@
 """Keeping secrets out of log lines, events and exception messages.
 
 What counts as a secret: the values of ``Authorization``, ``Proxy-Authorization``,
-``Cookie``, ``Set-Cookie``, ``X-Api-Key``/``Api-Key`` and every ``Wechatpay-*`` header; the
+``Cookie``, ``Set-Cookie``, ``X-Api-Key``/``Api-Key``, every ``Wechatpay-*`` header and any
+header named like a credential (``X-Auth-Token``, ``X-Access-Key``, ``X-Session-Id``); the
 user:password part of a URL; and the value of any query parameter (or ``name=value`` /
 ``"name": "value"`` pair in text) whose name contains token, key, secret, sig/sign/signature,
 password, passwd, credential or auth.
@@ -38,6 +39,12 @@ _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
 _SECRET_HEADER_PREFIXES = ("wechatpay-", "x-amz-security-token")
+# Custom credential headers (X-Auth-Token, X-Access-Key, X-Session-Id…).  Narrower than the
+# parameter rule: a bare "key" (Idempotency-Key) is not a credential.
+_SECRET_HEADER_WORDS = re.compile(
+    r"token|secret|passw|credential|auth|signature|api-?key|access-?key|session",
+    re.IGNORECASE,
+)
 # Names whose values are credentials: access_token, api_key, secret, sign, signature…
 _SECRET_NAME = re.compile(
     r"token|key|secret|sig|password|passwd|credential|auth", re.IGNORECASE
@@ -59,6 +66,12 @@ _HEADER_LINE = re.compile(
     r"(?P<value>[^\r\n'\"]+)",
     re.IGNORECASE,
 )
+# Any header line at the start of a line ("X-Auth-Token: …" in a dumped request): anchored
+# at line starts, so each line is scanned once; the name is judged by is_secret_header.
+_ANY_HEADER_LINE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<name>[\w\-]+)(?P<sep>[ \t]*:[ \t]*)(?P<value>[^\r\n]*)",
+    re.MULTILINE,
+)
 _USERINFO = re.compile(r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@",
                        re.IGNORECASE)
 _AUTH_VALUE = re.compile(
@@ -70,7 +83,8 @@ _AUTH_VALUE = re.compile(
 def is_secret_header(name: str) -> bool:
     """True for headers whose value must never be logged."""
     lowered = name.lower()
-    return lowered in _SECRET_HEADERS or lowered.startswith(_SECRET_HEADER_PREFIXES)
+    return (lowered in _SECRET_HEADERS or lowered.startswith(_SECRET_HEADER_PREFIXES)
+            or bool(_SECRET_HEADER_WORDS.search(lowered)))
 
 
 def is_secret_name(name: str) -> bool:
@@ -103,6 +117,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
+def _any_header_line(match: re.Match[str]) -> str:
+    if not is_secret_header(match.group("name")) or match.group("value") == REDACTED:
+        return match.group(0)
+    return f"{match.group('indent')}{match.group('name')}{match.group('sep')}{REDACTED}"
+
+
 def _pair(match: re.Match[str]) -> str:
     if not is_secret_name(match.group("name")):
         return match.group(0)
@@ -122,6 +142,7 @@ def redact_text(text: str) -> str:
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
     text = _AUTH_VALUE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
     text = _HEADER_LINE.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
+    text = _ANY_HEADER_LINE.sub(_any_header_line, text)
     text = _QUOTED_PAIR.sub(_quoted_pair, text)
     return _PAIR.sub(_pair, text)
 

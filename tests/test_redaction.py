@@ -221,6 +221,9 @@ def test_redact_exception_survives_a_cycle() -> None:
         (f"https://{USERINFO}@api.example/x", "api.example/x"),
         ("Set-Cookie: session=SETCOOKIESECRET12; HttpOnly", "Set-Cookie"),
         ("X-Api-Key: APIKEYSECRET4", "X-Api-Key"),
+        ("GET /x HTTP/1.1\r\nX-Auth-Token: TOKENSECRET7\r\nIdempotency-Key: k-1",
+         "Idempotency-Key: k-1"),
+        ("headers:\n  X-Session-Id: COOKIESECRET3\n  Accept: */*", "  Accept: */*"),
     ],
 )
 def test_redact_text_removes_the_secret_and_keeps_the_rest(text: str, kept: str) -> None:
@@ -238,13 +241,17 @@ def test_redact_url_and_headers() -> None:
     headers = redact_headers({**HEADER_SECRETS, "Accept": "*/*"})
     assert headers["Accept"] == "*/*"
     assert _leaks([repr(headers)]) == {}
-    assert all(is_secret_header(name) for name in [*HEADER_SECRETS, "Set-Cookie", "api-key"])
+    assert all(is_secret_header(name) for name in [*HEADER_SECRETS, "Set-Cookie", "api-key",
+                                                   "X-Auth-Token", "X-Access-Key"])
+    assert not any(is_secret_header(name) for name in ["Idempotency-Key", "Accept",
+                                                       "Content-Type", "Retry-After"])
 
 
 def test_redaction_is_linear_on_hostile_text() -> None:
     """Redacting 64 KiB of adversarial text (a hostile status line) finishes promptly."""
     hostile = ["token" * 13000, "a" * 65000, '"a":' * 16000, 'Bearer a="" ' * 5000,
-               "Cookie:" * 9000, "http://" + "a" * 65000]
+               "Cookie:" * 9000, "http://" + "a" * 65000, "\n" + "x-auth-token" * 5000,
+               "a:\n" * 20000, "a=" * 30000]
     started = time.monotonic()
     for text in hostile:
         redact_text(text)
