@@ -221,6 +221,22 @@ def test_chaos_loses_nothing_and_respects_the_policy(server: FaultServer) -> Non
                 assert isinstance(result.outcome, requests.Response), (result.tag, result)
                 assert result.outcome.status_code == expected.status, result.tag
 
+    # The watchdog cuts only its own attempt: a deadline never fires early, and a call whose
+    # server never breaks a connection never sees a broken one (a cut meant for another
+    # thread's attempt would show up here as an early timeout or a reset).
+    for result in finished:
+        history = per_call[result.tag]
+        for event in history:
+            if event.kind is not EventKind.FAILURE:
+                continue
+            if event.verdict is Verdict.TIMEOUT:
+                assert event.elapsed is not None and event.elapsed >= TIMEOUT - 0.02, (
+                    result.tag, event)
+            breaks = not result.scenario.steps or any(
+                step in result.scenario.steps for step in ("reset", "hang"))
+            if not breaks:
+                assert event.verdict is not Verdict.NETWORK, (result.tag, event)
+
     # Server-side attempts = client-side attempts, call by call.  An attempt that timed out
     # may have been cut before its request left (connecting on a starved machine).
     client_starts = collections.Counter(
