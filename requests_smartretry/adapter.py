@@ -168,7 +168,9 @@ def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
         derived["backoff_max"] = max(float(cap), float(retry.backoff_factor))
     if retry.status_forcelist:
         derived["retry_statuses"] = frozenset(retry.status_forcelist)
-    methods = getattr(retry, "allowed_methods", None) or getattr(retry, "method_whitelist", None)
+    # allowed_methods exists from urllib3 1.26 on; reading the old method_whitelist name
+    # there only raises a DeprecationWarning.
+    methods = getattr(retry, "allowed_methods", None)
     if methods:
         derived["idempotent_methods"] = frozenset(methods)
     derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
