@@ -59,19 +59,11 @@ _QUOTED_PAIR = re.compile(
     r"(?P<q>[\"'])(?P<name>[\w.\-]+)(?P=q)(?P<sep>\s*:\s*)"
     r"(?:(?P<vq>[\"'])(?P<qvalue>[^\"'\r\n]*)(?P=vq)|(?P<value>[^\s,}\]\"']+))"
 )
-# Header lines: "Cookie: a=b; c=d".
-_HEADER_LINE = re.compile(
-    r"(?<![\w\-])(?P<name>proxy-authorization|authorization|set-cookie|cookie|x-api-key"
-    r"|api-key|wechatpay-[\w\-]*|x-amz-security-token)(?P<sep>[ \t]*:[ \t]*)"
-    r"(?P<value>[^\r\n'\"]+)",
-    re.IGNORECASE,
-)
-# Any header line at the start of a line ("X-Auth-Token: …" in a dumped request): anchored
-# at line starts, so each line is scanned once; the name is judged by is_secret_header.
-_ANY_HEADER_LINE = re.compile(
-    r"^(?P<indent>[ \t]*)(?P<name>[\w\-]+)(?P<sep>[ \t]*:[ \t]*)(?P<value>[^\r\n]*)",
-    re.MULTILINE,
-)
+# "Name: value" anywhere (a header line, a dumped request, "error: X-Auth-Token: …").  Only
+# the name and separator are matched, so every name on a line is examined; the value of a
+# secret one runs to the end of the line or the next quote (see _header_values).
+_HEADER_NAME = re.compile(r"(?<![\w\-])(?P<name>[\w\-]+)[ \t]*:[ \t]*")
+_HEADER_VALUE_END = re.compile(r"[\r\n'\"]")
 _USERINFO = re.compile(r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@",
                        re.IGNORECASE)
 _AUTH_VALUE = re.compile(
@@ -117,10 +109,23 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
-def _any_header_line(match: re.Match[str]) -> str:
-    if not is_secret_header(match.group("name")) or match.group("value") == REDACTED:
-        return match.group(0)
-    return f"{match.group('indent')}{match.group('name')}{match.group('sep')}{REDACTED}"
+def _header_values(text: str) -> str:
+    pieces: list[str] = []
+    done = 0  # text before this index is already copied or redacted
+    for match in _HEADER_NAME.finditer(text):
+        if match.start() < done or not is_secret_header(match.group("name")):
+            continue
+        value_start = match.end()
+        value_end_match = _HEADER_VALUE_END.search(text, value_start)
+        value_end = value_end_match.start() if value_end_match else len(text)
+        if value_end == value_start or text[value_start:value_end] == REDACTED:
+            continue
+        pieces += [text[done:value_start], REDACTED]
+        done = value_end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _pair(match: re.Match[str]) -> str:
@@ -141,8 +146,7 @@ def redact_text(text: str) -> str:
     """Free text (an exception message, a log line) with credentials replaced."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
     text = _AUTH_VALUE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
-    text = _HEADER_LINE.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
-    text = _ANY_HEADER_LINE.sub(_any_header_line, text)
+    text = _header_values(text)
     text = _QUOTED_PAIR.sub(_quoted_pair, text)
     return _PAIR.sub(_pair, text)
 

@@ -381,3 +381,40 @@ def test_any_status_and_retry_after_from_a_server(
     if len(starts) == 2:
         assert verdict.retryable
         assert method == "GET" or verdict.safe_to_repeat
+
+
+# -- redaction: a secret in any supported shape never survives ---------------------------------
+
+secret_values = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.~",
+                        min_size=8, max_size=40).filter(lambda v: v.strip("-_.~"))
+secret_params = st.sampled_from(["access_token", "api_key", "apikey", "signature", "sign",
+                                 "client_secret", "password", "X-Amz-Signature", "token",
+                                 "refresh_token", "sessionKey", "auth", "AccessKeyId"])
+secret_header_names = st.sampled_from(["Authorization", "Proxy-Authorization", "Cookie",
+                                       "Set-Cookie", "X-Api-Key", "Wechatpay-Signature",
+                                       "Wechatpay-Nonce", "X-Auth-Token", "x-access-key"])
+surroundings = st.sampled_from(["", " ", "\n", "error: ", "(", "url: ", "GET ", "\r\n"])
+
+
+@FAST
+@given(secret=secret_values, param=secret_params, header=secret_header_names,
+       before=surroundings, after=surroundings, shape=st.integers(0, 7))
+def test_no_secret_survives_redaction_in_any_shape(secret: str, param: str, header: str,
+                                                   before: str, after: str,
+                                                   shape: int) -> None:
+    """Query pairs, header lines, dict reprs, JSON, auth schemes and userinfo all lose it."""
+    shapes = [
+        f"https://api.example/v1?page=2&{param}={secret}&x=1",
+        f"/v1/pay?{param}={secret}",
+        f"{header}: {secret}",
+        f"{{'{header}': '{secret}', 'Accept': '*/*'}}",
+        f'{{"{param}": "{secret}", "n": 1}}',
+        f"Bearer {secret}",
+        f"https://user:{secret}@api.example/v1",
+        f"HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: "
+        f"/x?{param}={secret} (Caused by ...)",
+    ]
+    text = f"{before}{shapes[shape]}{after}"
+    assert secret not in redact_text(text)
+    if shape in (0, 6):
+        assert secret not in redact_url(shapes[shape])
