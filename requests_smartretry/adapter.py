@@ -46,6 +46,8 @@ TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3
 
 # urllib3 refuses a zero socket timeout; an attempt with less left than this is cut at once.
 _MIN_SOCKET_TIMEOUT = 0.001
+# Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
+_MAX_SOCKET_TIMEOUT = 1e9
 
 
 class _WatchedPoolMixin:
@@ -421,7 +423,8 @@ class SmartRetryAdapter(HTTPAdapter):
         cert: Any,
         proxies: Optional[dict[str, str]],
     ) -> Outcome[requests.Response]:
-        connect_s, read_s, total_s = timeouts
+        connect_s, read_s, total_s = (
+            None if t is None else min(t, _MAX_SOCKET_TIMEOUT) for t in timeouts)
         scope = current_scope()
         left = scope.remaining() if scope is not None else None
         if left is not None:

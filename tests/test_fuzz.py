@@ -9,6 +9,7 @@ import errno
 import logging
 import math
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -25,7 +26,9 @@ from requests_smartretry import (
     RetryPolicy,
     SmartRetryAdapter,
     Verdict,
+    smart_session,
 )
+from requests_smartretry import deadline as deadline_module
 from requests_smartretry.backoff import (
     FAR_FUTURE,
     JITTER_MODES,
@@ -418,3 +421,24 @@ def test_no_secret_survives_redaction_in_any_shape(secret: str, param: str, head
     assert secret not in redact_text(text)
     if shape in (0, 6):
         assert secret not in redact_url(shapes[shape])
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(timeout=st.floats(min_value=1e6, max_value=1e308), explicit=st.booleans())
+def test_enormous_timeouts_work_and_keep_the_watchdog_alive(
+    server: FaultServer, timeout: float, explicit: bool
+) -> None:
+    """A timeout of centuries (policy or per request) is "forever": the request works and
+    the process-wide deadline watchdog keeps cutting other attempts."""
+    session = smart_session(timeout=1.0 if explicit else timeout, log=False)
+    with session:
+        response = session.get(server.url("/fuzz"), headers={"X-Fuzz-Status": "200"},
+                               timeout=timeout if explicit else None)
+    assert response.status_code == 200
+    with deadline_module.watch(0.02) as short:
+        assert short is not None
+        limit = time.monotonic() + 10.0
+        while not short.fired and time.monotonic() < limit:
+            time.sleep(0.005)
+    assert short.fired, "the watchdog died"
