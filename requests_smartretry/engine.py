@@ -8,6 +8,7 @@ safe); the loop decides, waits and emits one event per step to the hooks.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -189,10 +190,12 @@ def _decide(
     if number >= max_attempts:
         return "exhausted", 0.0
     wait = backoff_delay(policy, number, previous=previous_wait, rng=rng)
-    if verdict.retry_after is not None and policy.respect_retry_after:
-        if verdict.retry_after > policy.backoff_max:
+    asked = verdict.retry_after
+    # A vendor hook may hand over any float: NaN is no answer, a negative delay is none.
+    if asked is not None and policy.respect_retry_after and not math.isnan(asked):
+        if asked > policy.backoff_max:
             return "retry_after_too_long", 0.0
-        wait = verdict.retry_after
+        wait = max(0.0, asked)
     if scope is not None:
         left = scope.remaining()
         if left is not None and wait >= left:

@@ -269,7 +269,8 @@ outcomes = st.builds(
         error=None if verdict is Verdict.SUCCESS else RuntimeError(verdict.value),
         veto=veto),
     st.sampled_from(list(Verdict)),
-    st.one_of(st.none(), st.floats(min_value=0, max_value=1e12)),
+    st.one_of(st.none(), st.floats(min_value=0, max_value=1e12),
+              st.floats(allow_nan=True, allow_infinity=True)),
     st.booleans(), st.booleans(),
     st.one_of(st.none(), st.sampled_from(["unsafe", "not_replayable"])),
 )
@@ -316,9 +317,9 @@ def test_engine_never_retries_a_final_verdict_and_never_waits_above_the_cap(
         assert made.classification.retryable, "retried a non-retryable verdict"
         assert made.veto is None, "retried a vetoed attempt"
         asked = made.classification.retry_after
-        if policy.respect_retry_after and asked is not None:
+        if policy.respect_retry_after and asked is not None and not math.isnan(asked):
             assert asked <= policy.backoff_max
-            assert waits[number - 1] == asked
+            assert waits[number - 1] == max(0.0, asked)
     last = script[min(seen[-1], len(script)) - 1]
     assert finished.outcome is last
     kinds = [e.kind for e in finished.history]
