@@ -38,7 +38,7 @@ from .errors import AdapterClosedError, AttemptDeadlineExceeded, attach_history
 from .events import Hook, Verdict
 from .log import LoggingHook
 from .policy import RetryPolicy
-from .redact import redact_text, redact_url
+from .redact import redact_exception, redact_text, redact_url
 from .state import resolve_store
 from .stats import Stats
 
@@ -50,6 +50,8 @@ TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3
 
 # urllib3 refuses a zero socket timeout; an attempt with less left than this is cut at once.
 _MIN_SOCKET_TIMEOUT = 0.001
+# Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
+_MAX_SOCKET_TIMEOUT = 1e9
 
 
 class _WatchedPoolMixin:
@@ -68,6 +70,10 @@ class _WatchedPoolMixin:
             owner = conn.__dict__.pop("_smartretry_watch", None)
             if owner is not None:
                 owner.detach(conn)
+                if owner.fired:
+                    # The watchdog shut this socket down: it must not wait in the pool
+                    # (urllib3 1.26 returns it there after a body cut short).
+                    conn.close()
         super()._put_conn(conn)  # type: ignore[misc]
 
 
@@ -185,7 +191,9 @@ def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
         derived["backoff_max"] = max(float(cap), float(retry.backoff_factor))
     if retry.status_forcelist:
         derived["retry_statuses"] = frozenset(retry.status_forcelist)
-    methods = getattr(retry, "allowed_methods", None) or getattr(retry, "method_whitelist", None)
+    # allowed_methods exists from urllib3 1.26 on; reading the old method_whitelist name
+    # there only raises a DeprecationWarning.
+    methods = getattr(retry, "allowed_methods", None)
     if methods:
         derived["idempotent_methods"] = frozenset(methods)
     derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
@@ -466,6 +474,11 @@ class SmartRetryAdapter(HTTPAdapter):
             verdicts.append(outcome.classification)
             if outcome.value is not None:
                 previous.append(outcome.value)
+            # Hooks, on_retry and the caller see failures only with secrets removed.
+            if outcome.error is not None:
+                redact_exception(outcome.error)
+            if outcome.signal is not None and outcome.signal is not outcome.error:
+                redact_exception(outcome.signal)
             veto = self._veto(outcome, idempotent, replay)
             return outcome if veto is None else dataclasses.replace(outcome, veto=veto)
 
@@ -483,7 +496,8 @@ class SmartRetryAdapter(HTTPAdapter):
         cert: Any,
         proxies: Optional[dict[str, str]],
     ) -> Outcome[requests.Response]:
-        connect_s, read_s, total_s = timeouts
+        connect_s, read_s, total_s = (
+            None if t is None else min(t, _MAX_SOCKET_TIMEOUT) for t in timeouts)
         scope = current_scope()
         left = scope.remaining() if scope is not None else None
         if left is not None:
@@ -496,13 +510,18 @@ class SmartRetryAdapter(HTTPAdapter):
                                error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
         with watch(total_s) as deadline:
+            sent: Optional[requests.Response] = None
             try:
-                response = super().send(request, stream=True,
-                                        timeout=(connect_s, read_s),  # type: ignore[arg-type]
-                                        verify=verify, cert=cert, proxies=proxies)
+                response = sent = super().send(request, stream=True,
+                                               timeout=(connect_s, read_s),  # type: ignore[arg-type]
+                                               verify=verify, cert=cert, proxies=proxies)
                 if not stream:
                     response.content  # noqa: B018 - read the body inside the deadline
             except Exception as exc:
+                if sent is not None:
+                    # A body read that failed (deadline, reset) leaves the socket referenced
+                    # from the traceback; close it now rather than at garbage collection.
+                    sent.close()
                 verdict = classify_exception(exc)
                 # A cut that fell before anything was sent (connect timeout, DNS) keeps its
                 # own type and its "nothing sent" safety; only a cut after sending is the

@@ -9,11 +9,15 @@ import random
 import re
 from typing import Optional, Protocol
 
-__all__ = ["JITTER_MODES", "backoff_delay", "parse_retry_after"]
+__all__ = ["FAR_FUTURE", "JITTER_MODES", "backoff_delay", "parse_retry_after"]
 
 JITTER_MODES = ("full", "equal", "decorrelated")
 
-_DELTA_SECONDS = re.compile(r"\A\s*(\d{1,12})(?:\.\d+)?\s*\Z")
+_DELTA_SECONDS = re.compile(r"\A\s*(\d+)(?:\.\d+)?\s*\Z")
+# delta-seconds has no upper limit (RFC 9110): longer numbers mean "practically never" and
+# are read as this many seconds (about 31 million years), not ignored as malformed.
+FAR_FUTURE = 1e15
+_MAX_DIGITS = 15
 
 
 class _Random(Protocol):
@@ -51,7 +55,7 @@ def backoff_delay(
     try:
         exponential = base * settings.backoff_multiplier ** (retry_number - 1)
     except OverflowError:
-        exponential = math.inf
+        exponential = math.inf if base > 0 else 0.0  # 0 × anything is still no wait
     delay = min(cap, exponential)
     mode = settings.jitter
     if mode == "full":
@@ -72,7 +76,8 @@ def parse_retry_after(value: object, *, now: float) -> Optional[float]:
         return None
     match = _DELTA_SECONDS.match(value)
     if match:
-        return float(match.group(1))
+        digits = match.group(1).lstrip("0") or "0"
+        return FAR_FUTURE if len(digits) > _MAX_DIGITS else min(float(int(digits)), FAR_FUTURE)
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -29,6 +29,7 @@ __all__ = [
     "classify_exception",
     "classify_message",
     "classify_status",
+    "linked_exceptions",
     "status_of",
     "walk_causes",
 ]
@@ -82,9 +83,22 @@ def walk_causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(node))
         yield node
-        linked = [node.__cause__, node.__context__, getattr(node, "reason", None)]
-        linked.extend(a for a in getattr(node, "args", ()) if isinstance(a, BaseException))
-        queue.extend(x for x in linked if isinstance(x, BaseException) and id(x) not in seen)
+        queue.extend(x for x in linked_exceptions(node) if id(x) not in seen)
+
+
+def linked_exceptions(node: BaseException) -> list[BaseException]:
+    """The exceptions ``node`` points to.  A caller's exception may have properties that
+    raise when read; such a link is skipped rather than crashing the classification."""
+    linked: list[object] = [node.__cause__, node.__context__]
+    try:
+        linked.append(getattr(node, "reason", None))
+    except Exception:
+        pass
+    try:
+        linked.extend(node.args)
+    except Exception:
+        pass
+    return [x for x in linked if isinstance(x, BaseException)]
 
 
 def _errno_in(*codes: int) -> Callable[[BaseException], bool]:
@@ -163,7 +177,10 @@ _TIMEOUT_WORDS = ("超时", "timeout", "timed out")
 def classify_message(exc: BaseException) -> Optional[Classification]:
     """The seed's last rule, for the callable API: a message mentioning 超时 / timeout is a
     retryable timeout."""
-    text = str(exc).lower()
+    try:
+        text = str(exc).lower()
+    except Exception:  # a caller's exception whose __str__ fails says nothing about time
+        return None
     if any(word in text for word in _TIMEOUT_WORDS):
         return Classification(Verdict.TIMEOUT, "timeout (message)", sent=True)
     return None

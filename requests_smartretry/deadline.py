@@ -30,6 +30,9 @@ __all__ = ["RetryScope", "Watch", "current_scope", "remaining", "retry_scope", "
 _RECHECK = 0.02
 # Rebuild the heap when finished watches outnumber live ones by this much.
 _COMPACT_AFTER = 4096
+# Longest single sleep of the watchdog.  Lock and socket timeouts overflow past ~292 years
+# (threading.TIMEOUT_MAX); a far deadline is simply looked at again after this long.
+_MAX_WAIT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class _Watchdog:
         item = Watch(time.monotonic() + max(seconds, 0.0))
         with self._cond:
             self._push(item.deadline_at, item)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="requests-smartretry-watchdog", daemon=True
                 )
@@ -188,7 +191,7 @@ class _Watchdog:
                         continue
                     delay = when - time.monotonic()
                     if delay > 0:
-                        self._cond.wait(delay)
+                        self._cond.wait(min(delay, _MAX_WAIT))
                         continue
                     heapq.heappop(self._heap)
                     break

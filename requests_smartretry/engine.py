@@ -8,6 +8,7 @@ safe); the loop decides, waits and emits one event per step to the hooks.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -214,12 +215,14 @@ def _decide(
         settings = rule.backoff_for(policy)
         respect_retry_after = rule.retry_after_for(policy)
     wait = backoff_delay(settings, number, previous=previous_wait, rng=rng)
-    if verdict.retry_after is not None and respect_retry_after:
-        if verdict.retry_after > settings.backoff_max:
+    asked = verdict.retry_after
+    # A vendor hook may hand over any float: NaN is no answer.
+    if asked is not None and respect_retry_after and not math.isnan(asked):
+        if asked > settings.backoff_max:
             return "retry_after_too_long", 0.0
         # The server's delay is a minimum: "Retry-After: 0" (or a date our clock already
         # passed) must not turn into a burst of immediate retries.
-        wait = max(wait, verdict.retry_after)
+        wait = max(wait, asked)
     if scope is not None:
         left = scope.remaining()
         if left is not None and wait >= left:

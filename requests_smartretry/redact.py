@@ -1,13 +1,37 @@
-"""Keeping secrets out of log lines, events and exception messages."""
+"""Keeping secrets out of log lines, events and exception messages.
+
+What counts as a secret: the values of ``Authorization``, ``Proxy-Authorization``,
+``Cookie``, ``Set-Cookie``, ``X-Api-Key``/``Api-Key``, every ``Wechatpay-*`` header and any
+header named like a credential (``X-Auth-Token``, ``X-Access-Key``, ``X-Session-Id``); the
+user:password part of a URL; and the value of any query parameter (or ``name=value`` /
+``"name": "value"`` pair in text) whose name contains token, key, secret, sig/sign/signature,
+password, passwd, credential or auth.
+
+Every pattern here is linear in the length of its input: the text being cleaned may be an
+exception message that quotes what a hostile server sent (a 64 KiB status line, say), and a
+backtracking pattern would turn that into a hang.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "is_secret_header", "redact_headers", "redact_text", "redact_url"]
+from .classify import linked_exceptions
+
+__all__ = [
+    "REDACTED",
+    "RedactingFilter",
+    "is_secret_header",
+    "is_secret_name",
+    "redact_exception",
+    "redact_headers",
+    "redact_text",
+    "redact_url",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -15,27 +39,49 @@ _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
 _SECRET_HEADER_PREFIXES = ("wechatpay-", "x-amz-security-token")
-# Query parameters whose values are credentials: access_token, api_key, secret, sign, signature…
-_SECRET_PARAM = re.compile(
-    r"(token|key|secret|sig(nature)?|sign|password|passwd|credential|auth)", re.IGNORECASE
-)
-# name=value pairs in free text (URLs inside exception messages).
-_SECRET_PAIR = re.compile(
-    r"(?P<name>[A-Za-z0-9_.\-]*(?:token|key|secret|signature|sign|password|passwd|credential|auth)"
-    r"[A-Za-z0-9_.\-]*)=(?P<value>[^&\s'\")]+)",
+# Custom credential headers (X-Auth-Token, X-Access-Key, X-Session-Id…).  Narrower than the
+# parameter rule: a bare "key" (Idempotency-Key) is not a credential.
+_SECRET_HEADER_WORDS = re.compile(
+    r"token|secret|passw|credential|auth|signature|api-?key|access-?key|session",
     re.IGNORECASE,
 )
-_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@", re.IGNORECASE)
+# Names whose values are credentials: access_token, api_key, secret, sign, signature…
+_SECRET_NAME = re.compile(
+    r"token|key|secret|sig|password|passwd|credential|auth", re.IGNORECASE
+)
+# The (?<!...) anchors make each pattern start only at the beginning of a run of name
+# characters, which keeps the scan linear (no retry from every position inside the run).
+_NAME_CHARS = r"[\w.\-%\[\]]"
+# name=value pairs in free text (query strings quoted inside exception messages).
+_PAIR = re.compile(rf"(?<!{_NAME_CHARS})(?P<name>{_NAME_CHARS}+)=(?P<value>[^&\s'\"),;]+)")
+# "name": "value" / 'name': 'value' (JSON bodies, dict reprs of headers).
+_QUOTED_PAIR = re.compile(
+    r"(?P<q>[\"'])(?P<name>[\w.\-]+)(?P=q)(?P<sep>\s*:\s*)"
+    r"(?:(?P<vq>[\"'])(?P<qvalue>[^\"'\r\n]*)(?P=vq)|(?P<value>[^\s,}\]\"']+))"
+)
+# "Name: value" anywhere (a header line, a dumped request, "error: X-Auth-Token: …").  Only
+# the name and separator are matched, so every name on a line is examined; the value of a
+# secret one runs to the end of the line or the next quote (see _header_values).
+_HEADER_NAME = re.compile(r"(?<![\w\-])(?P<name>[\w\-]+)[ \t]*:[ \t]*")
+_HEADER_VALUE_END = re.compile(r"[\r\n'\"]")
+_USERINFO = re.compile(r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@",
+                       re.IGNORECASE)
 _AUTH_VALUE = re.compile(
-    r"\b(Bearer|Basic|Digest|WECHATPAY2-SHA256-RSA2048|HMAC-SHA256)\s+"
-    r"(?:(?:[A-Za-z_]+=\"[^\"]*\"\s*,?\s*)+|[^\s'\"]+)"
+    r"\b(?P<scheme>Bearer|Basic|Digest|WECHATPAY2-SHA256-RSA2048|HMAC-SHA256)[ \t]+"
+    r"(?:(?:[A-Za-z_]+=\"[^\"]*\"[\s,]*)+|[^\s'\"]+)"
 )
 
 
 def is_secret_header(name: str) -> bool:
     """True for headers whose value must never be logged."""
     lowered = name.lower()
-    return lowered in _SECRET_HEADERS or lowered.startswith(_SECRET_HEADER_PREFIXES)
+    return (lowered in _SECRET_HEADERS or lowered.startswith(_SECRET_HEADER_PREFIXES)
+            or bool(_SECRET_HEADER_WORDS.search(lowered)))
+
+
+def is_secret_name(name: str) -> bool:
+    """True for parameter names whose value is a credential (``access_token``, ``sign``…)."""
+    return bool(_SECRET_NAME.search(name)) or is_secret_header(name)
 
 
 def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,7 +91,7 @@ def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 def redact_url(url: str) -> str:
     """``url`` with its user:password and credential-like query values replaced."""
-    if "@" not in url and not _SECRET_PARAM.search(url.partition("?")[2]):
+    if "@" not in url and "#" not in url and not _SECRET_NAME.search(url.partition("?")[2]):
         return url  # the common case, without parsing
     try:
         parts = urlsplit(url)
@@ -58,13 +104,128 @@ def redact_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode(
-            [(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="[]"
+            [(k, REDACTED if is_secret_name(k) else v) for k, v in pairs], safe="[]"
         )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # OAuth's implicit flow puts access_token in the fragment.
+    fragment = redact_text(parts.fragment) if parts.fragment else parts.fragment
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _header_values(text: str) -> str:
+    pieces: list[str] = []
+    done = 0  # text before this index is already copied or redacted
+    for match in _HEADER_NAME.finditer(text):
+        if match.start() < done or not is_secret_header(match.group("name")):
+            continue
+        value_start = match.end()
+        value_end_match = _HEADER_VALUE_END.search(text, value_start)
+        value_end = value_end_match.start() if value_end_match else len(text)
+        if value_end == value_start or text[value_start:value_end] == REDACTED:
+            continue
+        pieces += [text[done:value_start], REDACTED]
+        done = value_end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def _pair(match: re.Match[str]) -> str:
+    if not is_secret_name(match.group("name")):
+        return match.group(0)
+    return f"{match.group('name')}={REDACTED}"
+
+
+def _quoted_pair(match: re.Match[str]) -> str:
+    if not is_secret_name(match.group("name")):
+        return match.group(0)
+    quote, value_quote = match.group("q"), match.group("vq") or '"'
+    return (f"{quote}{match.group('name')}{quote}{match.group('sep')}"
+            f"{value_quote}{REDACTED}{value_quote}")
 
 
 def redact_text(text: str) -> str:
-    """Free text (an exception message) with credential pairs and auth values replaced."""
+    """Free text (an exception message, a log line) with credentials replaced."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
-    text = _AUTH_VALUE.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _SECRET_PAIR.sub(lambda m: f"{m.group('name')}={REDACTED}", text)
+    text = _AUTH_VALUE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
+    text = _header_values(text)
+    text = _QUOTED_PAIR.sub(_quoted_pair, text)
+    return _PAIR.sub(_pair, text)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    # The classification walk's links (cause, context, urllib3's reason, exceptions passed
+    # as arguments), bounded, each node once: cycles and depth cannot hang it.
+    seen: set[int] = set()
+    order: list[BaseException] = []
+    pending = [exc]
+    while pending and len(order) < 64:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        order.append(node)
+        pending.extend(x for x in linked_exceptions(node) if id(x) not in seen)
+    return order
+
+
+def redact_exception(exc: BaseException) -> BaseException:
+    """Clean the messages of ``exc`` and of every exception chained to it, in place.
+
+    String arguments are redacted (``str()`` and ``repr()`` are built from them), and so are
+    the ``url`` attribute of urllib3's ``MaxRetryError`` and an ``OSError``'s ``strerror``.
+    The exception's type, errno and links are kept, so ``except`` clauses and the
+    classification see the same exception.  Returns ``exc``.
+    """
+    for node in _exception_chain(exc):
+        try:
+            args = node.args
+            clean = tuple(redact_text(a) if isinstance(a, str) else a for a in args)
+            if clean != args:
+                node.args = clean
+            url = getattr(node, "url", None)
+            if isinstance(url, str):
+                redacted = redact_url(url)
+                if redacted != url:
+                    node.url = redacted  # type: ignore[attr-defined]
+            if isinstance(node, OSError) and isinstance(node.strerror, str):
+                node.strerror = redact_text(node.strerror)
+        except Exception:  # read-only or raising attributes of a caller's exception
+            continue
+    return exc
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts credentials from every record it passes.
+
+    Example::
+
+        handler = logging.StreamHandler()
+        handler.addFilter(RedactingFilter())   # also cleans urllib3's DEBUG lines (URLs)
+        logging.getLogger().addHandler(handler)
+
+    The message (formatted with its arguments), the exception text and every string
+    ``extra`` field are cleaned; the record is never dropped.
+    """
+
+    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; always keep it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the formatter's problem, not ours
+            message = str(record.msg)
+        clean = redact_text(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in self._STANDARD and isinstance(value, str):
+                setattr(record, key, redact_text(value))
+        return True

@@ -1,0 +1,278 @@
+"""Secrets never leave through a log line, an event, an exception message or the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from requests_smartretry import AttemptEvent, smart_session
+from requests_smartretry.faultserver import FaultServer, unused_port
+from requests_smartretry.redact import (
+    REDACTED,
+    RedactingFilter,
+    is_secret_header,
+    redact_exception,
+    redact_headers,
+    redact_text,
+    redact_url,
+)
+
+# Each value is unique, so a hit anywhere names the channel that leaked it.
+HEADER_SECRETS = {
+    "Authorization": "Bearer AUTHSECRET1",
+    "Proxy-Authorization": "Basic PROXYSECRET2",
+    "Cookie": "sid=COOKIESECRET3",
+    "X-Api-Key": "APIKEYSECRET4",
+    "Wechatpay-Signature": "WXSIGSECRET5",
+    "Wechatpay-Serial": "WXSERIALSECRET6",
+}
+QUERY = "access_token=TOKENSECRET7&api_key=KEYSECRET8&signature=SIGSECRET9&sign=SIGNSECRET10"
+USERINFO = "alice:USERPASSSECRET11"
+SECRETS = [
+    "AUTHSECRET1", "PROXYSECRET2", "COOKIESECRET3", "APIKEYSECRET4", "WXSIGSECRET5",
+    "WXSERIALSECRET6", "TOKENSECRET7", "KEYSECRET8", "SIGSECRET9", "SIGNSECRET10",
+    "USERPASSSECRET11", "SETCOOKIESECRET12",
+]
+
+
+def _set_cookie(server: FaultServer, sock: object, request: object) -> None:
+    """A 503 that also sets a cookie (a secret coming back from the server)."""
+    server.send(sock, 503, b"busy", {"Set-Cookie": "session=SETCOOKIESECRET12; HttpOnly"})  # type: ignore[arg-type]
+
+
+class _Capture(logging.Handler):
+    """Formats every record with every attribute, ``extra`` fields included."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: repr(v) for k, v in vars(record).items() if k != "exc_info"}
+        self.lines.append(f"{self.format(record)} {json.dumps(fields, ensure_ascii=False)}")
+
+
+def _chain_text(exc: BaseException) -> str:
+    """str and repr of ``exc`` and of everything chained to it, plus the traceback."""
+    parts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    node: BaseException | None = exc
+    seen = 0
+    while node is not None and seen < 20:
+        parts.extend([str(node), repr(node), repr(node.args), repr(getattr(node, "url", ""))])
+        node = node.__cause__ or node.__context__
+        seen += 1
+    return "\n".join(parts)
+
+
+def _leaks(channel: list[str]) -> dict[str, str]:
+    found = {}
+    for secret in SECRETS:
+        for line in channel:
+            if secret in line:
+                found[secret] = line[:300]
+                break
+    return found
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultServer]:
+    with FaultServer(handlers={"/setcookie": _set_cookie}) as fault_server:
+        yield fault_server
+
+
+@pytest.fixture
+def capture() -> Iterator[_Capture]:
+    handler = _Capture()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logger = logging.getLogger("requests_smartretry")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def _scenario_urls(server: FaultServer) -> list[str]:
+    refused = f"http://127.0.0.1:{unused_port()}"
+    with_userinfo = f"http://{USERINFO}@127.0.0.1:{server.port}"
+    paths = ["/ok", "/status/503", "/status/429", "/status/404", "/reset", "/midreset",
+             "/hang?seconds=1", "/setcookie"]
+    urls = []
+    for base in (server.url(""), with_userinfo, refused):
+        for path in paths:
+            urls.append(f"{base}{path}{'&' if '?' in path else '?'}{QUERY}")
+    return urls
+
+
+def test_no_secret_in_logs_events_exceptions_or_callbacks(
+    server: FaultServer, capture: _Capture
+) -> None:
+    """Every channel the library writes to is grepped for every secret value: none leaks."""
+    events: list[AttemptEvent] = []
+    retried: list[BaseException] = []
+    session = smart_session(timeout=0.3, backoff_base=0.0, backoff_max=0.01,
+                            hooks=[events.append],
+                            on_retry=lambda attempt, error: retried.append(error))
+    session.headers.update(HEADER_SECRETS)
+    raised: list[str] = []
+    responses = 0
+    with session:
+        for url in _scenario_urls(server):
+            try:
+                response = session.get(url)
+                responses += 1
+                raised.append(str(getattr(response, "retry_history", "")))
+            except requests.RequestException as exc:
+                raised.append(_chain_text(exc))
+    assert responses and len(raised) > responses, "both endings should have been exercised"
+    assert retried and events
+    event_text = [repr(e) for e in events]
+    event_text += [_chain_text(e.error) for e in events if e.error is not None]
+    callback_text = [_chain_text(error) for error in retried]
+    assert any("FAILURE" in line or "failure" in line for line in event_text)
+    assert capture.lines, "the library should have logged its attempt lines"
+    assert _leaks(capture.lines) == {}
+    assert _leaks(event_text) == {}
+    assert _leaks(raised) == {}
+    assert _leaks(callback_text) == {}
+
+
+def test_redacting_filter_cleans_urllib3_debug_lines(server: FaultServer) -> None:
+    """urllib3's DEBUG lines quote full URLs; with RedactingFilter on a handler they do not."""
+    handler = _Capture()
+    handler.addFilter(RedactingFilter())
+    unfiltered = _Capture()
+    root = logging.getLogger()
+    saved = root.level
+    # The filter cleans the record in place, so the unfiltered handler must come first.
+    root.addHandler(unfiltered)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        session = smart_session(timeout=1.0, backoff_base=0.0, backoff_max=0.01)
+        with session:
+            session.get(server.url(f"/status/503?{QUERY}"), headers=HEADER_SECRETS)
+    finally:
+        root.removeHandler(handler)
+        root.removeHandler(unfiltered)
+        root.setLevel(saved)
+    assert any("TOKENSECRET7" in line for line in unfiltered.lines), "urllib3 logs the URL"
+    assert any("urllib3" in line for line in handler.lines)
+    assert _leaks(handler.lines) == {}
+
+
+def test_redacting_filter_cleans_exception_text_and_extra_fields() -> None:
+    """A record's exception text and string ``extra`` fields are cleaned, and it is kept."""
+    record = logging.LogRecord("app", logging.ERROR, __file__, 1, "calling %s", (
+        f"https://h/x?{QUERY}",), None)
+    try:
+        raise ValueError("failed with Authorization: Bearer AUTHSECRET1")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    record.request_url = f"https://{USERINFO}@h/?{QUERY}"
+    assert RedactingFilter().filter(record) is True
+    text = logging.Formatter("%(message)s %(request_url)s").format(record)
+    assert REDACTED in text
+    assert _leaks([text]) == {}
+
+
+def test_redact_exception_cleans_the_whole_chain_and_keeps_types() -> None:
+    """Chained causes lose their secrets but keep their type and errno."""
+    root = ConnectionResetError(104, "reset while sending token=TOKENSECRET7")
+    middle = OSError(f"GET /x?{QUERY}")
+    middle.__cause__ = root
+    outer = requests.ConnectionError(middle)
+    outer.__context__ = middle
+    assert redact_exception(outer) is outer
+    assert root.errno == 104 and isinstance(root, ConnectionResetError)
+    assert outer.args[0] is middle
+    assert _leaks([_chain_text(outer)]) == {}
+
+
+def test_redact_exception_survives_a_cycle() -> None:
+    """An exception chain that loops back on itself is cleaned without hanging."""
+    first = ValueError("api_key=KEYSECRET8")
+    second = ValueError("signature=SIGSECRET9")
+    first.__cause__ = second
+    second.__cause__ = first
+    redact_exception(first)
+    assert _leaks([str(first), str(second)]) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (f"GET /v3/pay?{QUERY}&page=2", "page=2"),
+        ("{'Authorization': 'Bearer AUTHSECRET1', 'Host': 'api'}", "'Host': 'api'"),
+        ("Cookie: sid=COOKIESECRET3\r\nAccept: */*", "Accept: */*"),
+        ('{"access_token": "TOKENSECRET7", "count": 3}', '"count": 3'),
+        ('WECHATPAY2-SHA256-RSA2048 mchid="1",signature="WXSIGSECRET5"', "WECHATPAY2"),
+        (f"https://{USERINFO}@api.example/x", "api.example/x"),
+        ("Set-Cookie: session=SETCOOKIESECRET12; HttpOnly", "Set-Cookie"),
+        ("X-Api-Key: APIKEYSECRET4", "X-Api-Key"),
+        ("GET /x HTTP/1.1\r\nX-Auth-Token: TOKENSECRET7\r\nIdempotency-Key: k-1",
+         "Idempotency-Key: k-1"),
+        ("headers:\n  X-Session-Id: COOKIESECRET3\n  Accept: */*", "  Accept: */*"),
+    ],
+)
+def test_redact_text_removes_the_secret_and_keeps_the_rest(text: str, kept: str) -> None:
+    """Free text loses the credential and keeps what a reader needs to debug."""
+    clean = redact_text(text)
+    assert _leaks([clean]) == {}
+    assert kept in clean
+
+
+def test_redact_url_and_headers() -> None:
+    """URLs lose userinfo, credential query values and fragments; secret headers are masked."""
+    url = redact_url(f"https://{USERINFO}@h/p?{QUERY}&page=2#access_token=TOKENSECRET7")
+    assert _leaks([url]) == {}
+    assert "page=2" in url and url.startswith("https://[REDACTED]@h/p?")
+    headers = redact_headers({**HEADER_SECRETS, "Accept": "*/*"})
+    assert headers["Accept"] == "*/*"
+    assert _leaks([repr(headers)]) == {}
+    assert all(is_secret_header(name) for name in [*HEADER_SECRETS, "Set-Cookie", "api-key",
+                                                   "X-Auth-Token", "X-Access-Key"])
+    assert not any(is_secret_header(name) for name in ["Idempotency-Key", "Accept",
+                                                       "Content-Type", "Retry-After"])
+
+
+def test_redaction_is_linear_on_hostile_text() -> None:
+    """Redacting 64 KiB of adversarial text (a hostile status line) finishes promptly."""
+    hostile = ["token" * 13000, "a" * 65000, '"a":' * 16000, 'Bearer a="" ' * 5000,
+               "Cookie:" * 9000, "http://" + "a" * 65000, "\n" + "x-auth-token" * 5000,
+               "a:\n" * 20000, "a=" * 30000]
+    started = time.monotonic()
+    for text in hostile:
+        redact_text(text)
+        redact_url(text)
+    # Quadratic patterns took minutes here; linear ones take milliseconds.  Generous bound.
+    assert time.monotonic() - started < 20.0
+
+
+def test_cli_output_has_no_secret(server: FaultServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's stdout and stderr never show a header or query secret."""
+    cli = pytest.importorskip("requests_smartretry.cli")
+    refused = f"http://127.0.0.1:{unused_port()}"
+    outputs = []
+    for base, path in [(server.url(""), "/status/503"), (server.url(""), "/reset"),
+                       (refused, "/x"), (f"http://{USERINFO}@127.0.0.1:{server.port}", "/ok")]:
+        argv = ["get", f"{base}{path}?{QUERY}", "--retries", "1", "--timeout", "1",
+                "--backoff", "0.01", "--backoff-max", "0.01", "--lang", "en"]
+        for name, value in HEADER_SECRETS.items():
+            argv += ["-H", f"{name}: {value}"]
+        cli.main(argv)
+        captured = capsys.readouterr()
+        outputs += [captured.out, captured.err]
+    assert any(output.strip() for output in outputs)
+    assert _leaks(outputs) == {}
