@@ -33,12 +33,21 @@ from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
 from .classify import Classification, classify_exception, classify_status
 from .deadline import active_watch, current_scope, watch
-from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
-from .errors import AdapterClosedError, AttemptDeadlineExceeded, attach_history
+from .engine import (
+    BreakerGate,
+    BudgetGate,
+    CallInfo,
+    Finished,
+    Outcome,
+    build_hooks,
+    check_clocks,
+    check_hooks,
+    run_call,
+)
+from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
-from .log import LoggingHook
-from .policy import RetryPolicy
-from .redact import redact_exception, redact_text, redact_url
+from .policy import RetryPolicy, resolve_policy
+from .redact import redact_exception, redact_url
 from .state import resolve_store
 from .stats import Stats
 
@@ -178,7 +187,7 @@ def _seconds(name: str, value: Any) -> Optional[float]:
     return seconds
 
 
-def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
+def _policy_from_urllib3(retry: Retry) -> RetryPolicy:
     """Carry a ``urllib3.Retry`` over (the migration path from ``HTTPAdapter``)."""
     total = retry.total if isinstance(retry.total, int) and not isinstance(retry.total, bool) \
         else None
@@ -197,7 +206,6 @@ def _policy_from_urllib3(retry: Retry, changes: dict[str, Any]) -> RetryPolicy:
     if methods:
         derived["idempotent_methods"] = frozenset(methods)
     derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
-    derived.update(changes)
     return RetryPolicy(**derived)
 
 
@@ -259,27 +267,14 @@ class SmartRetryAdapter(HTTPAdapter):
         pool_block: bool = False,
         **policy_options: Any,
     ) -> None:
-        unknown = set(policy_options) - RetryPolicy.field_names()
-        if unknown:
-            raise TypeError(
-                f"SmartRetryAdapter got unexpected keyword(s): {', '.join(sorted(unknown))}"
-            )
-        if policy is not None and not isinstance(policy, RetryPolicy):
-            raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
         if isinstance(policy_options.get("max_retries"), Retry):
-            legacy = policy_options.pop("max_retries")
-            policy = _policy_from_urllib3(legacy, policy_options)
-        elif policy is None:
-            policy = RetryPolicy(**policy_options)
-        elif policy_options:
-            policy = policy.replace(**policy_options)
-        for name, fn in (("sleep", sleep), ("clock", clock)):
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
-        hooks = (hooks,) if callable(hooks) else tuple(hooks)
-        for hook in hooks:
-            if not callable(hook):
-                raise TypeError(f"hooks must contain callables, got {hook!r}")
+            if policy is not None:
+                raise TypeError("pass either policy= or a urllib3 Retry as max_retries, "
+                                "not both")
+            policy = _policy_from_urllib3(policy_options.pop("max_retries"))
+        policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
+        check_clocks(sleep, clock)
+        hooks = check_hooks(hooks)
         # stats: None gives this adapter its own Stats (on its clock); a Stats is shared;
         # False: none.
         if stats is None:
@@ -324,16 +319,9 @@ class SmartRetryAdapter(HTTPAdapter):
         self._hooks = self._build_hooks()
 
     def _build_hooks(self) -> tuple[Hook, ...]:
-        hooks: list[Hook] = []
-        if self.policy.log:
-            hooks.append(LoggingHook(self.policy.lang, backoff_max=self.policy.backoff_max))
-        stats = getattr(self, "stats", None)  # absent in adapters pickled before stats existed
-        if stats is not None:
-            hooks.append(stats)
-        hooks.extend(self.policy.hooks)
-        hooks.extend(self.extra_hooks)
-        hooks.extend(g for g in (self.breaker, self.budget) if g is not None)
-        return tuple(hooks)
+        # getattr: adapters pickled before statistics existed have no ``stats``.
+        return build_hooks(self.policy, stats=getattr(self, "stats", None),
+                           extra=self.extra_hooks, breaker=self.breaker, budget=self.budget)
 
     # -- pools -----------------------------------------------------------------------
 
@@ -565,21 +553,9 @@ class SmartRetryAdapter(HTTPAdapter):
             return "unsafe"
         return None
 
-    def _finish(self, finished: Finished[requests.Response]) -> requests.Response:
-        outcome = finished.outcome
-        if outcome.error is not None:
-            error = outcome.error
-            text = str(error)
-            clean = redact_text(text)
-            if clean != text:
-                error.args = (clean,)
-            note = None
-            if finished.give_up_reason not in (None, "exhausted", "not_retryable"):
-                note = f"requests_smartretry: not retried ({finished.give_up_reason})"
-            attach_history(error, finished.history, note)
-            raise error
-        response = outcome.value
-        assert response is not None
+    @staticmethod
+    def _finish(finished: Finished[requests.Response]) -> requests.Response:
+        response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
 

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, cast
 
 from . import testing as _testing
 from .backoff import backoff_delay
@@ -20,9 +20,20 @@ from .classify import Classification
 from .deadline import current_scope
 from .errors import CircuitOpenError, attach_history
 from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, make_event, next_call_id
+from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
-__all__ = ["BreakerGate", "BudgetGate", "CallInfo", "Finished", "Outcome", "run_call"]
+__all__ = [
+    "BreakerGate",
+    "BudgetGate",
+    "CallInfo",
+    "Finished",
+    "Outcome",
+    "build_hooks",
+    "check_clocks",
+    "check_hooks",
+    "run_call",
+]
 
 T = TypeVar("T")
 _log = logging.getLogger("requests_smartretry")
@@ -80,6 +91,58 @@ class Finished(Generic[T]):
     outcome: Outcome[T]
     history: tuple[AttemptEvent, ...] = field(default=())
     give_up_reason: Optional[str] = None
+
+    def unwrap(self) -> T:
+        """The call's value, or its last error raised with the attempt history attached
+        (and a note saying why it was not retried, when that is not obvious)."""
+        error = self.outcome.error
+        if error is not None:
+            note = None
+            if self.give_up_reason not in (None, "exhausted", "not_retryable"):
+                note = f"requests_smartretry: not retried ({self.give_up_reason})"
+            attach_history(error, self.history, note)
+            raise error
+        return cast(T, self.outcome.value)
+
+
+def check_hooks(hooks: Any) -> tuple[Hook, ...]:
+    """``hooks=`` as a tuple: one callable or a sequence of them."""
+    if callable(hooks):
+        return (hooks,)
+    if not isinstance(hooks, (tuple, list)):
+        raise TypeError(f"hooks must be a callable or a sequence of callables, got {hooks!r}")
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"hooks must contain callables, got {hook!r}")
+    return tuple(hooks)
+
+
+def check_clocks(sleep: Any, clock: Any) -> None:
+    """``sleep=`` and ``clock=`` must be callables."""
+    for name, fn in (("sleep", sleep), ("clock", clock)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {fn!r}")
+
+
+def build_hooks(
+    policy: RetryPolicy,
+    *,
+    stats: Optional[Hook] = None,
+    extra: tuple[Hook, ...] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+) -> tuple[Hook, ...]:
+    """The consumers of a call's events, in the order they see each one: log lines,
+    statistics, the policy's hooks, the caller's, then the breaker and the budget."""
+    hooks: list[Hook] = []
+    if policy.log:
+        hooks.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
+    if stats is not None:
+        hooks.append(stats)
+    hooks.extend(policy.hooks)
+    hooks.extend(extra)
+    hooks.extend(g for g in (breaker, budget) if g is not None)
+    return tuple(hooks)
 
 
 def run_call(

@@ -47,11 +47,6 @@ class Verdict(str, enum.Enum):
         """True for the verdicts that a retry may fix."""
         return self in _RETRYABLE
 
-    @property
-    def is_failure(self) -> bool:
-        """True for every verdict but success."""
-        return self is not Verdict.SUCCESS
-
 
 _RETRYABLE = frozenset(
     {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT, Verdict.ERROR}
@@ -75,7 +70,8 @@ class EventKind(str, enum.Enum):
     REJECTED = "rejected"
 
 
-#: Why a failed call was not retried (``AttemptEvent.give_up_reason``).
+#: Why a failed call was not retried (``AttemptEvent.give_up_reason``); log lines and
+#: statistics use these names.
 GIVE_UP_REASONS = (
     "exhausted",  # every attempt was used
     "verdict_limit",  # the policy's per-verdict rule allows no more retries for this verdict

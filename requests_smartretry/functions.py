@@ -58,11 +58,21 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast,
 
 from .classify import Classification, classify_call_error
 from .deadline import remaining, retry_scope
-from .engine import BreakerGate, BudgetGate, CallInfo, Finished, Outcome, run_call
-from .errors import CallTimeoutError, SmartRetryError, attach_history
+from .engine import (
+    BreakerGate,
+    BudgetGate,
+    CallInfo,
+    Finished,
+    Outcome,
+    build_hooks,
+    check_clocks,
+    check_hooks,
+    run_call,
+)
+from .errors import CallTimeoutError, SmartRetryError
 from .events import Hook, Verdict
-from .log import LoggingHook
-from .policy import RetryPolicy
+from .policy import RetryPolicy, resolve_policy
+from .redact import redact_exception
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
@@ -275,18 +285,8 @@ class _Config:
         options: dict[str, Any],
         caller: str,
     ) -> None:
-        unknown = set(options) - RetryPolicy.field_names()
-        if unknown:
-            raise TypeError(f"{caller}() got unexpected keyword(s): {', '.join(sorted(unknown))}")
-        if policy is not None and not isinstance(policy, RetryPolicy):
-            raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
-        if policy is None:
-            policy = RetryPolicy(**options)
-        elif options:
-            policy = policy.replace(**options)
-        for name, fn in (("sleep", sleep), ("clock", clock)):
-            if not callable(fn):
-                raise TypeError(f"{name} must be callable, got {fn!r}")
+        policy = resolve_policy(policy, options, f"{caller}()")
+        check_clocks(sleep, clock)
         _check_bool("run_in_thread", run_in_thread)
         if classify is not None and not callable(classify):
             raise TypeError(f"classify must be callable(error) or None, got {classify!r}")
@@ -297,18 +297,10 @@ class _Config:
                     "execute_with_smart_retry() / with_retry(smart=True)"
                 )
             _check_retry_on(retry_on)
-        extra = (hooks,) if callable(hooks) else tuple(hooks)
-        for hook in extra:
-            if not callable(hook):
-                raise TypeError(f"hooks must contain callables, got {hook!r}")
-        built: list[Hook] = []
-        if policy.log:  # the same consumers, in the same order, as SmartRetryAdapter's
-            built.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
-        built.extend(policy.hooks)
-        built.extend(extra)
-        built.extend(g for g in (breaker, budget) if g is not None)
         self.policy = policy
-        self.hooks = tuple(built)
+        # the same consumers, in the same order, as SmartRetryAdapter's
+        self.hooks = build_hooks(policy, extra=check_hooks(hooks), breaker=breaker,
+                                 budget=budget)
         self.breaker = breaker
         self.budget = budget
         self.sleep = sleep
@@ -413,14 +405,7 @@ def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
     finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
                                      breaker=config.breaker, budget=config.budget,
                                      sleep=config.sleep, clock=config.clock)
-    outcome = finished.outcome
-    if outcome.error is not None:
-        note = None
-        if finished.give_up_reason not in (None, "exhausted", "not_retryable"):
-            note = f"requests_smartretry: not retried ({finished.give_up_reason})"
-        attach_history(outcome.error, finished.history, note)
-        raise outcome.error
-    return cast(R, outcome.value)
+    return finished.unwrap()
 
 
 def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) -> Outcome[R]:
@@ -468,6 +453,7 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
 
 
 def _failed(error: Exception, config: _Config) -> Outcome[Any]:
+    redact_exception(error)  # hooks, on_retry and the caller never see a credential
     return Outcome(config.classify(error), error=error, signal=error)
 
 

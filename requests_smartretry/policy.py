@@ -17,7 +17,13 @@ if TYPE_CHECKING:
 
     from .classify import Classification
 
-__all__ = ["DEFAULT_IDEMPOTENT_METHODS", "DEFAULT_RETRY_STATUSES", "RetryPolicy", "VerdictRule"]
+__all__ = [
+    "DEFAULT_IDEMPOTENT_METHODS",
+    "DEFAULT_RETRY_STATUSES",
+    "RetryPolicy",
+    "VerdictRule",
+    "resolve_policy",
+]
 
 #: 429 and every 5xx.
 DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
@@ -89,8 +95,6 @@ class RetryPolicy:
     #: Inside another retrying call: ``"single"`` makes one attempt (the outer call
     #: retries), ``"retry"`` retries as configured (attempts multiply).
     nested: str = "single"
-    #: Extra keys for the breaker/budget and the rest of the library (kept, not read here).
-    extras: tuple[tuple[str, Any], ...] = field(default=(), repr=False)
     #: Dynamic strategy: ``{Verdict.RATE_LIMIT: VerdictRule(backoff_max=30.0), ...}``
     #: overrides retries, backoff and breaker weight for failures of one verdict.
     per_verdict: Mapping[Verdict, VerdictRule] = field(default_factory=dict)
@@ -184,13 +188,22 @@ class RetryPolicy:
         """The keyword names a policy accepts (the adapter routes these to the policy)."""
         return frozenset(f.name for f in dataclasses.fields(cls))
 
-    def extra(self, key: str, default: Any = None) -> Any:
-        """A value stored under ``extras``."""
-        return dict(self.extras).get(key, default)
-
     def rule_for(self, verdict: Verdict) -> Optional[VerdictRule]:
         """The ``per_verdict`` rule for ``verdict``, or ``None``."""
         return self.per_verdict.get(verdict)
+
+
+def resolve_policy(policy: Any, options: dict[str, Any], caller: str) -> RetryPolicy:
+    """The policy a caller asked for: ``policy=`` with its keyword overrides, or one built
+    from the keywords alone; unknown keywords are refused naming ``caller``."""
+    unknown = set(options) - RetryPolicy.field_names()
+    if unknown:
+        raise TypeError(f"{caller} got unexpected keyword(s): {', '.join(sorted(unknown))}")
+    if policy is not None and not isinstance(policy, RetryPolicy):
+        raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
+    if policy is None:
+        return RetryPolicy(**options)
+    return policy.replace(**options) if options else policy
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:
