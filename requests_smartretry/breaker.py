@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 from .errors import CircuitOpenError
 from .events import AttemptEvent, EventKind
-from .state import BreakerSettings, BreakerStatus, MemoryStateStore, StateStore
+from .state import BreakerSettings, BreakerStatus, StateStore, StoreUser
 
 __all__ = ["CircuitBreaker"]
 
@@ -33,7 +33,7 @@ __all__ = ["CircuitBreaker"]
 _MAX_PENDING = 8
 
 
-class CircuitBreaker:
+class CircuitBreaker(StoreUser):
     """A circuit breaker per service key, consulted before every attempt.
 
     Example::
@@ -88,8 +88,7 @@ class CircuitBreaker:
             window=float(window),
             minimum_requests=minimum_requests,
         )
-        self._explicit_store = store is not None
-        self.store: StateStore = store if store is not None else MemoryStateStore()
+        self._init_store(store)
         self._clock = clock
         self._pending = threading.local()
 
@@ -112,15 +111,6 @@ class CircuitBreaker:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pending = threading.local()
-
-    def use_store(self, store: StateStore) -> None:
-        """Keep state in ``store`` (an adapter's ``state=``); refused if this breaker was
-        already given, or bound to, another store."""
-        if self._explicit_store and store is not self.store:
-            raise ValueError(f"this breaker already keeps its state in {self.store!r}; "
-                             "pass the store in one place only")
-        self.store = store
-        self._explicit_store = True
 
     # -- the engine's side -----------------------------------------------------------
 

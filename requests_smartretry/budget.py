@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .events import AttemptEvent, EventKind
-from .state import BudgetSettings, MemoryStateStore, StateStore
+from .state import BudgetSettings, StateStore, StoreUser
 
 __all__ = ["DEFAULT_BUDGET", "RetryBudget"]
 
@@ -33,7 +33,7 @@ class _DefaultBudget:
 DEFAULT_BUDGET: Any = _DefaultBudget()
 
 
-class RetryBudget:
+class RetryBudget(StoreUser):
     """A retry budget per service key, consulted before every retry.
 
     Example::
@@ -70,8 +70,7 @@ class RetryBudget:
             raise TypeError(f"clock must be callable, got {clock!r}")
         self.settings = BudgetSettings(ratio=float(ratio), max_tokens=float(max_tokens),
                                        min_per_second=float(min_per_second))
-        self._explicit_store = store is not None
-        self.store: StateStore = store if store is not None else MemoryStateStore()
+        self._init_store(store)
         self._clock = clock
         self._lock = threading.Lock()
         # Deposits not yet written to the store, per service: sent with the next spend, or
@@ -94,15 +93,6 @@ class RetryBudget:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-
-    def use_store(self, store: StateStore) -> None:
-        """Keep state in ``store`` (an adapter's ``state=``); refused if this budget was
-        already given, or bound to, another store."""
-        if self._explicit_store and store is not self.store:
-            raise ValueError(f"this budget already keeps its state in {self.store!r}; "
-                             "pass the store in one place only")
-        self.store = store
-        self._explicit_store = True
 
     def _take_pending(self, service: str) -> float:
         with self._lock:

@@ -330,6 +330,27 @@ class MemoryStateStore:
             return budget_change(record, settings, now, deposit, spend)
 
 
+class StoreUser:
+    """Where a breaker or a budget keeps its state: its own ``store=``, or the one an
+    adapter's ``state=`` hands it (never both)."""
+
+    store: StateStore
+    _explicit_store: bool
+
+    def _init_store(self, store: Optional[StateStore]) -> None:
+        self._explicit_store = store is not None
+        self.store = store if store is not None else MemoryStateStore()
+
+    def use_store(self, store: StateStore) -> None:
+        """Keep state in ``store`` (an adapter's ``state=``); refused if this object was
+        already given, or bound to, another store."""
+        if self._explicit_store and store is not self.store:
+            raise ValueError(f"this {type(self).__name__} already keeps its state in "
+                             f"{self.store!r}; pass the store in one place only")
+        self.store = store
+        self._explicit_store = True
+
+
 def resolve_store(state: Any) -> Optional[StateStore]:
     """A store from the adapter's ``state=``: ``None``, a store, a ``redis://`` URL or a
     ``redis.Redis`` client."""

@@ -17,6 +17,19 @@ def server() -> Iterator[FaultServer]:
         yield running
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock.now += 5`` or ``advance``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class SleepRecorder:
     """An injectable ``sleep`` that records the waits instead of sleeping."""
 

@@ -10,18 +10,10 @@ import pytest
 
 from requests_smartretry import RetryRateAlert, RetryRateExceeded
 from requests_smartretry.events import AttemptEvent, EventKind, Verdict
+from tests.conftest import FakeClock
 
 _call_ids = iter(range(1, 10**9))
 
-
-class FakeClock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def calls(alert: RetryRateAlert, n: int, *, retried: int = 0, service: str = "http://a",

@@ -29,22 +29,11 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.redis_state import RedisStateStore
+from tests.conftest import FakeClock
 from tests.redis_server import RedisServer
 
 SVC = "https://api.example.com"
 
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)

@@ -18,18 +18,10 @@ from requests_smartretry import (
     smart_session,
 )
 from requests_smartretry.faultserver import FaultServer
+from tests.conftest import FakeClock
 
 SVC = "https://api.example.com"
 
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def start(service: str = SVC, attempt: int = 1) -> AttemptEvent:

@@ -15,16 +15,7 @@ from requests_smartretry import SmartRetryAdapter, Stats
 from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.stats import OTHER_KEY, TOTAL_KEY, LatencyHistogram
-
-
-class FakeClock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import FakeClock
 
 
 def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
@@ -51,7 +42,7 @@ def feed_retried_success(stats: Stats, clock: FakeClock, *, op: str = "op",
 
 def test_a_retried_success_is_counted_per_operation() -> None:
     """One call that failed once and then succeeded shows 1 request, 2 attempts, 1 retry."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     stats = Stats(clock=clock)
     feed_retried_success(stats, clock)
     op = stats.snapshot()["op"]
@@ -73,7 +64,7 @@ def test_a_retried_success_is_counted_per_operation() -> None:
 def test_give_ups_are_counted_by_reason_and_budget_denials_separately() -> None:
     """A call that ends in failure counts as a give-up under its reason; 'budget' ones
     also count as budget denials."""
-    stats = Stats(clock=FakeClock())
+    stats = Stats(clock=FakeClock(100.0))
     for call_id, reason in ((1, "exhausted"), (2, "budget"), (3, "budget")):
         stats(event(EventKind.START, call_id=call_id))
         stats(event(EventKind.FAILURE, call_id=call_id, verdict=Verdict.TIMEOUT, elapsed=1.0))
@@ -92,7 +83,7 @@ def test_give_ups_are_counted_by_reason_and_budget_denials_separately() -> None:
 def test_breaker_rejections_count_as_requests_only_before_the_first_attempt() -> None:
     """A call refused outright is one request and one rejection; a retry refused later is a
     rejection inside a call that then gives up."""
-    stats = Stats(clock=FakeClock())
+    stats = Stats(clock=FakeClock(100.0))
     stats(event(EventKind.REJECTED, call_id=1, reason="circuit_open", wait=3.0))
     stats(event(EventKind.START, call_id=2))
     stats(event(EventKind.FAILURE, call_id=2, verdict=Verdict.NETWORK, elapsed=0.01))
@@ -111,14 +102,14 @@ def test_breaker_rejections_count_as_requests_only_before_the_first_attempt() ->
 
 def test_a_call_in_progress_shows_as_in_flight() -> None:
     """A call that started but has not ended is in flight."""
-    stats = Stats(clock=FakeClock())
+    stats = Stats(clock=FakeClock(100.0))
     stats(event(EventKind.START, call_id=7))
     assert stats.snapshot()["op"]["in_flight"] == 1
 
 
 def test_snapshot_is_json_with_totals_over_operations() -> None:
     """The snapshot is plain JSON data keyed by operation, with totals under __total__."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     stats = Stats(clock=clock)
     feed_retried_success(stats, clock, op="生成艺术照", call_id=1)
     feed_retried_success(stats, clock, op="GET example.com/x", call_id=2)
@@ -141,7 +132,7 @@ def test_empty_snapshot_has_zero_totals() -> None:
 
 def test_reset_forgets_everything() -> None:
     """reset() empties the counts."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     stats = Stats(clock=clock)
     feed_retried_success(stats, clock)
     stats.reset()
@@ -170,7 +161,7 @@ def test_calls_that_never_end_are_evicted_at_the_in_flight_cap() -> None:
 
 def test_stats_survive_pickling_with_their_counts() -> None:
     """A pickled Stats (inside a pickled adapter) keeps its counts and works afterwards."""
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     stats = Stats()
     feed_retried_success(stats, clock)
     copy = pickle.loads(pickle.dumps(stats))
