@@ -203,7 +203,9 @@ def _policy_from_urllib3(retry: Retry) -> RetryPolicy:
     # allowed_methods exists from urllib3 1.26 on; reading the old method_whitelist name
     # there only raises a DeprecationWarning.
     methods = getattr(retry, "allowed_methods", None)
-    if methods:
+    if methods is None:  # urllib3: None means "retry any method"
+        derived["idempotent"] = True
+    elif methods:
         derived["idempotent_methods"] = frozenset(methods)
     derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
     return RetryPolicy(**derived)
@@ -386,7 +388,7 @@ class SmartRetryAdapter(HTTPAdapter):
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        verdict: Optional[Classification] = None
+        verdict: Any = None  # what a user's hook returns is checked, not trusted
         hook = self.policy.classify_response
         if hook is not None:
             try:
@@ -394,6 +396,10 @@ class SmartRetryAdapter(HTTPAdapter):
             except Exception:
                 _log.exception("requests_smartretry: classify_response hook failed; "
                                "using the status table")
+            if verdict is not None and not isinstance(verdict, Classification):
+                _log.error("requests_smartretry: classify_response hook returned %r, not a "
+                           "Classification or None; using the status table", verdict)
+                verdict = None
         if verdict is None:
             verdict = classify_status(response.status_code, self.policy.retry_statuses)
         if verdict.retryable and verdict.retry_after is None:

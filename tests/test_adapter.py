@@ -632,3 +632,20 @@ def test_a_raising_signer_ends_the_call_with_its_history(
     assert adapter.stats is not None
     row = next(iter(v for k, v in adapter.stats.snapshot().items() if k != "__total__"))
     assert (row["in_flight"], row["give_ups"]) == (0, 1)
+
+
+def test_urllib3_retry_for_any_method_marks_the_operation_idempotent() -> None:
+    """Retry(allowed_methods=None) means "any method" in urllib3, and so it does here."""
+    adapter = SmartRetryAdapter(max_retries=Retry(total=2, allowed_methods=None))
+    assert adapter.policy.idempotent is True
+
+
+def test_a_classifier_returning_nonsense_falls_back_to_the_status_table(
+    server: FaultServer, sleeps: SleepRecorder, log_lines: LineCollector
+) -> None:
+    """A vendor hook returning something other than a Classification is logged and ignored."""
+    session = session_with(sleeps, classify_response=lambda response: "retry please")
+    url = seq(server, "503,ok")
+    assert session.get(url).status_code == 200
+    assert server.hits(route(url)) == 2
+    assert any("not a Classification" in line for line in log_lines.lines)
