@@ -388,18 +388,20 @@ class SmartRetryAdapter(HTTPAdapter):
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        verdict: Any = None  # what a user's hook returns is checked, not trusted
+        verdict: Optional[Classification] = None
         hook = self.policy.classify_response
         if hook is not None:
+            answer: object = None  # what a user's hook returns is checked, not trusted
             try:
-                verdict = hook(response)
+                answer = hook(response)
             except Exception:
                 _log.exception("requests_smartretry: classify_response hook failed; "
                                "using the status table")
-            if verdict is not None and not isinstance(verdict, Classification):
+            if isinstance(answer, Classification):
+                verdict = answer
+            elif answer is not None:
                 _log.error("requests_smartretry: classify_response hook returned %r, not a "
-                           "Classification or None; using the status table", verdict)
-                verdict = None
+                           "Classification or None; using the status table", answer)
         if verdict is None:
             verdict = classify_status(response.status_code, self.policy.retry_statuses)
         if verdict.retryable and verdict.retry_after is None:
