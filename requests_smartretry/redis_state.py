@@ -33,6 +33,15 @@ __all__ = ["RedisStateStore"]
 _log = logging.getLogger("requests_smartretry")
 T = TypeVar("T")
 
+# Shared by both scripts: the caller's time if it sent one, else the Redis server's clock
+# (so that hosts with skewed clocks agree).  TIME is non-deterministic, hence
+# replicate_commands on Redis < 5.
+_SERVER_TIME = """if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
 # The Lua transcription of state.breaker_admit / breaker_record / breaker_status.  Times
 # are written with %.17g so that a round trip through the hash loses no precision.
 _BREAKER_LUA = """
@@ -40,10 +49,7 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 local key = KEYS[1]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+""" + _SERVER_TIME + """\
 local threshold = tonumber(ARGV[3])
 local recovery = tonumber(ARGV[4])
 local probes = tonumber(ARGV[5])
@@ -178,10 +184,7 @@ _BUDGET_LUA = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+""" + _SERVER_TIME + """\
 local max_tokens = tonumber(ARGV[2])
 local per_second = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
