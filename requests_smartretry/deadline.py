@@ -159,7 +159,7 @@ class _Watchdog:
         item = Watch(time.monotonic() + max(seconds, 0.0))
         with self._cond:
             self._push(item.deadline_at, item)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:  # first use, or the thread died (see _run)
                 self._thread = threading.Thread(
                     target=self._run, name="requests-smartretry-watchdog", daemon=True
                 )
@@ -179,6 +179,13 @@ class _Watchdog:
                 self._heap = live
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # only an unexpected error ends the loop: let the next watch restart it
+            with self._cond:
+                self._thread = None
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while True:

@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from requests_smartretry import deadline
 from requests_smartretry.deadline import current_scope, remaining, retry_scope, watch
 
@@ -119,3 +121,28 @@ def test_scope_is_per_thread() -> None:
         worker.start()
         worker.join()
     assert seen == [None]
+
+
+def test_a_dead_watchdog_thread_is_restarted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the watchdog thread ever dies, the next watch starts a new one that still fires."""
+    dog = deadline._Watchdog()
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the crash is on purpose
+
+    def crash() -> None:
+        raise RuntimeError("watchdog bug")
+
+    monkeypatch.setattr(dog, "_serve", crash)
+    dog.watch(30.0)
+    for _ in range(200):
+        if dog._thread is None:
+            break
+        time.sleep(0.01)
+    assert dog._thread is None
+    monkeypatch.undo()
+    item = dog.watch(0.05)
+    for _ in range(200):
+        if item.fired:
+            break
+        time.sleep(0.01)
+    assert item.fired
+    item.finish()
