@@ -258,6 +258,12 @@ class RedisStateStore:
                     f"target must be a redis://, rediss:// or unix:// URL, got {target!r}"
                 )
             self._url = target
+            try:  # a missing package is a configuration error, not an outage to ride out
+                import redis  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "state='redis://…' needs redis-py: pip install 'requests-smartretry[redis]'"
+                ) from None
         elif hasattr(target, "connection_pool"):
             pool = target.connection_pool
             self._connection = (pool.connection_class, dict(pool.connection_kwargs))

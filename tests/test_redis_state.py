@@ -8,6 +8,7 @@ import logging
 import pickle
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -458,3 +459,12 @@ def test_wrong_type_key_falls_back_to_local_state(
     breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS))
     assert breaker.state(SVC) == "closed"
     assert len(redis_warnings(caplog)) == 1
+
+
+def test_a_redis_url_without_redis_py_is_a_clear_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """state='redis://…' without the redis extra fails at construction, naming the extra."""
+    monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` raise ImportError
+    with pytest.raises(ImportError, match=r"requests-smartretry\[redis\]"):
+        SmartRetryAdapter(state="redis://127.0.0.1:6379/0")
