@@ -152,8 +152,15 @@ def _resolve_timeouts(
     read: Optional[float]
     total: Optional[float]
     if isinstance(timeout, Urllib3Timeout):
-        connect = _seconds("timeout connect", _plain(timeout.connect_timeout))
-        read = _seconds("timeout read", _plain(timeout.read_timeout))
+        # A part the caller left at urllib3's "default" is the policy's, as timeout=None is.
+        # The raw parts (urllib3 1.26 and 2.x alike): the public properties turn "default"
+        # into None, and read_timeout raises for a Timeout with a total that is not started.
+        connect_part = timeout._connect
+        read_part = timeout._read
+        connect = (policy.connect_timeout or policy.timeout if _is_default(connect_part)
+                   else _seconds("timeout connect", connect_part))
+        read = (policy.timeout if _is_default(read_part)
+                else _seconds("timeout read", read_part))
         total = _seconds("timeout total", timeout.total)
         if total is None and connect is not None and read is not None:
             total = connect + read
@@ -171,9 +178,9 @@ def _resolve_timeouts(
     return (seconds, seconds, seconds)
 
 
-def _plain(value: Any) -> Any:
-    """urllib3's "use the default" sentinel means no value of the caller's."""
-    return None if value is Urllib3Timeout.DEFAULT_TIMEOUT else value
+def _is_default(value: Any) -> bool:
+    """urllib3's "use the default" sentinel: no value of the caller's."""
+    return value is Urllib3Timeout.DEFAULT_TIMEOUT
 
 
 def _seconds(name: str, value: Any) -> Optional[float]:

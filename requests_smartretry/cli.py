@@ -212,6 +212,11 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         response = session.get(url, headers=dict(args.header))
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader,
+            ValueError) as exc:  # a URL that cannot be sent (urllib3's LocationParseError too)
+        print(f"error: {type(exc).__name__}: {redact_text(str(exc))}", file=err)
+        return EXIT_USAGE
     except requests.RequestException as exc:
         code = exit_code_for(exc)
         attempts = sum(1 for e in attempt_history(exc) if e.kind is EventKind.START)

@@ -241,7 +241,13 @@ def run_call(
         emit(EventKind.RETRY, number, verdict=verdict.verdict, reason=verdict.reason,
              wait=wait, retry_after=verdict.retry_after)
         _notify_on_retry(policy, number, outcome.signal or outcome.error)
-        wait_for(wait)
+        try:
+            wait_for(wait)
+        except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
+            emit(EventKind.GIVE_UP, number, verdict=verdict.verdict, reason=verdict.reason,
+                 give_up_reason="interrupted")
+            attach_history(exc, tuple(history))
+            raise
         previous_wait = wait
     raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
 

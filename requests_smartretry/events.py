@@ -82,6 +82,7 @@ GIVE_UP_REASONS = (
     "budget",  # the retry budget is spent
     "deadline",  # an enclosing deadline leaves no time for the wait
     "circuit_open",  # the breaker refused the retry
+    "interrupted",  # the backoff wait was interrupted (KeyboardInterrupt, SystemExit)
     "error",  # the attempt itself raised (a signer, a hook, KeyboardInterrupt)
 )
 

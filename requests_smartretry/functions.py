@@ -102,6 +102,8 @@ _log = logging.getLogger("requests_smartretry")
 # The caller waits this long past the deadline, so that an attempt whose own requests were
 # cut at the deadline (by the adapter's watchdog) can report that precise error itself.
 _GRACE = 0.05
+# Longest single wait on a worker (Event.wait overflows past threading.TIMEOUT_MAX).
+_MAX_SLICE = 3600.0
 # An attempt with less time than this left in the enclosing deadline is not started.
 _MIN_ATTEMPT = 0.001
 # Abandoned attempts still running, beyond which new attempts are refused.
@@ -338,7 +340,9 @@ def _classifier(
             if decided is not None:
                 return decided
         table = classify_call_error(error, retry_statuses)
-        if table.retryable:
+        if table.retryable or table.reason == "circuit_open":
+            # an open breaker inside fn refuses again at once: even the basic variant,
+            # which retries anything else, would only sleep and repeat the refusal
             return table
         if not smart or (retry_on is not None and isinstance(error, retry_on)):
             return Classification(Verdict.ERROR, table.reason, sent=table.sent)
@@ -385,7 +389,7 @@ def _check_fn(fn: Any, caller: str) -> None:
             f"{caller}() runs synchronous callables; {fn!r} is async (its coroutine would "
             "never be awaited)"
         )
-    if inspect.isgeneratorfunction(fn):
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(
             f"{caller}() cannot retry the generator function {fn!r}: only creating the "
             "generator would be retried, not iterating it"
@@ -424,7 +428,7 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
             value = _call_in_scope(fn, deadline_at)
         except Exception as exc:
             return _failed(exc, config)
-        return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
+        return _succeeded(value, operation)
 
     if _pool.abandoned >= _MAX_ABANDONED:
         error = SmartRetryError(
@@ -435,7 +439,12 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
     job = _Job(fn, deadline_at, (operation, number), config.policy.lang, config.policy.log)
     _pool.submit(job)
     try:
-        job.done.wait(max(0.0, deadline_at - time.monotonic()) + _GRACE)
+        # Event.wait overflows past threading.TIMEOUT_MAX (~292 years): wait in bounded
+        # slices up to the deadline.
+        while not job.done.wait(min(max(0.0, deadline_at - time.monotonic()) + _GRACE,
+                                    _MAX_SLICE)):
+            if time.monotonic() >= deadline_at:
+                break
     except BaseException:  # KeyboardInterrupt while waiting: the attempt runs on alone
         job.abandon()
         raise
@@ -449,7 +458,18 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
             raise job.error
         return _failed(job.error, config)
-    return Outcome(Classification(Verdict.SUCCESS, "ok"), value=cast(R, job.value))
+    return _succeeded(cast(R, job.value), operation)
+
+
+def _succeeded(value: R, operation: str) -> Outcome[R]:
+    if inspect.isawaitable(value) or inspect.isasyncgen(value):
+        close = getattr(value, "close", None)
+        if callable(close):  # no "coroutine was never awaited" warning on top
+            close()
+        raise TypeError(
+            f"{operation}: fn returned {type(value).__name__}; only synchronous results can "
+            "be retried (await it inside fn, or retry it with an async library)")
+    return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
 
 
 def _failed(error: Exception, config: _Config) -> Outcome[Any]:

@@ -45,6 +45,7 @@ _TEXT = {
         "deadline": "剩余时间不足以等待重试, 放弃",
         "circuit_open": "熔断器已打开, 不重试",
         "error": "尝试过程中出现异常 ({reason}), 放弃",
+        "interrupted": "等待重试时被中断, 放弃",
     },
     "en": {
         "prefix": "[API retry]",
@@ -67,6 +68,7 @@ _TEXT = {
         "deadline": "no time left for another attempt; giving up",
         "circuit_open": "circuit breaker open; not retrying",
         "error": "the attempt raised {reason}; giving up",
+        "interrupted": "interrupted while waiting to retry; giving up",
     },
 }
 

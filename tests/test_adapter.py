@@ -649,3 +649,28 @@ def test_a_classifier_returning_nonsense_falls_back_to_the_status_table(
     assert session.get(url).status_code == 200
     assert server.hits(route(url)) == 2
     assert any("not a Classification" in line for line in log_lines.lines)
+
+
+def test_urllib3_timeout_without_a_read_part_keeps_the_policy_deadline(
+    server: FaultServer,
+) -> None:
+    """Timeout(connect=1.0) leaves read at urllib3's default, which means the policy's 0.5 s."""
+    from urllib3.util.timeout import Timeout
+
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        smart_session(max_retries=0, timeout=0.5).get(server.url("/hang?seconds=5"),
+                                                      timeout=Timeout(connect=1.0))
+    assert time.monotonic() - started < 1.5 + 0.5
+
+
+
+def test_urllib3_timeout_with_a_total_bounds_the_attempt(server: FaultServer) -> None:
+    """Timeout(total=0.4) is accepted (no TimeoutStateError) and bounds the whole attempt."""
+    from urllib3.util.timeout import Timeout
+
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout):
+        smart_session(max_retries=0).get(server.url("/hang?seconds=5"),
+                                         timeout=Timeout(total=0.4))
+    assert time.monotonic() - started < 0.4 + 0.5

@@ -216,3 +216,12 @@ def test_module_entry_point_in_a_subprocess(server: FaultServer) -> None:
     assert "attempt 1 failed: server error (HTTP 503)" in done.stderr
     failed = _run_module("get", server.url("/status/404"), *FAST)
     assert failed.returncode == EXIT_HTTP_ERROR
+
+
+@pytest.mark.parametrize("url", ["http://a..b/", "http://", "http://localhost:99999/"])
+def test_an_unusable_url_is_bad_usage(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL that cannot be sent exits 2 with one line, never a traceback or a network code."""
+    assert main(["get", url, "-q"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+

@@ -201,3 +201,19 @@ def test_events_of_one_call_share_a_call_id_and_count_attempts() -> None:
     assert len({e.call_id for e in events}) == 1
     assert [e.attempt for e in events if e.kind is EventKind.START] == [1, 2, 3]
     assert all(e.max_attempts == 3 for e in events)
+
+
+def test_an_interrupted_backoff_closes_the_call() -> None:
+    """Ctrl-C during the backoff wait ends the call with a GIVE_UP event and its history."""
+    events: list[AttemptEvent] = []
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_call(RetryPolicy(), CALL, Script(failing(), OK), sleep=interrupted,
+                 hooks=(events.append,))
+    assert events[-1].kind is EventKind.GIVE_UP
+    assert events[-1].give_up_reason == "interrupted"
+    assert caught.value.retry_history[-1] is events[-1]  # type: ignore[attr-defined]
+

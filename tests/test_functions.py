@@ -868,3 +868,26 @@ def test_an_open_inner_breaker_is_not_retried_by_the_outer_call() -> None:
     with pytest.raises(CircuitOpenError):
         execute_with_smart_retry(fetch, max_retries=2, sleep=lambda s: None)
     assert len(calls) == 1
+    with pytest.raises(CircuitOpenError):  # the basic variant retries anything else
+        execute_with_retry(fetch, max_retries=2, sleep=lambda s: None)
+    assert len(calls) == 2
+
+
+def test_async_generators_and_awaitable_results_are_refused() -> None:
+    """Async generator functions and callables returning coroutines cannot be retried here."""
+
+    async def ticks() -> Any:
+        yield 1
+
+    async def compute() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="generator"):
+        execute_with_retry(ticks)
+    with pytest.raises(TypeError, match="coroutine"):
+        execute_with_retry(lambda: compute(), sleep=lambda s: None)
+
+
+def test_a_timeout_of_centuries_still_returns_the_value() -> None:
+    """A huge per-attempt timeout is waited in slices: no OverflowError, the value comes back."""
+    assert execute_with_retry(lambda: (time.sleep(0.1), 42)[1], timeout=1e10) == 42
