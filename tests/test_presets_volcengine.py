@@ -289,3 +289,16 @@ def test_bytes_header_values_sign_as_sent() -> None:
     as_bytes = signed("https://visual.volcengineapi.com/" + PROCESS, b"{}",
                       {"Content-Type": b"application/json"})  # type: ignore[dict-item]
     assert as_bytes.headers["Authorization"] == as_text.headers["Authorization"]
+
+
+def test_photo_session_signs_with_sts_credentials() -> None:
+    """photo_session(session_token=...) sends X-Security-Token on every attempt, signed."""
+    from requests_smartretry.faultserver import FaultServer
+
+    with FaultServer() as server:
+        session = photo_session(AK, SK, session_token="STStoken", endpoint=server.url(""),
+                                log=False)
+        session.post("/?Action=CVProcess&Version=2022-08-31", json={"req_key": "x"})
+        sent = server.received()[0]
+    assert sent.headers["x-security-token"] == "STStoken"
+    assert "x-security-token" in sent.headers["authorization"].lower()

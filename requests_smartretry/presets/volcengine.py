@@ -254,6 +254,7 @@ def photo_adapter(
     secret_key: Optional[str] = None,
     *,
     region: str = "cn-north-1",
+    session_token: Optional[str] = None,
     sign_clock: Callable[[], float] = time.time,
     **options: Any,
 ) -> SmartRetryAdapter:
@@ -276,13 +277,15 @@ def photo_adapter(
     response can create a second, billed task.  Pass ``idempotent=False`` to retry a
     submission only when the vendor said it did not act (50429, 503) or nothing was sent.
 
-    ``options``: policy fields (``max_retries``, ``timeout``…) and adapter keywords
-    (``breaker``, ``budget``, ``hooks``, ``state``…).
+    ``session_token`` signs with temporary (STS) credentials.  ``options``: policy fields
+    (``max_retries``, ``timeout``…) and adapter keywords (``breaker``, ``budget``,
+    ``hooks``, ``state``…).
     """
     signer = None
     if access_key is not None or secret_key is not None:
         signer = VolcengineSigner(access_key, secret_key,  # type: ignore[arg-type]
-                                  region=region, clock=sign_clock)
+                                  region=region, session_token=session_token,
+                                  clock=sign_clock)
     return build_adapter(_photo_policy(signer, str(options.get("lang", "zh"))), options)
 
 
@@ -292,6 +295,7 @@ def photo_session(
     *,
     region: str = "cn-north-1",
     endpoint: str = DEFAULT_ENDPOINT,
+    session_token: Optional[str] = None,
     sign_clock: Callable[[], float] = time.time,
     **options: Any,
 ) -> BaseURLSession:
@@ -307,6 +311,7 @@ def photo_session(
     rules (and the duplicate-task risk of retried submissions).
     """
     endpoint = check_endpoint("endpoint", endpoint)
-    signer = VolcengineSigner(access_key, secret_key, region=region, clock=sign_clock)
+    signer = VolcengineSigner(access_key, secret_key, region=region,
+                              session_token=session_token, clock=sign_clock)
     adapter = build_adapter(_photo_policy(signer, str(options.get("lang", "zh"))), options)
     return preset_session(endpoint, adapter)
