@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -61,16 +62,23 @@ class LineCollector(logging.Handler):
         return [r.getMessage() for r in self.records]
 
 
+@contextlib.contextmanager
+def library_logs_to(handler: logging.Handler) -> Iterator[None]:
+    """Send every record of the ``requests_smartretry`` logger (DEBUG up) to ``handler``."""
+    target = logging.getLogger("requests_smartretry")
+    previous = target.level
+    target.addHandler(handler)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(previous)
+
+
 @pytest.fixture
 def log_lines() -> Iterator[LineCollector]:
     """Every record written to the ``requests_smartretry`` logger during the test."""
     collector = LineCollector()
-    target = logging.getLogger("requests_smartretry")
-    previous = target.level
-    target.addHandler(collector)
-    target.setLevel(logging.DEBUG)
-    try:
+    with library_logs_to(collector):
         yield collector
-    finally:
-        target.removeHandler(collector)
-        target.setLevel(previous)

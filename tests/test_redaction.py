@@ -22,6 +22,7 @@ from requests_smartretry.redact import (
     redact_text,
     redact_url,
 )
+from tests.conftest import library_logs_to
 
 # Each value is unique, so a hit anywhere names the channel that leaked it.
 HEADER_SECRETS = {
@@ -90,15 +91,8 @@ def server() -> Iterator[FaultServer]:
 def capture() -> Iterator[_Capture]:
     handler = _Capture()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
-    logger = logging.getLogger("requests_smartretry")
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with library_logs_to(handler):
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved)
 
 
 def _scenario_urls(server: FaultServer) -> list[str]:
