@@ -32,7 +32,7 @@ from urllib3.util.timeout import Timeout as Urllib3Timeout
 from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
 from .classify import Classification, classify_exception, classify_status
-from .deadline import active_watch, current_scope, watch
+from .deadline import active_watch, arm, current_scope
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -57,6 +57,9 @@ _log = logging.getLogger("requests_smartretry")
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
 
+# (connect, read, attempt total) in seconds, each None for "no limit".
+_Timeouts = tuple[Optional[float], Optional[float], Optional[float]]
+
 # urllib3 refuses a zero socket timeout; an attempt with less left than this is cut at once.
 _MIN_SOCKET_TIMEOUT = 0.001
 # Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
@@ -66,23 +69,29 @@ _MAX_SOCKET_TIMEOUT = 1e9
 class _WatchedPoolMixin:
     """Attaches each connection to the attempt's deadline watch while it carries the
     attempt, and detaches it before it returns to the pool (where another thread may take
-    it), so the watchdog can only ever cut the attempt it belongs to."""
+    it), so the watchdog can only ever cut the attempt it belongs to.
 
-    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+    Nothing is stored on the connection itself: a new attribute on a urllib3 connection
+    costs every later attribute read on it (CPython's per-instance layouts).
+    """
+
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
         current = active_watch()
         if current is not None:
             current.attach(conn)
-        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+        return conn
 
     def _put_conn(self, conn: Any) -> None:
-        if conn is not None:
-            owner = conn.__dict__.pop("_smartretry_watch", None)
-            if owner is not None:
-                owner.detach(conn)
-                if owner.fired:
-                    # The watchdog shut this socket down: it must not wait in the pool
-                    # (urllib3 1.26 returns it there after a body cut short).
-                    conn.close()
+        # Inside an attempt, the connection comes back from the attempt's own thread (the
+        # body read, or an error); a streamed body read later finds the watch finished
+        # and detached already.
+        current = active_watch()
+        if current is not None and conn is not None and current.detach(conn) \
+                and current.fired:
+            # The watchdog shut this socket down: it must not wait in the pool
+            # (urllib3 1.26 returns it there after a body cut short).
+            conn.close()
         super()._put_conn(conn)  # type: ignore[misc]
 
 
@@ -132,12 +141,22 @@ class _BodyReplay:
         else:  # generators, iterators, unseekable streams
             self.replayable = False
 
+    @classmethod
+    def empty(cls) -> _BodyReplay:
+        """The replay of "no body" (shared: it never changes)."""
+        replay = cls.__new__(cls)
+        replay.body, replay.position, replay.replayable = None, None, True
+        return replay
+
     def rewind(self) -> None:
         if self.position is not None:
             try:
                 self.body.seek(self.position)
             except (OSError, ValueError):
                 self.replayable = False
+
+
+_NO_BODY = _BodyReplay.empty()
 
 
 def _resolve_timeouts(
@@ -176,6 +195,35 @@ def _resolve_timeouts(
         return (connect, read, total)
     seconds = _seconds("timeout", timeout)
     return (seconds, seconds, seconds)
+
+
+def _clamp(timeouts: _Timeouts) -> _Timeouts:
+    """Each part at most :data:`_MAX_SOCKET_TIMEOUT` (past that, sockets overflow)."""
+    connect, read, total = timeouts
+    return (None if connect is None else min(connect, _MAX_SOCKET_TIMEOUT),
+            None if read is None else min(read, _MAX_SOCKET_TIMEOUT),
+            None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
+
+
+class _NameCache:
+    """Call names by (method, URL) for one policy; bounded, cleared when full (a service
+    that puts ids in its paths must not grow it forever).  Thread-safe: single dict
+    operations only."""
+
+    __slots__ = ("_names", "policy")
+    SIZE = 512
+
+    def __init__(self, policy: Optional[RetryPolicy]) -> None:
+        self.policy = policy
+        self._names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
+
+    def get(self, key: tuple[Optional[str], Optional[str]]) -> Optional[CallInfo]:
+        return self._names.get(key)
+
+    def put(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
+        if len(self._names) >= self.SIZE:
+            self._names.clear()
+        self._names[key] = info
 
 
 def _is_default(value: Any) -> bool:
@@ -318,6 +366,7 @@ class SmartRetryAdapter(HTTPAdapter):
         super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize,
                          max_retries=0, pool_block=pool_block)
         self._hooks = self._build_hooks()
+        self._reset_caches()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(policy={self.policy!r})"
@@ -326,6 +375,11 @@ class SmartRetryAdapter(HTTPAdapter):
         self._closed = False
         super().__setstate__(state)  # type: ignore[misc]
         self._hooks = self._build_hooks()
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._timeouts_cache: Optional[tuple[RetryPolicy, _Timeouts]] = None
+        self._names = _NameCache(None)
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         # getattr: adapters pickled before statistics existed have no ``stats``.
@@ -446,23 +500,20 @@ class SmartRetryAdapter(HTTPAdapter):
                 "this SmartRetryAdapter was closed (session.close()); mount a new one",
                 request=request,
             )
-        connect_s, read_s, total_s = _resolve_timeouts(timeout, self.policy)
-        call = CallInfo(
-            operation=self.operation_for(request),
-            service=self.service_for(request),
-            method=request.method,
-            url=redact_url(request.url or ""),
-        )
-        idempotent = self.is_idempotent(request)
-        replay = _BodyReplay(request)
+        policy = self.policy
+        timeouts = (self._policy_timeouts(policy) if timeout is None
+                    else _clamp(_resolve_timeouts(timeout, policy)))
+        call = self._call_info(request, policy)
+        replay = _NO_BODY if request.body is None else _BodyReplay(request)
         previous: list[requests.Response] = []
         verdicts: list[Classification] = []  # for previous_attempts()
+        idempotent: list[bool] = []  # decided at the first failure that asks
 
         def attempt(number: int) -> Outcome[requests.Response]:
-            for stale in previous:  # a retry discards the last failed response
-                stale.close()
-            previous.clear()
             if number > 1:
+                for stale in previous:  # a retry discards the last failed response
+                    stale.close()
+                previous.clear()
                 replay.rewind()
             if verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
@@ -472,8 +523,9 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            outcome = self._attempt(to_send, stream, (connect_s, read_s, total_s), verify,
-                                    cert, proxies)
+            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies)
+            if outcome.classification.verdict is Verdict.SUCCESS:
+                return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
             if outcome.value is not None:
                 previous.append(outcome.value)
@@ -482,25 +534,56 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.error)
             if outcome.signal is not None and outcome.signal is not outcome.error:
                 redact_exception(outcome.signal)
-            veto = self._veto(outcome, idempotent, replay)
-            return outcome if veto is None else dataclasses.replace(outcome, veto=veto)
+            if outcome.classification.retryable:
+                if not idempotent:
+                    idempotent.append(self.is_idempotent(request))
+                outcome.veto = self._veto(outcome, idempotent[0], replay)
+            return outcome
 
-        finished = run_call(self.policy, call, attempt, hooks=self._hooks,
+        finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock)
         return self._finish(finished)
+
+    def _policy_timeouts(self, policy: RetryPolicy) -> _Timeouts:
+        # The policy's (connect, read, total), worked out once per policy object.
+        cached = self._timeouts_cache
+        if cached is None or cached[0] is not policy:
+            cached = self._timeouts_cache = (policy, _clamp(_resolve_timeouts(None, policy)))
+        return cached[1]
+
+    def _call_info(self, request: requests.PreparedRequest, policy: RetryPolicy) -> CallInfo:
+        """The call's names.  With the default naming (no subclass override, no
+        ``name_request`` hook) they depend on the method and URL only, so they are kept
+        for the last few hundred URLs instead of parsing and redacting each time."""
+        cacheable = (policy.name_request is None
+                     and type(self).operation_for is SmartRetryAdapter.operation_for
+                     and type(self).service_for is SmartRetryAdapter.service_for)
+        key = (request.method, request.url)
+        if cacheable:
+            names = self._names
+            if names.policy is not policy:
+                names = self._names = _NameCache(policy)
+            info = names.get(key)
+            if info is not None:
+                return info
+        info = CallInfo(operation=self.operation_for(request),
+                        service=self.service_for(request),
+                        method=request.method, url=redact_url(request.url or ""))
+        if cacheable:
+            names.put(key, info)
+        return info
 
     def _attempt(
         self,
         request: requests.PreparedRequest,
         stream: bool,
-        timeouts: tuple[Optional[float], Optional[float], Optional[float]],
+        timeouts: _Timeouts,
         verify: Union[bool, str],
         cert: Any,
         proxies: Optional[dict[str, str]],
     ) -> Outcome[requests.Response]:
-        connect_s, read_s, total_s = (
-            None if t is None else min(t, _MAX_SOCKET_TIMEOUT) for t in timeouts)
+        connect_s, read_s, total_s = timeouts
         scope = current_scope()
         left = scope.remaining() if scope is not None else None
         if left is not None:
@@ -512,28 +595,31 @@ class SmartRetryAdapter(HTTPAdapter):
                 return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
                                error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
-        with watch(total_s) as deadline:
-            sent: Optional[requests.Response] = None
-            try:
-                response = sent = super().send(request, stream=True,
-                                               timeout=(connect_s, read_s),  # type: ignore[arg-type]
-                                               verify=verify, cert=cert, proxies=proxies)
-                if not stream:
-                    response.content  # noqa: B018 - read the body inside the deadline
-            except Exception as exc:
-                if sent is not None:
-                    # A body read that failed (deadline, reset) leaves the socket referenced
-                    # from the traceback; close it now rather than at garbage collection.
-                    sent.close()
-                verdict = classify_exception(exc)
-                # A cut that fell before anything was sent (connect timeout, DNS) keeps its
-                # own type and its "nothing sent" safety; only a cut after sending is the
-                # attempt deadline's.
-                if deadline is not None and deadline.fired and verdict.sent:
-                    cut = self._deadline_error(total_s, request)
-                    cut.__cause__ = exc
-                    return Outcome(classify_exception(cut), error=cut, signal=cut)
-                return Outcome(verdict, error=exc, signal=exc)
+        deadline = None if total_s is None else arm(total_s)
+        sent: Optional[requests.Response] = None
+        try:
+            response = sent = super().send(request, stream=True,
+                                           timeout=(connect_s, read_s),  # type: ignore[arg-type]
+                                           verify=verify, cert=cert, proxies=proxies)
+            if not stream:
+                response.content  # noqa: B018 - read the body inside the deadline
+        except Exception as exc:
+            if sent is not None:
+                # A body read that failed (deadline, reset) leaves the socket referenced
+                # from the traceback; close it now rather than at garbage collection.
+                sent.close()
+            verdict = classify_exception(exc)
+            # A cut that fell before anything was sent (connect timeout, DNS) keeps its
+            # own type and its "nothing sent" safety; only a cut after sending is the
+            # attempt deadline's.
+            if deadline is not None and deadline.fired and verdict.sent:
+                cut = self._deadline_error(total_s, request)
+                cut.__cause__ = exc
+                return Outcome(classify_exception(cut), error=cut, signal=cut)
+            return Outcome(verdict, error=exc, signal=exc)
+        finally:
+            if deadline is not None:
+                deadline.release()
         if deadline is not None and deadline.fired:
             response.close()
             cut = self._deadline_error(total_s, request)

@@ -22,6 +22,11 @@ from .state import BudgetSettings, StateStore, StoreUser
 __all__ = ["DEFAULT_BUDGET", "RetryBudget"]
 
 
+_START = EventKind.START
+# Deposits gather locally until they make a whole token (less a rounding margin).
+_WHOLE_TOKEN = 1.0 - 1e-9
+
+
 class _DefaultBudget:
     """The adapter's "no budget argument given" marker: use ``RetryBudget()``."""
 
@@ -107,17 +112,20 @@ class RetryBudget(StoreUser):
     def __call__(self, event: AttemptEvent) -> None:
         """Deposit for each call (its first attempt's START); refund a granted retry that
         the breaker then refused (a REJECTED event after the first attempt)."""
-        if event.kind is EventKind.START and event.attempt == 1:
-            if self.settings.ratio <= 0:
+        kind = event.kind
+        if kind is _START:
+            ratio = self.settings.ratio
+            if event.attempt != 1 or ratio <= 0:
                 return
+            service = event.service
             with self._lock:
-                pending = self._pending.get(event.service, 0.0) + self.settings.ratio
-                if pending < 1.0 - 1e-9:
-                    self._pending[event.service] = pending
+                pending = self._pending.get(service, 0.0) + ratio
+                if pending < _WHOLE_TOKEN:
+                    self._pending[service] = pending
                     return
-                self._pending.pop(event.service, None)
-            self.store.budget_change(event.service, self.settings, self._clock(), pending, 0.0)
-        elif event.kind is EventKind.REJECTED and event.attempt > 1:
+                self._pending.pop(service, None)
+            self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
+        elif kind is EventKind.REJECTED and event.attempt > 1:
             self.store.budget_change(event.service, self.settings, self._clock(),
                                      1.0 + self._take_pending(event.service), 0.0)
 

@@ -192,9 +192,9 @@ def classify_status(status: int, retry_statuses: frozenset[int]) -> Classificati
     429 and 503 tell the client that the server did not act on the request, so even a POST
     may be repeated.
     """
-    reason = f"HTTP {status}"
     if status < 400 and status not in retry_statuses:
         return SUCCESS
+    reason = f"HTTP {status}"
     if status == 429:
         verdict = Verdict.RATE_LIMIT if status in retry_statuses else Verdict.CLIENT_ERROR
         return Classification(verdict, reason, server_acted=False)

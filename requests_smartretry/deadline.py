@@ -7,15 +7,15 @@ deadline, the watchdog shuts the connection's socket down, the blocked read retu
 once, and the adapter reports the attempt as timed out.
 
 The watchdog holds no lock while a request runs and is woken only when a new deadline is
-earlier than every pending one, so the success path costs a heap push and a flag.
+earlier than the moment it already plans to look, so the success path costs a dict insert
+and a dict delete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import heapq
-import itertools
+import math
 import os
 import socket
 import threading
@@ -24,12 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["RetryScope", "Watch", "current_scope", "remaining", "retry_scope", "watch"]
+__all__ = ["RetryScope", "Watch", "arm", "current_scope", "remaining", "retry_scope", "watch"]
 
 # When a deadline passes while no socket exists yet (connecting), look again this often.
 _RECHECK = 0.02
-# Rebuild the heap when finished watches outnumber live ones by this much.
-_COMPACT_AFTER = 4096
 # Longest single sleep of the watchdog.  Lock and socket timeouts overflow past ~292 years
 # (threading.TIMEOUT_MAX); a far deadline is simply looked at again after this long.
 _MAX_WAIT = 3600.0
@@ -98,121 +96,128 @@ def _shutdown_socket(sock: Any) -> None:
 
 
 class Watch:
-    """One attempt's deadline, armed on the connection that carries it."""
+    """One attempt's deadline, armed on the connection that carries it.
 
-    __slots__ = ("_conn", "_done", "_lock", "deadline_at", "fired")
+    Every state change happens under the watchdog's lock, so the watchdog never shuts a
+    socket after the attempt detached it or finished.
+    """
 
-    def __init__(self, deadline_at: float) -> None:
+    __slots__ = ("_check_at", "_conn", "_dog", "_done", "_token", "deadline_at", "fired")
+
+    def __init__(self, deadline_at: float, dog: _Watchdog) -> None:
         self.deadline_at = deadline_at
         self.fired = False
+        self._check_at = deadline_at  # when the watchdog looks next (soon again once fired)
         self._done = False
         self._conn: Any = None
-        self._lock = threading.Lock()
+        self._dog = dog
+        self._token: Optional[contextvars.Token[Optional[Watch]]] = None
 
     def attach(self, conn: Any) -> None:
         """Watch ``conn`` (a urllib3 connection about to carry this attempt)."""
-        with self._lock:
+        with self._dog._lock:
             if self._done:
                 return
             self._conn = conn
-            conn._smartretry_watch = self
             if self.fired:
                 _shutdown_socket(getattr(conn, "sock", None))
 
-    def detach(self, conn: Any) -> None:
-        """Stop watching ``conn``: it goes back to the pool and may serve another thread."""
-        with self._lock:
-            if self._conn is conn:
-                self._conn = None
+    def detach(self, conn: Any) -> bool:
+        """Stop watching ``conn``: it goes back to the pool and may serve another thread.
+        True when this watch was watching it."""
+        with self._dog._lock:
+            if self._conn is not conn:
+                return False
+            self._conn = None
+            return True
 
     def finish(self) -> None:
         """The attempt is over: the watch must never touch a socket again."""
-        with self._lock:
+        dog = self._dog
+        with dog._lock:
             self._done = True
-            conn, self._conn = self._conn, None
-        if conn is not None and getattr(conn, "_smartretry_watch", None) is self:
-            with contextlib.suppress(AttributeError):
-                del conn._smartretry_watch
+            self._conn = None
+            dog._watches.pop(self, None)
 
-    def _fire(self) -> bool:
-        """Called by the watchdog at the deadline; True asks to be called again soon."""
-        with self._lock:
-            if self._done:
-                return False
-            self.fired = True
-            sock = getattr(self._conn, "sock", None)
-            if sock is None:  # not connected yet (or between connections): look again
-                return True
-            _shutdown_socket(sock)
-            return True  # a reconnect on the same attempt would be cut too
+    def release(self) -> None:
+        """End the attempt armed by :func:`arm`: finish, and leave its context."""
+        token, self._token = self._token, None
+        if token is not None:
+            _active_watch.reset(token)
+        self.finish()
+
+    def _fire(self) -> None:
+        # The watchdog, under its lock, at the deadline (and every _RECHECK after it: a
+        # socket that does not exist yet, or a reconnect on the same attempt, is cut too).
+        self.fired = True
+        _shutdown_socket(getattr(self._conn, "sock", None))
 
 
 class _Watchdog:
+    """One thread that sleeps until the earliest deadline of the attempts in flight.
+
+    Arming an attempt is a dict insert under a lock; the thread is woken only when a new
+    deadline is earlier than the moment it already plans to look, so a steady stream of
+    requests with the same timeout wakes it about once per timeout.
+    """
+
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Watch]] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._seq = itertools.count()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._watches: dict[Watch, None] = {}  # the attempts in flight
+        self._next_look = math.inf  # when the thread will look next
         self._thread: Optional[threading.Thread] = None
-        self._pushes = 0
 
     def watch(self, seconds: float) -> Watch:
-        item = Watch(time.monotonic() + max(seconds, 0.0))
-        with self._cond:
-            self._push(item.deadline_at, item)
+        item = Watch(_monotonic() + seconds, self)
+        with self._lock:
+            self._watches[item] = None
             if self._thread is None:  # first use, or the thread died (see _run)
+                self._next_look = item.deadline_at
                 self._thread = threading.Thread(
                     target=self._run, name="requests-smartretry-watchdog", daemon=True
                 )
                 self._thread.start()
-            elif self._heap[0][2] is item:
-                self._cond.notify()
+            elif item.deadline_at < self._next_look:
+                self._next_look = item.deadline_at
+                self._wakeup.notify()
         return item
-
-    def _push(self, when: float, item: Watch) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), item))
-        self._pushes += 1
-        if self._pushes >= _COMPACT_AFTER:
-            self._pushes = 0
-            live = [entry for entry in self._heap if not entry[2]._done]
-            if len(live) < len(self._heap):
-                heapq.heapify(live)
-                self._heap = live
 
     def _run(self) -> None:
         try:
             self._serve()
         finally:  # only an unexpected error ends the loop: let the next watch restart it
-            with self._cond:
+            with self._lock:
                 self._thread = None
+                self._next_look = math.inf
 
     def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if not self._heap:
-                        self._cond.wait()
-                        continue
-                    when, _, item = self._heap[0]
-                    if item._done:
-                        heapq.heappop(self._heap)
-                        continue
-                    delay = when - time.monotonic()
-                    if delay > 0:
-                        self._cond.wait(min(delay, _MAX_WAIT))
-                        continue
-                    heapq.heappop(self._heap)
-                    break
-            if item._fire():
-                with self._cond:
-                    self._push(time.monotonic() + _RECHECK, item)
+        with self._lock:
+            while True:
+                now = _monotonic()
+                next_look = math.inf
+                for item in self._watches:  # finish() cannot change it: we hold the lock
+                    if item._check_at <= now:
+                        item._fire()
+                        item._check_at = now + _RECHECK
+                    if item._check_at < next_look:
+                        next_look = item._check_at
+                self._next_look = next_look
+                self._wakeup.wait(None if next_look == math.inf
+                                  else min(next_look - now, _MAX_WAIT))
 
 
+_monotonic = time.monotonic
 _watchdog = _Watchdog()
 
 
 def _after_fork_in_child() -> None:
-    global _watchdog
-    _watchdog = _Watchdog()
+    # The parent's watchdog thread does not exist here, and its lock may have been held
+    # at the fork: start over in place (watches in flight keep pointing at this object).
+    _watchdog._reset()
 
 
 if hasattr(os, "register_at_fork"):
@@ -224,26 +229,31 @@ _active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
 )
 
 
-class _Armed:
-    """The context manager :func:`watch` returns (a class: this runs on every request)."""
+def arm(seconds: float) -> Watch:
+    """Arm a watch for ``seconds`` and make it this context's active one (the adapter's
+    pools attach their connections to it); end it with :meth:`Watch.release`."""
+    item = _watchdog.watch(max(seconds, 0.0))
+    item._token = _active_watch.set(item)
+    return item
 
-    __slots__ = ("_seconds", "_token", "_watch")
+
+class _Armed:
+    """The context manager :func:`watch` returns."""
+
+    __slots__ = ("_seconds", "_watch")
 
     def __init__(self, seconds: Optional[float]) -> None:
         self._seconds = seconds
         self._watch: Optional[Watch] = None
-        self._token: Optional[contextvars.Token[Optional[Watch]]] = None
 
     def __enter__(self) -> Optional[Watch]:
         if self._seconds is not None:
-            self._watch = _watchdog.watch(self._seconds)
-            self._token = _active_watch.set(self._watch)
+            self._watch = arm(self._seconds)
         return self._watch
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._watch is not None and self._token is not None:
-            _active_watch.reset(self._token)
-            self._watch.finish()
+        if self._watch is not None:
+            self._watch.release()
 
 
 def watch(seconds: Optional[float]) -> _Armed:

@@ -12,14 +12,14 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, cast
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 
 from . import testing as _testing
 from .backoff import backoff_delay
 from .classify import Classification
 from .deadline import current_scope
 from .errors import CircuitOpenError, attach_history
-from .events import AttemptEvent, EventKind, Hook, Verdict, dispatch, make_event, next_call_id
+from .events import AttemptEvent, EventKind, Hook, Verdict, event_template, new_event, next_call_id
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
@@ -67,9 +67,13 @@ class CallInfo:
     url: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Outcome(Generic[T]):
-    """The result of one attempt, as the attempt function reports it."""
+    """The result of one attempt, as the attempt function reports it.
+
+    Not frozen (one is built per attempt, and a frozen ``__init__`` costs three times as
+    much); the engine treats it as a value and never changes one.
+    """
 
     classification: Classification
     #: The attempt's value (a Response, a return value); kept even for failed statuses.
@@ -84,7 +88,7 @@ class Outcome(Generic[T]):
     veto: Optional[str] = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Finished(Generic[T]):
     """How the call ended: the last attempt's outcome and every event of the call."""
 
@@ -102,7 +106,7 @@ class Finished(Generic[T]):
                 note = f"requests_smartretry: not retried ({self.give_up_reason})"
             attach_history(error, self.history, note)
             raise error
-        return cast(T, self.outcome.value)
+        return self.outcome.value  # type: ignore[return-value]  # set on success
 
 
 def check_hooks(hooks: Any) -> tuple[Hook, ...]:
@@ -169,19 +173,22 @@ def run_call(
     capped = _testing.testing_attempts()
     if capped is not None:
         max_attempts = min(max_attempts, capped)
-    wait_for = _testing.sleeper(sleep)
-    call_id = next_call_id()
+    template = event_template(call.operation, call.service, max_attempts, next_call_id(),
+                              call.method, call.url)
     history: list[AttemptEvent] = []
 
-    common = {"operation": call.operation, "service": call.service,
-              "max_attempts": max_attempts, "call_id": call_id, "method": call.method,
-              "url": call.url}
+    # Every request runs this twice (START, SUCCESS): no keyword packing, no helper calls.
+    def emit(kind: EventKind, number: int,
+             fields: Optional[dict[str, Any]] = None) -> None:
+        event = new_event(template, kind, number, fields)
+        append(event)
+        for hook in hooks:
+            try:
+                hook(event)
+            except Exception:
+                _hook_failed(hook, event)
 
-    def emit(kind: EventKind, number: int, **fields: Any) -> AttemptEvent:
-        event = make_event({**common, "kind": kind, "attempt": number, **fields})
-        history.append(event)
-        dispatch(hooks, event)
-        return event
+    append = history.append
 
     previous_wait: Optional[float] = None
     outcome: Optional[Outcome[T]] = None
@@ -191,13 +198,15 @@ def run_call(
             try:
                 breaker.before_attempt(call.service)
             except CircuitOpenError as exc:
-                emit(EventKind.REJECTED, number, wait=exc.retry_in, reason="circuit_open",
-                     error=exc)
+                emit(EventKind.REJECTED, number,
+                     {"wait": exc.retry_in, "reason": "circuit_open", "error": exc})
                 if outcome is None:
                     exc.retry_history = tuple(history)  # type: ignore[attr-defined]
                     raise
-                emit(EventKind.GIVE_UP, number - 1, verdict=outcome.classification.verdict,
-                     reason=outcome.classification.reason, give_up_reason="circuit_open")
+                emit(EventKind.GIVE_UP, number - 1,
+                     {"verdict": outcome.classification.verdict,
+                      "reason": outcome.classification.reason,
+                      "give_up_reason": "circuit_open"})
                 return Finished(outcome, tuple(history), "circuit_open")
         emit(EventKind.START, number)
         started = clock()
@@ -207,23 +216,26 @@ def run_call(
             # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
             # interrupted: the call ends here, but its events still close it out.
             reason = type(exc).__name__
-            emit(EventKind.FAILURE, number, verdict=Verdict.PERMANENT, reason=reason,
-                 error=exc, elapsed=clock() - started)
-            emit(EventKind.GIVE_UP, number, verdict=Verdict.PERMANENT, reason=reason,
-                 give_up_reason="error")
+            emit(EventKind.FAILURE, number,
+                 {"verdict": Verdict.PERMANENT, "reason": reason, "error": exc,
+                  "elapsed": clock() - started})
+            emit(EventKind.GIVE_UP, number,
+                 {"verdict": Verdict.PERMANENT, "reason": reason, "give_up_reason": "error"})
             attach_history(exc, tuple(history))
             raise
         elapsed = clock() - started
         verdict = outcome.classification
         if verdict.verdict is Verdict.SUCCESS:
-            emit(EventKind.SUCCESS, number, verdict=Verdict.SUCCESS, elapsed=elapsed,
-                 status_code=outcome.status_code)
+            emit(EventKind.SUCCESS, number,
+                 {"verdict": Verdict.SUCCESS, "elapsed": elapsed,
+                  "status_code": outcome.status_code})
             return Finished(outcome, tuple(history))
         rule = policy.rule_for(verdict.verdict)
-        emit(EventKind.FAILURE, number, verdict=verdict.verdict, reason=verdict.reason,
-             error=outcome.signal or outcome.error, status_code=outcome.status_code,
-             elapsed=elapsed, retry_after=verdict.retry_after,
-             weight=1.0 if rule is None else rule.breaker_weight)
+        emit(EventKind.FAILURE, number,
+             {"verdict": verdict.verdict, "reason": verdict.reason,
+              "error": outcome.signal or outcome.error, "status_code": outcome.status_code,
+              "elapsed": elapsed, "retry_after": verdict.retry_after,
+              "weight": 1.0 if rule is None else rule.breaker_weight})
         seen = failures_by_verdict[verdict.verdict] = failures_by_verdict.get(
             verdict.verdict, 0) + 1
 
@@ -233,23 +245,31 @@ def run_call(
             give_up = "budget"
         if give_up is not None:
             cap = (rule.backoff_for(policy) if rule is not None else policy).backoff_max
-            emit(EventKind.GIVE_UP, number, verdict=verdict.verdict, reason=verdict.reason,
-                 status_code=outcome.status_code, retry_after=verdict.retry_after,
-                 give_up_reason=give_up, backoff_cap=cap)
+            emit(EventKind.GIVE_UP, number,
+                 {"verdict": verdict.verdict, "reason": verdict.reason,
+                  "status_code": outcome.status_code, "retry_after": verdict.retry_after,
+                  "give_up_reason": give_up, "backoff_cap": cap})
             return Finished(outcome, tuple(history), give_up)
 
-        emit(EventKind.RETRY, number, verdict=verdict.verdict, reason=verdict.reason,
-             wait=wait, retry_after=verdict.retry_after)
+        emit(EventKind.RETRY, number,
+             {"verdict": verdict.verdict, "reason": verdict.reason, "wait": wait,
+              "retry_after": verdict.retry_after})
         _notify_on_retry(policy, number, outcome.signal or outcome.error)
         try:
-            wait_for(wait)
+            _testing.sleeper(sleep)(wait)
         except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
-            emit(EventKind.GIVE_UP, number, verdict=verdict.verdict, reason=verdict.reason,
-                 give_up_reason="interrupted")
+            emit(EventKind.GIVE_UP, number,
+                 {"verdict": verdict.verdict, "reason": verdict.reason,
+                  "give_up_reason": "interrupted"})
             attach_history(exc, tuple(history))
             raise
         previous_wait = wait
     raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+
+
+def _hook_failed(hook: Hook, event: AttemptEvent) -> None:
+    # A failing hook is logged and never breaks the call (as events.dispatch does).
+    _log.exception("requests_smartretry: hook %r failed on a %s event", hook, event.kind.value)
 
 
 def _decide(

@@ -148,31 +148,64 @@ class AttemptEvent:
 
 Hook = Callable[[AttemptEvent], None]
 
-_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(AttemptEvent))
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(AttemptEvent))
+_FIELD_COUNT = len(_FIELD_NAMES)
 _EVENT_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(AttemptEvent)
     if f.default is not dataclasses.MISSING
 }
+_EVENT_DEFAULTS["timestamp"] = 0.0  # a default_factory field: new_event sets it
+
+
+def event_template(
+    operation: str, service: str, max_attempts: int, call_id: int,
+    method: Optional[str], url: Optional[str],
+) -> dict[str, Any]:
+    """The fields that every event of one call shares, with the defaults filled in.
+
+    The engine builds this once per call; :func:`new_event` copies it for each event.
+    """
+    return {**_EVENT_DEFAULTS, "operation": operation, "service": service,
+            "max_attempts": max_attempts, "call_id": call_id, "method": method, "url": url}
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_time = time.time
+
+
+def new_event(
+    template: dict[str, Any], kind: EventKind, attempt: int,
+    fields: Optional[dict[str, Any]] = None,
+) -> AttemptEvent:
+    """An :class:`AttemptEvent` of ``kind`` for ``attempt``, from a call's ``template``.
+
+    Two events per call are built on the success path; the frozen dataclass ``__init__``
+    sets its 19 fields one ``object.__setattr__`` at a time, which costs three times this.
+    The result is an ordinary, equal, immutable ``AttemptEvent``.
+    """
+    state = template.copy()
+    state["kind"] = kind
+    state["attempt"] = attempt
+    state["timestamp"] = _time()
+    if fields:
+        state.update(fields)
+    if len(state) != _FIELD_COUNT:
+        missing = _FIELD_NAMES - set(state)
+        unknown = set(state) - _FIELD_NAMES
+        raise TypeError(f"AttemptEvent fields: unknown {sorted(unknown)}, "
+                        f"missing {sorted(missing)}")
+    event = _new_object(AttemptEvent)
+    _set_attribute(event, "__dict__", state)
+    return event
 
 
 def make_event(values: dict[str, Any]) -> AttemptEvent:
-    """Build an :class:`AttemptEvent` from trusted ``values`` (the engine's).
-
-    Two events per call are built on the success path; the frozen dataclass ``__init__``
-    sets its 19 fields one ``object.__setattr__`` at a time, which costs four times this.
-    The result is an ordinary, equal, immutable ``AttemptEvent``.
-    """
-    event = object.__new__(AttemptEvent)
-    state = event.__dict__
-    state.update(_EVENT_DEFAULTS)
-    state["timestamp"] = time.time()
-    state.update(values)
-    if len(state) != len(_EVENT_FIELDS):
-        unknown = set(state) - set(_EVENT_FIELDS)
-        missing = set(_EVENT_FIELDS) - set(state)
-        raise TypeError(f"AttemptEvent fields: unknown {sorted(unknown)}, "
-                        f"missing {sorted(missing)}")
-    return event
+    """Build an :class:`AttemptEvent` from trusted ``values`` (all fields but the defaulted
+    ones and ``timestamp``)."""
+    template = dict(_EVENT_DEFAULTS)
+    template.update(values)
+    return new_event(template, template["kind"], template["attempt"])
 
 
 def dispatch(hooks: Iterable[Hook], event: AttemptEvent) -> None:

@@ -22,8 +22,8 @@ TOTAL_KEY = "__total__"
 #: Operations beyond ``max_operations`` are counted together under this key.
 OTHER_KEY = "__other__"
 
-#: The events that start or end a call (only these read the clock).
-_TIMED = frozenset({EventKind.START, EventKind.SUCCESS, EventKind.GIVE_UP})
+_START = EventKind.START
+_SUCCESS = EventKind.SUCCESS
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -60,14 +60,16 @@ class LatencyHistogram:
 
     def add(self, seconds: float) -> None:
         """Record one observation (negative and non-finite values are ignored)."""
-        if not 0.0 <= seconds < math.inf:
-            return
-        if seconds <= self.FLOOR:
+        if seconds > _FLOOR:  # False for NaN
+            if seconds == _INF:
+                return
+            index = 1 + int(_log2(seconds / _FLOOR) * _PER_DOUBLING)
+            if index >= _SIZE:
+                index = _SIZE - 1
+        elif seconds >= 0.0:
             index = 0
         else:
-            index = 1 + int(math.log2(seconds / self.FLOOR) * self.PER_DOUBLING)
-            if index >= self.SIZE:
-                index = self.SIZE - 1
+            return
         self.buckets[index] += 1
         self.count += 1
         self.total += seconds
@@ -123,6 +125,13 @@ class LatencyHistogram:
             summary[name] = self.quantile(q)
         summary["max"] = self.maximum
         return summary
+
+
+_INF = math.inf
+_log2 = math.log2
+_FLOOR = LatencyHistogram.FLOOR
+_PER_DOUBLING = LatencyHistogram.PER_DOUBLING
+_SIZE = LatencyHistogram.SIZE
 
 
 class _Counters:
@@ -241,23 +250,45 @@ class Stats:
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event (the hook entry point)."""
         kind = event.kind
-        now = self._clock() if kind in _TIMED else 0.0
+        # Every request brings a START and (nearly always) a SUCCESS: those two first, inline.
+        if kind is _START:
+            now = self._clock()
+            with self._lock:
+                counters = self._operations.get(event.operation)
+                if counters is None:
+                    counters = self._new_operation(event.operation)
+                counters.attempts += 1
+                if event.attempt == 1:
+                    counters.requests += 1
+                    started = self._started
+                    if len(started) >= self.max_in_flight:
+                        del started[next(iter(started))]
+                    started[event.call_id] = now
+            return
+        if kind is _SUCCESS:
+            now = self._clock()
+            elapsed = event.elapsed
+            with self._lock:
+                counters = self._operations.get(event.operation)
+                if counters is None:
+                    counters = self._new_operation(event.operation)
+                counters.successes += 1
+                if elapsed is not None:
+                    counters.attempt_seconds.add(elapsed)
+                began = self._started.pop(event.call_id, None)
+                if began is not None:
+                    counters.call_seconds.add(max(0.0, now - began))
+            return
+        self._count_other(event)
+
+    def _count_other(self, event: AttemptEvent) -> None:
+        kind = event.kind
+        now = self._clock() if kind is EventKind.GIVE_UP else 0.0
         with self._lock:
             counters = self._operations.get(event.operation)
             if counters is None:
                 counters = self._new_operation(event.operation)
-            if kind is EventKind.START:
-                counters.attempts += 1
-                if event.attempt == 1:
-                    counters.requests += 1
-                    if len(self._started) >= self.max_in_flight:
-                        del self._started[next(iter(self._started))]
-                    self._started[event.call_id] = now
-            elif kind is EventKind.SUCCESS:
-                counters.successes += 1
-                self._record_elapsed(counters, event)
-                self._end_call(counters, event.call_id, now)
-            elif kind is EventKind.FAILURE:
+            if kind is EventKind.FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
                 counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
                 self._record_elapsed(counters, event)

@@ -134,15 +134,15 @@ def test_watchdog_queue_stays_bounded_for_long_deadlines() -> None:
     """Finished attempts with far deadlines are purged, so the watchdog's heap cannot grow
     without bound in a long-running process."""
     watchdog = deadline_module._watchdog
-    for _ in range(3 * deadline_module._COMPACT_AFTER):
+    for _ in range(20_000):
         with deadline_module.watch(3600.0):
             pass
-    assert len(watchdog._heap) <= deadline_module._COMPACT_AFTER + 64
+    assert len(watchdog._watches) == 0
 
 
 def test_watchdog_still_cuts_after_purging() -> None:
     """After many finished watches were purged, a new deadline still fires."""
-    for _ in range(deadline_module._COMPACT_AFTER + 10):
+    for _ in range(5_000):
         with deadline_module.watch(3600.0):
             pass
     with deadline_module.watch(0.05) as item:
