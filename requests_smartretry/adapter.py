@@ -31,13 +31,12 @@ from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
-from .classify import Classification, classify_exception, classify_status
-from .deadline import active_watch, arm, current_scope
+from .classify import SUCCESS, Classification, classify_exception, classify_status
+from .deadline import _scope, active_watch, arm
 from .engine import (
     BreakerGate,
     BudgetGate,
     CallInfo,
-    Finished,
     Outcome,
     build_hooks,
     check_clocks,
@@ -54,6 +53,8 @@ from .stats import Stats
 __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 
 _log = logging.getLogger("requests_smartretry")
+_current_scope = _scope.get
+_SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
 
@@ -205,25 +206,36 @@ def _clamp(timeouts: _Timeouts) -> _Timeouts:
             None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
 
 
-class _NameCache:
-    """Call names by (method, URL) for one policy; bounded, cleared when full (a service
-    that puts ids in its paths must not grow it forever).  Thread-safe: single dict
-    operations only."""
+class _PolicyFacts:
+    """What ``send`` works out once per policy instead of once per request: the default
+    timeouts, which subclass hooks are in force, and the call names by (method, URL).
 
-    __slots__ = ("_names", "policy")
-    SIZE = 512
+    The names are kept only with the default naming (they then depend on the method and
+    URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
+    grow memory.  Thread-safe: single dict operations only.
+    """
 
-    def __init__(self, policy: Optional[RetryPolicy]) -> None:
+    __slots__ = ("default_classify", "default_naming", "default_prepare", "names", "policy",
+                 "timeouts")
+    NAMES = 512
+
+    def __init__(self, adapter: SmartRetryAdapter, policy: RetryPolicy) -> None:
+        cls = type(adapter)
         self.policy = policy
-        self._names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
+        self.timeouts = _clamp(_resolve_timeouts(None, policy))
+        self.default_naming = (policy.name_request is None
+                               and cls.operation_for is SmartRetryAdapter.operation_for
+                               and cls.service_for is SmartRetryAdapter.service_for)
+        self.default_prepare = (policy.prepare_attempt is None
+                                and cls.prepare_attempt is SmartRetryAdapter.prepare_attempt)
+        self.default_classify = (policy.classify_response is None
+                                 and cls.classify_response is SmartRetryAdapter.classify_response)
+        self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
 
-    def get(self, key: tuple[Optional[str], Optional[str]]) -> Optional[CallInfo]:
-        return self._names.get(key)
-
-    def put(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
-        if len(self._names) >= self.SIZE:
-            self._names.clear()
-        self._names[key] = info
+    def remember(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
+        if len(self.names) >= self.NAMES:
+            self.names.clear()
+        self.names[key] = info
 
 
 def _is_default(value: Any) -> bool:
@@ -378,8 +390,7 @@ class SmartRetryAdapter(HTTPAdapter):
         self._reset_caches()
 
     def _reset_caches(self) -> None:
-        self._timeouts_cache: Optional[tuple[RetryPolicy, _Timeouts]] = None
-        self._names = _NameCache(None)
+        self._facts: Optional[_PolicyFacts] = None
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         # getattr: adapters pickled before statistics existed have no ``stats``.
@@ -501,9 +512,14 @@ class SmartRetryAdapter(HTTPAdapter):
                 request=request,
             )
         policy = self.policy
-        timeouts = (self._policy_timeouts(policy) if timeout is None
+        facts = self._facts
+        if facts is None or facts.policy is not policy:
+            facts = self._facts = _PolicyFacts(self, policy)
+        timeouts = (facts.timeouts if timeout is None
                     else _clamp(_resolve_timeouts(timeout, policy)))
-        call = self._call_info(request, policy)
+        call = facts.names.get((request.method, request.url)) if facts.default_naming else None
+        if call is None:
+            call = self._call_info(request, facts)
         replay = _NO_BODY if request.body is None else _BodyReplay(request)
         previous: list[requests.Response] = []
         verdicts: list[Classification] = []  # for previous_attempts()
@@ -515,7 +531,9 @@ class SmartRetryAdapter(HTTPAdapter):
                     stale.close()
                 previous.clear()
                 replay.rewind()
-            if verdicts:
+            if facts.default_prepare:
+                to_send = request
+            elif verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
                 try:
                     to_send = self.prepare_attempt(request, number)
@@ -523,8 +541,8 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies)
-            if outcome.classification.verdict is Verdict.SUCCESS:
+            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies, facts)
+            if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
             if outcome.value is not None:
@@ -543,35 +561,19 @@ class SmartRetryAdapter(HTTPAdapter):
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock)
-        return self._finish(finished)
+        outcome = finished.outcome
+        if outcome.error is not None:
+            finished.unwrap()  # raises the last transport error, history attached
+        response = outcome.value
+        response.retry_history = finished.history  # type: ignore[union-attr]
+        return response  # type: ignore[return-value]
 
-    def _policy_timeouts(self, policy: RetryPolicy) -> _Timeouts:
-        # The policy's (connect, read, total), worked out once per policy object.
-        cached = self._timeouts_cache
-        if cached is None or cached[0] is not policy:
-            cached = self._timeouts_cache = (policy, _clamp(_resolve_timeouts(None, policy)))
-        return cached[1]
-
-    def _call_info(self, request: requests.PreparedRequest, policy: RetryPolicy) -> CallInfo:
-        """The call's names.  With the default naming (no subclass override, no
-        ``name_request`` hook) they depend on the method and URL only, so they are kept
-        for the last few hundred URLs instead of parsing and redacting each time."""
-        cacheable = (policy.name_request is None
-                     and type(self).operation_for is SmartRetryAdapter.operation_for
-                     and type(self).service_for is SmartRetryAdapter.service_for)
-        key = (request.method, request.url)
-        if cacheable:
-            names = self._names
-            if names.policy is not policy:
-                names = self._names = _NameCache(policy)
-            info = names.get(key)
-            if info is not None:
-                return info
+    def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
         info = CallInfo(operation=self.operation_for(request),
                         service=self.service_for(request),
                         method=request.method, url=redact_url(request.url or ""))
-        if cacheable:
-            names.put(key, info)
+        if facts.default_naming:  # names that depend on the method and URL alone
+            facts.remember((request.method, request.url), info)
         return info
 
     def _attempt(
@@ -582,9 +584,10 @@ class SmartRetryAdapter(HTTPAdapter):
         verify: Union[bool, str],
         cert: Any,
         proxies: Optional[dict[str, str]],
+        facts: _PolicyFacts,
     ) -> Outcome[requests.Response]:
         connect_s, read_s, total_s = timeouts
-        scope = current_scope()
+        scope = _current_scope()
         left = scope.remaining() if scope is not None else None
         if left is not None:
             total_s = left if total_s is None else min(total_s, left)
@@ -624,6 +627,9 @@ class SmartRetryAdapter(HTTPAdapter):
             response.close()
             cut = self._deadline_error(total_s, request)
             return Outcome(classify_exception(cut), error=cut, signal=cut)
+        status = response.status_code
+        if facts.default_classify and status < 400 and status not in facts.policy.retry_statuses:
+            return Outcome(SUCCESS, response, None, None, status)  # classify_status's answer
         verdict = self.classify_response(response)
         if verdict.verdict is Verdict.SUCCESS:
             return Outcome(verdict, value=response, status_code=response.status_code)
@@ -653,12 +659,6 @@ class SmartRetryAdapter(HTTPAdapter):
         if not verdict.safe_to_repeat and not idempotent:
             return "unsafe"
         return None
-
-    @staticmethod
-    def _finish(finished: Finished[requests.Response]) -> requests.Response:
-        response = finished.unwrap()  # raises the last transport error, history attached
-        response.retry_history = finished.history  # type: ignore[attr-defined]
-        return response
 
 
 def smart_session(

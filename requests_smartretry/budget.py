@@ -23,6 +23,7 @@ __all__ = ["DEFAULT_BUDGET", "RetryBudget"]
 
 
 _START = EventKind.START
+_REJECTED = EventKind.REJECTED
 # Deposits gather locally until they make a whole token (less a rounding margin).
 _WHOLE_TOKEN = 1.0 - 1e-9
 
@@ -125,7 +126,7 @@ class RetryBudget(StoreUser):
                     return
                 self._pending.pop(service, None)
             self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
-        elif kind is EventKind.REJECTED and event.attempt > 1:
+        elif kind is _REJECTED and event.attempt > 1:
             self.store.budget_change(event.service, self.settings, self._clock(),
                                      1.0 + self._take_pending(event.service), 0.0)
 

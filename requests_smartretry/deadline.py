@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["RetryScope", "Watch", "arm", "current_scope", "remaining", "retry_scope", "watch"]
 
@@ -144,7 +144,11 @@ class Watch:
         token, self._token = self._token, None
         if token is not None:
             _active_watch.reset(token)
-        self.finish()
+        dog = self._dog
+        with dog._lock:  # finish(), inline: this runs for every request
+            self._done = True
+            self._conn = None
+            dog._watches.pop(self, None)
 
     def _fire(self) -> None:
         # The watchdog, under its lock, at the deadline (and every _RECHECK after it: a
@@ -232,7 +236,7 @@ _active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
 def arm(seconds: float) -> Watch:
     """Arm a watch for ``seconds`` and make it this context's active one (the adapter's
     pools attach their connections to it); end it with :meth:`Watch.release`."""
-    item = _watchdog.watch(max(seconds, 0.0))
+    item = _watchdog.watch(seconds if seconds > 0.0 else 0.0)
     item._token = _active_watch.set(item)
     return item
 
@@ -262,6 +266,6 @@ def watch(seconds: Optional[float]) -> _Armed:
     return _Armed(seconds)
 
 
-def active_watch() -> Optional[Watch]:
-    """The watch armed by the innermost :func:`watch` block in this context."""
-    return _active_watch.get()
+#: The watch armed by the innermost :func:`arm` (or :func:`watch` block) in this context,
+#: or ``None``.
+active_watch: Callable[[], Optional[Watch]] = _active_watch.get

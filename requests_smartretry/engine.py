@@ -17,9 +17,18 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 from . import testing as _testing
 from .backoff import backoff_delay
 from .classify import Classification
-from .deadline import current_scope
+from .deadline import _scope
 from .errors import CircuitOpenError, attach_history
-from .events import AttemptEvent, EventKind, Hook, Verdict, event_template, new_event, next_call_id
+from .events import (
+    _EVENT_DEFAULTS,
+    _FIELD_COUNT,
+    AttemptEvent,
+    EventKind,
+    Hook,
+    Verdict,
+    new_event,
+    next_call_id,
+)
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
@@ -37,6 +46,15 @@ __all__ = [
 
 T = TypeVar("T")
 _log = logging.getLogger("requests_smartretry")
+_current_scope = _scope.get
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_time = time.time
+# Enum members read through their class cost a slow class-attribute lookup (Python 3.11):
+# the ones every request reads are module constants.
+_START = EventKind.START
+_SUCCESS = EventKind.SUCCESS
+_SUCCESS_VERDICT = Verdict.SUCCESS
 
 
 class BreakerGate(Protocol):
@@ -166,29 +184,40 @@ def run_call(
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.
     """
-    scope = current_scope()
-    max_attempts = policy.max_attempts
+    # This setup and emit() run for every request, so they avoid helper calls: each
+    # Python-level call costs about as much as the work it would wrap.
+    scope = _current_scope()
+    max_attempts = policy.max_retries + 1
     if scope is not None and policy.nested == "single":
         max_attempts = 1  # the enclosing call does the retrying
-    capped = _testing.testing_attempts()
+    capped = _testing._attempts  # None unless test mode caps the attempts
     if capped is not None:
         max_attempts = min(max_attempts, capped)
-    template = event_template(call.operation, call.service, max_attempts, next_call_id(),
-                              call.method, call.url)
+    template = {**_EVENT_DEFAULTS, "operation": call.operation, "service": call.service,
+                "max_attempts": max_attempts, "call_id": next_call_id(),
+                "method": call.method, "url": call.url}
     history: list[AttemptEvent] = []
+    append = history.append
 
-    # Every request runs this twice (START, SUCCESS): no keyword packing, no helper calls.
     def emit(kind: EventKind, number: int,
              fields: Optional[dict[str, Any]] = None) -> None:
-        event = new_event(template, kind, number, fields)
+        # events.new_event, inline.
+        state = template.copy()
+        state["kind"] = kind
+        state["attempt"] = number
+        state["timestamp"] = _time()
+        if fields:
+            state.update(fields)
+            if len(state) != _FIELD_COUNT:
+                new_event(template, kind, number, fields)  # raises, naming the fields
+        event = _new_object(AttemptEvent)
+        _set_attribute(event, "__dict__", state)
         append(event)
         for hook in hooks:
             try:
                 hook(event)
             except Exception:
                 _hook_failed(hook, event)
-
-    append = history.append
 
     previous_wait: Optional[float] = None
     outcome: Optional[Outcome[T]] = None
@@ -208,7 +237,7 @@ def run_call(
                       "reason": outcome.classification.reason,
                       "give_up_reason": "circuit_open"})
                 return Finished(outcome, tuple(history), "circuit_open")
-        emit(EventKind.START, number)
+        emit(_START, number)
         started = clock()
         try:
             outcome = attempt(number)
@@ -225,9 +254,9 @@ def run_call(
             raise
         elapsed = clock() - started
         verdict = outcome.classification
-        if verdict.verdict is Verdict.SUCCESS:
-            emit(EventKind.SUCCESS, number,
-                 {"verdict": Verdict.SUCCESS, "elapsed": elapsed,
+        if verdict.verdict is _SUCCESS_VERDICT:
+            emit(_SUCCESS, number,
+                 {"verdict": _SUCCESS_VERDICT, "elapsed": elapsed,
                   "status_code": outcome.status_code})
             return Finished(outcome, tuple(history))
         rule = policy.rule_for(verdict.verdict)

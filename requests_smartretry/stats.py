@@ -8,6 +8,7 @@ memory, O(1) per observation, within about 5 % of the true value.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -60,17 +61,11 @@ class LatencyHistogram:
 
     def add(self, seconds: float) -> None:
         """Record one observation (negative and non-finite values are ignored)."""
-        if seconds > _FLOOR:  # False for NaN
-            if seconds == _INF:
-                return
-            index = 1 + int(_log2(seconds / _FLOOR) * _PER_DOUBLING)
-            if index >= _SIZE:
-                index = _SIZE - 1
-        elif seconds >= 0.0:
-            index = 0
-        else:
+        if not 0.0 <= seconds < _INF:
             return
-        self.buckets[index] += 1
+        # Bucket i > 0 holds (FLOOR·2^((i-1)/8), FLOOR·2^(i/8)]; past the last edge, the
+        # overflow bucket.
+        self.buckets[_bisect_left(_EDGES, seconds)] += 1
         self.count += 1
         self.total += seconds
         if seconds < self.minimum:
@@ -128,10 +123,10 @@ class LatencyHistogram:
 
 
 _INF = math.inf
-_log2 = math.log2
-_FLOOR = LatencyHistogram.FLOOR
-_PER_DOUBLING = LatencyHistogram.PER_DOUBLING
-_SIZE = LatencyHistogram.SIZE
+_bisect_left = bisect.bisect_left
+# The upper edges of the buckets but the overflow one: FLOOR·2^(k/8), k = 0 … SIZE-2.
+_EDGES = [LatencyHistogram.FLOOR * 2 ** (k / LatencyHistogram.PER_DOUBLING)
+          for k in range(LatencyHistogram.SIZE - 1)]
 
 
 class _Counters:
