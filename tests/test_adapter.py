@@ -674,3 +674,41 @@ def test_urllib3_timeout_with_a_total_bounds_the_attempt(server: FaultServer) ->
         smart_session(max_retries=0).get(server.url("/hang?seconds=5"),
                                          timeout=Timeout(total=0.4))
     assert time.monotonic() - started < 0.4 + 0.5
+
+
+# -- what send works out once per policy -------------------------------------------------
+
+
+def test_call_names_follow_a_replaced_policy(server: FaultServer) -> None:
+    """Names are kept per (method, URL) for speed, but a new policy's operation_name shows
+    at once, and a subclass's own naming is never cached."""
+    adapter = SmartRetryAdapter(log=False)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    first = session.get(server.url("/ok")).retry_history[0].operation  # type: ignore[attr-defined]
+    adapter.policy = adapter.policy.replace(operation_name="生成艺术照")
+    second = session.get(server.url("/ok")).retry_history[0].operation  # type: ignore[attr-defined]
+    assert (first, second) == (f"GET 127.0.0.1:{server.port}/ok", "生成艺术照")
+
+    names = itertools.count()
+
+    class Counting(SmartRetryAdapter):
+        def operation_for(self, request: requests.PreparedRequest) -> str:
+            return f"call {next(names)}"
+
+    counting = requests.Session()
+    counting.mount("http://", Counting(log=False))
+    seen = [counting.get(server.url("/ok")).retry_history[0].operation  # type: ignore[attr-defined]
+            for _ in range(3)]
+    assert seen == ["call 0", "call 1", "call 2"]
+
+
+def test_cached_call_names_are_bounded(server: FaultServer) -> None:
+    """A service that puts ids in its URLs cannot grow the name cache without bound."""
+    adapter = SmartRetryAdapter(log=False, stats=False)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    for n in range(700):
+        session.get(server.url(f"/ok?id={n}"))
+    assert adapter._facts is not None
+    assert 0 < len(adapter._facts.names) <= adapter._facts.NAMES

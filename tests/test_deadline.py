@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -146,3 +147,24 @@ def test_a_dead_watchdog_thread_is_restarted(monkeypatch: pytest.MonkeyPatch) ->
         time.sleep(0.01)
     assert item.fired
     item.finish()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_watchdog_works_in_a_forked_child() -> None:
+    """A child forked while the parent's watchdog runs (gunicorn, multiprocessing) still
+    has its deadlines enforced: the watchdog starts over in the child."""
+    with watch(30.0):  # the parent's watchdog thread exists and holds a watch in flight
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                with watch(0.05) as armed:
+                    assert armed is not None
+                    limit = time.monotonic() + 5.0
+                    while not armed.fired and time.monotonic() < limit:
+                        time.sleep(0.01)
+                    code = 0 if armed.fired else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
