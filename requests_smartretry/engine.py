@@ -20,12 +20,11 @@ from .classify import Classification
 from .deadline import _scope
 from .errors import CircuitOpenError, attach_history
 from .events import (
-    _EVENT_DEFAULTS,
-    _FIELD_COUNT,
     AttemptEvent,
     EventKind,
     Hook,
     Verdict,
+    event_template,
     new_event,
     next_call_id,
 )
@@ -47,9 +46,6 @@ __all__ = [
 T = TypeVar("T")
 _log = logging.getLogger("requests_smartretry")
 _current_scope = _scope.get
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-_time = time.time
 # Enum members read through their class cost a slow class-attribute lookup (Python 3.11):
 # the ones every request reads are module constants.
 _START = EventKind.START
@@ -184,8 +180,9 @@ def run_call(
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.
     """
-    # This setup and emit() run for every request, so they avoid helper calls: each
-    # Python-level call costs about as much as the work it would wrap.
+    # This setup and emit() run for every request: C-level accessors (the scope's
+    # ContextVar.get, the call-id counter) instead of wrapper functions, and the hooks
+    # called in a plain loop.
     scope = _current_scope()
     max_attempts = policy.max_retries + 1
     if scope is not None and policy.nested == "single":
@@ -193,25 +190,14 @@ def run_call(
     capped = _testing._attempts  # None unless test mode caps the attempts
     if capped is not None:
         max_attempts = min(max_attempts, capped)
-    template = {**_EVENT_DEFAULTS, "operation": call.operation, "service": call.service,
-                "max_attempts": max_attempts, "call_id": next_call_id(),
-                "method": call.method, "url": call.url}
+    template = event_template(call.operation, call.service, max_attempts, next_call_id(),
+                              call.method, call.url)
     history: list[AttemptEvent] = []
     append = history.append
 
     def emit(kind: EventKind, number: int,
              fields: Optional[dict[str, Any]] = None) -> None:
-        # events.new_event, inline.
-        state = template.copy()
-        state["kind"] = kind
-        state["attempt"] = number
-        state["timestamp"] = _time()
-        if fields:
-            state.update(fields)
-            if len(state) != _FIELD_COUNT:
-                new_event(template, kind, number, fields)  # raises, naming the fields
-        event = _new_object(AttemptEvent)
-        _set_attribute(event, "__dict__", state)
+        event = new_event(template, kind, number, fields)
         append(event)
         for hook in hooks:
             try:
