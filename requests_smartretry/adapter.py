@@ -31,8 +31,8 @@ from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
-from .classify import SUCCESS, Classification, classify_exception, classify_status
-from .deadline import _scope, active_watch, arm
+from .classify import Classification, classify_exception, classify_status
+from .deadline import active_watch, arm, current_scope
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -53,7 +53,6 @@ from .stats import Stats
 __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 
 _log = logging.getLogger("requests_smartretry")
-_current_scope = _scope.get
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
@@ -160,10 +159,17 @@ class _BodyReplay:
 _NO_BODY = _BodyReplay.empty()
 
 
-def _resolve_timeouts(
-    timeout: TimeoutArg, policy: RetryPolicy
-) -> tuple[Optional[float], Optional[float], Optional[float]]:
-    """(connect, read, attempt total) in seconds.  ``None`` from requests' default means
+def _resolve_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
+    """(connect, read, attempt total) in seconds, each at most :data:`_MAX_SOCKET_TIMEOUT`
+    (past that, sockets overflow)."""
+    connect, read, total = _requested_timeouts(timeout, policy)
+    return (None if connect is None else min(connect, _MAX_SOCKET_TIMEOUT),
+            None if read is None else min(read, _MAX_SOCKET_TIMEOUT),
+            None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
+
+
+def _requested_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
+    """(connect, read, attempt total) in seconds, as asked.  ``None`` from requests' default means
     the policy's; the caller's explicit value wins.  A ``(connect, read)`` tuple bounds the
     attempt by ``connect + read``."""
     if timeout is None:
@@ -198,38 +204,25 @@ def _resolve_timeouts(
     return (seconds, seconds, seconds)
 
 
-def _clamp(timeouts: _Timeouts) -> _Timeouts:
-    """Each part at most :data:`_MAX_SOCKET_TIMEOUT` (past that, sockets overflow)."""
-    connect, read, total = timeouts
-    return (None if connect is None else min(connect, _MAX_SOCKET_TIMEOUT),
-            None if read is None else min(read, _MAX_SOCKET_TIMEOUT),
-            None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
-
-
 class _PolicyFacts:
     """What ``send`` works out once per policy instead of once per request: the default
-    timeouts, which subclass hooks are in force, and the call names by (method, URL).
+    timeouts, whether the default naming is in force, and the call names by (method, URL).
 
     The names are kept only with the default naming (they then depend on the method and
     URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
     grow memory.  Thread-safe: single dict operations only.
     """
 
-    __slots__ = ("default_classify", "default_naming", "default_prepare", "names", "policy",
-                 "timeouts")
+    __slots__ = ("default_naming", "names", "policy", "timeouts")
     NAMES = 512
 
     def __init__(self, adapter: SmartRetryAdapter, policy: RetryPolicy) -> None:
         cls = type(adapter)
         self.policy = policy
-        self.timeouts = _clamp(_resolve_timeouts(None, policy))
+        self.timeouts = _resolve_timeouts(None, policy)
         self.default_naming = (policy.name_request is None
                                and cls.operation_for is SmartRetryAdapter.operation_for
                                and cls.service_for is SmartRetryAdapter.service_for)
-        self.default_prepare = (policy.prepare_attempt is None
-                                and cls.prepare_attempt is SmartRetryAdapter.prepare_attempt)
-        self.default_classify = (policy.classify_response is None
-                                 and cls.classify_response is SmartRetryAdapter.classify_response)
         self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
 
     def remember(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
@@ -515,25 +508,23 @@ class SmartRetryAdapter(HTTPAdapter):
         facts = self._facts
         if facts is None or facts.policy is not policy:
             facts = self._facts = _PolicyFacts(self, policy)
-        timeouts = (facts.timeouts if timeout is None
-                    else _clamp(_resolve_timeouts(timeout, policy)))
+        timeouts = facts.timeouts if timeout is None else _resolve_timeouts(timeout, policy)
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
             call = self._call_info(request, facts)
         replay = _NO_BODY if request.body is None else _BodyReplay(request)
         previous: list[requests.Response] = []
         verdicts: list[Classification] = []  # for previous_attempts()
-        idempotent: list[bool] = []  # decided at the first failure that asks
+        idempotent: Optional[bool] = None  # decided at the first failure that asks
 
         def attempt(number: int) -> Outcome[requests.Response]:
+            nonlocal idempotent
             if number > 1:
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
                 replay.rewind()
-            if facts.default_prepare:
-                to_send = request
-            elif verdicts:
+            if verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
                 try:
                     to_send = self.prepare_attempt(request, number)
@@ -541,7 +532,7 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies, facts)
+            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies)
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
@@ -553,20 +544,17 @@ class SmartRetryAdapter(HTTPAdapter):
             if outcome.signal is not None and outcome.signal is not outcome.error:
                 redact_exception(outcome.signal)
             if outcome.classification.retryable:
-                if not idempotent:
-                    idempotent.append(self.is_idempotent(request))
-                outcome.veto = self._veto(outcome, idempotent[0], replay)
+                if idempotent is None:
+                    idempotent = self.is_idempotent(request)
+                outcome.veto = self._veto(outcome, idempotent, replay)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock)
-        outcome = finished.outcome
-        if outcome.error is not None:
-            finished.unwrap()  # raises the last transport error, history attached
-        response = outcome.value
-        response.retry_history = finished.history  # type: ignore[union-attr]
-        return response  # type: ignore[return-value]
+        response = finished.unwrap()  # raises the last transport error, history attached
+        response.retry_history = finished.history  # type: ignore[attr-defined]
+        return response
 
     def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
         info = CallInfo(operation=self.operation_for(request),
@@ -584,10 +572,9 @@ class SmartRetryAdapter(HTTPAdapter):
         verify: Union[bool, str],
         cert: Any,
         proxies: Optional[dict[str, str]],
-        facts: _PolicyFacts,
     ) -> Outcome[requests.Response]:
         connect_s, read_s, total_s = timeouts
-        scope = _current_scope()
+        scope = current_scope()
         left = scope.remaining() if scope is not None else None
         if left is not None:
             total_s = left if total_s is None else min(total_s, left)
@@ -627,9 +614,6 @@ class SmartRetryAdapter(HTTPAdapter):
             response.close()
             cut = self._deadline_error(total_s, request)
             return Outcome(classify_exception(cut), error=cut, signal=cut)
-        status = response.status_code
-        if facts.default_classify and status < 400 and status not in facts.policy.retry_statuses:
-            return Outcome(SUCCESS, response, None, None, status)  # classify_status's answer
         verdict = self.classify_response(response)
         if verdict.verdict is Verdict.SUCCESS:
             return Outcome(verdict, value=response, status_code=response.status_code)

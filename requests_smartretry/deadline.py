@@ -54,9 +54,9 @@ _scope: contextvars.ContextVar[Optional[RetryScope]] = contextvars.ContextVar(
 )
 
 
-def current_scope() -> Optional[RetryScope]:
-    """The enclosing retrying call's scope, or ``None`` outside any."""
-    return _scope.get()
+#: The enclosing retrying call's scope, or ``None`` outside any (the context variable's
+#: own ``get``: the engine and the adapter read it on every request).
+current_scope: Callable[[], Optional[RetryScope]] = _scope.get
 
 
 def remaining() -> Optional[float]:
@@ -144,11 +144,7 @@ class Watch:
         token, self._token = self._token, None
         if token is not None:
             _active_watch.reset(token)
-        dog = self._dog
-        with dog._lock:  # finish(), inline: this runs for every request
-            self._done = True
-            self._conn = None
-            dog._watches.pop(self, None)
+        self.finish()
 
     def _fire(self) -> None:
         # The watchdog, under its lock, at the deadline (and every _RECHECK after it: a

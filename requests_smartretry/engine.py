@@ -17,13 +17,14 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 from . import testing as _testing
 from .backoff import backoff_delay
 from .classify import Classification
-from .deadline import _scope
+from .deadline import current_scope
 from .errors import CircuitOpenError, attach_history
 from .events import (
     AttemptEvent,
     EventKind,
     Hook,
     Verdict,
+    dispatch,
     event_template,
     new_event,
     next_call_id,
@@ -45,7 +46,6 @@ __all__ = [
 
 T = TypeVar("T")
 _log = logging.getLogger("requests_smartretry")
-_current_scope = _scope.get
 # Enum members read through their class cost a slow class-attribute lookup (Python 3.11):
 # the ones every request reads are module constants.
 _START = EventKind.START
@@ -180,10 +180,9 @@ def run_call(
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.
     """
-    # This setup and emit() run for every request: C-level accessors (the scope's
-    # ContextVar.get, the call-id counter) instead of wrapper functions, and the hooks
-    # called in a plain loop.
-    scope = _current_scope()
+    # This setup and emit() run for every request (current_scope and next_call_id are
+    # C-level accessors).
+    scope = current_scope()
     max_attempts = policy.max_retries + 1
     if scope is not None and policy.nested == "single":
         max_attempts = 1  # the enclosing call does the retrying
@@ -193,17 +192,12 @@ def run_call(
     template = event_template(call.operation, call.service, max_attempts, next_call_id(),
                               call.method, call.url)
     history: list[AttemptEvent] = []
-    append = history.append
 
     def emit(kind: EventKind, number: int,
              fields: Optional[dict[str, Any]] = None) -> None:
         event = new_event(template, kind, number, fields)
-        append(event)
-        for hook in hooks:
-            try:
-                hook(event)
-            except Exception:
-                _hook_failed(hook, event)
+        history.append(event)
+        dispatch(hooks, event)
 
     previous_wait: Optional[float] = None
     outcome: Optional[Outcome[T]] = None
@@ -280,11 +274,6 @@ def run_call(
             raise
         previous_wait = wait
     raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
-
-
-def _hook_failed(hook: Hook, event: AttemptEvent) -> None:
-    # A failing hook is logged and never breaks the call (as events.dispatch does).
-    _log.exception("requests_smartretry: hook %r failed on a %s event", hook, event.kind.value)
 
 
 def _decide(

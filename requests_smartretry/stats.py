@@ -23,8 +23,11 @@ TOTAL_KEY = "__total__"
 #: Operations beyond ``max_operations`` are counted together under this key.
 OTHER_KEY = "__other__"
 
+# Module constants: an enum member read through its class is a slow lookup (Python 3.11),
+# and these are read for every event.
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
+_GIVE_UP = EventKind.GIVE_UP
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -61,11 +64,11 @@ class LatencyHistogram:
 
     def add(self, seconds: float) -> None:
         """Record one observation (negative and non-finite values are ignored)."""
-        if not 0.0 <= seconds < _INF:
+        if not 0.0 <= seconds < math.inf:
             return
         # Bucket i > 0 holds (FLOOR·2^((i-1)/8), FLOOR·2^(i/8)]; past the last edge, the
         # overflow bucket.
-        self.buckets[_bisect_left(_EDGES, seconds)] += 1
+        self.buckets[bisect.bisect_left(_EDGES, seconds)] += 1
         self.count += 1
         self.total += seconds
         if seconds < self.minimum:
@@ -122,8 +125,6 @@ class LatencyHistogram:
         return summary
 
 
-_INF = math.inf
-_bisect_left = bisect.bisect_left
 # The upper edges of the buckets but the overflow one: FLOOR·2^(k/8), k = 0 … SIZE-2.
 _EDGES = [LatencyHistogram.FLOOR * 2 ** (k / LatencyHistogram.PER_DOUBLING)
           for k in range(LatencyHistogram.SIZE - 1)]
@@ -245,51 +246,30 @@ class Stats:
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event (the hook entry point)."""
         kind = event.kind
-        # Every request brings a START and (nearly always) a SUCCESS: those two first, inline.
-        if kind is _START:
-            now = self._clock()
-            with self._lock:
-                counters = self._operations.get(event.operation)
-                if counters is None:
-                    counters = self._new_operation(event.operation)
-                counters.attempts += 1
-                if event.attempt == 1:
-                    counters.requests += 1
-                    started = self._started
-                    if len(started) >= self.max_in_flight:
-                        del started[next(iter(started))]
-                    started[event.call_id] = now
-            return
-        if kind is _SUCCESS:
-            now = self._clock()
-            elapsed = event.elapsed
-            with self._lock:
-                counters = self._operations.get(event.operation)
-                if counters is None:
-                    counters = self._new_operation(event.operation)
-                counters.successes += 1
-                if elapsed is not None:
-                    counters.attempt_seconds.add(elapsed)
-                began = self._started.pop(event.call_id, None)
-                if began is not None:
-                    counters.call_seconds.add(max(0.0, now - began))
-            return
-        self._count_other(event)
-
-    def _count_other(self, event: AttemptEvent) -> None:
-        kind = event.kind
-        now = self._clock() if kind is EventKind.GIVE_UP else 0.0
+        # Only the events that start or end a call read the clock.
+        now = self._clock() if kind is _START or kind is _SUCCESS or kind is _GIVE_UP else 0.0
         with self._lock:
             counters = self._operations.get(event.operation)
             if counters is None:
                 counters = self._new_operation(event.operation)
-            if kind is EventKind.FAILURE:
+            if kind is _START:
+                counters.attempts += 1
+                if event.attempt == 1:
+                    counters.requests += 1
+                    if len(self._started) >= self.max_in_flight:
+                        del self._started[next(iter(self._started))]
+                    self._started[event.call_id] = now
+            elif kind is _SUCCESS:
+                counters.successes += 1
+                self._record_elapsed(counters, event)
+                self._end_call(counters, event.call_id, now)
+            elif kind is EventKind.FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
                 counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
                 self._record_elapsed(counters, event)
             elif kind is EventKind.RETRY:
                 counters.retries += 1
-            elif kind is EventKind.GIVE_UP:
+            elif kind is _GIVE_UP:
                 reason = event.give_up_reason or "unknown"
                 counters.give_ups[reason] = counters.give_ups.get(reason, 0) + 1
                 if reason == "budget":
