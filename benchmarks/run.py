@@ -208,24 +208,32 @@ def ratio_cell_iqr(values: list[float]) -> str:
 
 # -- scenario 1: success-path overhead ---------------------------------------------------
 
+def interleaved_rounds(clients: dict[str, Client], url: str, rounds: int,
+                       per_round: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each library's ``per_round`` GETs, round after round in a
+    rotated order; closes the clients at the end."""
+    seconds: dict[str, list[tuple[float, float]]] = {n: [] for n in clients}
+    for index in range(rounds):
+        for name in rotated(tuple(clients), index):
+            get = clients[name].get
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(per_round):
+                get(url)
+            seconds[name].append((time.perf_counter() - w0, time.process_time() - c0))
+    for client in clients.values():
+        client.close()
+    return seconds
+
+
 def bench_overhead(server: Server, rounds: int, per_round: int) -> dict[str, Any]:
     clients = {name: make_client(name) for name in LIBRARIES}
     url = server.url("/ok")
     for client in clients.values():  # warm: connections, imports, caches
         for _ in range(50):
             client.get(url)
-    wall: dict[str, list[float]] = {n: [] for n in LIBRARIES}
-    cpu: dict[str, list[float]] = {n: [] for n in LIBRARIES}
-    for index in range(rounds):
-        for name in rotated(LIBRARIES, index):
-            get = clients[name].get
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(per_round):
-                get(url)
-            wall[name].append((time.perf_counter() - w0) / per_round * 1e6)
-            cpu[name].append((time.process_time() - c0) / per_round * 1e6)
-    for client in clients.values():
-        client.close()
+    seconds = interleaved_rounds(clients, url, rounds, per_round)
+    wall = {n: [w / per_round * 1e6 for w, _ in seconds[n]] for n in LIBRARIES}
+    cpu = {n: [c / per_round * 1e6 for _, c in seconds[n]] for n in LIBRARIES}
     return {
         "per_round": per_round,
         "rounds": rounds,
@@ -246,19 +254,9 @@ def bench_throughput(server: Server, rounds: int, per_round: int) -> dict[str, A
     url = server.url(f"/big?bytes={BIG}")
     for client in clients.values():
         assert len(client.get(url).content) == BIG
-    mbps: dict[str, list[float]] = {n: [] for n in LIBRARIES}
-    cpu_ms: dict[str, list[float]] = {n: [] for n in LIBRARIES}
-    for index in range(rounds):
-        for name in rotated(LIBRARIES, index):
-            get = clients[name].get
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(per_round):
-                get(url)
-            elapsed = time.perf_counter() - w0
-            mbps[name].append(BIG * per_round / elapsed / 1e6)
-            cpu_ms[name].append((time.process_time() - c0) / per_round * 1e3)
-    for client in clients.values():
-        client.close()
+    seconds = interleaved_rounds(clients, url, rounds, per_round)
+    mbps = {n: [BIG * per_round / w / 1e6 for w, _ in seconds[n]] for n in LIBRARIES}
+    cpu_ms = {n: [c / per_round * 1e3 for _, c in seconds[n]] for n in LIBRARIES}
     return {
         "rounds": rounds,
         "per_round": per_round,
