@@ -337,10 +337,9 @@ class SmartRetryAdapter(HTTPAdapter):
         policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
         check_clocks(sleep, clock)
         hooks = check_hooks(hooks)
-        # stats: None gives this adapter its own Stats (on its clock); a Stats is shared;
-        # False: none.
+        # stats: None gives this adapter its own Stats; a Stats is shared; False: none.
         if stats is None:
-            stats = Stats(clock=clock)
+            stats = Stats()
         elif stats is not False and not isinstance(stats, Stats):
             raise TypeError(f"stats must be a Stats, None or False, got {stats!r}")
         self.stats: Optional[Stats] = stats or None

@@ -19,16 +19,7 @@ from .backoff import backoff_delay
 from .classify import Classification
 from .deadline import current_scope
 from .errors import CircuitOpenError, attach_history
-from .events import (
-    AttemptEvent,
-    EventKind,
-    Hook,
-    Verdict,
-    dispatch,
-    event_template,
-    new_event,
-    next_call_id,
-)
+from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 
@@ -180,8 +171,7 @@ def run_call(
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.
     """
-    # This setup and emit() run for every request (current_scope and next_call_id are
-    # C-level accessors).
+    # This setup runs for every request (current_scope is a C-level accessor).
     scope = current_scope()
     max_attempts = policy.max_retries + 1
     if scope is not None and policy.nested == "single":
@@ -189,18 +179,14 @@ def run_call(
     capped = _testing._attempts  # None unless test mode caps the attempts
     if capped is not None:
         max_attempts = min(max_attempts, capped)
-    template = event_template(call.operation, call.service, max_attempts, next_call_id(),
-                              call.method, call.url)
-    history: list[AttemptEvent] = []
-
-    def emit(kind: EventKind, number: int,
-             fields: Optional[dict[str, Any]] = None) -> None:
-        event = new_event(template, kind, number, fields)
-        history.append(event)
-        dispatch(hooks, event)
+    events = CallEvents(hooks, call.operation, call.service, max_attempts,
+                        call.method, call.url)
+    emit = events.emit
+    history = events.history
 
     previous_wait: Optional[float] = None
     outcome: Optional[Outcome[T]] = None
+    call_started = 0.0  # clock() at the first attempt's start
     failures_by_verdict: dict[Verdict, int] = {}  # for per-verdict retry limits
     for number in range(1, max_attempts + 1):
         if breaker is not None:
@@ -215,29 +201,35 @@ def run_call(
                 emit(EventKind.GIVE_UP, number - 1,
                      {"verdict": outcome.classification.verdict,
                       "reason": outcome.classification.reason,
-                      "give_up_reason": "circuit_open"})
+                      "give_up_reason": "circuit_open",
+                      "call_elapsed": clock() - call_started})
                 return Finished(outcome, tuple(history), "circuit_open")
         emit(_START, number)
         started = clock()
+        if number == 1:
+            call_started = started
         try:
             outcome = attempt(number)
         except BaseException as exc:
             # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
             # interrupted: the call ends here, but its events still close it out.
             reason = type(exc).__name__
+            ended = clock()
             emit(EventKind.FAILURE, number,
                  {"verdict": Verdict.PERMANENT, "reason": reason, "error": exc,
-                  "elapsed": clock() - started})
+                  "elapsed": ended - started})
             emit(EventKind.GIVE_UP, number,
-                 {"verdict": Verdict.PERMANENT, "reason": reason, "give_up_reason": "error"})
+                 {"verdict": Verdict.PERMANENT, "reason": reason, "give_up_reason": "error",
+                  "call_elapsed": ended - call_started})
             attach_history(exc, tuple(history))
             raise
-        elapsed = clock() - started
+        ended = clock()
+        elapsed = ended - started
         verdict = outcome.classification
         if verdict.verdict is _SUCCESS_VERDICT:
             emit(_SUCCESS, number,
                  {"verdict": _SUCCESS_VERDICT, "elapsed": elapsed,
-                  "status_code": outcome.status_code})
+                  "status_code": outcome.status_code, "call_elapsed": ended - call_started})
             return Finished(outcome, tuple(history))
         rule = policy.rule_for(verdict.verdict)
         emit(EventKind.FAILURE, number,
@@ -257,7 +249,8 @@ def run_call(
             emit(EventKind.GIVE_UP, number,
                  {"verdict": verdict.verdict, "reason": verdict.reason,
                   "status_code": outcome.status_code, "retry_after": verdict.retry_after,
-                  "give_up_reason": give_up, "backoff_cap": cap})
+                  "give_up_reason": give_up, "backoff_cap": cap,
+                  "call_elapsed": clock() - call_started})
             return Finished(outcome, tuple(history), give_up)
 
         emit(EventKind.RETRY, number,
@@ -269,7 +262,7 @@ def run_call(
         except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
             emit(EventKind.GIVE_UP, number,
                  {"verdict": verdict.verdict, "reason": verdict.reason,
-                  "give_up_reason": "interrupted"})
+                  "give_up_reason": "interrupted", "call_elapsed": clock() - call_started})
             attach_history(exc, tuple(history))
             raise
         previous_wait = wait

@@ -11,8 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind
 
@@ -27,7 +26,6 @@ OTHER_KEY = "__other__"
 # and these are read for every event.
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
-_GIVE_UP = EventKind.GIVE_UP
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -202,8 +200,9 @@ class Stats:
     ``failures_by_verdict``, ``give_ups`` (calls that ended in failure) and
     ``give_ups_by_reason``, ``rejections`` (breaker refusals), ``budget_denials``,
     ``in_flight``, ``retry_rate`` (retries per request) and latency summaries
-    ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max; a call's time
-    runs from its first attempt's start to its end, on ``clock``).  The totals over every
+    ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max), from the
+    events' ``elapsed`` and ``call_elapsed`` (the retry loop measures both on its
+    clock).  The totals over every
     operation are under :data:`TOTAL_KEY`.
 
     Thread safety: every event takes one short lock (no I/O, no callbacks under it);
@@ -217,28 +216,14 @@ class Stats:
     #: The snapshot key of the totals (also ``requests_smartretry.stats.TOTAL_KEY``).
     TOTAL_KEY = TOTAL_KEY
 
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        max_operations: int = 1000,
-        max_in_flight: int = 100_000,
-    ) -> None:
-        if not callable(clock):
-            raise TypeError(f"clock must be callable, got {clock!r}")
-        for name, value in (("max_operations", max_operations), ("max_in_flight", max_in_flight)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
-        self._clock = clock
+    def __init__(self, *, max_operations: int = 1000) -> None:
+        if isinstance(max_operations, bool) or not isinstance(max_operations, int):
+            raise TypeError(f"max_operations must be an int, got {max_operations!r}")
+        if max_operations < 1:
+            raise ValueError(f"max_operations must be >= 1, got {max_operations!r}")
         self.max_operations = max_operations
-        self.max_in_flight = max_in_flight
         self._lock = threading.Lock()
         self._operations: dict[str, _Counters] = {}
-        # call_id -> clock() at its first attempt; entries leave when the call ends.  A call
-        # that never ends (its thread died mid-call) is evicted, oldest first, at the cap.
-        self._started: dict[int, float] = {}
 
     def __repr__(self) -> str:
         return f"Stats(operations={len(self._operations)})"
@@ -246,8 +231,6 @@ class Stats:
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event (the hook entry point)."""
         kind = event.kind
-        # Only the events that start or end a call read the clock.
-        now = self._clock() if kind is _START or kind is _SUCCESS or kind is _GIVE_UP else 0.0
         with self._lock:
             counters = self._operations.get(event.operation)
             if counters is None:
@@ -256,31 +239,31 @@ class Stats:
                 counters.attempts += 1
                 if event.attempt == 1:
                     counters.requests += 1
-                    if len(self._started) >= self.max_in_flight:
-                        del self._started[next(iter(self._started))]
-                    self._started[event.call_id] = now
             elif kind is _SUCCESS:
                 counters.successes += 1
-                self._record_elapsed(counters, event)
-                self._end_call(counters, event.call_id, now)
+                if event.elapsed is not None:
+                    counters.attempt_seconds.add(event.elapsed)
+                if event.call_elapsed is not None:
+                    counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
                 counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
-                self._record_elapsed(counters, event)
+                if event.elapsed is not None:
+                    counters.attempt_seconds.add(event.elapsed)
             elif kind is EventKind.RETRY:
                 counters.retries += 1
-            elif kind is _GIVE_UP:
+            elif kind is EventKind.GIVE_UP:
                 reason = event.give_up_reason or "unknown"
                 counters.give_ups[reason] = counters.give_ups.get(reason, 0) + 1
                 if reason == "budget":
                     counters.budget_denials += 1
-                self._end_call(counters, event.call_id, now)
+                if event.call_elapsed is not None:
+                    counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.REJECTED:
                 counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here
                     counters.requests += 1
                     counters.refused += 1
-                    self._started.pop(event.call_id, None)
 
     def _new_operation(self, operation: str) -> _Counters:
         if len(self._operations) >= self.max_operations:
@@ -290,16 +273,6 @@ class Stats:
             return counters
         counters = self._operations[operation] = _Counters()
         return counters
-
-    @staticmethod
-    def _record_elapsed(counters: _Counters, event: AttemptEvent) -> None:
-        if event.elapsed is not None:
-            counters.attempt_seconds.add(event.elapsed)
-
-    def _end_call(self, counters: _Counters, call_id: int, now: float) -> None:
-        started = self._started.pop(call_id, None)
-        if started is not None:
-            counters.call_seconds.add(max(0.0, now - started))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Plain, JSON-serialisable counts keyed by operation name, plus :data:`TOTAL_KEY`."""
@@ -319,20 +292,21 @@ class Stats:
             return sorted(self._operations)
 
     def reset(self) -> None:
-        """Forget every count (calls in flight finish without a call time)."""
+        """Forget every count."""
         with self._lock:
             self._operations.clear()
-            self._started.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        # The lock cannot be pickled; calls in flight belong to this process only.
+        # The lock cannot be pickled.
         with self._lock:
             state = self.__dict__.copy()
             state["_operations"] = {k: v.copy() for k, v in self._operations.items()}
         del state["_lock"]
-        state["_started"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Stats pickled by 0.1 kept their own clock and calls in flight.
+        for stale in ("_clock", "_started", "max_in_flight"):
+            state.pop(stale, None)
         self.__dict__.update(state)
         self._lock = threading.Lock()

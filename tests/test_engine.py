@@ -12,6 +12,7 @@ from requests_smartretry.deadline import retry_scope
 from requests_smartretry.engine import CallInfo, Outcome, run_call
 from requests_smartretry.events import AttemptEvent
 from requests_smartretry.testing import fast_retries
+from tests.conftest import FakeClock
 
 CALL = CallInfo(operation="op", service="svc")
 OK = Outcome[str](Classification(Verdict.SUCCESS, "ok"), value="done")
@@ -217,3 +218,24 @@ def test_an_interrupted_backoff_closes_the_call() -> None:
     assert events[-1].give_up_reason == "interrupted"
     assert caught.value.retry_history[-1] is events[-1]  # type: ignore[attr-defined]
 
+
+
+@pytest.mark.parametrize("ending", ["success", "give_up"])
+def test_the_last_event_carries_the_call_time_backoff_included(ending: str) -> None:
+    """SUCCESS and GIVE_UP carry call_elapsed: first attempt's start to the end, on the
+    loop's clock, waits included; each attempt's own elapsed excludes the waits."""
+    clock = FakeClock(50.0)
+
+    def attempt(number: int) -> Outcome[str]:
+        clock.advance(0.25)  # each attempt takes 0.25 s
+        return OK if ending == "success" and number == 2 else failing()
+
+    events: list[AttemptEvent] = []
+    run_call(RetryPolicy(max_retries=1), CALL, attempt, sleep=clock.advance, clock=clock,
+             hooks=(events.append,))
+    last = events[-1]
+    assert last.kind is (EventKind.SUCCESS if ending == "success" else EventKind.GIVE_UP)
+    assert last.call_elapsed == pytest.approx(0.25 + 1.0 + 0.25)
+    assert [e.elapsed for e in events if e.kind in (EventKind.SUCCESS, EventKind.FAILURE)] \
+        == [0.25, 0.25]
+    assert all(e.call_elapsed is None for e in events[:-1])
