@@ -32,7 +32,7 @@ from urllib3.util.timeout import Timeout as Urllib3Timeout
 from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
 from .classify import Classification, classify_exception, classify_status
-from .deadline import active_watch, arm, current_scope
+from .deadline import Watch, active_watch, current_scope
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -79,7 +79,7 @@ class _WatchedPoolMixin:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         current = active_watch()
         if current is not None:
-            current.attach(conn)
+            current.conn = conn
         return conn
 
     def _put_conn(self, conn: Any) -> None:
@@ -206,20 +206,23 @@ def _requested_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
 
 class _PolicyFacts:
     """What ``send`` works out once per policy instead of once per request: the default
-    timeouts, whether the default naming is in force, and the call names by (method, URL).
+    timeouts (and the urllib3 ``Timeout`` for them: building one costs about as much as
+    the rest of an attempt's bookkeeping, and urllib3 only ever clones it), whether the
+    default naming is in force, and the call names by (method, URL).
 
     The names are kept only with the default naming (they then depend on the method and
     URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
     grow memory.  Thread-safe: single dict operations only.
     """
 
-    __slots__ = ("default_naming", "names", "policy", "timeouts")
+    __slots__ = ("default_naming", "names", "policy", "socket_timeout", "timeouts")
     NAMES = 512
 
     def __init__(self, adapter: SmartRetryAdapter, policy: RetryPolicy) -> None:
         cls = type(adapter)
         self.policy = policy
         self.timeouts = _resolve_timeouts(None, policy)
+        self.socket_timeout = Urllib3Timeout(connect=self.timeouts[0], read=self.timeouts[1])
         self.default_naming = (policy.name_request is None
                                and cls.operation_for is SmartRetryAdapter.operation_for
                                and cls.service_for is SmartRetryAdapter.service_for)
@@ -507,7 +510,10 @@ class SmartRetryAdapter(HTTPAdapter):
         facts = self._facts
         if facts is None or facts.policy is not policy:
             facts = self._facts = _PolicyFacts(self, policy)
-        timeouts = facts.timeouts if timeout is None else _resolve_timeouts(timeout, policy)
+        if timeout is None:
+            timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
+        else:
+            timeouts, socket_timeout = _resolve_timeouts(timeout, policy), None
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
             call = self._call_info(request, facts)
@@ -531,7 +537,8 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies)
+            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
+                                    socket_timeout)
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
@@ -571,7 +578,10 @@ class SmartRetryAdapter(HTTPAdapter):
         verify: Union[bool, str],
         cert: Any,
         proxies: Optional[dict[str, str]],
+        socket_timeout: Optional[Urllib3Timeout] = None,
     ) -> Outcome[requests.Response]:
+        """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
+        ``timeouts``' connect and read parts (used unless the deadline shortens them)."""
         connect_s, read_s, total_s = timeouts
         scope = current_scope()
         left = scope.remaining() if scope is not None else None
@@ -584,12 +594,15 @@ class SmartRetryAdapter(HTTPAdapter):
                 return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
                                error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
-        deadline = None if total_s is None else arm(total_s)
+        if socket_timeout is None or connect_s != timeouts[0]:
+            socket_timeout = Urllib3Timeout(connect=connect_s, read=read_s)
+        deadline = None if total_s is None else Watch(total_s)
         sent: Optional[requests.Response] = None
         try:
-            response = sent = super().send(request, stream=True,
-                                           timeout=(connect_s, read_s),  # type: ignore[arg-type]
-                                           verify=verify, cert=cert, proxies=proxies)
+            response = sent = super().send(
+                request, stream=True,
+                timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
+                verify=verify, cert=cert, proxies=proxies)
             if not stream:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
@@ -608,7 +621,7 @@ class SmartRetryAdapter(HTTPAdapter):
             return Outcome(verdict, error=exc, signal=exc)
         finally:
             if deadline is not None:
-                deadline.release()
+                deadline.finish()
         if deadline is not None and deadline.fired:
             response.close()
             cut = self._deadline_error(total_s, request)

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-__all__ = ["RetryScope", "Watch", "arm", "current_scope", "remaining", "retry_scope", "watch"]
+__all__ = ["RetryScope", "Watch", "active_watch", "current_scope", "remaining", "retry_scope",
+           "watch"]
 
 # When a deadline passes while no socket exists yet (connecting), look again this often.
 _RECHECK = 0.02
@@ -96,69 +97,69 @@ def _shutdown_socket(sock: Any) -> None:
 
 
 class Watch:
-    """One attempt's deadline, armed on the connection that carries it.
+    """One attempt's deadline: armed by creating it, ended by :meth:`finish`.
 
-    Every state change happens under the watchdog's lock, so the watchdog never shuts a
-    socket after the attempt detached it or finished.
+    Creating a watch registers it with the process-wide watchdog and makes it this
+    context's active one (:func:`active_watch`), so that the adapter's pools can hand it
+    the connection that carries the attempt.  If the attempt still runs at
+    ``deadline_at``, the watchdog shuts that connection's socket down.
     """
 
-    __slots__ = ("_check_at", "_conn", "_dog", "_done", "_token", "deadline_at", "fired")
+    __slots__ = ("_check_at", "_dog", "_token", "conn", "deadline_at", "fired")
 
-    def __init__(self, deadline_at: float, dog: _Watchdog) -> None:
-        self.deadline_at = deadline_at
+    def __init__(self, seconds: float, *, dog: Optional[_Watchdog] = None) -> None:
+        if dog is None:
+            dog = _watchdog
+        self.deadline_at = self._check_at = _monotonic() + (seconds if seconds > 0.0 else 0.0)
         self.fired = False
-        self._check_at = deadline_at  # when the watchdog looks next (soon again once fired)
-        self._done = False
-        self._conn: Any = None
+        #: The connection carrying the attempt, set by the pool that hands it out.  A
+        #: plain store: a fired watch cuts its connection again every ``_RECHECK``
+        #: seconds, so one attached after the deadline is cut within that time.
+        self.conn: Any = None
         self._dog = dog
-        self._token: Optional[contextvars.Token[Optional[Watch]]] = None
-
-    def attach(self, conn: Any) -> None:
-        """Watch ``conn`` (a urllib3 connection about to carry this attempt)."""
-        with self._dog._lock:
-            if self._done:
-                return
-            self._conn = conn
-            if self.fired:
-                _shutdown_socket(getattr(conn, "sock", None))
+        with dog._lock:
+            dog._watches[self] = None
+            if dog._thread is None:  # first use, or the thread died (see _Watchdog._run)
+                dog._start(self.deadline_at)
+            elif self.deadline_at < dog._next_look:
+                dog._next_look = self.deadline_at
+                dog._wakeup.notify()
+        self._token: Optional[contextvars.Token[Optional[Watch]]] = _active_watch.set(self)
 
     def detach(self, conn: Any) -> bool:
         """Stop watching ``conn``: it goes back to the pool and may serve another thread.
-        True when this watch was watching it."""
+        True when this watch was watching it.  Under the watchdog's lock, so that the
+        watchdog cannot cut the connection once this returns."""
         with self._dog._lock:
-            if self._conn is not conn:
+            if self.conn is not conn:
                 return False
-            self._conn = None
+            self.conn = None
             return True
 
     def finish(self) -> None:
-        """The attempt is over: the watch must never touch a socket again."""
+        """The attempt is over: the watch never touches a socket again, and stops being
+        this context's active watch."""
         dog = self._dog
         with dog._lock:
-            self._done = True
-            self._conn = None
+            self.conn = None
             dog._watches.pop(self, None)
-
-    def release(self) -> None:
-        """End the attempt armed by :func:`arm`: finish, and leave its context."""
         token, self._token = self._token, None
         if token is not None:
             _active_watch.reset(token)
-        self.finish()
 
     def _fire(self) -> None:
         # The watchdog, under its lock, at the deadline (and every _RECHECK after it: a
         # socket that does not exist yet, or a reconnect on the same attempt, is cut too).
         self.fired = True
-        _shutdown_socket(getattr(self._conn, "sock", None))
+        _shutdown_socket(getattr(self.conn, "sock", None))
 
 
 class _Watchdog:
     """One thread that sleeps until the earliest deadline of the attempts in flight.
 
-    Arming an attempt is a dict insert under a lock; the thread is woken only when a new
-    deadline is earlier than the moment it already plans to look, so a steady stream of
-    requests with the same timeout wakes it about once per timeout.
+    Arming an attempt is a dict insert under a lock (in :class:`Watch`); the thread is
+    woken only when a new deadline is earlier than the moment it already plans to look, so
+    a steady stream of requests with the same timeout wakes it about once per timeout.
     """
 
     def __init__(self) -> None:
@@ -171,20 +172,13 @@ class _Watchdog:
         self._next_look = math.inf  # when the thread will look next
         self._thread: Optional[threading.Thread] = None
 
-    def watch(self, seconds: float) -> Watch:
-        item = Watch(_monotonic() + seconds, self)
-        with self._lock:
-            self._watches[item] = None
-            if self._thread is None:  # first use, or the thread died (see _run)
-                self._next_look = item.deadline_at
-                self._thread = threading.Thread(
-                    target=self._run, name="requests-smartretry-watchdog", daemon=True
-                )
-                self._thread.start()
-            elif item.deadline_at < self._next_look:
-                self._next_look = item.deadline_at
-                self._wakeup.notify()
-        return item
+    def _start(self, first_look: float) -> None:
+        # Under the lock.
+        self._next_look = first_look
+        self._thread = threading.Thread(
+            target=self._run, name="requests-smartretry-watchdog", daemon=True
+        )
+        self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -229,14 +223,6 @@ _active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
 )
 
 
-def arm(seconds: float) -> Watch:
-    """Arm a watch for ``seconds`` and make it this context's active one (the adapter's
-    pools attach their connections to it); end it with :meth:`Watch.release`."""
-    item = _watchdog.watch(seconds if seconds > 0.0 else 0.0)
-    item._token = _active_watch.set(item)
-    return item
-
-
 class _Armed:
     """The context manager :func:`watch` returns."""
 
@@ -248,12 +234,12 @@ class _Armed:
 
     def __enter__(self) -> Optional[Watch]:
         if self._seconds is not None:
-            self._watch = arm(self._seconds)
+            self._watch = Watch(self._seconds)
         return self._watch
 
     def __exit__(self, *exc_info: object) -> None:
         if self._watch is not None:
-            self._watch.release()
+            self._watch.finish()
 
 
 def watch(seconds: Optional[float]) -> _Armed:
@@ -262,6 +248,5 @@ def watch(seconds: Optional[float]) -> _Armed:
     return _Armed(seconds)
 
 
-#: The watch armed by the innermost :func:`arm` (or :func:`watch` block) in this context,
-#: or ``None``.
+#: The innermost unfinished :class:`Watch` created in this context, or ``None``.
 active_watch: Callable[[], Optional[Watch]] = _active_watch.get
