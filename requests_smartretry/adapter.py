@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.connectionpool
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
@@ -78,8 +79,13 @@ class _WatchedPoolMixin:
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         current = active_watch()
-        if current is not None:
-            current.conn = conn
+        if current is not None and not current.attach(conn):
+            # The deadline passed while the attempt waited for a free connection: send
+            # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
+            # which stays safe to retry (nothing was sent).
+            conn.close()
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, "the attempt deadline passed before a pooled connection was free")
         return conn
 
     def _put_conn(self, conn: Any) -> None:

@@ -105,16 +105,15 @@ class Watch:
     ``deadline_at``, the watchdog shuts that connection's socket down.
     """
 
-    __slots__ = ("_check_at", "_dog", "_token", "conn", "deadline_at", "fired")
+    __slots__ = ("_check_at", "_dog", "_done", "_token", "conn", "deadline_at", "fired")
 
     def __init__(self, seconds: float, *, dog: Optional[_Watchdog] = None) -> None:
         if dog is None:
             dog = _watchdog
         self.deadline_at = self._check_at = _monotonic() + (seconds if seconds > 0.0 else 0.0)
         self.fired = False
-        #: The connection carrying the attempt, set by the pool that hands it out.  A
-        #: plain store: a fired watch cuts its connection again every ``_RECHECK``
-        #: seconds, so one attached after the deadline is cut within that time.
+        self._done = False
+        #: The connection carrying the attempt (see :meth:`attach`).
         self.conn: Any = None
         self._dog = dog
         with dog._lock:
@@ -125,6 +124,20 @@ class Watch:
                 dog._next_look = self.deadline_at
                 dog._wakeup.notify()
         self._token: Optional[contextvars.Token[Optional[Watch]]] = _active_watch.set(self)
+
+    def attach(self, conn: Any) -> bool:
+        """Watch ``conn``, a connection the pool hands this attempt.  ``False`` when the
+        deadline has already passed: the caller must not send on it (a live keep-alive
+        socket would carry the request before the watchdog's next cut).
+
+        No lock: only the attempt's own thread attaches, and the watchdog sets ``fired``
+        before it reads ``conn``, so either it sees this connection or this sees
+        ``fired``.  A finished watch (still active in a copied context) attaches
+        nothing."""
+        if self._done:
+            return True
+        self.conn = conn
+        return not self.fired
 
     def detach(self, conn: Any) -> bool:
         """Stop watching ``conn``: it goes back to the pool and may serve another thread.
@@ -141,6 +154,7 @@ class Watch:
         this context's active watch."""
         dog = self._dog
         with dog._lock:
+            self._done = True
             self.conn = None
             dog._watches.pop(self, None)
         token, self._token = self._token, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import io
 import itertools
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import responses
+import urllib3.connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.util.retry import Retry
@@ -28,6 +30,7 @@ from requests_smartretry import (
     RetryPolicy,
     SmartRetryAdapter,
     attempt_history,
+    deadline,
     smart_session,
 )
 from requests_smartretry.faultserver import FaultServer, unused_port
@@ -260,6 +263,58 @@ def test_stream_true_deadline_covers_headers_only(server: FaultServer) -> None:
     response = session.get(server.url("/drip?interval=0.05&count=20"), stream=True)
     assert time.monotonic() - started < 0.5
     assert response.content == b"x" * 20  # ~1 s of drip: per-read timeouts, no total cut
+
+
+def test_a_connection_freed_after_the_deadline_carries_nothing(server: FaultServer) -> None:
+    """A POST whose deadline passes while it waits for the pool's only connection is not
+    sent when that live connection comes free: it fails as a ConnectTimeout (nothing sent,
+    so safe to retry), the server never sees it, and the pool keeps working."""
+    session = smart_session(max_retries=0, timeout=10.0, pool_maxsize=1, pool_block=True,
+                            budget=None)
+    held = session.get(server.url("/ok"), stream=True)  # holds the only connection
+    outcome: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            session.post(server.url("/echo?late=1"), data=b"pay", timeout=0.1)
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=post)
+    waiter.start()
+    time.sleep(0.4)  # the POST's 0.1 s deadline passes while it waits for the connection
+    assert held.content == b"ok"  # the connection goes back to the pool, alive
+    waiter.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], requests.exceptions.ConnectTimeout)
+    assert "deadline passed before a pooled connection was free" in str(outcome[0])
+    assert server.received("/echo") == []
+    assert session.get(server.url("/ok")).status_code == 200
+
+
+def test_a_finished_watch_in_a_copied_context_leaves_connections_alone(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Work started inside an attempt (a copied context) may outlive it; its requests then
+    keep their keep-alive connection instead of being treated as cut."""
+    connects: list[object] = []
+    real_connect = urllib3.connection.HTTPConnection.connect
+
+    def counting_connect(conn: Any) -> None:
+        connects.append(conn)
+        real_connect(conn)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", counting_connect)
+    session = smart_session(max_retries=0, budget=None)
+    with deadline.watch(0.01):
+        time.sleep(0.1)  # the watch fires
+        context = contextvars.copy_context()
+
+    def work() -> None:
+        for _ in range(5):
+            assert session.get(server.url("/ok"), timeout=(5, None)).status_code == 200
+
+    context.run(work)
+    assert len(connects) == 1  # one TCP connection for the five requests
 
 
 @pytest.mark.parametrize("bad", [-1, 0, "5", (1, 2, 3), (0, 1), float("inf")])

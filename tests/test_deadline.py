@@ -26,7 +26,7 @@ def test_watch_shuts_the_socket_down_at_the_deadline() -> None:
     try:
         with watch(0.2) as armed:
             assert armed is not None
-            armed.conn = FakeConn(left)
+            armed.attach(FakeConn(left))
             started = time.monotonic()
             data = left.recv(10)  # the peer never writes: only the watchdog can end this
             elapsed = time.monotonic() - started
@@ -43,7 +43,7 @@ def test_finished_watch_never_touches_the_socket() -> None:
     try:
         with watch(0.05) as armed:
             assert armed is not None
-            armed.conn = FakeConn(left)
+            armed.attach(FakeConn(left))
         time.sleep(0.3)
         right.sendall(b"still open")
         assert left.recv(10) == b"still open"
@@ -60,7 +60,7 @@ def test_detached_connection_is_not_cut() -> None:
         conn = FakeConn(left)
         with watch(0.05) as armed:
             assert armed is not None
-            armed.conn = conn
+            armed.attach(conn)
             armed.detach(conn)
             time.sleep(0.3)
             right.sendall(b"ok")
@@ -77,7 +77,7 @@ def test_watch_keeps_looking_while_no_socket_exists_yet() -> None:
         conn = FakeConn(None)
         with watch(0.05) as armed:
             assert armed is not None
-            armed.conn = conn
+            armed.attach(conn)
             time.sleep(0.2)
             conn.sock = left
             started = time.monotonic()
