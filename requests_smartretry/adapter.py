@@ -621,19 +621,16 @@ class SmartRetryAdapter(HTTPAdapter):
             # own type and its "nothing sent" safety; only a cut after sending is the
             # attempt deadline's.
             if deadline is not None and deadline.fired and verdict.sent:
-                cut = self._deadline_error(total_s, request)
-                cut.__cause__ = exc
-                return Outcome(classify_exception(cut), error=cut, signal=cut)
+                return self._deadline_outcome(total_s, request, cause=exc)
             return Outcome(verdict, error=exc, signal=exc)
         finally:
             if deadline is not None:
                 deadline.finish()
         if deadline is not None and deadline.fired:
             response.close()
-            cut = self._deadline_error(total_s, request)
-            return Outcome(classify_exception(cut), error=cut, signal=cut)
+            return self._deadline_outcome(total_s, request)
         verdict = self.classify_response(response)
-        if verdict.verdict is Verdict.SUCCESS:
+        if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=response.status_code)
         signal = requests.HTTPError(
             f"{response.status_code} {verdict.reason} for {redact_url(request.url or '')}",
@@ -641,21 +638,24 @@ class SmartRetryAdapter(HTTPAdapter):
         return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
 
     @staticmethod
-    def _deadline_error(
-        total_s: Optional[float], request: requests.PreparedRequest
-    ) -> AttemptDeadlineExceeded:
-        return AttemptDeadlineExceeded(
+    def _deadline_outcome(
+        total_s: Optional[float], request: requests.PreparedRequest,
+        cause: Optional[BaseException] = None,
+    ) -> Outcome[requests.Response]:
+        """The attempt cut by its deadline (``cause``: what the cut made the read raise)."""
+        cut = AttemptDeadlineExceeded(
             f"attempt deadline of {total_s:g}s passed (connect + send + headers + body)",
             request=request,
         )
+        if cause is not None:
+            cut.__cause__ = cause
+        return Outcome(classify_exception(cut), error=cut, signal=cut)
 
     @staticmethod
     def _veto(
         outcome: Outcome[requests.Response], idempotent: bool, replay: _BodyReplay
     ) -> Optional[str]:
-        verdict = outcome.classification
-        if not verdict.retryable:
-            return None
+        verdict = outcome.classification  # a retryable one: nothing vetoes the others
         if verdict.sent and not replay.replayable:
             return "not_replayable"
         if not verdict.safe_to_repeat and not idempotent:

@@ -60,9 +60,10 @@ class LatencyHistogram:
         self.minimum = math.inf
         self.maximum = 0.0
 
-    def add(self, seconds: float) -> None:
-        """Record one observation (negative and non-finite values are ignored)."""
-        if not 0.0 <= seconds < math.inf:
+    def add(self, seconds: Optional[float]) -> None:
+        """Record one observation (``None``, negative and non-finite values are ignored:
+        an event without a time records nothing)."""
+        if seconds is None or not 0.0 <= seconds < math.inf:
             return
         # Bucket i > 0 holds (FLOOR·2^((i-1)/8), FLOOR·2^(i/8)]; past the last edge, the
         # overflow bucket.
@@ -201,9 +202,8 @@ class Stats:
     ``give_ups_by_reason``, ``rejections`` (breaker refusals), ``budget_denials``,
     ``in_flight``, ``retry_rate`` (retries per request) and latency summaries
     ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max), from the
-    events' ``elapsed`` and ``call_elapsed`` (the retry loop measures both on its
-    clock).  The totals over every
-    operation are under :data:`TOTAL_KEY`.
+    events' ``elapsed`` and ``call_elapsed`` (the retry loop measures both on its clock).
+    The totals over every operation are under :data:`TOTAL_KEY`.
 
     Thread safety: every event takes one short lock (no I/O, no callbacks under it);
     :meth:`snapshot` copies under the lock and computes percentiles outside it, so it is
@@ -241,15 +241,12 @@ class Stats:
                     counters.requests += 1
             elif kind is _SUCCESS:
                 counters.successes += 1
-                if event.elapsed is not None:
-                    counters.attempt_seconds.add(event.elapsed)
-                if event.call_elapsed is not None:
-                    counters.call_seconds.add(event.call_elapsed)
+                counters.attempt_seconds.add(event.elapsed)
+                counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
                 counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
-                if event.elapsed is not None:
-                    counters.attempt_seconds.add(event.elapsed)
+                counters.attempt_seconds.add(event.elapsed)
             elif kind is EventKind.RETRY:
                 counters.retries += 1
             elif kind is EventKind.GIVE_UP:
@@ -257,8 +254,7 @@ class Stats:
                 counters.give_ups[reason] = counters.give_ups.get(reason, 0) + 1
                 if reason == "budget":
                     counters.budget_denials += 1
-                if event.call_elapsed is not None:
-                    counters.call_seconds.add(event.call_elapsed)
+                counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.REJECTED:
                 counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here
@@ -305,7 +301,8 @@ class Stats:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Stats pickled by 0.1 kept their own clock and calls in flight.
+        # Stats pickled before the events carried call_elapsed kept a clock and the
+        # calls in flight.
         for stale in ("_clock", "_started", "max_in_flight"):
             state.pop(stale, None)
         self.__dict__.update(state)

@@ -183,10 +183,10 @@ def test_histogram_percentiles_are_within_five_percent() -> None:
 
 
 def test_histogram_clamps_to_what_it_saw_and_ignores_nonsense() -> None:
-    """Estimates never leave [min, max]; negative, NaN and infinite times are ignored;
-    extreme values land in the end buckets."""
+    """Estimates never leave [min, max]; missing, negative, NaN and infinite times are
+    ignored; extreme values land in the end buckets."""
     histogram = LatencyHistogram()
-    for value in (-1.0, float("nan"), float("inf")):
+    for value in (None, -1.0, float("nan"), float("inf")):
         histogram.add(value)
     assert histogram.quantile(0.5) is None
     histogram.add(0.00001)
