@@ -55,6 +55,7 @@ __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 
 _log = logging.getLogger("requests_smartretry")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
+_DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
 
@@ -65,6 +66,18 @@ _Timeouts = tuple[Optional[float], Optional[float], Optional[float]]
 _MIN_SOCKET_TIMEOUT = 0.001
 # Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
 _MAX_SOCKET_TIMEOUT = 1e9
+
+
+class _NoConnectionBeforeDeadline(urllib3.exceptions.ConnectTimeoutError):
+    """The attempt deadline passed before the pool handed out a connection: nothing was
+    sent.  requests turns it into ``ConnectTimeout``; the adapter classifies it as the
+    attempt deadline (a timeout, safe to retry)."""
+
+
+def _pool_refused(exc: BaseException) -> bool:
+    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)).
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, _NoConnectionBeforeDeadline)
 
 
 class _WatchedPoolMixin:
@@ -84,7 +97,7 @@ class _WatchedPoolMixin:
             # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
             # which stays safe to retry (nothing was sent).
             conn.close()
-            raise urllib3.exceptions.ConnectTimeoutError(
+            raise _NoConnectionBeforeDeadline(
                 self, "the attempt deadline passed before a pooled connection was free")
         return conn
 
@@ -597,8 +610,7 @@ class SmartRetryAdapter(HTTPAdapter):
             if total_s <= _MIN_SOCKET_TIMEOUT:
                 error = AttemptDeadlineExceeded(
                     "no time left for this attempt (enclosing deadline)", request=request)
-                return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
-                               error=error, signal=error)
+                return Outcome(_DEADLINE_BEFORE_SENDING, error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
         if socket_timeout is None or connect_s != timeouts[0]:
             socket_timeout = Urllib3Timeout(connect=connect_s, read=read_s)
@@ -617,11 +629,16 @@ class SmartRetryAdapter(HTTPAdapter):
                 # from the traceback; close it now rather than at garbage collection.
                 sent.close()
             verdict = classify_exception(exc)
-            # A cut that fell before anything was sent (connect timeout, DNS) keeps its
-            # own type and its "nothing sent" safety; only a cut after sending is the
-            # attempt deadline's.
-            if deadline is not None and deadline.fired and verdict.sent:
-                return self._deadline_outcome(total_s, request, cause=exc)
+            # A cut after sending is the attempt deadline's.  One before anything was
+            # sent keeps its own type and its "nothing sent" safety: a connect timeout or
+            # DNS failure stays a network error, and a deadline that passed while the
+            # attempt waited for a pooled connection stays a ConnectTimeout, classified
+            # as the deadline's timeout.
+            if deadline is not None and deadline.fired:
+                if verdict.sent:
+                    return self._deadline_outcome(total_s, request, cause=exc)
+                if _pool_refused(exc):
+                    verdict = _DEADLINE_BEFORE_SENDING
             return Outcome(verdict, error=exc, signal=exc)
         finally:
             if deadline is not None:

@@ -29,6 +29,7 @@ from requests_smartretry import (
     EventKind,
     RetryPolicy,
     SmartRetryAdapter,
+    Verdict,
     attempt_history,
     deadline,
     smart_session,
@@ -287,8 +288,38 @@ def test_a_connection_freed_after_the_deadline_carries_nothing(server: FaultServ
     waiter.join(timeout=10)
     assert len(outcome) == 1 and isinstance(outcome[0], requests.exceptions.ConnectTimeout)
     assert "deadline passed before a pooled connection was free" in str(outcome[0])
+    # Operators read it as the attempt's timeout, not a network failure.
+    failure = [e for e in outcome[0].retry_history  # type: ignore[attr-defined]
+               if e.kind is EventKind.FAILURE]
+    assert [(e.verdict, e.reason) for e in failure] == [(Verdict.TIMEOUT, "deadline")]
     assert server.received("/echo") == []
     assert session.get(server.url("/ok")).status_code == 200
+
+
+def test_a_post_refused_a_pooled_connection_is_retried(server: FaultServer) -> None:
+    """Nothing was sent, so even a POST without an idempotency key gets its retry once the
+    connection comes free, and the server sees it exactly once."""
+    session = smart_session(max_retries=1, timeout=10.0, backoff_base=0.01, pool_maxsize=1,
+                            pool_block=True, budget=None)
+    held = session.get(server.url("/ok"), stream=True)
+    results: list[object] = []
+
+    def post() -> None:
+        try:
+            results.append(session.post(server.url("/echo?late=1"), data=b"pay", timeout=1.0))
+        except requests.RequestException as exc:
+            results.append(exc)
+
+    waiter = threading.Thread(target=post)
+    waiter.start()
+    # Free the connection between the first attempt's deadline (1 s) and the second's (2 s).
+    time.sleep(1.5)
+    assert held.content == b"ok"
+    waiter.join(timeout=10)
+    assert len(results) == 1 and isinstance(results[0], requests.Response), results
+    kinds = [(e.kind, e.verdict) for e in results[0].retry_history]  # type: ignore
+    assert (EventKind.FAILURE, Verdict.TIMEOUT) in kinds and kinds[-1][0] is EventKind.SUCCESS
+    assert len(server.received("/echo")) == 1
 
 
 def test_a_finished_watch_in_a_copied_context_leaves_connections_alone(
