@@ -68,16 +68,28 @@ _MIN_SOCKET_TIMEOUT = 0.001
 _MAX_SOCKET_TIMEOUT = 1e9
 
 
-class _NoConnectionBeforeDeadline(urllib3.exceptions.ConnectTimeoutError):
-    """The attempt deadline passed before the pool handed out a connection: nothing was
-    sent.  requests turns it into ``ConnectTimeout``; the adapter classifies it as the
-    attempt deadline (a timeout, safe to retry)."""
+class _BeforeSending(Exception):
+    """Marks a pool's refusal to hand out a connection because the attempt deadline had
+    passed: nothing was sent.  The adapter classifies it as the attempt deadline's timeout
+    (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
+
+
+class _DeadlinePassedInPool(_BeforeSending, urllib3.exceptions.ConnectTimeoutError):
+    """A connection was taken from the pool after the deadline: urllib3 gives its slot
+    back, and requests raises ``ConnectTimeout``."""
+
+
+class _PoolWaitExpired(_BeforeSending, urllib3.exceptions.EmptyPoolError):
+    """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
+    so that urllib3 returns no slot it never took; the adapter turns it into
+    ``ConnectTimeout`` (requests would let urllib3's own error through)."""
 
 
 def _pool_refused(exc: BaseException) -> bool:
-    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)).
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, _NoConnectionBeforeDeadline)
+    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
+    # raises ConnectTimeout(<the pool's error>).
+    cause = exc.args[0] if exc.args else None
+    return isinstance(getattr(cause, "reason", cause), _BeforeSending)
 
 
 class _WatchedPoolMixin:
@@ -90,16 +102,34 @@ class _WatchedPoolMixin:
     """
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
         current = active_watch()
-        if current is not None and not current.attach(conn):
-            # The deadline passed while the attempt waited for a free connection: send
+        if current is None:
+            return super()._get_conn(timeout)  # type: ignore[misc]
+        conn = (self._wait_for_conn(current, timeout)
+                if self.block  # type: ignore[attr-defined]
+                else super()._get_conn(timeout))  # type: ignore[misc]
+        if not current.attach(conn):
+            # The deadline passed while the attempt waited for this connection: send
             # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
             # which stays safe to retry (nothing was sent).
             conn.close()
-            raise _NoConnectionBeforeDeadline(
+            raise _DeadlinePassedInPool(
                 self, "the attempt deadline passed before a pooled connection was free")
         return conn
+
+    def _wait_for_conn(self, current: Watch, timeout: Optional[float]) -> Any:
+        """A blocking pool's (``pool_block=True``) wait for a free connection, which is
+        for ever by default: it is part of the attempt, so it ends at the deadline."""
+        left = current.remaining()
+        if left is None or (timeout is not None and timeout <= left):
+            return super()._get_conn(timeout)  # type: ignore[misc]
+        try:
+            return super()._get_conn(left)  # type: ignore[misc]
+        except urllib3.exceptions.EmptyPoolError:
+            raise _PoolWaitExpired(
+                self,  # type: ignore[arg-type]  # the mixin only ever serves a pool
+                "the attempt deadline passed while every pooled connection was in use "
+                "(pool_block=True)") from None
 
     def _put_conn(self, conn: Any) -> None:
         # Inside an attempt, the connection comes back from the attempt's own thread (the
@@ -624,6 +654,8 @@ class SmartRetryAdapter(HTTPAdapter):
             if not stream:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
+            if isinstance(exc, _PoolWaitExpired):  # requests lets it through as it is
+                exc = requests.exceptions.ConnectTimeout(exc, request=request)
             if sent is not None:
                 # A body read that failed (deadline, reset) leaves the socket referenced
                 # from the traceback; close it now rather than at garbage collection.
@@ -634,10 +666,11 @@ class SmartRetryAdapter(HTTPAdapter):
             # DNS failure stays a network error, and a deadline that passed while the
             # attempt waited for a pooled connection stays a ConnectTimeout, classified
             # as the deadline's timeout.
-            if deadline is not None and deadline.fired:
+            if deadline is not None:
                 if verdict.sent:
-                    return self._deadline_outcome(total_s, request, cause=exc)
-                if _pool_refused(exc):
+                    if deadline.fired:
+                        return self._deadline_outcome(total_s, request, cause=exc)
+                elif _pool_refused(exc):
                     verdict = _DEADLINE_BEFORE_SENDING
             return Outcome(verdict, error=exc, signal=exc)
         finally:

@@ -139,6 +139,13 @@ class Watch:
         self.conn = conn
         return not self.fired
 
+    def remaining(self) -> Optional[float]:
+        """Seconds until the deadline (never negative), or ``None`` once finished."""
+        if self._done:
+            return None
+        left = self.deadline_at - _monotonic()
+        return left if left > 0.0 else 0.0
+
     def detach(self, conn: Any) -> bool:
         """Stop watching ``conn``: it goes back to the pool and may serve another thread.
         True when this watch was watching it.  Under the watchdog's lock, so that the

@@ -19,6 +19,7 @@ import pytest
 import requests
 import responses
 import urllib3.connection
+import urllib3.connectionpool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.util.retry import Retry
@@ -266,34 +267,66 @@ def test_stream_true_deadline_covers_headers_only(server: FaultServer) -> None:
     assert response.content == b"x" * 20  # ~1 s of drip: per-read timeouts, no total cut
 
 
-def test_a_connection_freed_after_the_deadline_carries_nothing(server: FaultServer) -> None:
-    """A POST whose deadline passes while it waits for the pool's only connection is not
-    sent when that live connection comes free: it fails as a ConnectTimeout (nothing sent,
-    so safe to retry), the server never sees it, and the pool keeps working."""
-    session = smart_session(max_retries=0, timeout=10.0, pool_maxsize=1, pool_block=True,
-                            budget=None)
-    held = session.get(server.url("/ok"), stream=True)  # holds the only connection
-    outcome: list[BaseException] = []
+def test_a_connection_handed_out_after_the_deadline_carries_nothing(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread that gets its pooled keep-alive connection only after its deadline (here a
+    stall inside the pool, as a starved thread on a loaded machine sees) sends nothing on
+    it: a ConnectTimeout classified as the deadline, the server never sees the POST, and
+    the pool keeps working."""
+    session = smart_session(max_retries=0, timeout=10.0, budget=None)
+    assert session.get(server.url("/ok")).status_code == 200  # a live keep-alive connection
+    real_get_conn = urllib3.connectionpool.HTTPConnectionPool._get_conn
 
-    def post() -> None:
-        try:
-            session.post(server.url("/echo?late=1"), data=b"pay", timeout=0.1)
-        except requests.RequestException as exc:
-            outcome.append(exc)
+    def stalled_get_conn(pool: Any, timeout: Any = None) -> Any:
+        time.sleep(0.4)
+        return real_get_conn(pool, timeout)
 
-    waiter = threading.Thread(target=post)
-    waiter.start()
-    time.sleep(0.4)  # the POST's 0.1 s deadline passes while it waits for the connection
-    assert held.content == b"ok"  # the connection goes back to the pool, alive
-    waiter.join(timeout=10)
-    assert len(outcome) == 1 and isinstance(outcome[0], requests.exceptions.ConnectTimeout)
-    assert "deadline passed before a pooled connection was free" in str(outcome[0])
-    # Operators read it as the attempt's timeout, not a network failure.
-    failure = [e for e in outcome[0].retry_history  # type: ignore[attr-defined]
-               if e.kind is EventKind.FAILURE]
-    assert [(e.verdict, e.reason) for e in failure] == [(Verdict.TIMEOUT, "deadline")]
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_get_conn",
+                        stalled_get_conn)
+    with pytest.raises(requests.exceptions.ConnectTimeout,
+                       match="deadline passed before a pooled connection was free") as caught:
+        session.post(server.url("/echo?late=1"), data=b"pay", timeout=0.1)
+    failures = [(e.verdict, e.reason) for e in caught.value.retry_history  # type: ignore
+                if e.kind is EventKind.FAILURE]
+    assert failures == [(Verdict.TIMEOUT, "deadline")]  # the attempt's timeout, not network
+    monkeypatch.undo()
     assert server.received("/echo") == []
     assert session.get(server.url("/ok")).status_code == 200
+
+
+def test_a_blocking_pool_waits_no_longer_than_the_deadline(server: FaultServer) -> None:
+    """With pool_block=True and every connection in use, requests would wait for ever; the
+    attempt's deadline ends the wait: a ConnectTimeout (nothing sent) per attempt, both
+    classified as the deadline, and the pool's slots stay whole for later requests."""
+    session = smart_session(max_retries=1, timeout=0.3, backoff_base=0.01, pool_maxsize=1,
+                            pool_block=True, budget=None)
+    held = session.get(server.url("/ok"), stream=True)  # holds the only connection
+    outcome: list[BaseException] = []
+    seconds: list[float] = []
+
+    def post() -> None:
+        started = time.monotonic()
+        try:
+            session.post(server.url("/echo?waited=1"), data=b"pay")
+        except requests.RequestException as exc:
+            outcome.append(exc)
+        seconds.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=post, daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "the request waited for a connection past its deadline"
+    assert len(outcome) == 1 and isinstance(outcome[0], requests.exceptions.ConnectTimeout)
+    assert "every pooled connection was in use" in str(outcome[0])
+    assert 0.6 <= seconds[0] < 0.6 + 3.0  # two attempts of 0.3 s each, generous on load
+    failures = [(e.verdict, e.reason) for e in outcome[0].retry_history  # type: ignore
+                if e.kind is EventKind.FAILURE]
+    assert failures == [(Verdict.TIMEOUT, "deadline")] * 2
+    assert server.received("/echo") == []
+    assert held.content == b"ok"  # the connection goes back; no slot was lost or doubled
+    for _ in range(3):
+        assert session.get(server.url("/ok")).status_code == 200
 
 
 def test_a_post_refused_a_pooled_connection_is_retried(server: FaultServer) -> None:
