@@ -19,6 +19,7 @@ import contextvars
 import dataclasses
 import logging
 import numbers
+import threading
 import time
 from typing import Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
@@ -74,12 +75,12 @@ class _BeforeSending(Exception):
     (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
 
 
-class _DeadlinePassedInPool(_BeforeSending, urllib3.exceptions.ConnectTimeoutError):
+class DeadlinePassedInPool(_BeforeSending, urllib3.exceptions.ConnectTimeoutError):
     """A connection was taken from the pool after the deadline: urllib3 gives its slot
     back, and requests raises ``ConnectTimeout``."""
 
 
-class _PoolWaitExpired(_BeforeSending, urllib3.exceptions.EmptyPoolError):
+class PoolWaitExpired(_BeforeSending, urllib3.exceptions.EmptyPoolError):
     """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
     so that urllib3 returns no slot it never took; the adapter turns it into
     ``ConnectTimeout`` (requests would let urllib3's own error through)."""
@@ -90,6 +91,21 @@ def _pool_refused(exc: BaseException) -> bool:
     # raises ConnectTimeout(<the pool's error>).
     cause = exc.args[0] if exc.args else None
     return isinstance(getattr(cause, "reason", cause), _BeforeSending)
+
+
+def _connect_by_deadline(timeout: Urllib3Timeout, current: Watch) -> Urllib3Timeout:
+    """``timeout`` with its connect part cut to what is left of the attempt.
+
+    The connect timeout was set when the attempt began; a wait for a pooled connection,
+    or a stalled thread, may have used part of the attempt since.  The watchdog cannot
+    cut a connect (no socket exists yet), so the socket timeout must end it."""
+    left = current.remaining()
+    if left is None or timeout.total is not None:
+        return timeout
+    connect = timeout.connect_timeout
+    if isinstance(connect, (int, float)) and connect <= left:
+        return timeout
+    return Urllib3Timeout(connect=max(left, _MIN_SOCKET_TIMEOUT), read=timeout.read_timeout)
 
 
 class _WatchedPoolMixin:
@@ -113,7 +129,7 @@ class _WatchedPoolMixin:
             # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
             # which stays safe to retry (nothing was sent).
             conn.close()
-            raise _DeadlinePassedInPool(
+            raise DeadlinePassedInPool(
                 self, "the attempt deadline passed before a pooled connection was free")
         return conn
 
@@ -124,12 +140,21 @@ class _WatchedPoolMixin:
         if left is None or (timeout is not None and timeout <= left):
             return super()._get_conn(timeout)  # type: ignore[misc]
         try:
-            return super()._get_conn(left)  # type: ignore[misc]
+            return super()._get_conn(min(left, threading.TIMEOUT_MAX))  # type: ignore[misc]
         except urllib3.exceptions.EmptyPoolError:
-            raise _PoolWaitExpired(
+            raise PoolWaitExpired(
                 self,  # type: ignore[arg-type]  # the mixin only ever serves a pool
                 "the attempt deadline passed while every pooled connection was in use "
                 "(pool_block=True)") from None
+
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
+                      **kwargs: Any) -> Any:
+        if conn.sock is None:  # it connects first: a fresh or a dropped connection
+            timeout = kwargs.get("timeout")
+            current = active_watch()
+            if current is not None and isinstance(timeout, Urllib3Timeout):
+                kwargs["timeout"] = _connect_by_deadline(timeout, current)
+        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
 
     def _put_conn(self, conn: Any) -> None:
         # Inside an attempt, the connection comes back from the attempt's own thread (the
@@ -577,6 +602,10 @@ class SmartRetryAdapter(HTTPAdapter):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
+                if self._closed:  # session.close() while the call was under way
+                    raise AdapterClosedError(
+                        "this SmartRetryAdapter was closed (session.close()) before the "
+                        "retry; nothing more is sent", request=request)
                 replay.rewind()
             if verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
@@ -654,8 +683,10 @@ class SmartRetryAdapter(HTTPAdapter):
             if not stream:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
-            if isinstance(exc, _PoolWaitExpired):  # requests lets it through as it is
-                exc = requests.exceptions.ConnectTimeout(exc, request=request)
+            if isinstance(exc, PoolWaitExpired):  # requests lets it through as it is
+                converted = requests.exceptions.ConnectTimeout(exc, request=request)
+                converted.__cause__ = exc
+                exc = converted
             if sent is not None:
                 # A body read that failed (deadline, reset) leaves the socket referenced
                 # from the traceback; close it now rather than at garbage collection.

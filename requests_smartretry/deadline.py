@@ -132,12 +132,13 @@ class Watch:
 
         No lock: only the attempt's own thread attaches, and the watchdog sets ``fired``
         before it reads ``conn``, so either it sees this connection or this sees
-        ``fired``.  A finished watch (still active in a copied context) attaches
+        ``fired``.  The clock is read too: the watchdog thread may not have run yet on a
+        busy machine.  A finished watch (still active in a copied context) attaches
         nothing."""
         if self._done:
             return True
         self.conn = conn
-        return not self.fired
+        return not self.fired and _monotonic() < self.deadline_at
 
     def remaining(self) -> Optional[float]:
         """Seconds until the deadline (never negative), or ``None`` once finished."""

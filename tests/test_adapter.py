@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import io
@@ -267,13 +268,16 @@ def test_stream_true_deadline_covers_headers_only(server: FaultServer) -> None:
     assert response.content == b"x" * 20  # ~1 s of drip: per-read timeouts, no total cut
 
 
+@pytest.mark.parametrize("watchdog", ["on time", "late"])
 def test_a_connection_handed_out_after_the_deadline_carries_nothing(
-    server: FaultServer, monkeypatch: pytest.MonkeyPatch,
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, watchdog: str,
 ) -> None:
     """A thread that gets its pooled keep-alive connection only after its deadline (here a
     stall inside the pool, as a starved thread on a loaded machine sees) sends nothing on
-    it: a ConnectTimeout classified as the deadline, the server never sees the POST, and
-    the pool keeps working."""
+    it, whether or not the watchdog thread has run yet: a ConnectTimeout classified as the
+    deadline, the server never sees the POST, and the pool keeps working."""
+    if watchdog == "late":  # the watchdog thread never gets to mark the watch as fired
+        monkeypatch.setattr(deadline.Watch, "_fire", lambda watch: None)
     session = smart_session(max_retries=0, timeout=10.0, budget=None)
     assert session.get(server.url("/ok")).status_code == 200  # a live keep-alive connection
     real_get_conn = urllib3.connectionpool.HTTPConnectionPool._get_conn
@@ -327,6 +331,85 @@ def test_a_blocking_pool_waits_no_longer_than_the_deadline(server: FaultServer) 
     assert held.content == b"ok"  # the connection goes back; no slot was lost or doubled
     for _ in range(3):
         assert session.get(server.url("/ok")).status_code == 200
+
+
+def test_a_connect_after_a_pool_wait_ends_by_the_attempt_deadline() -> None:
+    """The wait for a blocking pool's connection uses part of the attempt; the connect
+    that follows (to a host that never answers: a loopback listener whose accept queue is
+    full) gets only what is left, not the whole connect timeout again."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        time.sleep(1.5)
+        conn.sendall(b"ok")
+        conn.close()  # the pooled connection is dead: the next request must connect
+
+    threading.Thread(target=serve_one, daemon=True).start()
+    session = smart_session(max_retries=0, timeout=2.0, pool_maxsize=1, pool_block=True,
+                            budget=None)
+    try:
+        held = session.get(f"http://127.0.0.1:{port}/a", stream=True)
+        for _ in range(4):  # fill the accept queue: later connects get no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        seconds: list[float] = []
+
+        def wait_then_connect() -> None:
+            started = time.monotonic()
+            with contextlib.suppress(requests.RequestException):
+                session.get(f"http://127.0.0.1:{port}/b")
+            seconds.append(time.monotonic() - started)
+
+        waiter = threading.Thread(target=wait_then_connect, daemon=True)
+        waiter.start()
+        assert held.content == b"ok"  # frees the slot after ~1.5 s of the waiter's 2 s
+        held.close()
+        waiter.join(timeout=15)
+        # Before: 1.5 s of waiting plus a full 2 s connect timeout, 3.5 s.
+        assert seconds and seconds[0] < 2.0 + 1.0, seconds
+    finally:
+        session.close()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_closing_the_session_stops_a_call_before_its_retry(server: FaultServer) -> None:
+    """session.close() while a call is under way: its retry is not sent (through a new pool
+    or otherwise); the call ends with AdapterClosedError and its history."""
+    session = smart_session(max_retries=1, timeout=0.5, backoff_base=0.01, pool_maxsize=1,
+                            pool_block=True, budget=None)
+    held = session.get(server.url("/ok"), stream=True)  # the POST waits for this slot
+    outcome: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            session.post(server.url("/echo?closed=1"), data=b"after-close")
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=post, daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    session.close()
+    waiter.join(timeout=10)
+    held.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], AdapterClosedError), outcome
+    assert server.received("/echo") == []
+    history = outcome[0].retry_history  # type: ignore[attr-defined]
+    assert [(e.kind, e.reason) for e in history if e.kind is EventKind.FAILURE] == [
+        (EventKind.FAILURE, "deadline"), (EventKind.FAILURE, "AdapterClosedError")]
+    assert history[-1].kind is EventKind.GIVE_UP and history[-1].give_up_reason == "error"
 
 
 def test_a_post_refused_a_pooled_connection_is_retried(server: FaultServer) -> None:

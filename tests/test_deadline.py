@@ -56,11 +56,11 @@ def test_finished_watch_never_touches_the_socket() -> None:
 def test_watch_remaining_counts_down_to_zero_and_ends_with_the_watch() -> None:
     """What a blocking pool may still wait: the time to the deadline, never negative, and
     no bound at all once the attempt is over."""
-    with watch(0.05) as armed:
+    with watch(0.5) as armed:
         assert armed is not None
         left = armed.remaining()
-        assert left is not None and 0.0 < left <= 0.05
-        time.sleep(0.1)
+        assert left is not None and 0.0 < left <= 0.5
+        time.sleep(0.6)
         assert armed.remaining() == 0.0
     assert armed.remaining() is None
 
