@@ -69,18 +69,18 @@ _MIN_SOCKET_TIMEOUT = 0.001
 _MAX_SOCKET_TIMEOUT = 1e9
 
 
-class _BeforeSending(Exception):
+class _NothingSent(Exception):
     """Marks a pool's refusal to hand out a connection because the attempt deadline had
     passed: nothing was sent.  The adapter classifies it as the attempt deadline's timeout
     (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
 
 
-class DeadlinePassedInPool(_BeforeSending, urllib3.exceptions.ConnectTimeoutError):
-    """A connection was taken from the pool after the deadline: urllib3 gives its slot
-    back, and requests raises ``ConnectTimeout``."""
+class DeadlineBeforeSending(_NothingSent, urllib3.exceptions.ConnectTimeoutError):
+    """The deadline passed after a connection was taken from the pool but before anything
+    was sent on it: urllib3 gives its slot back, and requests raises ``ConnectTimeout``."""
 
 
-class PoolWaitExpired(_BeforeSending, urllib3.exceptions.EmptyPoolError):
+class PoolWaitExpired(_NothingSent, urllib3.exceptions.EmptyPoolError):
     """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
     so that urllib3 returns no slot it never took; the adapter turns it into
     ``ConnectTimeout`` (requests would let urllib3's own error through)."""
@@ -90,17 +90,16 @@ def _pool_refused(exc: BaseException) -> bool:
     # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
     # raises ConnectTimeout(<the pool's error>).
     cause = exc.args[0] if exc.args else None
-    return isinstance(getattr(cause, "reason", cause), _BeforeSending)
+    return isinstance(getattr(cause, "reason", cause), _NothingSent)
 
 
-def _connect_by_deadline(timeout: Urllib3Timeout, current: Watch) -> Urllib3Timeout:
-    """``timeout`` with its connect part cut to what is left of the attempt.
+def _connect_by_deadline(timeout: Urllib3Timeout, left: float) -> Urllib3Timeout:
+    """``timeout`` with its connect part cut to ``left``, what is left of the attempt.
 
     The connect timeout was set when the attempt began; a wait for a pooled connection,
     or a stalled thread, may have used part of the attempt since.  The watchdog cannot
     cut a connect (no socket exists yet), so the socket timeout must end it."""
-    left = current.remaining()
-    if left is None or timeout.total is not None:
+    if timeout.total is not None:
         return timeout
     connect = timeout.connect_timeout
     if isinstance(connect, (int, float)) and connect <= left:
@@ -129,7 +128,7 @@ class _WatchedPoolMixin:
             # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
             # which stays safe to retry (nothing was sent).
             conn.close()
-            raise DeadlinePassedInPool(
+            raise DeadlineBeforeSending(
                 self, "the attempt deadline passed before a pooled connection was free")
         return conn
 
@@ -150,10 +149,15 @@ class _WatchedPoolMixin:
     def _make_request(self, conn: Any, method: str, url: str, *args: Any,
                       **kwargs: Any) -> Any:
         if conn.sock is None:  # it connects first: a fresh or a dropped connection
-            timeout = kwargs.get("timeout")
             current = active_watch()
-            if current is not None and isinstance(timeout, Urllib3Timeout):
-                kwargs["timeout"] = _connect_by_deadline(timeout, current)
+            left = None if current is None else current.remaining()
+            if left is not None:
+                if left <= 0.0:  # a stalled thread: the watchdog has no socket to cut
+                    raise DeadlineBeforeSending(
+                        self, "the attempt deadline passed before the connection was made")
+                timeout = kwargs.get("timeout")
+                if isinstance(timeout, Urllib3Timeout):
+                    kwargs["timeout"] = _connect_by_deadline(timeout, left)
         return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
 
     def _put_conn(self, conn: Any) -> None:
@@ -485,6 +489,10 @@ class SmartRetryAdapter(HTTPAdapter):
         self._closed = True
         super().close()
 
+    def _is_closed(self) -> bool:
+        # Asked by the retry loop before each retry: a closed adapter sends nothing more.
+        return self._closed
+
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
@@ -602,7 +610,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
-                if self._closed:  # session.close() while the call was under way
+                if self._closed:  # closed after run_call last asked: send nothing
                     raise AdapterClosedError(
                         "this SmartRetryAdapter was closed (session.close()) before the "
                         "retry; nothing more is sent", request=request)
@@ -635,7 +643,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock)
+                            clock=self._clock, closed=self._is_closed)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response

@@ -165,11 +165,14 @@ def run_call(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     rng: Any = random,
+    closed: Optional[Callable[[], bool]] = None,
 ) -> Finished[T]:
     """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
 
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
-    other ending, success or failure, comes back as :class:`Finished`.
+    other ending, success or failure, comes back as :class:`Finished`.  ``closed``, when
+    given, is asked before each retry (and again after its backoff wait): once it says
+    True, the call gives up with reason ``"closed"`` and sends nothing more.
     """
     # This setup runs for every request (current_scope is a C-level accessor).
     scope = current_scope()
@@ -242,6 +245,8 @@ def run_call(
 
         give_up, wait = _decide(policy, verdict, outcome, number, max_attempts, previous_wait,
                                 rng, scope, rule=rule, seen=seen)
+        if give_up is None and closed is not None and closed():
+            give_up = "closed"
         if give_up is None and budget is not None and not budget.allow_retry(call.service):
             give_up = "budget"
         if give_up is not None:
@@ -265,6 +270,12 @@ def run_call(
                   "give_up_reason": "interrupted", "call_elapsed": clock() - call_started})
             attach_history(exc, tuple(history))
             raise
+        if closed is not None and closed():  # closed during the wait
+            emit(EventKind.GIVE_UP, number,
+                 {"verdict": verdict.verdict, "reason": verdict.reason,
+                  "status_code": outcome.status_code, "give_up_reason": "closed",
+                  "call_elapsed": clock() - call_started})
+            return Finished(outcome, tuple(history), "closed")
         previous_wait = wait
     raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
 

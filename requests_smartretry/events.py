@@ -82,6 +82,7 @@ GIVE_UP_REASONS = (
     "deadline",  # an enclosing deadline leaves no time for the wait
     "circuit_open",  # the breaker refused the retry
     "interrupted",  # the backoff wait was interrupted (KeyboardInterrupt, SystemExit)
+    "closed",  # the adapter was closed (session.close()) while the call was under way
     "error",  # the attempt itself raised (a signer, a hook, KeyboardInterrupt)
 )
 

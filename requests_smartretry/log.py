@@ -46,6 +46,7 @@ _TEXT = {
         "circuit_open": "熔断器已打开, 不重试",
         "error": "尝试过程中出现异常 ({reason}), 放弃",
         "interrupted": "等待重试时被中断, 放弃",
+        "closed": "会话已关闭 (session.close()), 不重试",
     },
     "en": {
         "prefix": "[API retry]",
@@ -69,6 +70,7 @@ _TEXT = {
         "circuit_open": "circuit breaker open; not retrying",
         "error": "the attempt raised {reason}; giving up",
         "interrupted": "interrupted while waiting to retry; giving up",
+        "closed": "session closed (session.close()); not retrying",
     },
 }
 

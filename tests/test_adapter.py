@@ -28,6 +28,7 @@ from urllib3.util.retry import Retry
 from requests_smartretry import (
     AdapterClosedError,
     AttemptDeadlineExceeded,
+    CircuitBreaker,
     EventKind,
     RetryPolicy,
     SmartRetryAdapter,
@@ -36,6 +37,7 @@ from requests_smartretry import (
     deadline,
     smart_session,
 )
+from requests_smartretry import adapter as adapter_module
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.testing import fast_retries
 
@@ -299,6 +301,32 @@ def test_a_connection_handed_out_after_the_deadline_carries_nothing(
     assert session.get(server.url("/ok")).status_code == 200
 
 
+def test_a_new_connection_is_not_made_after_the_deadline(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread stalled between taking a fresh connection and connecting it (the
+    watchdog has no socket to cut then) does not connect and send once its deadline has
+    passed: a ConnectTimeout classified as the deadline, nothing reaches the server."""
+    watched_make_request = adapter_module.HTTPConnectionPool._make_request
+
+    def stalled(pool: Any, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return watched_make_request(pool, conn, *args, **kwargs)
+
+    monkeypatch.setattr(adapter_module.HTTPConnectionPool, "_make_request", stalled)
+    session = smart_session(max_retries=0, budget=None)  # no pooled connection yet
+    with pytest.raises(requests.exceptions.ConnectTimeout,
+                       match="deadline passed before the connection was made") as caught:
+        session.post(server.url("/echo?fresh=1"), data=b"pay", timeout=0.1)
+    failures = [(e.verdict, e.reason) for e in caught.value.retry_history  # type: ignore
+                if e.kind is EventKind.FAILURE]
+    assert failures == [(Verdict.TIMEOUT, "deadline")]
+    monkeypatch.undo()
+    time.sleep(0.1)
+    assert server.received("/echo") == []
+    assert session.get(server.url("/ok")).status_code == 200
+
+
 def test_a_blocking_pool_waits_no_longer_than_the_deadline(server: FaultServer) -> None:
     """With pool_block=True and every connection in use, requests would wait for ever; the
     attempt's deadline ends the wait: a ConnectTimeout (nothing sent) per attempt, both
@@ -384,15 +412,29 @@ def test_a_connect_after_a_pool_wait_ends_by_the_attempt_deadline() -> None:
         listener.close()
 
 
-def test_closing_the_session_stops_a_call_before_its_retry(server: FaultServer) -> None:
+@pytest.mark.parametrize("closed_during", ["the attempt", "the backoff wait"])
+def test_closing_the_session_stops_a_call_before_its_retry(
+    server: FaultServer, closed_during: str,
+) -> None:
     """session.close() while a call is under way: its retry is not sent (through a new pool
-    or otherwise); the call ends with AdapterClosedError and its history."""
-    session = smart_session(max_retries=1, timeout=0.5, backoff_base=0.01, pool_maxsize=1,
-                            pool_block=True, budget=None)
+    or otherwise) and is not counted as an attempt (a breaker would take it for a
+    success); the call ends on its last real failure, given up as "closed"."""
+    breaker = CircuitBreaker(failure_threshold=5)
+    sleeps: list[float] = []
+    closing = threading.Event()
+
+    def backoff_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if closed_during == "the backoff wait":
+            session.close()
+
+    session = smart_session(max_retries=1, timeout=0.5, pool_maxsize=1, pool_block=True,
+                            budget=None, breaker=breaker, sleep=backoff_sleep)
     held = session.get(server.url("/ok"), stream=True)  # the POST waits for this slot
     outcome: list[BaseException] = []
 
     def post() -> None:
+        closing.set()
         try:
             session.post(server.url("/echo?closed=1"), data=b"after-close")
         except requests.RequestException as exc:
@@ -400,16 +442,20 @@ def test_closing_the_session_stops_a_call_before_its_retry(server: FaultServer) 
 
     waiter = threading.Thread(target=post, daemon=True)
     waiter.start()
-    time.sleep(0.1)
-    session.close()
+    if closed_during == "the attempt":
+        closing.wait(5)
+        time.sleep(0.1)  # the POST waits in the pool; close() lands in that first attempt
+        session.close()
     waiter.join(timeout=10)
     held.close()
-    assert len(outcome) == 1 and isinstance(outcome[0], AdapterClosedError), outcome
+    assert len(outcome) == 1 and isinstance(outcome[0], requests.exceptions.ConnectTimeout)
     assert server.received("/echo") == []
     history = outcome[0].retry_history  # type: ignore[attr-defined]
-    assert [(e.kind, e.reason) for e in history if e.kind is EventKind.FAILURE] == [
-        (EventKind.FAILURE, "deadline"), (EventKind.FAILURE, "AdapterClosedError")]
-    assert history[-1].kind is EventKind.GIVE_UP and history[-1].give_up_reason == "error"
+    assert [e.kind for e in history if e.kind is EventKind.START] == [EventKind.START]
+    assert history[-1].kind is EventKind.GIVE_UP and history[-1].give_up_reason == "closed"
+    assert len(sleeps) == (1 if closed_during == "the backoff wait" else 0)
+    # The breaker saw one failed attempt: the GET's success reset nothing afterwards.
+    assert breaker.status(history[0].service).consecutive_failures == 1
 
 
 def test_a_post_refused_a_pooled_connection_is_retried(server: FaultServer) -> None:
