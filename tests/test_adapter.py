@@ -9,6 +9,7 @@ import io
 import itertools
 import pickle
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -412,6 +413,16 @@ def test_a_connect_after_a_pool_wait_ends_by_the_attempt_deadline() -> None:
         listener.close()
 
 
+def _runs(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside a call of ``function`` right now."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @pytest.mark.parametrize("closed_during", ["the attempt", "the backoff wait"])
 def test_closing_the_session_stops_a_call_before_its_retry(
     server: FaultServer, closed_during: str,
@@ -421,20 +432,18 @@ def test_closing_the_session_stops_a_call_before_its_retry(
     success); the call ends on its last real failure, given up as "closed"."""
     breaker = CircuitBreaker(failure_threshold=5)
     sleeps: list[float] = []
-    closing = threading.Event()
 
     def backoff_sleep(seconds: float) -> None:
         sleeps.append(seconds)
         if closed_during == "the backoff wait":
             session.close()
 
-    session = smart_session(max_retries=1, timeout=0.5, pool_maxsize=1, pool_block=True,
+    session = smart_session(max_retries=1, timeout=1.0, pool_maxsize=1, pool_block=True,
                             budget=None, breaker=breaker, sleep=backoff_sleep)
     held = session.get(server.url("/ok"), stream=True)  # the POST waits for this slot
     outcome: list[BaseException] = []
 
     def post() -> None:
-        closing.set()
         try:
             session.post(server.url("/echo?closed=1"), data=b"after-close")
         except requests.RequestException as exc:
@@ -442,9 +451,10 @@ def test_closing_the_session_stops_a_call_before_its_retry(
 
     waiter = threading.Thread(target=post, daemon=True)
     waiter.start()
-    if closed_during == "the attempt":
-        closing.wait(5)
-        time.sleep(0.1)  # the POST waits in the pool; close() lands in that first attempt
+    if closed_during == "the attempt":  # close() once the POST waits in the pool
+        deadline_at = time.monotonic() + 5
+        while not _runs(waiter, "_wait_for_conn") and time.monotonic() < deadline_at:
+            time.sleep(0.005)
         session.close()
     waiter.join(timeout=10)
     held.close()
