@@ -123,13 +123,7 @@ class _WatchedPoolMixin:
         conn = (self._wait_for_conn(current, timeout)
                 if self.block  # type: ignore[attr-defined]
                 else super()._get_conn(timeout))  # type: ignore[misc]
-        if not current.attach(conn):
-            # The deadline passed while the attempt waited for this connection: send
-            # nothing.  urllib3 restores the pool slot; requests raises ConnectTimeout,
-            # which stays safe to retry (nothing was sent).
-            conn.close()
-            raise DeadlineBeforeSending(
-                self, "the attempt deadline passed before a pooled connection was free")
+        current.attach(conn)  # here, so that a proxy tunnel's connect is watched too
         return conn
 
     def _wait_for_conn(self, current: Watch, timeout: Optional[float]) -> Any:
@@ -148,13 +142,20 @@ class _WatchedPoolMixin:
 
     def _make_request(self, conn: Any, method: str, url: str, *args: Any,
                       **kwargs: Any) -> Any:
-        if conn.sock is None:  # it connects first: a fresh or a dropped connection
-            current = active_watch()
-            left = None if current is None else current.remaining()
-            if left is not None:
-                if left <= 0.0:  # a stalled thread: the watchdog has no socket to cut
-                    raise DeadlineBeforeSending(
-                        self, "the attempt deadline passed before the connection was made")
+        # The last moment before anything is sent.  A thread that gets here after its
+        # deadline (it waited for the pool, or a busy machine stalled it) sends nothing,
+        # even if the watchdog thread has not run yet: urllib3 closes the connection and
+        # restores its pool slot, and requests raises ConnectTimeout, safe to retry.
+        current = active_watch()
+        left = None if current is None else current.remaining()
+        if left is not None:
+            connects = conn.sock is None  # a fresh or a dropped connection
+            if left <= 0.0:
+                raise DeadlineBeforeSending(
+                    self, "the attempt deadline passed before the connection was made"
+                    if connects else
+                    "the attempt deadline passed before a pooled connection was free")
+            if connects:
                 timeout = kwargs.get("timeout")
                 if isinstance(timeout, Urllib3Timeout):
                     kwargs["timeout"] = _connect_by_deadline(timeout, left)

@@ -125,20 +125,16 @@ class Watch:
                 dog._wakeup.notify()
         self._token: Optional[contextvars.Token[Optional[Watch]]] = _active_watch.set(self)
 
-    def attach(self, conn: Any) -> bool:
-        """Watch ``conn``, a connection the pool hands this attempt.  ``False`` when the
-        deadline has already passed: the caller must not send on it (a live keep-alive
-        socket would carry the request before the watchdog's next cut).
+    def attach(self, conn: Any) -> None:
+        """Watch ``conn``, a connection the pool hands this attempt.  Whoever sends on it
+        checks :meth:`remaining` first: past the deadline, the watchdog's next cut may
+        come only after a live keep-alive socket has carried the request.
 
-        No lock: only the attempt's own thread attaches, and the watchdog sets ``fired``
-        before it reads ``conn``, so either it sees this connection or this sees
-        ``fired``.  The clock is read too: the watchdog thread may not have run yet on a
-        busy machine.  A finished watch (still active in a copied context) attaches
-        nothing."""
-        if self._done:
-            return True
-        self.conn = conn
-        return not self.fired and _monotonic() < self.deadline_at
+        No lock: only the attempt's own thread attaches, and a watchdog cut it misses is
+        repeated every ``_RECHECK``.  A finished watch (still active in a copied
+        context) attaches nothing."""
+        if not self._done:
+            self.conn = conn
 
     def remaining(self) -> Optional[float]:
         """Seconds until the deadline (never negative), or ``None`` once finished."""
