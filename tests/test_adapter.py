@@ -272,56 +272,40 @@ def test_stream_true_deadline_covers_headers_only(server: FaultServer) -> None:
 
 
 @pytest.mark.parametrize("watchdog", ["on time", "late"])
+@pytest.mark.parametrize(("connection", "message"), [
+    pytest.param("kept alive", "deadline passed before a pooled connection was free",
+                 id="kept-alive"),
+    pytest.param("new", "deadline passed before the connection was made", id="new"),
+])
 def test_a_connection_handed_out_after_the_deadline_carries_nothing(
-    server: FaultServer, monkeypatch: pytest.MonkeyPatch, watchdog: str,
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, watchdog: str, connection: str,
+    message: str,
 ) -> None:
-    """A thread that gets its pooled keep-alive connection only after its deadline (here a
-    stall inside the pool, as a starved thread on a loaded machine sees) sends nothing on
-    it, whether or not the watchdog thread has run yet: a ConnectTimeout classified as the
+    """A thread stalled past its deadline as a starved thread on a loaded machine is
+    (inside the pool, with a live keep-alive connection; or between taking a fresh
+    connection and connecting it, when the watchdog has no socket to cut) sends nothing,
+    whether or not the watchdog thread has run yet: a ConnectTimeout classified as the
     deadline, the server never sees the POST, and the pool keeps working."""
     if watchdog == "late":  # the watchdog thread never gets to mark the watch as fired
         monkeypatch.setattr(deadline.Watch, "_fire", lambda watch: None)
     session = smart_session(max_retries=0, timeout=10.0, budget=None)
-    assert session.get(server.url("/ok")).status_code == 200  # a live keep-alive connection
-    real_get_conn = urllib3.connectionpool.HTTPConnectionPool._get_conn
+    if connection == "kept alive":
+        assert session.get(server.url("/ok")).status_code == 200
+        stalled_class, name = urllib3.connectionpool.HTTPConnectionPool, "_get_conn"
+    else:  # no pooled connection yet: the POST connects
+        stalled_class, name = adapter_module.HTTPConnectionPool, "_make_request"
+    real = getattr(stalled_class, name)
 
-    def stalled_get_conn(pool: Any, timeout: Any = None) -> Any:
+    def stalled(pool: Any, *args: Any, **kwargs: Any) -> Any:
         time.sleep(0.4)
-        return real_get_conn(pool, timeout)
+        return real(pool, *args, **kwargs)
 
-    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "_get_conn",
-                        stalled_get_conn)
-    with pytest.raises(requests.exceptions.ConnectTimeout,
-                       match="deadline passed before a pooled connection was free") as caught:
+    monkeypatch.setattr(stalled_class, name, stalled)
+    with pytest.raises(requests.exceptions.ConnectTimeout, match=message) as caught:
         session.post(server.url("/echo?late=1"), data=b"pay", timeout=0.1)
     failures = [(e.verdict, e.reason) for e in caught.value.retry_history  # type: ignore
                 if e.kind is EventKind.FAILURE]
     assert failures == [(Verdict.TIMEOUT, "deadline")]  # the attempt's timeout, not network
-    monkeypatch.undo()
-    assert server.received("/echo") == []
-    assert session.get(server.url("/ok")).status_code == 200
-
-
-def test_a_new_connection_is_not_made_after_the_deadline(
-    server: FaultServer, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A thread stalled between taking a fresh connection and connecting it (the
-    watchdog has no socket to cut then) does not connect and send once its deadline has
-    passed: a ConnectTimeout classified as the deadline, nothing reaches the server."""
-    watched_make_request = adapter_module.HTTPConnectionPool._make_request
-
-    def stalled(pool: Any, conn: Any, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.3)
-        return watched_make_request(pool, conn, *args, **kwargs)
-
-    monkeypatch.setattr(adapter_module.HTTPConnectionPool, "_make_request", stalled)
-    session = smart_session(max_retries=0, budget=None)  # no pooled connection yet
-    with pytest.raises(requests.exceptions.ConnectTimeout,
-                       match="deadline passed before the connection was made") as caught:
-        session.post(server.url("/echo?fresh=1"), data=b"pay", timeout=0.1)
-    failures = [(e.verdict, e.reason) for e in caught.value.retry_history  # type: ignore
-                if e.kind is EventKind.FAILURE]
-    assert failures == [(Verdict.TIMEOUT, "deadline")]
     monkeypatch.undo()
     time.sleep(0.1)
     assert server.received("/echo") == []
