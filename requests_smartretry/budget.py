@@ -141,6 +141,14 @@ class RetryBudget(StoreUser):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        _testing.track(self)
+
+    def _reset_state(self) -> None:
+        """Every service's bucket full again (``testing.reset_state()``; a Redis store's
+        shared buckets stay as they are)."""
+        with self._lock:
+            self._pending.clear()
+        super()._reset_state()
 
     def _take_pending(self, service: str) -> float:
         with self._lock:
