@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from requests_smartretry import (
     AttemptEvent,
