@@ -29,7 +29,7 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from requests_smartretry import AttemptEvent, EventKind, RetryBudget  # noqa: E402
+from requests_smartretry import AttemptEvent, EventKind, RetryBudget
 
 SERVICE = "https://api.example.com"
 ATTEMPT_S = 0.001
