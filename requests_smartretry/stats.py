@@ -311,3 +311,4 @@ class Stats:
             state.pop(stale, None)
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        track(self)

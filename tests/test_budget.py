@@ -8,7 +8,6 @@ from __future__ import annotations
 import pickle
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,16 +25,8 @@ from requests_smartretry import (
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.testing import fast_retries
 from tests.conftest import FakeClock
-from tests.redis_server import RedisServer
 
 SVC = "https://api.example.com"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module's Redis cases."""
-    with RedisServer() as server:
-        yield server.url
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
