@@ -57,9 +57,12 @@ from .volcengine import (
     photo_session,
 )
 from .wechatpay import (
+    PlatformVerifier,
+    WechatPayAdapter,
     WechatPaySigner,
     classify_wechatpay_response,
     order_is_idempotent,
+    parse_notification,
     payment_adapter,
     payment_session,
 )
@@ -68,12 +71,15 @@ __all__ = [
     "AttemptPreparer",
     "BaseURLSession",
     "BearerSigner",
+    "PlatformVerifier",
     "VolcengineSigner",
+    "WechatPayAdapter",
     "WechatPaySigner",
     "classify_ark_response",
     "classify_visual_response",
     "classify_wechatpay_response",
     "order_is_idempotent",
+    "parse_notification",
     "payment_adapter",
     "payment_session",
     "photo_adapter",

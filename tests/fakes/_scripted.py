@@ -90,10 +90,15 @@ class ScriptedFake:
         # goes out only when that loop ends: an OSError from a handler ends it.
         raise ConnectionAbortedError("fake vendor reset the connection")
 
+    def finish_reply(self, status: int, payload: bytes) -> tuple[bytes, dict[str, str]]:
+        """The body and extra headers to send (a fake that signs its answers adds them)."""
+        return payload, {}
+
     def _reply(self, sock: socket.socket, status: int, body: Any) -> None:
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload, extra = self.finish_reply(
+            status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
         self.server.send(sock, status, payload,
-                         {"Content-Type": "application/json; charset=utf-8"})
+                         {"Content-Type": "application/json; charset=utf-8", **extra})
 
 
 def query_of(request: RecordedRequest) -> list[tuple[str, str]]:
