@@ -53,6 +53,7 @@ from .ark import BearerSigner, classify_ark_response, video_adapter, video_sessi
 from .volcengine import (
     VolcengineSigner,
     classify_visual_response,
+    mount_on_sdk_service,
     photo_adapter,
     photo_session,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "classify_ark_response",
     "classify_visual_response",
     "classify_wechatpay_response",
+    "mount_on_sdk_service",
     "order_is_idempotent",
     "parse_notification",
     "payment_adapter",
