@@ -35,12 +35,13 @@ _REQUIRED = ("signature", "timestamp", "nonce", "serial")
 PemInput = Union[str, bytes, Any]
 
 
-def _cryptography() -> Any:
+def require_cryptography(purpose: str) -> Any:
+    """``cryptography``'s RSA module, or an ImportError saying which extra to install."""
     try:
         import cryptography.hazmat.primitives.asymmetric.rsa as rsa
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "WeChat Pay verification needs the 'wechatpay' extra: "
+            f"WeChat Pay {purpose} needs the 'wechatpay' extra: "
             "pip install 'requests-smartretry[wechatpay]'"
         ) from exc
     return rsa
@@ -56,7 +57,7 @@ def _pem_bytes(name: str, value: Any) -> bytes:
 
 def load_public_key(value: PemInput, name: str = "platform_public_key") -> Any:
     """An RSA public key from PEM text (the platform's ``pub_key.pem``) or a key object."""
-    rsa = _cryptography()
+    rsa = require_cryptography("verification")
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     if isinstance(value, rsa.RSAPublicKey):
@@ -78,7 +79,7 @@ def load_public_key(value: PemInput, name: str = "platform_public_key") -> Any:
 def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any]:
     """(serial number, RSA public key) of one ``platform_certificates`` entry; the mapping's
     key must be the certificate's own serial (hex, as ``Wechatpay-Serial`` carries it)."""
-    rsa = _cryptography()
+    rsa = require_cryptography("verification")
     from cryptography.x509 import load_pem_x509_certificate
 
     if not isinstance(serial, str) or not serial.strip():

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..adapter import SmartRetryAdapter, TimeoutArg
+from ..adapter import SmartRetryAdapter
 from ..classify import Classification
 from ..errors import ResponseSignatureError, attach_history
 from ..events import Verdict
@@ -40,7 +40,13 @@ from ._base import (
     json_body,
     preset_session,
 )
-from ._wechatpay_platform import PemInput, PlatformVerifier, check_api_v3_key, decrypt_json
+from ._wechatpay_platform import (
+    PemInput,
+    PlatformVerifier,
+    check_api_v3_key,
+    decrypt_json,
+    require_cryptography,
+)
 
 __all__ = [
     "PlatformVerifier",
@@ -122,14 +128,9 @@ def order_is_idempotent(request: requests.PreparedRequest) -> bool:
 
 
 def _load_private_key(private_key: Any) -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "WeChat Pay signing needs the 'wechatpay' extra: "
-            "pip install 'requests-smartretry[wechatpay]'"
-        ) from exc
+    rsa = require_cryptography("signing")
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     if isinstance(private_key, rsa.RSAPrivateKey):
         return private_key
     if isinstance(private_key, str):
@@ -319,19 +320,12 @@ class WechatPayAdapter(SmartRetryAdapter):
                                   f"{exc.check}")
         return verdict
 
-    def send(  # type: ignore[override]
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: TimeoutArg = None,
-        verify: Union[bool, str] = True,
-        cert: Any = None,
-        proxies: Optional[dict[str, str]] = None,
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
         """As :meth:`SmartRetryAdapter.send`; raises ``ResponseSignatureError`` for a 2xx
         that failed verification (never returned as success)."""
-        response = super().send(request, stream=stream, timeout=timeout, verify=verify,
-                                cert=cert, proxies=proxies)
+        response = super().send(request, *args, **kwargs)
         error = response.__dict__.pop(_SIGNATURE_ERROR, None)
         if error is None:
             return response
