@@ -484,3 +484,17 @@ def test_freshness_limit_is_five_minutes_of_the_injected_clock(platform: RSAPriv
             with pytest.raises(ResponseSignatureError) as caught:
                 verifier.verify(headers, body)
             assert caught.value.check == "timestamp"
+
+
+def test_callable_api_does_not_retry_a_forged_answer(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """execute_with_smart_retry around a verified payment call does not retry the
+    ResponseSignatureError either: one request in all."""
+    from requests_smartretry import execute_with_smart_retry
+
+    session = verified_session(merchant_pem, fake, platform)
+    fake.forge("tampered")
+    with pytest.raises(ResponseSignatureError):
+        execute_with_smart_retry(lambda: session.post(JSAPI, json=order()), max_retries=2,
+                                 sleep=lambda s: None, timeout=10.0)
+    assert fake.hits() == 1
