@@ -498,3 +498,15 @@ def test_callable_api_does_not_retry_a_forged_answer(
         execute_with_smart_retry(lambda: session.post(JSAPI, json=order()), max_retries=2,
                                  sleep=lambda s: None, timeout=10.0)
     assert fake.hits() == 1
+
+
+def test_absent_signature_type_is_taken_as_rsa(platform: RSAPrivateKey) -> None:
+    """An honest answer without Wechatpay-Signature-Type verifies (the vendor's rule needs
+    only Serial, Signature, Timestamp and Nonce), and the same answer altered does not."""
+    verifier = PlatformVerifier(public_key=public_pem(platform), public_key_id=PUBLIC_KEY_ID)
+    body = b'{"prepay_id": "wx1"}'
+    headers = platform_headers(platform, PUBLIC_KEY_ID, body)
+    del headers["Wechatpay-Signature-Type"]
+    verifier.verify(headers, body)
+    with pytest.raises(ResponseSignatureError, match=r"\(signature check\)"):
+        verifier.verify(headers, body.replace(b"wx1", b"wx2"))

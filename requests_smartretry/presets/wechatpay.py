@@ -8,6 +8,15 @@ matched); ``out_trade_no`` makes an order placement idempotent; the backup domai
 2xx answer is signed by the platform and must be verified (a 2xx without a signature is
 forged).  ``cryptography`` (the ``wechatpay`` extra) is imported only when a signer or a
 verifier is built.
+
+VENDORS notes (where verification differs from ``wechatpayv3`` 2.0.4, and why): a
+``Wechatpay-Timestamp`` more than 5 minutes from now is refused (the vendor's documented
+recommendation; the SDK does not check it); an absent ``Wechatpay-Signature-Type`` is
+taken as RSA (the vendor's signature rule names only Serial, Signature, Timestamp and
+Nonce; the Python SDK refuses it), while any other type is refused; bill and
+complaint-image downloads are not verified (WeChat Pay does not sign them; the SDK skips
+them too).  Otherwise both give the same verdict on the same answers, which
+``tests/test_presets_wechatpay_platform.py`` checks.
 """
 
 from __future__ import annotations
