@@ -21,6 +21,7 @@ import requests
 
 from .adapter import SmartRetryAdapter
 from .breaker import CircuitBreaker
+from .budget import RetryBudget
 from .errors import CircuitOpenError, attempt_history
 from .events import AttemptEvent, EventKind
 from .faultserver import FaultServer
@@ -138,6 +139,7 @@ class Tour:
         self.not_found_is_not_retried()
         self.slow_drip_cut_by_deadline()
         self.post_is_not_resent()
+        self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
         self.payment_signature_checked()
         self.statistics()
@@ -205,6 +207,25 @@ class Tour:
                               headers={"Idempotency-Key": "order-42"})
         self.result(f"HTTP {response.status_code} after "
                     f"{self.server.hits('/seq/keyed')} attempts")
+
+    def budget_refunds_transient_failures(self) -> None:
+        self.heading("Retry budget: transient failures cost it nothing, an outage drains it")
+        budget = RetryBudget()  # the default every adapter gets
+        quiet = {"log": False, "backoff_base": 0.01, "budget": budget, "max_retries": 1}
+        storm = self.session("demo-budget-storm", **quiet)
+        codes = [storm.get(self.server.url(f"/seq/storm{n}?steps=503,ok")).status_code
+                 for n in range(30)]
+        service = f"http://127.0.0.1:{self.server.port}"
+        self.result(f"30 calls, each failing once: {codes.count(200)} x HTTP 200; every "
+                    f"retry succeeded and was refunded ({budget.tokens(service):.0f} of 20 "
+                    f"tokens left)")
+        outage = self.session("demo-budget-outage", **quiet)
+        before = self.server.hits()
+        for _ in range(60):
+            outage.get(self.server.url("/status/503"))
+        self.result(f"60 calls to a service that is down: {self.server.hits() - before} "
+                    f"requests, not 120 (failed retries are not refunded; the budget "
+                    f"stops them once its 20 tokens are spent)")
 
     def breaker_opens_and_recovers(self) -> None:
         self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")
