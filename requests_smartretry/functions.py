@@ -56,7 +56,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
-from .classify import Classification, classify_call_error
+from .classify import Classification, classify_call_error, final_reason
 from .deadline import remaining, retry_scope
 from .engine import (
     BreakerGate,
@@ -268,8 +268,8 @@ def abandoned_attempts() -> int:
 class _Config:
     """Everything one call (or one decorated function) needs, validated once."""
 
-    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "policy", "run_in_thread",
-                 "sleep")
+    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
+                 "run_in_thread", "sleep")
 
     def __init__(
         self,
@@ -287,6 +287,9 @@ class _Config:
         options: dict[str, Any],
         caller: str,
     ) -> None:
+        # Only an explicit idempotent=False restricts retries to failures known to precede
+        # sending: the policy's default (also False) keeps the seed's behaviour.
+        not_idempotent = options.get("idempotent") is False
         policy = resolve_policy(policy, options, f"{caller}()")
         check_clocks(sleep, clock)
         _check_bool("run_in_thread", run_in_thread)
@@ -308,7 +311,9 @@ class _Config:
         self.sleep = sleep
         self.clock = clock
         self.run_in_thread = run_in_thread
-        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify)
+        self.not_idempotent = not_idempotent
+        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify,
+                                    not_idempotent)
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -330,25 +335,50 @@ def _classifier(
     retry_statuses: frozenset[int],
     retry_on: Optional[RetryOn],
     classify: Optional[ErrorClassifier],
-) -> Callable[[BaseException], Classification]:
-    """The verdict on an exception raised by ``fn``: the caller's ``classify`` first, then
-    ``retry_on``, then the table; the basic variant retries whatever the table says."""
+    not_idempotent: bool = False,
+) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
+    """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
 
-    def verdict(error: BaseException) -> Classification:
+    First what an inner retrying layer marked final (a smart-session request that gave up
+    as ``unsafe`` or ``not_replayable``: repeating ``fn`` would resend it); then the
+    caller's ``classify``, then ``retry_on``, then the table; the basic variant retries
+    whatever the table says.  With ``not_idempotent`` (an explicit ``idempotent=False``)
+    a table verdict is retried only when it is safe to repeat: nothing was sent (refused,
+    DNS, a connect-phase failure) or the server said it did not act (429, 503).  The
+    caller's own ``classify`` / ``retry_on`` answers are theirs to make.
+    """
+
+    def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
+        final = final_reason(error)
+        if final is not None:
+            return classify_call_error(error, retry_statuses), final
         if classify is not None:
             decided = _ask(classify, error)
             if decided is not None:
-                return decided
+                return decided, None
         table = classify_call_error(error, retry_statuses)
-        if table.retryable or table.reason == "circuit_open":
+        if table.reason == "circuit_open":
             # an open breaker inside fn refuses again at once: even the basic variant,
             # which retries anything else, would only sleep and repeat the refusal
-            return table
-        if not smart or (retry_on is not None and isinstance(error, retry_on)):
-            return Classification(Verdict.ERROR, table.reason, sent=table.sent)
-        return table
+            return table, None
+        if retry_on is not None and isinstance(error, retry_on):
+            if not table.retryable:
+                table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, None
+        if table.retryable:
+            return table, _unsafe(table, not_idempotent)
+        if not smart:
+            table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, _unsafe(table, not_idempotent)
+        return table, None
 
     return verdict
+
+
+def _unsafe(verdict: Classification, not_idempotent: bool) -> Optional[str]:
+    """``"unsafe"`` when the operation is not idempotent and ``verdict`` may have reached a
+    server that acted on it."""
+    return "unsafe" if not_idempotent and not verdict.safe_to_repeat else None
 
 
 def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
@@ -453,7 +483,8 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
             f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
             "abandoned and may still be running in the background")
         return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=True),
-                       error=error, signal=error)
+                       error=error, signal=error,
+                       veto="unsafe" if config.not_idempotent else None)
     if job.error is not None:
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
             raise job.error
@@ -474,7 +505,8 @@ def _succeeded(value: R, operation: str) -> Outcome[R]:
 
 def _failed(error: Exception, config: _Config) -> Outcome[Any]:
     redact_exception(error)  # hooks, on_retry and the caller never see a credential
-    return Outcome(config.classify(error), error=error, signal=error)
+    verdict, veto = config.classify(error)
+    return Outcome(verdict, error=error, signal=error, veto=veto)
 
 
 # -- the public functions ------------------------------------------------------------------
