@@ -208,5 +208,5 @@ def test_a_connect_phase_mark_anywhere_in_the_chain_means_nothing_sent() -> None
 
 def test_an_unknown_phase_is_refused_by_name() -> None:
     """A phase that is not one of the two is a clear error naming it."""
-    with pytest.raises(ValueError, match="phase must be.*'written'"):
+    with pytest.raises(ValueError, match=r"phase must be.*'written'"):
         classify_exception(OSError(errno.ECONNRESET, "x"), "written")
