@@ -36,6 +36,23 @@ Nesting.  A retrying call made inside ``fn`` (a ``smart_session()`` request, ano
 attempt: the outer call does the retrying, so attempts never multiply (2, not 2×2).  A
 policy with ``nested="retry"`` retries as configured inside each outer attempt (2×2 = 4).
 
+What the callable API knows, and what it cannot.  It sees only the exception ``fn`` raised.
+It knows what a ``SmartRetryAdapter`` request inside ``fn`` recorded on its error: that it
+gave up as ``unsafe`` (it may have reached the server and is not idempotent) or
+``not_replayable`` (a body that was partly sent and cannot be sent again) — such a failure is
+final for the outer call too, also when ``fn`` wraps it (``raise ... from``) or turns the
+response into an ``HTTPError`` with ``raise_for_status()`` — and that a failure came before
+one byte of the request was written (TCP connect, TLS handshake, proxy tunnel).  Of plain
+``requests`` and other urllib3 users it knows only what the exception types say: urllib3's
+connect errors (``NewConnectionError``, ``ConnectTimeout``), DNS failures and refusals came
+before sending.  It cannot know where any other failure happened (a plain-requests TLS
+handshake timeout looks like a read timeout; an SDK's own errors say nothing), nor whether an
+attempt abandoned at its deadline sent anything: those count as "may have reached the
+server".  So with an explicit ``idempotent=False`` only failures known to precede sending are
+retried (refused, DNS, connect-phase errors, 429/503 that say the server did not act) plus
+the caller's own ``retry_on`` types and ``classify`` answers; without it, the table decides,
+as in the seed.
+
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
 such code pass ``run_in_thread=False``: ``fn`` then runs in the caller's thread and the
