@@ -580,8 +580,10 @@ def execute_with_smart_retry(
     (``TimeoutError``, ``requests`` timeouts, a timed-out attempt), exceptions carrying an
     HTTP ``status`` / ``status_code`` / ``response.status_code`` of 5xx or 429 (the policy's
     ``retry_statuses``), and messages containing 超时 or "timeout".  Everything else (4xx,
-    the caller's business errors) is raised after one attempt.  Extend the table with
-    ``retry_on=(MyError, ...)`` or ``classify(error) -> Classification | bool | None``::
+    the caller's business errors) is raised after one attempt.  ``idempotent=False``
+    narrows it to failures known to precede sending (see the module doc).  Extend the
+    table with ``retry_on=(MyError, ...)`` or ``classify(error) -> Classification | bool |
+    None``::
 
         result = execute_with_smart_retry(lambda: sdk.query(order_id), timeout=10.0,
                                           retry_on=sdk.BusyError)
