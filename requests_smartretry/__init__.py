@@ -19,6 +19,7 @@ from .errors import (
     AttemptDeadlineExceeded,
     CallTimeoutError,
     CircuitOpenError,
+    ResponseSignatureError,
     SmartRetryError,
     attempt_history,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "LoggingHook",
     "MemoryStateStore",
     "RedisStateStore",
+    "ResponseSignatureError",
     "RetryBudget",
     "RetryPolicy",
     "RetryRateAlert",
