@@ -48,7 +48,7 @@ from .engine import (
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
 from .policy import RetryPolicy, resolve_policy
-from .redact import redact_exception, redact_url
+from .redact import path_template, redact_exception, redact_url
 from .state import resolve_store
 from .stats import Stats
 
@@ -497,7 +497,8 @@ class SmartRetryAdapter(HTTPAdapter):
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
-        """The operation name in log lines: the policy's, a preset's, or ``METHOD host/path``."""
+        """The operation name in log lines and statistics: the policy's, a preset's, or
+        ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
         policy = self.policy
         if policy.operation_name:
             return policy.operation_name
@@ -511,7 +512,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 return name
         parts = urlsplit(request.url or "")
         host = parts.netloc.rsplit("@", 1)[-1]
-        return f"{request.method or 'GET'} {host}{parts.path or '/'}"
+        return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
 
     def service_for(self, request: requests.PreparedRequest) -> str:
         """The breaker/budget key: the policy's ``service``, or ``scheme://host``."""

@@ -241,7 +241,7 @@ def run_demo(lang: str = "zh", out: Optional[TextIO] = None) -> int:
     saved = (_logger.level, _logger.propagate)
     # The demo, and only the demo, shows the library's log lines on its own output.
     _logger.addHandler(handler)
-    _logger.setLevel(logging.INFO)
+    _logger.setLevel(logging.DEBUG)  # the tour shows a quiet (DEBUG) success's lines too
     _logger.propagate = False
     try:
         with FaultServer() as server:

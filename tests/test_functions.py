@@ -431,7 +431,7 @@ def test_operation_defaults_to_the_functions_qualname(caplog: Any) -> None:
         def create_task(self) -> str:
             return "task"
 
-    caplog.set_level(logging.INFO, logger="requests_smartretry")
+    caplog.set_level(logging.DEBUG, logger="requests_smartretry")
     execute_with_retry(Client().create_task, lang="en")
     assert caplog.records[0].getMessage() == (
         "[API retry] test_operation_defaults_to_the_functions_qualname.<locals>."
