@@ -110,8 +110,8 @@ class Tour:
         options.setdefault("max_retries", 2)
         options.setdefault("timeout", 2.0)
         options.setdefault("backoff_base", _DEMO_BACKOFF)
-        adapter = SmartRetryAdapter(operation_name=operation, lang=self.lang,
-                                    stats=self.stats, **options)
+        options.setdefault("lang", self.lang)
+        adapter = SmartRetryAdapter(operation_name=operation, stats=self.stats, **options)
         session = requests.Session()
         session.mount("http://", adapter)
         return session

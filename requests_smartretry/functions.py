@@ -54,6 +54,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
 from .classify import Classification, classify_call_error
@@ -76,7 +77,9 @@ from .redact import redact_exception
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, Unpack
+
+    from .options import CallOptions
 
     P = ParamSpec("P")
 
@@ -284,7 +287,7 @@ class _Config:
         run_in_thread: bool,
         retry_on: Optional[RetryOn],
         classify: Optional[ErrorClassifier],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         caller: str,
     ) -> None:
         policy = resolve_policy(policy, options, f"{caller}()")
@@ -491,7 +494,7 @@ def execute_with_retry(
     clock: Callable[[], float] = time.monotonic,
     run_in_thread: bool = True,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
@@ -523,7 +526,7 @@ def execute_with_smart_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
@@ -559,7 +562,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[P, R]: ...
 
 
@@ -578,7 +581,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -596,7 +599,7 @@ def with_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.

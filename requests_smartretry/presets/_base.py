@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -14,6 +14,9 @@ import requests
 from ..adapter import SmartRetryAdapter, previous_attempts
 from ..events import Verdict
 from ..policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from ..options import SessionOptions
 
 __all__ = [
     "AttemptPreparer",
@@ -142,7 +145,7 @@ def _swap_origin(url: str, primary: str, backup: str) -> str:
     return urlunsplit((target.scheme, target.netloc, parts.path, parts.query, parts.fragment))
 
 
-def build_adapter(policy: RetryPolicy, options: dict[str, Any]) -> SmartRetryAdapter:
+def build_adapter(policy: RetryPolicy, options: SessionOptions) -> SmartRetryAdapter:
     """The preset's adapter: ``options`` override the preset policy's fields; the rest
     (``breaker``, ``budget``, ``hooks``, ``state``, ``sleep``, ``clock``…) go to the adapter."""
     if "policy" in options:

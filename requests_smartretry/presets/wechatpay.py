@@ -14,7 +14,7 @@ import functools
 import json
 import time
 import uuid
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -33,6 +33,11 @@ from ._base import (
     json_body,
     preset_session,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import SessionOptions
 
 __all__ = [
     "WechatPaySigner",
@@ -238,7 +243,7 @@ def payment_adapter(
     backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for WeChat Pay v3: the vendor's error codes, order
     idempotency by ``out_trade_no``, backup-domain failover and (with merchant
@@ -276,7 +281,7 @@ def payment_session(
     backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> BaseURLSession:
     """A session for WeChat Pay v3, signed per attempt, with backup-domain failover.
 
