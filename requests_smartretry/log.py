@@ -198,13 +198,17 @@ class LoggingHook:
     def __call__(self, event: AttemptEvent) -> None:
         """Write the line(s) for ``event``."""
         kind = event.kind
-        if event.attempt == 1 and (kind is _START or kind is _SUCCESS):
-            # The first attempt's start is written with its outcome; a first-attempt
-            # success is DEBUG only.  Nothing is formatted unless DEBUG is on.
-            if kind is _SUCCESS and self.logger.isEnabledFor(_DEBUG):
-                self._first_attempt(_DEBUG, event)
-                self._line(_DEBUG, event, "success")
-            return
+        if event.attempt == 1:
+            # The first attempt's start is written with its outcome (nothing to hold: the
+            # outcome's event says all the start line needs); a first-attempt success is
+            # DEBUG only, and nothing is formatted unless DEBUG is on.
+            if kind is _START:
+                return
+            if kind is _SUCCESS:
+                if self.logger.isEnabledFor(_DEBUG):
+                    self._first_attempt(_DEBUG, event)
+                    self._line(_DEBUG, event, "success")
+                return
         level = _LEVELS.get(kind, logging.ERROR)
         if kind is _FAILURE and event.verdict in _QUIET_VERDICTS:
             level = logging.INFO
