@@ -18,16 +18,8 @@ from requests_smartretry.log import RECORD_NAMES
 from requests_smartretry.redact import path_template, redact_text, redact_url
 from requests_smartretry.testing import fast_retries
 
-from .conftest import LineCollector, SleepRecorder
+from .conftest import SEED_503_LINES, LineCollector, SleepRecorder
 
-SEED_LINES = [
-    "[API重试] 生成艺术照 - 第 1 次尝试 (最多 2 次)",
-    "[API重试] 生成艺术照 - 第 1 次尝试失败: 服务器错误 (HTTP 503)",
-    "[API重试] 生成艺术照 - 准备重试 (剩余 1 次机会)",
-    "[API重试] 生成艺术照 - 等待 1000ms 后重试",
-    "[API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)",
-    "[API重试] 生成艺术照 - 第 2 次尝试成功",
-]
 # A Telegram-style bot token in the path and a basic-auth password: unique strings, so any
 # hit names the channel that leaked it.
 PATH_TOKEN = "AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -72,7 +64,7 @@ def test_a_503_then_200_writes_the_seeds_six_lines_in_order(
     response = session.get(server.url("/seq/art?steps=503,ok"))
     assert response.status_code == 200
     records = at_info(log_lines)
-    assert [r.getMessage() for r in records] == SEED_LINES
+    assert [r.getMessage() for r in records] == SEED_503_LINES
     kinds = [r.retry_event for r in records]  # type: ignore[attr-defined]
     assert kinds == ["attempt", "failure", "retry", "wait", "attempt", "success"]
     assert set(kinds) <= set(RECORD_NAMES)
