@@ -9,9 +9,13 @@
     [API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)
     [API重试] 生成艺术照 - 第 2 次尝试成功
 
-Each record carries structured ``extra`` fields (``retry_operation``, ``retry_attempt``,
-``retry_verdict``…) for JSON pipelines.  No URL query, header or exception text reaches a
-line: only the operation name and the classification's reason code.
+A call whose first attempt succeeds writes its two lines at DEBUG only; any other call
+writes the whole sequence at INFO and up (the first line held back until the first
+attempt's outcome is known).  One record per decision, each with its own ``retry_event``
+(:data:`RECORD_NAMES`), and structured ``extra`` fields (``retry_operation``,
+``retry_attempt``, ``retry_verdict``… the README lists them with their types) for JSON
+pipelines.  No URL query, header or exception text reaches a line: only the operation
+name and the classification's reason code (and ``retry_url``, redacted).
 """
 
 from __future__ import annotations
