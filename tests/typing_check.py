@@ -14,7 +14,9 @@ from typing import Callable
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+
+# urllib3 1.26 ships no types (the compat run): the ignore is needed there, unused on 2.x.
+from urllib3.util.retry import Retry  # type: ignore[import-untyped, unused-ignore]
 
 from requests_smartretry import (
     RetryPolicy,
