@@ -10,7 +10,7 @@ No ``reveal_type``: the file is plain, importable Python.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -36,6 +36,9 @@ from requests_smartretry import (
 
 # What README snippets use without defining it (``from tests.typing_check import *``).
 __all__ = [
+    "API_V3_KEY",
+    "PUB_KEY_ID",
+    "PUB_KEY_PEM",
     "HTTPAdapter",
     "Retry",
     "RetryPolicy",
@@ -45,6 +48,7 @@ __all__ = [
     "Verdict",
     "VerdictRule",
     "client",
+    "mark_paid",
     "prompt",
     "session",
     "smart_session",
@@ -70,6 +74,13 @@ class VendorClient:
 client = VendorClient()
 prompt = "cat"
 session = requests.Session()
+API_V3_KEY = "0123456789abcdef0123456789abcdef"
+PUB_KEY_PEM = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"
+PUB_KEY_ID = "PUB_KEY_ID_0114"
+
+
+def mark_paid(notification: dict[str, Any]) -> None:
+    """The shop's own bookkeeping for a verified payment notification."""
 
 
 @with_retry(max_retries=2, timeout=5.0, operation_name="查询订单")
