@@ -16,9 +16,6 @@ from requests_smartretry.options import AdapterOptions, CallOptions, PolicyOptio
 
 ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-# A "..." line stands for the reader's own code; as a statement mypy stops checking the
-# rest of the function after it, so it becomes "pass".
-ELLIPSIS_LINE = re.compile(r"^(\s*)\.\.\.(\s*#.*)?$", re.MULTILINE)
 
 
 def readme_snippets() -> list[str]:
@@ -29,8 +26,7 @@ def snippets_module() -> str:
     """Every README snippet as the body of its own function, after the names they take as
     given (``tests/typing_check.py``)."""
     parts = ["from tests.typing_check import *  # noqa: F403\n"]
-    for number, snippet in enumerate(readme_snippets(), 1):
-        code = ELLIPSIS_LINE.sub(r"\1pass", snippet)
+    for number, code in enumerate(readme_snippets(), 1):
         parts.append(f"\n\ndef readme_snippet_{number}() -> None:\n"
                      + textwrap.indent(code, "    ") + "\n")
     return "".join(parts)
