@@ -22,7 +22,7 @@ import numbers
 import socket
 import threading
 import time
-from typing import Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -57,9 +57,14 @@ from .engine import (
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
 from .policy import RetryPolicy, check_timeout, resolve_policy
-from .redact import redact_exception, redact_url
+from .redact import path_template, redact_exception, redact_url
 from .state import resolve_store
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import AdapterOptions, SessionOptions
 
 __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 
@@ -465,20 +470,21 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
-        hooks: tuple[Hook, ...] = (),
+        hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
-        **policy_options: Any,
+        **policy_options: Unpack[AdapterOptions],
     ) -> None:
         if isinstance(policy_options.get("max_retries"), Retry):
             if policy is not None:
                 raise TypeError("pass either policy= or a urllib3 Retry as max_retries, "
                                 "not both")
-            policy = _policy_from_urllib3(policy_options.pop("max_retries"))
+            policy = _policy_from_urllib3(
+                policy_options.pop("max_retries"))  # type: ignore[arg-type]  # a Retry
         policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
         check_clocks(sleep, clock)
         hooks = check_hooks(hooks)
@@ -560,7 +566,8 @@ class SmartRetryAdapter(HTTPAdapter):
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
-        """The operation name in log lines: the policy's, a preset's, or ``METHOD host/path``."""
+        """The operation name in log lines and statistics: the policy's, a preset's, or
+        ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
         policy = self.policy
         if policy.operation_name:
             return policy.operation_name
@@ -574,7 +581,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 return name
         parts = urlsplit(request.url or "")
         host = parts.netloc.rsplit("@", 1)[-1]
-        return f"{request.method or 'GET'} {host}{parts.path or '/'}"
+        return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
 
     def service_for(self, request: requests.PreparedRequest) -> str:
         """The breaker/budget key: the policy's ``service``, or ``scheme://host``."""
@@ -852,7 +859,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
 
 def smart_session(
-    policy: Optional[RetryPolicy] = None, **options: Any
+    policy: Optional[RetryPolicy] = None, **options: Unpack[SessionOptions]
 ) -> requests.Session:
     """A ``requests.Session`` with one :class:`SmartRetryAdapter` mounted on both schemes.
 

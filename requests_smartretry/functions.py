@@ -71,6 +71,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
 from .classify import Classification, classify_call_error, final_reason
@@ -93,7 +94,9 @@ from .redact import redact_exception
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, Unpack
+
+    from .options import CallOptions
 
     P = ParamSpec("P")
 
@@ -301,7 +304,7 @@ class _Config:
         run_in_thread: bool,
         retry_on: Optional[RetryOn],
         classify: Optional[ErrorClassifier],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         caller: str,
     ) -> None:
         # Only an explicit idempotent=False restricts retries to failures known to precede
@@ -540,7 +543,7 @@ def execute_with_retry(
     clock: Callable[[], float] = time.monotonic,
     run_in_thread: bool = True,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
@@ -572,7 +575,7 @@ def execute_with_smart_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
@@ -610,7 +613,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[P, R]: ...
 
 
@@ -629,7 +632,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -647,7 +650,7 @@ def with_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.

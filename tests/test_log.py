@@ -45,7 +45,8 @@ def test_levels_and_structured_fields(log_lines: LineCollector) -> None:
                status_code=500, elapsed=0.25))
     hook(event(EventKind.GIVE_UP, attempt=2, verdict=Verdict.SERVER_ERROR, reason="HTTP 500",
                give_up_reason="exhausted"))
-    failure, give_up = log_lines.records
+    attempt, failure, give_up = log_lines.records  # the held-back first-attempt line first
+    assert attempt.levelno == logging.INFO
     assert failure.levelno == logging.WARNING and give_up.levelno == logging.ERROR
     assert failure.retry_operation == "生成艺术照"  # type: ignore[attr-defined]
     assert failure.retry_status_code == 500  # type: ignore[attr-defined]

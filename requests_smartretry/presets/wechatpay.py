@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -56,6 +56,11 @@ from ._wechatpay_platform import (
     decrypt_json,
     require_cryptography,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import SessionOptions
 
 __all__ = [
     "PlatformVerifier",
@@ -306,7 +311,8 @@ class WechatPayAdapter(SmartRetryAdapter):
     __attrs__ = [*SmartRetryAdapter.__attrs__, "verifier"]  # noqa: RUF012 - requests' convention
 
     def __init__(self, policy: Optional[RetryPolicy] = None, *,
-                 verifier: Optional[PlatformVerifier] = None, **options: Any) -> None:
+                 verifier: Optional[PlatformVerifier] = None,
+                 **options: Unpack[SessionOptions]) -> None:
         if verifier is not None and not isinstance(verifier, PlatformVerifier):
             raise TypeError(f"verifier must be a PlatformVerifier or None, got {verifier!r}")
         self.verifier = verifier
@@ -394,7 +400,7 @@ def payment_adapter(
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for WeChat Pay v3: the vendor's error codes, order
     idempotency by ``out_trade_no``, backup-domain failover, the vendor's headers, (with
@@ -451,7 +457,7 @@ def payment_session(
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> BaseURLSession:
     """A session for WeChat Pay v3, signed per attempt, verified, with backup failover.
 
