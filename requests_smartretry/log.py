@@ -43,6 +43,7 @@ _TEXT = {
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
         "not_retryable": "错误不可重试, 放弃",
         "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
+        "any_method": "该调用",
         "not_replayable": "请求体无法重放 (生成器或不可回退的流), 不重试",
         "retry_after_too_long": "服务器要求等待 {ms}ms, 超过上限 {cap_ms}ms, 不重试",
         "budget": "重试预算已用尽, 不重试",
@@ -65,6 +66,7 @@ _TEXT = {
         "not_retryable": "error is not retryable, giving up",
         "unsafe": "request may have reached the server and {method} is not idempotent; "
         "not retrying",
+        "any_method": "the call",
         "not_replayable": "request body cannot be replayed (generator or unseekable stream); "
         "not retrying",
         "retry_after_too_long": "server asked to wait {ms}ms, above the {cap_ms}ms cap; "
@@ -251,7 +253,7 @@ class LoggingHook:
         ms = event.retry_after if key == "retry_after_too_long" else event.wait
         message = text[key].format(
             attempt=event.attempt, max_attempts=event.max_attempts, left=event.retries_left,
-            ms=_ms(ms), method=event.method or "", reason=reason,
+            ms=_ms(ms), method=event.method or text["any_method"], reason=reason,
             cap_ms=_ms(event.backoff_cap if event.backoff_cap is not None
                        else self.backoff_max))
         self._emit(level, event, message, record or _RECORD_NAME[event.kind], outcome)
