@@ -305,6 +305,12 @@ def _timeouts_within(request: httpx.Request, seconds: float) -> None:
     """Cut each of httpx's per-operation timeouts of ``request`` to ``seconds``: a connect
     or a wait for a pooled connection cannot be cut by the watchdog (no socket yet)."""
     asked = request.extensions.get("timeout") or {}
+    for part in _TIMEOUT_PARTS:  # the common case (smart_client's): nothing to cut
+        value = asked.get(part)
+        if value is None or value > seconds:
+            break
+    else:
+        return
     cut = {}
     for part in _TIMEOUT_PARTS:
         value = asked.get(part)
