@@ -174,37 +174,37 @@ class _WatchedStream(httpcore.NetworkStream):
         """The socket the watchdog shuts down."""
         return self._stream.get_extra_info("socket")
 
-    def claim(self, current: Watch) -> None:
+    def claim(self, current: Watch, *, sending: bool) -> None:
         """Carry ``current``'s attempt: the watch of the attempt this stream carried before
         (it is idle in the pool between attempts) lets go of it first, under the watchdog's
-        lock, so that it can never cut this attempt.  Past the deadline, nothing more is
-        sent on it."""
+        lock, so that it can never cut this attempt.  ``sending``: the attempt is about to
+        write its first byte here, which it must not do past its deadline, nor on a socket
+        an earlier attempt's deadline shut down."""
         if self._shared:
             return
         previous = self._watch
         # previous.conn is read without the lock first: a finished watch (the common case)
         # costs no lock; detach() decides under it.
-        if previous is not None and previous is not current and previous.conn is self \
-                and previous.detach(self) and previous.fired:
+        cut_before = (previous is not None and previous is not current
+                      and previous.conn is self and previous.detach(self) and previous.fired)
+        if sending and (cut_before or current.remaining() == 0.0):
             raise _DeadlineBeforeSending(
-                "the connection was cut by an earlier attempt's deadline before this "
-                "request was sent")
-        if current.remaining() == 0.0:
-            raise _DeadlineBeforeSending(
-                "the attempt deadline passed before the request was sent")
+                "the attempt deadline passed before the request was sent" if not cut_before
+                else "the connection was cut by an earlier attempt's deadline before this "
+                     "request was sent")
         self._watch = current
         current.attach(self)
 
     def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
         current = active_watch()
         if current is not None and current.conn is not self:
-            self.claim(current)
+            self.claim(current, sending=False)
         return self._stream.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
         current = active_watch()
         if current is not None and current.conn is not self:
-            self.claim(current)
+            self.claim(current, sending=True)
         self._stream.write(buffer, timeout)
 
     def close(self) -> None:
@@ -215,7 +215,7 @@ class _WatchedStream(httpcore.NetworkStream):
         secured = _WatchedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
         current = active_watch()
         if current is not None and current.conn is self:
-            secured.claim(current)
+            secured.claim(current, sending=False)
         return secured
 
     def get_extra_info(self, info: str) -> Any:
@@ -228,12 +228,27 @@ class _WatchedBackend(httpcore.NetworkBackend):
     def __init__(self, backend: httpcore.NetworkBackend) -> None:
         self._backend = backend
 
-    def _watched(self, stream: httpcore.NetworkStream) -> _WatchedStream:
+    @staticmethod
+    def _connect_timeout(timeout: Optional[float]) -> Optional[float]:
+        """``timeout`` cut to what is left of the attempt: the watchdog cannot cut a connect
+        (no socket yet), and a wait for the pool may have used part of the attempt."""
+        current = active_watch()
+        left = None if current is None else current.remaining()
+        if left is None:
+            return timeout
+        if left <= 0.0:
+            raise _DeadlineBeforeSending("the attempt deadline passed before connecting")
+        return left if timeout is None or timeout > left else timeout
+
+    @staticmethod
+    def _watched(stream: httpcore.NetworkStream) -> _WatchedStream:
         watched = _WatchedStream(stream)
         current = active_watch()
         if current is not None:
             try:
-                watched.claim(current)  # the TLS handshake that follows is watched too
+                # Sending: nothing may be sent past the deadline; the TLS handshake that
+                # follows is watched too.
+                watched.claim(current, sending=True)
             except BaseException:
                 stream.close()
                 raise
@@ -243,13 +258,13 @@ class _WatchedBackend(httpcore.NetworkBackend):
                     local_address: Optional[str] = None,
                     socket_options: Any = None) -> httpcore.NetworkStream:
         return self._watched(self._backend.connect_tcp(
-            host, port, timeout=timeout, local_address=local_address,
+            host, port, timeout=self._connect_timeout(timeout), local_address=local_address,
             socket_options=socket_options))
 
     def connect_unix_socket(self, path: str, timeout: Optional[float] = None,
                             socket_options: Any = None) -> httpcore.NetworkStream:
         return self._watched(self._backend.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options))
+            path, timeout=self._connect_timeout(timeout), socket_options=socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
@@ -554,14 +569,24 @@ class SmartClient(httpx.Client):
         raise LookupError("this client has no SmartRetryTransport")
 
 
+# httpx.Client keywords that configure the transport it would build: given to ours too.
+_CONNECTION_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
+
+
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the transport's keywords, the ``httpx.Client``'s)."""
+    """(the transport's keywords, the ``httpx.Client``'s).  Without ``transport=``, the
+    inner ``httpx.HTTPTransport`` gets the client's connection keywords (``limits``,
+    ``verify``, ``proxy``…), as the transport httpx would build for itself."""
     ours = RetryPolicy.field_names() | _TRANSPORT_KEYWORDS
     transport = {k: v for k, v in options.items() if k in ours}
     client = {k: v for k, v in options.items() if k not in ours}
-    if "transport" in client or "mounts" in client:
+    if "mounts" in client:
         raise TypeError("smart clients build their own mounts; pass transport= for the "
                         "inner transport")
+    if "transport" not in transport:
+        connection = {k: client[k] for k in _CONNECTION_KEYWORDS if k in client}
+        if connection:
+            transport["transport"] = httpx.HTTPTransport(**connection)
     return transport, client
 
 

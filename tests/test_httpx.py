@@ -272,3 +272,23 @@ def test_every_ark_attempt_failure_is_an_event() -> None:
         assert sdk.content_generation.tasks.get(task_id=created.id).status == "succeeded"
     failures = [e for e in seen if e.kind is EventKind.FAILURE]
     assert [e.reason for e in failures] == ["ECONNRESET"]
+
+
+def test_a_wait_for_a_busy_pool_ends_at_the_deadline_and_sends_nothing(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """The only pooled connection is held by a streamed response: a POST waiting for it
+    gives up at its 0.3 s deadline, nothing sent, so it is retried safely, and raises
+    ``PoolTimeout`` when the pool stays busy."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    client = smart_client(timeout=0.3, sleep=sleeps, limits=limits)
+    with client.stream("GET", server.url("/drip?interval=0.05&count=40")):
+        started = time.monotonic()
+        with pytest.raises(httpx.PoolTimeout) as caught:
+            client.post(server.url("/seq/pooled?steps=ok"), content=b"order")
+        took = time.monotonic() - started
+    failures = [e for e in attempt_history(caught.value) if e.kind is EventKind.FAILURE]
+    assert [(e.reason, e.verdict) for e in failures] == [("pool_timeout", Verdict.TIMEOUT)] * 2
+    assert sleeps.waits == [1.0]
+    assert server.hits("/seq/pooled") == 0
+    assert 0.6 <= took < 0.6 + 0.5  # two attempts of 0.3 s; generous under load
