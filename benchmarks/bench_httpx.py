@@ -37,7 +37,7 @@ from run import (  # noqa: E402
     TIMEOUT,
     Client,
     Server,
-    interleaved_rounds,
+    bench_overhead,
     ratio_cell_iqr,
     server_process,
     spread,
@@ -58,23 +58,6 @@ def make_client(name: str) -> Client:
                               limits=limits)
     # run.Client only needs .get and a .session to close.
     return Client(name, client.get, client)  # type: ignore[arg-type]
-
-
-def bench_success_path(server: Server, rounds: int, per_round: int) -> dict[str, Any]:
-    clients = {name: make_client(name) for name in VARIANTS}
-    url = server.url("/ok")
-    for client in clients.values():  # warm: connections, imports, caches
-        for _ in range(50):
-            client.get(url)
-    seconds = interleaved_rounds(clients, url, rounds, per_round)
-    wall = {n: [w / per_round * 1e6 for w, _ in seconds[n]] for n in VARIANTS}
-    cpu = {n: [c / per_round * 1e6 for _, c in seconds[n]] for n in VARIANTS}
-    base = "httpx plain"
-    return {
-        "rounds": rounds, "per_round": per_round, "wall_us": wall, "cpu_us": cpu,
-        "wall_ratio": {n: [a / b for a, b in zip(wall[n], wall[base])] for n in VARIANTS},
-        "cpu_ratio": {n: [a / b for a, b in zip(cpu[n], cpu[base])] for n in VARIANTS},
-    }
 
 
 def bench_drip(server: Server, runs: int) -> list[float]:
@@ -125,8 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.getLogger().addHandler(logging.NullHandler())
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     with server_process() as server:
-        success = bench_success_path(server, 60 if args.quick else 400,
-                                     25 if args.quick else 50)
+        success = bench_overhead(server, 60 if args.quick else 400, 25 if args.quick else 50,
+                                 names=VARIANTS, make=make_client, base="httpx plain")
         overshoot_ms = bench_drip(server, 3 if args.quick else 10)
     success["load"] = f"{load_before} / " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     command = "python benchmarks/bench_httpx.py" + (" --quick" if args.quick else "")
