@@ -3,6 +3,7 @@ transport (one parametrized fixture, one test each, a real local server counting
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class Client:
     send: Callable[..., Any]  # send(method, url, body=None, headers=None) -> response
     stats: Stats
     #: What the transport raises for a transport failure and for a timeout.
-    network_error: type[BaseException]
+    network_error: tuple[type[BaseException], ...]
     timeout_error: type[BaseException]
 
 
@@ -41,7 +42,8 @@ def _requests_client(**options: Any) -> Client:
         return session.request(method, url, data=body, headers=headers)
 
     adapter: Any = session.get_adapter("http://")
-    return Client("requests", send, adapter.stats, requests.exceptions.ConnectionError,
+    return Client("requests", send, adapter.stats,
+                  (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError),
                   requests.exceptions.Timeout)
 
 
@@ -54,7 +56,7 @@ def _httpx_client(**options: Any) -> Client:
 
     stats = client.smart_transport.stats
     assert stats is not None
-    return Client("httpx", send, stats, httpx.TransportError, httpx.TimeoutException)
+    return Client("httpx", send, stats, (httpx.TransportError,), httpx.TimeoutException)
 
 
 MakeClient = Callable[..., Client]
@@ -154,6 +156,7 @@ def _generator() -> Iterator[bytes]:
     yield b"part two"
 
 
+@pytest.mark.parametrize("phase", ["reset", "midreset"])
 @pytest.mark.parametrize(
     ("method", "body", "key", "executions"),
     [
@@ -165,11 +168,11 @@ def _generator() -> Iterator[bytes]:
 )
 def test_a_request_the_server_read_is_repeated_only_when_safe(
     server: FaultServer, make_client: MakeClient, method: str, body: Any, key: bool,
-    executions: int,
+    executions: int, phase: str,
 ) -> None:
-    """The server read the request, then reset: repeated only for an idempotent request
-    with a replayable body."""
-    url = seq(server, "reset,ok")
+    """The server read the request, then reset (before answering, or in the middle of the
+    body): repeated only for an idempotent request with a replayable body."""
+    url = seq(server, f"{phase},ok", count=200_000)
     headers = {"Idempotency-Key": "order-1"} if key else None
     content = _generator() if body == "generator" else body
     client = make_client()
@@ -263,3 +266,28 @@ def test_statistics_count_calls_attempts_and_retries(
     counts = client.stats.snapshot()[name]
     assert (counts["requests"], counts["attempts"], counts["retries"]) == (2, 3, 1)
     assert counts["failures_by_verdict"] == {"server_error": 1}
+
+
+def test_threads_sharing_one_client_are_never_cut_by_each_others_deadlines(
+    server: FaultServer, make_client: MakeClient
+) -> None:
+    """8 threads × 20 GETs through one client, its pooled connections passing from
+    attempt to attempt: every call succeeds at its first attempt, and every one is counted."""
+    client = make_client(timeout=2.0)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        for _ in range(20):
+            try:
+                assert client.send("GET", server.url("/ok")).status_code == 200
+            except BaseException as exc:  # reported below, with the thread's others
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    total = client.stats.snapshot()["__total__"]
+    assert (total["requests"], total["attempts"], total["successes"]) == (160, 160, 160)
