@@ -510,3 +510,35 @@ def test_absent_signature_type_is_taken_as_rsa(platform: RSAPrivateKey) -> None:
     verifier.verify(headers, body)
     with pytest.raises(ResponseSignatureError, match=r"\(signature check\)"):
         verifier.verify(headers, body.replace(b"wx1", b"wx2"))
+
+
+# -- review of issue 16: what a hostile network or a careless caller tries -------------------
+
+
+def test_unreadable_huge_timestamp_is_a_timestamp_failure(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """A Wechatpay-Timestamp too large for a float (400 digits) or not plain digits is
+    refused by the timestamp check, on an answer (one request) and on a notification, never
+    as a raw OverflowError."""
+    session = verified_session(merchant_pem, fake, platform, max_retries=2)
+    fake.script(JSAPI, (200, {"prepay_id": "wx1"}, {"Wechatpay-Timestamp": "9" * 400}))
+    with pytest.raises(ResponseSignatureError) as caught:
+        session.post(JSAPI, json=order())
+    assert caught.value.check == "timestamp" and fake.hits() == 1
+    body = notification(PAID, API_V3_KEY)
+    for stamp in ("9" * 400, "1_700_000_000", "-1"):
+        headers = {**platform_headers(platform, PUBLIC_KEY_ID, body), "Wechatpay-Timestamp": stamp}
+        with pytest.raises(ResponseSignatureError) as caught:
+            parse_notification(headers, body, platform_public_key=public_pem(platform),
+                               platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+        assert caught.value.check == "timestamp", stamp
+
+
+def test_notification_headers_must_be_a_mapping(platform: RSAPrivateKey) -> None:
+    """parse_notification(None, ...) or headers that are not name/value pairs fail with a
+    TypeError naming the headers parameter."""
+    body = notification(PAID, API_V3_KEY)
+    for headers in (None, 5, ["Wechatpay-Signature"]):
+        with pytest.raises(TypeError, match="headers must be"):
+            parse_notification(headers, body, platform_public_key=public_pem(platform),
+                               platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)

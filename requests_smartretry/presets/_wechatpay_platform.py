@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
@@ -31,6 +32,7 @@ PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
 MAX_SKEW = 300.0
 RESOURCE_ALGORITHM = "AEAD_AES_256_GCM"
 _REQUIRED = ("signature", "timestamp", "nonce", "serial")
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 PemInput = Union[str, bytes, Any]
 
@@ -231,11 +233,13 @@ class PlatformVerifier:
         if key is None:
             raise _rejected(what, "serial", f"Wechatpay-Serial names none of the "
                             f"{self._key_count()} configured platform key(s)")
-        try:
-            stamp = int(fields["timestamp"])
-        except ValueError:
-            raise _rejected(what, "timestamp", "Wechatpay-Timestamp is not a number") from None
-        skew = abs(self._clock() - stamp)
+        text = fields["timestamp"]
+        # Plain ASCII seconds only: int() would take "1_700", "+17", other scripts' digits,
+        # and a value too large for the float clock (OverflowError).
+        if not _TIMESTAMP.fullmatch(text):
+            raise _rejected(what, "timestamp", "Wechatpay-Timestamp is not a number of "
+                            "seconds")
+        skew = abs(self._clock() - int(text))
         if skew > self.max_skew:
             raise _rejected(what, "timestamp", f"Wechatpay-Timestamp is {skew:.0f} s away from "
                             f"this machine's clock (at most {self.max_skew:g} s allowed)")
@@ -260,8 +264,13 @@ def wechatpay_headers(headers: Any) -> dict[str, str]:
     """The ``Wechatpay-*`` headers by lower-case suffix (``"signature"``, ``"serial"``…),
     from a headers mapping or a WSGI/Django environ (``HTTP_WECHATPAY_SIGNATURE``)."""
     items = headers.items() if hasattr(headers, "items") else headers
+    try:
+        pairs = [(name, value) for name, value in items]
+    except (TypeError, ValueError):
+        raise TypeError(f"headers must be a mapping of header names to values (or a WSGI "
+                        f"environ), got {type(headers).__name__}") from None
     found: dict[str, str] = {}
-    for name, value in items:
+    for name, value in pairs:
         key = str(name).lower().replace("_", "-")
         if key.startswith("http-"):
             key = key[len("http-"):]
