@@ -24,7 +24,7 @@ from requests_smartretry import (
     payment_adapter,
     payment_session,
 )
-from requests_smartretry.faultserver import unused_port
+from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.presets import wechatpay as wechatpay_preset
 from requests_smartretry.presets.wechatpay import PlatformVerifier, parse_notification
 from tests.fakes.wechatpay import (
@@ -542,3 +542,42 @@ def test_notification_headers_must_be_a_mapping(platform: RSAPrivateKey) -> None
         with pytest.raises(TypeError, match="headers must be"):
             parse_notification(headers, body, platform_public_key=public_pem(platform),
                                platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_redirect_to_another_origin_is_refused_not_followed(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey, status: int) -> None:
+    """A redirect from the payment endpoint to an origin the adapter is not mounted on (whose
+    unsigned 2xx nothing would verify) raises ResponseSignatureError ("redirect") instead of
+    being followed."""
+    def forged(server: FaultServer, sock: Any, request: Any) -> None:
+        server.send(sock, 200, b'{"prepay_id": "wx-FORGED"}',
+                    {"Content-Type": "application/json"})
+
+    with FaultServer(handlers={"/": forged}) as elsewhere:
+        session = verified_session(merchant_pem, fake, platform, max_retries=2)
+        fake.script(JSAPI, (status, {}, {"Location": elsewhere.url(JSAPI)}))
+        with pytest.raises(ResponseSignatureError) as caught:
+            session.post(JSAPI, json=order())
+        assert caught.value.check == "redirect" and "(redirect check)" in str(caught.value)
+        assert elsewhere.hits() == 0 and fake.hits() == 1
+
+
+def test_rejected_body_reaches_no_one(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """The body of a refused 2xx is dropped: neither the exception's response, nor the
+    hooks' events, nor the attempt history hand the forged prepay_id to anyone."""
+    seen: list[Any] = []
+    session = verified_session(merchant_pem, fake, platform, hooks=[seen.append])
+    fake.forge("tampered")
+    with pytest.raises(ResponseSignatureError) as caught:
+        session.post(JSAPI, json=order())
+    error = caught.value
+    assert error.response is not None and error.response.status_code == 200
+    assert error.response.content == b"" and error.response.text == ""
+    carried = [e.error for e in (*seen, *attempt_history(error)) if e.error is not None]
+    assert carried, "the failure event carries the error"
+    for exc in carried:
+        response = getattr(exc, "response", None)
+        assert response is None or b"FORGED" not in (response.content or b"")
