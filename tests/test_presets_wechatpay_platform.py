@@ -581,3 +581,27 @@ def test_rejected_body_reaches_no_one(
     for exc in carried:
         response = getattr(exc, "response", None)
         assert response is None or b"FORGED" not in (response.content or b"")
+
+
+@pytest.mark.parametrize("entry", ["execute_with_retry", "retry_on", "with_retry"])
+def test_callable_api_never_retries_a_signature_error(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey, entry: str) -> None:
+    """The basic variant (which retries every exception), retry_on=RequestException and the
+    decorator all give up on a ResponseSignatureError after one request."""
+    from requests_smartretry import execute_with_retry, execute_with_smart_retry, with_retry
+
+    session = verified_session(merchant_pem, fake, platform)
+    fake.forge("unsigned")
+
+    def call() -> requests.Response:
+        return session.post(JSAPI, json=order())
+
+    options: dict[str, Any] = {"max_retries": 2, "sleep": lambda s: None, "timeout": 10.0}
+    with pytest.raises(ResponseSignatureError):
+        if entry == "execute_with_retry":
+            execute_with_retry(call, **options)
+        elif entry == "retry_on":
+            execute_with_smart_retry(call, retry_on=requests.RequestException, **options)
+        else:
+            with_retry(smart=False, **options)(call)()
+    assert fake.hits() == 1
