@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import pickle
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -544,7 +545,6 @@ def test_notification_headers_must_be_a_mapping(platform: RSAPrivateKey) -> None
                                platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
 
 
-
 @pytest.mark.parametrize("status", [302, 307])
 def test_redirect_to_another_origin_is_refused_not_followed(
         merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey, status: int) -> None:
@@ -605,3 +605,23 @@ def test_callable_api_never_retries_a_signature_error(
         else:
             with_retry(smart=False, **options)(call)()
     assert fake.hits() == 1
+
+
+def test_certificate_outside_its_validity_verifies_nothing(
+        platform: RSAPrivateKey, certificates: dict[str, str]) -> None:
+    """An answer signed with a platform certificate's key is refused by the serial check
+    once that certificate has expired, or before it is valid (wechatpayv3 drops such
+    certificates), and accepted while it is valid; the clock is the verifier's."""
+    first = f"{CERT_SERIALS[0]:X}"
+    body = b'{"prepay_id": "wx1"}'
+    now = time.time()
+    for days, state in ((0, None), (400, "expired"), (-2, "not yet valid")):
+        stamp = now + days * 86400
+        verifier = PlatformVerifier(certificates=certificates, clock=lambda stamp=stamp: stamp)
+        headers = platform_headers(platform, first, body, timestamp=int(stamp))
+        if state is None:
+            verifier.verify(headers, body)
+            continue
+        with pytest.raises(ResponseSignatureError, match=f"which is {state}") as caught:
+            verifier.verify(headers, body)
+        assert caught.value.check == "serial"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
 import re
 import time
@@ -78,9 +79,10 @@ def load_public_key(value: PemInput, name: str = "platform_public_key") -> Any:
     return key
 
 
-def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any]:
-    """(serial number, RSA public key) of one ``platform_certificates`` entry; the mapping's
-    key must be the certificate's own serial (hex, as ``Wechatpay-Serial`` carries it)."""
+def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any, tuple[float, float]]:
+    """(serial number, RSA public key, validity as epoch seconds) of one
+    ``platform_certificates`` entry; the mapping's key must be the certificate's own serial
+    (hex, as ``Wechatpay-Serial`` carries it)."""
     rsa = require_cryptography("verification")
     from cryptography.x509 import load_pem_x509_certificate
 
@@ -105,7 +107,16 @@ def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any]:
     key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError(f"{name} must hold an RSA key, got {type(key).__name__}")
-    return number, key
+    return number, key, (_utc_seconds(certificate, "not_valid_before"),
+                         _utc_seconds(certificate, "not_valid_after"))
+
+
+def _utc_seconds(certificate: Any, field: str) -> float:
+    # cryptography >= 42 has the aware *_utc fields; older ones only naive UTC datetimes.
+    aware = getattr(certificate, f"{field}_utc", None)
+    moment = aware if aware is not None else \
+        getattr(certificate, field).replace(tzinfo=datetime.timezone.utc)
+    return float(moment.timestamp())
 
 
 def _public_pem(key: Any) -> bytes:
@@ -127,8 +138,9 @@ class PlatformVerifier:
     Give ``public_key`` with ``public_key_id`` (public-key mode), ``certificates`` (serial →
     PEM certificate, certificate mode), or both while WeChat Pay switches a merchant from
     one to the other.  ``Wechatpay-Serial`` chooses the key; an unknown serial is
-    refused.  With ``public_key_id=None`` (allowed only with ``require_key_id=False``)
-    the public key checks every serial that is not one of the certificates.
+    refused, and so is a certificate outside its validity (by ``clock``).  With
+    ``public_key_id=None`` (allowed only with ``require_key_id=False``) the public key
+    checks every serial that is not one of the certificates.
 
     Immutable after construction, so one verifier serves any number of threads.
     """
@@ -163,13 +175,14 @@ class PlatformVerifier:
                 self.public_key_id = public_key_id
             self._public_key = load_public_key(public_key)
         self._certificates: dict[int, Any] = {}
+        self._validity: dict[int, tuple[float, float]] = {}
         if certificates is not None:
             if not isinstance(certificates, Mapping) or not certificates:
                 raise TypeError(f"platform_certificates must be a non-empty mapping of "
                                 f"serial number -> PEM certificate, got "
                                 f"{type(certificates).__name__}")
             for serial, pem in certificates.items():
-                number, key = load_certificate_key(serial, pem)
+                number, key, self._validity[number] = load_certificate_key(serial, pem)
                 self._certificates[number] = key
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
@@ -199,15 +212,22 @@ class PlatformVerifier:
         """The platform key that ``Wechatpay-Serial: serial`` names, or ``None``."""
         if self._public_key is not None and serial == self.public_key_id:
             return self._public_key
-        try:
-            number = int(serial, 16)
-        except ValueError:
-            number = None
-        if number is not None and number in self._certificates:
+        number = self._certificate_number(serial)
+        if number is not None:
             return self._certificates[number]
         if self._public_key is not None and self.public_key_id is None:
             return self._public_key
         return None
+
+    def _certificate_number(self, serial: str) -> Optional[int]:
+        """The serial number of the configured certificate ``serial`` names, or ``None``."""
+        if self._public_key is not None and serial == self.public_key_id:
+            return None
+        try:
+            number = int(serial, 16)
+        except ValueError:
+            return None
+        return number if number in self._certificates else None
 
     def verify(self, headers: Any, body: Union[bytes, str], *, what: str = "response") -> None:
         """Raise :class:`~requests_smartretry.ResponseSignatureError` unless ``body`` with
@@ -233,6 +253,16 @@ class PlatformVerifier:
         if key is None:
             raise _rejected(what, "serial", f"Wechatpay-Serial names none of the "
                             f"{self._key_count()} configured platform key(s)")
+        number = self._certificate_number(fields["serial"])
+        if number is not None:
+            # As wechatpayv3 drops such certificates: a retired key verifies nothing.
+            start, end = self._validity[number]
+            now = self._clock()
+            if not start <= now <= end:
+                state = "expired" if now > end else "not yet valid"
+                raise _rejected(what, "serial", f"Wechatpay-Serial names platform certificate "
+                                f"{number:X}, which is {state} (valid {_iso(start)} to "
+                                f"{_iso(end)})")
         text = fields["timestamp"]
         # Plain ASCII seconds only: int() would take "1_700", "+17", other scripts' digits,
         # and a value too large for the float clock (OverflowError).
@@ -258,6 +288,11 @@ class PlatformVerifier:
 
     def _key_count(self) -> int:
         return len(self._certificates) + (self._public_key is not None)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
 
 
 def wechatpay_headers(headers: Any) -> dict[str, str]:
