@@ -625,3 +625,17 @@ def test_certificate_outside_its_validity_verifies_nothing(
         with pytest.raises(ResponseSignatureError, match=f"which is {state}") as caught:
             verifier.verify(headers, body)
         assert caught.value.check == "serial"
+
+
+def test_notification_body_that_is_not_utf8_text_is_named(platform: RSAPrivateKey) -> None:
+    """A str body holding undecodable bytes (surrogate escapes) to parse_notification, or a
+    dict body to PlatformVerifier.verify, fails with an error naming the body."""
+    body = notification(PAID, API_V3_KEY)
+    headers = platform_headers(platform, PUBLIC_KEY_ID, body)
+    with pytest.raises(ValueError, match="body is a str that is not UTF-8"):
+        parse_notification(headers, body.decode() + "\udcff",
+                           platform_public_key=public_pem(platform),
+                           platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+    verifier = PlatformVerifier(public_key=public_pem(platform), public_key_id=PUBLIC_KEY_ID)
+    with pytest.raises(TypeError, match="body must be the raw request body"):
+        verifier.verify(headers, {"resource": {}})  # type: ignore[arg-type]

@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional, Union
 
 from ..errors import ResponseSignatureError
 
-__all__ = ["SIGNATURE_TYPE", "PlatformVerifier", "check_api_v3_key", "decrypt_resource"]
+__all__ = ["SIGNATURE_TYPE", "PlatformVerifier", "check_api_v3_key", "decrypt_resource",
+           "raw_body"]
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
@@ -277,7 +278,7 @@ class PlatformVerifier:
             signature = base64.b64decode(fields["signature"])
         except (binascii.Error, ValueError):
             raise _rejected(what, "signature", "Wechatpay-Signature is not base64") from None
-        raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        raw = raw_body(body)
         message = f"{fields['timestamp']}\n{fields['nonce']}\n".encode() + raw + b"\n"
         try:
             key.verify(signature, message, PKCS1v15(), SHA256())
@@ -288,6 +289,21 @@ class PlatformVerifier:
 
     def _key_count(self) -> int:
         return len(self._certificates) + (self._public_key is not None)
+
+
+def raw_body(body: Any) -> bytes:
+    """``body`` as the bytes that were signed (a ``str`` is taken as UTF-8); a clear error
+    for anything else."""
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if not isinstance(body, str):
+        raise TypeError(f"body must be the raw request body (bytes or str), "
+                        f"got {type(body).__name__}")
+    try:
+        return body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("body is a str that is not UTF-8 text (undecodable bytes?); pass "
+                         "the raw body bytes, e.g. Flask's request.get_data()") from None
 
 
 def _iso(seconds: float) -> str:

@@ -57,6 +57,7 @@ from ._wechatpay_platform import (
     _rejected,
     check_api_v3_key,
     decrypt_json,
+    raw_body,
     require_cryptography,
 )
 
@@ -529,10 +530,7 @@ def parse_notification(
     verifier = PlatformVerifier(public_key=platform_public_key,
                                 public_key_id=platform_public_key_id,
                                 certificates=platform_certificates, require_key_id=False)
-    if not isinstance(body, (bytes, bytearray, str)):
-        raise TypeError(f"body must be the raw request body (bytes or str), "
-                        f"got {type(body).__name__}")
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    raw = raw_body(body)
     verifier.verify(headers, raw, what="notification")
     try:
         envelope = json.loads(raw)
