@@ -639,3 +639,19 @@ def test_notification_body_that_is_not_utf8_text_is_named(platform: RSAPrivateKe
     verifier = PlatformVerifier(public_key=public_pem(platform), public_key_id=PUBLIC_KEY_ID)
     with pytest.raises(TypeError, match="body must be the raw request body"):
         verifier.verify(headers, {"resource": {}})  # type: ignore[arg-type]
+
+
+def test_streamed_answer_is_read_for_verification_inside_the_attempt_deadline(
+        platform: RSAPrivateKey) -> None:
+    """With stream=True a verifying adapter still reads the body it must verify within the
+    attempt deadline: a 2xx dripped a byte at a time is cut as a timeout instead of holding
+    the call until the last byte."""
+    with FaultServer() as server:
+        adapter = payment_adapter(endpoint=server.url(""), backup_endpoint=None,
+                                  platform_public_key=public_pem(platform),
+                                  platform_public_key_id=PUBLIC_KEY_ID, max_retries=0)
+        session = requests.Session()
+        session.mount(server.url(""), adapter)
+        with pytest.raises(requests.exceptions.Timeout):
+            session.get(server.url("/drip?interval=0.05&count=40"), stream=True, timeout=0.3)
+        assert server.hits() == 1

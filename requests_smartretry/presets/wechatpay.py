@@ -350,7 +350,14 @@ class WechatPayAdapter(SmartRetryAdapter):
         self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
         """As :meth:`SmartRetryAdapter.send`; raises ``ResponseSignatureError`` for a 2xx
-        that failed verification (never returned as success)."""
+        that failed verification (never returned as success).  A verified request's body is
+        read within the attempt deadline even with ``stream=True`` (it is read to verify it
+        anyway); unsigned downloads stream as asked."""
+        if self.verifier is not None and not _is_unsigned_download(request):
+            if args:
+                args = (False, *args[1:])
+            else:
+                kwargs["stream"] = False
         response = super().send(request, *args, **kwargs)
         error = response.__dict__.pop(_SIGNATURE_ERROR, None)
         if error is None:
