@@ -655,3 +655,14 @@ def test_streamed_answer_is_read_for_verification_inside_the_attempt_deadline(
         with pytest.raises(requests.exceptions.Timeout):
             session.get(server.url("/drip?interval=0.05&count=40"), stream=True, timeout=0.3)
         assert server.hits() == 1
+
+
+def test_platform_key_id_read_from_a_file_with_its_newline_works(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """A platform_public_key_id with surrounding whitespace (a file's trailing newline) is
+    taken without it: the genuine answer verifies and Wechatpay-Serial is sent clean."""
+    session = payment_session(MCHID, SERIAL, merchant_pem, endpoint=fake.endpoint,
+                              platform_public_key=public_pem(platform),
+                              platform_public_key_id=f" {PUBLIC_KEY_ID}\n", **fast())
+    assert session.post(JSAPI, json=order()).status_code == 200
+    assert fake.server.received(JSAPI)[0].headers["wechatpay-serial"] == PUBLIC_KEY_ID

@@ -169,11 +169,14 @@ class PlatformVerifier:
                 raise ValueError("platform_public_key needs platform_public_key_id (the "
                                  "PUB_KEY_ID_… shown with the key in the merchant platform)")
             if public_key_id is not None:
+                # Surrounding whitespace (a file's newline) is no part of the id; kept, it
+                # would match no Wechatpay-Serial and make an invalid request header.
                 if not isinstance(public_key_id, str) or \
-                        not public_key_id.startswith(PUBLIC_KEY_ID_PREFIX):
+                        not public_key_id.strip().startswith(PUBLIC_KEY_ID_PREFIX) or \
+                        len(public_key_id.split()) != 1:
                     raise ValueError(f"platform_public_key_id must be the platform's "
                                      f"{PUBLIC_KEY_ID_PREFIX}… id, got {public_key_id!r}")
-                self.public_key_id = public_key_id
+                self.public_key_id = public_key_id.strip()
             self._public_key = load_public_key(public_key)
         self._certificates: dict[int, Any] = {}
         self._validity: dict[int, tuple[float, float]] = {}
