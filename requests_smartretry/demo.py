@@ -21,9 +21,11 @@ import requests
 
 from .adapter import SmartRetryAdapter
 from .breaker import CircuitBreaker
+from .budget import RetryBudget
 from .errors import CircuitOpenError, attempt_history
 from .events import AttemptEvent, EventKind
 from .faultserver import FaultServer
+from .functions import execute_with_retry
 from .stats import Stats
 
 __all__ = ["Tour", "format_stats_table", "run_demo"]
@@ -138,6 +140,8 @@ class Tour:
         self.not_found_is_not_retried()
         self.slow_drip_cut_by_deadline()
         self.post_is_not_resent()
+        self.callable_api_keeps_the_verdict()
+        self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
         self.payment_signature_checked()
         self.statistics()
@@ -205,6 +209,39 @@ class Tour:
                               headers={"Idempotency-Key": "order-42"})
         self.result(f"HTTP {response.status_code} after "
                     f"{self.server.hits('/seq/keyed')} attempts")
+
+    def budget_refunds_transient_failures(self) -> None:
+        self.heading("Retry budget: transient failures cost it nothing, an outage drains it")
+        budget = RetryBudget()  # the default every adapter gets
+        quiet = {"log": False, "backoff_base": 0.01, "budget": budget, "max_retries": 1}
+        storm = self.session("demo-budget-storm", **quiet)
+        codes = [storm.get(self.server.url(f"/seq/storm{n}?steps=503,ok")).status_code
+                 for n in range(30)]
+        service = f"http://127.0.0.1:{self.server.port}"
+        self.result(f"30 calls, each failing once: {codes.count(200)} x HTTP 200; every "
+                    f"retry succeeded and was refunded ({budget.tokens(service):.0f} of 20 "
+                    f"tokens left)")
+        outage = self.session("demo-budget-outage", **quiet)
+        before = self.server.hits()
+        for _ in range(60):
+            outage.get(self.server.url("/status/503"))
+        self.result(f"60 calls to a service that is down: {self.server.hits() - before} "
+                    f"requests, not 120 (failed retries are not refunded; the budget "
+                    f"stops them once its 20 tokens are spent)")
+
+    def callable_api_keeps_the_verdict(self) -> None:
+        self.heading("The callable API around that POST: the session's 'unsafe' is final")
+
+        session = self.session("demo-post-wrapped", max_retries=0)
+        before = self.server.hits("/reset")
+        try:
+            execute_with_retry(lambda: session.post(self.server.url("/reset"), json={"order": 7}),
+                               max_retries=2, backoff_base=_DEMO_BACKOFF, lang=self.lang,
+                               operation_name="demo-wrapped")
+        except requests.ConnectionError as exc:
+            self.result(f"{type(exc).__name__} raised, server saw "
+                        f"{self.server.hits('/reset') - before} POST (execute_with_retry "
+                        f"retries any exception, but not what the session refused to resend)")
 
     def breaker_opens_and_recovers(self) -> None:
         self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")

@@ -37,6 +37,7 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "demo-post - request may have reached the server and POST is not idempotent",
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
+        "30 calls, each failing once: 30 x HTTP 200",
         "Statistics (per operation",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
