@@ -31,7 +31,7 @@ import requests
 import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
-from .errors import AttemptDeadlineExceeded, CircuitOpenError
+from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
 from .events import Verdict
 
 __all__ = [
@@ -165,6 +165,9 @@ _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, boo
     # An inner breaker refused without touching the network; retrying before it lets a
     # probe through only repeats the refusal.
     (lambda e: isinstance(e, CircuitOpenError), Verdict.PERMANENT, "circuit_open", False),
+    # A forged or unverifiable signed answer: repeating the request cannot make it true.
+    (lambda e: isinstance(e, ResponseSignatureError), Verdict.PERMANENT, "response_signature",
+     True),
     (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
     (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
     (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", False),

@@ -350,6 +350,10 @@ def _check_retry_on(retry_on: Any) -> None:
             )
 
 
+# Table reasons no variant retries (not even retry_on=, which extends only the table).
+_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
+
+
 def _classifier(
     smart: bool,
     retry_statuses: frozenset[int],
@@ -377,9 +381,10 @@ def _classifier(
             if decided is not None:
                 return decided, None
         table = classify_call_error(error, retry_statuses)
-        if table.reason == "circuit_open":
-            # an open breaker inside fn refuses again at once: even the basic variant,
-            # which retries anything else, would only sleep and repeat the refusal
+        if table.reason in _FINAL_REASONS:
+            # an open breaker inside fn refuses again at once, and a forged answer stays
+            # forged: even the basic variant, which retries anything else, would only
+            # sleep and repeat the refusal
             return table, None
         if retry_on is not None and isinstance(error, retry_on):
             if not table.retryable:
