@@ -114,7 +114,7 @@ def failing_calls(redis_url: str, url: str, calls: int, threshold: int) -> list[
     from requests_smartretry import CircuitBreaker, CircuitOpenError, smart_session
 
     breaker = CircuitBreaker(failure_threshold=threshold, recovery_timeout=300.0)
-    session = smart_session(max_retries=0, breaker=breaker, budget=None, state=redis_url,
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, state=_store(redis_url),
                             log=False, timeout=10.0)
     results = []
     for _ in range(calls):
@@ -132,11 +132,24 @@ def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
     from requests_smartretry import RetryBudget, smart_session
 
     budget = RetryBudget(ratio, max_tokens=max_tokens, min_per_second=0.0)
-    session = smart_session(max_retries=3, budget=budget, state=redis_url, log=False,
+    session = smart_session(max_retries=3, budget=budget, state=_store(redis_url), log=False,
                             sleep=_no_sleep, timeout=10.0)
     for _ in range(calls):
         session.get(url).close()
+    store = session.get_adapter(url).state
+    if store is not None and not store.shared:
+        raise AssertionError("Redis was not reachable for the whole run")
     return calls
+
+
+def _store(redis_url: Optional[str]) -> Any:
+    """A store for the fleet tests: they test sharing, not latency, on a machine that may
+    be loaded, so Redis gets a generous time budget instead of the 50 ms default."""
+    if redis_url is None:
+        return None
+    from requests_smartretry.redis_state import RedisStateStore
+
+    return RedisStateStore(redis_url, time_budget=2.0)
 
 
 def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[int, int]:
@@ -145,7 +158,7 @@ def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[
     from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, RetryBudget, Verdict
     from requests_smartretry.redis_state import RedisStateStore
 
-    store = RedisStateStore(redis_url, prefix=prefix, socket_timeout=5.0)
+    store = RedisStateStore(redis_url, prefix=prefix, socket_timeout=5.0, time_budget=5.0)
     # Thresholds out of reach: the test counts updates, not transitions.
     breaker = CircuitBreaker(failure_threshold=10**9, window=3600.0, store=store)
     budget = RetryBudget(0.0, max_tokens=10**6, min_per_second=0.0, store=store)
@@ -161,6 +174,7 @@ def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[
             verdict=Verdict.SERVER_ERROR if failed else Verdict.SUCCESS))
         granted += budget.allow_retry("svc")
     assert store.shared, "Redis was reachable for the whole run"
+    store.close()  # sends the successes still batched locally
     return failures, granted
 
 

@@ -146,7 +146,8 @@ def test_keys_are_namespaced_and_expire(redis_url: str, prefix: str) -> None:
     budget.allow_retry(SVC)
     inspect = client(redis_url)
     keys = sorted(inspect.keys(f"{prefix}:*"))
-    assert keys == [f"{prefix}:breaker:{SVC}", f"{prefix}:budget:{SVC}"]
+    # hash-tagged: both records of a service share one Redis Cluster slot
+    assert keys == [f"{prefix}:breaker:{{{SVC}}}", f"{prefix}:budget:{{{SVC}}}"]
     breaker_ttl = inspect.pttl(keys[0]) / 1000
     assert 0 < breaker_ttl <= 2 * 20 + 60
     assert 0 < inspect.pttl(keys[1]) / 1000 <= 20 / 1 + 60
@@ -167,35 +168,57 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
     assert 25.0 < caught.value.retry_in <= 30.0
 
 
-def test_at_most_one_round_trip_per_event(
+def commands_issued(url: str) -> int:
+    """Commands the server executed since its statistics were reset (INFO commandstats
+    counts those run inside scripts too), not counting the INFO itself."""
+    stats = client(url).info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+def test_successes_cost_no_round_trip(redis_url: str, fault: FaultServer) -> None:
+    """300 successful calls with a shared breaker and budget make at most 30 Redis
+    commands in all (connecting, loading the script, subscribing and the batched sync
+    included), and their successes are all counted in Redis afterwards."""
+    inspect = client(redis_url)
+    prefix = f"count-{uuid.uuid4().hex[:8]}"
+    store = RedisStateStore(redis_url, prefix=prefix)
+    breaker = CircuitBreaker(failure_rate=0.5, window=60.0)
+    session = smart_session(breaker=breaker, state=store, log=False)
+    inspect.config_resetstat()
+    for _ in range(300):
+        assert session.get(fault.url("/ok")).status_code == 200
+    issued = commands_issued(redis_url)
+    assert issued <= 30, inspect.info("commandstats")
+    assert fault.hits() == 300
+    store.flush()
+    status = CircuitBreaker(failure_rate=0.5, window=60.0,
+                            store=RedisStateStore(redis_url, prefix=prefix)).status(
+        f"http://127.0.0.1:{fault.port}")
+    assert status.window_requests == 300
+
+
+def test_failures_and_retries_go_to_redis_at_once(
     redis_url: str, prefix: str, fault: FaultServer
 ) -> None:
-    """Admission, each result and each retry's spend cost one Redis round trip each;
-    deposits travel with the next spend (or once they make a whole token), so a
-    successful request with breaker and budget costs two."""
+    """A failure is in Redis as soon as it is recorded (with the successes before it), and
+    a retry the local lease does not cover is paid from the shared balance."""
     store = RedisStateStore(redis_url, prefix=prefix)
-    session = smart_session(breaker=CircuitBreaker(), state=store, log=False,
+    breaker = CircuitBreaker(failure_threshold=10, store=store)
+    budget = RetryBudget(ratio=0.1, max_tokens=5.0, min_per_second=0.0, store=store)
+    session = smart_session(max_retries=1, breaker=breaker, budget=budget, log=False,
                             sleep=lambda seconds: None)
-    session.get(fault.url("/ok"))  # connects and loads the scripts
-    commands: list[str] = []
-    redis_client = store._client
-    original = redis_client.execute_command
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        commands.append(str(args[0]))
-        return original(*args, **kwargs)
-
-    redis_client.execute_command = counting
-    assert session.get(fault.url("/ok")).status_code == 200
-    assert commands == ["EVALSHA"] * 2  # admit, record (SUCCESS)
-    commands.clear()
-    assert session.get(fault.url("/status/503")).status_code == 503
-    # admit, record failure, spend for the retry (with the deposits), admit, record failure
-    assert commands == ["EVALSHA"] * 5
-    commands.clear()
-    for _ in range(10):
+    service = f"http://127.0.0.1:{fault.port}"
+    for _ in range(5):
         session.get(fault.url("/ok"))
-    assert len(commands) == 2 * 10 + 1  # one deposit of a whole token in ten calls
+    assert session.get(fault.url("/status/503")).status_code == 503
+    other = RedisStateStore(redis_url, prefix=prefix)
+    seen = CircuitBreaker(failure_threshold=10, store=other).status(service)
+    assert seen.consecutive_failures == 2  # the call and its retry
+    assert seen.window_requests == 7  # five successes, sent with the first failure
+    # the retry spent a shared token from the full bucket (deposits cannot overfill it)
+    tokens = RetryBudget(ratio=0.1, max_tokens=5.0, min_per_second=0.0,
+                         store=other).tokens(service)
+    assert tokens == pytest.approx(4.0)
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -267,7 +290,7 @@ def test_four_processes_share_one_breaker(redis_url: str, fault: FaultServer) ->
     (fifth,) = in_processes(failing_calls, [(redis_url, url, 1, 8)])
     assert fifth == ["CircuitOpenError"]
     assert fault.hits() == 8
-    client(redis_url).delete(f"smartretry:breaker:http://127.0.0.1:{fault.port}")
+    client(redis_url).delete(f"smartretry:breaker:{{http://127.0.0.1:{fault.port}}}")
 
 
 @pytest.mark.slow
@@ -287,7 +310,7 @@ def test_budget_across_four_processes_bounds_the_fleet(
     assert total_calls < fault.hits() <= total_calls * (1 + ratio) + max_tokens
     # Per-process budgets would have allowed up to 4 * max_tokens of the initial burst.
     balance = float(client(redis_url).hget(
-        f"smartretry:budget:http://127.0.0.1:{fault.port}", "tok"))
+        f"smartretry:budget:{{http://127.0.0.1:{fault.port}}}", "tok"))
     assert balance < 1.0
 
 
@@ -324,20 +347,26 @@ def test_redis_killed_mid_run_then_restarted(
         service = f"http://127.0.0.1:{fault.port}"
         for _ in range(10):
             assert session.get(fault.url("/ok")).status_code == 200
-        assert client(server.url).exists(f"smartretry:breaker:{service}")
+        assert client(server.url).exists(f"smartretry:breaker:{{{service}}}")
 
         server.kill()
+        # Successes need no Redis; the lost subscription makes the views poll, and the
+        # first poll finds Redis gone.
         for _ in range(30):
             assert session.get(fault.url("/ok")).status_code == 200
+            time.sleep(0.01)
         assert not store.shared
         assert len(redis_warnings(caplog)) == 1
 
         server.start()  # same port, empty (no persistence)
-        time.sleep(0.3)  # past retry_interval: the next event probes Redis
-        for _ in range(5):
+        # The probes back off while Redis is out (0.2 s, 0.4 s, ...): one finds it back.
+        deadline = time.monotonic() + 10.0
+        while not store.shared and time.monotonic() < deadline:
             assert session.get(fault.url("/ok")).status_code == 200
+            time.sleep(0.02)
         assert store.shared
-        assert client(server.url).exists(f"smartretry:breaker:{service}")
+        store.flush()  # the batched successes
+        assert client(server.url).exists(f"smartretry:breaker:{{{service}}}")
         assert any("reachable again" in r.getMessage() for r in caplog.records)
 
         # Another worker trips the shared breaker: our next call is refused at once.
@@ -347,6 +376,8 @@ def test_redis_killed_mid_run_then_restarted(
             other.before_attempt(service)
             other(outcome(EventKind.FAILURE, Verdict.NETWORK, service))
         hits = fault.hits()
+        # Notified, or (while the subscription is being renewed) the next poll sees it.
+        time.sleep(2 * store.poll_interval)
         with pytest.raises(CircuitOpenError):
             session.get(fault.url("/ok"))
         assert fault.hits() == hits
@@ -453,7 +484,7 @@ def test_wrong_type_key_falls_back_to_local_state(
     """A key clobbered by another program (a string where a hash belongs) makes Redis
     answer with an error: the breaker carries on locally instead of failing the call."""
     caplog.set_level(logging.WARNING, logger="requests_smartretry")
-    client(redis_url).set(f"{prefix}:breaker:{SVC}", "not a hash")
+    client(redis_url).set(f"{prefix}:breaker:{{{SVC}}}", "not a hash")
     breaker = CircuitBreaker(store=RedisStateStore(redis_url, prefix=prefix))
     breaker.before_attempt(SVC)
     breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS))
