@@ -351,7 +351,7 @@ def parse_target(url: str) -> dict[str, Any]:
         raise ValueError(f"the database in Redis URL {shown!r} must be a number")
     spec["db"] = int(path[0]) if path else 0
     if spec["kind"] == "cluster" and spec["db"] != 0:
-        raise ValueError(f"Redis Cluster has only database 0, got {shown!r}")
+        raise ValueError(f"Redis Cluster has only database 0, got the URL {shown!r}")
     return spec
 
 

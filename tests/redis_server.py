@@ -214,3 +214,90 @@ def in_processes(
             if process.is_alive():
                 process.kill()
     return [collected[index] for index in range(len(arguments))]
+
+
+class SlowProxy:
+    """A TCP proxy on loopback in front of a Redis that delays every reply by ``delay``
+    seconds, or (``drip``) sends replies one byte every ``drip`` seconds."""
+
+    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0) -> None:
+        import threading
+
+        self.upstream = port
+        self.delay = delay
+        self.drip = drip
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pipe, args=(conn, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, conn, True),
+                             daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not replies:
+                    target.sendall(data)
+                elif self.drip:
+                    for index in range(len(data)):
+                        time.sleep(self.drip)
+                        target.sendall(data[index:index + 1])
+                else:
+                    time.sleep(self.delay)
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+
+    def __enter__(self) -> SlowProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
+                             results: Any) -> None:
+    """(in a worker process) Trip ``service``'s shared breaker when ``go`` is set; put
+    the wall-clock time at which it was open in Redis on ``results``."""
+    from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, Verdict
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0,
+                             store=_store(redis_url))
+    breaker.before_attempt(service)  # connected, script loaded
+    ready.set()
+    go.wait(30)
+    breaker(AttemptEvent(kind=EventKind.FAILURE, operation="op", service=service, attempt=1,
+                         max_attempts=1, call_id=1, verdict=Verdict.NETWORK))
+    results.put(time.time())

@@ -499,3 +499,177 @@ def test_a_redis_url_without_redis_py_is_a_clear_configuration_error(
     monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` raise ImportError
     with pytest.raises(ImportError, match=r"requests-smartretry\[redis\]"):
         SmartRetryAdapter(state="redis://127.0.0.1:6379/0")
+
+
+# -- issue 18: the fleet at zero cost, safe from a sick Redis --------------------------------
+
+
+@pytest.mark.slow
+def test_breaker_opened_in_another_process_refuses_here_within_100ms(
+    redis_url: str, fault: FaultServer
+) -> None:
+    """A breaker opened by another process refuses this process's calls within 100 ms
+    (its announcement invalidates our local view), without reaching the server."""
+    import multiprocessing
+
+    from tests.redis_server import open_breaker_then_report
+
+    service = f"http://127.0.0.1:{fault.port}"
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+    store = RedisStateStore(redis_url, time_budget=2.0)
+    session = smart_session(max_retries=0, breaker=CircuitBreaker(recovery_timeout=60.0),
+                            budget=None, state=store, log=False)
+    assert session.get(fault.url("/ok")).status_code == 200
+    context = multiprocessing.get_context("forkserver")
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    worker = context.Process(target=open_breaker_then_report,
+                             args=(redis_url, service, ready, go, results))
+    worker.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
+        go.set()
+        refused_at = None
+        deadline = time.monotonic() + 5.0
+        while refused_at is None and time.monotonic() < deadline:
+            try:
+                session.get(fault.url("/ok"))
+            except CircuitOpenError:
+                refused_at = time.time()
+            time.sleep(0.002)
+        opened_at = results.get(timeout=30)
+    finally:
+        worker.join(10)
+    assert refused_at is not None
+    assert refused_at - opened_at <= 0.1
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [{"delay": 0.2}, {"drip": 0.1}])
+def test_slow_or_dripping_redis_is_bypassed_after_the_first_overrun(
+    redis_url: str, fault: FaultServer, caplog: pytest.LogCaptureFixture, mode: dict[str, float]
+) -> None:
+    """A Redis whose every reply is late by 0.2 s (or arrives one byte per 0.1 s) costs one
+    request the time budget; every call succeeds, the rest run at local speed, one warning."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), **mode) as proxy:
+        store = RedisStateStore(proxy.url, prefix=f"slow-{uuid.uuid4().hex[:8]}",
+                                retry_interval=60.0)
+        session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+        took = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert session.get(fault.url("/ok")).status_code == 200
+            took.append(time.monotonic() - started)
+        assert not store.shared
+        store.close()
+    assert took[0] < 1.0  # the first overrun: bounded by the budget, never the drip
+    assert max(took[1:]) < 0.15  # no Redis work at all after it (generous for load)
+    assert len(redis_warnings(caplog)) == 1
+
+
+def test_a_bad_key_takes_only_its_own_service_off_redis(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WRONGTYPE key on one service makes that service local (one warning, however often
+    it is used); a second service keeps sharing through Redis."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    bad, good = "https://bad.example.com", "https://good.example.com"
+    client(redis_url).set(f"{prefix}:breaker:{{{bad}}}", "not a hash")
+    store = RedisStateStore(redis_url, prefix=prefix)
+    ours = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0, store=store)
+    for service in (bad, good) * 3:
+        ours.before_attempt(service)
+    ours(outcome(EventKind.FAILURE, Verdict.NETWORK, good))
+    ours(outcome(EventKind.FAILURE, Verdict.NETWORK, bad))
+    assert store.shared
+    theirs = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0,
+                            store=RedisStateStore(redis_url, prefix=prefix))
+    assert theirs.state(good) == "open"  # shared
+    assert ours.state(bad) == "open"  # kept locally
+    warnings = redis_warnings(caplog)
+    assert len(warnings) == 1 and bad in warnings[0] and good not in warnings[0]
+
+
+def test_a_far_future_open_time_is_repaired(redis_url: str, prefix: str) -> None:
+    """An open breaker whose open time lies years ahead (and no TTL) refuses for at most
+    the recovery timeout, and the key gets its TTL back; garbage values are reset."""
+    service = "https://api.example.com"
+    key = f"{prefix}:breaker:{{{service}}}"
+    inspect = client(redis_url)
+    inspect.hset(key, mapping={"st": 1, "t": time.time() + 10 * 365 * 86400, "cf": "-1e308"})
+    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=30.0,
+                             store=RedisStateStore(redis_url, prefix=prefix))
+    with pytest.raises(CircuitOpenError) as caught:
+        breaker.before_attempt(service)
+    assert 0 < caught.value.retry_in <= 30.0
+    assert float(inspect.hget(key, "t")) <= time.time() + 1
+    assert inspect.pttl(key) > 0
+    inspect.hset(key, mapping={"st": 7})  # no such state: reset to closed
+    assert breaker.state(service) == "closed" or breaker.before_attempt(service) is None
+    budget_key = f"{prefix}:budget:{{{service}}}"
+    inspect.hset(budget_key, mapping={"tok": "-1e308", "ts": time.time() + 86400})
+    budget = RetryBudget(min_per_second=1.0, max_tokens=5.0,
+                         store=RedisStateStore(redis_url, prefix=prefix))
+    assert 0.0 <= budget.tokens(service) <= 5.0
+
+
+@pytest.mark.parametrize("password", ["ab/cd+ef==", "x#y", "p?q", "s3cr3t/with@at"])
+def test_passwords_never_reach_repr_logs_or_errors(
+    password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password with an unencoded '/', '#', '?' or '@' is refused at construction without
+    being shown; an encoded one never appears in repr or in the outage warning."""
+    from urllib.parse import quote
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    port = unused_port()
+    raw = f"redis://:{password}@127.0.0.1:{port}/0"
+    if any(mark in password for mark in "/#?"):
+        with pytest.raises(ValueError, match="percent-encode") as caught:
+            RedisStateStore(raw)
+        assert password not in str(caught.value)
+        for piece in password.replace("#", "/").replace("?", "/").split("/"):
+            assert len(piece) < 3 or piece not in str(caught.value)
+    store = RedisStateStore(f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0")
+    assert password not in repr(store) and quote(password, safe="") not in repr(store)
+    store.budget_change(SVC, BudgetSettings(0.1, 10.0, 1.0), 0.0, 0.0, 1.0)
+    assert not store.shared
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "unavailable" in text and f"127.0.0.1:{port}" in text
+    assert password not in text and quote(password, safe="") not in text
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:notaport/0",
+    "redis://127.0.0.1:6379/notadb",
+    "redis+sentinel://127.0.0.1:26379",
+    "redis+cluster://127.0.0.1:7000/3",
+    "memcached://127.0.0.1:11211",
+])
+def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
+    """A URL the store cannot use raises at construction, naming it (not an outage)."""
+    with pytest.raises(ValueError, match=r"URL|state"):
+        RedisStateStore(url)
+
+
+def test_an_unsupported_client_is_named(redis_url: str) -> None:
+    """An asyncio client is refused at construction with its type in the message."""
+    import redis.asyncio
+
+    with pytest.raises(TypeError, match=r"redis\.asyncio"):
+        RedisStateStore(redis.asyncio.Redis.from_url(redis_url))
+
+
+def test_idle_services_are_forgotten(redis_url: str, prefix: str) -> None:
+    """A process that sees many distinct services keeps a bounded number of local views."""
+    store = RedisStateStore(redis_url, prefix=prefix, max_services=50)
+    breaker = CircuitBreaker(store=store)
+    for number in range(300):
+        breaker.before_attempt(f"https://host-{number}.example.com")
+        breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS, f"https://host-{number}.example.com"))
+    assert len(store._views) <= 50
+    assert len(breaker._pending.stacks) <= 1
