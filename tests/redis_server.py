@@ -40,9 +40,12 @@ class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 (no persistence), stoppable and
     restartable on the same port."""
 
-    def __init__(self, port: Optional[int] = None) -> None:
+    def __init__(self, port: Optional[int] = None, *, extra: tuple[str, ...] = (),
+                 config: Optional[str] = None) -> None:
         self.binary = redis_binary()
         self.port = port or unused_port()
+        self.extra = extra
+        self.config = config  # a config file to start from (a Sentinel's)
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     @property
@@ -50,9 +53,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        head = [self.binary] if self.config is None else [self.binary, self.config]
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+            [*head, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
@@ -85,6 +90,102 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def _wait_for(check: Any, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {seconds:g}s")
+
+
+def redis_cli() -> str:
+    """The redis-cli binary (skips without it, fails under CI=true)."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    reason = "redis-cli not found (apt-get install redis-tools) - Redis Cluster tests need it"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
+    pytest.skip(reason)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = unused_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: str) -> Iterator[list[RedisServer]]:
+    """A 3-master Redis Cluster on loopback (no replicas; a node that dies leaves its
+    slots uncovered, the others keep serving)."""
+    cli = redis_cli()
+    nodes = []
+    try:
+        for _ in range(3):
+            port = _cluster_port()
+            nodes.append(RedisServer(port, extra=(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                "--cluster-require-full-coverage", "no",
+                "--cluster-config-file", os.path.join(workdir, f"nodes-{port}.conf"),
+                "--dir", workdir)).start())
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=30)
+        import redis
+
+        def ready() -> bool:
+            return all(redis.Redis(port=n.port, socket_timeout=1).cluster("info")
+                       .get("cluster_state") == "ok" for n in nodes)
+
+        _wait_for(ready, "Redis Cluster")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+@contextlib.contextmanager
+def running_sentinel(workdir: str) -> Iterator[tuple[RedisServer, RedisServer, RedisServer]]:
+    """A master, one replica and a Sentinel watching them as ``mymaster`` (quorum 1,
+    down after 0.5 s), so that killing the master promotes the replica in seconds."""
+    master = RedisServer().start()
+    replica = sentinel = None
+    try:
+        replica = RedisServer(extra=("--replicaof", "127.0.0.1", str(master.port))).start()
+        import redis
+
+        _wait_for(lambda: redis.Redis(port=replica.port, socket_timeout=1).info(
+            "replication").get("master_link_status") == "up", "Redis replica")
+        config = os.path.join(workdir, "sentinel.conf")
+        with open(config, "w") as handle:
+            handle.write(f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+                         "sentinel down-after-milliseconds mymaster 500\n"
+                         "sentinel failover-timeout mymaster 3000\n"
+                         f"dir {workdir}\n")
+        sentinel = RedisServer(config=config, extra=("--sentinel",)).start()
+        _wait_for(lambda: redis.Redis(port=sentinel.port, socket_timeout=1).sentinel_masters()
+                  .get("mymaster", {}).get("num-slaves", 0) >= 1, "Sentinel")
+        yield master, replica, sentinel
+    finally:
+        for server in (sentinel, replica, master):
+            if server is not None:
+                server.kill()
 
 
 @contextlib.contextmanager

@@ -673,3 +673,121 @@ def test_idle_services_are_forgotten(redis_url: str, prefix: str) -> None:
         breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS, f"https://host-{number}.example.com"))
     assert len(store._views) <= 50
     assert len(breaker._pending.stacks) <= 1
+
+
+# -- Redis Cluster and Sentinel --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A 3-master Redis Cluster for this module (started once)."""
+    from tests.redis_server import running_cluster
+
+    with running_cluster(str(tmp_path_factory.mktemp("cluster"))) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, ...]]:
+    """A master, a replica and a Sentinel naming them ``mymaster`` (started once)."""
+    from tests.redis_server import running_sentinel
+
+    with running_sentinel(str(tmp_path_factory.mktemp("sentinel"))) as servers:
+        yield servers
+
+
+def test_cluster_by_url_and_by_client_share_one_breaker(
+    cluster: list[RedisServer], prefix: str
+) -> None:
+    """A redis+cluster:// URL and a RedisCluster client share one breaker; a service's
+    two keys live in one slot; pickled stores keep sharing."""
+    from redis.cluster import RedisCluster
+
+    url = f"redis+cluster://127.0.0.1:{cluster[0].port},127.0.0.1:{cluster[1].port}"
+    by_url = RedisStateStore(url, prefix=prefix)
+    by_client = RedisStateStore(RedisCluster(host="127.0.0.1", port=cluster[2].port),
+                                prefix=prefix)
+    assert "redis+cluster://" in repr(by_client)
+    ours = CircuitBreaker(failure_threshold=2, recovery_timeout=60.0, store=by_url)
+    theirs = CircuitBreaker(failure_threshold=2, recovery_timeout=60.0,
+                            store=pickle.loads(pickle.dumps(by_client)))
+    for breaker in (ours, theirs):
+        breaker.before_attempt(SVC)
+        breaker(outcome(EventKind.FAILURE, Verdict.NETWORK))
+    assert by_url.shared and ours.state(SVC) == "open"
+    with pytest.raises(CircuitOpenError):
+        CircuitBreaker(failure_threshold=2, store=by_client).before_attempt(SVC)
+    inspect = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    assert inspect.keyslot(by_url.key("breaker", SVC)) == \
+        inspect.keyslot(by_url.key("budget", SVC))
+    assert RetryBudget(store=pickle.loads(pickle.dumps(by_url))).tokens(SVC) == 20.0
+
+
+@pytest.mark.slow
+def test_cluster_node_killed_loses_no_call(
+    cluster: list[RedisServer], fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killing the cluster node that holds a service's keys fails no call: that service
+    goes local with one warning.  (Runs last of the cluster tests: it kills a node.)"""
+    from redis.cluster import RedisCluster
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    prefix = f"kill-{uuid.uuid4().hex[:8]}"
+    url = ",".join(f"127.0.0.1:{n.port}" for n in cluster)
+    store = RedisStateStore(f"redis+cluster://{url}", prefix=prefix, retry_interval=60.0)
+    session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+    service = f"http://127.0.0.1:{fault.port}"
+    for _ in range(20):
+        assert session.get(fault.url("/ok")).status_code == 200
+    store.flush()
+    inspect = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    owner = inspect.get_node_from_key(store.key("breaker", service))
+    assert inspect.exists(store.key("breaker", service))
+    victim = next(n for n in cluster if n.port == int(owner.port))
+    victim.kill()
+    calls = 20
+    ends = time.monotonic() + 1.5 * store.sync_interval  # past the next batched sync
+    while time.monotonic() < ends:
+        assert session.get(fault.url("/ok")).status_code == 200
+        calls += 1
+        time.sleep(0.005)
+    assert fault.hits() == calls
+    assert len(redis_warnings(caplog)) == 1
+
+
+@pytest.mark.slow
+def test_sentinel_failover_loses_no_call(
+    sentinel: tuple[RedisServer, ...], fault: FaultServer, prefix: str
+) -> None:
+    """Through a redis+sentinel:// URL, killing the master fails no call; once Sentinel
+    has promoted the replica, the state is shared again, on the new master."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    master, replica, watcher = sentinel
+    url = f"redis+sentinel://127.0.0.1:{watcher.port}/mymaster/0"
+    store = RedisStateStore(url, prefix=prefix, retry_interval=0.2)
+    by_client = RedisStateStore(
+        Sentinel([("127.0.0.1", watcher.port)]).master_for("mymaster"), prefix=prefix)
+    assert pickle.loads(pickle.dumps(by_client)).where == by_client.where
+    assert "redis+sentinel://" in repr(by_client) and "mymaster" in repr(by_client)
+    session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+    for _ in range(10):
+        assert session.get(fault.url("/ok")).status_code == 200
+    master.kill()
+    calls = 10
+    deadline = time.monotonic() + 30.0
+    promoted = False
+    while time.monotonic() < deadline:
+        assert session.get(fault.url("/ok")).status_code == 200
+        calls += 1
+        promoted = redis.Redis(port=replica.port, socket_timeout=1).info(
+            "replication")["role"] == "master"
+        if promoted and store.shared:
+            break
+        time.sleep(0.02)
+    assert promoted and store.shared
+    assert fault.hits() == calls
+    store.flush()
+    service = f"http://127.0.0.1:{fault.port}"
+    assert redis.Redis(port=replica.port).exists(store.key("breaker", service))
