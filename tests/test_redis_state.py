@@ -791,3 +791,22 @@ def test_sentinel_failover_loses_no_call(
     store.flush()
     service = f"http://127.0.0.1:{fault.port}"
     assert redis.Redis(port=replica.port).exists(store.key("breaker", service))
+
+
+def test_memory_store_forgets_idle_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process store (also the Redis store's fallback) forgets records idle past
+    their TTL, so one entry per host ever seen does not pile up; live ones stay."""
+    import requests_smartretry.state as state_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(state_module, "_now", lambda: clock[0])
+    store = MemoryStateStore()
+    settings = BreakerSettings(5.0, 30.0, 1, 0.0, 60.0, 20)
+    store.breaker_record("kept", settings, 0.0, failed=True, weight=1.0, ticket=0)
+    for number in range(5000):
+        store.breaker_admit(f"https://host-{number}.example.com", settings, 0.0)
+        clock[0] += 1.0
+        if number % 100 == 0:
+            store.breaker_admit("kept", settings, 0.0)
+    assert len(store._breakers) < 2 * (settings.ttl + 1) + 1024
+    assert store.breaker_status("kept", settings, 0.0).consecutive_failures == 1
