@@ -257,8 +257,11 @@ return reply
 # Connection settings of a client that may travel through pickle (the rest — retry
 # objects, credential providers, event dispatchers — hold locks or callables).
 _PLAIN = (str, int, float, bool, type(None))
-_KEY_ERRORS = ("WRONGTYPE", "MOVED", "ASK", "CROSSSLOT", "ERR USER_SCRIPT", "ERR ERROR RUNNING",
-               "USER_SCRIPT")
+# Errors that concern one service's keys (that service goes local), and errors that
+# concern the server, even when a script reports them (the whole store goes local).
+_KEY_ERRORS = ("WRONGTYPE", "MOVED ", "ASK ", "CROSSSLOT", "USER_SCRIPT")
+_SERVER_ERRORS = ("READONLY", "LOADING", "BUSY", "OOM", "NOAUTH", "NOPERM", "WRONGPASS",
+                  "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT", "NOREPLICAS")
 # Redis work that a request's time budget cut short; the deadline, not Redis, was short.
 _spent: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
     "requests_smartretry_redis_spent", default=(None, 0.0))
@@ -650,8 +653,6 @@ class RedisStateStore:
     def _execute(self, args: list[Any], keys: list[str]) -> list[Any]:
         """Run the script within this request's time budget (on a worker thread, so that a
         slow or dripping Redis cannot hold the request past it)."""
-        if self._pid != os.getpid():
-            self._setup()
         # Connecting (TCP, AUTH, loading the script) takes several round trips: it may use
         # up to socket_timeout; every later request gets the time budget.
         allowance, by_deadline = self._allowance(
@@ -668,7 +669,11 @@ class RedisStateStore:
             script, executor = self._script, self._executor
             self._in_flight += 1
         started = _monotonic()
-        future = executor.submit(self._run_script, script, keys, args)
+        try:
+            future = executor.submit(self._run_script, script, keys, args)
+        except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
+            future = concurrent.futures.Future()
+            future.set_result(self._run_script(script, keys, args))
         try:
             reply = future.result(timeout=allowance)
         except concurrent.futures.TimeoutError:
@@ -688,10 +693,6 @@ class RedisStateStore:
         if self._listener is None and not self._closed:
             self._start_listener()
         return reply  # type: ignore[no-any-return]
-
-    @property
-    def _pid(self) -> int:
-        return self.__dict__.setdefault("_owner_pid", os.getpid())  # type: ignore[no-any-return]
 
     def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -915,7 +916,8 @@ class RedisStateStore:
     def breaker_admit(self, key: str, settings: BreakerSettings, now: float) -> Admission:
         """Decide whether an attempt on ``key`` may go out (and take a probe slot)."""
         view = self._views.get(key)
-        if view is not None and view.breaker is settings and view.gen == view.seen:
+        if view is not None and view.gen == view.seen \
+                and (view.breaker is settings or view.breaker == settings):
             mono = _monotonic()
             if mono - view.synced < self._fresh:
                 if view.state == CLOSED:
@@ -937,7 +939,8 @@ class RedisStateStore:
     ) -> str:
         """Record an attempt's result; returns the state name afterwards."""
         view = self._views.get(key)
-        if view is not None and view.breaker is settings and view.gen == view.seen:
+        if view is not None and view.gen == view.seen \
+                and (view.breaker is settings or view.breaker == settings):
             if view.state == OPEN:
                 return "open"  # a straggler: Redis would ignore it too
             if view.state == CLOSED and not failed and not ticket:
@@ -986,8 +989,8 @@ class RedisStateStore:
         gather locally (sent with the next round trip); a spend that they cover is paid
         from them without one."""
         view = self._views.get(key)
-        if view is not None and view.budget is settings and view.tokens is not None \
-                and view.gen == view.seen:
+        if view is not None and view.tokens is not None and view.gen == view.seen \
+                and (view.budget is settings or view.budget == settings):
             shared_now = self._time(now)
             with self._lock:
                 refilled = min(settings.max_tokens, view.tokens + settings.min_per_second
@@ -1114,9 +1117,12 @@ def _is_key_error(exc: BaseException) -> bool:
         from redis.exceptions import ResponseError
     except ImportError:  # pragma: no cover - only used once redis-py answered
         return False
+    if not isinstance(exc, ResponseError):
+        return False
     text = str(exc).upper()
-    return isinstance(exc, ResponseError) and any(text.startswith(m) or f" {m}" in text[:40]
-                                                  for m in _KEY_ERRORS)
+    if any(marker in text for marker in _SERVER_ERRORS):
+        return False
+    return any(marker in text for marker in _KEY_ERRORS)
 
 
 def _safe(exc: BaseException, url: Optional[str]) -> str:
@@ -1157,7 +1163,6 @@ def _numbers(reply: Any) -> list[Optional[float]]:
 def _after_fork_in_child() -> None:
     # The parent's threads, connections and unsent counts are not this process's.
     for store in list(_stores):
-        store.__dict__.pop("_owner_pid", None)
         store._setup()
 
 
