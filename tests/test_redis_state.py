@@ -810,3 +810,44 @@ def test_memory_store_forgets_idle_services(monkeypatch: pytest.MonkeyPatch) -> 
             store.breaker_admit("kept", settings, 0.0)
     assert len(store._breakers) < 2 * (settings.ttl + 1) + 1024
     assert store.breaker_status("kept", settings, 0.0).consecutive_failures == 1
+
+
+def test_client_store_pickles_and_names_its_server(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store built from a ``redis.Redis`` client pickles (redis-py 8 clients hold locks)
+    and shares state with the original; its outage warning names the client's server."""
+    import redis
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    store = RedisStateStore(redis.Redis.from_url(redis_url), prefix=prefix)
+    copy = pickle.loads(pickle.dumps(store))
+    CircuitBreaker(failure_threshold=1, store=store).before_attempt(SVC)
+    store.breaker_record(SVC, CircuitBreaker(failure_threshold=1).settings, 0.0,
+                         failed=True, weight=1.0, ticket=0)
+    assert CircuitBreaker(failure_threshold=1, store=copy).state(SVC) == "open"
+    port = unused_port()
+    dead = RedisStateStore(redis.Redis(host="127.0.0.1", port=port), prefix=prefix)
+    dead.budget_change(SVC, BudgetSettings(0.1, 10.0, 1.0), 0.0, 0.0, 1.0)
+    (warning,) = redis_warnings(caplog)
+    assert f"redis://127.0.0.1:{port}/0" in warning
+
+
+def test_a_retry_paid_from_unsent_deposits_costs_no_round_trip(
+    redis_url: str, prefix: str
+) -> None:
+    """Deposits gather locally; a retry they cover is paid from them without a command,
+    one they do not cover goes to the shared balance."""
+    store = RedisStateStore(redis_url, prefix=prefix)
+    settings = BudgetSettings(ratio=0.1, max_tokens=10.0, min_per_second=0.0)
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0) == (True, 9.0)  # shared
+    inspect = client(redis_url)
+
+    def scripts_run() -> int:
+        return int(inspect.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = scripts_run()
+    store.budget_change(SVC, settings, 0.0, 1.0, 0.0)  # a whole token deposited
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0)[0]  # paid from it
+    assert scripts_run() == before
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0) == (True, 8.0)  # shared again
