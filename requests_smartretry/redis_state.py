@@ -989,7 +989,8 @@ class RedisStateStore:
         gather locally (sent with the next round trip); a spend that they cover is paid
         from them without one."""
         view = self._views.get(key)
-        if view is not None and view.tokens is not None and view.gen == view.seen \
+        # (Notifications concern breakers: a budget view does not wait for them.)
+        if view is not None and view.tokens is not None \
                 and (view.budget is settings or view.budget == settings):
             shared_now = self._time(now)
             with self._lock:

@@ -24,16 +24,27 @@ from requests_smartretry.faultserver import unused_port
 _CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
 
 
-def redis_binary() -> str:
-    """The redis-server binary; skips the test without one (fails it under CI=true)."""
-    for candidate in _CANDIDATES:
+def _required(candidates: tuple[str, ...], reason: str) -> str:
+    """The first binary found; skips the test without one (fails it under CI=true)."""
+    for candidate in candidates:
         found = shutil.which(candidate)
         if found:
             return found
-    reason = "redis-server binary not found (apt-get install redis-server) - Redis tests need it"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
     pytest.skip(reason)
+
+
+def redis_binary() -> str:
+    """The redis-server binary (also a Sentinel with ``--sentinel``)."""
+    return _required(_CANDIDATES, "redis-server binary not found (apt-get install "
+                                  "redis-server) - Redis tests need it")
+
+
+def redis_cli() -> str:
+    """The redis-cli binary, which creates the test Cluster."""
+    return _required(("redis-cli",), "redis-cli not found (apt-get install redis-tools) - "
+                                     "Redis Cluster tests need it")
 
 
 class RedisServer:
@@ -102,17 +113,6 @@ def _wait_for(check: Any, what: str, seconds: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what} not ready within {seconds:g}s")
-
-
-def redis_cli() -> str:
-    """The redis-cli binary (skips without it, fails under CI=true)."""
-    found = shutil.which("redis-cli")
-    if found:
-        return found
-    reason = "redis-cli not found (apt-get install redis-tools) - Redis Cluster tests need it"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
-    pytest.skip(reason)
 
 
 def _cluster_port() -> int:
@@ -317,16 +317,13 @@ def in_processes(
     return [collected[index] for index in range(len(arguments))]
 
 
-class SlowProxy:
-    """A TCP proxy on loopback in front of a Redis that delays every reply by ``delay``
-    seconds, or (``drip``) sends replies one byte every ``drip`` seconds."""
+class FakeRedis:
+    """A TCP server on loopback posing as Redis: each accepted connection is handed to
+    :meth:`_handle` on a thread of its own."""
 
-    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0) -> None:
+    def __init__(self) -> None:
         import threading
 
-        self.upstream = port
-        self.delay = delay
-        self.drip = drip
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -337,18 +334,69 @@ class SlowProxy:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _serve(self) -> None:
-        import threading
-
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(5)
+
+    def __enter__(self) -> FakeRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GarbageRedis(FakeRedis):
+    """Answers every read with bytes that are not RESP."""
+
+    def _handle(self, conn: socket.socket) -> None:
+        import threading
+
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while conn.recv(65536):
+                    conn.sendall(b"%%% this is not redis \x00\xff\r\n")
+            except OSError:
+                return
+
+
+class SlowProxy(FakeRedis):
+    """A TCP proxy in front of a real Redis that delays every reply by ``delay`` seconds,
+    or (``drip``) sends replies one byte every ``drip`` seconds."""
+
+    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0) -> None:
+        self.upstream = port
+        self.delay = delay
+        self.drip = drip
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        import threading
+
+        try:
             upstream = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pipe, args=(conn, upstream, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, conn, True),
-                             daemon=True).start()
+        except OSError:
+            conn.close()
+            return
+        threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
 
     def _pipe(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         try:
@@ -373,19 +421,6 @@ class SlowProxy:
                     sock.close()
                 except OSError:
                     pass
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-
-    def __enter__(self) -> SlowProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,

@@ -9,7 +9,6 @@ import pickle
 import random
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
 from requests_smartretry.state import BreakerSettings, BudgetSettings
 from tests.redis_server import (
+    GarbageRedis,
     RedisServer,
     budgeted_calls,
     client,
@@ -420,41 +420,6 @@ def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
         waits.append(store._next_try - time.monotonic())
     assert [round(w * 2) / 2 for w in waits] == [0.5, 1.0, 2.0, 4.0]
     assert not store.shared
-
-
-class GarbageRedis:
-    """A TCP server on loopback that answers every read with bytes that are not RESP."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _answer(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while conn.recv(65536):
-                    conn.sendall(b"%%% this is not redis \x00\xff\r\n")
-            except OSError:
-                return
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(5)
 
 
 def test_garbage_from_redis_falls_back_to_local_state(
