@@ -243,23 +243,30 @@ def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
     return calls
 
 
-def _store(redis_url: Optional[str]) -> Any:
-    """A store for the fleet tests: they test sharing, not latency, on a machine that may
-    be loaded, so Redis gets a generous time budget instead of the 50 ms default."""
-    if redis_url is None:
-        return None
+#: The time budget of stores in tests about sharing, not latency: on a loaded machine a
+#: thread may wait longer than the 50 ms default for the CPU, which the store would rightly
+#: treat as a slow Redis.
+SHARING_BUDGET = 2.0
+
+
+def shared_store(target: Any, **options: Any) -> Any:
+    """A ``RedisStateStore`` for a test about sharing (see :data:`SHARING_BUDGET`)."""
     from requests_smartretry.redis_state import RedisStateStore
 
-    return RedisStateStore(redis_url, time_budget=2.0)
+    options.setdefault("time_budget", SHARING_BUDGET)
+    return RedisStateStore(target, **options)
+
+
+def _store(redis_url: Optional[str]) -> Any:
+    return None if redis_url is None else shared_store(redis_url)
 
 
 def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[int, int]:
     """Feed ``events`` random attempt results to a shared breaker and spend one budget
     token per event; return (failures fed, retries granted)."""
     from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, RetryBudget, Verdict
-    from requests_smartretry.redis_state import RedisStateStore
 
-    store = RedisStateStore(redis_url, prefix=prefix, socket_timeout=5.0, time_budget=5.0)
+    store = shared_store(redis_url, prefix=prefix, socket_timeout=5.0)
     # Thresholds out of reach: the test counts updates, not transitions.
     breaker = CircuitBreaker(failure_threshold=10**9, window=3600.0, store=store)
     budget = RetryBudget(0.0, max_tokens=10**6, min_per_second=0.0, store=store)
