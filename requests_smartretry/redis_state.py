@@ -280,8 +280,10 @@ class _NoTime(Exception):
     """The request's deadline leaves no time for Redis: this one operation goes local."""
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its credentials or query (where a password may also be)."""
+def shown_url(url: str) -> str:
+    """A Redis URL as logs, errors and ``repr`` show it: everything up to the last ``@``
+    masked (a password may hold an unencoded ``/``, which ``urlsplit`` would take for the
+    start of the path), the query (``?password=``) dropped."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "<not a URL>"
@@ -317,7 +319,7 @@ def parse_target(url: str) -> dict[str, Any]:
     ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`` (also
     with ``rediss+``).  A password must be percent-encoded.
     """
-    shown = redact_url(url)
+    shown = shown_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
         raise ValueError(f"state must be a Redis URL ({', '.join(s + '://' for s in SCHEMES)}),"
@@ -541,7 +543,7 @@ class RedisStateStore:
     def where(self) -> str:
         """Where the state lives (the URL without credentials, or the client's servers)."""
         if self._url is not None:
-            return redact_url(self._url)
+            return shown_url(self._url)
         spec = self._spec
         kwargs = spec["kwargs"]
         if spec["kind"] == "pool":

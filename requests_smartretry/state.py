@@ -403,15 +403,11 @@ class StoreUser:
 
 
 def resolve_store(state: Any) -> Optional[StateStore]:
-    """A store from the adapter's ``state=``: ``None``, a store, a ``redis://`` URL or a
-    ``redis.Redis`` client."""
+    """A store from the adapter's ``state=``: ``None``, a store, a Redis URL (checked by
+    :func:`~requests_smartretry.redis_state.parse_target`) or a redis-py client."""
     if state is None:
         return None
     if isinstance(state, str):
-        if not state.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"state must be a redis://, rediss:// or unix:// URL, got {state!r}"
-            )
         from .redis_state import RedisStateStore
 
         return RedisStateStore(state)
@@ -422,14 +418,15 @@ def resolve_store(state: Any) -> Optional[StateStore]:
 
         return RedisStateStore(state)
     raise TypeError(
-        "state must be None, a redis:// URL, a redis.Redis client or a StateStore, "
-        f"got {state!r}"
+        "state must be None, a Redis URL, a redis.Redis or redis.cluster.RedisCluster "
+        f"client or a StateStore, got {type(state).__module__}.{type(state).__qualname__}"
     )
 
 
 def _is_redis_client(value: Any) -> bool:
-    """A redis-py client, recognised without importing redis-py."""
+    """A redis-py client (also an unsupported one, which the store refuses by name),
+    recognised without importing redis-py."""
     return any(
-        cls.__module__.startswith("redis.") and cls.__name__ == "Redis"
+        cls.__module__.startswith("redis.") and cls.__name__ in ("Redis", "RedisCluster")
         for cls in type(value).__mro__
     )

@@ -687,6 +687,8 @@ def test_cluster_by_url_and_by_client_share_one_breaker(
     assert inspect.keyslot(by_url.key("breaker", SVC)) == \
         inspect.keyslot(by_url.key("budget", SVC))
     assert RetryBudget(store=pickle.loads(pickle.dumps(by_url))).tokens(SVC) == 20.0
+    adapter = SmartRetryAdapter(breaker=CircuitBreaker(failure_threshold=2), state=url)
+    assert isinstance(adapter.state, RedisStateStore)  # the URL form through state=
 
 
 @pytest.mark.slow
