@@ -19,21 +19,30 @@ import contextvars
 import dataclasses
 import logging
 import numbers
+import socket
 import threading
 import time
 from typing import Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.response
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .backoff import parse_retry_after
 from .budget import DEFAULT_BUDGET, RetryBudget
-from .classify import Classification, classify_exception, classify_status
+from .classify import (
+    Classification,
+    classify_exception,
+    classify_status,
+    mark_connect_phase,
+    mark_final,
+)
 from .deadline import Watch, active_watch, current_scope
 from .engine import (
     BreakerGate,
@@ -47,7 +56,7 @@ from .engine import (
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
-from .policy import RetryPolicy, resolve_policy
+from .policy import RetryPolicy, check_timeout, resolve_policy
 from .redact import redact_exception, redact_url
 from .state import resolve_store
 from .stats import Stats
@@ -174,13 +183,66 @@ class _WatchedPoolMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
+class _PhaseRecordingMixin:
+    """Records where a failure happened: an exception raised while connecting (TCP
+    connect, TLS handshake, proxy tunnel) is marked as coming before one byte of the
+    request was written (:func:`classify.mark_connect_phase`), whatever its errno.
+
+    Every write of the request comes after ``connect()`` returned, so the mark is the whole
+    record: the success path pays one call per new connection and nothing per request,
+    and no attribute is ever added to the connection.  A TLS handshake that times out is
+    a connect timeout (urllib3 would report it as a read timeout).
+    """
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except Exception as exc:
+            mark_connect_phase(exc)
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                conn: Any = self
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    conn, f"Connection to {conn.host} timed out while connecting (TLS "
+                    f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
+                ) from exc
+            raise
+
+
+class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):
+    """urllib3's connection, recording whether a failure came before sending."""
+
+
+class HTTPSConnection(_PhaseRecordingMixin, urllib3.connection.HTTPSConnection):
+    """urllib3's TLS connection, recording whether a failure came before sending."""
+
+
+class _LengthCheckedResponse(urllib3.response.HTTPResponse):
+    """urllib3 1.26's response, refusing a body shorter than its ``Content-Length`` (an
+    incomplete read, as on urllib3 2.x) instead of handing back a truncated body."""
+
+    @classmethod
+    def from_httplib(cls, r: Any, **response_kw: Any) -> Any:
+        response_kw.setdefault("enforce_content_length", True)
+        build: Any = getattr(super(), "from_httplib")  # noqa: B009 - absent on urllib3 2.x
+        return build(r, **response_kw)
+
+
 # Named as urllib3's own classes so that error messages read exactly as without us.
 class HTTPConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
     """urllib3's pool, with connections watched for the attempt deadline."""
 
+    ConnectionCls = HTTPConnection
+
 
 class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
     """urllib3's TLS pool, with connections watched for the attempt deadline."""
+
+    ConnectionCls = HTTPSConnection
+
+
+if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x enforces it
+    for _pool_class in (HTTPConnectionPool, HTTPSConnectionPool):
+        setattr(_pool_class, "ResponseCls", _LengthCheckedResponse)  # noqa: B010 - 1.26 only
 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
@@ -326,6 +388,7 @@ def _seconds(name: str, value: Any) -> Optional[float]:
     seconds = float(value)
     if not 0 < seconds < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_timeout(name, seconds)  # at least the minimum an attempt can honour
     return seconds
 
 
@@ -636,10 +699,18 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.error)
             if outcome.signal is not None and outcome.signal is not outcome.error:
                 redact_exception(outcome.signal)
+            if outcome.error is not None:
+                replay.rewind()  # an enclosing call that repeats the request finds the body whole
             if outcome.classification.retryable:
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(outcome, idempotent, replay)
+                if outcome.veto is not None:
+                    # What this call refuses to repeat, an enclosing retrying call (the
+                    # callable API around this request) must not repeat either.
+                    for carrier in (outcome.error, outcome.value):
+                        if carrier is not None:
+                            mark_final(carrier, outcome.veto)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
@@ -676,6 +747,8 @@ class SmartRetryAdapter(HTTPAdapter):
             total_s = left if total_s is None else min(total_s, left)
         if total_s is not None:
             if total_s <= _MIN_SOCKET_TIMEOUT:
+                # Only an enclosing deadline can leave this little: the policy and
+                # send() refuse timeouts below MIN_TIMEOUT.
                 error = AttemptDeadlineExceeded(
                     "no time left for this attempt (enclosing deadline)", request=request)
                 return Outcome(_DEADLINE_BEFORE_SENDING, error=error, signal=error)
@@ -697,6 +770,10 @@ class SmartRetryAdapter(HTTPAdapter):
                 converted.__cause__ = exc
                 exc = converted
             if sent is not None:
+                if isinstance(exc, requests.exceptions.ContentDecodingError):
+                    undecodable = self._undecodable_status(sent, request, exc)
+                    if undecodable is not None:
+                        return undecodable
                 # A body read that failed (deadline, reset) leaves the socket referenced
                 # from the traceback; close it now rather than at garbage collection.
                 sent.close()
@@ -725,6 +802,27 @@ class SmartRetryAdapter(HTTPAdapter):
         signal = requests.HTTPError(
             f"{response.status_code} {verdict.reason} for {redact_url(request.url or '')}",
             request=request, response=response)
+        return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
+
+    def _undecodable_status(
+        self, response: requests.Response, request: requests.PreparedRequest,
+        error: BaseException,
+    ) -> Optional[Outcome[requests.Response]]:
+        """A 5xx/429 whose body cannot be decoded (a corrupt gzip) keeps its status verdict:
+        the status, not the body, says the server failed.  ``None`` for other statuses
+        (the decoding error then stands)."""
+        verdict = classify_status(response.status_code, self.policy.retry_statuses)
+        if not verdict.retryable:
+            return None
+        asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        if asked is not None:
+            verdict = dataclasses.replace(verdict, retry_after=asked)
+        response.close()
+        response._content = b""  # what was read cannot be decoded; nothing more to read
+        signal = requests.HTTPError(
+            f"{response.status_code} {verdict.reason} (undecodable body) for "
+            f"{redact_url(request.url or '')}", request=request, response=response)
+        signal.__cause__ = error
         return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
 
     @staticmethod

@@ -25,6 +25,7 @@ from .budget import RetryBudget
 from .errors import CircuitOpenError, attempt_history
 from .events import AttemptEvent, EventKind
 from .faultserver import FaultServer
+from .functions import execute_with_retry
 from .stats import Stats
 
 __all__ = ["Tour", "format_stats_table", "run_demo"]
@@ -139,6 +140,7 @@ class Tour:
         self.not_found_is_not_retried()
         self.slow_drip_cut_by_deadline()
         self.post_is_not_resent()
+        self.callable_api_keeps_the_verdict()
         self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
         self.payment_signature_checked()
@@ -226,6 +228,20 @@ class Tour:
         self.result(f"60 calls to a service that is down: {self.server.hits() - before} "
                     f"requests, not 120 (failed retries are not refunded; the budget "
                     f"stops them once its 20 tokens are spent)")
+
+    def callable_api_keeps_the_verdict(self) -> None:
+        self.heading("The callable API around that POST: the session's 'unsafe' is final")
+
+        session = self.session("demo-post-wrapped", max_retries=0)
+        before = self.server.hits("/reset")
+        try:
+            execute_with_retry(lambda: session.post(self.server.url("/reset"), json={"order": 7}),
+                               max_retries=2, backoff_base=_DEMO_BACKOFF, lang=self.lang,
+                               operation_name="demo-wrapped")
+        except requests.ConnectionError as exc:
+            self.result(f"{type(exc).__name__} raised, server saw "
+                        f"{self.server.hits('/reset') - before} POST (execute_with_retry "
+                        f"retries any exception, but not what the session refused to resend)")
 
     def breaker_opens_and_recovers(self) -> None:
         self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IDEMPOTENT_METHODS",
     "DEFAULT_RETRY_STATUSES",
+    "MIN_TIMEOUT",
     "RetryPolicy",
     "VerdictRule",
     "resolve_policy",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: 429 and every 5xx.
 DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
+#: The shortest timeout an attempt can honour (seconds): below it, the deadline passes
+#: before the connection is even made, and no attempt would ever send.
+MIN_TIMEOUT = 0.01
 #: RFC 9110's idempotent methods.
 DEFAULT_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
@@ -101,9 +105,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, minimum=0)
-        _check_positive("timeout", self.timeout)
+        check_timeout("timeout", self.timeout)
         if self.connect_timeout is not None:
-            _check_positive("connect_timeout", self.connect_timeout)
+            check_timeout("connect_timeout", self.connect_timeout)
         _check_non_negative("backoff_base", self.backoff_base)
         _check_non_negative("backoff_max", self.backoff_max)
         _check_positive("backoff_multiplier", self.backoff_multiplier)
@@ -225,6 +229,14 @@ def _check_number(name: str, value: Any) -> float:
 def _check_positive(name: str, value: Any) -> None:
     if _check_number(name, value) <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_timeout(name: str, value: Any) -> None:
+    """``value`` must be a number of seconds an attempt can honour (>= :data:`MIN_TIMEOUT`)."""
+    _check_positive(name, value)
+    if value < MIN_TIMEOUT:
+        raise ValueError(f"{name} must be at least {MIN_TIMEOUT:g}s (a shorter attempt ends "
+                         f"before its connection is made, and never sends), got {value!r}")
 
 
 def _check_non_negative(name: str, value: Any) -> None:
