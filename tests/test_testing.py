@@ -17,6 +17,7 @@ import requests_mock
 import responses
 
 import requests_smartretry
+import requests_smartretry.pytest_plugin
 from requests_smartretry import (
     CircuitBreaker,
     CircuitOpenError,
@@ -140,6 +141,20 @@ def test_pytest_plugin_fixture_gives_fast_retries_and_fresh_state(tmp_path: Path
                          text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 passed" in run.stdout
+
+
+def test_the_documented_opt_out_turns_the_plugin_off(tmp_path: Path) -> None:
+    """The ``-p no:...`` option the plugin's docstring gives really turns it off: the
+    ``smartretry`` fixture is then unknown to the user's suite."""
+    doc = requests_smartretry.pytest_plugin.__doc__ or ""
+    option = doc.split("``pytest -p no:", 1)[1].split("``", 1)[0]
+    (tmp_path / "test_user_suite.py").write_text(
+        "def test_wants_the_fixture(smartretry):\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", f"no:{option}", "test_user_suite.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "fixture 'smartretry' not found" in run.stdout, run.stdout + run.stderr
 
 
 def test_responses_mocks_beneath_our_adapter_so_retries_run() -> None:
