@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from requests_smartretry import (
     CircuitOpenError,
     MemoryStateStore,
     RetryBudget,
+    SmartRetryAdapter,
     Stats,
     reset_state,
     smart_session,
@@ -86,6 +88,28 @@ def _start_event() -> requests_smartretry.AttemptEvent:
     return requests_smartretry.AttemptEvent(
         kind=requests_smartretry.EventKind.START, operation="op", service="svc", attempt=1,
         max_attempts=2, call_id=1)
+
+
+def test_reset_state_reaches_unpickled_copies_of_a_session() -> None:
+    """A session copied by pickling (as multiprocessing does) has its breaker, budget and
+    statistics reset by ``reset_state()`` like the original's."""
+    session = smart_session(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=3600),
+                            budget=RetryBudget(0.0, max_tokens=1, min_per_second=0),
+                            log=False, max_retries=0)
+    with FaultServer() as fault:
+        service = f"http://127.0.0.1:{fault.port}"
+        copy = pickle.loads(pickle.dumps(session))
+        adapter = copy.get_adapter("http://")
+        assert isinstance(adapter, SmartRetryAdapter)
+        assert copy.get(fault.url("/status/503")).status_code == 503
+    assert adapter.breaker is not None and isinstance(adapter.budget, RetryBudget)
+    assert adapter.budget.allow_retry(service)
+    assert adapter.breaker.state(service) == "open"
+    assert adapter.budget.tokens(service) == pytest.approx(0.0)
+    reset_state()
+    assert adapter.breaker.state(service) == "closed"
+    assert adapter.budget.tokens(service) == pytest.approx(1.0)
+    assert requests_smartretry.stats_of(copy).operations() == []
 
 
 def test_fast_retries_restores_the_previous_mode() -> None:
