@@ -76,10 +76,10 @@ _SECRET_SEGMENT = re.compile(
     r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,}"
 )
 # The same, in free text: a secret segment right after a "/" (urllib3's "Max retries
-# exceeded with url: /bot123:AAH.../getMe").  Linear: each alternative starts only after a
-# slash and cannot restart inside its own run.
+# exceeded with url: /bot123:AAH.../getMe"), with the rest of its segment ("….json").
+# Linear: each alternative starts only after a slash and cannot restart inside its own run.
 _SECRET_PATH_TEXT = re.compile(
-    r"(?<=/)(?:[A-Za-z0-9_\-.~]*\d:[A-Za-z0-9_\-]{8,}"
+    r"(?<=/)(?:[A-Za-z0-9_\-.~]*\d:[A-Za-z0-9_\-]{8,}[^/?#\s'\"),;]*"
     r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,})"
     r"(?=[/?#\s'\"),;]|$)"
 )

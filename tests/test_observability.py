@@ -255,6 +255,17 @@ def test_redact_text_cleans_a_token_path_inside_a_message() -> None:
     assert redact_url("https://h/v1/orders/123") == "https://h/v1/orders/123"
 
 
+def test_a_token_segment_with_a_file_extension_is_redacted_too() -> None:
+    """A token segment followed by an extension (``/123:AAH….json``) is a secret all the
+    same: redacted in a URL (the ``retry_url`` field, the history, the CLI's summary) and
+    in free text."""
+    url = f"http://127.0.0.1:1/files/123456:{PATH_TOKEN}.json?x=1"
+    assert redact_url(url) == "http://127.0.0.1:1/files/[REDACTED]?x=1"
+    text = f"Max retries exceeded with url: /files/123456:{PATH_TOKEN}.json (Caused by X)"
+    assert redact_text(text) == ("Max retries exceeded with url: /files/[REDACTED] "
+                                 "(Caused by X)")
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 
