@@ -84,11 +84,12 @@ _SECRET_PATH_TEXT = re.compile(
     r"(?=[/?#\s'\"),;]|$)"
 )
 # Segments that identify one resource rather than name an endpoint: they read "{id}" in a
-# path template.  Digits, UUIDs, hex, a run of 3+ digits (vendor task ids "cgt-2026…",
-# "order-123"), long letter-and-digit tokens; and every secret segment.
+# path template.  Digits, UUIDs, hex, a prefixed hex id ("task_b72dc2d0", "img-4f91d5"), a
+# run of 3+ digits (vendor task ids "cgt-2026…", "order-123"), long letter-and-digit tokens;
+# and every secret segment.
 _ID_SEGMENT = re.compile(
     r"\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|(?=[a-fA-F]*\d)[0-9a-fA-F]{12,}|.*\d{3}.*"
+    r"|(?=[a-fA-F]*\d)[0-9a-fA-F]{12,}|[A-Za-z]+[_\-](?=[a-fA-F]*\d)[0-9a-fA-F]{6,}|.*\d{3}.*"
     r"|(?=.*\d)(?=.*[A-Za-z]).{16,}"
 )
 _AUTH_VALUE = re.compile(

@@ -135,6 +135,10 @@ def test_a_timeout_stays_a_warning(log_lines: LineCollector, sleeps: SleepRecord
         ("/files/dGhpcyBpcyBhIHNlY3JldDEyMw", "/files/{id}"),
         ("/v3/pay/transactions/jsapi", "/v3/pay/transactions/jsapi"),
         ("/oauth2/token", "/oauth2/token"),
+        ("/tasks/task_b72dc2d0", "/tasks/{id}"),  # a prefixed hex id, with or without
+        ("/tasks/task_8c646d92", "/tasks/{id}"),  # a run of three digits
+        ("/images/img-4f91d5", "/images/{id}"),
+        ("/v1/sub-account", "/v1/sub-account"),
         ("", "/"),
     ],
 )
