@@ -136,6 +136,7 @@ class Tour:
         self.rate_limited_with_retry_after()
         self.not_found_is_not_retried()
         self.slow_drip_cut_by_deadline()
+        self.whole_call_deadline()
         self.post_is_not_resent()
         self.breaker_opens_and_recovers()
         self.statistics()
@@ -188,6 +189,19 @@ class Tour:
             self.result(f"{type(exc).__name__} after {elapsed:.1f} s for "
                         f"{len(_starts(exc))} attempts (plain requests' timeout=1 would wait "
                         f"10 s: every byte arrives within the read timeout)")
+
+    def whole_call_deadline(self) -> None:
+        self.heading("A server that never answers, timeout=1.0 and deadline=1.5: "
+                     "the whole call ends at 1.5 s")
+        session = self.session("demo-deadline", max_retries=3, timeout=1.0, deadline=1.5)
+        started = time.monotonic()
+        try:
+            session.get(self.server.url("/hang?seconds=5"))
+        except requests.Timeout as exc:
+            elapsed = time.monotonic() - started
+            self.result(f"{type(exc).__name__} after {elapsed:.1f} s for "
+                        f"{len(_starts(exc))} attempts (the second cut at the deadline; "
+                        f"without deadline= 4 attempts and 3 waits take 5.4 s)")
 
     def post_is_not_resent(self) -> None:
         self.heading("POST reset after it was sent: not resent (the server may have acted)")
