@@ -94,6 +94,14 @@ class PoolWaitExpired(_NothingSent, urllib3.exceptions.EmptyPoolError):
     ``ConnectTimeout`` (requests would let urllib3's own error through)."""
 
 
+def _cut_reason() -> str:
+    """Why an attempt cut at its bound under a urllib3 Retry is not retried: the call's
+    deadline, or the policy's timeout for a request without ``timeout=``."""
+    scope = current_scope()
+    left = None if scope is None else scope.remaining()
+    return "deadline" if left is not None and left <= _MIN_SOCKET_TIMEOUT else "not_retryable"
+
+
 def _pool_refused(exc: BaseException) -> bool:
     # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
     # raises ConnectTimeout(<the pool's error>).
@@ -687,12 +695,13 @@ class SmartRetryAdapter(HTTPAdapter):
         try:
             outcome = self._attempt(request, stream, timeouts, verify, cert, proxies)
         except RetryNow as decided:
-            if decided.cut:  # the deadline passed: urllib3's retry is not made
+            if decided.cut:  # the attempt's bound passed: urllib3's retry is not made
                 cut = AttemptDeadlineExceeded(
-                    "the deadline passed during the attempt; not retried", request=request)
+                    "the attempt deadline passed during the attempt; not retried",
+                    request=request)
                 cut.__cause__ = decided.error
                 return Outcome(classify_exception(cut), error=cut, signal=cut,
-                               veto="deadline")
+                               veto=_cut_reason())
             states[0] = decided.state
             return self._retried(decided, request)
         finally:
@@ -704,7 +713,16 @@ class SmartRetryAdapter(HTTPAdapter):
                 and state.is_retry(request.method or "GET", outcome.status_code,
                                    bool(outcome.value is not None
                                         and outcome.value.headers.get("Retry-After"))))
-            outcome.veto = "exhausted" if ran_out else "not_retryable"
+            if isinstance(outcome.error, requests.exceptions.RetryError):
+                # urllib3's "too many 503 error responses": a server error, for the
+                # log line and the statistics.
+                outcome.classification = Classification(
+                    Verdict.SERVER_ERROR,
+                    f"RetryError: {getattr(outcome.error.args[0], 'reason', '')}")
+            outcome.veto = ("retry_exhausted" if ran_out
+                            else _cut_reason() if isinstance(outcome.error,
+                                                             AttemptDeadlineExceeded)
+                            else "not_retryable")
         return outcome
 
     def _retried(self, decided: RetryNow,

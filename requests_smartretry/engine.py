@@ -110,7 +110,8 @@ class Finished(Generic[T]):
         error = self.outcome.error
         if error is not None:
             note = None
-            if self.give_up_reason not in (None, "exhausted", "not_retryable"):
+            if self.give_up_reason not in (None, "exhausted", "not_retryable",
+                                           "retry_exhausted"):
                 note = f"requests_smartretry: not retried ({self.give_up_reason})"
             attach_history(error, self.history, note)
             raise error
@@ -334,7 +335,7 @@ def _decide(
     time left before the deadline (``None``: none).
     """
     if not verdict.retryable:
-        return "not_retryable", 0.0
+        return outcome.veto or "not_retryable", 0.0
     if number >= max_attempts:
         return "exhausted", 0.0
     if outcome.veto is not None:

@@ -243,3 +243,31 @@ def test_an_adapter_with_a_retry_pickles(server: FaultServer) -> None:
 def test_the_attempt_cap_never_cuts_what_the_retry_allows(retry: Retry, bound: int) -> None:
     """The loop's cap is an upper bound of the Retry's retries (counters summed)."""
     assert max_retries_of(retry) == bound
+
+
+def test_a_deadline_cuts_the_running_attempt_under_a_retry(server: FaultServer) -> None:
+    """Retry(read=5) with timeout=0.3 against a silent server: urllib3 alone takes 6 × 0.3 s;
+    deadline=1.0 cuts the attempt running at 1 s and ends the call there."""
+    session = requests.Session()
+    session.mount("http://", SmartRetryAdapter(max_retries=Retry(total=5, read=5),
+                                               deadline=1.0))
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.Timeout) as caught:
+        session.get(server.url("/hang?seconds=3"), timeout=0.3)
+    assert time.monotonic() - started < 1.6  # bounded by the deadline, not 1.8 s
+    assert caught.value.retry_history[-1].give_up_reason == "deadline"  # type: ignore[attr-defined]
+    assert server.hits("/hang") <= 4
+
+
+def test_running_out_of_retries_is_logged_as_the_retrys(server: FaultServer,
+                                                         log_lines: Any) -> None:
+    """When a per-kind counter runs out before total, the give-up line names the urllib3
+    Retry, not the attempt count total would allow."""
+    session = requests.Session()
+    session.mount("http://", SmartRetryAdapter(
+        max_retries=Retry(total=3, status=1, status_forcelist=[503]), lang="en"))
+    with pytest.raises(requests.exceptions.RetryError) as caught:
+        session.get(server.url("/status/503"))
+    assert any("the urllib3 Retry has no retries left" in line for line in log_lines.lines)
+    assert caught.value.retry_history[-1].give_up_reason == "retry_exhausted"  # type: ignore[attr-defined]
+    assert server.hits("/status/503") == 2
