@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import logging
 import numbers
 import threading
@@ -652,8 +653,8 @@ class SmartRetryAdapter(HTTPAdapter):
                 outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
                                         socket_timeout)
             else:
-                outcome = self._retry_attempt(states, to_send, stream, timeouts, verify,
-                                              cert, proxies)
+                outcome = self._retry_attempt(states, to_send, functools.partial(
+                    self._attempt, to_send, stream, timeouts, verify, cert, proxies))
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
@@ -678,22 +679,17 @@ class SmartRetryAdapter(HTTPAdapter):
         return response
 
     def _retry_attempt(
-        self,
-        states: list[Retry],
-        request: requests.PreparedRequest,
-        stream: bool,
-        timeouts: _Timeouts,
-        verify: Union[bool, str],
-        cert: Any,
-        proxies: Optional[dict[str, str]],
+        self, states: list[Retry], request: requests.PreparedRequest,
+        send: Callable[[], Outcome[requests.Response]],
     ) -> Outcome[requests.Response]:
-        """One attempt under the call's urllib3 Retry state: urllib3 sends it with that
-        state, and either gives up as HTTPAdapter would (the outcome is final) or decides
-        to retry (:class:`RetryNow`: the next state and its wait)."""
+        """One attempt (``send``, an :meth:`_attempt`) under the call's urllib3 Retry state:
+        urllib3 sends it with that state, and either gives up as HTTPAdapter would (the
+        outcome is final) or decides to retry (:class:`RetryNow`: the next state and its
+        wait)."""
         state = states[0]
         token = _RETRY_STATE.set((self, state))
         try:
-            outcome = self._attempt(request, stream, timeouts, verify, cert, proxies)
+            outcome = send()
         except RetryNow as decided:
             if decided.cut:  # the attempt's bound passed: urllib3's retry is not made
                 cut = AttemptDeadlineExceeded(
