@@ -309,38 +309,79 @@ def bench_deadline(server: Server, ours_runs: int, peer_rounds: int) -> dict[str
             "peers_elapsed_s": elapsed}
 
 
-# -- scenario 4: outage amplification -------------------------------------------------------
+# -- scenario 4: outage, storm, brownout: what retrying costs the server ---------------------
 
-def _count_attempts(server: Server, client: Client, calls: int, path: str) -> float:
+#: Failure shapes of section 4, as (route, query for call i): every attempt 503 (outage);
+#: 2 of 3 calls fail once and succeed on retry (storm); each attempt 503 with chance 0.5
+#: (brownout).  The server counts the attempts of each route.
+FAILURES: dict[str, tuple[str, Callable[[int], str]]] = {
+    "outage": ("/status/503", lambda i: ""),
+    "storm": ("/storm", lambda i: f"?key={i}&fail={int(i % 3 != 2)}"),
+    "brownout": ("/brownout", lambda i: ""),
+}
+
+
+def _run_calls(server: Server, client: Client, calls: int, failure: str,
+               threads: int = 1) -> tuple[float, int]:
+    """(server-side attempts per call, calls that did not end 200) for ``calls`` calls
+    spread over ``threads`` threads sharing the client."""
     server.clear()
-    url = server.url(path)
-    for _ in range(calls):
-        try:
-            client.get(url)
-        except requests.RequestException:
-            pass
-    return server.hits(path) / calls
+    route, query = FAILURES[failure]
+    failed = 0
+    lock = threading.Lock()
+
+    def run(indices: range) -> None:
+        nonlocal failed
+        for i in indices:
+            try:
+                ok = client.get(server.url(route + query(i))).status_code == 200
+            except requests.RequestException:
+                ok = False
+            if not ok:
+                with lock:
+                    failed += 1
+
+    workers = [threading.Thread(target=run, args=(range(t, calls, threads),))
+               for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return server.hits(route) / calls, failed
+
+
+#: Section 4's clients: every library, ours without its budget (the peers' retry rule) and
+#: ours with the default RetryBudget().
+BUDGET_LABELS = {"ours, budget=None": {"budget": None}, "ours (default RetryBudget)": {}}
+
+
+def _outage_client(label: str) -> Client:
+    if label in BUDGET_LABELS:
+        return make_client("ours", **BUDGET_LABELS[label])
+    return make_client(label)
 
 
 def bench_outage(server: Server, calls: int, rejection_rounds: int) -> dict[str, Any]:
-    path = "/status/503"
-    result: dict[str, Any] = {"calls": calls, "attempts_per_call": {}, "notes": []}
-    for name in LIBRARIES:
-        # ours without its budget first: the same retry rule as the peers
-        client = make_client(name, budget=None) if name == "ours" else make_client(name)
-        label = "ours, budget=None" if name == "ours" else name
-        result["attempts_per_call"][label] = _count_attempts(server, client, calls, path)
-        client.close()
-    client = make_client("ours")  # the default RetryBudget()
-    result["attempts_per_call"]["ours (default RetryBudget)"] = _count_attempts(
-        server, client, calls, path)
-    client.close()
+    result: dict[str, Any] = {"calls": calls, "attempts_per_call": {}, "notes": [],
+                              "failures": {}}
+    labels = [n for n in LIBRARIES if n != "ours"] + list(BUDGET_LABELS)
+    for label in labels:
+        row: dict[str, Any] = {}
+        for failure, threads in (("outage", 1), ("storm", 1), ("storm", 16),
+                                 ("brownout", 1)):
+            client = _outage_client(label)  # fresh (with a fresh budget) for each scenario
+            per_call, failed = _run_calls(server, client, calls, failure, threads)
+            client.close()
+            column = failure if threads == 1 else f"{failure}, {threads} threads"
+            row[column] = {"attempts_per_call": per_call, "failed": failed}
+        result["failures"][label] = row
+        result["attempts_per_call"][label] = row["outage"]["attempts_per_call"]
     client = make_client("ours", breaker=CircuitBreaker(failure_threshold=5,
                                                         recovery_timeout=3600.0))
-    result["attempts_per_call"]["ours + CircuitBreaker(5)"] = _count_attempts(
-        server, client, calls, path)
+    result["attempts_per_call"]["ours + CircuitBreaker(5)"] = _run_calls(
+        server, client, calls, "outage")[0]
     # The breaker is open now: every call is refused before touching the network.
-    url = server.url(path)
+    url = server.url(FAILURES["outage"][0])
     per_call_us: list[float] = []
     cpu_us: list[float] = []
     for _ in range(rejection_rounds):
@@ -622,6 +663,21 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     for name, value in a["attempts_per_call"].items():
         w(f"| {name} | {value:.2f} |")
     w("")
+    if a.get("failures"):
+        columns = list(next(iter(a["failures"].values())))
+        w(f"Beside the outage: a **storm** of transient failures (2 of 3 calls get one 503, "
+          f"then 200 on retry), sequential and from 16 threads sharing the client, and a "
+          f"**brownout** (each attempt 503 with probability 0.5, one seeded sequence). "
+          f"Cells: server attempts per call (calls that did not end 200, of "
+          f"{a['calls']}). The budget refunds a retry that succeeds, so the storm costs it "
+          f"nothing; in the brownout it trades lost calls for load.\n")
+        w("| client | " + " | ".join(columns) + " |")
+        w("| --- |" + " --- |" * len(columns))
+        for name, row in a["failures"].items():
+            w(f"| {name} | " + " | ".join(
+                f"{row[c]['attempts_per_call']:.2f} ({row[c]['failed']})" for c in columns)
+              + " |")
+        w("")
     for note in a["notes"]:
         w(f"- {note}")
     if "rejection_us" in a:
@@ -725,10 +781,19 @@ def write_plots(results: dict[str, Any]) -> None:
 
     a = results["outage"]
     labels = list(a["attempts_per_call"])
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    shapes = [c for c in next(iter(a["failures"].values())) if c != "outage"] \
+        if a.get("failures") else []
+    fig, axes = plt.subplots(1, 1 + len(shapes), figsize=(8 + 4.5 * len(shapes), 3.6),
+                             squeeze=False)
+    ax = axes[0][0]
     _bars(ax, labels, [[a["attempts_per_call"][n]] for n in labels], "#9467bd",
           "server-side attempts per call (exact counts)", ".2f")
-    ax.set_title("4. Outage (every request 503): load multiplier on the failing server")
+    ax.set_title("4. Outage (every request 503)")
+    for ax, shape in zip(axes[0][1:], shapes):
+        names = list(a["failures"])
+        _bars(ax, names, [[a["failures"][n][shape]["attempts_per_call"]] for n in names],
+              "#9467bd", "attempts per call", ".2f")
+        ax.set_title(shape)
     fig.tight_layout()
     fig.savefig(HERE / "bench_outage.png", dpi=110)
     plt.close(fig)
@@ -774,6 +839,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md",
                         help="the markdown report (default: BENCHMARKS.md)")
+    parser.add_argument("--only", action="append", metavar="SECTION",
+                        help="run only this section (overhead, profile, pure, throughput, "
+                        "deadline, outage, threads; repeatable) and print its results as "
+                        "JSON; writes no report, no plot")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plots and the report from benchmarks/results.json")
     args = parser.parse_args(argv)
@@ -803,9 +872,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             ("threads", lambda: bench_threads(server, (1, 4, 16), 3 if quick else 10,
                                               400 if quick else 2000)),
         ]
+        if args.only:
+            unknown = set(args.only) - {name for name, _ in steps}
+            if unknown:
+                parser.error(f"--only: no section named {', '.join(sorted(unknown))}")
+            steps = [(name, step) for name, step in steps if name in args.only]
         for name, step in steps:
             print(f"[{time.perf_counter() - started:6.1f} s] {name}...", flush=True)
             results[name] = step()
+    if args.only:
+        print(json.dumps(results, indent=1, ensure_ascii=False))
+        return 0
     print(f"[{time.perf_counter() - started:6.1f} s] redis...", flush=True)
     redis = bench_redis(quick)
     if redis is not None:

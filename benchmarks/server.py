@@ -11,12 +11,15 @@ client is the bottleneck.  Routes:
 ``/status/NNN``          that status, tiny body
 ``/big?bytes=N``         200 with N bytes (prebuilt, sent with one ``sendall``)
 ``/drip?interval=S&count=N``  headers, then one body byte every S seconds
+``/storm?key=K&fail=1``  503 the first time key K is asked for, 200 after (``fail=0``: 200)
+``/brownout``            503 or 200, half and half, from a seeded random sequence
 ``/__hits?path=/x``      how many requests ``/x`` received (not counted itself)
 ``/__clear``             forget the counts
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import sys
 import threading
@@ -30,6 +33,10 @@ _REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests",
 _hits: Counter[str] = Counter()
 _hits_lock = threading.Lock()
 _big_cache: dict[int, bytes] = {}
+# /storm keys already failed once, and /brownout's outcomes (reset by /__clear).
+_storm_seen: set[str] = set()
+_BROWNOUT_SEED = 14
+_brownout = random.Random(_BROWNOUT_SEED)
 
 
 def _response(status: int, body: bytes, extra: str = "") -> bytes:
@@ -40,6 +47,13 @@ def _response(status: int, body: bytes, extra: str = "") -> bytes:
 
 _OK = _response(200, b"ok")
 _STATUS_CACHE: dict[int, bytes] = {}
+
+
+def _status(status: int) -> bytes:
+    cached = _STATUS_CACHE.get(status)
+    if cached is None:
+        cached = _STATUS_CACHE[status] = _response(status, f"status {status}".encode())
+    return cached
 
 
 def _big(size: int) -> bytes:
@@ -96,16 +110,24 @@ def _respond(conn: socket.socket, path: str, query: str) -> bool:
     if path == "/__clear":
         with _hits_lock:
             _hits.clear()
+            _storm_seen.clear()
+            _brownout.seed(_BROWNOUT_SEED)
         conn.sendall(_response(200, b"cleared"))
         return True
     with _hits_lock:
         _hits[path] += 1
     if path.startswith("/status/"):
-        status = int(path.rsplit("/", 1)[-1])
-        cached = _STATUS_CACHE.get(status)
-        if cached is None:
-            cached = _STATUS_CACHE[status] = _response(status, f"status {status}".encode())
-        conn.sendall(cached)
+        conn.sendall(_status(int(path.rsplit("/", 1)[-1])))
+    elif path == "/storm":
+        key = params.get("key", "")
+        with _hits_lock:
+            fail = params.get("fail") == "1" and key not in _storm_seen
+            _storm_seen.add(key)
+        conn.sendall(_status(503) if fail else _OK)
+    elif path == "/brownout":
+        with _hits_lock:
+            fail = _brownout.random() < 0.5
+        conn.sendall(_status(503) if fail else _OK)
     elif path == "/big":
         conn.sendall(_big(int(params.get("bytes", "10000000"))))
     elif path == "/drip":

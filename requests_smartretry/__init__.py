@@ -19,6 +19,7 @@ from .errors import (
     AttemptDeadlineExceeded,
     CallTimeoutError,
     CircuitOpenError,
+    ResponseSignatureError,
     SmartRetryError,
     attempt_history,
 )
@@ -37,7 +38,7 @@ from .presets import (
 from .redis_state import RedisStateStore
 from .state import MemoryStateStore, StateStore
 from .stats import Stats
-from .testing import set_testing
+from .testing import reset_state, set_testing
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "LoggingHook",
     "MemoryStateStore",
     "RedisStateStore",
+    "ResponseSignatureError",
     "RetryBudget",
     "RetryPolicy",
     "RetryRateAlert",
@@ -70,6 +72,7 @@ __all__ = [
     "payment_session",
     "photo_adapter",
     "photo_session",
+    "reset_state",
     "set_testing",
     "smart_session",
     "video_adapter",

@@ -49,7 +49,8 @@ EXIT_USAGE = 2
 EXIT_NETWORK = 3
 #: Every attempt ran out of time (the per-attempt deadline).
 EXIT_TIMEOUT = 4
-#: The circuit breaker refused the call (or a retry) without touching the network.
+#: The circuit breaker refused the call (or a retry) without touching the network, whether
+#: the call then raised or returned the last failed response.
 EXIT_BREAKER_OPEN = 5
 
 EXIT_CODES = {
@@ -58,7 +59,7 @@ EXIT_CODES = {
     EXIT_USAGE: "bad usage (invalid arguments)",
     EXIT_NETWORK: "network failure: refused, reset, DNS... on every attempt",
     EXIT_TIMEOUT: "timeout: every attempt passed its deadline",
-    EXIT_BREAKER_OPEN: "circuit breaker open: the call was refused",
+    EXIT_BREAKER_OPEN: "circuit breaker open: the call or a retry was refused",
 }
 
 _logger = logging.getLogger("requests_smartretry")
@@ -73,6 +74,25 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, requests.Timeout):
         return EXIT_TIMEOUT
     return EXIT_NETWORK
+
+
+def _breaker_refusal(error: Optional[BaseException],
+                    history: Sequence[Any] = ()) -> Optional[str]:
+    """What to print when the circuit breaker refused the call (``None`` if it did not):
+    before the first attempt (it was open already) or before a retry (it opened during the
+    call, whether the call then raised or returned a response)."""
+    refused = next((e for e in history if e.kind is EventKind.REJECTED), None)
+    if refused is not None and refused.attempt > 1:
+        what = f"the retry after {refused.attempt - 1} failed attempt(s): it opened during " \
+               "this call"
+        service, retry_in = refused.service, refused.wait or 0.0
+    elif isinstance(error, CircuitOpenError):
+        what = "the call before any attempt: it was already open, nothing was sent"
+        service, retry_in = error.service, error.retry_in
+    else:
+        return None
+    return (f"error: circuit breaker open: the breaker for {redact_url(service)} refused "
+            f"{what}; next probe in {retry_in:.1f} s")
 
 
 def _positive_float(text: str) -> float:
@@ -225,8 +245,13 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except requests.RequestException as exc:
         code = exit_code_for(exc)
         attempts = sum(1 for e in attempt_history(exc) if e.kind is EventKind.START)
-        print(f"error: {type(exc).__name__}: {redact_text(str(exc))} "
-              f"({attempts} attempt(s), {time.monotonic() - started:.2f} s)", file=err)
+        refusal = _breaker_refusal(exc, attempt_history(exc))
+        if not isinstance(exc, CircuitOpenError):
+            print(f"error: {type(exc).__name__}: {redact_text(str(exc))} "
+                  f"({attempts} attempt(s), {time.monotonic() - started:.2f} s)", file=err)
+        if refusal is not None:
+            print(refusal, file=err)
+            return EXIT_BREAKER_OPEN
         return code
     finally:
         _logger.removeHandler(handler)
@@ -244,4 +269,8 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
+    refusal = _breaker_refusal(None, history)
+    if refusal is not None:  # the last failed response, its retry refused by the breaker
+        print(refusal, file=err)
+        return EXIT_BREAKER_OPEN
     return EXIT_HTTP_ERROR if response.status_code >= 400 else EXIT_OK

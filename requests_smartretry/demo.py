@@ -11,6 +11,7 @@ would write, followed by what happened.
 
 from __future__ import annotations
 
+import base64
 import logging
 import sys
 import time
@@ -20,6 +21,7 @@ import requests
 
 from .adapter import SmartRetryAdapter
 from .breaker import CircuitBreaker
+from .budget import RetryBudget
 from .errors import CircuitOpenError, attempt_history
 from .events import AttemptEvent, EventKind
 from .faultserver import FaultServer
@@ -148,7 +150,9 @@ class Tour:
         self.slow_drip_cut_by_deadline()
         self.whole_call_deadline()
         self.post_is_not_resent()
+        self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
+        self.payment_signature_checked()
         self.statistics()
 
     def success(self) -> None:
@@ -217,6 +221,25 @@ class Tour:
         self.result(f"HTTP {response.status_code} after "
                     f"{self.server.hits('/seq/keyed')} attempts")
 
+    def budget_refunds_transient_failures(self) -> None:
+        self.heading("Retry budget: transient failures cost it nothing, an outage drains it")
+        budget = RetryBudget()  # the default every adapter gets
+        quiet = {"log": False, "backoff_base": 0.01, "budget": budget, "max_retries": 1}
+        storm = self.session("demo-budget-storm", **quiet)
+        codes = [storm.get(self.server.url(f"/seq/storm{n}?steps=503,ok")).status_code
+                 for n in range(30)]
+        service = f"http://127.0.0.1:{self.server.port}"
+        self.result(f"30 calls, each failing once: {codes.count(200)} x HTTP 200; every "
+                    f"retry succeeded and was refunded ({budget.tokens(service):.0f} of 20 "
+                    f"tokens left)")
+        outage = self.session("demo-budget-outage", **quiet)
+        before = self.server.hits()
+        for _ in range(60):
+            outage.get(self.server.url("/status/503"))
+        self.result(f"60 calls to a service that is down: {self.server.hits() - before} "
+                    f"requests, not 120 (failed retries are not refunded; the budget "
+                    f"stops them once its 20 tokens are spent)")
+
     def breaker_opens_and_recovers(self) -> None:
         self.heading("Circuit breaker: opens after 3 failures, refuses, then recovers")
         breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=1.0)
@@ -235,6 +258,62 @@ class Tour:
         response = session.get(self.server.url("/ok"))
         self.result(f"after the recovery timeout the probe succeeds: HTTP "
                     f"{response.status_code}; the breaker is closed again")
+
+    def payment_signature_checked(self) -> None:
+        self.heading("WeChat Pay: a platform-signed answer is accepted, a forged one refused")
+        try:
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+            from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+            from cryptography.hazmat.primitives.hashes import SHA256
+        except ImportError:
+            self.result("skipped: needs the 'wechatpay' extra (cryptography)")
+            return
+        from .errors import ResponseSignatureError
+        from .presets.wechatpay import payment_session
+
+        merchant, platform = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                              for _ in range(2))
+        key_id, path = "PUB_KEY_ID_0114232134912410000000000000", "/v3/pay/transactions/jsapi"
+        forged: list[bool] = []  # set: the "network" edits the signed answer
+
+        def wechat_pay(server: FaultServer, sock: Any, request: Any) -> None:
+            # Plays WeChat Pay: signs its answer with the platform key; a forger then edits it.
+            body = b'{"prepay_id": "wx-demo-0001"}'
+            stamp, nonce = str(int(time.time())), "5K8264ILTKCH16CQ2502SI8ZNMTM67VS"
+            signature = platform.sign(f"{stamp}\n{nonce}\n".encode() + body + b"\n",
+                                      PKCS1v15(), SHA256())
+            if forged:
+                body = b'{"prepay_id": "wx-FORGED-666"}'
+            server.send(sock, 200, body, {
+                "Content-Type": "application/json", "Wechatpay-Timestamp": stamp,
+                "Wechatpay-Nonce": nonce, "Wechatpay-Serial": key_id,
+                "Wechatpay-Signature": base64.b64encode(signature).decode()})
+
+        self.server.handlers[path] = wechat_pay
+        session = payment_session(
+            "1900000001", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+            merchant.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()),
+            endpoint=self.server.url(""), backup_endpoint=None, operation_name="demo-payment",
+            platform_public_key=platform.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+            platform_public_key_id=key_id, lang=self.lang, stats=self.stats,
+            max_retries=2, backoff_base=_DEMO_BACKOFF)
+        order = {"out_trade_no": "ORDER-DEMO-1", "amount": {"total": 990}}
+        response = session.post(path, json=order)
+        self.result(f"HTTP {response.status_code}, prepay_id {response.json()['prepay_id']}: "
+                    f"the signature verifies with the platform key")
+        forged.append(True)
+        before = self.server.hits(path)
+        try:
+            session.post(path, json=order)
+            self.result("the forged answer was accepted (unexpected)")
+        except ResponseSignatureError as exc:
+            self.result(f"{type(exc).__name__} ({exc.check} check) after "
+                        f"{self.server.hits(path) - before} request, not retried: the forged "
+                        f"prepay_id never reaches your code")
 
     def statistics(self) -> None:
         self.say("\nStatistics (per operation; adapter.stats.snapshot())")

@@ -15,6 +15,7 @@ __all__ = [
     "AttemptDeadlineExceeded",
     "CallTimeoutError",
     "CircuitOpenError",
+    "ResponseSignatureError",
     "SmartRetryError",
     "attempt_history",
 ]
@@ -55,6 +56,22 @@ class CircuitOpenError(SmartRetryError, requests.exceptions.ConnectionError):
         super().__init__(message, *args, **kwargs)
         self.service = service
         self.retry_in = max(retry_in, 0.0)
+
+
+class ResponseSignatureError(SmartRetryError):
+    """A signed answer failed verification: a WeChat Pay 2xx response (or a ``notify_url``
+    notification) that is unsigned, signed with an unknown key, tampered with, stale, or
+    whose resource does not decrypt.  Never retried: repeating cannot make a forgery true.
+
+    ``check`` names the check that failed: ``"unsigned"``, ``"signature_type"``,
+    ``"serial"``, ``"timestamp"``, ``"signature"`` or ``"decryption"``.  ``response`` (for
+    a response) is attached as on every ``requests`` exception; its body is not to be
+    trusted.  The message never carries keys, signatures or header values.
+    """
+
+    def __init__(self, message: str, *args: Any, check: str = "signature", **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        self.check = check
 
 
 class AdapterClosedError(SmartRetryError):

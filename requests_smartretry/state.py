@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
+from .testing import track
+
 __all__ = [
     "Admission",
     "BreakerSettings",
@@ -329,6 +331,12 @@ class MemoryStateStore:
             record = self._budgets.setdefault(key, {})
             return budget_change(record, settings, now, deposit, spend)
 
+    def clear(self) -> None:
+        """Forget every record: breakers closed, budgets full (``reset_state()`` uses it)."""
+        with self._lock:
+            self._breakers.clear()
+            self._budgets.clear()
+
 
 class StoreUser:
     """Where a breaker or a budget keeps its state: its own ``store=``, or the one an
@@ -340,6 +348,13 @@ class StoreUser:
     def _init_store(self, store: Optional[StateStore]) -> None:
         self._explicit_store = store is not None
         self.store = store if store is not None else MemoryStateStore()
+        track(self)  # for testing.reset_state()
+
+    def _reset_state(self) -> None:
+        """Forget the state kept in this process (``testing.reset_state()``); state kept
+        in Redis is shared with other processes and stays."""
+        if isinstance(self.store, MemoryStateStore):
+            self.store.clear()
 
     def use_store(self, store: StateStore) -> None:
         """Keep state in ``store`` (an adapter's ``state=``); refused if this object was

@@ -14,6 +14,7 @@ import threading
 from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind
+from .testing import track
 
 __all__ = ["TOTAL_KEY", "LatencyHistogram", "Stats"]
 
@@ -224,6 +225,7 @@ class Stats:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._operations: dict[str, _Counters] = {}
+        track(self)  # for testing.reset_state()
 
     def __repr__(self) -> str:
         return f"Stats(operations={len(self._operations)})"
@@ -292,6 +294,8 @@ class Stats:
         with self._lock:
             self._operations.clear()
 
+    _reset_state = reset  # testing.reset_state()
+
     def __getstate__(self) -> dict[str, Any]:
         # The lock cannot be pickled.
         with self._lock:
@@ -307,3 +311,4 @@ class Stats:
             state.pop(stale, None)
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        track(self)

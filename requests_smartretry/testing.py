@@ -1,14 +1,19 @@
-"""A switch for users' own test suites: no real backoff sleeping while it is on.
+"""Switches for users' own test suites: retries without waiting, and fresh state per test.
 
 Example::
 
     import requests_smartretry.testing as srt
 
     def test_my_service_handles_outages():
-        with srt.fast_retries():     # retries happen, waits do not
+        with srt.fast_retries():     # retries happen, waits do not, the budget never says no
             ...
+        srt.reset_state()            # breakers, budgets and statistics start afresh
 
-Like stamina's ``set_testing``: a process-wide flag, meant for tests only.
+Like stamina's ``set_testing``: a process-wide flag, meant for tests only.  While it is on,
+backoff waits are skipped and the retry budget grants every retry (spending nothing), so a
+suite's results do not depend on the order its tests run in.  With pytest, request the
+``smartretry`` fixture (``requests_smartretry.pytest_plugin``, registered automatically)
+to get both for one test.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
-__all__ = ["fast_retries", "is_testing", "set_testing", "sleeper"]
+__all__ = ["fast_retries", "is_testing", "reset_state", "set_testing", "sleeper", "track"]
 
 _lock = threading.Lock()
 _testing = False
@@ -67,3 +73,39 @@ def sleeper(sleep: Callable[[float], None] = time.sleep) -> Callable[[float], No
             sleep(seconds)
 
     return wait
+
+
+# -- fresh state between tests --------------------------------------------------------------
+
+
+class Resettable(Protocol):
+    """What :func:`track` keeps: an object whose in-process state can be forgotten."""
+
+    def _reset_state(self) -> None: ...
+
+
+# Every breaker, budget and Stats built in this process, weakly (tracking keeps none alive).
+_tracked: weakref.WeakSet[Resettable] = weakref.WeakSet()
+_tracked_lock = threading.Lock()
+
+
+def track(obj: Resettable) -> None:
+    """Register ``obj`` for :func:`reset_state` (the library's breakers, budgets and
+    statistics call this when they are built)."""
+    with _tracked_lock:
+        _tracked.add(obj)
+
+
+def reset_state() -> None:
+    """Forget what this process's breakers, budgets and statistics have seen: every breaker
+    closed, every budget full, every ``Stats`` empty (including those inside adapters and
+    sessions built before the call).
+
+    For tests, between requests (not while some are in flight).  State kept in Redis
+    (``state=``) is shared with other processes and is not touched: give each test its own
+    ``RedisStateStore(prefix=...)`` instead.
+    """
+    with _tracked_lock:
+        live = list(_tracked)
+    for obj in live:
+        obj._reset_state()

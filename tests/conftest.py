@@ -11,6 +11,16 @@ import pytest
 from requests_smartretry.faultserver import FaultServer
 
 
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server shared by a module's Redis cases (tests/redis_server.py; skipped
+    without the binary, unless CI=true)."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as running:
+        yield running.url
+
+
 @pytest.fixture
 def server() -> Iterator[FaultServer]:
     """A FaultServer on 127.0.0.1, port 0, stopped after the test."""

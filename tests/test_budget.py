@@ -1,9 +1,13 @@
-"""RetryBudget: the token bucket (injected clock), its wiring into the retry loop, and the
-outage figure: server-side attempts per call with the budget on and off."""
+"""RetryBudget: the token bucket (injected clock), its wiring into the retry loop, and what
+it costs against a real server, with the in-process store and with a real redis-server:
+a storm of transient failures loses no call, an outage stays near one attempt per call,
+and test mode never denies a retry."""
 
 from __future__ import annotations
 
 import pickle
+import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -15,12 +19,30 @@ from requests_smartretry import (
     MemoryStateStore,
     RetryBudget,
     SmartRetryAdapter,
+    StateStore,
     smart_session,
 )
 from requests_smartretry.faultserver import FaultServer
+from requests_smartretry.testing import fast_retries
 from tests.conftest import FakeClock
 
 SVC = "https://api.example.com"
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    """Where the budget keeps its buckets: this process, or a real Redis (own prefix)."""
+    if request.param == "memory":
+        return MemoryStateStore()
+    from requests_smartretry.redis_state import RedisStateStore
+
+    url = request.getfixturevalue("redis_url")
+    return RedisStateStore(url, prefix=f"test-{uuid.uuid4().hex[:12]}")
+
+
+def event(kind: EventKind, attempt: int, service: str = SVC) -> AttemptEvent:
+    return AttemptEvent(kind=kind, operation="op", service=service, attempt=attempt,
+                        max_attempts=4, call_id=1)
 
 
 
@@ -193,14 +215,16 @@ def test_spent_budget_gives_up_with_reason_budget() -> None:
 
 @pytest.mark.slow
 def test_outage_attempts_per_call_with_budget_on_and_off(
-    capsys: pytest.CaptureFixture[str],
+    store: StateStore, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """In a total outage (every call 503, one retry allowed), the default budget keeps the
-    server at <= 1.15 attempts per call over 1000 calls; without a budget it is 2.0."""
+    server at <= 1.15 attempts per call over 1000 calls at full speed, in this process or
+    shared through Redis; without a budget it is 2.0."""
     calls = 1000
     ratios = {}
     with FaultServer() as fault:
-        for label, options in (("on", {}), ("off", {"budget": None})):
+        for label, options in (("on", {"budget": RetryBudget(store=store)}),
+                               ("off", {"budget": None})):
             fault.reset_counts()
             session = smart_session(max_retries=1, log=False, sleep=no_sleep, **options)
             for _ in range(calls):
@@ -208,7 +232,8 @@ def test_outage_attempts_per_call_with_budget_on_and_off(
             ratios[label] = fault.hits() / calls
             session.close()
     with capsys.disabled():
-        print(f"\n[budget] outage, 1000 calls, max_retries=1: attempts/call budget on "
+        print(f"\n[budget] outage, 1000 calls, max_retries=1, {type(store).__name__}: "
+              "attempts/call budget on "
               f"{ratios['on']:.3f}, off {ratios['off']:.3f}")
     assert 1.0 < ratios["on"] <= 1.15
     assert ratios["off"] == 2.0
@@ -225,3 +250,118 @@ def test_retry_cut_by_an_opening_breaker_costs_no_token() -> None:
         service = f"http://127.0.0.1:{fault.port}"
     assert response.retry_history[-1].give_up_reason == "circuit_open"
     assert budget.tokens(service) == pytest.approx(5.0)
+
+
+# -- refunds: a retry that succeeds pays for itself ---------------------------------------
+
+
+def test_retry_that_succeeds_gets_its_token_back(store: StateStore) -> None:
+    """A retry whose attempt succeeds is refunded (the failure was transient); one whose
+    attempt fails keeps its cost, with either store."""
+    budget = RetryBudget(0.0, max_tokens=3, min_per_second=0, store=store,
+                         clock=FakeClock())
+    assert budget.allow_retry(SVC)
+    budget(event(EventKind.SUCCESS, 2))
+    assert budget.tokens(SVC) == pytest.approx(3.0)
+    assert budget.allow_retry(SVC)
+    budget(event(EventKind.FAILURE, 2))
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+    budget(event(EventKind.SUCCESS, 1))  # a first attempt that succeeds refunds nothing
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+
+
+def test_refund_never_fills_the_bucket_past_max_tokens() -> None:
+    """Refunds and deposits stop at ``max_tokens``: a long storm cannot bank retries for
+    the outage that may follow."""
+    budget = RetryBudget(0.5, max_tokens=2, min_per_second=0, clock=FakeClock())
+    for _ in range(10):
+        budget(start())
+        assert budget.allow_retry(SVC)
+        budget(event(EventKind.SUCCESS, 2))
+    assert budget.tokens(SVC) == pytest.approx(2.0)
+
+
+def test_test_mode_grants_every_retry_and_spends_nothing() -> None:
+    """Inside ``fast_retries()`` an empty budget still grants retries and its balance does
+    not move; outside, the same budget refuses."""
+    budget = RetryBudget(0.0, max_tokens=1, min_per_second=0, clock=FakeClock())
+    assert budget.allow_retry(SVC)
+    with fast_retries():
+        assert all(budget.allow_retry(SVC) for _ in range(50))
+        budget(event(EventKind.SUCCESS, 2))
+    assert budget.tokens(SVC) == pytest.approx(0.0)
+    assert not budget.allow_retry(SVC)
+
+
+# -- against a real server -------------------------------------------------------------------
+
+
+def storm_step(n: int) -> str:
+    """2 of every 3 calls fail once (a 503 or a reset) and then succeed."""
+    return ("503", "reset", "ok")[n % 3]
+
+
+@pytest.mark.parametrize("per_thread", [20, 30])
+def test_sixteen_thread_storm_of_transient_failures_loses_no_call(
+    store: StateStore, per_thread: int,
+) -> None:
+    """16 threads sharing one default session, 2 of 3 calls failing once: every call ends
+    200 after exactly one retry, and the budget denies none."""
+    threads = 16
+    session = smart_session(budget=RetryBudget(store=store), log=False, sleep=no_sleep,
+                            operation_name="storm", pool_maxsize=threads)
+    codes: list[int] = []
+    lock = threading.Lock()
+    with FaultServer() as fault:
+
+        def caller(index: int) -> None:
+            for i in range(per_thread):
+                n = index * per_thread + i
+                response = session.get(fault.url(f"/seq/s{n}?steps={storm_step(n)},ok"))
+                with lock:
+                    codes.append(response.status_code)
+
+        workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        calls = threads * per_thread
+        failing = sum(1 for n in range(calls) if storm_step(n) != "ok")
+        assert codes == [200] * calls
+        assert fault.hits() == calls + failing
+    stats = session.get_adapter("http://").stats.snapshot()["storm"]
+    assert stats["budget_denials"] == 0 and stats["retries"] == failing
+    session.close()
+
+
+def test_three_hundred_sequential_calls_each_failing_once_all_succeed(
+    store: StateStore,
+) -> None:
+    """One caller, 300 calls, each failing once with a 503: the refunds keep the default
+    budget full, so every call gets its retry (it used to stop after the 20-token burst)."""
+    session = smart_session(budget=RetryBudget(store=store), log=False, sleep=no_sleep)
+    with FaultServer() as fault:
+        codes = [session.get(fault.url(f"/seq/q{n}?steps=503,ok")).status_code
+                 for n in range(300)]
+        assert fault.hits() == 600
+    assert codes == [200] * 300
+    session.close()
+
+
+def test_sixty_calls_in_fast_retries_all_retry(store: StateStore) -> None:
+    """Inside ``fast_retries()``, 60 calls sharing one session against a server that is
+    down all get their retry (the budget, which would allow ~20, stays out of the way), so
+    a test suite's results do not depend on test order."""
+    budget = RetryBudget(store=store)
+    session = smart_session(budget=budget, log=False)
+    with FaultServer() as fault, fast_retries():
+        responses = [session.get(fault.url("/status/503")) for _ in range(60)]
+        assert fault.hits() == 120
+        service = f"http://127.0.0.1:{fault.port}"
+    assert all(r.status_code == 503 for r in responses)
+    assert all(sum(e.kind is EventKind.RETRY for e in r.retry_history) == 1
+               for r in responses)
+    assert budget.tokens(service) == pytest.approx(20.0)
+    session.close()
+

@@ -202,6 +202,39 @@ def test_breaker_refusing_the_retry_exits_with_breaker_code(
     assert server.hits("/reset") == 1
 
 
+@pytest.mark.parametrize("route", ["/status/503", "/reset"])
+def test_breaker_opening_during_the_call_exits_5_and_says_so(
+    server: FaultServer, capsys: pytest.CaptureFixture[str], route: str
+) -> None:
+    """A breaker that opens on the first failure refuses the retry: exit 5 with a line
+    naming the breaker, whether the last attempt was a response (503) or an error."""
+    code = main(["get", server.url(route), "--retries", "3", "--breaker-threshold", "1",
+                 "-q", *FAST])
+    err = capsys.readouterr().err
+    assert code == EXIT_BREAKER_OPEN
+    assert server.hits(route) == 1
+    assert "circuit breaker open" in err and "opened during this call" in err
+
+
+def test_breaker_already_open_exits_5_and_sends_nothing(
+    server: FaultServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A breaker that was open before the call refuses it outright: exit 5, a line saying
+    it was already open, and nothing reaches the server."""
+    from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, Verdict
+
+    opened = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    opened(AttemptEvent(kind=EventKind.FAILURE, operation="op",
+                        service=f"http://127.0.0.1:{server.port}", attempt=1,
+                        max_attempts=1, call_id=1, verdict=Verdict.SERVER_ERROR))
+    monkeypatch.setattr("requests_smartretry.cli.CircuitBreaker", lambda **_: opened)
+    code = main(["get", server.url("/ok"), "--breaker-threshold", "1", "-q", *FAST])
+    err = capsys.readouterr().err
+    assert code == EXIT_BREAKER_OPEN
+    assert server.hits() == 0
+    assert "circuit breaker open" in err and "already open" in err
+
+
 def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "requests_smartretry", *args],

@@ -38,10 +38,14 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "demo-post - request may have reached the server and POST is not idempotent",
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
+        "30 calls, each failing once: 30 x HTTP 200",
         "Statistics (per operation",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
     assert "CircuitOpenError: refused without touching the network" in out
+    assert "prepay_id wx-demo-0001: the signature verifies" in out
+    assert "ResponseSignatureError (signature check) after 1 request, not retried" in out
+    assert "wx-FORGED" not in out
     assert "the breaker is closed again" in out
     table = out.split("Statistics (per operation", 1)[1].splitlines()
     rows = {line.split()[0]: line.split() for line in table if line.startswith(("demo-", "total"))}

@@ -51,6 +51,10 @@ ARK_ROWS = [
     (404, "ModelNotOpen", 1),
     (429, "QuotaExceeded", 1),
     (429, "SetLimitExceeded", 1),
+    (429, "ModelQuotaExhausted", 1),
+    (429, "ServerOverloaded", 2),
+    (408, "RequestTimeout", 2),
+    (409, "Conflict", 1),
 ]
 
 
@@ -119,3 +123,31 @@ def test_video_policy_pickles() -> None:
     assert policy.prepare_attempt is not None and policy.service == "volcengine-ark"
     prepared = policy.prepare_attempt(requests.Request("GET", "https://x.example/").prepare(), 1)
     assert prepared is not None and prepared.headers["Authorization"] == f"Bearer {KEY}"
+
+
+SHOULD_RETRY_ROWS = [
+    (400, "InvalidParameter", "true", 2),
+    (409, "Conflict", "true", 2),
+    (429, "QuotaExceeded", "true", 2),
+    (500, "InternalServiceError", "false", 1),
+    (429, "RateLimitExceeded.EndpointRPMExceeded", "False", 1),
+    (408, "RequestTimeout", "false", 1),
+    (429, "RateLimitExceeded.EndpointTPMExceeded", "maybe", 2),  # the table decides
+]
+
+
+@pytest.mark.parametrize(("status", "code", "header", "requests_seen"), SHOULD_RETRY_ROWS)
+def test_x_should_retry_header_overrides_the_table(
+        fake: FakeArk, status: int, code: str, header: str, requests_seen: int) -> None:
+    """x-should-retry: true retries any error and false stops any, whatever the status and
+    code say, as the official SDK does; another value leaves the table in charge."""
+    events: list[AttemptEvent] = []
+    session = video_session(KEY, endpoint=fake.endpoint, idempotent=False,
+                            hooks=(events.append,), **fast())
+    fake.script("create", (status, ark_error(code), {"x-should-retry": header}))
+    response = session.post(TASKS, json={"model": "m", "content": []})
+    assert fake.hits() == requests_seen
+    assert response.status_code == (200 if requests_seen == 2 else status)
+    failure = next(e for e in events if e.kind is EventKind.FAILURE)
+    if header.lower() in ("true", "false"):
+        assert failure.reason == f"HTTP {status} x-should-retry: {header.lower()}"

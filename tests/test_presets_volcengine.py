@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import itertools
+import json
+import logging
 import pickle
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
@@ -27,6 +30,7 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import RecordedRequest
 from requests_smartretry.presets import VolcengineSigner
+from requests_smartretry.presets.volcengine import mount_on_sdk_service
 from tests.fakes.volcengine import FakeVisual, gateway_error, sdk_authorization, visual_error
 
 AK, SK = "AKLTfakeAccessKey", "c2VjcmV0S2V5Rm9yVGVzdHM="
@@ -153,7 +157,7 @@ GATEWAY_ROWS = [
     ("ServiceUnavailableTemp", 503, 2),
     ("InternalServiceTimeout", 504, 2),
     ("FlowLimitExceeded", 429, 2),
-    ("InvalidTimestamp", 401, 2),
+    ("InvalidTimestamp", 401, 2),  # photo_session signs: the retry carries a fresh X-Date
     ("SignatureDoesNotMatch", 401, 1),
     ("AccessDenied", 403, 1),
 ]
@@ -302,3 +306,126 @@ def test_photo_session_signs_with_sts_credentials() -> None:
         sent = server.received()[0]
     assert sent.headers["x-security-token"] == "STStoken"
     assert "x-security-token" in sent.headers["authorization"].lower()
+
+
+# (method, path, query as sent, body): non-ASCII JSON, %-encoded UTF-8 and reserved
+# characters in queries, repeated and unsorted keys, a %-encoded path.
+FIVE_REQUESTS = [
+    ("POST", "/", [("Action", "CVProcess"), ("Version", "2022-08-31")],
+     json.dumps({"req_key": "img2img_photoverse", "prompt": "月球上的猫 🐱, 油画风格"},
+                ensure_ascii=False).encode("utf-8")),
+    ("POST", "/", [("Action", "CVProcess"), ("Version", "2022-08-31"), ("name", "照片 1")],
+     b'{"req_key": "x"}'),
+    ("GET", "/", [("Action", "CVSync2AsyncGetResult"), ("q", "a+b/c?d=e&f"), ("empty", "")],
+     b""),
+    ("POST", "/", [("Zeta", "1"), ("alpha", "x y"), ("alpha", "~z*"), ("Action", "CVProcess")],
+     json.dumps({"image_urls": ["https://x/图 1.png"]}, ensure_ascii=False).encode("utf-8")),
+    ("POST", "/a%20b/%E4%B8%AD", [("Action", "CVProcess"), ("Version", "2022-08-31")],
+     "{\"text\": \"中文 ünïcödé\"}".encode()),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "query", "body"), FIVE_REQUESTS,
+                         ids=["non-ascii-json", "utf8-query", "reserved-query",
+                              "repeated-keys", "encoded-path"])
+def test_signature_equals_sdk_signer_v4_for_five_requests(
+        method: str, path: str, query: list[tuple[str, str]], body: bytes) -> None:
+    """For five requests (non-ASCII JSON, %-encoded UTF-8 and reserved characters in the
+    query, repeated keys, a %-encoded path) our signature equals SignerV4's over the same
+    decoded request."""
+    headers = {"Content-Type": "application/json"} if body else {}
+    prepared = requests.Request(method, "https://visual.volcengineapi.com" + path,
+                                params=query, data=body, headers=headers).prepare()
+    VolcengineSigner(AK, SK, clock=FIXED.timestamp).sign(prepared)
+    sdk_query: OrderedDict[str, Any] = OrderedDict()
+    for key, value in query:
+        previous = sdk_query.get(key)
+        sdk_query[key] = value if previous is None else (
+            [*previous, value] if isinstance(previous, list) else [previous, value])
+    param = SignParam()
+    param.set_method(method)
+    param.set_path(unquote(path))
+    param.set_query(sdk_query)
+    param.set_body(body)
+    param.set_header_list(OrderedDict([*headers.items(), ("Host", "visual.volcengineapi.com")]))
+    param.set_date(FIXED)
+    expected = SignerV4.sign_only(param, Credentials(AK, SK, "cv", "cn-north-1"))
+    assert prepared.headers["Authorization"] == expected.authorization
+    assert prepared.headers["X-Content-Sha256"] == expected.xContextSha256
+
+
+@pytest.fixture()
+def visual_service() -> Iterator[VisualService]:
+    """The SDK's VisualService singleton, put back as it was afterwards (it is process-wide)."""
+    service = VisualService()
+    yield service
+    service.__class__ = VisualService
+    for slot in ("_smartretry_adapter", "_smartretry_session"):
+        service.__dict__.pop(slot, None)
+    service.__dict__["session"] = requests.session()
+
+
+def point_at(service: VisualService, fake: FakeVisual) -> None:
+    service.set_ak(AK)
+    service.set_sk(SK)
+    service.set_host(f"127.0.0.1:{fake.server.port}")
+    service.set_scheme("http")
+
+
+def test_sdk_mount_survives_visual_service_called_again(
+        fake: FakeVisual, visual_service: VisualService) -> None:
+    """After mount_on_sdk_service, calling VisualService() again (which re-runs __init__ and
+    builds a new session) keeps the adapter: a 50429 is still retried, while an adapter
+    mounted by hand is gone after the second VisualService()."""
+    point_at(visual_service, fake)
+    adapter = photo_adapter(**fast())
+    visual_service.session.mount("http://", adapter)
+    again = VisualService()
+    assert again is visual_service and again.session.get_adapter("http://x") is not adapter
+
+    mount_on_sdk_service(visual_service, adapter)
+    again = VisualService()
+    assert again is visual_service and isinstance(again, VisualService)
+    assert again.session.get_adapter("http://x") is adapter
+    assert again.session.get_adapter("https://x") is adapter
+    point_at(again, fake)  # __init__ reset the SDK's keys and host as well
+    fake.script("CVProcess", (429, visual_error(50429)))
+    assert again.cv_process({"req_key": "x"})["code"] == 10000
+    assert fake.hits() == 2
+
+
+def stale_sdk_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK signs with an X-Date 10 minutes old (a slow queue, a skewed clock)."""
+    old = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=10)
+    monkeypatch.setattr(SignerV4, "get_current_format_date",
+                        staticmethod(lambda: old.strftime("%Y%m%dT%H%M%SZ")))
+
+
+def test_invalid_timestamp_with_the_sdks_signature_is_final(
+        fake: FakeVisual, visual_service: VisualService, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Without keys the adapter cannot sign again: a real InvalidTimestamp for the SDK's
+    stale signature is not retried (one request) and the log line says the caller's
+    signature is stale."""
+    stale_sdk_signature(monkeypatch)
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    mount_on_sdk_service(visual_service, photo_adapter(lang="en", **fast()))
+    point_at(visual_service, fake)
+    with pytest.raises(Exception, match="InvalidTimestamp"):
+        visual_service.cv_process({"req_key": "x"})
+    assert fake.hits() == 1
+    assert "InvalidTimestamp: the caller's signature is stale" in caplog.text
+
+
+def test_invalid_timestamp_is_retried_when_the_adapter_signs(
+        fake: FakeVisual, visual_service: VisualService,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With keys the adapter signs every attempt: an attempt refused as InvalidTimestamp is
+    signed again with a fresh X-Date and succeeds (two requests)."""
+    stale_sdk_signature(monkeypatch)
+    times = iter([time.time() - 600])  # the first attempt's clock is 10 minutes behind
+    adapter = photo_adapter(AK, SK, sign_clock=lambda: next(times, time.time()), **fast())
+    mount_on_sdk_service(visual_service, adapter)
+    point_at(visual_service, fake)
+    assert visual_service.cv_process({"req_key": "x"})["code"] == 10000
+    assert fake.hits() == 2 and len(fake.valid_signatures) == 1

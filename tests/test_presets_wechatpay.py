@@ -252,3 +252,20 @@ def test_signer_survives_pickling(pem: str, key: rsa.RSAPrivateKey) -> None:
         base64.b64decode(fields["signature"]),
         f"GET\n/v3/x\n{fields['timestamp']}\n{fields['nonce_str']}\n\n".encode(), PKCS1v15(),
         SHA256())
+
+
+def test_requests_follow_the_vendors_header_rules(pem: str, fake: FakeWechatPay) -> None:
+    """Every attempt asks for JSON (Accept: application/json, not requests' */*), a body
+    goes as Content-Type: application/json, a GET carries no Content-Type, a caller's own
+    Accept is kept, and without a platform key id no Wechatpay-Serial is sent."""
+    session = payment_session(MCHID, SERIAL, pem, endpoint=fake.endpoint, backup_endpoint=None,
+                              **fast())
+    session.post(JSAPI, data=b'{"out_trade_no": "ORDER-9"}')
+    session.get("/v3/pay/transactions/id/42?mchid=1900000001")
+    session.get("/v3/bill", headers={"Accept": "text/plain"})
+    posted, got, custom = fake.server.received()
+    assert posted.headers["accept"] == got.headers["accept"] == "application/json"
+    assert posted.headers["content-type"] == "application/json"
+    assert "content-type" not in got.headers
+    assert custom.headers["accept"] == "text/plain"
+    assert not any("wechatpay-serial" in r.headers for r in (posted, got, custom))

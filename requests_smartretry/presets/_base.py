@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -142,12 +142,17 @@ def _swap_origin(url: str, primary: str, backup: str) -> str:
     return urlunsplit((target.scheme, target.netloc, parts.path, parts.query, parts.fragment))
 
 
-def build_adapter(policy: RetryPolicy, options: dict[str, Any]) -> SmartRetryAdapter:
-    """The preset's adapter: ``options`` override the preset policy's fields; the rest
-    (``breaker``, ``budget``, ``hooks``, ``state``, ``sleep``, ``clock``…) go to the adapter."""
+def build_adapter(
+    policy: RetryPolicy,
+    options: dict[str, Any],
+    factory: Callable[..., SmartRetryAdapter] = SmartRetryAdapter,
+) -> SmartRetryAdapter:
+    """The preset's adapter (``factory``: the class, or a partial of a subclass):
+    ``options`` override the preset policy's fields; the rest (``breaker``, ``budget``,
+    ``hooks``, ``state``, ``sleep``, ``clock``…) go to the adapter."""
     if "policy" in options:
         raise TypeError("presets take policy fields as keywords (e.g. max_retries=3), not policy=")
-    return SmartRetryAdapter(policy, **options)
+    return factory(policy, **options)
 
 
 def preset_session(

@@ -4,6 +4,24 @@ Facts (``VENDORS.md``): base ``https://ark.cn-beijing.volces.com/api/v3``;
 ``POST /contents/generations/tasks`` creates a task (``{"id": "cgt-…"}``),
 ``GET /contents/generations/tasks/{id}`` queries it.  Errors are an HTTP status plus
 ``{"error": {"code", "message"}}``.
+
+VENDORS notes (what differs from the official SDK, ``volcenginesdkarkruntime``, and why):
+
+- ``x-should-retry: true|false`` on an error answer overrides every other rule, as in the
+  SDK: the server knows best.  ``true`` is retried (the server says repeating is safe);
+  ``false`` is final.
+- 408 is retried, as by the SDK: the server gave up waiting for the request and did not
+  act on it (RFC 9110), so repeating is safe even for task creation.
+- 409 is *not* retried, unlike the SDK.  Ark's error-code reference lists no 409; the
+  SDK's rule comes from the generic OpenAI-style client it is built on, where 409 marks a
+  lock timeout.  Here a conflict on task creation may mean the task exists, and a repeat
+  can bill a second video.  A server that wants the retry can say ``x-should-retry: true``.
+- 429 ``QuotaExceeded`` / ``SetLimitExceeded`` are *not* retried, unlike the SDK (which
+  retries every 429 and knows no codes).  Ark's error codes say the account's free quota
+  is used up, or the inference limit the account set in the console (安心体验模式 / token
+  limit) is reached: service stays suspended until someone raises the limit or pays, so no
+  wait within one call can clear it.  ``RateLimitExceeded.*`` (RPM/TPM per minute) and
+  ``ServerOverloaded`` are transient and retried.
 """
 
 from __future__ import annotations
@@ -40,8 +58,9 @@ _QUERY = re.compile(r"/contents/generations/tasks/[^/]+/?$")
 
 # (matches(code), verdict, server_acted), read top to bottom; first match wins.
 _ERROR_TABLE: tuple[tuple[Callable[[str], bool], Verdict, bool], ...] = (
-    # Reported (unverified) as quotas that a few seconds of waiting cannot clear.
-    (lambda code: code.startswith(("QuotaExceeded", "SetLimitExceeded")), Verdict.BUSINESS, False),
+    # Quotas that no wait within a call can clear (see the VENDORS notes above).
+    (lambda code: code.startswith(("QuotaExceeded", "SetLimitExceeded", "ModelQuotaExhausted")),
+     Verdict.BUSINESS, False),
     (lambda code: code.startswith("RateLimitExceeded"), Verdict.RATE_LIMIT, False),
     (lambda code: code == "InternalServiceError", Verdict.SERVER_ERROR, True),
     (lambda code: "SensitiveContentDetected" in code, Verdict.BUSINESS, True),
@@ -51,15 +70,30 @@ _ERROR_TABLE: tuple[tuple[Callable[[str], bool], Verdict, bool], ...] = (
 )
 
 
+_SHOULD_RETRY_HEADER = "x-should-retry"
+
+
 def classify_ark_response(response: requests.Response) -> Optional[Classification]:
-    """The verdict on an Ark response from ``error.code``; ``None`` (the HTTP-status table)
-    when there is no error object or the code is not in the table.
+    """The verdict on an Ark error response: the ``x-should-retry`` header when the server
+    sent one, else 408, else ``error.code`` through the table; ``None`` (the HTTP-status
+    table) when none of these decides.
 
     Example: 429 ``RateLimitExceeded.EndpointRPMExceeded`` is retried after a wait; 400
-    ``InputTextSensitiveContentDetected`` and 429 ``QuotaExceeded`` are not.
+    ``InputTextSensitiveContentDetected`` and 429 ``QuotaExceeded`` are not; any error
+    with ``x-should-retry: true`` is, and one with ``x-should-retry: false`` is not.
     """
-    if response.status_code < 400:
+    status = response.status_code
+    if status < 400:
         return None
+    should_retry = (response.headers.get(_SHOULD_RETRY_HEADER) or "").strip().lower()
+    if should_retry == "true":
+        verdict = Verdict.RATE_LIMIT if status == 429 else Verdict.SERVER_ERROR
+        return Classification(verdict, f"HTTP {status} x-should-retry: true",
+                              server_acted=False)
+    if should_retry == "false":
+        return Classification(Verdict.PERMANENT, f"HTTP {status} x-should-retry: false")
+    if status == 408:
+        return Classification(Verdict.TIMEOUT, "HTTP 408", server_acted=False)
     body = json_body(response)
     error = body.get("error") if body is not None else None
     if not isinstance(error, dict):
@@ -69,8 +103,7 @@ def classify_ark_response(response: requests.Response) -> Optional[Classificatio
         return None
     for matches, verdict, acted in _ERROR_TABLE:
         if matches(code):
-            return Classification(verdict, f"HTTP {response.status_code} {code}",
-                                  server_acted=acted)
+            return Classification(verdict, f"HTTP {status} {code}", server_acted=acted)
     return None
 
 

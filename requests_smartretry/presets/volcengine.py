@@ -36,6 +36,7 @@ from ._base import (
 __all__ = [
     "VolcengineSigner",
     "classify_visual_response",
+    "mount_on_sdk_service",
     "name_visual_request",
     "photo_adapter",
     "photo_session",
@@ -63,8 +64,8 @@ _CODE_TABLE: tuple[tuple[frozenset[int], Verdict, str, bool], ...] = (
      Verdict.BUSINESS, "input rejected", True),
 )
 
-# Gateway errors (ResponseMetadata.Error.Code).  InvalidTimestamp is retryable because the
-# next attempt is signed again with a fresh time.
+# Gateway errors (ResponseMetadata.Error.Code).  InvalidTimestamp is retryable only when the
+# adapter signs: its next attempt carries a fresh X-Date (see classify_visual_response).
 _GATEWAY_TABLE: dict[str, tuple[Verdict, bool]] = {
     "InternalError": (Verdict.SERVER_ERROR, True),
     "FailToConnect": (Verdict.SERVER_ERROR, False),
@@ -75,16 +76,24 @@ _GATEWAY_TABLE: dict[str, tuple[Verdict, bool]] = {
     "SignatureDoesNotMatch": (Verdict.PERMANENT, False),
     "AccessDenied": (Verdict.PERMANENT, False),
 }
+_STALE_SIGNATURE = "InvalidTimestamp"
 
 SUCCESS_CODE = 10000
 
 
-def classify_visual_response(response: requests.Response) -> Optional[Classification]:
+def classify_visual_response(
+    response: requests.Response, *, signs: bool = True
+) -> Optional[Classification]:
     """The verdict on a Volcengine visual response from its body code (or gateway error
     code); ``None`` (the HTTP-status table) when the body names no code this table knows.
 
     Example: HTTP 400 with code 50511 is retried; HTTP 400 with 50411 is not; 50429 waits
     like a 429 (``Retry-After`` honoured).
+
+    ``signs`` says whether the adapter signs every attempt.  ``InvalidTimestamp`` is then
+    retried (the retry carries a fresh ``X-Date``); when the caller signed (the SDK path
+    without keys) a retry would resend the same stale signature, so it is final, and the
+    log line says the caller's signature is stale.
     """
     body = json_body(response)
     if body is None:
@@ -92,6 +101,12 @@ def classify_visual_response(response: requests.Response) -> Optional[Classifica
     metadata = body.get("ResponseMetadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("Error"), dict):
         code_name = metadata["Error"].get("Code")
+        if code_name == _STALE_SIGNATURE and not signs:
+            return Classification(
+                Verdict.PERMANENT,
+                f"HTTP {response.status_code} {code_name}: the caller's signature is stale "
+                f"(X-Date {_x_date(response)}); the adapter has no keys to sign again",
+                server_acted=False)
         if isinstance(code_name, str) and code_name in _GATEWAY_TABLE:
             verdict, acted = _GATEWAY_TABLE[code_name]
             return Classification(verdict, f"HTTP {response.status_code} {code_name}",
@@ -105,6 +120,12 @@ def classify_visual_response(response: requests.Response) -> Optional[Classifica
         if code in codes:
             return Classification(verdict, f"code {code} {meaning}", server_acted=acted)
     return None
+
+
+def _x_date(response: requests.Response) -> str:
+    request = response.request
+    value = request.headers.get("X-Date") if request is not None else None
+    return _header_text(value) if value else "missing"
 
 
 def _action(request: requests.PreparedRequest) -> Optional[str]:
@@ -242,7 +263,8 @@ def _canonical_query(query: str) -> str:
 def _photo_policy(signer: Optional[VolcengineSigner], lang: str) -> RetryPolicy:
     return RetryPolicy(
         service=SERVICE_KEY,
-        classify_response=classify_visual_response,
+        classify_response=functools.partial(classify_visual_response,
+                                            signs=signer is not None),
         name_request=functools.partial(name_visual_request, lang=lang),
         idempotent=_visual_idempotent,
         prepare_attempt=AttemptPreparer(signer) if signer is not None else None,
@@ -261,16 +283,16 @@ def photo_adapter(
     """A :class:`SmartRetryAdapter` for Volcengine visual: body-code classification,
     operation names from the ``Action``, and (with keys) a fresh V4 signature per attempt.
 
-    Example (the legacy SDK path: the SDK signs, the adapter retries)::
+    Example (the legacy SDK path: the SDK calls, the adapter retries)::
 
         from volcengine.visual.VisualService import VisualService
-        service = VisualService()
-        adapter = photo_adapter(max_retries=2)
-        service.session.mount("https://", adapter)
-        service.session.mount("http://", adapter)
+        service = mount_on_sdk_service(VisualService(),
+                                       photo_adapter(access_key, secret_key, max_retries=2))
 
     Without keys the SDK's own signature is sent again on a retry (valid for a few
-    minutes); with ``access_key``/``secret_key`` every attempt is signed afresh.
+    minutes; an ``InvalidTimestamp`` answer is then final); with ``access_key``/
+    ``secret_key`` every attempt is signed afresh.  :func:`mount_on_sdk_service` keeps the
+    adapter mounted when ``VisualService()`` is called again.
 
     Task submission (``CVSync2AsyncSubmitTask``, ``CVProcess``) is retried even after it
     may have reached the server, as the seed application did: a retry after a lost
@@ -315,3 +337,70 @@ def photo_session(
                               session_token=session_token, clock=sign_clock)
     adapter = build_adapter(_photo_policy(signer, str(options.get("lang", "zh"))), options)
     return preset_session(endpoint, adapter)
+
+
+# -- the volcengine SDK path ---------------------------------------------------------------
+
+_ADAPTER_SLOT = "_smartretry_adapter"
+_SESSION_SLOT = "_smartretry_session"
+_MOUNTED_CLASSES: dict[type, type] = {}
+
+
+class _MountedSession:
+    """The ``session`` attribute of a service passed to :func:`mount_on_sdk_service`: every
+    session assigned to it (the SDK's ``__init__`` assigns a new one) gets the adapter."""
+
+    def __get__(self, service: Any, owner: Optional[type] = None) -> Any:
+        if service is None:
+            return self
+        return service.__dict__[_SESSION_SLOT]
+
+    def __set__(self, service: Any, session: Any) -> None:
+        adapter = service.__dict__[_ADAPTER_SLOT]
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        service.__dict__[_SESSION_SLOT] = session
+
+
+def _mounted_class(cls: type) -> type:
+    if cls.__dict__.get("_smartretry_mounted"):
+        return cls
+    mounted = _MOUNTED_CLASSES.get(cls)
+    if mounted is None:
+        mounted = _MOUNTED_CLASSES[cls] = type(cls.__name__, (cls,), {
+            "session": _MountedSession(), "_smartretry_mounted": True,
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__})
+    return mounted
+
+
+def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
+    """Mount ``adapter`` on a volcengine SDK service's ``session`` for both schemes, and keep
+    it mounted on every session the SDK builds for that object later; returns ``service``.
+
+    Example::
+
+        from volcengine.visual.VisualService import VisualService
+        service = mount_on_sdk_service(VisualService(), photo_adapter(ak, sk, max_retries=2))
+        VisualService().cv_process({...})    # the same singleton, still retried
+
+    Why: ``VisualService`` is a singleton whose ``__init__`` runs again on every
+    ``VisualService()`` call and replaces ``.session`` with a new ``requests`` session, so
+    an adapter mounted by hand silently disappears.  Here the object's class becomes a
+    subclass of its own (``isinstance`` and the SDK's methods are unchanged) whose
+    ``session`` mounts the adapter on whatever session is assigned.  (That ``__init__``
+    also resets the SDK's ak/sk: call ``set_ak``/``set_sk`` again, or give the adapter
+    keys so that it signs every attempt itself.)  Calling it again swaps the adapter.
+    """
+    if not isinstance(adapter, SmartRetryAdapter):
+        raise TypeError(f"adapter must be a SmartRetryAdapter, got {adapter!r}")
+    current = getattr(service, "session", None)
+    if not isinstance(current, requests.Session):
+        raise TypeError(f"service must be a volcengine SDK service with a requests "
+                        f"session (.session), got {type(service).__name__}")
+    state = service.__dict__
+    state[_ADAPTER_SLOT] = adapter
+    state.pop("session", None)  # from now on the class attribute holds the session
+    service.__class__ = _mounted_class(type(service))
+    service.session = current  # mounts the adapter on it
+    return service

@@ -3,8 +3,20 @@
 Facts (``VENDORS.md``): ``POST /v3/pay/transactions/jsapi`` places an order; errors are an
 HTTP status plus ``{"code", "message"}`` (spellings vary between doc versions, both are
 matched); ``out_trade_no`` makes an order placement idempotent; the backup domain
-``api2.mch.weixin.qq.com`` is where to go on outage or timeout.  ``cryptography`` (the
-``wechatpay`` extra) is imported only when a signer is built.
+``api2.mch.weixin.qq.com`` is where to go on outage or timeout.  Requests carry
+``Accept: application/json`` (and ``Content-Type: application/json`` with a body); every
+2xx answer is signed by the platform and must be verified (a 2xx without a signature is
+forged).  ``cryptography`` (the ``wechatpay`` extra) is imported only when a signer or a
+verifier is built.
+
+VENDORS notes (where verification differs from ``wechatpayv3`` 2.0.4, and why): a
+``Wechatpay-Timestamp`` more than 5 minutes from now is refused (the vendor's documented
+recommendation; the SDK does not check it); an absent ``Wechatpay-Signature-Type`` is
+taken as RSA (the vendor's signature rule names only Serial, Signature, Timestamp and
+Nonce; the Python SDK refuses it), while any other type is refused; bill and
+complaint-image downloads are not verified (WeChat Pay does not sign them; the SDK skips
+them too).  Otherwise both give the same verdict on the same answers, which
+``tests/test_presets_wechatpay_platform.py`` checks.
 """
 
 from __future__ import annotations
@@ -12,8 +24,11 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import logging
+import threading
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
@@ -21,6 +36,7 @@ import requests
 
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
+from ..errors import ResponseSignatureError, attach_history
 from ..events import Verdict
 from ..policy import RetryPolicy
 from ._base import (
@@ -33,15 +49,27 @@ from ._base import (
     json_body,
     preset_session,
 )
+from ._wechatpay_platform import (
+    PemInput,
+    PlatformVerifier,
+    check_api_v3_key,
+    decrypt_json,
+    require_cryptography,
+)
 
 __all__ = [
+    "PlatformVerifier",
+    "WechatPayAdapter",
     "WechatPaySigner",
     "classify_wechatpay_response",
     "name_wechatpay_request",
     "order_is_idempotent",
+    "parse_notification",
     "payment_adapter",
     "payment_session",
 ]
+
+_log = logging.getLogger("requests_smartretry")
 
 SERVICE_KEY = "wechatpay"
 DEFAULT_ENDPOINT = "https://api.mch.weixin.qq.com"
@@ -109,14 +137,9 @@ def order_is_idempotent(request: requests.PreparedRequest) -> bool:
 
 
 def _load_private_key(private_key: Any) -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "WeChat Pay signing needs the 'wechatpay' extra: "
-            "pip install 'requests-smartretry[wechatpay]'"
-        ) from exc
+    rsa = require_cryptography("signing")
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     if isinstance(private_key, rsa.RSAPrivateKey):
         return private_key
     if isinstance(private_key, str):
@@ -214,18 +237,148 @@ class WechatPaySigner:
         )
 
 
+class WechatPayRules:
+    """The vendor's basic rules for every attempt, then the merchant signature.
+
+    Example::
+
+        rules = WechatPayRules(signer, platform_serial="PUB_KEY_ID_0114...")
+        rules.sign(prepared)
+
+    Sets ``Accept: application/json`` (in place of requests' ``*/*``), ``Content-Type:
+    application/json`` on a body that has none, and, in public-key mode,
+    ``Wechatpay-Serial`` with the platform key id (as the official SDK sends it); headers
+    the caller set are kept.  None of these headers is signed, so the order is free.
+    """
+
+    def __init__(self, signer: Optional[WechatPaySigner] = None,
+                 platform_serial: Optional[str] = None) -> None:
+        self.signer = signer
+        self.platform_serial = platform_serial
+
+    def __repr__(self) -> str:
+        return f"WechatPayRules(signer={self.signer!r}, platform_serial={self.platform_serial!r})"
+
+    def sign(self, request: requests.PreparedRequest) -> None:
+        """Set the headers the vendor requires, then sign (when there is a signer)."""
+        headers = request.headers
+        if headers.get("Accept") in (None, "", "*/*"):
+            headers["Accept"] = "application/json"
+        if request.body and not headers.get("Content-Type"):
+            headers["Content-Type"] = "application/json"
+        if self.platform_serial and not headers.get("Wechatpay-Serial"):
+            headers["Wechatpay-Serial"] = self.platform_serial
+        if self.signer is not None:
+            self.signer.sign(request)
+
+
+# Downloads WeChat Pay does not sign (the official SDK skips them too); a bill's integrity is
+# checked against the hash_value of the signed response that gave its download_url.
+_UNSIGNED_DOWNLOADS = ("/v3/billdownload/file",)
+_UNSIGNED_DOWNLOAD_PREFIXES = ("/v3/merchant-service/images/",)
+# Where a response that failed verification keeps its error until send() raises it.
+_SIGNATURE_ERROR = "_smartretry_signature_error"
+
+
+def _is_unsigned_download(request: Optional[requests.PreparedRequest]) -> bool:
+    if request is None or (request.method or "GET").upper() != "GET":
+        return False
+    path = urlsplit(request.url or "").path
+    return path in _UNSIGNED_DOWNLOADS or path.startswith(_UNSIGNED_DOWNLOAD_PREFIXES)
+
+
+class WechatPayAdapter(SmartRetryAdapter):
+    """The WeChat Pay adapter: every 2xx is checked against the platform's signature.
+
+    Example::
+
+        verifier = PlatformVerifier(public_key=pub_key_pem, public_key_id="PUB_KEY_ID_...")
+        adapter = WechatPayAdapter(policy, verifier=verifier)
+
+    A 2xx that fails verification (unsigned, unknown ``Wechatpay-Serial``, tampered body,
+    another key, stale ``Wechatpay-Timestamp``) is classified inside its attempt as a
+    permanent failure, so it is never retried and its events say so; ``send`` then raises
+    :class:`~requests_smartretry.ResponseSignatureError` instead of returning it.  Other
+    statuses are classified as by :class:`SmartRetryAdapter`.  Bill and image downloads
+    (unsigned by the vendor) are not checked.  Build it with :func:`payment_adapter`.
+    """
+
+    __attrs__ = [*SmartRetryAdapter.__attrs__, "verifier"]  # noqa: RUF012 - requests' convention
+
+    def __init__(self, policy: Optional[RetryPolicy] = None, *,
+                 verifier: Optional[PlatformVerifier] = None, **options: Any) -> None:
+        if verifier is not None and not isinstance(verifier, PlatformVerifier):
+            raise TypeError(f"verifier must be a PlatformVerifier or None, got {verifier!r}")
+        self.verifier = verifier
+        super().__init__(policy, **options)
+
+    def classify_response(self, response: requests.Response) -> Classification:
+        """The vendor's verdict, except that a 2xx failing verification is final."""
+        verdict = super().classify_response(response)
+        if self.verifier is None or not 200 <= response.status_code < 300 \
+                or _is_unsigned_download(response.request):
+            return verdict
+        try:
+            self.verifier.verify(response.headers, response.content)
+        except ResponseSignatureError as exc:
+            exc.request = response.request
+            exc.response = response
+            setattr(response, _SIGNATURE_ERROR, exc)
+            return Classification(Verdict.PERMANENT,
+                                  f"HTTP {response.status_code} signature check failed: "
+                                  f"{exc.check}")
+        return verdict
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """As :meth:`SmartRetryAdapter.send`; raises ``ResponseSignatureError`` for a 2xx
+        that failed verification (never returned as success)."""
+        response = super().send(request, *args, **kwargs)
+        error = response.__dict__.pop(_SIGNATURE_ERROR, None)
+        if error is None:
+            return response
+        response.close()
+        attach_history(error, getattr(response, "retry_history", ()))
+        raise error
+
+
+_unverified_warned = threading.Event()
+
+
+def _warn_unverified() -> None:
+    if _unverified_warned.is_set():
+        return
+    _unverified_warned.set()
+    _log.warning(
+        "requests_smartretry: WeChat Pay responses are NOT verified: a forged or tampered "
+        "2xx is returned as success. Pass platform_public_key= with platform_public_key_id= "
+        "(public-key mode) or platform_certificates= to payment_session()/payment_adapter().")
+
+
+def _platform_verifier(
+    public_key: Optional[PemInput],
+    public_key_id: Optional[str],
+    certificates: Optional[Mapping[str, PemInput]],
+    clock: Callable[[], float],
+) -> Optional[PlatformVerifier]:
+    if public_key is None and public_key_id is None and certificates is None:
+        _warn_unverified()
+        return None
+    return PlatformVerifier(public_key=public_key, public_key_id=public_key_id,
+                            certificates=certificates, clock=clock)
+
+
 def _payment_policy(
-    signer: Optional[WechatPaySigner], endpoint: Optional[str], backup: Optional[str], lang: str
+    rules: WechatPayRules, endpoint: Optional[str], backup: Optional[str], lang: str
 ) -> RetryPolicy:
-    preparer: Optional[AttemptPreparer] = None
-    if signer is not None or backup is not None:
-        preparer = AttemptPreparer(signer, primary=endpoint if backup else None, backup=backup)
     return RetryPolicy(
         service=SERVICE_KEY,
         classify_response=classify_wechatpay_response,
         name_request=functools.partial(name_wechatpay_request, lang=lang),
         idempotent=order_is_idempotent,
-        prepare_attempt=preparer,
+        prepare_attempt=AttemptPreparer(rules, primary=endpoint if backup else None,
+                                        backup=backup),
     )
 
 
@@ -236,18 +389,24 @@ def payment_adapter(
     *,
     endpoint: str = DEFAULT_ENDPOINT,
     backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    platform_public_key: Optional[PemInput] = None,
+    platform_public_key_id: Optional[str] = None,
+    platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
     **options: Any,
 ) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for WeChat Pay v3: the vendor's error codes, order
-    idempotency by ``out_trade_no``, backup-domain failover and (with merchant
-    credentials) a fresh ``WECHATPAY2-SHA256-RSA2048`` signature per attempt.
+    idempotency by ``out_trade_no``, backup-domain failover, the vendor's headers, (with
+    merchant credentials) a fresh ``WECHATPAY2-SHA256-RSA2048`` signature per attempt and
+    (with platform keys) verification of every 2xx.
 
     Example::
 
         adapter = payment_adapter(mchid="1900000001", serial_no="5157F09E...",
-                                  private_key=pem_text)
+                                  private_key=pem_text,
+                                  platform_public_key=open("pub_key.pem").read(),
+                                  platform_public_key_id="PUB_KEY_ID_0114...")
         session = requests.Session()
         session.mount("https://api.mch.weixin.qq.com/", adapter)
         session.mount("https://api2.mch.weixin.qq.com/", adapter)
@@ -255,6 +414,15 @@ def payment_adapter(
     An order POST is resent after it may have reached the server only when its body
     carries ``out_trade_no``.  After a connection failure or attempt timeout on
     ``endpoint``, the call's next attempts go to ``backup_endpoint`` (``None`` opts out).
+
+    Verification: ``platform_public_key`` (PEM) with ``platform_public_key_id``
+    (``PUB_KEY_ID_…``; also sent as ``Wechatpay-Serial``), or ``platform_certificates``
+    (serial → PEM certificate), or both during WeChat Pay's switch from certificates to
+    public keys.  Every 2xx must then carry a valid ``Wechatpay-Signature`` by the key that
+    ``Wechatpay-Serial`` names and a ``Wechatpay-Timestamp`` within 5 minutes of
+    ``sign_clock``; otherwise :class:`~requests_smartretry.ResponseSignatureError` is
+    raised, after exactly one request (it is never retried).  Without platform keys a
+    one-time WARNING says responses are not verified.
     """
     endpoint = check_endpoint("endpoint", endpoint)
     if backup_endpoint is not None:
@@ -263,8 +431,12 @@ def payment_adapter(
     if mchid is not None or serial_no is not None or private_key is not None:
         signer = WechatPaySigner(mchid, serial_no, private_key,  # type: ignore[arg-type]
                                  clock=sign_clock, nonce=nonce)
-    policy = _payment_policy(signer, endpoint, backup_endpoint, str(options.get("lang", "zh")))
-    return build_adapter(policy, options)
+    verifier = _platform_verifier(platform_public_key, platform_public_key_id,
+                                  platform_certificates, sign_clock)
+    rules = WechatPayRules(signer, verifier.public_key_id if verifier is not None else None)
+    policy = _payment_policy(rules, endpoint, backup_endpoint, str(options.get("lang", "zh")))
+    return build_adapter(policy, options, functools.partial(WechatPayAdapter,
+                                                            verifier=verifier))
 
 
 def payment_session(
@@ -274,25 +446,86 @@ def payment_session(
     *,
     endpoint: str = DEFAULT_ENDPOINT,
     backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    platform_public_key: Optional[PemInput] = None,
+    platform_public_key_id: Optional[str] = None,
+    platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
     **options: Any,
 ) -> BaseURLSession:
-    """A session for WeChat Pay v3, signed per attempt, with backup-domain failover.
+    """A session for WeChat Pay v3, signed per attempt, verified, with backup failover.
 
     Example::
 
         session = payment_session(mchid="1900000001", serial_no="5157F09E...",
-                                  private_key=open("apiclient_key.pem").read())
+                                  private_key=open("apiclient_key.pem").read(),
+                                  platform_public_key=open("pub_key.pem").read(),
+                                  platform_public_key_id="PUB_KEY_ID_0114...")
         response = session.post("/v3/pay/transactions/jsapi", json={
             "appid": "wx...", "mchid": "1900000001", "description": "...",
             "out_trade_no": "ORDER-20261127-0001", "notify_url": "https://...",
             "amount": {"total": 100}, "payer": {"openid": "..."}})
 
-    See :func:`payment_adapter` for the retry rules.
+    See :func:`payment_adapter` for the retry and verification rules.
     """
     check_credential("mchid", mchid)
     adapter = payment_adapter(mchid, serial_no, private_key, endpoint=endpoint,
-                              backup_endpoint=backup_endpoint, sign_clock=sign_clock,
-                              nonce=nonce, **options)
+                              backup_endpoint=backup_endpoint,
+                              platform_public_key=platform_public_key,
+                              platform_public_key_id=platform_public_key_id,
+                              platform_certificates=platform_certificates,
+                              sign_clock=sign_clock, nonce=nonce, **options)
     return preset_session(endpoint, adapter, backup_endpoint)
+
+
+def parse_notification(
+    headers: Any,
+    body: Union[bytes, str],
+    *,
+    platform_public_key: Optional[PemInput] = None,
+    platform_public_key_id: Optional[str] = None,
+    platform_certificates: Optional[Mapping[str, PemInput]] = None,
+    api_v3_key: Union[str, bytes],
+) -> dict[str, Any]:
+    """The decrypted ``resource`` of a WeChat Pay notification (what WeChat Pay POSTs to
+    your ``notify_url``), after checking its signature.
+
+    Example (Flask)::
+
+        paid = parse_notification(request.headers, request.get_data(),
+                                  platform_public_key=PUB_KEY_PEM,
+                                  platform_public_key_id="PUB_KEY_ID_0114...",
+                                  api_v3_key=API_V3_KEY)
+        paid["out_trade_no"], paid["trade_state"]      # "SUCCESS"
+
+    ``body`` must be the raw request body, byte for byte (the signature covers it).  The
+    signature rule is the responses' (``Wechatpay-Serial`` chooses the platform key,
+    ``TIMESTAMP\nNONCE\nBODY\n``, RSA-SHA256, a timestamp within 5 minutes); the
+    resource is decrypted with AEAD_AES_256_GCM under ``api_v3_key``, its nonce and
+    associated data.  A bad signature, a stale timestamp or a failed decryption raises
+    :class:`~requests_smartretry.ResponseSignatureError` whose ``check`` names the check
+    (answer WeChat Pay with a 4xx/5xx: it sends the notification again later).
+    Misconfiguration (no key, a bad PEM, an APIv3 key that is not 32 bytes) raises
+    ``ValueError``/``TypeError``.  With ``platform_public_key`` but no
+    ``platform_public_key_id`` the key checks every serial that is not a certificate's.
+    """
+    key = check_api_v3_key(api_v3_key)
+    verifier = PlatformVerifier(public_key=platform_public_key,
+                                public_key_id=platform_public_key_id,
+                                certificates=platform_certificates, require_key_id=False)
+    if not isinstance(body, (bytes, bytearray, str)):
+        raise TypeError(f"body must be the raw request body (bytes or str), "
+                        f"got {type(body).__name__}")
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    verifier.verify(headers, raw, what="notification")
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        envelope = None
+    resource = envelope.get("resource") if isinstance(envelope, dict) else None
+    result = decrypt_json(resource, key)
+    if not isinstance(result, dict):
+        raise ResponseSignatureError(
+            "WeChat Pay notification rejected (decryption check): the decrypted resource "
+            "is not a JSON object", check="decryption")
+    return result

@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from requests_smartretry.faultserver import FaultServer, RecordedRequest
 
-#: A scripted step: ``(http_status, body)`` to answer with, ``"reset"`` (act on the request,
-#: then reset the connection) or ``("hang", seconds)``.
+#: A scripted step: ``(http_status, body)`` (or ``(http_status, body, headers)``) to answer
+#: with, ``"reset"`` (act on the request, then reset the connection) or ``("hang", seconds)``.
 Step = Union[str, tuple[Any, ...]]
 
 
@@ -79,7 +79,7 @@ class ScriptedFake:
             self._stopped.wait(float(step[1]))
             self._abort(sock)
         elif isinstance(step, tuple):
-            self._reply(sock, int(step[0]), step[1])
+            self._reply(sock, int(step[0]), step[1], *step[2:3])
         else:
             self._reply(sock, *self.act(request))
 
@@ -90,10 +90,16 @@ class ScriptedFake:
         # goes out only when that loop ends: an OSError from a handler ends it.
         raise ConnectionAbortedError("fake vendor reset the connection")
 
-    def _reply(self, sock: socket.socket, status: int, body: Any) -> None:
-        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        self.server.send(sock, status, payload,
-                         {"Content-Type": "application/json; charset=utf-8"})
+    def finish_reply(self, status: int, payload: bytes) -> tuple[bytes, dict[str, str]]:
+        """The body and extra headers to send (a fake that signs its answers adds them)."""
+        return payload, {}
+
+    def _reply(self, sock: socket.socket, status: int, body: Any,
+               headers: dict[str, str] | None = None) -> None:
+        payload, extra = self.finish_reply(
+            status, json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        self.server.send(sock, status, payload, {
+            "Content-Type": "application/json; charset=utf-8", **extra, **(headers or {})})
 
 
 def query_of(request: RecordedRequest) -> list[tuple[str, str]]:

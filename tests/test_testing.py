@@ -1,0 +1,167 @@
+"""Support for users' own test suites: ``reset_state()``, the ``smartretry`` pytest fixture
+(the package's pytest11 plugin, run here in a pytest of its own), and which HTTP mocking
+libraries our adapter runs under."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import requests_mock
+import responses
+
+import requests_smartretry
+from requests_smartretry import (
+    CircuitBreaker,
+    CircuitOpenError,
+    MemoryStateStore,
+    RetryBudget,
+    Stats,
+    reset_state,
+    smart_session,
+)
+from requests_smartretry.faultserver import FaultServer
+from requests_smartretry.testing import fast_retries, testing_attempts
+
+ROOT = Path(__file__).resolve().parent.parent
+MOCKED = "http://127.0.0.1:9/v1/items"  # never reached: the mocks answer
+
+
+def no_sleep(seconds: float) -> None:
+    """Backoff without the waiting."""
+
+
+def test_reset_state_closes_breakers_fills_budgets_and_empties_stats(
+    server: FaultServer,
+) -> None:
+    """After ``reset_state()`` a session built earlier has a closed breaker, a full budget
+    and empty statistics, as if it were new."""
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=3600.0)
+    budget = RetryBudget(0.0, max_tokens=2, min_per_second=0)
+    session = smart_session(breaker=breaker, budget=budget, log=False, sleep=no_sleep)
+    service = f"http://127.0.0.1:{server.port}"
+    session.get(server.url("/status/503"))
+    with pytest.raises(CircuitOpenError):
+        session.get(server.url("/ok"))
+    budget.allow_retry(service)
+    stats = session.get_adapter("http://").stats
+    assert breaker.state(service) == "open" and budget.tokens(service) < 2.0
+    assert stats.operations()
+
+    reset_state()
+
+    assert breaker.state(service) == "closed"
+    assert budget.tokens(service) == pytest.approx(2.0)
+    assert stats.operations() == []
+    assert session.get(server.url("/ok")).status_code == 200
+    session.close()
+
+
+def test_reset_state_reaches_objects_built_anywhere_and_keeps_none_alive() -> None:
+    """Budgets, breakers, stores and Stats built outside any adapter are reset too, and
+    being tracked does not keep a discarded one alive."""
+    store = MemoryStateStore()
+    budget = RetryBudget(0.0, max_tokens=1, min_per_second=0, store=store)
+    stats = Stats()
+    assert budget.allow_retry("svc") and not budget.allow_retry("svc")
+    stats(_start_event())
+    reset_state()
+    assert budget.allow_retry("svc")
+    assert stats.operations() == []
+    before = len(requests_smartretry.testing._tracked)
+    for _ in range(50):
+        CircuitBreaker()
+    gc.collect()
+    assert len(requests_smartretry.testing._tracked) <= before + 1
+
+
+def _start_event() -> requests_smartretry.AttemptEvent:
+    return requests_smartretry.AttemptEvent(
+        kind=requests_smartretry.EventKind.START, operation="op", service="svc", attempt=1,
+        max_attempts=2, call_id=1)
+
+
+def test_fast_retries_restores_the_previous_mode() -> None:
+    """``fast_retries()`` nests and restores whatever was set before it."""
+    with fast_retries(attempts=3):
+        with fast_retries():
+            assert testing_attempts() is None
+        assert testing_attempts() == 3
+    assert not requests_smartretry.testing.is_testing()
+
+
+PLUGIN_SUITE = '''
+    import requests_smartretry.testing as srt
+    from requests_smartretry import CircuitBreaker, smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    SERVER = FaultServer().start()
+    BREAKER = CircuitBreaker(failure_threshold=2, recovery_timeout=3600.0)
+    SESSION = smart_session(breaker=BREAKER, log=False, backoff_base=30.0, backoff_max=30.0)
+    SERVICE = f"http://127.0.0.1:{SERVER.port}"
+
+
+    def test_a_opens_the_breaker_without_waiting(smartretry):
+        assert srt.is_testing()
+        assert SESSION.get(SERVER.url("/status/503")).status_code == 503  # 30 s not waited
+        assert SERVER.hits() == 2 and BREAKER.state(SERVICE) == "open"
+
+
+    def test_b_starts_with_a_closed_breaker_and_empty_stats(smartretry):
+        assert BREAKER.state(SERVICE) == "closed"
+        assert SESSION.get_adapter("http://").stats.operations() == []
+        assert SESSION.get(SERVER.url("/ok")).status_code == 200
+
+
+    def test_c_without_the_fixture_test_mode_is_off():
+        assert not srt.is_testing() and srt.testing_attempts() is None
+'''
+
+
+def test_pytest_plugin_fixture_gives_fast_retries_and_fresh_state(tmp_path: Path) -> None:
+    """In a user's pytest run, a test that requests ``smartretry`` gets test mode and a
+    fresh breaker/budget/stats state; a test that does not is left alone."""
+    groups = metadata.entry_points().select(group="pytest11") \
+        if hasattr(metadata.entry_points(), "select") \
+        else metadata.entry_points().get("pytest11", [])  # type: ignore[attr-defined]
+    if not any(ep.value == "requests_smartretry.pytest_plugin" for ep in groups):
+        pytest.skip("requests-smartretry is not installed (pip install -e .): the pytest11 "
+                    "entry point is what this test exercises")
+    (tmp_path / "test_user_suite.py").write_text(textwrap.dedent(PLUGIN_SUITE))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_user_suite.py"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout
+
+
+def test_responses_mocks_beneath_our_adapter_so_retries_run() -> None:
+    """``responses`` patches the transport underneath the adapter: a mocked 503 then 200
+    is retried and the call ends 200 (what the README recommends for unit tests)."""
+    session = smart_session(log=False)
+    with responses.RequestsMock() as mocked, fast_retries():
+        mocked.add(responses.GET, MOCKED, status=503)
+        mocked.add(responses.GET, MOCKED, status=200, body="ok")
+        response = session.get(MOCKED)
+        assert len(mocked.calls) == 2
+    assert response.status_code == 200 and len(response.retry_history) > 1
+    session.close()
+
+
+def test_requests_mock_replaces_our_adapter_so_nothing_is_retried() -> None:
+    """``requests_mock.Mocker`` swaps the session's adapter for its own: our adapter never
+    runs under it, so a mocked 503 then 200 comes back as the 503 (the README says so)."""
+    session = smart_session(log=False)
+    with requests_mock.Mocker() as mocked, fast_retries():
+        mocked.get(MOCKED, [{"status_code": 503}, {"status_code": 200}])
+        response = session.get(MOCKED)
+        assert mocked.call_count == 1
+    assert response.status_code == 503 and not hasattr(response, "retry_history")
+    session.close()
