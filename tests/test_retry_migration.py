@@ -162,6 +162,22 @@ def test_a_retry_subclass_deciding_itself_is_honoured(server: FaultServer) -> No
     assert server.hits("/status/418") == 3
 
 
+def test_a_retry_subclass_backoff_formula_is_the_wait(server: FaultServer) -> None:
+    """A subclass's own get_backoff_time() is what the retry loop waits."""
+
+    class FlatRetry(Retry):
+        def get_backoff_time(self) -> float:
+            return 0.125
+
+    waits: list[float] = []
+    session = requests.Session()
+    session.mount("http://", SmartRetryAdapter(
+        max_retries=FlatRetry(total=2, status_forcelist=[503], raise_on_status=False),
+        sleep=waits.append))
+    assert session.get(server.url("/status/503")).status_code == 503
+    assert waits == [0.125, 0.125]
+
+
 def test_a_retry_subclass_with_its_own_sleep_is_refused() -> None:
     """A subclass that sleeps its own way cannot be bounded by the deadline: a clear error."""
 
