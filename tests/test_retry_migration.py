@@ -69,6 +69,7 @@ FAULTS: dict[str, tuple[str, Optional[str], Any]] = {
     "429-retry-after-0": ("GET", "/status/{key}/429?retry_after=0", None),
     "post-503": ("POST", "/status/{key}/503", None),
     "post-reset-once": ("POST", "/seq/{key}?steps=reset,ok", None),
+    "503-bad-retry-after": ("GET", "/status/{key}/503?retry_after=soon", None),
 }
 
 
