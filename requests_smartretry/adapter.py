@@ -16,25 +16,33 @@ Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vend
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import functools
 import logging
 import numbers
+import socket
 import threading
 import time
-from typing import Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.response
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
-from .backoff import parse_retry_after
-from .budget import DEFAULT_BUDGET, RetryBudget
-from .classify import Classification, classify_exception, classify_status
+from .budget import DEFAULT_BUDGET
+from .classify import (
+    Classification,
+    classify_exception,
+    classify_http_response,
+    mark_connect_phase,
+    mark_final,
+)
+from .collaborators import resolve_collaborators
 from .deadline import Watch, active_watch, current_scope
 from .engine import (
     BreakerGate,
@@ -48,9 +56,8 @@ from .engine import (
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
-from .policy import RetryPolicy, resolve_policy
-from .redact import redact_exception, redact_url
-from .state import resolve_store
+from .policy import RetryPolicy, check_timeout, resolve_policy
+from .redact import path_template, redact_exception, redact_url
 from .stats import Stats
 from .urllib3_retry import (
     RetryNow,
@@ -61,7 +68,19 @@ from .urllib3_retry import (
     to_requests_error,
 )
 
-__all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import AdapterOptions, SessionOptions
+
+__all__ = [
+    "SmartRetryAdapter",
+    "is_idempotent",
+    "operation_name",
+    "previous_attempts",
+    "service_name",
+    "smart_session",
+]
 
 _log = logging.getLogger("requests_smartretry")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
@@ -191,13 +210,66 @@ class _WatchedPoolMixin:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
+class _PhaseRecordingMixin:
+    """Records where a failure happened: an exception raised while connecting (TCP
+    connect, TLS handshake, proxy tunnel) is marked as coming before one byte of the
+    request was written (:func:`classify.mark_connect_phase`), whatever its errno.
+
+    Every write of the request comes after ``connect()`` returned, so the mark is the whole
+    record: the success path pays one call per new connection and nothing per request,
+    and no attribute is ever added to the connection.  A TLS handshake that times out is
+    a connect timeout (urllib3 would report it as a read timeout).
+    """
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except Exception as exc:
+            mark_connect_phase(exc)
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                conn: Any = self
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    conn, f"Connection to {conn.host} timed out while connecting (TLS "
+                    f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
+                ) from exc
+            raise
+
+
+class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):
+    """urllib3's connection, recording whether a failure came before sending."""
+
+
+class HTTPSConnection(_PhaseRecordingMixin, urllib3.connection.HTTPSConnection):
+    """urllib3's TLS connection, recording whether a failure came before sending."""
+
+
+class _LengthCheckedResponse(urllib3.response.HTTPResponse):
+    """urllib3 1.26's response, refusing a body shorter than its ``Content-Length`` (an
+    incomplete read, as on urllib3 2.x) instead of handing back a truncated body."""
+
+    @classmethod
+    def from_httplib(cls, r: Any, **response_kw: Any) -> Any:
+        response_kw.setdefault("enforce_content_length", True)
+        build: Any = getattr(super(), "from_httplib")  # noqa: B009 - absent on urllib3 2.x
+        return build(r, **response_kw)
+
+
 # Named as urllib3's own classes so that error messages read exactly as without us.
 class HTTPConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
     """urllib3's pool, with connections watched for the attempt deadline."""
 
+    ConnectionCls = HTTPConnection
+
 
 class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
     """urllib3's TLS pool, with connections watched for the attempt deadline."""
+
+    ConnectionCls = HTTPSConnection
+
+
+if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x enforces it
+    for _pool_class in (HTTPConnectionPool, HTTPSConnectionPool):
+        setattr(_pool_class, "ResponseCls", _LengthCheckedResponse)  # noqa: B010 - 1.26 only
 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
@@ -348,7 +420,52 @@ def _seconds(name: str, value: Any) -> Optional[float]:
     seconds = float(value)
     if not 0 < seconds < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_timeout(name, seconds)  # at least the minimum an attempt can honour
     return seconds
+
+
+def operation_name(policy: RetryPolicy, request: Any) -> str:
+    """The operation name for ``request`` (anything with ``method`` and a ``url`` string, as
+    a ``PreparedRequest``): the policy's, its ``name_request`` hook's, or
+    ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
+    if policy.operation_name:
+        return policy.operation_name
+    if policy.name_request is not None:
+        try:
+            name = policy.name_request(request)
+        except Exception:
+            _log.exception("requests_smartretry: name_request hook failed")
+            name = None
+        if name:
+            return name
+    parts = urlsplit(request.url or "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
+
+
+def service_name(policy: RetryPolicy, request: Any) -> str:
+    """The breaker/budget key for ``request``: the policy's ``service``, or ``scheme://host``."""
+    if policy.service:
+        return policy.service
+    parts = urlsplit(request.url or "")
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
+    """Whether repeating ``request`` after it reached the server is safe: an idempotent
+    method, an ``Idempotency-Key`` header, or the policy's ``idempotent`` rule."""
+    if (request.method or "GET").upper() in policy.idempotent_methods:
+        return True
+    if "Idempotency-Key" in request.headers:
+        return True
+    rule = policy.idempotent
+    if callable(rule):
+        try:
+            return bool(rule(request))
+        except Exception:
+            _log.exception("requests_smartretry: idempotent rule failed; assuming not")
+            return False
+    return rule
 
 
 class SmartRetryAdapter(HTTPAdapter):
@@ -403,47 +520,29 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
-        hooks: tuple[Hook, ...] = (),
+        hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
-        **policy_options: Any,
+        **policy_options: Unpack[AdapterOptions],
     ) -> None:
-        retry: Optional[Retry] = None
-        if isinstance(policy_options.get("max_retries"), Retry):
+        retry = policy_options.get("max_retries")
+        if not isinstance(retry, Retry):
+            retry = None
+        else:
             if policy is not None:
                 raise TypeError("pass either policy= or a urllib3 Retry as max_retries, "
                                 "not both")
-            retry = policy_options.pop("max_retries")
+            del policy_options["max_retries"]
             policy = policy_for_retry(retry)
         policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
         check_clocks(sleep, clock)
         hooks = check_hooks(hooks)
-        # stats: None gives this adapter its own Stats; a Stats is shared; False: none.
-        if stats is None:
-            stats = Stats()
-        elif stats is not False and not isinstance(stats, Stats):
-            raise TypeError(f"stats must be a Stats, None or False, got {stats!r}")
-        self.stats: Optional[Stats] = stats or None
-        # Breaker and budget state: this process, or shared through Redis (``state=``).
-        if budget is DEFAULT_BUDGET:
-            budget = RetryBudget()
-        for name, gate, method, kind in (
-            ("breaker", breaker, "before_attempt", "CircuitBreaker"),
-            ("budget", budget, "allow_retry", "RetryBudget"),
-        ):
-            if gate is not None and not callable(getattr(gate, method, None)):
-                raise TypeError(f"{name} must be None or a {kind} (with {method}()), "
-                                f"got {gate!r}")
-        store = resolve_store(state)
-        if store is not None:
-            for gate in (breaker, budget):
-                attach = getattr(gate, "use_store", None)
-                if attach is not None:
-                    attach(store)
+        # Statistics, breaker, budget and their shared state, checked as every transport does.
+        self.stats, breaker, budget, store = resolve_collaborators(stats, breaker, budget, state)
         self.state = store
         self.policy = policy
         self.retry = retry
@@ -514,68 +613,23 @@ class SmartRetryAdapter(HTTPAdapter):
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
-        """The operation name in log lines: the policy's, a preset's, or ``METHOD host/path``."""
-        policy = self.policy
-        if policy.operation_name:
-            return policy.operation_name
-        if policy.name_request is not None:
-            try:
-                name = policy.name_request(request)
-            except Exception:
-                _log.exception("requests_smartretry: name_request hook failed")
-                name = None
-            if name:
-                return name
-        parts = urlsplit(request.url or "")
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return f"{request.method or 'GET'} {host}{parts.path or '/'}"
+        """The operation name in log lines and statistics: the policy's, a preset's, or
+        ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
+        return operation_name(self.policy, request)
 
     def service_for(self, request: requests.PreparedRequest) -> str:
         """The breaker/budget key: the policy's ``service``, or ``scheme://host``."""
-        if self.policy.service:
-            return self.policy.service
-        parts = urlsplit(request.url or "")
-        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        return service_name(self.policy, request)
 
     def is_idempotent(self, request: requests.PreparedRequest) -> bool:
         """Whether repeating ``request`` after it reached the server is safe."""
-        if (request.method or "GET").upper() in self.policy.idempotent_methods:
-            return True
-        if "Idempotency-Key" in request.headers:
-            return True
-        rule = self.policy.idempotent
-        if callable(rule):
-            try:
-                return bool(rule(request))
-            except Exception:
-                _log.exception("requests_smartretry: idempotent rule failed; assuming not")
-                return False
-        return rule
+        return is_idempotent(self.policy, request)
 
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        verdict: Optional[Classification] = None
-        hook = self.policy.classify_response
-        if hook is not None:
-            answer: object = None  # what a user's hook returns is checked, not trusted
-            try:
-                answer = hook(response)
-            except Exception:
-                _log.exception("requests_smartretry: classify_response hook failed; "
-                               "using the status table")
-            if isinstance(answer, Classification):
-                verdict = answer
-            elif answer is not None:
-                _log.error("requests_smartretry: classify_response hook returned %r, not a "
-                           "Classification or None; using the status table", answer)
-        if verdict is None:
-            verdict = classify_status(response.status_code, self.policy.retry_statuses)
-        if verdict.retryable and verdict.retry_after is None:
-            asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-            if asked is not None:
-                verdict = dataclasses.replace(verdict, retry_after=asked)
-        return verdict
+        return classify_http_response(response, self.policy.classify_response,
+                                      self.policy.retry_statuses)
 
     def prepare_attempt(
         self, request: requests.PreparedRequest, attempt: int
@@ -665,10 +719,18 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.error)
             if outcome.signal is not None and outcome.signal is not outcome.error:
                 redact_exception(outcome.signal)
+            if outcome.error is not None:
+                replay.rewind()  # an enclosing call that repeats the request finds the body whole
             if outcome.classification.retryable and outcome.veto is None:
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(outcome, idempotent, replay)
+                if outcome.veto is not None:
+                    # What this call refuses to repeat, an enclosing retrying call (the
+                    # callable API around this request) must not repeat either.
+                    for carrier in (outcome.error, outcome.value):
+                        if carrier is not None:
+                            mark_final(carrier, outcome.veto)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
@@ -765,6 +827,8 @@ class SmartRetryAdapter(HTTPAdapter):
             total_s = left if total_s is None else min(total_s, left)
         if total_s is not None:
             if total_s <= _MIN_SOCKET_TIMEOUT:
+                # Only an enclosing deadline can leave this little: the policy and
+                # send() refuse timeouts below MIN_TIMEOUT.
                 error = AttemptDeadlineExceeded(
                     "no time left for this attempt (enclosing deadline)", request=request)
                 return Outcome(_DEADLINE_BEFORE_SENDING, error=error, signal=error)
@@ -786,6 +850,10 @@ class SmartRetryAdapter(HTTPAdapter):
                 converted.__cause__ = exc
                 exc = converted
             if sent is not None:
+                if isinstance(exc, requests.exceptions.ContentDecodingError):
+                    undecodable = self._undecodable_status(sent, request, exc)
+                    if undecodable is not None:
+                        return undecodable
                 # A body read that failed (deadline, reset) leaves the socket referenced
                 # from the traceback; close it now rather than at garbage collection.
                 sent.close()
@@ -816,6 +884,25 @@ class SmartRetryAdapter(HTTPAdapter):
             request=request, response=response)
         return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
 
+    def _undecodable_status(
+        self, response: requests.Response, request: requests.PreparedRequest,
+        error: BaseException,
+    ) -> Optional[Outcome[requests.Response]]:
+        """A 5xx/429 whose body cannot be decoded (a corrupt gzip) keeps its status verdict:
+        the status, not the body, says the server failed.  ``None`` for other statuses
+        (the decoding error then stands)."""
+        # The status table alone (no vendor hook: it would read the body), Retry-After kept.
+        verdict = classify_http_response(response, None, self.policy.retry_statuses)
+        if not verdict.retryable:
+            return None
+        response.close()
+        response._content = b""  # what was read cannot be decoded; nothing more to read
+        signal = requests.HTTPError(
+            f"{response.status_code} {verdict.reason} (undecodable body) for "
+            f"{redact_url(request.url or '')}", request=request, response=response)
+        signal.__cause__ = error
+        return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
+
     @staticmethod
     def _deadline_outcome(
         total_s: Optional[float], request: requests.PreparedRequest,
@@ -843,7 +930,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
 
 def smart_session(
-    policy: Optional[RetryPolicy] = None, **options: Any
+    policy: Optional[RetryPolicy] = None, **options: Unpack[SessionOptions]
 ) -> requests.Session:
     """A ``requests.Session`` with one :class:`SmartRetryAdapter` mounted on both schemes.
 

@@ -3,38 +3,68 @@
 Read top to bottom: the first row that matches any exception in the cause chain wins, so
 the most specific facts (an errno, a DNS failure) come before the generic wrappers that
 urllib3 and requests put around them.
+
+Whether the request may have reached the server is not read from the errno: the kernel
+raises ``ETIMEDOUT``, ``EHOSTUNREACH`` or ``ECONNRESET`` on established connections too,
+after the request went out.  It is a fact about the attempt's *phase*, the table's second
+input: :data:`CONNECT` (TCP connect, TLS handshake, proxy tunnel, DNS, waiting for a pooled
+connection: not one byte of the request written) or :data:`SENDING` (the request was being
+written, or was written).  A row says whether its error *alone* proves that nothing was
+sent (a refusal, a DNS failure, urllib3's ``NewConnectionError``); every other row means
+"may have reached the server" unless the phase is :data:`CONNECT`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import logging
 import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import requests
 import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
-from .errors import AttemptDeadlineExceeded, CircuitOpenError
+from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
 from .events import Verdict
 
 __all__ = [
+    "CONNECT",
+    "SENDING",
     "Classification",
+    "attempt_phase",
     "classify_call_error",
     "classify_exception",
+    "classify_http_response",
     "classify_message",
     "classify_status",
+    "final_reason",
     "linked_exceptions",
+    "mark_connect_phase",
+    "mark_final",
     "status_of",
     "walk_causes",
 ]
 
 _MAX_CHAIN = 64
+
+#: The attempt failed before one byte of the request was written: nothing was sent.
+CONNECT = "connect"
+#: The request was being written (or was written): it may have reached the server.  A
+#: failure of the first write counts here too (``sendall`` may have written part of it).
+SENDING = "sending"
+
+# Set on an exception by the layer that saw where it happened (the adapter's connections;
+# the adapter, for a give-up the callable API must honour).  Attributes, not wrapper
+# types: the exception keeps the type an ``except`` clause already catches.
+_PHASE_ATTR = "_smartretry_phase"
+_FINAL_ATTR = "_smartretry_final"
 
 
 @dataclass(frozen=True)
@@ -127,18 +157,25 @@ def _is_tls_verification(e: BaseException) -> bool:
 
 _CHUNKED = requests.exceptions.ChunkedEncodingError
 
-# (predicate, verdict, reason, sent).  First match over the whole cause chain wins.
+# (predicate, verdict, reason, may_be_sent).  First match over the whole cause chain wins.
+# ``may_be_sent`` False: the error alone proves nothing was sent.  True: the request may
+# have reached the server, unless the attempt's phase is CONNECT.
 _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, bool], ...] = (
     (lambda e: isinstance(e, AttemptDeadlineExceeded), Verdict.TIMEOUT, "deadline", True),
     # An inner breaker refused without touching the network; retrying before it lets a
     # probe through only repeats the refusal.
     (lambda e: isinstance(e, CircuitOpenError), Verdict.PERMANENT, "circuit_open", False),
+    # A forged or unverifiable signed answer: repeating the request cannot make it true.
+    (lambda e: isinstance(e, ResponseSignatureError), Verdict.PERMANENT, "response_signature",
+     True),
     (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
     (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
     (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", False),
-    (_errno_in(errno.ENETUNREACH, errno.EHOSTUNREACH), Verdict.NETWORK, "EHOSTUNREACH", False),
     (_is_connect_timeout, Verdict.NETWORK, "ETIMEDOUT", False),
-    (_errno_in(errno.ETIMEDOUT), Verdict.NETWORK, "ETIMEDOUT", False),
+    # The kernel raises these on established connections too (retransmission timeout,
+    # keep-alive, TCP_USER_TIMEOUT): only the phase says whether the request went out.
+    (_errno_in(errno.ENETUNREACH, errno.EHOSTUNREACH), Verdict.NETWORK, "EHOSTUNREACH", True),
+    (_errno_in(errno.ETIMEDOUT), Verdict.NETWORK, "ETIMEDOUT", True),
     (_errno_in(errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED), Verdict.NETWORK,
      "ECONNRESET", True),
     (lambda e: isinstance(e, (u3.ReadTimeoutError, requests.exceptions.ReadTimeout,
@@ -158,17 +195,89 @@ _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, boo
 )
 
 
-def classify_exception(exc: BaseException) -> Classification:
+def mark_connect_phase(exc: BaseException) -> None:
+    """Record on ``exc`` that it happened before one byte of the request was written (the
+    adapter's connections call it for a failed TCP connect, TLS handshake or tunnel)."""
+    _mark(exc, _PHASE_ATTR, CONNECT)
+
+
+def mark_final(carrier: object, reason: str) -> None:
+    """Record on ``carrier`` (an exception, or the response an exception may carry) that
+    the layer which produced it decided the request must not be repeated (``"unsafe"``,
+    ``"not_replayable"``): an enclosing retrying call honours that."""
+    _mark(carrier, _FINAL_ATTR, reason)
+
+
+def _mark(carrier: object, name: str, value: str) -> None:
+    try:
+        setattr(carrier, name, value)
+    except (AttributeError, TypeError):  # an exception with __slots__ cannot carry it
+        pass
+
+
+def _phase_mark(e: BaseException) -> bool:
+    return getattr(e, _PHASE_ATTR, None) == CONNECT
+
+
+# What proves that a failure came before the first byte of the request: our connections'
+# record, or an error that only a connect can raise (urllib3 wraps every OSError of the TCP
+# connect in NewConnectionError; DNS; a connect timeout).
+_BEFORE_SENDING: tuple[Callable[[BaseException], bool], ...] = (
+    _phase_mark,
+    lambda e: isinstance(e, u3.NewConnectionError),
+    _is_dns_failure,
+    _is_connect_timeout,
+    _errno_in(errno.ECONNREFUSED),
+)
+
+
+def attempt_phase(exc: BaseException) -> str:
+    """The phase ``exc`` happened in, as recorded along its cause chain: :data:`CONNECT`
+    when something there proves no byte of the request was written, else
+    :data:`SENDING`."""
+    return _phase_in(list(walk_causes(exc)))
+
+
+def _phase_in(chain: list[BaseException]) -> str:
+    for node in chain:
+        if any(proves(node) for proves in _BEFORE_SENDING):
+            return CONNECT
+    return SENDING
+
+
+def final_reason(exc: BaseException) -> Optional[str]:
+    """Why an inner retrying layer decided ``exc`` must not be repeated (see
+    :func:`mark_final`), found anywhere in its cause chain; ``None`` if it did not."""
+    for node in walk_causes(exc):
+        # the exception itself, or the response it carries (raise_for_status() in fn)
+        try:
+            carriers = (node, getattr(node, "response", None))
+        except Exception:  # a caller's exception whose property raises: only itself
+            carriers = (node, None)
+        for carrier in carriers:
+            reason = getattr(carrier, _FINAL_ATTR, None)
+            if isinstance(reason, str):
+                return reason
+    return None
+
+
+def classify_exception(exc: BaseException, phase: Optional[str] = None) -> Classification:
     """Classify a transport exception by walking its cause chain through the table.
 
-    Anything the table does not know (a ``ValueError`` from a bad body, the caller's own
-    errors) is ``BUSINESS``: never retried.
+    ``phase`` is where the attempt failed (:data:`CONNECT` or :data:`SENDING`); by default
+    what the chain records (:func:`attempt_phase`).  A failure in :data:`CONNECT` sent
+    nothing, whatever its errno.  Anything the table does not know (a ``ValueError`` from a
+    bad body, the caller's own errors) is ``BUSINESS``: never retried.
     """
+    if phase not in (None, CONNECT, SENDING):
+        raise ValueError(f"phase must be {CONNECT!r}, {SENDING!r} or None, got {phase!r}")
     chain = list(walk_causes(exc))
-    for predicate, verdict, reason, sent in _EXCEPTION_TABLE:
+    if phase is None:
+        phase = _phase_in(chain)
+    for predicate, verdict, reason, may_be_sent in _EXCEPTION_TABLE:
         if any(predicate(node) for node in chain):
-            return Classification(verdict, reason, sent=sent)
-    return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)
+            return Classification(verdict, reason, sent=may_be_sent and phase != CONNECT)
+    return Classification(Verdict.BUSINESS, type(exc).__name__, sent=phase != CONNECT)
 
 
 _TIMEOUT_WORDS = ("超时", "timeout", "timed out")
@@ -274,3 +383,39 @@ def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> C
     if by_message is not None:
         return by_message
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)
+
+
+# -- a whole response: the policy's vendor hook, then the status column ----------------------
+
+_log = logging.getLogger("requests_smartretry")
+
+
+def classify_http_response(
+    response: Any,
+    hook: Optional[Callable[[Any], Optional[Classification]]],
+    retry_statuses: frozenset[int],
+) -> Classification:
+    """The verdict on a response (a ``requests`` or an ``httpx`` one: ``status_code`` and
+    ``headers.get`` are all it reads): the vendor ``hook`` first, then the status table,
+    with ``Retry-After`` attached for retryable verdicts.  A hook that raises or returns
+    something else than a :class:`Classification` or ``None`` is logged and ignored."""
+    verdict: Optional[Classification] = None
+    if hook is not None:
+        answer: object = None  # what a user's hook returns is checked, not trusted
+        try:
+            answer = hook(response)
+        except Exception:
+            _log.exception("requests_smartretry: classify_response hook failed; "
+                           "using the status table")
+        if isinstance(answer, Classification):
+            verdict = answer
+        elif answer is not None:
+            _log.error("requests_smartretry: classify_response hook returned %r, not a "
+                       "Classification or None; using the status table", answer)
+    if verdict is None:
+        verdict = classify_status(response.status_code, retry_statuses)
+    if verdict.retryable and verdict.retry_after is None:
+        asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        if asked is not None:
+            verdict = dataclasses.replace(verdict, retry_after=asked)
+    return verdict

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -71,13 +72,20 @@ class FaultServer:
     """A threaded HTTP/1.1 server on ``127.0.0.1:0`` with scripted faults (see module doc).
 
     ``handlers`` maps a route prefix to a custom ``handler(server, sock, request)`` for
-    scenarios the paths do not cover (vendor fakes).  Safe to use from many threads.
+    scenarios the paths do not cover (vendor fakes).  ``tls`` (a server-side
+    ``ssl.SSLContext``) serves HTTPS; ``stalled_handshakes`` is how many of the next TLS
+    handshakes it leaves unanswered (the client's handshake stalls until it gives up).
+    Only complete requests are recorded and served: one cut short (headers or body) is
+    never executed.  Safe to use from many threads.
     """
 
-    def __init__(self, handlers: Optional[dict[str, Handler]] = None) -> None:
+    def __init__(self, handlers: Optional[dict[str, Handler]] = None, *,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=256)
         self.port = int(self._listener.getsockname()[1])
         self.handlers = dict(handlers or {})
+        self.tls = tls
+        self.stalled_handshakes = 0
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._sequences: dict[str, int] = {}
@@ -120,7 +128,8 @@ class FaultServer:
 
     def url(self, path: str = "/ok") -> str:
         """The full URL of ``path`` on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
     def hits(self, route: Optional[str] = None) -> int:
         """How many requests reached the server (for ``route``, a path without query)."""
@@ -155,6 +164,11 @@ class FaultServer:
             worker.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            secured = self._handshake(conn)
+            if secured is None:
+                return
+            conn = secured
         reader = conn.makefile("rb")
         try:
             while not self._stopping.is_set():
@@ -174,6 +188,34 @@ class FaultServer:
                 reader.close()
             with contextlib.suppress(OSError):
                 conn.close()
+
+    def _handshake(self, conn: socket.socket) -> Optional[socket.socket]:
+        """The TLS side of a new connection (``None``: it ended before any request)."""
+        assert self.tls is not None
+        with self._lock:
+            stall = self.stalled_handshakes > 0
+            if stall:
+                self.stalled_handshakes -= 1
+        secured: Optional[socket.socket] = None
+        try:
+            conn.settimeout(5.0)  # a client that never says hello does not hold a thread
+            if stall:  # read the ClientHello and never answer, until the client gives up
+                while not self._stopping.is_set() and conn.recv(4096):
+                    pass
+                return None
+            secured = self.tls.wrap_socket(conn, server_side=True)
+            secured.settimeout(None)
+            return secured
+        except (OSError, ValueError):
+            return None
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+                if secured is not None:
+                    self._conns.add(secured)
+            if secured is None:
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     def _next_step(self, key: str, steps: list[str]) -> str:
         with self._lock:
@@ -270,8 +312,10 @@ def _head(status: int, headers: dict[str, str]) -> bytes:
 
 
 def _read_request(reader: Any) -> Optional[RecordedRequest]:
+    """The next complete request, or ``None`` (the connection ended, possibly mid-request:
+    a request cut short is never executed)."""
     line = reader.readline(65537)
-    if not line:
+    if not line.endswith(b"\n"):
         return None
     try:
         method, path, _version = line.decode("latin-1").split(" ", 2)
@@ -280,21 +324,33 @@ def _read_request(reader: Any) -> Optional[RecordedRequest]:
     headers: dict[str, str] = {}
     while True:
         raw = reader.readline(65537)
-        if raw in (b"\r\n", b"\n", b""):
+        if not raw.endswith(b"\n"):
+            return None  # the head was cut short
+        if raw in (b"\r\n", b"\n"):
             break
         name, _, value = raw.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    body = b""
+    body: Optional[bytes] = b""
     if "content-length" in headers:
-        body = reader.read(int(headers["content-length"]))
+        length = int(headers["content-length"])
+        body = reader.read(length)
+        if body is not None and len(body) < length:
+            body = None
     elif headers.get("transfer-encoding", "").lower() == "chunked":
-        pieces = []
-        while True:
-            size = int(reader.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                reader.readline()
-                break
-            pieces.append(reader.read(size))
-            reader.readline()
-        body = b"".join(pieces)
-    return RecordedRequest(method, path, headers, body)
+        body = _read_chunked(reader)
+    return None if body is None else RecordedRequest(method, path, headers, body)
+
+
+def _read_chunked(reader: Any) -> Optional[bytes]:
+    pieces: list[bytes] = []
+    while True:
+        size_line = reader.readline()
+        if not size_line.endswith(b"\n"):
+            return None
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return b"".join(pieces) if reader.readline().endswith(b"\n") else None
+        piece = reader.read(size)
+        if piece is None or len(piece) < size or not reader.readline().endswith(b"\n"):
+            return None
+        pieces.append(piece)

@@ -36,6 +36,23 @@ Nesting.  A retrying call made inside ``fn`` (a ``smart_session()`` request, ano
 attempt: the outer call does the retrying, so attempts never multiply (2, not 2×2).  A
 policy with ``nested="retry"`` retries as configured inside each outer attempt (2×2 = 4).
 
+What the callable API knows, and what it cannot.  It sees only the exception ``fn`` raised.
+It knows what a ``SmartRetryAdapter`` request inside ``fn`` recorded on its error: that it
+gave up as ``unsafe`` (it may have reached the server and is not idempotent) or
+``not_replayable`` (a body that was partly sent and cannot be sent again) — such a failure is
+final for the outer call too, also when ``fn`` wraps it (``raise ... from``) or turns the
+response into an ``HTTPError`` with ``raise_for_status()`` — and that a failure came before
+one byte of the request was written (TCP connect, TLS handshake, proxy tunnel).  Of plain
+``requests`` and other urllib3 users it knows only what the exception types say: urllib3's
+connect errors (``NewConnectionError``, ``ConnectTimeout``), DNS failures and refusals came
+before sending.  It cannot know where any other failure happened (a plain-requests TLS
+handshake timeout looks like a read timeout; an SDK's own errors say nothing), nor whether an
+attempt abandoned at its deadline sent anything: those count as "may have reached the
+server".  So with an explicit ``idempotent=False`` only failures known to precede sending are
+retried (refused, DNS, connect-phase errors, 429/503 that say the server did not act) plus
+the caller's own ``retry_on`` types and ``classify`` answers; without it, the table decides,
+as in the seed.
+
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
 such code pass ``run_in_thread=False``: ``fn`` then runs in the caller's thread and the
@@ -54,9 +71,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
-from .classify import Classification, classify_call_error
+from .classify import Classification, classify_call_error, final_reason
 from .deadline import remaining, retry_scope
 from .engine import (
     BreakerGate,
@@ -76,7 +94,9 @@ from .redact import redact_exception
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, Unpack
+
+    from .options import CallOptions
 
     P = ParamSpec("P")
 
@@ -268,8 +288,8 @@ def abandoned_attempts() -> int:
 class _Config:
     """Everything one call (or one decorated function) needs, validated once."""
 
-    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "policy", "run_in_thread",
-                 "sleep")
+    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
+                 "run_in_thread", "sleep")
 
     def __init__(
         self,
@@ -284,9 +304,12 @@ class _Config:
         run_in_thread: bool,
         retry_on: Optional[RetryOn],
         classify: Optional[ErrorClassifier],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         caller: str,
     ) -> None:
+        # Only an explicit idempotent=False restricts retries to failures known to precede
+        # sending: the policy's default (also False) keeps the seed's behaviour.
+        not_idempotent = options.get("idempotent") is False
         policy = resolve_policy(policy, options, f"{caller}()")
         check_clocks(sleep, clock)
         _check_bool("run_in_thread", run_in_thread)
@@ -308,7 +331,9 @@ class _Config:
         self.sleep = sleep
         self.clock = clock
         self.run_in_thread = run_in_thread
-        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify)
+        self.not_idempotent = not_idempotent
+        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify,
+                                    not_idempotent)
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -325,30 +350,60 @@ def _check_retry_on(retry_on: Any) -> None:
             )
 
 
+# Table reasons no variant retries (not even retry_on=, which extends only the table).
+_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
+
+
 def _classifier(
     smart: bool,
     retry_statuses: frozenset[int],
     retry_on: Optional[RetryOn],
     classify: Optional[ErrorClassifier],
-) -> Callable[[BaseException], Classification]:
-    """The verdict on an exception raised by ``fn``: the caller's ``classify`` first, then
-    ``retry_on``, then the table; the basic variant retries whatever the table says."""
+    not_idempotent: bool = False,
+) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
+    """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
 
-    def verdict(error: BaseException) -> Classification:
+    First what an inner retrying layer marked final (a smart-session request that gave up
+    as ``unsafe`` or ``not_replayable``: repeating ``fn`` would resend it); then the
+    caller's ``classify``, then ``retry_on``, then the table; the basic variant retries
+    whatever the table says.  With ``not_idempotent`` (an explicit ``idempotent=False``)
+    a table verdict is retried only when it is safe to repeat: nothing was sent (refused,
+    DNS, a connect-phase failure) or the server said it did not act (429, 503).  The
+    caller's own ``classify`` / ``retry_on`` answers are theirs to make.
+    """
+
+    def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
+        final = final_reason(error)
+        if final is not None:
+            return classify_call_error(error, retry_statuses), final
         if classify is not None:
             decided = _ask(classify, error)
             if decided is not None:
-                return decided
+                return decided, None
         table = classify_call_error(error, retry_statuses)
-        if table.retryable or table.reason == "circuit_open":
-            # an open breaker inside fn refuses again at once: even the basic variant,
-            # which retries anything else, would only sleep and repeat the refusal
-            return table
-        if not smart or (retry_on is not None and isinstance(error, retry_on)):
-            return Classification(Verdict.ERROR, table.reason, sent=table.sent)
-        return table
+        if table.reason in _FINAL_REASONS:
+            # an open breaker inside fn refuses again at once, and a forged answer stays
+            # forged: even the basic variant, which retries anything else, would only
+            # sleep and repeat the refusal
+            return table, None
+        if retry_on is not None and isinstance(error, retry_on):
+            if not table.retryable:
+                table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, None
+        if table.retryable:
+            return table, _unsafe(table, not_idempotent)
+        if not smart:
+            table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, _unsafe(table, not_idempotent)
+        return table, None
 
     return verdict
+
+
+def _unsafe(verdict: Classification, not_idempotent: bool) -> Optional[str]:
+    """``"unsafe"`` when the operation is not idempotent and ``verdict`` may have reached a
+    server that acted on it."""
+    return "unsafe" if not_idempotent and not verdict.safe_to_repeat else None
 
 
 def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
@@ -453,7 +508,8 @@ def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) 
             f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
             "abandoned and may still be running in the background")
         return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=True),
-                       error=error, signal=error)
+                       error=error, signal=error,
+                       veto="unsafe" if config.not_idempotent else None)
     if job.error is not None:
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
             raise job.error
@@ -474,7 +530,8 @@ def _succeeded(value: R, operation: str) -> Outcome[R]:
 
 def _failed(error: Exception, config: _Config) -> Outcome[Any]:
     redact_exception(error)  # hooks, on_retry and the caller never see a credential
-    return Outcome(config.classify(error), error=error, signal=error)
+    verdict, veto = config.classify(error)
+    return Outcome(verdict, error=error, signal=error, veto=veto)
 
 
 # -- the public functions ------------------------------------------------------------------
@@ -491,7 +548,7 @@ def execute_with_retry(
     clock: Callable[[], float] = time.monotonic,
     run_in_thread: bool = True,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
@@ -525,7 +582,7 @@ def execute_with_smart_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
@@ -533,8 +590,10 @@ def execute_with_smart_retry(
     (``TimeoutError``, ``requests`` timeouts, a timed-out attempt), exceptions carrying an
     HTTP ``status`` / ``status_code`` / ``response.status_code`` of 5xx or 429 (the policy's
     ``retry_statuses``), and messages containing 超时 or "timeout".  Everything else (4xx,
-    the caller's business errors) is raised after one attempt.  Extend the table with
-    ``retry_on=(MyError, ...)`` or ``classify(error) -> Classification | bool | None``::
+    the caller's business errors) is raised after one attempt.  ``idempotent=False``
+    narrows it to failures known to precede sending (see the module doc).  Extend the
+    table with ``retry_on=(MyError, ...)`` or ``classify(error) -> Classification | bool |
+    None``::
 
         result = execute_with_smart_retry(lambda: sdk.query(order_id), timeout=10.0,
                                           retry_on=sdk.BusyError)
@@ -561,7 +620,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[P, R]: ...
 
 
@@ -580,7 +639,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -598,7 +657,7 @@ def with_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.

@@ -14,12 +14,15 @@ from .events import Hook, Verdict
 
 if TYPE_CHECKING:
     import requests
+    from typing_extensions import Unpack
 
     from .classify import Classification
+    from .options import PolicyOptions
 
 __all__ = [
     "DEFAULT_IDEMPOTENT_METHODS",
     "DEFAULT_RETRY_STATUSES",
+    "MIN_TIMEOUT",
     "RetryPolicy",
     "VerdictRule",
     "resolve_policy",
@@ -27,6 +30,9 @@ __all__ = [
 
 #: 429 and every 5xx.
 DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
+#: The shortest timeout an attempt can honour (seconds): below it, the deadline passes
+#: before the connection is even made, and no attempt would ever send.
+MIN_TIMEOUT = 0.01
 #: RFC 9110's idempotent methods.
 DEFAULT_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
@@ -105,12 +111,12 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, minimum=0)
-        _check_positive("timeout", self.timeout)
+        check_timeout("timeout", self.timeout)
         if self.deadline is not None:
             _check_positive("deadline", self.deadline)
             object.__setattr__(self, "deadline", float(self.deadline))
         if self.connect_timeout is not None:
-            _check_positive("connect_timeout", self.connect_timeout)
+            check_timeout("connect_timeout", self.connect_timeout)
         _check_non_negative("backoff_base", self.backoff_base)
         _check_non_negative("backoff_max", self.backoff_max)
         _check_positive("backoff_multiplier", self.backoff_multiplier)
@@ -175,8 +181,8 @@ class RetryPolicy:
         shown = []
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            default = (spec.default if spec.default is not dataclasses.MISSING
-                       else spec.default_factory())  # type: ignore[operator]
+            factory: Any = spec.default_factory
+            default = spec.default if spec.default is not dataclasses.MISSING else factory()
             if spec.name in always or (spec.repr and value != default):
                 shown.append(f"{spec.name}={value!r}")
         return f"RetryPolicy({', '.join(shown)})"
@@ -186,9 +192,12 @@ class RetryPolicy:
         """``max_retries + 1``."""
         return self.max_retries + 1
 
-    def replace(self, **changes: Any) -> RetryPolicy:
+    def replace(self, **changes: Unpack[PolicyOptions]) -> RetryPolicy:
         """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
+        # Typed keywords for callers; validated by __post_init__, which accepts any
+        # collection for the statuses and methods and a list of hooks.
+        fields: dict[str, Any] = {**changes}
+        return dataclasses.replace(self, **fields)
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -200,7 +209,7 @@ class RetryPolicy:
         return self.per_verdict.get(verdict)
 
 
-def resolve_policy(policy: Any, options: dict[str, Any], caller: str) -> RetryPolicy:
+def resolve_policy(policy: Any, options: Mapping[str, Any], caller: str) -> RetryPolicy:
     """The policy a caller asked for: ``policy=`` with its keyword overrides, or one built
     from the keywords alone; unknown keywords are refused naming ``caller``."""
     unknown = set(options) - RetryPolicy.field_names()
@@ -232,6 +241,14 @@ def _check_number(name: str, value: Any) -> float:
 def _check_positive(name: str, value: Any) -> None:
     if _check_number(name, value) <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_timeout(name: str, value: Any) -> None:
+    """``value`` must be a number of seconds an attempt can honour (>= :data:`MIN_TIMEOUT`)."""
+    _check_positive(name, value)
+    if value < MIN_TIMEOUT:
+        raise ValueError(f"{name} must be at least {MIN_TIMEOUT:g}s (a shorter attempt ends "
+                         f"before its connection is made, and never sends), got {value!r}")
 
 
 def _check_non_negative(name: str, value: Any) -> None:

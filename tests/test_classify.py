@@ -176,3 +176,37 @@ def test_real_reset_from_requests() -> None:
         requests.get(server.url("/reset"), timeout=5)
     result = classify_exception(caught.value)
     assert (result.reason, result.sent) == ("ECONNRESET", True)
+
+
+@pytest.mark.parametrize("code", [errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                  errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED])
+def test_an_errno_means_nothing_sent_only_in_the_connect_phase(code: int) -> None:
+    """The same errno is safe to retry before the first request byte was written and
+    "may have reached the server" after it: the phase decides, not the errno."""
+    from requests_smartretry.classify import CONNECT, SENDING
+
+    after = requests.exceptions.ConnectionError(
+        u3.ProtocolError("Connection aborted.", OSError(code, "x")))
+    assert classify_exception(after).sent is True
+    assert classify_exception(after, SENDING).sent is True
+    assert classify_exception(after, CONNECT).sent is False
+    assert classify_exception(after).verdict is classify_exception(after, CONNECT).verdict
+
+
+def test_a_connect_phase_mark_anywhere_in_the_chain_means_nothing_sent() -> None:
+    """An error the adapter's connection marked as raised while connecting (a reset
+    during the TLS handshake) classifies as sent=False when wrapped as requests does."""
+    from requests_smartretry.classify import CONNECT, attempt_phase, mark_connect_phase
+
+    handshake = ConnectionResetError(errno.ECONNRESET, "reset during handshake")
+    mark_connect_phase(handshake)
+    error = requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.",
+                                                                 handshake))
+    assert attempt_phase(error) == CONNECT
+    assert classify_exception(error).sent is False
+
+
+def test_an_unknown_phase_is_refused_by_name() -> None:
+    """A phase that is not one of the two is a clear error naming it."""
+    with pytest.raises(ValueError, match=r"phase must be.*'written'"):
+        classify_exception(OSError(errno.ECONNRESET, "x"), "written")

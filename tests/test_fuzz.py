@@ -38,6 +38,7 @@ from requests_smartretry.backoff import (
 from requests_smartretry.classify import classify_exception, classify_status, walk_causes
 from requests_smartretry.engine import CallInfo, Outcome, run_call
 from requests_smartretry.faultserver import FaultServer, RecordedRequest
+from requests_smartretry.policy import MIN_TIMEOUT
 from requests_smartretry.redact import redact_exception, redact_text, redact_url
 
 FAST = settings(max_examples=300, deadline=None)
@@ -236,7 +237,7 @@ def test_policy_accepts_or_names_the_bad_value(**kwargs: Any) -> None:
 valid_policies = st.builds(
     RetryPolicy,
     max_retries=st.integers(0, 6),
-    timeout=st.floats(min_value=1e-6, max_value=1e6),
+    timeout=st.floats(min_value=MIN_TIMEOUT, max_value=1e6),  # below it: refused
     backoff_base=st.floats(min_value=0, max_value=10),
     backoff_multiplier=st.floats(min_value=1, max_value=1e300),
     backoff_max=st.floats(min_value=10, max_value=1e12),
