@@ -12,7 +12,7 @@ these give a type checker, and a reader, the exact types::
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Protocol, Union
 
 import requests
 
@@ -21,6 +21,20 @@ from .redact import redact_url
 from .stats import Stats
 
 __all__ = ["adapter_of", "stats_of"]
+
+
+class _Counting(Protocol):
+    """Anything that carries a :class:`Stats` (``SmartRetryTransport`` for httpx)."""
+
+    @property
+    def stats(self) -> Optional[Stats]: ...
+
+
+class _SmartClient(Protocol):
+    """An httpx client built by ``smart_client()`` / ``video_client()``."""
+
+    @property
+    def smart_transport(self) -> _Counting: ...
 
 
 def adapter_of(session: requests.Session, url: str = "https://") -> SmartRetryAdapter:
@@ -36,11 +50,24 @@ def adapter_of(session: requests.Session, url: str = "https://") -> SmartRetryAd
     return adapter
 
 
-def stats_of(target: Union[requests.Session, SmartRetryAdapter], url: str = "https://") -> Stats:
-    """The :class:`Stats` of a session's adapter for ``url`` (or of an adapter itself);
-    ``ValueError`` if that adapter was built with ``stats=False``."""
-    adapter = target if isinstance(target, SmartRetryAdapter) else adapter_of(target, url)
-    stats = adapter.stats
+def stats_of(
+    target: Union[requests.Session, SmartRetryAdapter, _Counting, _SmartClient],
+    url: str = "https://",
+) -> Stats:
+    """The :class:`Stats` of a session's adapter for ``url``, of an adapter or httpx
+    transport itself, or of a ``smart_client()``'s transport; ``ValueError`` if it was built
+    with ``stats=False``."""
+    counting: _Counting
+    if isinstance(target, requests.Session):
+        counting = adapter_of(target, url)
+    elif hasattr(target, "smart_transport"):
+        counting = target.smart_transport
+    elif hasattr(target, "stats"):
+        counting = target
+    else:
+        raise TypeError("stats_of takes a requests.Session, a SmartRetryAdapter, a "
+                        f"SmartRetryTransport or a smart_client(), got {target!r}")
+    stats = counting.stats
     if stats is None:
-        raise ValueError(f"{adapter!r} counts nothing (it was built with stats=False)")
+        raise ValueError(f"{counting!r} counts nothing (it was built with stats=False)")
     return stats

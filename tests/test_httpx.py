@@ -292,3 +292,18 @@ def test_a_wait_for_a_busy_pool_ends_at_the_deadline_and_sends_nothing(
     assert sleeps.waits == [1.0]
     assert server.hits("/seq/pooled") == 0
     assert 0.6 <= took < 0.6 + 0.5  # two attempts of 0.3 s; generous under load
+
+
+def test_stats_of_reads_a_smart_client_and_its_transport(server: FaultServer) -> None:
+    """``stats_of`` gives the same typed ``Stats`` for a smart client and for its transport,
+    and refuses what counts nothing."""
+    from requests_smartretry import stats_of
+
+    client = smart_client(operation_name="计数", log=False)
+    client.get(server.url("/ok"))
+    assert stats_of(client) is stats_of(client.smart_transport)
+    assert stats_of(client).snapshot()["计数"]["requests"] == 1
+    with pytest.raises(ValueError, match="counts nothing"):
+        stats_of(smart_client(stats=False))
+    with pytest.raises(TypeError, match="stats_of takes"):
+        stats_of(object())  # type: ignore[arg-type]
