@@ -17,6 +17,7 @@ from requests_smartretry.classify import Classification
 from requests_smartretry.cli import main
 from requests_smartretry.deadline import remaining
 from requests_smartretry.engine import CallInfo, Outcome, run_call
+from requests_smartretry.errors import AttemptDeadlineExceeded
 from requests_smartretry.events import Verdict
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.presets.ark import video_session
@@ -173,3 +174,18 @@ def test_a_callable_still_running_at_the_deadline_is_abandoned() -> None:
         execute_with_retry(lambda: time.sleep(3), timeout=30.0, deadline=0.3,
                            max_retries=2, log=False)
     assert time.monotonic() - started < 1.5
+
+
+def test_the_httpx_client_takes_the_deadline_too(server: FaultServer) -> None:
+    """smart_client(timeout=0.5, deadline=0.8): attempt 1 cut at 0.5 s, attempt 2 at 0.8 s."""
+    pytest.importorskip("httpx")
+    from requests_smartretry.httpx import smart_client
+
+    client = smart_client(max_retries=5, timeout=0.5, deadline=0.8, backoff_base=0.05,
+                          log=False)
+    started = time.monotonic()
+    with pytest.raises(AttemptDeadlineExceeded) as caught:
+        client.get(server.url("/hang?seconds=5"))
+    assert time.monotonic() - started < 1.5
+    assert caught.value.retry_history[-1].give_up_reason == "deadline"  # type: ignore[attr-defined]
+    assert server.hits("/hang") == 2
