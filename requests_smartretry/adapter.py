@@ -66,6 +66,8 @@ __all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
 _log = logging.getLogger("requests_smartretry")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
 _DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
+# A streamed body's read that fails once the call has returned: the server answered.
+_BODY_READ_FAILED = Classification(Verdict.NETWORK, "body_read", sent=True)
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
 
@@ -246,6 +248,32 @@ if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x 
 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
+
+
+def _mark_body_failures(raw: Any, reason: str) -> None:
+    """Make a failed read of a streamed (``stream=True``) body carry the veto ``reason``
+    the adapter would have given it (:func:`classify.mark_final`), so that an enclosing
+    retrying call (the callable API) does not repeat what this call would not.  Only for
+    such responses: the success path is untouched."""
+    read, stream = getattr(raw, "read", None), getattr(raw, "stream", None)
+    if read is None or stream is None:
+        return
+
+    def guarded_read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(*args, **kwargs)
+        except Exception as exc:
+            mark_final(exc, reason)
+            raise
+
+    def guarded_stream(*args: Any, **kwargs: Any) -> Any:
+        try:
+            yield from stream(*args, **kwargs)
+        except Exception as exc:
+            mark_final(exc, reason)
+            raise
+
+    raw.read, raw.stream = guarded_read, guarded_stream
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
@@ -704,7 +732,7 @@ class SmartRetryAdapter(HTTPAdapter):
             if outcome.classification.retryable:
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
-                outcome.veto = self._veto(outcome, idempotent, replay)
+                outcome.veto = self._veto(outcome.classification, idempotent, replay)
                 if outcome.veto is not None:
                     # What this call refuses to repeat, an enclosing retrying call (the
                     # callable API around this request) must not repeat either.
@@ -718,6 +746,12 @@ class SmartRetryAdapter(HTTPAdapter):
                             clock=self._clock, closed=self._is_closed)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
+        if stream:  # the body is read later, outside this call's retries
+            if idempotent is None:
+                idempotent = self.is_idempotent(request)
+            veto = self._veto(_BODY_READ_FAILED, idempotent, replay)
+            if veto is not None:
+                _mark_body_failures(response.raw, veto)
         return response
 
     def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
@@ -840,10 +874,8 @@ class SmartRetryAdapter(HTTPAdapter):
         return Outcome(classify_exception(cut), error=cut, signal=cut)
 
     @staticmethod
-    def _veto(
-        outcome: Outcome[requests.Response], idempotent: bool, replay: _BodyReplay
-    ) -> Optional[str]:
-        verdict = outcome.classification  # a retryable one: nothing vetoes the others
+    def _veto(verdict: Classification, idempotent: bool, replay: _BodyReplay) -> Optional[str]:
+        # verdict: a retryable one (nothing vetoes the others)
         if verdict.sent and not replay.replayable:
             return "not_replayable"
         if not verdict.safe_to_repeat and not idempotent:

@@ -345,3 +345,23 @@ def test_a_fallback_after_a_refused_first_try_is_not_resent_with_idempotent_fals
     with pytest.raises(requests.exceptions.ConnectionError):
         execute_with_smart_retry(pay, idempotent=False, max_retries=1)
     assert edge_server.hits("/reset") == 1
+
+
+def test_a_streamed_body_that_fails_later_keeps_the_sessions_verdict(
+    edge_server: FaultServer,
+) -> None:
+    """With stream=True the body is read after the session returned; when that read is cut,
+    the callable API around it does not repeat the POST (as with stream=False), but still
+    repeats a GET."""
+    session = smart_session(max_retries=1)
+
+    def read(method: str) -> bytes:
+        return session.request(method, edge_server.url("/midreset?count=1000"),
+                               data=PAYLOAD, stream=True).content
+
+    with pytest.raises(_BROKEN):
+        execute_with_smart_retry(lambda: read("POST"), max_retries=1)
+    assert edge_server.hits("/midreset") == 1
+    with pytest.raises(_BROKEN):
+        execute_with_smart_retry(lambda: read("GET"), max_retries=1)
+    assert edge_server.hits("/midreset") == 3
