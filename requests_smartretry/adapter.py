@@ -746,12 +746,6 @@ class SmartRetryAdapter(HTTPAdapter):
                             clock=self._clock, closed=self._is_closed)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
-        if stream:  # the body is read later, outside this call's retries
-            if idempotent is None:
-                idempotent = self.is_idempotent(request)
-            veto = self._veto(_BODY_READ_FAILED, idempotent, replay)
-            if veto is not None:
-                _mark_body_failures(response.raw, veto)
         return response
 
     def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
@@ -796,7 +790,9 @@ class SmartRetryAdapter(HTTPAdapter):
                 request, stream=True,
                 timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
                 verify=verify, cert=cert, proxies=proxies)
-            if not stream:
+            if stream:  # the body is read later, after this call's retries
+                self._guard_streamed_body(response, request)
+            else:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
             if isinstance(exc, PoolWaitExpired):  # requests lets it through as it is
@@ -872,6 +868,16 @@ class SmartRetryAdapter(HTTPAdapter):
         if cause is not None:
             cut.__cause__ = cause
         return Outcome(classify_exception(cut), error=cut, signal=cut)
+
+    def _guard_streamed_body(
+        self, response: requests.Response, request: requests.PreparedRequest
+    ) -> None:
+        """A later failed read of ``response``'s streamed body is vetoed (marked final) as
+        a failure after sending would be: an enclosing call must not repeat it."""
+        replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        veto = self._veto(_BODY_READ_FAILED, self.is_idempotent(request), replay)
+        if veto is not None:
+            _mark_body_failures(response.raw, veto)
 
     @staticmethod
     def _veto(verdict: Classification, idempotent: bool, replay: _BodyReplay) -> Optional[str]:
