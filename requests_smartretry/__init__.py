@@ -9,6 +9,7 @@ budgets for ``requests`` sessions.
     response = session.post("https://api.example.com/v1/tasks", json={"prompt": "..."})
 """
 
+from .accessors import adapter_of, stats_of
 from .adapter import SmartRetryAdapter, smart_session
 from .alerts import RetryRateAlert, RetryRateExceeded
 from .breaker import CircuitBreaker
@@ -65,6 +66,7 @@ __all__ = [
     "Stats",
     "Verdict",
     "VerdictRule",
+    "adapter_of",
     "attempt_history",
     "execute_with_retry",
     "execute_with_smart_retry",
@@ -75,6 +77,7 @@ __all__ = [
     "reset_state",
     "set_testing",
     "smart_session",
+    "stats_of",
     "video_adapter",
     "video_session",
     "with_retry",

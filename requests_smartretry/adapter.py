@@ -16,13 +16,12 @@ Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vend
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import logging
 import numbers
 import socket
 import threading
 import time
-from typing import Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -34,15 +33,15 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
-from .backoff import parse_retry_after
-from .budget import DEFAULT_BUDGET, RetryBudget
+from .budget import DEFAULT_BUDGET
 from .classify import (
     Classification,
     classify_exception,
-    classify_status,
+    classify_http_response,
     mark_connect_phase,
     mark_final,
 )
+from .collaborators import resolve_collaborators
 from .deadline import Watch, active_watch, current_scope
 from .engine import (
     BreakerGate,
@@ -57,11 +56,22 @@ from .engine import (
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
 from .policy import RetryPolicy, check_timeout, resolve_policy
-from .redact import redact_exception, redact_url
-from .state import resolve_store
+from .redact import path_template, redact_exception, redact_url
 from .stats import Stats
 
-__all__ = ["SmartRetryAdapter", "previous_attempts", "smart_session"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import AdapterOptions, SessionOptions
+
+__all__ = [
+    "SmartRetryAdapter",
+    "is_idempotent",
+    "operation_name",
+    "previous_attempts",
+    "service_name",
+    "smart_session",
+]
 
 _log = logging.getLogger("requests_smartretry")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
@@ -444,6 +454,50 @@ def _policy_from_urllib3(retry: Retry) -> RetryPolicy:
     return RetryPolicy(**derived)
 
 
+def operation_name(policy: RetryPolicy, request: Any) -> str:
+    """The operation name for ``request`` (anything with ``method`` and a ``url`` string, as
+    a ``PreparedRequest``): the policy's, its ``name_request`` hook's, or
+    ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
+    if policy.operation_name:
+        return policy.operation_name
+    if policy.name_request is not None:
+        try:
+            name = policy.name_request(request)
+        except Exception:
+            _log.exception("requests_smartretry: name_request hook failed")
+            name = None
+        if name:
+            return name
+    parts = urlsplit(request.url or "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
+
+
+def service_name(policy: RetryPolicy, request: Any) -> str:
+    """The breaker/budget key for ``request``: the policy's ``service``, or ``scheme://host``."""
+    if policy.service:
+        return policy.service
+    parts = urlsplit(request.url or "")
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
+    """Whether repeating ``request`` after it reached the server is safe: an idempotent
+    method, an ``Idempotency-Key`` header, or the policy's ``idempotent`` rule."""
+    if (request.method or "GET").upper() in policy.idempotent_methods:
+        return True
+    if "Idempotency-Key" in request.headers:
+        return True
+    rule = policy.idempotent
+    if callable(rule):
+        try:
+            return bool(rule(request))
+        except Exception:
+            _log.exception("requests_smartretry: idempotent rule failed; assuming not")
+            return False
+    return rule
+
+
 class SmartRetryAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` that gives every request a deadline and classified retries.
 
@@ -493,45 +547,26 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
-        hooks: tuple[Hook, ...] = (),
+        hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         pool_connections: int = 10,
         pool_maxsize: int = 10,
         pool_block: bool = False,
-        **policy_options: Any,
+        **policy_options: Unpack[AdapterOptions],
     ) -> None:
         if isinstance(policy_options.get("max_retries"), Retry):
             if policy is not None:
                 raise TypeError("pass either policy= or a urllib3 Retry as max_retries, "
                                 "not both")
-            policy = _policy_from_urllib3(policy_options.pop("max_retries"))
+            policy = _policy_from_urllib3(
+                policy_options.pop("max_retries"))  # type: ignore[arg-type]  # a Retry
         policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
         check_clocks(sleep, clock)
         hooks = check_hooks(hooks)
-        # stats: None gives this adapter its own Stats; a Stats is shared; False: none.
-        if stats is None:
-            stats = Stats()
-        elif stats is not False and not isinstance(stats, Stats):
-            raise TypeError(f"stats must be a Stats, None or False, got {stats!r}")
-        self.stats: Optional[Stats] = stats or None
-        # Breaker and budget state: this process, or shared through Redis (``state=``).
-        if budget is DEFAULT_BUDGET:
-            budget = RetryBudget()
-        for name, gate, method, kind in (
-            ("breaker", breaker, "before_attempt", "CircuitBreaker"),
-            ("budget", budget, "allow_retry", "RetryBudget"),
-        ):
-            if gate is not None and not callable(getattr(gate, method, None)):
-                raise TypeError(f"{name} must be None or a {kind} (with {method}()), "
-                                f"got {gate!r}")
-        store = resolve_store(state)
-        if store is not None:
-            for gate in (breaker, budget):
-                attach = getattr(gate, "use_store", None)
-                if attach is not None:
-                    attach(store)
+        # Statistics, breaker, budget and their shared state, checked as every transport does.
+        self.stats, breaker, budget, store = resolve_collaborators(stats, breaker, budget, state)
         self.state = store
         self.policy = policy
         self.breaker = breaker
@@ -588,68 +623,23 @@ class SmartRetryAdapter(HTTPAdapter):
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
-        """The operation name in log lines: the policy's, a preset's, or ``METHOD host/path``."""
-        policy = self.policy
-        if policy.operation_name:
-            return policy.operation_name
-        if policy.name_request is not None:
-            try:
-                name = policy.name_request(request)
-            except Exception:
-                _log.exception("requests_smartretry: name_request hook failed")
-                name = None
-            if name:
-                return name
-        parts = urlsplit(request.url or "")
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return f"{request.method or 'GET'} {host}{parts.path or '/'}"
+        """The operation name in log lines and statistics: the policy's, a preset's, or
+        ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
+        return operation_name(self.policy, request)
 
     def service_for(self, request: requests.PreparedRequest) -> str:
         """The breaker/budget key: the policy's ``service``, or ``scheme://host``."""
-        if self.policy.service:
-            return self.policy.service
-        parts = urlsplit(request.url or "")
-        return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        return service_name(self.policy, request)
 
     def is_idempotent(self, request: requests.PreparedRequest) -> bool:
         """Whether repeating ``request`` after it reached the server is safe."""
-        if (request.method or "GET").upper() in self.policy.idempotent_methods:
-            return True
-        if "Idempotency-Key" in request.headers:
-            return True
-        rule = self.policy.idempotent
-        if callable(rule):
-            try:
-                return bool(rule(request))
-            except Exception:
-                _log.exception("requests_smartretry: idempotent rule failed; assuming not")
-                return False
-        return rule
+        return is_idempotent(self.policy, request)
 
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        verdict: Optional[Classification] = None
-        hook = self.policy.classify_response
-        if hook is not None:
-            answer: object = None  # what a user's hook returns is checked, not trusted
-            try:
-                answer = hook(response)
-            except Exception:
-                _log.exception("requests_smartretry: classify_response hook failed; "
-                               "using the status table")
-            if isinstance(answer, Classification):
-                verdict = answer
-            elif answer is not None:
-                _log.error("requests_smartretry: classify_response hook returned %r, not a "
-                           "Classification or None; using the status table", answer)
-        if verdict is None:
-            verdict = classify_status(response.status_code, self.policy.retry_statuses)
-        if verdict.retryable and verdict.retry_after is None:
-            asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-            if asked is not None:
-                verdict = dataclasses.replace(verdict, retry_after=asked)
-        return verdict
+        return classify_http_response(response, self.policy.classify_response,
+                                      self.policy.retry_statuses)
 
     def prepare_attempt(
         self, request: requests.PreparedRequest, attempt: int
@@ -841,12 +831,10 @@ class SmartRetryAdapter(HTTPAdapter):
         """A 5xx/429 whose body cannot be decoded (a corrupt gzip) keeps its status verdict:
         the status, not the body, says the server failed.  ``None`` for other statuses
         (the decoding error then stands)."""
-        verdict = classify_status(response.status_code, self.policy.retry_statuses)
+        # The status table alone (no vendor hook: it would read the body), Retry-After kept.
+        verdict = classify_http_response(response, None, self.policy.retry_statuses)
         if not verdict.retryable:
             return None
-        asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-        if asked is not None:
-            verdict = dataclasses.replace(verdict, retry_after=asked)
         response.close()
         response._content = b""  # what was read cannot be decoded; nothing more to read
         signal = requests.HTTPError(
@@ -890,7 +878,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
 
 def smart_session(
-    policy: Optional[RetryPolicy] = None, **options: Any
+    policy: Optional[RetryPolicy] = None, **options: Unpack[SessionOptions]
 ) -> requests.Session:
     """A ``requests.Session`` with one :class:`SmartRetryAdapter` mounted on both schemes.
 

@@ -133,8 +133,13 @@ class CircuitBreaker(StoreUser):
             failed = event.verdict is not None and event.verdict.retryable
         else:
             return
-        stack = self._pending.__dict__.get("stacks", {}).get(event.service)
-        ticket = stack.pop() if stack else 0
+        stacks = self._pending.__dict__.get("stacks", {})
+        stack = stacks.get(event.service)
+        ticket = 0
+        if stack:
+            ticket = stack.pop()
+            if not stack:  # one entry per service in flight, not per service ever seen
+                del stacks[event.service]
         # Another consumer may weigh failures (a refused connection counts more).
         weight = float(getattr(event, "weight", 1.0)) if failed else 1.0
         self.store.breaker_record(event.service, self.settings, self._clock(),

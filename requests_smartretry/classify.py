@@ -17,20 +17,22 @@ the phase is :data:`CONNECT`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import logging
 import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import requests
 import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
-from .errors import AttemptDeadlineExceeded, CircuitOpenError
+from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
 from .events import Verdict
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "attempt_phase",
     "classify_call_error",
     "classify_exception",
+    "classify_http_response",
     "classify_message",
     "classify_status",
     "final_reason",
@@ -165,6 +168,9 @@ _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, boo
     # An inner breaker refused without touching the network; retrying before it lets a
     # probe through only repeats the refusal.
     (lambda e: isinstance(e, CircuitOpenError), Verdict.PERMANENT, "circuit_open", False),
+    # A forged or unverifiable signed answer: repeating the request cannot make it true.
+    (lambda e: isinstance(e, ResponseSignatureError), Verdict.PERMANENT, "response_signature",
+     True),
     (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
     (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
     # The kernel raises these errnos on established connections too (retransmission
@@ -394,3 +400,39 @@ def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> C
     if by_message is not None:
         return by_message
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=True)
+
+
+# -- a whole response: the policy's vendor hook, then the status column ----------------------
+
+_log = logging.getLogger("requests_smartretry")
+
+
+def classify_http_response(
+    response: Any,
+    hook: Optional[Callable[[Any], Optional[Classification]]],
+    retry_statuses: frozenset[int],
+) -> Classification:
+    """The verdict on a response (a ``requests`` or an ``httpx`` one: ``status_code`` and
+    ``headers.get`` are all it reads): the vendor ``hook`` first, then the status table,
+    with ``Retry-After`` attached for retryable verdicts.  A hook that raises or returns
+    something else than a :class:`Classification` or ``None`` is logged and ignored."""
+    verdict: Optional[Classification] = None
+    if hook is not None:
+        answer: object = None  # what a user's hook returns is checked, not trusted
+        try:
+            answer = hook(response)
+        except Exception:
+            _log.exception("requests_smartretry: classify_response hook failed; "
+                           "using the status table")
+        if isinstance(answer, Classification):
+            verdict = answer
+        elif answer is not None:
+            _log.error("requests_smartretry: classify_response hook returned %r, not a "
+                       "Classification or None; using the status table", answer)
+    if verdict is None:
+        verdict = classify_status(response.status_code, retry_statuses)
+    if verdict.retryable and verdict.retry_after is None:
+        asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        if asked is not None:
+            verdict = dataclasses.replace(verdict, retry_after=asked)
+    return verdict

@@ -6,7 +6,10 @@
     requests-smartretry get https://example.com/api --retries 2 --timeout 5 --lang en
 
 ``get`` prints the attempts (the library's log lines) and a summary to stderr, the body to
-stdout, and exits with a code that says how the call ended (see ``EXIT_CODES``).
+stdout, and exits with a code that says how the call ended (see ``EXIT_CODES``).  Like
+curl's ``--fail``, an error response (status >= 400) writes nothing to stdout: its body goes
+to stderr (``--fail-with-body`` sends it to stdout as well), so ``> items.json`` never
+receives an error page.
 """
 
 from __future__ import annotations
@@ -105,6 +108,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -168,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
                      help="wall-clock seconds per attempt: connect + headers + body "
                      "(default: 30)")
-    get.add_argument("--backoff", type=_positive_float, default=1.0, metavar="S",
+    get.add_argument("--backoff", type=_non_negative_float, default=1.0, metavar="S",
                      help="seconds before the first retry, doubling, capped at "
-                     "--backoff-max (default: 1)")
+                     "--backoff-max (default: 1; 0: retry at once)")
     get.add_argument("--backoff-max", type=_positive_float, default=5.0, metavar="S",
                      help="cap on every wait, Retry-After included (default: 5)")
     get.add_argument("--operation", metavar="NAME",
@@ -179,11 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="language of the log lines (default: zh)")
     get.add_argument("-H", "--header", type=_header, action="append", default=[],
                      metavar="'NAME: VALUE'", help="extra request header (repeatable)")
+    get.add_argument("--fail-with-body", action="store_true",
+                     help="on a status >= 400, write the body to stdout too (by default it "
+                     "goes to stderr only, as with curl --fail)")
     get.add_argument("-q", "--quiet", action="store_true",
                      help="print no attempt lines, only errors")
     get.add_argument("--breaker-threshold", type=_positive_int, metavar="N",
                      help="open a circuit breaker after N consecutive failures "
                      "(within this call: it then refuses further retries)")
+    get.set_defaults(command_parser=get)
     return parser
 
 
@@ -195,10 +212,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .demo import run_demo
 
         return run_demo(lang=args.lang)
-    return _get(parser, args)
+    return _get(args.command_parser, args)
 
 
 def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``get``; ``parser`` is the ``get`` subcommand's (its usage is what errors print)."""
     url: str = args.url
     if not url.lower().startswith(("http://", "https://")):
         parser.error(f"URL must start with http:// or https://, got {redact_url(url)!r}")
@@ -227,7 +245,9 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     saved = (_logger.level, _logger.propagate)
     if not args.quiet:
         _logger.addHandler(handler)
-        _logger.setLevel(logging.INFO)
+        # DEBUG: a first-attempt success is quiet at INFO, but here the attempts are the
+        # point (use -q for none).
+        _logger.setLevel(logging.DEBUG)
         _logger.propagate = False
     started = time.monotonic()
     try:
@@ -261,11 +281,16 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
               f"({attempts} attempt(s), {time.monotonic() - started:.2f} s, "
               f"{len(response.content)} bytes, {shown.get('Content-Type', 'no content type')})",
               file=err)
-    sys.stdout.flush()
-    sys.stdout.buffer.write(response.content)
-    sys.stdout.flush()
+    failed = response.status_code >= 400
+    if failed and response.content:
+        text = response.content.decode(response.encoding or "utf-8", errors="replace")
+        print(redact_text(text), file=err)
+    if not failed or args.fail_with_body:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(response.content)
+        sys.stdout.flush()
     refusal = _breaker_refusal(None, history)
     if refusal is not None:  # the last failed response, its retry refused by the breaker
         print(refusal, file=err)
         return EXIT_BREAKER_OPEN
-    return EXIT_HTTP_ERROR if response.status_code >= 400 else EXIT_OK
+    return EXIT_HTTP_ERROR if failed else EXIT_OK

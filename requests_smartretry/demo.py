@@ -15,7 +15,7 @@ import base64
 import logging
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Literal, Optional, TextIO
 
 import requests
 
@@ -36,46 +36,87 @@ _logger = logging.getLogger("requests_smartretry")
 _DEMO_BACKOFF = 0.2
 
 
-# (column title, snapshot field) for the statistics table; latencies in milliseconds.
+# The statistics table: (group, column title, snapshot field).  Calls and attempts are
+# counted apart (a call that succeeded on its second attempt is 1 ok call and 1 failed
+# attempt); latencies are seconds per call.
 _COLUMNS = (
-    ("requests", "requests"),
-    ("attempts", "attempts"),
-    ("retries", "retries"),
-    ("ok", "successes"),
-    ("failures", "failures"),
-    ("gave up", "give_ups"),
-    ("refused", "rejections"),
-    ("retry rate", "retry_rate"),
+    ("calls", "total", "requests"),
+    ("calls", "ok", "successes"),
+    ("calls", "gave up", "give_ups"),
+    ("calls", "refused", "rejections"),
+    ("attempts", "total", "attempts"),
+    ("attempts", "failed", "failures"),
+    ("attempts", "retries", "retries"),
+    ("seconds per call", "p50", "p50"),
+    ("seconds per call", "p99", "p99"),
 )
+_NAME_WIDTH = 24  # longer operation names are cut, so that the table fits 100 columns
 
 
 def format_stats_table(snapshot: dict[str, Any]) -> str:
-    """Render a :meth:`Stats.snapshot` as a plain-text table, totals last.
+    """Render a :meth:`Stats.snapshot` as a plain-text table (within 100 columns:
+    longer operation names are cut to 24 characters), totals last, then the failed
+    attempts by verdict.
 
-    Each row shows the counts, the retry rate, the p50/p99 call time in milliseconds and
-    the failures by verdict (``server_error=1 timeout=2``).
+    Calls (``total``, ``ok``, ``gave up``, ``refused`` by the breaker) and attempts
+    (``total``, ``failed``, ``retries``) are separate column groups; the call times are
+    the p50/p99 in seconds per call.
     """
     rows = {op: row for op, row in snapshot.items() if isinstance(row, dict)}
     if not rows:
         return "(no calls recorded)"
     order = sorted(rows, key=lambda op: op == Stats.TOTAL_KEY)  # stable: totals go last
-    table = [["operation", *(title for title, _ in _COLUMNS), "p50 ms", "p99 ms",
-              "failures by verdict"]]
+    names = [_name(op) for op in order]
+    body = []
     for op in order:
         row = rows[op]
-        cells = [_cell(row.get(field)) for _, field in _COLUMNS]
         latency = row.get("call_seconds") or {}
-        cells += [_millis(latency.get("p50")), _millis(latency.get("p99"))]
-        verdicts = row.get("failures_by_verdict") or {}
-        cells.append(" ".join(f"{k}={v}" for k, v in sorted(verdicts.items()) if v) or "-")
-        table.append(["total" if op == Stats.TOTAL_KEY else op, *cells])
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    lines = []
-    for index, line in enumerate(table):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+        body.append([_seconds(latency.get(field)) if group == "seconds per call"
+                     else _cell(row.get(field)) for group, _, field in _COLUMNS])
+    titles = [title for _, title, _ in _COLUMNS]
+    widths = [max(len(titles[i]), *(len(line[i]) for line in body)) for i in range(len(titles))]
+    name_width = max(len("operation"), *(len(n) for n in names))
+    groups: list[tuple[str, int]] = []  # (title, width) of each column group
+    for index, (group, _, _) in enumerate(_COLUMNS):
+        if groups and groups[-1][0] == group:
+            groups[-1] = (group, groups[-1][1] + 2 + widths[index])
+        else:
+            groups.append((group, widths[index]))
+        last = index + 1 == len(_COLUMNS) or _COLUMNS[index + 1][0] != group
+        short = len(group) + 2 - groups[-1][1]
+        if last and short > 0:  # widen the group's last column to fit its title
+            widths[index] += short
+            groups[-1] = (group, groups[-1][1] + short)
+    lines = [
+        (" " * name_width + "  " + "  ".join(f" {g} ".center(w, "-") for g, w in groups)
+         ).rstrip(),
+        "  ".join(["operation".ljust(name_width)]
+                  + [t.ljust(widths[i]) for i, t in enumerate(titles)]).rstrip(),
+    ]
+    for name, line in zip(names, body):
+        lines.append("  ".join([name.ljust(name_width)]
+                               + [c.ljust(widths[i]) for i, c in enumerate(line)]).rstrip())
+    by_verdict = []
+    for op, name in zip(order, names):
+        verdicts = rows[op].get("failures_by_verdict") or {}
+        text = " ".join(f"{k}={v}" for k, v in sorted(verdicts.items()) if v)
+        if text:
+            by_verdict.append(f"  {name}: {text}")
+    if by_verdict:
+        lines += ["", "Failed attempts by verdict:", *by_verdict]
     return "\n".join(lines)
+
+
+def _name(operation: str) -> str:
+    if operation == Stats.TOTAL_KEY:
+        return "total"
+    return operation if len(operation) <= _NAME_WIDTH else operation[:_NAME_WIDTH - 1] + "…"
+
+
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
 def _cell(value: Any) -> str:
@@ -84,10 +125,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
-
-
-def _millis(seconds: Any) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 class Tour:
@@ -99,7 +136,8 @@ class Tour:
             Tour(server, out=sys.stdout, lang="en").run()
     """
 
-    def __init__(self, server: FaultServer, *, out: TextIO, lang: str = "zh") -> None:
+    def __init__(self, server: FaultServer, *, out: TextIO,
+                 lang: Literal["zh", "en"] = "zh") -> None:
         self.server = server
         self.out = out
         self.lang = lang
@@ -113,8 +151,8 @@ class Tour:
         options.setdefault("max_retries", 2)
         options.setdefault("timeout", 2.0)
         options.setdefault("backoff_base", _DEMO_BACKOFF)
-        adapter = SmartRetryAdapter(operation_name=operation, lang=self.lang,
-                                    stats=self.stats, **options)
+        options.setdefault("lang", self.lang)
+        adapter = SmartRetryAdapter(operation_name=operation, stats=self.stats, **options)
         session = requests.Session()
         session.mount("http://", adapter)
         return session
@@ -319,7 +357,8 @@ class Tour:
                         f"prepay_id never reaches your code")
 
     def statistics(self) -> None:
-        self.say("\nStatistics (per operation; adapter.stats.snapshot())")
+        self.say("\nStatistics per operation (stats_of(session).snapshot()): one call is "
+                 "one request; its attempts include the retries")
         self.say(format_stats_table(self.stats.snapshot()))
 
 
@@ -327,7 +366,7 @@ def _starts(exc: BaseException) -> list[AttemptEvent]:
     return [e for e in attempt_history(exc) if e.kind is EventKind.START]
 
 
-def run_demo(lang: str = "zh", out: Optional[TextIO] = None) -> int:
+def run_demo(lang: Literal["zh", "en"] = "zh", out: Optional[TextIO] = None) -> int:
     """Run the tour, printing to ``out`` (stdout); returns the process exit code (0)."""
     out = out if out is not None else sys.stdout
     started = time.monotonic()
@@ -336,7 +375,7 @@ def run_demo(lang: str = "zh", out: Optional[TextIO] = None) -> int:
     saved = (_logger.level, _logger.propagate)
     # The demo, and only the demo, shows the library's log lines on its own output.
     _logger.addHandler(handler)
-    _logger.setLevel(logging.INFO)
+    _logger.setLevel(logging.DEBUG)  # the tour shows a quiet (DEBUG) success's lines too
     _logger.propagate = False
     try:
         with FaultServer() as server:

@@ -258,8 +258,9 @@ def run_call(
                   "call_elapsed": clock() - call_started})
             return Finished(outcome, tuple(history), give_up)
 
-        emit(EventKind.RETRY, number,
-             {"verdict": verdict.verdict, "reason": verdict.reason, "wait": wait,
+        emit(EventKind.RETRY, number,  # the wait that follows: none in test mode
+             {"verdict": verdict.verdict, "reason": verdict.reason,
+              "wait": 0.0 if _testing._testing else wait,
               "retry_after": verdict.retry_after})
         _notify_on_retry(policy, number, outcome.signal or outcome.error)
         try:

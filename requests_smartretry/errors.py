@@ -64,9 +64,11 @@ class ResponseSignatureError(SmartRetryError):
     whose resource does not decrypt.  Never retried: repeating cannot make a forgery true.
 
     ``check`` names the check that failed: ``"unsigned"``, ``"signature_type"``,
-    ``"serial"``, ``"timestamp"``, ``"signature"`` or ``"decryption"``.  ``response`` (for
-    a response) is attached as on every ``requests`` exception; its body is not to be
-    trusted.  The message never carries keys, signatures or header values.
+    ``"serial"``, ``"timestamp"``, ``"signature"``, ``"decryption"`` or ``"redirect"`` (a
+    verifying adapter does not follow a redirect to an answer nobody would verify).
+    ``response`` (for a response) is attached as on every ``requests`` exception, for its
+    status and headers; its untrusted body is dropped (``content == b""``).  The message
+    never carries keys, signatures or header values.
     """
 
     def __init__(self, message: str, *args: Any, check: str = "signature", **kwargs: Any) -> None:

@@ -124,8 +124,8 @@ class AttemptEvent:
     status_code: Optional[int] = None
     #: Seconds the attempt took (SUCCESS / FAILURE).
     elapsed: Optional[float] = None
-    #: Seconds of backoff before the next attempt (RETRY), or until the breaker's next probe
-    #: (REJECTED).
+    #: Seconds of backoff before the next attempt (RETRY: the wait that really follows, 0
+    #: in test mode), or until the breaker's next probe (REJECTED).
     wait: Optional[float] = None
     #: The server's Retry-After, in seconds, when it sent a valid one.
     retry_after: Optional[float] = None

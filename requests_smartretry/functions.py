@@ -71,6 +71,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
 from .classify import Classification, classify_call_error, final_reason
@@ -93,7 +94,9 @@ from .redact import redact_exception
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
-    from typing_extensions import ParamSpec
+    from typing_extensions import ParamSpec, Unpack
+
+    from .options import CallOptions
 
     P = ParamSpec("P")
 
@@ -301,7 +304,7 @@ class _Config:
         run_in_thread: bool,
         retry_on: Optional[RetryOn],
         classify: Optional[ErrorClassifier],
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         caller: str,
     ) -> None:
         # Only an explicit idempotent=False restricts retries to failures known to precede
@@ -347,6 +350,10 @@ def _check_retry_on(retry_on: Any) -> None:
             )
 
 
+# Table reasons no variant retries (not even retry_on=, which extends only the table).
+_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
+
+
 def _classifier(
     smart: bool,
     retry_statuses: frozenset[int],
@@ -374,9 +381,10 @@ def _classifier(
             if decided is not None:
                 return decided, None
         table = classify_call_error(error, retry_statuses)
-        if table.reason == "circuit_open":
-            # an open breaker inside fn refuses again at once: even the basic variant,
-            # which retries anything else, would only sleep and repeat the refusal
+        if table.reason in _FINAL_REASONS:
+            # an open breaker inside fn refuses again at once, and a forged answer stays
+            # forged: even the basic variant, which retries anything else, would only
+            # sleep and repeat the refusal
             return table, None
         if retry_on is not None and isinstance(error, retry_on):
             if not table.retryable:
@@ -540,7 +548,7 @@ def execute_with_retry(
     clock: Callable[[], float] = time.monotonic,
     run_in_thread: bool = True,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
@@ -572,7 +580,7 @@ def execute_with_smart_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
@@ -610,7 +618,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[P, R]: ...
 
 
@@ -629,7 +637,7 @@ def with_retry(
     run_in_thread: bool = ...,
     retry_on: Optional[RetryOn] = ...,
     classify: Optional[ErrorClassifier] = ...,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -647,7 +655,7 @@ def with_retry(
     run_in_thread: bool = True,
     retry_on: Optional[RetryOn] = None,
     classify: Optional[ErrorClassifier] = None,
-    **options: Any,
+    **options: Unpack[CallOptions],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.

@@ -9,9 +9,13 @@
     [API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)
     [API重试] 生成艺术照 - 第 2 次尝试成功
 
-Each record carries structured ``extra`` fields (``retry_operation``, ``retry_attempt``,
-``retry_verdict``…) for JSON pipelines.  No URL query, header or exception text reaches a
-line: only the operation name and the classification's reason code.
+A call whose first attempt succeeds writes its two lines at DEBUG only; any other call
+writes the whole sequence at INFO and up (the first line held back until the first
+attempt's outcome is known).  One record per decision, each with its own ``retry_event``
+(:data:`RECORD_NAMES`), and structured ``extra`` fields (``retry_operation``,
+``retry_attempt``, ``retry_verdict``… the README lists them with their types) for JSON
+pipelines.  No URL query, header or exception text reaches a line: only the operation
+name and the classification's reason code (and ``retry_url``, redacted).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind, Verdict
 
-__all__ = ["LoggingHook", "describe_failure", "logger"]
+__all__ = ["RECORD_NAMES", "LoggingHook", "describe_failure", "logger"]
 
 logger = logging.getLogger("requests_smartretry")
 logger.addHandler(logging.NullHandler())
@@ -39,6 +43,7 @@ _TEXT = {
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
         "not_retryable": "错误不可重试, 放弃",
         "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
+        "any_method": "该调用",
         "not_replayable": "请求体无法重放 (生成器或不可回退的流), 不重试",
         "retry_after_too_long": "服务器要求等待 {ms}ms, 超过上限 {cap_ms}ms, 不重试",
         "budget": "重试预算已用尽, 不重试",
@@ -61,6 +66,7 @@ _TEXT = {
         "not_retryable": "error is not retryable, giving up",
         "unsafe": "request may have reached the server and {method} is not idempotent; "
         "not retrying",
+        "any_method": "the call",
         "not_replayable": "request body cannot be replayed (generator or unseekable stream); "
         "not retrying",
         "retry_after_too_long": "server asked to wait {ms}ms, above the {cap_ms}ms cap; "
@@ -130,7 +136,8 @@ def describe_failure(verdict: Optional[Verdict], reason: Optional[str], lang: st
     return f"{base} ({reason})" if reason else base
 
 
-# The least severe level each kind logs at (give-ups log "not retryable" at INFO).
+# The level each kind logs at when the call is not a first-attempt success (which logs at
+# DEBUG); give-ups log "not retryable" at INFO and the rest at ERROR.
 _LEVELS = {
     EventKind.START: logging.INFO,
     EventKind.SUCCESS: logging.INFO,
@@ -138,6 +145,24 @@ _LEVELS = {
     EventKind.GIVE_UP: logging.INFO,
     EventKind.FAILURE: logging.WARNING,
     EventKind.REJECTED: logging.WARNING,
+}
+# Failures that say the caller's request was wrong (4xx, a business error), not that the
+# service is unwell: INFO, not WARNING.
+_QUIET_VERDICTS = frozenset({Verdict.CLIENT_ERROR, Verdict.BUSINESS})
+_START = EventKind.START
+_SUCCESS = EventKind.SUCCESS
+_FAILURE = EventKind.FAILURE
+_DEBUG = logging.DEBUG
+
+#: The ``retry_event`` of each line: one name per decision.
+RECORD_NAMES = ("attempt", "failure", "retry", "wait", "success", "give_up", "rejected")
+_RECORD_NAME = {
+    EventKind.START: "attempt",
+    EventKind.SUCCESS: "success",
+    EventKind.FAILURE: "failure",
+    EventKind.RETRY: "retry",
+    EventKind.GIVE_UP: "give_up",
+    EventKind.REJECTED: "rejected",
 }
 
 
@@ -151,6 +176,13 @@ class LoggingHook:
     Example::
 
         session = smart_session(log=False, hooks=[LoggingHook(lang="en")])
+
+    A call whose first attempt succeeds is quiet: its two lines go out at DEBUG.  Any other
+    call writes the whole sequence at INFO and up; its first "第 1 次尝试" line is held back
+    until the first attempt's outcome is known (it is written from that outcome's event,
+    so holding it back stores nothing).  One record per decision, each with its own
+    ``retry_event``: ``attempt``, ``failure``, ``retry``, ``wait``, ``success``,
+    ``give_up`` (and ``rejected`` for the breaker).
     """
 
     def __init__(
@@ -172,56 +204,79 @@ class LoggingHook:
     def __call__(self, event: AttemptEvent) -> None:
         """Write the line(s) for ``event``."""
         kind = event.kind
-        if not self.logger.isEnabledFor(_LEVELS.get(kind, logging.ERROR)):
+        if event.attempt == 1:
+            # The first attempt's start is written with its outcome (nothing to hold: the
+            # outcome's event says all the start line needs); a first-attempt success is
+            # DEBUG only, and nothing is formatted unless DEBUG is on.
+            if kind is _START:
+                return
+            if kind is _SUCCESS:
+                if self.logger.isEnabledFor(_DEBUG):
+                    self._first_attempt(_DEBUG, event)
+                    self._line(_DEBUG, event, "success")
+                return
+        level = _LEVELS.get(kind, logging.ERROR)
+        if kind is _FAILURE and event.verdict in _QUIET_VERDICTS:
+            level = logging.INFO
+        if not self.logger.isEnabledFor(level):
             return  # the common case in production: INFO is off, nothing to format
-        text = _TEXT[self.lang]
-        fields = {
-            "attempt": event.attempt,
-            "max_attempts": event.max_attempts,
-            "left": event.retries_left,
-            "ms": _ms(event.wait),
-            "method": event.method or "",
-            "cap_ms": _ms(event.backoff_cap if event.backoff_cap is not None
-                          else self.backoff_max),
-        }
-        if kind is EventKind.START:
-            self._emit(logging.INFO, event, text["start"].format(**fields))
-        elif kind is EventKind.SUCCESS:
-            self._emit(logging.INFO, event, text["success"].format(**fields))
-        elif kind is EventKind.FAILURE:
+        if kind is _START:
+            self._line(logging.INFO, event, "start")
+        elif kind is _SUCCESS:
+            self._line(logging.INFO, event, "success")
+        elif kind is _FAILURE:
+            if event.attempt == 1:
+                self._first_attempt(logging.INFO, event)
             reason = describe_failure(event.verdict, event.reason, self.lang)
-            self._emit(logging.WARNING, event, text["failure"].format(reason=reason, **fields))
+            self._line(level, event, "failure", reason=reason)
         elif kind is EventKind.RETRY:
-            self._emit(logging.INFO, event, text["retry"].format(**fields))
-            self._emit(logging.INFO, event, text["wait"].format(**fields))
+            self._line(logging.INFO, event, "retry")
+            self._line(logging.INFO, event, "wait", record="wait")
         elif kind is EventKind.REJECTED:
-            self._emit(logging.WARNING, event, text["rejected"].format(**fields))
+            self._line(logging.WARNING, event, "rejected")
         elif kind is EventKind.GIVE_UP:
             key = event.give_up_reason or "exhausted"
-            if key == "retry_after_too_long":
-                fields["ms"] = _ms(event.retry_after)
-            template = text.get(key, text["exhausted"])
-            level = logging.INFO if key == "not_retryable" else logging.ERROR
-            self._emit(level, event, template.format(reason=event.reason or "", **fields))
+            template = key if key in _TEXT[self.lang] else "exhausted"
+            give_up_level = logging.INFO if key == "not_retryable" else logging.ERROR
+            self._line(give_up_level, event, template, reason=event.reason or "")
 
-    def _emit(self, level: int, event: AttemptEvent, message: str) -> None:
+    def _first_attempt(self, level: int, outcome: AttemptEvent) -> None:
+        """The held-back "第 1 次尝试" line, written from the first attempt's outcome."""
+        if self.logger.isEnabledFor(level):
+            self._line(level, outcome, "start", record="attempt", outcome=False)
+
+    def _line(self, level: int, event: AttemptEvent, key: str, *, record: Optional[str] = None,
+              outcome: bool = True, reason: str = "") -> None:
         if not self.logger.isEnabledFor(level):
             return
+        text = _TEXT[self.lang]
+        ms = event.retry_after if key == "retry_after_too_long" else event.wait
+        message = text[key].format(
+            attempt=event.attempt, max_attempts=event.max_attempts, left=event.retries_left,
+            ms=_ms(ms), method=event.method or text["any_method"], reason=reason,
+            cap_ms=_ms(event.backoff_cap if event.backoff_cap is not None
+                       else self.backoff_max))
+        self._emit(level, event, message, record or _RECORD_NAME[event.kind], outcome)
+
+    def _emit(self, level: int, event: AttemptEvent, message: str, record: str,
+              outcome: bool = True) -> None:
         prefix = _TEXT[self.lang]["prefix"]
+        # ``outcome=False``: the attempt line written from its outcome's event carries
+        # only what was known when the attempt started.
         extra: dict[str, Any] = {
-            "retry_event": event.kind.value,
+            "retry_event": record,
             "retry_operation": event.operation,
             "retry_service": event.service,
             "retry_attempt": event.attempt,
             "retry_max_attempts": event.max_attempts,
             "retry_call_id": event.call_id,
-            "retry_verdict": event.verdict.value if event.verdict else None,
-            "retry_reason": event.reason,
-            "retry_status_code": event.status_code,
-            "retry_elapsed_s": event.elapsed,
-            "retry_wait_s": event.wait,
-            "retry_after_s": event.retry_after,
-            "retry_give_up_reason": event.give_up_reason,
+            "retry_verdict": event.verdict.value if outcome and event.verdict else None,
+            "retry_reason": event.reason if outcome else None,
+            "retry_status_code": event.status_code if outcome else None,
+            "retry_elapsed_s": event.elapsed if outcome else None,
+            "retry_wait_s": event.wait if outcome else None,
+            "retry_after_s": event.retry_after if outcome else None,
+            "retry_give_up_reason": event.give_up_reason if outcome else None,
             "retry_method": event.method,
             "retry_url": event.url,
         }

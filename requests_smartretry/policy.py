@@ -14,8 +14,10 @@ from .events import Hook, Verdict
 
 if TYPE_CHECKING:
     import requests
+    from typing_extensions import Unpack
 
     from .classify import Classification
+    from .options import PolicyOptions
 
 __all__ = [
     "DEFAULT_IDEMPOTENT_METHODS",
@@ -172,8 +174,8 @@ class RetryPolicy:
         shown = []
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            default = (spec.default if spec.default is not dataclasses.MISSING
-                       else spec.default_factory())  # type: ignore[operator]
+            factory: Any = spec.default_factory
+            default = spec.default if spec.default is not dataclasses.MISSING else factory()
             if spec.name in always or (spec.repr and value != default):
                 shown.append(f"{spec.name}={value!r}")
         return f"RetryPolicy({', '.join(shown)})"
@@ -183,9 +185,12 @@ class RetryPolicy:
         """``max_retries + 1``."""
         return self.max_retries + 1
 
-    def replace(self, **changes: Any) -> RetryPolicy:
+    def replace(self, **changes: Unpack[PolicyOptions]) -> RetryPolicy:
         """A copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
+        # Typed keywords for callers; validated by __post_init__, which accepts any
+        # collection for the statuses and methods and a list of hooks.
+        fields: dict[str, Any] = {**changes}
+        return dataclasses.replace(self, **fields)
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -197,7 +202,7 @@ class RetryPolicy:
         return self.per_verdict.get(verdict)
 
 
-def resolve_policy(policy: Any, options: dict[str, Any], caller: str) -> RetryPolicy:
+def resolve_policy(policy: Any, options: Mapping[str, Any], caller: str) -> RetryPolicy:
     """The policy a caller asked for: ``policy=`` with its keyword overrides, or one built
     from the keywords alone; unknown keywords are refused naming ``caller``."""
     unknown = set(options) - RetryPolicy.field_names()

@@ -3,7 +3,8 @@
 What counts as a secret: the values of ``Authorization``, ``Proxy-Authorization``,
 ``Cookie``, ``Set-Cookie``, ``X-Api-Key``/``Api-Key``, every ``Wechatpay-*`` header and any
 header named like a credential (``X-Auth-Token``, ``X-Access-Key``, ``X-Session-Id``); the
-user:password part of a URL; and the value of any query parameter (or ``name=value`` /
+user:password part of a URL; path segments shaped like a credential (``bot<id>:<token>``,
+long mixed letter-and-digit tokens); and the value of any query parameter (or ``name=value`` /
 ``"name": "value"`` pair in text) whose name contains token, key, secret, sig/sign/signature,
 password, passwd, credential or auth.
 
@@ -27,6 +28,7 @@ __all__ = [
     "RedactingFilter",
     "is_secret_header",
     "is_secret_name",
+    "path_template",
     "redact_exception",
     "redact_headers",
     "redact_text",
@@ -66,6 +68,29 @@ _HEADER_NAME = re.compile(r"(?<![\w\-])(?P<name>[\w\-]+)[ \t]*:[ \t]*")
 _HEADER_VALUE_END = re.compile(r"[\r\n'\"]")
 _USERINFO = re.compile(r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@",
                        re.IGNORECASE)
+# Path segments that are credentials: Telegram-style "bot<id>:<token>" (any "<digits>:<token>"),
+# and long tokens mixing letters and digits (API keys, signed ids).  Over-redacting an id
+# here is harmless; an unredacted key is not.
+_SECRET_SEGMENT = re.compile(
+    r"[^/?#\s]*\d:[A-Za-z0-9_\-]{8,}[^/?#\s]*"
+    r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,}"
+)
+# The same, in free text: a secret segment right after a "/" (urllib3's "Max retries
+# exceeded with url: /bot123:AAH.../getMe").  Linear: each alternative starts only after a
+# slash and cannot restart inside its own run.
+_SECRET_PATH_TEXT = re.compile(
+    r"(?<=/)(?:[A-Za-z0-9_\-.~]*\d:[A-Za-z0-9_\-]{8,}"
+    r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,})"
+    r"(?=[/?#\s'\"),;]|$)"
+)
+# Segments that identify one resource rather than name an endpoint: they read "{id}" in a
+# path template.  Digits, UUIDs, hex, a run of 3+ digits (vendor task ids "cgt-2026…",
+# "order-123"), long letter-and-digit tokens; and every secret segment.
+_ID_SEGMENT = re.compile(
+    r"\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|(?=[a-fA-F]*\d)[0-9a-fA-F]{12,}|.*\d{3}.*"
+    r"|(?=.*\d)(?=.*[A-Za-z]).{16,}"
+)
 _AUTH_VALUE = re.compile(
     r"\b(?P<scheme>Bearer|Basic|Digest|WECHATPAY2-SHA256-RSA2048|HMAC-SHA256)[ \t]+"
     r"(?:(?:[A-Za-z_]+=\"[^\"]*\"[\s,]*)+|[^\s'\"]+)"
@@ -89,9 +114,30 @@ def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}
 
 
+def path_template(path: str) -> str:
+    """``path`` with every identifier- or secret-like segment replaced by ``{id}``:
+    ``/v3/tasks/cgt-20260101-ab12`` → ``/v3/tasks/{id}``, ``/bot123:AAH…/getMe`` →
+    ``/{id}/getMe``.  The default operation names use it, so that stats keys, metrics
+    labels and log names stay few (one per endpoint, not one per resource) and carry no
+    token."""
+    if not path:
+        return "/"
+    return "/".join(
+        "{id}" if segment and (_ID_SEGMENT.fullmatch(segment)
+                               or _SECRET_SEGMENT.fullmatch(segment)) else segment
+        for segment in path.split("/"))
+
+
+def _redact_path(path: str) -> str:
+    return "/".join(REDACTED if segment and _SECRET_SEGMENT.fullmatch(segment) else segment
+                    for segment in path.split("/"))
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its user:password and credential-like query values replaced."""
-    if "@" not in url and "#" not in url and not _SECRET_NAME.search(url.partition("?")[2]):
+    """``url`` with its user:password, credential-like path segments and credential-like
+    query values replaced."""
+    if ("@" not in url and "#" not in url and not _SECRET_NAME.search(url.partition("?")[2])
+            and not _SECRET_PATH_TEXT.search(url)):
         return url  # the common case, without parsing
     try:
         parts = urlsplit(url)
@@ -108,7 +154,7 @@ def redact_url(url: str) -> str:
         )
     # OAuth's implicit flow puts access_token in the fragment.
     fragment = redact_text(parts.fragment) if parts.fragment else parts.fragment
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    return urlunsplit((parts.scheme, netloc, _redact_path(parts.path), query, fragment))
 
 
 def _header_values(text: str) -> str:
@@ -150,6 +196,7 @@ def redact_text(text: str) -> str:
     text = _AUTH_VALUE.sub(lambda m: f"{m.group('scheme')} {REDACTED}", text)
     text = _header_values(text)
     text = _QUOTED_PAIR.sub(_quoted_pair, text)
+    text = _SECRET_PATH_TEXT.sub(REDACTED, text)
     return _PAIR.sub(_pair, text)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -272,6 +273,12 @@ def budget_change(
 
 # -- the in-process store -----------------------------------------------------------------
 
+#: Records kept before the first look for idle ones (then twice the count after each look).
+_SWEEP_MIN = 1024
+_now = time.monotonic
+#: Seconds an unpickled record is kept without being used (its settings are not known).
+_TTL_AFTER_PICKLE = 3600.0
+
 
 class MemoryStateStore:
     """The default store: per-key records in this process, guarded by one lock.
@@ -283,13 +290,35 @@ class MemoryStateStore:
         budget = RetryBudget(store=store)
 
     The lock is held only for the few arithmetic steps of an update, never around a
-    network call.  Pickling copies the records (the lock is recreated).
+    network call.  Pickling copies the records (the lock is recreated).  A record idle
+    for longer than its settings' ``ttl`` is forgotten (as Redis expires it), so a process
+    that talks to ever new hosts keeps a bounded number of them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._breakers: dict[str, Record] = {}
         self._budgets: dict[str, Record] = {}
+        self._init_expiry()
+
+    def _init_expiry(self) -> None:
+        # (records, key) -> monotonic time after which the record may be forgotten.
+        self._expiry: dict[tuple[int, str], float] = {}
+        self._sweep_at = _SWEEP_MIN
+
+    def _touch(self, records: dict[str, Record], key: str, ttl: float) -> Record:
+        """``key``'s record in ``records`` (created empty), kept for ``ttl`` more seconds
+        (under the lock).  Now and then, forgets the records past their time."""
+        now = _now()
+        self._expiry[(id(records), key)] = now + ttl
+        if len(self._expiry) > self._sweep_at:
+            by_id = {id(self._breakers): self._breakers, id(self._budgets): self._budgets}
+            for (which, name), until in list(self._expiry.items()):
+                if until < now:
+                    del self._expiry[(which, name)]
+                    by_id[which].pop(name, None)
+            self._sweep_at = max(_SWEEP_MIN, 2 * len(self._expiry))
+        return records.setdefault(key, {})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(keys={len(self._breakers) + len(self._budgets)})"
@@ -303,11 +332,17 @@ class MemoryStateStore:
         self._lock = threading.Lock()
         self._breakers = state["breakers"]
         self._budgets = state["budgets"]
+        self._init_expiry()
+        with self._lock:
+            for records, settings_ttl in ((self._breakers, _TTL_AFTER_PICKLE),
+                                          (self._budgets, _TTL_AFTER_PICKLE)):
+                for key in list(records):
+                    self._touch(records, key, settings_ttl)
 
     def breaker_admit(self, key: str, settings: BreakerSettings, now: float) -> Admission:
         """Decide whether an attempt on ``key`` may go out (and take a probe slot)."""
         with self._lock:
-            return breaker_admit(self._breakers.setdefault(key, {}), settings, now)
+            return breaker_admit(self._touch(self._breakers, key, settings.ttl), settings, now)
 
     def breaker_record(
         self, key: str, settings: BreakerSettings, now: float, *, failed: bool,
@@ -315,7 +350,7 @@ class MemoryStateStore:
     ) -> str:
         """Record an attempt's result; returns the state name afterwards."""
         with self._lock:
-            record = self._breakers.setdefault(key, {})
+            record = self._touch(self._breakers, key, settings.ttl)
             return STATE_NAMES[breaker_record(record, settings, now, failed, weight, ticket)]
 
     def breaker_status(self, key: str, settings: BreakerSettings, now: float) -> BreakerStatus:
@@ -328,7 +363,7 @@ class MemoryStateStore:
     ) -> tuple[bool, float]:
         """Deposit, then spend if covered; returns (spent, balance afterwards)."""
         with self._lock:
-            record = self._budgets.setdefault(key, {})
+            record = self._touch(self._budgets, key, settings.ttl)
             return budget_change(record, settings, now, deposit, spend)
 
     def clear(self) -> None:
@@ -336,6 +371,7 @@ class MemoryStateStore:
         with self._lock:
             self._breakers.clear()
             self._budgets.clear()
+            self._init_expiry()
 
 
 class StoreUser:
@@ -367,15 +403,11 @@ class StoreUser:
 
 
 def resolve_store(state: Any) -> Optional[StateStore]:
-    """A store from the adapter's ``state=``: ``None``, a store, a ``redis://`` URL or a
-    ``redis.Redis`` client."""
+    """A store from the adapter's ``state=``: ``None``, a store, a Redis URL (checked by
+    :func:`~requests_smartretry.redis_state.parse_target`) or a redis-py client."""
     if state is None:
         return None
     if isinstance(state, str):
-        if not state.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"state must be a redis://, rediss:// or unix:// URL, got {state!r}"
-            )
         from .redis_state import RedisStateStore
 
         return RedisStateStore(state)
@@ -386,14 +418,15 @@ def resolve_store(state: Any) -> Optional[StateStore]:
 
         return RedisStateStore(state)
     raise TypeError(
-        "state must be None, a redis:// URL, a redis.Redis client or a StateStore, "
-        f"got {state!r}"
+        "state must be None, a Redis URL, a redis.Redis or redis.cluster.RedisCluster "
+        f"client or a StateStore, got {type(state).__module__}.{type(state).__qualname__}"
     )
 
 
 def _is_redis_client(value: Any) -> bool:
-    """A redis-py client, recognised without importing redis-py."""
+    """A redis-py client (also an unsupported one, which the store refuses by name),
+    recognised without importing redis-py."""
     return any(
-        cls.__module__.startswith("redis.") and cls.__name__ == "Redis"
+        cls.__module__.startswith("redis.") and cls.__name__ in ("Redis", "RedisCluster")
         for cls in type(value).__mro__
     )

@@ -209,9 +209,9 @@ class Stats:
     Thread safety: every event takes one short lock (no I/O, no callbacks under it);
     :meth:`snapshot` copies under the lock and computes percentiles outside it, so it is
     consistent (a snapshot never shows half an event) and never blocks callers for long.
-    At most ``max_operations`` names are tracked (high-cardinality default names such as
-    ``GET host/users/123`` cannot grow memory without bound); later ones are counted under
-    ``"__other__"``.
+    At most ``max_operations`` names are tracked (the default names are path templates,
+    ``GET host/users/{id}``, but a naming hook may still produce many: they cannot grow
+    memory without bound); later ones are counted under ``"__other__"``.
     """
 
     #: The snapshot key of the totals (also ``requests_smartretry.stats.TOTAL_KEY``).

@@ -28,6 +28,17 @@ def server() -> Iterator[FaultServer]:
         yield running
 
 
+#: The seed's six lines for a call that fails once with a 503, then succeeds (max_retries=1).
+SEED_503_LINES = [
+    "[API重试] 生成艺术照 - 第 1 次尝试 (最多 2 次)",
+    "[API重试] 生成艺术照 - 第 1 次尝试失败: 服务器错误 (HTTP 503)",
+    "[API重试] 生成艺术照 - 准备重试 (剩余 1 次机会)",
+    "[API重试] 生成艺术照 - 等待 1000ms 后重试",
+    "[API重试] 生成艺术照 - 第 2 次尝试 (最多 2 次)",
+    "[API重试] 生成艺术照 - 第 2 次尝试成功",
+]
+
+
 class FakeClock:
     """A monotonic clock the test moves by hand (``clock.now += 5`` or ``advance``)."""
 

@@ -24,25 +24,39 @@ from requests_smartretry.faultserver import unused_port
 _CANDIDATES = ("redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server")
 
 
-def redis_binary() -> str:
-    """The redis-server binary; skips the test without one (fails it under CI=true)."""
-    for candidate in _CANDIDATES:
+def _required(candidates: tuple[str, ...], reason: str) -> str:
+    """The first binary found; skips the test without one (fails it under CI=true)."""
+    for candidate in candidates:
         found = shutil.which(candidate)
         if found:
             return found
-    reason = "redis-server binary not found (apt-get install redis-server) - Redis tests need it"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip")
     pytest.skip(reason)
+
+
+def redis_binary() -> str:
+    """The redis-server binary (also a Sentinel with ``--sentinel``)."""
+    return _required(_CANDIDATES, "redis-server binary not found (apt-get install "
+                                  "redis-server) - Redis tests need it")
+
+
+def redis_cli() -> str:
+    """The redis-cli binary, which creates the test Cluster."""
+    return _required(("redis-cli",), "redis-cli not found (apt-get install redis-tools) - "
+                                     "Redis Cluster tests need it")
 
 
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 (no persistence), stoppable and
     restartable on the same port."""
 
-    def __init__(self, port: Optional[int] = None) -> None:
+    def __init__(self, port: Optional[int] = None, *, extra: tuple[str, ...] = (),
+                 config: Optional[str] = None) -> None:
         self.binary = redis_binary()
         self.port = port or unused_port()
+        self.extra = extra
+        self.config = config  # a config file to start from (a Sentinel's)
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     @property
@@ -50,9 +64,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        head = [self.binary] if self.config is None else [self.binary, self.config]
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+            [*head, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
@@ -87,6 +103,91 @@ class RedisServer:
         self.kill()
 
 
+def _wait_for(check: Any, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {seconds:g}s")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = unused_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: str) -> Iterator[list[RedisServer]]:
+    """A 3-master Redis Cluster on loopback (no replicas; a node that dies leaves its
+    slots uncovered, the others keep serving)."""
+    cli = redis_cli()
+    nodes = []
+    try:
+        for _ in range(3):
+            port = _cluster_port()
+            nodes.append(RedisServer(port, extra=(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "1000",
+                "--cluster-require-full-coverage", "no",
+                "--cluster-config-file", os.path.join(workdir, f"nodes-{port}.conf"),
+                "--dir", workdir)).start())
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=30)
+        import redis
+
+        def ready() -> bool:
+            return all(redis.Redis(port=n.port, socket_timeout=1).cluster("info")
+                       .get("cluster_state") == "ok" for n in nodes)
+
+        _wait_for(ready, "Redis Cluster")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+@contextlib.contextmanager
+def running_sentinel(workdir: str) -> Iterator[tuple[RedisServer, RedisServer, RedisServer]]:
+    """A master, one replica and a Sentinel watching them as ``mymaster`` (quorum 1,
+    down after 0.5 s), so that killing the master promotes the replica in seconds."""
+    master = RedisServer().start()
+    replica = sentinel = None
+    try:
+        replica = RedisServer(extra=("--replicaof", "127.0.0.1", str(master.port))).start()
+        import redis
+
+        _wait_for(lambda: redis.Redis(port=replica.port, socket_timeout=1).info(
+            "replication").get("master_link_status") == "up", "Redis replica")
+        config = os.path.join(workdir, "sentinel.conf")
+        with open(config, "w") as handle:
+            handle.write(f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+                         "sentinel down-after-milliseconds mymaster 500\n"
+                         "sentinel failover-timeout mymaster 3000\n"
+                         f"dir {workdir}\n")
+        sentinel = RedisServer(config=config, extra=("--sentinel",)).start()
+        _wait_for(lambda: redis.Redis(port=sentinel.port, socket_timeout=1).sentinel_masters()
+                  .get("mymaster", {}).get("num-slaves", 0) >= 1, "Sentinel")
+        yield master, replica, sentinel
+    finally:
+        for server in (sentinel, replica, master):
+            if server is not None:
+                server.kill()
+
+
 @contextlib.contextmanager
 def running_redis() -> Iterator[RedisServer]:
     """A started server, killed afterwards."""
@@ -114,7 +215,7 @@ def failing_calls(redis_url: str, url: str, calls: int, threshold: int) -> list[
     from requests_smartretry import CircuitBreaker, CircuitOpenError, smart_session
 
     breaker = CircuitBreaker(failure_threshold=threshold, recovery_timeout=300.0)
-    session = smart_session(max_retries=0, breaker=breaker, budget=None, state=redis_url,
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, state=_store(redis_url),
                             log=False, timeout=10.0)
     results = []
     for _ in range(calls):
@@ -132,20 +233,40 @@ def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
     from requests_smartretry import RetryBudget, smart_session
 
     budget = RetryBudget(ratio, max_tokens=max_tokens, min_per_second=0.0)
-    session = smart_session(max_retries=3, budget=budget, state=redis_url, log=False,
+    session = smart_session(max_retries=3, budget=budget, state=_store(redis_url), log=False,
                             sleep=_no_sleep, timeout=10.0)
     for _ in range(calls):
         session.get(url).close()
+    store = session.get_adapter(url).state
+    if store is not None and not store.shared:
+        raise AssertionError("Redis was not reachable for the whole run")
     return calls
+
+
+#: The time budget of stores in tests about sharing, not latency: on a loaded machine a
+#: thread may wait longer than the 50 ms default for the CPU, which the store would rightly
+#: treat as a slow Redis.
+SHARING_BUDGET = 2.0
+
+
+def shared_store(target: Any, **options: Any) -> Any:
+    """A ``RedisStateStore`` for a test about sharing (see :data:`SHARING_BUDGET`)."""
+    from requests_smartretry.redis_state import RedisStateStore
+
+    options.setdefault("time_budget", SHARING_BUDGET)
+    return RedisStateStore(target, **options)
+
+
+def _store(redis_url: Optional[str]) -> Any:
+    return None if redis_url is None else shared_store(redis_url)
 
 
 def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[int, int]:
     """Feed ``events`` random attempt results to a shared breaker and spend one budget
     token per event; return (failures fed, retries granted)."""
     from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, RetryBudget, Verdict
-    from requests_smartretry.redis_state import RedisStateStore
 
-    store = RedisStateStore(redis_url, prefix=prefix, socket_timeout=5.0)
+    store = shared_store(redis_url, prefix=prefix, socket_timeout=5.0)
     # Thresholds out of reach: the test counts updates, not transitions.
     breaker = CircuitBreaker(failure_threshold=10**9, window=3600.0, store=store)
     budget = RetryBudget(0.0, max_tokens=10**6, min_per_second=0.0, store=store)
@@ -161,6 +282,7 @@ def random_events(redis_url: str, prefix: str, seed: int, events: int) -> tuple[
             verdict=Verdict.SERVER_ERROR if failed else Verdict.SUCCESS))
         granted += budget.allow_retry("svc")
     assert store.shared, "Redis was reachable for the whole run"
+    store.close()  # sends the successes still batched locally
     return failures, granted
 
 
@@ -200,3 +322,125 @@ def in_processes(
             if process.is_alive():
                 process.kill()
     return [collected[index] for index in range(len(arguments))]
+
+
+class FakeRedis:
+    """A TCP server on loopback posing as Redis: each accepted connection is handed to
+    :meth:`_handle` on a thread of its own."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        self.thread.join(5)
+
+    def __enter__(self) -> FakeRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class GarbageRedis(FakeRedis):
+    """Answers every read with bytes that are not RESP."""
+
+    def _handle(self, conn: socket.socket) -> None:
+        import threading
+
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while conn.recv(65536):
+                    conn.sendall(b"%%% this is not redis \x00\xff\r\n")
+            except OSError:
+                return
+
+
+class SlowProxy(FakeRedis):
+    """A TCP proxy in front of a real Redis that delays every reply by ``delay`` seconds,
+    or (``drip``) sends replies one byte every ``drip`` seconds."""
+
+    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0) -> None:
+        self.upstream = port
+        self.delay = delay
+        self.drip = drip
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
+        import threading
+
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            conn.close()
+            return
+        threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not replies:
+                    target.sendall(data)
+                elif self.drip:
+                    for index in range(len(data)):
+                        time.sleep(self.drip)
+                        target.sendall(data[index:index + 1])
+                else:
+                    time.sleep(self.delay)
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
+                             results: Any) -> None:
+    """(in a worker process) Trip ``service``'s shared breaker when ``go`` is set; put
+    the wall-clock time at which it was open in Redis on ``results``."""
+    from requests_smartretry import AttemptEvent, CircuitBreaker, EventKind, Verdict
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0,
+                             store=_store(redis_url))
+    breaker.before_attempt(service)  # connected, script loaded
+    ready.set()
+    go.wait(30)
+    breaker(AttemptEvent(kind=EventKind.FAILURE, operation="op", service=service, attempt=1,
+                         max_attempts=1, call_id=1, verdict=Verdict.NETWORK))
+    results.put(time.time())

@@ -30,7 +30,7 @@ from requests_smartretry import (
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.redis_state import RedisStateStore
 from tests.conftest import FakeClock
-from tests.redis_server import RedisServer
+from tests.redis_server import SHARING_BUDGET, RedisServer
 
 SVC = "https://api.example.com"
 
@@ -70,7 +70,8 @@ def store(request: pytest.FixtureRequest) -> Any:
     if request.param == "memory":
         return MemoryStateStore()
     url = request.getfixturevalue("redis_url")
-    return RedisStateStore(url, prefix=f"test-{uuid.uuid4().hex}", server_time=False)
+    return RedisStateStore(url, prefix=f"test-{uuid.uuid4().hex}", server_time=False,
+                           time_budget=SHARING_BUDGET)
 
 
 @pytest.fixture

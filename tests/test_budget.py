@@ -25,6 +25,7 @@ from requests_smartretry import (
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.testing import fast_retries
 from tests.conftest import FakeClock
+from tests.redis_server import SHARING_BUDGET
 
 SVC = "https://api.example.com"
 
@@ -37,7 +38,8 @@ def store(request: pytest.FixtureRequest) -> StateStore:
     from requests_smartretry.redis_state import RedisStateStore
 
     url = request.getfixturevalue("redis_url")
-    return RedisStateStore(url, prefix=f"test-{uuid.uuid4().hex[:12]}")
+    return RedisStateStore(url, prefix=f"test-{uuid.uuid4().hex[:12]}",
+                           time_budget=SHARING_BUDGET)
 
 
 def event(kind: EventKind, attempt: int, service: str = SVC) -> AttemptEvent:

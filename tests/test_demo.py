@@ -38,7 +38,7 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
         "30 calls, each failing once: 30 x HTTP 200",
-        "Statistics (per operation",
+        "Statistics per operation",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
     assert "CircuitOpenError: refused without touching the network" in out
@@ -46,12 +46,14 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
     assert "ResponseSignatureError (signature check) after 1 request, not retried" in out
     assert "wx-FORGED" not in out
     assert "the breaker is closed again" in out
-    table = out.split("Statistics (per operation", 1)[1].splitlines()
-    rows = {line.split()[0]: line.split() for line in table if line.startswith(("demo-", "total"))}
-    # operation requests attempts retries ok failures gave-up refused ...
-    assert rows["demo-reset"][1:5] == ["1", "2", "1", "1"]
-    assert rows["demo-404"][1:4] == ["1", "1", "0"]
-    assert rows["demo-breaker"][7] == "1"  # one call refused by the open breaker
+    table = out.split("Statistics per operation", 1)[1].split("Failed attempts", 1)[0]
+    assert max(len(line) for line in table.splitlines()) <= 100
+    rows = {line.split()[0]: line.split() for line in table.splitlines()
+            if line.startswith(("demo-", "total"))}
+    # operation | calls: total ok gave-up refused | attempts: total failed retries | p50 p99
+    assert rows["demo-reset"][1:8] == ["1", "1", "0", "0", "2", "1", "1"]
+    assert rows["demo-404"][1:8] == ["1", "0", "1", "0", "1", "1", "0"]
+    assert rows["demo-breaker"][4] == "1"  # one call refused by the open breaker
 
 
 def _event(kind: EventKind, attempt: int = 1, **fields: object) -> AttemptEvent:
@@ -71,10 +73,29 @@ def test_stats_table_shows_counts_latency_and_verdicts() -> None:
         _event(EventKind.GIVE_UP, 2, give_up_reason="exhausted"),
     ):
         stats(event)
-    header, rule, row, total = format_stats_table(stats.snapshot()).splitlines()
-    assert header.split()[:4] == ["operation", "requests", "attempts", "retries"]
-    assert set(rule) == {"-", " "}
-    assert row.split()[:8] == ["op", "1", "2", "1", "0", "2", "1", "0"]
-    assert "server_error=1 timeout=1" in row
+    lines = format_stats_table(stats.snapshot()).splitlines()
+    groups, header, row, total, blank, title, *verdicts = lines
+    assert groups.split() == ["----------", "calls", "----------", "------", "attempts",
+                              "------", "seconds", "per", "call"]
+    assert header.split() == ["operation", "total", "ok", "gave", "up", "refused", "total",
+                              "failed", "retries", "p50", "p99"]
+    # 1 call, not ok, given up; 2 attempts, both failed, 1 retry.
+    assert row.split()[:8] == ["op", "1", "0", "1", "0", "2", "2", "1"]
     assert total.startswith("total")
+    assert (blank, title) == ("", "Failed attempts by verdict:")
+    assert verdicts == ["  op: server_error=1 timeout=1", "  total: server_error=1 timeout=1"]
+    assert max(len(line) for line in lines) <= 100
     assert format_stats_table({}) == "(no calls recorded)"
+
+
+def test_stats_table_fits_100_columns_with_long_names() -> None:
+    """A long operation name is cut, so every line of the table stays within 100 columns."""
+    stats = Stats()
+    stats(_event(EventKind.START))
+    stats(_event(EventKind.SUCCESS, verdict=Verdict.SUCCESS, elapsed=1234.5,
+                 call_elapsed=1234.5))
+    snapshot = {("GET very-long-host.example.com/" + "x" * 80): stats.snapshot()["op"],
+                "__total__": stats.snapshot()["__total__"]}
+    lines = format_stats_table(snapshot).splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert lines[2].startswith("GET very-long-host.exam… ")

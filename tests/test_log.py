@@ -45,7 +45,8 @@ def test_levels_and_structured_fields(log_lines: LineCollector) -> None:
                status_code=500, elapsed=0.25))
     hook(event(EventKind.GIVE_UP, attempt=2, verdict=Verdict.SERVER_ERROR, reason="HTTP 500",
                give_up_reason="exhausted"))
-    failure, give_up = log_lines.records
+    attempt, failure, give_up = log_lines.records  # the held-back first-attempt line first
+    assert attempt.levelno == logging.INFO
     assert failure.levelno == logging.WARNING and give_up.levelno == logging.ERROR
     assert failure.retry_operation == "生成艺术照"  # type: ignore[attr-defined]
     assert failure.retry_status_code == 500  # type: ignore[attr-defined]
@@ -81,3 +82,17 @@ def test_retry_after_refusal_names_the_cap_in_force(log_lines: LineCollector) ->
               give_up_reason="retry_after_too_long", backoff_cap=30.0))
     assert log_lines.lines == ["[API retry] 生成艺术照 - server asked to wait 60000ms, "
                                "above the 30000ms cap; not retrying"]
+
+
+@pytest.mark.parametrize(("lang", "expected"), [
+    ("en", "[API retry] 生成艺术照 - request may have reached the server and the call is not "
+           "idempotent; not retrying"),
+    ("zh", "[API重试] 生成艺术照 - 请求可能已送达服务器且 该调用 非幂等, 不重试"),
+])
+def test_unsafe_give_up_without_a_method_reads_whole(
+    log_lines: LineCollector, lang: str, expected: str
+) -> None:
+    """A callable-API call (no HTTP method) that is unsafe to repeat still names what it is."""
+    LoggingHook(lang=lang)(event(EventKind.GIVE_UP, verdict=Verdict.NETWORK,
+                                 reason="ECONNRESET", give_up_reason="unsafe"))
+    assert expected in log_lines.lines

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import pickle
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +25,7 @@ from requests_smartretry import (
     payment_adapter,
     payment_session,
 )
-from requests_smartretry.faultserver import unused_port
+from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.presets import wechatpay as wechatpay_preset
 from requests_smartretry.presets.wechatpay import PlatformVerifier, parse_notification
 from tests.fakes.wechatpay import (
@@ -510,3 +511,158 @@ def test_absent_signature_type_is_taken_as_rsa(platform: RSAPrivateKey) -> None:
     verifier.verify(headers, body)
     with pytest.raises(ResponseSignatureError, match=r"\(signature check\)"):
         verifier.verify(headers, body.replace(b"wx1", b"wx2"))
+
+
+# -- review of issue 16: what a hostile network or a careless caller tries -------------------
+
+
+def test_unreadable_huge_timestamp_is_a_timestamp_failure(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """A Wechatpay-Timestamp too large for a float (400 digits) or not plain digits is
+    refused by the timestamp check, on an answer (one request) and on a notification, never
+    as a raw OverflowError."""
+    session = verified_session(merchant_pem, fake, platform, max_retries=2)
+    fake.script(JSAPI, (200, {"prepay_id": "wx1"}, {"Wechatpay-Timestamp": "9" * 400}))
+    with pytest.raises(ResponseSignatureError) as caught:
+        session.post(JSAPI, json=order())
+    assert caught.value.check == "timestamp" and fake.hits() == 1
+    body = notification(PAID, API_V3_KEY)
+    for stamp in ("9" * 400, "1_700_000_000", "-1"):
+        headers = {**platform_headers(platform, PUBLIC_KEY_ID, body), "Wechatpay-Timestamp": stamp}
+        with pytest.raises(ResponseSignatureError) as caught:
+            parse_notification(headers, body, platform_public_key=public_pem(platform),
+                               platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+        assert caught.value.check == "timestamp", stamp
+
+
+def test_notification_headers_must_be_a_mapping(platform: RSAPrivateKey) -> None:
+    """parse_notification(None, ...) or headers that are not name/value pairs fail with a
+    TypeError naming the headers parameter."""
+    body = notification(PAID, API_V3_KEY)
+    for headers in (None, 5, ["Wechatpay-Signature"]):
+        with pytest.raises(TypeError, match="headers must be"):
+            parse_notification(headers, body, platform_public_key=public_pem(platform),
+                               platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_redirect_to_another_origin_is_refused_not_followed(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey, status: int) -> None:
+    """A redirect from the payment endpoint to an origin the adapter is not mounted on (whose
+    unsigned 2xx nothing would verify) raises ResponseSignatureError ("redirect") instead of
+    being followed."""
+    def forged(server: FaultServer, sock: Any, request: Any) -> None:
+        server.send(sock, 200, b'{"prepay_id": "wx-FORGED"}',
+                    {"Content-Type": "application/json"})
+
+    with FaultServer(handlers={"/": forged}) as elsewhere:
+        session = verified_session(merchant_pem, fake, platform, max_retries=2)
+        fake.script(JSAPI, (status, {}, {"Location": elsewhere.url(JSAPI)}))
+        with pytest.raises(ResponseSignatureError) as caught:
+            session.post(JSAPI, json=order())
+        assert caught.value.check == "redirect" and "(redirect check)" in str(caught.value)
+        assert elsewhere.hits() == 0 and fake.hits() == 1
+
+
+def test_rejected_body_reaches_no_one(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """The body of a refused 2xx is dropped: neither the exception's response, nor the
+    hooks' events, nor the attempt history hand the forged prepay_id to anyone."""
+    seen: list[Any] = []
+    session = verified_session(merchant_pem, fake, platform, hooks=[seen.append])
+    fake.forge("tampered")
+    with pytest.raises(ResponseSignatureError) as caught:
+        session.post(JSAPI, json=order())
+    error = caught.value
+    assert error.response is not None and error.response.status_code == 200
+    assert error.response.content == b"" and error.response.text == ""
+    carried = [e.error for e in (*seen, *attempt_history(error)) if e.error is not None]
+    assert carried, "the failure event carries the error"
+    for exc in carried:
+        response = getattr(exc, "response", None)
+        assert response is None or b"FORGED" not in (response.content or b"")
+
+
+@pytest.mark.parametrize("entry", ["execute_with_retry", "retry_on", "with_retry"])
+def test_callable_api_never_retries_a_signature_error(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey, entry: str) -> None:
+    """The basic variant (which retries every exception), retry_on=RequestException and the
+    decorator all give up on a ResponseSignatureError after one request."""
+    from requests_smartretry import execute_with_retry, execute_with_smart_retry, with_retry
+
+    session = verified_session(merchant_pem, fake, platform)
+    fake.forge("unsigned")
+
+    def call() -> requests.Response:
+        return session.post(JSAPI, json=order())
+
+    options: dict[str, Any] = {"max_retries": 2, "sleep": lambda s: None, "timeout": 10.0}
+    with pytest.raises(ResponseSignatureError):
+        if entry == "execute_with_retry":
+            execute_with_retry(call, **options)
+        elif entry == "retry_on":
+            execute_with_smart_retry(call, retry_on=requests.RequestException, **options)
+        else:
+            with_retry(smart=False, **options)(call)()
+    assert fake.hits() == 1
+
+
+def test_certificate_outside_its_validity_verifies_nothing(
+        platform: RSAPrivateKey, certificates: dict[str, str]) -> None:
+    """An answer signed with a platform certificate's key is refused by the serial check
+    once that certificate has expired, or before it is valid (wechatpayv3 drops such
+    certificates), and accepted while it is valid; the clock is the verifier's."""
+    first = f"{CERT_SERIALS[0]:X}"
+    body = b'{"prepay_id": "wx1"}'
+    now = time.time()
+    for days, state in ((0, None), (400, "expired"), (-2, "not yet valid")):
+        stamp = now + days * 86400
+        verifier = PlatformVerifier(certificates=certificates, clock=lambda stamp=stamp: stamp)
+        headers = platform_headers(platform, first, body, timestamp=int(stamp))
+        if state is None:
+            verifier.verify(headers, body)
+            continue
+        with pytest.raises(ResponseSignatureError, match=f"which is {state}") as caught:
+            verifier.verify(headers, body)
+        assert caught.value.check == "serial"
+
+
+def test_notification_body_that_is_not_utf8_text_is_named(platform: RSAPrivateKey) -> None:
+    """A str body holding undecodable bytes (surrogate escapes) to parse_notification, or a
+    dict body to PlatformVerifier.verify, fails with an error naming the body."""
+    body = notification(PAID, API_V3_KEY)
+    headers = platform_headers(platform, PUBLIC_KEY_ID, body)
+    with pytest.raises(ValueError, match="body is a str that is not UTF-8"):
+        parse_notification(headers, body.decode() + "\udcff",
+                           platform_public_key=public_pem(platform),
+                           platform_public_key_id=PUBLIC_KEY_ID, api_v3_key=API_V3_KEY)
+    verifier = PlatformVerifier(public_key=public_pem(platform), public_key_id=PUBLIC_KEY_ID)
+    with pytest.raises(TypeError, match="body must be the raw request body"):
+        verifier.verify(headers, {"resource": {}})  # type: ignore[arg-type]
+
+
+def test_streamed_answer_is_read_for_verification_inside_the_attempt_deadline(
+        platform: RSAPrivateKey) -> None:
+    """With stream=True a verifying adapter still reads the body it must verify within the
+    attempt deadline: a 2xx dripped a byte at a time is cut as a timeout instead of holding
+    the call until the last byte."""
+    with FaultServer() as server:
+        adapter = payment_adapter(endpoint=server.url(""), backup_endpoint=None,
+                                  platform_public_key=public_pem(platform),
+                                  platform_public_key_id=PUBLIC_KEY_ID, max_retries=0)
+        session = requests.Session()
+        session.mount(server.url(""), adapter)
+        with pytest.raises(requests.exceptions.Timeout):
+            session.get(server.url("/drip?interval=0.05&count=40"), stream=True, timeout=0.3)
+        assert server.hits() == 1
+
+
+def test_platform_key_id_read_from_a_file_with_its_newline_works(
+        merchant_pem: str, fake: FakeWechatPay, platform: RSAPrivateKey) -> None:
+    """A platform_public_key_id with surrounding whitespace (a file's trailing newline) is
+    taken without it: the genuine answer verifies and Wechatpay-Serial is sent clean."""
+    session = payment_session(MCHID, SERIAL, merchant_pem, endpoint=fake.endpoint,
+                              platform_public_key=public_pem(platform),
+                              platform_public_key_id=f" {PUBLIC_KEY_ID}\n", **fast())
+    assert session.post(JSAPI, json=order()).status_code == 200
+    assert fake.server.received(JSAPI)[0].headers["wechatpay-serial"] == PUBLIC_KEY_ID

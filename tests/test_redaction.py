@@ -245,7 +245,9 @@ def test_redaction_is_linear_on_hostile_text() -> None:
     """Redacting 64 KiB of adversarial text (a hostile status line) finishes promptly."""
     hostile = ["token" * 13000, "a" * 65000, '"a":' * 16000, 'Bearer a="" ' * 5000,
                "Cookie:" * 9000, "http://" + "a" * 65000, "\n" + "x-auth-token" * 5000,
-               "a:\n" * 20000, "a=" * 30000]
+               "a:\n" * 20000, "a=" * 30000,
+               # path tokens: one long run, many short ones, a token without an end
+               "/" + "a1" * 32000, "/1:" * 20000, "/1:" + "a" * 65000 + "!", "/a" * 30000]
     started = time.monotonic()
     for text in hostile:
         redact_text(text)

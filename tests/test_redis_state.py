@@ -9,7 +9,6 @@ import pickle
 import random
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,12 +31,14 @@ from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
 from requests_smartretry.state import BreakerSettings, BudgetSettings
 from tests.redis_server import (
+    GarbageRedis,
     RedisServer,
     budgeted_calls,
     client,
     failing_calls,
     in_processes,
     random_events,
+    shared_store,
 )
 
 pytestmark = pytest.mark.redis
@@ -89,7 +90,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
                                minimum_requests=6)
     budget = BudgetSettings(ratio=0.2, max_tokens=5.0, min_per_second=0.5)
     memory = MemoryStateStore()
-    shared = RedisStateStore(redis_url, prefix=prefix, server_time=False)
+    shared = shared_store(redis_url, prefix=prefix, server_time=False)
     rng = random.Random(20261127)
     now = 1_000_000.25
     tickets: list[int] = []
@@ -137,7 +138,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
 
 def test_keys_are_namespaced_and_expire(redis_url: str, prefix: str) -> None:
     """Each service's records live under the prefix and carry a time to live."""
-    store = RedisStateStore(redis_url, prefix=prefix)
+    store = shared_store(redis_url, prefix=prefix)
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=5.0, window=20.0,
                              store=store)
     budget = RetryBudget(store=store)
@@ -146,7 +147,8 @@ def test_keys_are_namespaced_and_expire(redis_url: str, prefix: str) -> None:
     budget.allow_retry(SVC)
     inspect = client(redis_url)
     keys = sorted(inspect.keys(f"{prefix}:*"))
-    assert keys == [f"{prefix}:breaker:{SVC}", f"{prefix}:budget:{SVC}"]
+    # hash-tagged: both records of a service share one Redis Cluster slot
+    assert keys == [f"{prefix}:breaker:{{{SVC}}}", f"{prefix}:budget:{{{SVC}}}"]
     breaker_ttl = inspect.pttl(keys[0]) / 1000
     assert 0 < breaker_ttl <= 2 * 20 + 60
     assert 0 < inspect.pttl(keys[1]) / 1000 <= budget.settings.ttl  # max_tokens/rate + 60
@@ -156,10 +158,10 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
     """Two hosts whose clocks differ by days see the same open breaker and the same
     time to the next probe, because the scripts read the Redis server's clock."""
     ours = CircuitBreaker(failure_threshold=1, recovery_timeout=30.0, clock=lambda: 0.0,
-                          store=RedisStateStore(redis_url, prefix=prefix))
+                          store=shared_store(redis_url, prefix=prefix))
     theirs = CircuitBreaker(failure_threshold=1, recovery_timeout=30.0,
                             clock=lambda: 5 * 86400.0,
-                            store=RedisStateStore(redis_url, prefix=prefix))
+                            store=shared_store(redis_url, prefix=prefix))
     ours.before_attempt(SVC)
     ours(outcome(EventKind.FAILURE, Verdict.TIMEOUT))
     with pytest.raises(CircuitOpenError) as caught:
@@ -167,35 +169,57 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
     assert 25.0 < caught.value.retry_in <= 30.0
 
 
-def test_at_most_one_round_trip_per_event(
+def commands_issued(url: str) -> int:
+    """Commands the server executed since its statistics were reset (INFO commandstats
+    counts those run inside scripts too), not counting the INFO itself."""
+    stats = client(url).info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+
+def test_successes_cost_no_round_trip(redis_url: str, fault: FaultServer) -> None:
+    """300 successful calls with a shared breaker and budget make at most 30 Redis
+    commands in all (connecting, loading the script, subscribing and the batched sync
+    included), and their successes are all counted in Redis afterwards."""
+    inspect = client(redis_url)
+    prefix = f"count-{uuid.uuid4().hex[:8]}"
+    store = shared_store(redis_url, prefix=prefix)
+    breaker = CircuitBreaker(failure_rate=0.5, window=60.0)
+    session = smart_session(breaker=breaker, state=store, log=False)
+    inspect.config_resetstat()
+    for _ in range(300):
+        assert session.get(fault.url("/ok")).status_code == 200
+    issued = commands_issued(redis_url)
+    assert issued <= 30, inspect.info("commandstats")
+    assert fault.hits() == 300
+    store.flush()
+    status = CircuitBreaker(failure_rate=0.5, window=60.0,
+                            store=shared_store(redis_url, prefix=prefix)).status(
+        f"http://127.0.0.1:{fault.port}")
+    assert status.window_requests == 300
+
+
+def test_failures_and_retries_go_to_redis_at_once(
     redis_url: str, prefix: str, fault: FaultServer
 ) -> None:
-    """Admission, each result and each retry's spend cost one Redis round trip each;
-    deposits travel with the next spend (or once they make a whole token), so a
-    successful request with breaker and budget costs two."""
-    store = RedisStateStore(redis_url, prefix=prefix)
-    session = smart_session(breaker=CircuitBreaker(), state=store, log=False,
+    """A failure is in Redis as soon as it is recorded (with the successes before it), and
+    a retry the local lease does not cover is paid from the shared balance."""
+    store = shared_store(redis_url, prefix=prefix)
+    breaker = CircuitBreaker(failure_threshold=10, store=store)
+    budget = RetryBudget(ratio=0.1, max_tokens=5.0, min_per_second=0.0, store=store)
+    session = smart_session(max_retries=1, breaker=breaker, budget=budget, log=False,
                             sleep=lambda seconds: None)
-    session.get(fault.url("/ok"))  # connects and loads the scripts
-    commands: list[str] = []
-    redis_client = store._client
-    original = redis_client.execute_command
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        commands.append(str(args[0]))
-        return original(*args, **kwargs)
-
-    redis_client.execute_command = counting
-    assert session.get(fault.url("/ok")).status_code == 200
-    assert commands == ["EVALSHA"] * 2  # admit, record (SUCCESS)
-    commands.clear()
-    assert session.get(fault.url("/status/503")).status_code == 503
-    # admit, record failure, spend for the retry (with the deposits), admit, record failure
-    assert commands == ["EVALSHA"] * 5
-    commands.clear()
-    for _ in range(10):
+    service = f"http://127.0.0.1:{fault.port}"
+    for _ in range(5):
         session.get(fault.url("/ok"))
-    assert len(commands) == 2 * 10 + 1  # one deposit of a whole token in ten calls
+    assert session.get(fault.url("/status/503")).status_code == 503
+    other = shared_store(redis_url, prefix=prefix)
+    seen = CircuitBreaker(failure_threshold=10, store=other).status(service)
+    assert seen.consecutive_failures == 2  # the call and its retry
+    assert seen.window_requests == 7  # five successes, sent with the first failure
+    # the retry spent a shared token from the full bucket (deposits cannot overfill it)
+    tokens = RetryBudget(ratio=0.1, max_tokens=5.0, min_per_second=0.0,
+                         store=other).tokens(service)
+    assert tokens == pytest.approx(4.0)
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -243,7 +267,7 @@ def test_bad_store_options_name_the_parameter(options: dict[str, Any], named: st
 
 def test_pickled_adapter_shares_state_with_the_original(redis_url: str, prefix: str) -> None:
     """A pickled adapter reconnects to the same Redis and sees the same breaker."""
-    store = RedisStateStore(redis_url, prefix=prefix)
+    store = shared_store(redis_url, prefix=prefix)
     adapter = SmartRetryAdapter(breaker=CircuitBreaker(failure_threshold=1), state=store)
     copy = pickle.loads(pickle.dumps(adapter))
     assert isinstance(copy.state, RedisStateStore) and copy.state is not store
@@ -267,7 +291,7 @@ def test_four_processes_share_one_breaker(redis_url: str, fault: FaultServer) ->
     (fifth,) = in_processes(failing_calls, [(redis_url, url, 1, 8)])
     assert fifth == ["CircuitOpenError"]
     assert fault.hits() == 8
-    client(redis_url).delete(f"smartretry:breaker:http://127.0.0.1:{fault.port}")
+    client(redis_url).delete(f"smartretry:breaker:{{http://127.0.0.1:{fault.port}}}")
 
 
 @pytest.mark.slow
@@ -287,7 +311,7 @@ def test_budget_across_four_processes_bounds_the_fleet(
     assert total_calls < fault.hits() <= total_calls * (1 + ratio) + max_tokens
     # Per-process budgets would have allowed up to 4 * max_tokens of the initial burst.
     balance = float(client(redis_url).hget(
-        f"smartretry:budget:http://127.0.0.1:{fault.port}", "tok"))
+        f"smartretry:budget:{{http://127.0.0.1:{fault.port}}}", "tok"))
     assert balance < 1.0
 
 
@@ -298,7 +322,7 @@ def test_eight_processes_lose_no_update(redis_url: str, prefix: str) -> None:
     results = in_processes(random_events, [(redis_url, prefix, seed, 200) for seed in range(8)])
     failures = sum(r[0] for r in results)
     assert [r[1] for r in results] == [200] * 8  # every spend was granted and counted
-    store = RedisStateStore(redis_url, prefix=prefix)
+    store = shared_store(redis_url, prefix=prefix)
     status = CircuitBreaker(failure_threshold=10**9, window=3600.0, store=store).status("svc")
     assert status.window_requests == 1600
     assert status.window_failures == failures
@@ -318,35 +342,43 @@ def test_redis_killed_mid_run_then_restarted(
     caplog.set_level(logging.INFO, logger="requests_smartretry")
     server = RedisServer().start()
     try:
-        store = RedisStateStore(server.url, retry_interval=0.2)
+        store = shared_store(server.url, retry_interval=0.2)
         breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=60.0)
         session = smart_session(max_retries=0, breaker=breaker, state=store, log=False)
         service = f"http://127.0.0.1:{fault.port}"
         for _ in range(10):
             assert session.get(fault.url("/ok")).status_code == 200
-        assert client(server.url).exists(f"smartretry:breaker:{service}")
+        assert client(server.url).exists(f"smartretry:breaker:{{{service}}}")
 
         server.kill()
+        # Successes need no Redis; the lost subscription makes the views poll, and the
+        # first poll finds Redis gone.
         for _ in range(30):
             assert session.get(fault.url("/ok")).status_code == 200
+            time.sleep(0.01)
         assert not store.shared
         assert len(redis_warnings(caplog)) == 1
 
         server.start()  # same port, empty (no persistence)
-        time.sleep(0.3)  # past retry_interval: the next event probes Redis
-        for _ in range(5):
+        # The probes back off while Redis is out (0.2 s, 0.4 s, ...): one finds it back.
+        deadline = time.monotonic() + 10.0
+        while not store.shared and time.monotonic() < deadline:
             assert session.get(fault.url("/ok")).status_code == 200
+            time.sleep(0.02)
         assert store.shared
-        assert client(server.url).exists(f"smartretry:breaker:{service}")
+        store.flush()  # the batched successes
+        assert client(server.url).exists(f"smartretry:breaker:{{{service}}}")
         assert any("reachable again" in r.getMessage() for r in caplog.records)
 
         # Another worker trips the shared breaker: our next call is refused at once.
         other = CircuitBreaker(failure_threshold=3, recovery_timeout=60.0,
-                               store=RedisStateStore(server.url))
+                               store=shared_store(server.url))
         for _ in range(3):
             other.before_attempt(service)
             other(outcome(EventKind.FAILURE, Verdict.NETWORK, service))
         hits = fault.hits()
+        # Notified, or (while the subscription is being renewed) the next poll sees it.
+        time.sleep(2 * store.poll_interval)
         with pytest.raises(CircuitOpenError):
             session.get(fault.url("/ok"))
         assert fault.hits() == hits
@@ -391,41 +423,6 @@ def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
     assert not store.shared
 
 
-class GarbageRedis:
-    """A TCP server on loopback that answers every read with bytes that are not RESP."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _answer(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while conn.recv(65536):
-                    conn.sendall(b"%%% this is not redis \x00\xff\r\n")
-            except OSError:
-                return
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        self.thread.join(5)
-
-
 def test_garbage_from_redis_falls_back_to_local_state(
     fault: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -453,8 +450,8 @@ def test_wrong_type_key_falls_back_to_local_state(
     """A key clobbered by another program (a string where a hash belongs) makes Redis
     answer with an error: the breaker carries on locally instead of failing the call."""
     caplog.set_level(logging.WARNING, logger="requests_smartretry")
-    client(redis_url).set(f"{prefix}:breaker:{SVC}", "not a hash")
-    breaker = CircuitBreaker(store=RedisStateStore(redis_url, prefix=prefix))
+    client(redis_url).set(f"{prefix}:breaker:{{{SVC}}}", "not a hash")
+    breaker = CircuitBreaker(store=shared_store(redis_url, prefix=prefix))
     breaker.before_attempt(SVC)
     breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS))
     assert breaker.state(SVC) == "closed"
@@ -468,3 +465,357 @@ def test_a_redis_url_without_redis_py_is_a_clear_configuration_error(
     monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` raise ImportError
     with pytest.raises(ImportError, match=r"requests-smartretry\[redis\]"):
         SmartRetryAdapter(state="redis://127.0.0.1:6379/0")
+
+
+# -- issue 18: the fleet at zero cost, safe from a sick Redis --------------------------------
+
+
+@pytest.mark.slow
+def test_breaker_opened_in_another_process_refuses_here_within_100ms(
+    redis_url: str, fault: FaultServer
+) -> None:
+    """A breaker opened by another process refuses this process's calls within 100 ms
+    (its announcement invalidates our local view), without reaching the server."""
+    import multiprocessing
+
+    from tests.redis_server import open_breaker_then_report
+
+    service = f"http://127.0.0.1:{fault.port}"
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+    store = shared_store(redis_url)
+    session = smart_session(max_retries=0, breaker=CircuitBreaker(recovery_timeout=60.0),
+                            budget=None, state=store, log=False)
+    assert session.get(fault.url("/ok")).status_code == 200
+    context = multiprocessing.get_context("forkserver")
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    worker = context.Process(target=open_breaker_then_report,
+                             args=(redis_url, service, ready, go, results))
+    worker.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
+        go.set()
+        refused_at = None
+        deadline = time.monotonic() + 5.0
+        while refused_at is None and time.monotonic() < deadline:
+            try:
+                session.get(fault.url("/ok"))
+            except CircuitOpenError:
+                refused_at = time.time()
+            time.sleep(0.002)
+        opened_at = results.get(timeout=30)
+    finally:
+        worker.join(10)
+    assert refused_at is not None
+    assert refused_at - opened_at <= 0.1
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [{"delay": 0.2}, {"drip": 0.1}])
+def test_slow_or_dripping_redis_is_bypassed_after_the_first_overrun(
+    redis_url: str, fault: FaultServer, caplog: pytest.LogCaptureFixture, mode: dict[str, float]
+) -> None:
+    """A Redis whose every reply is late by 0.2 s (or arrives one byte per 0.1 s) costs one
+    request the time budget; every call succeeds, the rest run at local speed, one warning."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(int(redis_url.rsplit(":", 1)[1].split("/")[0]), **mode) as proxy:
+        store = RedisStateStore(proxy.url, prefix=f"slow-{uuid.uuid4().hex[:8]}",
+                                retry_interval=60.0)
+        session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+        took = []
+        for _ in range(20):
+            started = time.monotonic()
+            assert session.get(fault.url("/ok")).status_code == 200
+            took.append(time.monotonic() - started)
+        assert not store.shared
+        store.close()
+    assert took[0] < 1.0  # the first overrun: bounded by the budget, never the drip
+    assert max(took[1:]) < 0.15  # no Redis work at all after it (generous for load)
+    assert len(redis_warnings(caplog)) == 1
+
+
+def test_a_bad_key_takes_only_its_own_service_off_redis(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WRONGTYPE key on one service makes that service local (one warning, however often
+    it is used); a second service keeps sharing through Redis."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    bad, good = "https://bad.example.com", "https://good.example.com"
+    client(redis_url).set(f"{prefix}:breaker:{{{bad}}}", "not a hash")
+    store = shared_store(redis_url, prefix=prefix)
+    ours = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0, store=store)
+    for service in (bad, good) * 3:
+        ours.before_attempt(service)
+    ours(outcome(EventKind.FAILURE, Verdict.NETWORK, good))
+    ours(outcome(EventKind.FAILURE, Verdict.NETWORK, bad))
+    assert store.shared
+    theirs = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0,
+                            store=shared_store(redis_url, prefix=prefix))
+    assert theirs.state(good) == "open"  # shared
+    assert ours.state(bad) == "open"  # kept locally
+    warnings = redis_warnings(caplog)
+    assert len(warnings) == 1 and bad in warnings[0] and good not in warnings[0]
+
+
+def test_a_far_future_open_time_is_repaired(redis_url: str, prefix: str) -> None:
+    """An open breaker whose open time lies years ahead (and no TTL) refuses for at most
+    the recovery timeout, and the key gets its TTL back; garbage values are reset."""
+    service = "https://api.example.com"
+    key = f"{prefix}:breaker:{{{service}}}"
+    inspect = client(redis_url)
+    inspect.hset(key, mapping={"st": 1, "t": time.time() + 10 * 365 * 86400, "cf": "-1e308"})
+    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=30.0,
+                             store=shared_store(redis_url, prefix=prefix))
+    with pytest.raises(CircuitOpenError) as caught:
+        breaker.before_attempt(service)
+    assert 0 < caught.value.retry_in <= 30.0
+    assert float(inspect.hget(key, "t")) <= time.time() + 1
+    assert inspect.pttl(key) > 0
+    inspect.hset(key, mapping={"st": 7})  # no such state: reset to closed
+    assert breaker.state(service) == "closed" or breaker.before_attempt(service) is None
+    budget_key = f"{prefix}:budget:{{{service}}}"
+    inspect.hset(budget_key, mapping={"tok": "-1e308", "ts": time.time() + 86400})
+    budget = RetryBudget(min_per_second=1.0, max_tokens=5.0,
+                         store=shared_store(redis_url, prefix=prefix))
+    assert 0.0 <= budget.tokens(service) <= 5.0
+
+
+@pytest.mark.parametrize("password", ["ab/cd+ef==", "x#y", "p?q", "s3cr3t/with@at"])
+def test_passwords_never_reach_repr_logs_or_errors(
+    password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A password with an unencoded '/', '#', '?' or '@' is refused at construction without
+    being shown; an encoded one never appears in repr or in the outage warning."""
+    from urllib.parse import quote
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    port = unused_port()
+    raw = f"redis://:{password}@127.0.0.1:{port}/0"
+    if any(mark in password for mark in "/#?"):
+        with pytest.raises(ValueError, match="percent-encode") as caught:
+            RedisStateStore(raw)
+        assert password not in str(caught.value)
+        for piece in password.replace("#", "/").replace("?", "/").split("/"):
+            assert len(piece) < 3 or piece not in str(caught.value)
+    store = RedisStateStore(f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0")
+    assert password not in repr(store) and quote(password, safe="") not in repr(store)
+    store.budget_change(SVC, BudgetSettings(0.1, 10.0, 1.0), 0.0, 0.0, 1.0)
+    assert not store.shared
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "unavailable" in text and f"127.0.0.1:{port}" in text
+    assert password not in text and quote(password, safe="") not in text
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:notaport/0",
+    "redis://127.0.0.1:6379/notadb",
+    "redis+sentinel://127.0.0.1:26379",
+    "redis+cluster://127.0.0.1:7000/3",
+    "memcached://127.0.0.1:11211",
+])
+def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
+    """A URL the store cannot use raises at construction, naming it (not an outage)."""
+    with pytest.raises(ValueError, match=r"URL|state"):
+        RedisStateStore(url)
+
+
+def test_an_unsupported_client_is_named(redis_url: str) -> None:
+    """An asyncio client is refused at construction with its type in the message."""
+    import redis.asyncio
+
+    with pytest.raises(TypeError, match=r"redis\.asyncio"):
+        RedisStateStore(redis.asyncio.Redis.from_url(redis_url))
+
+
+def test_idle_services_are_forgotten(redis_url: str, prefix: str) -> None:
+    """A process that sees many distinct services keeps a bounded number of local views."""
+    store = shared_store(redis_url, prefix=prefix, max_services=50)
+    breaker = CircuitBreaker(store=store)
+    for number in range(300):
+        breaker.before_attempt(f"https://host-{number}.example.com")
+        breaker(outcome(EventKind.SUCCESS, Verdict.SUCCESS, f"https://host-{number}.example.com"))
+    assert len(store._views) <= 50
+    assert len(breaker._pending.stacks) <= 1
+
+
+# -- Redis Cluster and Sentinel --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A 3-master Redis Cluster for this module (started once)."""
+    from tests.redis_server import running_cluster
+
+    with running_cluster(str(tmp_path_factory.mktemp("cluster"))) as nodes:
+        yield nodes
+
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, ...]]:
+    """A master, a replica and a Sentinel naming them ``mymaster`` (started once)."""
+    from tests.redis_server import running_sentinel
+
+    with running_sentinel(str(tmp_path_factory.mktemp("sentinel"))) as servers:
+        yield servers
+
+
+def test_cluster_by_url_and_by_client_share_one_breaker(
+    cluster: list[RedisServer], prefix: str
+) -> None:
+    """A redis+cluster:// URL and a RedisCluster client share one breaker; a service's
+    two keys live in one slot; pickled stores keep sharing."""
+    from redis.cluster import RedisCluster
+
+    url = f"redis+cluster://127.0.0.1:{cluster[0].port},127.0.0.1:{cluster[1].port}"
+    by_url = shared_store(url, prefix=prefix)
+    by_client = shared_store(RedisCluster(host="127.0.0.1", port=cluster[2].port),
+                                prefix=prefix)
+    assert "redis+cluster://" in repr(by_client)
+    ours = CircuitBreaker(failure_threshold=2, recovery_timeout=60.0, store=by_url)
+    theirs = CircuitBreaker(failure_threshold=2, recovery_timeout=60.0,
+                            store=pickle.loads(pickle.dumps(by_client)))
+    for breaker in (ours, theirs):
+        breaker.before_attempt(SVC)
+        breaker(outcome(EventKind.FAILURE, Verdict.NETWORK))
+    assert by_url.shared and ours.state(SVC) == "open"
+    with pytest.raises(CircuitOpenError):
+        CircuitBreaker(failure_threshold=2, store=by_client).before_attempt(SVC)
+    inspect = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    assert inspect.keyslot(by_url.key("breaker", SVC)) == \
+        inspect.keyslot(by_url.key("budget", SVC))
+    assert RetryBudget(store=pickle.loads(pickle.dumps(by_url))).tokens(SVC) == 20.0
+    adapter = SmartRetryAdapter(breaker=CircuitBreaker(failure_threshold=2), state=url)
+    assert isinstance(adapter.state, RedisStateStore)  # the URL form through state=
+
+
+@pytest.mark.slow
+def test_cluster_node_killed_loses_no_call(
+    cluster: list[RedisServer], fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killing the cluster node that holds a service's keys fails no call: that service
+    goes local with one warning.  (Runs last of the cluster tests: it kills a node.)"""
+    from redis.cluster import RedisCluster
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    prefix = f"kill-{uuid.uuid4().hex[:8]}"
+    url = ",".join(f"127.0.0.1:{n.port}" for n in cluster)
+    store = shared_store(f"redis+cluster://{url}", prefix=prefix, retry_interval=60.0)
+    session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+    service = f"http://127.0.0.1:{fault.port}"
+    for _ in range(20):
+        assert session.get(fault.url("/ok")).status_code == 200
+    store.flush()
+    inspect = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    owner = inspect.get_node_from_key(store.key("breaker", service))
+    assert inspect.exists(store.key("breaker", service))
+    victim = next(n for n in cluster if n.port == int(owner.port))
+    victim.kill()
+    calls = 20
+    ends = time.monotonic() + 1.5 * store.sync_interval  # past the next batched sync
+    while time.monotonic() < ends:
+        assert session.get(fault.url("/ok")).status_code == 200
+        calls += 1
+        time.sleep(0.005)
+    assert fault.hits() == calls
+    assert len(redis_warnings(caplog)) == 1
+
+
+@pytest.mark.slow
+def test_sentinel_failover_loses_no_call(
+    sentinel: tuple[RedisServer, ...], fault: FaultServer, prefix: str
+) -> None:
+    """Through a redis+sentinel:// URL, killing the master fails no call; once Sentinel
+    has promoted the replica, the state is shared again, on the new master."""
+    import redis
+    from redis.sentinel import Sentinel
+
+    master, replica, watcher = sentinel
+    url = f"redis+sentinel://127.0.0.1:{watcher.port}/mymaster/0"
+    store = shared_store(url, prefix=prefix, retry_interval=0.2)
+    by_client = shared_store(
+        Sentinel([("127.0.0.1", watcher.port)]).master_for("mymaster"), prefix=prefix)
+    assert pickle.loads(pickle.dumps(by_client)).where == by_client.where
+    assert "redis+sentinel://" in repr(by_client) and "mymaster" in repr(by_client)
+    session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+    for _ in range(10):
+        assert session.get(fault.url("/ok")).status_code == 200
+    master.kill()
+    calls = 10
+    deadline = time.monotonic() + 30.0
+    promoted = False
+    while time.monotonic() < deadline:
+        assert session.get(fault.url("/ok")).status_code == 200
+        calls += 1
+        promoted = redis.Redis(port=replica.port, socket_timeout=1).info(
+            "replication")["role"] == "master"
+        if promoted and store.shared:
+            break
+        time.sleep(0.02)
+    assert promoted and store.shared
+    assert fault.hits() == calls
+    store.flush()
+    service = f"http://127.0.0.1:{fault.port}"
+    assert redis.Redis(port=replica.port).exists(store.key("breaker", service))
+
+
+def test_memory_store_forgets_idle_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process store (also the Redis store's fallback) forgets records idle past
+    their TTL, so one entry per host ever seen does not pile up; live ones stay."""
+    import requests_smartretry.state as state_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(state_module, "_now", lambda: clock[0])
+    store = MemoryStateStore()
+    settings = BreakerSettings(5.0, 30.0, 1, 0.0, 60.0, 20)
+    store.breaker_record("kept", settings, 0.0, failed=True, weight=1.0, ticket=0)
+    for number in range(5000):
+        store.breaker_admit(f"https://host-{number}.example.com", settings, 0.0)
+        clock[0] += 1.0
+        if number % 100 == 0:
+            store.breaker_admit("kept", settings, 0.0)
+    assert len(store._breakers) < 2 * (settings.ttl + 1) + 1024
+    assert store.breaker_status("kept", settings, 0.0).consecutive_failures == 1
+
+
+def test_client_store_pickles_and_names_its_server(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store built from a ``redis.Redis`` client pickles (redis-py 8 clients hold locks)
+    and shares state with the original; its outage warning names the client's server."""
+    import redis
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    store = shared_store(redis.Redis.from_url(redis_url), prefix=prefix)
+    copy = pickle.loads(pickle.dumps(store))
+    CircuitBreaker(failure_threshold=1, store=store).before_attempt(SVC)
+    store.breaker_record(SVC, CircuitBreaker(failure_threshold=1).settings, 0.0,
+                         failed=True, weight=1.0, ticket=0)
+    assert CircuitBreaker(failure_threshold=1, store=copy).state(SVC) == "open"
+    port = unused_port()
+    dead = RedisStateStore(redis.Redis(host="127.0.0.1", port=port), prefix=prefix)
+    dead.budget_change(SVC, BudgetSettings(0.1, 10.0, 1.0), 0.0, 0.0, 1.0)
+    (warning,) = redis_warnings(caplog)
+    assert f"redis://127.0.0.1:{port}/0" in warning
+
+
+def test_a_retry_paid_from_unsent_deposits_costs_no_round_trip(
+    redis_url: str, prefix: str
+) -> None:
+    """Deposits gather locally; a retry they cover is paid from them without a command,
+    one they do not cover goes to the shared balance."""
+    store = shared_store(redis_url, prefix=prefix)
+    settings = BudgetSettings(ratio=0.1, max_tokens=10.0, min_per_second=0.0)
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0) == (True, 9.0)  # shared
+    inspect = client(redis_url)
+
+    def scripts_run() -> int:
+        return int(inspect.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = scripts_run()
+    store.budget_change(SVC, settings, 0.0, 1.0, 0.0)  # a whole token deposited
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0)[0]  # paid from it
+    assert scripts_run() == before
+    assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0) == (True, 8.0)  # shared again

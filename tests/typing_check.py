@@ -1,5 +1,6 @@
-"""Static checks of the callable API's types, run by ``mypy --strict tests/typing_check.py``
-(``tests/test_functions.py`` runs it).
+"""Static checks of the public API's types, run by ``mypy --strict tests/typing_check.py``
+(``tests/test_functions.py`` and ``tests/test_typing.py`` run it; the latter also checks
+every README snippet, with the names the snippets take as given defined here).
 
 Each misuse below carries a ``# type: ignore[code]``.  ``--strict`` turns on
 ``warn_unused_ignores``, so if ``with_retry`` stopped preserving signatures (the wrapper
@@ -9,9 +10,77 @@ No ``reveal_type``: the file is plain, importable Python.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
-from requests_smartretry import execute_with_retry, execute_with_smart_retry, with_retry
+import requests
+from requests.adapters import HTTPAdapter
+
+# urllib3 1.26 ships no types (the compat run): the ignore is needed there, unused on 2.x.
+from urllib3.util.retry import Retry  # type: ignore[import-untyped, unused-ignore]
+
+from requests_smartretry import (
+    RetryPolicy,
+    RetryRateAlert,
+    SmartRetryAdapter,
+    Stats,
+    Verdict,
+    VerdictRule,
+    adapter_of,
+    execute_with_retry,
+    execute_with_smart_retry,
+    smart_session,
+    stats_of,
+    video_session,
+    with_retry,
+)
+
+# What README snippets use without defining it (``from tests.typing_check import *``).
+__all__ = [
+    "API_V3_KEY",
+    "PUB_KEY_ID",
+    "PUB_KEY_PEM",
+    "HTTPAdapter",
+    "Retry",
+    "RetryPolicy",
+    "RetryRateAlert",
+    "SmartRetryAdapter",
+    "VendorBusyError",
+    "Verdict",
+    "VerdictRule",
+    "client",
+    "mark_paid",
+    "prompt",
+    "session",
+    "smart_session",
+]
+
+
+class VendorBusyError(Exception):
+    """A vendor SDK's "try again later" error."""
+
+
+class VendorClient:
+    """A vendor SDK's client."""
+
+    def create_task(self, prompt: str) -> dict[str, str]:
+        """Submit a task."""
+        return {"prompt": prompt}
+
+    def query_order(self, order_id: str) -> dict[str, str]:
+        """Look an order up."""
+        return {"order_id": order_id}
+
+
+client = VendorClient()
+prompt = "cat"
+session = requests.Session()
+API_V3_KEY = "0123456789abcdef0123456789abcdef"
+PUB_KEY_PEM = "-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"
+PUB_KEY_ID = "PUB_KEY_ID_0114"
+
+
+def mark_paid(notification: dict[str, Any]) -> None:
+    """The shop's own bookkeeping for a verified payment notification."""
 
 
 @with_retry(max_retries=2, timeout=5.0, operation_name="查询订单")
@@ -51,3 +120,26 @@ def misuses_that_must_be_errors() -> None:
     checked_add("1", "2")  # type: ignore[arg-type]
     mistyped: str = execute_with_retry(lambda: add(1, 2))  # type: ignore[assignment]
     del wrong, mistyped
+
+
+def typed_keywords() -> None:
+    """Every wrapper's keywords are checked, names and types (one shared TypedDict)."""
+    smart: requests.Session = smart_session(max_retries=Retry(total=2), timeout=5.0,
+                                            hooks=[print], stats=False, lang="en")
+    adapter = SmartRetryAdapter(max_retries=2, jitter="full", breaker=None)
+    policy = RetryPolicy().replace(max_retries=3, deadline=10.0, retry_statuses={503})
+    counts: Stats = stats_of(smart)
+    same: Stats = stats_of(adapter)
+    retries: int = adapter_of(smart).policy.max_retries
+    video = video_session(api_key="k", timeout=60.0)
+    del smart, policy, counts, same, retries, video
+
+
+def keyword_misuses_that_must_be_errors() -> None:
+    """Misspelt or mistyped keywords are mypy errors, not silently accepted ``**Any``."""
+    smart_session(max_retry=2)  # type: ignore[call-arg]
+    smart_session(timeout="5")  # type: ignore[arg-type]
+    SmartRetryAdapter(lang="de")  # type: ignore[arg-type]
+    RetryPolicy().replace(no_such=1)  # type: ignore[call-arg]
+    execute_with_retry(lambda: 1, max_retry=1)  # type: ignore[call-arg]
+    video_session(api_key="k", timout=5.0)  # type: ignore[call-arg]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -14,6 +14,9 @@ import requests
 from ..adapter import SmartRetryAdapter, previous_attempts
 from ..events import Verdict
 from ..policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from ..options import SessionOptions
 
 __all__ = [
     "AttemptPreparer",
@@ -144,7 +147,7 @@ def _swap_origin(url: str, primary: str, backup: str) -> str:
 
 def build_adapter(
     policy: RetryPolicy,
-    options: dict[str, Any],
+    options: SessionOptions,
     factory: Callable[..., SmartRetryAdapter] = SmartRetryAdapter,
 ) -> SmartRetryAdapter:
     """The preset's adapter (``factory``: the class, or a partial of a subclass):

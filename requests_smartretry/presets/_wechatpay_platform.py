@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 from ..errors import ResponseSignatureError
 
-__all__ = ["SIGNATURE_TYPE", "PlatformVerifier", "check_api_v3_key", "decrypt_resource"]
+__all__ = ["SIGNATURE_TYPE", "PlatformVerifier", "check_api_v3_key", "decrypt_resource",
+           "raw_body"]
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
 PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
@@ -31,6 +34,7 @@ PUBLIC_KEY_ID_PREFIX = "PUB_KEY_ID_"
 MAX_SKEW = 300.0
 RESOURCE_ALGORITHM = "AEAD_AES_256_GCM"
 _REQUIRED = ("signature", "timestamp", "nonce", "serial")
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 PemInput = Union[str, bytes, Any]
 
@@ -76,9 +80,10 @@ def load_public_key(value: PemInput, name: str = "platform_public_key") -> Any:
     return key
 
 
-def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any]:
-    """(serial number, RSA public key) of one ``platform_certificates`` entry; the mapping's
-    key must be the certificate's own serial (hex, as ``Wechatpay-Serial`` carries it)."""
+def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any, tuple[float, float]]:
+    """(serial number, RSA public key, validity as epoch seconds) of one
+    ``platform_certificates`` entry; the mapping's key must be the certificate's own serial
+    (hex, as ``Wechatpay-Serial`` carries it)."""
     rsa = require_cryptography("verification")
     from cryptography.x509 import load_pem_x509_certificate
 
@@ -103,7 +108,16 @@ def load_certificate_key(serial: Any, value: PemInput) -> tuple[int, Any]:
     key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError(f"{name} must hold an RSA key, got {type(key).__name__}")
-    return number, key
+    return number, key, (_utc_seconds(certificate, "not_valid_before"),
+                         _utc_seconds(certificate, "not_valid_after"))
+
+
+def _utc_seconds(certificate: Any, field: str) -> float:
+    # cryptography >= 42 has the aware *_utc fields; older ones only naive UTC datetimes.
+    aware = getattr(certificate, f"{field}_utc", None)
+    moment = aware if aware is not None else \
+        getattr(certificate, field).replace(tzinfo=datetime.timezone.utc)
+    return float(moment.timestamp())
 
 
 def _public_pem(key: Any) -> bytes:
@@ -125,8 +139,9 @@ class PlatformVerifier:
     Give ``public_key`` with ``public_key_id`` (public-key mode), ``certificates`` (serial →
     PEM certificate, certificate mode), or both while WeChat Pay switches a merchant from
     one to the other.  ``Wechatpay-Serial`` chooses the key; an unknown serial is
-    refused.  With ``public_key_id=None`` (allowed only with ``require_key_id=False``)
-    the public key checks every serial that is not one of the certificates.
+    refused, and so is a certificate outside its validity (by ``clock``).  With
+    ``public_key_id=None`` (allowed only with ``require_key_id=False``) the public key
+    checks every serial that is not one of the certificates.
 
     Immutable after construction, so one verifier serves any number of threads.
     """
@@ -154,20 +169,24 @@ class PlatformVerifier:
                 raise ValueError("platform_public_key needs platform_public_key_id (the "
                                  "PUB_KEY_ID_… shown with the key in the merchant platform)")
             if public_key_id is not None:
+                # Surrounding whitespace (a file's newline) is no part of the id; kept, it
+                # would match no Wechatpay-Serial and make an invalid request header.
                 if not isinstance(public_key_id, str) or \
-                        not public_key_id.startswith(PUBLIC_KEY_ID_PREFIX):
+                        not public_key_id.strip().startswith(PUBLIC_KEY_ID_PREFIX) or \
+                        len(public_key_id.split()) != 1:
                     raise ValueError(f"platform_public_key_id must be the platform's "
                                      f"{PUBLIC_KEY_ID_PREFIX}… id, got {public_key_id!r}")
-                self.public_key_id = public_key_id
+                self.public_key_id = public_key_id.strip()
             self._public_key = load_public_key(public_key)
         self._certificates: dict[int, Any] = {}
+        self._validity: dict[int, tuple[float, float]] = {}
         if certificates is not None:
             if not isinstance(certificates, Mapping) or not certificates:
                 raise TypeError(f"platform_certificates must be a non-empty mapping of "
                                 f"serial number -> PEM certificate, got "
                                 f"{type(certificates).__name__}")
             for serial, pem in certificates.items():
-                number, key = load_certificate_key(serial, pem)
+                number, key, self._validity[number] = load_certificate_key(serial, pem)
                 self._certificates[number] = key
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
@@ -197,15 +216,22 @@ class PlatformVerifier:
         """The platform key that ``Wechatpay-Serial: serial`` names, or ``None``."""
         if self._public_key is not None and serial == self.public_key_id:
             return self._public_key
-        try:
-            number = int(serial, 16)
-        except ValueError:
-            number = None
-        if number is not None and number in self._certificates:
+        number = self._certificate_number(serial)
+        if number is not None:
             return self._certificates[number]
         if self._public_key is not None and self.public_key_id is None:
             return self._public_key
         return None
+
+    def _certificate_number(self, serial: str) -> Optional[int]:
+        """The serial number of the configured certificate ``serial`` names, or ``None``."""
+        if self._public_key is not None and serial == self.public_key_id:
+            return None
+        try:
+            number = int(serial, 16)
+        except ValueError:
+            return None
+        return number if number in self._certificates else None
 
     def verify(self, headers: Any, body: Union[bytes, str], *, what: str = "response") -> None:
         """Raise :class:`~requests_smartretry.ResponseSignatureError` unless ``body`` with
@@ -231,11 +257,23 @@ class PlatformVerifier:
         if key is None:
             raise _rejected(what, "serial", f"Wechatpay-Serial names none of the "
                             f"{self._key_count()} configured platform key(s)")
-        try:
-            stamp = int(fields["timestamp"])
-        except ValueError:
-            raise _rejected(what, "timestamp", "Wechatpay-Timestamp is not a number") from None
-        skew = abs(self._clock() - stamp)
+        number = self._certificate_number(fields["serial"])
+        if number is not None:
+            # As wechatpayv3 drops such certificates: a retired key verifies nothing.
+            start, end = self._validity[number]
+            now = self._clock()
+            if not start <= now <= end:
+                state = "expired" if now > end else "not yet valid"
+                raise _rejected(what, "serial", f"Wechatpay-Serial names platform certificate "
+                                f"{number:X}, which is {state} (valid {_iso(start)} to "
+                                f"{_iso(end)})")
+        text = fields["timestamp"]
+        # Plain ASCII seconds only: int() would take "1_700", "+17", other scripts' digits,
+        # and a value too large for the float clock (OverflowError).
+        if not _TIMESTAMP.fullmatch(text):
+            raise _rejected(what, "timestamp", "Wechatpay-Timestamp is not a number of "
+                            "seconds")
+        skew = abs(self._clock() - int(text))
         if skew > self.max_skew:
             raise _rejected(what, "timestamp", f"Wechatpay-Timestamp is {skew:.0f} s away from "
                             f"this machine's clock (at most {self.max_skew:g} s allowed)")
@@ -243,7 +281,7 @@ class PlatformVerifier:
             signature = base64.b64decode(fields["signature"])
         except (binascii.Error, ValueError):
             raise _rejected(what, "signature", "Wechatpay-Signature is not base64") from None
-        raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+        raw = raw_body(body)
         message = f"{fields['timestamp']}\n{fields['nonce']}\n".encode() + raw + b"\n"
         try:
             key.verify(signature, message, PKCS1v15(), SHA256())
@@ -256,12 +294,37 @@ class PlatformVerifier:
         return len(self._certificates) + (self._public_key is not None)
 
 
+def raw_body(body: Any) -> bytes:
+    """``body`` as the bytes that were signed (a ``str`` is taken as UTF-8); a clear error
+    for anything else."""
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if not isinstance(body, str):
+        raise TypeError(f"body must be the raw request body (bytes or str), "
+                        f"got {type(body).__name__}")
+    try:
+        return body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("body is a str that is not UTF-8 text (undecodable bytes?); pass "
+                         "the raw body bytes, e.g. Flask's request.get_data()") from None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
 def wechatpay_headers(headers: Any) -> dict[str, str]:
     """The ``Wechatpay-*`` headers by lower-case suffix (``"signature"``, ``"serial"``…),
     from a headers mapping or a WSGI/Django environ (``HTTP_WECHATPAY_SIGNATURE``)."""
     items = headers.items() if hasattr(headers, "items") else headers
+    try:
+        pairs = [(name, value) for name, value in items]
+    except (TypeError, ValueError):
+        raise TypeError(f"headers must be a mapping of header names to values (or a WSGI "
+                        f"environ), got {type(headers).__name__}") from None
     found: dict[str, str] = {}
-    for name, value in items:
+    for name, value in pairs:
         key = str(name).lower().replace("_", "-")
         if key.startswith("http-"):
             key = key[len("http-"):]

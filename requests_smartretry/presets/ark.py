@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 from urllib.parse import urlsplit
 
 import requests
@@ -46,6 +46,11 @@ from ._base import (
     json_body,
     preset_session,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import SessionOptions
 
 __all__ = ["BearerSigner", "classify_ark_response", "name_ark_request", "video_adapter",
            "video_session"]
@@ -154,7 +159,9 @@ def _video_policy(api_key: Optional[str], lang: str) -> RetryPolicy:
     )
 
 
-def video_adapter(api_key: Optional[str] = None, **options: Any) -> SmartRetryAdapter:
+def video_adapter(
+    api_key: Optional[str] = None, **options: Unpack[SessionOptions]
+) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for Volcengine Ark video tasks: error-code
     classification, operation names, and (with ``api_key``) Bearer auth on every attempt.
 
@@ -172,7 +179,7 @@ def video_adapter(api_key: Optional[str] = None, **options: Any) -> SmartRetryAd
 
 
 def video_session(
-    api_key: str, *, endpoint: str = DEFAULT_ENDPOINT, **options: Any
+    api_key: str, *, endpoint: str = DEFAULT_ENDPOINT, **options: Unpack[SessionOptions]
 ) -> BaseURLSession:
     """A session for Volcengine Ark: Bearer auth, classified retries, operation names.
 

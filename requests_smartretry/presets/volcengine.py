@@ -12,7 +12,7 @@ import functools
 import hashlib
 import hmac
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
@@ -32,6 +32,11 @@ from ._base import (
     path_and_query,
     preset_session,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import SessionOptions
 
 __all__ = [
     "VolcengineSigner",
@@ -278,7 +283,7 @@ def photo_adapter(
     region: str = "cn-north-1",
     session_token: Optional[str] = None,
     sign_clock: Callable[[], float] = time.time,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for Volcengine visual: body-code classification,
     operation names from the ``Action``, and (with keys) a fresh V4 signature per attempt.
@@ -319,7 +324,7 @@ def photo_session(
     endpoint: str = DEFAULT_ENDPOINT,
     session_token: Optional[str] = None,
     sign_clock: Callable[[], float] = time.time,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> BaseURLSession:
     """A session for Volcengine visual: signed per attempt, classified by body code.
 

@@ -15,8 +15,10 @@ recommendation; the SDK does not check it); an absent ``Wechatpay-Signature-Type
 taken as RSA (the vendor's signature rule names only Serial, Signature, Timestamp and
 Nonce; the Python SDK refuses it), while any other type is refused; bill and
 complaint-image downloads are not verified (WeChat Pay does not sign them; the SDK skips
-them too).  Otherwise both give the same verdict on the same answers, which
-``tests/test_presets_wechatpay_platform.py`` checks.
+them too); a redirect is refused, not followed (the SDK verifies where it lands; here the
+session would follow it to an origin the adapter may not be mounted on).  Otherwise both
+give the same verdict on the same answers, which ``tests/test_presets_wechatpay_platform.py``
+checks.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -52,10 +54,17 @@ from ._base import (
 from ._wechatpay_platform import (
     PemInput,
     PlatformVerifier,
+    _rejected,
     check_api_v3_key,
     decrypt_json,
+    raw_body,
     require_cryptography,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import SessionOptions
 
 __all__ = [
     "PlatformVerifier",
@@ -306,34 +315,55 @@ class WechatPayAdapter(SmartRetryAdapter):
     __attrs__ = [*SmartRetryAdapter.__attrs__, "verifier"]  # noqa: RUF012 - requests' convention
 
     def __init__(self, policy: Optional[RetryPolicy] = None, *,
-                 verifier: Optional[PlatformVerifier] = None, **options: Any) -> None:
+                 verifier: Optional[PlatformVerifier] = None,
+                 **options: Unpack[SessionOptions]) -> None:
         if verifier is not None and not isinstance(verifier, PlatformVerifier):
             raise TypeError(f"verifier must be a PlatformVerifier or None, got {verifier!r}")
         self.verifier = verifier
         super().__init__(policy, **options)
 
     def classify_response(self, response: requests.Response) -> Classification:
-        """The vendor's verdict, except that a 2xx failing verification is final."""
+        """The vendor's verdict, except that a 2xx failing verification, or a redirect
+        (whose target nothing may verify), is final."""
         verdict = super().classify_response(response)
-        if self.verifier is None or not 200 <= response.status_code < 300 \
-                or _is_unsigned_download(response.request):
+        if self.verifier is None or _is_unsigned_download(response.request):
             return verdict
-        try:
-            self.verifier.verify(response.headers, response.content)
-        except ResponseSignatureError as exc:
-            exc.request = response.request
-            exc.response = response
-            setattr(response, _SIGNATURE_ERROR, exc)
-            return Classification(Verdict.PERMANENT,
-                                  f"HTTP {response.status_code} signature check failed: "
-                                  f"{exc.check}")
-        return verdict
+        if response.is_redirect:
+            # The session would follow it, possibly to an origin this adapter is not
+            # mounted on, and hand back that origin's 2xx unverified.
+            error = _rejected("response", "redirect", f"HTTP {response.status_code} redirect; "
+                             f"WeChat Pay API answers are never redirects, and the answer "
+                             f"at its Location would not be verified")
+        elif 200 <= response.status_code < 300:
+            try:
+                self.verifier.verify(response.headers, response.content)
+            except ResponseSignatureError as exc:
+                error = exc
+            else:
+                return verdict
+        else:
+            return verdict
+        error.request = response.request
+        error.response = response
+        # Nobody (the caller via error.response, hooks via their events) gets the body.
+        response._content = b""
+        response._content_consumed = True  # type: ignore[attr-defined]  # not in the stubs
+        setattr(response, _SIGNATURE_ERROR, error)
+        return Classification(Verdict.PERMANENT, f"HTTP {response.status_code} signature "
+                              f"check failed: {error.check}")
 
     def send(
         self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
     ) -> requests.Response:
         """As :meth:`SmartRetryAdapter.send`; raises ``ResponseSignatureError`` for a 2xx
-        that failed verification (never returned as success)."""
+        that failed verification (never returned as success).  A verified request's body is
+        read within the attempt deadline even with ``stream=True`` (it is read to verify it
+        anyway); unsigned downloads stream as asked."""
+        if self.verifier is not None and not _is_unsigned_download(request):
+            if args:
+                args = (False, *args[1:])
+            else:
+                kwargs["stream"] = False
         response = super().send(request, *args, **kwargs)
         error = response.__dict__.pop(_SIGNATURE_ERROR, None)
         if error is None:
@@ -394,7 +424,7 @@ def payment_adapter(
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> SmartRetryAdapter:
     """A :class:`SmartRetryAdapter` for WeChat Pay v3: the vendor's error codes, order
     idempotency by ``out_trade_no``, backup-domain failover, the vendor's headers, (with
@@ -421,8 +451,8 @@ def payment_adapter(
     public keys.  Every 2xx must then carry a valid ``Wechatpay-Signature`` by the key that
     ``Wechatpay-Serial`` names and a ``Wechatpay-Timestamp`` within 5 minutes of
     ``sign_clock``; otherwise :class:`~requests_smartretry.ResponseSignatureError` is
-    raised, after exactly one request (it is never retried).  Without platform keys a
-    one-time WARNING says responses are not verified.
+    raised, after exactly one request (it is never retried), as it is for a redirect.
+    Without platform keys a one-time WARNING says responses are not verified.
     """
     endpoint = check_endpoint("endpoint", endpoint)
     if backup_endpoint is not None:
@@ -451,7 +481,7 @@ def payment_session(
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
     sign_clock: Callable[[], float] = time.time,
     nonce: Callable[[], str] = _default_nonce,
-    **options: Any,
+    **options: Unpack[SessionOptions],
 ) -> BaseURLSession:
     """A session for WeChat Pay v3, signed per attempt, verified, with backup failover.
 
@@ -513,10 +543,7 @@ def parse_notification(
     verifier = PlatformVerifier(public_key=platform_public_key,
                                 public_key_id=platform_public_key_id,
                                 certificates=platform_certificates, require_key_id=False)
-    if not isinstance(body, (bytes, bytearray, str)):
-        raise TypeError(f"body must be the raw request body (bytes or str), "
-                        f"got {type(body).__name__}")
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    raw = raw_body(body)
     verifier.verify(headers, raw, what="notification")
     try:
         envelope = json.loads(raw)

@@ -35,6 +35,10 @@ class FakeArk(ScriptedFake):
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.port}/api/v3"
 
+    def client_request_ids(self) -> list[str]:
+        """The ``X-Client-Request-Id`` the official SDK sent with each request, in order."""
+        return [r.headers.get("x-client-request-id", "") for r in self.server.received()]
+
     def script_key(self, request: RecordedRequest) -> str:
         return "create" if request.method == "POST" else "query"
 

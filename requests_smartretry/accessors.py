@@ -1,0 +1,73 @@
+"""Typed access to a session's adapter and statistics.
+
+``session.get_adapter(url)`` is typed as requests' ``BaseAdapter`` (which has no
+``stats``), and ``adapter.stats`` is ``Optional`` (``stats=False`` turns counting off);
+these give a type checker, and a reader, the exact types::
+
+    session = smart_session(operation_name="生成艺术照")
+    ...
+    stats_of(session).snapshot()["生成艺术照"]["retries"]
+    adapter_of(session).policy.max_retries
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol, Union
+
+import requests
+
+from .adapter import SmartRetryAdapter
+from .redact import redact_url
+from .stats import Stats
+
+__all__ = ["adapter_of", "stats_of"]
+
+
+class _Counting(Protocol):
+    """Anything that carries a :class:`Stats` (``SmartRetryTransport`` for httpx)."""
+
+    @property
+    def stats(self) -> Optional[Stats]: ...
+
+
+class _SmartClient(Protocol):
+    """An httpx client built by ``smart_client()`` / ``video_client()``."""
+
+    @property
+    def smart_transport(self) -> _Counting: ...
+
+
+def adapter_of(session: requests.Session, url: str = "https://") -> SmartRetryAdapter:
+    """The :class:`SmartRetryAdapter` that ``session`` sends ``url`` through (the adapter
+    mounted for ``https://`` by default); ``TypeError`` if another adapter serves it."""
+    if not isinstance(session, requests.Session):
+        raise TypeError(f"session must be a requests.Session, got {session!r}")
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, SmartRetryAdapter):
+        raise TypeError(
+            f"the adapter mounted for {redact_url(url)!r} is {type(adapter).__name__}, not a "
+            f"SmartRetryAdapter (mount one, or build the session with smart_session())")
+    return adapter
+
+
+def stats_of(
+    target: Union[requests.Session, SmartRetryAdapter, _Counting, _SmartClient],
+    url: str = "https://",
+) -> Stats:
+    """The :class:`Stats` of a session's adapter for ``url``, of an adapter or httpx
+    transport itself, or of a ``smart_client()``'s transport; ``ValueError`` if it was built
+    with ``stats=False``."""
+    counting: _Counting
+    if isinstance(target, requests.Session):
+        counting = adapter_of(target, url)
+    elif hasattr(target, "smart_transport"):
+        counting = target.smart_transport
+    elif hasattr(target, "stats"):
+        counting = target
+    else:
+        raise TypeError("stats_of takes a requests.Session, a SmartRetryAdapter, a "
+                        f"SmartRetryTransport or a smart_client(), got {target!r}")
+    stats = counting.stats
+    if stats is None:
+        raise ValueError(f"{counting!r} counts nothing (it was built with stats=False)")
+    return stats
