@@ -21,7 +21,8 @@ import numbers
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -74,6 +75,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("requests_smartretry")
+_T = TypeVar("_T")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
 _DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
 # A streamed body's read that fails once the call has returned: the server answered.
@@ -277,13 +279,29 @@ def _mark_body_failures(raw: Any, reason: str) -> None:
             raise
 
     def guarded_stream(*args: Any, **kwargs: Any) -> Any:
-        try:
-            yield from stream(*args, **kwargs)
-        except Exception as exc:
-            mark_final(exc, reason)
-            raise
+        return final_on_failure(stream(*args, **kwargs), reason)
 
     raw.read, raw.stream = guarded_read, guarded_stream
+
+
+def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
+    """``chunks``, with an exception raised while iterating them marked final (``reason``:
+    see :func:`classify.mark_final`)."""
+    try:
+        yield from chunks
+    except Exception as exc:
+        mark_final(exc, reason)
+        raise
+
+
+def mark_vetoed(outcome: Outcome[Any]) -> None:
+    """What a call refused to repeat (``outcome.veto``), an enclosing retrying call (the
+    callable API around the request) must not repeat either: mark the error and the
+    response it may carry."""
+    if outcome.veto is not None:
+        for carrier in (outcome.error, outcome.value):
+            if carrier is not None:
+                mark_final(carrier, outcome.veto)
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
@@ -723,12 +741,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(outcome.classification, idempotent, replay)
-                if outcome.veto is not None:
-                    # What this call refuses to repeat, an enclosing retrying call (the
-                    # callable API around this request) must not repeat either.
-                    for carrier in (outcome.error, outcome.value):
-                        if carrier is not None:
-                            mark_final(carrier, outcome.veto)
+                mark_vetoed(outcome)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
