@@ -737,10 +737,15 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.signal)
             if outcome.error is not None:
                 replay.rewind()  # an enclosing call that repeats the request finds the body whole
-            if outcome.classification.retryable:
+            verdict = outcome.classification
+            # A retryable failure may be vetoed.  An error raised after sending that is not
+            # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
+            # engine it changes nothing, but an enclosing call that retries any exception
+            # must not resend what this one would not.
+            if verdict.retryable or (outcome.error is not None and verdict.sent):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
-                outcome.veto = self._veto(outcome.classification, idempotent, replay)
+                outcome.veto = self._veto(verdict, idempotent, replay)
                 mark_vetoed(outcome)
             return outcome
 
@@ -882,7 +887,8 @@ class SmartRetryAdapter(HTTPAdapter):
 
     @staticmethod
     def _veto(verdict: Classification, idempotent: bool, replay: _BodyReplay) -> Optional[str]:
-        # verdict: a retryable one (nothing vetoes the others)
+        # why a failure after which this request may have reached the server must not be
+        # sent again (None: it may be)
         if verdict.sent and not replay.replayable:
             return "not_replayable"
         if not verdict.safe_to_repeat and not idempotent:

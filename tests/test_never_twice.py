@@ -365,3 +365,26 @@ def test_a_streamed_body_that_fails_later_keeps_the_sessions_verdict(
     with pytest.raises(_BROKEN):
         execute_with_smart_retry(lambda: read("GET"), max_retries=1)
     assert edge_server.hits("/midreset") == 3
+
+
+def _corrupt_gzip_200(srv: FaultServer, conn: Any, request: RecordedRequest) -> None:
+    srv.send(conn, 200, b"this is not gzip", {"Content-Encoding": "gzip"})
+
+
+def test_an_error_after_the_answer_is_not_resent_by_the_basic_callable_api(
+    edge_server: FaultServer,
+) -> None:
+    """execute_with_retry (which retries any exception) around a smart-session POST whose
+    200 answer cannot be decoded does not send it again (the server acted); a GET it
+    still repeats."""
+    from requests_smartretry import execute_with_retry
+
+    edge_server.handlers["/gz200"] = _corrupt_gzip_200
+    session = smart_session(max_retries=1)
+    for method, executions in (("POST", 1), ("GET", 2)):
+        before = edge_server.hits("/gz200")
+        with pytest.raises(requests.exceptions.ContentDecodingError):
+            execute_with_retry(
+                lambda m=method: session.request(m, edge_server.url("/gz200"), data=PAYLOAD),
+                max_retries=1)
+        assert edge_server.hits("/gz200") - before == executions
