@@ -22,7 +22,8 @@ import numbers
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -83,8 +84,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger("requests_smartretry")
+_T = TypeVar("_T")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
 _DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
+# A streamed body's read that fails once the call has returned: the server answered.
+_BODY_READ_FAILED = Classification(Verdict.NETWORK, "body_read", sent=True)
 
 TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
 
@@ -278,6 +282,48 @@ _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
 # for: HTTPAdapter.send reads ``self.max_retries``, one value shared by every thread.
 _RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.ContextVar(
     "requests_smartretry_retry_state", default=None)
+
+
+def _mark_body_failures(raw: Any, reason: str) -> None:
+    """Make a failed read of a streamed (``stream=True``) body carry the veto ``reason``
+    the adapter would have given it (:func:`classify.mark_final`), so that an enclosing
+    retrying call (the callable API) does not repeat what this call would not.  Only for
+    such responses: the success path is untouched."""
+    read, stream = getattr(raw, "read", None), getattr(raw, "stream", None)
+    if read is None or stream is None:
+        return
+
+    def guarded_read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(*args, **kwargs)
+        except Exception as exc:
+            mark_final(exc, reason)
+            raise
+
+    def guarded_stream(*args: Any, **kwargs: Any) -> Any:
+        return final_on_failure(stream(*args, **kwargs), reason)
+
+    raw.read, raw.stream = guarded_read, guarded_stream
+
+
+def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
+    """``chunks``, with an exception raised while iterating them marked final (``reason``:
+    see :func:`classify.mark_final`)."""
+    try:
+        yield from chunks
+    except Exception as exc:
+        mark_final(exc, reason)
+        raise
+
+
+def mark_vetoed(outcome: Outcome[Any]) -> None:
+    """What a call refused to repeat (``outcome.veto``), an enclosing retrying call (the
+    callable API around the request) must not repeat either: mark the error and the
+    response it may carry."""
+    if outcome.veto is not None:
+        for carrier in (outcome.error, outcome.value):
+            if carrier is not None:
+                mark_final(carrier, outcome.veto)
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
@@ -721,16 +767,18 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.signal)
             if outcome.error is not None:
                 replay.rewind()  # an enclosing call that repeats the request finds the body whole
-            if outcome.classification.retryable and outcome.veto is None:
+            verdict = outcome.classification
+            # A retryable failure may be vetoed.  An error raised after sending that is not
+            # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
+            # engine it changes nothing, but an enclosing call that retries any exception
+            # must not resend what this one would not.  (A veto already set is the urllib3
+            # Retry's decision, not a safety one.)
+            if outcome.veto is None and (
+                    verdict.retryable or (outcome.error is not None and verdict.sent)):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
-                outcome.veto = self._veto(outcome, idempotent, replay)
-                if outcome.veto is not None:
-                    # What this call refuses to repeat, an enclosing retrying call (the
-                    # callable API around this request) must not repeat either.
-                    for carrier in (outcome.error, outcome.value):
-                        if carrier is not None:
-                            mark_final(carrier, outcome.veto)
+                outcome.veto = self._veto(verdict, idempotent, replay)
+                mark_vetoed(outcome)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
@@ -842,7 +890,9 @@ class SmartRetryAdapter(HTTPAdapter):
                 request, stream=True,
                 timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
                 verify=verify, cert=cert, proxies=proxies)
-            if not stream:
+            if stream:  # the body is read later, after this call's retries
+                self._guard_streamed_body(response, request)
+            else:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
             if isinstance(exc, PoolWaitExpired):  # requests lets it through as it is
@@ -917,11 +967,20 @@ class SmartRetryAdapter(HTTPAdapter):
             cut.__cause__ = cause
         return Outcome(classify_exception(cut), error=cut, signal=cut)
 
+    def _guard_streamed_body(
+        self, response: requests.Response, request: requests.PreparedRequest
+    ) -> None:
+        """A later failed read of ``response``'s streamed body is vetoed (marked final) as
+        a failure after sending would be: an enclosing call must not repeat it."""
+        replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        veto = self._veto(_BODY_READ_FAILED, self.is_idempotent(request), replay)
+        if veto is not None:
+            _mark_body_failures(response.raw, veto)
+
     @staticmethod
-    def _veto(
-        outcome: Outcome[requests.Response], idempotent: bool, replay: _BodyReplay
-    ) -> Optional[str]:
-        verdict = outcome.classification  # a retryable one: nothing vetoes the others
+    def _veto(verdict: Classification, idempotent: bool, replay: _BodyReplay) -> Optional[str]:
+        # why a failure after which this request may have reached the server must not be
+        # sent again (None: it may be)
         if verdict.sent and not replay.replayable:
             return "not_replayable"
         if not verdict.safe_to_repeat and not idempotent:

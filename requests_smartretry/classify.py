@@ -10,8 +10,9 @@ after the request went out.  It is a fact about the attempt's *phase*, the table
 input: :data:`CONNECT` (TCP connect, TLS handshake, proxy tunnel, DNS, waiting for a pooled
 connection: not one byte of the request written) or :data:`SENDING` (the request was being
 written, or was written).  A row says whether its error *alone* proves that nothing was
-sent (a refusal, a DNS failure, urllib3's ``NewConnectionError``); every other row means
-"may have reached the server" unless the phase is :data:`CONNECT`.
+sent (a DNS failure, urllib3's ``NewConnectionError``, a connect timeout); every other
+row, errnos included (``ECONNREFUSED`` too), means "may have reached the server" unless
+the phase is :data:`CONNECT`.
 """
 
 from __future__ import annotations
@@ -101,10 +102,11 @@ class Classification:
 SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
 
 
-def walk_causes(exc: BaseException) -> Iterator[BaseException]:
+def walk_causes(exc: BaseException, *, context: bool = True) -> Iterator[BaseException]:
     """Every exception reachable from ``exc``: itself, ``__cause__``, ``__context__``,
     urllib3's ``reason`` and exceptions passed as arguments (as requests does), breadth
-    first, each once, at most 64."""
+    first, each once, at most 64.  ``context=False`` leaves out ``__context__`` links
+    (an exception that was being handled when this one was raised)."""
     seen: set[int] = set()
     queue: deque[BaseException] = deque([exc])
     while queue and len(seen) < _MAX_CHAIN:
@@ -113,13 +115,14 @@ def walk_causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(node))
         yield node
-        queue.extend(x for x in linked_exceptions(node) if id(x) not in seen)
+        queue.extend(x for x in linked_exceptions(node, context=context) if id(x) not in seen)
 
 
-def linked_exceptions(node: BaseException) -> list[BaseException]:
-    """The exceptions ``node`` points to.  A caller's exception may have properties that
-    raise when read; such a link is skipped rather than crashing the classification."""
-    linked: list[object] = [node.__cause__, node.__context__]
+def linked_exceptions(node: BaseException, *, context: bool = True) -> list[BaseException]:
+    """The exceptions ``node`` points to (without ``__context__`` if ``context`` is
+    false).  A caller's exception may have properties that raise when read; such a link
+    is skipped rather than crashing the classification."""
+    linked: list[object] = [node.__cause__, node.__context__] if context else [node.__cause__]
     try:
         linked.append(getattr(node, "reason", None))
     except Exception:
@@ -170,10 +173,11 @@ _EXCEPTION_TABLE: tuple[tuple[Callable[[BaseException], bool], Verdict, str, boo
      True),
     (_is_tls_verification, Verdict.PERMANENT, "TLS verification failed", False),
     (_is_dns_failure, Verdict.NETWORK, "ENOTFOUND", False),
-    (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", False),
+    # The kernel raises these errnos on established connections too (retransmission
+    # timeout, keep-alive, TCP_USER_TIMEOUT; ECONNREFUSED and EHOSTUNREACH when ICMP errors
+    # arrived meanwhile): only the phase says whether the request went out.
+    (_errno_in(errno.ECONNREFUSED), Verdict.NETWORK, "ECONNREFUSED", True),
     (_is_connect_timeout, Verdict.NETWORK, "ETIMEDOUT", False),
-    # The kernel raises these on established connections too (retransmission timeout,
-    # keep-alive, TCP_USER_TIMEOUT): only the phase says whether the request went out.
     (_errno_in(errno.ENETUNREACH, errno.EHOSTUNREACH), Verdict.NETWORK, "EHOSTUNREACH", True),
     (_errno_in(errno.ETIMEDOUT), Verdict.NETWORK, "ETIMEDOUT", True),
     (_errno_in(errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED), Verdict.NETWORK,
@@ -227,21 +231,30 @@ _BEFORE_SENDING: tuple[Callable[[BaseException], bool], ...] = (
     lambda e: isinstance(e, u3.NewConnectionError),
     _is_dns_failure,
     _is_connect_timeout,
-    _errno_in(errno.ECONNREFUSED),
 )
+_REFUSED = _errno_in(errno.ECONNREFUSED)
+_URLLIB3_ERRORS = (u3.HTTPError, requests.exceptions.RequestException)
 
 
 def attempt_phase(exc: BaseException) -> str:
-    """The phase ``exc`` happened in, as recorded along its cause chain: :data:`CONNECT`
-    when something there proves no byte of the request was written, else
-    :data:`SENDING`."""
-    return _phase_in(list(walk_causes(exc)))
+    """The phase ``exc`` happened in, as recorded along its own cause chain: :data:`CONNECT`
+    when something there proves no byte of the request was written, else :data:`SENDING`.
+
+    ``__context__`` links are not read: an exception that was being handled when ``exc``
+    was raised (a failed first try, then a fallback request) says nothing about ``exc``.
+    A bare ``ECONNREFUSED`` counts as a refused connect only where urllib3 was not involved
+    (urllib3 wraps a refused connect in ``NewConnectionError``; one without it came on an
+    established connection)."""
+    return _phase_in(list(walk_causes(exc, context=False)))
 
 
-def _phase_in(chain: list[BaseException]) -> str:
-    for node in chain:
+def _phase_in(own: list[BaseException]) -> str:
+    for node in own:
         if any(proves(node) for proves in _BEFORE_SENDING):
             return CONNECT
+    if not any(isinstance(node, _URLLIB3_ERRORS) for node in own) and any(
+            _REFUSED(node) for node in own):
+        return CONNECT
     return SENDING
 
 
@@ -272,11 +285,15 @@ def classify_exception(exc: BaseException, phase: Optional[str] = None) -> Class
     if phase not in (None, CONNECT, SENDING):
         raise ValueError(f"phase must be {CONNECT!r}, {SENDING!r} or None, got {phase!r}")
     chain = list(walk_causes(exc))
+    # What proves that nothing was sent must be on exc's own chain, not an exception only
+    # handled when exc was raised (see attempt_phase).
+    own = list(walk_causes(exc, context=False))
     if phase is None:
-        phase = _phase_in(chain)
+        phase = _phase_in(own)
     for predicate, verdict, reason, may_be_sent in _EXCEPTION_TABLE:
         if any(predicate(node) for node in chain):
-            return Classification(verdict, reason, sent=may_be_sent and phase != CONNECT)
+            proves = not may_be_sent and any(predicate(node) for node in own)
+            return Classification(verdict, reason, sent=not proves and phase != CONNECT)
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=phase != CONNECT)
 
 

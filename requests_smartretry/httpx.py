@@ -33,6 +33,7 @@ receives the ``httpx.Response`` (``status_code``, ``headers`` and ``content`` re
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Literal, Optional, Union
 
 import httpcore
@@ -40,7 +41,9 @@ import httpx
 
 from requests_smartretry.adapter import (
     _PREVIOUS_ATTEMPTS,
+    final_on_failure,
     is_idempotent,
+    mark_vetoed,
     operation_name,
     service_name,
 )
@@ -460,6 +463,8 @@ class SmartRetryTransport(httpx.BaseTransport):
                     _PREVIOUS_ATTEMPTS.reset(token)
             outcome = self._attempt(to_send, read_body)
             if outcome.classification.verdict is _SUCCESS_VERDICT:
+                if not read_body:  # read later: a failure then is final as one now would be
+                    self._guard_streamed_body(outcome, request, replayable)
                 return outcome
             verdicts.append(outcome.classification)
             if outcome.value is not None:
@@ -476,12 +481,26 @@ class SmartRetryTransport(httpx.BaseTransport):
                                                    _RequestView(request, request.headers))
                     if not idempotent:
                         outcome.veto = "unsafe"
+                mark_vetoed(outcome)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks, breaker=self.breaker,
                             budget=self.budget, sleep=self._sleep, clock=self._clock,
                             closed=self._is_closed)
         return finished.unwrap()  # raises the last attempt's error, history attached
+
+    def _guard_streamed_body(self, outcome: Outcome[httpx.Response], request: httpx.Request,
+                             replayable: bool) -> None:
+        """A later failed read of the streamed response gets the veto that a failure after
+        sending would get now (:func:`~requests_smartretry.adapter.mark_vetoed`)."""
+        response = outcome.value
+        if response is None or not isinstance(response.stream, httpx.SyncByteStream):
+            return
+        reason = ("not_replayable" if not replayable else
+                  None if is_idempotent(self.policy, _RequestView(request, request.headers))
+                  else "unsafe")
+        if reason is not None:
+            response.stream = _FinalOnFailure(response.stream, reason)
 
     def _attempt(self, request: httpx.Request, read_body: bool) -> Outcome[httpx.Response]:
         """One attempt, inside its wall-clock deadline."""
@@ -525,6 +544,20 @@ class SmartRetryTransport(httpx.BaseTransport):
             f"{status} {verdict.reason} for {redact_url(str(request.url))}",
             request=request, response=response)
         return Outcome(verdict, value=response, signal=signal, status_code=status)
+
+
+class _FinalOnFailure(httpx.SyncByteStream):
+    """A response body stream whose read failures are marked final with ``reason``."""
+
+    def __init__(self, stream: httpx.SyncByteStream, reason: str) -> None:
+        self._stream = stream
+        self._reason = reason
+
+    def __iter__(self) -> Iterator[bytes]:
+        return final_on_failure(self._stream, self._reason)
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _deadline_outcome(total: float, request: httpx.Request,

@@ -307,3 +307,28 @@ def test_stats_of_reads_a_smart_client_and_its_transport(server: FaultServer) ->
         stats_of(smart_client(stats=False))
     with pytest.raises(TypeError, match="stats_of takes"):
         stats_of(object())  # type: ignore[arg-type]
+
+
+def test_the_callable_api_keeps_the_transports_unsafe_verdict(server: FaultServer) -> None:
+    """A POST that the transport would not repeat (the server read it, then reset the body
+    mid-way, read inside the attempt or streamed later) is not repeated by
+    execute_with_smart_retry around it either; a GET still is."""
+    from requests_smartretry import execute_with_smart_retry, testing
+
+    client = smart_client(max_retries=1)
+    url = server.url("/midreset?count=1000")
+
+    def read(method: str) -> bytes:
+        return bytes(client.request(method, url, content=b"pay").content)
+
+    def stream(method: str) -> bytes:
+        with client.stream(method, url, content=b"pay") as response:
+            return bytes(response.read())
+
+    with testing.fast_retries():
+        for call, method in ((read, "POST"), (stream, "POST"), (read, "GET"),
+                             (stream, "GET")):
+            before = server.hits("/midreset")
+            with pytest.raises(httpx.ReadError):
+                execute_with_smart_retry(lambda c=call, m=method: c(m), max_retries=1)
+            assert server.hits("/midreset") - before == (1 if method == "POST" else 2)

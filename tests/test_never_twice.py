@@ -33,8 +33,11 @@ CERT = Path(__file__).parent / "fakes" / "localhost-cert.pem"
 KEY = Path(__file__).parent / "fakes" / "localhost-key.pem"
 TIMEOUT = (0.1, 3.0)  # connect (a stalled handshake waits this long), read
 
+# ECONNREFUSED too: after an ICMP "port unreachable" on an established connection the
+# kernel reports it when the retransmissions time out (the connect was long done).
 ERRNOS = {name: getattr(errno, name) for name in (
-    "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE", "ECONNABORTED")}
+    "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE", "ECONNABORTED",
+    "ECONNREFUSED")}
 # (phase, errno name or None where the phase has no errno axis)
 PHASES = [("refused", None), ("tls_stall", None)] + [
     (phase, name) for phase in ("connect", "tls", "headers", "body", "after_read", "read_body")
@@ -323,3 +326,65 @@ def test_idempotent_false_retries_only_what_is_known_to_precede_sending(
 
     assert execute_with_smart_retry(busy_then_done, idempotent=False, retry_on=_Busy,
                                     max_retries=1) == "done"
+
+
+def test_a_fallback_after_a_refused_first_try_is_not_resent_with_idempotent_false(
+    edge_server: FaultServer,
+) -> None:
+    """A POST that fn sends to a backup while handling a refused first try, and that the
+    backup read and then reset, is not repeated: the refusal it was raised during says
+    nothing about it."""
+    primary = f"http://127.0.0.1:{unused_port()}/"
+
+    def pay() -> requests.Response:
+        try:
+            return requests.post(primary, data=PAYLOAD, timeout=5.0)
+        except requests.ConnectionError:
+            return requests.post(edge_server.url("/reset"), data=PAYLOAD, timeout=5.0)
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        execute_with_smart_retry(pay, idempotent=False, max_retries=1)
+    assert edge_server.hits("/reset") == 1
+
+
+def test_a_streamed_body_that_fails_later_keeps_the_sessions_verdict(
+    edge_server: FaultServer,
+) -> None:
+    """With stream=True the body is read after the session returned; when that read is cut,
+    the callable API around it does not repeat the POST (as with stream=False), but still
+    repeats a GET."""
+    session = smart_session(max_retries=1)
+
+    def read(method: str) -> bytes:
+        return session.request(method, edge_server.url("/midreset?count=1000"),
+                               data=PAYLOAD, stream=True).content
+
+    with pytest.raises(_BROKEN):
+        execute_with_smart_retry(lambda: read("POST"), max_retries=1)
+    assert edge_server.hits("/midreset") == 1
+    with pytest.raises(_BROKEN):
+        execute_with_smart_retry(lambda: read("GET"), max_retries=1)
+    assert edge_server.hits("/midreset") == 3
+
+
+def _corrupt_gzip_200(srv: FaultServer, conn: Any, request: RecordedRequest) -> None:
+    srv.send(conn, 200, b"this is not gzip", {"Content-Encoding": "gzip"})
+
+
+def test_an_error_after_the_answer_is_not_resent_by_the_basic_callable_api(
+    edge_server: FaultServer,
+) -> None:
+    """execute_with_retry (which retries any exception) around a smart-session POST whose
+    200 answer cannot be decoded does not send it again (the server acted); a GET it
+    still repeats."""
+    from requests_smartretry import execute_with_retry
+
+    edge_server.handlers["/gz200"] = _corrupt_gzip_200
+    session = smart_session(max_retries=1)
+    for method, executions in (("POST", 1), ("GET", 2)):
+        before = edge_server.hits("/gz200")
+        with pytest.raises(requests.exceptions.ContentDecodingError):
+            execute_with_retry(
+                lambda m=method: session.request(m, edge_server.url("/gz200"), data=PAYLOAD),
+                max_retries=1)
+        assert edge_server.hits("/gz200") - before == executions
