@@ -49,6 +49,7 @@ from requests_smartretry.classify import (
     Classification,
     classify_exception,
     classify_http_response,
+    mark_final,
     walk_causes,
 )
 from requests_smartretry.collaborators import resolve_collaborators
@@ -476,6 +477,12 @@ class SmartRetryTransport(httpx.BaseTransport):
                                                    _RequestView(request, request.headers))
                     if not idempotent:
                         outcome.veto = "unsafe"
+                if outcome.veto is not None:
+                    # What this call refuses to repeat, an enclosing retrying call (the
+                    # callable API around this request) must not repeat either.
+                    for carrier in (outcome.error, outcome.value):
+                        if carrier is not None:
+                            mark_final(carrier, outcome.veto)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks, breaker=self.breaker,
