@@ -451,6 +451,9 @@ class SmartRetryTransport(httpx.BaseTransport):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
+                if self._closed:  # closed after run_call last asked: send nothing
+                    raise RuntimeError("Cannot send a request, as the transport has been "
+                                       "closed (before the retry; nothing more is sent).")
                 request.extensions = {**request.extensions, "timeout": asked_timeouts}
             to_send = request
             if policy.prepare_attempt is not None:

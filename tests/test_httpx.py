@@ -136,6 +136,24 @@ def test_closing_the_client_during_the_backoff_sends_nothing_more(server: FaultS
     assert server.hits("/seq/close") == 1
 
 
+def test_closing_the_client_as_the_retry_starts_sends_nothing_more(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """``client.close()`` after the backoff, as the retry starts (a START hook): the retry
+    is refused, not sent on a pool that httpcore would reopen, as the adapter refuses."""
+    holder: dict[str, Any] = {}
+
+    def close_at_the_retry(event: Any) -> None:
+        if event.kind is EventKind.START and event.attempt == 2:
+            holder["client"].close()
+
+    client = smart_client(sleep=sleeps, hooks=[close_at_the_retry])
+    holder["client"] = client
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get(server.url("/seq/close-late?steps=503,ok"))
+    assert server.hits("/seq/close-late") == 1
+
+
 def test_each_attempt_is_prepared_afresh(server: FaultServer, sleeps: SleepRecorder) -> None:
     """A ``prepare_attempt`` hook (a signer) runs on a copy for every attempt."""
     def stamp(request: Any, attempt: int) -> Any:
