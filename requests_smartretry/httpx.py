@@ -518,7 +518,11 @@ class SmartRetryTransport(httpx.BaseTransport):
             if response is not None:
                 response.close()
             verdict = classify_httpx_exception(exc)
-            if verdict.sent and deadline.fired:
+            # A cut after sending is the deadline's, and so is httpx's own read or write
+            # timeout (cut to the attempt) that expired at the deadline before the
+            # watchdog thread got to run (a loaded machine).
+            if verdict.sent and (deadline.fired or (isinstance(exc, httpx.TimeoutException)
+                                                    and deadline.remaining() == 0.0)):
                 return _deadline_outcome(total, request, cause=exc)
             return Outcome(verdict, error=exc, signal=exc)
         finally:

@@ -119,6 +119,26 @@ def test_a_connection_cut_at_the_deadline_is_not_reused(server: FaultServer) -> 
     assert client.get(server.url("/ok")).text == "ok"
 
 
+def test_a_read_timeout_at_the_deadline_is_the_deadline_when_the_watchdog_is_late(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung server, and a watchdog that never gets to cut (as on a loaded machine): httpx's
+    read timeout, cut to the attempt, ends it at the deadline, and the failure reads
+    "deadline" with the deadline's error, as when the watchdog cuts first."""
+    import requests_smartretry.httpx as smart_httpx
+
+    class LateWatch(smart_httpx.Watch):
+        def _fire(self) -> None:
+            pass
+
+    monkeypatch.setattr(smart_httpx, "Watch", LateWatch)
+    client = smart_client(timeout=0.3, max_retries=0)
+    with pytest.raises(AttemptDeadlineExceeded) as caught:
+        client.get(server.url("/hang?seconds=5"))
+    failures = [e for e in attempt_history(caught.value) if e.kind is EventKind.FAILURE]
+    assert [e.reason for e in failures] == ["deadline"]
+
+
 def test_no_time_left_in_an_enclosing_deadline_sends_nothing(server: FaultServer) -> None:
     """Inside a retrying call whose deadline has passed, the attempt is not started."""
     client = smart_client()
