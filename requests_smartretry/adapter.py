@@ -40,7 +40,6 @@ from .classify import (
     classify_exception,
     classify_http_response,
     mark_connect_phase,
-    mark_final,
 )
 from .collaborators import resolve_collaborators
 from .deadline import Watch, active_watch, current_scope
@@ -52,6 +51,7 @@ from .engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    mark_vetoed,
     run_call,
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
@@ -725,12 +725,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(outcome, idempotent, replay)
-                if outcome.veto is not None:
-                    # What this call refuses to repeat, an enclosing retrying call (the
-                    # callable API around this request) must not repeat either.
-                    for carrier in (outcome.error, outcome.value):
-                        if carrier is not None:
-                            mark_final(carrier, outcome.veto)
+                mark_vetoed(outcome)  # final for an enclosing retrying call too
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,

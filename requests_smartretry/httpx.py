@@ -49,7 +49,6 @@ from requests_smartretry.classify import (
     Classification,
     classify_exception,
     classify_http_response,
-    mark_final,
     walk_causes,
 )
 from requests_smartretry.collaborators import resolve_collaborators
@@ -62,6 +61,7 @@ from requests_smartretry.engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    mark_vetoed,
     run_call,
 )
 from requests_smartretry.errors import AttemptDeadlineExceeded as _CoreDeadlineExceeded
@@ -480,12 +480,7 @@ class SmartRetryTransport(httpx.BaseTransport):
                                                    _RequestView(request, request.headers))
                     if not idempotent:
                         outcome.veto = "unsafe"
-                if outcome.veto is not None:
-                    # What this call refuses to repeat, an enclosing retrying call (the
-                    # callable API around this request) must not repeat either.
-                    for carrier in (outcome.error, outcome.value):
-                        if carrier is not None:
-                            mark_final(carrier, outcome.veto)
+                mark_vetoed(outcome)
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks, breaker=self.breaker,

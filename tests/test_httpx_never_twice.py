@@ -23,17 +23,18 @@ import requests_smartretry.testing as srt
 from requests_smartretry import execute_with_retry, execute_with_smart_retry
 from requests_smartretry.faultserver import FaultServer, unused_port
 from tests.fakes import sockfaults
-from tests.test_never_twice import (
-    ANSWER,
+from tests.test_never_twice import (  # the servers are the same module-scoped fixtures
     CERT,
     ERRNOS,
-    KEY,
     METHODS,
     PAYLOAD,
     PHASES,
     TLS_PHASES,
-    _counting,
+    _body,
+    broken_promise,
+    http_server,  # noqa: F401 - a fixture
     promised,
+    tls_server,  # noqa: F401 - a fixture
 )
 
 httpx = pytest.importorskip("httpx")
@@ -43,33 +44,12 @@ BODIES = ("bytes", "generator")
 ENTRIES = ("transport", "callable_smart")
 
 
-@pytest.fixture(scope="module")
-def http_server() -> Iterator[FaultServer]:
-    """One plain HTTP server for the whole matrix; each cell has its own route."""
-    with _counting(FaultServer()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tls_server() -> Iterator[FaultServer]:
-    """One HTTPS server (the self-signed 127.0.0.1 certificate) for the TLS phases."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(CERT, KEY)
-    with _counting(FaultServer(tls=context)) as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
-def _faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    sockfaults.install_for_httpx(monkeypatch)
-    with srt.fast_retries():  # backoff 0: the matrix runs in seconds
+def _httpx_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """httpx's sockets fail as the armed plan says; retries wait nothing."""
+    with srt.fast_retries():
+        sockfaults.install_for_httpx(monkeypatch)
         yield
-
-
-def _body(kind: str) -> Any:
-    if kind == "bytes":
-        return PAYLOAD
-    return (PAYLOAD[i:i + 16] for i in range(0, len(PAYLOAD), 16))
 
 
 def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method: str,
@@ -101,20 +81,9 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
         sockfaults.arm(None)
         stalls_left, server.stalled_handshakes = server.stalled_handshakes, 0
         client.close()
-    executed = server.received(route)
     executions, succeeds = promised(phase, method, body_kind, "adapter")
-    problems = []
-    if len(executed) != executions:
-        problems.append(f"executed {len(executed)}x, promised {executions}x")
-    if any(r.body != PAYLOAD for r in executed):
-        problems.append(f"executed a wrong body {[len(r.body) for r in executed]}")
-    if succeeds and (response is None or response.content != ANSWER):
-        problems.append(f"should succeed, got {error!r}")
-    if not succeeds and response is not None:
-        problems.append(f"should fail, got HTTP {response.status_code}")
-    if (plan is not None and not plan.taken) or stalls_left:
-        problems.append("the fault was never injected")
-    return f"{route}: " + "; ".join(problems) if problems else None
+    return broken_promise(server.received(route), route, executions, succeeds, response,
+                          error, injected=(plan is None or plan.taken) and not stalls_left)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -132,7 +101,7 @@ def test_every_httpx_cell_executes_what_the_rules_promise(
 
 
 def test_the_basic_callable_api_does_not_resend_a_post_the_transport_gave_up(
-    http_server: FaultServer,
+    http_server: FaultServer,  # noqa: F811 - the imported fixture
 ) -> None:
     """execute_with_retry (which retries any exception) around a smart-client POST that the
     server read and then reset sends it once; a 500 turned into an error by
