@@ -37,12 +37,19 @@ class _SmartClient(Protocol):
     def smart_transport(self) -> _Counting: ...
 
 
-def adapter_of(session: requests.Session, url: str = "https://") -> SmartRetryAdapter:
-    """The :class:`SmartRetryAdapter` that ``session`` sends ``url`` through (the adapter
-    mounted for ``https://`` by default); ``TypeError`` if another adapter serves it."""
+def adapter_of(session: requests.Session, url: Optional[str] = None) -> SmartRetryAdapter:
+    """The :class:`SmartRetryAdapter` that ``session`` sends ``url`` through; without
+    ``url``, the one mounted for ``https://``, or else the session's only one (a preset's,
+    mounted on its endpoint's origin).  ``TypeError`` if another adapter serves it."""
     if not isinstance(session, requests.Session):
         raise TypeError(f"session must be a requests.Session, got {session!r}")
-    adapter = session.get_adapter(url)
+    adapter = session.get_adapter(url or "https://")
+    if url is None and not isinstance(adapter, SmartRetryAdapter):
+        mounted = {id(a): a for a in session.adapters.values()
+                   if isinstance(a, SmartRetryAdapter)}
+        if len(mounted) == 1:
+            return next(iter(mounted.values()))
+    url = url or "https://"
     if not isinstance(adapter, SmartRetryAdapter):
         raise TypeError(
             f"the adapter mounted for {redact_url(url)!r} is {type(adapter).__name__}, not a "
@@ -52,7 +59,7 @@ def adapter_of(session: requests.Session, url: str = "https://") -> SmartRetryAd
 
 def stats_of(
     target: Union[requests.Session, SmartRetryAdapter, _Counting, _SmartClient],
-    url: str = "https://",
+    url: Optional[str] = None,
 ) -> Stats:
     """The :class:`Stats` of a session's adapter for ``url``, of an adapter or httpx
     transport itself, or of a ``smart_client()``'s transport; ``ValueError`` if it was built

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from .errors import CircuitOpenError
 from .events import AttemptEvent, EventKind
 from .state import BreakerSettings, BreakerStatus, StateStore, StoreUser
+from .testing import track
 
 __all__ = ["CircuitBreaker"]
 
@@ -111,6 +112,7 @@ class CircuitBreaker(StoreUser):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pending = threading.local()
+        track(self)  # a copy is reset by testing.reset_state() too
 
     # -- the engine's side -----------------------------------------------------------
 

@@ -14,8 +14,8 @@ fixture by name::
 For the test that requests it: test mode on (retries happen without their backoff waits, the
 retry budget grants every retry) and fresh state (every breaker closed, every budget full,
 every ``Stats`` empty) at its start and again at its end.  See
-:mod:`requests_smartretry.testing`.  ``pytest -p no:requests_smartretry`` turns the plugin
-off altogether.
+:mod:`requests_smartretry.testing`.  ``pytest -p no:requests_smartretry.pytest_plugin`` turns
+the plugin off altogether (the entry point's name is the module's).
 """
 
 from __future__ import annotations

@@ -76,19 +76,20 @@ _SECRET_SEGMENT = re.compile(
     r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,}"
 )
 # The same, in free text: a secret segment right after a "/" (urllib3's "Max retries
-# exceeded with url: /bot123:AAH.../getMe").  Linear: each alternative starts only after a
-# slash and cannot restart inside its own run.
+# exceeded with url: /bot123:AAH.../getMe"), with the rest of its segment ("….json").
+# Linear: each alternative starts only after a slash and cannot restart inside its own run.
 _SECRET_PATH_TEXT = re.compile(
-    r"(?<=/)(?:[A-Za-z0-9_\-.~]*\d:[A-Za-z0-9_\-]{8,}"
+    r"(?<=/)(?:[A-Za-z0-9_\-.~]*\d:[A-Za-z0-9_\-]{8,}[^/?#\s'\"),;]*"
     r"|(?=[A-Za-z0-9_\-+=.~%]*\d)(?=[A-Za-z0-9_\-+=.~%]*[A-Za-z])[A-Za-z0-9_\-+=.~%]{32,})"
     r"(?=[/?#\s'\"),;]|$)"
 )
 # Segments that identify one resource rather than name an endpoint: they read "{id}" in a
-# path template.  Digits, UUIDs, hex, a run of 3+ digits (vendor task ids "cgt-2026…",
-# "order-123"), long letter-and-digit tokens; and every secret segment.
+# path template.  Digits, UUIDs, hex, a prefixed hex id ("task_b72dc2d0", "img-4f91d5"), a
+# run of 3+ digits (vendor task ids "cgt-2026…", "order-123"), long letter-and-digit tokens;
+# and every secret segment.
 _ID_SEGMENT = re.compile(
     r"\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"|(?=[a-fA-F]*\d)[0-9a-fA-F]{12,}|.*\d{3}.*"
+    r"|(?=[a-fA-F]*\d)[0-9a-fA-F]{12,}|[A-Za-z]+[_\-](?=[a-fA-F]*\d)[0-9a-fA-F]{6,}|.*\d{3}.*"
     r"|(?=.*\d)(?=.*[A-Za-z]).{16,}"
 )
 _AUTH_VALUE = re.compile(

@@ -295,6 +295,23 @@ def test_test_mode_grants_every_retry_and_spends_nothing() -> None:
     assert not budget.allow_retry(SVC)
 
 
+def test_test_mode_refunds_nothing_when_the_breaker_refuses_a_retry() -> None:
+    """Inside ``fast_retries()`` a retry that the breaker then refuses gives back no token
+    (test mode spent none), so a spent budget stays spent after the test."""
+    budget = RetryBudget(0.0, max_tokens=1, min_per_second=0)
+    with FaultServer() as fault:
+        service = f"http://127.0.0.1:{fault.port}"
+        smart_session(max_retries=1, budget=budget, log=False,
+                      sleep=no_sleep).get(fault.url("/status/503"))
+        assert budget.tokens(service) == pytest.approx(0.0)
+        session = smart_session(max_retries=1, budget=budget, log=False,
+                                breaker=CircuitBreaker(failure_threshold=1))
+        with fast_retries():
+            response = session.get(fault.url("/status/503"))
+    assert response.retry_history[-1].give_up_reason == "circuit_open"
+    assert budget.tokens(service) == pytest.approx(0.0)
+
+
 # -- against a real server -------------------------------------------------------------------
 
 

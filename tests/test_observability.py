@@ -135,6 +135,10 @@ def test_a_timeout_stays_a_warning(log_lines: LineCollector, sleeps: SleepRecord
         ("/files/dGhpcyBpcyBhIHNlY3JldDEyMw", "/files/{id}"),
         ("/v3/pay/transactions/jsapi", "/v3/pay/transactions/jsapi"),
         ("/oauth2/token", "/oauth2/token"),
+        ("/tasks/task_b72dc2d0", "/tasks/{id}"),  # a prefixed hex id, with or without
+        ("/tasks/task_8c646d92", "/tasks/{id}"),  # a run of three digits
+        ("/images/img-4f91d5", "/images/{id}"),
+        ("/v1/sub-account", "/v1/sub-account"),
         ("", "/"),
     ],
 )
@@ -253,6 +257,17 @@ def test_redact_text_cleans_a_token_path_inside_a_message() -> None:
     assert redact_url(f"https://h/bot1:{PATH_TOKEN}/getMe?chat=5") == \
         "https://h/[REDACTED]/getMe?chat=5"
     assert redact_url("https://h/v1/orders/123") == "https://h/v1/orders/123"
+
+
+def test_a_token_segment_with_a_file_extension_is_redacted_too() -> None:
+    """A token segment followed by an extension (``/123:AAH….json``) is a secret all the
+    same: redacted in a URL (the ``retry_url`` field, the history, the CLI's summary) and
+    in free text."""
+    url = f"http://127.0.0.1:1/files/123456:{PATH_TOKEN}.json?x=1"
+    assert redact_url(url) == "http://127.0.0.1:1/files/[REDACTED]?x=1"
+    text = f"Max retries exceeded with url: /files/123456:{PATH_TOKEN}.json (Caused by X)"
+    assert redact_text(text) == ("Max retries exceeded with url: /files/[REDACTED] "
+                                 "(Caused by X)")
 
 
 # -- CLI -----------------------------------------------------------------------------------------

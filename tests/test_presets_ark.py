@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import requests
 
-from requests_smartretry import AttemptEvent, EventKind, video_adapter, video_session
+from requests_smartretry import (
+    AttemptEvent,
+    EventKind,
+    adapter_of,
+    stats_of,
+    video_adapter,
+    video_session,
+)
 from tests.fakes.ark import FakeArk, ark_error
 
 KEY = "ark-test-key-0001"
@@ -37,6 +44,18 @@ def test_create_and_query_a_video_task(fake: FakeArk) -> None:
     starts = [e for e in events if e.kind is EventKind.START]
     assert [e.operation for e in starts] == ["生成视频", "查询视频任务状态"]
     assert {e.service for e in starts} == {"volcengine-ark"}
+
+
+def test_stats_of_a_preset_session_reads_its_adapter(fake: FakeArk) -> None:
+    """``stats_of(session)`` and ``adapter_of(session)`` find a preset's adapter (mounted on
+    its endpoint's origin, not on ``https://``), and polling many task ids counts under one
+    operation."""
+    session = video_session(KEY, endpoint=fake.endpoint, **fast())
+    task = session.post(TASKS, json={"model": "doubao-seedance", "content": []}).json()
+    for _ in range(3):
+        session.get(f"{TASKS}/{task['id']}")
+    assert adapter_of(session).policy.service == "volcengine-ark"
+    assert stats_of(session).snapshot()["查询视频任务状态"]["requests"] == 3
 
 
 ARK_ROWS = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -17,11 +18,13 @@ import requests_mock
 import responses
 
 import requests_smartretry
+import requests_smartretry.pytest_plugin
 from requests_smartretry import (
     CircuitBreaker,
     CircuitOpenError,
     MemoryStateStore,
     RetryBudget,
+    SmartRetryAdapter,
     Stats,
     reset_state,
     smart_session,
@@ -87,6 +90,28 @@ def _start_event() -> requests_smartretry.AttemptEvent:
         max_attempts=2, call_id=1)
 
 
+def test_reset_state_reaches_unpickled_copies_of_a_session() -> None:
+    """A session copied by pickling (as multiprocessing does) has its breaker, budget and
+    statistics reset by ``reset_state()`` like the original's."""
+    session = smart_session(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=3600),
+                            budget=RetryBudget(0.0, max_tokens=1, min_per_second=0),
+                            log=False, max_retries=0)
+    with FaultServer() as fault:
+        service = f"http://127.0.0.1:{fault.port}"
+        copy = pickle.loads(pickle.dumps(session))
+        adapter = copy.get_adapter("http://")
+        assert isinstance(adapter, SmartRetryAdapter)
+        assert copy.get(fault.url("/status/503")).status_code == 503
+    assert adapter.breaker is not None and isinstance(adapter.budget, RetryBudget)
+    assert adapter.budget.allow_retry(service)
+    assert adapter.breaker.state(service) == "open"
+    assert adapter.budget.tokens(service) == pytest.approx(0.0)
+    reset_state()
+    assert adapter.breaker.state(service) == "closed"
+    assert adapter.budget.tokens(service) == pytest.approx(1.0)
+    assert requests_smartretry.stats_of(copy).operations() == []
+
+
 def test_fast_retries_restores_the_previous_mode() -> None:
     """``fast_retries()`` nests and restores whatever was set before it."""
     with fast_retries(attempts=3):
@@ -140,6 +165,20 @@ def test_pytest_plugin_fixture_gives_fast_retries_and_fresh_state(tmp_path: Path
                          text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 passed" in run.stdout
+
+
+def test_the_documented_opt_out_turns_the_plugin_off(tmp_path: Path) -> None:
+    """The ``-p no:...`` option the plugin's docstring gives really turns it off: the
+    ``smartretry`` fixture is then unknown to the user's suite."""
+    doc = requests_smartretry.pytest_plugin.__doc__ or ""
+    option = doc.split("``pytest -p no:", 1)[1].split("``", 1)[0]
+    (tmp_path / "test_user_suite.py").write_text(
+        "def test_wants_the_fixture(smartretry):\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-p", f"no:{option}", "test_user_suite.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert "fixture 'smartretry' not found" in run.stdout, run.stdout + run.stderr
 
 
 def test_responses_mocks_beneath_our_adapter_so_retries_run() -> None:
