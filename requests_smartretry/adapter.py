@@ -53,6 +53,7 @@ from .engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    mark_vetoed,
     run_call,
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
@@ -315,15 +316,6 @@ def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
         mark_final(exc, reason)
         raise
 
-
-def mark_vetoed(outcome: Outcome[Any]) -> None:
-    """What a call refused to repeat (``outcome.veto``), an enclosing retrying call (the
-    callable API around the request) must not repeat either: mark the error and the
-    response it may carry."""
-    if outcome.veto is not None:
-        for carrier in (outcome.error, outcome.value):
-            if carrier is not None:
-                mark_final(carrier, outcome.veto)
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
@@ -778,7 +770,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(verdict, idempotent, replay)
-                mark_vetoed(outcome)
+                mark_vetoed(outcome)  # final for an enclosing retrying call too
             return outcome
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,

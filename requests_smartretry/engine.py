@@ -16,7 +16,7 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 
 from . import testing as _testing
 from .backoff import backoff_delay
-from .classify import Classification
+from .classify import Classification, mark_final
 from .deadline import RetryScope, current_scope, retry_scope
 from .errors import CircuitOpenError, attach_history
 from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict
@@ -94,6 +94,17 @@ class Outcome(Generic[T]):
     #: Seconds to wait before the next attempt when the attempt decided it itself (a
     #: ``urllib3.Retry`` did): the policy's backoff and Retry-After rules are skipped.
     wait: Optional[float] = None
+
+
+def mark_vetoed(outcome: Outcome[Any]) -> None:
+    """What this call refuses to repeat (``outcome.veto``), an enclosing retrying call (the
+    callable API around the request) must not repeat either: mark the error and the
+    response it carries final (see :func:`~requests_smartretry.classify.mark_final`)."""
+    if outcome.veto is None:
+        return
+    for carrier in (outcome.error, outcome.value):
+        if carrier is not None:
+            mark_final(carrier, outcome.veto)
 
 
 @dataclass

@@ -43,7 +43,6 @@ from requests_smartretry.adapter import (
     _PREVIOUS_ATTEMPTS,
     final_on_failure,
     is_idempotent,
-    mark_vetoed,
     operation_name,
     service_name,
 )
@@ -64,6 +63,7 @@ from requests_smartretry.engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    mark_vetoed,
     run_call,
 )
 from requests_smartretry.errors import AttemptDeadlineExceeded as _CoreDeadlineExceeded
@@ -453,6 +453,9 @@ class SmartRetryTransport(httpx.BaseTransport):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
+                if self._closed:  # closed after run_call last asked: send nothing
+                    raise RuntimeError("Cannot send a request, as the transport has been "
+                                       "closed (before the retry; nothing more is sent).")
                 request.extensions = {**request.extensions, "timeout": asked_timeouts}
             to_send = request
             if policy.prepare_attempt is not None:
@@ -492,7 +495,7 @@ class SmartRetryTransport(httpx.BaseTransport):
     def _guard_streamed_body(self, outcome: Outcome[httpx.Response], request: httpx.Request,
                              replayable: bool) -> None:
         """A later failed read of the streamed response gets the veto that a failure after
-        sending would get now (:func:`~requests_smartretry.adapter.mark_vetoed`)."""
+        sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
         response = outcome.value
         if response is None or not isinstance(response.stream, httpx.SyncByteStream):
             return
@@ -527,7 +530,11 @@ class SmartRetryTransport(httpx.BaseTransport):
             if response is not None:
                 response.close()
             verdict = classify_httpx_exception(exc)
-            if verdict.sent and deadline.fired:
+            # A cut after sending is the deadline's, and so is httpx's own read or write
+            # timeout (cut to the attempt) that expired at the deadline before the
+            # watchdog thread got to run (a loaded machine).
+            if verdict.sent and (deadline.fired or (isinstance(exc, httpx.TimeoutException)
+                                                    and deadline.remaining() == 0.0)):
                 return _deadline_outcome(total, request, cause=exc)
             return Outcome(verdict, error=exc, signal=exc)
         finally:

@@ -119,6 +119,26 @@ def test_a_connection_cut_at_the_deadline_is_not_reused(server: FaultServer) -> 
     assert client.get(server.url("/ok")).text == "ok"
 
 
+def test_a_read_timeout_at_the_deadline_is_the_deadline_when_the_watchdog_is_late(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung server, and a watchdog that never gets to cut (as on a loaded machine): httpx's
+    read timeout, cut to the attempt, ends it at the deadline, and the failure reads
+    "deadline" with the deadline's error, as when the watchdog cuts first."""
+    import requests_smartretry.httpx as smart_httpx
+
+    class LateWatch(smart_httpx.Watch):
+        def _fire(self) -> None:
+            pass
+
+    monkeypatch.setattr(smart_httpx, "Watch", LateWatch)
+    client = smart_client(timeout=0.3, max_retries=0)
+    with pytest.raises(AttemptDeadlineExceeded) as caught:
+        client.get(server.url("/hang?seconds=5"))
+    failures = [e for e in attempt_history(caught.value) if e.kind is EventKind.FAILURE]
+    assert [e.reason for e in failures] == ["deadline"]
+
+
 def test_no_time_left_in_an_enclosing_deadline_sends_nothing(server: FaultServer) -> None:
     """Inside a retrying call whose deadline has passed, the attempt is not started."""
     client = smart_client()
@@ -134,6 +154,24 @@ def test_closing_the_client_during_the_backoff_sends_nothing_more(server: FaultS
     holder["client"] = client
     assert client.get(server.url("/seq/close?steps=503,ok")).status_code == 503
     assert server.hits("/seq/close") == 1
+
+
+def test_closing_the_client_as_the_retry_starts_sends_nothing_more(
+    server: FaultServer, sleeps: SleepRecorder
+) -> None:
+    """``client.close()`` after the backoff, as the retry starts (a START hook): the retry
+    is refused, not sent on a pool that httpcore would reopen, as the adapter refuses."""
+    holder: dict[str, Any] = {}
+
+    def close_at_the_retry(event: Any) -> None:
+        if event.kind is EventKind.START and event.attempt == 2:
+            holder["client"].close()
+
+    client = smart_client(sleep=sleeps, hooks=[close_at_the_retry])
+    holder["client"] = client
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get(server.url("/seq/close-late?steps=503,ok"))
+    assert server.hits("/seq/close-late") == 1
 
 
 def test_each_attempt_is_prepared_afresh(server: FaultServer, sleeps: SleepRecorder) -> None:

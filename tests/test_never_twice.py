@@ -148,8 +148,16 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
     finally:
         sockfaults.arm(None)
         stalls_left, server.stalled_handshakes = server.stalled_handshakes, 0
-    executed = server.received(route)
     executions, succeeds = promised(phase, method, body_kind, entry)
+    return broken_promise(server.received(route), route, executions, succeeds, response,
+                          error, injected=(plan is None or plan.taken) and not stalls_left)
+
+
+def broken_promise(executed: list[RecordedRequest], route: str, executions: int,
+                   succeeds: bool, response: Any, error: Optional[BaseException], *,
+                   injected: bool) -> Optional[str]:
+    """What one cell did that the rules did not promise (``None``: nothing); shared by
+    the httpx matrix (tests/test_httpx_never_twice.py)."""
     problems = []
     if len(executed) != executions:
         problems.append(f"executed {len(executed)}x, promised {executions}x")
@@ -159,7 +167,7 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
         problems.append(f"should succeed, got {error!r}")
     if not succeeds and response is not None:
         problems.append(f"should fail, got HTTP {response.status_code}")
-    if (plan is not None and not plan.taken) or stalls_left:
+    if not injected:
         problems.append("the fault was never injected")
     if not problems:
         return None

@@ -3,7 +3,8 @@ errno at a chosen phase of the exchange, as the kernel would report it.
 
 Installed with :func:`install` (a pytest ``monkeypatch``), it replaces urllib3's
 ``create_connection`` (both 1.26 and 2.x call it through the module) and the SSL socket
-class, so every client (a smart session, plain ``requests``) is affected alike.  One
+class, so every client (a smart session, plain ``requests``) is affected alike;
+:func:`install_for_httpx` does the same for httpx (httpcore's ``socket.create_connection``).  One
 :class:`Plan` is armed per scenario and is taken by the first connection that reaches its
 phase; later connections are clean, so a retry can succeed.
 
@@ -198,3 +199,11 @@ def install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urllib3.util.connection, "create_connection", _create_connection)
     monkeypatch.setattr(ssl.SSLContext, "sslsocket_class", FaultSSLSocket)
     monkeypatch.setattr(_Current, "plan", None)
+
+
+def install_for_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route httpx's connections through the fault injector too: httpcore's sync backend
+    connects with ``socket.create_connection`` and writes with ``send``, reads with
+    ``recv``, which :class:`FaultSocket` intercepts as it does urllib3's."""
+    install(monkeypatch)
+    monkeypatch.setattr(socket, "create_connection", _create_connection)

@@ -1,0 +1,118 @@
+"""Never twice, on httpx: issue 13's fault-injection matrix run against the httpx transport,
+alone and inside the callable API, against real local servers counting what they executed.
+
+The rules are test_never_twice's :func:`~tests.test_never_twice.promised` (written once);
+the errno is injected at the socket httpcore connects with.  Bodies: bytes and a
+generator (httpx iterates a file object as it does a generator, so it is never replayed
+and has no cell of its own); entry points: the transport, and ``execute_with_smart_retry``
+around a smart-client request (the callable API around plain httpx knows nothing of
+phases and is not crossed here).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import ssl
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import pytest
+
+import requests_smartretry.testing as srt
+from requests_smartretry import execute_with_retry, execute_with_smart_retry
+from requests_smartretry.faultserver import FaultServer, unused_port
+from tests.fakes import sockfaults
+from tests.test_never_twice import (  # the servers are the same module-scoped fixtures
+    CERT,
+    ERRNOS,
+    METHODS,
+    PAYLOAD,
+    PHASES,
+    TLS_PHASES,
+    _body,
+    broken_promise,
+    http_server,  # noqa: F401 - a fixture
+    promised,
+    tls_server,  # noqa: F401 - a fixture
+)
+
+httpx = pytest.importorskip("httpx")
+from requests_smartretry.httpx import smart_client  # noqa: E402 - needs httpx first
+
+BODIES = ("bytes", "generator")
+ENTRIES = ("transport", "callable_smart")
+
+
+@pytest.fixture(autouse=True)
+def _httpx_faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """httpx's sockets fail as the armed plan says; retries wait nothing."""
+    with srt.fast_retries():
+        sockfaults.install_for_httpx(monkeypatch)
+        yield
+
+
+def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method: str,
+              body_kind: str, entry: str) -> Optional[str]:
+    """Run one cell; a description of the broken promise, or None."""
+    route = f"/exec/{phase}-{errno_name}-{method}-{body_kind}-{entry}"
+    plan = None
+    if phase == "tls_stall":
+        server.stalled_handshakes = 1
+    else:
+        plan = sockfaults.Plan(phase, ERRNOS.get(errno_name or "", errno.ECONNREFUSED),
+                               refused_port=unused_port())
+    verb = "GET" if method == "GET" else "POST"
+    headers = {"Idempotency-Key": "k-1"} if method == "POST+key" else {}
+    # connect 0.1 s: how long a stalled handshake waits
+    client = smart_client(max_retries=1, timeout=10.0, connect_timeout=0.1,
+                          verify=ssl.create_default_context(cafile=str(CERT)))
+    body = _body(body_kind)  # one body: a callable that repeats fn finds it half used
+    send: Callable[[], Any] = lambda: client.request(  # noqa: E731
+        verb, server.url(route), content=body, headers=headers)
+    sockfaults.arm(plan)
+    try:
+        response = send() if entry == "transport" else execute_with_smart_retry(
+            send, max_retries=1, timeout=10.0)
+        error: Optional[BaseException] = None
+    except httpx.HTTPError as exc:
+        response, error = None, exc
+    finally:
+        sockfaults.arm(None)
+        stalls_left, server.stalled_handshakes = server.stalled_handshakes, 0
+        client.close()
+    executions, succeeds = promised(phase, method, body_kind, "adapter")
+    return broken_promise(server.received(route), route, executions, succeeds, response,
+                          error, injected=(plan is None or plan.taken) and not stalls_left)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize(("phase", "errno_name"), PHASES)
+def test_every_httpx_cell_executes_what_the_rules_promise(
+    request: pytest.FixtureRequest, phase: str, errno_name: Optional[str], entry: str,
+) -> None:
+    """Across methods and bodies, an httpx request is executed exactly as often as the
+    rules promise, also when the callable API around it would repeat ``fn``: what the
+    transport refused to resend (unsafe, a half-sent generator) stays unsent."""
+    server = request.getfixturevalue("tls_server" if phase in TLS_PHASES else "http_server")
+    violations = [v for method, body in itertools.product(METHODS, BODIES)
+                  if (v := _run_cell(server, phase, errno_name, method, body, entry))]
+    assert violations == [], f"{len(violations)} violations:\n" + "\n".join(violations)
+
+
+def test_the_basic_callable_api_does_not_resend_a_post_the_transport_gave_up(
+    http_server: FaultServer,  # noqa: F811 - the imported fixture
+) -> None:
+    """execute_with_retry (which retries any exception) around a smart-client POST that the
+    server read and then reset sends it once; a 500 turned into an error by
+    ``raise_for_status()`` in fn keeps the transport's unsafe verdict too."""
+    client = smart_client(max_retries=1)
+    with pytest.raises(httpx.ReadError):
+        execute_with_retry(lambda: client.post(http_server.url("/reset"), content=PAYLOAD),
+                           max_retries=2)
+    assert http_server.hits("/reset") == 1
+    with pytest.raises(httpx.HTTPStatusError):
+        execute_with_smart_retry(
+            lambda: client.post(http_server.url("/status/500"), content=PAYLOAD)
+            .raise_for_status(), max_retries=2)
+    assert http_server.hits("/status/500") == 1
