@@ -2,6 +2,8 @@
 
     python benchmarks/bytecodes.py              # ours against plain requests
     python benchmarks/bytecodes.py --top 60     # more rows
+    python benchmarks/bytecodes.py --retried    # §1b's retried call (503, then 200 on the
+                                                # retry, backoff 0) against urllib3 Retry
 
 Timing a few microseconds inside a 500 µs loopback request is noise on a shared machine;
 counting the bytecodes each function executes is exact and repeatable.  Both clients send
@@ -31,7 +33,7 @@ from requests.adapters import HTTPAdapter  # noqa: E402
 from requests_smartretry import SmartRetryAdapter  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from run import server_process  # noqa: E402
+from run import RETRIED_OURS, make_client, server_process  # noqa: E402
 
 Tracer = Callable[[FrameType, str, Any], Optional[Callable[..., Any]]]
 
@@ -65,26 +67,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--top", type=int, default=30, help="rows to print")
+    parser.add_argument("--retried", action="store_true",
+                        help="the retried call (/flaky) against urllib3 Retry instead")
     args = parser.parse_args(argv)
-    clients = {
-        "plain": (HTTPAdapter(), 5.0),
-        "ours": (SmartRetryAdapter(max_retries=2, timeout=5.0), None),
-    }
     per_request: dict[str, dict[str, float]] = {}
     with server_process() as server:
-        url = server.url("/ok")
-        for name, (adapter, timeout) in clients.items():
-            session = requests.Session()
-            session.mount("http://", adapter)
+        if args.retried:  # §1b's clients (benchmarks/run.py), each call retried once
+            url = server.url("/flaky")
+            base = "urllib3 Retry"
+            gets = {name: make_client(name, wait=0.0).get for name in (base, RETRIED_OURS)}
+        else:
+            url = server.url("/ok")
+            base = "plain"
+            gets = {}
+            for name, adapter, timeout in (
+                    ("plain", HTTPAdapter(), 5.0),
+                    ("ours", SmartRetryAdapter(max_retries=2, timeout=5.0), None)):
+                session = requests.Session()
+                session.mount("http://", adapter)
+                gets[name] = lambda s=session, t=timeout: s.get(url, timeout=t)
+        for name, get in gets.items():
             for _ in range(30):  # warm: connection, caches, the interpreter's specialisation
-                session.get(url, timeout=timeout)
-            counts = count_bytecodes(lambda s=session, t=timeout: s.get(url, timeout=t),
+                get(url) if args.retried else get()
+            counts = count_bytecodes((lambda g=get: g(url)) if args.retried else get,
                                      args.requests)
             per_request[name] = {k: v / args.requests for k, v in counts.items()}
-            session.close()
-    plain, ours = per_request["plain"], per_request["ours"]
+    plain, ours = (per_request[n] for n in per_request)
     total_plain, total_ours = sum(plain.values()), sum(ours.values())
-    print(f"bytecodes per request: plain {total_plain:.0f}, ours {total_ours:.0f} "
+    print(f"bytecodes per {'retried call' if args.retried else 'request'}: {base} "
+          f"{total_plain:.0f}, ours {total_ours:.0f} "
           f"(+{total_ours - total_plain:.0f}, {total_ours / total_plain:.3f}x)")
     diff = {k: ours.get(k, 0.0) - plain.get(k, 0.0) for k in set(plain) | set(ours)}
     print(f"{'extra':>8}  function")

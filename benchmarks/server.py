@@ -13,6 +13,8 @@ client is the bottleneck.  Routes:
 ``/drip?interval=S&count=N``  headers, then one body byte every S seconds
 ``/storm?key=K&fail=1``  503 the first time key K is asked for, 200 after (``fail=0``: 200)
 ``/brownout``            503 or 200, half and half, from a seeded random sequence
+``/flaky``               503 and 200 in turn (odd hits 503): on one fixed URL, a call retried
+                         once succeeds (the retried-call benchmarks)
 ``/__hits?path=/x``      how many requests ``/x`` received (not counted itself)
 ``/__clear``             forget the counts
 """
@@ -116,8 +118,11 @@ def _respond(conn: socket.socket, path: str, query: str) -> bool:
         return True
     with _hits_lock:
         _hits[path] += 1
+        hit = _hits[path]
     if path.startswith("/status/"):
         conn.sendall(_status(int(path.rsplit("/", 1)[-1])))
+    elif path == "/flaky":
+        conn.sendall(_OK if hit % 2 == 0 else _status(503))
     elif path == "/storm":
         key = params.get("key", "")
         with _hits_lock:

@@ -1,0 +1,264 @@
+"""Instructions per successful request, counted by valgrind's callgrind: the stable figure.
+
+    python benchmarks/callgrind.py                       # every variant, 2000 GETs each
+    python benchmarks/callgrind.py --requests 500 --variants plain ours
+    python benchmarks/callgrind.py --annotate            # + the C functions where ours
+                                                         #   differs from plain
+    python benchmarks/callgrind.py --json out.json       # the figures as data
+
+Timing a few microseconds on a shared 2-core machine is noise; the instructions a request
+executes are nearly the same run after run.  For each variant the client (built by
+``benchmarks/run.py``'s ``make_client``, the clients of §1) runs twice under
+``valgrind --tool=callgrind`` with ``PYTHONHASHSEED=0``: once with the warm-up only, once
+with the warm-up plus ``--requests`` GETs of ``/ok``; the heap is frozen (``gc.freeze()``)
+early in the warm-up, so that the garbage collector's full passes cost what the requests'
+own objects cost, not a chance walk over every imported module.  The difference of the two totals,
+divided by ``--requests``, is what one request costs after start-up, imports, the first
+connection and the interpreter's specialisation are paid for.  Every thread of the client
+counts (our watchdog included).  The server (``benchmarks/server.py``) is a separate
+process, not under valgrind.  The children get a small fixed environment (``KEPT_ENV``,
+plus ``--env``): requests walks every environment variable on every request (proxy
+settings), so a longer environment costs every client more, and figures taken from two
+shells would differ by thousands of instructions per request.
+
+The Python-level breakdown (bytecodes per function, ours against plain) is
+``python benchmarks/bytecodes.py``; ``--annotate`` here gives the C-level one (exclusive
+instructions per request by interpreter function: dict copies, allocation, locks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+#: --variants name -> the ``run.make_client`` name of the client (§1's clients).
+SHORT = {"plain": "plain", "urllib3": "urllib3 Retry", "ours": "ours",
+         "ours-bare": "ours, stats/budget/log off", "tenacity": "tenacity",
+         "stamina": "stamina", "backoff": "backoff"}
+#: With --retried, ours runs as in §1b (a budget that does not run dry when every call
+#: retries).
+RETRIED = {"ours": "ours, RetryBudget(ratio=1.0)"}
+
+WARMUP = 200
+
+# The child: build one client, warm it, run `count` GETs.  Run as `python -c`, with the
+# checkout (and benchmarks/) first on the path, so that this tree's package is measured.
+CHILD = r"""
+import gc, json, logging, sys
+sys.path[:0] = [{root!r}, {here!r}]
+logging.getLogger().addHandler(logging.NullHandler())   # as run.py: records built, never shown
+from run import make_client
+name, url, count, wait = json.loads(sys.argv[1])
+client = make_client(name, wait=wait)
+get = client.get
+for index in range(count):
+    if index == {frozen}:
+        gc.collect()
+        gc.freeze()
+    response = get(url)
+    assert response.status_code == 200, response.status_code
+client.close()
+"""
+# After this many GETs (inside the warm-up) the heap so far (imports, the client) is frozen:
+# a full collection then walks only what the requests allocate, instead of a heap whose
+# size differs from one client library to the next and whose collections would land in
+# or out of the measured window by chance.
+FROZEN = 50
+
+
+def valgrind() -> str:
+    found = shutil.which("valgrind") or "/usr/bin/valgrind"
+    if not os.path.exists(found):
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    return found
+
+
+#: What a child's environment keeps of ours.  requests walks the whole environment on
+#: every request (proxy settings: ``getproxies_environment``), so each variable costs
+#: every client instructions per request: the children get the same small environment,
+#: whatever the shell that runs this script holds.
+KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    if "*" in extra:  # --inherit-env
+        env = dict(os.environ)
+        extra = {k: v for k, v in extra.items() if k != "*"}
+    else:
+        env = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
+    env.update(PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+    env.update(extra)
+    return env
+
+
+def run_child(out: Path, name: str, url: str, count: int, wait: float,
+              cache_sim: bool, extra_env: dict[str, str]) -> None:
+    env = child_env(extra_env)
+    command = [valgrind(), "--tool=callgrind", f"--callgrind-out-file={out}",
+               "--dump-line=no", "--compress-strings=no", "--compress-pos=no"]
+    if cache_sim:
+        command += ["--cache-sim=yes", "--branch-sim=yes"]
+    command += [sys.executable, "-c", CHILD.format(root=str(ROOT), here=str(HERE), frozen=FROZEN),
+                json.dumps([name, url, count, wait])]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"the {name} client failed under valgrind:\n{done.stderr[-3000:]}")
+
+
+def totals(out: Path) -> dict[str, int]:
+    """The run's event totals (``Ir``, and with the cache simulation ``D1mr``…)."""
+    events: list[str] = []
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("totals:") or line.startswith("summary:"):
+            values = [int(v) for v in line.split()[1:]]
+            return dict(zip(events, values))
+    raise SystemExit(f"no totals in {out}")
+
+
+_ANNOTATE_ROW = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(.+?)\s*$")
+
+
+def by_function(out: Path) -> dict[str, int]:
+    """Exclusive instructions per C function (``callgrind_annotate``)."""
+    done = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100",
+                           str(out)], capture_output=True, text=True)
+    rows: dict[str, int] = {}
+    started = False
+    for line in done.stdout.splitlines():
+        if "file:function" in line:
+            started = True
+            continue
+        if not started:
+            continue
+        match = _ANNOTATE_ROW.match(line)
+        if match:
+            name = re.sub(r"\s*\[[^\]]*\]$", "", match.group(2))
+            name = name.split(":", 1)[-1] if ":" in name else name
+            name = re.sub(r"'\d+$", "", name)  # recursion depth suffix: one function
+            rows[name] = rows.get(name, 0) + int(match.group(1).replace(",", ""))
+    return rows
+
+
+def measure(name: str, url: str, requests_n: int, wait: float, workdir: Path,
+            cache_sim: bool, annotate: bool, extra_env: dict[str, str]) -> dict[str, Any]:
+    slug = re.sub(r"\W+", "_", name)
+    base, full = workdir / f"{slug}.base.out", workdir / f"{slug}.full.out"
+    run_child(base, name, url, WARMUP, wait, cache_sim, extra_env)
+    run_child(full, name, url, WARMUP + requests_n, wait, cache_sim, extra_env)
+    a, b = totals(base), totals(full)
+    result: dict[str, Any] = {"per_request": {k: (b[k] - a[k]) / requests_n for k in b}}
+    if annotate:
+        fa, fb = by_function(base), by_function(full)
+        result["functions"] = {k: (fb.get(k, 0) - fa.get(k, 0)) / requests_n
+                               for k in set(fa) | set(fb)}
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000,
+                        help="measured GETs per variant, after the warm-up (default 2000)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(SHORT), default=list(SHORT),
+                        help="which clients (default: all)")
+    parser.add_argument("--annotate", action="store_true",
+                        help="also list the C functions where ours differs from plain")
+    parser.add_argument("--top", type=int, default=25, help="rows of --annotate")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also count cache misses and mispredicted branches (slower)")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--retried", action="store_true",
+                        help="§1b's retried call instead (/flaky: 503, then 200 on the "
+                             "retry, backoff 0), against urllib3 Retry; plain is left out")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every child (all variants alike); "
+                             "the children otherwise get only " + ", ".join(KEPT_ENV))
+    parser.add_argument("--inherit-env", action="store_true",
+                        help="give the children this shell's whole environment instead "
+                             "(plain costs more; every ratio to it shrinks)")
+    parser.add_argument("--baseline", type=Path,
+                        help="take plain's figure from this --json file of an earlier run "
+                             "(same machine, versions and --env) instead of measuring it "
+                             "again")
+    args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    environment = (f"this shell's {len(os.environ)} environment variables" if args.inherit_env
+                   else f"environment {', '.join(KEPT_ENV)}"
+                   + "".join(f", {k}" for k in extra_env))
+    base = "urllib3 Retry" if args.retried else "plain"
+    names = [(RETRIED if args.retried else {}).get(v, SHORT[v]) for v in args.variants
+             if not (args.retried and v == "plain")]
+    if base not in names:
+        names.insert(0, base)
+    results: dict[str, Any] = {}
+    if args.baseline:
+        results[base] = json.loads(args.baseline.read_text())["results"][base]
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    from run import server_process
+
+    with server_process() as server, tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
+        url = server.url("/flaky" if args.retried else "/ok")
+        wait = 0.0 if args.retried else 0.001
+        for name in names:
+            if name in results:
+                continue
+            print(f"  {name}...", file=sys.stderr, flush=True)
+            results[name] = measure(name, url, args.requests, wait, Path(tmp), args.cache_sim,
+                                    args.annotate and name in (base, "ours", RETRIED["ours"]),
+                                    {**extra_env, "*": "1"} if args.inherit_env
+                                    else extra_env)
+    plain = results[base]["per_request"]
+    events = list(plain)
+    what = "retried calls to /flaky" if args.retried else "GETs of /ok"
+    print(f"callgrind, {args.requests} {what} per variant after {WARMUP} warm-up "
+          f"(PYTHONHASHSEED=0; {environment}; git {_git_head()})")
+    print(f"| variant | {' | '.join(f'{e} / call' for e in events)} | Ir × {base} |")
+    print(f"| --- | {' | '.join('---' for _ in events)} | --- |")
+    for name in names:
+        row = results[name]["per_request"]
+        cells = " | ".join(f"{row[e]:,.0f}" + ("" if e == "Ir" or not plain[e] else
+                                               f" ({row[e] / plain[e]:.3f}×)")
+                           for e in events)
+        print(f"| {name} | {cells} | {row['Ir'] / plain['Ir']:.4f} |")
+    ours = next((n for n in names if n.startswith("ours") and "off" not in n), None)
+    if args.annotate and ours is not None and "functions" in results.get(base, {}):
+        mine, theirs = results[ours]["functions"], results[base]["functions"]
+        diff = {k: mine.get(k, 0.0) - theirs.get(k, 0.0) for k in set(mine) | set(theirs)}
+        extra = results[ours]["per_request"]["Ir"] - plain["Ir"]
+        print(f"\nC functions, exclusive Ir per call, {ours} minus {base} "
+              f"(total {extra:+,.0f}):")
+        for key, value in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:args.top]:
+            print(f"{value:+10,.0f}  {key}")
+    if args.json:
+        args.json.write_text(json.dumps({"requests": args.requests, "warmup": WARMUP,
+                                         "retried": args.retried, "env": extra_env,
+                                         "git": _git_head(), "results": results}, indent=1))
+    return 0
+
+
+def _git_head() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "requests_smartretry"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=5).stdout
+        return head + ("+dirty" if dirty.strip() else "")
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
