@@ -54,6 +54,7 @@ from .engine import (
     check_clocks,
     check_hooks,
     mark_vetoed,
+    quiet_plan,
     run_call,
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
@@ -619,6 +620,8 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _reset_caches(self) -> None:
         self._facts: Optional[_PolicyFacts] = None
+        # The built-in consumers the loop tells directly while a call stays quiet.
+        self._quiet = quiet_plan(self._hooks)
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         # getattr: adapters pickled before statistics existed have no ``stats``.
@@ -728,10 +731,6 @@ class SmartRetryAdapter(HTTPAdapter):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
-                if self._closed:  # closed after run_call last asked: send nothing
-                    raise AdapterClosedError(
-                        "this SmartRetryAdapter was closed (session.close()) before the "
-                        "retry; nothing more is sent", request=request)
                 replay.rewind()
             if verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
@@ -775,7 +774,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=self._is_closed)
+                            clock=self._clock, closed=self._is_closed, quiet=self._quiet)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
