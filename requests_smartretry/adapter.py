@@ -731,6 +731,10 @@ class SmartRetryAdapter(HTTPAdapter):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
+                if self._closed:  # closed as the retry starts (a START hook): send nothing
+                    raise AdapterClosedError(
+                        "this SmartRetryAdapter was closed (session.close()) before the "
+                        "retry; nothing more is sent", request=request)
                 replay.rewind()
             if verdicts:
                 token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))

@@ -455,6 +455,9 @@ class SmartRetryTransport(httpx.BaseTransport):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
+                if self._closed:  # closed as the retry starts (a START hook): send nothing
+                    raise RuntimeError("Cannot send a request, as the transport has been "
+                                       "closed (before the retry; nothing more is sent).")
                 request.extensions = {**request.extensions, "timeout": asked_timeouts}
             to_send = request
             if policy.prepare_attempt is not None:
