@@ -521,6 +521,12 @@ class RedisStateStore:
         self._listener: Optional[threading.Thread] = None
         self._closed = False
         self._fresh = self.poll_interval
+        # (monotonic) last message on the subscription (a PONG included), and last
+        # admission: a subscription silent for a poll interval while the store is in use
+        # may be dead without a reset (a stalled proxy, a dropped NAT entry), so views
+        # are then refreshed as if not listening.
+        self._heard = 0.0
+        self._used = 0.0
         _stores.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -921,7 +927,10 @@ class RedisStateStore:
         if view is not None and view.gen == view.seen \
                 and (view.breaker is settings or view.breaker == settings):
             mono = _monotonic()
-            if mono - view.synced < self._fresh:
+            self._used = mono
+            fresh = self._fresh if mono - self._heard < self.poll_interval \
+                else self.poll_interval
+            if mono - view.synced < fresh:
                 if view.state == CLOSED:
                     view.used = mono
                     return _ADMIT
@@ -1050,6 +1059,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
     gone or closed."""
     pubsub: Any = None
     last_ping = 0.0
+    pause = 0.5  # (then half the store's poll interval)
     while True:
         store = ref()
         if store is None or store._closed or store._listener is not threading.current_thread():
@@ -1071,6 +1081,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
                 wait = pubsub
                 message = pubsub.get_message(timeout=0.0)
                 if message is not None:
+                    store._heard = _monotonic()
                     wait = None if message else pubsub
                     kind = message.get("type")
                     if kind == "subscribe":
@@ -1080,9 +1091,14 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
                         store._notified(data.decode("utf-8", "replace")
                                         if isinstance(data, bytes) else str(data))
                     continue
-                if _monotonic() - last_ping > 5.0:
+                # In use: a PING every half poll interval proves the subscription alive
+                # (see _heard); idle, one every 5 s keeps the connection open.
+                mono = _monotonic()
+                pause = store.poll_interval / 2.0
+                if mono - last_ping > (pause if mono - store._used < store.sync_interval
+                                       else 5.0):
                     pubsub.ping()
-                    last_ping = _monotonic()
+                    last_ping = mono
         except Exception:  # the connection broke: poll meanwhile, subscribe again
             store._set_listening(False)
             _close_quietly(pubsub)
@@ -1090,7 +1106,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
             wait = None
         del store
         try:
-            _wait_for_message(wait)
+            _wait_for_message(wait, pause)
         except Exception:
             _close_quietly(pubsub)
             pubsub = None
@@ -1105,12 +1121,12 @@ def _close_quietly(pubsub: Any) -> None:
             pass
 
 
-def _wait_for_message(pubsub: Any) -> None:
-    """Wait up to half a second for the next message (then the thread re-checks its
+def _wait_for_message(pubsub: Any, pause: float = 0.5) -> None:
+    """Wait up to ``pause`` seconds for the next message (then the thread re-checks its
     store); without a subscription, a short pause before subscribing again."""
     connection = getattr(pubsub, "connection", None)
     if connection is not None:
-        connection.can_read(timeout=0.5)
+        connection.can_read(timeout=pause)
     else:
         time.sleep(0.2)
 

@@ -430,6 +430,52 @@ class SlowProxy(FakeRedis):
                     pass
 
 
+
+class StalledSubscriptions(SlowProxy):
+    """A TCP proxy in front of a real Redis that, once ``stall`` is set, silently drops
+    everything on connections that subscribed (a dead subscription with no reset, as
+    behind a stalled proxy or a dropped NAT entry); other connections flow."""
+
+    def __init__(self, port: int) -> None:
+        self.stall = False
+        self._subscribed: set[int] = set()
+        super().__init__(port)
+
+    def _handle(self, conn: socket.socket) -> None:
+        import threading
+
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            conn.close()
+            return
+        pair = id(conn)
+        threading.Thread(target=self._relay, args=(conn, upstream, pair, True),
+                         daemon=True).start()
+        threading.Thread(target=self._relay, args=(upstream, conn, pair, False),
+                         daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket, pair: int,
+               from_client: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if from_client and b"SUBSCRIBE" in data.upper():
+                    self._subscribed.add(pair)
+                if self.stall and pair in self._subscribed:
+                    continue
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
 def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
                              results: Any) -> None:
     """(in a worker process) Trip ``service``'s shared breaker when ``go`` is set; put

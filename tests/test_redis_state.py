@@ -33,6 +33,7 @@ from requests_smartretry.state import BreakerSettings, BudgetSettings
 from tests.redis_server import (
     GarbageRedis,
     RedisServer,
+    StalledSubscriptions,
     budgeted_calls,
     client,
     failing_calls,
@@ -171,9 +172,12 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
 
 def commands_issued(url: str) -> int:
     """Commands the server executed since its statistics were reset (INFO commandstats
-    counts those run inside scripts too), not counting the INFO itself."""
+    counts those run inside scripts too), not counting the INFO itself nor the PINGs that
+    prove the subscription alive (a background thread's, two per poll interval while the
+    store is in use, whatever the number of requests)."""
     stats = client(url).info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return sum(int(v["calls"]) for k, v in stats.items()
+               if k not in ("cmdstat_info", "cmdstat_ping"))
 
 
 def test_successes_cost_no_round_trip(redis_url: str, fault: FaultServer) -> None:
@@ -509,6 +513,50 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
     assert refused_at is not None
     assert refused_at - opened_at <= 0.1
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+def test_a_silently_dead_subscription_falls_back_to_polling(redis_url: str) -> None:
+    """A subscription that dies with no reset (its proxy stalls) is noticed within a poll
+    interval while the store is in use, so a breaker opened elsewhere still refuses here
+    within the poll fallback's time, not after a whole sync interval."""
+    import threading
+
+    settings = BreakerSettings(1, 60.0, 1, 0.0, 60.0, 10)
+    service = f"stall-{uuid.uuid4().hex[:8]}"
+    with StalledSubscriptions(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as proxy:
+        here = shared_store(proxy.url, sync_interval=30.0)
+        there = shared_store(redis_url)
+        assert here.breaker_admit(service, settings, 0.0).allowed
+        deadline = time.monotonic() + 10.0
+        while not here._listening and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert here._listening
+        refused: list[float] = []
+        stop = threading.Event()
+
+        def admit_continuously() -> None:
+            while not stop.is_set():
+                if not here.breaker_admit(service, settings, 0.0).allowed:
+                    refused.append(time.monotonic())
+                    return
+                time.sleep(0.002)
+
+        worker = threading.Thread(target=admit_continuously, daemon=True)
+        worker.start()
+        try:
+            time.sleep(0.3)
+            proxy.stall = True
+            time.sleep(0.5)  # the subscription is dead; our view was synced long ago
+            opened = time.monotonic()
+            assert there.breaker_record(service, settings, 0.0, failed=True, weight=1.0,
+                                        ticket=0) == "open"
+            worker.join(5.0)
+        finally:
+            stop.set()
+            here.close()
+            there.close()
+        assert refused, "the breaker opened elsewhere was never seen here"
+        assert refused[0] - opened <= 1.0  # poll fallback (50 ms); the sync interval is 30 s
 
 
 @pytest.mark.slow
