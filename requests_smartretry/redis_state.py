@@ -505,6 +505,7 @@ class RedisStateStore:
         self._local = MemoryStateStore()
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._client: Any = None
         self._script: Any = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -580,7 +581,7 @@ class RedisStateStore:
     # -- talking to Redis ---------------------------------------------------------------
 
     def _connect(self) -> Any:
-        """The script object, connecting on first use (under ``_lock``)."""
+        """The script object, connecting on first use (on a worker, under ``_connect_lock``)."""
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -669,19 +670,17 @@ class RedisStateStore:
         if allowance <= 0.0:
             raise _NoTime()
         with self._lock:
-            if self._script is None:
-                self._script = self._connect()
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=4, thread_name_prefix="requests-smartretry-redis")
-            script, executor = self._script, self._executor
+            executor = self._executor
             self._in_flight += 1
         started = _monotonic()
         try:
-            future = executor.submit(self._run_script, script, keys, args)
+            future = executor.submit(self._run_script, keys, args)
         except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
             future = concurrent.futures.Future()
-            future.set_result(self._run_script(script, keys, args))
+            future.set_result(self._run_script(keys, args))
         try:
             reply = future.result(timeout=allowance)
         except concurrent.futures.TimeoutError:
@@ -702,8 +701,14 @@ class RedisStateStore:
             self._start_listener()
         return reply  # type: ignore[no-any-return]
 
-    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _run_script(self, keys: list[str], args: list[Any]) -> Any:
+        # Connecting happens here too, on the worker: a Cluster client asks its startup
+        # nodes for the slot map at construction, one socket timeout per silent node.
         try:
+            with self._connect_lock:
+                if self._script is None:
+                    self._script = self._connect()
+                script = self._script
             return script(keys=keys, args=args)
         finally:
             with self._lock:

@@ -4,6 +4,7 @@ down, slow or answering garbage never fails a request."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
@@ -410,6 +411,29 @@ def test_unresponsive_redis_costs_one_short_timeout(
         rest = time.monotonic() - started - first
     assert first < 10.0  # bounded: about one 0.2 s timeout, never a hang
     assert rest < 10.0
+    assert not store.shared
+    assert len(redis_warnings(caplog)) == 1
+
+
+def test_silent_cluster_nodes_cost_one_time_budget_not_one_timeout_each(
+    fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Cluster URL whose four nodes accept connections and never answer delays the
+    first request by one connection allowance (the socket timeout), not by one timeout
+    per node as the client asks each for the slot map, and every call succeeds."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with contextlib.ExitStack() as stack:
+        ports = [stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=64))
+                 .getsockname()[1] for _ in range(4)]
+        store = RedisStateStore("redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports),
+                                socket_timeout=0.3, retry_interval=60.0)
+        session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+        started = time.monotonic()
+        assert session.get(fault.url("/ok")).status_code == 200
+        first = time.monotonic() - started
+        for _ in range(5):
+            assert session.get(fault.url("/ok")).status_code == 200
+    assert first < 0.3 * 4 - 0.2  # one allowance (0.3 s) and slack, never 4 x 0.3 s
     assert not store.shared
     assert len(redis_warnings(caplog)) == 1
 
