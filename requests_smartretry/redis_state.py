@@ -1143,6 +1143,12 @@ def _is_key_error(exc: BaseException) -> bool:
         return False
     if not isinstance(exc, ResponseError):
         return False
+    # redis-py turns some server conditions into subclasses and drops their code from the
+    # text (OOM -> OutOfMemoryError, READONLY -> ReadOnlyError...), leaving a script's
+    # '@user_script': only the plain class and the cluster redirections concern a key.
+    if type(exc) is not ResponseError \
+            and type(exc).__name__ not in ("AskError", "MovedError", "ClusterCrossSlotError"):
+        return False
     text = str(exc).upper()
     if any(marker in text for marker in _SERVER_ERRORS):
         return False

@@ -438,6 +438,38 @@ def test_silent_cluster_nodes_cost_one_time_budget_not_one_timeout_each(
     assert len(redis_warnings(caplog)) == 1
 
 
+def test_a_full_redis_takes_the_store_local_with_one_warning(
+    fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis out of memory (maxmemory, noeviction) refusing the script's writes is an
+    outage of the whole store (one warning, not one per service), no call fails, and
+    sharing resumes once it has room again."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with RedisServer(extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")) as full:
+        inspect = client(full.url)
+        with pytest.raises(Exception, match="maxmemory"):
+            for index in range(10_000):
+                inspect.set(f"fill-{index}", "x" * 1000)
+        store = RedisStateStore(full.url, retry_interval=0.05)
+        settings = BreakerSettings(3, 60.0, 1, 0.0, 60.0, 10)
+        session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+        for _ in range(5):
+            assert session.get(fault.url("/ok")).status_code == 200
+        for name in ("a", "b", "c"):
+            store.breaker_record(f"https://{name}.example.com", settings, 0.0, failed=True,
+                                 weight=1.0, ticket=0)
+        assert not store.shared
+        assert len(redis_warnings(caplog)) == 1
+        inspect.flushall()
+        time.sleep(0.1)
+        deadline = time.monotonic() + 10.0
+        while not store.shared and time.monotonic() < deadline:
+            store.breaker_admit("https://a.example.com", settings, 0.0)
+            time.sleep(0.02)
+        assert store.shared
+        store.close()
+
+
 def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
     """Each failed probe doubles the wait before the next one (from ``retry_interval``),
     so a Redis that stays out costs ever fewer requests a timeout."""
