@@ -405,21 +405,25 @@ class SlowProxy(FakeRedis):
         threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
         threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
 
+    def _forward(self, data: bytes, source: socket.socket, target: socket.socket,
+                 replies: bool) -> None:
+        if not replies:
+            target.sendall(data)
+        elif self.drip:
+            for index in range(len(data)):
+                time.sleep(self.drip)
+                target.sendall(data[index:index + 1])
+        else:
+            time.sleep(self.delay)
+            target.sendall(data)
+
     def _pipe(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if not replies:
-                    target.sendall(data)
-                elif self.drip:
-                    for index in range(len(data)):
-                        time.sleep(self.drip)
-                        target.sendall(data[index:index + 1])
-                else:
-                    time.sleep(self.delay)
-                    target.sendall(data)
+                self._forward(data, source, target, replies)
         except OSError:
             pass
         finally:
@@ -441,40 +445,14 @@ class StalledSubscriptions(SlowProxy):
         self._subscribed: set[int] = set()
         super().__init__(port)
 
-    def _handle(self, conn: socket.socket) -> None:
-        import threading
+    def _forward(self, data: bytes, source: socket.socket, target: socket.socket,
+                 replies: bool) -> None:
+        client_side = id(target if replies else source)
+        if not replies and b"SUBSCRIBE" in data.upper():
+            self._subscribed.add(client_side)
+        if not (self.stall and client_side in self._subscribed):
+            target.sendall(data)
 
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream))
-        except OSError:
-            conn.close()
-            return
-        pair = id(conn)
-        threading.Thread(target=self._relay, args=(conn, upstream, pair, True),
-                         daemon=True).start()
-        threading.Thread(target=self._relay, args=(upstream, conn, pair, False),
-                         daemon=True).start()
-
-    def _relay(self, source: socket.socket, target: socket.socket, pair: int,
-               from_client: bool) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if from_client and b"SUBSCRIBE" in data.upper():
-                    self._subscribed.add(pair)
-                if self.stall and pair in self._subscribed:
-                    continue
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
 
 def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
                              results: Any) -> None:
