@@ -16,6 +16,7 @@ Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vend
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import numbers
 import socket
@@ -58,6 +59,14 @@ from .events import Hook, Verdict
 from .policy import RetryPolicy, check_timeout, resolve_policy
 from .redact import path_template, redact_exception, redact_url
 from .stats import Stats
+from .urllib3_retry import (
+    RetryNow,
+    gave_up_counting,
+    policy_for_retry,
+    retried_verdict,
+    stepping,
+    to_requests_error,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,6 +112,14 @@ class PoolWaitExpired(_NothingSent, urllib3.exceptions.EmptyPoolError):
     """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
     so that urllib3 returns no slot it never took; the adapter turns it into
     ``ConnectTimeout`` (requests would let urllib3's own error through)."""
+
+
+def _cut_reason() -> str:
+    """Why an attempt cut at its bound under a urllib3 Retry is not retried: the call's
+    deadline, or the policy's timeout for a request without ``timeout=``."""
+    scope = current_scope()
+    left = None if scope is None else scope.remaining()
+    return "deadline" if left is not None and left <= _MIN_SOCKET_TIMEOUT else "not_retryable"
 
 
 def _pool_refused(exc: BaseException) -> bool:
@@ -257,6 +274,11 @@ if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x 
 
 _POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
 
+# The urllib3 Retry state of the attempt running in this context, and the adapter it is
+# for: HTTPAdapter.send reads ``self.max_retries``, one value shared by every thread.
+_RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.ContextVar(
+    "requests_smartretry_retry_state", default=None)
+
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
     "requests_smartretry_previous_attempts", default=())
@@ -402,30 +424,6 @@ def _seconds(name: str, value: Any) -> Optional[float]:
     return seconds
 
 
-def _policy_from_urllib3(retry: Retry) -> RetryPolicy:
-    """Carry a ``urllib3.Retry`` over (the migration path from ``HTTPAdapter``)."""
-    total = retry.total if isinstance(retry.total, int) and not isinstance(retry.total, bool) \
-        else None
-    counts = [c for c in (total, retry.connect, retry.read, retry.status)
-              if isinstance(c, int) and not isinstance(c, bool)]
-    derived: dict[str, Any] = {"max_retries": min(counts) if counts else 1}
-    if retry.backoff_factor:
-        derived["backoff_base"] = float(retry.backoff_factor)
-        cap: Any = getattr(retry, "backoff_max", None) or getattr(Retry, "DEFAULT_BACKOFF_MAX", 120)
-        derived["backoff_max"] = max(float(cap), float(retry.backoff_factor))
-    if retry.status_forcelist:
-        derived["retry_statuses"] = frozenset(retry.status_forcelist)
-    # allowed_methods exists from urllib3 1.26 on; reading the old method_whitelist name
-    # there only raises a DeprecationWarning.
-    methods = getattr(retry, "allowed_methods", None)
-    if methods is None:  # urllib3: None means "retry any method"
-        derived["idempotent"] = True
-    elif methods:
-        derived["idempotent_methods"] = frozenset(methods)
-    derived["respect_retry_after"] = bool(retry.respect_retry_after_header)
-    return RetryPolicy(**derived)
-
-
 def operation_name(policy: RetryPolicy, request: Any) -> str:
     """The operation name for ``request`` (anything with ``method`` and a ``url`` string, as
     a ``PreparedRequest``): the policy's, its ``name_request`` hook's, or
@@ -483,8 +481,9 @@ class SmartRetryAdapter(HTTPAdapter):
 
     Pass either ``policy=RetryPolicy(...)`` or the policy's keywords (``max_retries``,
     ``timeout``, ``backoff_base``…); keywords given with ``policy=`` override it.  A
-    ``urllib3.Retry`` passed as ``max_retries`` is converted (migration from
-    ``HTTPAdapter(max_retries=Retry(...))``).
+    ``urllib3.Retry`` passed as ``max_retries`` decides every retry and wait exactly as in
+    ``HTTPAdapter(max_retries=Retry(...))`` (see :mod:`requests_smartretry.urllib3_retry`);
+    the adapter adds the deadline, logs, statistics, breaker and budget, never an attempt.
 
     Deadlines: with ``stream=False`` (the default) the body is read inside the attempt, so
     the attempt's wall-clock deadline covers connect, send, headers and body.  With
@@ -507,10 +506,12 @@ class SmartRetryAdapter(HTTPAdapter):
     # "stats" pickles its counts, not its lock.
     __attrs__ = [  # noqa: RUF012
         *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "stats",
-        "state", "_sleep", "_clock",
+        "state", "_sleep", "_clock", "retry",
     ]
 
     policy: RetryPolicy
+    #: The ``urllib3.Retry`` given as ``max_retries`` (it decides the retries), or ``None``.
+    retry: Optional[Retry] = None
 
     def __init__(
         self,
@@ -528,12 +529,15 @@ class SmartRetryAdapter(HTTPAdapter):
         pool_block: bool = False,
         **policy_options: Unpack[AdapterOptions],
     ) -> None:
-        if isinstance(policy_options.get("max_retries"), Retry):
+        retry = policy_options.get("max_retries")
+        if not isinstance(retry, Retry):
+            retry = None
+        else:
             if policy is not None:
                 raise TypeError("pass either policy= or a urllib3 Retry as max_retries, "
                                 "not both")
-            policy = _policy_from_urllib3(
-                policy_options.pop("max_retries"))  # type: ignore[arg-type]  # a Retry
+            del policy_options["max_retries"]
+            policy = policy_for_retry(retry)
         policy = resolve_policy(policy, policy_options, "SmartRetryAdapter")
         check_clocks(sleep, clock)
         hooks = check_hooks(hooks)
@@ -541,6 +545,7 @@ class SmartRetryAdapter(HTTPAdapter):
         self.stats, breaker, budget, store = resolve_collaborators(stats, breaker, budget, state)
         self.state = store
         self.policy = policy
+        self.retry = retry
         self.breaker = breaker
         self.budget = budget
         self.extra_hooks = hooks
@@ -554,6 +559,19 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(policy={self.policy!r})"
+
+    @property
+    def max_retries(self) -> Retry:
+        """What ``HTTPAdapter.send`` hands urllib3: the attempt's Retry state when a
+        ``urllib3.Retry`` decides the retries, otherwise no retries (the loop retries)."""
+        current = _RETRY_STATE.get()
+        if current is not None and current[0] is self:
+            return current[1]
+        return self._no_retries
+
+    @max_retries.setter
+    def max_retries(self, value: Retry) -> None:
+        self._no_retries = value
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._closed = False
@@ -650,6 +668,14 @@ class SmartRetryAdapter(HTTPAdapter):
             timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
         else:
             timeouts, socket_timeout = _resolve_timeouts(timeout, policy), None
+        retry = self.retry
+        if retry is not None:
+            # As HTTPAdapter: the caller's timeout goes to urllib3 as it is, where the Retry
+            # sees its timeouts; without one, the policy's bounds the attempt (not retried).
+            timeouts = ((timeouts[0], timeouts[1], None) if timeout is not None
+                        else (None, None, policy.timeout))
+            socket_timeout = None
+            states = [stepping(retry)]  # the Retry state for the next attempt
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
             call = self._call_info(request, facts)
@@ -677,8 +703,12 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
-                                    socket_timeout)
+            if retry is None:
+                outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
+                                        socket_timeout)
+            else:
+                outcome = self._retry_attempt(states, to_send, functools.partial(
+                    self._attempt, to_send, stream, timeouts, verify, cert, proxies))
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)
@@ -691,7 +721,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 redact_exception(outcome.signal)
             if outcome.error is not None:
                 replay.rewind()  # an enclosing call that repeats the request finds the body whole
-            if outcome.classification.retryable:
+            if outcome.classification.retryable and outcome.veto is None:
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
                 outcome.veto = self._veto(outcome, idempotent, replay)
@@ -709,6 +739,66 @@ class SmartRetryAdapter(HTTPAdapter):
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
+
+    def _retry_attempt(
+        self, states: list[Retry], request: requests.PreparedRequest,
+        send: Callable[[], Outcome[requests.Response]],
+    ) -> Outcome[requests.Response]:
+        """One attempt (``send``, an :meth:`_attempt`) under the call's urllib3 Retry state:
+        urllib3 sends it with that state, and either gives up as HTTPAdapter would (the
+        outcome is final) or decides to retry (:class:`RetryNow`: the next state and its
+        wait)."""
+        state = states[0]
+        token = _RETRY_STATE.set((self, state))
+        try:
+            outcome = send()
+        except RetryNow as decided:
+            if decided.cut:  # the attempt's bound passed: urllib3's retry is not made
+                cut = AttemptDeadlineExceeded(
+                    "the attempt deadline passed during the attempt; not retried",
+                    request=request)
+                cut.__cause__ = decided.error
+                return Outcome(classify_exception(cut), error=cut, signal=cut,
+                               veto=_cut_reason())
+            states[0] = decided.state
+            return self._retried(decided, request)
+        finally:
+            _RETRY_STATE.reset(token)
+        if outcome.classification.verdict is not _SUCCESS_VERDICT:
+            # urllib3 did not retry: HTTPAdapter would end here, and so does the call.
+            ran_out = gave_up_counting(outcome.error) or (
+                outcome.error is None and outcome.status_code is not None
+                and state.is_retry(request.method or "GET", outcome.status_code,
+                                   bool(outcome.value is not None
+                                        and outcome.value.headers.get("Retry-After"))))
+            if isinstance(outcome.error, requests.exceptions.RetryError):
+                # urllib3's "too many 503 error responses": a server error, for the
+                # log line and the statistics.
+                outcome.classification = Classification(
+                    Verdict.SERVER_ERROR,
+                    f"RetryError: {getattr(outcome.error.args[0], 'reason', '')}")
+            outcome.veto = ("retry_exhausted" if ran_out
+                            else _cut_reason() if isinstance(outcome.error,
+                                                             AttemptDeadlineExceeded)
+                            else "not_retryable")
+        return outcome
+
+    def _retried(self, decided: RetryNow,
+                 request: requests.PreparedRequest) -> Outcome[requests.Response]:
+        """The outcome of an attempt the urllib3 Retry decided to repeat, after
+        ``decided.wait`` seconds."""
+        if decided.response is not None:
+            response = self.build_response(request, decided.response)
+            status = response.status_code
+            verdict = retried_verdict(self.classify_response(response), status)
+            signal = requests.HTTPError(
+                f"{status} {verdict.reason} for {redact_url(request.url or '')}",
+                request=request, response=response)
+            return Outcome(verdict, value=response, signal=signal, status_code=status,
+                           wait=decided.wait)
+        error = to_requests_error(decided.error, request)
+        verdict = retried_verdict(classify_exception(error), None)
+        return Outcome(verdict, error=error, signal=error, wait=decided.wait)
 
     def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
         info = CallInfo(operation=self.operation_for(request),

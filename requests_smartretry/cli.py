@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
                      help="wall-clock seconds per attempt: connect + headers + body "
                      "(default: 30)")
+    get.add_argument("--deadline", type=_positive_float, metavar="S",
+                     help="wall-clock seconds for the whole command: attempts and waits "
+                     "(default: none)")
     get.add_argument("--backoff", type=_non_negative_float, default=1.0, metavar="S",
                      help="seconds before the first retry, doubling, capped at "
                      "--backoff-max (default: 1; 0: retry at once)")
@@ -227,6 +230,8 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "backoff_max": max(args.backoff_max, args.backoff),
         "lang": args.lang,
     }
+    if args.deadline is not None:
+        options["deadline"] = args.deadline
     if args.operation:
         options["operation_name"] = args.operation
     if args.breaker_threshold is not None:

@@ -167,6 +167,16 @@ class Tour:
     def result(self, text: str) -> None:
         self.say(f"   => {text}")
 
+    def timed_out(self, session: requests.Session, path: str, note: str) -> None:
+        """GET ``path``, expected to end in a timeout, and say how long it took."""
+        started = time.monotonic()
+        try:
+            session.get(self.server.url(path))
+        except requests.Timeout as exc:
+            elapsed = time.monotonic() - started
+            self.result(f"{type(exc).__name__} after {elapsed:.1f} s for "
+                        f"{len(_starts(exc))} attempts ({note})")
+
     # -- the scenarios -----------------------------------------------------------------
 
     def run(self) -> None:
@@ -177,6 +187,7 @@ class Tour:
         self.rate_limited_with_retry_after()
         self.not_found_is_not_retried()
         self.slow_drip_cut_by_deadline()
+        self.whole_call_deadline()
         self.post_is_not_resent()
         self.callable_api_keeps_the_verdict()
         self.budget_refunds_transient_failures()
@@ -224,14 +235,16 @@ class Tour:
         self.heading("Slow drip (1 byte / 0.2 s for 10 s) with timeout=1.0: "
                      "each attempt is cut at 1 s")
         session = self.session("demo-drip", max_retries=1, timeout=1.0)
-        started = time.monotonic()
-        try:
-            session.get(self.server.url("/drip?interval=0.2&count=50"))
-        except requests.Timeout as exc:
-            elapsed = time.monotonic() - started
-            self.result(f"{type(exc).__name__} after {elapsed:.1f} s for "
-                        f"{len(_starts(exc))} attempts (plain requests' timeout=1 would wait "
-                        f"10 s: every byte arrives within the read timeout)")
+        self.timed_out(session, "/drip?interval=0.2&count=50",
+                       "plain requests' timeout=1 would wait 10 s: every byte arrives "
+                       "within the read timeout")
+
+    def whole_call_deadline(self) -> None:
+        self.heading("A server that never answers, timeout=1.0 and deadline=1.5: "
+                     "the whole call ends at 1.5 s")
+        session = self.session("demo-deadline", max_retries=3, timeout=1.0, deadline=1.5)
+        self.timed_out(session, "/hang?seconds=5", "the second cut at the deadline; without "
+                       "deadline= 4 attempts and 3 waits take 5.4 s")
 
     def post_is_not_resent(self) -> None:
         self.heading("POST reset after it was sent: not resent (the server may have acted)")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
 from . import testing as _testing
 from .backoff import backoff_delay
 from .classify import Classification
-from .deadline import current_scope
+from .deadline import RetryScope, current_scope, retry_scope
 from .errors import CircuitOpenError, attach_history
 from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict
 from .log import LoggingHook
@@ -91,6 +91,9 @@ class Outcome(Generic[T]):
     #: Set when the attempt knows that repeating it is not allowed ("unsafe",
     #: "not_replayable"), whatever the verdict.
     veto: Optional[str] = None
+    #: Seconds to wait before the next attempt when the attempt decided it itself (a
+    #: ``urllib3.Retry`` did): the policy's backoff and Retry-After rules are skipped.
+    wait: Optional[float] = None
 
 
 @dataclass
@@ -107,7 +110,8 @@ class Finished(Generic[T]):
         error = self.outcome.error
         if error is not None:
             note = None
-            if self.give_up_reason not in (None, "exhausted", "not_retryable"):
+            if self.give_up_reason not in (None, "exhausted", "not_retryable",
+                                           "retry_exhausted"):
                 note = f"requests_smartretry: not retried ({self.give_up_reason})"
             attach_history(error, self.history, note)
             raise error
@@ -173,11 +177,42 @@ def run_call(
     other ending, success or failure, comes back as :class:`Finished`.  ``closed``, when
     given, is asked before each retry (and again after its backoff wait): once it says
     True, the call gives up with reason ``"closed"`` and sends nothing more.
+
+    With ``policy.deadline`` the call runs inside a retry scope ending at the deadline, so
+    attempts (and nested smart calls) see what is left; a wait that cannot fit before it
+    ends the call with reason ``"deadline"``.
     """
     # This setup runs for every request (current_scope is a C-level accessor).
     scope = current_scope()
+    if policy.deadline is None:
+        return _run_call(policy, call, attempt, hooks, breaker, budget, sleep, clock, rng,
+                         closed, scope, scope, None)
+    ends_at = clock() + policy.deadline  # in the (injectable) clock's time
+    with retry_scope(time.monotonic() + policy.deadline) as inner:
+        return _run_call(policy, call, attempt, hooks, breaker, budget, sleep, clock, rng,
+                         closed, scope, inner, ends_at)
+
+
+def _run_call(
+    policy: RetryPolicy,
+    call: CallInfo,
+    attempt: Callable[[int], Outcome[T]],
+    hooks: tuple[Hook, ...],
+    breaker: Optional[BreakerGate],
+    budget: Optional[BudgetGate],
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    rng: Any,
+    closed: Optional[Callable[[], bool]],
+    outer: Optional[RetryScope],
+    scope: Optional[RetryScope],
+    ends_at: Optional[float],
+) -> Finished[T]:
+    """:func:`run_call`'s loop: ``outer`` is the enclosing call's scope, ``scope`` the one
+    the attempts run in (``outer`` unless this call has a deadline, ending at ``ends_at``
+    on ``clock``)."""
     max_attempts = policy.max_retries + 1
-    if scope is not None and policy.nested == "single":
+    if outer is not None and policy.nested == "single":
         max_attempts = 1  # the enclosing call does the retrying
     capped = _testing._attempts  # None unless test mode caps the attempts
     if capped is not None:
@@ -244,7 +279,7 @@ def run_call(
             verdict.verdict, 0) + 1
 
         give_up, wait = _decide(policy, verdict, outcome, number, max_attempts, previous_wait,
-                                rng, scope, rule=rule, seen=seen)
+                                rng, _time_left(scope, ends_at, clock), rule=rule, seen=seen)
         if give_up is None and closed is not None and closed():
             give_up = "closed"
         if give_up is None and budget is not None and not budget.allow_retry(call.service):
@@ -289,7 +324,7 @@ def _decide(
     max_attempts: int,
     previous_wait: Optional[float],
     rng: Any,
-    scope: Any,
+    left: Optional[float],
     *,
     rule: Optional[VerdictRule] = None,
     seen: int = 1,
@@ -297,14 +332,17 @@ def _decide(
     """(give-up reason, or None and the seconds to wait before the next attempt).
 
     ``rule`` is the policy's per-verdict rule for this failure and ``seen`` the number of
-    failures with this verdict so far in the call (this one included).
+    failures with this verdict so far in the call (this one included); ``left`` is the
+    time left before the deadline (``None``: none).
     """
     if not verdict.retryable:
-        return "not_retryable", 0.0
+        return outcome.veto or "not_retryable", 0.0
     if number >= max_attempts:
         return "exhausted", 0.0
     if outcome.veto is not None:
         return outcome.veto, 0.0
+    if outcome.wait is not None:  # the attempt decided its wait (a urllib3 Retry)
+        return _fitting(outcome.wait, left)
     settings: Union[RetryPolicy, ResolvedBackoff] = policy
     respect_retry_after = policy.respect_retry_after
     if rule is not None:
@@ -321,11 +359,25 @@ def _decide(
         # The server's delay is a minimum: "Retry-After: 0" (or a date our clock already
         # passed) must not turn into a burst of immediate retries.
         wait = max(wait, asked)
-    if scope is not None:
-        left = scope.remaining()
-        if left is not None and wait >= left:
-            return "deadline", 0.0
+    return _fitting(wait, left)
+
+
+def _fitting(wait: float, left: Optional[float]) -> tuple[Optional[str], float]:
+    """A wait that cannot end before the deadline is not started."""
+    if left is not None and wait >= left:
+        return "deadline", 0.0
     return None, wait
+
+
+def _time_left(scope: Optional[RetryScope], ends_at: Optional[float],
+               clock: Callable[[], float]) -> Optional[float]:
+    """Seconds left before the earliest deadline: the scope's (wall clock) and this
+    call's own (``ends_at`` on ``clock``, which tests inject)."""
+    left = None if scope is None else scope.remaining()
+    if ends_at is not None:
+        own = max(0.0, ends_at - clock())
+        left = own if left is None else min(left, own)
+    return left
 
 
 def _notify_on_retry(policy: RetryPolicy, attempt: int, error: Optional[BaseException]) -> None:

@@ -553,9 +553,11 @@ def execute_with_retry(
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
     ``options`` are :class:`RetryPolicy` keywords: ``max_retries=1``, ``timeout=30.0``
-    (seconds per attempt), ``operation_name`` (default: ``fn.__qualname__``),
-    ``on_retry(attempt, error)``, backoff and ``lang``.  ``classify(error)`` may return
-    ``False`` to raise an error at once (or a :class:`Classification`).  The last
+    (seconds per attempt), ``deadline`` (seconds for the whole call, waits included;
+    ``fn`` sees it through ``deadline.remaining()``), ``operation_name`` (default:
+    ``fn.__qualname__``), ``on_retry(attempt, error)``, backoff and ``lang``.
+    ``classify(error)`` may return ``False`` to raise an error at once (or a
+    :class:`Classification`).  The last
     attempt's exception is raised with its attempt history; a timed-out attempt raises
     :class:`CallTimeoutError` (see the module doc for what happens to it)::
 

@@ -40,6 +40,7 @@ _TEXT = {
         "wait": "等待 {ms}ms 后重试",
         "rejected": "熔断器已打开, 请求被拒绝 ({ms}ms 后允许探测)",
         "exhausted": "已达最大尝试次数 ({max_attempts} 次), 放弃",
+        "retry_exhausted": "urllib3 Retry 的重试次数已用尽, 放弃",
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
         "not_retryable": "错误不可重试, 放弃",
         "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
@@ -62,6 +63,7 @@ _TEXT = {
         "wait": "waiting {ms}ms before retrying",
         "rejected": "circuit breaker open, request refused (next probe in {ms}ms)",
         "exhausted": "all {max_attempts} attempts failed, giving up",
+        "retry_exhausted": "the urllib3 Retry has no retries left; giving up",
         "verdict_limit": "no retries left for this kind of failure, giving up",
         "not_retryable": "error is not retryable, giving up",
         "unsafe": "request may have reached the server and {method} is not idempotent; "

@@ -104,10 +104,17 @@ class RetryPolicy:
     #: Dynamic strategy: ``{Verdict.RATE_LIMIT: VerdictRule(backoff_max=30.0), ...}``
     #: overrides retries, backoff and breaker weight for failures of one verdict.
     per_verdict: Mapping[Verdict, VerdictRule] = field(default_factory=dict)
+    #: Wall-clock seconds for the whole call, attempts and waits (``None``: no bound).  A
+    #: wait that cannot fit is not started, each attempt is cut to what is left, and
+    #: nested smart calls (and ``deadline.remaining()``) see what is left.
+    deadline: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, minimum=0)
         check_timeout("timeout", self.timeout)
+        if self.deadline is not None:
+            _check_positive("deadline", self.deadline)
+            object.__setattr__(self, "deadline", float(self.deadline))
         if self.connect_timeout is not None:
             check_timeout("connect_timeout", self.connect_timeout)
         _check_non_negative("backoff_base", self.backoff_base)

@@ -207,11 +207,14 @@ def test_other_client_errors_are_not_retried(
 
 def test_exhausted_timeouts_raise_a_requests_timeout(server: FaultServer,
                                                      sleeps: SleepRecorder) -> None:
-    """Legacy `except requests.exceptions.Timeout` catches an attempt deadline on every try."""
+    """Legacy `except requests.exceptions.Timeout` catches an attempt deadline on every try.
+
+    A drip (a byte every 0.1 s) never trips the 0.5 s socket timeout, so only the attempt
+    deadline can end each attempt (a hang would race the socket timeout against it)."""
     with pytest.raises(requests.exceptions.Timeout) as caught:
-        session_with(sleeps, timeout=0.3).get(server.url("/hang?seconds=5"))
+        session_with(sleeps, timeout=0.5).get(server.url("/drip?interval=0.1&count=50"))
     assert isinstance(caught.value, AttemptDeadlineExceeded)
-    assert server.hits("/hang") == 2
+    assert server.hits("/drip") == 2
     assert len([e for e in attempt_history(caught.value) if e.kind is EventKind.START]) == 2
 
 

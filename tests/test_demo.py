@@ -34,6 +34,7 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "demo-404 - error is not retryable, giving up",
         "demo-drip - attempt 1 failed: network timeout",
         "AttemptDeadlineExceeded",
+        "demo-deadline - no time left for another attempt; giving up",
         "demo-post - request may have reached the server and POST is not idempotent",
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
