@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -65,10 +66,13 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         head = [self.binary] if self.config is None else [self.binary, self.config]
+        # A master that feeds a replica writes an RDB even with --save "": into a directory
+        # of its own, never the working tree.
+        workdir = () if "--dir" in self.extra else ("--dir", tempfile.mkdtemp(prefix="redis-"))
         self.process = subprocess.Popen(
             [*head, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
-             *self.extra],
+             *workdir, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
