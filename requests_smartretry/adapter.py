@@ -319,6 +319,10 @@ def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
 
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
+# (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
+_REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
+    contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
+
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
     "requests_smartretry_previous_attempts", default=())
 
@@ -651,6 +655,20 @@ class SmartRetryAdapter(HTTPAdapter):
         # Asked by the retry loop before each retry: a closed adapter sends nothing more.
         return self._closed
 
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: Any,
+        proxies: Any = None, cert: Any = None,
+    ) -> Any:
+        """As ``HTTPAdapter``'s; a retry whose last attempt got a response on the same URL
+        (same call: same verify, cert and proxies) goes to that response's pool, without
+        looking it up again, unless the pool was closed meanwhile."""
+        memo = _REUSE_POOL.get()
+        if memo is not None and memo[0] is self and memo[1] == request.url \
+                and getattr(memo[2], "pool", None) is not None:
+            return memo[2]
+        return super().get_connection_with_tls_context(
+            request, verify, proxies=proxies, cert=cert)
+
     # -- hooks for subclasses ---------------------------------------------------------
 
     def operation_for(self, request: requests.PreparedRequest) -> str:
@@ -727,8 +745,10 @@ class SmartRetryAdapter(HTTPAdapter):
 
         def attempt(number: int) -> Outcome[requests.Response]:
             nonlocal idempotent
+            pool = None  # the pool of the last failed response, for the retry
             if number > 1:
                 for stale in previous:  # a retry discards the last failed response
+                    pool = getattr(stale.raw, "_pool", None)
                     stale.close()
                 previous.clear()
                 if self._closed:  # closed as the retry starts (a START hook): send nothing
@@ -744,12 +764,17 @@ class SmartRetryAdapter(HTTPAdapter):
                     _PREVIOUS_ATTEMPTS.reset(token)
             else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare_attempt(request, number)
-            if retry is None:
-                outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
-                                        socket_timeout)
-            else:
-                outcome = self._retry_attempt(states, to_send, functools.partial(
-                    self._attempt, to_send, stream, timeouts, verify, cert, proxies))
+            reuse = None if pool is None else _REUSE_POOL.set((self, to_send.url, pool))
+            try:
+                if retry is None:
+                    outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
+                                            socket_timeout)
+                else:
+                    outcome = self._retry_attempt(states, to_send, functools.partial(
+                        self._attempt, to_send, stream, timeouts, verify, cert, proxies))
+            finally:
+                if reuse is not None:
+                    _REUSE_POOL.reset(reuse)
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 return outcome  # the common case: nothing to remember, redact or veto
             verdicts.append(outcome.classification)

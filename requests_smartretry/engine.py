@@ -364,7 +364,8 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
         settings: Union[RetryPolicy, ResolvedBackoff] = policy
         respect_retry_after = policy.respect_retry_after
         if rule is not None:
-            if rule.max_retries is not None and run.seen[verdict.verdict] > rule.max_retries:
+            if rule.max_retries is not None and \
+                    run.seen[verdict.verdict] > rule.max_retries:  # type: ignore[index]
                 return "verdict_limit", 0.0
             settings = rule.backoff_for(policy)
             respect_retry_after = rule.retry_after_for(policy)
@@ -397,9 +398,14 @@ class _Call(Generic[T]):
     every hook but the Stats, which counted it already); from there on every step emits.
     """
 
-    __slots__ = ("breaker", "budget", "call", "clock", "closed", "elapsed", "ends_at",
-                 "events", "hooks", "max_attempts", "policy", "previous_wait", "quiet",
-                 "record", "rng", "rule", "scope", "seen", "started", "wall_start")
+    # The step state, as it stands before the first attempt (class defaults: a call that
+    # succeeds at once sets only what it uses).
+    wall_start: Optional[float] = None  # time.time() at a quiet first START
+    started = 0.0  # clock() at the first attempt's start
+    elapsed = 0.0  # the last attempt's duration
+    previous_wait: Optional[float] = None
+    rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
+    seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -431,25 +437,20 @@ class _Call(Generic[T]):
         self.quiet = quiet
         self.events: Optional[CallEvents] = None if quiet is not None else CallEvents(
             hooks, call.operation, call.service, max_attempts, call.method, call.url)
-        self.wall_start: Optional[float] = None  # time.time() at a quiet first START
-        self.started = 0.0  # clock() at the first attempt's start
-        self.elapsed = 0.0  # the last attempt's duration
-        self.previous_wait: Optional[float] = None
-        self.rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
-        self.seen: dict[Verdict, int] = {}  # failures per verdict, for per-verdict limits
 
     def _open(self) -> CallEvents:
         """The event stream, opened for the rest of the call (see the class)."""
         events = self.events
         if events is None:
-            call, quiet = self.call, self.quiet
-            stats = quiet.stats if quiet is not None else None
-            events = self.events = CallEvents(
-                tuple(h for h in self.hooks if h is not stats), call.operation, call.service,
-                self.max_attempts, call.method, call.url)
+            call, hooks = self.call, self.hooks
+            events = self.events = CallEvents(hooks, call.operation, call.service,
+                                              self.max_attempts, call.method, call.url)
             if self.wall_start is not None:  # attempt 1 started quietly
+                stats = self.quiet.stats  # type: ignore[union-attr]  # quiet until now
+                if stats is not None:
+                    events.hooks = tuple(h for h in hooks if h is not stats)
                 events.emit(_START, 1, {"timestamp": self.wall_start})
-            events.hooks = self.hooks
+                events.hooks = hooks
             self.quiet = None
         return events
 
@@ -538,7 +539,10 @@ class _Call(Generic[T]):
                            "error": outcome.signal or outcome.error,
                            "status_code": outcome.status_code, "elapsed": self.elapsed,
                            "retry_after": verdict.retry_after, "weight": weight})
-        self.seen[verdict.verdict] = self.seen.get(verdict.verdict, 0) + 1
+        seen = self.seen
+        if seen is None:
+            seen = self.seen = {}
+        seen[verdict.verdict] = seen.get(verdict.verdict, 0) + 1
         if self.record is not None:
             failed = verdict.retryable
             self.record(self.call.service, ticket, failed=failed,
