@@ -18,6 +18,7 @@ the phase is :data:`CONNECT`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import errno
 import logging
 import socket
@@ -33,12 +34,12 @@ import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
 from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
-from .events import Verdict
 
 __all__ = [
     "CONNECT",
     "SENDING",
     "Classification",
+    "Verdict",
     "attempt_phase",
     "classify_call_error",
     "classify_exception",
@@ -52,6 +53,39 @@ __all__ = [
     "status_of",
     "walk_causes",
 ]
+
+class Verdict(str, enum.Enum):
+    """What one attempt's outcome means for the retry decision."""
+
+    SUCCESS = "success"
+    #: Transport failure: refused, reset, DNS, connect timeout.  Retryable.
+    NETWORK = "network"
+    #: The attempt's deadline (or a read timeout) passed.  Retryable.
+    TIMEOUT = "timeout"
+    #: 5xx (or a vendor code meaning "internal error").  Retryable.
+    SERVER_ERROR = "server_error"
+    #: 429 (or a vendor code meaning "slow down").  Retryable, honours Retry-After.
+    RATE_LIMIT = "rate_limit"
+    #: 4xx other than 429.  Never retried.
+    CLIENT_ERROR = "client_error"
+    #: The caller's own error, or a vendor code marked permanent.  Never retried.
+    BUSINESS = "business"
+    #: A transport failure that repeating cannot fix (bad URL, TLS verification).  Never retried.
+    PERMANENT = "permanent"
+    #: Any other exception, retried because the caller asked for it (the basic callable
+    #: API, ``execute_with_retry``; or ``retry_on=``).  Retryable.
+    ERROR = "error"
+
+    @property
+    def retryable(self) -> bool:
+        """True for the verdicts that a retry may fix."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT, Verdict.ERROR}
+)
+
 
 _MAX_CHAIN = 64
 
