@@ -36,7 +36,9 @@ from .backoff import parse_retry_after
 from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
 
 __all__ = [
+    "BODY_READ_FAILED",
     "CONNECT",
+    "DEADLINE_BEFORE_SENDING",
     "SENDING",
     "Classification",
     "Verdict",
@@ -50,7 +52,9 @@ __all__ = [
     "linked_exceptions",
     "mark_connect_phase",
     "mark_final",
+    "pool_refused",
     "status_of",
+    "veto",
     "walk_causes",
 ]
 
@@ -134,6 +138,37 @@ class Classification:
 
 
 SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
+#: An attempt the deadline ended before anything was sent (no time left, or the pool
+#: refused a connection past it): safe to retry whatever the method.
+DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
+#: A streamed body's read that fails once the call has returned: the server answered.
+BODY_READ_FAILED = Classification(Verdict.NETWORK, "body_read", sent=True)
+
+
+class NothingSent(Exception):
+    """Marks a pool's refusal to hand out a connection because the attempt deadline had
+    passed: nothing was sent.  The adapter classifies it as the attempt deadline's timeout
+    (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
+
+
+def pool_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a pool's refusal past the deadline (:class:`NothingSent`), which
+    classifies as :data:`DEADLINE_BEFORE_SENDING`."""
+    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
+    # raises ConnectTimeout(<the pool's error>).
+    cause = exc.args[0] if exc.args else None
+    return isinstance(getattr(cause, "reason", cause), NothingSent)
+
+
+def veto(classification: Classification, idempotent: bool, replayable: bool) -> Optional[str]:
+    """Why a failure after which the request may have reached the server must not be sent
+    again (``None``: it may be): ``"not_replayable"`` (the body cannot be sent again) or
+    ``"unsafe"`` (not idempotent, and the server may have acted on it)."""
+    if classification.sent and not replayable:
+        return "not_replayable"
+    if not classification.safe_to_repeat and not idempotent:
+        return "unsafe"
+    return None
 
 
 def walk_causes(exc: BaseException, *, context: bool = True) -> Iterator[BaseException]:

@@ -74,8 +74,13 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
-from .classify import Classification, classify_call_error, final_reason
-from .deadline import remaining, retry_scope
+from .classify import (
+    DEADLINE_BEFORE_SENDING,
+    Classification,
+    classify_call_error,
+    final_reason,
+)
+from .deadline import NoTimeLeft, attempt_seconds, retry_scope
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -124,8 +129,6 @@ _log = logging.getLogger("requests_smartretry")
 _GRACE = 0.05
 # Longest single wait on a worker (Event.wait overflows past threading.TIMEOUT_MAX).
 _MAX_SLICE = 3600.0
-# An attempt with less time than this left in the enclosing deadline is not started.
-_MIN_ATTEMPT = 0.001
 # Abandoned attempts still running, beyond which new attempts are refused.
 _MAX_ABANDONED = 64
 # An idle worker thread exits after this many seconds without work.
@@ -468,15 +471,12 @@ def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
 
 
 def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) -> Outcome[R]:
-    timeout = config.policy.timeout
-    left = remaining()
-    if left is not None:
-        timeout = min(timeout, left)
-    if timeout <= _MIN_ATTEMPT:
+    try:
+        timeout = attempt_seconds(config.policy.timeout)
+    except NoTimeLeft:
         error: BaseException = CallTimeoutError(
             f"{operation}: no time left for attempt {number} (enclosing deadline)")
-        return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
-                       error=error, signal=error)
+        return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
     deadline_at = time.monotonic() + timeout
     if not config.run_in_thread:
         try:

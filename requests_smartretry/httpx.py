@@ -48,13 +48,16 @@ from requests_smartretry.adapter import (
 )
 from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
+    BODY_READ_FAILED,
+    DEADLINE_BEFORE_SENDING,
     Classification,
     classify_exception,
     classify_http_response,
+    veto,
     walk_causes,
 )
 from requests_smartretry.collaborators import resolve_collaborators
-from requests_smartretry.deadline import Watch, active_watch, current_scope
+from requests_smartretry.deadline import NoTimeLeft, Watch, active_watch, attempt_seconds
 from requests_smartretry.engine import (
     BreakerGate,
     BudgetGate,
@@ -88,8 +91,6 @@ _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are 
 #: The request extension in which :class:`SmartClient` tells the transport whether the
 #: caller streams the response (``client.stream(...)``, ``send(stream=True)``).
 STREAM_EXTENSION = "requests_smartretry.stream"
-# An attempt with less time left than this is not started (as the adapter's).
-_MIN_ATTEMPT = 0.001
 _TIMEOUT_PARTS = ("connect", "read", "write", "pool")
 # What is not a policy field but a transport keyword (routed so by smart_client).
 _TRANSPORT_KEYWORDS = frozenset(
@@ -476,14 +477,9 @@ class SmartRetryTransport(httpx.BaseTransport):
                 redact_exception(outcome.error)
             verdict = outcome.classification
             if verdict.retryable:
-                if verdict.sent and not replayable:
-                    outcome.veto = "not_replayable"
-                elif not verdict.safe_to_repeat:
-                    if idempotent is None:
-                        idempotent = is_idempotent(policy,
-                                                   _RequestView(request, request.headers))
-                    if not idempotent:
-                        outcome.veto = "unsafe"
+                if idempotent is None:
+                    idempotent = is_idempotent(policy, _RequestView(request, request.headers))
+                outcome.veto = veto(verdict, idempotent, replayable)
                 mark_vetoed(outcome)
             return outcome
 
@@ -499,25 +495,21 @@ class SmartRetryTransport(httpx.BaseTransport):
         response = outcome.value
         if response is None or not isinstance(response.stream, httpx.SyncByteStream):
             return
-        reason = ("not_replayable" if not replayable else
-                  None if is_idempotent(self.policy, _RequestView(request, request.headers))
-                  else "unsafe")
+        reason = veto(BODY_READ_FAILED,
+                      is_idempotent(self.policy, _RequestView(request, request.headers)),
+                      replayable)
         if reason is not None:
             response.stream = _FinalOnFailure(response.stream, reason)
 
     def _attempt(self, request: httpx.Request, read_body: bool) -> Outcome[httpx.Response]:
         """One attempt, inside its wall-clock deadline."""
         policy = self.policy
-        total = policy.timeout
-        scope = current_scope()
-        left = scope.remaining() if scope is not None else None
-        if left is not None and left < total:
-            total = left
-        if total <= _MIN_ATTEMPT:
+        try:
+            total = attempt_seconds(policy.timeout)
+        except NoTimeLeft:
             error = AttemptDeadlineExceeded(
                 "no time left for this attempt (enclosing deadline)", request=request)
-            return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
-                           error=error, signal=error)
+            return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
         _timeouts_within(request, total)
         deadline = Watch(total)
         response: Optional[httpx.Response] = None
