@@ -43,12 +43,14 @@ __all__ = [
     "Classification",
     "Verdict",
     "attempt_phase",
+    "classify_by_type",
     "classify_call_error",
     "classify_exception",
     "classify_http_response",
     "classify_message",
     "classify_status",
     "final_reason",
+    "httpx_exception_table",
     "linked_exceptions",
     "mark_connect_phase",
     "mark_final",
@@ -364,6 +366,55 @@ def classify_exception(exc: BaseException, phase: Optional[str] = None) -> Class
             proves = not may_be_sent and any(predicate(node) for node in own)
             return Classification(verdict, reason, sent=not proves and phase != CONNECT)
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=phase != CONNECT)
+
+
+# -- httpx's exceptions, by the phase each one means (httpx.py passes the module in) ---------
+
+#: (exception type, verdict, reason, sent) rows: the first type that any exception in the
+#: cause chain is an instance of wins.
+TypeTable = tuple[tuple[type[BaseException], Verdict, str, bool], ...]
+
+
+def httpx_exception_table(httpx: Any, cut_before_sending: type[BaseException]) -> TypeTable:
+    """The table for an httpx transport's exceptions (``httpx``: the module, which this one
+    never imports; ``cut_before_sending``: the error its watched streams raise when the
+    deadline passed before the first byte was written), most specific first.  "sent" is the
+    phase: httpx raises ConnectError / ConnectTimeout / PoolTimeout before the request was
+    written (DNS, TCP connect, TLS handshake, waiting for a pooled connection), the others
+    after."""
+    return (
+        (cut_before_sending, Verdict.TIMEOUT, "deadline", False),
+        (httpx.ConnectTimeout, Verdict.NETWORK, "ETIMEDOUT", False),
+        (httpx.PoolTimeout, Verdict.TIMEOUT, "pool_timeout", False),
+        (httpx.ConnectError, Verdict.NETWORK, "connect_failed", False),
+        (httpx.ProxyError, Verdict.NETWORK, "proxy_error", False),
+        (httpx.UnsupportedProtocol, Verdict.PERMANENT, "invalid request", False),
+        (httpx.LocalProtocolError, Verdict.PERMANENT, "invalid request", False),
+        (httpx.ReadTimeout, Verdict.TIMEOUT, "read_timeout", True),
+        (httpx.WriteTimeout, Verdict.TIMEOUT, "write_timeout", True),
+        (httpx.ReadError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.WriteError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.RemoteProtocolError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.TimeoutException, Verdict.TIMEOUT, "timeout", True),
+        (httpx.TransportError, Verdict.NETWORK, "connection_error", True),
+    )
+
+
+def classify_by_type(exc: BaseException, table: TypeTable) -> Classification:
+    """Classify ``exc`` by ``table`` (the phase from the exception's type), keeping the
+    package table's facts that outrank the phase: a TLS verification failure stays
+    permanent, and a network failure keeps its errno's name (``ECONNREFUSED``,
+    ``ENOTFOUND``…).  An exception no row knows is classified by the package's table."""
+    known = classify_exception(exc)
+    if known.verdict is Verdict.PERMANENT and known.reason == "TLS verification failed":
+        return known
+    chain = list(walk_causes(exc))
+    for kind, verdict, reason, sent in table:
+        if any(isinstance(node, kind) for node in chain):
+            if verdict is Verdict.NETWORK and known.verdict is Verdict.NETWORK:
+                reason = known.reason  # the errno's name says more than the phase's
+            return Classification(verdict, reason, sent=sent)
+    return known
 
 
 _TIMEOUT_WORDS = ("超时", "timeout", "timed out")

@@ -51,10 +51,10 @@ from requests_smartretry.classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
     Classification,
-    classify_exception,
+    classify_by_type,
     classify_http_response,
+    httpx_exception_table,
     veto,
-    walk_causes,
 )
 from requests_smartretry.collaborators import resolve_collaborators
 from requests_smartretry.deadline import NoTimeLeft, Watch, active_watch, attempt_seconds
@@ -112,29 +112,7 @@ class _DeadlineBeforeSending(httpcore.ConnectTimeout):
 
 # -- classification: httpx's exceptions, by the phase each one means ----------------------
 
-# (httpx exception type, verdict, reason, sent), most specific first; the first type that
-# any exception in the cause chain is an instance of wins.  "sent" is the phase: httpx
-# raises ConnectError / ConnectTimeout / PoolTimeout before the request was written (DNS,
-# TCP connect, TLS handshake, waiting for a pooled connection), the others after.
-_HTTPX_TABLE: tuple[tuple[type[BaseException], Verdict, str, bool], ...] = (
-    (_DeadlineBeforeSending, Verdict.TIMEOUT, "deadline", False),
-    (httpx.ConnectTimeout, Verdict.NETWORK, "ETIMEDOUT", False),
-    (httpx.PoolTimeout, Verdict.TIMEOUT, "pool_timeout", False),
-    (httpx.ConnectError, Verdict.NETWORK, "connect_failed", False),
-    (httpx.ProxyError, Verdict.NETWORK, "proxy_error", False),
-    (httpx.UnsupportedProtocol, Verdict.PERMANENT, "invalid request", False),
-    (httpx.LocalProtocolError, Verdict.PERMANENT, "invalid request", False),
-    (httpx.ReadTimeout, Verdict.TIMEOUT, "read_timeout", True),
-    (httpx.WriteTimeout, Verdict.TIMEOUT, "write_timeout", True),
-    (httpx.ReadError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.WriteError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.RemoteProtocolError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.TimeoutException, Verdict.TIMEOUT, "timeout", True),
-    (httpx.TransportError, Verdict.NETWORK, "connection_error", True),
-)
-# The package table's facts that outrank the phase: they say what happened, not when.
-_PERMANENT = Verdict.PERMANENT
-_NETWORK = Verdict.NETWORK
+_HTTPX_TABLE = httpx_exception_table(httpx, _DeadlineBeforeSending)
 
 
 def classify_httpx_exception(exc: BaseException) -> Classification:
@@ -142,17 +120,8 @@ def classify_httpx_exception(exc: BaseException) -> Classification:
     (nothing sent before the request was written), the reason from the errno or DNS
     failure beneath it when the package's table knows one (``ECONNREFUSED``,
     ``ENOTFOUND``…).  A TLS verification failure is permanent; anything else falls back
-    to the package's table."""
-    known = classify_exception(exc)
-    if known.verdict is _PERMANENT and known.reason == "TLS verification failed":
-        return known
-    chain = list(walk_causes(exc))
-    for kind, verdict, reason, sent in _HTTPX_TABLE:
-        if any(isinstance(node, kind) for node in chain):
-            if verdict is _NETWORK and known.verdict is _NETWORK:
-                reason = known.reason  # the errno's name says more than the phase's
-            return Classification(verdict, reason, sent=sent)
-    return known
+    to the package's table (:func:`~requests_smartretry.classify.classify_by_type`)."""
+    return classify_by_type(exc, _HTTPX_TABLE)
 
 
 # -- the socket beneath httpcore, watched for the attempt deadline ---------------------------
