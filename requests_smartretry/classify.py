@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import requests
 import urllib3.exceptions as u3
@@ -41,8 +41,11 @@ __all__ = [
     "DEADLINE_BEFORE_SENDING",
     "SENDING",
     "Classification",
+    "ErrorClassifier",
+    "RetryOn",
     "Verdict",
     "attempt_phase",
+    "call_classifier",
     "classify_by_type",
     "classify_call_error",
     "classify_exception",
@@ -556,3 +559,87 @@ def classify_http_response(
         if asked is not None:
             verdict = dataclasses.replace(verdict, retry_after=asked)
     return verdict
+
+
+# -- the callable API's classifier: the caller's rules on top of the table ---------------------
+
+#: ``classify(error)``: a :class:`Classification`, ``True`` (retry), ``False`` (raise at
+#: once) or ``None`` (let the table decide).
+ErrorClassifier = Callable[[BaseException], Union[Classification, bool, None]]
+#: Exception types retried in addition to the table's rows.
+RetryOn = Union[type[BaseException], tuple[type[BaseException], ...]]
+
+# Table reasons no variant retries (not even retry_on=, which extends only the table).
+_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
+
+
+def call_classifier(
+    smart: bool,
+    retry_statuses: frozenset[int],
+    retry_on: Optional[RetryOn],
+    classify: Optional[ErrorClassifier],
+    not_idempotent: bool = False,
+) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
+    """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
+
+    First what an inner retrying layer marked final (a smart-session request that gave up
+    as ``unsafe`` or ``not_replayable``: repeating ``fn`` would resend it); then the
+    caller's ``classify``, then ``retry_on``, then the table; the basic variant retries
+    whatever the table says.  With ``not_idempotent`` (an explicit ``idempotent=False``)
+    a table verdict is retried only when it is safe to repeat: nothing was sent (refused,
+    DNS, a connect-phase failure) or the server said it did not act (429, 503).  The
+    caller's own ``classify`` / ``retry_on`` answers are theirs to make.
+    """
+
+    def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
+        final = final_reason(error)
+        if final is not None:
+            return classify_call_error(error, retry_statuses), final
+        if classify is not None:
+            decided = _ask(classify, error)
+            if decided is not None:
+                return decided, None
+        table = classify_call_error(error, retry_statuses)
+        if table.reason in _FINAL_REASONS:
+            # an open breaker inside fn refuses again at once, and a forged answer stays
+            # forged: even the basic variant, which retries anything else, would only
+            # sleep and repeat the refusal
+            return table, None
+        if retry_on is not None and isinstance(error, retry_on):
+            if not table.retryable:
+                table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, None
+        if table.retryable:
+            return table, _unsafe(table, not_idempotent)
+        if not smart:
+            table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, _unsafe(table, not_idempotent)
+        return table, None
+
+    return verdict
+
+
+def _unsafe(verdict: Classification, not_idempotent: bool) -> Optional[str]:
+    """``"unsafe"`` when the operation is not idempotent and ``verdict`` may have reached a
+    server that acted on it."""
+    return "unsafe" if not_idempotent and not verdict.safe_to_repeat else None
+
+
+def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
+    try:
+        answer: Any = classify(error)  # checked below: user code may return anything
+    except Exception:
+        _log.exception("requests_smartretry: classify callback %r failed; using the table",
+                       classify)
+        return None
+    if answer is None:
+        return None
+    if isinstance(answer, Classification) and answer.verdict is not Verdict.SUCCESS:
+        return answer
+    if answer is True:
+        return Classification(Verdict.ERROR, type(error).__name__)
+    if answer is False:
+        return Classification(Verdict.BUSINESS, type(error).__name__)
+    _log.error("requests_smartretry: classify callback %r returned %r, not a failure "
+               "Classification, a bool or None; using the table", classify, answer)
+    return None
