@@ -99,7 +99,7 @@ if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
     from typing_extensions import ParamSpec, Unpack
 
-    from .options import CallOptions
+    from .options import CallKeywords, SmartCallKeywords
 
     P = ParamSpec("P")
 
@@ -119,11 +119,27 @@ _log = logging.getLogger("requests_smartretry")
 # -- configuration -------------------------------------------------------------------------
 
 
-class _Config:
-    """Everything one call (or one decorated function) needs, validated once."""
+class _CallOptions:
+    """Everything one call (or one decorated function) needs, validated once: the public
+    functions' keywords (:class:`~requests_smartretry.options.SmartCallKeywords`) as one
+    object."""
 
     __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
                  "run_in_thread", "sleep")
+
+    # The keywords that are the call's own; every other one is a RetryPolicy field.
+    _DEFAULTS: Mapping[str, Any] = {
+        "policy": None, "hooks": (), "breaker": None, "budget": None, "sleep": time.sleep,
+        "clock": time.monotonic, "run_in_thread": True, "retry_on": None, "classify": None,
+    }
+
+    @classmethod
+    def build(cls, *, smart: bool, caller: str, options: Mapping[str, Any]) -> _CallOptions:
+        """The options of ``caller`` (``smart``: the smart variant) from its keywords."""
+        policy_options = dict(options)
+        own = {name: policy_options.pop(name, default)
+               for name, default in cls._DEFAULTS.items()}
+        return cls(smart=smart, options=policy_options, caller=caller, **own)
 
     def __init__(
         self,
@@ -212,7 +228,7 @@ def _check_fn(fn: Any, caller: str) -> None:
 # -- the call ------------------------------------------------------------------------------
 
 
-def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
+def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
     policy = config.policy
     call = CallInfo(operation=operation, service=policy.service or operation)
 
@@ -225,7 +241,7 @@ def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
     return finished.unwrap()
 
 
-def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) -> Outcome[R]:
+def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int) -> Outcome[R]:
     try:
         timeout = attempt_seconds(config.policy.timeout)
     except NoTimeLeft:
@@ -273,7 +289,7 @@ def _succeeded(value: R, operation: str) -> Outcome[R]:
     return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
 
 
-def _failed(error: Exception, config: _Config) -> Outcome[Any]:
+def _failed(error: Exception, config: _CallOptions) -> Outcome[Any]:
     redact_exception(error)  # hooks, on_retry and the caller never see a credential
     verdict, veto = config.classify(error)
     return Outcome(verdict, error=error, signal=error, veto=veto)
@@ -282,19 +298,7 @@ def _failed(error: Exception, config: _Config) -> Outcome[Any]:
 # -- the public functions ------------------------------------------------------------------
 
 
-def execute_with_retry(
-    fn: Callable[[], R],
-    *,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
-) -> R:
+def execute_with_retry(fn: Callable[[], R], **options: Unpack[CallKeywords]) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
     ``options`` are :class:`RetryPolicy` keywords: ``max_retries=1``, ``timeout=30.0``
@@ -309,26 +313,11 @@ def execute_with_retry(
         order = execute_with_retry(lambda: sdk.create(order), max_retries=2, timeout=10.0)
     """
     _check_fn(fn, "execute_with_retry")
-    config = _Config(smart=False, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=None,
-                     classify=classify, options=options, caller="execute_with_retry")
+    config = _CallOptions.build(smart=False, caller="execute_with_retry", options=options)
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
-def execute_with_smart_retry(
-    fn: Callable[[], R],
-    *,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    retry_on: Optional[RetryOn] = None,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
-) -> R:
+def execute_with_smart_retry(fn: Callable[[], R], **options: Unpack[SmartCallKeywords]) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
     Retried: ``ECONNRESET`` / ``ETIMEDOUT`` / ``ECONNREFUSED`` and DNS failures, timeouts
@@ -344,47 +333,19 @@ def execute_with_smart_retry(
                                           retry_on=sdk.BusyError)
     """
     _check_fn(fn, "execute_with_smart_retry")
-    config = _Config(smart=True, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
-                     classify=classify, options=options, caller="execute_with_smart_retry")
+    config = _CallOptions.build(smart=True, caller="execute_with_smart_retry", options=options)
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
 @overload
 def with_retry(
-    fn: Callable[P, R],
-    /,
-    *,
-    smart: bool = ...,
-    policy: Optional[RetryPolicy] = ...,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
-    breaker: Optional[BreakerGate] = ...,
-    budget: Optional[BudgetGate] = ...,
-    sleep: Callable[[float], None] = ...,
-    clock: Callable[[], float] = ...,
-    run_in_thread: bool = ...,
-    retry_on: Optional[RetryOn] = ...,
-    classify: Optional[ErrorClassifier] = ...,
-    **options: Unpack[CallOptions],
+    fn: Callable[P, R], /, *, smart: bool = ..., **options: Unpack[SmartCallKeywords]
 ) -> Callable[P, R]: ...
 
 
 @overload
 def with_retry(
-    fn: None = None,
-    /,
-    *,
-    smart: bool = ...,
-    policy: Optional[RetryPolicy] = ...,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
-    breaker: Optional[BreakerGate] = ...,
-    budget: Optional[BudgetGate] = ...,
-    sleep: Callable[[float], None] = ...,
-    clock: Callable[[], float] = ...,
-    run_in_thread: bool = ...,
-    retry_on: Optional[RetryOn] = ...,
-    classify: Optional[ErrorClassifier] = ...,
-    **options: Unpack[CallOptions],
+    fn: None = None, /, *, smart: bool = ..., **options: Unpack[SmartCallKeywords]
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -393,16 +354,7 @@ def with_retry(
     /,
     *,
     smart: bool = False,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    retry_on: Optional[RetryOn] = None,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
+    **options: Unpack[SmartCallKeywords],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.
@@ -418,9 +370,7 @@ def with_retry(
     """
     _check_bool("smart", smart)
     caller = "with_retry"
-    config = _Config(smart=smart, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
-                     classify=classify, options=options, caller=caller)
+    config = _CallOptions.build(smart=smart, caller=caller, options=options)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         _check_fn(target, caller)
