@@ -39,13 +39,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import httpcore
 import httpx
 
-from requests_smartretry.adapter import (
-    _PREVIOUS_ATTEMPTS,
-    final_on_failure,
-    is_idempotent,
-    operation_name,
-    service_name,
-)
+from requests_smartretry.adapter import _PREVIOUS_ATTEMPTS
 from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
     BODY_READ_FAILED,
@@ -76,6 +70,12 @@ from requests_smartretry.presets._base import check_credential, check_endpoint, 
 from requests_smartretry.presets.ark import DEFAULT_ENDPOINT as ARK_ENDPOINT
 from requests_smartretry.presets.ark import _video_policy
 from requests_smartretry.redact import redact_exception, redact_url
+from requests_smartretry.sending import (
+    final_on_failure,
+    is_idempotent,
+    operation_name,
+    service_name,
+)
 from requests_smartretry.stats import Stats
 
 __all__ = [
