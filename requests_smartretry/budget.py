@@ -68,6 +68,9 @@ _SUCCESS = EventKind.SUCCESS
 _REJECTED = EventKind.REJECTED
 # Deposits gather locally until they make a whole token (less a rounding margin).
 _WHOLE_TOKEN = 1.0 - 1e-9
+# Services whose deposits may gather at once: past it, the oldest one's deposit goes to
+# the store (bounded memory for a process that calls many distinct hosts).
+_MAX_PENDING = 4096
 
 
 class _DefaultBudget:
@@ -179,12 +182,20 @@ class RetryBudget(StoreUser):
             if event.attempt != 1 or ratio <= 0:
                 return
             service = event.service
+            evicted: Optional[tuple[str, float]] = None
             with self._lock:
                 pending = self._pending.get(service, 0.0) + ratio
                 if pending < _WHOLE_TOKEN:
+                    if service not in self._pending and len(self._pending) >= _MAX_PENDING:
+                        oldest = next(iter(self._pending))
+                        evicted = oldest, self._pending.pop(oldest)
                     self._pending[service] = pending
-                    return
-                self._pending.pop(service, None)
+                    if evicted is None:
+                        return
+                else:
+                    self._pending.pop(service, None)
+            if evicted is not None:
+                service, pending = evicted
             self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
         elif kind is _REJECTED and event.attempt > 1 and not _testing._testing:
             self._refund(event.service)  # (test mode spent nothing, so gives nothing back)

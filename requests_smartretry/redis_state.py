@@ -505,6 +505,7 @@ class RedisStateStore:
         self._local = MemoryStateStore()
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._client: Any = None
         self._script: Any = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -521,6 +522,12 @@ class RedisStateStore:
         self._listener: Optional[threading.Thread] = None
         self._closed = False
         self._fresh = self.poll_interval
+        # (monotonic) last message on the subscription (a PONG included), and last
+        # admission: a subscription silent for a poll interval while the store is in use
+        # may be dead without a reset (a stalled proxy, a dropped NAT entry), so views
+        # are then refreshed as if not listening.
+        self._heard = 0.0
+        self._used = 0.0
         _stores.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -574,7 +581,7 @@ class RedisStateStore:
     # -- talking to Redis ---------------------------------------------------------------
 
     def _connect(self) -> Any:
-        """The script object, connecting on first use (under ``_lock``)."""
+        """The script object, connecting on first use (on a worker, under ``_connect_lock``)."""
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -663,19 +670,17 @@ class RedisStateStore:
         if allowance <= 0.0:
             raise _NoTime()
         with self._lock:
-            if self._script is None:
-                self._script = self._connect()
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=4, thread_name_prefix="requests-smartretry-redis")
-            script, executor = self._script, self._executor
+            executor = self._executor
             self._in_flight += 1
         started = _monotonic()
         try:
-            future = executor.submit(self._run_script, script, keys, args)
+            future = executor.submit(self._run_script, keys, args)
         except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
             future = concurrent.futures.Future()
-            future.set_result(self._run_script(script, keys, args))
+            future.set_result(self._run_script(keys, args))
         try:
             reply = future.result(timeout=allowance)
         except concurrent.futures.TimeoutError:
@@ -696,8 +701,14 @@ class RedisStateStore:
             self._start_listener()
         return reply  # type: ignore[no-any-return]
 
-    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _run_script(self, keys: list[str], args: list[Any]) -> Any:
+        # Connecting happens here too, on the worker: a Cluster client asks its startup
+        # nodes for the slot map at construction, one socket timeout per silent node.
         try:
+            with self._connect_lock:
+                if self._script is None:
+                    self._script = self._connect()
+                script = self._script
             return script(keys=keys, args=args)
         finally:
             with self._lock:
@@ -921,7 +932,10 @@ class RedisStateStore:
         if view is not None and view.gen == view.seen \
                 and (view.breaker is settings or view.breaker == settings):
             mono = _monotonic()
-            if mono - view.synced < self._fresh:
+            self._used = mono
+            fresh = self._fresh if mono - self._heard < self.poll_interval \
+                else self.poll_interval
+            if mono - view.synced < fresh:
                 if view.state == CLOSED:
                     view.used = mono
                     return _ADMIT
@@ -1050,6 +1064,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
     gone or closed."""
     pubsub: Any = None
     last_ping = 0.0
+    pause = 0.5  # (then half the store's poll interval)
     while True:
         store = ref()
         if store is None or store._closed or store._listener is not threading.current_thread():
@@ -1071,6 +1086,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
                 wait = pubsub
                 message = pubsub.get_message(timeout=0.0)
                 if message is not None:
+                    store._heard = _monotonic()
                     wait = None if message else pubsub
                     kind = message.get("type")
                     if kind == "subscribe":
@@ -1080,9 +1096,14 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
                         store._notified(data.decode("utf-8", "replace")
                                         if isinstance(data, bytes) else str(data))
                     continue
-                if _monotonic() - last_ping > 5.0:
+                # In use: a PING every half poll interval proves the subscription alive
+                # (see _heard); idle, one every 5 s keeps the connection open.
+                mono = _monotonic()
+                pause = store.poll_interval / 2.0
+                if mono - last_ping > (pause if mono - store._used < store.sync_interval
+                                       else 5.0):
                     pubsub.ping()
-                    last_ping = _monotonic()
+                    last_ping = mono
         except Exception:  # the connection broke: poll meanwhile, subscribe again
             store._set_listening(False)
             _close_quietly(pubsub)
@@ -1090,7 +1111,7 @@ def _listen(ref: Callable[[], Optional[RedisStateStore]]) -> None:
             wait = None
         del store
         try:
-            _wait_for_message(wait)
+            _wait_for_message(wait, pause)
         except Exception:
             _close_quietly(pubsub)
             pubsub = None
@@ -1105,12 +1126,12 @@ def _close_quietly(pubsub: Any) -> None:
             pass
 
 
-def _wait_for_message(pubsub: Any) -> None:
-    """Wait up to half a second for the next message (then the thread re-checks its
+def _wait_for_message(pubsub: Any, pause: float = 0.5) -> None:
+    """Wait up to ``pause`` seconds for the next message (then the thread re-checks its
     store); without a subscription, a short pause before subscribing again."""
     connection = getattr(pubsub, "connection", None)
     if connection is not None:
-        connection.can_read(timeout=0.5)
+        connection.can_read(timeout=pause)
     else:
         time.sleep(0.2)
 
@@ -1121,6 +1142,12 @@ def _is_key_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - only used once redis-py answered
         return False
     if not isinstance(exc, ResponseError):
+        return False
+    # redis-py turns some server conditions into subclasses and drops their code from the
+    # text (OOM -> OutOfMemoryError, READONLY -> ReadOnlyError...), leaving a script's
+    # '@user_script': only the plain class and the cluster redirections concern a key.
+    if type(exc) is not ResponseError \
+            and type(exc).__name__ not in ("AskError", "MovedError", "ClusterCrossSlotError"):
         return False
     text = str(exc).upper()
     if any(marker in text for marker in _SERVER_ERRORS):

@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -65,10 +66,13 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         head = [self.binary] if self.config is None else [self.binary, self.config]
+        # A master that feeds a replica writes an RDB even with --save "": into a directory
+        # of its own, never the working tree.
+        workdir = () if "--dir" in self.extra else ("--dir", tempfile.mkdtemp(prefix="redis-"))
         self.process = subprocess.Popen(
             [*head, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning",
-             *self.extra],
+             *workdir, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
@@ -405,21 +409,25 @@ class SlowProxy(FakeRedis):
         threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
         threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
 
+    def _forward(self, data: bytes, source: socket.socket, target: socket.socket,
+                 replies: bool) -> None:
+        if not replies:
+            target.sendall(data)
+        elif self.drip:
+            for index in range(len(data)):
+                time.sleep(self.drip)
+                target.sendall(data[index:index + 1])
+        else:
+            time.sleep(self.delay)
+            target.sendall(data)
+
     def _pipe(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if not replies:
-                    target.sendall(data)
-                elif self.drip:
-                    for index in range(len(data)):
-                        time.sleep(self.drip)
-                        target.sendall(data[index:index + 1])
-                else:
-                    time.sleep(self.delay)
-                    target.sendall(data)
+                self._forward(data, source, target, replies)
         except OSError:
             pass
         finally:
@@ -428,6 +436,26 @@ class SlowProxy(FakeRedis):
                     sock.close()
                 except OSError:
                     pass
+
+
+
+class StalledSubscriptions(SlowProxy):
+    """A TCP proxy in front of a real Redis that, once ``stall`` is set, silently drops
+    everything on connections that subscribed (a dead subscription with no reset, as
+    behind a stalled proxy or a dropped NAT entry); other connections flow."""
+
+    def __init__(self, port: int) -> None:
+        self.stall = False
+        self._subscribed: set[int] = set()
+        super().__init__(port)
+
+    def _forward(self, data: bytes, source: socket.socket, target: socket.socket,
+                 replies: bool) -> None:
+        client_side = id(target if replies else source)
+        if not replies and b"SUBSCRIBE" in data.upper():
+            self._subscribed.add(client_side)
+        if not (self.stall and client_side in self._subscribed):
+            target.sendall(data)
 
 
 def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,

@@ -114,6 +114,22 @@ def test_deposits_are_batched_into_whole_tokens() -> None:
     assert budget.tokens(SVC) == pytest.approx(80 + 3.5 - 1)
 
 
+def test_deposits_gathered_for_many_hosts_stay_bounded() -> None:
+    """A process calling 10,000 distinct hosts keeps deposits gathered for at most a
+    bounded number of them; the oldest host's deposit goes to the store, not lost."""
+    store = CountingStore()
+    budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, store=store, clock=FakeClock())
+    first = "https://host-0.example.com"
+    assert budget.allow_retry(first)  # 99 tokens left: room for the deposit to show
+    store.writes = 0
+    for index in range(10_000):
+        budget(start(f"https://host-{index}.example.com"))
+    assert len(budget._pending) <= 4096
+    assert store.writes == 10_000 - len(budget._pending)
+    assert store.budget_change(first, budget.settings, budget._clock(), 0.0, 0.0)[1] \
+        == pytest.approx(99.1)
+
+
 def test_tokens_trickle_in_over_time_up_to_the_cap() -> None:
     """``min_per_second`` refills a quiet service's bucket, never above ``max_tokens``."""
     clock = FakeClock()

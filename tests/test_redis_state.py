@@ -4,6 +4,7 @@ down, slow or answering garbage never fails a request."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
@@ -33,6 +34,7 @@ from requests_smartretry.state import BreakerSettings, BudgetSettings
 from tests.redis_server import (
     GarbageRedis,
     RedisServer,
+    StalledSubscriptions,
     budgeted_calls,
     client,
     failing_calls,
@@ -171,9 +173,12 @@ def test_server_time_lets_skewed_hosts_agree(redis_url: str, prefix: str) -> Non
 
 def commands_issued(url: str) -> int:
     """Commands the server executed since its statistics were reset (INFO commandstats
-    counts those run inside scripts too), not counting the INFO itself."""
+    counts those run inside scripts too), not counting the INFO itself nor the PINGs that
+    prove the subscription alive (a background thread's, two per poll interval while the
+    store is in use, whatever the number of requests)."""
     stats = client(url).info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return sum(int(v["calls"]) for k, v in stats.items()
+               if k not in ("cmdstat_info", "cmdstat_ping"))
 
 
 def test_successes_cost_no_round_trip(redis_url: str, fault: FaultServer) -> None:
@@ -387,16 +392,21 @@ def test_redis_killed_mid_run_then_restarted(
         server.kill()
 
 
+@pytest.mark.parametrize("nodes", [1, 4])
 def test_unresponsive_redis_costs_one_short_timeout(
-    fault: FaultServer, caplog: pytest.LogCaptureFixture
+    nodes: int, fault: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A Redis that accepts connections and never answers delays one request by about
-    the socket timeout, then local state serves until the next probe."""
+    """A Redis (or four Cluster nodes) that accepts connections and never answers delays
+    one request by about the socket timeout (one connection allowance, not one timeout
+    per node as a Cluster client asks each for the slot map), then local state serves
+    until the next probe."""
     caplog.set_level(logging.WARNING, logger="requests_smartretry")
-    with socket.create_server(("127.0.0.1", 0), backlog=64) as silent:  # never accepts
-        port = silent.getsockname()[1]
-        store = RedisStateStore(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2,
-                                retry_interval=60.0)
+    with contextlib.ExitStack() as stack:  # listening sockets that never accept
+        ports = [stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=64))
+                 .getsockname()[1] for _ in range(nodes)]
+        url = f"redis://127.0.0.1:{ports[0]}/0" if nodes == 1 else \
+            "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        store = RedisStateStore(url, socket_timeout=0.3, retry_interval=60.0)
         session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
         started = time.monotonic()
         assert session.get(fault.url("/ok")).status_code == 200
@@ -404,10 +414,42 @@ def test_unresponsive_redis_costs_one_short_timeout(
         for _ in range(20):
             assert session.get(fault.url("/ok")).status_code == 200
         rest = time.monotonic() - started - first
-    assert first < 10.0  # bounded: about one 0.2 s timeout, never a hang
+    assert first < 0.3 * 4 - 0.2  # one 0.3 s allowance and slack, never 4 x 0.3 s
     assert rest < 10.0
     assert not store.shared
     assert len(redis_warnings(caplog)) == 1
+
+
+def test_a_full_redis_takes_the_store_local_with_one_warning(
+    fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis out of memory (maxmemory, noeviction) refusing the script's writes is an
+    outage of the whole store (one warning, not one per service), no call fails, and
+    sharing resumes once it has room again."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with RedisServer(extra=("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")) as full:
+        inspect = client(full.url)
+        with pytest.raises(Exception, match="maxmemory"):
+            for index in range(10_000):
+                inspect.set(f"fill-{index}", "x" * 1000)
+        store = RedisStateStore(full.url, retry_interval=0.05)
+        settings = BreakerSettings(3, 60.0, 1, 0.0, 60.0, 10)
+        session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+        for _ in range(5):
+            assert session.get(fault.url("/ok")).status_code == 200
+        for name in ("a", "b", "c"):
+            store.breaker_record(f"https://{name}.example.com", settings, 0.0, failed=True,
+                                 weight=1.0, ticket=0)
+        assert not store.shared
+        assert len(redis_warnings(caplog)) == 1
+        inspect.flushall()
+        time.sleep(0.1)
+        deadline = time.monotonic() + 10.0
+        while not store.shared and time.monotonic() < deadline:
+            store.breaker_admit("https://a.example.com", settings, 0.0)
+            time.sleep(0.02)
+        assert store.shared
+        store.close()
 
 
 def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
@@ -509,6 +551,50 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
     assert refused_at is not None
     assert refused_at - opened_at <= 0.1
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+def test_a_silently_dead_subscription_falls_back_to_polling(redis_url: str) -> None:
+    """A subscription that dies with no reset (its proxy stalls) is noticed within a poll
+    interval while the store is in use, so a breaker opened elsewhere still refuses here
+    within the poll fallback's time, not after a whole sync interval."""
+    import threading
+
+    settings = BreakerSettings(1, 60.0, 1, 0.0, 60.0, 10)
+    service = f"stall-{uuid.uuid4().hex[:8]}"
+    with StalledSubscriptions(int(redis_url.rsplit(":", 1)[1].split("/")[0])) as proxy:
+        here = shared_store(proxy.url, sync_interval=30.0)
+        there = shared_store(redis_url)
+        assert here.breaker_admit(service, settings, 0.0).allowed
+        deadline = time.monotonic() + 10.0
+        while not here._listening and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert here._listening
+        refused: list[float] = []
+        stop = threading.Event()
+
+        def admit_continuously() -> None:
+            while not stop.is_set():
+                if not here.breaker_admit(service, settings, 0.0).allowed:
+                    refused.append(time.monotonic())
+                    return
+                time.sleep(0.002)
+
+        worker = threading.Thread(target=admit_continuously, daemon=True)
+        worker.start()
+        try:
+            time.sleep(0.3)
+            proxy.stall = True
+            time.sleep(0.5)  # the subscription is dead; our view was synced long ago
+            opened = time.monotonic()
+            assert there.breaker_record(service, settings, 0.0, failed=True, weight=1.0,
+                                        ticket=0) == "open"
+            worker.join(5.0)
+        finally:
+            stop.set()
+            here.close()
+            there.close()
+        assert refused, "the breaker opened elsewhere was never seen here"
+        assert refused[0] - opened <= 1.0  # poll fallback (50 ms); the sync interval is 30 s
 
 
 @pytest.mark.slow
