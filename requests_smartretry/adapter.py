@@ -128,6 +128,8 @@ _RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.
 
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
+# requests >= 2.32.2 looks pools up here (older ones call get_connection: no reuse there).
+_look_up_pool: Any = getattr(HTTPAdapter, "get_connection_with_tls_context", None)
 # (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
 _REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
     contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
@@ -305,8 +307,7 @@ class SmartRetryAdapter(HTTPAdapter):
         if memo is not None and memo[0] is self and memo[1] == request.url \
                 and getattr(memo[2], "pool", None) is not None:
             return memo[2]
-        return super().get_connection_with_tls_context(
-            request, verify, proxies=proxies, cert=cert)
+        return _look_up_pool(self, request, verify, proxies, cert)
 
     # -- hooks for subclasses ---------------------------------------------------------
 
@@ -352,7 +353,12 @@ class SmartRetryAdapter(HTTPAdapter):
         proxies: Optional[dict[str, str]] = None,
     ) -> requests.Response:
         """Send ``request`` with retries; returns the last response or raises the last
-        transport error (its ``requests`` type, with ``retry_history`` attached)."""
+        transport error (its ``requests`` type, with ``retry_history`` attached).
+
+        ``response.retry_history`` is the call's events as a read-only sequence: a tuple,
+        or for a call whose first attempt succeeded with only built-in consumers a
+        :class:`~requests_smartretry.engine.LazyHistory` (built when first read; equal to
+        the tuple of its events; ``tuple(...)`` it where a tuple is needed)."""
         if self._closed:
             raise AdapterClosedError(
                 "this SmartRetryAdapter was closed (session.close()); mount a new one",
