@@ -379,73 +379,11 @@ class SmartRetryAdapter(HTTPAdapter):
             timeouts = ((timeouts[0], timeouts[1], None) if timeout is not None
                         else (None, None, policy.timeout))
             socket_timeout = None
-            states = [stepping(retry)]  # the Retry state for the next attempt
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
             call = self._call_info(request, facts)
-        replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        previous: list[requests.Response] = []
-        verdicts: list[Classification] = []  # for previous_attempts()
-        idempotent: Optional[bool] = None  # decided at the first failure that asks
-
-        def attempt(number: int) -> Outcome[requests.Response]:
-            nonlocal idempotent
-            pool = None  # the pool of the last failed response, for the retry
-            if number > 1:
-                for stale in previous:  # a retry discards the last failed response
-                    pool = getattr(stale.raw, "_pool", None)
-                    stale.close()
-                previous.clear()
-                if self._closed:  # closed as the retry starts (a START hook): send nothing
-                    raise AdapterClosedError(
-                        "this SmartRetryAdapter was closed (session.close()) before the "
-                        "retry; nothing more is sent", request=request)
-                replay.rewind()
-            if verdicts:
-                token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
-                try:
-                    to_send = self.prepare_attempt(request, number)
-                finally:
-                    _PREVIOUS_ATTEMPTS.reset(token)
-            else:  # first attempt: previous_attempts() is already ()
-                to_send = self.prepare_attempt(request, number)
-            reuse = None if pool is None else _REUSE_POOL.set((self, to_send.url, pool))
-            try:
-                if retry is None:
-                    outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
-                                            socket_timeout)
-                else:
-                    outcome = self._retry_attempt(states, to_send, functools.partial(
-                        self._attempt, to_send, stream, timeouts, verify, cert, proxies))
-            finally:
-                if reuse is not None:
-                    _REUSE_POOL.reset(reuse)
-            if outcome.classification.verdict is _SUCCESS_VERDICT:
-                return outcome  # the common case: nothing to remember, redact or veto
-            verdicts.append(outcome.classification)
-            if outcome.value is not None:
-                previous.append(outcome.value)
-            # Hooks, on_retry and the caller see failures only with secrets removed.
-            if outcome.error is not None:
-                redact_exception(outcome.error)
-            if outcome.signal is not None and outcome.signal is not outcome.error:
-                redact_exception(outcome.signal)
-            if outcome.error is not None:
-                replay.rewind()  # an enclosing call that repeats the request finds the body whole
-            verdict = outcome.classification
-            # A retryable failure may be vetoed.  An error raised after sending that is not
-            # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
-            # engine it changes nothing, but an enclosing call that retries any exception
-            # must not resend what this one would not.  (A veto already set is the urllib3
-            # Retry's decision, not a safety one.)
-            if outcome.veto is None and (
-                    verdict.retryable or (outcome.error is not None and verdict.sent)):
-                if idempotent is None:
-                    idempotent = self.is_idempotent(request)
-                outcome.veto = veto(verdict, idempotent, replay.replayable)
-                mark_vetoed(outcome)  # final for an enclosing retrying call too
-            return outcome
-
+        attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
+                           socket_timeout, None if retry is None else [stepping(retry)])
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=self._is_closed, quiet=self._quiet)
@@ -637,6 +575,102 @@ class SmartRetryAdapter(HTTPAdapter):
         reason = veto(BODY_READ_FAILED, self.is_idempotent(request), replay.replayable)
         if reason is not None:
             _mark_body_failures(response.raw, reason)
+
+
+class _Sending:
+    """One request's attempts, as :func:`~requests_smartretry.engine.run_call` makes them
+    (``sending(number)``): what ``send()`` worked out once, and what a failure leaves for
+    the retry (nothing until one fails: a first attempt that succeeds allocates only this).
+    """
+
+    __slots__ = ("adapter", "cert", "idempotent", "previous", "proxies", "replay", "request",
+                 "socket_timeout", "states", "stream", "timeouts", "verdicts", "verify")
+
+    def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
+                 stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
+                 proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
+                 states: Optional[list[Retry]]) -> None:
+        self.adapter = adapter
+        self.request = request
+        self.stream = stream
+        self.timeouts = timeouts
+        self.verify = verify
+        self.cert = cert
+        self.proxies = proxies
+        self.socket_timeout = socket_timeout
+        #: With a urllib3 Retry as max_retries: its state for the next attempt.
+        self.states = states
+        self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        #: The last failed attempt's response, which the retry discards.
+        self.previous: Optional[requests.Response] = None
+        #: The verdicts of the failed attempts so far, for previous_attempts().
+        self.verdicts: tuple[Classification, ...] = ()
+        self.idempotent: Optional[bool] = None  # decided at the first failure that asks
+
+    def __call__(self, number: int) -> Outcome[requests.Response]:
+        adapter, request = self.adapter, self.request
+        pool = None  # the pool of the last failed response, for the retry
+        if number > 1:
+            stale = self.previous
+            if stale is not None:  # a retry discards the last failed response
+                self.previous = None
+                pool = getattr(stale.raw, "_pool", None)
+                stale.close()
+            if adapter._closed:  # closed as the retry starts (a START hook): send nothing
+                raise AdapterClosedError(
+                    "this SmartRetryAdapter was closed (session.close()) before the "
+                    "retry; nothing more is sent", request=request)
+            self.replay.rewind()
+        if self.verdicts:
+            token = _PREVIOUS_ATTEMPTS.set(self.verdicts)
+            try:
+                to_send = adapter.prepare_attempt(request, number)
+            finally:
+                _PREVIOUS_ATTEMPTS.reset(token)
+        else:  # first attempt: previous_attempts() is already ()
+            to_send = adapter.prepare_attempt(request, number)
+        reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
+        try:
+            if self.states is None:
+                outcome = adapter._attempt(to_send, self.stream, self.timeouts, self.verify,
+                                           self.cert, self.proxies, self.socket_timeout)
+            else:
+                outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
+                    adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
+                    self.cert, self.proxies))
+        finally:
+            if reuse is not None:
+                _REUSE_POOL.reset(reuse)
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return outcome  # the common case: nothing to remember, redact or veto
+        return self._failed(outcome)
+
+    def _failed(self, outcome: Outcome[requests.Response]) -> Outcome[requests.Response]:
+        """A failed attempt's outcome as the engine and the hooks may see it: remembered
+        for the retry, its secrets removed, vetoed where repeating it is not safe."""
+        verdict = outcome.classification
+        self.verdicts += (verdict,)
+        if outcome.value is not None:
+            self.previous = outcome.value
+        # Hooks, on_retry and the caller see failures only with secrets removed.
+        if outcome.error is not None:
+            redact_exception(outcome.error)
+        if outcome.signal is not None and outcome.signal is not outcome.error:
+            redact_exception(outcome.signal)
+        if outcome.error is not None:
+            self.replay.rewind()  # an enclosing call that repeats the request finds it whole
+        # A retryable failure may be vetoed.  An error raised after sending that is not
+        # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
+        # engine it changes nothing, but an enclosing call that retries any exception
+        # must not resend what this one would not.  (A veto already set is the urllib3
+        # Retry's decision, not a safety one.)
+        if outcome.veto is None and (
+                verdict.retryable or (outcome.error is not None and verdict.sent)):
+            if self.idempotent is None:
+                self.idempotent = self.adapter.is_idempotent(self.request)
+            outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
+            mark_vetoed(outcome)  # final for an enclosing retrying call too
+        return outcome
 
 
 def smart_session(
