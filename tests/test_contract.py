@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -199,3 +204,19 @@ def test_the_contract_session_with_breaker_and_budget_counts_calls(server: Fault
     snapshot = stats_of(session).snapshot()
     assert snapshot["contract"]["requests"] == 1
     assert snapshot["contract"]["successes"] == 1
+
+
+def test_the_readme_ten_line_example_runs_and_prints_what_the_readme_shows() -> None:
+    """README's first snippet, run as written in a fresh interpreter, prints exactly the
+    output block that follows it (the seed's six lines, on_retry, the final status)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^```python\n(.*?)^```\n\n```\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
+    assert found is not None, "README lost its ten-line example and its output"
+    code, shown = found.groups()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-u", "-c", code], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            encoding="utf-8", timeout=60)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == shown.splitlines()
