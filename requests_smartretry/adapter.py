@@ -18,33 +18,39 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-import numbers
-import socket
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypeVar, Union
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 import requests
-import urllib3.connection
-import urllib3.connectionpool
-import urllib3.exceptions
-import urllib3.response
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .budget import DEFAULT_BUDGET
 from .classify import (
+    BODY_READ_FAILED,
+    DEADLINE_BEFORE_SENDING,
     Classification,
     classify_exception,
     classify_http_response,
-    mark_connect_phase,
-    mark_final,
+    pool_refused,
+    veto,
 )
 from .collaborators import resolve_collaborators
-from .deadline import Watch, active_watch, current_scope
+from .deadline import (  # the pool classes and errors: re-exported from their old home
+    MIN_ATTEMPT,
+    POOL_CLASSES,
+    DeadlineBeforeSending,
+    HTTPConnection,
+    HTTPConnectionPool,
+    HTTPSConnection,
+    HTTPSConnectionPool,
+    NoTimeLeft,
+    PoolWaitExpired,
+    Watch,
+    attempt_seconds,
+    current_scope,
+)
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -58,8 +64,20 @@ from .engine import (
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
-from .policy import RetryPolicy, check_timeout, resolve_policy
-from .redact import path_template, redact_exception, redact_url
+from .policy import RetryPolicy, resolve_policy
+from .redact import redact_exception, redact_url
+from .sending import (  # operation_name, service_name, is_idempotent: re-exported
+    _NO_BODY,
+    TimeoutArg,
+    _BodyReplay,
+    _mark_body_failures,
+    _PolicyFacts,
+    _resolve_timeouts,
+    _Timeouts,
+    is_idempotent,
+    operation_name,
+    service_name,
+)
 from .stats import Stats
 from .urllib3_retry import (
     RetryNow,
@@ -76,6 +94,12 @@ if TYPE_CHECKING:
     from .options import AdapterOptions, SessionOptions
 
 __all__ = [
+    "DeadlineBeforeSending",
+    "HTTPConnection",
+    "HTTPConnectionPool",
+    "HTTPSConnection",
+    "HTTPSConnectionPool",
+    "PoolWaitExpired",
     "SmartRetryAdapter",
     "is_idempotent",
     "operation_name",
@@ -85,38 +109,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("requests_smartretry")
-_T = TypeVar("_T")
 _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are slow
-_DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
-# A streamed body's read that fails once the call has returned: the server answered.
-_BODY_READ_FAILED = Classification(Verdict.NETWORK, "body_read", sent=True)
-
-TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
-
-# (connect, read, attempt total) in seconds, each None for "no limit".
-_Timeouts = tuple[Optional[float], Optional[float], Optional[float]]
-
-# urllib3 refuses a zero socket timeout; an attempt with less left than this is cut at once.
-_MIN_SOCKET_TIMEOUT = 0.001
-# Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
-_MAX_SOCKET_TIMEOUT = 1e9
-
-
-class _NothingSent(Exception):
-    """Marks a pool's refusal to hand out a connection because the attempt deadline had
-    passed: nothing was sent.  The adapter classifies it as the attempt deadline's timeout
-    (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
-
-
-class DeadlineBeforeSending(_NothingSent, urllib3.exceptions.ConnectTimeoutError):
-    """The deadline passed after a connection was taken from the pool but before anything
-    was sent on it: urllib3 gives its slot back, and requests raises ``ConnectTimeout``."""
-
-
-class PoolWaitExpired(_NothingSent, urllib3.exceptions.EmptyPoolError):
-    """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
-    so that urllib3 returns no slot it never took; the adapter turns it into
-    ``ConnectTimeout`` (requests would let urllib3's own error through)."""
 
 
 def _cut_reason() -> str:
@@ -124,197 +117,13 @@ def _cut_reason() -> str:
     deadline, or the policy's timeout for a request without ``timeout=``."""
     scope = current_scope()
     left = None if scope is None else scope.remaining()
-    return "deadline" if left is not None and left <= _MIN_SOCKET_TIMEOUT else "not_retryable"
+    return "deadline" if left is not None and left <= MIN_ATTEMPT else "not_retryable"
 
-
-def _pool_refused(exc: BaseException) -> bool:
-    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
-    # raises ConnectTimeout(<the pool's error>).
-    cause = exc.args[0] if exc.args else None
-    return isinstance(getattr(cause, "reason", cause), _NothingSent)
-
-
-def _connect_by_deadline(timeout: Urllib3Timeout, left: float) -> Urllib3Timeout:
-    """``timeout`` with its connect part cut to ``left``, what is left of the attempt.
-
-    The connect timeout was set when the attempt began; a wait for a pooled connection,
-    or a stalled thread, may have used part of the attempt since.  The watchdog cannot
-    cut a connect (no socket exists yet), so the socket timeout must end it."""
-    if timeout.total is not None:
-        return timeout
-    connect = timeout.connect_timeout
-    if isinstance(connect, (int, float)) and connect <= left:
-        return timeout
-    return Urllib3Timeout(connect=max(left, _MIN_SOCKET_TIMEOUT), read=timeout.read_timeout)
-
-
-class _WatchedPoolMixin:
-    """Attaches each connection to the attempt's deadline watch while it carries the
-    attempt, and detaches it before it returns to the pool (where another thread may take
-    it), so the watchdog can only ever cut the attempt it belongs to.
-
-    Nothing is stored on the connection itself: a new attribute on a urllib3 connection
-    costs every later attribute read on it (CPython's per-instance layouts).
-    """
-
-    def _get_conn(self, timeout: Optional[float] = None) -> Any:
-        current = active_watch()
-        if current is None:
-            return super()._get_conn(timeout)  # type: ignore[misc]
-        conn = (self._wait_for_conn(current, timeout)
-                if self.block  # type: ignore[attr-defined]
-                else super()._get_conn(timeout))  # type: ignore[misc]
-        current.attach(conn)  # here, so that a proxy tunnel's connect is watched too
-        return conn
-
-    def _wait_for_conn(self, current: Watch, timeout: Optional[float]) -> Any:
-        """A blocking pool's (``pool_block=True``) wait for a free connection, which is
-        for ever by default: it is part of the attempt, so it ends at the deadline."""
-        left = current.remaining()
-        if left is None or (timeout is not None and timeout <= left):
-            return super()._get_conn(timeout)  # type: ignore[misc]
-        try:
-            return super()._get_conn(min(left, threading.TIMEOUT_MAX))  # type: ignore[misc]
-        except urllib3.exceptions.EmptyPoolError:
-            raise PoolWaitExpired(
-                self,  # type: ignore[arg-type]  # the mixin only ever serves a pool
-                "the attempt deadline passed while every pooled connection was in use "
-                "(pool_block=True)") from None
-
-    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
-                      **kwargs: Any) -> Any:
-        # The last moment before anything is sent.  A thread that gets here after its
-        # deadline (it waited for the pool, or a busy machine stalled it) sends nothing,
-        # even if the watchdog thread has not run yet: urllib3 closes the connection and
-        # restores its pool slot, and requests raises ConnectTimeout, safe to retry.
-        current = active_watch()
-        left = None if current is None else current.remaining()
-        if left is not None:
-            connects = conn.sock is None  # a fresh or a dropped connection
-            if left <= 0.0:
-                raise DeadlineBeforeSending(
-                    self, "the attempt deadline passed before the connection was made"
-                    if connects else
-                    "the attempt deadline passed before a pooled connection was free")
-            if connects:
-                timeout = kwargs.get("timeout")
-                if isinstance(timeout, Urllib3Timeout):
-                    kwargs["timeout"] = _connect_by_deadline(timeout, left)
-        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
-
-    def _put_conn(self, conn: Any) -> None:
-        # Inside an attempt, the connection comes back from the attempt's own thread (the
-        # body read, or an error); a streamed body read later finds the watch finished
-        # and detached already.
-        current = active_watch()
-        if current is not None and conn is not None and current.detach(conn) \
-                and current.fired:
-            # The watchdog shut this socket down: it must not wait in the pool
-            # (urllib3 1.26 returns it there after a body cut short).
-            conn.close()
-        super()._put_conn(conn)  # type: ignore[misc]
-
-
-class _PhaseRecordingMixin:
-    """Records where a failure happened: an exception raised while connecting (TCP
-    connect, TLS handshake, proxy tunnel) is marked as coming before one byte of the
-    request was written (:func:`classify.mark_connect_phase`), whatever its errno.
-
-    Every write of the request comes after ``connect()`` returned, so the mark is the whole
-    record: the success path pays one call per new connection and nothing per request,
-    and no attribute is ever added to the connection.  A TLS handshake that times out is
-    a connect timeout (urllib3 would report it as a read timeout).
-    """
-
-    def connect(self) -> None:
-        try:
-            super().connect()  # type: ignore[misc]
-        except Exception as exc:
-            mark_connect_phase(exc)
-            if isinstance(exc, (socket.timeout, TimeoutError)):
-                conn: Any = self
-                raise urllib3.exceptions.ConnectTimeoutError(
-                    conn, f"Connection to {conn.host} timed out while connecting (TLS "
-                    f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
-                ) from exc
-            raise
-
-
-class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):
-    """urllib3's connection, recording whether a failure came before sending."""
-
-
-class HTTPSConnection(_PhaseRecordingMixin, urllib3.connection.HTTPSConnection):
-    """urllib3's TLS connection, recording whether a failure came before sending."""
-
-
-class _LengthCheckedResponse(urllib3.response.HTTPResponse):
-    """urllib3 1.26's response, refusing a body shorter than its ``Content-Length`` (an
-    incomplete read, as on urllib3 2.x) instead of handing back a truncated body."""
-
-    @classmethod
-    def from_httplib(cls, r: Any, **response_kw: Any) -> Any:
-        response_kw.setdefault("enforce_content_length", True)
-        build: Any = getattr(super(), "from_httplib")  # noqa: B009 - absent on urllib3 2.x
-        return build(r, **response_kw)
-
-
-# Named as urllib3's own classes so that error messages read exactly as without us.
-class HTTPConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
-    """urllib3's pool, with connections watched for the attempt deadline."""
-
-    ConnectionCls = HTTPConnection
-
-
-class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
-    """urllib3's TLS pool, with connections watched for the attempt deadline."""
-
-    ConnectionCls = HTTPSConnection
-
-
-if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x enforces it
-    for _pool_class in (HTTPConnectionPool, HTTPSConnectionPool):
-        setattr(_pool_class, "ResponseCls", _LengthCheckedResponse)  # noqa: B010 - 1.26 only
-
-
-_POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}
 
 # The urllib3 Retry state of the attempt running in this context, and the adapter it is
 # for: HTTPAdapter.send reads ``self.max_retries``, one value shared by every thread.
 _RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.ContextVar(
     "requests_smartretry_retry_state", default=None)
-
-
-def _mark_body_failures(raw: Any, reason: str) -> None:
-    """Make a failed read of a streamed (``stream=True``) body carry the veto ``reason``
-    the adapter would have given it (:func:`classify.mark_final`), so that an enclosing
-    retrying call (the callable API) does not repeat what this call would not.  Only for
-    such responses: the success path is untouched."""
-    read, stream = getattr(raw, "read", None), getattr(raw, "stream", None)
-    if read is None or stream is None:
-        return
-
-    def guarded_read(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return read(*args, **kwargs)
-        except Exception as exc:
-            mark_final(exc, reason)
-            raise
-
-    def guarded_stream(*args: Any, **kwargs: Any) -> Any:
-        return final_on_failure(stream(*args, **kwargs), reason)
-
-    raw.read, raw.stream = guarded_read, guarded_stream
-
-
-def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
-    """``chunks``, with an exception raised while iterating them marked final (``reason``:
-    see :func:`classify.mark_final`)."""
-    try:
-        yield from chunks
-    except Exception as exc:
-        mark_final(exc, reason)
-        raise
 
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
@@ -327,183 +136,6 @@ def previous_attempts() -> tuple[Classification, ...]:
     oldest first (empty on the first attempt), e.g. to fail over to a backup host after a
     connection failure or timeout."""
     return _PREVIOUS_ATTEMPTS.get()
-
-
-class _BodyReplay:
-    """Whether (and how) a request body can be sent again."""
-
-    __slots__ = ("body", "position", "replayable")
-
-    def __init__(self, request: requests.PreparedRequest) -> None:
-        body: Any = request.body
-        self.body = body
-        self.position: Optional[int] = None
-        if body is None or isinstance(body, (bytes, bytearray, str)):
-            self.replayable = True
-        elif hasattr(body, "seek") and hasattr(body, "tell"):
-            position = getattr(request, "_body_position", None)
-            if not isinstance(position, int):
-                try:
-                    position = body.tell()
-                except (OSError, ValueError):
-                    position = None
-            self.position = position if isinstance(position, int) else None
-            self.replayable = self.position is not None
-        else:  # generators, iterators, unseekable streams
-            self.replayable = False
-
-    @classmethod
-    def empty(cls) -> _BodyReplay:
-        """The replay of "no body" (shared: it never changes)."""
-        replay = cls.__new__(cls)
-        replay.body, replay.position, replay.replayable = None, None, True
-        return replay
-
-    def rewind(self) -> None:
-        if self.position is not None:
-            try:
-                self.body.seek(self.position)
-            except (OSError, ValueError):
-                self.replayable = False
-
-
-_NO_BODY = _BodyReplay.empty()
-
-
-def _resolve_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
-    """(connect, read, attempt total) in seconds, each at most :data:`_MAX_SOCKET_TIMEOUT`
-    (past that, sockets overflow)."""
-    connect, read, total = _requested_timeouts(timeout, policy)
-    return (None if connect is None else min(connect, _MAX_SOCKET_TIMEOUT),
-            None if read is None else min(read, _MAX_SOCKET_TIMEOUT),
-            None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
-
-
-def _requested_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
-    """(connect, read, attempt total) in seconds, as asked.  ``None`` from requests' default means
-    the policy's; the caller's explicit value wins.  A ``(connect, read)`` tuple bounds the
-    attempt by ``connect + read``."""
-    if timeout is None:
-        return (policy.connect_timeout or policy.timeout, policy.timeout, policy.timeout)
-    connect: Optional[float]
-    read: Optional[float]
-    total: Optional[float]
-    if isinstance(timeout, Urllib3Timeout):
-        # A part the caller left at urllib3's "default" is the policy's, as timeout=None is.
-        # The raw parts (urllib3 1.26 and 2.x alike): the public properties turn "default"
-        # into None, and read_timeout raises for a Timeout with a total that is not started.
-        connect_part = timeout._connect
-        read_part = timeout._read
-        connect = (policy.connect_timeout or policy.timeout if _is_default(connect_part)
-                   else _seconds("timeout connect", connect_part))
-        read = (policy.timeout if _is_default(read_part)
-                else _seconds("timeout read", read_part))
-        total = _seconds("timeout total", timeout.total)
-        if total is None and connect is not None and read is not None:
-            total = connect + read
-        return (connect, read, total)
-    if isinstance(timeout, tuple):
-        if len(timeout) != 2:
-            raise ValueError(
-                f"timeout must be a number or a (connect, read) tuple, got {timeout!r}"
-            )
-        connect = _seconds("timeout connect", timeout[0])
-        read = _seconds("timeout read", timeout[1])
-        total = None if connect is None or read is None else connect + read
-        return (connect, read, total)
-    seconds = _seconds("timeout", timeout)
-    return (seconds, seconds, seconds)
-
-
-class _PolicyFacts:
-    """What ``send`` works out once per policy instead of once per request: the default
-    timeouts (and the urllib3 ``Timeout`` for them: building one costs about as much as
-    the rest of an attempt's bookkeeping, and urllib3 only ever clones it), whether the
-    default naming is in force, and the call names by (method, URL).
-
-    The names are kept only with the default naming (they then depend on the method and
-    URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
-    grow memory.  Thread-safe: single dict operations only.
-    """
-
-    __slots__ = ("default_naming", "names", "policy", "socket_timeout", "timeouts")
-    NAMES = 512
-
-    def __init__(self, adapter: SmartRetryAdapter, policy: RetryPolicy) -> None:
-        cls = type(adapter)
-        self.policy = policy
-        self.timeouts = _resolve_timeouts(None, policy)
-        self.socket_timeout = Urllib3Timeout(connect=self.timeouts[0], read=self.timeouts[1])
-        self.default_naming = (policy.name_request is None
-                               and cls.operation_for is SmartRetryAdapter.operation_for
-                               and cls.service_for is SmartRetryAdapter.service_for)
-        self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
-
-    def remember(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
-        if len(self.names) >= self.NAMES:
-            self.names.clear()
-        self.names[key] = info
-
-
-def _is_default(value: Any) -> bool:
-    """urllib3's "use the default" sentinel: no value of the caller's."""
-    return value is Urllib3Timeout.DEFAULT_TIMEOUT
-
-
-def _seconds(name: str, value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
-    seconds = float(value)
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    check_timeout(name, seconds)  # at least the minimum an attempt can honour
-    return seconds
-
-
-def operation_name(policy: RetryPolicy, request: Any) -> str:
-    """The operation name for ``request`` (anything with ``method`` and a ``url`` string, as
-    a ``PreparedRequest``): the policy's, its ``name_request`` hook's, or
-    ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
-    if policy.operation_name:
-        return policy.operation_name
-    if policy.name_request is not None:
-        try:
-            name = policy.name_request(request)
-        except Exception:
-            _log.exception("requests_smartretry: name_request hook failed")
-            name = None
-        if name:
-            return name
-    parts = urlsplit(request.url or "")
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
-
-
-def service_name(policy: RetryPolicy, request: Any) -> str:
-    """The breaker/budget key for ``request``: the policy's ``service``, or ``scheme://host``."""
-    if policy.service:
-        return policy.service
-    parts = urlsplit(request.url or "")
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
-
-
-def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
-    """Whether repeating ``request`` after it reached the server is safe: an idempotent
-    method, an ``Idempotency-Key`` header, or the policy's ``idempotent`` rule."""
-    if (request.method or "GET").upper() in policy.idempotent_methods:
-        return True
-    if "Idempotency-Key" in request.headers:
-        return True
-    rule = policy.idempotent
-    if callable(rule):
-        try:
-            return bool(rule(request))
-        except Exception:
-            _log.exception("requests_smartretry: idempotent rule failed; assuming not")
-            return False
-    return rule
 
 
 class SmartRetryAdapter(HTTPAdapter):
@@ -621,22 +253,29 @@ class SmartRetryAdapter(HTTPAdapter):
         self._facts: Optional[_PolicyFacts] = None
 
     def _build_hooks(self) -> tuple[Hook, ...]:
-        # getattr: adapters pickled before statistics existed have no ``stats``.
-        return build_hooks(self.policy, stats=getattr(self, "stats", None),
-                           extra=self.extra_hooks, breaker=self.breaker, budget=self.budget)
+        return build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
+                           breaker=self.breaker, budget=self.budget)
+
+    def _names_by_default(self, policy: RetryPolicy) -> bool:
+        """Whether ``policy``'s call names depend on the method and URL alone (no
+        ``name_request`` hook, no ``operation_for``/``service_for`` override)."""
+        cls = type(self)
+        return (policy.name_request is None
+                and cls.operation_for is SmartRetryAdapter.operation_for
+                and cls.service_for is SmartRetryAdapter.service_for)
 
     # -- pools -----------------------------------------------------------------------
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         """Create the pool manager with pools that let the watchdog enforce deadlines."""
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        self.poolmanager.pool_classes_by_scheme = dict(POOL_CLASSES)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         """As ``HTTPAdapter``'s, with watched pools (SOCKS pools keep per-read timeouts)."""
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+            manager.pool_classes_by_scheme = dict(POOL_CLASSES)
         return manager
 
     def close(self) -> None:
@@ -769,7 +408,7 @@ class SmartRetryAdapter(HTTPAdapter):
                     verdict.retryable or (outcome.error is not None and verdict.sent)):
                 if idempotent is None:
                     idempotent = self.is_idempotent(request)
-                outcome.veto = self._veto(verdict, idempotent, replay)
+                outcome.veto = veto(verdict, idempotent, replay.replayable)
                 mark_vetoed(outcome)  # final for an enclosing retrying call too
             return outcome
 
@@ -861,17 +500,13 @@ class SmartRetryAdapter(HTTPAdapter):
         """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
         ``timeouts``' connect and read parts (used unless the deadline shortens them)."""
         connect_s, read_s, total_s = timeouts
-        scope = current_scope()
-        left = scope.remaining() if scope is not None else None
-        if left is not None:
-            total_s = left if total_s is None else min(total_s, left)
+        try:
+            total_s = attempt_seconds(total_s)
+        except NoTimeLeft:
+            error = AttemptDeadlineExceeded(
+                "no time left for this attempt (enclosing deadline)", request=request)
+            return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
         if total_s is not None:
-            if total_s <= _MIN_SOCKET_TIMEOUT:
-                # Only an enclosing deadline can leave this little: the policy and
-                # send() refuse timeouts below MIN_TIMEOUT.
-                error = AttemptDeadlineExceeded(
-                    "no time left for this attempt (enclosing deadline)", request=request)
-                return Outcome(_DEADLINE_BEFORE_SENDING, error=error, signal=error)
             connect_s = total_s if connect_s is None else min(connect_s, total_s)
         if socket_timeout is None or connect_s != timeouts[0]:
             socket_timeout = Urllib3Timeout(connect=connect_s, read=read_s)
@@ -909,8 +544,8 @@ class SmartRetryAdapter(HTTPAdapter):
                 if verdict.sent:
                     if deadline.fired:
                         return self._deadline_outcome(total_s, request, cause=exc)
-                elif _pool_refused(exc):
-                    verdict = _DEADLINE_BEFORE_SENDING
+                elif pool_refused(exc):
+                    verdict = DEADLINE_BEFORE_SENDING
             return Outcome(verdict, error=exc, signal=exc)
         finally:
             if deadline is not None:
@@ -965,19 +600,9 @@ class SmartRetryAdapter(HTTPAdapter):
         """A later failed read of ``response``'s streamed body is vetoed (marked final) as
         a failure after sending would be: an enclosing call must not repeat it."""
         replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        veto = self._veto(_BODY_READ_FAILED, self.is_idempotent(request), replay)
-        if veto is not None:
-            _mark_body_failures(response.raw, veto)
-
-    @staticmethod
-    def _veto(verdict: Classification, idempotent: bool, replay: _BodyReplay) -> Optional[str]:
-        # why a failure after which this request may have reached the server must not be
-        # sent again (None: it may be)
-        if verdict.sent and not replay.replayable:
-            return "not_replayable"
-        if not verdict.safe_to_repeat and not idempotent:
-            return "unsafe"
-        return None
+        reason = veto(BODY_READ_FAILED, self.is_idempotent(request), replay.replayable)
+        if reason is not None:
+            _mark_body_failures(response.raw, reason)
 
 
 def smart_session(

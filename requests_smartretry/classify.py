@@ -18,6 +18,7 @@ the phase is :data:`CONNECT`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import errno
 import logging
 import socket
@@ -26,32 +27,74 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import requests
 import urllib3.exceptions as u3
 
 from .backoff import parse_retry_after
 from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
-from .events import Verdict
 
 __all__ = [
+    "BODY_READ_FAILED",
     "CONNECT",
+    "DEADLINE_BEFORE_SENDING",
     "SENDING",
     "Classification",
+    "ErrorClassifier",
+    "RetryOn",
+    "Verdict",
     "attempt_phase",
+    "call_classifier",
+    "classify_by_type",
     "classify_call_error",
     "classify_exception",
     "classify_http_response",
     "classify_message",
     "classify_status",
     "final_reason",
+    "httpx_exception_table",
     "linked_exceptions",
     "mark_connect_phase",
     "mark_final",
+    "pool_refused",
     "status_of",
+    "veto",
     "walk_causes",
 ]
+
+class Verdict(str, enum.Enum):
+    """What one attempt's outcome means for the retry decision."""
+
+    SUCCESS = "success"
+    #: Transport failure: refused, reset, DNS, connect timeout.  Retryable.
+    NETWORK = "network"
+    #: The attempt's deadline (or a read timeout) passed.  Retryable.
+    TIMEOUT = "timeout"
+    #: 5xx (or a vendor code meaning "internal error").  Retryable.
+    SERVER_ERROR = "server_error"
+    #: 429 (or a vendor code meaning "slow down").  Retryable, honours Retry-After.
+    RATE_LIMIT = "rate_limit"
+    #: 4xx other than 429.  Never retried.
+    CLIENT_ERROR = "client_error"
+    #: The caller's own error, or a vendor code marked permanent.  Never retried.
+    BUSINESS = "business"
+    #: A transport failure that repeating cannot fix (bad URL, TLS verification).  Never retried.
+    PERMANENT = "permanent"
+    #: Any other exception, retried because the caller asked for it (the basic callable
+    #: API, ``execute_with_retry``; or ``retry_on=``).  Retryable.
+    ERROR = "error"
+
+    @property
+    def retryable(self) -> bool:
+        """True for the verdicts that a retry may fix."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT, Verdict.ERROR}
+)
+
 
 _MAX_CHAIN = 64
 
@@ -100,6 +143,37 @@ class Classification:
 
 
 SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
+#: An attempt the deadline ended before anything was sent (no time left, or the pool
+#: refused a connection past it): safe to retry whatever the method.
+DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
+#: A streamed body's read that fails once the call has returned: the server answered.
+BODY_READ_FAILED = Classification(Verdict.NETWORK, "body_read", sent=True)
+
+
+class NothingSent(Exception):
+    """Marks a pool's refusal to hand out a connection because the attempt deadline had
+    passed: nothing was sent.  The adapter classifies it as the attempt deadline's timeout
+    (safe to retry) and the caller sees requests' ``ConnectTimeout``."""
+
+
+def pool_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is a pool's refusal past the deadline (:class:`NothingSent`), which
+    classifies as :data:`DEADLINE_BEFORE_SENDING`."""
+    # requests raises ConnectTimeout(MaxRetryError(reason=<the pool's error>)); the adapter
+    # raises ConnectTimeout(<the pool's error>).
+    cause = exc.args[0] if exc.args else None
+    return isinstance(getattr(cause, "reason", cause), NothingSent)
+
+
+def veto(classification: Classification, idempotent: bool, replayable: bool) -> Optional[str]:
+    """Why a failure after which the request may have reached the server must not be sent
+    again (``None``: it may be): ``"not_replayable"`` (the body cannot be sent again) or
+    ``"unsafe"`` (not idempotent, and the server may have acted on it)."""
+    if classification.sent and not replayable:
+        return "not_replayable"
+    if not classification.safe_to_repeat and not idempotent:
+        return "unsafe"
+    return None
 
 
 def walk_causes(exc: BaseException, *, context: bool = True) -> Iterator[BaseException]:
@@ -297,6 +371,55 @@ def classify_exception(exc: BaseException, phase: Optional[str] = None) -> Class
     return Classification(Verdict.BUSINESS, type(exc).__name__, sent=phase != CONNECT)
 
 
+# -- httpx's exceptions, by the phase each one means (httpx.py passes the module in) ---------
+
+#: (exception type, verdict, reason, sent) rows: the first type that any exception in the
+#: cause chain is an instance of wins.
+TypeTable = tuple[tuple[type[BaseException], Verdict, str, bool], ...]
+
+
+def httpx_exception_table(httpx: Any, cut_before_sending: type[BaseException]) -> TypeTable:
+    """The table for an httpx transport's exceptions (``httpx``: the module, which this one
+    never imports; ``cut_before_sending``: the error its watched streams raise when the
+    deadline passed before the first byte was written), most specific first.  "sent" is the
+    phase: httpx raises ConnectError / ConnectTimeout / PoolTimeout before the request was
+    written (DNS, TCP connect, TLS handshake, waiting for a pooled connection), the others
+    after."""
+    return (
+        (cut_before_sending, Verdict.TIMEOUT, "deadline", False),
+        (httpx.ConnectTimeout, Verdict.NETWORK, "ETIMEDOUT", False),
+        (httpx.PoolTimeout, Verdict.TIMEOUT, "pool_timeout", False),
+        (httpx.ConnectError, Verdict.NETWORK, "connect_failed", False),
+        (httpx.ProxyError, Verdict.NETWORK, "proxy_error", False),
+        (httpx.UnsupportedProtocol, Verdict.PERMANENT, "invalid request", False),
+        (httpx.LocalProtocolError, Verdict.PERMANENT, "invalid request", False),
+        (httpx.ReadTimeout, Verdict.TIMEOUT, "read_timeout", True),
+        (httpx.WriteTimeout, Verdict.TIMEOUT, "write_timeout", True),
+        (httpx.ReadError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.WriteError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.RemoteProtocolError, Verdict.NETWORK, "ECONNRESET", True),
+        (httpx.TimeoutException, Verdict.TIMEOUT, "timeout", True),
+        (httpx.TransportError, Verdict.NETWORK, "connection_error", True),
+    )
+
+
+def classify_by_type(exc: BaseException, table: TypeTable) -> Classification:
+    """Classify ``exc`` by ``table`` (the phase from the exception's type), keeping the
+    package table's facts that outrank the phase: a TLS verification failure stays
+    permanent, and a network failure keeps its errno's name (``ECONNREFUSED``,
+    ``ENOTFOUND``…).  An exception no row knows is classified by the package's table."""
+    known = classify_exception(exc)
+    if known.verdict is Verdict.PERMANENT and known.reason == "TLS verification failed":
+        return known
+    chain = list(walk_causes(exc))
+    for kind, verdict, reason, sent in table:
+        if any(isinstance(node, kind) for node in chain):
+            if verdict is Verdict.NETWORK and known.verdict is Verdict.NETWORK:
+                reason = known.reason  # the errno's name says more than the phase's
+            return Classification(verdict, reason, sent=sent)
+    return known
+
+
 _TIMEOUT_WORDS = ("超时", "timeout", "timed out")
 
 
@@ -436,3 +559,87 @@ def classify_http_response(
         if asked is not None:
             verdict = dataclasses.replace(verdict, retry_after=asked)
     return verdict
+
+
+# -- the callable API's classifier: the caller's rules on top of the table ---------------------
+
+#: ``classify(error)``: a :class:`Classification`, ``True`` (retry), ``False`` (raise at
+#: once) or ``None`` (let the table decide).
+ErrorClassifier = Callable[[BaseException], Union[Classification, bool, None]]
+#: Exception types retried in addition to the table's rows.
+RetryOn = Union[type[BaseException], tuple[type[BaseException], ...]]
+
+# Table reasons no variant retries (not even retry_on=, which extends only the table).
+_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
+
+
+def call_classifier(
+    smart: bool,
+    retry_statuses: frozenset[int],
+    retry_on: Optional[RetryOn],
+    classify: Optional[ErrorClassifier],
+    not_idempotent: bool = False,
+) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
+    """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
+
+    First what an inner retrying layer marked final (a smart-session request that gave up
+    as ``unsafe`` or ``not_replayable``: repeating ``fn`` would resend it); then the
+    caller's ``classify``, then ``retry_on``, then the table; the basic variant retries
+    whatever the table says.  With ``not_idempotent`` (an explicit ``idempotent=False``)
+    a table verdict is retried only when it is safe to repeat: nothing was sent (refused,
+    DNS, a connect-phase failure) or the server said it did not act (429, 503).  The
+    caller's own ``classify`` / ``retry_on`` answers are theirs to make.
+    """
+
+    def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
+        final = final_reason(error)
+        if final is not None:
+            return classify_call_error(error, retry_statuses), final
+        if classify is not None:
+            decided = _ask(classify, error)
+            if decided is not None:
+                return decided, None
+        table = classify_call_error(error, retry_statuses)
+        if table.reason in _FINAL_REASONS:
+            # an open breaker inside fn refuses again at once, and a forged answer stays
+            # forged: even the basic variant, which retries anything else, would only
+            # sleep and repeat the refusal
+            return table, None
+        if retry_on is not None and isinstance(error, retry_on):
+            if not table.retryable:
+                table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, None
+        if table.retryable:
+            return table, _unsafe(table, not_idempotent)
+        if not smart:
+            table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
+            return table, _unsafe(table, not_idempotent)
+        return table, None
+
+    return verdict
+
+
+def _unsafe(verdict: Classification, not_idempotent: bool) -> Optional[str]:
+    """``"unsafe"`` when the operation is not idempotent and ``verdict`` may have reached a
+    server that acted on it."""
+    return "unsafe" if not_idempotent and not verdict.safe_to_repeat else None
+
+
+def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
+    try:
+        answer: Any = classify(error)  # checked below: user code may return anything
+    except Exception:
+        _log.exception("requests_smartretry: classify callback %r failed; using the table",
+                       classify)
+        return None
+    if answer is None:
+        return None
+    if isinstance(answer, Classification) and answer.verdict is not Verdict.SUCCESS:
+        return answer
+    if answer is True:
+        return Classification(Verdict.ERROR, type(error).__name__)
+    if answer is False:
+        return Classification(Verdict.BUSINESS, type(error).__name__)
+    _log.error("requests_smartretry: classify callback %r returned %r, not a failure "
+               "Classification, a bool or None; using the table", classify, answer)
+    return None

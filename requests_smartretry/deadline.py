@@ -22,16 +22,43 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, overload
 
-__all__ = ["RetryScope", "Watch", "active_watch", "current_scope", "remaining", "retry_scope",
-           "watch"]
+import urllib3.connection
+import urllib3.connectionpool
+import urllib3.exceptions
+import urllib3.response
+from urllib3.util.timeout import Timeout as Urllib3Timeout
+
+from .classify import NothingSent, mark_connect_phase
+
+__all__ = [
+    "MIN_ATTEMPT",
+    "POOL_CLASSES",
+    "DeadlineBeforeSending",
+    "HTTPConnection",
+    "HTTPConnectionPool",
+    "HTTPSConnection",
+    "HTTPSConnectionPool",
+    "NoTimeLeft",
+    "PoolWaitExpired",
+    "RetryScope",
+    "Watch",
+    "active_watch",
+    "attempt_seconds",
+    "current_scope",
+    "remaining",
+    "retry_scope",
+]
 
 # When a deadline passes while no socket exists yet (connecting), look again this often.
 _RECHECK = 0.02
 # Longest single sleep of the watchdog.  Lock and socket timeouts overflow past ~292 years
 # (threading.TIMEOUT_MAX); a far deadline is simply looked at again after this long.
 _MAX_WAIT = 3600.0
+#: An attempt with less time than this left is not started (urllib3 refuses a zero socket
+#: timeout): the one "no time left for this attempt" bound of every transport.
+MIN_ATTEMPT = 0.001
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,29 @@ def remaining() -> Optional[float]:
     """
     scope = _scope.get()
     return None if scope is None else scope.remaining()
+
+
+class NoTimeLeft(Exception):
+    """Raised by :func:`attempt_seconds`: the enclosing deadline leaves less than
+    :data:`MIN_ATTEMPT` for this attempt.  Each caller turns it into its own error."""
+
+
+@overload
+def attempt_seconds(seconds: float) -> float: ...
+@overload
+def attempt_seconds(seconds: Optional[float]) -> Optional[float]: ...
+def attempt_seconds(seconds: Optional[float]) -> Optional[float]:
+    """The seconds an attempt may take: ``seconds`` (``None``: no limit of its own) cut to
+    what the enclosing retry scope leaves.  Raises :class:`NoTimeLeft` when that is at
+    most :data:`MIN_ATTEMPT` (only an enclosing deadline can leave so little: policies
+    refuse timeouts below ``MIN_TIMEOUT``)."""
+    scope = _scope.get()
+    left = None if scope is None else scope.remaining()
+    if left is not None and (seconds is None or left < seconds):
+        seconds = left
+    if seconds is not None and seconds <= MIN_ATTEMPT:
+        raise NoTimeLeft
+    return seconds
 
 
 @contextlib.contextmanager
@@ -241,30 +291,166 @@ _active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
 )
 
 
-class _Armed:
-    """The context manager :func:`watch` returns."""
-
-    __slots__ = ("_seconds", "_watch")
-
-    def __init__(self, seconds: Optional[float]) -> None:
-        self._seconds = seconds
-        self._watch: Optional[Watch] = None
-
-    def __enter__(self) -> Optional[Watch]:
-        if self._seconds is not None:
-            self._watch = Watch(self._seconds)
-        return self._watch
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._watch is not None:
-            self._watch.finish()
-
-
-def watch(seconds: Optional[float]) -> _Armed:
-    """Arm a watch for ``seconds`` around a ``with`` body; connections used inside are
-    attached to it by the adapter's pools.  ``None`` means no deadline."""
-    return _Armed(seconds)
-
-
 #: The innermost unfinished :class:`Watch` created in this context, or ``None``.
 active_watch: Callable[[], Optional[Watch]] = _active_watch.get
+
+
+# -- the pools and connections that let the watchdog cut a socket --------------------------
+
+
+class DeadlineBeforeSending(NothingSent, urllib3.exceptions.ConnectTimeoutError):
+    """The deadline passed after a connection was taken from the pool but before anything
+    was sent on it: urllib3 gives its slot back, and requests raises ``ConnectTimeout``."""
+
+
+class PoolWaitExpired(NothingSent, urllib3.exceptions.EmptyPoolError):
+    """A blocking pool had no free connection before the deadline.  An ``EmptyPoolError``
+    so that urllib3 returns no slot it never took; the adapter turns it into
+    ``ConnectTimeout`` (requests would let urllib3's own error through)."""
+
+
+def _connect_by_deadline(timeout: Urllib3Timeout, left: float) -> Urllib3Timeout:
+    """``timeout`` with its connect part cut to ``left``, what is left of the attempt.
+
+    The connect timeout was set when the attempt began; a wait for a pooled connection,
+    or a stalled thread, may have used part of the attempt since.  The watchdog cannot
+    cut a connect (no socket exists yet), so the socket timeout must end it."""
+    if timeout.total is not None:
+        return timeout
+    connect = timeout.connect_timeout
+    if isinstance(connect, (int, float)) and connect <= left:
+        return timeout
+    return Urllib3Timeout(connect=max(left, MIN_ATTEMPT), read=timeout.read_timeout)
+
+
+class _WatchedPoolMixin:
+    """Attaches each connection to the attempt's deadline watch while it carries the
+    attempt, and detaches it before it returns to the pool (where another thread may take
+    it), so the watchdog can only ever cut the attempt it belongs to.
+
+    Nothing is stored on the connection itself: a new attribute on a urllib3 connection
+    costs every later attribute read on it (CPython's per-instance layouts).
+    """
+
+    def _get_conn(self, timeout: Optional[float] = None) -> Any:
+        current = active_watch()
+        if current is None:
+            return super()._get_conn(timeout)  # type: ignore[misc]
+        conn = (self._wait_for_conn(current, timeout)
+                if self.block  # type: ignore[attr-defined]
+                else super()._get_conn(timeout))  # type: ignore[misc]
+        current.attach(conn)  # here, so that a proxy tunnel's connect is watched too
+        return conn
+
+    def _wait_for_conn(self, current: Watch, timeout: Optional[float]) -> Any:
+        """A blocking pool's (``pool_block=True``) wait for a free connection, which is
+        for ever by default: it is part of the attempt, so it ends at the deadline."""
+        left = current.remaining()
+        if left is None or (timeout is not None and timeout <= left):
+            return super()._get_conn(timeout)  # type: ignore[misc]
+        try:
+            return super()._get_conn(min(left, threading.TIMEOUT_MAX))  # type: ignore[misc]
+        except urllib3.exceptions.EmptyPoolError:
+            raise PoolWaitExpired(
+                self,  # type: ignore[arg-type]  # the mixin only ever serves a pool
+                "the attempt deadline passed while every pooled connection was in use "
+                "(pool_block=True)") from None
+
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
+                      **kwargs: Any) -> Any:
+        # The last moment before anything is sent.  A thread that gets here after its
+        # deadline (it waited for the pool, or a busy machine stalled it) sends nothing,
+        # even if the watchdog thread has not run yet: urllib3 closes the connection and
+        # restores its pool slot, and requests raises ConnectTimeout, safe to retry.
+        current = active_watch()
+        left = None if current is None else current.remaining()
+        if left is not None:
+            connects = conn.sock is None  # a fresh or a dropped connection
+            if left <= 0.0:
+                raise DeadlineBeforeSending(
+                    self, "the attempt deadline passed before the connection was made"
+                    if connects else
+                    "the attempt deadline passed before a pooled connection was free")
+            if connects:
+                timeout = kwargs.get("timeout")
+                if isinstance(timeout, Urllib3Timeout):
+                    kwargs["timeout"] = _connect_by_deadline(timeout, left)
+        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
+
+    def _put_conn(self, conn: Any) -> None:
+        # Inside an attempt, the connection comes back from the attempt's own thread (the
+        # body read, or an error); a streamed body read later finds the watch finished
+        # and detached already.
+        current = active_watch()
+        if current is not None and conn is not None and current.detach(conn) \
+                and current.fired:
+            # The watchdog shut this socket down: it must not wait in the pool
+            # (urllib3 1.26 returns it there after a body cut short).
+            conn.close()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _PhaseRecordingMixin:
+    """Records where a failure happened: an exception raised while connecting (TCP
+    connect, TLS handshake, proxy tunnel) is marked as coming before one byte of the
+    request was written (:func:`classify.mark_connect_phase`), whatever its errno.
+
+    Every write of the request comes after ``connect()`` returned, so the mark is the whole
+    record: the success path pays one call per new connection and nothing per request,
+    and no attribute is ever added to the connection.  A TLS handshake that times out is
+    a connect timeout (urllib3 would report it as a read timeout).
+    """
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[misc]
+        except Exception as exc:
+            mark_connect_phase(exc)
+            if isinstance(exc, (socket.timeout, TimeoutError)):
+                conn: Any = self
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    conn, f"Connection to {conn.host} timed out while connecting (TLS "
+                    f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
+                ) from exc
+            raise
+
+
+class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):
+    """urllib3's connection, recording whether a failure came before sending."""
+
+
+class HTTPSConnection(_PhaseRecordingMixin, urllib3.connection.HTTPSConnection):
+    """urllib3's TLS connection, recording whether a failure came before sending."""
+
+
+class _LengthCheckedResponse(urllib3.response.HTTPResponse):
+    """urllib3 1.26's response, refusing a body shorter than its ``Content-Length`` (an
+    incomplete read, as on urllib3 2.x) instead of handing back a truncated body."""
+
+    @classmethod
+    def from_httplib(cls, r: Any, **response_kw: Any) -> Any:
+        response_kw.setdefault("enforce_content_length", True)
+        build: Any = getattr(super(), "from_httplib")  # noqa: B009 - absent on urllib3 2.x
+        return build(r, **response_kw)
+
+
+# Named as urllib3's own classes so that error messages read exactly as without us.
+class HTTPConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
+    """urllib3's pool, with connections watched for the attempt deadline."""
+
+    ConnectionCls = HTTPConnection
+
+
+class HTTPSConnectionPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
+    """urllib3's TLS pool, with connections watched for the attempt deadline."""
+
+    ConnectionCls = HTTPSConnection
+
+
+if hasattr(urllib3.response.HTTPResponse, "from_httplib"):  # urllib3 1.26; 2.x enforces it
+    for _pool_class in (HTTPConnectionPool, HTTPSConnectionPool):
+        setattr(_pool_class, "ResponseCls", _LengthCheckedResponse)  # noqa: B010 - 1.26 only
+
+
+#: The pool classes by scheme that the adapter gives its pool managers.
+POOL_CLASSES = {"http": HTTPConnectionPool, "https": HTTPSConnectionPool}

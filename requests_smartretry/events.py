@@ -14,42 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+# Verdict lives with every other classification rule; imported from here too (public path).
+from .classify import Verdict
+
 __all__ = ["AttemptEvent", "CallEvents", "EventKind", "Hook", "Verdict"]
 
 _log = logging.getLogger("requests_smartretry")
-
-
-class Verdict(str, enum.Enum):
-    """What one attempt's outcome means for the retry decision."""
-
-    SUCCESS = "success"
-    #: Transport failure: refused, reset, DNS, connect timeout.  Retryable.
-    NETWORK = "network"
-    #: The attempt's deadline (or a read timeout) passed.  Retryable.
-    TIMEOUT = "timeout"
-    #: 5xx (or a vendor code meaning "internal error").  Retryable.
-    SERVER_ERROR = "server_error"
-    #: 429 (or a vendor code meaning "slow down").  Retryable, honours Retry-After.
-    RATE_LIMIT = "rate_limit"
-    #: 4xx other than 429.  Never retried.
-    CLIENT_ERROR = "client_error"
-    #: The caller's own error, or a vendor code marked permanent.  Never retried.
-    BUSINESS = "business"
-    #: A transport failure that repeating cannot fix (bad URL, TLS verification).  Never retried.
-    PERMANENT = "permanent"
-    #: Any other exception, retried because the caller asked for it (the basic callable
-    #: API, ``execute_with_retry``; or ``retry_on=``).  Retryable.
-    ERROR = "error"
-
-    @property
-    def retryable(self) -> bool:
-        """True for the verdicts that a retry may fix."""
-        return self in _RETRYABLE
-
-
-_RETRYABLE = frozenset(
-    {Verdict.NETWORK, Verdict.TIMEOUT, Verdict.SERVER_ERROR, Verdict.RATE_LIMIT, Verdict.ERROR}
-)
 
 
 class EventKind(str, enum.Enum):

@@ -62,20 +62,22 @@ regain control at the deadline.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import inspect
-import itertools
 import logging
-import os
-import queue
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
-from .classify import Classification, classify_call_error, final_reason
-from .deadline import remaining, retry_scope
+from . import workers
+from .classify import (  # ErrorClassifier and RetryOn: re-exported from their old home
+    DEADLINE_BEFORE_SENDING,
+    Classification,
+    ErrorClassifier,
+    RetryOn,
+    call_classifier,
+)
+from .deadline import NoTimeLeft, attempt_seconds
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -91,12 +93,13 @@ from .errors import CallTimeoutError, SmartRetryError
 from .events import Hook, Verdict
 from .policy import RetryPolicy, resolve_policy
 from .redact import redact_exception
+from .workers import abandoned_attempts  # re-exported: its old home
 
 if TYPE_CHECKING:
     # typing.ParamSpec is 3.10+; typing_extensions is only needed by the type checker.
     from typing_extensions import ParamSpec, Unpack
 
-    from .options import CallOptions
+    from .options import CallKeywords, SmartCallKeywords
 
     P = ParamSpec("P")
 
@@ -111,185 +114,32 @@ __all__ = [
 
 R = TypeVar("R")
 
-#: ``classify(error)``: a :class:`Classification`, ``True`` (retry), ``False`` (raise at
-#: once) or ``None`` (let the table decide).
-ErrorClassifier = Callable[[BaseException], Union[Classification, bool, None]]
-#: Exception types retried in addition to the table's rows.
-RetryOn = Union[type[BaseException], tuple[type[BaseException], ...]]
-
 _log = logging.getLogger("requests_smartretry")
-
-# The caller waits this long past the deadline, so that an attempt whose own requests were
-# cut at the deadline (by the adapter's watchdog) can report that precise error itself.
-_GRACE = 0.05
-# Longest single wait on a worker (Event.wait overflows past threading.TIMEOUT_MAX).
-_MAX_SLICE = 3600.0
-# An attempt with less time than this left in the enclosing deadline is not started.
-_MIN_ATTEMPT = 0.001
-# Abandoned attempts still running, beyond which new attempts are refused.
-_MAX_ABANDONED = 64
-# An idle worker thread exits after this many seconds without work.
-_IDLE_SECONDS = 30.0
-
-_ABANDONED_TEXT = {
-    "zh": "第 {attempt} 次尝试超时被放弃后在后台结束 ({ms}ms), {what}已丢弃",
-    "en": "abandoned attempt {attempt} finished in the background after {ms}ms; "
-    "its {what} was discarded",
-}
-_WHAT = {"zh": ("返回值", "异常 {name} "), "en": ("return value", "exception {name}")}
-
-
-# -- worker threads ------------------------------------------------------------------------
-
-
-class _Job:
-    """One attempt handed to a worker thread, and how it ended."""
-
-    __slots__ = ("_lock", "abandoned", "context", "deadline_at", "done", "error", "fn",
-                 "label", "lang", "log", "started", "value")
-
-    def __init__(self, fn: Callable[[], Any], deadline_at: float, label: tuple[str, int],
-                 lang: str, log: bool) -> None:
-        self.fn = fn
-        # A fresh copy per attempt: an abandoned attempt may still be running in its copy.
-        self.context = contextvars.copy_context()
-        self.deadline_at = deadline_at
-        self.label = label
-        self.lang = lang
-        self.log = log
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: Optional[BaseException] = None
-        self.abandoned = False
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-
-    def run(self, before_done: Callable[[], None]) -> None:
-        """Run the attempt inside its retry scope, call ``before_done`` and wake the caller;
-        never raises."""
-        try:
-            value = self.context.run(_call_in_scope, self.fn, self.deadline_at)
-            error: Optional[BaseException] = None
-        except BaseException as exc:  # the caller decides what SystemExit etc. mean
-            value, error = None, exc
-        before_done()
-        with self._lock:
-            self.value, self.error = value, error
-            abandoned = self.abandoned
-            self.done.set()
-        if abandoned:
-            _pool.abandoned_finished()
-            if self.log:
-                self._log_discarded(error)
-
-    def abandon(self) -> bool:
-        """Stop waiting for the attempt; ``False`` if it finished in the meantime."""
-        with self._lock:
-            if self.done.is_set():
-                return False
-            self.abandoned = True
-            _pool.abandoned_started()
-            return True
-
-    def _log_discarded(self, error: Optional[BaseException]) -> None:
-        if not _log.isEnabledFor(logging.DEBUG):
-            return
-        lang = self.lang if self.lang in _ABANDONED_TEXT else "zh"
-        kept, failed = _WHAT[lang]
-        what = kept if error is None else failed.format(name=type(error).__name__)
-        operation, attempt = self.label
-        ms = round((time.monotonic() - self.started) * 1000)
-        prefix = "[API重试]" if lang == "zh" else "[API retry]"
-        message = _ABANDONED_TEXT[lang].format(attempt=attempt, ms=ms, what=what)
-        _log.debug("%s %s - %s", prefix, operation, message,
-                   extra={"retry_event": "abandoned_finished", "retry_operation": operation,
-                          "retry_attempt": attempt})
-
-
-def _call_in_scope(fn: Callable[[], R], deadline_at: float) -> R:
-    with retry_scope(deadline_at):
-        return fn()
-
-
-class _WorkerPool:
-    """Daemon threads that run attempts: idle ones are reused, and exit after 30 s idle.
-
-    Thread safety: every counter is guarded by ``_lock``.  ``_idle`` counts workers waiting
-    for a job that no queued job has claimed yet, so a submit either hands its job to one of
-    them (through the queue) or starts a thread with the job as its first.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._idle = 0
-        self._names = itertools.count(1)
-        self.abandoned = 0
-
-    def submit(self, job: _Job) -> None:
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                self._jobs.put(job)
-                return
-        thread = threading.Thread(target=self._work, args=(job,), daemon=True,
-                                  name=f"requests-smartretry-call-{next(self._names)}")
-        thread.start()
-
-    def _work(self, job: Optional[_Job]) -> None:
-        while job is not None:
-            # Idle again *before* the caller wakes, so that its next attempt reuses this
-            # thread instead of racing it and starting another.
-            job.run(self._now_idle)
-            job = None
-            while job is None:
-                try:
-                    job = self._jobs.get(timeout=_IDLE_SECONDS)
-                except queue.Empty:
-                    with self._lock:
-                        if self._jobs.empty():  # nothing was handed to us: retire
-                            self._idle -= 1
-                            return
-
-    def _now_idle(self) -> None:
-        with self._lock:
-            self._idle += 1
-
-    def abandoned_started(self) -> None:
-        with self._lock:
-            self.abandoned += 1
-
-    def abandoned_finished(self) -> None:
-        with self._lock:
-            self.abandoned -= 1
-
-
-_pool = _WorkerPool()
-
-
-def _after_fork_in_child() -> None:
-    # The parent's workers do not exist in the child: start from an empty pool.
-    global _pool
-    _pool = _WorkerPool()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def abandoned_attempts() -> int:
-    """How many attempts abandoned at their deadline are still running in the background."""
-    return _pool.abandoned
-
 
 # -- configuration -------------------------------------------------------------------------
 
 
-class _Config:
-    """Everything one call (or one decorated function) needs, validated once."""
+class _CallOptions:
+    """Everything one call (or one decorated function) needs, validated once: the public
+    functions' keywords (:class:`~requests_smartretry.options.SmartCallKeywords`) as one
+    object."""
 
     __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
                  "run_in_thread", "sleep")
+
+    # The keywords that are the call's own; every other one is a RetryPolicy field.
+    _DEFAULTS: Mapping[str, Any] = {
+        "policy": None, "hooks": (), "breaker": None, "budget": None, "sleep": time.sleep,
+        "clock": time.monotonic, "run_in_thread": True, "retry_on": None, "classify": None,
+    }
+
+    @classmethod
+    def build(cls, *, smart: bool, caller: str, options: Mapping[str, Any]) -> _CallOptions:
+        """The options of ``caller`` (``smart``: the smart variant) from its keywords."""
+        policy_options = dict(options)
+        own = {name: policy_options.pop(name, default)
+               for name, default in cls._DEFAULTS.items()}
+        return cls(smart=smart, options=policy_options, caller=caller, **own)
 
     def __init__(
         self,
@@ -332,8 +182,8 @@ class _Config:
         self.clock = clock
         self.run_in_thread = run_in_thread
         self.not_idempotent = not_idempotent
-        self.classify = _classifier(smart, policy.retry_statuses, retry_on, classify,
-                                    not_idempotent)
+        self.classify = call_classifier(smart, policy.retry_statuses, retry_on, classify,
+                                        not_idempotent)
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -348,82 +198,6 @@ def _check_retry_on(retry_on: Any) -> None:
             raise TypeError(
                 f"retry_on must be an exception class or a tuple of them, got {retry_on!r}"
             )
-
-
-# Table reasons no variant retries (not even retry_on=, which extends only the table).
-_FINAL_REASONS = frozenset({"circuit_open", "response_signature"})
-
-
-def _classifier(
-    smart: bool,
-    retry_statuses: frozenset[int],
-    retry_on: Optional[RetryOn],
-    classify: Optional[ErrorClassifier],
-    not_idempotent: bool = False,
-) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
-    """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
-
-    First what an inner retrying layer marked final (a smart-session request that gave up
-    as ``unsafe`` or ``not_replayable``: repeating ``fn`` would resend it); then the
-    caller's ``classify``, then ``retry_on``, then the table; the basic variant retries
-    whatever the table says.  With ``not_idempotent`` (an explicit ``idempotent=False``)
-    a table verdict is retried only when it is safe to repeat: nothing was sent (refused,
-    DNS, a connect-phase failure) or the server said it did not act (429, 503).  The
-    caller's own ``classify`` / ``retry_on`` answers are theirs to make.
-    """
-
-    def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
-        final = final_reason(error)
-        if final is not None:
-            return classify_call_error(error, retry_statuses), final
-        if classify is not None:
-            decided = _ask(classify, error)
-            if decided is not None:
-                return decided, None
-        table = classify_call_error(error, retry_statuses)
-        if table.reason in _FINAL_REASONS:
-            # an open breaker inside fn refuses again at once, and a forged answer stays
-            # forged: even the basic variant, which retries anything else, would only
-            # sleep and repeat the refusal
-            return table, None
-        if retry_on is not None and isinstance(error, retry_on):
-            if not table.retryable:
-                table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
-            return table, None
-        if table.retryable:
-            return table, _unsafe(table, not_idempotent)
-        if not smart:
-            table = Classification(Verdict.ERROR, table.reason, sent=table.sent)
-            return table, _unsafe(table, not_idempotent)
-        return table, None
-
-    return verdict
-
-
-def _unsafe(verdict: Classification, not_idempotent: bool) -> Optional[str]:
-    """``"unsafe"`` when the operation is not idempotent and ``verdict`` may have reached a
-    server that acted on it."""
-    return "unsafe" if not_idempotent and not verdict.safe_to_repeat else None
-
-
-def _ask(classify: ErrorClassifier, error: BaseException) -> Optional[Classification]:
-    try:
-        answer: Any = classify(error)  # checked below: user code may return anything
-    except Exception:
-        _log.exception("requests_smartretry: classify callback %r failed; using the table",
-                       classify)
-        return None
-    if answer is None:
-        return None
-    if isinstance(answer, Classification) and answer.verdict is not Verdict.SUCCESS:
-        return answer
-    if answer is True:
-        return Classification(Verdict.ERROR, type(error).__name__)
-    if answer is False:
-        return Classification(Verdict.BUSINESS, type(error).__name__)
-    _log.error("requests_smartretry: classify callback %r returned %r, not a failure "
-               "Classification, a bool or None; using the table", classify, answer)
-    return None
 
 
 def _operation_name(fn: Callable[..., Any], policy: RetryPolicy) -> str:
@@ -454,7 +228,7 @@ def _check_fn(fn: Any, caller: str) -> None:
 # -- the call ------------------------------------------------------------------------------
 
 
-def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
+def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
     policy = config.policy
     call = CallInfo(operation=operation, service=policy.service or operation)
 
@@ -467,43 +241,30 @@ def _run(fn: Callable[[], R], config: _Config, operation: str) -> R:
     return finished.unwrap()
 
 
-def _attempt(fn: Callable[[], R], config: _Config, operation: str, number: int) -> Outcome[R]:
-    timeout = config.policy.timeout
-    left = remaining()
-    if left is not None:
-        timeout = min(timeout, left)
-    if timeout <= _MIN_ATTEMPT:
+def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int) -> Outcome[R]:
+    try:
+        timeout = attempt_seconds(config.policy.timeout)
+    except NoTimeLeft:
         error: BaseException = CallTimeoutError(
             f"{operation}: no time left for attempt {number} (enclosing deadline)")
-        return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
-                       error=error, signal=error)
+        return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
     deadline_at = time.monotonic() + timeout
     if not config.run_in_thread:
         try:
-            value = _call_in_scope(fn, deadline_at)
+            value = workers.call_in_scope(fn, deadline_at)
         except Exception as exc:
             return _failed(exc, config)
         return _succeeded(value, operation)
 
-    if _pool.abandoned >= _MAX_ABANDONED:
+    job = workers.start(fn, deadline_at, (operation, number), config.policy.lang,
+                        config.policy.log)
+    if job is None:
         error = SmartRetryError(
-            f"{operation}: {_pool.abandoned} attempts abandoned at their deadline are still "
-            f"running; refusing to start another until some finish")
+            f"{operation}: {workers.abandoned_attempts()} attempts abandoned at their "
+            "deadline are still running; refusing to start another until some finish")
         return Outcome(Classification(Verdict.PERMANENT, "too_many_abandoned", sent=False),
                        error=error, signal=error)
-    job = _Job(fn, deadline_at, (operation, number), config.policy.lang, config.policy.log)
-    _pool.submit(job)
-    try:
-        # Event.wait overflows past threading.TIMEOUT_MAX (~292 years): wait in bounded
-        # slices up to the deadline.
-        while not job.done.wait(min(max(0.0, deadline_at - time.monotonic()) + _GRACE,
-                                    _MAX_SLICE)):
-            if time.monotonic() >= deadline_at:
-                break
-    except BaseException:  # KeyboardInterrupt while waiting: the attempt runs on alone
-        job.abandon()
-        raise
-    if not job.done.is_set() and job.abandon():
+    if not job.wait():
         error = CallTimeoutError(
             f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
             "abandoned and may still be running in the background")
@@ -528,7 +289,7 @@ def _succeeded(value: R, operation: str) -> Outcome[R]:
     return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
 
 
-def _failed(error: Exception, config: _Config) -> Outcome[Any]:
+def _failed(error: Exception, config: _CallOptions) -> Outcome[Any]:
     redact_exception(error)  # hooks, on_retry and the caller never see a credential
     verdict, veto = config.classify(error)
     return Outcome(verdict, error=error, signal=error, veto=veto)
@@ -537,19 +298,7 @@ def _failed(error: Exception, config: _Config) -> Outcome[Any]:
 # -- the public functions ------------------------------------------------------------------
 
 
-def execute_with_retry(
-    fn: Callable[[], R],
-    *,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
-) -> R:
+def execute_with_retry(fn: Callable[[], R], **options: Unpack[CallKeywords]) -> R:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
     ``options`` are :class:`RetryPolicy` keywords: ``max_retries=1``, ``timeout=30.0``
@@ -564,26 +313,11 @@ def execute_with_retry(
         order = execute_with_retry(lambda: sdk.create(order), max_retries=2, timeout=10.0)
     """
     _check_fn(fn, "execute_with_retry")
-    config = _Config(smart=False, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=None,
-                     classify=classify, options=options, caller="execute_with_retry")
+    config = _CallOptions.build(smart=False, caller="execute_with_retry", options=options)
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
-def execute_with_smart_retry(
-    fn: Callable[[], R],
-    *,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    retry_on: Optional[RetryOn] = None,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
-) -> R:
+def execute_with_smart_retry(fn: Callable[[], R], **options: Unpack[SmartCallKeywords]) -> R:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
     Retried: ``ECONNRESET`` / ``ETIMEDOUT`` / ``ECONNREFUSED`` and DNS failures, timeouts
@@ -599,47 +333,19 @@ def execute_with_smart_retry(
                                           retry_on=sdk.BusyError)
     """
     _check_fn(fn, "execute_with_smart_retry")
-    config = _Config(smart=True, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
-                     classify=classify, options=options, caller="execute_with_smart_retry")
+    config = _CallOptions.build(smart=True, caller="execute_with_smart_retry", options=options)
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
 @overload
 def with_retry(
-    fn: Callable[P, R],
-    /,
-    *,
-    smart: bool = ...,
-    policy: Optional[RetryPolicy] = ...,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
-    breaker: Optional[BreakerGate] = ...,
-    budget: Optional[BudgetGate] = ...,
-    sleep: Callable[[float], None] = ...,
-    clock: Callable[[], float] = ...,
-    run_in_thread: bool = ...,
-    retry_on: Optional[RetryOn] = ...,
-    classify: Optional[ErrorClassifier] = ...,
-    **options: Unpack[CallOptions],
+    fn: Callable[P, R], /, *, smart: bool = ..., **options: Unpack[SmartCallKeywords]
 ) -> Callable[P, R]: ...
 
 
 @overload
 def with_retry(
-    fn: None = None,
-    /,
-    *,
-    smart: bool = ...,
-    policy: Optional[RetryPolicy] = ...,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = ...,
-    breaker: Optional[BreakerGate] = ...,
-    budget: Optional[BudgetGate] = ...,
-    sleep: Callable[[float], None] = ...,
-    clock: Callable[[], float] = ...,
-    run_in_thread: bool = ...,
-    retry_on: Optional[RetryOn] = ...,
-    classify: Optional[ErrorClassifier] = ...,
-    **options: Unpack[CallOptions],
+    fn: None = None, /, *, smart: bool = ..., **options: Unpack[SmartCallKeywords]
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -648,16 +354,7 @@ def with_retry(
     /,
     *,
     smart: bool = False,
-    policy: Optional[RetryPolicy] = None,
-    hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
-    breaker: Optional[BreakerGate] = None,
-    budget: Optional[BudgetGate] = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    run_in_thread: bool = True,
-    retry_on: Optional[RetryOn] = None,
-    classify: Optional[ErrorClassifier] = None,
-    **options: Unpack[CallOptions],
+    **options: Unpack[SmartCallKeywords],
 ) -> Union[Callable[P, R], Callable[[Callable[P, R]], Callable[P, R]]]:
     """Wrap ``fn`` so that every call retries (``execute_with_retry``, or
     ``execute_with_smart_retry`` with ``smart=True``); also a decorator factory.
@@ -673,9 +370,7 @@ def with_retry(
     """
     _check_bool("smart", smart)
     caller = "with_retry"
-    config = _Config(smart=smart, policy=policy, hooks=hooks, breaker=breaker, budget=budget,
-                     sleep=sleep, clock=clock, run_in_thread=run_in_thread, retry_on=retry_on,
-                     classify=classify, options=options, caller=caller)
+    config = _CallOptions.build(smart=smart, caller=caller, options=options)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
         _check_fn(target, caller)

@@ -39,22 +39,19 @@ from typing import Any, Callable, Literal, Optional, Union
 import httpcore
 import httpx
 
-from requests_smartretry.adapter import (
-    _PREVIOUS_ATTEMPTS,
-    final_on_failure,
-    is_idempotent,
-    operation_name,
-    service_name,
-)
+from requests_smartretry.adapter import _PREVIOUS_ATTEMPTS
 from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
+    BODY_READ_FAILED,
+    DEADLINE_BEFORE_SENDING,
     Classification,
-    classify_exception,
+    classify_by_type,
     classify_http_response,
-    walk_causes,
+    httpx_exception_table,
+    veto,
 )
 from requests_smartretry.collaborators import resolve_collaborators
-from requests_smartretry.deadline import Watch, active_watch, current_scope
+from requests_smartretry.deadline import NoTimeLeft, Watch, active_watch, attempt_seconds
 from requests_smartretry.engine import (
     BreakerGate,
     BudgetGate,
@@ -73,6 +70,12 @@ from requests_smartretry.presets._base import check_credential, check_endpoint, 
 from requests_smartretry.presets.ark import DEFAULT_ENDPOINT as ARK_ENDPOINT
 from requests_smartretry.presets.ark import _video_policy
 from requests_smartretry.redact import redact_exception, redact_url
+from requests_smartretry.sending import (
+    final_on_failure,
+    is_idempotent,
+    operation_name,
+    service_name,
+)
 from requests_smartretry.stats import Stats
 
 __all__ = [
@@ -88,8 +91,6 @@ _SUCCESS_VERDICT = Verdict.SUCCESS  # a module constant: enum class lookups are 
 #: The request extension in which :class:`SmartClient` tells the transport whether the
 #: caller streams the response (``client.stream(...)``, ``send(stream=True)``).
 STREAM_EXTENSION = "requests_smartretry.stream"
-# An attempt with less time left than this is not started (as the adapter's).
-_MIN_ATTEMPT = 0.001
 _TIMEOUT_PARTS = ("connect", "read", "write", "pool")
 # What is not a policy field but a transport keyword (routed so by smart_client).
 _TRANSPORT_KEYWORDS = frozenset(
@@ -111,29 +112,7 @@ class _DeadlineBeforeSending(httpcore.ConnectTimeout):
 
 # -- classification: httpx's exceptions, by the phase each one means ----------------------
 
-# (httpx exception type, verdict, reason, sent), most specific first; the first type that
-# any exception in the cause chain is an instance of wins.  "sent" is the phase: httpx
-# raises ConnectError / ConnectTimeout / PoolTimeout before the request was written (DNS,
-# TCP connect, TLS handshake, waiting for a pooled connection), the others after.
-_HTTPX_TABLE: tuple[tuple[type[BaseException], Verdict, str, bool], ...] = (
-    (_DeadlineBeforeSending, Verdict.TIMEOUT, "deadline", False),
-    (httpx.ConnectTimeout, Verdict.NETWORK, "ETIMEDOUT", False),
-    (httpx.PoolTimeout, Verdict.TIMEOUT, "pool_timeout", False),
-    (httpx.ConnectError, Verdict.NETWORK, "connect_failed", False),
-    (httpx.ProxyError, Verdict.NETWORK, "proxy_error", False),
-    (httpx.UnsupportedProtocol, Verdict.PERMANENT, "invalid request", False),
-    (httpx.LocalProtocolError, Verdict.PERMANENT, "invalid request", False),
-    (httpx.ReadTimeout, Verdict.TIMEOUT, "read_timeout", True),
-    (httpx.WriteTimeout, Verdict.TIMEOUT, "write_timeout", True),
-    (httpx.ReadError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.WriteError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.RemoteProtocolError, Verdict.NETWORK, "ECONNRESET", True),
-    (httpx.TimeoutException, Verdict.TIMEOUT, "timeout", True),
-    (httpx.TransportError, Verdict.NETWORK, "connection_error", True),
-)
-# The package table's facts that outrank the phase: they say what happened, not when.
-_PERMANENT = Verdict.PERMANENT
-_NETWORK = Verdict.NETWORK
+_HTTPX_TABLE = httpx_exception_table(httpx, _DeadlineBeforeSending)
 
 
 def classify_httpx_exception(exc: BaseException) -> Classification:
@@ -141,17 +120,8 @@ def classify_httpx_exception(exc: BaseException) -> Classification:
     (nothing sent before the request was written), the reason from the errno or DNS
     failure beneath it when the package's table knows one (``ECONNREFUSED``,
     ``ENOTFOUND``…).  A TLS verification failure is permanent; anything else falls back
-    to the package's table."""
-    known = classify_exception(exc)
-    if known.verdict is _PERMANENT and known.reason == "TLS verification failed":
-        return known
-    chain = list(walk_causes(exc))
-    for kind, verdict, reason, sent in _HTTPX_TABLE:
-        if any(isinstance(node, kind) for node in chain):
-            if verdict is _NETWORK and known.verdict is _NETWORK:
-                reason = known.reason  # the errno's name says more than the phase's
-            return Classification(verdict, reason, sent=sent)
-    return known
+    to the package's table (:func:`~requests_smartretry.classify.classify_by_type`)."""
+    return classify_by_type(exc, _HTTPX_TABLE)
 
 
 # -- the socket beneath httpcore, watched for the attempt deadline ---------------------------
@@ -476,14 +446,9 @@ class SmartRetryTransport(httpx.BaseTransport):
                 redact_exception(outcome.error)
             verdict = outcome.classification
             if verdict.retryable:
-                if verdict.sent and not replayable:
-                    outcome.veto = "not_replayable"
-                elif not verdict.safe_to_repeat:
-                    if idempotent is None:
-                        idempotent = is_idempotent(policy,
-                                                   _RequestView(request, request.headers))
-                    if not idempotent:
-                        outcome.veto = "unsafe"
+                if idempotent is None:
+                    idempotent = is_idempotent(policy, _RequestView(request, request.headers))
+                outcome.veto = veto(verdict, idempotent, replayable)
                 mark_vetoed(outcome)
             return outcome
 
@@ -499,25 +464,21 @@ class SmartRetryTransport(httpx.BaseTransport):
         response = outcome.value
         if response is None or not isinstance(response.stream, httpx.SyncByteStream):
             return
-        reason = ("not_replayable" if not replayable else
-                  None if is_idempotent(self.policy, _RequestView(request, request.headers))
-                  else "unsafe")
+        reason = veto(BODY_READ_FAILED,
+                      is_idempotent(self.policy, _RequestView(request, request.headers)),
+                      replayable)
         if reason is not None:
             response.stream = _FinalOnFailure(response.stream, reason)
 
     def _attempt(self, request: httpx.Request, read_body: bool) -> Outcome[httpx.Response]:
         """One attempt, inside its wall-clock deadline."""
         policy = self.policy
-        total = policy.timeout
-        scope = current_scope()
-        left = scope.remaining() if scope is not None else None
-        if left is not None and left < total:
-            total = left
-        if total <= _MIN_ATTEMPT:
+        try:
+            total = attempt_seconds(policy.timeout)
+        except NoTimeLeft:
             error = AttemptDeadlineExceeded(
                 "no time left for this attempt (enclosing deadline)", request=request)
-            return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=False),
-                           error=error, signal=error)
+            return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
         _timeouts_within(request, total)
         deadline = Watch(total)
         response: Optional[httpx.Response] = None

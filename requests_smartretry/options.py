@@ -4,7 +4,9 @@ One definition of the policy's keywords, :class:`PolicyFields`, is shared by eve
 point; each wrapper's TypedDict adds only the keywords whose meaning is its own::
 
     PolicyFields     every RetryPolicy field (but max_retries and hooks, see below)
-    CallOptions      + max_retries: int            execute_with_retry, with_retry...
+    CallOptions      + max_retries: int            (the policy part of the callable API's)
+    CallKeywords     + policy, hooks, breaker...   execute_with_retry
+    SmartCallKeywords + retry_on                   execute_with_smart_retry, with_retry
     PolicyOptions    + hooks                       RetryPolicy.replace
     AdapterOptions   + max_retries: int | Retry    SmartRetryAdapter(**)
     SessionOptions   + the adapter's keywords      smart_session, the presets
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, TypedDict, U
 if TYPE_CHECKING:
     from urllib3.util.retry import Retry
 
+    from .classify import ErrorClassifier, RetryOn
     from .engine import BreakerGate, BudgetGate
     from .events import Hook, Verdict
     from .policy import (
@@ -40,11 +43,20 @@ if TYPE_CHECKING:
         PrepareAttempt,
         RequestNamer,
         ResponseClassifier,
+        RetryPolicy,
         VerdictRule,
     )
     from .stats import Stats
 
-__all__ = ["AdapterOptions", "CallOptions", "PolicyFields", "PolicyOptions", "SessionOptions"]
+__all__ = [
+    "AdapterOptions",
+    "CallKeywords",
+    "CallOptions",
+    "PolicyFields",
+    "PolicyOptions",
+    "SessionOptions",
+    "SmartCallKeywords",
+]
 
 
 class PolicyFields(TypedDict, total=False):
@@ -78,6 +90,28 @@ class CallOptions(PolicyFields, total=False):
     """``execute_with_retry``, ``execute_with_smart_retry`` and ``with_retry``'s keywords."""
 
     max_retries: int
+
+
+class CallKeywords(CallOptions, total=False):
+    """``execute_with_retry``'s keywords: the policy's, and the call's own."""
+
+    policy: Optional[RetryPolicy]
+    hooks: Union[Hook, tuple[Hook, ...], list[Hook]]
+    breaker: Optional[BreakerGate]
+    budget: Optional[BudgetGate]
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
+    #: ``False``: run ``fn`` in the caller's thread (thread-local state stays visible).
+    run_in_thread: bool
+    #: ``classify(error)``: a ``Classification``, ``True`` (retry), ``False`` or ``None``.
+    classify: Optional[ErrorClassifier]
+
+
+class SmartCallKeywords(CallKeywords, total=False):
+    """``execute_with_smart_retry``'s and ``with_retry``'s: also ``retry_on``."""
+
+    #: Exception types retried in addition to the table's rows.
+    retry_on: Optional[RetryOn]
 
 
 class PolicyOptions(CallOptions, total=False):

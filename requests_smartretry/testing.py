@@ -48,11 +48,6 @@ def is_testing() -> bool:
     return _testing
 
 
-def testing_attempts() -> Optional[int]:
-    """The attempts cap of test mode, if any."""
-    return _attempts if _testing else None
-
-
 # Not named ``testing``: pytest would collect a ``test*`` function imported into a test module.
 @contextlib.contextmanager
 def fast_retries(*, attempts: Optional[int] = None) -> Iterator[None]:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from requests_smartretry.deadline import Watch
 from requests_smartretry.faultserver import FaultServer
 
 
@@ -103,3 +104,14 @@ def log_lines() -> Iterator[LineCollector]:
     collector = LineCollector()
     with library_logs_to(collector):
         yield collector
+
+
+@contextlib.contextmanager
+def watch(seconds: float) -> Iterator[Watch]:
+    """A deadline :class:`Watch` armed for the ``with`` body, finished after it (what the
+    adapter's ``_attempt`` does around one attempt)."""
+    armed = Watch(seconds)
+    try:
+        yield armed
+    finally:
+        armed.finish()

@@ -42,7 +42,7 @@ from requests_smartretry import adapter as adapter_module
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.testing import fast_retries
 
-from .conftest import LineCollector, SleepRecorder
+from .conftest import LineCollector, SleepRecorder, watch
 
 _keys = itertools.count()
 
@@ -495,7 +495,7 @@ def test_a_finished_watch_in_a_copied_context_leaves_connections_alone(
 
     monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", counting_connect)
     session = smart_session(max_retries=0, budget=None)
-    with deadline.watch(0.01):
+    with watch(0.01):
         time.sleep(0.1)  # the watch fires
         context = contextvars.copy_context()
 

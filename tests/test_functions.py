@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import pytest
 import requests
 
-import requests_smartretry.functions as functions_module
+import requests_smartretry.workers as workers_module
 from requests_smartretry import (
     AttemptDeadlineExceeded,
     CallTimeoutError,
@@ -529,7 +529,7 @@ def test_run_in_thread_false_runs_in_the_callers_thread() -> None:
 
 def test_abandoned_attempts_are_bounded(monkeypatch: Any, release: threading.Event) -> None:
     """Past the cap of abandoned-but-running attempts, new attempts are refused at once."""
-    monkeypatch.setattr(functions_module, "_MAX_ABANDONED", 1)
+    monkeypatch.setattr(workers_module, "_MAX_ABANDONED", 1)
     with pytest.raises(CallTimeoutError):
         execute_with_retry(lambda: release.wait(10), timeout=0.2, max_retries=0)
     refused = Flaky()

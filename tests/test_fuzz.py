@@ -28,7 +28,6 @@ from requests_smartretry import (
     Verdict,
     smart_session,
 )
-from requests_smartretry import deadline as deadline_module
 from requests_smartretry.backoff import (
     FAR_FUTURE,
     JITTER_MODES,
@@ -40,6 +39,8 @@ from requests_smartretry.engine import CallInfo, Outcome, run_call
 from requests_smartretry.faultserver import FaultServer, RecordedRequest
 from requests_smartretry.policy import MIN_TIMEOUT
 from requests_smartretry.redact import redact_exception, redact_text, redact_url
+
+from .conftest import watch
 
 FAST = settings(max_examples=300, deadline=None)
 NOW = 1_800_000_000.0  # a fixed "now" (2027-01-15) for date arithmetic
@@ -439,7 +440,7 @@ def test_enormous_timeouts_work_and_keep_the_watchdog_alive(
         response = session.get(server.url("/fuzz"), headers={"X-Fuzz-Status": "200"},
                                timeout=timeout if explicit else None)
     assert response.status_code == 200
-    with deadline_module.watch(0.02) as short:
+    with watch(0.02) as short:
         assert short is not None
         limit = time.monotonic() + 10.0
         while not short.fired and time.monotonic() < limit:

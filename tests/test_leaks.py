@@ -16,6 +16,8 @@ from requests_smartretry import SmartRetryAdapter, smart_session
 from requests_smartretry import deadline as deadline_module
 from requests_smartretry.faultserver import FaultServer, unused_port
 
+from .conftest import watch
+
 pytestmark = pytest.mark.slow
 
 REQUESTS = 5000
@@ -135,7 +137,7 @@ def test_watchdog_queue_stays_bounded_for_long_deadlines() -> None:
     without bound in a long-running process."""
     watchdog = deadline_module._watchdog
     for _ in range(20_000):
-        with deadline_module.watch(3600.0):
+        with watch(3600.0):
             pass
     assert len(watchdog._watches) == 0
 
@@ -143,9 +145,9 @@ def test_watchdog_queue_stays_bounded_for_long_deadlines() -> None:
 def test_watchdog_still_cuts_after_purging() -> None:
     """After many finished watches were purged, a new deadline still fires."""
     for _ in range(5_000):
-        with deadline_module.watch(3600.0):
+        with watch(3600.0):
             pass
-    with deadline_module.watch(0.05) as item:
+    with watch(0.05) as item:
         assert item is not None
         limit = time.monotonic() + 10.0
         while not item.fired and time.monotonic() < limit:

@@ -30,7 +30,7 @@ from requests_smartretry import (
     smart_session,
 )
 from requests_smartretry.faultserver import FaultServer
-from requests_smartretry.testing import fast_retries, testing_attempts
+from requests_smartretry.testing import fast_retries
 
 ROOT = Path(__file__).resolve().parent.parent
 MOCKED = "http://127.0.0.1:9/v1/items"  # never reached: the mocks answer
@@ -112,12 +112,26 @@ def test_reset_state_reaches_unpickled_copies_of_a_session() -> None:
     assert requests_smartretry.stats_of(copy).operations() == []
 
 
+def _attempts_made() -> int:
+    """How many attempts a call allowed ten makes right now (each one fails)."""
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise ConnectionResetError("reset")
+
+    with pytest.raises(ConnectionResetError):
+        requests_smartretry.execute_with_retry(failing, max_retries=9, run_in_thread=False,
+                                               log=False, sleep=lambda seconds: None)
+    return len(calls)
+
+
 def test_fast_retries_restores_the_previous_mode() -> None:
-    """``fast_retries()`` nests and restores whatever was set before it."""
+    """``fast_retries()`` nests and restores whatever was set before it, attempts cap too."""
     with fast_retries(attempts=3):
         with fast_retries():
-            assert testing_attempts() is None
-        assert testing_attempts() == 3
+            assert _attempts_made() == 10
+        assert _attempts_made() == 3
     assert not requests_smartretry.testing.is_testing()
 
 
@@ -145,7 +159,7 @@ PLUGIN_SUITE = '''
 
 
     def test_c_without_the_fixture_test_mode_is_off():
-        assert not srt.is_testing() and srt.testing_attempts() is None
+        assert not srt.is_testing()
 '''
 
 

@@ -1,0 +1,239 @@
+"""What ``SmartRetryAdapter.send`` works out about a request before its first attempt: the
+call's names (operation, service), whether repeating it is safe (idempotent) and possible
+(body replay), its timeouts, the per-policy facts cached for them, and the veto marks on a
+streamed body read after the call returned.  Nothing here sends."""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional, TypeVar, Union
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.util.timeout import Timeout as Urllib3Timeout
+
+from .classify import mark_final
+from .engine import CallInfo
+from .policy import RetryPolicy, check_timeout
+from .redact import path_template
+
+__all__ = ["TimeoutArg", "final_on_failure", "is_idempotent", "operation_name", "service_name"]
+
+_log = logging.getLogger("requests_smartretry")
+_T = TypeVar("_T")
+
+TimeoutArg = Union[None, float, tuple[Optional[float], Optional[float]], Urllib3Timeout]
+
+# (connect, read, attempt total) in seconds, each None for "no limit".
+_Timeouts = tuple[Optional[float], Optional[float], Optional[float]]
+
+# Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
+_MAX_SOCKET_TIMEOUT = 1e9
+
+
+def _mark_body_failures(raw: Any, reason: str) -> None:
+    """Make a failed read of a streamed (``stream=True``) body carry the veto ``reason``
+    the adapter would have given it (:func:`classify.mark_final`), so that an enclosing
+    retrying call (the callable API) does not repeat what this call would not.  Only for
+    such responses: the success path is untouched."""
+    read, stream = getattr(raw, "read", None), getattr(raw, "stream", None)
+    if read is None or stream is None:
+        return
+
+    def guarded_read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(*args, **kwargs)
+        except Exception as exc:
+            mark_final(exc, reason)
+            raise
+
+    def guarded_stream(*args: Any, **kwargs: Any) -> Any:
+        return final_on_failure(stream(*args, **kwargs), reason)
+
+    raw.read, raw.stream = guarded_read, guarded_stream
+
+
+def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
+    """``chunks``, with an exception raised while iterating them marked final (``reason``:
+    see :func:`classify.mark_final`)."""
+    try:
+        yield from chunks
+    except Exception as exc:
+        mark_final(exc, reason)
+        raise
+
+
+class _BodyReplay:
+    """Whether (and how) a request body can be sent again."""
+
+    __slots__ = ("body", "position", "replayable")
+
+    def __init__(self, request: requests.PreparedRequest) -> None:
+        body: Any = request.body
+        self.body = body
+        self.position: Optional[int] = None
+        if body is None or isinstance(body, (bytes, bytearray, str)):
+            self.replayable = True
+        elif hasattr(body, "seek") and hasattr(body, "tell"):
+            position = getattr(request, "_body_position", None)
+            if not isinstance(position, int):
+                try:
+                    position = body.tell()
+                except (OSError, ValueError):
+                    position = None
+            self.position = position if isinstance(position, int) else None
+            self.replayable = self.position is not None
+        else:  # generators, iterators, unseekable streams
+            self.replayable = False
+
+    @classmethod
+    def empty(cls) -> _BodyReplay:
+        """The replay of "no body" (shared: it never changes)."""
+        replay = cls.__new__(cls)
+        replay.body, replay.position, replay.replayable = None, None, True
+        return replay
+
+    def rewind(self) -> None:
+        if self.position is not None:
+            try:
+                self.body.seek(self.position)
+            except (OSError, ValueError):
+                self.replayable = False
+
+
+_NO_BODY = _BodyReplay.empty()
+
+
+def _resolve_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
+    """(connect, read, attempt total) in seconds, each at most :data:`_MAX_SOCKET_TIMEOUT`
+    (past that, sockets overflow)."""
+    connect, read, total = _requested_timeouts(timeout, policy)
+    return (None if connect is None else min(connect, _MAX_SOCKET_TIMEOUT),
+            None if read is None else min(read, _MAX_SOCKET_TIMEOUT),
+            None if total is None else min(total, _MAX_SOCKET_TIMEOUT))
+
+
+def _requested_timeouts(timeout: TimeoutArg, policy: RetryPolicy) -> _Timeouts:
+    """(connect, read, attempt total) in seconds, as asked.  ``None`` from requests' default means
+    the policy's; the caller's explicit value wins.  A ``(connect, read)`` tuple bounds the
+    attempt by ``connect + read``."""
+    if timeout is None:
+        return (policy.connect_timeout or policy.timeout, policy.timeout, policy.timeout)
+    connect: Optional[float]
+    read: Optional[float]
+    total: Optional[float]
+    if isinstance(timeout, Urllib3Timeout):
+        # A part the caller left at urllib3's "default" is the policy's, as timeout=None is.
+        # The raw parts (urllib3 1.26 and 2.x alike): the public properties turn "default"
+        # into None, and read_timeout raises for a Timeout with a total that is not started.
+        connect_part = timeout._connect
+        read_part = timeout._read
+        connect = (policy.connect_timeout or policy.timeout if _is_default(connect_part)
+                   else _seconds("timeout connect", connect_part))
+        read = (policy.timeout if _is_default(read_part)
+                else _seconds("timeout read", read_part))
+        total = _seconds("timeout total", timeout.total)
+        if total is None and connect is not None and read is not None:
+            total = connect + read
+        return (connect, read, total)
+    if isinstance(timeout, tuple):
+        if len(timeout) != 2:
+            raise ValueError(
+                f"timeout must be a number or a (connect, read) tuple, got {timeout!r}"
+            )
+        connect = _seconds("timeout connect", timeout[0])
+        read = _seconds("timeout read", timeout[1])
+        total = None if connect is None or read is None else connect + read
+        return (connect, read, total)
+    seconds = _seconds("timeout", timeout)
+    return (seconds, seconds, seconds)
+
+
+class _PolicyFacts:
+    """What ``send`` works out once per policy instead of once per request: the default
+    timeouts (and the urllib3 ``Timeout`` for them: building one costs about as much as
+    the rest of an attempt's bookkeeping, and urllib3 only ever clones it), whether the
+    default naming is in force, and the call names by (method, URL).
+
+    The names are kept only with the default naming (they then depend on the method and
+    URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
+    grow memory.  Thread-safe: single dict operations only.
+    """
+
+    __slots__ = ("default_naming", "names", "policy", "socket_timeout", "timeouts")
+    NAMES = 512
+
+    def __init__(self, adapter: Any, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.timeouts = _resolve_timeouts(None, policy)
+        self.socket_timeout = Urllib3Timeout(connect=self.timeouts[0], read=self.timeouts[1])
+        self.default_naming = adapter._names_by_default(policy)
+        self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
+
+    def remember(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
+        if len(self.names) >= self.NAMES:
+            self.names.clear()
+        self.names[key] = info
+
+
+def _is_default(value: Any) -> bool:
+    """urllib3's "use the default" sentinel: no value of the caller's."""
+    return value is Urllib3Timeout.DEFAULT_TIMEOUT
+
+
+def _seconds(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_timeout(name, seconds)  # at least the minimum an attempt can honour
+    return seconds
+
+
+def operation_name(policy: RetryPolicy, request: Any) -> str:
+    """The operation name for ``request`` (anything with ``method`` and a ``url`` string, as
+    a ``PreparedRequest``): the policy's, its ``name_request`` hook's, or
+    ``METHOD host/path-template`` (identifier- and secret-like segments read ``{id}``)."""
+    if policy.operation_name:
+        return policy.operation_name
+    if policy.name_request is not None:
+        try:
+            name = policy.name_request(request)
+        except Exception:
+            _log.exception("requests_smartretry: name_request hook failed")
+            name = None
+        if name:
+            return name
+    parts = urlsplit(request.url or "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{request.method or 'GET'} {host}{path_template(parts.path)}"
+
+
+def service_name(policy: RetryPolicy, request: Any) -> str:
+    """The breaker/budget key for ``request``: the policy's ``service``, or ``scheme://host``."""
+    if policy.service:
+        return policy.service
+    parts = urlsplit(request.url or "")
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+
+
+def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
+    """Whether repeating ``request`` after it reached the server is safe: an idempotent
+    method, an ``Idempotency-Key`` header, or the policy's ``idempotent`` rule."""
+    if (request.method or "GET").upper() in policy.idempotent_methods:
+        return True
+    if "Idempotency-Key" in request.headers:
+        return True
+    rule = policy.idempotent
+    if callable(rule):
+        try:
+            return bool(rule(request))
+        except Exception:
+            _log.exception("requests_smartretry: idempotent rule failed; assuming not")
+            return False
+    return rule
