@@ -162,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="walk through every retry scenario against a local fault server",
         description="Start a local fault server and show, with the real log lines, what "
-        "the library does for: success, reset, 503, 429 + Retry-After, 404, a slow drip, "
-        "a POST, the circuit breaker; then a statistics table. Takes a few seconds.")
+        "the library does for: success, reset, 503, 429 + Retry-After (and one above the "
+        "cap), 404, {id} operation names, a urllib3 Retry, a slow drip, a whole-call "
+        "deadline, a POST and a generator body that are not resent, the callable API, the "
+        "retry budget, the circuit breaker, a verified WeChat Pay answer; then a statistics "
+        "table. Takes about ten seconds.")
     demo.add_argument("--lang", choices=("zh", "en"), default="zh",
                       help="language of the log lines (default: zh, the original format)")
 
@@ -190,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--backoff-max", type=_positive_float, default=5.0, metavar="S",
                      help="cap on every wait, Retry-After included (default: 5)")
     get.add_argument("--operation", metavar="NAME",
-                     help="operation name in the log lines (default: 'GET host/path')")
+                     help="operation name in the log lines (default: 'GET host/path-template', "
+                     "id-like path segments read {id})")
     get.add_argument("--lang", choices=("zh", "en"), default="zh",
                      help="language of the log lines (default: zh)")
     get.add_argument("-H", "--header", type=_header, action="append", default=[],

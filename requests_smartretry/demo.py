@@ -18,6 +18,7 @@ import time
 from typing import Any, Literal, Optional, TextIO
 
 import requests
+from urllib3.util.retry import Retry
 
 from .adapter import SmartRetryAdapter
 from .breaker import CircuitBreaker
@@ -185,10 +186,14 @@ class Tour:
         self.reset_then_success()
         self.server_error_then_success()
         self.rate_limited_with_retry_after()
+        self.retry_after_above_the_cap()
         self.not_found_is_not_retried()
+        self.ids_in_paths_make_one_name()
+        self.urllib3_retry_decides()
         self.slow_drip_cut_by_deadline()
         self.whole_call_deadline()
         self.post_is_not_resent()
+        self.generator_body_is_not_resent()
         self.callable_api_keeps_the_verdict()
         self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
@@ -200,6 +205,8 @@ class Tour:
         session = self.session("demo-success")
         response = session.get(self.server.url("/ok"))
         self.result(f"HTTP {response.status_code}, server saw {self.server.hits('/ok')} request")
+        self.say("   (the demo shows DEBUG: at INFO a call whose first attempt succeeds writes "
+                 "nothing)")
 
     def reset_then_success(self) -> None:
         self.heading("Connection reset -> retry -> success")
@@ -224,6 +231,16 @@ class Tour:
         self.result(f"HTTP {response.status_code} after {waited:.1f} s "
                     f"(Retry-After 1 s honoured, not the {_DEMO_BACKOFF:g} s backoff)")
 
+    def retry_after_above_the_cap(self) -> None:
+        self.heading("503 with Retry-After: 3600 (above the 5 s cap): returned at once, "
+                     "not slept through")
+        session = self.session("demo-retry-after-long", backoff_max=5.0)
+        before = self.server.hits("/status/503")
+        started = time.monotonic()
+        response = session.get(self.server.url("/status/503?retry_after=3600"))
+        self.result(f"HTTP {response.status_code} after {time.monotonic() - started:.1f} s, "
+                    f"server saw {self.server.hits('/status/503') - before} request")
+
     def not_found_is_not_retried(self) -> None:
         self.heading("404 Not Found: a client error, returned at once, never retried")
         session = self.session("demo-404")
@@ -245,6 +262,32 @@ class Tour:
         session = self.session("demo-deadline", max_retries=3, timeout=1.0, deadline=1.5)
         self.timed_out(session, "/hang?seconds=5", "the second cut at the deadline; without "
                        "deadline= 4 attempts and 3 waits take 5.4 s")
+
+    def ids_in_paths_make_one_name(self) -> None:
+        self.heading("No operation_name: ids in the path read {id}, one name per endpoint")
+        adapter = SmartRetryAdapter(max_retries=1, backoff_base=_DEMO_BACKOFF, lang=self.lang,
+                                    stats=self.stats)
+        session = requests.Session()
+        session.mount("http://", adapter)
+        for task in ("cgt-20261201-0001", "cgt-20261201-0002"):
+            session.get(self.server.url(f"/seq/tasks/{task}?steps=503,ok"))
+        names = [name for name in self.stats.snapshot() if "/seq/tasks/" in name]
+        self.result(f"2 task ids, {len(names)} operation: {names[0]}")
+
+    def urllib3_retry_decides(self) -> None:
+        self.heading("A urllib3 Retry decides exactly as in HTTPAdapter (RetryError included)")
+        retry = Retry(total=2, status_forcelist=[503], backoff_factor=0.1)
+        adapter = SmartRetryAdapter(max_retries=retry, operation_name="demo-urllib3-retry",
+                                    lang=self.lang, stats=self.stats)
+        session = requests.Session()
+        session.mount("http://", adapter)
+        before = self.server.hits("/status/503")
+        try:
+            session.get(self.server.url("/status/503"))
+        except requests.exceptions.RetryError as exc:
+            self.result(f"{type(exc).__name__} after "
+                        f"{self.server.hits('/status/503') - before} requests, as plain "
+                        f"HTTPAdapter(max_retries=Retry(total=2, ...)) raises it")
 
     def post_is_not_resent(self) -> None:
         self.heading("POST reset after it was sent: not resent (the server may have acted)")
@@ -279,6 +322,17 @@ class Tour:
         self.result(f"60 calls to a service that is down: {self.server.hits() - before} "
                     f"requests, not 120 (failed retries are not refunded; the budget "
                     f"stops them once its 20 tokens are spent)")
+
+    def generator_body_is_not_resent(self) -> None:
+        self.heading("PUT with a generator body, reset after sending: a body that cannot be "
+                     "replayed is never resent")
+        session = self.session("demo-generator")
+        before = self.server.hits("/reset")
+        try:
+            session.put(self.server.url("/reset"), data=iter([b"x" * 1000, b"y" * 1000]))
+        except requests.ConnectionError as exc:
+            self.result(f"{type(exc).__name__} raised, server saw "
+                        f"{self.server.hits('/reset') - before} PUT")
 
     def callable_api_keeps_the_verdict(self) -> None:
         self.heading("The callable API around that POST: the session's 'unsafe' is final")

@@ -70,7 +70,8 @@ class RetryPolicy:
     backoff_max: float = 5.0
     #: ``None`` (exact backoff), ``"full"``, ``"equal"`` or ``"decorrelated"``.
     jitter: Optional[str] = None
-    #: Name in log lines; default ``METHOD host/path``.
+    #: Name in log lines and statistics; default ``METHOD host/path-template`` (id-like
+    #: segments read ``{id}``).
     operation_name: Optional[str] = None
     #: ``on_retry(attempt, error)`` before each retry; ``attempt`` is the failed one (1-based).
     on_retry: Optional[OnRetry] = None

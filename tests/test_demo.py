@@ -39,6 +39,14 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "server saw 1 POST",
         "demo-post-idempotent - attempt 2 succeeded",
         "30 calls, each failing once: 30 x HTTP 200",
+        "demo-retry-after-long - server asked to wait 3600000ms, above the 5000ms cap",
+        "HTTP 503 after 0.0 s, server saw 1 request",
+        "2 task ids, 1 operation: GET 127.0.0.1:",
+        "/seq/tasks/{id} - attempt 2 succeeded",
+        "RetryError after 3 requests",
+        "demo-generator - request body cannot be replayed",
+        "ConnectionError raised, server saw 1 PUT",
+        "at INFO a call whose first attempt succeeds writes nothing",
         "Statistics per operation",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
