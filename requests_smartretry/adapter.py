@@ -60,6 +60,7 @@ from .engine import (
     check_clocks,
     check_hooks,
     mark_vetoed,
+    quiet_plan,
     run_call,
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
@@ -127,6 +128,12 @@ _RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.
 
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
+# requests >= 2.32.2 looks pools up here (older ones call get_connection: no reuse there).
+_look_up_pool: Any = getattr(HTTPAdapter, "get_connection_with_tls_context", None)
+# (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
+_REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
+    contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
+
 _PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
     "requests_smartretry_previous_attempts", default=())
 
@@ -251,6 +258,8 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _reset_caches(self) -> None:
         self._facts: Optional[_PolicyFacts] = None
+        # The built-in consumers the loop tells directly while a call stays quiet.
+        self._quiet = quiet_plan(self._hooks)
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         return build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
@@ -286,6 +295,19 @@ class SmartRetryAdapter(HTTPAdapter):
     def _is_closed(self) -> bool:
         # Asked by the retry loop before each retry: a closed adapter sends nothing more.
         return self._closed
+
+    def get_connection_with_tls_context(
+        self, request: requests.PreparedRequest, verify: Any,
+        proxies: Any = None, cert: Any = None,
+    ) -> Any:
+        """As ``HTTPAdapter``'s; a retry whose last attempt got a response on the same URL
+        (same call: same verify, cert and proxies) goes to that response's pool, without
+        looking it up again, unless the pool was closed meanwhile."""
+        memo = _REUSE_POOL.get()
+        if memo is not None and memo[0] is self and memo[1] == request.url \
+                and getattr(memo[2], "pool", None) is not None:
+            return memo[2]
+        return _look_up_pool(self, request, verify, proxies, cert)
 
     # -- hooks for subclasses ---------------------------------------------------------
 
@@ -331,7 +353,12 @@ class SmartRetryAdapter(HTTPAdapter):
         proxies: Optional[dict[str, str]] = None,
     ) -> requests.Response:
         """Send ``request`` with retries; returns the last response or raises the last
-        transport error (its ``requests`` type, with ``retry_history`` attached)."""
+        transport error (its ``requests`` type, with ``retry_history`` attached).
+
+        ``response.retry_history`` is the call's events as a read-only sequence: a tuple,
+        or for a call whose first attempt succeeded with only built-in consumers a
+        :class:`~requests_smartretry.engine.LazyHistory` (built when first read; equal to
+        the tuple of its events; ``tuple(...)`` it where a tuple is needed)."""
         if self._closed:
             raise AdapterClosedError(
                 "this SmartRetryAdapter was closed (session.close()); mount a new one",
@@ -352,69 +379,14 @@ class SmartRetryAdapter(HTTPAdapter):
             timeouts = ((timeouts[0], timeouts[1], None) if timeout is not None
                         else (None, None, policy.timeout))
             socket_timeout = None
-            states = [stepping(retry)]  # the Retry state for the next attempt
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
             call = self._call_info(request, facts)
-        replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        previous: list[requests.Response] = []
-        verdicts: list[Classification] = []  # for previous_attempts()
-        idempotent: Optional[bool] = None  # decided at the first failure that asks
-
-        def attempt(number: int) -> Outcome[requests.Response]:
-            nonlocal idempotent
-            if number > 1:
-                for stale in previous:  # a retry discards the last failed response
-                    stale.close()
-                previous.clear()
-                if self._closed:  # closed after run_call last asked: send nothing
-                    raise AdapterClosedError(
-                        "this SmartRetryAdapter was closed (session.close()) before the "
-                        "retry; nothing more is sent", request=request)
-                replay.rewind()
-            if verdicts:
-                token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
-                try:
-                    to_send = self.prepare_attempt(request, number)
-                finally:
-                    _PREVIOUS_ATTEMPTS.reset(token)
-            else:  # first attempt: previous_attempts() is already ()
-                to_send = self.prepare_attempt(request, number)
-            if retry is None:
-                outcome = self._attempt(to_send, stream, timeouts, verify, cert, proxies,
-                                        socket_timeout)
-            else:
-                outcome = self._retry_attempt(states, to_send, functools.partial(
-                    self._attempt, to_send, stream, timeouts, verify, cert, proxies))
-            if outcome.classification.verdict is _SUCCESS_VERDICT:
-                return outcome  # the common case: nothing to remember, redact or veto
-            verdicts.append(outcome.classification)
-            if outcome.value is not None:
-                previous.append(outcome.value)
-            # Hooks, on_retry and the caller see failures only with secrets removed.
-            if outcome.error is not None:
-                redact_exception(outcome.error)
-            if outcome.signal is not None and outcome.signal is not outcome.error:
-                redact_exception(outcome.signal)
-            if outcome.error is not None:
-                replay.rewind()  # an enclosing call that repeats the request finds the body whole
-            verdict = outcome.classification
-            # A retryable failure may be vetoed.  An error raised after sending that is not
-            # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
-            # engine it changes nothing, but an enclosing call that retries any exception
-            # must not resend what this one would not.  (A veto already set is the urllib3
-            # Retry's decision, not a safety one.)
-            if outcome.veto is None and (
-                    verdict.retryable or (outcome.error is not None and verdict.sent)):
-                if idempotent is None:
-                    idempotent = self.is_idempotent(request)
-                outcome.veto = veto(verdict, idempotent, replay.replayable)
-                mark_vetoed(outcome)  # final for an enclosing retrying call too
-            return outcome
-
+        attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
+                           socket_timeout, None if retry is None else [stepping(retry)])
         finished = run_call(policy, call, attempt, hooks=self._hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=self._is_closed)
+                            clock=self._clock, closed=self._is_closed, quiet=self._quiet)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
@@ -603,6 +575,102 @@ class SmartRetryAdapter(HTTPAdapter):
         reason = veto(BODY_READ_FAILED, self.is_idempotent(request), replay.replayable)
         if reason is not None:
             _mark_body_failures(response.raw, reason)
+
+
+class _Sending:
+    """One request's attempts, as :func:`~requests_smartretry.engine.run_call` makes them
+    (``sending(number)``): what ``send()`` worked out once, and what a failure leaves for
+    the retry (nothing until one fails: a first attempt that succeeds allocates only this).
+    """
+
+    __slots__ = ("adapter", "cert", "idempotent", "previous", "proxies", "replay", "request",
+                 "socket_timeout", "states", "stream", "timeouts", "verdicts", "verify")
+
+    def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
+                 stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
+                 proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
+                 states: Optional[list[Retry]]) -> None:
+        self.adapter = adapter
+        self.request = request
+        self.stream = stream
+        self.timeouts = timeouts
+        self.verify = verify
+        self.cert = cert
+        self.proxies = proxies
+        self.socket_timeout = socket_timeout
+        #: With a urllib3 Retry as max_retries: its state for the next attempt.
+        self.states = states
+        self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        #: The last failed attempt's response, which the retry discards.
+        self.previous: Optional[requests.Response] = None
+        #: The verdicts of the failed attempts so far, for previous_attempts().
+        self.verdicts: tuple[Classification, ...] = ()
+        self.idempotent: Optional[bool] = None  # decided at the first failure that asks
+
+    def __call__(self, number: int) -> Outcome[requests.Response]:
+        adapter, request = self.adapter, self.request
+        pool = None  # the pool of the last failed response, for the retry
+        if number > 1:
+            stale = self.previous
+            if stale is not None:  # a retry discards the last failed response
+                self.previous = None
+                pool = getattr(stale.raw, "_pool", None)
+                stale.close()
+            if adapter._closed:  # closed as the retry starts (a START hook): send nothing
+                raise AdapterClosedError(
+                    "this SmartRetryAdapter was closed (session.close()) before the "
+                    "retry; nothing more is sent", request=request)
+            self.replay.rewind()
+        if self.verdicts:
+            token = _PREVIOUS_ATTEMPTS.set(self.verdicts)
+            try:
+                to_send = adapter.prepare_attempt(request, number)
+            finally:
+                _PREVIOUS_ATTEMPTS.reset(token)
+        else:  # first attempt: previous_attempts() is already ()
+            to_send = adapter.prepare_attempt(request, number)
+        reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
+        try:
+            if self.states is None:
+                outcome = adapter._attempt(to_send, self.stream, self.timeouts, self.verify,
+                                           self.cert, self.proxies, self.socket_timeout)
+            else:
+                outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
+                    adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
+                    self.cert, self.proxies))
+        finally:
+            if reuse is not None:
+                _REUSE_POOL.reset(reuse)
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return outcome  # the common case: nothing to remember, redact or veto
+        return self._failed(outcome)
+
+    def _failed(self, outcome: Outcome[requests.Response]) -> Outcome[requests.Response]:
+        """A failed attempt's outcome as the engine and the hooks may see it: remembered
+        for the retry, its secrets removed, vetoed where repeating it is not safe."""
+        verdict = outcome.classification
+        self.verdicts += (verdict,)
+        if outcome.value is not None:
+            self.previous = outcome.value
+        # Hooks, on_retry and the caller see failures only with secrets removed.
+        if outcome.error is not None:
+            redact_exception(outcome.error)
+        if outcome.signal is not None and outcome.signal is not outcome.error:
+            redact_exception(outcome.signal)
+        if outcome.error is not None:
+            self.replay.rewind()  # an enclosing call that repeats the request finds it whole
+        # A retryable failure may be vetoed.  An error raised after sending that is not
+        # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
+        # engine it changes nothing, but an enclosing call that retries any exception
+        # must not resend what this one would not.  (A veto already set is the urllib3
+        # Retry's decision, not a safety one.)
+        if outcome.veto is None and (
+                verdict.retryable or (outcome.error is not None and verdict.sent)):
+            if self.idempotent is None:
+                self.idempotent = self.adapter.is_idempotent(self.request)
+            outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
+            mark_vetoed(outcome)  # final for an enclosing retrying call too
+        return outcome
 
 
 def smart_session(

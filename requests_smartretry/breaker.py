@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -27,11 +26,6 @@ from .state import BreakerSettings, BreakerStatus, StateStore, StoreUser
 from .testing import track
 
 __all__ = ["CircuitBreaker"]
-
-# Probe tickets of attempts in flight on this thread, per service (a stack, because a call
-# may nest another call to the same service).  Bounded so that attempts whose events never
-# arrive (an exception escaping the loop) cannot grow it.
-_MAX_PENDING = 8
 
 
 class CircuitBreaker(StoreUser):
@@ -91,7 +85,6 @@ class CircuitBreaker(StoreUser):
         )
         self._init_store(store)
         self._clock = clock
-        self._pending = threading.local()
 
     def __repr__(self) -> str:
         s = self.settings
@@ -104,48 +97,40 @@ class CircuitBreaker(StoreUser):
         return (f"CircuitBreaker({', '.join(rules)}, recovery_timeout={s.recovery_timeout:g}, "
                 f"half_open_probes={s.half_open_probes}, store={self.store!r})")
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_pending"]  # thread-local: meaningless in another process
-        return state
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._pending = threading.local()
         track(self)  # a copy is reset by testing.reset_state() too
 
     # -- the engine's side -----------------------------------------------------------
 
-    def before_attempt(self, service: str) -> None:
-        """Raise :class:`CircuitOpenError` when ``service``'s breaker refuses an attempt."""
+    def before_attempt(self, service: str) -> int:
+        """Admit an attempt on ``service``: its ticket (0 for an ordinary attempt, the
+        half-open round for a probe), to hand back with its result to
+        :meth:`after_attempt`.  Raises :class:`CircuitOpenError` when the breaker refuses."""
         admission = self.store.breaker_admit(service, self.settings, self._clock())
         if not admission.allowed:
             raise CircuitOpenError(service, admission.retry_in)
-        stacks: dict[str, list[int]] = self._pending.__dict__.setdefault("stacks", {})
-        stack = stacks.setdefault(service, [])
-        if len(stack) >= _MAX_PENDING:
-            del stack[0]
-        stack.append(admission.ticket)
+        return admission.ticket
+
+    def after_attempt(self, service: str, ticket: int, *, failed: bool,
+                      weight: float = 1.0) -> None:
+        """Record the result of the attempt admitted with ``ticket``: ``failed`` (a
+        retryable verdict) counts ``weight`` towards opening; a probe's result decides its
+        half-open round, an ordinary attempt's never does."""
+        self.store.breaker_record(service, self.settings, self._clock(),
+                                  failed=failed, weight=weight, ticket=ticket)
 
     def __call__(self, event: AttemptEvent) -> None:
-        """Record the result of an attempt (SUCCESS and FAILURE events)."""
+        """Record the result in a SUCCESS or FAILURE event, as an ordinary attempt's (for a
+        breaker passed as a hook; the retry loop calls :meth:`after_attempt`)."""
         if event.kind is EventKind.SUCCESS:
             failed = False
         elif event.kind is EventKind.FAILURE:
             failed = event.verdict is not None and event.verdict.retryable
         else:
             return
-        stacks = self._pending.__dict__.get("stacks", {})
-        stack = stacks.get(event.service)
-        ticket = 0
-        if stack:
-            ticket = stack.pop()
-            if not stack:  # one entry per service in flight, not per service ever seen
-                del stacks[event.service]
-        # Another consumer may weigh failures (a refused connection counts more).
         weight = float(getattr(event, "weight", 1.0)) if failed else 1.0
-        self.store.breaker_record(event.service, self.settings, self._clock(),
-                                  failed=failed, weight=weight, ticket=ticket)
+        self.after_attempt(event.service, 0, failed=failed, weight=weight)
 
     # -- inspection ------------------------------------------------------------------
 

@@ -178,27 +178,32 @@ class RetryBudget(StoreUser):
             if event.attempt > 1 and not _testing._testing:
                 self._refund(event.service)
         elif kind is _START:
-            ratio = self.settings.ratio
-            if event.attempt != 1 or ratio <= 0:
-                return
-            service = event.service
-            evicted: Optional[tuple[str, float]] = None
-            with self._lock:
-                pending = self._pending.get(service, 0.0) + ratio
-                if pending < _WHOLE_TOKEN:
-                    if service not in self._pending and len(self._pending) >= _MAX_PENDING:
-                        oldest = next(iter(self._pending))
-                        evicted = oldest, self._pending.pop(oldest)
-                    self._pending[service] = pending
-                    if evicted is None:
-                        return
-                else:
-                    self._pending.pop(service, None)
-            if evicted is not None:
-                service, pending = evicted
-            self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
+            if event.attempt == 1:
+                self.deposit(event.service)
         elif kind is _REJECTED and event.attempt > 1 and not _testing._testing:
             self._refund(event.service)  # (test mode spent nothing, so gives nothing back)
+
+    def deposit(self, service: str) -> None:
+        """One call's deposit on ``service`` (its first START; the retry loop calls it
+        directly for a call that emits no events)."""
+        ratio = self.settings.ratio
+        if ratio <= 0:
+            return
+        evicted: Optional[tuple[str, float]] = None
+        with self._lock:
+            pending = self._pending.get(service, 0.0) + ratio
+            if pending < _WHOLE_TOKEN:
+                if service not in self._pending and len(self._pending) >= _MAX_PENDING:
+                    oldest = next(iter(self._pending))
+                    evicted = oldest, self._pending.pop(oldest)
+                self._pending[service] = pending
+                if evicted is None:
+                    return
+            else:
+                self._pending.pop(service, None)
+        if evicted is not None:
+            service, pending = evicted
+        self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
 
     def _refund(self, service: str) -> None:
         """Give back the token the last retry of a call cost (with the gathered deposits)."""

@@ -2,7 +2,11 @@
 
 The loop knows nothing of HTTP: an *attempt function* performs one attempt and returns an
 :class:`Outcome` (its classification, its value or error, and whether repeating it is
-safe); the loop decides, waits and emits one event per step to the hooks.
+safe); the loop (:func:`_loop`, one screen) admits, attempts, decides why to stop
+(:func:`stop_reason`), waits, and emits one event per step to the hooks.  A call whose
+first attempt succeeds and whose consumers are all built-in ones emits nothing: the
+statistics, the budget and the breaker are told directly and the history is built when
+read (:class:`Quiet`, :class:`LazyHistory`).
 """
 
 from __future__ import annotations
@@ -11,28 +15,35 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, overload
 
 from . import testing as _testing
 from .backoff import backoff_delay
+from .budget import RetryBudget
 from .classify import Classification, mark_final
 from .deadline import RetryScope, current_scope, retry_scope
 from .errors import CircuitOpenError, attach_history
-from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict
+from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict, next_call_id
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
+from .stats import Stats
 
 __all__ = [
     "BreakerGate",
     "BudgetGate",
     "CallInfo",
     "Finished",
+    "LazyHistory",
     "Outcome",
+    "Quiet",
     "build_hooks",
     "check_clocks",
     "check_hooks",
+    "quiet_plan",
     "run_call",
+    "stop_reason",
 ]
 
 T = TypeVar("T")
@@ -42,12 +53,19 @@ _log = logging.getLogger("requests_smartretry")
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
+_time = time.time
 
 
 class BreakerGate(Protocol):
-    """What the loop asks of a circuit breaker (it also receives every event as a hook)."""
+    """What the loop asks of a circuit breaker.
 
-    def before_attempt(self, service: str) -> None:
+    ``before_attempt`` admits an attempt and may return a ticket (an ``int``; ``None`` or 0
+    for an ordinary attempt).  A breaker with ``after_attempt(service, ticket, *, failed,
+    weight)`` is told each attempt's result with its ticket (:class:`CircuitBreaker`);
+    one without it reads the SUCCESS and FAILURE events as a hook instead.
+    """
+
+    def before_attempt(self, service: str) -> Optional[int]:
         """Raise :class:`CircuitOpenError` to refuse an attempt on ``service``."""
 
     def __call__(self, event: AttemptEvent) -> None: ...
@@ -112,7 +130,8 @@ class Finished(Generic[T]):
     """How the call ended: the last attempt's outcome and every event of the call."""
 
     outcome: Outcome[T]
-    history: tuple[AttemptEvent, ...] = field(default=())
+    #: A tuple, or for a quiet success a :class:`LazyHistory` (built when read).
+    history: Sequence[AttemptEvent] = field(default=())
     give_up_reason: Optional[str] = None
 
     def unwrap(self) -> T:
@@ -124,7 +143,7 @@ class Finished(Generic[T]):
             if self.give_up_reason not in (None, "exhausted", "not_retryable",
                                            "retry_exhausted"):
                 note = f"requests_smartretry: not retried ({self.give_up_reason})"
-            attach_history(error, self.history, note)
+            attach_history(error, tuple(self.history), note)
             raise error
         return self.outcome.value  # type: ignore[return-value]  # set on success
 
@@ -157,7 +176,8 @@ def build_hooks(
     budget: Optional[BudgetGate] = None,
 ) -> tuple[Hook, ...]:
     """The consumers of a call's events, in the order they see each one: log lines,
-    statistics, the policy's hooks, the caller's, then the breaker and the budget."""
+    statistics, the policy's hooks, the caller's, then the breaker (only one without
+    ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget."""
     hooks: list[Hook] = []
     if policy.log:
         hooks.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
@@ -165,8 +185,98 @@ def build_hooks(
         hooks.append(stats)
     hooks.extend(policy.hooks)
     hooks.extend(extra)
-    hooks.extend(g for g in (breaker, budget) if g is not None)
+    if breaker is not None and getattr(breaker, "after_attempt", None) is None:
+        hooks.append(breaker)
+    if budget is not None:
+        hooks.append(budget)
     return tuple(hooks)
+
+
+class Quiet:
+    """The built-in consumers of a transport's calls (:func:`quiet_plan`), which the loop
+    tells directly while nobody else reads a call's events."""
+
+    __slots__ = ("budget", "log", "stats")
+
+    def __init__(self, stats: Optional[Stats], budget: Optional[RetryBudget],
+                 log: Optional[LoggingHook]) -> None:
+        self.stats = stats
+        self.budget = budget
+        self.log = log
+
+
+def quiet_plan(hooks: tuple[Hook, ...]) -> Optional[Quiet]:
+    """A :class:`Quiet` when every hook is a built-in consumer (exactly a :class:`Stats`,
+    a :class:`RetryBudget` or a :class:`LoggingHook`, at most one of each), else None:
+    a user's hook reads every event, so its calls take the general path from the start.
+    Built once per transport, from the hooks it passes to :func:`run_call`."""
+    found: dict[type, Any] = {}
+    for hook in hooks:
+        kind = type(hook)
+        if kind not in (Stats, RetryBudget, LoggingHook) or kind in found:
+            return None
+        found[kind] = hook
+    return Quiet(found.get(Stats), found.get(RetryBudget), found.get(LoggingHook))
+
+
+class LazyHistory(Sequence[AttemptEvent]):
+    """The START and SUCCESS events of a quiet call, built when first read.
+
+    A read-only sequence (``len``, indexing, slicing, iteration, ``==`` with a tuple or a
+    list of the same events); ``tuple(history)`` gives a tuple.  Two threads reading it at
+    once may both build it: they build equal events from the same facts.
+    """
+
+    __slots__ = ("_built", "_facts")
+
+    def __init__(self, *facts: Any) -> None:
+        self._facts = facts
+        self._built: Optional[tuple[AttemptEvent, ...]] = None
+
+    def _events(self) -> tuple[AttemptEvent, ...]:
+        built = self._built
+        if built is None:
+            built = self._built = _quiet_history(*self._facts)
+        return built
+
+    @overload
+    def __getitem__(self, index: int) -> AttemptEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[AttemptEvent, ...]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Any:
+        return self._events()[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self) -> Iterator[AttemptEvent]:
+        return iter(self._events())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyHistory):
+            other = other._events()
+        elif isinstance(other, list):
+            other = tuple(other)
+        return self._events() == other
+
+    __hash__ = None  # type: ignore[assignment]  # as a list: compared by value
+
+    def __repr__(self) -> str:
+        return repr(self._events())
+
+
+def _quiet_history(call: CallInfo, max_attempts: int, call_id: int, wall_start: float,
+                   wall_end: float, elapsed: float,
+                   status: Optional[int]) -> tuple[AttemptEvent, ...]:
+    """The events a quiet successful call would have emitted."""
+    events = CallEvents((), call.operation, call.service, max_attempts, call.method, call.url)
+    events.emit(_START, 1, {"timestamp": wall_start, "call_id": call_id})
+    events.emit(_SUCCESS, 1, {"verdict": _SUCCESS_VERDICT, "elapsed": elapsed,
+                              "status_code": status, "call_elapsed": elapsed,
+                              "timestamp": wall_end, "call_id": call_id})
+    return tuple(events.history)
 
 
 def run_call(
@@ -181,6 +291,7 @@ def run_call(
     clock: Callable[[], float] = time.monotonic,
     rng: Any = random,
     closed: Optional[Callable[[], bool]] = None,
+    quiet: Optional[Quiet] = None,
 ) -> Finished[T]:
     """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
 
@@ -192,203 +303,291 @@ def run_call(
     With ``policy.deadline`` the call runs inside a retry scope ending at the deadline, so
     attempts (and nested smart calls) see what is left; a wait that cannot fit before it
     ends the call with reason ``"deadline"``.
+
+    ``quiet`` (:func:`quiet_plan`, built once by the transport) lets a call whose every
+    consumer is a built-in one skip the event stream until something reads it (see
+    :class:`_Call`).
     """
-    # This setup runs for every request (current_scope is a C-level accessor).
-    scope = current_scope()
+    outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
-        return _run_call(policy, call, attempt, hooks, breaker, budget, sleep, clock, rng,
-                         closed, scope, scope, None)
+        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                           outer, outer, None), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
-        return _run_call(policy, call, attempt, hooks, breaker, budget, sleep, clock, rng,
-                         closed, scope, inner, ends_at)
+        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                           outer, inner, ends_at), attempt, sleep)
 
 
-def _run_call(
-    policy: RetryPolicy,
-    call: CallInfo,
-    attempt: Callable[[int], Outcome[T]],
-    hooks: tuple[Hook, ...],
-    breaker: Optional[BreakerGate],
-    budget: Optional[BudgetGate],
-    sleep: Callable[[float], None],
-    clock: Callable[[], float],
-    rng: Any,
-    closed: Optional[Callable[[], bool]],
-    outer: Optional[RetryScope],
-    scope: Optional[RetryScope],
-    ends_at: Optional[float],
-) -> Finished[T]:
-    """:func:`run_call`'s loop: ``outer`` is the enclosing call's scope, ``scope`` the one
-    the attempts run in (``outer`` unless this call has a deadline, ending at ``ends_at``
-    on ``clock``)."""
-    max_attempts = policy.max_retries + 1
-    if outer is not None and policy.nested == "single":
-        max_attempts = 1  # the enclosing call does the retrying
-    capped = _testing._attempts  # None unless test mode caps the attempts
-    if capped is not None:
-        max_attempts = min(max_attempts, capped)
-    events = CallEvents(hooks, call.operation, call.service, max_attempts,
-                        call.method, call.url)
-    emit = events.emit
-    history = events.history
-
-    previous_wait: Optional[float] = None
+def _loop(run: _Call[T], attempt: Callable[[int], Outcome[T]],
+          sleep: Callable[[float], None]) -> Finished[T]:
+    """The retry loop: admit, attempt, then succeed or decide why to stop, or wait."""
     outcome: Optional[Outcome[T]] = None
-    call_started = 0.0  # clock() at the first attempt's start
-    failures_by_verdict: dict[Verdict, int] = {}  # for per-verdict retry limits
-    for number in range(1, max_attempts + 1):
-        if breaker is not None:
-            try:
-                breaker.before_attempt(call.service)
-            except CircuitOpenError as exc:
-                emit(EventKind.REJECTED, number,
-                     {"wait": exc.retry_in, "reason": "circuit_open", "error": exc})
-                if outcome is None:
-                    exc.retry_history = tuple(history)  # type: ignore[attr-defined]
-                    raise
-                emit(EventKind.GIVE_UP, number - 1,
-                     {"verdict": outcome.classification.verdict,
-                      "reason": outcome.classification.reason,
-                      "give_up_reason": "circuit_open",
-                      "call_elapsed": clock() - call_started})
-                return Finished(outcome, tuple(history), "circuit_open")
-        emit(_START, number)
+    for number in range(1, run.max_attempts + 1):
+        ticket = run.admit(number, outcome)  # the breaker's; a refusal ends the call
+        if isinstance(ticket, Finished):
+            return ticket
+        outcome = run.attempt(attempt, number, ticket)  # raising: give-up "error", raise
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return run.succeeded(outcome, number, ticket)
+        run.failed(outcome, number, ticket)
+        reason, wait = stop_reason(run, outcome, number)
+        if reason is not None:
+            return run.give_up(outcome, number, reason)
+        run.wait(outcome, number, wait, sleep)  # interrupted: give-up, raise
+        if run.closed is not None and run.closed():  # closed during the wait
+            return run.give_up(outcome, number, "closed")
+    raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+
+
+def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Optional[str], float]:
+    """Why the call stops after the failed attempt ``number`` (None: it does not), and
+    else the seconds to wait before the next attempt.
+
+    The one place that decides, in this order: a final verdict (``not_retryable``, or the
+    attempt's own veto), ``exhausted`` (attempts used), the attempt's veto (``unsafe``,
+    ``not_replayable``, ``retry_exhausted``…), ``verdict_limit`` (a per-verdict rule), the
+    wait (the attempt's own, from a urllib3 Retry, or backoff and Retry-After:
+    ``retry_after_too_long``), ``deadline`` (the wait cannot end before it), ``closed``
+    (the transport), ``budget`` (last: asking spends a token).
+    """
+    verdict = outcome.classification
+    if not verdict.retryable:
+        return outcome.veto or "not_retryable", 0.0
+    if number >= run.max_attempts:
+        return "exhausted", 0.0
+    if outcome.veto is not None:
+        return outcome.veto, 0.0
+    wait = outcome.wait  # decided by the attempt itself (a urllib3 Retry)
+    if wait is None:
+        policy = run.policy
+        rule = run.rule
+        settings: Union[RetryPolicy, ResolvedBackoff] = policy
+        respect_retry_after = policy.respect_retry_after
+        if rule is not None:
+            if rule.max_retries is not None and \
+                    run.seen[verdict.verdict] > rule.max_retries:  # type: ignore[index]
+                return "verdict_limit", 0.0
+            settings = rule.backoff_for(policy)
+            respect_retry_after = rule.retry_after_for(policy)
+        wait = backoff_delay(settings, number, previous=run.previous_wait, rng=run.rng)
+        asked = verdict.retry_after
+        # A vendor hook may hand over any float: NaN is no answer.
+        if asked is not None and respect_retry_after and not math.isnan(asked):
+            if asked > settings.backoff_max:
+                return "retry_after_too_long", 0.0
+            # The server's delay is a minimum: "Retry-After: 0" (or a date our clock
+            # already passed) must not turn into a burst of immediate retries.
+            wait = max(wait, asked)
+    left = run.time_left()
+    if left is not None and wait >= left:  # a wait that cannot end before the deadline
+        return "deadline", 0.0
+    if run.closed is not None and run.closed():
+        return "closed", 0.0
+    if run.budget is not None and not run.budget.allow_retry(run.call.service):
+        return "budget", 0.0
+    return None, wait
+
+
+class _Call(Generic[T]):
+    """One call's state and its steps, as :func:`_loop` runs them.
+
+    While ``events`` is None the call is *quiet*: its consumers are all built-in (see
+    :func:`quiet_plan`), so its first attempt is counted by direct calls and its history
+    is built only when read.  The event stream opens (:meth:`_open`) at the first failure,
+    a breaker refusal or a half-open probe, with the first attempt's START replayed (to
+    every hook but the Stats, which counted it already); from there on every step emits.
+    """
+
+    # The step state, as it stands before the first attempt (class defaults: a call that
+    # succeeds at once sets only what it uses).
+    wall_start: Optional[float] = None  # time.time() at a quiet first START
+    started = 0.0  # clock() at the first attempt's start
+    elapsed = 0.0  # the last attempt's duration
+    previous_wait: Optional[float] = None
+    rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
+    seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
+
+    def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
+                 breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
+                 clock: Callable[[], float], rng: Any, closed: Optional[Callable[[], bool]],
+                 quiet: Optional[Quiet], outer: Optional[RetryScope],
+                 scope: Optional[RetryScope], ends_at: Optional[float]) -> None:
+        max_attempts = policy.max_retries + 1
+        if outer is not None and policy.nested == "single":
+            max_attempts = 1  # the enclosing call does the retrying
+        capped = _testing._attempts  # None unless test mode caps the attempts
+        if capped is not None:
+            max_attempts = min(max_attempts, capped)
+        self.policy = policy
+        self.call = call
+        self.hooks = hooks
+        self.breaker = breaker
+        self.budget = budget
+        self.clock = clock
+        self.rng = rng
+        self.closed = closed
+        self.scope = scope
+        self.ends_at = ends_at
+        self.max_attempts = max_attempts
+        # The breaker's result side, when it has one (else it reads the events as a hook).
+        self.record: Optional[Callable[..., None]] = (
+            None if breaker is None else getattr(breaker, "after_attempt", None))
+        if quiet is not None and quiet.log is not None and quiet.log.wants_success_lines():
+            quiet = None  # the log writes the first attempt's lines: it reads the events
+        self.quiet = quiet
+        self.events: Optional[CallEvents] = None if quiet is not None else CallEvents(
+            hooks, call.operation, call.service, max_attempts, call.method, call.url)
+
+    def _open(self) -> CallEvents:
+        """The event stream, opened for the rest of the call (see the class)."""
+        events = self.events
+        if events is None:
+            call, hooks = self.call, self.hooks
+            events = self.events = CallEvents(hooks, call.operation, call.service,
+                                              self.max_attempts, call.method, call.url)
+            if self.wall_start is not None:  # attempt 1 started quietly
+                stats = self.quiet.stats  # type: ignore[union-attr]  # quiet until now
+                if stats is not None:
+                    events.hooks = tuple(h for h in hooks if h is not stats)
+                events.emit(_START, 1, {"timestamp": self.wall_start})
+                events.hooks = hooks
+            self.quiet = None
+        return events
+
+    def admit(self, number: int, outcome: Optional[Outcome[T]]) -> Union[int, Finished[T]]:
+        """The breaker's ticket for attempt ``number`` (0 without a breaker); a refusal
+        raises :class:`CircuitOpenError` before the first attempt, and ends the call
+        after a later one."""
+        breaker = self.breaker
+        if breaker is None:
+            return 0
+        try:
+            ticket = breaker.before_attempt(self.call.service) or 0
+        except CircuitOpenError as exc:
+            events = self._open()
+            events.emit(EventKind.REJECTED, number,
+                        {"wait": exc.retry_in, "reason": "circuit_open", "error": exc})
+            if outcome is None:
+                exc.retry_history = tuple(events.history)  # type: ignore[attr-defined]
+                raise
+            return self.give_up(outcome, number - 1, "circuit_open")
+        if ticket:
+            self._open()  # a half-open probe: every consumer sees how it goes
+        return ticket
+
+    def attempt(self, attempt: Callable[[int], Outcome[T]], number: int,
+                ticket: int) -> Outcome[T]:
+        """Run attempt ``number`` between its START and its clock readings."""
+        events = self.events
+        if events is None:
+            self.wall_start = _time()
+            stats = self.quiet.stats  # type: ignore[union-attr]  # quiet: a plan is set
+            if stats is not None:
+                stats.quiet_start(self.call.operation)
+        else:
+            events.emit(_START, number)
+        clock = self.clock
         started = clock()
         if number == 1:
-            call_started = started
+            self.started = started
         try:
             outcome = attempt(number)
         except BaseException as exc:
             # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
             # interrupted: the call ends here, but its events still close it out.
-            reason = type(exc).__name__
-            ended = clock()
-            emit(EventKind.FAILURE, number,
-                 {"verdict": Verdict.PERMANENT, "reason": reason, "error": exc,
-                  "elapsed": ended - started})
-            emit(EventKind.GIVE_UP, number,
-                 {"verdict": Verdict.PERMANENT, "reason": reason, "give_up_reason": "error",
-                  "call_elapsed": ended - call_started})
-            attach_history(exc, tuple(history))
+            self.elapsed = clock() - started
+            raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
+                                         error=exc)
+            self.failed(raised, number, ticket)
+            attach_history(exc, tuple(self.give_up(raised, number, "error").history))
             raise
-        ended = clock()
-        elapsed = ended - started
+        self.elapsed = clock() - started
+        return outcome
+
+    def succeeded(self, outcome: Outcome[T], number: int, ticket: int) -> Finished[T]:
+        """The call ends on attempt ``number``'s success."""
+        elapsed = self.elapsed
+        record = self.record
+        events = self.events
+        if events is None:  # quiet: tell the built-in consumers directly
+            quiet: Quiet = self.quiet  # type: ignore[assignment]
+            call = self.call
+            if quiet.stats is not None:
+                quiet.stats.quiet_success(call.operation, elapsed)
+            if quiet.budget is not None:
+                quiet.budget.deposit(call.service)
+            if record is not None:
+                record(call.service, ticket, failed=False, weight=1.0)
+            return Finished(outcome, LazyHistory(
+                call, self.max_attempts, next_call_id(), self.wall_start, _time(), elapsed,
+                outcome.status_code))
+        events.emit(_SUCCESS, number,
+                    {"verdict": _SUCCESS_VERDICT, "elapsed": elapsed,
+                     "status_code": outcome.status_code,
+                     "call_elapsed": self.clock() - self.started})
+        if record is not None:
+            record(self.call.service, ticket, failed=False, weight=1.0)
+        return Finished(outcome, tuple(events.history))
+
+    def failed(self, outcome: Outcome[T], number: int, ticket: int) -> None:
+        """Attempt ``number`` failed: its FAILURE event, the breaker's record."""
         verdict = outcome.classification
-        if verdict.verdict is _SUCCESS_VERDICT:
-            emit(_SUCCESS, number,
-                 {"verdict": _SUCCESS_VERDICT, "elapsed": elapsed,
-                  "status_code": outcome.status_code, "call_elapsed": ended - call_started})
-            return Finished(outcome, tuple(history))
+        rule = self.rule = self.policy.rule_for(verdict.verdict)
+        weight = 1.0 if rule is None else rule.breaker_weight
+        self._open().emit(EventKind.FAILURE, number,
+                          {"verdict": verdict.verdict, "reason": verdict.reason,
+                           "error": outcome.signal or outcome.error,
+                           "status_code": outcome.status_code, "elapsed": self.elapsed,
+                           "retry_after": verdict.retry_after, "weight": weight})
+        seen = self.seen
+        if seen is None:
+            seen = self.seen = {}
+        seen[verdict.verdict] = seen.get(verdict.verdict, 0) + 1
+        if self.record is not None:
+            failed = verdict.retryable
+            self.record(self.call.service, ticket, failed=failed,
+                        weight=weight if failed else 1.0)
+
+    def give_up(self, outcome: Outcome[T], number: int, reason: str) -> Finished[T]:
+        """The call ends after attempt ``number`` without success: the one GIVE_UP."""
+        verdict = outcome.classification
+        policy = self.policy
         rule = policy.rule_for(verdict.verdict)
-        emit(EventKind.FAILURE, number,
-             {"verdict": verdict.verdict, "reason": verdict.reason,
-              "error": outcome.signal or outcome.error, "status_code": outcome.status_code,
-              "elapsed": elapsed, "retry_after": verdict.retry_after,
-              "weight": 1.0 if rule is None else rule.breaker_weight})
-        seen = failures_by_verdict[verdict.verdict] = failures_by_verdict.get(
-            verdict.verdict, 0) + 1
+        events = self._open()
+        events.emit(EventKind.GIVE_UP, number,
+                    {"verdict": verdict.verdict, "reason": verdict.reason,
+                     "status_code": outcome.status_code, "retry_after": verdict.retry_after,
+                     "give_up_reason": reason,
+                     "backoff_cap": (rule.backoff_for(policy) if rule is not None
+                                     else policy).backoff_max,
+                     "call_elapsed": self.clock() - self.started})
+        return Finished(outcome, tuple(events.history), reason)
 
-        give_up, wait = _decide(policy, verdict, outcome, number, max_attempts, previous_wait,
-                                rng, _time_left(scope, ends_at, clock), rule=rule, seen=seen)
-        if give_up is None and closed is not None and closed():
-            give_up = "closed"
-        if give_up is None and budget is not None and not budget.allow_retry(call.service):
-            give_up = "budget"
-        if give_up is not None:
-            cap = (rule.backoff_for(policy) if rule is not None else policy).backoff_max
-            emit(EventKind.GIVE_UP, number,
-                 {"verdict": verdict.verdict, "reason": verdict.reason,
-                  "status_code": outcome.status_code, "retry_after": verdict.retry_after,
-                  "give_up_reason": give_up, "backoff_cap": cap,
-                  "call_elapsed": clock() - call_started})
-            return Finished(outcome, tuple(history), give_up)
-
-        emit(EventKind.RETRY, number,  # the wait that follows: none in test mode
-             {"verdict": verdict.verdict, "reason": verdict.reason,
-              "wait": 0.0 if _testing._testing else wait,
-              "retry_after": verdict.retry_after})
-        _notify_on_retry(policy, number, outcome.signal or outcome.error)
+    def wait(self, outcome: Outcome[T], number: int, wait: float,
+             sleep: Callable[[float], None]) -> None:
+        """The RETRY event, ``on_retry``, then the backoff wait (none in test mode)."""
+        verdict = outcome.classification
+        self._open().emit(EventKind.RETRY, number,
+                          {"verdict": verdict.verdict, "reason": verdict.reason,
+                           "wait": 0.0 if _testing._testing else wait,
+                           "retry_after": verdict.retry_after})
+        _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
         try:
             _testing.sleeper(sleep)(wait)
         except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
-            emit(EventKind.GIVE_UP, number,
-                 {"verdict": verdict.verdict, "reason": verdict.reason,
-                  "give_up_reason": "interrupted", "call_elapsed": clock() - call_started})
-            attach_history(exc, tuple(history))
+            attach_history(exc, tuple(self.give_up(outcome, number, "interrupted").history))
             raise
-        if closed is not None and closed():  # closed during the wait
-            emit(EventKind.GIVE_UP, number,
-                 {"verdict": verdict.verdict, "reason": verdict.reason,
-                  "status_code": outcome.status_code, "give_up_reason": "closed",
-                  "call_elapsed": clock() - call_started})
-            return Finished(outcome, tuple(history), "closed")
-        previous_wait = wait
-    raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+        self.previous_wait = wait
 
-
-def _decide(
-    policy: RetryPolicy,
-    verdict: Classification,
-    outcome: Outcome[Any],
-    number: int,
-    max_attempts: int,
-    previous_wait: Optional[float],
-    rng: Any,
-    left: Optional[float],
-    *,
-    rule: Optional[VerdictRule] = None,
-    seen: int = 1,
-) -> tuple[Optional[str], float]:
-    """(give-up reason, or None and the seconds to wait before the next attempt).
-
-    ``rule`` is the policy's per-verdict rule for this failure and ``seen`` the number of
-    failures with this verdict so far in the call (this one included); ``left`` is the
-    time left before the deadline (``None``: none).
-    """
-    if not verdict.retryable:
-        return outcome.veto or "not_retryable", 0.0
-    if number >= max_attempts:
-        return "exhausted", 0.0
-    if outcome.veto is not None:
-        return outcome.veto, 0.0
-    if outcome.wait is not None:  # the attempt decided its wait (a urllib3 Retry)
-        return _fitting(outcome.wait, left)
-    settings: Union[RetryPolicy, ResolvedBackoff] = policy
-    respect_retry_after = policy.respect_retry_after
-    if rule is not None:
-        if rule.max_retries is not None and seen > rule.max_retries:
-            return "verdict_limit", 0.0
-        settings = rule.backoff_for(policy)
-        respect_retry_after = rule.retry_after_for(policy)
-    wait = backoff_delay(settings, number, previous=previous_wait, rng=rng)
-    asked = verdict.retry_after
-    # A vendor hook may hand over any float: NaN is no answer.
-    if asked is not None and respect_retry_after and not math.isnan(asked):
-        if asked > settings.backoff_max:
-            return "retry_after_too_long", 0.0
-        # The server's delay is a minimum: "Retry-After: 0" (or a date our clock already
-        # passed) must not turn into a burst of immediate retries.
-        wait = max(wait, asked)
-    return _fitting(wait, left)
-
-
-def _fitting(wait: float, left: Optional[float]) -> tuple[Optional[str], float]:
-    """A wait that cannot end before the deadline is not started."""
-    if left is not None and wait >= left:
-        return "deadline", 0.0
-    return None, wait
-
-
-def _time_left(scope: Optional[RetryScope], ends_at: Optional[float],
-               clock: Callable[[], float]) -> Optional[float]:
-    """Seconds left before the earliest deadline: the scope's (wall clock) and this
-    call's own (``ends_at`` on ``clock``, which tests inject)."""
-    left = None if scope is None else scope.remaining()
-    if ends_at is not None:
-        own = max(0.0, ends_at - clock())
-        left = own if left is None else min(left, own)
-    return left
+    def time_left(self) -> Optional[float]:
+        """Seconds left before the earliest deadline: the scope's (wall clock) and this
+        call's own (``ends_at`` on the injectable clock)."""
+        scope, ends_at = self.scope, self.ends_at
+        left = None if scope is None else scope.remaining()
+        if ends_at is not None:
+            own = max(0.0, ends_at - self.clock())
+            left = own if left is None else min(left, own)
+        return left
 
 
 def _notify_on_retry(policy: RetryPolicy, attempt: int, error: Optional[BaseException]) -> None:

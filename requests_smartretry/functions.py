@@ -87,6 +87,7 @@ from .engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    quiet_plan,
     run_call,
 )
 from .errors import CallTimeoutError, SmartRetryError
@@ -125,7 +126,7 @@ class _CallOptions:
     object."""
 
     __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
-                 "run_in_thread", "sleep")
+                 "quiet", "run_in_thread", "sleep")
 
     # The keywords that are the call's own; every other one is a RetryPolicy field.
     _DEFAULTS: Mapping[str, Any] = {
@@ -176,6 +177,7 @@ class _CallOptions:
         # the same consumers, in the same order, as SmartRetryAdapter's
         self.hooks = build_hooks(policy, extra=check_hooks(hooks), breaker=breaker,
                                  budget=budget)
+        self.quiet = quiet_plan(self.hooks)  # told directly while a call stays quiet
         self.breaker = breaker
         self.budget = budget
         self.sleep = sleep
@@ -237,7 +239,8 @@ def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
 
     finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
                                      breaker=config.breaker, budget=config.budget,
-                                     sleep=config.sleep, clock=config.clock)
+                                     sleep=config.sleep, clock=config.clock,
+                                     quiet=config.quiet)
     return finished.unwrap()
 
 

@@ -61,6 +61,7 @@ from requests_smartretry.engine import (
     check_clocks,
     check_hooks,
     mark_vetoed,
+    quiet_plan,
     run_call,
 )
 from requests_smartretry.errors import AttemptDeadlineExceeded as _CoreDeadlineExceeded
@@ -364,6 +365,7 @@ class SmartRetryTransport(httpx.BaseTransport):
         self._closed = False
         self._hooks = build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
                                   breaker=self.breaker, budget=self.budget)
+        self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
         # Call names by (method, URL): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
         self._names: Optional[dict[tuple[str, httpx.URL], CallInfo]] = (
@@ -423,7 +425,7 @@ class SmartRetryTransport(httpx.BaseTransport):
                 for stale in previous:  # a retry discards the last failed response
                     stale.close()
                 previous.clear()
-                if self._closed:  # closed after run_call last asked: send nothing
+                if self._closed:  # closed as the retry starts (a START hook): send nothing
                     raise RuntimeError("Cannot send a request, as the transport has been "
                                        "closed (before the retry; nothing more is sent).")
                 request.extensions = {**request.extensions, "timeout": asked_timeouts}
@@ -454,7 +456,7 @@ class SmartRetryTransport(httpx.BaseTransport):
 
         finished = run_call(policy, call, attempt, hooks=self._hooks, breaker=self.breaker,
                             budget=self.budget, sleep=self._sleep, clock=self._clock,
-                            closed=self._is_closed)
+                            closed=self._is_closed, quiet=self._quiet)
         return finished.unwrap()  # raises the last attempt's error, history attached
 
     def _guard_streamed_body(self, outcome: Outcome[httpx.Response], request: httpx.Request,

@@ -203,6 +203,11 @@ class LoggingHook:
     def __repr__(self) -> str:
         return f"LoggingHook(lang={self.lang!r})"
 
+    def wants_success_lines(self) -> bool:
+        """Whether a call whose first attempt succeeds gets lines (DEBUG is on): if not,
+        the retry loop need not build that call's events for this hook."""
+        return self.logger.isEnabledFor(_DEBUG)
+
     def __call__(self, event: AttemptEvent) -> None:
         """Write the line(s) for ``event``."""
         kind = event.kind

@@ -68,7 +68,11 @@ class LatencyHistogram:
             return
         # Bucket i > 0 holds (FLOOR·2^((i-1)/8), FLOOR·2^(i/8)]; past the last edge, the
         # overflow bucket.
-        self.buckets[bisect.bisect_left(_EDGES, seconds)] += 1
+        self.add_at(bisect.bisect_left(_EDGES, seconds), seconds)
+
+    def add_at(self, index: int, seconds: float) -> None:
+        """Record ``seconds`` (finite, >= 0) in bucket ``index``, found by the caller."""
+        self.buckets[index] += 1
         self.count += 1
         self.total += seconds
         if seconds < self.minimum:
@@ -262,6 +266,30 @@ class Stats:
                 if event.attempt == 1:  # refused before any attempt: the call ends here
                     counters.requests += 1
                     counters.refused += 1
+
+    # -- a quiet call (engine.Quiet): its first attempt counted without events ------------
+
+    def quiet_start(self, operation: str) -> None:
+        """What a call's first START counts (the loop calls it instead of emitting one)."""
+        with self._lock:
+            counters = self._operations.get(operation)
+            if counters is None:
+                counters = self._new_operation(operation)
+            counters.attempts += 1
+            counters.requests += 1
+
+    def quiet_success(self, operation: str, elapsed: float) -> None:
+        """What the SUCCESS of a call's first attempt counts: the attempt and the call took
+        ``elapsed`` seconds (one bucket search for both histograms)."""
+        with self._lock:
+            counters = self._operations.get(operation)
+            if counters is None:
+                counters = self._new_operation(operation)
+            counters.successes += 1
+            if 0.0 <= elapsed < math.inf:
+                index = bisect.bisect_left(_EDGES, elapsed)
+                counters.attempt_seconds.add_at(index, elapsed)
+                counters.call_seconds.add_at(index, elapsed)
 
     def _new_operation(self, operation: str) -> _Counters:
         if len(self._operations) >= self.max_operations:

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -83,6 +84,36 @@ def test_one_failure_is_retried_once(server: FaultServer, sleeps: SleepRecorder)
     assert response.status_code == 200
     assert server.hits(route(url)) == 2
     assert sleeps.waits == [1.0]
+
+
+def test_a_retry_reuses_the_pool_of_the_failed_response(server: FaultServer) -> None:
+    """A retry after a 503 goes out on the pool that answered it, and when that pool was
+    closed before the retry (pools evicted), on a fresh one: the retry still succeeds."""
+    evicting: list[bool] = []
+
+    def evict_at_retry(event: Any) -> None:
+        if evicting and event.kind is EventKind.FAILURE:  # evicted and closed (as 1.26 does)
+            event.error.response.raw._pool.close()
+            adapter.poolmanager.clear()
+
+    session = smart_session(max_retries=1, hooks=[evict_at_retry])
+    adapter = session.get_adapter("http://")
+    looked_up: list[str] = []
+    lookup = adapter_module._look_up_pool
+    if lookup is None:
+        pytest.skip("requests < 2.32.2 looks pools up in get_connection")
+
+    def counting(self: Any, request: Any, *args: Any) -> Any:
+        looked_up.append(request.url)
+        return lookup(self, request, *args)
+
+    with mock.patch.object(adapter_module, "_look_up_pool", counting):
+        assert session.get(seq(server, "503,ok")).status_code == 200
+        assert len(looked_up) == 1  # the retry did not look its pool up again
+        evicting.append(True)
+        url = seq(server, "503,ok")
+        assert session.get(url).status_code == 200
+        assert server.hits(route(url)) == 2 and len(looked_up) == 3
 
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:

@@ -50,10 +50,10 @@ def event(kind: EventKind, verdict: Verdict, service: str = SVC, weight: float =
 
 def attempt(breaker: CircuitBreaker, verdict: Verdict = Verdict.SERVER_ERROR,
             service: str = SVC, weight: float = 1.0) -> None:
-    """One attempt as the engine runs it: admission, then its result as an event."""
-    breaker.before_attempt(service)
-    kind = EventKind.SUCCESS if verdict is Verdict.SUCCESS else EventKind.FAILURE
-    breaker(event(kind, verdict, service, weight))
+    """One attempt as the engine runs it: admission, then its result with its ticket."""
+    ticket = breaker.before_attempt(service)
+    failed = verdict.retryable
+    breaker.after_attempt(service, ticket, failed=failed, weight=weight if failed else 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -239,3 +239,86 @@ def test_the_last_event_carries_the_call_time_backoff_included(ending: str) -> N
     assert [e.elapsed for e in events if e.kind in (EventKind.SUCCESS, EventKind.FAILURE)] \
         == [0.25, 0.25]
     assert all(e.call_elapsed is None for e in events[:-1])
+
+
+# -- the quiet call: built-in consumers told directly ----------------------------------------
+
+
+def _consumers() -> tuple[Any, Any, tuple[Any, ...]]:
+    from requests_smartretry import RetryBudget, Stats
+
+    stats, budget = Stats(), RetryBudget(ratio=0.5, max_tokens=10.0, min_per_second=0.0)
+    return stats, budget, (stats, budget)
+
+
+@pytest.mark.parametrize("script", [Script(OK), Script(failing(), OK)],
+                         ids=["first attempt succeeds", "retried"])
+def test_a_quiet_call_counts_what_its_events_would(script: Script) -> None:
+    """With only built-in consumers the loop skips the events while it can, yet the
+    statistics, the budget and the history come out as the event-driven ones: each
+    attempt and request counted once, one deposit per call, equal events."""
+    from requests_smartretry.engine import quiet_plan
+
+    results = []
+    for quiet in (False, True):
+        stats, budget, hooks = _consumers()
+        script.calls = 0
+        finished = run_call(RetryPolicy(), CALL, script, hooks=hooks, sleep=lambda s: None,
+                            quiet=quiet_plan(hooks) if quiet else None)
+        counts = stats.snapshot()["op"]
+        results.append((
+            [(e.kind, e.attempt, e.verdict, e.status_code, e.max_attempts)
+             for e in finished.history],
+            {k: counts[k] for k in ("requests", "attempts", "retries", "successes",
+                                    "in_flight")},
+            counts["attempt_seconds"]["count"], counts["call_seconds"]["count"],
+            budget.tokens("svc")))
+    assert results[0] == results[1]
+    assert results[1][1]["requests"] == 1 and results[1][1]["in_flight"] == 0
+
+
+def test_a_quiet_history_reads_as_a_sequence_of_events() -> None:
+    """A quiet success's history, built when read, is a read-only sequence equal to the
+    tuple of its START and SUCCESS events (one call id, one operation)."""
+    from requests_smartretry.engine import quiet_plan
+
+    hooks = _consumers()[2]
+    history = run_call(RetryPolicy(), CALL, Script(OK), hooks=hooks,
+                       quiet=quiet_plan(hooks)).history
+    assert len(history) == 2 and [e.kind for e in history] == [EventKind.START,
+                                                               EventKind.SUCCESS]
+    assert history == tuple(history) and history == list(history)
+    assert history[-1] is history[1] and history[:1] == (history[0],)
+    assert history[0].call_id == history[1].call_id and history[1].operation == "op"
+
+
+def test_a_user_hook_or_a_half_open_probe_sees_every_event() -> None:
+    """quiet_plan refuses hooks it does not know; a breaker's probe ticket opens the events
+    of a quiet call before its START, so the probe's events reach every consumer."""
+    from requests_smartretry.engine import quiet_plan
+
+    hooks = _consumers()[2]
+    assert quiet_plan((*hooks, print)) is None
+
+    class Probing:
+        """A breaker that admits every attempt as a half-open probe (ticket 7)."""
+
+        def __init__(self) -> None:
+            self.recorded: list[tuple[int, bool]] = []
+
+        def before_attempt(self, service: str) -> int:
+            return 7
+
+        def after_attempt(self, service: str, ticket: int, *, failed: bool,
+                          weight: float = 1.0) -> None:
+            self.recorded.append((ticket, failed))
+
+        def __call__(self, event: AttemptEvent) -> None:
+            raise AssertionError("a breaker with after_attempt is not a hook")
+
+    seen: list[AttemptEvent] = []
+    breaker = Probing()
+    run_call(RetryPolicy(), CALL, Script(OK), hooks=(*hooks, seen.append),
+             breaker=breaker, quiet=quiet_plan(hooks))
+    assert [e.kind for e in seen] == [EventKind.START, EventKind.SUCCESS]
+    assert breaker.recorded == [(7, False)]
