@@ -60,8 +60,8 @@ EXIT_CODES = {
     EXIT_OK: "success (status < 400)",
     EXIT_HTTP_ERROR: "HTTP error: final status >= 400 after retries",
     EXIT_USAGE: "bad usage (invalid arguments)",
-    EXIT_NETWORK: "network failure: refused, reset, DNS... on every attempt",
-    EXIT_TIMEOUT: "timeout: every attempt passed its deadline",
+    EXIT_NETWORK: "network failure: the last attempt was refused, reset, DNS...",
+    EXIT_TIMEOUT: "timeout: the last attempt passed its deadline",
     EXIT_BREAKER_OPEN: "circuit breaker open: the call or a retry was refused",
 }
 
