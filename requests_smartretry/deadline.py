@@ -363,8 +363,8 @@ class _WatchedPoolMixin:
         # even if the watchdog thread has not run yet: urllib3 closes the connection and
         # restores its pool slot, and requests raises ConnectTimeout, safe to retry.
         current = active_watch()
-        if current is not None and not current._done:
-            left = current.deadline_at - _monotonic()  # Watch.remaining, one frame less
+        left = None if current is None else current.remaining()
+        if left is not None:
             connects = conn.sock is None  # a fresh or a dropped connection
             if left <= 0.0:
                 raise DeadlineBeforeSending(
