@@ -28,8 +28,6 @@ OTHER_KEY = "__other__"
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
-_INF = math.inf
-_bisect_left = bisect.bisect_left
 
 
 class LatencyHistogram:
@@ -140,8 +138,8 @@ class _Counters:
     """The mutable tallies of one operation (always touched under the Stats lock)."""
 
     __slots__ = ("attempt_seconds", "attempts", "budget_denials", "call_seconds",
-                 "failures", "first_seconds", "give_ups", "refused", "rejections", "requests",
-                 "retries", "successes")
+                 "failures", "give_ups", "refused", "rejections", "requests", "retries",
+                 "successes")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -155,9 +153,6 @@ class _Counters:
         self.give_ups: dict[str, int] = {}
         self.attempt_seconds = LatencyHistogram()
         self.call_seconds = LatencyHistogram()
-        # Calls that succeeded at once (Stats.quiet_success): their attempt time is their
-        # call time, so it is counted once here and folded into both at snapshot time.
-        self.first_seconds = LatencyHistogram()
 
     def copy(self) -> _Counters:
         clone = _Counters()
@@ -173,15 +168,6 @@ class _Counters:
                 mine[key] = mine.get(key, 0) + n
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
-        self.first_seconds.merge(other.first_seconds)
-
-    def fold_first(self) -> None:
-        """Count the first-attempt successes in both latency histograms (on a copy)."""
-        first = self.first_seconds
-        if first.count:
-            self.attempt_seconds.merge(first)
-            self.call_seconds.merge(first)
-            self.first_seconds = LatencyHistogram()
 
     def as_dict(self) -> dict[str, Any]:
         give_ups = sum(self.give_ups.values())
@@ -294,14 +280,16 @@ class Stats:
 
     def quiet_success(self, operation: str, elapsed: float) -> None:
         """What the SUCCESS of a call's first attempt counts: the attempt and the call took
-        ``elapsed`` seconds (one insert, folded into both histograms by :meth:`snapshot`)."""
+        ``elapsed`` seconds (one bucket search for both histograms)."""
         with self._lock:
             counters = self._operations.get(operation)
             if counters is None:
                 counters = self._new_operation(operation)
             counters.successes += 1
-            if 0.0 <= elapsed < _INF:
-                counters.first_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
+            if 0.0 <= elapsed < math.inf:
+                index = bisect.bisect_left(_EDGES, elapsed)
+                counters.attempt_seconds.add_at(index, elapsed)
+                counters.call_seconds.add_at(index, elapsed)
 
     def _new_operation(self, operation: str) -> _Counters:
         if len(self._operations) >= self.max_operations:
@@ -319,7 +307,6 @@ class Stats:
         total = _Counters()
         result: dict[str, dict[str, Any]] = {}
         for name in sorted(copies):
-            copies[name].fold_first()
             total.merge(copies[name])
             result[name] = copies[name].as_dict()
         result[TOTAL_KEY] = total.as_dict()
@@ -350,11 +337,6 @@ class Stats:
         # calls in flight.
         for stale in ("_clock", "_started", "max_in_flight"):
             state.pop(stale, None)
-        for counters in state.get("_operations", {}).values():
-            try:
-                counters.first_seconds  # noqa: B018 - pickled before it existed?
-            except AttributeError:
-                counters.first_seconds = LatencyHistogram()
         self.__dict__.update(state)
         self._lock = threading.Lock()
         track(self)
