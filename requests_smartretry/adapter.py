@@ -655,8 +655,12 @@ class _Sending:
         # Hooks, on_retry and the caller see failures only with secrets removed.
         if outcome.error is not None:
             redact_exception(outcome.error)
-        if outcome.signal is not None and outcome.signal is not outcome.error:
-            redact_exception(outcome.signal)
+        signal = outcome.signal
+        # A signal without an error is our own HTTPError, its text built from the redacted
+        # URL and a reason code: only a cause chained to it (an undecodable body) is not.
+        if signal is not None and signal is not outcome.error and (
+                outcome.error is not None or signal.__cause__ is not None):
+            redact_exception(signal)
         if outcome.error is not None:
             self.replay.rewind()  # an enclosing call that repeats the request finds it whole
         # A retryable failure may be vetoed.  An error raised after sending that is not
