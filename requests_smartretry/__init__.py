@@ -20,14 +20,17 @@ from .errors import (
     AttemptDeadlineExceeded,
     CallTimeoutError,
     CircuitOpenError,
+    PollDeadlineExceeded,
     ResponseSignatureError,
     SmartRetryError,
+    TaskFailedError,
     attempt_history,
 )
 from .events import AttemptEvent, EventKind, Verdict
 from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
 from .policy import RetryPolicy, VerdictRule
+from .poll import poll_until
 from .presets import (
     payment_adapter,
     payment_session,
@@ -54,6 +57,7 @@ __all__ = [
     "EventKind",
     "LoggingHook",
     "MemoryStateStore",
+    "PollDeadlineExceeded",
     "RedisStateStore",
     "ResponseSignatureError",
     "RetryBudget",
@@ -64,6 +68,7 @@ __all__ = [
     "SmartRetryError",
     "StateStore",
     "Stats",
+    "TaskFailedError",
     "Verdict",
     "VerdictRule",
     "adapter_of",
@@ -74,6 +79,7 @@ __all__ = [
     "payment_session",
     "photo_adapter",
     "photo_session",
+    "poll_until",
     "reset_state",
     "set_testing",
     "smart_session",

@@ -16,10 +16,12 @@ from typing import Any, Optional
 from .events import AttemptEvent, EventKind
 from .testing import track
 
-__all__ = ["TOTAL_KEY", "LatencyHistogram", "Stats"]
+__all__ = ["TOTAL_KEY", "WAIT_OUTCOMES", "LatencyHistogram", "Stats"]
 
 #: The snapshot key under which the totals over every operation appear.
 TOTAL_KEY = "__total__"
+#: How a wait (:meth:`Stats.record_wait`) can end.
+WAIT_OUTCOMES = ("done", "failed", "deadline", "error")
 #: Operations beyond ``max_operations`` are counted together under this key.
 OTHER_KEY = "__other__"
 
@@ -138,8 +140,8 @@ class _Counters:
     """The mutable tallies of one operation (always touched under the Stats lock)."""
 
     __slots__ = ("attempt_seconds", "attempts", "budget_denials", "call_seconds",
-                 "failures", "give_ups", "refused", "rejections", "requests", "retries",
-                 "successes")
+                 "failures", "give_ups", "polls", "refused", "rejections", "requests",
+                 "retries", "successes", "wait_seconds", "waits")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -153,6 +155,10 @@ class _Counters:
         self.give_ups: dict[str, int] = {}
         self.attempt_seconds = LatencyHistogram()
         self.call_seconds = LatencyHistogram()
+        # Waits (poll_until): how each ended, the polls they made, the time to done.
+        self.waits: dict[str, int] = {}
+        self.polls = 0
+        self.wait_seconds = LatencyHistogram()
 
     def copy(self) -> _Counters:
         clone = _Counters()
@@ -161,16 +167,19 @@ class _Counters:
 
     def merge(self, other: _Counters) -> None:
         for name in ("requests", "attempts", "retries", "successes", "rejections",
-                     "refused", "budget_denials"):
+                     "refused", "budget_denials", "polls"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for mine, theirs in ((self.failures, other.failures), (self.give_ups, other.give_ups)):
+        for mine, theirs in ((self.failures, other.failures), (self.give_ups, other.give_ups),
+                             (self.waits, other.waits)):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
+        self.wait_seconds.merge(other.wait_seconds)
 
     def as_dict(self) -> dict[str, Any]:
         give_ups = sum(self.give_ups.values())
+        waits = sum(self.waits.values())
         return {
             "requests": self.requests,
             "attempts": self.attempts,
@@ -186,6 +195,11 @@ class _Counters:
             "retry_rate": self.retries / self.requests if self.requests else 0.0,
             "attempt_seconds": self.attempt_seconds.summary(),
             "call_seconds": self.call_seconds.summary(),
+            "waits": waits,
+            "waits_by_outcome": dict(sorted(self.waits.items())),
+            "polls": self.polls,
+            "polls_per_wait": self.polls / waits if waits else 0.0,
+            "seconds_to_done": self.wait_seconds.summary(),
         }
 
 
@@ -208,6 +222,11 @@ class Stats:
     ``in_flight``, ``retry_rate`` (retries per request) and latency summaries
     ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max), from the
     events' ``elapsed`` and ``call_elapsed`` (the retry loop measures both on its clock).
+    Waits for a task (:func:`~requests_smartretry.poll_until`, :meth:`record_wait`):
+    ``waits`` (ended) and ``waits_by_outcome`` (``done``, ``failed``, ``deadline``,
+    ``error``), ``polls`` and ``polls_per_wait``, and ``seconds_to_done`` (a latency
+    summary of the waits that ended done).  A poll is not an attempt: a task that is not
+    done yet is no failure.
     The totals over every operation are under :data:`TOTAL_KEY`.
 
     Thread safety: every event takes one short lock (no I/O, no callbacks under it);
@@ -290,6 +309,22 @@ class Stats:
                 index = bisect.bisect_left(_EDGES, elapsed)
                 counters.attempt_seconds.add_at(index, elapsed)
                 counters.call_seconds.add_at(index, elapsed)
+
+    def record_wait(self, operation: str, *, outcome: str, polls: int,
+                    seconds: float) -> None:
+        """Count one ended wait of ``operation``: how it ended (``outcome``: ``"done"``,
+        ``"failed"``, ``"deadline"`` or ``"error"``), the ``polls`` it made and the
+        ``seconds`` it took (the time to done, for a wait that ended done)."""
+        if outcome not in WAIT_OUTCOMES:
+            raise ValueError(f"outcome must be one of {WAIT_OUTCOMES}, got {outcome!r}")
+        with self._lock:
+            counters = self._operations.get(operation)
+            if counters is None:
+                counters = self._new_operation(operation)
+            counters.waits[outcome] = counters.waits.get(outcome, 0) + 1
+            counters.polls += polls
+            if outcome == "done":
+                counters.wait_seconds.add(seconds)
 
     def _new_operation(self, operation: str) -> _Counters:
         if len(self._operations) >= self.max_operations:
