@@ -299,10 +299,10 @@ class FaultServer:
             if request.method != "POST":
                 self._json(conn, 405, {"error": {"code": "MethodNotAllowed", "message": "POST"}})
                 return True
-            steps = query["steps"].split(",") if query.get("steps") else list(self.task_steps)
+            plan = query["steps"].split(",") if query.get("steps") else list(self.task_steps)
             with self._lock:
                 task_id = f"task-{len(self._tasks) + 1}"
-                self._tasks[task_id] = steps
+                self._tasks[task_id] = plan
             self._json(conn, 200, {"id": task_id})
             return True
         with self._lock:
