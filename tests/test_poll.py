@@ -267,3 +267,21 @@ def test_schedule_repr_and_values() -> None:
     schedule = PollSchedule(1, 2, 3)
     assert (schedule.after(None), schedule.after(1.0), schedule.after(2.0)) == (1.0, 2.0, 3.0)
     assert "interval_max=3.0" in repr(schedule)
+
+
+def test_deadline_cuts_a_hung_fetch() -> None:
+    """Real time: a fetch that hangs (an SDK call) is abandoned at the wait's deadline and
+    PollDeadlineExceeded is raised within 100 ms of it."""
+    import threading
+    import time
+
+    release = threading.Event()
+    try:
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded) as raised:
+            poll_until(lambda: release.wait(5), done=bool, deadline=0.3, log=False)
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()  # the abandoned attempt ends, its worker thread returns to the pool
+    assert 0.3 <= elapsed < 0.4
+    assert raised.value.polls == 1 and raised.value.last is None

@@ -113,6 +113,22 @@ def test_ark_deadline_is_raised_on_time_and_no_poll_starts_after_it() -> None:
     assert raised.value.polls == len(received)
 
 
+def test_ark_deadline_cuts_a_running_poll() -> None:
+    """A poll that hangs is cut at the wait's deadline (the request inside sees what is
+    left): PollDeadlineExceeded within 100 ms of it, after one request."""
+    with FakeArk(KEY, progress=("running",)) as fake:
+        session = video_session(KEY, endpoint=fake.endpoint)
+        task_id = ark_task(fake, session)
+        fake.script("query", ("hang", 5))
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded) as raised:
+            ark.wait_for_task(session, task_id, deadline=0.5)
+        elapsed = time.monotonic() - started
+        assert fake.hits() == 1
+    assert 0.5 <= elapsed < 0.6
+    assert raised.value.last is None and isinstance(raised.value.__cause__, requests.Timeout)
+
+
 def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
     """A 500 InternalServiceError on a poll is retried by the policy and the wait ends
     with the task."""
