@@ -9,7 +9,8 @@ variant), answered by a stateless server in a child process: ``{"status": "runni
 before it, ``{"status": "succeeded"}`` from it on.  Per variant, one thread per task polls
 until done; measured: polls per task, and the time-to-done overshoot (when the waiter
 returned minus ``ready_at``: what waiting costs in latency), mean / p50 / p99, plus the wall
-time of the whole fleet and the client CPU.
+time of the whole fleet, the mean time of one GET (how loaded the machine was) and the
+client CPU.
 
 Variants (all on one ``requests`` session per variant with a pool as large as the fleet):
 
@@ -54,6 +55,21 @@ def _serve(ports: Any) -> None:
     with FaultServer(handlers={"/bench/tasks/": _task}) as server:
         ports.put(server.port)
         threading.Event().wait()
+
+
+class _Timed:
+    """Wraps ``session.get`` to add up the seconds spent in requests (per thread)."""
+
+    def __init__(self, session: requests.Session) -> None:
+        self.session = session
+        self.seconds: list[float] = []
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        started = time.monotonic()
+        try:
+            return self.session.get(url, **kwargs)
+        finally:
+            self.seconds.append(time.monotonic() - started)
 
 
 def _session(smart: bool, pool: int) -> requests.Session:
@@ -103,7 +119,8 @@ VARIANTS: dict[str, tuple[bool, Callable[[requests.Session, str, float], int]]] 
 
 def run_fleet(name: str, port: int, delays: list[float], interval: float) -> dict[str, Any]:
     smart, wait = VARIANTS[name]
-    session = _session(smart, len(delays))
+    plain = _session(smart, len(delays))
+    session: Any = _Timed(plain)
     start = time.time() + 0.5  # every thread is started by then
     results: list[tuple[int, float]] = [(0, 0.0)] * len(delays)
 
@@ -122,7 +139,7 @@ def run_fleet(name: str, port: int, delays: list[float], interval: float) -> dic
         thread.join()
     wall = time.time() - start
     cpu = time.process_time() - cpu
-    session.close()
+    plain.close()
     polls = [p for p, _ in results]
     overshoot = sorted(o for _, o in results)
     return {
@@ -131,6 +148,7 @@ def run_fleet(name: str, port: int, delays: list[float], interval: float) -> dic
         "overshoot_mean": statistics.mean(overshoot),
         "overshoot_p50": overshoot[len(overshoot) // 2],
         "overshoot_p99": overshoot[min(len(overshoot) - 1, int(len(overshoot) * 0.99))],
+        "get_mean": statistics.mean(session.seconds),
         "wall": wall,
         "cpu": cpu,
     }
@@ -156,12 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
     print(f"{args.tasks} tasks (threads), done after U({args.min_seconds:g}, "
           f"{args.max_seconds:g}) s, interval {args.interval:g} s\n")
-    print("| variant | polls per task | overshoot mean | p50 | p99 | fleet wall | client CPU |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | polls per task | overshoot mean | p50 | p99 | GET mean | fleet wall "
+          "| client CPU |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(f"| {row['variant']} | {row['polls_per_task']:.2f} | "
               f"{row['overshoot_mean']:.3f} s | {row['overshoot_p50']:.3f} s | "
-              f"{row['overshoot_p99']:.3f} s | {row['wall']:.1f} s | {row['cpu']:.1f} s |")
+              f"{row['overshoot_p99']:.3f} s | {row['get_mean'] * 1000:.1f} ms | "
+              f"{row['wall']:.1f} s | {row['cpu']:.1f} s |")
     return 0
 
 
