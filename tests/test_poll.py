@@ -285,3 +285,19 @@ def test_deadline_cuts_a_hung_fetch() -> None:
         release.set()  # the abandoned attempt ends, its worker thread returns to the pool
     assert 0.3 <= elapsed < 0.4
     assert raised.value.polls == 1 and raised.value.last is None
+
+
+def test_not_done_counts_nothing_against_the_breaker_or_the_budget() -> None:
+    """Twenty polls that are not done leave a one-failure breaker closed and spend no
+    retry token: for both, each poll is a success."""
+    from requests_smartretry import CircuitBreaker, RetryBudget
+
+    line = Timeline()
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    budget = RetryBudget()
+    before = budget.tokens("job")
+    fetch = sequence(*(["running"] * 20), "done")
+    poll_until(fetch, done=lambda v: v == "done", deadline=600.0, interval_max=1.0,
+               operation_name="job", breaker=breaker, budget=budget, **line.options())
+    assert breaker.state("job") == "closed"
+    assert budget.tokens("job") >= before
