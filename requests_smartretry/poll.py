@@ -23,8 +23,9 @@ left), a pause that would end after it is cut short, and no poll starts after it
 Shape: :class:`Waiting` decides, and knows no I/O.  Its :meth:`Waiting.steps` is a
 generator that yields what to do next, a :class:`Poll` (the driver fetches and sends the
 value back, or throws the fetch's error in) or a :class:`Pause` (the driver sleeps), and
-returns the done value.  :func:`poll_until` is its synchronous driver (:func:`drive`); an
-asynchronous driver awaits the same steps.
+returns the done value.  :func:`poll_until` is its synchronous driver (:func:`drive`);
+:func:`drive_async` awaits the same steps (for an async fetch, once the callable API can
+await one: the poll is then an awaitable smart call, the pause ``asyncio.sleep``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
@@ -45,7 +46,7 @@ from .functions import execute_with_smart_retry, with_retry
 from .log import log_wait
 from .stats import Stats
 
-__all__ = ["Pause", "Poll", "PollSchedule", "Waiting", "drive", "poll_until"]
+__all__ = ["Pause", "Poll", "PollSchedule", "Waiting", "drive", "drive_async", "poll_until"]
 
 T = TypeVar("T")
 _log = logging.getLogger("requests_smartretry")
@@ -330,6 +331,30 @@ def drive(steps: Generator[Step, Any, T], poll: Callable[[Poll], Any],
                 continue
             try:
                 value = poll(step)
+            except Exception as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(value)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        steps.close()
+
+
+async def drive_async(steps: Generator[Step, Any, T], poll: Callable[[Poll], Awaitable[Any]],
+                      sleep: Callable[[float], Awaitable[Any]]) -> T:
+    """:func:`drive` for asyncio: the same steps, with ``await poll(step)`` and ``await
+    sleep(seconds)`` (``asyncio.sleep``), so the event loop is never blocked.  The
+    decisions are :meth:`Waiting.steps`' alone: no second loop to keep in step."""
+    try:
+        step = next(steps)
+        while True:
+            if isinstance(step, Pause):
+                await sleep(step.seconds)
+                step = steps.send(None)
+                continue
+            try:
+                value = await poll(step)
             except Exception as exc:
                 step = steps.throw(exc)
             else:

@@ -301,3 +301,27 @@ def test_not_done_counts_nothing_against_the_breaker_or_the_budget() -> None:
                operation_name="job", breaker=breaker, budget=budget, **line.options())
     assert breaker.state("job") == "closed"
     assert budget.tokens("job") >= before
+
+
+def test_the_same_decisions_drive_an_async_wait() -> None:
+    """drive_async runs Waiting.steps with an awaited poll and an awaited sleep: the same
+    decisions (interval growth, the done value) without a second loop."""
+    import asyncio
+
+    from requests_smartretry.poll import drive_async
+
+    clock = FakeClock()
+    values = iter(["queued", "running", "done"])
+    pauses: list[float] = []
+
+    async def poll(step: Poll) -> str:
+        return next(values)
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.advance(seconds)
+
+    waiting = Waiting(lambda v: v == "done", deadline=60.0, operation="job", clock=clock,
+                      log=False)
+    assert asyncio.run(drive_async(waiting.steps(), poll, sleep)) == "done"
+    assert pauses == [1.0, 1.5]
