@@ -3,14 +3,14 @@
     python benchmarks/waiters.py                  # 1,000 tasks, ~1 minute: markdown on stdout
     python benchmarks/waiters.py --tasks 100      # a smoke run
 
-Each task becomes done at a moment the client chose (``ready_at``, uniform over
-``--min-seconds``..``--max-seconds`` after the start; the same seeded moments for every
-variant), answered by a stateless server in a child process: ``{"status": "running"}``
-before it, ``{"status": "succeeded"}`` from it on.  Per variant, one thread per task polls
-until done; measured: polls per task, and the time-to-done overshoot (when the waiter
-returned minus ``ready_at``: what waiting costs in latency), mean / p50 / p99, plus the wall
-time of the whole fleet, the mean time of one GET (how loaded the machine was) and the
-client CPU.
+Each task is submitted at a moment spread over ``--spread`` seconds and becomes done
+``U(--min-seconds, --max-seconds)`` after it (``ready_at``, chosen by the client; the same
+seeded moments for every variant), answered by a stateless server in a child process:
+``{"status": "running"}`` before it, ``{"status": "succeeded"}`` from it on.  Per variant,
+one thread per task polls until done.  Measured: polls per task; the time-to-done
+overshoot (when the waiter returned minus ``ready_at``: what waiting costs in latency),
+mean / p50 / p99; the wall time of the whole fleet; the mean time of one GET (how loaded
+the machine was); the client CPU.
 
 Variants (all on one ``requests`` session per variant with a pool as large as the fleet):
 
@@ -117,7 +117,8 @@ VARIANTS: dict[str, tuple[bool, Callable[[requests.Session, str, float], int]]] 
 }
 
 
-def run_fleet(name: str, port: int, delays: list[float], interval: float) -> dict[str, Any]:
+def run_fleet(name: str, port: int, delays: list[float], offsets: list[float],
+              interval: float) -> dict[str, Any]:
     smart, wait = VARIANTS[name]
     plain = _session(smart, len(delays))
     session: Any = _Timed(plain)
@@ -125,9 +126,10 @@ def run_fleet(name: str, port: int, delays: list[float], interval: float) -> dic
     results: list[tuple[int, float]] = [(0, 0.0)] * len(delays)
 
     def one(index: int) -> None:
-        ready_at = start + delays[index]
+        submitted = start + offsets[index]
+        ready_at = submitted + delays[index]
         url = f"http://127.0.0.1:{port}/bench/tasks/{index}?ready_at={ready_at:.6f}"
-        time.sleep(max(0.0, start - time.time()))
+        time.sleep(max(0.0, submitted - time.time()))
         polls = wait(session, url, interval)
         results[index] = (polls, time.time() - ready_at)
 
@@ -160,20 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.5)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--max-seconds", type=float, default=8.0)
+    parser.add_argument("--spread", type=float, default=2.0,
+                        help="tasks are submitted over this many seconds (a real fleet's "
+                        "waits do not start in the same millisecond)")
     parser.add_argument("--seed", type=int, default=25)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     delays = [rng.uniform(args.min_seconds, args.max_seconds) for _ in range(args.tasks)]
+    offsets = [rng.uniform(0.0, args.spread) for _ in range(args.tasks)]
     ports: Any = multiprocessing.Queue()
     server = multiprocessing.Process(target=_serve, args=(ports,), daemon=True)
     server.start()
     try:
         port = ports.get(timeout=30)
-        rows = [run_fleet(name, port, delays, args.interval) for name in VARIANTS]
+        rows = [run_fleet(name, port, delays, offsets, args.interval) for name in VARIANTS]
     finally:
         server.terminate()
-    print(f"{args.tasks} tasks (threads), done after U({args.min_seconds:g}, "
-          f"{args.max_seconds:g}) s, interval {args.interval:g} s\n")
+    print(f"{args.tasks} tasks (threads) submitted over {args.spread:g} s, each done "
+          f"U({args.min_seconds:g}, {args.max_seconds:g}) s after it, interval "
+          f"{args.interval:g} s\n")
     print("| variant | polls per task | overshoot mean | p50 | p99 | GET mean | fleet wall "
           "| client CPU |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
