@@ -30,6 +30,7 @@ await one: the poll is then an awaitable smart call, the pause ``asyncio.sleep``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -44,6 +45,7 @@ from .errors import PollDeadlineExceeded, TaskFailedError, attempt_history
 from .events import EventKind
 from .functions import execute_with_smart_retry, with_retry
 from .log import log_wait
+from .policy import RetryPolicy
 from .stats import Stats
 
 __all__ = ["Pause", "Poll", "PollSchedule", "Waiting", "drive", "drive_async", "poll_until"]
@@ -421,6 +423,10 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
                                               Callable[[float], None]]:
     """Validate a wait's arguments once and build its parts: the :class:`Waiting`, the
     function making one poll (one smart call within the time left) and the sleep."""
+    _check_fetch(fetch)
+    unknown = set(options) - RetryPolicy.field_names() - _CALL_KEYWORDS
+    if unknown:
+        raise TypeError(f"poll_until() got unexpected keyword(s): {', '.join(sorted(unknown))}")
     if operation_name is not None and (not isinstance(operation_name, str) or not operation_name):
         raise TypeError(f"operation_name must be a non-empty str or None, got {operation_name!r}")
     # The callable API validates every keyword (and refuses an async or generator fetch)
@@ -439,6 +445,19 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
         return execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
 
     return waiting, poll, sleep
+
+
+#: The callable API's own keywords (every other one of ``options`` is a policy field).
+_CALL_KEYWORDS = frozenset({"policy", "hooks", "breaker", "budget", "sleep", "clock",
+                            "run_in_thread", "retry_on", "classify"})
+
+
+def _check_fetch(fetch: Any) -> None:
+    if not callable(fetch):
+        raise TypeError(f"poll_until() needs a callable fetch, got {fetch!r}")
+    if inspect.iscoroutinefunction(fetch) or inspect.isasyncgenfunction(fetch):
+        raise TypeError(f"poll_until() polls a synchronous fetch; {fetch!r} is async (its "
+                        "coroutine would never be awaited)")
 
 
 def _name_of(fetch: Callable[..., Any]) -> str:

@@ -241,7 +241,7 @@ def test_the_decisions_run_without_io() -> None:
     ({"stats": {}}, TypeError, "stats must be a Stats"),
     ({"operation_name": ""}, TypeError, "operation_name must be a non-empty str"),
     ({"max_retries": -1}, ValueError, "max_retries"),
-    ({"bogus": 1}, TypeError, "bogus"),
+    ({"bogus": 1}, TypeError, r"poll_until\(\) got unexpected keyword\(s\): bogus"),
 ])
 def test_bad_arguments_are_refused_by_name(options: dict[str, Any], error: type,
                                            message: str) -> None:
@@ -258,8 +258,10 @@ def test_async_fetch_is_refused() -> None:
     async def fetch() -> str:
         return "done"
 
-    with pytest.raises(TypeError, match="async"):
+    with pytest.raises(TypeError, match=r"poll_until\(\) polls a synchronous fetch; .* is async"):
         poll_until(fetch, done=bool, deadline=1.0)
+    with pytest.raises(TypeError, match="needs a callable fetch"):
+        poll_until("https://example.invalid", done=bool, deadline=1.0)  # type: ignore[arg-type]
 
 
 def test_schedule_repr_and_values() -> None:
@@ -271,7 +273,8 @@ def test_schedule_repr_and_values() -> None:
 
 def test_deadline_cuts_a_hung_fetch() -> None:
     """Real time: a fetch that hangs (an SDK call) is abandoned at the wait's deadline and
-    PollDeadlineExceeded is raised within 100 ms of it."""
+    PollDeadlineExceeded is raised right after it (the callable API's 50 ms grace, plus a
+    generous margin for a loaded machine; far below the fetch's 5 s)."""
     import threading
     import time
 
@@ -283,7 +286,7 @@ def test_deadline_cuts_a_hung_fetch() -> None:
         elapsed = time.monotonic() - started
     finally:
         release.set()  # the abandoned attempt ends, its worker thread returns to the pool
-    assert 0.3 <= elapsed < 0.4
+    assert 0.3 <= elapsed < 0.6
     assert raised.value.polls == 1 and raised.value.last is None
 
 
