@@ -115,7 +115,8 @@ def test_ark_deadline_is_raised_on_time_and_no_poll_starts_after_it() -> None:
 
 def test_ark_deadline_cuts_a_running_poll() -> None:
     """A poll that hangs is cut at the wait's deadline (the request inside sees what is
-    left): PollDeadlineExceeded within 100 ms of it, after one request."""
+    left, and the watchdog cuts its socket): PollDeadlineExceeded right after it (a
+    generous margin for a loaded machine; the server would hang 5 s), after one request."""
     with FakeArk(KEY, progress=("running",)) as fake:
         session = video_session(KEY, endpoint=fake.endpoint)
         task_id = ark_task(fake, session)
@@ -125,7 +126,7 @@ def test_ark_deadline_cuts_a_running_poll() -> None:
             ark.wait_for_task(session, task_id, deadline=0.5)
         elapsed = time.monotonic() - started
         assert fake.hits() == 1
-    assert 0.5 <= elapsed < 0.6
+    assert 0.5 <= elapsed < 0.65
     assert raised.value.last is None and isinstance(raised.value.__cause__, requests.Timeout)
 
 
