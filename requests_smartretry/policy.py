@@ -79,7 +79,7 @@ class RetryPolicy:
     lang: str = "zh"
     #: Connect timeout per attempt; default: ``timeout``.
     connect_timeout: Optional[float] = None
-    #: Statuses that are retried (429 and all 5xx by default).
+    #: Statuses that are retried (408, 429 and all 5xx by default).
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     #: Methods retried even when the request may have reached the server.
     idempotent_methods: frozenset[str] = DEFAULT_IDEMPOTENT_METHODS
