@@ -192,3 +192,16 @@ def test_a_repeated_block_reuses_its_derived_policy() -> None:
     assert derived[0] is derived[1] is derived[2]
     assert (derived[0].max_retries, derived[0].timeout) == (0, 2.0)
     assert policy.max_retries == 1  # the original is untouched
+
+
+def test_overridden_names_reach_the_statistics(server: FaultServer) -> None:
+    """A block's operation_name names the call in the adapter's own statistics, and the
+    adapter's policy keeps its name outside the block."""
+    from requests_smartretry import stats_of
+
+    session = smart_session(operation_name="下载", sleep=Waits())
+    with retry_options(operation_name="轮询"):
+        session.get(server.url("/ok"))
+    session.get(server.url("/ok"))
+    snapshot = stats_of(session).snapshot()
+    assert (snapshot["轮询"]["calls"], snapshot["下载"]["calls"]) == (1, 1)
