@@ -29,6 +29,7 @@ from .errors import (
 from .events import AttemptEvent, EventKind, Verdict
 from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
+from .overrides import retry_options
 from .policy import RetryPolicy, VerdictRule
 from .poll import poll_until
 from .presets import (
@@ -81,6 +82,7 @@ __all__ = [
     "photo_session",
     "poll_until",
     "reset_state",
+    "retry_options",
     "set_testing",
     "smart_session",
     "stats_of",

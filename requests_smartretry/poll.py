@@ -45,6 +45,7 @@ from .errors import PollDeadlineExceeded, TaskFailedError, attempt_history
 from .events import EventKind
 from .functions import execute_with_smart_retry, with_retry
 from .log import log_wait
+from .overrides import current_overrides, retry_options
 from .policy import RetryPolicy
 from .stats import Stats
 
@@ -429,6 +430,12 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
         raise TypeError(f"poll_until() got unexpected keyword(s): {', '.join(sorted(unknown))}")
     if operation_name is not None and (not isinstance(operation_name, str) or not operation_name):
         raise TypeError(f"operation_name must be a non-empty str or None, got {operation_name!r}")
+    # A retry_options(deadline=...) block around the wait overrides its deadline, as it
+    # does any smart call's; each poll then runs in a block of its own, with what is left.
+    outer = current_overrides()
+    overridden = outer is not None and outer.fields.get("deadline") is not None
+    if overridden:
+        deadline = outer.fields["deadline"]  # type: ignore[union-attr]
     # The callable API validates every keyword (and refuses an async or generator fetch)
     # once, here, with its own messages; each poll then only sets the time left.
     wrapped = with_retry(fetch, smart=True, deadline=deadline, **options)
@@ -442,6 +449,9 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
     sleep: Callable[[float], None] = options.get("sleep", time.sleep)
 
     def poll(step: Poll) -> Any:
+        if overridden:
+            with retry_options(deadline=step.seconds_left):
+                return execute_with_smart_retry(fetch, **options)
         return execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
 
     return waiting, poll, sleep

@@ -75,7 +75,7 @@ def test_not_done_is_no_failure(log_lines: LineCollector) -> None:
     assert not [e for e in events if e.kind is EventKind.FAILURE]
     assert not [r for r in log_lines.records if r.levelno >= logging.WARNING]
     row = stats.snapshot()["视频任务状态查询"]
-    assert (row["requests"], row["failures"], row["retries"]) == (4, 0, 0)
+    assert (row["calls"], row["attempts_failed"], row["retries"]) == (4, 0, 0)
     assert (row["waits"], row["waits_by_outcome"], row["polls"]) == (1, {"done": 1}, 4)
     assert row["seconds_to_done"]["max"] == pytest.approx(1.0 + 1.5 + 2.25)
     progress = [r.getMessage() for r in log_lines.records
@@ -328,3 +328,24 @@ def test_the_same_decisions_drive_an_async_wait() -> None:
                       log=False)
     assert asyncio.run(drive_async(waiting.steps(), poll, sleep)) == "done"
     assert pauses == [1.0, 1.5]
+
+
+def test_a_retry_options_deadline_bounds_the_wait_and_each_poll() -> None:
+    """Inside ``retry_options(deadline=3.0)`` the wait's deadline is 3 s (the block
+    overrides it, as for any smart call), and each poll still gets only what is left."""
+    from requests_smartretry import deadline as deadlines
+    from requests_smartretry import retry_options
+
+    line = Timeline()
+    seen: list[float] = []
+
+    def fetch() -> str:
+        left = deadlines.remaining()
+        seen.append(round(left or 0.0, 1))
+        return "running"
+
+    with retry_options(deadline=3.0), pytest.raises(PollDeadlineExceeded) as raised:
+        poll_until(fetch, done=lambda v: v == "done", deadline=600.0, interval=1.0,
+                   interval_multiplier=1.0, **line.options())
+    assert raised.value.deadline == 3.0 and raised.value.polls == 3
+    assert seen == [3.0, 2.0, 1.0]

@@ -70,8 +70,8 @@ def test_ark_task_done_after_n_polls_is_n_requests_and_no_failure(
     assert done["status"] == "succeeded" and done["content"]["video_url"].endswith(".mp4")
     assert warnings(log_lines) == []
     snapshot = stats_of(session).snapshot()
-    assert snapshot["__total__"]["failures"] == 0
-    assert snapshot["查询视频任务状态"]["requests"] == 4
+    assert snapshot["__total__"]["attempts_failed"] == 0
+    assert snapshot["查询视频任务状态"]["calls"] == 4
     wait = snapshot["视频任务状态查询"]
     assert (wait["waits_by_outcome"], wait["polls"]) == ({"done": 1}, 4)
     assert line.sleeps == [1.0, 1.5, 2.25]
@@ -287,7 +287,7 @@ def test_visual_task_done_after_n_polls(visual: FakeVisual, log_lines: LineColle
     assert len(visual.valid_signatures) == 4  # the submission and every poll verified
     assert warnings(log_lines) == []
     snapshot = stats_of(session).snapshot()
-    assert snapshot["__total__"]["failures"] == 0
+    assert snapshot["__total__"]["attempts_failed"] == 0
     assert snapshot["艺术照任务状态查询"]["waits_by_outcome"] == {"done": 1}
 
 
