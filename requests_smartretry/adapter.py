@@ -30,6 +30,7 @@ from .budget import DEFAULT_BUDGET
 from .classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     classify_exception,
     classify_http_response,
@@ -629,6 +630,15 @@ class _Sending:
                 _PREVIOUS_ATTEMPTS.reset(token)
         else:  # first attempt: previous_attempts() is already ()
             to_send = adapter.prepare_attempt(request, number)
+        scope = current_scope()
+        counted = None if scope is None else scope.ledger
+        if counted is not None:  # inside a callable-API attempt: count what may execute
+            if self.idempotent is None:
+                self.idempotent = adapter.is_idempotent(request)
+            if self.idempotent:
+                counted = None
+            elif not counted.start_unsafe():
+                return _enclosing_over(request)
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
@@ -641,6 +651,8 @@ class _Sending:
         finally:
             if reuse is not None:
                 _REUSE_POOL.reset(reuse)
+        if counted is not None and outcome.classification.safe_to_repeat:
+            counted.not_executed()  # nothing sent, or the server said it did not act
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return outcome  # the common case: nothing to remember, redact or veto
         return self._failed(outcome)
@@ -675,6 +687,15 @@ class _Sending:
             outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
             mark_vetoed(outcome)  # final for an enclosing retrying call too
         return outcome
+
+
+def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    """The outcome of a request that is not idempotent, made inside a callable-API attempt
+    that is already over (abandoned at its deadline): it is not sent, and not retried."""
+    error = AttemptDeadlineExceeded(
+        "the enclosing execute_with_retry attempt is over (abandoned at its deadline); "
+        "this request is not idempotent and was not sent", request=request)
+    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
 
 
 def smart_session(

@@ -44,6 +44,7 @@ from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     classify_by_type,
     classify_http_response,
@@ -51,7 +52,13 @@ from requests_smartretry.classify import (
     veto,
 )
 from requests_smartretry.collaborators import resolve_collaborators
-from requests_smartretry.deadline import NoTimeLeft, Watch, active_watch, attempt_seconds
+from requests_smartretry.deadline import (
+    NoTimeLeft,
+    Watch,
+    active_watch,
+    attempt_seconds,
+    current_scope,
+)
 from requests_smartretry.engine import (
     BreakerGate,
     BudgetGate,
@@ -436,7 +443,22 @@ class SmartRetryTransport(httpx.BaseTransport):
                     to_send = _attempt_request(request, policy.prepare_attempt, number)
                 finally:
                     _PREVIOUS_ATTEMPTS.reset(token)
+            scope = current_scope()
+            counted = None if scope is None else scope.ledger
+            if counted is not None:  # inside a callable-API attempt: count what may execute
+                if idempotent is None:
+                    idempotent = is_idempotent(policy, _RequestView(request, request.headers))
+                if idempotent:
+                    counted = None
+                elif not counted.start_unsafe():
+                    error = AttemptDeadlineExceeded(
+                        "the enclosing execute_with_retry attempt is over (abandoned at its "
+                        "deadline); this request is not idempotent and was not sent",
+                        request=request)
+                    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
             outcome = self._attempt(to_send, read_body)
+            if counted is not None and outcome.classification.safe_to_repeat:
+                counted.not_executed()  # nothing sent, or the server said it did not act
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 if not read_body:  # read later: a failure then is final as one now would be
                     self._guard_streamed_body(outcome, request, replayable)
