@@ -78,6 +78,7 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     _Timeouts,
     is_idempotent,
     operation_name,
+    refuse_consumed_body,
     service_name,
 )
 from .stats import Stats
@@ -602,6 +603,8 @@ class _Sending:
         #: With a urllib3 Retry as max_retries: its state for the next attempt.
         self.states = states
         self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        if not self.replay.replayable:
+            refuse_consumed_body(request)
         #: The last failed attempt's response, which the retry discards.
         self.previous: Optional[requests.Response] = None
         #: The verdicts of the failed attempts so far, for previous_attempts().

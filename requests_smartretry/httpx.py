@@ -88,6 +88,7 @@ from requests_smartretry.stats import Stats
 
 __all__ = [
     "AttemptDeadlineExceeded",
+    "BodyNotReplayable",
     "SmartClient",
     "SmartRetryTransport",
     "classify_httpx_exception",
@@ -111,6 +112,28 @@ class AttemptDeadlineExceeded(httpx.ReadTimeout, _CoreDeadlineExceeded):  # type
     An ``httpx.ReadTimeout`` (so httpx-based SDKs report their timeout error) and the
     package's :class:`~requests_smartretry.AttemptDeadlineExceeded` alike.
     """
+
+
+class BodyNotReplayable(httpx.StreamConsumed):
+    """A request body that cannot be replayed was already sent once (a 307/308 redirect
+    repeats the request with the same body): it is refused before anything is sent,
+    never sent empty or partial.  An ``httpx.StreamConsumed``, with a message that says
+    which request."""
+
+    def __init__(self, message: str) -> None:
+        httpx.StreamError.__init__(self, message)
+
+
+def _refuse_consumed(request: httpx.Request) -> None:
+    stream: Any = request.stream
+    inner = getattr(stream, "_stream", None)  # httpx's IteratorByteStream keeps it here
+    if getattr(stream, "_is_stream_consumed", False) is True and inner is not None and (
+            hasattr(inner, "read") or iter(inner) is inner):  # a file, a generator: one-shot
+        raise BodyNotReplayable(
+            f"the body of this {request.method} to {redact_url(str(request.url))} was "
+            "already sent once and cannot be replayed (a 307/308 redirect repeats the "
+            "request with the same body); an empty or partial body is never sent: pass "
+            "bytes to follow such redirects")
 
 
 class _DeadlineBeforeSending(httpcore.ConnectTimeout):
@@ -421,6 +444,8 @@ class SmartRetryTransport(httpx.BaseTransport):
         call = self._call_info(request)
         read_body = request.extensions.get(STREAM_EXTENSION) is False
         replayable = isinstance(request.stream, httpx.ByteStream)
+        if not replayable:
+            _refuse_consumed(request)
         asked_timeouts = request.extensions.get("timeout")
         previous: list[httpx.Response] = []
         verdicts: list[Classification] = []  # for previous_attempts()
