@@ -301,7 +301,9 @@ class _RequestView:
         self.method = request.method
         self.url = str(request.url)
         self.headers = headers
-        self.body: Optional[bytes] = (request.content
+        # A ByteStream's bytes, also for a request httpx built around one without reading
+        # it (a 307/308 redirect), whose .content would raise RequestNotRead.
+        self.body: Optional[bytes] = (b"".join(request.stream)
                                       if isinstance(request.stream, httpx.ByteStream) else None)
 
 
