@@ -602,9 +602,12 @@ class _Sending:
         self.socket_timeout = socket_timeout
         #: With a urllib3 Retry as max_retries: its state for the next attempt.
         self.states = states
-        self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        if not self.replay.replayable:
-            refuse_consumed_body(request)
+        if request.body is None:
+            self.replay = _NO_BODY
+        else:
+            self.replay = _BodyReplay(request)
+            if not self.replay.replayable:
+                refuse_consumed_body(request)  # a redirect of a generator already sent
         #: The last failed attempt's response, which the retry discards.
         self.previous: Optional[requests.Response] = None
         #: The verdicts of the failed attempts so far, for previous_attempts().
@@ -633,15 +636,16 @@ class _Sending:
                 _PREVIOUS_ATTEMPTS.reset(token)
         else:  # first attempt: previous_attempts() is already ()
             to_send = adapter.prepare_attempt(request, number)
+        counted = None
         scope = current_scope()
-        counted = None if scope is None else scope.ledger
-        if counted is not None:  # inside a callable-API attempt: count what may execute
+        if scope is not None and scope.ledger is not None:
+            # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
             if self.idempotent is None:
                 self.idempotent = adapter.is_idempotent(request)
-            if self.idempotent:
-                counted = None
-            elif not counted.start_unsafe():
-                return _enclosing_over(request)
+            if not self.idempotent:
+                counted = scope.ledger
+                if not counted.start_unsafe():
+                    return _enclosing_over(request)
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
