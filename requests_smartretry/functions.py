@@ -46,12 +46,26 @@ one byte of the request was written (TCP connect, TLS handshake, proxy tunnel). 
 ``requests`` and other urllib3 users it knows only what the exception types say: urllib3's
 connect errors (``NewConnectionError``, ``ConnectTimeout``), DNS failures and refusals came
 before sending.  It cannot know where any other failure happened (a plain-requests TLS
-handshake timeout looks like a read timeout; an SDK's own errors say nothing), nor whether an
-attempt abandoned at its deadline sent anything: those count as "may have reached the
-server".  So with an explicit ``idempotent=False`` only failures known to precede sending are
-retried (refused, DNS, connect-phase errors, 429/503 that say the server did not act) plus
-the caller's own ``retry_on`` types and ``classify`` answers; without it, the table decides,
-as in the seed.
+handshake timeout looks like a read timeout; an SDK's own errors say nothing).  So with an
+explicit ``idempotent=False`` only failures known to precede sending are retried (refused,
+DNS, connect-phase errors, 429/503 that say the server did not act) plus the caller's own
+``retry_on`` types and ``classify`` answers; without it, the table decides, as in the seed.
+Such a give-up (and every other veto of this call) is final for an enclosing retrying call
+too.
+
+What an attempt may have executed.  Each attempt has a ledger
+(:class:`~requests_smartretry.deadline.AttemptLedger`) in its retry scope: every request
+that is not idempotent made through a ``SmartRetryAdapter`` or a ``SmartRetryTransport``
+inside ``fn``, at any depth of nesting, is counted there from the moment its attempt starts
+until it ends known not to have executed (nothing sent; 429/503), and so is a nested
+``idempotent=False`` callable while it runs.  When the attempt ends, fails, or is abandoned
+at its deadline while still running, the ledger is sealed: if it counts anything, the
+attempt is not repeated (``unsafe``), whatever the exception says and however late the
+inner request would have reported; from then on nothing unsafe can start inside the
+attempt (such a request fails before sending).  A POST that succeeded before ``fn`` failed
+on something else, or a ``stream=True`` response abandoned in the middle of its body, is
+therefore never sent again by the enclosing call.  A request still connecting when the
+attempt is abandoned counts too (it may send the next moment).
 
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
