@@ -251,3 +251,20 @@ def test_a_redirect_of_a_consumed_generator_body_is_refused(code: int) -> None:
                                                             content=PAYLOAD)
         assert followed.content == PAYLOAD
         assert [r.body for r in server.received("/echo")] == [PAYLOAD, PAYLOAD]
+
+
+def test_a_sealed_attempt_lets_nothing_unsafe_start_at_any_depth() -> None:
+    """The ledger counts an unsafe operation in every enclosing attempt, forgets it only
+    when it did not execute, and once an enclosing attempt is sealed refuses to start one
+    in anything nested inside it."""
+    from requests_smartretry.deadline import AttemptLedger
+
+    outer = AttemptLedger()
+    inner = AttemptLedger(outer)
+    assert inner.start_unsafe() and inner.start_unsafe()
+    inner.not_executed()
+    assert (inner.unsafe, outer.unsafe) == (1, 1)
+    assert outer.seal() == 1
+    assert not AttemptLedger(inner).start_unsafe()
+    assert not inner.start_unsafe()
+    assert (inner.unsafe, outer.unsafe) == (1, 1)
