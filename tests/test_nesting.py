@@ -136,6 +136,30 @@ def test_a_post_that_succeeded_is_not_repeated_when_fn_fails_afterwards(
     assert server.hits("/ok") == 1
 
 
+@pytest.mark.parametrize("lib", ["requests", "httpx"])
+def test_a_key_minted_by_the_inner_call_does_not_make_the_outer_repeat_safe(
+    server: FaultServer, lib: str,
+) -> None:
+    """A POST that the inner call keyed itself (idempotency_header=) is safe to repeat
+    inside that call only: the outer call would run fn again and send a new key, so after
+    the POST succeeded and fn failed it is not repeated."""
+    if lib == "requests":
+        session = smart_session(idempotency_header="Idempotency-Key")
+        post: Callable[[], Any] = lambda: session.post(server.url("/ok"), data=PAYLOAD)  # noqa: E731
+    else:
+        client = smart_client(idempotency_header="Idempotency-Key")
+        post = lambda: client.post(server.url("/ok"), content=PAYLOAD)  # noqa: E731
+
+    def charge_then_fail() -> None:
+        post()
+        raise ValueError("the receipt could not be parsed")
+
+    with srt.fast_retries(), pytest.raises(ValueError):
+        execute_with_retry(charge_then_fail, max_retries=2)
+    assert server.hits("/ok") == 1
+    assert server.received("/ok")[0].headers.get("idempotency-key")
+
+
 def test_a_nested_idempotent_false_give_up_is_final_for_the_outer_call(
     server: FaultServer,
 ) -> None:
