@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import random
 import socket
@@ -32,6 +33,7 @@ from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
 from requests_smartretry.state import BreakerSettings, BudgetSettings
 from tests.redis_server import (
+    SHARING_BUDGET,
     GarbageRedis,
     RedisServer,
     StalledSubscriptions,
@@ -373,6 +375,12 @@ def test_redis_killed_mid_run_then_restarted(
         assert store.shared
         store.flush()  # the batched successes
         assert client(server.url).exists(f"smartretry:breaker:{{{service}}}")
+        # The episode ends (INFO) once Redis has kept working for a sync interval.
+        deadline = time.monotonic() + 10.0
+        while not any("reachable again" in r.getMessage() for r in caplog.records) \
+                and time.monotonic() < deadline:
+            assert session.get(fault.url("/ok")).status_code == 200
+            time.sleep(0.05)
         assert any("reachable again" in r.getMessage() for r in caplog.records)
 
         # Another worker trips the shared breaker: our next call is refused at once.
@@ -904,3 +912,76 @@ def test_a_retry_paid_from_unsent_deposits_costs_no_round_trip(
     assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0)[0]  # paid from it
     assert scripts_run() == before
     assert store.budget_change(SVC, settings, 0.0, 0.0, 1.0) == (True, 8.0)  # shared again
+
+
+def _refuse_writes(server: RedisServer, how: str) -> Any:
+    """Make ``server`` refuse every write, reads still served; returns the undo."""
+    admin = client(server.url)
+    if how == "oom":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+        return lambda: admin.config_set("maxmemory", 0)
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(unused_port()))  # READONLY
+    return lambda: admin.execute_command("REPLICAOF", "NO", "ONE")
+
+
+@pytest.mark.parametrize("how", ["oom", "readonly"])
+def test_a_redis_refusing_writes_warns_once_per_outage(
+    prefix: str, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A Redis that answers reads but refuses every write (OOM with noeviction, READONLY)
+    for a whole "minute" gives one WARNING: a probe that only read does not end the
+    episode; once writes work again it ends, once.  (Time is scaled by 100: probes start
+    at 10 ms instead of 1 s, and 0.6 s of the run stands for 60 s.)"""
+    caplog.set_level(logging.INFO, logger="requests_smartretry")
+    with RedisServer() as server:
+        store = RedisStateStore(server.url, prefix=prefix, retry_interval=0.01,
+                                sync_interval=0.01, time_budget=SHARING_BUDGET)
+        breaker = CircuitBreaker(failure_threshold=10**6, store=store)
+        breaker.before_attempt("svc")  # connected and sharing
+        undo = _refuse_writes(server, how)
+        end = time.monotonic() + 0.6
+        while time.monotonic() < end:
+            breaker.after_attempt("svc", breaker.before_attempt("svc"), failed=True)
+            time.sleep(0.001)
+        assert len(redis_warnings(caplog)) == 1
+        assert not any("reachable again" in r.getMessage() for r in caplog.records)
+        undo()
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and \
+                not any("reachable again" in r.getMessage() for r in caplog.records):
+            breaker.after_attempt("svc", breaker.before_attempt("svc"), failed=True)
+            time.sleep(0.005)
+        store.close()
+    assert store.shared
+    assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1
+    assert len(redis_warnings(caplog)) == 1
+
+
+def test_the_first_request_with_a_silent_redis_is_bounded_by_the_time_budget(
+    prefix: str, fault: FaultServer
+) -> None:
+    """A redis-server that accepts connections but never answers (SIGSTOP) costs the first
+    request the time budget, not the socket timeout (1 s here, to tell them apart); a
+    request after the socket timeout finds Redis out and uses local state at once."""
+    import signal
+
+    with RedisServer() as server:
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            store = RedisStateStore(server.url, prefix=prefix, socket_timeout=1.0,
+                                    time_budget=0.05)
+            session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
+            started = time.monotonic()
+            assert session.get(fault.url("/ok")).status_code == 200
+            first = time.monotonic() - started
+            time.sleep(1.1)
+            started = time.monotonic()
+            assert session.get(fault.url("/ok")).status_code == 200
+            later = time.monotonic() - started
+            assert not store.shared
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+    assert first < 0.5  # 50 ms budget, generous for load; 1 s (the socket timeout) before
+    assert later < 1.0
