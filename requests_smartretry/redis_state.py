@@ -396,7 +396,7 @@ def _describe_client(client: Any) -> dict[str, Any]:
 class _View:
     """This process's view of one service's shared records, and what it has not sent."""
 
-    __slots__ = ("breaker", "budget", "deposit", "gen", "pending", "seen", "state",
+    __slots__ = ("breaker", "budget", "deposit", "gen", "healing", "pending", "seen", "state",
                  "successes", "synced", "tokens", "tokens_at", "until", "used")
 
     def __init__(self) -> None:
@@ -407,6 +407,9 @@ class _View:
         self.synced = 0.0  # (monotonic) last round trip
         self.used = 0.0  # (monotonic) last use, for pruning idle services
         self.gen = self.seen = 0  # notifications received / taken into account
+        # A failure of ours reached Redis since the last round trip: the next success
+        # is sent at once (see breaker_record).
+        self.healing = False
         self.successes: dict[int, int] = {}  # per time bucket, not sent yet
         self.pending = 0  # sum of successes
         self.deposit = 0.0  # budget deposits not sent yet (the lease)
@@ -721,10 +724,12 @@ class RedisStateStore:
         is its failure, reported to the request that next asks.  So a silent Redis
         (SIGSTOP, a black-holed port) costs the first requests the time budget, as it costs
         every later one, never the socket timeout."""
+        started = None
         with self._lock:
             future = self._connecting
             if future is None:
-                future = self._connecting = self._worker_pool().submit(self._connect_now)
+                future = started = self._connecting = self._worker_pool().submit(
+                    self._connect_now)
                 self._connect_until = _monotonic() + max(self.socket_timeout,
                                                          self.time_budget)
                 self._connect_slow = False
@@ -732,6 +737,8 @@ class RedisStateStore:
             # Once one request waited its whole budget in vain, the others (and the rest
             # of that request: without a deadline it has no scope to charge) do not wait.
             wait = max(0.0, min(0.0 if self._connect_slow else allowance, left))
+        if started is not None:  # (outside the lock: a done future calls back at once)
+            started.add_done_callback(self._connect_failed)
         try:
             future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
@@ -753,6 +760,19 @@ class RedisStateStore:
         with self._lock:
             if self._connecting is future:
                 self._connecting = None
+
+    def _connect_failed(self, future: concurrent.futures.Future[None]) -> None:
+        """A connection that failed while no request waited for it: Redis is out now,
+        not at the next request (the worker's thread; a waiting request reports it)."""
+        if future.cancelled() or future.exception() is None:
+            return
+        with self._lock:
+            if self._connecting is not future or self._connect_slow is False:
+                return
+            self._connecting = None
+        exc = future.exception()
+        assert exc is not None
+        self._went_down(exc, self._down)
 
     def _connect_now(self) -> None:
         with self._connect_lock:
@@ -1051,17 +1071,25 @@ class RedisStateStore:
                     pending = view.pending
                 mono = _monotonic()
                 view.used = mono
-                if pending < self.max_batch and mono - view.synced < self.sync_interval:
+                # A success right after a failure of ours that reached Redis goes at once
+                # (the slow path already): batched, it would leave that failure counting
+                # toward the consecutive rule for a sync interval, where one process
+                # would have reset it.  Every other success waits for the batch.
+                if pending < self.max_batch and mono - view.synced < self.sync_interval \
+                        and not view.healing:
                     return "closed"
+                view.healing = False
                 reply = self._round_trip(key, "sync", now, breaker=settings,
                                          budget=view.budget, view=view)
                 return "closed" if reply is None else STATE_NAMES[int(reply[1] or 0)]
+        view = self._view(key) if not self._down else None
         reply = self._round_trip(key, "record", now, breaker=settings, budget=None,
-                                 view=self._view(key) if not self._down else None,
-                                 failed=failed, weight=weight, ticket=ticket)
+                                 view=view, failed=failed, weight=weight, ticket=ticket)
         if reply is None:
             return self._local.breaker_record(key, settings, now, failed=failed,
                                               weight=weight, ticket=ticket)
+        if view is not None:
+            view.healing = failed
         return STATE_NAMES[int(reply[11] or 0)]
 
     def breaker_status(self, key: str, settings: BreakerSettings, now: float) -> BreakerStatus:
