@@ -40,6 +40,7 @@ from tests.redis_server import (
     budgeted_calls,
     client,
     failing_calls,
+    healing_call,
     in_processes,
     random_events,
     shared_store,
@@ -988,3 +989,53 @@ def test_the_first_request_with_a_silent_redis_is_bounded_by_the_time_budget(
             os.kill(server.process.pid, signal.SIGCONT)
     assert first < 0.5  # 50 ms budget, generous for load; 1 s (the socket timeout) before
     assert later < 1.0
+
+
+def test_six_processes_each_healing_one_503_leave_the_shared_breaker_closed(
+    redis_url: str, prefix: str, fault: FaultServer
+) -> None:
+    """Six processes sharing one breaker (threshold 5), each making one call at the same
+    moment that gets a 503 and succeeds on its retry: no refusal, the breaker stays closed
+    (six separate breakers would not open either)."""
+    results = in_processes(healing_call, [
+        (redis_url, prefix, fault.url(f"/seq/heal{n}?steps=503,ok"), 6) for n in range(6)])
+    assert results == ["200"] * 6
+    service = f"http://127.0.0.1:{fault.port}"
+    view = CircuitBreaker(failure_threshold=5, store=shared_store(redis_url, prefix=prefix))
+    assert view.state(service) == "closed"
+    assert view.status(service).consecutive_failures == 0
+
+
+def test_a_real_outage_still_opens_the_shared_breaker_within_threshold_calls(
+    redis_url: str, prefix: str, fault: FaultServer
+) -> None:
+    """Every attempt failing: the shared breaker (threshold 5) opens within five failed
+    calls (one retry each), and another process's view of it is open."""
+    breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30.0)
+    session = smart_session(max_retries=1, breaker=breaker, budget=None, log=False,
+                            state=shared_store(redis_url, prefix=prefix), sleep=lambda s: None)
+    failed_calls = 0
+    with pytest.raises(CircuitOpenError):
+        for _ in range(10):
+            assert session.get(fault.url("/status/503")).status_code == 503
+            failed_calls += 1
+    assert failed_calls <= 5
+    other = CircuitBreaker(failure_threshold=5, store=shared_store(redis_url, prefix=prefix))
+    assert other.state(f"http://127.0.0.1:{fault.port}") == "open"
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_storm_of_double_failures_loses_no_call_to_the_budget(
+    redis_url: str, prefix: str, fault: FaultServer, shared: bool
+) -> None:
+    """``max_retries=2``, every call failing twice then succeeding, 300 calls at full
+    speed: the default budget (local, or shared through Redis) loses none, since a call
+    that succeeds refunds both its retries."""
+    state = shared_store(redis_url, prefix=prefix) if shared else None
+    session = smart_session(max_retries=2, breaker=None, log=False, state=state,
+                            sleep=lambda s: None)
+    statuses = [session.get(fault.url(f"/seq/d{n}?steps=503,503,ok")).status_code
+                for n in range(300)]
+    assert statuses.count(200) == 300
+    if state is not None:
+        assert state.shared
