@@ -208,13 +208,14 @@ def test_breaker_refusing_the_retry_exits_with_breaker_code(
 def test_breaker_opening_during_the_call_exits_5_and_says_so(
     server: FaultServer, capsys: pytest.CaptureFixture[str], route: str
 ) -> None:
-    """A breaker that opens on the call's second failure refuses the next retry: exit 5 with a line
-    naming the breaker, whether the last attempt was a response (503) or an error."""
+    """A breaker that opens on the call's second failure refuses the next retry: exit 5
+    with a line naming the breaker, whether the last attempt was a response (503) or an
+    error."""
     code = main(["get", server.url(route), "--retries", "3", "--breaker-threshold", "1",
                  "-q", *FAST])
     err = capsys.readouterr().err
     assert code == EXIT_BREAKER_OPEN
-    assert server.hits(route) == 1
+    assert server.hits(route) == 2
     assert "circuit breaker open" in err and "opened during this call" in err
 
 
