@@ -30,6 +30,7 @@ from .budget import DEFAULT_BUDGET
 from .classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     classify_exception,
     classify_http_response,
@@ -65,6 +66,7 @@ from .engine import (
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
+from .overrides import current_overrides
 from .policy import RetryPolicy, resolve_policy
 from .redact import redact_exception, redact_url
 from .sending import (  # operation_name, service_name, is_idempotent: re-exported
@@ -77,7 +79,9 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     _Timeouts,
     is_idempotent,
     operation_name,
+    refuse_consumed_body,
     service_name,
+    with_idempotency_key,
 )
 from .stats import Stats
 from .urllib3_retry import (
@@ -175,6 +179,12 @@ class SmartRetryAdapter(HTTPAdapter):
     ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
     state store) keeps their state in Redis, shared by every process pointing at it.
 
+    Per-call overrides: inside a :func:`~requests_smartretry.retry_options` block a call
+    runs with the block's policy fields over ``adapter.policy``.  They reach everything
+    the policy decides (attempts, deadlines, backoff, names, the policy's hooks); a
+    subclass's own hook methods (``classify_response``, ``prepare_attempt``…) read
+    ``self.policy``, the adapter's.
+
     Thread safety: the adapter holds only the immutable policy and thread-safe
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
@@ -261,6 +271,21 @@ class SmartRetryAdapter(HTTPAdapter):
         self._facts: Optional[_PolicyFacts] = None
         # The built-in consumers the loop tells directly while a call stays quiet.
         self._quiet = quiet_plan(self._hooks)
+        # Per policy derived by retry_options: id -> (policy, facts, hooks, quiet).
+        self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
+
+    def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
+        """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
+        a :func:`~requests_smartretry.retry_options` block derived from ``self.policy``."""
+        derived = self._derived.get(id(policy))
+        if derived is None or derived[0] is not policy:
+            hooks = build_hooks(policy, stats=self.stats, extra=self.extra_hooks,
+                                breaker=self.breaker, budget=self.budget)
+            if len(self._derived) >= 64:  # bounded: policies may be derived per request
+                self._derived.clear()
+            derived = self._derived[id(policy)] = (policy, _PolicyFacts(self, policy), hooks,
+                                                   quiet_plan(hooks))
+        return derived[1], derived[2], derived[3]
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         return build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
@@ -328,19 +353,38 @@ class SmartRetryAdapter(HTTPAdapter):
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        return classify_http_response(response, self.policy.classify_response,
-                                      self.policy.retry_statuses)
+        policy = self.policy
+        return classify_http_response(response, policy.classify_response,
+                                      policy.retry_statuses, policy.honor_server_signals)
 
     def prepare_attempt(
         self, request: requests.PreparedRequest, attempt: int
     ) -> requests.PreparedRequest:
         """The request to send as attempt ``attempt``: the policy's hook (signing) applied to
         a copy, so each attempt is signed afresh and the caller's request is untouched."""
-        hook = self.policy.prepare_attempt
-        if hook is None:
-            return request
-        copy = request.copy()
-        return hook(copy, attempt) or copy
+        return _prepared(self.policy, request, attempt)
+
+    # The hook methods under a policy that retry_options derived for one call (``policy``
+    # None: the adapter's own); a subclass's override is called as it is.
+
+    def _classify_for(self, policy: Optional[RetryPolicy],
+                      response: requests.Response) -> Classification:
+        if policy is None or type(self).classify_response is not _BASE.classify_response:
+            return self.classify_response(response)
+        return classify_http_response(response, policy.classify_response,
+                                      policy.retry_statuses, policy.honor_server_signals)
+
+    def _prepare_for(self, policy: Optional[RetryPolicy], request: requests.PreparedRequest,
+                     attempt: int) -> requests.PreparedRequest:
+        if policy is None or type(self).prepare_attempt is not _BASE.prepare_attempt:
+            return self.prepare_attempt(request, attempt)
+        return _prepared(policy, request, attempt)
+
+    def _idempotent_for(self, policy: Optional[RetryPolicy],
+                        request: requests.PreparedRequest) -> bool:
+        if policy is None or type(self).is_idempotent is not _BASE.is_idempotent:
+            return self.is_idempotent(request)
+        return is_idempotent(policy, request)
 
     # -- the send loop ------------------------------------------------------------------
 
@@ -366,9 +410,18 @@ class SmartRetryAdapter(HTTPAdapter):
                 request=request,
             )
         policy = self.policy
-        facts = self._facts
-        if facts is None or facts.policy is not policy:
-            facts = self._facts = _PolicyFacts(self, policy)
+        overrides = current_overrides()  # a retry_options block: the one context read
+        if overrides is None:
+            facts = self._facts
+            if facts is None or facts.policy is not policy:
+                facts = self._facts = _PolicyFacts(self, policy)
+            hooks, quiet, overridden = self._hooks, self._quiet, None
+        else:
+            policy = overridden = overrides.apply(policy)
+            facts, hooks, quiet = self._overridden(policy)
+        asked = request  # as the caller sent it: a key minted here is this call's only
+        if policy.idempotency_header is not None:  # one key for every attempt of the call
+            request = with_idempotency_key(request, policy.idempotency_header)
         if timeout is None:
             timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
         else:
@@ -382,19 +435,20 @@ class SmartRetryAdapter(HTTPAdapter):
             socket_timeout = None
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
-            call = self._call_info(request, facts)
+            call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
-                           socket_timeout, None if retry is None else [stepping(retry)])
-        finished = run_call(policy, call, attempt, hooks=self._hooks,
+                           socket_timeout, None if retry is None else [stepping(retry)],
+                           overridden, asked)
+        finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=self._is_closed, quiet=self._quiet)
+                            clock=self._clock, closed=self._is_closed, quiet=quiet)
         response = finished.unwrap()  # raises the last transport error, history attached
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
 
     def _retry_attempt(
         self, states: list[Retry], request: requests.PreparedRequest,
-        send: Callable[[], Outcome[requests.Response]],
+        send: Callable[[], Outcome[requests.Response]], policy: Optional[RetryPolicy],
     ) -> Outcome[requests.Response]:
         """One attempt (``send``, an :meth:`_attempt`) under the call's urllib3 Retry state:
         urllib3 sends it with that state, and either gives up as HTTPAdapter would (the
@@ -413,7 +467,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 return Outcome(classify_exception(cut), error=cut, signal=cut,
                                veto=_cut_reason())
             states[0] = decided.state
-            return self._retried(decided, request)
+            return self._retried(decided, request, policy)
         finally:
             _RETRY_STATE.reset(token)
         if outcome.classification.verdict is not _SUCCESS_VERDICT:
@@ -435,14 +489,14 @@ class SmartRetryAdapter(HTTPAdapter):
                             else "not_retryable")
         return outcome
 
-    def _retried(self, decided: RetryNow,
-                 request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    def _retried(self, decided: RetryNow, request: requests.PreparedRequest,
+                 policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
         """The outcome of an attempt the urllib3 Retry decided to repeat, after
         ``decided.wait`` seconds."""
         if decided.response is not None:
             response = self.build_response(request, decided.response)
             status = response.status_code
-            verdict = retried_verdict(self.classify_response(response), status)
+            verdict = retried_verdict(self._classify_for(policy, response), status)
             signal = requests.HTTPError(
                 f"{status} {verdict.reason} for {redact_url(request.url or '')}",
                 request=request, response=response)
@@ -452,10 +506,17 @@ class SmartRetryAdapter(HTTPAdapter):
         verdict = retried_verdict(classify_exception(error), None)
         return Outcome(verdict, error=error, signal=error, wait=decided.wait)
 
-    def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
-        info = CallInfo(operation=self.operation_for(request),
-                        service=self.service_for(request),
-                        method=request.method, url=redact_url(request.url or ""))
+    def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts,
+                   policy: Optional[RetryPolicy] = None) -> CallInfo:
+        cls = type(self)
+        info = CallInfo(
+            operation=(self.operation_for(request)
+                       if policy is None or cls.operation_for is not _BASE.operation_for
+                       else operation_name(policy, request)),
+            service=(self.service_for(request)
+                     if policy is None or cls.service_for is not _BASE.service_for
+                     else service_name(policy, request)),
+            method=request.method, url=redact_url(request.url or ""))
         if facts.default_naming:  # names that depend on the method and URL alone
             facts.remember((request.method, request.url), info)
         return info
@@ -469,9 +530,11 @@ class SmartRetryAdapter(HTTPAdapter):
         cert: Any,
         proxies: Optional[dict[str, str]],
         socket_timeout: Optional[Urllib3Timeout] = None,
+        policy: Optional[RetryPolicy] = None,
     ) -> Outcome[requests.Response]:
         """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
-        ``timeouts``' connect and read parts (used unless the deadline shortens them)."""
+        ``timeouts``' connect and read parts (used unless the deadline shortens them);
+        ``policy``, the call's when a ``retry_options`` block derived it."""
         connect_s, read_s, total_s = timeouts
         try:
             total_s = attempt_seconds(total_s)
@@ -491,7 +554,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
                 verify=verify, cert=cert, proxies=proxies)
             if stream:  # the body is read later, after this call's retries
-                self._guard_streamed_body(response, request)
+                self._guard_streamed_body(response, request, policy)
             else:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
@@ -501,7 +564,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 exc = converted
             if sent is not None:
                 if isinstance(exc, requests.exceptions.ContentDecodingError):
-                    undecodable = self._undecodable_status(sent, request, exc)
+                    undecodable = self._undecodable_status(sent, request, exc, policy)
                     if undecodable is not None:
                         return undecodable
                 # A body read that failed (deadline, reset) leaves the socket referenced
@@ -526,7 +589,8 @@ class SmartRetryAdapter(HTTPAdapter):
         if deadline is not None and deadline.fired:
             response.close()
             return self._deadline_outcome(total_s, request)
-        verdict = self.classify_response(response)
+        verdict = (self.classify_response(response) if policy is None
+                   else self._classify_for(policy, response))
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=response.status_code)
         signal = requests.HTTPError(
@@ -536,13 +600,15 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _undecodable_status(
         self, response: requests.Response, request: requests.PreparedRequest,
-        error: BaseException,
+        error: BaseException, policy: Optional[RetryPolicy],
     ) -> Optional[Outcome[requests.Response]]:
         """A 5xx/429 whose body cannot be decoded (a corrupt gzip) keeps its status verdict:
         the status, not the body, says the server failed.  ``None`` for other statuses
         (the decoding error then stands)."""
         # The status table alone (no vendor hook: it would read the body), Retry-After kept.
-        verdict = classify_http_response(response, None, self.policy.retry_statuses)
+        policy = self.policy if policy is None else policy
+        verdict = classify_http_response(response, None, policy.retry_statuses,
+                                         policy.honor_server_signals)
         if not verdict.retryable:
             return None
         response.close()
@@ -568,12 +634,14 @@ class SmartRetryAdapter(HTTPAdapter):
         return Outcome(classify_exception(cut), error=cut, signal=cut)
 
     def _guard_streamed_body(
-        self, response: requests.Response, request: requests.PreparedRequest
+        self, response: requests.Response, request: requests.PreparedRequest,
+        policy: Optional[RetryPolicy],
     ) -> None:
         """A later failed read of ``response``'s streamed body is vetoed (marked final) as
         a failure after sending would be: an enclosing call must not repeat it."""
         replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        reason = veto(BODY_READ_FAILED, self.is_idempotent(request), replay.replayable)
+        reason = veto(BODY_READ_FAILED, self._idempotent_for(policy, request),
+                      replay.replayable)
         if reason is not None:
             _mark_body_failures(response.raw, reason)
 
@@ -584,14 +652,21 @@ class _Sending:
     the retry (nothing until one fails: a first attempt that succeeds allocates only this).
     """
 
-    __slots__ = ("adapter", "cert", "idempotent", "previous", "proxies", "replay", "request",
-                 "socket_timeout", "states", "stream", "timeouts", "verdicts", "verify")
+    __slots__ = ("adapter", "asked", "cert", "idempotent", "policy", "previous", "proxies",
+                 "replay", "request", "socket_timeout", "states", "stream", "timeouts",
+                 "verdicts", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
-                 states: Optional[list[Retry]]) -> None:
+                 states: Optional[list[Retry]], policy: Optional[RetryPolicy],
+                 asked: requests.PreparedRequest) -> None:
         self.adapter = adapter
+        #: The request as the caller sent it, before a minted idempotency key: what an
+        #: enclosing call that repeats the caller's code would send again.
+        self.asked = asked
+        #: The call's policy when a retry_options block derived it (None: the adapter's).
+        self.policy = policy
         self.request = request
         self.stream = stream
         self.timeouts = timeouts
@@ -601,7 +676,12 @@ class _Sending:
         self.socket_timeout = socket_timeout
         #: With a urllib3 Retry as max_retries: its state for the next attempt.
         self.states = states
-        self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        if request.body is None:
+            self.replay = _NO_BODY
+        else:
+            self.replay = _BodyReplay(request)
+            if not self.replay.replayable:
+                refuse_consumed_body(request)  # a redirect of a generator already sent
         #: The last failed attempt's response, which the retry discards.
         self.previous: Optional[requests.Response] = None
         #: The verdicts of the failed attempts so far, for previous_attempts().
@@ -625,23 +705,38 @@ class _Sending:
         if self.verdicts:
             token = _PREVIOUS_ATTEMPTS.set(self.verdicts)
             try:
-                to_send = adapter.prepare_attempt(request, number)
+                to_send = adapter._prepare_for(self.policy, request, number)
             finally:
                 _PREVIOUS_ATTEMPTS.reset(token)
-        else:  # first attempt: previous_attempts() is already ()
+        elif self.policy is None:  # first attempt: previous_attempts() is already ()
             to_send = adapter.prepare_attempt(request, number)
+        else:
+            to_send = adapter._prepare_for(self.policy, request, number)
+        counted = None
+        scope = current_scope()
+        # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
+        # A key minted by this call does not make the enclosing call's repeat safe: it
+        # would send the caller's request again, with a new key.
+        if scope is not None and scope.ledger is not None and \
+                not adapter._idempotent_for(self.policy, self.asked):
+            counted = scope.ledger
+            if not counted.start_unsafe():
+                return _enclosing_over(request)
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
                 outcome = adapter._attempt(to_send, self.stream, self.timeouts, self.verify,
-                                           self.cert, self.proxies, self.socket_timeout)
+                                           self.cert, self.proxies, self.socket_timeout,
+                                           self.policy)
             else:
                 outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
                     adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
-                    self.cert, self.proxies))
+                    self.cert, self.proxies, None, self.policy), self.policy)
         finally:
             if reuse is not None:
                 _REUSE_POOL.reset(reuse)
+        if counted is not None and outcome.classification.safe_to_repeat:
+            counted.not_executed()  # nothing sent, or the server said it did not act
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return outcome  # the common case: nothing to remember, redact or veto
         return self._failed(outcome)
@@ -672,10 +767,32 @@ class _Sending:
         if outcome.veto is None and (
                 verdict.retryable or (outcome.error is not None and verdict.sent)):
             if self.idempotent is None:
-                self.idempotent = self.adapter.is_idempotent(self.request)
+                self.idempotent = self.adapter._idempotent_for(self.policy, self.request)
             outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
             mark_vetoed(outcome)  # final for an enclosing retrying call too
         return outcome
+
+
+def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    """The outcome of a request that is not idempotent, made inside a callable-API attempt
+    that is already over (abandoned at its deadline): it is not sent, and not retried."""
+    error = AttemptDeadlineExceeded(
+        "the enclosing execute_with_retry attempt is over (abandoned at its deadline); "
+        "this request is not idempotent and was not sent", request=request)
+    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
+
+
+_BASE = SmartRetryAdapter
+
+
+def _prepared(policy: RetryPolicy, request: requests.PreparedRequest,
+              attempt: int) -> requests.PreparedRequest:
+    """``policy``'s ``prepare_attempt`` hook applied to a copy of ``request``."""
+    hook = policy.prepare_attempt
+    if hook is None:
+        return request
+    copy = request.copy()
+    return hook(copy, attempt) or copy
 
 
 def smart_session(
