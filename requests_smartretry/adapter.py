@@ -216,6 +216,7 @@ class SmartRetryAdapter(HTTPAdapter):
         pool_block: bool = False,
         **policy_options: Unpack[AdapterOptions],
     ) -> None:
+        _check_pool_options(pool_connections, pool_maxsize, pool_block)
         retry = policy_options.get("max_retries")
         if not isinstance(retry, Retry):
             retry = None
@@ -810,3 +811,13 @@ def smart_session(
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _check_pool_options(connections: Any, maxsize: Any, block: Any) -> None:
+    """The connection-pool arguments, checked by name at construction (requests would
+    fail at the first request, naming none of them)."""
+    for name, value in (("pool_connections", connections), ("pool_maxsize", maxsize)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(block, bool):
+        raise ValueError(f"pool_block must be True or False, got {block!r}")

@@ -195,27 +195,29 @@ def test_exit_code_for_each_failure_kind() -> None:
 def test_breaker_refusing_the_retry_exits_with_breaker_code(
     server: FaultServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With --breaker-threshold 1 a reset opens the breaker, which refuses the retry."""
+    """With --breaker-threshold 1 a reset that its retry does not heal opens the breaker,
+    which refuses the next retry (a call's first failure counts once its retry fails)."""
     if not hasattr(requests_smartretry, "CircuitBreaker"):
         pytest.skip("CircuitBreaker not in this build yet")
     code = main(["get", server.url("/reset"), "--retries", "3", "--breaker-threshold", "1",
                  *FAST])
     capsys.readouterr()
     assert code == EXIT_BREAKER_OPEN
-    assert server.hits("/reset") == 1
+    assert server.hits("/reset") == 2
 
 
 @pytest.mark.parametrize("route", ["/status/503", "/reset"])
 def test_breaker_opening_during_the_call_exits_5_and_says_so(
     server: FaultServer, capsys: pytest.CaptureFixture[str], route: str
 ) -> None:
-    """A breaker that opens on the first failure refuses the retry: exit 5 with a line
-    naming the breaker, whether the last attempt was a response (503) or an error."""
+    """A breaker that opens on the call's second failure refuses the next retry: exit 5
+    with a line naming the breaker, whether the last attempt was a response (503) or an
+    error."""
     code = main(["get", server.url(route), "--retries", "3", "--breaker-threshold", "1",
                  "-q", *FAST])
     err = capsys.readouterr().err
     assert code == EXIT_BREAKER_OPEN
-    assert server.hits(route) == 1
+    assert server.hits(route) == 2
     assert "circuit breaker open" in err and "opened during this call" in err
 
 
