@@ -83,6 +83,21 @@ _log = logging.getLogger("requests_smartretry")
 SERVICE_KEY = "wechatpay"
 DEFAULT_ENDPOINT = "https://api.mch.weixin.qq.com"
 DEFAULT_BACKUP_ENDPOINT = "https://api2.mch.weixin.qq.com"
+# backup_endpoint's default: WeChat Pay's backup domain only when the primary is its real
+# production domain; with any other endpoint (staging, a mock) no backup unless given.
+_BACKUP_OF_DEFAULT: Any = type("_BackupOfDefault", (), {
+    "__repr__": lambda self: "<the production backup only for the production endpoint>"})()
+
+
+def _backup_for(endpoint: str, backup_endpoint: Any) -> Optional[str]:
+    """The backup endpoint: the one given (``None``: none), or by default WeChat Pay's
+    backup domain when ``endpoint`` is its production domain, otherwise none, so that a
+    call against staging or a mock never fails over to production."""
+    if backup_endpoint is _BACKUP_OF_DEFAULT:
+        return DEFAULT_BACKUP_ENDPOINT if endpoint == DEFAULT_ENDPOINT else None
+    if backup_endpoint is None:
+        return None
+    return check_endpoint("backup_endpoint", backup_endpoint)
 JSAPI_PATH = "/v3/pay/transactions/jsapi"
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 
@@ -418,7 +433,7 @@ def payment_adapter(
     private_key: Union[str, bytes, Any, None] = None,
     *,
     endpoint: str = DEFAULT_ENDPOINT,
-    backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
     platform_public_key: Optional[PemInput] = None,
     platform_public_key_id: Optional[str] = None,
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
@@ -444,6 +459,8 @@ def payment_adapter(
     An order POST is resent after it may have reached the server only when its body
     carries ``out_trade_no``.  After a connection failure or attempt timeout on
     ``endpoint``, the call's next attempts go to ``backup_endpoint`` (``None`` opts out).
+    By default that is WeChat Pay's backup domain only when ``endpoint`` is its production
+    domain: with another ``endpoint`` (staging, a mock) there is no backup unless given.
 
     Verification: ``platform_public_key`` (PEM) with ``platform_public_key_id``
     (``PUB_KEY_ID_…``; also sent as ``Wechatpay-Serial``), or ``platform_certificates``
@@ -455,8 +472,7 @@ def payment_adapter(
     Without platform keys a one-time WARNING says responses are not verified.
     """
     endpoint = check_endpoint("endpoint", endpoint)
-    if backup_endpoint is not None:
-        backup_endpoint = check_endpoint("backup_endpoint", backup_endpoint)
+    backup_endpoint = _backup_for(endpoint, backup_endpoint)
     signer = None
     if mchid is not None or serial_no is not None or private_key is not None:
         signer = WechatPaySigner(mchid, serial_no, private_key,  # type: ignore[arg-type]
@@ -475,7 +491,7 @@ def payment_session(
     private_key: Union[str, bytes, Any],
     *,
     endpoint: str = DEFAULT_ENDPOINT,
-    backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
     platform_public_key: Optional[PemInput] = None,
     platform_public_key_id: Optional[str] = None,
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
@@ -499,6 +515,8 @@ def payment_session(
     See :func:`payment_adapter` for the retry and verification rules.
     """
     check_credential("mchid", mchid)
+    endpoint = check_endpoint("endpoint", endpoint)
+    backup_endpoint = _backup_for(endpoint, backup_endpoint)
     adapter = payment_adapter(mchid, serial_no, private_key, endpoint=endpoint,
                               backup_endpoint=backup_endpoint,
                               platform_public_key=platform_public_key,
