@@ -218,9 +218,14 @@ class _PoolLabel:
     """Names a pool in a urllib3 error as urllib3's pools do, when the pool is unknown."""
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname, parts.port
-        self.scheme = parts.scheme
+        self.host: Optional[str] = None
+        self.port: Optional[int] = None
+        self.scheme = ""
+        try:  # host and port only: no userinfo, path or query (no secrets)
+            parts = urlsplit(url)
+            self.host, self.port, self.scheme = parts.hostname, parts.port, parts.scheme
+        except ValueError:
+            pass
 
     def __str__(self) -> str:
         kind = "HTTPSConnectionPool" if self.scheme == "https" else "HTTPConnectionPool"
@@ -239,7 +244,7 @@ def _read_timed_out(request: requests.PreparedRequest, detail: str,
         pool = getattr(response.raw, "_pool", None)
     url = redact_url(request.url or "")
     if pool is None:
-        pool = _PoolLabel(url)
+        pool = _PoolLabel(request.url or "")
     error = AttemptDeadlineExceeded(
         urllib3.exceptions.ReadTimeoutError(pool, url, f"Read timed out. ({detail})"),
         request=request)
