@@ -63,9 +63,13 @@ def test_hooks_and_cookies_before_an_undecodable_body_raises(server: FaultServer
     stored before ContentDecodingError surfaces, once, exactly as with requests."""
     for name, session in _sessions():
         seen: list[int] = []
+
+        def hook(response: requests.Response, *args: Any, seen: list[int] = seen,
+                 **kwargs: Any) -> None:
+            seen.append(response.status_code)
+
         with pytest.raises(requests.exceptions.ContentDecodingError):
-            session.get(server.url("/badgzip"), timeout=5,
-                        hooks={"response": lambda r, *a, **k: seen.append(r.status_code)})
+            session.get(server.url("/badgzip"), timeout=5, hooks={"response": hook})
         assert (name, seen, session.cookies.get("seen")) == (name, [200], "1")
     assert server.hits("/badgzip") == 3  # one request per session: never retried
 
