@@ -27,6 +27,7 @@ from .errors import (
 from .events import AttemptEvent, EventKind, Verdict
 from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
+from .overrides import retry_options
 from .policy import RetryPolicy, VerdictRule
 from .presets import (
     payment_adapter,
@@ -75,6 +76,7 @@ __all__ = [
     "photo_adapter",
     "photo_session",
     "reset_state",
+    "retry_options",
     "set_testing",
     "smart_session",
     "stats_of",

@@ -68,6 +68,7 @@ from .engine import (
 )
 from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
+from .overrides import current_overrides
 from .policy import RetryPolicy, resolve_policy
 from .redact import redact_exception, redact_url
 from .sending import (  # operation_name, service_name, is_idempotent: re-exported
@@ -81,6 +82,7 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     is_idempotent,
     operation_name,
     service_name,
+    with_idempotency_key,
 )
 from .stats import Stats
 from .urllib3_retry import (
@@ -316,6 +318,12 @@ class SmartRetryAdapter(HTTPAdapter):
     ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
     state store) keeps their state in Redis, shared by every process pointing at it.
 
+    Per-call overrides: inside a :func:`~requests_smartretry.retry_options` block a call
+    runs with the block's policy fields over ``adapter.policy``.  They reach everything
+    the policy decides (attempts, deadlines, backoff, names, the policy's hooks); a
+    subclass's own hook methods (``classify_response``, ``prepare_attempt``…) read
+    ``self.policy``, the adapter's.
+
     Thread safety: the adapter holds only the immutable policy and thread-safe
     collaborators (breaker, budget, stats), so one session may serve many threads.
     """
@@ -425,6 +433,21 @@ class SmartRetryAdapter(HTTPAdapter):
         self._facts: Optional[_PolicyFacts] = None
         # The built-in consumers the loop tells directly while a call stays quiet.
         self._quiet = quiet_plan(self._hooks)
+        # Per policy derived by retry_options: id -> (policy, facts, hooks, quiet).
+        self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
+
+    def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
+        """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
+        a :func:`~requests_smartretry.retry_options` block derived from ``self.policy``."""
+        derived = self._derived.get(id(policy))
+        if derived is None or derived[0] is not policy:
+            hooks = build_hooks(policy, stats=self.stats, extra=self.extra_hooks,
+                                breaker=self.breaker, budget=self.budget)
+            if len(self._derived) >= 64:  # bounded: policies may be derived per request
+                self._derived.clear()
+            derived = self._derived[id(policy)] = (policy, _PolicyFacts(self, policy), hooks,
+                                                   quiet_plan(hooks))
+        return derived[1], derived[2], derived[3]
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         return build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
@@ -498,19 +521,38 @@ class SmartRetryAdapter(HTTPAdapter):
     def classify_response(self, response: requests.Response) -> Classification:
         """The verdict on a response: the policy's vendor hook first, then the status table,
         with ``Retry-After`` attached for retryable verdicts."""
-        return classify_http_response(response, self.policy.classify_response,
-                                      self.policy.retry_statuses)
+        policy = self.policy
+        return classify_http_response(response, policy.classify_response,
+                                      policy.retry_statuses, policy.honor_server_signals)
 
     def prepare_attempt(
         self, request: requests.PreparedRequest, attempt: int
     ) -> requests.PreparedRequest:
         """The request to send as attempt ``attempt``: the policy's hook (signing) applied to
         a copy, so each attempt is signed afresh and the caller's request is untouched."""
-        hook = self.policy.prepare_attempt
-        if hook is None:
-            return request
-        copy = request.copy()
-        return hook(copy, attempt) or copy
+        return _prepared(self.policy, request, attempt)
+
+    # The hook methods under a policy that retry_options derived for one call (``policy``
+    # None: the adapter's own); a subclass's override is called as it is.
+
+    def _classify_for(self, policy: Optional[RetryPolicy],
+                      response: requests.Response) -> Classification:
+        if policy is None or type(self).classify_response is not _BASE.classify_response:
+            return self.classify_response(response)
+        return classify_http_response(response, policy.classify_response,
+                                      policy.retry_statuses, policy.honor_server_signals)
+
+    def _prepare_for(self, policy: Optional[RetryPolicy], request: requests.PreparedRequest,
+                     attempt: int) -> requests.PreparedRequest:
+        if policy is None or type(self).prepare_attempt is not _BASE.prepare_attempt:
+            return self.prepare_attempt(request, attempt)
+        return _prepared(policy, request, attempt)
+
+    def _idempotent_for(self, policy: Optional[RetryPolicy],
+                        request: requests.PreparedRequest) -> bool:
+        if policy is None or type(self).is_idempotent is not _BASE.is_idempotent:
+            return self.is_idempotent(request)
+        return is_idempotent(policy, request)
 
     # -- the send loop ------------------------------------------------------------------
 
@@ -531,9 +573,17 @@ class SmartRetryAdapter(HTTPAdapter):
         :class:`~requests_smartretry.engine.LazyHistory` (built when first read; equal to
         the tuple of its events; ``tuple(...)`` it where a tuple is needed)."""
         policy = self.policy
-        facts = self._facts
-        if facts is None or facts.policy is not policy:
-            facts = self._facts = _PolicyFacts(self, policy)
+        overrides = current_overrides()  # a retry_options block: the one context read
+        if overrides is None:
+            facts = self._facts
+            if facts is None or facts.policy is not policy:
+                facts = self._facts = _PolicyFacts(self, policy)
+            hooks, quiet, overridden = self._hooks, self._quiet, None
+        else:
+            policy = overridden = overrides.apply(policy)
+            facts, hooks, quiet = self._overridden(policy)
+        if policy.idempotency_header is not None:  # one key for every attempt of the call
+            request = with_idempotency_key(request, policy.idempotency_header)
         if timeout is None:
             timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
         else:
@@ -547,12 +597,13 @@ class SmartRetryAdapter(HTTPAdapter):
             socket_timeout = None
         call = facts.names.get((request.method, request.url)) if facts.default_naming else None
         if call is None:
-            call = self._call_info(request, facts)
+            call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
-                           socket_timeout, None if retry is None else [stepping(retry)])
-        finished = run_call(policy, call, attempt, hooks=self._hooks,
+                           socket_timeout, None if retry is None else [stepping(retry)],
+                           overridden)
+        finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=attempt.closed, quiet=self._quiet)
+                            clock=self._clock, closed=attempt.closed, quiet=quiet)
         try:
             response = finished.unwrap()  # raises the last transport error, history attached
         except _BODY_ERRORS as exc:
@@ -564,7 +615,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _retry_attempt(
         self, states: list[Retry], request: requests.PreparedRequest,
-        send: Callable[[], Outcome[requests.Response]],
+        send: Callable[[], Outcome[requests.Response]], policy: Optional[RetryPolicy],
     ) -> Outcome[requests.Response]:
         """One attempt (``send``, an :meth:`_attempt`) under the call's urllib3 Retry state:
         urllib3 sends it with that state, and either gives up as HTTPAdapter would (the
@@ -583,7 +634,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 return Outcome(classify_exception(cut), error=cut, signal=cut,
                                veto=_cut_reason())
             states[0] = decided.state
-            return self._retried(decided, request)
+            return self._retried(decided, request, policy)
         finally:
             _RETRY_STATE.reset(token)
         if outcome.classification.verdict is not _SUCCESS_VERDICT:
@@ -605,14 +656,14 @@ class SmartRetryAdapter(HTTPAdapter):
                             else "not_retryable")
         return outcome
 
-    def _retried(self, decided: RetryNow,
-                 request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    def _retried(self, decided: RetryNow, request: requests.PreparedRequest,
+                 policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
         """The outcome of an attempt the urllib3 Retry decided to repeat, after
         ``decided.wait`` seconds."""
         if decided.response is not None:
             response = self.build_response(request, decided.response)
             status = response.status_code
-            verdict = retried_verdict(self.classify_response(response), status)
+            verdict = retried_verdict(self._classify_for(policy, response), status)
             signal = requests.HTTPError(
                 f"{status} {verdict.reason} for {redact_url(request.url or '')}",
                 request=request, response=response)
@@ -622,10 +673,17 @@ class SmartRetryAdapter(HTTPAdapter):
         verdict = retried_verdict(classify_exception(error), None)
         return Outcome(verdict, error=error, signal=error, wait=decided.wait)
 
-    def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts) -> CallInfo:
-        info = CallInfo(operation=self.operation_for(request),
-                        service=self.service_for(request),
-                        method=request.method, url=redact_url(request.url or ""))
+    def _call_info(self, request: requests.PreparedRequest, facts: _PolicyFacts,
+                   policy: Optional[RetryPolicy] = None) -> CallInfo:
+        cls = type(self)
+        info = CallInfo(
+            operation=(self.operation_for(request)
+                       if policy is None or cls.operation_for is not _BASE.operation_for
+                       else operation_name(policy, request)),
+            service=(self.service_for(request)
+                     if policy is None or cls.service_for is not _BASE.service_for
+                     else service_name(policy, request)),
+            method=request.method, url=redact_url(request.url or ""))
         if facts.default_naming:  # names that depend on the method and URL alone
             facts.remember((request.method, request.url), info)
         return info
@@ -639,9 +697,11 @@ class SmartRetryAdapter(HTTPAdapter):
         cert: Any,
         proxies: Optional[dict[str, str]],
         socket_timeout: Optional[Urllib3Timeout] = None,
+        policy: Optional[RetryPolicy] = None,
     ) -> Outcome[requests.Response]:
         """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
-        ``timeouts``' connect and read parts (used unless the deadline shortens them)."""
+        ``timeouts``' connect and read parts (used unless the deadline shortens them);
+        ``policy``, the call's when a ``retry_options`` block derived it."""
         connect_s, read_s, total_s = timeouts
         try:
             total_s = attempt_seconds(total_s)
@@ -664,7 +724,7 @@ class SmartRetryAdapter(HTTPAdapter):
             # requests' elapsed: from sending to the headers parsed (body not included).
             response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries
-                self._guard_streamed_body(response, request)
+                self._guard_streamed_body(response, request, policy)
             else:
                 response.content  # noqa: B018 - read the body inside the deadline
         except Exception as exc:
@@ -674,7 +734,7 @@ class SmartRetryAdapter(HTTPAdapter):
                 exc = converted
             if sent is not None:
                 if isinstance(exc, requests.exceptions.ContentDecodingError):
-                    undecodable = self._undecodable_status(sent, request, exc)
+                    undecodable = self._undecodable_status(sent, request, exc, policy)
                     if undecodable is not None:
                         return undecodable
                 if isinstance(exc, _BODY_ERRORS) and not (deadline is not None
@@ -685,7 +745,7 @@ class SmartRetryAdapter(HTTPAdapter):
                         sent.close()
                         discarded: Any = sent  # requests' private reading state
                         discarded._content, discarded._content_consumed = b"", True
-                        return self._response_outcome(sent, request)
+                        return self._response_outcome(sent, request, policy)
                     # Kept for send(): as with HTTPAdapter, the session runs the response
                     # hooks and stores cookies before reading the body raises this.
                     exc.response = sent
@@ -712,12 +772,13 @@ class SmartRetryAdapter(HTTPAdapter):
         if deadline is not None and deadline.fired:
             response.close()
             return self._deadline_outcome(total_s, request, response=response)
-        return self._response_outcome(response, request)
+        return self._response_outcome(response, request, policy)
 
-    def _response_outcome(self, response: requests.Response,
-                          request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    def _response_outcome(self, response: requests.Response, request: requests.PreparedRequest,
+                          policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
         """The outcome of an attempt that got ``response``: the verdict on it."""
-        verdict = self.classify_response(response)
+        verdict = (self.classify_response(response) if policy is None
+                   else self._classify_for(policy, response))
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=response.status_code)
         signal = requests.HTTPError(
@@ -727,13 +788,15 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _undecodable_status(
         self, response: requests.Response, request: requests.PreparedRequest,
-        error: BaseException,
+        error: BaseException, policy: Optional[RetryPolicy],
     ) -> Optional[Outcome[requests.Response]]:
         """A 5xx/429 whose body cannot be decoded (a corrupt gzip) keeps its status verdict:
         the status, not the body, says the server failed.  ``None`` for other statuses
         (the decoding error then stands)."""
         # The status table alone (no vendor hook: it would read the body), Retry-After kept.
-        verdict = classify_http_response(response, None, self.policy.retry_statuses)
+        policy = self.policy if policy is None else policy
+        verdict = classify_http_response(response, None, policy.retry_statuses,
+                                         policy.honor_server_signals)
         if not verdict.retryable:
             return None
         response.close()
@@ -758,12 +821,14 @@ class SmartRetryAdapter(HTTPAdapter):
         return Outcome(classify_exception(cut), error=cut, signal=cut)
 
     def _guard_streamed_body(
-        self, response: requests.Response, request: requests.PreparedRequest
+        self, response: requests.Response, request: requests.PreparedRequest,
+        policy: Optional[RetryPolicy],
     ) -> None:
         """A later failed read of ``response``'s streamed body is vetoed (marked final) as
         a failure after sending would be: an enclosing call must not repeat it."""
         replay = _NO_BODY if request.body is None else _BodyReplay(request)
-        reason = veto(BODY_READ_FAILED, self.is_idempotent(request), replay.replayable)
+        reason = veto(BODY_READ_FAILED, self._idempotent_for(policy, request),
+                      replay.replayable)
         if reason is not None:
             _mark_body_failures(response.raw, reason)
 
@@ -774,16 +839,19 @@ class _Sending:
     the retry (nothing until one fails: a first attempt that succeeds allocates only this).
     """
 
-    __slots__ = ("adapter", "cert", "closes", "idempotent", "previous", "proxies", "replay",
+    __slots__ = ("adapter", "cert", "closes", "idempotent", "policy", "previous", "proxies",
+                 "replay",
                  "request", "socket_timeout", "states", "stream", "timeouts", "verdicts",
                  "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
-                 states: Optional[list[Retry]]) -> None:
+                 states: Optional[list[Retry]], policy: Optional[RetryPolicy]) -> None:
         self.adapter = adapter
         self.closes = adapter._closes  # a close() after this stops the call's retries
+        #: The call's policy when a retry_options block derived it (None: the adapter's).
+        self.policy = policy
         self.request = request
         self.stream = stream
         self.timeouts = timeouts
@@ -817,11 +885,13 @@ class _Sending:
         if self.verdicts:
             token = _PREVIOUS_ATTEMPTS.set(self.verdicts)
             try:
-                to_send = adapter.prepare_attempt(request, number)
+                to_send = adapter._prepare_for(self.policy, request, number)
             finally:
                 _PREVIOUS_ATTEMPTS.reset(token)
-        else:  # first attempt: previous_attempts() is already ()
+        elif self.policy is None:  # first attempt: previous_attempts() is already ()
             to_send = adapter.prepare_attempt(request, number)
+        else:
+            to_send = adapter._prepare_for(self.policy, request, number)
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
@@ -830,13 +900,13 @@ class _Sending:
                 try:
                     outcome = adapter._attempt(to_send, self.stream, self.timeouts,
                                                self.verify, self.cert, self.proxies,
-                                               self.socket_timeout)
+                                               self.socket_timeout, self.policy)
                 finally:
                     _RETRY_STATE.reset(state)
             else:
                 outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
                     adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
-                    self.cert, self.proxies))
+                    self.cert, self.proxies, None, self.policy), self.policy)
         finally:
             if reuse is not None:
                 _REUSE_POOL.reset(reuse)
@@ -875,10 +945,23 @@ class _Sending:
         if outcome.veto is None and (
                 verdict.retryable or (outcome.error is not None and verdict.sent)):
             if self.idempotent is None:
-                self.idempotent = self.adapter.is_idempotent(self.request)
+                self.idempotent = self.adapter._idempotent_for(self.policy, self.request)
             outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
             mark_vetoed(outcome)  # final for an enclosing retrying call too
         return outcome
+
+
+_BASE = SmartRetryAdapter
+
+
+def _prepared(policy: RetryPolicy, request: requests.PreparedRequest,
+              attempt: int) -> requests.PreparedRequest:
+    """``policy``'s ``prepare_attempt`` hook applied to a copy of ``request``."""
+    hook = policy.prepare_attempt
+    if hook is None:
+        return request
+    copy = request.copy()
+    return hook(copy, attempt) or copy
 
 
 def smart_session(

@@ -9,11 +9,13 @@ import random
 import re
 from typing import Optional, Protocol
 
-__all__ = ["FAR_FUTURE", "JITTER_MODES", "backoff_delay", "parse_retry_after"]
+__all__ = ["FAR_FUTURE", "JITTER_MODES", "backoff_delay", "parse_retry_after",
+           "parse_retry_after_ms"]
 
 JITTER_MODES = ("full", "equal", "decorrelated")
 
 _DELTA_SECONDS = re.compile(r"\A\s*(\d+)(?:\.\d+)?\s*\Z")
+_MILLISECONDS = re.compile(r"\A\s*(\d{1,18}(?:\.\d*)?)\s*\Z")
 # delta-seconds has no upper limit (RFC 9110): longer numbers mean "practically never" and
 # are read as this many seconds (about 31 million years), not ignored as malformed.
 FAR_FUTURE = 1e15
@@ -91,3 +93,14 @@ def parse_retry_after(value: object, *, now: float) -> Optional[float]:
     if not math.isfinite(delta):
         return None
     return max(0.0, delta)
+
+
+def parse_retry_after_ms(value: object) -> Optional[float]:
+    """Seconds asked by a ``Retry-After-Ms`` header (a number of milliseconds, as OpenAI's
+    and Anthropic's APIs send it), or ``None`` when it is absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    match = _MILLISECONDS.match(value)
+    if match is None:
+        return None
+    return min(float(match.group(1)) / 1000.0, FAR_FUTURE)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Union
 import requests
 import urllib3.exceptions as u3
 
-from .backoff import parse_retry_after
+from .backoff import parse_retry_after, parse_retry_after_ms
 from .errors import AttemptDeadlineExceeded, CircuitOpenError, ResponseSignatureError
 
 __all__ = [
@@ -58,6 +58,8 @@ __all__ = [
     "mark_connect_phase",
     "mark_final",
     "pool_refused",
+    "retry_after_of",
+    "server_signals",
     "status_of",
     "veto",
     "walk_causes",
@@ -436,14 +438,18 @@ def classify_message(exc: BaseException) -> Optional[Classification]:
 
 
 def classify_status(status: int, retry_statuses: frozenset[int]) -> Classification:
-    """The HTTP-status column of the table: 429 and 5xx (as configured) retry, 4xx do not.
+    """The HTTP-status column of the table: 408, 429 and 5xx (as configured) retry, other
+    4xx do not.
 
     429 and 503 tell the client that the server did not act on the request, so even a POST
-    may be repeated.
+    may be repeated.  408 (the server stopped waiting for the request) is a timeout,
+    repeated only when safe: a proxy may send it after the origin got the request.
     """
     if status < 400 and status not in retry_statuses:
         return SUCCESS
     reason = f"HTTP {status}"
+    if status == 408 and status in retry_statuses:
+        return Classification(Verdict.TIMEOUT, reason)
     if status == 429:
         verdict = Verdict.RATE_LIMIT if status in retry_statuses else Verdict.CLIENT_ERROR
         return Classification(verdict, reason, server_acted=False)
@@ -480,10 +486,48 @@ def _retry_after_of(exc: BaseException) -> Optional[float]:
         headers = getattr(getattr(node, "response", None), "headers", None)
         if headers is not None and hasattr(headers, "get"):
             try:
-                return parse_retry_after(headers.get("Retry-After"), now=time.time())
+                return retry_after_of(headers)
             except Exception:  # a foreign headers object that misbehaves: ignore it
                 return None
     return None
+
+
+# -- the server's own signals, on any response ----------------------------------------------
+
+_SHOULD_RETRY = "x-should-retry"
+
+
+def retry_after_of(headers: Any, honor_server_signals: bool = True) -> Optional[float]:
+    """Seconds the server asked to wait: ``Retry-After-Ms`` (milliseconds; unless
+    ``honor_server_signals`` is false) before ``Retry-After`` (seconds or an HTTP-date);
+    ``None`` when neither is there or parses."""
+    if honor_server_signals:
+        asked = parse_retry_after_ms(headers.get("Retry-After-Ms"))
+        if asked is not None:
+            return asked
+    return parse_retry_after(headers.get("Retry-After"), now=time.time())
+
+
+def server_signals(verdict: Classification, status: int, headers: Any) -> Classification:
+    """``verdict`` as the server's ``x-should-retry`` header amends it (a row of the table
+    for every policy with ``honor_server_signals``): ``false`` makes a failure final,
+    ``true`` makes any failure retryable (a status outside ``retry_statuses``, a 409, a
+    vendor's permanent code), still only when safe: a request the server may have acted
+    on is repeated only if idempotent.  A success stays a success."""
+    if verdict.verdict is Verdict.SUCCESS:
+        return verdict
+    said = headers.get(_SHOULD_RETRY)
+    if said is None:
+        return verdict
+    said = said.strip().lower()
+    if said == "false" and verdict.retryable:
+        return Classification(Verdict.PERMANENT, f"HTTP {status} x-should-retry: false",
+                              sent=verdict.sent)
+    if said == "true" and not verdict.retryable:
+        return Classification(Verdict.RATE_LIMIT if status == 429 else Verdict.SERVER_ERROR,
+                              f"HTTP {status} x-should-retry: true", sent=verdict.sent,
+                              server_acted=verdict.server_acted)
+    return verdict
 
 
 _PROGRAMMING_ERRORS = (LookupError, AttributeError, TypeError, NameError, AssertionError)
@@ -534,11 +578,15 @@ def classify_http_response(
     response: Any,
     hook: Optional[Callable[[Any], Optional[Classification]]],
     retry_statuses: frozenset[int],
+    honor_server_signals: bool = True,
 ) -> Classification:
     """The verdict on a response (a ``requests`` or an ``httpx`` one: ``status_code`` and
     ``headers.get`` are all it reads): the vendor ``hook`` first, then the status table,
-    with ``Retry-After`` attached for retryable verdicts.  A hook that raises or returns
-    something else than a :class:`Classification` or ``None`` is logged and ignored."""
+    then (with ``honor_server_signals``) the server's ``x-should-retry``
+    (:func:`server_signals`), with the asked delay attached for retryable verdicts
+    (:func:`retry_after_of`: ``Retry-After-Ms``, then ``Retry-After``).  A hook that
+    raises or returns something else than a :class:`Classification` or ``None`` is
+    logged and ignored."""
     verdict: Optional[Classification] = None
     if hook is not None:
         answer: object = None  # what a user's hook returns is checked, not trusted
@@ -554,8 +602,13 @@ def classify_http_response(
                        "Classification or None; using the status table", answer)
     if verdict is None:
         verdict = classify_status(response.status_code, retry_statuses)
+    if verdict.verdict is Verdict.SUCCESS:
+        return verdict
+    headers = response.headers
+    if honor_server_signals:
+        verdict = server_signals(verdict, response.status_code, headers)
     if verdict.retryable and verdict.retry_after is None:
-        asked = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+        asked = retry_after_of(headers, honor_server_signals)
         if asked is not None:
             verdict = dataclasses.replace(verdict, retry_after=asked)
     return verdict

@@ -41,12 +41,12 @@ _DEMO_BACKOFF = 0.2
 # counted apart (a call that succeeded on its second attempt is 1 ok call and 1 failed
 # attempt); latencies are seconds per call.
 _COLUMNS = (
-    ("calls", "total", "requests"),
-    ("calls", "ok", "successes"),
-    ("calls", "gave up", "give_ups"),
-    ("calls", "refused", "rejections"),
+    ("calls", "total", "calls"),
+    ("calls", "ok", "calls_succeeded"),
+    ("calls", "gave up", "calls_failed"),
+    ("calls", "refused", "calls_refused"),
     ("attempts", "total", "attempts"),
-    ("attempts", "failed", "failures"),
+    ("attempts", "failed", "attempts_failed"),
     ("attempts", "retries", "retries"),
     ("seconds per call", "p50", "p50"),
     ("seconds per call", "p99", "p99"),
@@ -99,7 +99,7 @@ def format_stats_table(snapshot: dict[str, Any]) -> str:
                                + [c.ljust(widths[i]) for i, c in enumerate(line)]).rstrip())
     by_verdict = []
     for op, name in zip(order, names):
-        verdicts = rows[op].get("failures_by_verdict") or {}
+        verdicts = rows[op].get("attempts_failed_by_verdict") or {}
         text = " ".join(f"{k}={v}" for k, v in sorted(verdicts.items()) if v)
         if text:
             by_verdict.append(f"  {name}: {text}")

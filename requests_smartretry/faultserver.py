@@ -5,7 +5,9 @@ request path, so one server serves every scenario at once:
 
 ==========================  =====================================================
 ``/ok``                     200 with a short body
-``/status/503``             that status (``?retry_after=...`` adds the header)
+``/status/503``             that status (``?retry_after=``, ``?retry_after_ms=`` and
+                            ``?should_retry=`` add Retry-After, Retry-After-Ms and
+                            x-should-retry)
 ``/reset``                  reads the request, then resets the connection (RST)
 ``/hang?seconds=5``         reads the request, says nothing for that long
 ``/drip?interval=0.1&count=50``  headers, then one body byte per interval
@@ -264,8 +266,11 @@ class FaultServer:
             self._big(conn, int(query.get("bytes", "1000000")))
         elif step.isdigit():
             headers = {}
-            if "retry_after" in query:
-                headers["Retry-After"] = query["retry_after"]
+            for name, header in (("retry_after", "Retry-After"),
+                                 ("retry_after_ms", "Retry-After-Ms"),
+                                 ("should_retry", "x-should-retry")):
+                if name in query:
+                    headers[header] = query[name]
             self.send(conn, int(step), f"status {step}".encode(), headers)
         else:
             self.send(conn, 404, b"unknown scenario " + step.encode())

@@ -92,6 +92,7 @@ from .engine import (
 )
 from .errors import CallTimeoutError, SmartRetryError
 from .events import Hook, Verdict
+from .overrides import Overrides, current_overrides
 from .policy import RetryPolicy, resolve_policy
 from .redact import redact_exception
 from .workers import abandoned_attempts  # re-exported: its old home
@@ -125,8 +126,9 @@ class _CallOptions:
     functions' keywords (:class:`~requests_smartretry.options.SmartCallKeywords`) as one
     object."""
 
-    __slots__ = ("breaker", "budget", "classify", "clock", "hooks", "not_idempotent", "policy",
-                 "quiet", "run_in_thread", "sleep")
+    __slots__ = ("_derived", "breaker", "budget", "classify", "clock", "extra_hooks",
+                 "hooks", "not_idempotent", "policy", "quiet", "retry_on", "run_in_thread",
+                 "sleep", "smart", "user_classify")
 
     # The keywords that are the call's own; every other one is a RetryPolicy field.
     _DEFAULTS: Mapping[str, Any] = {
@@ -173,19 +175,48 @@ class _CallOptions:
                     "execute_with_smart_retry() / with_retry(smart=True)"
                 )
             _check_retry_on(retry_on)
-        self.policy = policy
-        # the same consumers, in the same order, as SmartRetryAdapter's
-        self.hooks = build_hooks(policy, extra=check_hooks(hooks), breaker=breaker,
-                                 budget=budget)
-        self.quiet = quiet_plan(self.hooks)  # told directly while a call stays quiet
+        self.smart = smart
+        self.extra_hooks = check_hooks(hooks)
+        self.retry_on = retry_on
+        self.user_classify = classify
         self.breaker = breaker
         self.budget = budget
         self.sleep = sleep
         self.clock = clock
         self.run_in_thread = run_in_thread
+        self._use(policy, not_idempotent)
+        # Per retry_options block: id(Overrides) -> (Overrides, options for it).
+        self._derived: dict[int, tuple[Overrides, _CallOptions]] = {}
+
+    def _use(self, policy: RetryPolicy, not_idempotent: bool) -> None:
+        """Derive what depends on ``policy``: hooks, quiet plan, classifier."""
+        self.policy = policy
         self.not_idempotent = not_idempotent
-        self.classify = call_classifier(smart, policy.retry_statuses, retry_on, classify,
-                                        not_idempotent)
+        # the same consumers, in the same order, as SmartRetryAdapter's
+        self.hooks = build_hooks(policy, extra=self.extra_hooks, breaker=self.breaker,
+                                 budget=self.budget)
+        self.quiet = quiet_plan(self.hooks)  # told directly while a call stays quiet
+        self.classify = call_classifier(self.smart, policy.retry_statuses, self.retry_on,
+                                        self.user_classify, not_idempotent)
+
+    def overridden(self, overrides: Overrides) -> _CallOptions:
+        """These options under a :func:`~requests_smartretry.retry_options` block (cached
+        per block's fields: a block entered again reuses them)."""
+        derived = self._derived.get(id(overrides))
+        if derived is not None and derived[0] is overrides:
+            return derived[1]
+        clone = _CallOptions.__new__(_CallOptions)
+        for name in self.__slots__:
+            setattr(clone, name, getattr(self, name))
+        fields = overrides.fields
+        clone._use(overrides.apply(self.policy),
+                   fields["idempotent"] is False if "idempotent" in fields
+                   else self.not_idempotent)
+        clone._derived = {}
+        if len(self._derived) >= 64:  # bounded, as the adapter's
+            self._derived.clear()
+        self._derived[id(overrides)] = (overrides, clone)
+        return clone
 
 
 def _check_bool(name: str, value: Any) -> None:
@@ -231,6 +262,10 @@ def _check_fn(fn: Any, caller: str) -> None:
 
 
 def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
+    overrides = current_overrides()  # a retry_options block: the one context read
+    if overrides is not None:
+        config = config.overridden(overrides)
+        operation = config.policy.operation_name or operation
     policy = config.policy
     call = CallInfo(operation=operation, service=policy.service or operation)
 

@@ -66,6 +66,7 @@ from requests_smartretry.engine import (
 )
 from requests_smartretry.errors import AttemptDeadlineExceeded as _CoreDeadlineExceeded
 from requests_smartretry.events import Hook, Verdict
+from requests_smartretry.overrides import current_overrides
 from requests_smartretry.policy import RetryPolicy, resolve_policy
 from requests_smartretry.presets._base import check_credential, check_endpoint, origin_of
 from requests_smartretry.presets.ark import DEFAULT_ENDPOINT as ARK_ENDPOINT
@@ -73,7 +74,9 @@ from requests_smartretry.presets.ark import _video_policy
 from requests_smartretry.redact import redact_exception, redact_url
 from requests_smartretry.sending import (
     final_on_failure,
+    idempotency_key,
     is_idempotent,
+    new_idempotency_key,
     operation_name,
     service_name,
 )
@@ -370,6 +373,8 @@ class SmartRetryTransport(httpx.BaseTransport):
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
         self._names: Optional[dict[tuple[str, httpx.URL], CallInfo]] = (
             {} if self.policy.name_request is None else None)
+        # Per policy derived by retry_options: id -> (policy, hooks, quiet plan).
+        self._derived: dict[int, tuple[RetryPolicy, tuple[Hook, ...], Any]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(policy={self.policy!r})"
@@ -388,16 +393,30 @@ class SmartRetryTransport(httpx.BaseTransport):
         policy = self.policy
         return httpx.Timeout(policy.timeout, connect=policy.connect_timeout or policy.timeout)
 
-    def _call_info(self, request: httpx.Request) -> CallInfo:
-        names = self._names
+    def _overridden(self, policy: RetryPolicy) -> tuple[tuple[Hook, ...], Any]:
+        """The hooks and quiet plan for a policy a ``retry_options`` block derived."""
+        derived = self._derived.get(id(policy))
+        if derived is None or derived[0] is not policy:
+            hooks = build_hooks(policy, stats=self.stats, extra=self.extra_hooks,
+                                breaker=self.breaker, budget=self.budget)
+            if len(self._derived) >= 64:  # bounded: policies may be derived per request
+                self._derived.clear()
+            derived = self._derived[id(policy)] = (policy, hooks, quiet_plan(hooks))
+        return derived[1], derived[2]
+
+    def _call_info(self, request: httpx.Request,
+                   policy: Optional[RetryPolicy] = None) -> CallInfo:
+        names = self._names if policy is None else None  # derived policies: not cached
         key = (request.method, request.url)
         if names is not None:
             info = names.get(key)
             if info is not None:
                 return info
+        if policy is None:
+            policy = self.policy
         view = _RequestView(request, request.headers)
-        info = CallInfo(operation=operation_name(self.policy, view),
-                        service=service_name(self.policy, view),
+        info = CallInfo(operation=operation_name(policy, view),
+                        service=service_name(policy, view),
                         method=request.method, url=redact_url(view.url))
         if names is not None:
             if len(names) >= 512:
@@ -411,7 +430,18 @@ class SmartRetryTransport(httpx.BaseTransport):
         if self._closed:
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         policy = self.policy
-        call = self._call_info(request)
+        overrides = current_overrides()  # a retry_options block: the one context read
+        if overrides is None:
+            call, hooks, quiet = self._call_info(request), self._hooks, self._quiet
+        else:
+            policy = overrides.apply(policy)
+            call = self._call_info(request, policy)
+            hooks, quiet = self._overridden(policy)
+        minted = None  # the idempotency header this call added (removed at its end)
+        if policy.idempotency_header is not None and \
+                idempotency_key(request.headers, policy.idempotency_header) is None:
+            minted = policy.idempotency_header
+            request.headers[minted] = new_idempotency_key()
         read_body = request.extensions.get(STREAM_EXTENSION) is False
         replayable = isinstance(request.stream, httpx.ByteStream)
         asked_timeouts = request.extensions.get("timeout")
@@ -436,10 +466,10 @@ class SmartRetryTransport(httpx.BaseTransport):
                     to_send = _attempt_request(request, policy.prepare_attempt, number)
                 finally:
                     _PREVIOUS_ATTEMPTS.reset(token)
-            outcome = self._attempt(to_send, read_body)
+            outcome = self._attempt(to_send, read_body, policy)
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 if not read_body:  # read later: a failure then is final as one now would be
-                    self._guard_streamed_body(outcome, request, replayable)
+                    self._guard_streamed_body(outcome, request, replayable, policy)
                 return outcome
             verdicts.append(outcome.classification)
             if outcome.value is not None:
@@ -454,27 +484,31 @@ class SmartRetryTransport(httpx.BaseTransport):
                 mark_vetoed(outcome)
             return outcome
 
-        finished = run_call(policy, call, attempt, hooks=self._hooks, breaker=self.breaker,
-                            budget=self.budget, sleep=self._sleep, clock=self._clock,
-                            closed=self._is_closed, quiet=self._quiet)
+        try:
+            finished = run_call(policy, call, attempt, hooks=hooks, breaker=self.breaker,
+                                budget=self.budget, sleep=self._sleep, clock=self._clock,
+                                closed=self._is_closed, quiet=quiet)
+        finally:
+            if minted is not None:  # the caller's request, sent again, gets a new key
+                del request.headers[minted]
         return finished.unwrap()  # raises the last attempt's error, history attached
 
     def _guard_streamed_body(self, outcome: Outcome[httpx.Response], request: httpx.Request,
-                             replayable: bool) -> None:
+                             replayable: bool, policy: RetryPolicy) -> None:
         """A later failed read of the streamed response gets the veto that a failure after
         sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
         response = outcome.value
         if response is None or not isinstance(response.stream, httpx.SyncByteStream):
             return
         reason = veto(BODY_READ_FAILED,
-                      is_idempotent(self.policy, _RequestView(request, request.headers)),
+                      is_idempotent(policy, _RequestView(request, request.headers)),
                       replayable)
         if reason is not None:
             response.stream = _FinalOnFailure(response.stream, reason)
 
-    def _attempt(self, request: httpx.Request, read_body: bool) -> Outcome[httpx.Response]:
-        """One attempt, inside its wall-clock deadline."""
-        policy = self.policy
+    def _attempt(self, request: httpx.Request, read_body: bool,
+                 policy: RetryPolicy) -> Outcome[httpx.Response]:
+        """One attempt, inside its wall-clock deadline, under the call's ``policy``."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
@@ -506,7 +540,7 @@ class SmartRetryTransport(httpx.BaseTransport):
             response.close()
             return _deadline_outcome(total, request)
         verdict = classify_http_response(response, policy.classify_response,
-                                         policy.retry_statuses)
+                                         policy.retry_statuses, policy.honor_server_signals)
         status = response.status_code
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=status)

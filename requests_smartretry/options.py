@@ -84,6 +84,8 @@ class PolicyFields(TypedDict, total=False):
     log: bool
     nested: Literal["single", "retry"]
     per_verdict: Mapping[Verdict, VerdictRule]
+    honor_server_signals: bool
+    idempotency_header: Optional[str]
 
 
 class CallOptions(PolicyFields, total=False):

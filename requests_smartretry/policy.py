@@ -28,8 +28,8 @@ __all__ = [
     "resolve_policy",
 ]
 
-#: 429 and every 5xx.
-DEFAULT_RETRY_STATUSES = frozenset({429, *range(500, 600)})
+#: 408 (the server gave up waiting for the request), 429 and every 5xx.
+DEFAULT_RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 #: The shortest timeout an attempt can honour (seconds): below it, the deadline passes
 #: before the connection is even made, and no attempt would ever send.
 MIN_TIMEOUT = 0.01
@@ -79,7 +79,7 @@ class RetryPolicy:
     lang: str = "zh"
     #: Connect timeout per attempt; default: ``timeout``.
     connect_timeout: Optional[float] = None
-    #: Statuses that are retried (429 and all 5xx by default).
+    #: Statuses that are retried (408, 429 and all 5xx by default).
     retry_statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
     #: Methods retried even when the request may have reached the server.
     idempotent_methods: frozenset[str] = DEFAULT_IDEMPOTENT_METHODS
@@ -109,6 +109,14 @@ class RetryPolicy:
     #: wait that cannot fit is not started, each attempt is cut to what is left, and
     #: nested smart calls (and ``deadline.remaining()``) see what is left.
     deadline: Optional[float] = None
+    #: Honour the server's own retry signals on every response: ``Retry-After-Ms``
+    #: (milliseconds, preferred over ``Retry-After``) and ``x-should-retry: true|false``
+    #: (``false``: not retried; ``true``: retried when safe, whatever the status).
+    honor_server_signals: bool = True
+    #: A header (``"Idempotency-Key"``) that every call carries: a request without one
+    #: gets a fresh UUID4 for the whole call, the same on every attempt, and is then
+    #: treated as idempotent.  ``None``: no key is added.
+    idempotency_header: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, minimum=0)
@@ -157,7 +165,11 @@ class RetryPolicy:
                 f"idempotent must be a bool or a callable(request) -> bool, "
                 f"got {self.idempotent!r}"
             )
-        for name in ("respect_retry_after", "log"):
+        if self.idempotency_header is not None and not _is_header_name(
+                self.idempotency_header):
+            raise ValueError(f"idempotency_header must be an HTTP header name or None, "
+                             f"got {self.idempotency_header!r}")
+        for name in ("respect_retry_after", "log", "honor_server_signals"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "retry_statuses", _statuses(self.retry_statuses))
@@ -255,6 +267,14 @@ def check_timeout(name: str, value: Any) -> None:
 def _check_non_negative(name: str, value: Any) -> None:
     if _check_number(name, value) < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+# RFC 9110 token characters: what a header field name may contain.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _is_header_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and all(c in _TOKEN for c in value)
 
 
 def _statuses(value: Any) -> frozenset[int]:

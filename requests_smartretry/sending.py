@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, TypeVar, Union
 from urllib.parse import urlsplit
@@ -19,7 +20,11 @@ from .engine import CallInfo
 from .policy import RetryPolicy, check_timeout
 from .redact import path_template
 
-__all__ = ["TimeoutArg", "final_on_failure", "is_idempotent", "operation_name", "service_name"]
+__all__ = ["DEFAULT_IDEMPOTENCY_HEADER", "TimeoutArg", "final_on_failure", "idempotency_key",
+           "is_idempotent", "operation_name", "service_name", "with_idempotency_key"]
+
+#: The header that makes any request safe to repeat, whatever the policy.
+DEFAULT_IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 _log = logging.getLogger("requests_smartretry")
 _T = TypeVar("_T")
@@ -225,12 +230,44 @@ def service_name(policy: RetryPolicy, request: Any) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
+def idempotency_key(headers: Any, name: str = DEFAULT_IDEMPOTENCY_HEADER) -> Optional[str]:
+    """The idempotency key ``headers`` (any mapping with ``get``; requests' and httpx's
+    are case-insensitive) carry under ``name``, or ``None`` when there is none: an empty
+    or blank value is no key (a server cannot deduplicate on it)."""
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value
+
+
+def new_idempotency_key() -> str:
+    """A fresh key: a random UUID4, as Stripe's, OpenAI's and AWS's clients mint them."""
+    return str(uuid.uuid4())
+
+
+def with_idempotency_key(request: requests.PreparedRequest,
+                         name: str) -> requests.PreparedRequest:
+    """``request`` when it carries a key under ``name``, else a copy of it with a fresh
+    one (the caller's request is untouched: sent again, it gets a new key)."""
+    if idempotency_key(request.headers, name) is not None:
+        return request
+    keyed = request.copy()
+    keyed.headers[name] = new_idempotency_key()
+    return keyed
+
+
 def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
     """Whether repeating ``request`` after it reached the server is safe: an idempotent
-    method, an ``Idempotency-Key`` header, or the policy's ``idempotent`` rule."""
+    method, an idempotency key (``Idempotency-Key``, or the policy's
+    ``idempotency_header``; an empty one is none), or the policy's ``idempotent`` rule."""
     if (request.method or "GET").upper() in policy.idempotent_methods:
         return True
-    if "Idempotency-Key" in request.headers:
+    headers = request.headers
+    if idempotency_key(headers) is not None or (
+            policy.idempotency_header is not None
+            and idempotency_key(headers, policy.idempotency_header) is not None):
         return True
     rule = policy.idempotent
     if callable(rule):

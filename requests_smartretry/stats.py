@@ -11,12 +11,13 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import warnings
 from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind
 from .testing import track
 
-__all__ = ["TOTAL_KEY", "LatencyHistogram", "Stats"]
+__all__ = ["DEPRECATED_NAMES", "TOTAL_KEY", "LatencyHistogram", "Stats", "StatsRow"]
 
 #: The snapshot key under which the totals over every operation appear.
 TOTAL_KEY = "__total__"
@@ -134,25 +135,78 @@ _EDGES = [LatencyHistogram.FLOOR * 2 ** (k / LatencyHistogram.PER_DOUBLING)
           for k in range(LatencyHistogram.SIZE - 1)]
 
 
+#: The snapshot names of release 0.1, kept for one release: each reads its new name, with
+#: a ``DeprecationWarning``.  ``successes`` counted calls while ``failures`` counted
+#: attempts; the new names say which.
+DEPRECATED_NAMES = {
+    "requests": "calls",
+    "successes": "calls_succeeded",
+    "give_ups": "calls_failed",
+    "give_ups_by_reason": "calls_failed_by_reason",
+    "in_flight": "calls_in_flight",
+    "failures": "attempts_failed",
+    "failures_by_verdict": "attempts_failed_by_verdict",
+}
+
+
+class StatsRow(dict):  # type: ignore[type-arg]  # dict[str, Any], generic only in stubs
+    """One operation's counts in a :meth:`Stats.snapshot`: a plain ``dict`` (JSON as it
+    is) whose deprecated names (:data:`DEPRECATED_NAMES`) still read, with a
+    ``DeprecationWarning``, through ``row[name]`` and ``row.get(name)``."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> Any:
+        new = DEPRECATED_NAMES.get(key)
+        if new is None:
+            raise KeyError(key)
+        _warn(key, new)
+        return self[new]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """As ``dict.get``; a deprecated name reads its new one (with a warning)."""
+        if key not in self and key in DEPRECATED_NAMES:
+            return self[key]
+        return super().get(key, default)
+
+
+def _warn(old: str, new: str) -> None:
+    warnings.warn(f"Stats snapshot field {old!r} is deprecated and will be removed in the "
+                  f"next release; read {new!r} (calls and attempts are counted apart)",
+                  DeprecationWarning, stacklevel=3)
+
+
+# _Counters' slots of release 0.1, by their current names (for unpickling).
+_OLD_SLOTS = {"requests": "calls", "successes": "calls_succeeded", "refused": "calls_refused",
+              "failures": "attempts_failed", "give_ups": "calls_failed"}
+
+
 class _Counters:
     """The mutable tallies of one operation (always touched under the Stats lock)."""
 
-    __slots__ = ("attempt_seconds", "attempts", "budget_denials", "call_seconds",
-                 "failures", "give_ups", "refused", "rejections", "requests", "retries",
-                 "successes")
+    __slots__ = ("attempt_seconds", "attempts", "attempts_failed", "budget_denials",
+                 "call_seconds", "calls", "calls_failed", "calls_refused", "calls_succeeded",
+                 "rejections", "retries")
 
     def __init__(self) -> None:
-        self.requests = 0
+        self.calls = 0
         self.attempts = 0
         self.retries = 0
-        self.successes = 0
+        self.calls_succeeded = 0
         self.rejections = 0
-        self.refused = 0  # calls the breaker refused before their first attempt
+        self.calls_refused = 0  # calls the breaker refused before their first attempt
         self.budget_denials = 0
-        self.failures: dict[str, int] = {}
-        self.give_ups: dict[str, int] = {}
+        self.attempts_failed: dict[str, int] = {}  # by verdict
+        self.calls_failed: dict[str, int] = {}  # by give-up reason
         self.attempt_seconds = LatencyHistogram()
         self.call_seconds = LatencyHistogram()
+
+    def __setstate__(self, state: Any) -> None:
+        # Counters pickled by release 0.1 carry its slot names: read them under the new.
+        self.__init__()  # type: ignore[misc]  # every slot set, then the pickled values
+        slots = state[1] if isinstance(state, tuple) else state
+        for name, value in (slots or {}).items():
+            setattr(self, _OLD_SLOTS.get(name, name), value)
 
     def copy(self) -> _Counters:
         clone = _Counters()
@@ -160,33 +214,36 @@ class _Counters:
         return clone
 
     def merge(self, other: _Counters) -> None:
-        for name in ("requests", "attempts", "retries", "successes", "rejections",
-                     "refused", "budget_denials"):
+        for name in ("calls", "attempts", "retries", "calls_succeeded", "rejections",
+                     "calls_refused", "budget_denials"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for mine, theirs in ((self.failures, other.failures), (self.give_ups, other.give_ups)):
+        for mine, theirs in ((self.attempts_failed, other.attempts_failed),
+                             (self.calls_failed, other.calls_failed)):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
 
-    def as_dict(self) -> dict[str, Any]:
-        give_ups = sum(self.give_ups.values())
-        return {
-            "requests": self.requests,
+    def as_dict(self) -> StatsRow:
+        calls_failed = sum(self.calls_failed.values())
+        return StatsRow({
+            "calls": self.calls,
+            "calls_succeeded": self.calls_succeeded,
+            "calls_failed": calls_failed,
+            "calls_failed_by_reason": dict(sorted(self.calls_failed.items())),
+            "calls_refused": self.calls_refused,
+            "calls_in_flight": max(0, self.calls - self.calls_succeeded - calls_failed
+                                   - self.calls_refused),
             "attempts": self.attempts,
+            "attempts_failed": sum(self.attempts_failed.values()),
+            "attempts_failed_by_verdict": dict(sorted(self.attempts_failed.items())),
             "retries": self.retries,
-            "successes": self.successes,
-            "failures": sum(self.failures.values()),
-            "failures_by_verdict": dict(sorted(self.failures.items())),
-            "give_ups": give_ups,
-            "give_ups_by_reason": dict(sorted(self.give_ups.items())),
+            "retry_rate": self.retries / self.calls if self.calls else 0.0,
             "rejections": self.rejections,
             "budget_denials": self.budget_denials,
-            "in_flight": max(0, self.requests - self.successes - give_ups - self.refused),
-            "retry_rate": self.retries / self.requests if self.requests else 0.0,
             "attempt_seconds": self.attempt_seconds.summary(),
             "call_seconds": self.call_seconds.summary(),
-        }
+        })
 
 
 class Stats:
@@ -201,14 +258,22 @@ class Stats:
         shared = Stats()                                       # one Stats, many adapters:
         smart_session(stats=shared), smart_session(stats=shared)
 
-    Per operation: ``requests`` (calls, including those the breaker refused), ``attempts``,
-    ``retries``, ``successes`` (calls), ``failures`` (failed attempts) and
-    ``failures_by_verdict``, ``give_ups`` (calls that ended in failure) and
-    ``give_ups_by_reason``, ``rejections`` (breaker refusals), ``budget_denials``,
-    ``in_flight``, ``retry_rate`` (retries per request) and latency summaries
-    ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90, p99, max), from the
-    events' ``elapsed`` and ``call_elapsed`` (the retry loop measures both on its clock).
-    The totals over every operation are under :data:`TOTAL_KEY`.
+    Per operation, calls and attempts counted apart (a call that succeeded on its second
+    attempt is one succeeded call and one failed attempt):
+
+    - calls: ``calls`` (including those the breaker refused), ``calls_succeeded``,
+      ``calls_failed`` (ended without success) and ``calls_failed_by_reason``,
+      ``calls_refused`` (by the breaker, before any attempt), ``calls_in_flight``;
+    - attempts: ``attempts``, ``attempts_failed`` and ``attempts_failed_by_verdict``,
+      ``retries``, ``rejections`` (attempts the breaker refused);
+    - ``retry_rate`` (retries per call), ``budget_denials`` (calls the budget ended), and
+      latency summaries ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90,
+      p99, max), from the events' ``elapsed`` and ``call_elapsed`` (the retry loop
+      measures both on its clock).
+
+    The totals over every operation are under :data:`TOTAL_KEY`.  The names of release
+    0.1 (``requests``, ``successes``, ``failures``, ``give_ups``, ``in_flight``…, see
+    :data:`DEPRECATED_NAMES`) still read for one release, with a ``DeprecationWarning``.
 
     Thread safety: every event takes one short lock (no I/O, no callbacks under it);
     :meth:`snapshot` copies under the lock and computes percentiles outside it, so it is
@@ -244,28 +309,28 @@ class Stats:
             if kind is _START:
                 counters.attempts += 1
                 if event.attempt == 1:
-                    counters.requests += 1
+                    counters.calls += 1
             elif kind is _SUCCESS:
-                counters.successes += 1
+                counters.calls_succeeded += 1
                 counters.attempt_seconds.add(event.elapsed)
                 counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
-                counters.failures[verdict] = counters.failures.get(verdict, 0) + 1
+                counters.attempts_failed[verdict] = counters.attempts_failed.get(verdict, 0) + 1
                 counters.attempt_seconds.add(event.elapsed)
             elif kind is EventKind.RETRY:
                 counters.retries += 1
             elif kind is EventKind.GIVE_UP:
                 reason = event.give_up_reason or "unknown"
-                counters.give_ups[reason] = counters.give_ups.get(reason, 0) + 1
+                counters.calls_failed[reason] = counters.calls_failed.get(reason, 0) + 1
                 if reason == "budget":
                     counters.budget_denials += 1
                 counters.call_seconds.add(event.call_elapsed)
             elif kind is EventKind.REJECTED:
                 counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here
-                    counters.requests += 1
-                    counters.refused += 1
+                    counters.calls += 1
+                    counters.calls_refused += 1
 
     # -- a quiet call (engine.Quiet): its first attempt counted without events ------------
 
@@ -276,7 +341,7 @@ class Stats:
             if counters is None:
                 counters = self._new_operation(operation)
             counters.attempts += 1
-            counters.requests += 1
+            counters.calls += 1
 
     def quiet_success(self, operation: str, elapsed: float) -> None:
         """What the SUCCESS of a call's first attempt counts: the attempt and the call took
@@ -285,7 +350,7 @@ class Stats:
             counters = self._operations.get(operation)
             if counters is None:
                 counters = self._new_operation(operation)
-            counters.successes += 1
+            counters.calls_succeeded += 1
             if 0.0 <= elapsed < math.inf:
                 index = bisect.bisect_left(_EDGES, elapsed)
                 counters.attempt_seconds.add_at(index, elapsed)
@@ -340,3 +405,4 @@ class Stats:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         track(self)
+

@@ -146,6 +146,8 @@ def policy_for_retry(retry: Retry) -> RetryPolicy:
         "backoff_max": cap,
         "retry_statuses": frozenset(retry.status_forcelist or ()),
         "respect_retry_after": bool(retry.respect_retry_after_header),
+        # urllib3 reads neither Retry-After-Ms nor x-should-retry: nor do its labels.
+        "honor_server_signals": False,
     }
     methods = getattr(retry, "allowed_methods", None)
     if methods is None:  # urllib3: None means "retry any method"

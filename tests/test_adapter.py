@@ -908,7 +908,7 @@ def test_a_raising_signer_ends_the_call_with_its_history(
     assert attempt_history(caught.value)[-1].give_up_reason == "error"
     assert adapter.stats is not None
     row = next(iter(v for k, v in adapter.stats.snapshot().items() if k != "__total__"))
-    assert (row["in_flight"], row["give_ups"]) == (0, 1)
+    assert (row["calls_in_flight"], row["calls_failed"]) == (0, 1)
 
 
 def test_urllib3_retry_for_any_method_marks_the_operation_idempotent() -> None:

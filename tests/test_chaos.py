@@ -268,13 +268,13 @@ def test_chaos_loses_nothing_and_respects_the_policy(server: FaultServer) -> Non
     # ...and the adapter's own statistics report exactly those totals.
     assert adapter.stats is not None
     total = adapter.stats.snapshot()["__total__"]
-    assert total["requests"] == calls
+    assert total["calls"] == calls
     assert total["attempts"] == events.kinds[EventKind.START]
     assert total["retries"] == events.kinds[EventKind.RETRY]
-    assert total["successes"] == events.kinds[EventKind.SUCCESS]
-    assert total["failures"] == events.kinds[EventKind.FAILURE]
-    assert total["give_ups"] == events.kinds[EventKind.GIVE_UP]
-    assert total["in_flight"] == 0
+    assert total["calls_succeeded"] == events.kinds[EventKind.SUCCESS]
+    assert total["attempts_failed"] == events.kinds[EventKind.FAILURE]
+    assert total["calls_failed"] == events.kinds[EventKind.GIVE_UP]
+    assert total["calls_in_flight"] == 0
     print(f"\nchaos: {calls} calls, {events.kinds[EventKind.START]} attempts "
           f"({to_server} to the server, {server_total} received), "
           f"{events.kinds[EventKind.RETRY]} retries, "

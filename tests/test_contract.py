@@ -202,8 +202,8 @@ def test_the_contract_session_with_breaker_and_budget_counts_calls(server: Fault
                             budget=RetryBudget(), operation_name="contract")
     assert session.get(server.url("/ok")).status_code == 200
     snapshot = stats_of(session).snapshot()
-    assert snapshot["contract"]["requests"] == 1
-    assert snapshot["contract"]["successes"] == 1
+    assert snapshot["contract"]["calls"] == 1
+    assert snapshot["contract"]["calls_succeeded"] == 1
 
 
 def test_the_readme_ten_line_example_runs_and_prints_what_the_readme_shows() -> None:

@@ -269,12 +269,12 @@ def test_a_quiet_call_counts_what_its_events_would(script: Script) -> None:
         results.append((
             [(e.kind, e.attempt, e.verdict, e.status_code, e.max_attempts)
              for e in finished.history],
-            {k: counts[k] for k in ("requests", "attempts", "retries", "successes",
-                                    "in_flight")},
+            {k: counts[k] for k in ("calls", "attempts", "retries",
+                                    "calls_succeeded", "calls_in_flight")},
             counts["attempt_seconds"]["count"], counts["call_seconds"]["count"],
             budget.tokens("svc")))
     assert results[0] == results[1]
-    assert results[1][1]["requests"] == 1 and results[1][1]["in_flight"] == 0
+    assert results[1][1]["calls"] == 1 and results[1][1]["calls_in_flight"] == 0
 
 
 def test_a_quiet_history_reads_as_a_sequence_of_events() -> None:

@@ -154,6 +154,7 @@ RETRYABLE = [
     ("requests.Timeout", requests.Timeout()),
     ("requests.ReadTimeout", requests.ReadTimeout("read timed out")),
     ("requests.ConnectTimeout", requests.ConnectTimeout("connect timed out")),
+    ("status_code-408", WithStatusCode(408)),  # Request Timeout: retried when safe
     ("message-超时", RuntimeError("调用视频接口超时")),
     ("message-timeout", RuntimeError("upstream Timeout while rendering")),
     ("chained-cause", RuntimeError("sdk failed")),
@@ -166,7 +167,7 @@ NOT_RETRYABLE = [
     ("status-404", WithStatus(404)),
     ("status_code-400", WithStatusCode(400)),
     ("response.status_code-401", WithResponse(401)),
-    ("408-is-a-status-not-a-message", WithStatusCode(408)),
+    ("status_code-409", WithStatusCode(409)),
     ("other-errno", FileNotFoundError(errno.ENOENT, "no such file")),
     ("KeyError-mentioning-timeout", KeyError("timeout_ms")),  # a bug, not a slow server
     ("AttributeError-mentioning-timeout", AttributeError("no attribute timeout")),

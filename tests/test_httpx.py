@@ -273,8 +273,8 @@ def test_the_ark_sdk_retries_a_rate_limit_through_the_transport(
         "[API重试] 生成视频 - 第 2 次尝试成功",
     ]
     counts = sdk._client.smart_transport.stats.snapshot()["生成视频"]
-    assert (counts["requests"], counts["attempts"], counts["retries"]) == (1, 2, 1)
-    assert counts["failures_by_verdict"] == {"rate_limit": 1}
+    assert (counts["calls"], counts["attempts"], counts["retries"]) == (1, 2, 1)
+    assert counts["attempts_failed_by_verdict"] == {"rate_limit": 1}
 
 
 def test_the_ark_sdk_gets_an_invalid_parameter_after_one_request() -> None:
@@ -286,7 +286,7 @@ def test_the_ark_sdk_gets_an_invalid_parameter_after_one_request() -> None:
             sdk.content_generation.tasks.create(model="no-such-model", content=_CONTENT)
         assert fake.hits() == 1
         counts = sdk._client.smart_transport.stats.snapshot()["生成视频"]
-        assert counts["give_ups_by_reason"] == {"not_retryable": 1}
+        assert counts["calls_failed_by_reason"] == {"not_retryable": 1}
 
 
 def test_the_ark_sdk_reports_a_cut_attempt_as_its_timeout() -> None:
@@ -340,7 +340,7 @@ def test_stats_of_reads_a_smart_client_and_its_transport(server: FaultServer) ->
     client = smart_client(operation_name="计数", log=False)
     client.get(server.url("/ok"))
     assert stats_of(client) is stats_of(client.smart_transport)
-    assert stats_of(client).snapshot()["计数"]["requests"] == 1
+    assert stats_of(client).snapshot()["计数"]["calls"] == 1
     with pytest.raises(ValueError, match="counts nothing"):
         stats_of(smart_client(stats=False))
     with pytest.raises(TypeError, match="stats_of takes"):

@@ -166,7 +166,7 @@ def test_ten_thousand_task_ids_make_one_operation() -> None:
         snapshot = stats.snapshot()
     operations = sorted(k for k in snapshot if k != "__total__")
     assert operations == [f"GET 127.0.0.1:{server.port}/api/v3/tasks/{{id}}"]
-    assert snapshot[operations[0]]["requests"] == 10_000 == len(handled)
+    assert snapshot[operations[0]]["calls"] == 10_000 == len(handled)
 
 
 # -- no secret from a URL reaches any output ---------------------------------------------------

@@ -55,7 +55,7 @@ def test_stats_of_a_preset_session_reads_its_adapter(fake: FakeArk) -> None:
     for _ in range(3):
         session.get(f"{TASKS}/{task['id']}")
     assert adapter_of(session).policy.service == "volcengine-ark"
-    assert stats_of(session).snapshot()["查询视频任务状态"]["requests"] == 3
+    assert stats_of(session).snapshot()["查询视频任务状态"]["calls"] == 3
 
 
 ARK_ROWS = [

@@ -14,7 +14,7 @@ import requests
 from requests_smartretry import SmartRetryAdapter, Stats
 from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 from requests_smartretry.faultserver import FaultServer
-from requests_smartretry.stats import OTHER_KEY, TOTAL_KEY, LatencyHistogram
+from requests_smartretry.stats import DEPRECATED_NAMES, OTHER_KEY, TOTAL_KEY, LatencyHistogram
 
 
 def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
@@ -40,19 +40,49 @@ def test_a_retried_success_is_counted_per_operation() -> None:
     stats = Stats()
     feed_retried_success(stats)
     op = stats.snapshot()["op"]
-    assert op["requests"] == 1
+    assert op["calls"] == 1
     assert op["attempts"] == 2
     assert op["retries"] == 1
-    assert op["successes"] == 1
-    assert op["failures"] == 1
-    assert op["failures_by_verdict"] == {"server_error": 1}
-    assert op["give_ups"] == 0
-    assert op["in_flight"] == 0
+    assert op["calls_succeeded"] == 1
+    assert op["attempts_failed"] == 1
+    assert op["attempts_failed_by_verdict"] == {"server_error": 1}
+    assert op["calls_failed"] == 0
+    assert op["calls_in_flight"] == 0
     assert op["retry_rate"] == 1.0
     assert op["attempt_seconds"]["count"] == 2
     assert op["attempt_seconds"]["max"] == pytest.approx(0.1)
     assert op["call_seconds"]["count"] == 1
     assert op["call_seconds"]["p50"] == pytest.approx(0.55)
+
+
+def test_calls_and_attempts_are_named_apart() -> None:
+    """Two calls, one retried once: 2 calls succeeded, 3 attempts of which 1 failed, and
+    no field mixes the two (the 0.1 snapshot read successes=2 beside failures=1)."""
+    stats = Stats()
+    feed_retried_success(stats, call_id=1)
+    stats(event(EventKind.START, call_id=2))
+    stats(event(EventKind.SUCCESS, call_id=2, verdict=Verdict.SUCCESS, elapsed=0.01,
+                call_elapsed=0.01))
+    op = stats.snapshot()["op"]
+    assert (op["calls"], op["calls_succeeded"], op["calls_failed"]) == (2, 2, 0)
+    assert (op["attempts"], op["attempts_failed"], op["retries"]) == (3, 1, 1)
+    assert not any(name in op for name in DEPRECATED_NAMES)
+    assert json.loads(json.dumps(op)) == dict(op)
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(DEPRECATED_NAMES.items()))
+def test_the_old_names_still_read_with_a_deprecation_warning(old: str, new: str) -> None:
+    """Each 0.1 name reads its new field through [] and get(), warning that it goes."""
+    stats = Stats()
+    feed_retried_success(stats)
+    op = stats.snapshot()["op"]
+    with pytest.warns(DeprecationWarning, match=new):
+        assert op[old] == op[new]
+    with pytest.warns(DeprecationWarning, match=new):
+        assert op.get(old) == op[new]
+    assert op.get("no_such_field", 7) == 7
+    with pytest.raises(KeyError):
+        op["no_such_field"]
 
 
 def test_give_ups_are_counted_by_reason_and_budget_denials_separately() -> None:
@@ -65,12 +95,12 @@ def test_give_ups_are_counted_by_reason_and_budget_denials_separately() -> None:
         stats(event(EventKind.GIVE_UP, call_id=call_id, verdict=Verdict.TIMEOUT,
                     give_up_reason=reason, call_elapsed=1.0))
     op = stats.snapshot()["op"]
-    assert op["requests"] == 3
-    assert op["give_ups"] == 3
-    assert op["give_ups_by_reason"] == {"budget": 2, "exhausted": 1}
+    assert op["calls"] == 3
+    assert op["calls_failed"] == 3
+    assert op["calls_failed_by_reason"] == {"budget": 2, "exhausted": 1}
     assert op["budget_denials"] == 2
-    assert op["failures_by_verdict"] == {"timeout": 3}
-    assert op["in_flight"] == 0
+    assert op["attempts_failed_by_verdict"] == {"timeout": 3}
+    assert op["calls_in_flight"] == 0
     assert op["call_seconds"]["count"] == 3
 
 
@@ -86,11 +116,11 @@ def test_breaker_rejections_count_as_requests_only_before_the_first_attempt() ->
     stats(event(EventKind.GIVE_UP, call_id=2, verdict=Verdict.NETWORK,
                 give_up_reason="circuit_open", call_elapsed=0.02))
     op = stats.snapshot()["op"]
-    assert op["requests"] == 2
+    assert op["calls"] == 2
     assert op["rejections"] == 2
     assert op["attempts"] == 1
-    assert op["give_ups_by_reason"] == {"circuit_open": 1}
-    assert op["in_flight"] == 0
+    assert op["calls_failed_by_reason"] == {"circuit_open": 1}
+    assert op["calls_in_flight"] == 0
     assert op["call_seconds"]["count"] == 1  # the refused call never ran
 
 
@@ -98,7 +128,7 @@ def test_a_call_in_progress_shows_as_in_flight() -> None:
     """A call that started but has not ended is in flight."""
     stats = Stats()
     stats(event(EventKind.START, call_id=7))
-    assert stats.snapshot()["op"]["in_flight"] == 1
+    assert stats.snapshot()["op"]["calls_in_flight"] == 1
 
 
 def test_snapshot_is_json_with_totals_over_operations() -> None:
@@ -110,7 +140,7 @@ def test_snapshot_is_json_with_totals_over_operations() -> None:
     assert json.loads(json.dumps(snapshot)) == snapshot
     assert set(snapshot) == {"生成艺术照", "GET example.com/x", Stats.TOTAL_KEY}
     total = snapshot[TOTAL_KEY]
-    assert (total["requests"], total["attempts"], total["retries"]) == (2, 4, 2)
+    assert (total["calls"], total["attempts"], total["retries"]) == (2, 4, 2)
     assert total["attempt_seconds"]["count"] == 4
     assert stats.operations() == sorted(["生成艺术照", "GET example.com/x"])
 
@@ -118,7 +148,7 @@ def test_snapshot_is_json_with_totals_over_operations() -> None:
 def test_empty_snapshot_has_zero_totals() -> None:
     """A Stats that saw nothing reports zeros and no percentiles, not an error."""
     total = Stats().snapshot()[TOTAL_KEY]
-    assert total["requests"] == 0
+    assert total["calls"] == 0
     assert total["retry_rate"] == 0.0
     assert total["attempt_seconds"]["p99"] is None
 
@@ -138,8 +168,8 @@ def test_operations_beyond_the_cap_are_counted_under_other() -> None:
         stats(event(EventKind.START, op=op, call_id=call_id))
     snapshot = stats.snapshot()
     assert set(snapshot) == {"a", "b", OTHER_KEY, TOTAL_KEY}
-    assert snapshot[OTHER_KEY]["requests"] == 2
-    assert snapshot[TOTAL_KEY]["requests"] == 4
+    assert snapshot[OTHER_KEY]["calls"] == 2
+    assert snapshot[TOTAL_KEY]["calls"] == 4
 
 
 def test_stats_survive_pickling_with_their_counts() -> None:
@@ -149,7 +179,7 @@ def test_stats_survive_pickling_with_their_counts() -> None:
     copy = pickle.loads(pickle.dumps(stats))
     assert copy.snapshot() == stats.snapshot()
     copy(event(EventKind.START, call_id=99))
-    assert copy.snapshot()["op"]["requests"] == 2
+    assert copy.snapshot()["op"]["calls"] == 2
 
 
 @pytest.mark.parametrize(
@@ -224,14 +254,14 @@ def test_totals_add_up_exactly_under_16_threads() -> None:
         thread.join(timeout=60)
     total = stats.snapshot()[TOTAL_KEY]
     calls = threads_n * calls_per_thread
-    assert total["requests"] == calls
-    assert total["successes"] == calls
+    assert total["calls"] == calls
+    assert total["calls_succeeded"] == calls
     assert total["retries"] == calls // 2
     assert total["attempts"] == calls + calls // 2
-    assert total["failures_by_verdict"] == {"server_error": calls // 2}
+    assert total["attempts_failed_by_verdict"] == {"server_error": calls // 2}
     assert total["attempt_seconds"]["count"] == calls + calls // 2
     assert total["call_seconds"]["count"] == calls
-    assert total["in_flight"] == 0
+    assert total["calls_in_flight"] == 0
 
 
 # -- wiring through a real adapter and a real local server ------------------------------
@@ -257,11 +287,11 @@ def test_adapter_stats_count_a_retried_request(server: FaultServer) -> None:
         response = session.get(server.url("/seq/stats-wired?steps=503,ok"))
     assert response.status_code == 200
     op = adapter.stats.snapshot()["wired"] if adapter.stats else {}
-    assert op["requests"] == 1
+    assert op["calls"] == 1
     assert op["attempts"] == 2
     assert op["retries"] == 1
-    assert op["successes"] == 1
-    assert op["failures_by_verdict"] == {"server_error": 1}
+    assert op["calls_succeeded"] == 1
+    assert op["attempts_failed_by_verdict"] == {"server_error": 1}
     assert op["attempt_seconds"]["count"] == 2
     assert op["call_seconds"]["count"] == 1
 
@@ -275,7 +305,7 @@ def test_one_stats_can_be_shared_and_counting_turned_off(server: FaultServer) ->
         with requests.Session() as session:
             session.mount("http://", adapter)
             session.get(server.url("/ok"))
-    assert shared.snapshot()["shared"]["requests"] == 2
+    assert shared.snapshot()["shared"]["calls"] == 2
     silent = SmartRetryAdapter(stats=False)
     assert silent.stats is None
     assert not any(isinstance(hook, Stats) for hook in silent._hooks)
@@ -292,8 +322,8 @@ def test_a_pickled_adapter_keeps_its_policy_and_counts(server: FaultServer) -> N
     copy = pickle.loads(pickle.dumps(adapter))
     assert copy.policy == adapter.policy
     assert copy.stats is not None
-    assert copy.stats.snapshot()["pickled"]["requests"] == 1
+    assert copy.stats.snapshot()["pickled"]["calls"] == 1
     with requests.Session() as session:
         session.mount("http://", copy)
         session.get(server.url("/ok"))
-    assert copy.stats.snapshot()["pickled"]["requests"] == 2
+    assert copy.stats.snapshot()["pickled"]["calls"] == 2

@@ -265,8 +265,8 @@ def test_statistics_count_calls_attempts_and_retries(
     client.send("GET", url)
     name = f"GET 127.0.0.1:{server.port}{path_template(route(url))}"
     counts = client.stats.snapshot()[name]
-    assert (counts["requests"], counts["attempts"], counts["retries"]) == (2, 3, 1)
-    assert counts["failures_by_verdict"] == {"server_error": 1}
+    assert (counts["calls"], counts["attempts"], counts["retries"]) == (2, 3, 1)
+    assert counts["attempts_failed_by_verdict"] == {"server_error": 1}
 
 
 def test_threads_sharing_one_client_are_never_cut_by_each_others_deadlines(
@@ -291,4 +291,4 @@ def test_threads_sharing_one_client_are_never_cut_by_each_others_deadlines(
         thread.join()
     assert errors == []
     total = client.stats.snapshot()["__total__"]
-    assert (total["requests"], total["attempts"], total["successes"]) == (160, 160, 160)
+    assert (total["calls"], total["attempts"], total["calls_succeeded"]) == (160, 160, 160)

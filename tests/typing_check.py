@@ -28,6 +28,7 @@ from requests_smartretry import (
     adapter_of,
     execute_with_retry,
     execute_with_smart_retry,
+    retry_options,
     smart_session,
     stats_of,
     video_session,
@@ -183,3 +184,5 @@ def keyword_misuses_that_must_be_errors() -> None:
     RetryPolicy().replace(no_such=1)  # type: ignore[call-arg]
     execute_with_retry(lambda: 1, max_retry=1)  # type: ignore[call-arg]
     video_session(api_key="k", timout=5.0)  # type: ignore[call-arg]
+    retry_options(max_retry=0)  # type: ignore[call-arg]
+    retry_options(timeout="5")  # type: ignore[arg-type]
