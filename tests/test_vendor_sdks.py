@@ -17,7 +17,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from requests_smartretry import ResponseSignatureError, photo_adapter
+from requests_smartretry import ResponseSignatureError, photo_adapter, stats_of
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.presets.volcengine import mount_on_sdk_service
 from requests_smartretry.presets.wechatpay import mount_on_wechatpay
@@ -107,6 +107,7 @@ def test_volcengine_sdk_retries_a_rate_limit_once(visual: Any, visual_fake: Fake
     visual_fake.script("CVProcess", (429, visual_error(50429)))
     assert visual.cv_process({"req_key": "x"})["code"] == 10000
     assert visual_fake.hits() == 2
+    assert stats_of(visual.session).snapshot()["生成艺术照"]["retries"] == 1
 
 
 def test_volcengine_sdk_business_code_is_not_retried(visual: Any,

@@ -377,8 +377,15 @@ class _SdkSession(requests.Session):
         return adapter
 
     def get_adapter(self, url: str) -> Any:
-        """The SmartRetryAdapter for the service's origin; requests' choice elsewhere."""
+        """The SmartRetryAdapter for the service's origin (and for a bare scheme such as
+        ``"https://"``, so that ``stats_of(service.session)`` finds it); requests' choice
+        elsewhere."""
         adapter = self._smartretry_target(url)
+        if adapter is None and not urlsplit(url).netloc:
+            ref = self._smartretry_service
+            service = ref() if ref is not None else None
+            if service is not None:
+                adapter = service.__dict__.get(_ADAPTER_SLOT)
         return adapter if adapter is not None else super().get_adapter(url)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> Any:
