@@ -1019,7 +1019,8 @@ def _check_pool_options(connections: Any, maxsize: Any, block: Any) -> None:
     """The connection-pool arguments, checked by name at construction (requests would
     fail at the first request, naming none of them)."""
     for name, value in (("pool_connections", connections), ("pool_maxsize", maxsize)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        # 0 is accepted as HTTPAdapter accepts it (requests' own suite builds such pools).
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     if not isinstance(block, bool):
         raise ValueError(f"pool_block must be True or False, got {block!r}")

@@ -992,7 +992,7 @@ def test_cached_call_names_are_bounded(server: FaultServer) -> None:
 
 
 @pytest.mark.parametrize(("name", "value"), [
-    ("pool_maxsize", "x"), ("pool_connections", 0), ("pool_maxsize", True), ("pool_block", "yes"),
+    ("pool_maxsize", "x"), ("pool_connections", -1), ("pool_maxsize", True), ("pool_block", "yes"),
 ])
 def test_pool_arguments_are_checked_by_name_at_construction(name: str, value: object) -> None:
     """A bad pool argument fails at construction with its name and value, not at the
