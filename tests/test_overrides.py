@@ -205,3 +205,17 @@ def test_overridden_names_reach_the_statistics(server: FaultServer) -> None:
     session.get(server.url("/ok"))
     snapshot = stats_of(session).snapshot()
     assert (snapshot["轮询"]["calls"], snapshot["下载"]["calls"]) == (1, 1)
+
+
+def test_plain_threads_do_not_inherit_a_block_unless_the_context_is_copied() -> None:
+    """A ThreadPoolExecutor worker sees no block (as documented) unless the caller submits
+    copy_context().run, which carries it."""
+    import concurrent.futures
+    import contextvars
+
+    from requests_smartretry.overrides import current_overrides
+
+    with retry_options(max_retries=0) as block, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(current_overrides).result() is None
+        assert pool.submit(contextvars.copy_context().run, current_overrides).result() is block
