@@ -30,6 +30,7 @@ from .budget import DEFAULT_BUDGET
 from .classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     classify_exception,
     classify_http_response,
@@ -78,6 +79,7 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     _Timeouts,
     is_idempotent,
     operation_name,
+    refuse_consumed_body,
     service_name,
     with_idempotency_key,
 )
@@ -214,6 +216,7 @@ class SmartRetryAdapter(HTTPAdapter):
         pool_block: bool = False,
         **policy_options: Unpack[AdapterOptions],
     ) -> None:
+        _check_pool_options(pool_connections, pool_maxsize, pool_block)
         retry = policy_options.get("max_retries")
         if not isinstance(retry, Retry):
             retry = None
@@ -416,6 +419,7 @@ class SmartRetryAdapter(HTTPAdapter):
         else:
             policy = overridden = overrides.apply(policy)
             facts, hooks, quiet = self._overridden(policy)
+        asked = request  # as the caller sent it: a key minted here is this call's only
         if policy.idempotency_header is not None:  # one key for every attempt of the call
             request = with_idempotency_key(request, policy.idempotency_header)
         if timeout is None:
@@ -434,7 +438,7 @@ class SmartRetryAdapter(HTTPAdapter):
             call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
                            socket_timeout, None if retry is None else [stepping(retry)],
-                           overridden)
+                           overridden, asked)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=self._is_closed, quiet=quiet)
@@ -648,15 +652,19 @@ class _Sending:
     the retry (nothing until one fails: a first attempt that succeeds allocates only this).
     """
 
-    __slots__ = ("adapter", "cert", "idempotent", "policy", "previous", "proxies", "replay",
-                 "request", "socket_timeout", "states", "stream", "timeouts", "verdicts",
-                 "verify")
+    __slots__ = ("adapter", "asked", "cert", "idempotent", "policy", "previous", "proxies",
+                 "replay", "request", "socket_timeout", "states", "stream", "timeouts",
+                 "verdicts", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
-                 states: Optional[list[Retry]], policy: Optional[RetryPolicy]) -> None:
+                 states: Optional[list[Retry]], policy: Optional[RetryPolicy],
+                 asked: requests.PreparedRequest) -> None:
         self.adapter = adapter
+        #: The request as the caller sent it, before a minted idempotency key: what an
+        #: enclosing call that repeats the caller's code would send again.
+        self.asked = asked
         #: The call's policy when a retry_options block derived it (None: the adapter's).
         self.policy = policy
         self.request = request
@@ -668,7 +676,12 @@ class _Sending:
         self.socket_timeout = socket_timeout
         #: With a urllib3 Retry as max_retries: its state for the next attempt.
         self.states = states
-        self.replay = _NO_BODY if request.body is None else _BodyReplay(request)
+        if request.body is None:
+            self.replay = _NO_BODY
+        else:
+            self.replay = _BodyReplay(request)
+            if not self.replay.replayable:
+                refuse_consumed_body(request)  # a redirect of a generator already sent
         #: The last failed attempt's response, which the retry discards.
         self.previous: Optional[requests.Response] = None
         #: The verdicts of the failed attempts so far, for previous_attempts().
@@ -699,6 +712,16 @@ class _Sending:
             to_send = adapter.prepare_attempt(request, number)
         else:
             to_send = adapter._prepare_for(self.policy, request, number)
+        counted = None
+        scope = current_scope()
+        # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
+        # A key minted by this call does not make the enclosing call's repeat safe: it
+        # would send the caller's request again, with a new key.
+        if scope is not None and scope.ledger is not None and \
+                not adapter._idempotent_for(self.policy, self.asked):
+            counted = scope.ledger
+            if not counted.start_unsafe():
+                return _enclosing_over(request)
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
@@ -712,6 +735,8 @@ class _Sending:
         finally:
             if reuse is not None:
                 _REUSE_POOL.reset(reuse)
+        if counted is not None and outcome.classification.safe_to_repeat:
+            counted.not_executed()  # nothing sent, or the server said it did not act
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return outcome  # the common case: nothing to remember, redact or veto
         return self._failed(outcome)
@@ -748,6 +773,15 @@ class _Sending:
         return outcome
 
 
+def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Response]:
+    """The outcome of a request that is not idempotent, made inside a callable-API attempt
+    that is already over (abandoned at its deadline): it is not sent, and not retried."""
+    error = AttemptDeadlineExceeded(
+        "the enclosing execute_with_retry attempt is over (abandoned at its deadline); "
+        "this request is not idempotent and was not sent", request=request)
+    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
+
+
 _BASE = SmartRetryAdapter
 
 
@@ -777,3 +811,13 @@ def smart_session(
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
+
+
+def _check_pool_options(connections: Any, maxsize: Any, block: Any) -> None:
+    """The connection-pool arguments, checked by name at construction (requests would
+    fail at the first request, naming none of them)."""
+    for name, value in (("pool_connections", connections), ("pool_maxsize", maxsize)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not isinstance(block, bool):
+        raise ValueError(f"pool_block must be True or False, got {block!r}")

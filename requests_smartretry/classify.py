@@ -39,6 +39,7 @@ __all__ = [
     "BODY_READ_FAILED",
     "CONNECT",
     "DEADLINE_BEFORE_SENDING",
+    "ENCLOSING_ATTEMPT_OVER",
     "SENDING",
     "Classification",
     "ErrorClassifier",
@@ -144,6 +145,10 @@ class Classification:
         return not self.sent or not self.server_acted
 
 
+#: A request not sent because the callable-API attempt it belongs to is over (abandoned
+#: at its deadline): the enclosing call decided without it, so it is never sent.
+ENCLOSING_ATTEMPT_OVER = Classification(Verdict.PERMANENT, "enclosing_attempt_over",
+                                        sent=False)
 SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
 #: An attempt the deadline ended before anything was sent (no time left, or the pool
 #: refused a connection past it): safe to retry whatever the method.

@@ -35,6 +35,7 @@ from .classify import NothingSent, mark_connect_phase
 __all__ = [
     "MIN_ATTEMPT",
     "POOL_CLASSES",
+    "AttemptLedger",
     "DeadlineBeforeSending",
     "HTTPConnection",
     "HTTPConnectionPool",
@@ -61,6 +62,66 @@ _MAX_WAIT = 3600.0
 MIN_ATTEMPT = 0.001
 
 
+# One lock for every ledger: a count moves along a chain of nested attempts at once, and
+# ledgers exist only inside the callable API's attempts (never on a plain request).
+_LEDGER_LOCK = threading.Lock()
+
+
+class AttemptLedger:
+    """What one attempt of an enclosing retrying call (the callable API's ``fn``) may have
+    executed that is not safe to repeat, nested at any depth.
+
+    Whatever runs inside the attempt and would not be safe to run twice (a request that is
+    not idempotent, sent by the adapter or the httpx transport; a nested callable with
+    ``idempotent=False``) is counted from the moment it starts (:meth:`start_unsafe`), in
+    this ledger and in every enclosing one, and uncounted only when it ended known not to
+    have executed (:meth:`not_executed`: nothing was sent, or the server said it did not
+    act).  When the attempt is over, finished or abandoned at its deadline while it still
+    runs, the enclosing call seals the ledger (:meth:`seal`): the count it reads then is
+    final, because from then on nothing unsafe can start in the attempt (or in anything
+    nested in it).  So "may the attempt be repeated" is decided structurally, never by how
+    long the attempt takes to report its own error.
+    """
+
+    __slots__ = ("parent", "sealed", "unsafe")
+
+    def __init__(self, parent: Optional[AttemptLedger] = None) -> None:
+        self.parent = parent
+        self.unsafe = 0
+        self.sealed = False
+
+    def start_unsafe(self) -> bool:
+        """Count one unsafe operation as started here and in every enclosing attempt;
+        ``False`` (nothing counted) when one of those attempts is over: the operation must
+        then not start at all."""
+        with _LEDGER_LOCK:
+            node: Optional[AttemptLedger] = self
+            while node is not None:
+                if node.sealed:
+                    return False
+                node = node.parent
+            node = self
+            while node is not None:
+                node.unsafe += 1
+                node = node.parent
+        return True
+
+    def not_executed(self) -> None:
+        """An operation counted by :meth:`start_unsafe` ended known not to have executed."""
+        with _LEDGER_LOCK:
+            node: Optional[AttemptLedger] = self
+            while node is not None:
+                node.unsafe -= 1
+                node = node.parent
+
+    def seal(self) -> int:
+        """The attempt is over: nothing unsafe may start in it any more.  Returns how many
+        unsafe operations it may have executed (started, and not known not to have)."""
+        with _LEDGER_LOCK:
+            self.sealed = True
+            return self.unsafe
+
+
 @dataclass(frozen=True)
 class RetryScope:
     """The retrying call the current code runs inside (see :func:`current_scope`)."""
@@ -69,6 +130,9 @@ class RetryScope:
     deadline_at: Optional[float]
     #: How many retrying calls enclose this code.
     depth: int
+    #: The ledger of the innermost enclosing callable-API attempt (``None`` outside one):
+    #: where unsafe requests sent here are counted (see :class:`AttemptLedger`).
+    ledger: Optional[AttemptLedger] = None
 
     def remaining(self) -> Optional[float]:
         """Seconds left before the enclosing deadline (never negative), or ``None``."""
@@ -121,15 +185,20 @@ def attempt_seconds(seconds: Optional[float]) -> Optional[float]:
 
 
 @contextlib.contextmanager
-def retry_scope(deadline_at: Optional[float]) -> Iterator[RetryScope]:
+def retry_scope(deadline_at: Optional[float],
+                ledger: Optional[AttemptLedger] = None) -> Iterator[RetryScope]:
     """Run the body inside a retry scope ending at ``deadline_at`` (or the enclosing
-    scope's, whichever is earlier)."""
+    scope's, whichever is earlier).  ``ledger``: the body is one attempt of a callable-API
+    call, counted there (and, through it, in the enclosing attempts' ledgers); without
+    it the enclosing scope's ledger stays in force."""
     outer = _scope.get()
     if outer is not None and outer.deadline_at is not None:
         deadline_at = (
             outer.deadline_at if deadline_at is None else min(deadline_at, outer.deadline_at)
         )
-    scope = RetryScope(deadline_at, 1 if outer is None else outer.depth + 1)
+    if ledger is None and outer is not None:
+        ledger = outer.ledger
+    scope = RetryScope(deadline_at, 1 if outer is None else outer.depth + 1, ledger)
     token = _scope.set(scope)
     try:
         yield scope

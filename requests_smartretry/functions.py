@@ -46,12 +46,26 @@ one byte of the request was written (TCP connect, TLS handshake, proxy tunnel). 
 ``requests`` and other urllib3 users it knows only what the exception types say: urllib3's
 connect errors (``NewConnectionError``, ``ConnectTimeout``), DNS failures and refusals came
 before sending.  It cannot know where any other failure happened (a plain-requests TLS
-handshake timeout looks like a read timeout; an SDK's own errors say nothing), nor whether an
-attempt abandoned at its deadline sent anything: those count as "may have reached the
-server".  So with an explicit ``idempotent=False`` only failures known to precede sending are
-retried (refused, DNS, connect-phase errors, 429/503 that say the server did not act) plus
-the caller's own ``retry_on`` types and ``classify`` answers; without it, the table decides,
-as in the seed.
+handshake timeout looks like a read timeout; an SDK's own errors say nothing).  So with an
+explicit ``idempotent=False`` only failures known to precede sending are retried (refused,
+DNS, connect-phase errors, 429/503 that say the server did not act) plus the caller's own
+``retry_on`` types and ``classify`` answers; without it, the table decides, as in the seed.
+Such a give-up (and every other veto of this call) is final for an enclosing retrying call
+too.
+
+What an attempt may have executed.  Each attempt has a ledger
+(:class:`~requests_smartretry.deadline.AttemptLedger`) in its retry scope: every request
+that is not idempotent made through a ``SmartRetryAdapter`` or a ``SmartRetryTransport``
+inside ``fn``, at any depth of nesting, is counted there from the moment its attempt starts
+until it ends known not to have executed (nothing sent; 429/503), and so is a nested
+``idempotent=False`` callable while it runs.  When the attempt ends, fails, or is abandoned
+at its deadline while still running, the ledger is sealed: if it counts anything, the
+attempt is not repeated (``unsafe``), whatever the exception says and however late the
+inner request would have reported; from then on nothing unsafe can start inside the
+attempt (such a request fails before sending).  A POST that succeeded before ``fn`` failed
+on something else, or a ``stream=True`` response abandoned in the middle of its body, is
+therefore never sent again by the enclosing call.  A request still connecting when the
+attempt is abandoned counts too (it may send the next moment).
 
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
@@ -72,12 +86,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast,
 from . import workers
 from .classify import (  # ErrorClassifier and RetryOn: re-exported from their old home
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     ErrorClassifier,
     RetryOn,
     call_classifier,
 )
-from .deadline import NoTimeLeft, attempt_seconds
+from .deadline import AttemptLedger, NoTimeLeft, attempt_seconds, current_scope
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -87,6 +102,7 @@ from .engine import (
     build_hooks,
     check_clocks,
     check_hooks,
+    mark_vetoed,
     quiet_plan,
     run_call,
 )
@@ -287,33 +303,61 @@ def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: 
         error: BaseException = CallTimeoutError(
             f"{operation}: no time left for attempt {number} (enclosing deadline)")
         return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
+    scope = current_scope()
+    enclosing = None if scope is None else scope.ledger
+    # With idempotent=False the attempt is itself an unsafe operation of the enclosing
+    # callable's attempt, counted there while it runs (see deadline.AttemptLedger).
+    counted = config.not_idempotent and enclosing is not None
+    if counted and not enclosing.start_unsafe():  # type: ignore[union-attr]
+        error = SmartRetryError(
+            f"{operation}: the enclosing attempt is over (abandoned at its deadline); "
+            f"attempt {number} was not started")
+        return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
+    outcome = _run_attempt(fn, config, operation, number, timeout, AttemptLedger(enclosing))
+    if counted and (outcome.classification.safe_to_repeat or (
+            outcome.classification.retryable and outcome.veto is None)):
+        enclosing.not_executed()  # type: ignore[union-attr]  # this call repeats it itself
+    return outcome
+
+
+def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int,
+                 timeout: float, ledger: AttemptLedger) -> Outcome[R]:
+    """Attempt ``number``, its unsafe requests counted in ``ledger``, sealed when it ends
+    or is abandoned: the count then decides whether repeating it is safe."""
     deadline_at = time.monotonic() + timeout
     if not config.run_in_thread:
         try:
-            value = workers.call_in_scope(fn, deadline_at)
+            value = workers.call_in_scope(fn, deadline_at, ledger)
         except Exception as exc:
-            return _failed(exc, config)
+            return _failed(exc, config, ledger.seal())
+        ledger.seal()
         return _succeeded(value, operation)
 
     job = workers.start(fn, deadline_at, (operation, number), config.policy.lang,
-                        config.policy.log)
+                        config.policy.log, ledger)
     if job is None:
-        error = SmartRetryError(
+        error: BaseException = SmartRetryError(
             f"{operation}: {workers.abandoned_attempts()} attempts abandoned at their "
             "deadline are still running; refusing to start another until some finish")
         return Outcome(Classification(Verdict.PERMANENT, "too_many_abandoned", sent=False),
                        error=error, signal=error)
     if not job.wait():
+        # Abandoned while it runs: what it started so far is final, and nothing unsafe
+        # can start in it from now on, however late it reports.
+        unsafe = ledger.seal()
         error = CallTimeoutError(
             f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
             "abandoned and may still be running in the background")
-        return Outcome(Classification(Verdict.TIMEOUT, "deadline", sent=True),
-                       error=error, signal=error,
-                       veto="unsafe" if config.not_idempotent else None)
+        outcome: Outcome[R] = Outcome(
+            Classification(Verdict.TIMEOUT, "deadline", sent=True), error=error,
+            signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
+        mark_vetoed(outcome)
+        return outcome
+    unsafe = ledger.seal()
     if job.error is not None:
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
             raise job.error
-        return _failed(job.error, config)
+        return _failed(job.error, config, unsafe)
     return _succeeded(cast(R, job.value), operation)
 
 
@@ -328,10 +372,17 @@ def _succeeded(value: R, operation: str) -> Outcome[R]:
     return Outcome(Classification(Verdict.SUCCESS, "ok"), value=value)
 
 
-def _failed(error: Exception, config: _CallOptions) -> Outcome[Any]:
+def _failed(error: Exception, config: _CallOptions, unsafe: int) -> Outcome[Any]:
+    """The outcome of an attempt that raised ``error`` after starting ``unsafe`` unsafe
+    operations that may have executed (then it is never repeated, whatever the verdict).
+    A veto is final for an enclosing retrying call too."""
     redact_exception(error)  # hooks, on_retry and the caller never see a credential
     verdict, veto = config.classify(error)
-    return Outcome(verdict, error=error, signal=error, veto=veto)
+    if unsafe and veto is None:
+        veto = "unsafe"
+    outcome: Outcome[Any] = Outcome(verdict, error=error, signal=error, veto=veto)
+    mark_vetoed(outcome)
+    return outcome
 
 
 # -- the public functions ------------------------------------------------------------------

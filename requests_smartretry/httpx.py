@@ -44,6 +44,7 @@ from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
     BODY_READ_FAILED,
     DEADLINE_BEFORE_SENDING,
+    ENCLOSING_ATTEMPT_OVER,
     Classification,
     classify_by_type,
     classify_http_response,
@@ -51,7 +52,13 @@ from requests_smartretry.classify import (
     veto,
 )
 from requests_smartretry.collaborators import resolve_collaborators
-from requests_smartretry.deadline import NoTimeLeft, Watch, active_watch, attempt_seconds
+from requests_smartretry.deadline import (
+    NoTimeLeft,
+    Watch,
+    active_watch,
+    attempt_seconds,
+    current_scope,
+)
 from requests_smartretry.engine import (
     BreakerGate,
     BudgetGate,
@@ -84,6 +91,7 @@ from requests_smartretry.stats import Stats
 
 __all__ = [
     "AttemptDeadlineExceeded",
+    "BodyNotReplayable",
     "SmartClient",
     "SmartRetryTransport",
     "classify_httpx_exception",
@@ -107,6 +115,28 @@ class AttemptDeadlineExceeded(httpx.ReadTimeout, _CoreDeadlineExceeded):  # type
     An ``httpx.ReadTimeout`` (so httpx-based SDKs report their timeout error) and the
     package's :class:`~requests_smartretry.AttemptDeadlineExceeded` alike.
     """
+
+
+class BodyNotReplayable(httpx.StreamConsumed):
+    """A request body that cannot be replayed was already sent once (a 307/308 redirect
+    repeats the request with the same body): it is refused before anything is sent,
+    never sent empty or partial.  An ``httpx.StreamConsumed``, with a message that says
+    which request."""
+
+    def __init__(self, message: str) -> None:
+        httpx.StreamError.__init__(self, message)
+
+
+def _refuse_consumed(request: httpx.Request) -> None:
+    stream: Any = request.stream
+    inner = getattr(stream, "_stream", None)  # httpx's IteratorByteStream keeps it here
+    if getattr(stream, "_is_stream_consumed", False) is True and inner is not None and (
+            hasattr(inner, "read") or iter(inner) is inner):  # a file, a generator: one-shot
+        raise BodyNotReplayable(
+            f"the body of this {request.method} to {redact_url(str(request.url))} was "
+            "already sent once and cannot be replayed (a 307/308 redirect repeats the "
+            "request with the same body); an empty or partial body is never sent: pass "
+            "bytes to follow such redirects")
 
 
 class _DeadlineBeforeSending(httpcore.ConnectTimeout):
@@ -274,7 +304,9 @@ class _RequestView:
         self.method = request.method
         self.url = str(request.url)
         self.headers = headers
-        self.body: Optional[bytes] = (request.content
+        # A ByteStream's bytes, also for a request httpx built around one without reading
+        # it (a 307/308 redirect), whose .content would raise RequestNotRead.
+        self.body: Optional[bytes] = (b"".join(request.stream)
                                       if isinstance(request.stream, httpx.ByteStream) else None)
 
 
@@ -444,6 +476,8 @@ class SmartRetryTransport(httpx.BaseTransport):
             request.headers[minted] = new_idempotency_key()
         read_body = request.extensions.get(STREAM_EXTENSION) is False
         replayable = isinstance(request.stream, httpx.ByteStream)
+        if not replayable:
+            _refuse_consumed(request)
         asked_timeouts = request.extensions.get("timeout")
         previous: list[httpx.Response] = []
         verdicts: list[Classification] = []  # for previous_attempts()
@@ -466,7 +500,25 @@ class SmartRetryTransport(httpx.BaseTransport):
                     to_send = _attempt_request(request, policy.prepare_attempt, number)
                 finally:
                     _PREVIOUS_ATTEMPTS.reset(token)
+            scope = current_scope()
+            counted = None if scope is None else scope.ledger
+            if counted is not None:  # inside a callable-API attempt: count what may execute
+                # A key minted by this call does not make the enclosing call's repeat safe:
+                # it would send the caller's request again, with a new key.
+                asked = httpx.Headers(request.headers)
+                if minted is not None:
+                    del asked[minted]
+                if is_idempotent(policy, _RequestView(request, asked)):
+                    counted = None
+                elif not counted.start_unsafe():
+                    error = AttemptDeadlineExceeded(
+                        "the enclosing execute_with_retry attempt is over (abandoned at its "
+                        "deadline); this request is not idempotent and was not sent",
+                        request=request)
+                    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
             outcome = self._attempt(to_send, read_body, policy)
+            if counted is not None and outcome.classification.safe_to_repeat:
+                counted.not_executed()  # nothing sent, or the server said it did not act
             if outcome.classification.verdict is _SUCCESS_VERDICT:
                 if not read_body:  # read later: a failure then is final as one now would be
                     self._guard_streamed_body(outcome, request, replayable, policy)

@@ -5,6 +5,7 @@ streamed body read after the call returned.  Nothing here sends."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import numbers
 import uuid
@@ -18,7 +19,7 @@ from urllib3.util.timeout import Timeout as Urllib3Timeout
 from .classify import mark_final
 from .engine import CallInfo
 from .policy import RetryPolicy, check_timeout
-from .redact import path_template
+from .redact import path_template, redact_url
 
 __all__ = ["DEFAULT_IDEMPOTENCY_HEADER", "TimeoutArg", "final_on_failure", "idempotency_key",
            "is_idempotent", "operation_name", "service_name", "with_idempotency_key"]
@@ -68,6 +69,21 @@ def final_on_failure(chunks: Iterable[_T], reason: str) -> Iterator[_T]:
     except Exception as exc:
         mark_final(exc, reason)
         raise
+
+
+def refuse_consumed_body(request: requests.PreparedRequest) -> None:
+    """Raise ``UnrewindableBodyError`` when ``request``'s body cannot be replayed and has
+    already been (partly) read: a generator past its start, as a 307/308 redirect hands
+    back the body the first request consumed.  Sending it would send an empty or partial
+    body.  (Other one-shot iterators cannot tell whether they were read.)"""
+    body: Any = request.body  # typed bytes | str | None; a generator in practice
+    if inspect.isgenerator(body) and inspect.getgeneratorstate(body) != inspect.GEN_CREATED:
+        raise requests.exceptions.UnrewindableBodyError(
+            f"the body of this {request.method} to {redact_url(request.url or '')} is a "
+            "generator that was already (partly) sent (a 307/308 redirect repeats the "
+            "request with the same body); it cannot be sent again, and an empty or partial "
+            "body is never sent: pass bytes or a seekable file to follow such redirects",
+            request=request)
 
 
 class _BodyReplay:

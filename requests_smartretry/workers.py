@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
 
-from .deadline import retry_scope
+from .deadline import AttemptLedger, retry_scope
 
 __all__ = ["abandoned_attempts", "call_in_scope", "start"]
 
@@ -48,11 +48,12 @@ class _Job:
     """One attempt handed to a worker thread, and how it ended."""
 
     __slots__ = ("_lock", "abandoned", "context", "deadline_at", "done", "error", "fn",
-                 "label", "lang", "log", "started", "value")
+                 "label", "lang", "ledger", "log", "started", "value")
 
     def __init__(self, fn: Callable[[], Any], deadline_at: float, label: tuple[str, int],
-                 lang: str, log: bool) -> None:
+                 lang: str, log: bool, ledger: AttemptLedger) -> None:
         self.fn = fn
+        self.ledger = ledger
         # A fresh copy per attempt: an abandoned attempt may still be running in its copy.
         self.context = contextvars.copy_context()
         self.deadline_at = deadline_at
@@ -70,7 +71,8 @@ class _Job:
         """Run the attempt inside its retry scope, call ``before_done`` and wake the caller;
         never raises."""
         try:
-            value = self.context.run(call_in_scope, self.fn, self.deadline_at)
+            value = self.context.run(call_in_scope, self.fn, self.deadline_at,
+                                     self.ledger)
             error: Optional[BaseException] = None
         except BaseException as exc:  # the caller decides what SystemExit etc. mean
             value, error = None, exc
@@ -125,8 +127,10 @@ class _Job:
                           "retry_attempt": attempt})
 
 
-def call_in_scope(fn: Callable[[], R], deadline_at: float) -> R:
-    with retry_scope(deadline_at):
+def call_in_scope(fn: Callable[[], R], deadline_at: float, ledger: AttemptLedger) -> R:
+    """Run the attempt ``fn`` in a retry scope ending at ``deadline_at`` whose unsafe
+    requests are counted in ``ledger``."""
+    with retry_scope(deadline_at, ledger):
         return fn()
 
 
@@ -197,13 +201,13 @@ if hasattr(os, "register_at_fork"):
 
 
 def start(fn: Callable[[], Any], deadline_at: float, label: tuple[str, int], lang: str,
-          log: bool) -> Optional[_Job]:
+          log: bool, ledger: AttemptLedger) -> Optional[_Job]:
     """Hand the attempt ``fn`` (``label``: operation and attempt number, for the log line
-    of an abandoned one) to a worker thread; ``None`` (nothing started) while too many
-    abandoned attempts still run."""
+    of an abandoned one; ``ledger``: where its unsafe requests are counted) to a worker
+    thread; ``None`` (nothing started) while too many abandoned attempts still run."""
     if _pool.abandoned >= _MAX_ABANDONED:
         return None
-    job = _Job(fn, deadline_at, label, lang, log)
+    job = _Job(fn, deadline_at, label, lang, log, ledger)
     _pool.submit(job)
     return job
 

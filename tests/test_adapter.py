@@ -988,3 +988,15 @@ def test_cached_call_names_are_bounded(server: FaultServer) -> None:
         session.get(server.url(f"/ok?id={n}"))
     assert adapter._facts is not None
     assert 0 < len(adapter._facts.names) <= adapter._facts.NAMES
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("pool_maxsize", "x"), ("pool_connections", 0), ("pool_maxsize", True), ("pool_block", "yes"),
+])
+def test_pool_arguments_are_checked_by_name_at_construction(name: str, value: object) -> None:
+    """A bad pool argument fails at construction with its name and value, not at the
+    first request."""
+    with pytest.raises(ValueError, match=f"{name} must be .*got {value!r}"):
+        SmartRetryAdapter(**{name: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=name):
+        smart_session(**{name: value})  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 import requests_smartretry.testing as srt
-from requests_smartretry import execute_with_smart_retry, smart_session
+from requests_smartretry import execute_with_retry, execute_with_smart_retry, smart_session
 from requests_smartretry.faultserver import FaultServer, RecordedRequest, unused_port
 from tests.fakes import sockfaults
 
@@ -44,7 +44,10 @@ PHASES = [("refused", None), ("tls_stall", None)] + [
     for name in ERRNOS]
 METHODS = ("GET", "POST", "POST+key")
 BODIES = ("bytes", "file", "generator")
-ENTRIES = ("adapter", "callable_smart", "callable_plain")
+# "wrapped": execute_with_retry (which retries any exception) around a smart-session
+# call; "nested": that call inside another execute_with_retry.  Both follow the smart
+# session's rules, as callable_smart does.
+ENTRIES = ("adapter", "callable_smart", "callable_plain", "wrapped", "nested")
 TLS_PHASES = ("tls", "tls_stall")
 
 
@@ -125,6 +128,12 @@ def _call(entry: str, method: str, url: str, body: Any) -> requests.Response:
         verb, url, data=body, headers=headers, timeout=TIMEOUT, verify=verify)
     if entry == "adapter":
         return send()
+    if entry == "wrapped":
+        return execute_with_retry(send, max_retries=1, timeout=10.0)
+    if entry == "nested":
+        return execute_with_retry(
+            lambda: execute_with_retry(send, max_retries=1, timeout=10.0),
+            max_retries=1, timeout=10.0)
     return execute_with_smart_retry(send, max_retries=1, timeout=10.0)
 
 
@@ -275,7 +284,6 @@ def test_the_basic_callable_api_does_not_resend_what_the_inner_session_gave_up(
 ) -> None:
     """execute_with_retry (which retries any exception) around a smart-session POST that
     the server read and then reset does not send it again."""
-    from requests_smartretry import execute_with_retry
 
     session = smart_session(max_retries=1)
     with pytest.raises(requests.exceptions.ConnectionError):
@@ -385,7 +393,6 @@ def test_an_error_after_the_answer_is_not_resent_by_the_basic_callable_api(
     """execute_with_retry (which retries any exception) around a smart-session POST whose
     200 answer cannot be decoded does not send it again (the server acted); a GET it
     still repeats."""
-    from requests_smartretry import execute_with_retry
 
     edge_server.handlers["/gz200"] = _corrupt_gzip_200
     session = smart_session(max_retries=1)

@@ -48,6 +48,7 @@ each attempt), ``name_request`` (operation names in log lines) and ``idempotent`
         return session
 """
 
+from . import ark, volcengine
 from ._base import AttemptPreparer, BaseURLSession
 from .ark import BearerSigner, classify_ark_response, video_adapter, video_session
 from .volcengine import (
@@ -76,6 +77,7 @@ __all__ = [
     "VolcengineSigner",
     "WechatPayAdapter",
     "WechatPaySigner",
+    "ark",
     "classify_ark_response",
     "classify_visual_response",
     "classify_wechatpay_response",
@@ -88,4 +90,5 @@ __all__ = [
     "photo_session",
     "video_adapter",
     "video_session",
+    "volcengine",
 ]

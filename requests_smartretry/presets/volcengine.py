@@ -19,6 +19,7 @@ import requests
 
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
+from ..errors import SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import RetryPolicy
 from ._base import (
@@ -32,11 +33,13 @@ from ._base import (
     path_and_query,
     preset_session,
 )
+from ._tasks import check_task_id, task_json, wait_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ..options import SessionOptions
+    from ..stats import Stats
 
 __all__ = [
     "VolcengineSigner",
@@ -45,6 +48,8 @@ __all__ = [
     "name_visual_request",
     "photo_adapter",
     "photo_session",
+    "submit_and_wait",
+    "wait_for_task",
 ]
 
 SERVICE_KEY = "volcengine-visual"
@@ -409,3 +414,164 @@ def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
     service.__class__ = _mounted_class(type(service))
     service.session = current  # mounts the adapter on it
     return service
+
+
+# -- waiting for an async visual task --------------------------------------------------------
+
+VERSION = "2022-08-31"
+SUBMIT_ACTION = "CVSync2AsyncSubmitTask"
+RESULT_ACTION = "CVSync2AsyncGetResult"
+#: ``data.status`` values that end a wait without a result.
+FAILED_STATUSES = frozenset({"not_found", "expired"})
+DONE = "done"
+
+
+def _action_url(session: requests.Session, action: str, endpoint: Optional[str]) -> str:
+    query = f"?Action={action}&Version={VERSION}"
+    if endpoint is not None:
+        return check_endpoint("endpoint", endpoint) + "/" + query
+    if isinstance(session, BaseURLSession):
+        return query
+    raise TypeError("a plain requests.Session needs endpoint= (the visual API's URL); "
+                    "photo_session() knows its own")
+
+
+def _check_session(session: Any) -> None:
+    if not isinstance(session, requests.Session):
+        raise TypeError(f"session must be a requests.Session (photo_session()), got "
+                        f"{type(session).__name__}")
+
+
+def _body_failure(response: Any) -> None:
+    """A final answer with a vendor body code (input rejected…) is the task's failure; a
+    gateway error or another status stays the ``HTTPError``."""
+    verdict = classify_visual_response(response)
+    if verdict is None or verdict.retryable:
+        return
+    body = task_json(response, "query task status")
+    code = body.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        raise TaskFailedError(f"visual task failed: code {code}", status="error", code=code,
+                              error_message=body.get("message"), task=body.get("data"))
+
+
+def _data(body: dict[str, Any]) -> dict[str, Any]:
+    data = body.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def wait_for_task(
+    session: requests.Session,
+    *,
+    req_key: str,
+    task_id: str,
+    deadline: float = 300.0,
+    req_json: Optional[str] = None,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    endpoint: Optional[str] = None,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, dict[str, Any]], Any]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Poll a visual async task until ``data.status`` is ``done``; returns ``data``.
+
+    Example::
+
+        photo = photo_session(access_key="AKLT...", secret_key="...")
+        data = wait_for_task(photo, req_key="jimeng_t2i_v40", task_id=task_id, deadline=300.0)
+        data["image_urls"]
+
+    Each poll is ``POST ?Action=CVSync2AsyncGetResult&Version=2022-08-31`` with
+    ``{"req_key", "task_id"}`` (and ``req_json`` when given), signed afresh, one smart call
+    (see :func:`~requests_smartretry.poll_until`): ``in_queue`` / ``generating`` are no
+    failure; 50429 / 50500 / gateway 5xx are retried by the policy.  ``not_found``,
+    ``expired`` or a final vendor code (an input rejected: 50411…) raise
+    :class:`TaskFailedError` (``.status``, ``.code``, ``.message``, ``.task``); the
+    deadline raises :class:`PollDeadlineExceeded` (``.last``: the last ``data`` seen).
+    The wait is counted in ``stats_of(session)`` under ``operation_name`` (default
+    ``艺术照任务状态查询``).  The task id is the whole state: any worker resumes a wait
+    after a crash by calling this again with it.
+    """
+    _check_session(session)
+    req_key = check_credential("req_key", req_key)
+    task_id = check_task_id("task_id", task_id)
+    if req_json is not None and not isinstance(req_json, str):
+        raise TypeError(f"req_json must be a JSON string or None, got {type(req_json).__name__}")
+    url = _action_url(session, RESULT_ACTION, endpoint)
+    body: dict[str, Any] = {"req_key": req_key, "task_id": task_id}
+    if req_json is not None:
+        body["req_json"] = req_json
+    lang = str(options.get("lang", "zh"))
+    operation = operation_name or ("艺术照任务状态查询" if lang == "zh"
+                                   else "art photo task status")
+
+    def done(response: Any) -> bool:
+        answer = task_json(response, operation)
+        data = _data(answer)
+        status = data.get("status")
+        if status == DONE:
+            return True
+        if status in FAILED_STATUSES:
+            raise TaskFailedError(f"visual task {task_id!r} {status}", status=str(status),
+                                  code=answer.get("code"),
+                                  error_message=answer.get("message"), task=data)
+        code = answer.get("code")
+        if code != SUCCESS_CODE and isinstance(code, int):  # a 2xx carrying a failure code
+            raise TaskFailedError(f"visual task {task_id!r} failed: code {code}",
+                                  status=str(status), code=code,
+                                  error_message=answer.get("message"), task=data)
+        return False  # in_queue, generating (or a status this version does not know yet)
+
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: session.post(url, json=body), hook=classify_visual_response,
+        check=_body_failure, task_of=lambda response: _data(task_json(response, operation)),
+        done=done,
+        describe=lambda response: _data(task_json(response, operation)).get("status"),
+        client=session, deadline=deadline, operation=operation, on_poll=on_poll,
+        stats=stats, options={"interval": interval, "interval_multiplier": interval_multiplier,
+                              "interval_max": interval_max, **options})
+
+
+def submit_and_wait(
+    session: requests.Session,
+    *,
+    req_key: str,
+    body: Optional[dict[str, Any]] = None,
+    deadline: float = 300.0,
+    endpoint: Optional[str] = None,
+    on_created: Optional[Callable[[str], Any]] = None,
+    **wait_options: Any,
+) -> dict[str, Any]:
+    """Submit a visual async task (``CVSync2AsyncSubmitTask`` with ``req_key`` and
+    ``body``'s fields) and wait for it (:func:`wait_for_task`); returns the done ``data``.
+
+    Example::
+
+        data = submit_and_wait(photo, req_key="jimeng_t2i_v40",
+                               body={"prompt": "一只猫"}, on_created=save_task_id)
+
+    ``on_created(task_id)`` is called as soon as the task exists: store the id there, and
+    a worker that crashes while waiting loses nothing.  A submission answered with an
+    error raises its ``HTTPError`` (or :class:`TaskFailedError` for a vendor code).
+    """
+    _check_session(session)
+    req_key = check_credential("req_key", req_key)
+    if body is not None and not isinstance(body, dict):
+        raise TypeError(f"body must be a dict or None, got {type(body).__name__}")
+    if on_created is not None and not callable(on_created):
+        raise TypeError(f"on_created must be callable(task_id) or None, got {on_created!r}")
+    response = session.post(_action_url(session, SUBMIT_ACTION, endpoint),
+                            json={**(body or {}), "req_key": req_key})
+    if response.status_code >= 400:
+        _body_failure(response)
+        response.raise_for_status()
+    task_id = _data(task_json(response, "submit task")).get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise SmartRetryError(f"submit task: HTTP {response.status_code} without a task id")
+    if on_created is not None:
+        on_created(task_id)
+    return wait_for_task(session, req_key=req_key, task_id=task_id, deadline=deadline,
+                         endpoint=endpoint, **wait_options)
