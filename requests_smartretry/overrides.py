@@ -136,11 +136,16 @@ def retry_options(**fields: Unpack[PolicyOptions]) -> Iterator[Overrides]:
     outer = _CURRENT.get()
     merged: dict[str, Any] = dict(outer.fields) if outer is not None else {}
     merged.update(_normalised(fields))
-    token = _CURRENT.set(_intern(merged))
+    block = _intern(merged)
+    token = _CURRENT.set(block)
     try:
-        yield _CURRENT.get()  # type: ignore[misc]  # set just above
+        yield block
     finally:
-        _CURRENT.reset(token)
+        try:
+            _CURRENT.reset(token)
+        except ValueError:  # exited in another context (a generator closed elsewhere):
+            if _CURRENT.get() is block:  # undo the block there, not an unrelated one
+                _CURRENT.set(outer)
 
 
 def _normalised(fields: Mapping[str, Any]) -> dict[str, Any]:
