@@ -486,15 +486,24 @@ def status_of(exc: BaseException) -> Optional[int]:
     return None
 
 
-def _retry_after_of(exc: BaseException) -> Optional[float]:
+def _signals_of(exc: BaseException, verdict: Classification, status: int,
+                honor_server_signals: bool) -> Classification:
+    """``verdict`` amended by the headers of the first response attached to ``exc`` (or a
+    cause): ``x-should-retry`` (with ``honor_server_signals``) and the asked delay."""
     for node in walk_causes(exc):
         headers = getattr(getattr(node, "response", None), "headers", None)
         if headers is not None and hasattr(headers, "get"):
             try:
-                return retry_after_of(headers)
+                if honor_server_signals:
+                    verdict = server_signals(verdict, status, headers)
+                if verdict.retryable and verdict.retry_after is None:
+                    asked = retry_after_of(headers, honor_server_signals)
+                    if asked is not None:
+                        verdict = dataclasses.replace(verdict, retry_after=asked)
             except Exception:  # a foreign headers object that misbehaves: ignore it
-                return None
-    return None
+                pass
+            return verdict
+    return verdict
 
 
 # -- the server's own signals, on any response ----------------------------------------------
@@ -538,7 +547,8 @@ def server_signals(verdict: Classification, status: int, headers: Any) -> Classi
 _PROGRAMMING_ERRORS = (LookupError, AttributeError, TypeError, NameError, AssertionError)
 
 
-def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> Classification:
+def classify_call_error(exc: BaseException, retry_statuses: frozenset[int],
+                        honor_server_signals: bool = True) -> Classification:
     """The whole table for an exception raised by an arbitrary callable (an SDK call).
 
     Rows, first decisive one wins: the transport table (:func:`classify_exception`); an HTTP
@@ -555,12 +565,7 @@ def classify_call_error(exc: BaseException, retry_statuses: frozenset[int]) -> C
         verdict = classify_status(status, retry_statuses)
         if verdict.verdict is Verdict.SUCCESS:  # a 2xx/3xx on an exception: not ours to judge
             return Classification(Verdict.BUSINESS, f"{type(exc).__name__} (HTTP {status})")
-        if verdict.retryable:
-            asked = _retry_after_of(exc)
-            if asked is not None:
-                verdict = Classification(verdict.verdict, verdict.reason, sent=verdict.sent,
-                                         server_acted=verdict.server_acted, retry_after=asked)
-        return verdict
+        return _signals_of(exc, verdict, status, honor_server_signals)
     by_message = None
     # A KeyError('timeout_ms') or an AttributeError about '.timeout' is a bug, not a slow
     # server: the message rule applies only to errors that are not programming errors.
@@ -637,6 +642,7 @@ def call_classifier(
     retry_on: Optional[RetryOn],
     classify: Optional[ErrorClassifier],
     not_idempotent: bool = False,
+    honor_server_signals: bool = True,
 ) -> Callable[[BaseException], tuple[Classification, Optional[str]]]:
     """The verdict on an exception raised by ``fn``, and what vetoes repeating it.
 
@@ -652,12 +658,12 @@ def call_classifier(
     def verdict(error: BaseException) -> tuple[Classification, Optional[str]]:
         final = final_reason(error)
         if final is not None:
-            return classify_call_error(error, retry_statuses), final
+            return classify_call_error(error, retry_statuses, honor_server_signals), final
         if classify is not None:
             decided = _ask(classify, error)
             if decided is not None:
                 return decided, None
-        table = classify_call_error(error, retry_statuses)
+        table = classify_call_error(error, retry_statuses, honor_server_signals)
         if table.reason in _FINAL_REASONS:
             # an open breaker inside fn refuses again at once, and a forged answer stays
             # forged: even the basic variant, which retries anything else, would only

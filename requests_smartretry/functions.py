@@ -213,7 +213,8 @@ class _CallOptions:
                                  budget=self.budget)
         self.quiet = quiet_plan(self.hooks)  # told directly while a call stays quiet
         self.classify = call_classifier(self.smart, policy.retry_statuses, self.retry_on,
-                                        self.user_classify, not_idempotent)
+                                        self.user_classify, not_idempotent,
+                                        policy.honor_server_signals)
 
     def overridden(self, overrides: Overrides) -> _CallOptions:
         """These options under a :func:`~requests_smartretry.retry_options` block (cached

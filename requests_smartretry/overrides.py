@@ -10,8 +10,13 @@ Every smart call (the adapter, the httpx transports, the callable API, the waite
 the overrides once, when it starts (:func:`effective_policy`), and runs with
 ``policy.replace(**overrides)``; nothing changes for calls already under way.  The
 overrides live in a ``contextvars.ContextVar``: each thread and each asyncio task sees
-its own (a task or a worker thread started inside a block inherits it, as contextvars
-are copied).  Blocks nest; the inner block's value of a field wins.
+its own.  An asyncio task, ``asyncio.to_thread`` and the callable API's worker threads
+started inside a block inherit it (they copy the context); a plain ``threading.Thread``
+or a ``ThreadPoolExecutor`` worker does not (before Python 3.14): submit
+``contextvars.copy_context().run`` to carry it there.  A generator that yields inside a
+block leaves the block open for its consumer until it resumes (contextvars are not
+per generator): open blocks around calls, not around ``yield``.  Blocks nest; the inner
+block's value of a field wins.
 
 Outside any block a call pays one ``ContextVar.get()``.  Inside one, the policy derived
 for (policy, overrides) is cached, so a block entered again and again (a loop around a
@@ -131,11 +136,16 @@ def retry_options(**fields: Unpack[PolicyOptions]) -> Iterator[Overrides]:
     outer = _CURRENT.get()
     merged: dict[str, Any] = dict(outer.fields) if outer is not None else {}
     merged.update(_normalised(fields))
-    token = _CURRENT.set(_intern(merged))
+    block = _intern(merged)
+    token = _CURRENT.set(block)
     try:
-        yield _CURRENT.get()  # type: ignore[misc]  # set just above
+        yield block
     finally:
-        _CURRENT.reset(token)
+        try:
+            _CURRENT.reset(token)
+        except ValueError:  # exited in another context (a generator closed elsewhere):
+            if _CURRENT.get() is block:  # undo the block there, not an unrelated one
+                _CURRENT.set(outer)
 
 
 def _normalised(fields: Mapping[str, Any]) -> dict[str, Any]:

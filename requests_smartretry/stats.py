@@ -155,7 +155,7 @@ DEPRECATED_NAMES = {
 class StatsRow(dict):  # type: ignore[type-arg]  # dict[str, Any], generic only in stubs
     """One operation's counts in a :meth:`Stats.snapshot`: a plain ``dict`` (JSON as it
     is) whose deprecated names (:data:`DEPRECATED_NAMES`) still read, with a
-    ``DeprecationWarning``, through ``row[name]`` and ``row.get(name)``."""
+    ``DeprecationWarning``, through ``row[name]``, ``row.get(name)`` and ``name in row``."""
 
     __slots__ = ()
 
@@ -166,9 +166,20 @@ class StatsRow(dict):  # type: ignore[type-arg]  # dict[str, Any], generic only 
         _warn(key, new)
         return self[new]
 
+    def __contains__(self, key: object) -> bool:
+        """As ``dict``'s; a deprecated name is there when its new one is (with a warning),
+        so ``if "successes" in row`` keeps working for the release that deprecates it."""
+        if dict.__contains__(self, key):
+            return True
+        new = DEPRECATED_NAMES.get(key) if isinstance(key, str) else None
+        if new is None or not dict.__contains__(self, new):
+            return False
+        _warn(key, new)  # type: ignore[arg-type]  # a str: checked just above
+        return True
+
     def get(self, key: str, default: Any = None) -> Any:
         """As ``dict.get``; a deprecated name reads its new one (with a warning)."""
-        if key not in self and key in DEPRECATED_NAMES:
+        if not dict.__contains__(self, key) and key in DEPRECATED_NAMES:
             return self[key]
         return super().get(key, default)
 

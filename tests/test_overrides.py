@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -205,3 +207,27 @@ def test_overridden_names_reach_the_statistics(server: FaultServer) -> None:
     session.get(server.url("/ok"))
     snapshot = stats_of(session).snapshot()
     assert (snapshot["轮询"]["calls"], snapshot["下载"]["calls"]) == (1, 1)
+
+
+def test_plain_threads_do_not_inherit_a_block_unless_the_context_is_copied() -> None:
+    """A ThreadPoolExecutor worker sees no block (as documented) unless the caller submits
+    copy_context().run, which carries it."""
+    import concurrent.futures
+
+    with retry_options(max_retries=0) as block, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(current_overrides).result() is None
+        assert pool.submit(contextvars.copy_context().run, current_overrides).result() is block
+
+
+def test_a_block_in_a_generator_closed_in_another_context_exits_cleanly() -> None:
+    """A generator that yields inside a block, advanced in one context and closed in
+    another, closes without the ContextVar token's ValueError and leaves no block."""
+    def steps() -> Iterator[int]:
+        with retry_options(max_retries=0):
+            yield 1
+
+    generator = steps()
+    contextvars.copy_context().run(next, generator)
+    generator.close()
+    assert current_overrides() is None

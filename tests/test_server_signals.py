@@ -4,11 +4,12 @@ minted once per call."""
 from __future__ import annotations
 
 import uuid
+from typing import Callable
 
 import pytest
 import requests
 
-from requests_smartretry import Verdict, smart_session
+from requests_smartretry import Verdict, execute_with_smart_retry, smart_session
 from requests_smartretry.backoff import parse_retry_after_ms
 from requests_smartretry.classify import classify_http_response, retry_after_of
 from requests_smartretry.faultserver import FaultServer
@@ -186,3 +187,42 @@ def test_httpx_mints_one_key_per_call(server: FaultServer) -> None:
     first, second, third, fourth = _keys(server)
     assert first == second and third == fourth and first != third
     assert isinstance(httpx.Request, type)
+
+
+# -- the callable API's column reads the same signals ------------------------------------------
+
+
+def _get_raising(server: FaultServer, path: str) -> Callable[[], requests.Response]:
+    def fn() -> requests.Response:
+        response = requests.get(server.url(path), timeout=5)
+        response.raise_for_status()
+        return response
+    return fn
+
+
+@pytest.mark.parametrize(("path", "honor", "hits"), [
+    ("/status/503?should_retry=false", True, 1),
+    ("/status/503?should_retry=false", False, 2),
+    ("/status/409?should_retry=true", True, 2),
+    ("/status/409?should_retry=true", False, 1),
+])
+def test_callable_api_honours_x_should_retry(server: FaultServer, path: str, honor: bool,
+                                             hits: int) -> None:
+    """An HTTPError raised by fn carries the server's x-should-retry to the callable API,
+    unless honor_server_signals=False."""
+    with pytest.raises(requests.HTTPError):
+        execute_with_smart_retry(_get_raising(server, path), max_retries=1, backoff_base=0.0,
+                                 timeout=5.0, sleep=Waits(), honor_server_signals=honor)
+    assert server.hits() == hits
+
+
+def test_callable_api_retry_after_ms_follows_the_switch(server: FaultServer) -> None:
+    """The callable API waits Retry-After-Ms, and only Retry-After when signals are off."""
+    path = "/status/503?retry_after_ms=400&retry_after=3"
+    for honor, waited in ((True, 0.4), (False, 3.0)):
+        waits = Waits()
+        with pytest.raises(requests.HTTPError):
+            execute_with_smart_retry(_get_raising(server, path), max_retries=1,
+                                     backoff_base=0.0, timeout=5.0, sleep=waits,
+                                     honor_server_signals=honor)
+        assert waits.seconds == [waited]
