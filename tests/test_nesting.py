@@ -11,6 +11,7 @@ depend on that timing (see ``deadline.AttemptLedger``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -292,3 +293,28 @@ def test_a_sealed_attempt_lets_nothing_unsafe_start_at_any_depth() -> None:
     assert not AttemptLedger(inner).start_unsafe()
     assert not inner.start_unsafe()
     assert (inner.unsafe, outer.unsafe) == (1, 1)
+
+
+@pytest.mark.parametrize("run_in_thread", [True, False])
+def test_a_request_made_after_a_successful_attempt_in_its_context_is_sent(
+    server: FaultServer, run_in_thread: bool,
+) -> None:
+    """A background thread fn started in a copy of its context POSTs after fn returned:
+    the attempt succeeded and is never repeated, so the POST is sent, not refused."""
+    session, results, done = smart_session(timeout=2.0), [], threading.Event()
+
+    def later() -> None:
+        time.sleep(0.1)
+        try:
+            results.append(session.post(server.url("/ok"), data=PAYLOAD).status_code)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion
+            results.append(exc)
+        done.set()
+
+    def fn() -> int:
+        threading.Thread(target=contextvars.copy_context().run, args=(later,)).start()
+        return 1
+
+    assert execute_with_retry(fn, timeout=1.0, run_in_thread=run_in_thread) == 1
+    assert done.wait(5.0)
+    assert results == [200] and server.hits("/ok") == 1
