@@ -65,7 +65,10 @@ inner request would have reported; from then on nothing unsafe can start inside 
 attempt (such a request fails before sending).  A POST that succeeded before ``fn`` failed
 on something else, or a ``stream=True`` response abandoned in the middle of its body, is
 therefore never sent again by the enclosing call.  A request still connecting when the
-attempt is abandoned counts too (it may send the next moment).
+attempt is abandoned counts too (it may send the next moment).  A thread ``fn`` starts is
+counted only when it runs in a copy of ``fn``'s context (``contextvars.copy_context().run``,
+one copy per thread or task): ``threading.Thread`` and ``ThreadPoolExecutor`` start with an
+empty context, so what they send is not counted (as with plain ``requests``).
 
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For

@@ -318,3 +318,20 @@ def test_a_request_made_after_a_successful_attempt_in_its_context_is_sent(
     assert execute_with_retry(fn, timeout=1.0, run_in_thread=run_in_thread) == 1
     assert done.wait(5.0)
     assert results == [200] and server.hits("/ok") == 1
+
+
+def test_a_post_from_a_pool_task_run_in_fn_s_context_is_counted(server: FaultServer) -> None:
+    """fn hands its POST to a ThreadPoolExecutor task run in a copy of its context (the
+    documented way): when the outer deadline abandons the attempt, the POST is not sent
+    again."""
+    session = smart_session(timeout=2.0)
+
+    def fn() -> Any:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(contextvars.copy_context().run, session.post,
+                               server.url("/hang?seconds=0.5"), data=PAYLOAD).result()
+
+    with srt.fast_retries(), pytest.raises(Exception):  # noqa: B017 - CallTimeoutError
+        execute_with_retry(fn, timeout=0.2, max_retries=1)
+    time.sleep(0.6)
+    assert server.hits("/hang") == 1
