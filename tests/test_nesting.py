@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import logging
 import threading
 import time
@@ -307,7 +308,7 @@ def test_a_request_made_after_a_successful_attempt_in_its_context_is_sent(
         time.sleep(0.1)
         try:
             results.append(session.post(server.url("/ok"), data=PAYLOAD).status_code)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion
+        except Exception as exc:  # reported by the assertion
             results.append(exc)
         done.set()
 
@@ -335,3 +336,24 @@ def test_a_post_from_a_pool_task_run_in_fn_s_context_is_counted(server: FaultSer
         execute_with_retry(fn, timeout=0.2, max_retries=1)
     time.sleep(0.6)
     assert server.hits("/hang") == 1
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_a_redirect_of_a_seekable_file_body_is_followed_with_the_whole_body(
+    code: int, tmp_path: Any,
+) -> None:
+    """A 307/308 after a POST whose body is a seekable file (on disk, BytesIO) sends the
+    whole body again, rewound to where it started, with requests and with httpx."""
+    (tmp_path / "body").write_bytes(PAYLOAD)
+    with FaultServer({"/moved": _redirecting(code)}) as server:
+        for lib in ("requests", "httpx"):
+            with open(tmp_path / "body", "rb") as file:
+                for body in (file, io.BytesIO(PAYLOAD)):
+                    if lib == "requests":
+                        response: Any = smart_session(timeout=2.0).post(
+                            server.url("/moved"), data=body)
+                    else:
+                        response = smart_client(timeout=2.0, follow_redirects=True).post(
+                            server.url("/moved"), content=body)
+                    assert response.content == PAYLOAD, (lib, body)
+        assert [r.body for r in server.received("/echo")] == [PAYLOAD] * 4
