@@ -20,8 +20,10 @@ from .errors import (
     AttemptDeadlineExceeded,
     CallTimeoutError,
     CircuitOpenError,
+    PollDeadlineExceeded,
     ResponseSignatureError,
     SmartRetryError,
+    TaskFailedError,
     attempt_history,
 )
 from .events import AttemptEvent, EventKind, Verdict
@@ -29,6 +31,7 @@ from .functions import execute_with_retry, execute_with_smart_retry, with_retry
 from .log import LoggingHook
 from .overrides import retry_options
 from .policy import RetryPolicy, VerdictRule
+from .poll import poll_until
 from .presets import (
     payment_adapter,
     payment_session,
@@ -55,6 +58,7 @@ __all__ = [
     "EventKind",
     "LoggingHook",
     "MemoryStateStore",
+    "PollDeadlineExceeded",
     "RedisStateStore",
     "ResponseSignatureError",
     "RetryBudget",
@@ -65,6 +69,7 @@ __all__ = [
     "SmartRetryError",
     "StateStore",
     "Stats",
+    "TaskFailedError",
     "Verdict",
     "VerdictRule",
     "adapter_of",
@@ -75,6 +80,7 @@ __all__ = [
     "payment_session",
     "photo_adapter",
     "photo_session",
+    "poll_until",
     "reset_state",
     "retry_options",
     "set_testing",

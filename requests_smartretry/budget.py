@@ -1,8 +1,10 @@
 """The retry budget: retries as a bounded share of calls, per service.
 
 A token bucket per service key, in the style of gRPC's retry throttling and botocore's
-standard retry quota: every call deposits ``ratio`` tokens, every retry costs one, a retry
-that **succeeds** gives its token back (the failure was transient: the service is fine),
+standard retry quota: every call deposits ``ratio`` tokens, every retry costs one, a call
+that **succeeds** on a retry gives back every token its retries cost (the failures were
+transient: the service is fine; botocore refunds only the last one, which loses a call
+that needed two retries in a storm of double failures),
 and ``min_per_second`` tokens trickle in whatever the traffic so that a quiet service may
 still retry.  The bucket holds at most ``max_tokens`` (and starts full).  A retry that
 fails keeps its cost; so does one whose call then ends otherwise (a 404, a business error).
@@ -170,13 +172,14 @@ class RetryBudget(StoreUser):
         return spent
 
     def __call__(self, event: AttemptEvent) -> None:
-        """Deposit for each call (its first attempt's START); refund a retry that succeeded
-        (a SUCCESS after the first attempt) and a granted retry that the breaker then
+        """Deposit for each call (its first attempt's START); refund every retry of a call
+        that succeeded (a SUCCESS on attempt n gives back the n - 1 tokens its retries
+        cost: they all bought the success) and a granted retry that the breaker then
         refused (a REJECTED event after the first attempt)."""
         kind = event.kind
         if kind is _SUCCESS:
             if event.attempt > 1 and not _testing._testing:
-                self._refund(event.service)
+                self._refund(event.service, event.attempt - 1)
         elif kind is _START:
             if event.attempt == 1:
                 self.deposit(event.service)
@@ -205,10 +208,10 @@ class RetryBudget(StoreUser):
             service, pending = evicted
         self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
 
-    def _refund(self, service: str) -> None:
-        """Give back the token the last retry of a call cost (with the gathered deposits)."""
+    def _refund(self, service: str, tokens: int = 1) -> None:
+        """Give back ``tokens`` retries' cost (with the gathered deposits)."""
         self.store.budget_change(service, self.settings, self._clock(),
-                                 1.0 + self._take_pending(service), 0.0)
+                                 tokens + self._take_pending(service), 0.0)
 
     def tokens(self, service: str) -> float:
         """The tokens ``service`` has left (a read: adds nothing, spends nothing)."""

@@ -1,9 +1,11 @@
-"""The ``requests-smartretry`` command: ``demo`` (the guided tour) and ``get`` (curl-like).
+"""The ``requests-smartretry`` command: ``demo`` (the guided tour), ``get`` (curl-like) and
+``wait`` (poll a task until it is done).
 
 ::
 
     requests-smartretry demo
     requests-smartretry get https://example.com/api --retries 2 --timeout 5 --lang en
+    requests-smartretry wait https://example.com/tasks/42 --until status=succeeded --deadline 600
 
 ``get`` prints the attempts (the library's log lines) and a summary to stderr, the body to
 stdout, and exits with a code that says how the call ended (see ``EXIT_CODES``).  Like
@@ -15,6 +17,7 @@ receives an error page.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import textwrap
@@ -27,7 +30,7 @@ import requests
 from . import __version__
 from .adapter import SmartRetryAdapter
 from .breaker import CircuitBreaker
-from .errors import CircuitOpenError, attempt_history
+from .errors import CircuitOpenError, SmartRetryError, TaskFailedError, attempt_history
 from .events import EventKind
 from .redact import is_secret_header, redact_text, redact_url
 
@@ -37,6 +40,7 @@ __all__ = [
     "EXIT_HTTP_ERROR",
     "EXIT_NETWORK",
     "EXIT_OK",
+    "EXIT_TASK_FAILED",
     "EXIT_TIMEOUT",
     "EXIT_USAGE",
     "exit_code_for",
@@ -55,6 +59,8 @@ EXIT_TIMEOUT = 4
 #: The circuit breaker refused the call (or a retry) without touching the network, whether
 #: the call then raised or returned the last failed response.
 EXIT_BREAKER_OPEN = 5
+#: ``wait``: the task ended without a result (a ``--fail-on`` value).
+EXIT_TASK_FAILED = 6
 
 EXIT_CODES = {
     EXIT_OK: "success (status < 400)",
@@ -63,6 +69,7 @@ EXIT_CODES = {
     EXIT_NETWORK: "network failure: the last attempt was refused, reset, DNS...",
     EXIT_TIMEOUT: "timeout: the last attempt passed its deadline",
     EXIT_BREAKER_OPEN: "circuit breaker open: the call or a retry was refused",
+    EXIT_TASK_FAILED: "wait: the task ended without a result (a --fail-on value)",
 }
 
 _logger = logging.getLogger("requests_smartretry")
@@ -70,6 +77,8 @@ _logger = logging.getLogger("requests_smartretry")
 
 def exit_code_for(error: BaseException) -> int:
     """The exit code for a call that raised ``error``."""
+    if isinstance(error, TaskFailedError):
+        return EXIT_TASK_FAILED
     if isinstance(error, CircuitOpenError):
         return EXIT_BREAKER_OPEN
     if any(e.give_up_reason == "circuit_open" for e in attempt_history(error)):
@@ -208,7 +217,56 @@ def build_parser() -> argparse.ArgumentParser:
                      help="open a circuit breaker after N consecutive failures "
                      "(within this call: it then refuses further retries)")
     get.set_defaults(command_parser=get)
+
+    wait = commands.add_parser(
+        "wait", help="poll a task URL until a JSON field says it is done",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "GET URL until the JSON field of --until has one of its values (print the body "
+            "to stdout, exit 0), or of --fail-on (exit 6), or --deadline passes (exit 4). "
+            "A poll that is not done is no failure; a poll that fails is retried "
+            "(--retries), a 4xx ends the wait. Progress lines go to stderr. The task id is "
+            "the whole state: run the same command again to resume a wait.", 78),
+        epilog=f"examples:\n  requests-smartretry wait https://api.example.com/tasks/42 "
+        f"--until status=succeeded --deadline 600\n\nexit codes:\n{codes}")
+    wait.add_argument("url", metavar="URL", help="http:// or https:// URL of the task")
+    wait.add_argument("--until", type=_field_values, default=("status", ("succeeded", "done")),
+                      metavar="FIELD=V1,V2", help="done when the JSON FIELD (dots for nested "
+                      "fields: data.status) has one of these values (default: "
+                      "status=succeeded,done)")
+    wait.add_argument("--fail-on", type=_field_values,
+                      default=("status", ("failed", "cancelled", "expired", "not_found")),
+                      metavar="FIELD=V1,V2", help="the task failed when FIELD has one of these "
+                      "values (default: status=failed,cancelled,expired,not_found)")
+    wait.add_argument("--deadline", type=_positive_float, default=600.0, metavar="S",
+                      help="wall-clock seconds for the whole wait (default: 600)")
+    wait.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
+                      help="seconds before the second poll, growing x1.5 (default: 1)")
+    wait.add_argument("--interval-max", type=_positive_float, default=30.0, metavar="S",
+                      help="cap on the interval; a Retry-After may ask more (default: 30)")
+    wait.add_argument("--retries", type=_non_negative_int, default=1, metavar="N",
+                      help="retries of a failed poll (default: 1)")
+    wait.add_argument("--timeout", type=_positive_float, default=30.0, metavar="S",
+                      help="wall-clock seconds per poll attempt (default: 30)")
+    wait.add_argument("--backoff", type=_non_negative_float, default=1.0, metavar="S",
+                      help="seconds before retrying a failed poll (default: 1)")
+    wait.add_argument("--operation", metavar="NAME", help="operation name in the log lines")
+    wait.add_argument("--lang", choices=("zh", "en"), default="zh",
+                      help="language of the log lines (default: zh)")
+    wait.add_argument("-H", "--header", type=_header, action="append", default=[],
+                      metavar="'NAME: VALUE'", help="extra request header (repeatable)")
+    wait.add_argument("-q", "--quiet", action="store_true",
+                      help="print no progress lines, only errors")
+    wait.set_defaults(command_parser=wait)
     return parser
+
+
+def _field_values(text: str) -> tuple[str, tuple[str, ...]]:
+    field, sep, values = text.partition("=")
+    chosen = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not sep or not field.strip() or not chosen:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE[,VALUE...], got {text!r}")
+    return field.strip(), chosen
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -219,6 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .demo import run_demo
 
         return run_demo(lang=args.lang)
+    if args.command == "wait":
+        return _wait(args.command_parser, args)
     return _get(args.command_parser, args)
 
 
@@ -303,3 +363,93 @@ def _get(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(refusal, file=err)
         return EXIT_BREAKER_OPEN
     return EXIT_HTTP_ERROR if failed else EXIT_OK
+
+
+def _field(body: Any, path: str) -> Any:
+    """``body``'s value at the dotted ``path`` (``None`` where it has none)."""
+    for name in path.split("."):
+        body = body.get(name) if isinstance(body, dict) else None
+    return body
+
+
+def _wait(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``wait``: poll URL with :func:`poll_until` until a JSON field says done."""
+    from .poll import poll_until
+
+    url: str = args.url
+    if not url.lower().startswith(("http://", "https://")):
+        parser.error(f"URL must start with http:// or https://, got {redact_url(url)!r}")
+    if args.interval_max < args.interval:
+        parser.error(f"--interval-max ({args.interval_max:g}) must be >= --interval "
+                     f"({args.interval:g})")
+    (done_field, done_values), (fail_field, fail_values) = args.until, args.fail_on
+    session = requests.Session()
+    adapter = SmartRetryAdapter(timeout=args.timeout, lang=args.lang)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    headers = dict(args.header)
+
+    def fetch() -> requests.Response:
+        response = session.get(url, headers=headers)
+        response.raise_for_status()  # a 5xx/429 is retried by the poll's policy, a 4xx ends
+        return response
+
+    def done(response: requests.Response) -> bool:
+        try:
+            body = response.json()
+        except ValueError:
+            raise SmartRetryError(f"HTTP {response.status_code} from {redact_url(url)} is "
+                                  "not JSON") from None
+        if str(_field(body, fail_field)) in fail_values:
+            status = str(_field(body, fail_field))
+            code = _field(body, "error.code")
+            raise TaskFailedError(f"the task ended {status}" + (f": {code}" if code else ""),
+                                  status=status, code=code, task=body)
+        return str(_field(body, done_field)) in done_values
+
+    err = sys.stderr
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = (_logger.level, _logger.propagate)
+    if not args.quiet:
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+    started = time.monotonic()
+    try:
+        response = poll_until(
+            fetch, done=done, deadline=args.deadline, interval=args.interval,
+            interval_max=args.interval_max, operation_name=args.operation or "wait",
+            describe=lambda r: _describe(r, done_field), max_retries=args.retries,
+            timeout=args.timeout, backoff_base=args.backoff,
+            backoff_max=max(5.0, args.backoff), lang=args.lang, run_in_thread=False)
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        print(f"error: HTTP {status} from {redact_url(url)}: the wait ended "
+              f"({time.monotonic() - started:.2f} s)", file=err)
+        return EXIT_HTTP_ERROR
+    except requests.RequestException as exc:  # ours too: task failed, deadline, not JSON
+        print(f"error: {type(exc).__name__}: {redact_text(str(exc))} "
+              f"({time.monotonic() - started:.2f} s)", file=err)
+        if isinstance(exc, TaskFailedError):
+            sys.stdout.write(json.dumps(exc.task, ensure_ascii=False) + "\n")
+        return EXIT_HTTP_ERROR if type(exc) is SmartRetryError else exit_code_for(exc)
+    finally:
+        _logger.removeHandler(handler)
+        _logger.setLevel(saved[0])
+        _logger.propagate = saved[1]
+        session.close()
+    print(f"done: {done_field}={_describe(response, done_field)} "
+          f"({time.monotonic() - started:.2f} s)", file=err)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _describe(response: requests.Response, field: str) -> Optional[str]:
+    try:
+        value = _field(response.json(), field)
+    except ValueError:
+        return None
+    return None if value is None else str(value)

@@ -63,7 +63,11 @@ def format_stats_table(snapshot: dict[str, Any]) -> str:
     (``total``, ``failed``, ``retries``) are separate column groups; the call times are
     the p50/p99 in seconds per call.
     """
-    rows = {op: row for op, row in snapshot.items() if isinstance(row, dict)}
+    every = {op: row for op, row in snapshot.items() if isinstance(row, dict)}
+    # A row with waits and no calls of its own (the wait's name, not its polls') is shown
+    # under "Waits" only.
+    rows = {op: row for op, row in every.items()
+            if row.get("calls") or not row.get("waits") or op == Stats.TOTAL_KEY}
     if not rows:
         return "(no calls recorded)"
     order = sorted(rows, key=lambda op: op == Stats.TOTAL_KEY)  # stable: totals go last
@@ -105,6 +109,16 @@ def format_stats_table(snapshot: dict[str, Any]) -> str:
             by_verdict.append(f"  {name}: {text}")
     if by_verdict:
         lines += ["", "Failed attempts by verdict:", *by_verdict]
+    waits = []
+    for op in sorted(every):
+        row, name = every[op], _name(op)
+        if row.get("waits") and op != Stats.TOTAL_KEY:
+            outcomes = " ".join(f"{k}={v}" for k, v in sorted(row["waits_by_outcome"].items()))
+            to_done = (row.get("seconds_to_done") or {}).get("p50")
+            waits.append(f"  {name}: {row['waits']} wait(s), {row['polls']} polls "
+                         f"({outcomes}), p50 time to done {_seconds(to_done)} s")
+    if waits:
+        lines += ["", "Waits for a task (polls that were not done are not failures):", *waits]
     return "\n".join(lines)
 
 
@@ -198,6 +212,7 @@ class Tour:
         self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
         self.payment_signature_checked()
+        self.waiting_for_a_task()
         self.statistics()
 
     def success(self) -> None:
@@ -422,6 +437,28 @@ class Tour:
             self.result(f"{type(exc).__name__} ({exc.check} check) after "
                         f"{self.server.hits(path) - before} request, not retried: the forged "
                         f"prepay_id never reaches your code")
+
+    def waiting_for_a_task(self) -> None:
+        self.heading("Waiting for a task: submit, then poll until done (one poll answers 503 "
+                     "on the way)")
+        from .presets import ark
+
+        self.server.task_steps = ["queued", "running", "503", "running", "succeeded"]
+        video = ark.video_session("demo-key", endpoint=self.server.url("/api/v3"),
+                                  stats=self.stats, lang=self.lang, max_retries=2,
+                                  backoff_base=_DEMO_BACKOFF)
+        created: list[str] = []
+        started = time.monotonic()
+        done = ark.create_and_wait(video, {"model": "demo", "content": []},
+                                   on_created=created.append, deadline=10.0, interval=0.2,
+                                   interval_max=0.5, backoff_base=_DEMO_BACKOFF,
+                                   lang=self.lang)
+        polls = sum(1 for r in self.server.received() if r.method == "GET"
+                    and r.route.endswith(f"/tasks/{created[0]}"))
+        self.result(f"task {done['id']} {done['status']} after {polls} GETs in "
+                    f"{time.monotonic() - started:.1f} s: 'queued' and 'running' were no "
+                    f"failures (no WARNING), the 503 was retried; a crashed worker resumes "
+                    f"with ark.wait_for_task(video, {created[0]!r})")
 
     def statistics(self) -> None:
         self.say("\nStatistics per operation (stats_of(session).snapshot()): one call is "

@@ -406,6 +406,7 @@ class _Call(Generic[T]):
     previous_wait: Optional[float] = None
     rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
     seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
+    unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -543,16 +544,38 @@ class _Call(Generic[T]):
         if seen is None:
             seen = self.seen = {}
         seen[verdict.verdict] = seen.get(verdict.verdict, 0) + 1
-        if self.record is not None:
+        record = self.record
+        if record is not None:
             failed = verdict.retryable
-            self.record(self.call.service, ticket, failed=failed,
-                        weight=weight if failed else 1.0)
+            if failed and number == 1 and not ticket:
+                # A call's first failure is counted only once its retry failed too (or the
+                # call gave up on it: give_up); a retry that heals it leaves only the
+                # success.  So a breaker shared by a fleet counts what one process would:
+                # six processes each healing one 503 at the same moment send no failure,
+                # where counting it at once sends six before the first retry's backoff is
+                # over (sending the healing success at once, which the Redis store also
+                # does, cannot undo an opening that already happened).  A second failure
+                # in a row is no blip: both count at once, so a long call still opens the
+                # breaker between its attempts, and an outage within failure_threshold
+                # failed calls.  (A half-open probe's result decides its round: at once.)
+                self.unhealed = weight
+                return
+            unhealed, self.unhealed = self.unhealed, None
+            if unhealed is not None and failed and not ticket:
+                record(self.call.service, 0, failed=True, weight=unhealed)
+            record(self.call.service, ticket, failed=failed,
+                   weight=weight if failed else 1.0)
 
     def give_up(self, outcome: Outcome[T], number: int, reason: str) -> Finished[T]:
         """The call ends after attempt ``number`` without success: the one GIVE_UP."""
         verdict = outcome.classification
         policy = self.policy
         rule = policy.rule_for(verdict.verdict)
+        unhealed = self.unhealed
+        if unhealed is not None:  # the call failed: its breaker counts it now (see failed)
+            self.unhealed = None
+            self.record(self.call.service, 0, failed=True,  # type: ignore[misc]
+                        weight=unhealed)
         events = self._open()
         events.emit(EventKind.GIVE_UP, number,
                     {"verdict": verdict.verdict, "reason": verdict.reason,

@@ -15,8 +15,10 @@ __all__ = [
     "AttemptDeadlineExceeded",
     "CallTimeoutError",
     "CircuitOpenError",
+    "PollDeadlineExceeded",
     "ResponseSignatureError",
     "SmartRetryError",
+    "TaskFailedError",
     "attempt_history",
 ]
 
@@ -42,6 +44,48 @@ class CallTimeoutError(AttemptDeadlineExceeded, TimeoutError):
     It is also the builtin ``TimeoutError``, so code that catches either kind keeps working.
     The abandoned attempt may still be running in the background.
     """
+
+
+class PollDeadlineExceeded(CallTimeoutError):
+    """A wait (:func:`~requests_smartretry.poll_until`, a vendor ``wait_for_task``) passed
+    its deadline before the value was done.
+
+    A :class:`CallTimeoutError`, hence a builtin ``TimeoutError`` and a ``requests``
+    ``Timeout``.  ``last`` is the last value a poll returned (``None`` when none did; the
+    task dict for the vendor waiters), ``polls`` how many polls were made, ``deadline`` the
+    wait's deadline in seconds.  Nothing is lost: poll again later with the same task id.
+    """
+
+    def __init__(self, message: str, *args: Any, last: Any = None, polls: int = 0,
+                 deadline: Optional[float] = None, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        self.last = last
+        self.polls = polls
+        self.deadline = deadline
+
+
+class TaskFailedError(SmartRetryError):
+    """An asynchronous task ended without a result: the vendor says it failed, was
+    cancelled, expired or is unknown (never retried: polling again cannot change it).
+
+    ``status`` is the vendor's task status (``"failed"``, ``"cancelled"``, ``"expired"``,
+    ``"not_found"``…), ``code`` and ``message`` the vendor's error (``None`` when it gave
+    none), ``task`` the task as the vendor last described it (a dict)::
+
+        try:
+            ark.wait_for_task(video, task_id)
+        except TaskFailedError as exc:
+            print(exc.status, exc.code, exc.message)
+    """
+
+    def __init__(self, message: str, *args: Any, status: Optional[str] = None,
+                 code: Any = None, error_message: Optional[str] = None,
+                 task: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        self.status = status
+        self.code = code
+        self.message = error_message
+        self.task = task
 
 
 class CircuitOpenError(SmartRetryError, requests.exceptions.ConnectionError):
@@ -77,7 +121,8 @@ class ResponseSignatureError(SmartRetryError):
 
 
 class AdapterClosedError(SmartRetryError):
-    """The adapter (or the session that owns it) was closed and cannot send."""
+    """The adapter (or the session that owns it) was closed while a call was under way: the
+    call's retry is not sent.  (As with requests' ``HTTPAdapter``, a later call works.)"""
 
 
 def attempt_history(exc: BaseException) -> tuple[AttemptEvent, ...]:

@@ -15,7 +15,16 @@ request path, so one server serves every scenario at once:
 ``/big?bytes=10000000``     a large body, as fast as the socket takes it
 ``/echo``                   200 with the request body
 ``/seq/KEY?steps=reset,503,ok``  the n-th request to KEY does step n (the last repeats)
+``POST …/tasks?steps=…``     creates an async task (``{"id": "task-1"}``, JSON)
+``GET …/tasks/ID``          the task's next step: a status word (``queued``,
+                            ``running``, ``succeeded``, ``failed``…) answers 200
+                            ``{"id", "status"}`` (Ark's shape), a fault step
+                            (``503``, ``reset``) does that; unknown ids get 404
 ==========================  =====================================================
+
+A task's steps come from its creation's ``?steps=`` (comma-separated), else from
+``server.task_steps``; the last step repeats.  ``…/tasks`` may sit under any prefix, so
+that a preset's path (``/api/v3/contents/generations/tasks``) reaches it too.
 
 Example::
 
@@ -27,6 +36,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import socket
 import ssl
 import struct
@@ -42,6 +53,9 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
+_TASK_ROUTE = re.compile(r"^(?:/.*)?/tasks(?:/(?P<id>[^/]+))?/?$")
+#: Task statuses that end a task without a result (answered with an ``error``).
+_FAILED_TASK = frozenset({"failed", "cancelled", "expired"})
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,11 @@ class FaultServer:
         self.tls = tls
         self.stalled_handshakes = 0
         self.requests: list[RecordedRequest] = []
+        #: The steps a task created without ``?steps=`` plays, one per query.
+        self.task_steps: list[str] = ["queued", "running", "succeeded"]
         self._lock = threading.Lock()
         self._sequences: dict[str, int] = {}
+        self._tasks: dict[str, list[str]] = {}
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()
@@ -150,6 +167,7 @@ class FaultServer:
         with self._lock:
             self.requests.clear()
             self._sequences.clear()
+            self._tasks.clear()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -234,6 +252,9 @@ class FaultServer:
             if route.startswith(prefix):
                 handler(self, conn, request)
                 return request.headers.get("connection", "").lower() != "close"
+        task = None if route.startswith("/seq/") else _TASK_ROUTE.match(route)
+        if task is not None:
+            return self._task(conn, request, task.group("id"), query)
         if route.startswith("/seq/"):
             step = self._next_step(route, query.get("steps", "ok").split(","))
         else:
@@ -275,6 +296,40 @@ class FaultServer:
         else:
             self.send(conn, 404, b"unknown scenario " + step.encode())
         return True
+
+    def _task(self, conn: socket.socket, request: RecordedRequest, task_id: Optional[str],
+              query: dict[str, str]) -> bool:
+        """Create a task (POST on the collection) or play a query's next step."""
+        if task_id is None:
+            if request.method != "POST":
+                self._json(conn, 405, {"error": {"code": "MethodNotAllowed", "message": "POST"}})
+                return True
+            plan = query["steps"].split(",") if query.get("steps") else list(self.task_steps)
+            with self._lock:
+                task_id = f"task-{len(self._tasks) + 1}"
+                self._tasks[task_id] = plan
+            self._json(conn, 200, {"id": task_id})
+            return True
+        with self._lock:
+            steps = self._tasks.get(task_id)
+        if steps is None:
+            self._json(conn, 404, {"error": {"code": "ResourceNotFound",
+                                             "message": "no such task"}})
+            return True
+        step = self._next_step(f"task:{task_id}", steps)
+        if step == "reset" or step.isdigit():
+            return self._perform(conn, step, query, request)
+        answer: dict[str, Any] = {"id": task_id, "status": step}
+        if step == "succeeded":
+            answer["content"] = {"video_url": f"https://example.invalid/{task_id}.mp4"}
+        elif step in _FAILED_TASK:
+            answer["error"] = {"code": "DemoTaskFailed", "message": f"the task {step}"}
+        self._json(conn, 200, answer)
+        return True
+
+    def _json(self, conn: socket.socket, status: int, body: Any) -> None:
+        self.send(conn, status, json.dumps(body).encode("utf-8"),
+                  {"Content-Type": "application/json"})
 
     # -- building blocks for custom handlers -------------------------------------------
 

@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind, Verdict
 
-__all__ = ["RECORD_NAMES", "LoggingHook", "describe_failure", "logger"]
+__all__ = ["RECORD_NAMES", "WAIT_RECORD_NAMES", "LoggingHook", "describe_failure",
+           "log_wait", "logger"]
 
 logger = logging.getLogger("requests_smartretry")
 logger.addHandler(logging.NullHandler())
@@ -53,6 +54,13 @@ _TEXT = {
         "error": "尝试过程中出现异常 ({reason}), 放弃",
         "interrupted": "等待重试时被中断, 放弃",
         "closed": "会话已关闭 (session.close()), 不重试",
+        "poll_wait": "等待任务完成 (第 {polls} 次查询{state}, 已等待 {elapsed_ms}ms), "
+        "{ms}ms 后再次查询",
+        "poll_done": "任务完成 (共 {polls} 次查询, 用时 {elapsed_ms}ms)",
+        "poll_failed": "任务未成功{state}: {reason} (第 {polls} 次查询), 停止等待",
+        "poll_error": "查询失败 ({reason}), 停止等待 (第 {polls} 次查询)",
+        "poll_deadline": "等待任务超时 ({deadline_ms}ms 内查询 {polls} 次{state}), 放弃",
+        "poll_state": ", 状态 {state}",
     },
     "en": {
         "prefix": "[API retry]",
@@ -79,6 +87,14 @@ _TEXT = {
         "error": "the attempt raised {reason}; giving up",
         "interrupted": "interrupted while waiting to retry; giving up",
         "closed": "session closed (session.close()); not retrying",
+        "poll_wait": "waiting for the task (poll {polls}{state}, {elapsed_ms}ms so far); "
+        "next poll in {ms}ms",
+        "poll_done": "task done after {polls} poll(s) in {elapsed_ms}ms",
+        "poll_failed": "task did not succeed{state}: {reason} (poll {polls}); stopped waiting",
+        "poll_error": "poll failed ({reason}); stopped waiting (poll {polls})",
+        "poll_deadline": "task not done within {deadline_ms}ms ({polls} polls{state}); "
+        "giving up",
+        "poll_state": ", status {state}",
     },
 }
 
@@ -288,3 +304,30 @@ class LoggingHook:
             "retry_url": event.url,
         }
         self.logger.log(level, "%s %s - %s", prefix, event.operation, message, extra=extra)
+
+
+#: The ``retry_event`` of a wait's lines (:func:`~requests_smartretry.poll_until`).
+WAIT_RECORD_NAMES = ("poll_wait", "poll_done", "poll_failed", "poll_error", "poll_deadline")
+
+
+def log_wait(level: int, key: str, operation: str, *, lang: str, polls: int, elapsed: float,
+             wait: Optional[float] = None, state: Optional[str] = None, reason: str = "",
+             deadline: Optional[float] = None, target: logging.Logger = logger) -> None:
+    """Write one line of a wait (``key``: one of :data:`WAIT_RECORD_NAMES`) in the seed's
+    style, ``[API重试] 视频任务状态查询 - 等待任务完成 (第 3 次查询, 状态 running, …)``, with
+    structured ``extra`` fields (``retry_event``, ``retry_operation``, ``retry_polls``,
+    ``retry_elapsed_s``, ``retry_wait_s``, ``retry_task_status``)."""
+    if not target.isEnabledFor(level):
+        return
+    text = _TEXT[lang if lang in _TEXT else "zh"]
+    shown = text["poll_state"].format(state=state) if state else ""
+    message = text[key].format(polls=polls, state=shown, elapsed_ms=_ms(elapsed), ms=_ms(wait),
+                               reason=reason, deadline_ms=_ms(deadline))
+    target.log(level, "%s %s - %s", text["prefix"], operation, message, extra={
+        "retry_event": key,
+        "retry_operation": operation,
+        "retry_polls": polls,
+        "retry_elapsed_s": elapsed,
+        "retry_wait_s": wait,
+        "retry_task_status": state,
+    })

@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 from .classify import linked_exceptions
 
@@ -118,44 +118,68 @@ def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 def path_template(path: str) -> str:
     """``path`` with every identifier- or secret-like segment replaced by ``{id}``:
     ``/v3/tasks/cgt-20260101-ab12`` → ``/v3/tasks/{id}``, ``/bot123:AAH…/getMe`` →
-    ``/{id}/getMe``.  The default operation names use it, so that stats keys, metrics
-    labels and log names stay few (one per endpoint, not one per resource) and carry no
-    token."""
+    ``/{id}/getMe``; path parameters are dropped (``/x;jsessionid=…`` → ``/x``).  The
+    default operation names use it, so that stats keys, metrics labels and log names stay
+    few (one per endpoint, not one per resource) and carry no token."""
     if not path:
         return "/"
+    segments = (segment.partition(";")[0] for segment in path.split("/"))
     return "/".join(
         "{id}" if segment and (_ID_SEGMENT.fullmatch(segment)
                                or _SECRET_SEGMENT.fullmatch(segment)) else segment
-        for segment in path.split("/"))
+        for segment in segments)
+
+
+# name=value pairs of a query or of path parameters, separated by "&" or ";" (both are
+# separators in the wild: "?a=1;access_token=…", "/x;jsessionid=…").  Anchored at the
+# start of a pair, so the scan is linear.
+_URL_PARAM = re.compile(r"(?:^|(?<=[&;]))(?P<name>[^&;=]*)=[^&;]*")
+
+
+def _url_param(match: re.Match[str]) -> str:
+    name = match.group("name")
+    return f"{name}={REDACTED}" if is_secret_name(unquote_plus(name)) else match.group(0)
+
+
+def _redact_params(text: str) -> str:
+    """``text`` (a query, or a segment's parameters) with the values of secret names
+    replaced, every other character as it was (no decoding, no re-encoding)."""
+    return _URL_PARAM.sub(_url_param, text)
 
 
 def _redact_path(path: str) -> str:
-    return "/".join(REDACTED if segment and _SECRET_SEGMENT.fullmatch(segment) else segment
-                    for segment in path.split("/"))
+    out = []
+    for segment in path.split("/"):
+        head, sep, params = segment.partition(";")
+        if head and _SECRET_SEGMENT.fullmatch(head):
+            head = REDACTED
+        out.append(head + sep + (_redact_params(params) if params else ""))
+    return "/".join(out)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its user:password, credential-like path segments and credential-like
-    query values replaced."""
-    if ("@" not in url and "#" not in url and not _SECRET_NAME.search(url.partition("?")[2])
+    """``url`` with its user:password, credential-like path segments, and the values of
+    credential-like query and path parameters replaced.  Nothing else changes: the URL is
+    not re-encoded (``;`` stays ``;``), so it reads as the one that was requested."""
+    query = url.partition("?")[2]
+    if ("@" not in url and "#" not in url and ";" not in url
+            and not _SECRET_NAME.search(query) and not _SECRET_HEADER_WORDS.search(query)
             and not _SECRET_PATH_TEXT.search(url)):
         return url  # the common case, without parsing
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact_text(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    if parts.netloc != netloc:
-        netloc = f"{REDACTED}@{netloc}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, REDACTED if is_secret_name(k) else v) for k, v in pairs], safe="[]"
-        )
+    head, hash_sep, fragment = url.partition("#")
+    head, query_sep, query = head.partition("?")
+    origin, path = "", head
+    scheme_end = head.find("://")
+    if scheme_end >= 0:
+        slash = head.find("/", scheme_end + 3)
+        origin, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
+        authority = origin[scheme_end + 3:]
+        if "@" in authority:
+            origin = f"{origin[:scheme_end + 3]}{REDACTED}@{authority.rsplit('@', 1)[1]}"
+    query = _redact_params(query) if query else query
     # OAuth's implicit flow puts access_token in the fragment.
-    fragment = redact_text(parts.fragment) if parts.fragment else parts.fragment
-    return urlunsplit((parts.scheme, netloc, _redact_path(parts.path), query, fragment))
+    fragment = redact_text(fragment) if fragment else fragment
+    return f"{origin}{_redact_path(path)}{query_sep}{query}{hash_sep}{fragment}"
 
 
 def _header_values(text: str) -> str:

@@ -396,7 +396,7 @@ def _describe_client(client: Any) -> dict[str, Any]:
 class _View:
     """This process's view of one service's shared records, and what it has not sent."""
 
-    __slots__ = ("breaker", "budget", "deposit", "gen", "pending", "seen", "state",
+    __slots__ = ("breaker", "budget", "deposit", "gen", "healing", "pending", "seen", "state",
                  "successes", "synced", "tokens", "tokens_at", "until", "used")
 
     def __init__(self) -> None:
@@ -407,6 +407,9 @@ class _View:
         self.synced = 0.0  # (monotonic) last round trip
         self.used = 0.0  # (monotonic) last use, for pruning idle services
         self.gen = self.seen = 0  # notifications received / taken into account
+        # A failure of ours reached Redis since the last round trip: the next success
+        # is sent at once (see breaker_record).
+        self.healing = False
         self.successes: dict[int, int] = {}  # per time bucket, not sent yet
         self.pending = 0  # sum of successes
         self.deposit = 0.0  # budget deposits not sent yet (the lease)
@@ -509,8 +512,13 @@ class RedisStateStore:
         self._client: Any = None
         self._script: Any = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._connecting: Optional[concurrent.futures.Future[None]] = None
+        self._connect_until = 0.0  # (monotonic) when a connection under way is too late
+        self._connect_slow = False  # ... and a request already waited for it in vain
         self._in_flight = 0
         self._down = False
+        self._episode = False  # an outage warned about and not yet over (see _went_down)
+        self._settles_at = 0.0
         self._next_try = 0.0
         self._failed_probes = 0
         self._views: dict[str, _View] = {}
@@ -662,33 +670,32 @@ class RedisStateStore:
     def _execute(self, args: list[Any], keys: list[str]) -> list[Any]:
         """Run the script within this request's time budget (on a worker thread, so that a
         slow or dripping Redis cannot hold the request past it)."""
-        # Connecting (TCP, AUTH, loading the script) takes several round trips: it may use
-        # up to socket_timeout; every later request gets the time budget.
-        allowance, by_deadline = self._allowance(
-            self.time_budget if self._script is not None else
-            max(self.time_budget, self.socket_timeout))
+        allowance, by_deadline = self._allowance(self.time_budget)
         if allowance <= 0.0:
             raise _NoTime()
-        with self._lock:
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=4, thread_name_prefix="requests-smartretry-redis")
-            executor = self._executor
-            self._in_flight += 1
         started = _monotonic()
         try:
-            future = executor.submit(self._run_script, keys, args)
-        except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
-            future = concurrent.futures.Future()
-            future.set_result(self._run_script(keys, args))
-        try:
-            reply = future.result(timeout=allowance)
-        except concurrent.futures.TimeoutError:
-            if by_deadline:
-                raise _NoTime() from None
-            self._cut()
-            raise RedisUnavailable(
-                f"no answer within the time budget ({allowance * 1000:.0f} ms)") from None
+            if self._script is None:
+                self._connected_within(allowance)
+                allowance -= _monotonic() - started
+                if allowance <= 0.0:
+                    raise _NoTime()
+            with self._lock:
+                executor = self._worker_pool()
+                self._in_flight += 1
+            try:
+                future = executor.submit(self._run_script, keys, args)
+            except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
+                future = concurrent.futures.Future()
+                future.set_result(self._run_script(keys, args))
+            try:
+                reply = future.result(timeout=allowance)
+            except concurrent.futures.TimeoutError:
+                if by_deadline:
+                    raise _NoTime() from None
+                self._cut()
+                raise RedisUnavailable(
+                    f"no answer within the time budget ({allowance * 1000:.0f} ms)") from None
         finally:
             elapsed = _monotonic() - started
             self._charge(elapsed)
@@ -700,6 +707,79 @@ class RedisStateStore:
         if self._listener is None and not self._closed:
             self._start_listener()
         return reply  # type: ignore[no-any-return]
+
+    def _worker_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The worker threads that talk to Redis (under ``_lock``)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="requests-smartretry-redis")
+        return self._executor
+
+    def _connected_within(self, allowance: float) -> None:
+        """Wait up to ``allowance`` seconds for the connection (TCP, AUTH, a PING: several
+        round trips, made once, on a worker).  A connection still under way is not yet an
+        outage: this operation goes local (:class:`_NoTime`) and the worker goes on; one
+        that takes longer than ``socket_timeout`` (or the time budget if longer) in all is
+        (:class:`RedisUnavailable`), as
+        is its failure, reported to the request that next asks.  So a silent Redis
+        (SIGSTOP, a black-holed port) costs the first requests the time budget, as it costs
+        every later one, never the socket timeout."""
+        started = None
+        with self._lock:
+            future = self._connecting
+            if future is None:
+                future = started = self._connecting = self._worker_pool().submit(
+                    self._connect_now)
+                self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                         self.time_budget)
+                self._connect_slow = False
+            left = self._connect_until - _monotonic()
+            # Once one request waited its whole budget in vain, the others (and the rest
+            # of that request: without a deadline it has no scope to charge) do not wait.
+            wait = max(0.0, min(0.0 if self._connect_slow else allowance, left))
+        if started is not None:  # (outside the lock: a done future calls back at once)
+            started.add_done_callback(self._connect_failed)
+        try:
+            future.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            if wait < left:
+                self._connect_slow = True
+                raise _NoTime() from None
+            with self._lock:
+                if self._connecting is future:
+                    self._connecting = None
+            self._cut()
+            raise RedisUnavailable(
+                "no connection within the socket timeout "
+                f"({max(self.socket_timeout, self.time_budget) * 1000:.0f} ms)") from None
+        except BaseException:
+            with self._lock:
+                if self._connecting is future:
+                    self._connecting = None  # the next request connects afresh
+            raise
+        with self._lock:
+            if self._connecting is future:
+                self._connecting = None
+
+    def _connect_failed(self, future: concurrent.futures.Future[None]) -> None:
+        """A connection that failed while no request waited for it: Redis is out now,
+        not at the next request (the worker's thread; a waiting request reports it)."""
+        if future.cancelled() or future.exception() is None:
+            return
+        with self._lock:
+            if self._connecting is not future or self._connect_slow is False:
+                return
+            self._connecting = None
+        exc = future.exception()
+        assert exc is not None
+        self._went_down(exc, self._down)
+
+    def _connect_now(self) -> None:
+        with self._connect_lock:
+            if self._script is None:
+                script = self._connect()
+                self._client.ping()
+                self._script = script
 
     def _run_script(self, keys: list[str], args: list[Any]) -> Any:
         # Connecting happens here too, on the worker: a Cluster client asks its startup
@@ -753,17 +833,23 @@ class RedisStateStore:
 
     def _went_down(self, exc: BaseException, probing: bool) -> None:
         with self._lock:
-            if probing:
+            # An outage episode lasts from the first failure until Redis has worked again
+            # for a while (see _came_back): a failure inside it — a probe's, or a write
+            # refused after a read-only probe went through (OOM with noeviction, READONLY)
+            # — backs off further and warns no more.
+            if probing or (self._episode and not self._down):
                 self._failed_probes += 1
             # A Redis that stays out is probed less and less often (up to every 30 s, or
             # retry_interval if longer): each probe of a silent Redis costs one request up
             # to the time budget.
-            wait = self.retry_interval * 2.0 ** min(self._failed_probes, 16)
-            self._next_try = _monotonic() + min(wait, max(self.retry_interval, 30.0))
+            self._next_try = _monotonic() + self._backoff()
             self._views = {}
             if self._down:
                 return
             self._down = True
+            if self._episode:
+                return
+            self._episode = True
         _log.warning(
             "requests_smartretry: Redis state store %s unavailable (%s: %s); breaker and "
             "budget use local state until it is back", self.where, type(exc).__name__,
@@ -771,11 +857,27 @@ class RedisStateStore:
                                           "redis_error": type(exc).__name__},
         )
 
+    def _backoff(self) -> float:
+        wait = self.retry_interval * 2.0 ** min(self._failed_probes, 16)
+        return min(wait, max(self.retry_interval, 30.0))
+
     def _came_back(self) -> None:
+        """A probe went through: share state again, but keep the episode (and its backoff)
+        open until Redis has kept working for as long as it was last out (at least one
+        ``sync_interval``, so that a batch of writes has been tried): a probe that only
+        read proves nothing about writes."""
         with self._lock:
             if not self._down:
                 return
             self._down = False
+            self._settles_at = _monotonic() + max(self.sync_interval, self._backoff())
+
+    def _settled(self) -> None:
+        """Redis has worked since the episode's last probe for long enough: it is over."""
+        with self._lock:
+            if not self._episode or self._down or _monotonic() < self._settles_at:
+                return
+            self._episode = False
             self._failed_probes = 0
         _log.info("requests_smartretry: Redis state store %s reachable again; sharing "
                   "breaker and budget state", self.where, extra={"redis_state": self.where})
@@ -854,6 +956,8 @@ class RedisStateStore:
                 return None
             if probing:
                 self._came_back()
+            elif self._episode:
+                self._settled()
             if episode is not None:
                 with self._lock:
                     self._bad.pop(service, None)
@@ -967,17 +1071,25 @@ class RedisStateStore:
                     pending = view.pending
                 mono = _monotonic()
                 view.used = mono
-                if pending < self.max_batch and mono - view.synced < self.sync_interval:
+                # A success right after a failure of ours that reached Redis goes at once
+                # (the slow path already): batched, it would leave that failure counting
+                # toward the consecutive rule for a sync interval, where one process
+                # would have reset it.  Every other success waits for the batch.
+                if pending < self.max_batch and mono - view.synced < self.sync_interval \
+                        and not view.healing:
                     return "closed"
+                view.healing = False
                 reply = self._round_trip(key, "sync", now, breaker=settings,
                                          budget=view.budget, view=view)
                 return "closed" if reply is None else STATE_NAMES[int(reply[1] or 0)]
+        view = self._view(key) if not self._down else None
         reply = self._round_trip(key, "record", now, breaker=settings, budget=None,
-                                 view=self._view(key) if not self._down else None,
-                                 failed=failed, weight=weight, ticket=ticket)
+                                 view=view, failed=failed, weight=weight, ticket=ticket)
         if reply is None:
             return self._local.breaker_record(key, settings, now, failed=failed,
                                               weight=weight, ticket=ticket)
+        if view is not None:
+            view.healing = failed
         return STATE_NAMES[int(reply[11] or 0)]
 
     def breaker_status(self, key: str, settings: BreakerSettings, now: float) -> BreakerStatus:
@@ -1046,6 +1158,7 @@ class RedisStateStore:
         with self._lock:
             client, self._client, self._script = self._client, None, None
             executor, self._executor = self._executor, None
+            self._connecting = None
             self._closed = True
             self._listener = None
         if executor is not None:

@@ -17,10 +17,13 @@ from typing import Any, Optional
 from .events import AttemptEvent, EventKind
 from .testing import track
 
-__all__ = ["DEPRECATED_NAMES", "TOTAL_KEY", "LatencyHistogram", "Stats", "StatsRow"]
+__all__ = ["DEPRECATED_NAMES", "TOTAL_KEY", "WAIT_OUTCOMES", "LatencyHistogram", "Stats",
+           "StatsRow"]
 
 #: The snapshot key under which the totals over every operation appear.
 TOTAL_KEY = "__total__"
+#: How a wait (:meth:`Stats.record_wait`) can end.
+WAIT_OUTCOMES = ("done", "failed", "deadline", "error")
 #: Operations beyond ``max_operations`` are counted together under this key.
 OTHER_KEY = "__other__"
 
@@ -186,7 +189,7 @@ class _Counters:
 
     __slots__ = ("attempt_seconds", "attempts", "attempts_failed", "budget_denials",
                  "call_seconds", "calls", "calls_failed", "calls_refused", "calls_succeeded",
-                 "rejections", "retries")
+                 "polls", "rejections", "retries", "wait_seconds", "waits")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -200,6 +203,10 @@ class _Counters:
         self.calls_failed: dict[str, int] = {}  # by give-up reason
         self.attempt_seconds = LatencyHistogram()
         self.call_seconds = LatencyHistogram()
+        # Waits (poll_until): how each ended, the polls they made, the time to done.
+        self.waits: dict[str, int] = {}
+        self.polls = 0
+        self.wait_seconds = LatencyHistogram()
 
     def __setstate__(self, state: Any) -> None:
         # Counters pickled by release 0.1 carry its slot names: read them under the new.
@@ -215,17 +222,19 @@ class _Counters:
 
     def merge(self, other: _Counters) -> None:
         for name in ("calls", "attempts", "retries", "calls_succeeded", "rejections",
-                     "calls_refused", "budget_denials"):
+                     "calls_refused", "budget_denials", "polls"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.attempts_failed, other.attempts_failed),
-                             (self.calls_failed, other.calls_failed)):
+                             (self.calls_failed, other.calls_failed), (self.waits, other.waits)):
             for key, n in theirs.items():
                 mine[key] = mine.get(key, 0) + n
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
+        self.wait_seconds.merge(other.wait_seconds)
 
     def as_dict(self) -> StatsRow:
         calls_failed = sum(self.calls_failed.values())
+        waits = sum(self.waits.values())
         return StatsRow({
             "calls": self.calls,
             "calls_succeeded": self.calls_succeeded,
@@ -243,6 +252,11 @@ class _Counters:
             "budget_denials": self.budget_denials,
             "attempt_seconds": self.attempt_seconds.summary(),
             "call_seconds": self.call_seconds.summary(),
+            "waits": waits,
+            "waits_by_outcome": dict(sorted(self.waits.items())),
+            "polls": self.polls,
+            "polls_per_wait": self.polls / waits if waits else 0.0,
+            "seconds_to_done": self.wait_seconds.summary(),
         })
 
 
@@ -269,7 +283,12 @@ class Stats:
     - ``retry_rate`` (retries per call), ``budget_denials`` (calls the budget ended), and
       latency summaries ``attempt_seconds`` / ``call_seconds`` (count, mean, p50, p90,
       p99, max), from the events' ``elapsed`` and ``call_elapsed`` (the retry loop
-      measures both on its clock).
+      measures both on its clock);
+    - waits for a task (:func:`~requests_smartretry.poll_until`, :meth:`record_wait`):
+      ``waits`` (ended) and ``waits_by_outcome`` (``done``, ``failed``, ``deadline``,
+      ``error``), ``polls`` and ``polls_per_wait``, and ``seconds_to_done`` (a latency
+      summary of the waits that ended done).  A poll is not an attempt: a task that is
+      not done yet is no failure.
 
     The totals over every operation are under :data:`TOTAL_KEY`.  The names of release
     0.1 (``requests``, ``successes``, ``failures``, ``give_ups``, ``in_flight``…, see
@@ -355,6 +374,22 @@ class Stats:
                 index = bisect.bisect_left(_EDGES, elapsed)
                 counters.attempt_seconds.add_at(index, elapsed)
                 counters.call_seconds.add_at(index, elapsed)
+
+    def record_wait(self, operation: str, *, outcome: str, polls: int,
+                    seconds: float) -> None:
+        """Count one ended wait of ``operation``: how it ended (``outcome``: ``"done"``,
+        ``"failed"``, ``"deadline"`` or ``"error"``), the ``polls`` it made and the
+        ``seconds`` it took (the time to done, for a wait that ended done)."""
+        if outcome not in WAIT_OUTCOMES:
+            raise ValueError(f"outcome must be one of {WAIT_OUTCOMES}, got {outcome!r}")
+        with self._lock:
+            counters = self._operations.get(operation)
+            if counters is None:
+                counters = self._new_operation(operation)
+            counters.waits[outcome] = counters.waits.get(outcome, 0) + 1
+            counters.polls += polls
+            if outcome == "done":
+                counters.wait_seconds.add(seconds)
 
     def _new_operation(self, operation: str) -> _Counters:
         if len(self._operations) >= self.max_operations:

@@ -472,3 +472,34 @@ def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
     breaker(AttemptEvent(kind=EventKind.FAILURE, operation="op", service=service, attempt=1,
                          max_attempts=1, call_id=1, verdict=Verdict.NETWORK))
     results.put(time.time())
+
+
+def _barrier(redis_url: str, key: str, parties: int) -> None:
+    """Wait (up to 60 s) until ``parties`` processes reached ``key``."""
+    counter = client(redis_url)
+    counter.incr(key)
+    deadline = time.monotonic() + 60.0
+    while int(counter.get(key) or 0) < parties and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def healing_call(redis_url: str, prefix: str, url: str, parties: int) -> str:
+    """With ``parties`` processes at once, make one call (one retry, no backoff) through a
+    breaker (threshold 5) shared through Redis; return its status code or the exception's
+    type.  The store is closed (its batch sent) only once every process made its call,
+    as a long-running worker's would be."""
+    from requests_smartretry import CircuitBreaker, CircuitOpenError, smart_session
+
+    store = shared_store(redis_url, prefix=prefix)
+    breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30.0)
+    session = smart_session(max_retries=1, breaker=breaker, budget=None, state=store,
+                            log=False, sleep=_no_sleep, timeout=10.0)
+    breaker.state("warm-up")  # connected before the start
+    _barrier(redis_url, f"{prefix}:ready", parties)
+    try:
+        result = str(session.get(url).status_code)
+    except CircuitOpenError:
+        result = "CircuitOpenError"
+    _barrier(redis_url, f"{prefix}:done", parties)
+    store.close()
+    return result

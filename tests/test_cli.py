@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from requests_smartretry.cli import (
     EXIT_HTTP_ERROR,
     EXIT_NETWORK,
     EXIT_OK,
+    EXIT_TASK_FAILED,
     EXIT_TIMEOUT,
     EXIT_USAGE,
     exit_code_for,
@@ -193,27 +195,29 @@ def test_exit_code_for_each_failure_kind() -> None:
 def test_breaker_refusing_the_retry_exits_with_breaker_code(
     server: FaultServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With --breaker-threshold 1 a reset opens the breaker, which refuses the retry."""
+    """With --breaker-threshold 1 a reset that its retry does not heal opens the breaker,
+    which refuses the next retry (a call's first failure counts once its retry fails)."""
     if not hasattr(requests_smartretry, "CircuitBreaker"):
         pytest.skip("CircuitBreaker not in this build yet")
     code = main(["get", server.url("/reset"), "--retries", "3", "--breaker-threshold", "1",
                  *FAST])
     capsys.readouterr()
     assert code == EXIT_BREAKER_OPEN
-    assert server.hits("/reset") == 1
+    assert server.hits("/reset") == 2
 
 
 @pytest.mark.parametrize("route", ["/status/503", "/reset"])
 def test_breaker_opening_during_the_call_exits_5_and_says_so(
     server: FaultServer, capsys: pytest.CaptureFixture[str], route: str
 ) -> None:
-    """A breaker that opens on the first failure refuses the retry: exit 5 with a line
-    naming the breaker, whether the last attempt was a response (503) or an error."""
+    """A breaker that opens on the call's second failure refuses the next retry: exit 5
+    with a line naming the breaker, whether the last attempt was a response (503) or an
+    error."""
     code = main(["get", server.url(route), "--retries", "3", "--breaker-threshold", "1",
                  "-q", *FAST])
     err = capsys.readouterr().err
     assert code == EXIT_BREAKER_OPEN
-    assert server.hits(route) == 1
+    assert server.hits(route) == 2
     assert "circuit breaker open" in err and "opened during this call" in err
 
 
@@ -259,3 +263,58 @@ def test_an_unusable_url_is_bad_usage(url: str, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
 
+
+
+# -- wait: poll a task until a JSON field says done ---------------------------------------------
+
+WAIT_FAST = ["--interval", "0.02", "--backoff", "0.01", "--lang", "en"]
+
+
+def _task(server: FaultServer, steps: str) -> str:
+    import requests
+
+    return str(requests.post(server.url(f"/tasks?steps={steps}")).json()["id"])
+
+
+def test_wait_prints_the_done_task_and_exits_zero(
+    server: FaultServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``wait`` polls through a 503 until ``status=succeeded``: the task on stdout, the
+    progress lines on stderr, exit 0."""
+    task = _task(server, "queued,503,running,succeeded")
+    code = main(["wait", server.url(f"/tasks/{task}"), *WAIT_FAST])
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK
+    assert '"status": "succeeded"' in out
+    assert "wait - waiting for the task (poll 1, status queued" in err
+    assert "wait - task done after 3 poll(s)" in err
+    assert server.hits(f"/tasks/{task}") == 4
+
+
+def test_wait_exit_codes(server: FaultServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed task exits 6 (the task on stdout), a deadline 4, an unknown task (404) 1,
+    a field missing from --until's syntax is bad usage."""
+    assert main(["wait", server.url(f"/tasks/{_task(server, 'running,failed')}"),
+                 *WAIT_FAST]) == EXIT_TASK_FAILED
+    assert '"status": "failed"' in capsys.readouterr().out
+    assert main(["wait", server.url(f"/tasks/{_task(server, 'running')}"), "--deadline",
+                 "0.2", *WAIT_FAST]) == EXIT_TIMEOUT
+    assert "PollDeadlineExceeded" in capsys.readouterr().err
+    assert main(["wait", server.url("/tasks/unknown"), *WAIT_FAST]) == EXIT_HTTP_ERROR
+    assert server.hits("/tasks/unknown") == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["wait", server.url("/tasks/x"), "--until", "status"])
+    assert usage.value.code == EXIT_USAGE
+
+
+def test_wait_reads_nested_fields(server: FaultServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--until data.status=done`` reads a nested field (Volcengine visual's shape)."""
+
+    def visual(srv: FaultServer, conn: Any, request: Any) -> None:
+        srv.send(conn, 200, b'{"code": 10000, "data": {"status": "done"}}',
+                 {"Content-Type": "application/json"})
+
+    server.handlers["/visual"] = visual
+    assert main(["wait", server.url("/visual"), "--until", "data.status=done",
+                 *WAIT_FAST]) == EXIT_OK
+    assert capsys.readouterr().out.startswith('{"code": 10000')

@@ -48,6 +48,11 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "ConnectionError raised, server saw 1 PUT",
         "at INFO a call whose first attempt succeeds writes nothing",
         "Statistics per operation",
+        "video task status - waiting for the task (poll 1, status queued",
+        "video task status - task done after 4 poll(s)",
+        "task task-1 succeeded after 5 GETs",
+        "Waits for a task (polls that were not done are not failures):",
+        "video task status: 1 wait(s), 4 polls (done=1)",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
     assert "CircuitOpenError: refused without touching the network" in out
@@ -108,3 +113,19 @@ def test_stats_table_fits_100_columns_with_long_names() -> None:
     lines = format_stats_table(snapshot).splitlines()
     assert max(len(line) for line in lines) <= 100
     assert lines[2].startswith("GET very-long-host.exam… ")
+
+
+def test_stats_table_lists_waits_apart() -> None:
+    """A wait's entry (no calls of its own) is listed under "Waits", not as an empty call
+    row, with its polls, outcomes and time to done."""
+    stats = Stats()
+    stats(_event(EventKind.START))
+    stats(_event(EventKind.SUCCESS, verdict=Verdict.SUCCESS, elapsed=0.1, call_elapsed=0.1))
+    stats.record_wait("视频任务状态查询", outcome="done", polls=4, seconds=1.5)
+    stats.record_wait("视频任务状态查询", outcome="deadline", polls=9, seconds=60.0)
+    lines = format_stats_table(stats.snapshot()).splitlines()
+    assert not any(line.startswith("视频任务状态查询") for line in lines)
+    assert lines[-2:] == [
+        "Waits for a task (polls that were not done are not failures):",
+        "  视频任务状态查询: 2 wait(s), 13 polls (deadline=1 done=1), p50 time to done 1.500 s",
+    ]

@@ -17,6 +17,7 @@ from requests_smartretry.redact import (
     REDACTED,
     RedactingFilter,
     is_secret_header,
+    path_template,
     redact_exception,
     redact_headers,
     redact_text,
@@ -272,3 +273,50 @@ def test_cli_output_has_no_secret(server: FaultServer, capsys: pytest.CaptureFix
         outputs += [captured.out, captured.err]
     assert any(output.strip() for output in outputs)
     assert _leaks(outputs) == {}
+
+
+def test_semicolon_parameters_are_redacted_and_the_url_is_not_rewritten(
+    server: FaultServer, capture: _Capture
+) -> None:
+    """A secret after ``;`` in the query (``?a=1;access_token=…``) is redacted in
+    ``AttemptEvent.url``, the ``retry_url`` log field and the ``HTTPError`` handed to
+    ``on_retry``, and the reported URL keeps its ``;`` (never ``%3B``)."""
+    events: list[AttemptEvent] = []
+    retried: list[BaseException] = []
+    session = smart_session(max_retries=1, backoff_base=0.0, backoff_max=0.01,
+                            hooks=[events.append],
+                            on_retry=lambda attempt, error: retried.append(error))
+    url = server.url("/status/503?a=1;access_token=SEMISECRET13")
+    assert session.get(url).status_code == 503
+    reported = {e.url for e in events}
+    assert reported == {server.url("/status/503?a=1;access_token=[REDACTED]")}
+    assert retried and "SEMISECRET13" not in _chain_text(retried[0])
+    assert "a=1;access_token=[REDACTED]" in str(retried[0])
+    assert any("retry_url" in line for line in capture.lines)
+    assert not [line for line in capture.lines if "SEMISECRET13" in line]
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://h/x;jsessionid=SESSIONSECRET/y?q=1", "https://h/x;jsessionid=[REDACTED]/y?q=1"),
+    ("https://h/p?a=1;access_token=T0K3N&b=%3B", "https://h/p?a=1;access_token=[REDACTED]&b=%3B"),
+    ("https://h/p;v=1?sign=a%3Bb&ok=1%20#x", "https://h/p;v=1?sign=[REDACTED]&ok=1%20#x"),
+    ("https://h?session_id=S1", "https://h?session_id=[REDACTED]"),
+])
+def test_redact_url_understands_path_and_semicolon_parameters(url: str, expected: str) -> None:
+    """Path parameters and ``;``-separated query parameters are redacted by name, and
+    every other character of the URL is kept as it was."""
+    assert redact_url(url) == expected
+
+
+def test_path_template_drops_path_parameters() -> None:
+    """A default operation name never carries a path parameter (``;jsessionid=…``)."""
+    assert path_template("/x;jsessionid=SESSIONSECRET/tasks/123") == "/x/tasks/{id}"
+
+
+def test_a_preset_endpoint_error_does_not_echo_a_secret() -> None:
+    """A preset's endpoint validation error names the field without the query's secret."""
+    from requests_smartretry import video_session
+
+    with pytest.raises(ValueError, match="endpoint") as info:
+        video_session(api_key="k", endpoint="https://127.0.0.1:1/api?api_key=ECHOSECRET14")
+    assert "ECHOSECRET14" not in str(info.value)

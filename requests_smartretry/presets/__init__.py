@@ -48,6 +48,7 @@ each attempt), ``name_request`` (operation names in log lines) and ``idempotent`
         return session
 """
 
+from . import ark, volcengine
 from ._base import AttemptPreparer, BaseURLSession
 from .ark import BearerSigner, classify_ark_response, video_adapter, video_session
 from .volcengine import (
@@ -62,6 +63,7 @@ from .wechatpay import (
     WechatPayAdapter,
     WechatPaySigner,
     classify_wechatpay_response,
+    mount_on_wechatpay,
     order_is_idempotent,
     parse_notification,
     payment_adapter,
@@ -76,10 +78,12 @@ __all__ = [
     "VolcengineSigner",
     "WechatPayAdapter",
     "WechatPaySigner",
+    "ark",
     "classify_ark_response",
     "classify_visual_response",
     "classify_wechatpay_response",
     "mount_on_sdk_service",
+    "mount_on_wechatpay",
     "order_is_idempotent",
     "parse_notification",
     "payment_adapter",
@@ -88,4 +92,5 @@ __all__ = [
     "photo_session",
     "video_adapter",
     "video_session",
+    "volcengine",
 ]

@@ -14,6 +14,7 @@ import requests
 from ..adapter import SmartRetryAdapter, previous_attempts
 from ..events import Verdict
 from ..policy import RetryPolicy
+from ..redact import redact_url
 
 if TYPE_CHECKING:
     from ..options import SessionOptions
@@ -43,12 +44,16 @@ class Signer(Protocol):
 def check_endpoint(name: str, value: Any) -> str:
     """``value`` as an endpoint URL without a trailing slash; a clear error otherwise."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a URL string, got {value!r}")
-    parts = urlsplit(value)
+        raise TypeError(f"{name} must be a URL string, got {type(value).__name__}")
+    shown = redact_url(value)  # an error message never echoes a secret (?api_key=…)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {shown!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name} must be an http(s) URL with a host, got {value!r}")
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {shown!r}")
     if parts.query or parts.fragment:
-        raise ValueError(f"{name} must not carry a query or fragment, got {value!r}")
+        raise ValueError(f"{name} must not carry a query or fragment, got {shown!r}")
     return value.rstrip("/")
 
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING, Callable, Optional
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Optional
+from urllib.parse import quote, urlsplit
 
 import requests
 
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
+from ..errors import SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import RetryPolicy
 from ._base import (
@@ -46,14 +47,16 @@ from ._base import (
     json_body,
     preset_session,
 )
+from ._tasks import check_task_id, task_json, wait_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ..options import SessionOptions
+    from ..stats import Stats
 
-__all__ = ["BearerSigner", "classify_ark_response", "name_ark_request", "video_adapter",
-           "video_session"]
+__all__ = ["BearerSigner", "classify_ark_response", "create_and_wait", "name_ark_request",
+           "video_adapter", "video_session", "wait_for_task"]
 
 SERVICE_KEY = "volcengine-ark"
 DEFAULT_ENDPOINT = "https://ark.cn-beijing.volces.com/api/v3"
@@ -194,3 +197,154 @@ def video_session(
     check_credential("api_key", api_key)
     adapter = build_adapter(_video_policy(api_key, str(options.get("lang", "zh"))), options)
     return preset_session(endpoint, adapter)
+
+
+# -- waiting for a video task --------------------------------------------------------------
+
+TASKS_PATH = "/contents/generations/tasks"
+#: Task statuses that end a wait without a video (``expired``: reported by some regions).
+FAILED_STATUSES = frozenset({"failed", "cancelled", "expired"})
+SUCCEEDED = "succeeded"
+
+
+def _tasks_url(client: Any, endpoint: Optional[str]) -> str:
+    """The URL of the task collection for ``client`` (relative when it knows its base)."""
+    path = TASKS_PATH
+    if endpoint is not None:
+        return check_endpoint("endpoint", endpoint) + path
+    if isinstance(client, BaseURLSession):
+        return path
+    if isinstance(client, requests.Session):
+        raise TypeError("a plain requests.Session needs endpoint= (the Ark base URL); "
+                        "video_session() knows its own")
+    if str(getattr(client, "base_url", "") or "").strip("/"):
+        return path  # an httpx client with a base_url (video_client)
+    raise TypeError("an httpx client without base_url needs endpoint= (the Ark base URL)")
+
+
+def _check_client(client: Any) -> None:
+    if isinstance(client, requests.Session):
+        return
+    if callable(getattr(client, "get", None)) and hasattr(client, "base_url"):
+        return  # httpx.Client (video_client, or the http_client given to the Ark SDK)
+    raise TypeError("client must be a requests.Session (video_session()) or an httpx.Client "
+                    "(video_client(); for the Ark SDK, the http_client you gave it), got "
+                    f"{type(client).__name__}")
+
+
+def _failed(task: dict[str, Any]) -> TaskFailedError:
+    found = task.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    status = str(task.get("status"))
+    code = error.get("code")
+    message = error.get("message")
+    return TaskFailedError(
+        f"video task {task.get('id')!r} {status}" + (f": {code}" if code else ""),
+        status=status, code=code, error_message=message, task=task)
+
+
+def wait_for_task(
+    client: Any,
+    task_id: str,
+    *,
+    deadline: float = 600.0,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    endpoint: Optional[str] = None,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, dict[str, Any]], Any]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Poll an Ark video task until it is ``succeeded`` and return the task (a dict).
+
+    Example::
+
+        video = video_session(api_key="...")
+        task = video.post("/contents/generations/tasks", json={...}).json()
+        done = wait_for_task(video, task["id"], deadline=600.0)
+        done["content"]["video_url"]
+
+    ``client`` is a ``video_session()`` or a ``video_client()`` (so also the
+    ``http_client`` given to the official SDK); with any other session or client pass
+    ``endpoint=``.  Each poll is ``GET /contents/generations/tasks/{id}``, a smart call
+    (see :func:`~requests_smartretry.poll_until`: ``queued`` / ``running`` are no
+    failure; a 500 or a 429 is retried by the policy, judged by the vendor's error table;
+    a 404 or another final answer ends the wait with its ``HTTPError``).  ``failed``,
+    ``cancelled`` or ``expired`` raise :class:`TaskFailedError` (``.status``, ``.code``,
+    ``.message``, ``.task``); the deadline raises :class:`PollDeadlineExceeded`, whose
+    ``.last`` is the last task seen.  The wait is counted in the client's statistics
+    (``stats_of(video)``) under ``operation_name`` (default ``视频任务状态查询``).
+
+    A waiter holds no state but its call: after a crash, any worker resumes the wait
+    with the same ``task_id`` (the task id is the state; see the README).
+    """
+    _check_client(client)
+    task_id = check_task_id("task_id", task_id)
+    url = f"{_tasks_url(client, endpoint)}/{quote(task_id, safe='')}"
+    lang = str(options.get("lang", "zh"))
+    operation = operation_name or ("视频任务状态查询" if lang == "zh" else "video task status")
+
+    def done(response: Any) -> bool:
+        task = task_json(response, operation)
+        status = task.get("status")
+        if status == SUCCEEDED:
+            return True
+        if status in FAILED_STATUSES:
+            raise _failed(task)
+        return False  # queued, running (or a status this version does not know yet)
+
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: client.get(url), hook=classify_ark_response, check=_no_check,
+        task_of=lambda response: task_json(response, operation), done=done,
+        describe=lambda response: task_json(response, operation).get("status"),
+        client=client, deadline=deadline, operation=operation, on_poll=on_poll, stats=stats,
+        options={"interval": interval, "interval_multiplier": interval_multiplier,
+                 "interval_max": interval_max, **options})
+
+
+def _no_check(response: Any) -> None:
+    """Ark's failed statuses are judged by the HTTP status and the error table alone."""
+
+
+def create_and_wait(
+    client: Any,
+    body: dict[str, Any],
+    *,
+    deadline: float = 600.0,
+    endpoint: Optional[str] = None,
+    on_created: Optional[Callable[[str], Any]] = None,
+    **wait_options: Any,
+) -> dict[str, Any]:
+    """Create a video task (``POST /contents/generations/tasks`` with ``body``) and wait
+    for it (:func:`wait_for_task`); returns the succeeded task.
+
+    Example::
+
+        done = create_and_wait(video, {"model": "doubao-seedance-1-0-pro-250528",
+                                       "content": [{"type": "text", "text": "..."}]},
+                               on_created=save_task_id, deadline=600.0)
+
+    ``on_created(task_id)`` is called as soon as the task exists, before the wait: store
+    the id there, and a worker that crashes while waiting loses nothing (another one calls
+    :func:`wait_for_task` with it).  The creation is one request with the client's own
+    retries (the preset retries a creation as the seed did: see :func:`video_adapter`);
+    ``deadline`` bounds the wait that follows.  A creation answered with an error raises
+    its ``HTTPError``.
+    """
+    _check_client(client)
+    if not isinstance(body, dict):
+        raise TypeError(f"body must be a dict (the task's JSON), got {type(body).__name__}")
+    if on_created is not None and not callable(on_created):
+        raise TypeError(f"on_created must be callable(task_id) or None, got {on_created!r}")
+    response = client.post(_tasks_url(client, endpoint), json=body)
+    response.raise_for_status()
+    task_id = task_json(response, "create video task").get("id")
+    if not isinstance(task_id, str) or not task_id:
+        raise SmartRetryError(f"create video task: HTTP {response.status_code} without a "
+                              "task id")
+    if on_created is not None:
+        on_created(task_id)
+    return wait_for_task(client, task_id, deadline=deadline, endpoint=endpoint,
+                         **wait_options)

@@ -12,13 +12,16 @@ import functools
 import hashlib
 import hmac
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
+from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
+from ..errors import SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import RetryPolicy
 from ._base import (
@@ -29,14 +32,17 @@ from ._base import (
     check_credential,
     check_endpoint,
     json_body,
+    origin_of,
     path_and_query,
     preset_session,
 )
+from ._tasks import check_task_id, task_json, wait_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ..options import SessionOptions
+    from ..stats import Stats
 
 __all__ = [
     "VolcengineSigner",
@@ -45,6 +51,8 @@ __all__ = [
     "name_visual_request",
     "photo_adapter",
     "photo_session",
+    "submit_and_wait",
+    "wait_for_task",
 ]
 
 SERVICE_KEY = "volcengine-visual"
@@ -351,9 +359,68 @@ _SESSION_SLOT = "_smartretry_session"
 _MOUNTED_CLASSES: dict[type, type] = {}
 
 
+class _SdkSession(requests.Session):
+    """The session of a service passed to :func:`mount_on_sdk_service` (its class is
+    swapped to this one: only that object changes).  Requests to the service's own origin
+    (``service_info.scheme://service_info.host``, read at each request, so ``set_host``
+    is followed) go through the adapter, with each timeout the SDK passes cut to the
+    policy's; requests to any other host keep requests' own adapter, so the credentials
+    the adapter adds are never sent there."""
+
+    _smartretry_service: Any = None
+
+    def _smartretry_target(self, url: str) -> Optional[SmartRetryAdapter]:
+        ref = self._smartretry_service
+        service = ref() if ref is not None else None
+        if service is None:
+            return None
+        info = getattr(service, "service_info", None)
+        scheme, host = getattr(info, "scheme", None), getattr(info, "host", None)
+        if not scheme or not host or origin_of(url) != f"{scheme}://{host}".lower():
+            return None
+        adapter: SmartRetryAdapter = service.__dict__[_ADAPTER_SLOT]
+        return adapter
+
+    def get_adapter(self, url: str) -> Any:
+        """The SmartRetryAdapter for the service's origin (and for a bare scheme such as
+        ``"https://"``, so that ``stats_of(service.session)`` finds it); requests' choice
+        elsewhere."""
+        adapter = self._smartretry_target(url)
+        if adapter is None and not urlsplit(url).netloc:
+            ref = self._smartretry_service
+            service = ref() if ref is not None else None
+            if service is not None:
+                adapter = service.__dict__.get(_ADAPTER_SLOT)
+        return adapter if adapter is not None else super().get_adapter(url)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> Any:
+        """As ``Session.send``; on the service's origin the SDK's timeout (``(30, 30)`` by
+        default) is cut to the policy's, so an attempt never outlives ``timeout``."""
+        adapter = self._smartretry_target(request.url or "")
+        if adapter is not None:
+            kwargs["timeout"] = _within(kwargs.get("timeout"), adapter.policy.timeout)
+        return super().send(request, **kwargs)
+
+
+def _within(timeout: Any, limit: Optional[float]) -> Any:
+    """``timeout`` (requests' forms) with each part at most ``limit`` seconds and the
+    attempt as a whole bounded by ``limit``."""
+    if limit is None or timeout is None:
+        return timeout  # no timeout given: the policy's applies anyway
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        connect, read = timeout
+        return Urllib3Timeout(
+            connect=limit if connect is None else min(float(connect), limit),
+            read=limit if read is None else min(float(read), limit), total=limit)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return min(float(timeout), limit)
+    return timeout  # anything else: the adapter checks it as usual
+
+
 class _MountedSession:
     """The ``session`` attribute of a service passed to :func:`mount_on_sdk_service`: every
-    session assigned to it (the SDK's ``__init__`` assigns a new one) gets the adapter."""
+    session assigned to it (the SDK's ``__init__`` assigns a new one) becomes an
+    :class:`_SdkSession` bound to the service."""
 
     def __get__(self, service: Any, owner: Optional[type] = None) -> Any:
         if service is None:
@@ -361,9 +428,12 @@ class _MountedSession:
         return service.__dict__[_SESSION_SLOT]
 
     def __set__(self, service: Any, session: Any) -> None:
-        adapter = service.__dict__[_ADAPTER_SLOT]
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+        if type(session) is requests.Session:
+            session.__class__ = _SdkSession
+        elif not isinstance(session, _SdkSession):
+            raise TypeError(f"a volcengine SDK service mounted by mount_on_sdk_service "
+                            f"needs a requests.Session, got {type(session).__name__}")
+        session._smartretry_service = weakref.ref(service)
         service.__dict__[_SESSION_SLOT] = session
 
 
@@ -380,8 +450,9 @@ def _mounted_class(cls: type) -> type:
 
 
 def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
-    """Mount ``adapter`` on a volcengine SDK service's ``session`` for both schemes, and keep
-    it mounted on every session the SDK builds for that object later; returns ``service``.
+    """Mount ``adapter`` on a volcengine SDK service's ``session`` for the service's own
+    origin, and keep it mounted on every session the SDK builds for that object later;
+    returns ``service``.
 
     Example::
 
@@ -396,6 +467,13 @@ def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
     ``session`` mounts the adapter on whatever session is assigned.  (That ``__init__``
     also resets the SDK's ak/sk: call ``set_ak``/``set_sk`` again, or give the adapter
     keys so that it signs every attempt itself.)  Calling it again swaps the adapter.
+
+    Only requests to the service's origin (``service_info.scheme`` and ``host``, as they
+    are at each request: ``set_host``/``set_scheme`` are followed) go through the adapter;
+    the SDK's session sends anything else as requests does, without the adapter's
+    signature.  Each timeout the SDK passes (``(30, 30)`` unless
+    ``set_connection_timeout``/``set_socket_timeout`` changed it) is cut to the policy's
+    ``timeout``, which bounds every attempt as a whole.
     """
     if not isinstance(adapter, SmartRetryAdapter):
         raise TypeError(f"adapter must be a SmartRetryAdapter, got {adapter!r}")
@@ -409,3 +487,164 @@ def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
     service.__class__ = _mounted_class(type(service))
     service.session = current  # mounts the adapter on it
     return service
+
+
+# -- waiting for an async visual task --------------------------------------------------------
+
+VERSION = "2022-08-31"
+SUBMIT_ACTION = "CVSync2AsyncSubmitTask"
+RESULT_ACTION = "CVSync2AsyncGetResult"
+#: ``data.status`` values that end a wait without a result.
+FAILED_STATUSES = frozenset({"not_found", "expired"})
+DONE = "done"
+
+
+def _action_url(session: requests.Session, action: str, endpoint: Optional[str]) -> str:
+    query = f"?Action={action}&Version={VERSION}"
+    if endpoint is not None:
+        return check_endpoint("endpoint", endpoint) + "/" + query
+    if isinstance(session, BaseURLSession):
+        return query
+    raise TypeError("a plain requests.Session needs endpoint= (the visual API's URL); "
+                    "photo_session() knows its own")
+
+
+def _check_session(session: Any) -> None:
+    if not isinstance(session, requests.Session):
+        raise TypeError(f"session must be a requests.Session (photo_session()), got "
+                        f"{type(session).__name__}")
+
+
+def _body_failure(response: Any) -> None:
+    """A final answer with a vendor body code (input rejected…) is the task's failure; a
+    gateway error or another status stays the ``HTTPError``."""
+    verdict = classify_visual_response(response)
+    if verdict is None or verdict.retryable:
+        return
+    body = task_json(response, "query task status")
+    code = body.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        raise TaskFailedError(f"visual task failed: code {code}", status="error", code=code,
+                              error_message=body.get("message"), task=body.get("data"))
+
+
+def _data(body: dict[str, Any]) -> dict[str, Any]:
+    data = body.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def wait_for_task(
+    session: requests.Session,
+    *,
+    req_key: str,
+    task_id: str,
+    deadline: float = 300.0,
+    req_json: Optional[str] = None,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    endpoint: Optional[str] = None,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, dict[str, Any]], Any]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Poll a visual async task until ``data.status`` is ``done``; returns ``data``.
+
+    Example::
+
+        photo = photo_session(access_key="AKLT...", secret_key="...")
+        data = wait_for_task(photo, req_key="jimeng_t2i_v40", task_id=task_id, deadline=300.0)
+        data["image_urls"]
+
+    Each poll is ``POST ?Action=CVSync2AsyncGetResult&Version=2022-08-31`` with
+    ``{"req_key", "task_id"}`` (and ``req_json`` when given), signed afresh, one smart call
+    (see :func:`~requests_smartretry.poll_until`): ``in_queue`` / ``generating`` are no
+    failure; 50429 / 50500 / gateway 5xx are retried by the policy.  ``not_found``,
+    ``expired`` or a final vendor code (an input rejected: 50411…) raise
+    :class:`TaskFailedError` (``.status``, ``.code``, ``.message``, ``.task``); the
+    deadline raises :class:`PollDeadlineExceeded` (``.last``: the last ``data`` seen).
+    The wait is counted in ``stats_of(session)`` under ``operation_name`` (default
+    ``艺术照任务状态查询``).  The task id is the whole state: any worker resumes a wait
+    after a crash by calling this again with it.
+    """
+    _check_session(session)
+    req_key = check_credential("req_key", req_key)
+    task_id = check_task_id("task_id", task_id)
+    if req_json is not None and not isinstance(req_json, str):
+        raise TypeError(f"req_json must be a JSON string or None, got {type(req_json).__name__}")
+    url = _action_url(session, RESULT_ACTION, endpoint)
+    body: dict[str, Any] = {"req_key": req_key, "task_id": task_id}
+    if req_json is not None:
+        body["req_json"] = req_json
+    lang = str(options.get("lang", "zh"))
+    operation = operation_name or ("艺术照任务状态查询" if lang == "zh"
+                                   else "art photo task status")
+
+    def done(response: Any) -> bool:
+        answer = task_json(response, operation)
+        data = _data(answer)
+        status = data.get("status")
+        if status == DONE:
+            return True
+        if status in FAILED_STATUSES:
+            raise TaskFailedError(f"visual task {task_id!r} {status}", status=str(status),
+                                  code=answer.get("code"),
+                                  error_message=answer.get("message"), task=data)
+        code = answer.get("code")
+        if code != SUCCESS_CODE and isinstance(code, int):  # a 2xx carrying a failure code
+            raise TaskFailedError(f"visual task {task_id!r} failed: code {code}",
+                                  status=str(status), code=code,
+                                  error_message=answer.get("message"), task=data)
+        return False  # in_queue, generating (or a status this version does not know yet)
+
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: session.post(url, json=body), hook=classify_visual_response,
+        check=_body_failure, task_of=lambda response: _data(task_json(response, operation)),
+        done=done,
+        describe=lambda response: _data(task_json(response, operation)).get("status"),
+        client=session, deadline=deadline, operation=operation, on_poll=on_poll,
+        stats=stats, options={"interval": interval, "interval_multiplier": interval_multiplier,
+                              "interval_max": interval_max, **options})
+
+
+def submit_and_wait(
+    session: requests.Session,
+    *,
+    req_key: str,
+    body: Optional[dict[str, Any]] = None,
+    deadline: float = 300.0,
+    endpoint: Optional[str] = None,
+    on_created: Optional[Callable[[str], Any]] = None,
+    **wait_options: Any,
+) -> dict[str, Any]:
+    """Submit a visual async task (``CVSync2AsyncSubmitTask`` with ``req_key`` and
+    ``body``'s fields) and wait for it (:func:`wait_for_task`); returns the done ``data``.
+
+    Example::
+
+        data = submit_and_wait(photo, req_key="jimeng_t2i_v40",
+                               body={"prompt": "一只猫"}, on_created=save_task_id)
+
+    ``on_created(task_id)`` is called as soon as the task exists: store the id there, and
+    a worker that crashes while waiting loses nothing.  A submission answered with an
+    error raises its ``HTTPError`` (or :class:`TaskFailedError` for a vendor code).
+    """
+    _check_session(session)
+    req_key = check_credential("req_key", req_key)
+    if body is not None and not isinstance(body, dict):
+        raise TypeError(f"body must be a dict or None, got {type(body).__name__}")
+    if on_created is not None and not callable(on_created):
+        raise TypeError(f"on_created must be callable(task_id) or None, got {on_created!r}")
+    response = session.post(_action_url(session, SUBMIT_ACTION, endpoint),
+                            json={**(body or {}), "req_key": req_key})
+    if response.status_code >= 400:
+        _body_failure(response)
+        response.raise_for_status()
+    task_id = _data(task_json(response, "submit task")).get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise SmartRetryError(f"submit task: HTTP {response.status_code} without a task id")
+    if on_created is not None:
+        on_created(task_id)
+    return wait_for_task(session, req_key=req_key, task_id=task_id, deadline=deadline,
+                         endpoint=endpoint, **wait_options)

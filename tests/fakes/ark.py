@@ -22,13 +22,21 @@ def ark_error(code: str, message: str = "error") -> dict[str, Any]:
 class FakeArk(ScriptedFake):
     """``ark.cn-beijing.volces.com/api/v3`` on loopback: create and query video tasks.
 
-    Script keys are ``"create"`` and ``"query"``; ``tasks`` holds every created task.
+    Script keys are ``"create"`` and ``"query"``; ``tasks`` holds every created task.  A
+    task's n-th query answers ``progress[n-1]`` (the last one repeats): ``queued``,
+    ``running``, ``succeeded``, or ``failed`` / ``cancelled`` / ``expired`` with ``error``;
+    ``queries`` counts the queries per task id.
     """
 
-    def __init__(self, api_key: str = "ark-fake-key") -> None:
+    def __init__(self, api_key: str = "ark-fake-key",
+                 progress: tuple[str, ...] = ("succeeded",)) -> None:
         super().__init__()
         self.api_key = api_key
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.progress = progress
+        self.error = {"code": "OutputVideoSensitiveContentDetected",
+                      "message": "the output video may contain sensitive content"}
+        self.queries: dict[str, int] = {}
         self._ids = itertools.count(1)
 
     @property
@@ -58,6 +66,15 @@ class FakeArk(ScriptedFake):
             task = self.tasks.get(path.rsplit("/", 1)[-1])
             if task is None:
                 return 404, ark_error("ResourceNotFound", "no such task")
-            return 200, {"id": task["id"], "status": "succeeded",
-                         "content": {"video_url": "https://example.invalid/v.mp4"}}
+            with self._lock:
+                seen = self.queries[task["id"]] = self.queries.get(task["id"], 0) + 1
+            status = self.progress[min(seen, len(self.progress)) - 1]
+            answer: dict[str, Any] = {"id": task["id"], "model": "doubao-seedance",
+                                      "status": status, "created_at": 1764806400,
+                                      "updated_at": 1764806400 + seen}
+            if status == "succeeded":
+                answer["content"] = {"video_url": "https://example.invalid/v.mp4"}
+            elif status in ("failed", "cancelled", "expired"):
+                answer["error"] = dict(self.error)
+            return 200, answer
         return 404, ark_error("NotFound", path)

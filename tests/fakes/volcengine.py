@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import re
 import time
 from collections import OrderedDict
@@ -45,11 +46,17 @@ class FakeVisual(ScriptedFake):
     ``SignerV4.sign_only`` from what arrived on the wire (method, path, query, signed
     headers, body, X-Date); a mismatch gets 401 SignatureDoesNotMatch, a stale X-Date 401
     InvalidTimestamp.  ``script(action, (status, body), "reset", ...)`` plays faults first.
+    A submitted task's n-th ``CVSync2AsyncGetResult`` answers ``progress[n-1]`` (the last
+    repeats: ``in_queue``, ``generating``, ``done``, ``expired``); an unknown task id
+    answers ``not_found``.  ``queries`` counts the queries per task id.
     """
 
     def __init__(self, access_key: str = "AKLTfake", secret_key: str = "c2VjcmV0",
-                 *, max_skew: float = 300.0) -> None:
+                 *, max_skew: float = 300.0, progress: tuple[str, ...] = ("done",)) -> None:
         super().__init__()
+        self.progress = progress
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.queries: dict[str, int] = {}
         self.access_key = access_key
         self.secret_key = secret_key
         self.max_skew = max_skew
@@ -78,14 +85,27 @@ class FakeVisual(ScriptedFake):
         action = self.script_key(request)
         if action == "CVSync2AsyncSubmitTask":
             data: Any = {"task_id": f"task-{next(self._task_ids)}"}
+            self.tasks[data["task_id"]] = json.loads(request.body or b"{}")
         elif action == "CVSync2AsyncGetResult":
-            data = {"status": "done", "image_urls": ["https://example.invalid/1.png"]}
+            data = self._result(json.loads(request.body or b"{}").get("task_id"))
         elif action == "CVProcess":
             data = {"image_urls": ["https://example.invalid/1.png"]}
         else:
             return 404, gateway_error("InvalidActionOrVersion", 404)
         return 200, {"code": 10000, "data": data, "message": "Success",
                      "request_id": "req-fake", "status": 10000, "time_elapsed": "1ms"}
+
+
+    def _result(self, task_id: Any) -> dict[str, Any]:
+        if task_id not in self.tasks:
+            return {"status": "not_found"}
+        with self._lock:
+            seen = self.queries[task_id] = self.queries.get(task_id, 0) + 1
+        status = self.progress[min(seen, len(self.progress)) - 1]
+        if status == "done":
+            return {"status": "done", "image_urls": ["https://example.invalid/1.png"],
+                    "binary_data_base64": []}
+        return {"status": status}
 
 
 def sdk_authorization(request: RecordedRequest, access_key: str, secret_key: str,

@@ -1,0 +1,110 @@
+"""What the vendor waiters (``ark.wait_for_task``, ``volcengine.wait_for_task``) share: a task
+poll over a ``requests`` session or an httpx client, the vendor's verdict on a failed
+poll, the task's JSON, and the client's statistics as the wait's."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+from ..classify import Classification, classify_http_response
+from ..errors import PollDeadlineExceeded, SmartRetryError, TaskFailedError
+from ..events import Verdict
+from ..policy import DEFAULT_RETRY_STATUSES
+from ..poll import poll_until
+from ..stats import Stats
+
+__all__ = ["check_task_id", "client_stats", "task_json", "wait_for"]
+
+ResponseHook = Callable[[Any], Optional[Classification]]
+
+
+def check_task_id(name: str, value: Any) -> str:
+    """``value`` as a task id: a non-empty string without whitespace."""
+    if not isinstance(value, str) or not value or value != value.strip():
+        raise ValueError(f"{name} must be a non-empty string without surrounding spaces, "
+                         f"got {value!r}")
+    return value
+
+
+def client_stats(client: Any) -> Optional[Stats]:
+    """The statistics of the smart adapter or transport that ``client`` sends through
+    (``None`` when it has none): the wait's entry goes next to its polls' requests."""
+    from ..accessors import stats_of
+
+    try:
+        return stats_of(client)
+    except (TypeError, ValueError, LookupError):
+        return None
+
+
+def task_json(response: Any, operation: str) -> dict[str, Any]:
+    """The JSON object of a task query's answer; a clear error when there is none."""
+    try:
+        body = json.loads(response.content or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SmartRetryError(f"{operation}: HTTP {response.status_code} without a JSON "
+                              "body") from exc
+    if not isinstance(body, dict):
+        raise SmartRetryError(f"{operation}: HTTP {response.status_code} without a JSON "
+                              "object")
+    return body
+
+
+def vendor_classifier(hook: ResponseHook,
+                      retry_statuses: frozenset[int]) -> Callable[[BaseException], Any]:
+    """The callable API's ``classify``: a failed status is judged by the vendor's table (as
+    the preset's adapter judges it), a :class:`TaskFailedError` is final."""
+
+    def classify(error: BaseException) -> Optional[Classification]:
+        if isinstance(error, TaskFailedError):
+            return Classification(Verdict.BUSINESS, f"task {error.status}")
+        response = getattr(error, "response", None)
+        if response is None or not hasattr(response, "status_code"):
+            return None
+        verdict = classify_http_response(response, hook, retry_statuses)
+        return None if verdict.verdict is Verdict.SUCCESS else verdict
+
+    return classify
+
+
+def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
+             check: Callable[[Any], None], task_of: Callable[[Any], Any],
+             done: Callable[[Any], bool], describe: Callable[[Any], Optional[str]],
+             client: Any, deadline: float, operation: str,
+             on_poll: Optional[Callable[[int, Any], Any]], stats: Any,
+             options: dict[str, Any]) -> Any:
+    """Poll ``send()`` (one request; its response) until ``done(response)``; returns
+    ``task_of`` the done response.  ``check(response)`` may raise for a failed status
+    before the vendor's table decides (``raise_for_status``: a retryable one is retried, a
+    final one ends the wait).  ``on_poll`` and ``.last`` see tasks, not responses."""
+
+    def fetch() -> Any:
+        response = send()
+        if response.status_code >= 400:
+            check(response)
+            response.raise_for_status()
+        return response
+
+    options.setdefault("classify", vendor_classifier(
+        hook, frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))))
+    # The poll is a smart request, cut at the socket by the deadline it sees: no thread.
+    options.setdefault("run_in_thread", False)
+    if stats is None:
+        stats = client_stats(client)
+    notify = None
+    if on_poll is not None:
+        def notify(number: int, response: Any) -> Any:
+            return on_poll(number, task_of(response))
+    try:
+        response = poll_until(fetch, done=done, deadline=deadline, operation_name=operation,
+                              on_poll=notify, describe=describe, stats=stats or None,
+                              **options)
+    except PollDeadlineExceeded as exc:
+        if exc.last is not None:
+            try:
+                exc.last = task_of(exc.last)
+            except Exception:
+                pass
+        raise
+    return task_of(response)
