@@ -76,11 +76,12 @@ class AttemptLedger:
     ``idempotent=False``) is counted from the moment it starts (:meth:`start_unsafe`), in
     this ledger and in every enclosing one, and uncounted only when it ended known not to
     have executed (:meth:`not_executed`: nothing was sent, or the server said it did not
-    act).  When the attempt is over, finished or abandoned at its deadline while it still
-    runs, the enclosing call seals the ledger (:meth:`seal`): the count it reads then is
+    act).  When the attempt failed, or was abandoned at its deadline while it still runs,
+    the enclosing call seals the ledger (:meth:`seal`): the count it reads then is
     final, because from then on nothing unsafe can start in the attempt (or in anything
     nested in it).  So "may the attempt be repeated" is decided structurally, never by how
-    long the attempt takes to report its own error.
+    long the attempt takes to report its own error.  An attempt that succeeded is never
+    repeated: its ledger is not sealed.
     """
 
     __slots__ = ("parent", "sealed", "unsafe")

@@ -58,14 +58,17 @@ What an attempt may have executed.  Each attempt has a ledger
 that is not idempotent made through a ``SmartRetryAdapter`` or a ``SmartRetryTransport``
 inside ``fn``, at any depth of nesting, is counted there from the moment its attempt starts
 until it ends known not to have executed (nothing sent; 429/503), and so is a nested
-``idempotent=False`` callable while it runs.  When the attempt ends, fails, or is abandoned
-at its deadline while still running, the ledger is sealed: if it counts anything, the
+``idempotent=False`` callable while it runs.  When the attempt fails, or is abandoned at
+its deadline while still running, the ledger is sealed: if it counts anything, the
 attempt is not repeated (``unsafe``), whatever the exception says and however late the
 inner request would have reported; from then on nothing unsafe can start inside the
 attempt (such a request fails before sending).  A POST that succeeded before ``fn`` failed
 on something else, or a ``stream=True`` response abandoned in the middle of its body, is
 therefore never sent again by the enclosing call.  A request still connecting when the
-attempt is abandoned counts too (it may send the next moment).
+attempt is abandoned counts too (it may send the next moment).  A thread ``fn`` starts is
+counted only when it runs in a copy of ``fn``'s context (``contextvars.copy_context().run``,
+one copy per thread or task): ``threading.Thread`` and ``ThreadPoolExecutor`` start with an
+empty context, so what they send is not counted (as with plain ``requests``).
 
 Thread-local state (a thread-bound DB session, a framework's request globals) is not visible
 in the worker thread; contextvars are (copied, so changes made in ``fn`` stay there).  For
@@ -322,15 +325,17 @@ def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: 
 
 def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int,
                  timeout: float, ledger: AttemptLedger) -> Outcome[R]:
-    """Attempt ``number``, its unsafe requests counted in ``ledger``, sealed when it ends
-    or is abandoned: the count then decides whether repeating it is safe."""
+    """Attempt ``number``, its unsafe requests counted in ``ledger``, sealed when it fails
+    or is abandoned: the count then decides whether repeating it is safe.  An attempt that
+    succeeded is never repeated, so its ledger stays open: a request its code still makes
+    (a thread it started in a copy of its context) is sent, and counted in any enclosing
+    attempt still running."""
     deadline_at = time.monotonic() + timeout
     if not config.run_in_thread:
         try:
             value = workers.call_in_scope(fn, deadline_at, ledger)
         except Exception as exc:
             return _failed(exc, config, ledger.seal())
-        ledger.seal()
         return _succeeded(value, operation)
 
     job = workers.start(fn, deadline_at, (operation, number), config.policy.lang,
@@ -353,8 +358,8 @@ def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, numb
             signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
         mark_vetoed(outcome)
         return outcome
-    unsafe = ledger.seal()
     if job.error is not None:
+        unsafe = ledger.seal()
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
             raise job.error
         return _failed(job.error, config, unsafe)

@@ -32,7 +32,9 @@ receives the ``httpx.Response`` (``status_code``, ``headers`` and ``content`` re
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -127,16 +129,34 @@ class BodyNotReplayable(httpx.StreamConsumed):
         httpx.StreamError.__init__(self, message)
 
 
+# Where a seekable file body started, recorded when the transport first saw its stream:
+# a 307/308 hands back the same stream, read to its end, which is rewound there.
+_FILE_STARTS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
 def _refuse_consumed(request: httpx.Request) -> None:
+    """Rewind a seekable file body already sent (a 307/308 redirect repeats it); refuse
+    any other one-shot body already (partly) sent."""
     stream: Any = request.stream
     inner = getattr(stream, "_stream", None)  # httpx's IteratorByteStream keeps it here
-    if getattr(stream, "_is_stream_consumed", False) is True and inner is not None and (
-            hasattr(inner, "read") or iter(inner) is inner):  # a file, a generator: one-shot
+    if inner is None:
+        return
+    if getattr(stream, "_is_stream_consumed", False) is not True:
+        if hasattr(inner, "seek") and hasattr(inner, "tell"):
+            with contextlib.suppress(Exception):  # not seekable after all: one-shot
+                _FILE_STARTS[stream] = inner.tell()
+        return
+    start = _FILE_STARTS.get(stream)
+    if start is not None:
+        with contextlib.suppress(Exception):
+            inner.seek(start)
+            return
+    if hasattr(inner, "read") or iter(inner) is inner:  # a file, a generator: one-shot
         raise BodyNotReplayable(
             f"the body of this {request.method} to {redact_url(str(request.url))} was "
             "already sent once and cannot be replayed (a 307/308 redirect repeats the "
             "request with the same body); an empty or partial body is never sent: pass "
-            "bytes to follow such redirects")
+            "bytes or a seekable file to follow such redirects")
 
 
 class _DeadlineBeforeSending(httpcore.ConnectTimeout):

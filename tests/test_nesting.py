@@ -11,6 +11,8 @@ depend on that timing (see ``deadline.AttemptLedger``).
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import io
 import logging
 import threading
 import time
@@ -292,3 +294,66 @@ def test_a_sealed_attempt_lets_nothing_unsafe_start_at_any_depth() -> None:
     assert not AttemptLedger(inner).start_unsafe()
     assert not inner.start_unsafe()
     assert (inner.unsafe, outer.unsafe) == (1, 1)
+
+
+@pytest.mark.parametrize("run_in_thread", [True, False])
+def test_a_request_made_after_a_successful_attempt_in_its_context_is_sent(
+    server: FaultServer, run_in_thread: bool,
+) -> None:
+    """A background thread fn started in a copy of its context POSTs after fn returned:
+    the attempt succeeded and is never repeated, so the POST is sent, not refused."""
+    session, results, done = smart_session(timeout=2.0), [], threading.Event()
+
+    def later() -> None:
+        time.sleep(0.1)
+        try:
+            results.append(session.post(server.url("/ok"), data=PAYLOAD).status_code)
+        except Exception as exc:  # reported by the assertion
+            results.append(exc)
+        done.set()
+
+    def fn() -> int:
+        threading.Thread(target=contextvars.copy_context().run, args=(later,)).start()
+        return 1
+
+    assert execute_with_retry(fn, timeout=1.0, run_in_thread=run_in_thread) == 1
+    assert done.wait(5.0)
+    assert results == [200] and server.hits("/ok") == 1
+
+
+def test_a_post_from_a_pool_task_run_in_fn_s_context_is_counted(server: FaultServer) -> None:
+    """fn hands its POST to a ThreadPoolExecutor task run in a copy of its context (the
+    documented way): when the outer deadline abandons the attempt, the POST is not sent
+    again."""
+    session = smart_session(timeout=2.0)
+
+    def fn() -> Any:
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(contextvars.copy_context().run, session.post,
+                               server.url("/hang?seconds=0.5"), data=PAYLOAD).result()
+
+    with srt.fast_retries(), pytest.raises(Exception):  # noqa: B017 - CallTimeoutError
+        execute_with_retry(fn, timeout=0.2, max_retries=1)
+    time.sleep(0.6)
+    assert server.hits("/hang") == 1
+
+
+@pytest.mark.parametrize("code", [307, 308])
+def test_a_redirect_of_a_seekable_file_body_is_followed_with_the_whole_body(
+    code: int, tmp_path: Any,
+) -> None:
+    """A 307/308 after a POST whose body is a seekable file (on disk, BytesIO) sends the
+    whole body again, rewound to where it started, with requests and with httpx."""
+    (tmp_path / "body").write_bytes(PAYLOAD)
+    with FaultServer({"/moved": _redirecting(code)}) as server:
+        for lib in ("requests", "httpx"):
+            with open(tmp_path / "body", "rb") as file:
+                for body in (file, io.BytesIO(PAYLOAD)):
+                    if lib == "requests":
+                        response: Any = smart_session(timeout=2.0).post(
+                            server.url("/moved"), data=body)
+                    else:
+                        response = smart_client(timeout=2.0, follow_redirects=True).post(
+                            server.url("/moved"), content=body)
+                    assert response.content == PAYLOAD, (lib, body)
+        assert [r.body for r in server.received("/echo")] == [PAYLOAD] * 4
