@@ -16,12 +16,15 @@ Methods meant for subclassing: :meth:`SmartRetryAdapter.classify_response` (vend
 from __future__ import annotations
 
 import contextvars
+import datetime
 import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
@@ -89,6 +92,7 @@ from .urllib3_retry import (
     gave_up_counting,
     policy_for_retry,
     retried_verdict,
+    retry_for_policy,
     stepping,
     to_requests_error,
 )
@@ -129,6 +133,143 @@ def _cut_reason() -> str:
 # for: HTTPAdapter.send reads ``self.max_retries``, one value shared by every thread.
 _RETRY_STATE: contextvars.ContextVar[Optional[tuple[Any, Retry]]] = contextvars.ContextVar(
     "requests_smartretry_retry_state", default=None)
+
+
+# What HTTPAdapter.send hands urllib3 inside an attempt that this adapter's loop retries.
+_NO_RETRIES = Retry(0, read=False)
+
+# HTTPAdapter's positional parameters, in its order.
+_POOL_PARAMETERS = ("pool_connections", "pool_maxsize", "max_retries", "pool_block")
+
+
+def _positional_pool_args(args: tuple[Any, ...], with_policy: bool,
+                          policy_options: dict[str, Any]) -> dict[str, Any]:
+    """``SmartRetryAdapter(20, 50)`` as ``HTTPAdapter(20, 50)``: positional arguments are
+    (pool_connections, pool_maxsize, max_retries, pool_block); ``max_retries`` goes into
+    ``policy_options``, the rest come back by name."""
+    if with_policy:
+        raise TypeError(
+            "SmartRetryAdapter takes either a policy or HTTPAdapter's positional arguments "
+            f"(pool_connections, pool_maxsize, max_retries, pool_block), not both; got "
+            f"{args!r} after the policy")
+    if len(args) > len(_POOL_PARAMETERS):
+        raise TypeError(
+            f"SmartRetryAdapter takes at most {len(_POOL_PARAMETERS)} positional arguments "
+            f"(pool_connections, pool_maxsize, max_retries, pool_block), got {args!r}")
+    given = dict(zip(_POOL_PARAMETERS, args))
+    if "max_retries" in given:
+        if "max_retries" in policy_options:
+            raise TypeError("SmartRetryAdapter got max_retries both by position and by keyword")
+        policy_options["max_retries"] = given.pop("max_retries")
+    return given
+
+
+_perf_counter = time.perf_counter  # requests' clock for Response.elapsed
+
+
+class _TimedResponse(requests.Response):
+    """A ``requests.Response`` whose ``elapsed`` is the time from sending the last attempt
+    to its headers (requests' definition), whatever the session assigns after ``send``."""
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        to_headers = self.__dict__.get("_to_headers")
+        if to_headers is not None:
+            return datetime.timedelta(seconds=to_headers)
+        value: datetime.timedelta = self.__dict__.get("_elapsed", datetime.timedelta(0))
+        return value
+
+    @elapsed.setter
+    def elapsed(self, value: datetime.timedelta) -> None:
+        self.__dict__["_elapsed"] = value
+
+
+# Failures reading a body (stream=False) that requests raises only when the body is read,
+# after the response hooks ran and cookies were stored.
+_BODY_ERRORS = (requests.exceptions.ContentDecodingError,
+                requests.exceptions.ChunkedEncodingError)
+
+
+class _FailedBody:
+    """A response's ``raw`` whose body read failed inside the attempt: reading it again
+    raises that failure (``Response.content`` passes it through), everything else is the
+    original ``raw``'s (cookies, headers, release_conn)."""
+
+    def __init__(self, raw: Any, error: BaseException) -> None:
+        self._raw = raw
+        self._error = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._error
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._error
+
+
+def _failing_body(response: requests.Response, error: BaseException) -> requests.Response:
+    """``response`` as ``HTTPAdapter.send`` would return it, its body not read yet: the
+    session runs the hooks and stores cookies, then reading the body raises ``error``."""
+    failed: Any = response  # requests' private reading state
+    failed._content, failed._content_consumed = False, False
+    response.raw = _FailedBody(response.raw, error)
+    return response
+
+
+class _PoolLabel:
+    """Names a pool in a urllib3 error as urllib3's pools do, when the pool is unknown."""
+
+    def __init__(self, url: str) -> None:
+        self.host: Optional[str] = None
+        self.port: Optional[int] = None
+        self.scheme = ""
+        try:  # host and port only: no userinfo, path or query (no secrets)
+            parts = urlsplit(url)
+            self.host, self.port, self.scheme = parts.hostname, parts.port, parts.scheme
+        except ValueError:
+            pass
+
+    def __str__(self) -> str:
+        kind = "HTTPSConnectionPool" if self.scheme == "https" else "HTTPConnectionPool"
+        return f"{kind}(host={self.host!r}, port={self.port!r})"
+
+
+def _read_timed_out(request: requests.PreparedRequest, detail: str,
+                    cause: Optional[BaseException] = None,
+                    response: Optional[requests.Response] = None) -> AttemptDeadlineExceeded:
+    """The attempt deadline's error, as requests raises a read timeout: its ``args[0]`` is
+    urllib3's ``ReadTimeoutError`` ("<pool>: Read timed out. (<detail>)")."""
+    pool: Any = None
+    inner = cause.args[0] if cause is not None and cause.args else cause
+    pool = getattr(inner, "pool", None) or getattr(cause, "pool", None)
+    if pool is None and response is not None:
+        pool = getattr(response.raw, "_pool", None)
+    url = redact_url(request.url or "")
+    if pool is None:
+        pool = _PoolLabel(request.url or "")
+    error = AttemptDeadlineExceeded(
+        urllib3.exceptions.ReadTimeoutError(pool, url, f"Read timed out. ({detail})"),
+        request=request)
+    if cause is not None:
+        error.__cause__ = cause
+    return error
+
+
+_mirrors: dict[int, tuple[RetryPolicy, Retry]] = {}
+
+
+def _mirror_retry(policy: RetryPolicy) -> Retry:
+    """The ``Retry`` mirroring ``policy`` (cached per policy: a few are ever built)."""
+    cached = _mirrors.get(id(policy))
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    mirror = retry_for_policy(policy)
+    if len(_mirrors) >= 256:
+        _mirrors.clear()
+    _mirrors[id(policy)] = (policy, mirror)
+    return mirror
 
 
 # How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
@@ -202,8 +343,8 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def __init__(
         self,
-        policy: Optional[RetryPolicy] = None,
-        *,
+        policy: Union[RetryPolicy, int, None] = None,
+        *pool_args: Any,
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
@@ -216,6 +357,18 @@ class SmartRetryAdapter(HTTPAdapter):
         pool_block: bool = False,
         **policy_options: Unpack[AdapterOptions],
     ) -> None:
+        if pool_args or (isinstance(policy, int) and not isinstance(policy, bool)):
+            # HTTPAdapter's positional arguments: (pool_connections, pool_maxsize,
+            # max_retries, pool_block).  The policy then goes by keyword only.
+            given = _positional_pool_args(
+                pool_args if policy is None or isinstance(policy, RetryPolicy)
+                else (policy, *pool_args),
+                policy is not None and isinstance(policy, RetryPolicy),
+                policy_options)  # type: ignore[arg-type]  # a TypedDict, by name
+            policy = None
+            pool_connections = given.get("pool_connections", pool_connections)
+            pool_maxsize = given.get("pool_maxsize", pool_maxsize)
+            pool_block = given.get("pool_block", pool_block)
         _check_pool_options(pool_connections, pool_maxsize, pool_block)
         retry = policy_options.get("max_retries")
         if not isinstance(retry, Retry):
@@ -239,7 +392,7 @@ class SmartRetryAdapter(HTTPAdapter):
         self.extra_hooks = hooks
         self._sleep = sleep
         self._clock = clock
-        self._closed = False
+        self._closes = 0  # how many times close() was called
         super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize,
                          max_retries=0, pool_block=pool_block)
         self._hooks = self._build_hooks()
@@ -250,19 +403,31 @@ class SmartRetryAdapter(HTTPAdapter):
 
     @property
     def max_retries(self) -> Retry:
-        """What ``HTTPAdapter.send`` hands urllib3: the attempt's Retry state when a
-        ``urllib3.Retry`` decides the retries, otherwise no retries (the loop retries)."""
+        """The retries as ``HTTPAdapter.max_retries`` says them: the ``urllib3.Retry``
+        given as ``max_retries``, or a ``Retry`` mirroring the policy (``total`` is the
+        policy's ``max_retries``, with its statuses, methods and backoff).  Inside an
+        attempt, ``HTTPAdapter.send`` reads what it hands urllib3 instead: the attempt's
+        Retry state, or no retries (this adapter's loop retries)."""
         current = _RETRY_STATE.get()
         if current is not None and current[0] is self:
             return current[1]
-        return self._no_retries
+        if self.retry is not None:
+            return self.retry
+        return _mirror_retry(self.policy)
 
     @max_retries.setter
-    def max_retries(self, value: Retry) -> None:
-        self._no_retries = value
+    def max_retries(self, value: Any) -> None:
+        # HTTPAdapter.__init__ sets its "no retries" Retry here; any other value would be
+        # silently ignored, so it is refused.
+        if not (isinstance(value, Retry) and value.total == 0):
+            raise AttributeError(
+                f"max_retries of a SmartRetryAdapter is its policy's; build the adapter "
+                f"with max_retries= (or policy=) instead of setting it to {value!r}")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._closed = False
+        self._closes = 0
+        state = dict(state)
+        state.pop("max_retries", None)  # the policy's mirror, not a setting
         super().__setstate__(state)  # type: ignore[misc]
         self._hooks = self._build_hooks()
         self._reset_caches()
@@ -299,6 +464,14 @@ class SmartRetryAdapter(HTTPAdapter):
                 and cls.operation_for is SmartRetryAdapter.operation_for
                 and cls.service_for is SmartRetryAdapter.service_for)
 
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """As ``HTTPAdapter``'s; the response's ``elapsed`` is the attempt's time to the
+        headers, as in requests (the session would otherwise set it to the whole call:
+        body read and retries included)."""
+        response = super().build_response(req, resp)
+        response.__class__ = _TimedResponse
+        return response
+
     # -- pools -----------------------------------------------------------------------
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -314,13 +487,11 @@ class SmartRetryAdapter(HTTPAdapter):
         return manager
 
     def close(self) -> None:
-        """Release every pooled connection; the adapter refuses to send afterwards."""
-        self._closed = True
+        """Release every pooled connection, and stop the retries of the calls in flight
+        (they end on their last failure, given up as "closed").  As ``HTTPAdapter``'s, the
+        adapter stays usable: a later call opens new connections."""
+        self._closes += 1
         super().close()
-
-    def _is_closed(self) -> bool:
-        # Asked by the retry loop before each retry: a closed adapter sends nothing more.
-        return self._closed
 
     def get_connection_with_tls_context(
         self, request: requests.PreparedRequest, verify: Any,
@@ -404,11 +575,6 @@ class SmartRetryAdapter(HTTPAdapter):
         or for a call whose first attempt succeeded with only built-in consumers a
         :class:`~requests_smartretry.engine.LazyHistory` (built when first read; equal to
         the tuple of its events; ``tuple(...)`` it where a tuple is needed)."""
-        if self._closed:
-            raise AdapterClosedError(
-                "this SmartRetryAdapter was closed (session.close()); mount a new one",
-                request=request,
-            )
         policy = self.policy
         overrides = current_overrides()  # a retry_options block: the one context read
         if overrides is None:
@@ -441,8 +607,13 @@ class SmartRetryAdapter(HTTPAdapter):
                            overridden, asked)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=self._is_closed, quiet=quiet)
-        response = finished.unwrap()  # raises the last transport error, history attached
+                            clock=self._clock, closed=attempt.closed, quiet=quiet)
+        try:
+            response = finished.unwrap()  # raises the last transport error, history attached
+        except _BODY_ERRORS as exc:
+            if stream or not isinstance(exc.response, requests.Response):
+                raise
+            response = _failing_body(exc.response, exc)
         response.retry_history = finished.history  # type: ignore[attr-defined]
         return response
 
@@ -460,9 +631,9 @@ class SmartRetryAdapter(HTTPAdapter):
             outcome = send()
         except RetryNow as decided:
             if decided.cut:  # the attempt's bound passed: urllib3's retry is not made
-                cut = AttemptDeadlineExceeded(
-                    "the attempt deadline passed during the attempt; not retried",
-                    request=request)
+                cut = _read_timed_out(
+                    request, "the attempt deadline passed during the attempt; not retried",
+                    decided.error)
                 cut.__cause__ = decided.error
                 return Outcome(classify_exception(cut), error=cut, signal=cut,
                                veto=_cut_reason())
@@ -549,10 +720,13 @@ class SmartRetryAdapter(HTTPAdapter):
         deadline = None if total_s is None else Watch(total_s)
         sent: Optional[requests.Response] = None
         try:
+            started = _perf_counter()
             response = sent = super().send(
                 request, stream=True,
                 timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
                 verify=verify, cert=cert, proxies=proxies)
+            # requests' elapsed: from sending to the headers parsed (body not included).
+            response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries
                 self._guard_streamed_body(response, request, policy)
             else:
@@ -567,6 +741,18 @@ class SmartRetryAdapter(HTTPAdapter):
                     undecodable = self._undecodable_status(sent, request, exc, policy)
                     if undecodable is not None:
                         return undecodable
+                if isinstance(exc, _BODY_ERRORS) and not (deadline is not None
+                                                          and deadline.fired):
+                    if sent.is_redirect:
+                        # As requests' redirect handling: a redirect's own body is
+                        # discarded whatever it holds, and the redirect is followed.
+                        sent.close()
+                        discarded: Any = sent  # requests' private reading state
+                        discarded._content, discarded._content_consumed = b"", True
+                        return self._response_outcome(sent, request, policy)
+                    # Kept for send(): as with HTTPAdapter, the session runs the response
+                    # hooks and stores cookies before reading the body raises this.
+                    exc.response = sent
                 # A body read that failed (deadline, reset) leaves the socket referenced
                 # from the traceback; close it now rather than at garbage collection.
                 sent.close()
@@ -579,7 +765,8 @@ class SmartRetryAdapter(HTTPAdapter):
             if deadline is not None:
                 if verdict.sent:
                     if deadline.fired:
-                        return self._deadline_outcome(total_s, request, cause=exc)
+                        return self._deadline_outcome(total_s, request, cause=exc,
+                                                      response=sent)
                 elif pool_refused(exc):
                     verdict = DEADLINE_BEFORE_SENDING
             return Outcome(verdict, error=exc, signal=exc)
@@ -588,7 +775,12 @@ class SmartRetryAdapter(HTTPAdapter):
                 deadline.finish()
         if deadline is not None and deadline.fired:
             response.close()
-            return self._deadline_outcome(total_s, request)
+            return self._deadline_outcome(total_s, request, response=response)
+        return self._response_outcome(response, request, policy)
+
+    def _response_outcome(self, response: requests.Response, request: requests.PreparedRequest,
+                          policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
+        """The outcome of an attempt that got ``response``: the verdict on it."""
         verdict = (self.classify_response(response) if policy is None
                    else self._classify_for(policy, response))
         if verdict.verdict is _SUCCESS_VERDICT:
@@ -623,14 +815,13 @@ class SmartRetryAdapter(HTTPAdapter):
     def _deadline_outcome(
         total_s: Optional[float], request: requests.PreparedRequest,
         cause: Optional[BaseException] = None,
+        response: Optional[requests.Response] = None,
     ) -> Outcome[requests.Response]:
-        """The attempt cut by its deadline (``cause``: what the cut made the read raise)."""
-        cut = AttemptDeadlineExceeded(
-            f"attempt deadline of {total_s:g}s passed (connect + send + headers + body)",
-            request=request,
-        )
-        if cause is not None:
-            cut.__cause__ = cause
+        """The attempt cut by its deadline (``cause``: what the cut made the read raise;
+        ``response``: the response whose body it cut)."""
+        cut = _read_timed_out(
+            request, f"attempt deadline={total_s:g}s: connect + send + headers + body",
+            cause, response)
         return Outcome(classify_exception(cut), error=cut, signal=cut)
 
     def _guard_streamed_body(
@@ -652,9 +843,9 @@ class _Sending:
     the retry (nothing until one fails: a first attempt that succeeds allocates only this).
     """
 
-    __slots__ = ("adapter", "asked", "cert", "idempotent", "policy", "previous", "proxies",
-                 "replay", "request", "socket_timeout", "states", "stream", "timeouts",
-                 "verdicts", "verify")
+    __slots__ = ("adapter", "asked", "cert", "closes", "idempotent", "policy", "previous",
+                 "proxies", "replay", "request", "socket_timeout", "states", "stream",
+                 "timeouts", "verdicts", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
@@ -662,6 +853,7 @@ class _Sending:
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
                  asked: requests.PreparedRequest) -> None:
         self.adapter = adapter
+        self.closes = adapter._closes  # a close() after this stops the call's retries
         #: The request as the caller sent it, before a minted idempotency key: what an
         #: enclosing call that repeats the caller's code would send again.
         self.asked = asked
@@ -697,7 +889,7 @@ class _Sending:
                 self.previous = None
                 pool = getattr(stale.raw, "_pool", None)
                 stale.close()
-            if adapter._closed:  # closed as the retry starts (a START hook): send nothing
+            if self.closed():  # closed as the retry starts (a START hook): send nothing
                 raise AdapterClosedError(
                     "this SmartRetryAdapter was closed (session.close()) before the "
                     "retry; nothing more is sent", request=request)
@@ -725,9 +917,14 @@ class _Sending:
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
-                outcome = adapter._attempt(to_send, self.stream, self.timeouts, self.verify,
-                                           self.cert, self.proxies, self.socket_timeout,
-                                           self.policy)
+                # HTTPAdapter.send reads max_retries: no retries inside the attempt.
+                state = _RETRY_STATE.set((adapter, _NO_RETRIES))
+                try:
+                    outcome = adapter._attempt(to_send, self.stream, self.timeouts,
+                                               self.verify, self.cert, self.proxies,
+                                               self.socket_timeout, self.policy)
+                finally:
+                    _RETRY_STATE.reset(state)
             else:
                 outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
                     adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
@@ -740,6 +937,11 @@ class _Sending:
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return outcome  # the common case: nothing to remember, redact or veto
         return self._failed(outcome)
+
+    def closed(self) -> bool:
+        """Whether the adapter was closed since this call began (asked by the retry loop
+        before each retry: the call then sends nothing more)."""
+        return self.adapter._closes != self.closes
 
     def _failed(self, outcome: Outcome[requests.Response]) -> Outcome[requests.Response]:
         """A failed attempt's outcome as the engine and the hooks may see it: remembered

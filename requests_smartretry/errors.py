@@ -121,7 +121,8 @@ class ResponseSignatureError(SmartRetryError):
 
 
 class AdapterClosedError(SmartRetryError):
-    """The adapter (or the session that owns it) was closed and cannot send."""
+    """The adapter (or the session that owns it) was closed while a call was under way: the
+    call's retry is not sent.  (As with requests' ``HTTPAdapter``, a later call works.)"""
 
 
 def attempt_history(exc: BaseException) -> tuple[AttemptEvent, ...]:

@@ -699,6 +699,30 @@ def smart_client(policy: Optional[RetryPolicy] = None, **options: Any) -> SmartC
                        **client_options)
 
 
+class _ArkClient(SmartClient):
+    """``video_client``'s client: refuses an Ark SDK call aimed at another origin than its
+    endpoint, which would otherwise go out without the transport (no retries, no deadline,
+    the SDK's 600 s read timeout)."""
+
+    _ark_origin = ""
+    _ark_key: Optional[str] = None
+
+    def send(self, request: httpx.Request, *, stream: bool = False,
+             **options: Any) -> httpx.Response:
+        """As :meth:`SmartClient.send`; an Ark call (the SDK's ``X-Client-Request-Id``, or
+        this client's key) to another origin raises ``ValueError`` naming both."""
+        target = origin_of(str(request.url))
+        if target != self._ark_origin and (
+                "x-client-request-id" in request.headers
+                or (self._ark_key is not None
+                    and request.headers.get("authorization") == f"Bearer {self._ark_key}")):
+            raise ValueError(
+                f"video_client serves the Ark endpoint {self._ark_origin}, but this Ark call "
+                f"goes to {target}: pass the SDK's base_url as video_client(endpoint=...) "
+                f"so that the call gets the retries and the attempt deadline")
+        return super().send(request, stream=stream, **options)
+
+
 def video_client(
     api_key: Optional[str] = None, *, endpoint: str = ARK_ENDPOINT, **options: Any
 ) -> SmartClient:
@@ -712,6 +736,15 @@ def video_client(
 
         ark = Ark(api_key=key, http_client=video_client(api_key=key), max_retries=0)
         task = ark.content_generation.tasks.create(model="...", content=[...])
+
+        # Another base_url: give the SDK and video_client the same one.
+        ark = Ark(api_key=key, base_url=B, max_retries=0,
+                  http_client=video_client(api_key=key, endpoint=B))
+
+    The transport serves ``endpoint``'s origin only.  An Ark SDK call to any other origin
+    (an ``Ark(base_url=...)`` that is not ``endpoint``) raises ``ValueError`` naming both
+    (the SDK reports it as its connection error, with this as the cause) rather than
+    going out without retries or deadline; other requests there go out as with httpx.
     """
     if "policy" in options:
         raise TypeError("presets take policy fields as keywords (e.g. max_retries=3), not policy=")
@@ -721,5 +754,7 @@ def video_client(
     transport_options, client_options = _split_options(options)
     transport = SmartRetryTransport(_video_policy(api_key, str(options.get("lang", "zh"))),
                                     **transport_options)
-    return SmartClient(base_url=endpoint, mounts={origin_of(endpoint): transport},
-                       timeout=transport.client_timeout(), **client_options)
+    client = _ArkClient(base_url=endpoint, mounts={origin_of(endpoint): transport},
+                        timeout=transport.client_timeout(), **client_options)
+    client._ark_origin, client._ark_key = origin_of(endpoint), api_key
+    return client

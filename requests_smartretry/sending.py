@@ -207,11 +207,14 @@ def _is_default(value: Any) -> bool:
 def _seconds(name: str, value: Any) -> Optional[float]:
     if value is None:
         return None
+    # urllib3's wording (code that matches requests' messages keeps working), with the name.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number of seconds or None, got {value!r}")
+        raise ValueError(f"Timeout value {name} was {value!r}, but it must be an int, "
+                         f"float or None (a number of seconds).")
     seconds = float(value)
     if not 0 < seconds < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ValueError(f"Attempted to set {name} to {value!r}, but the timeout cannot be "
+                         f"set to a value less than or equal to 0 (a finite number > 0).")
     check_timeout(name, seconds)  # at least the minimum an attempt can honour
     return seconds
 

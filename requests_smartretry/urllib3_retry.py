@@ -157,6 +157,25 @@ def policy_for_retry(retry: Retry) -> RetryPolicy:
     return RetryPolicy(**derived)
 
 
+def retry_for_policy(policy: RetryPolicy) -> Retry:
+    """A ``urllib3.Retry`` saying what ``policy`` does, for code that reads
+    ``HTTPAdapter.max_retries`` (it is never handed to urllib3): ``total`` is the policy's
+    ``max_retries``, with its statuses, methods (``None``: any method, for an
+    ``idempotent=True`` policy), backoff and ``Retry-After`` rule."""
+    options: dict[str, Any] = {
+        "total": policy.max_retries,
+        "backoff_factor": policy.backoff_base,
+        "status_forcelist": sorted(policy.retry_statuses),
+        "allowed_methods": None if policy.idempotent is True
+        else sorted(policy.idempotent_methods),
+        "respect_retry_after_header": policy.respect_retry_after,
+        "raise_on_status": False,
+    }
+    if hasattr(Retry.DEFAULT, "backoff_max"):  # urllib3 2.x takes the cap per Retry
+        options["backoff_max"] = policy.backoff_max
+    return Retry(**options)
+
+
 def to_requests_error(error: Optional[BaseException],
                       request: requests.PreparedRequest) -> requests.RequestException:
     """The ``requests`` exception for a urllib3 error that was retried (raised only if the

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 from urllib3.util.retry import Retry
 
 from requests_smartretry import (
-    AdapterClosedError,
     AttemptDeadlineExceeded,
     CircuitBreaker,
     EventKind,
@@ -730,12 +729,14 @@ def test_adapter_pickles_with_its_policy(server: FaultServer) -> None:
         assert copied.get(server.url("/ok")).status_code == 200
 
 
-def test_closed_adapter_refuses_to_send(server: FaultServer) -> None:
-    """After session.close() the adapter says so clearly instead of sending."""
+def test_closed_adapter_stays_usable_as_requests_does(server: FaultServer) -> None:
+    """After session.close() a later call works, as with requests' HTTPAdapter (close()
+    stops the retries of calls in flight, not future calls)."""
     session = smart_session()
+    session.get(server.url("/ok"))
     session.close()
-    with pytest.raises(AdapterClosedError, match="closed"):
-        session.get(server.url("/ok"))
+    assert session.get(server.url("/ok")).status_code == 200
+    assert server.hits() == 2
 
 
 def test_adapter_keywords_and_policy_are_validated() -> None:
@@ -1000,3 +1001,26 @@ def test_pool_arguments_are_checked_by_name_at_construction(name: str, value: ob
         SmartRetryAdapter(**{name: value})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=name):
         smart_session(**{name: value})  # type: ignore[arg-type]
+
+
+def test_positional_pool_arguments_and_max_retries_as_httpadapter() -> None:
+    """HTTPAdapter's positional (pool_connections, pool_maxsize, max_retries, pool_block)
+    work, keywords keep working, and max_retries reads as a urllib3 Retry of the policy."""
+    adapter = SmartRetryAdapter(20, 50)
+    assert (adapter._pool_connections, adapter._pool_maxsize) == (20, 50)
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 50
+    adapter = SmartRetryAdapter(5, 6, 3, True)
+    assert adapter.policy.max_retries == 3 and adapter._pool_block is True
+    assert SmartRetryAdapter(max_retries=3).max_retries.total == 3
+    assert SmartRetryAdapter(max_retries=0).max_retries.total == 0
+    retry = Retry(total=2, status_forcelist=[503])
+    assert SmartRetryAdapter(max_retries=retry).max_retries is retry
+    assert SmartRetryAdapter(RetryPolicy(max_retries=4)).max_retries.total == 4
+    with pytest.raises(TypeError, match="max_retries"):
+        SmartRetryAdapter(1, 2, 3, max_retries=4)
+    with pytest.raises(TypeError, match="positional"):
+        SmartRetryAdapter(1, 2, 3, False, 5)
+    with pytest.raises(AttributeError, match="max_retries"):
+        adapter.max_retries = Retry(5)  # type: ignore[misc]
+    clone = pickle.loads(pickle.dumps(SmartRetryAdapter(max_retries=3)))
+    assert clone.max_retries.total == 3 and clone.policy.max_retries == 3

@@ -386,9 +386,10 @@ def test_sdk_mount_survives_visual_service_called_again(
     mount_on_sdk_service(visual_service, adapter)
     again = VisualService()
     assert again is visual_service and isinstance(again, VisualService)
-    assert again.session.get_adapter("http://x") is adapter
-    assert again.session.get_adapter("https://x") is adapter
+    assert again.session.get_adapter("http://visual.volcengineapi.com/") is adapter
+    assert again.session.get_adapter("https://x/") is not adapter  # the origin only
     point_at(again, fake)  # __init__ reset the SDK's keys and host as well
+    assert again.session.get_adapter(fake.server.url("/")) is adapter  # set_host followed
     fake.script("CVProcess", (429, visual_error(50429)))
     assert again.cv_process({"req_key": "x"})["code"] == 10000
     assert fake.hits() == 2

@@ -197,6 +197,24 @@ def test_failover_can_be_turned_off(pem: str, fake: FakeWechatPay) -> None:
     assert fake.hits() == 0
 
 
+def test_overridden_endpoint_has_no_production_backup(pem: str, fake: FakeWechatPay) -> None:
+    """An endpoint other than production (staging, a mock) gets no backup unless one is
+    given: a timed-out signed order is never sent to WeChat Pay's production backup."""
+    fake.script(JSAPI, ("hang", 10))
+    for build in (payment_session, payment_adapter):
+        made: Any = build(MCHID, SERIAL, pem, endpoint=fake.endpoint)  # type: ignore[operator]
+        adapter = made.get_adapter(fake.endpoint + "/") if isinstance(made, requests.Session) \
+            else made
+        preparer = adapter.policy.prepare_attempt
+        assert preparer.backup is None and preparer.primary is None
+    session = payment_session(MCHID, SERIAL, pem, endpoint=fake.endpoint, timeout=0.3, **fast())
+    assert not any("api2" in prefix for prefix in session.adapters)
+    assert session.post(JSAPI, json=order("ORDER-0009")).status_code == 200
+    assert fake.hits() == 2  # the retry after the timeout stayed on the configured endpoint
+    production = payment_adapter(MCHID, SERIAL, pem).policy.prepare_attempt
+    assert production.backup == "https://api2.mch.weixin.qq.com"  # type: ignore[union-attr]
+
+
 def test_failover_to_backup_after_attempt_timeout(pem: str, key: rsa.RSAPrivateKey) -> None:
     """An attempt that times out on the primary is retried on the backup (an order with
     out_trade_no, so the repeat is safe)."""

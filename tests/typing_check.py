@@ -37,9 +37,15 @@ from requests_smartretry import (
 
 # What README snippets use without defining it (``from tests.typing_check import *``).
 __all__ = [
+    "APIV3_KEY",
     "API_V3_KEY",
+    "APPID",
+    "KEY_PEM",
+    "MCHID",
     "PUB_KEY_ID",
     "PUB_KEY_PEM",
+    "SERIAL",
+    "B",
     "HTTPAdapter",
     "Retry",
     "RetryPolicy",
@@ -48,10 +54,16 @@ __all__ = [
     "VendorBusyError",
     "Verdict",
     "VerdictRule",
+    "VisualService",
+    "WeChatPay",
+    "WeChatPayType",
+    "ak",
     "client",
+    "key",
     "mark_paid",
     "prompt",
     "session",
+    "sk",
     "smart_session",
 ]
 
@@ -72,7 +84,35 @@ class VendorClient:
         return {"order_id": order_id}
 
 
+class VisualService:
+    """volcengine's VisualService (the SDK is untyped)."""
+
+    session = requests.Session()
+
+
+class WeChatPay:
+    """wechatpayv3's WeChatPay (the SDK is untyped)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._core = kwargs
+
+    def pay(self, **kwargs: Any) -> tuple[int, str]:
+        """Place an order."""
+        return 200, "{}"
+
+
+class WeChatPayType:
+    """wechatpayv3's WeChatPayType."""
+
+    JSAPI = 0
+
+
 client = VendorClient()
+ak, sk, key = "AKLT…", "secret", "ark-key"
+B = "https://ark.cn-shanghai.volces.com/api/v3"
+MCHID, SERIAL, APPID = "1900000001", "5157F09E…", "wxd678efh567hg6787"
+KEY_PEM = "-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n"
+APIV3_KEY = "0123456789abcdef0123456789abcdef"
 prompt = "cat"
 session = requests.Session()
 API_V3_KEY = "0123456789abcdef0123456789abcdef"

@@ -12,10 +12,12 @@ import functools
 import hashlib
 import hmac
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import requests
+from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
@@ -30,6 +32,7 @@ from ._base import (
     check_credential,
     check_endpoint,
     json_body,
+    origin_of,
     path_and_query,
     preset_session,
 )
@@ -356,9 +359,68 @@ _SESSION_SLOT = "_smartretry_session"
 _MOUNTED_CLASSES: dict[type, type] = {}
 
 
+class _SdkSession(requests.Session):
+    """The session of a service passed to :func:`mount_on_sdk_service` (its class is
+    swapped to this one: only that object changes).  Requests to the service's own origin
+    (``service_info.scheme://service_info.host``, read at each request, so ``set_host``
+    is followed) go through the adapter, with each timeout the SDK passes cut to the
+    policy's; requests to any other host keep requests' own adapter, so the credentials
+    the adapter adds are never sent there."""
+
+    _smartretry_service: Any = None
+
+    def _smartretry_target(self, url: str) -> Optional[SmartRetryAdapter]:
+        ref = self._smartretry_service
+        service = ref() if ref is not None else None
+        if service is None:
+            return None
+        info = getattr(service, "service_info", None)
+        scheme, host = getattr(info, "scheme", None), getattr(info, "host", None)
+        if not scheme or not host or origin_of(url) != f"{scheme}://{host}".lower():
+            return None
+        adapter: SmartRetryAdapter = service.__dict__[_ADAPTER_SLOT]
+        return adapter
+
+    def get_adapter(self, url: str) -> Any:
+        """The SmartRetryAdapter for the service's origin (and for a bare scheme such as
+        ``"https://"``, so that ``stats_of(service.session)`` finds it); requests' choice
+        elsewhere."""
+        adapter = self._smartretry_target(url)
+        if adapter is None and not urlsplit(url).netloc:
+            ref = self._smartretry_service
+            service = ref() if ref is not None else None
+            if service is not None:
+                adapter = service.__dict__.get(_ADAPTER_SLOT)
+        return adapter if adapter is not None else super().get_adapter(url)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> Any:
+        """As ``Session.send``; on the service's origin the SDK's timeout (``(30, 30)`` by
+        default) is cut to the policy's, so an attempt never outlives ``timeout``."""
+        adapter = self._smartretry_target(request.url or "")
+        if adapter is not None:
+            kwargs["timeout"] = _within(kwargs.get("timeout"), adapter.policy.timeout)
+        return super().send(request, **kwargs)
+
+
+def _within(timeout: Any, limit: Optional[float]) -> Any:
+    """``timeout`` (requests' forms) with each part at most ``limit`` seconds and the
+    attempt as a whole bounded by ``limit``."""
+    if limit is None or timeout is None:
+        return timeout  # no timeout given: the policy's applies anyway
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        connect, read = timeout
+        return Urllib3Timeout(
+            connect=limit if connect is None else min(float(connect), limit),
+            read=limit if read is None else min(float(read), limit), total=limit)
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        return min(float(timeout), limit)
+    return timeout  # anything else: the adapter checks it as usual
+
+
 class _MountedSession:
     """The ``session`` attribute of a service passed to :func:`mount_on_sdk_service`: every
-    session assigned to it (the SDK's ``__init__`` assigns a new one) gets the adapter."""
+    session assigned to it (the SDK's ``__init__`` assigns a new one) becomes an
+    :class:`_SdkSession` bound to the service."""
 
     def __get__(self, service: Any, owner: Optional[type] = None) -> Any:
         if service is None:
@@ -366,9 +428,12 @@ class _MountedSession:
         return service.__dict__[_SESSION_SLOT]
 
     def __set__(self, service: Any, session: Any) -> None:
-        adapter = service.__dict__[_ADAPTER_SLOT]
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+        if type(session) is requests.Session:
+            session.__class__ = _SdkSession
+        elif not isinstance(session, _SdkSession):
+            raise TypeError(f"a volcengine SDK service mounted by mount_on_sdk_service "
+                            f"needs a requests.Session, got {type(session).__name__}")
+        session._smartretry_service = weakref.ref(service)
         service.__dict__[_SESSION_SLOT] = session
 
 
@@ -385,8 +450,9 @@ def _mounted_class(cls: type) -> type:
 
 
 def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
-    """Mount ``adapter`` on a volcengine SDK service's ``session`` for both schemes, and keep
-    it mounted on every session the SDK builds for that object later; returns ``service``.
+    """Mount ``adapter`` on a volcengine SDK service's ``session`` for the service's own
+    origin, and keep it mounted on every session the SDK builds for that object later;
+    returns ``service``.
 
     Example::
 
@@ -401,6 +467,13 @@ def mount_on_sdk_service(service: Any, adapter: SmartRetryAdapter) -> Any:
     ``session`` mounts the adapter on whatever session is assigned.  (That ``__init__``
     also resets the SDK's ak/sk: call ``set_ak``/``set_sk`` again, or give the adapter
     keys so that it signs every attempt itself.)  Calling it again swaps the adapter.
+
+    Only requests to the service's origin (``service_info.scheme`` and ``host``, as they
+    are at each request: ``set_host``/``set_scheme`` are followed) go through the adapter;
+    the SDK's session sends anything else as requests does, without the adapter's
+    signature.  Each timeout the SDK passes (``(30, 30)`` unless
+    ``set_connection_timeout``/``set_socket_timeout`` changed it) is cut to the policy's
+    ``timeout``, which bounds every attempt as a whole.
     """
     if not isinstance(adapter, SmartRetryAdapter):
         raise TypeError(f"adapter must be a SmartRetryAdapter, got {adapter!r}")

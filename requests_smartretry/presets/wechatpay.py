@@ -71,6 +71,7 @@ __all__ = [
     "WechatPayAdapter",
     "WechatPaySigner",
     "classify_wechatpay_response",
+    "mount_on_wechatpay",
     "name_wechatpay_request",
     "order_is_idempotent",
     "parse_notification",
@@ -83,6 +84,21 @@ _log = logging.getLogger("requests_smartretry")
 SERVICE_KEY = "wechatpay"
 DEFAULT_ENDPOINT = "https://api.mch.weixin.qq.com"
 DEFAULT_BACKUP_ENDPOINT = "https://api2.mch.weixin.qq.com"
+# backup_endpoint's default: WeChat Pay's backup domain only when the primary is its real
+# production domain; with any other endpoint (staging, a mock) no backup unless given.
+_BACKUP_OF_DEFAULT: Any = type("_BackupOfDefault", (), {
+    "__repr__": lambda self: "<the production backup only for the production endpoint>"})()
+
+
+def _backup_for(endpoint: str, backup_endpoint: Any) -> Optional[str]:
+    """The backup endpoint: the one given (``None``: none), or by default WeChat Pay's
+    backup domain when ``endpoint`` is its production domain, otherwise none, so that a
+    call against staging or a mock never fails over to production."""
+    if backup_endpoint is _BACKUP_OF_DEFAULT:
+        return DEFAULT_BACKUP_ENDPOINT if endpoint == DEFAULT_ENDPOINT else None
+    if backup_endpoint is None:
+        return None
+    return check_endpoint("backup_endpoint", backup_endpoint)
 JSAPI_PATH = "/v3/pay/transactions/jsapi"
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 
@@ -418,7 +434,7 @@ def payment_adapter(
     private_key: Union[str, bytes, Any, None] = None,
     *,
     endpoint: str = DEFAULT_ENDPOINT,
-    backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
     platform_public_key: Optional[PemInput] = None,
     platform_public_key_id: Optional[str] = None,
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
@@ -444,6 +460,8 @@ def payment_adapter(
     An order POST is resent after it may have reached the server only when its body
     carries ``out_trade_no``.  After a connection failure or attempt timeout on
     ``endpoint``, the call's next attempts go to ``backup_endpoint`` (``None`` opts out).
+    By default that is WeChat Pay's backup domain only when ``endpoint`` is its production
+    domain: with another ``endpoint`` (staging, a mock) there is no backup unless given.
 
     Verification: ``platform_public_key`` (PEM) with ``platform_public_key_id``
     (``PUB_KEY_ID_…``; also sent as ``Wechatpay-Serial``), or ``platform_certificates``
@@ -455,8 +473,7 @@ def payment_adapter(
     Without platform keys a one-time WARNING says responses are not verified.
     """
     endpoint = check_endpoint("endpoint", endpoint)
-    if backup_endpoint is not None:
-        backup_endpoint = check_endpoint("backup_endpoint", backup_endpoint)
+    backup_endpoint = _backup_for(endpoint, backup_endpoint)
     signer = None
     if mchid is not None or serial_no is not None or private_key is not None:
         signer = WechatPaySigner(mchid, serial_no, private_key,  # type: ignore[arg-type]
@@ -475,7 +492,7 @@ def payment_session(
     private_key: Union[str, bytes, Any],
     *,
     endpoint: str = DEFAULT_ENDPOINT,
-    backup_endpoint: Optional[str] = DEFAULT_BACKUP_ENDPOINT,
+    backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
     platform_public_key: Optional[PemInput] = None,
     platform_public_key_id: Optional[str] = None,
     platform_certificates: Optional[Mapping[str, PemInput]] = None,
@@ -499,6 +516,8 @@ def payment_session(
     See :func:`payment_adapter` for the retry and verification rules.
     """
     check_credential("mchid", mchid)
+    endpoint = check_endpoint("endpoint", endpoint)
+    backup_endpoint = _backup_for(endpoint, backup_endpoint)
     adapter = payment_adapter(mchid, serial_no, private_key, endpoint=endpoint,
                               backup_endpoint=backup_endpoint,
                               platform_public_key=platform_public_key,
@@ -556,3 +575,117 @@ def parse_notification(
             "WeChat Pay notification rejected (decryption check): the decrypted resource "
             "is not a JSON object", check="decryption")
     return result
+
+
+# -- the wechatpayv3 SDK path ---------------------------------------------------------------
+
+_SDK_SESSION_SLOT = "_smartretry_session"
+_SDK_CORE_CLASSES: dict[type, type] = {}
+
+
+def mount_on_wechatpay(
+    pay: Any,
+    *,
+    endpoint: str = DEFAULT_ENDPOINT,
+    backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
+    platform_public_key: Optional[PemInput] = None,
+    platform_public_key_id: Optional[str] = None,
+    platform_certificates: Optional[Mapping[str, PemInput]] = None,
+    **options: Unpack[SessionOptions],
+) -> Any:
+    """Give one ``wechatpayv3.WeChatPay`` object the payment preset's whole policy; returns
+    ``pay``.
+
+    Example::
+
+        from wechatpayv3 import WeChatPay, WeChatPayType
+
+        pay = mount_on_wechatpay(WeChatPay(
+            wechatpay_type=WeChatPayType.JSAPI, mchid=MCHID, private_key=KEY_PEM,
+            cert_serial_no=SERIAL, appid=APPID, apiv3_key=APIV3_KEY,
+            public_key=PUB_KEY_PEM, public_key_id="PUB_KEY_ID_0114..."))
+        code, message = pay.pay(description="...", out_trade_no="ORDER-1", amount={...},
+                                payer={"openid": "..."})
+
+    Every call of that object (``pay``, ``query``, ``close``, refunds…) then goes through a
+    :func:`payment_session` built from the SDK object's own merchant id, serial number,
+    private key and platform keys (public key, or the platform certificates it holds; or
+    the ``platform_*`` given here): the vendor's code table, a fresh signature per
+    attempt, failover to ``backup_endpoint`` (by default WeChat Pay's backup domain, only
+    with the production ``endpoint``), verification of every 2xx, and the policy's 30 s
+    attempt deadline (the SDK's ``timeout`` is not used).  The SDK's return values are
+    unchanged (``(status_code, text)``); a 2xx failing verification raises
+    :class:`~requests_smartretry.ResponseSignatureError`.  Only this object changes: its
+    ``_core`` becomes a subclass of the SDK's ``Core`` (nothing is patched process-wide).
+    Uploads with ``files=`` (media upload) keep the SDK's own sending.  ``options``:
+    policy fields and adapter keywords, as for :func:`payment_session`.
+    """
+    core = getattr(pay, "_core", None)
+    needed = ("request", "_mchid", "_cert_serial_no", "_private_key")
+    if core is None or not all(hasattr(core, name) for name in needed):
+        raise TypeError(f"pay must be a wechatpayv3.WeChatPay object, got {type(pay).__name__}")
+    if platform_public_key is None and platform_certificates is None:
+        platform_public_key, platform_public_key_id, platform_certificates = \
+            _sdk_platform_keys(core)
+    session = payment_session(
+        core._mchid, core._cert_serial_no, core._private_key, endpoint=endpoint,
+        backup_endpoint=backup_endpoint, platform_public_key=platform_public_key,
+        platform_public_key_id=platform_public_key_id,
+        platform_certificates=platform_certificates, **options)
+    core.__dict__[_SDK_SESSION_SLOT] = session
+    core.__class__ = _sdk_core_class(type(core))
+    return pay
+
+
+def _sdk_platform_keys(core: Any) -> tuple[Any, Optional[str], Optional[dict[str, Any]]]:
+    """(public key PEM, its id, certificates by serial) as the SDK object holds them."""
+    from cryptography.hazmat.primitives import serialization
+
+    public_key = getattr(core, "_public_key", None)
+    if public_key is not None:
+        pem = public_key.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        return pem, getattr(core, "_public_key_id", None), None
+    certificates = {
+        format(certificate.serial_number, "X"):
+            certificate.public_bytes(serialization.Encoding.PEM)
+        for certificate in getattr(core, "_certificates", None) or ()}
+    return None, None, (certificates or None)
+
+
+def _sdk_core_class(cls: type) -> type:
+    if cls.__dict__.get("_smartretry_mounted"):
+        return cls
+    mounted = _SDK_CORE_CLASSES.get(cls)
+    if mounted is None:
+        mounted = _SDK_CORE_CLASSES[cls] = type(cls.__name__, (cls,), {
+            "request": _sdk_request, "_smartretry_mounted": True,
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__})
+    return mounted
+
+
+def _sdk_request(self: Any, path: str, method: Any = None, data: Any = None,
+                 skip_verify: bool = False, sign_data: Any = None, files: Any = None,
+                 cipher_data: bool = False, headers: Optional[dict[str, str]] = None) -> Any:
+    """``Core.request`` through the payment session: the same arguments and return value
+    (``(status_code, text or bytes)``), with the preset's retries, signing, failover and
+    verification."""
+    if files is not None or sign_data is not None:  # multipart uploads: the SDK's way
+        return super(type(self), self).request(path, method, data, skip_verify, sign_data,
+                                               files, cipher_data, headers)
+    session: BaseURLSession = self.__dict__[_SDK_SESSION_SLOT]
+    verb = str(getattr(method, "value", method or "GET")).upper()
+    sent = dict(headers or {})
+    sent.setdefault("Accept", "application/json")
+    if data is not None:
+        sent.setdefault("Content-Type", "application/json")
+    if cipher_data and "Wechatpay-Serial" not in sent and not getattr(self, "_public_key_id",
+                                                                         None):
+        sent["Wechatpay-Serial"] = format(self._last_certificate().serial_number, "X")
+    response = session.request(verb, path, json=data if verb in ("POST", "PATCH", "PUT")
+                               else None, headers=sent,
+                               proxies=getattr(self, "_proxy", None))
+    content_type = response.headers.get("Content-Type", "")
+    return response.status_code, (response.text if "application/json" in content_type
+                                  else response.content)

@@ -1,0 +1,210 @@
+"""requests' own test suite with SmartRetryAdapter as HTTPAdapter (see requests_suite.sh).
+
+Two roles:
+
+* a pytest plugin (``-p requests_suite``), loaded before requests' tests are imported:
+  ``SMARTRETRY_SUITE_MODE`` = ``plain`` (requests as it is), ``zero``
+  (``SmartRetryAdapter(max_retries=0)`` for every ``HTTPAdapter``: the transport alone) or
+  ``defaults`` (``SmartRetryAdapter()`` with the default policy).  Every run has a socket
+  guard that refuses (and records) any lookup or connection to a non-loopback host; the
+  tests that contact other hosts are deselected by exact id (``OFF_LOOPBACK``).  Each
+  test's outcome goes to the JSON file ``SMARTRETRY_SUITE_OUT``.
+* ``python requests_suite.py compare PLAIN ZERO DEFAULTS README``: prints the counts and
+  every difference; fails unless ``zero`` shows none and every ``defaults`` difference is
+  one of ``DOCUMENTED`` and named in README.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+# Tests that contact hosts other than loopback (found by the guard; exact ids).
+OFF_LOOPBACK = (
+    # a lookup of a non-existent public name, expecting ConnectionError
+    "tests/test_requests.py::TestRequests::test_errors[http://doesnotexist.google.com-ConnectionError]",
+    # a lookup of an unresolvable proxy name
+    "tests/test_requests.py::TestRequests::test_proxy_error",
+    # connects to 10.255.255.1 (a routable address that never answers)
+    "tests/test_requests.py::TestTimeout::test_connect_timeout[timeout0]",
+    "tests/test_requests.py::TestTimeout::test_connect_timeout[timeout1]",
+    "tests/test_requests.py::TestTimeout::test_total_timeout_connect[timeout0]",
+    "tests/test_requests.py::TestTimeout::test_total_timeout_connect[timeout1]",
+)
+
+# The differences README documents ("requests' own test suite" section) for the default
+# policy: test id -> why (the README names each test).
+DOCUMENTED = {
+    "tests/test_lowlevel.py::test_chunked_encoding_error":
+        "a body cut short is retried (max_retries=1, GET is idempotent): the test's "
+        "one-shot server does not answer the retry, so the call ends on another error",
+}
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+_violations: dict[str, list[str]] = {}
+_current = ["<collection>"]
+
+
+def _is_loopback(host: Any) -> bool:
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if host is None:
+        return True  # getaddrinfo(None, port): the local wildcard
+    host = str(host).strip("[]").split("%", 1)[0].lower()
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _refuse(what: str, host: Any) -> None:
+    _violations.setdefault(_current[0], []).append(f"{what} {host!r}")
+
+
+def _install_guard() -> None:
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect = socket.socket.connect
+    real_connect_ex = socket.socket.connect_ex
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _is_loopback(host):
+            _refuse("lookup", host)
+            raise socket.gaierror(socket.EAI_NONAME, "refused by the loopback guard")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def _check(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+            _refuse("connect", address[0])
+            raise ConnectionRefusedError(111, "refused by the loopback guard")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        _check(self, address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        _check(self, address)
+        return real_connect_ex(self, address)
+
+    def by_name(real: Any) -> Any:
+        def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not _is_loopback(host):
+                _refuse("lookup", host)
+                raise socket.gaierror(socket.EAI_NONAME, "refused by the loopback guard")
+            return real(host, *args, **kwargs)
+        return lookup
+
+    socket.gethostbyname = by_name(socket.gethostbyname)  # type: ignore[assignment]
+    socket.gethostbyname_ex = by_name(socket.gethostbyname_ex)  # type: ignore[assignment]
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+
+def _install_adapter() -> None:
+    import requests.adapters
+    import requests.sessions
+
+    requests.adapters.HTTPAdapter = HTTPAdapter  # type: ignore[misc]
+    requests.sessions.HTTPAdapter = HTTPAdapter  # type: ignore[misc]
+    requests.HTTPAdapter = HTTPAdapter  # type: ignore[attr-defined]
+
+
+_MODE = os.environ.get("SMARTRETRY_SUITE_MODE", "plain")
+if "pytest" in sys.modules and _MODE != "plain":
+    from requests_smartretry import SmartRetryAdapter
+
+    class HTTPAdapter(SmartRetryAdapter):
+        """SmartRetryAdapter standing in for requests' HTTPAdapter (a module-level class,
+        so that sessions pickle).  Zero mode: ``max_retries=0`` unless the test passes its
+        own; defaults mode: the default policy."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if _MODE == "zero" and len(args) < 3:
+                kwargs.setdefault("max_retries", 0)
+            super().__init__(*args, **kwargs)
+
+if "pytest" in sys.modules:  # loaded as the plugin
+    _install_guard()
+    if _MODE != "plain":
+        _install_adapter()
+
+_outcomes: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:
+    keep, drop = [], []
+    for item in items:
+        (drop if item.nodeid in OFF_LOOPBACK else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    _current[0] = nodeid
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _outcomes[report.nodeid] = "skipped" if report.skipped else report.outcome
+        if hasattr(report, "wasxfail"):
+            _outcomes[report.nodeid] = "xfailed" if report.skipped else "xpassed"
+    elif report.when == "teardown" and report.failed:
+        _outcomes[report.nodeid] = "error"
+
+
+def pytest_sessionfinish(session: Any, exitstatus: Any) -> None:
+    out = os.environ.get("SMARTRETRY_SUITE_OUT")
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump({"mode": _MODE, "outcomes": _outcomes, "violations": _violations},
+                      handle, indent=1, sort_keys=True)
+
+
+def _counts(outcomes: dict[str, str]) -> str:
+    kinds: dict[str, int] = {}
+    for outcome in outcomes.values():
+        kinds[outcome] = kinds.get(outcome, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+
+
+def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: str) -> int:
+    """Print the three runs' counts and differences; 0 when they are as documented."""
+    runs = {}
+    for name, path in (("plain", plain_path), ("zero", zero_path), ("defaults", defaults_path)):
+        with open(path, encoding="utf-8") as handle:
+            runs[name] = json.load(handle)
+    with open(readme_path, encoding="utf-8") as handle:
+        readme = handle.read()
+    ok = True
+    plain = runs["plain"]["outcomes"]
+    for name, run in runs.items():
+        print(f"{name:9} {len(run['outcomes'])} tests: {_counts(run['outcomes'])}")
+        for test, hits in sorted(run["violations"].items()):
+            ok = False
+            print(f"  NON-LOOPBACK in {test}: {', '.join(hits)}")
+    for name in ("zero", "defaults"):
+        outcomes = runs[name]["outcomes"]
+        differences = sorted(t for t in set(plain) | set(outcomes)
+                             if plain.get(t) != outcomes.get(t))
+        print(f"{name}: {len(differences)} difference(s) from plain")
+        for test in differences:
+            why = DOCUMENTED.get(test) if name == "defaults" else None
+            documented = why is not None and test.rsplit("::", 1)[-1] in readme
+            print(f"  {test}: plain {plain.get(test)}, {name} {outcomes.get(test)}"
+                  + (f" (documented: {why})" if documented else "  <- NOT DOCUMENTED"))
+            ok = ok and documented
+    print("requests suite: " + ("as documented" if ok else "UNDOCUMENTED DIFFERENCES"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 6 or sys.argv[1] != "compare":
+        sys.exit("usage: requests_suite.py compare PLAIN.json ZERO.json DEFAULTS.json README.md")
+    sys.exit(compare(*sys.argv[2:]))
