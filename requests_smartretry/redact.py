@@ -49,7 +49,7 @@ _SECRET_HEADER_WORDS = re.compile(
 )
 # Names whose values are credentials: access_token, api_key, secret, sign, signature…
 _SECRET_NAME = re.compile(
-    r"token|key|secret|sig|password|passwd|credential|auth", re.IGNORECASE
+    r"token|key|secret|sig|password|passwd|credential|auth|sessid", re.IGNORECASE
 )
 # The (?<!...) anchors make each pattern start only at the beginning of a run of name
 # characters, which keeps the scan linear (no retry from every position inside the run).
@@ -131,14 +131,34 @@ def path_template(path: str) -> str:
 
 
 # name=value pairs of a query or of path parameters, separated by "&" or ";" (both are
-# separators in the wild: "?a=1;access_token=…", "/x;jsessionid=…").  Anchored at the
-# start of a pair, so the scan is linear.
-_URL_PARAM = re.compile(r"(?:^|(?<=[&;]))(?P<name>[^&;=]*)=[^&;]*")
+# separators in the wild: "?a=1;access_token=…", "/x;jsessionid=…"), or by a second "?"
+# (a nested query: "?next=/cb?access_token=…").  Anchored at the start of a pair, so the
+# scan is linear.
+_URL_PARAM = re.compile(r"(?:^|(?<=[&;?]))(?P<name>[^&;=?]*)=(?P<value>[^&;?]*)")
+
+
+def _hides_secret(value: str) -> bool:
+    """Whether a parameter's value carries a secret parameter of its own, percent-encoded
+    or not (``1%3Baccess_token%3D…``, a redirect URI ``https%3A%2F%2F…%3Ftoken%3D…``):
+    the whole value is then redacted (a few levels of encoding are looked through)."""
+    for _ in range(3):
+        if "=" in value and any(is_secret_name(unquote_plus(m.group("name")))
+                                for m in _URL_PARAM.finditer(value)):
+            return True
+        if "%" not in value and "+" not in value:
+            return False
+        decoded = unquote_plus(value)
+        if decoded == value:
+            return False
+        value = decoded
+    return False
 
 
 def _url_param(match: re.Match[str]) -> str:
     name = match.group("name")
-    return f"{name}={REDACTED}" if is_secret_name(unquote_plus(name)) else match.group(0)
+    if is_secret_name(unquote_plus(name)) or _hides_secret(match.group("value")):
+        return f"{name}={REDACTED}"
+    return match.group(0)
 
 
 def _redact_params(text: str) -> str:
@@ -202,7 +222,7 @@ def _header_values(text: str) -> str:
 
 
 def _pair(match: re.Match[str]) -> str:
-    if not is_secret_name(match.group("name")):
+    if not is_secret_name(match.group("name")) and not _hides_secret(match.group("value")):
         return match.group(0)
     return f"{match.group('name')}={REDACTED}"
 

@@ -320,3 +320,27 @@ def test_a_preset_endpoint_error_does_not_echo_a_secret() -> None:
     with pytest.raises(ValueError, match="endpoint") as info:
         video_session(api_key="k", endpoint="https://127.0.0.1:1/api?api_key=ECHOSECRET14")
     assert "ECHOSECRET14" not in str(info.value)
+
+
+@pytest.mark.parametrize("query", [
+    "a=1%3Baccess_token%3DENCSECRET15",  # requests' encoding of {"a": "1;access_token=…"}
+    "a=1%3baccess_token=ENCSECRET15",
+    "next=https%3A%2F%2Fh%2Fcb%3Faccess_token%3DENCSECRET15",  # a redirect URI's token
+    "next=/cb?access_token=ENCSECRET15",  # a nested, unencoded query
+    "PHPSESSID=ENCSECRET15",
+])
+def test_a_secret_inside_another_parameter_is_redacted(
+    server: FaultServer, capture: _Capture, query: str
+) -> None:
+    """A credential hidden in another parameter's value (percent-encoded ``;``/``&``, a
+    redirect URI, a second ``?``) or a PHP session id never reaches ``AttemptEvent.url``,
+    the log or the ``HTTPError`` handed to ``on_retry``."""
+    events: list[AttemptEvent] = []
+    retried: list[BaseException] = []
+    session = smart_session(max_retries=1, backoff_base=0.0, backoff_max=0.01,
+                            hooks=[events.append],
+                            on_retry=lambda attempt, error: retried.append(error))
+    assert session.get(server.url(f"/status/503?{query}")).status_code == 503
+    assert events and not [e.url for e in events if "ENCSECRET15" in e.url]
+    assert retried and "ENCSECRET15" not in _chain_text(retried[0])
+    assert capture.lines and not [line for line in capture.lines if "ENCSECRET15" in line]
