@@ -320,7 +320,7 @@ def test_a_connection_handed_out_after_the_deadline_carries_nothing(
     whether or not the watchdog thread has run yet: a ConnectTimeout classified as the
     deadline, the server never sees the POST, and the pool keeps working."""
     if watchdog == "late":  # the watchdog thread never gets to mark the watch as fired
-        monkeypatch.setattr(deadline.Watch, "_fire", lambda watch: None)
+        monkeypatch.setattr(deadline.Watch, "_fire", lambda watch, conn: None)
     session = smart_session(max_retries=0, timeout=10.0, budget=None)
     if connection == "kept alive":
         assert session.get(server.url("/ok")).status_code == 200

@@ -128,7 +128,7 @@ def test_a_read_timeout_at_the_deadline_is_the_deadline_when_the_watchdog_is_lat
     import requests_smartretry.httpx as smart_httpx
 
     class LateWatch(smart_httpx.Watch):
-        def _fire(self) -> None:
+        def _fire(self, conn: object) -> None:
             pass
 
     monkeypatch.setattr(smart_httpx, "Watch", LateWatch)
