@@ -78,7 +78,6 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     _BodyReplay,
     _mark_body_failures,
     _PolicyFacts,
-    _resolve_timeouts,
     _Timeouts,
     is_idempotent,
     operation_name,
@@ -588,10 +587,11 @@ class SmartRetryAdapter(HTTPAdapter):
         asked = request  # as the caller sent it: a key minted here is this call's only
         if policy.idempotency_header is not None:  # one key for every attempt of the call
             request = with_idempotency_key(request, policy.idempotency_header)
+        socket_timeout: Optional[Urllib3Timeout]
         if timeout is None:
             timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
         else:
-            timeouts, socket_timeout = _resolve_timeouts(timeout, policy), None
+            timeouts, socket_timeout = facts.resolve(timeout)
         retry = self.retry
         if retry is not None:
             # As HTTPAdapter: the caller's timeout goes to urllib3 as it is, where the Retry

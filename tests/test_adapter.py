@@ -545,6 +545,41 @@ def test_bad_per_request_timeout_is_refused(server: FaultServer, bad: Any) -> No
     assert server.hits() == 0
 
 
+@pytest.mark.parametrize(("good", "bad"), [(1, True), ((1, 5), (True, 5)),
+                                           ((5, 1), (5, True))])
+def test_a_bad_timeout_equal_to_a_good_one_is_still_refused(
+    server: FaultServer, good: Any, bad: Any
+) -> None:
+    """Resolved timeouts are kept per value, yet a value that merely compares equal to
+    one already used (True == 1) is checked afresh, and refused."""
+    session = smart_session()
+    for _ in range(2):
+        assert session.get(server.url("/ok"), timeout=good).status_code == 200
+    with pytest.raises(ValueError, match="timeout"):
+        session.get(server.url("/ok"), timeout=bad)
+    assert server.hits() == 2
+
+
+def test_a_per_request_timeout_is_resolved_once_per_value(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get(url, timeout=5), the way most callers call requests, checks and converts the
+    timeout once, not on every request; each attempt is still bounded by it."""
+    from requests_smartretry import sending
+
+    resolved: list[Any] = []
+    real = sending._resolve_timeouts
+    monkeypatch.setattr(sending, "_resolve_timeouts",
+                        lambda timeout, policy: resolved.append(timeout) or real(timeout, policy))
+    session = smart_session(max_retries=0)
+    for _ in range(5):
+        assert session.get(server.url("/ok"), timeout=5).status_code == 200
+        assert session.get(server.url("/ok"), timeout=(2, 5.0)).status_code == 200
+    assert resolved == [None, 5, (2, 5.0)]  # the policy's own, then each value once
+    with pytest.raises(requests.exceptions.Timeout):
+        session.get(server.url("/hang?seconds=5"), timeout=0.3)
+
+
 # -- Retry-After ------------------------------------------------------------------------
 
 
