@@ -604,7 +604,7 @@ class SmartRetryAdapter(HTTPAdapter):
             call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
                            socket_timeout, None if retry is None else [stepping(retry)],
-                           overridden, asked)
+                           overridden, asked, call.url)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=attempt.closed, quiet=quiet)
@@ -702,10 +702,12 @@ class SmartRetryAdapter(HTTPAdapter):
         proxies: Optional[dict[str, str]],
         socket_timeout: Optional[Urllib3Timeout] = None,
         policy: Optional[RetryPolicy] = None,
+        url: Optional[str] = None,
     ) -> Outcome[requests.Response]:
         """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
         ``timeouts``' connect and read parts (used unless the deadline shortens them);
-        ``policy``, the call's when a ``retry_options`` block derived it."""
+        ``policy``, the call's when a ``retry_options`` block derived it; ``url``,
+        ``request``'s URL already redacted (for an error's text), if known."""
         connect_s, read_s, total_s = timeouts
         try:
             total_s = attempt_seconds(total_s)
@@ -749,7 +751,7 @@ class SmartRetryAdapter(HTTPAdapter):
                         sent.close()
                         discarded: Any = sent  # requests' private reading state
                         discarded._content, discarded._content_consumed = b"", True
-                        return self._response_outcome(sent, request, policy)
+                        return self._response_outcome(sent, request, policy, url)
                     # Kept for send(): as with HTTPAdapter, the session runs the response
                     # hooks and stores cookies before reading the body raises this.
                     exc.response = sent
@@ -776,18 +778,21 @@ class SmartRetryAdapter(HTTPAdapter):
         if deadline is not None and deadline.fired:
             response.close()
             return self._deadline_outcome(total_s, request, response=response)
-        return self._response_outcome(response, request, policy)
+        return self._response_outcome(response, request, policy, url)
 
     def _response_outcome(self, response: requests.Response, request: requests.PreparedRequest,
-                          policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
-        """The outcome of an attempt that got ``response``: the verdict on it."""
+                          policy: Optional[RetryPolicy],
+                          url: Optional[str] = None) -> Outcome[requests.Response]:
+        """The outcome of an attempt that got ``response``: the verdict on it (``url``:
+        ``request``'s URL redacted already, if known)."""
         verdict = (self.classify_response(response) if policy is None
                    else self._classify_for(policy, response))
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=response.status_code)
-        signal = requests.HTTPError(
-            f"{response.status_code} {verdict.reason} for {redact_url(request.url or '')}",
-            request=request, response=response)
+        if url is None:
+            url = redact_url(request.url or "")
+        signal = requests.HTTPError(f"{response.status_code} {verdict.reason} for {url}",
+                                    request=request, response=response)
         return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
 
     def _undecodable_status(
@@ -845,14 +850,16 @@ class _Sending:
 
     __slots__ = ("adapter", "asked", "cert", "closes", "idempotent", "policy", "previous",
                  "proxies", "replay", "request", "socket_timeout", "states", "stream",
-                 "timeouts", "verdicts", "verify")
+                 "timeouts", "url", "verdicts", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
-                 asked: requests.PreparedRequest) -> None:
+                 asked: requests.PreparedRequest, url: Optional[str]) -> None:
         self.adapter = adapter
+        #: ``request``'s URL redacted (the call's), for the text of an attempt's error.
+        self.url = url
         self.closes = adapter._closes  # a close() after this stops the call's retries
         #: The request as the caller sent it, before a minted idempotency key: what an
         #: enclosing call that repeats the caller's code would send again.
@@ -920,9 +927,11 @@ class _Sending:
                 # HTTPAdapter.send reads max_retries: no retries inside the attempt.
                 state = _RETRY_STATE.set((adapter, _NO_RETRIES))
                 try:
-                    outcome = adapter._attempt(to_send, self.stream, self.timeouts,
-                                               self.verify, self.cert, self.proxies,
-                                               self.socket_timeout, self.policy)
+                    outcome = adapter._attempt(
+                        to_send, self.stream, self.timeouts, self.verify, self.cert,
+                        self.proxies, self.socket_timeout, self.policy,
+                        # A prepare_attempt hook may send elsewhere (a backup host).
+                        self.url if to_send.url == request.url else None)
                 finally:
                     _RETRY_STATE.reset(state)
             else:

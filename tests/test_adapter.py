@@ -1059,3 +1059,39 @@ def test_positional_pool_arguments_and_max_retries_as_httpadapter() -> None:
         adapter.max_retries = Retry(5)  # type: ignore[misc]
     clone = pickle.loads(pickle.dumps(SmartRetryAdapter(max_retries=3)))
     assert clone.max_retries.total == 3 and clone.policy.max_retries == 3
+
+
+def test_a_retried_call_redacts_its_url_once(
+    server: FaultServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error text of a failed attempt (503 ... for <url>) reuses the call's redacted
+    URL instead of redacting it again; an attempt a prepare_attempt hook sends elsewhere
+    names that URL, redacted."""
+    redacted: list[str] = []
+    real = adapter_module.redact_url
+    monkeypatch.setattr(adapter_module, "redact_url",
+                        lambda url: redacted.append(url) or real(url))
+    session = session_with(sleeps)
+    url = server.url("/seq/same?steps=503,ok,503,ok&api_key=s3cret")
+    for _ in range(2):
+        response = session.get(url)
+        assert response.status_code == 200
+        failure = response.retry_history[1]  # type: ignore[attr-defined]
+        assert "s3cret" not in str(failure.error) and "api_key=" in str(failure.error)
+    assert redacted == [url]  # naming the first call; every error text reused it
+
+    backup = server.url("/seq/backup?steps=503,503&token=hidden")
+
+    class FailingOver(SmartRetryAdapter):
+        def prepare_attempt(self, request: requests.PreparedRequest,
+                            attempt: int) -> requests.PreparedRequest:
+            copy = request.copy()
+            copy.url = backup
+            return copy
+
+    other = requests.Session()
+    other.mount("http://", FailingOver(max_retries=1, sleep=sleeps))
+    response = other.get(server.url("/ok?token=primary"))
+    assert response.status_code == 503
+    error = str(response.retry_history[1].error)  # type: ignore[attr-defined]
+    assert "/seq/backup" in error and "hidden" not in error
