@@ -423,7 +423,7 @@ class SmartRetryTransport(httpx.BaseTransport):
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
         # Call names by (method, URL): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
-        self._names: Optional[dict[tuple[str, httpx.URL], CallInfo]] = (
+        self._names: Optional[dict[tuple[str, str], CallInfo]] = (
             {} if self.policy.name_request is None else None)
         # Per policy derived by retry_options: id -> (policy, hooks, quiet plan).
         self._derived: dict[int, tuple[RetryPolicy, tuple[Hook, ...], Any]] = {}
@@ -459,7 +459,9 @@ class SmartRetryTransport(httpx.BaseTransport):
     def _call_info(self, request: httpx.Request,
                    policy: Optional[RetryPolicy] = None) -> CallInfo:
         names = self._names if policy is None else None  # derived policies: not cached
-        key = (request.method, request.url)
+        # Keyed by the URL's text, built once: an httpx.URL hashes by building its text,
+        # and compares equal by building both texts and parsing the other URL again.
+        key = (request.method, str(request.url))
         if names is not None:
             info = names.get(key)
             if info is not None:
@@ -536,7 +538,8 @@ class SmartRetryTransport(httpx.BaseTransport):
                         "deadline); this request is not idempotent and was not sent",
                         request=request)
                     return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
-            outcome = self._attempt(to_send, read_body, policy)
+            outcome = self._attempt(to_send, read_body, policy,
+                                    call.url if to_send is request else None)
             if counted is not None and outcome.classification.safe_to_repeat:
                 counted.not_executed()  # nothing sent, or the server said it did not act
             if outcome.classification.verdict is _SUCCESS_VERDICT:
@@ -578,9 +581,10 @@ class SmartRetryTransport(httpx.BaseTransport):
         if reason is not None:
             response.stream = _FinalOnFailure(response.stream, reason)
 
-    def _attempt(self, request: httpx.Request, read_body: bool,
-                 policy: RetryPolicy) -> Outcome[httpx.Response]:
-        """One attempt, inside its wall-clock deadline, under the call's ``policy``."""
+    def _attempt(self, request: httpx.Request, read_body: bool, policy: RetryPolicy,
+                 url: Optional[str] = None) -> Outcome[httpx.Response]:
+        """One attempt, inside its wall-clock deadline, under the call's ``policy``
+        (``url``: ``request``'s URL redacted already, if known)."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
@@ -616,9 +620,10 @@ class SmartRetryTransport(httpx.BaseTransport):
         status = response.status_code
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=status)
-        signal = httpx.HTTPStatusError(
-            f"{status} {verdict.reason} for {redact_url(str(request.url))}",
-            request=request, response=response)
+        if url is None:
+            url = redact_url(str(request.url))
+        signal = httpx.HTTPStatusError(f"{status} {verdict.reason} for {url}",
+                                       request=request, response=response)
         return Outcome(verdict, value=response, signal=signal, status_code=status)
 
 
