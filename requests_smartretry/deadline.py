@@ -239,6 +239,16 @@ class _Slot:
         self.box: dict[Watch, Any] = {}
 
 
+class _ThreadSlots(threading.local):
+    """Each thread's :class:`_Slot` for one watchdog, made (and registered with it) at
+    the thread's first access: ``slots.slot`` never fails, and costs an attribute read."""
+
+    slot: _Slot
+
+    def __init__(self, dog: _Watchdog) -> None:
+        self.slot = dog._register(_Slot())
+
+
 class Watch:
     """One attempt's deadline: armed by creating it, ended by :meth:`finish`.
 
@@ -262,7 +272,7 @@ class Watch:
     def __init__(self, seconds: float, *, dog: Optional[_Watchdog] = None) -> None:
         if dog is None:
             dog = _watchdog
-        slot = dog.slot()
+        slot = dog.slots.slot
         self._dog = dog
         self._slot = slot
         self._box = box = slot.box
@@ -307,9 +317,11 @@ class Watch:
         if self.conn is not conn or conn is None:
             return False
         self.conn = None
-        self._take()
+        box = self._box
+        if box.pop(self, _MISSING) is _MISSING:
+            self._wait_for_cut()
         if not self._done:
-            self._box[self] = _NO_CONN  # still armed, without a connection
+            box[self] = _NO_CONN  # still armed, without a connection
         return True
 
     def finish(self) -> None:
@@ -318,7 +330,8 @@ class Watch:
         if self._done:
             return
         self._done = True
-        self._take()
+        if self._box.pop(self, _MISSING) is _MISSING:
+            self._wait_for_cut()
         self.conn = None
         slot = self._slot
         if slot.watch is self:
@@ -330,12 +343,11 @@ class Watch:
             if inner is not None:
                 inner.outer = self.outer
 
-    def _take(self) -> None:
-        # Take this watch's entry out of the box.  Missing: the watchdog holds it, cutting
-        # the connection right now (under its lock); wait for it to put it back.
-        if self._box.pop(self, _MISSING) is _MISSING:
-            with self._dog._lock:
-                self._box.pop(self, None)
+    def _wait_for_cut(self) -> None:
+        # This watch's entry was missing from the box: the watchdog holds it, cutting the
+        # connection right now (under its lock).  Wait for it to put it back; take it.
+        with self._dog._lock:
+            self._box.pop(self, None)
 
     def _fire(self, conn: Any) -> None:
         # The watchdog, under its lock, holding this watch's box entry, at the deadline
@@ -375,7 +387,6 @@ class _Watchdog:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._local = threading.local()
         # weakref(slot) -> None: a thread's slot goes away with the thread.
         self._slots: dict[weakref.ref[_Slot], None] = {}
         #: When the thread will look next (read without the lock by arming threads).
@@ -384,15 +395,12 @@ class _Watchdog:
         self.unlocked_from = 0.0 if _GIL else _FREE_THREADED_LOOK
         self._longest_sleep = _MAX_WAIT if _GIL else _FREE_THREADED_LOOK
         self._thread: Optional[threading.Thread] = None
+        #: Each thread's slot (``slots.slot``).
+        self.slots = _ThreadSlots(self)
 
-    def slot(self) -> _Slot:
-        """This thread's deadline slot (registered at its first watch)."""
-        try:
-            return self._local.slot  # type: ignore[no-any-return]
-        except AttributeError:
-            slot = self._local.slot = _Slot()
-            self._slots[weakref.ref(slot, self._forget)] = None
-            return slot
+    def _register(self, slot: _Slot) -> _Slot:
+        self._slots[weakref.ref(slot, self._forget)] = None
+        return slot
 
     def _forget(self, ref: weakref.ref[_Slot]) -> None:
         self._slots.pop(ref, None)  # the thread ended
@@ -483,11 +491,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def active_watch() -> Optional[Watch]:
-    """The innermost unfinished :class:`Watch` armed in this thread, or ``None``."""
-    try:
-        return _watchdog._local.slot.watch  # type: ignore[no-any-return]
-    except AttributeError:
-        return None
+    """The innermost unfinished :class:`Watch` armed in this thread, or ``None``.  (The
+    pools read ``_watchdog.slots.slot.watch`` inline: the same, without a call.)"""
+    return _watchdog.slots.slot.watch
 
 
 # -- the pools and connections that let the watchdog cut a socket --------------------------
@@ -514,7 +520,7 @@ class _WatchedPoolMixin:
     """
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
-        current = active_watch()
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
         if current is None:
             return super()._get_conn(timeout)  # type: ignore[misc]
         conn = (self._wait_for_conn(current, timeout)
@@ -541,7 +547,7 @@ class _WatchedPoolMixin:
         # Inside an attempt, the connection comes back from the attempt's own thread (the
         # body read, or an error); a streamed body read later finds the watch finished
         # and detached already.
-        current = active_watch()
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
         if current is not None and conn is not None and current.detach(conn) \
                 and current.fired:
             # The watchdog shut this socket down: it must not wait in the pool
@@ -573,11 +579,10 @@ class _PhaseRecordingMixin:
 
     def putrequest(self, method: str, url: str, skip_host: bool = False,
                    skip_accept_encoding: bool = False) -> None:
-        current = active_watch()
-        if current is not None and current.conn is self:
-            left = current.remaining()
-            if left is not None and left <= 0.0:
-                raise _deadline_before_sending(self)
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
+        if current is not None and current.conn is self \
+                and current.deadline_at <= _monotonic():  # (attached: not finished)
+            raise _deadline_before_sending(self)
         super().putrequest(method, url, skip_host, skip_accept_encoding)  # type: ignore[misc]
 
     def connect(self) -> None:
