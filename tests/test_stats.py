@@ -342,3 +342,72 @@ def test_an_old_name_is_still_in_the_row_with_a_deprecation_warning(old: str,
         assert old in op
     with pytest.warns(DeprecationWarning, match=new):
         assert (op[old] if old in op else 0) == op[new]  # noqa: SIM401  # the idiom at stake
+
+
+class _CountingLock:
+    """A lock that counts its acquisitions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+
+    def __enter__(self) -> None:
+        self.acquired += 1
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
+    """The first attempt of a call nobody else reads (its START and SUCCESS) takes no lock;
+    a snapshot counts every such call, and a SUCCESS never before its START."""
+    stats = Stats()
+    lock = _CountingLock()
+    stats._lock = lock  # type: ignore[assignment]
+    for _ in range(100):
+        stats.quiet_start("op")
+        stats.quiet_success("op", 0.01)
+    stats.quiet_start("op")  # one call in flight
+    assert lock.acquired == 0
+    row = stats.snapshot()["op"]
+    assert (row["calls"], row["calls_succeeded"], row["calls_in_flight"]) == (101, 100, 1)
+    assert row["attempts"] == 101 and row["attempt_seconds"]["count"] == 100
+    assert lock.acquired == 1
+
+
+def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
+    """Eight threads count quiet calls while snapshots are taken: every snapshot is a
+    consistent state (no success before its start, one latency per success), and the
+    final counts lose nothing."""
+    stats = Stats()
+    calls = 3000
+    stop = threading.Event()
+    bad: list[dict[str, Any]] = []
+
+    def count() -> None:
+        for _ in range(calls):
+            stats.quiet_start("op")
+            stats.quiet_success("op", 0.002)
+
+    def watch() -> None:
+        while not stop.is_set():
+            row = stats.snapshot().get("op")
+            if row is not None and not (
+                    row["attempts"] == row["calls"] >= row["calls_succeeded"]
+                    == row["call_seconds"]["count"] == row["attempt_seconds"]["count"]):
+                bad.append(row)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    workers = [threading.Thread(target=count) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    stop.set()
+    watcher.join()
+    assert bad == []
+    row = stats.snapshot()["op"]
+    assert row["calls"] == row["calls_succeeded"] == 8 * calls
+    assert row["calls_in_flight"] == 0
