@@ -6,9 +6,11 @@ second never lets a single ``recv`` time out.  Each attempt therefore registers 
 deadline, the watchdog shuts the connection's socket down, the blocked read returns at
 once, and the adapter reports the attempt as timed out.
 
-The watchdog holds no lock while a request runs and is woken only when a new deadline is
-earlier than the moment it already plans to look, so the success path costs a dict insert
-and a dict delete.
+Each thread publishes its attempts' watches in a deadline slot of its own, which the
+watchdog scans when it wakes; it is woken only when a new deadline is earlier than the
+moment it already plans to look.  So an attempt that ends before its deadline takes no
+lock: arming it is a few stores and a dict insert in its thread's slot, finishing it a
+dict delete (see :class:`Watch` and :class:`_Watchdog`, also for free-threaded builds).
 """
 
 from __future__ import annotations
