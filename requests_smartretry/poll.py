@@ -241,6 +241,8 @@ class Waiting:
             interval = self.schedule.after(interval)
             pause = interval if asked is None else max(interval, asked)
             left = ends_at - clock()
+            if left <= MIN_ATTEMPT:  # done() or on_poll ran past the deadline: no pause
+                raise self._over(polls, last, state, clock() - started)
             if pause >= left:
                 pause = left  # the next poll could only start after the deadline
             elif self.log:

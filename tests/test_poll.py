@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import pytest
@@ -349,3 +350,18 @@ def test_a_retry_options_deadline_bounds_the_wait_and_each_poll() -> None:
                    interval_multiplier=1.0, **line.options())
     assert raised.value.deadline == 3.0 and raised.value.polls == 3
     assert seen == [3.0, 2.0, 1.0]
+
+
+def test_deadline_passed_during_on_poll_raises_instead_of_a_negative_pause() -> None:
+    """A slow ``on_poll`` (or ``done``) that runs past the deadline ends the wait with
+    PollDeadlineExceeded, never a ValueError from a negative sleep."""
+    line = Timeline()
+
+    def slow_progress(number: int, value: Any) -> None:
+        line.clock.advance(12.0)  # past the 10 s deadline before the pause is computed
+
+    with pytest.raises(PollDeadlineExceeded) as raised:
+        poll_until(lambda: "running", done=lambda v: v == "done", deadline=10.0,
+                   on_poll=slow_progress, operation_name="job", clock=line.clock,
+                   sleep=time.sleep)
+    assert raised.value.polls == 1 and raised.value.last == "running"
