@@ -244,10 +244,17 @@ class Waiting:
             if left <= MIN_ATTEMPT:  # done() or on_poll ran past the deadline: no pause
                 raise self._over(polls, last, state, clock() - started)
             if pause >= left:
-                pause = left  # the next poll could only start after the deadline
-            elif self.log:
+                yield Pause(left)  # the next poll could only start after the deadline
+                continue
+            resume_at = ends_at - left + pause
+            if self.log:
                 log_wait(logging.INFO, "poll_wait", self.operation, lang=self.lang,
                          polls=polls, elapsed=clock() - started, wait=pause, state=state)
+                # A slow log handler (or one queued behind other threads' records) used
+                # part of the pause: the next poll is due when it was, never later, and
+                # a pause never runs past the deadline.
+                resume_at = min(resume_at, ends_at)
+                pause = max(0.0, resume_at - clock())
             yield Pause(pause)
 
     def _state(self, value: Any) -> Optional[str]:

@@ -365,3 +365,33 @@ def test_deadline_passed_during_on_poll_raises_instead_of_a_negative_pause() -> 
                    on_poll=slow_progress, operation_name="job", clock=line.clock,
                    sleep=time.sleep)
     assert raised.value.polls == 1 and raised.value.last == "running"
+
+
+def test_a_slow_log_handler_neither_delays_the_polls_nor_the_deadline() -> None:
+    """A log handler taking 0.5 s per record (on the injected clock): the pause counts
+    from the poll, not from the end of its progress line, so the polls keep their
+    schedule and the wait ends at the deadline plus its one closing ERROR line."""
+    line = Timeline()
+    started: list[float] = []
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line.clock.advance(0.5)
+
+    def fetch() -> str:
+        started.append(line.clock())
+        return "running"
+
+    logger = logging.getLogger("requests_smartretry")
+    handler, level = SlowHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(PollDeadlineExceeded):
+            poll_until(fetch, done=lambda v: False, deadline=10.0, interval=2.9,
+                       interval_multiplier=1.0, operation_name="job", **line.options())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [round(t - 1000.0, 6) for t in started] == [0.0, 2.9, 5.8, 8.7]
+    assert line.clock() == pytest.approx(1010.5)  # the deadline, then the ERROR line
