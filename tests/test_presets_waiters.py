@@ -336,6 +336,19 @@ def test_visual_rate_limit_while_polling_is_retried(visual: FakeVisual) -> None:
     assert data["status"] == "done" and visual.hits() == 4
 
 
+@pytest.mark.parametrize("code", [50500, 50429])
+def test_visual_busy_code_in_a_200_while_polling_is_retried(visual: FakeVisual,
+                                                             code: int) -> None:
+    """An HTTP 200 carrying 50500 (internal error) or 50429 (QPS limit) is a transient
+    failure of the poll (VENDORS.md): retried, and the wait goes on to done."""
+    session = photo_session(AK, SK, endpoint=visual.endpoint)
+    task_id = visual_task(visual, session)
+    visual.script("CVSync2AsyncGetResult", (200, visual_error(code)))
+    data = volcengine.wait_for_task(session, req_key="k", task_id=task_id, deadline=60.0,
+                                    **Timeline().options())
+    assert data["status"] == "done" and visual.hits() == 4
+
+
 def test_visual_submit_and_wait(visual: FakeVisual) -> None:
     """submit_and_wait submits, reports the id, and returns the done data."""
     session = photo_session(AK, SK, endpoint=visual.endpoint)

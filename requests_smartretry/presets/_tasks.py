@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+import requests
+
 from ..classify import Classification, classify_http_response
 from ..errors import PollDeadlineExceeded, SmartRetryError, TaskFailedError
 from ..events import Verdict
@@ -79,15 +81,21 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     before the vendor's table decides (``raise_for_status``: a retryable one is retried, a
     final one ends the wait).  ``on_poll`` and ``.last`` see tasks, not responses."""
 
+    retry_statuses = frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))
+
     def fetch() -> Any:
         response = send()
         if response.status_code >= 400:
             check(response)
             response.raise_for_status()
+        elif classify_http_response(response, hook, retry_statuses).retryable:
+            # A 2xx whose body says "busy, ask again" (visual 50429 QPS, 50500 internal):
+            # the poll failed transiently, retried as a 5xx is; never a task's answer.
+            raise requests.HTTPError(f"{operation}: HTTP {response.status_code} with a "
+                                     "retryable vendor code", response=response)
         return response
 
-    options.setdefault("classify", vendor_classifier(
-        hook, frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))))
+    options.setdefault("classify", vendor_classifier(hook, retry_statuses))
     # The poll is a smart request, cut at the socket by the deadline it sees: no thread.
     options.setdefault("run_in_thread", False)
     if stats is None:
