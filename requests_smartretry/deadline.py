@@ -115,6 +115,17 @@ class AttemptLedger:
                 node.unsafe -= 1
                 node = node.parent
 
+    def task_created(self) -> None:
+        """Something was created that must never be created twice (a billed task now
+        exists at the vendor): counted as an executed unsafe operation here and in every
+        enclosing attempt, for good, so that no enclosing retrying call repeats the
+        attempt that created it (an attempt already over counts it too: harmless)."""
+        with _LEDGER_LOCK:
+            node: Optional[AttemptLedger] = self
+            while node is not None:
+                node.unsafe += 1
+                node = node.parent
+
     def seal(self) -> int:
         """The attempt is over: nothing unsafe may start in it any more.  Returns how many
         unsafe operations it may have executed (started, and not known not to have)."""

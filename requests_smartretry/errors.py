@@ -53,7 +53,9 @@ class PollDeadlineExceeded(CallTimeoutError):
     A :class:`CallTimeoutError`, hence a builtin ``TimeoutError`` and a ``requests``
     ``Timeout``.  ``last`` is the last value a poll returned (``None`` when none did; the
     task dict for the vendor waiters), ``polls`` how many polls were made, ``deadline`` the
-    wait's deadline in seconds.  Nothing is lost: poll again later with the same task id.
+    wait's deadline in seconds, ``task_id`` the task's id for the vendor waiters (``None``
+    for :func:`~requests_smartretry.poll_until`).  Nothing is lost: poll again later with
+    the same task id.
     """
 
     def __init__(self, message: str, *args: Any, last: Any = None, polls: int = 0,
@@ -62,6 +64,7 @@ class PollDeadlineExceeded(CallTimeoutError):
         self.last = last
         self.polls = polls
         self.deadline = deadline
+        self.task_id: Optional[str] = None
 
 
 class TaskFailedError(SmartRetryError):

@@ -15,6 +15,8 @@ import requests
 from requests_smartretry import (
     PollDeadlineExceeded,
     TaskFailedError,
+    execute_with_retry,
+    execute_with_smart_retry,
     photo_session,
     stats_of,
     video_session,
@@ -405,3 +407,29 @@ def test_readme_waiting_examples_run_as_written(monkeypatch: pytest.MonkeyPatch,
         fleet["pending"]["order-2"] = next(iter(fake_ark.tasks))  # a crashed worker's task
         assert fleet["generate"]("order-2", "…").endswith(".mp4")
         assert len(fake_ark.tasks) == created  # resumed: nothing submitted again
+
+
+# -- submit-and-wait inside an enclosing retrying call ----------------------------------------
+
+
+@pytest.mark.parametrize("runner", [execute_with_retry, execute_with_smart_retry])
+def test_submit_and_wait_inside_a_retrying_call_never_submits_twice(runner: Any) -> None:
+    """A wait that fails after the task was created (its deadline passes) is not repeated
+    by an enclosing execute_with_retry / execute_with_smart_retry: the task is billed, so
+    there is exactly one submission per vendor, and the error names the task to resume."""
+    with FakeArk(KEY, progress=("running",)) as fake_ark, \
+            FakeVisual(AK, SK, progress=("in_queue",)) as fake_visual:
+        video = video_session(KEY, endpoint=fake_ark.endpoint)
+        photo = photo_session(AK, SK, endpoint=fake_visual.endpoint)
+        with pytest.raises(PollDeadlineExceeded) as ark_raised:
+            runner(lambda: ark.create_and_wait(video, {"model": "m", "content": []},
+                                               deadline=0.3, interval=0.05),
+                   max_retries=2, backoff_base=0.01)
+        with pytest.raises(PollDeadlineExceeded) as visual_raised:
+            runner(lambda: volcengine.submit_and_wait(photo, req_key="k", deadline=0.3,
+                                                      interval=0.05, body={"prompt": "猫"}),
+                   max_retries=2, backoff_base=0.01)
+        assert (len(fake_ark.tasks), len(fake_visual.tasks)) == (1, 1)
+    ark_id, visual_id = next(iter(fake_ark.tasks)), next(iter(fake_visual.tasks))
+    assert ark_raised.value.task_id == ark_id and ark_id in str(ark_raised.value)
+    assert visual_raised.value.task_id == visual_id and visual_id in str(visual_raised.value)

@@ -10,13 +10,14 @@ from typing import Any, Callable, Optional
 import requests
 
 from ..classify import Classification, classify_http_response
+from ..deadline import current_scope
 from ..errors import PollDeadlineExceeded, SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import DEFAULT_RETRY_STATUSES
 from ..poll import poll_until
 from ..stats import Stats
 
-__all__ = ["check_task_id", "client_stats", "task_json", "wait_for"]
+__all__ = ["check_task_id", "client_stats", "task_created", "task_json", "wait_for"]
 
 ResponseHook = Callable[[Any], Optional[Classification]]
 
@@ -70,10 +71,19 @@ def vendor_classifier(hook: ResponseHook,
     return classify
 
 
+def task_created(task_id: str) -> None:
+    """A submission created the task ``task_id`` (billed): an enclosing retrying call
+    (``execute_with_retry`` around a submit-and-wait, a nested smart call) must not repeat
+    the attempt, whatever its wait later raises; the error names the task to resume."""
+    scope = current_scope()
+    if scope is not None and scope.ledger is not None:
+        scope.ledger.task_created()
+
+
 def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
              check: Callable[[Any], None], task_of: Callable[[Any], Any],
              done: Callable[[Any], bool], describe: Callable[[Any], Optional[str]],
-             client: Any, deadline: float, operation: str,
+             client: Any, task_id: str, deadline: float, operation: str,
              on_poll: Optional[Callable[[int, Any], Any]], stats: Any,
              options: dict[str, Any]) -> Any:
     """Poll ``send()`` (one request; its response) until ``done(response)``; returns
@@ -114,5 +124,14 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
                 exc.last = task_of(exc.last)
             except Exception:
                 pass
+        exc.task_id = task_id
+        exc.args = (f"{exc.args[0]}; task {task_id!r} may still finish: wait for it "
+                    "again with its id", *exc.args[1:])
+        raise
+    except Exception as exc:  # the id to resume with, on whatever ended the wait
+        try:
+            exc.task_id = task_id  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
         raise
     return task_of(response)
