@@ -146,6 +146,22 @@ def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
     assert line.sleeps == [0.5, 1.0]  # the poll's backoff, then the interval
 
 
+def test_ark_500_healed_by_the_polls_retry_leaves_a_breaker_closed() -> None:
+    """A 500 on a poll healed by the poll's retry is no failure for the session's
+    breaker (threshold 1): the wait ends with the task, the breaker stays closed."""
+    from requests_smartretry import CircuitBreaker
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    with FakeArk(KEY, progress=("running", "succeeded")) as fake:
+        session = video_session(KEY, endpoint=fake.endpoint, breaker=breaker)
+        task_id = ark_task(fake, session)
+        fake.script("query", (500, ark_error("InternalServiceError")))
+        done = ark.wait_for_task(session, task_id, deadline=60.0, **Timeline().options())
+        assert fake.hits() == 3
+    assert done["status"] == "succeeded"
+    assert {breaker.state(key) for key in stats_of(session).snapshot()} == {"closed"}
+
+
 def test_ark_404_ends_the_wait_at_once() -> None:
     """An unknown task (404) ends the wait after one request, with its HTTPError."""
     with FakeArk(KEY) as fake:
