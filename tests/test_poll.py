@@ -395,3 +395,21 @@ def test_a_slow_log_handler_neither_delays_the_polls_nor_the_deadline() -> None:
         logger.setLevel(level)
     assert [round(t - 1000.0, 6) for t in started] == [0.0, 2.9, 5.8, 8.7]
     assert line.clock() == pytest.approx(1010.5)  # the deadline, then the ERROR line
+
+
+def test_a_poll_out_of_retries_on_a_transient_failure_does_not_end_the_wait() -> None:
+    """A poll whose retries all fail on a transient error (an outage) is followed by the
+    next poll at the next interval, until the task is done or the deadline passes; then
+    PollDeadlineExceeded carries the last poll's error (also as its cause)."""
+    line = Timeline()
+    outage = requests.ConnectionError("reset")
+    fetch = sequence(*([outage] * 4), "done")
+    assert poll_until(fetch, done=lambda v: v == "done", deadline=60.0, max_retries=1,
+                      **line.options()) == "done"
+    assert len(fetch.calls) == 5  # type: ignore[attr-defined]  # 2 polls of 2, then done
+    line = Timeline()
+    with pytest.raises(PollDeadlineExceeded) as raised:
+        poll_until(sequence(*([outage] * 50)), done=bool, deadline=10.0, max_retries=1,
+                   **line.options())
+    assert raised.value.polls > 2 and raised.value.last_error is outage
+    assert raised.value.__cause__ is outage and "ConnectionError" in str(raised.value)

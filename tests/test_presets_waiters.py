@@ -146,6 +146,18 @@ def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
     assert line.sleeps == [0.5, 1.0]  # the poll's backoff, then the interval
 
 
+def test_ark_outage_longer_than_a_polls_retries_does_not_end_the_wait() -> None:
+    """Three 500s in a row use up a poll's retries (2 attempts): the wait polls again at
+    the next interval instead of giving up, and ends with the task."""
+    with FakeArk(KEY, progress=("succeeded",)) as fake:
+        session = video_session(KEY, endpoint=fake.endpoint)
+        task_id = ark_task(fake, session)
+        fake.script("query", *[(500, ark_error("InternalServiceError"))] * 3)
+        done = ark.wait_for_task(session, task_id, deadline=60.0, **Timeline().options())
+        assert fake.hits() == 4
+    assert done["status"] == "succeeded"
+
+
 def test_ark_500_healed_by_the_polls_retry_leaves_a_breaker_closed() -> None:
     """A 500 on a poll healed by the poll's retry is no failure for the session's
     breaker (threshold 1): the wait ends with the task, the breaker stays closed."""
