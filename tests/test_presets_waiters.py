@@ -461,3 +461,20 @@ def test_submit_and_wait_inside_a_retrying_call_never_submits_twice(runner: Any)
     ark_id, visual_id = next(iter(fake_ark.tasks)), next(iter(fake_visual.tasks))
     assert ark_raised.value.task_id == ark_id and ark_id in str(ark_raised.value)
     assert visual_raised.value.task_id == visual_id and visual_id in str(visual_raised.value)
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_readme_sdk_example_does_not_take_a_failed_task_for_done(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's SDK example, run as written against a task that fails: it raises
+    TaskFailedError with the vendor's code instead of returning the failed task."""
+    pytest.importorskip("volcenginesdkarkruntime")
+    sdk_block = readme_blocks()[2]
+    with FakeArk(KEY, progress=("running", "failed")) as fake_ark:
+        monkeypatch.setenv("ARK_API_KEY", KEY)
+        monkeypatch.setenv("ARK_ENDPOINT", fake_ark.endpoint)
+        monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the example's 2 s pause
+        with pytest.raises(TaskFailedError) as raised:
+            exec(compile(sdk_block, "README-sdk", "exec"), {})
+    assert raised.value.status == "failed"
+    assert raised.value.code == "OutputVideoSensitiveContentDetected"
