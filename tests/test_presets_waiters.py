@@ -132,6 +132,22 @@ def test_ark_deadline_cuts_a_running_poll() -> None:
     assert raised.value.last is None and isinstance(raised.value.__cause__, requests.Timeout)
 
 
+def test_ark_deadline_cuts_a_hung_poll_of_a_plain_session() -> None:
+    """With a plain requests.Session (endpoint=), which no watchdog cuts, a hung poll is
+    abandoned at the wait's deadline: PollDeadlineExceeded well before the 3 s hang ends
+    (a generous margin for a loaded machine)."""
+    with FakeArk(KEY, progress=("running",)) as fake:
+        task_id = ark_task(fake, video_session(KEY, endpoint=fake.endpoint))
+        plain = requests.Session()
+        plain.headers["Authorization"] = f"Bearer {KEY}"
+        fake.script("query", ("hang", 3.0))
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded):
+            ark.wait_for_task(plain, task_id, deadline=0.5, endpoint=fake.endpoint)
+        elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.5
+
+
 def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
     """A 500 InternalServiceError on a poll is retried by the policy and the wait ends
     with the task."""

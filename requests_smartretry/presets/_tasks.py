@@ -17,7 +17,8 @@ from ..policy import DEFAULT_RETRY_STATUSES
 from ..poll import poll_until
 from ..stats import Stats
 
-__all__ = ["check_task_id", "client_stats", "task_created", "task_json", "wait_for"]
+__all__ = ["check_task_id", "client_stats", "cuts_at_deadline", "task_created", "task_json",
+           "wait_for"]
 
 ResponseHook = Callable[[Any], Optional[Classification]]
 
@@ -39,6 +40,21 @@ def client_stats(client: Any) -> Optional[Stats]:
         return stats_of(client)
     except (TypeError, ValueError, LookupError):
         return None
+
+
+def cuts_at_deadline(client: Any) -> bool:
+    """Whether ``client`` sends through a smart adapter (a session) or a smart transport
+    (``smart_client()``, ``video_client()``), which cut a request at the deadline of the
+    enclosing call themselves."""
+    from ..accessors import adapter_of
+
+    if isinstance(client, requests.Session):
+        try:
+            adapter_of(client)
+        except TypeError:
+            return False
+        return True
+    return hasattr(client, "smart_transport")
 
 
 def task_json(response: Any, operation: str) -> dict[str, Any]:
@@ -106,8 +122,10 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
         return response
 
     options.setdefault("classify", vendor_classifier(hook, retry_statuses))
-    # The poll is a smart request, cut at the socket by the deadline it sees: no thread.
-    options.setdefault("run_in_thread", False)
+    # A smart request is cut at the socket by the deadline it sees: no thread needed.  A
+    # plain session or client is not: its poll runs in the callable API's worker thread,
+    # abandoned at the deadline (else a hung poll would hold the wait past it).
+    options.setdefault("run_in_thread", not cuts_at_deadline(client))
     if stats is None:
         stats = client_stats(client)
     notify = None
