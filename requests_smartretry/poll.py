@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from .backoff import parse_retry_after
-from .deadline import MIN_ATTEMPT
+from .deadline import MIN_ATTEMPT, retry_scope
 from .errors import PollDeadlineExceeded, TaskFailedError, attempt_history
 from .events import EventKind
 from .functions import execute_with_smart_retry, with_retry
@@ -476,12 +476,21 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
                       describe=describe, stats=stats, lang=policy.lang, log=policy.log)
     options["operation_name"] = operation
     sleep: Callable[[float], None] = options.get("sleep", time.sleep)
+    # The wait's deadline on the monotonic clock, as the retry scope reads it.  Each poll's
+    # deadline= is relative, counted from the moment its call starts; a thread stalled
+    # between the wait's check and that moment (a busy CPU, many threads) would move it
+    # past the wait's.  Inside the poll the absolute one bounds every request it sends.
+    ends_at = time.monotonic() + deadline
+
+    def bounded() -> Any:
+        with retry_scope(ends_at):
+            return fetch()
 
     def poll(step: Poll) -> Any:
         if overridden:
             with retry_options(deadline=step.seconds_left):
-                return execute_with_smart_retry(fetch, **options)
-        return execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
+                return execute_with_smart_retry(bounded, **options)
+        return execute_with_smart_retry(bounded, deadline=step.seconds_left, **options)
 
     return waiting, poll, sleep
 

@@ -413,3 +413,31 @@ def test_a_poll_out_of_retries_on_a_transient_failure_does_not_end_the_wait() ->
                    **line.options())
     assert raised.value.polls > 2 and raised.value.last_error is outage
     assert raised.value.__cause__ is outage and "ConnectionError" in str(raised.value)
+
+
+def test_a_poll_stalled_before_its_call_starts_sends_nothing_after_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread stalled between the wait's "time left" and the start of the poll's call
+    (a busy CPU, a GC pause: simulated by a 0.3 s stall) does not carry the poll past the
+    wait's deadline: the request inside is bounded by the wait's absolute deadline and is
+    never sent after it."""
+    from requests_smartretry import poll as poll_module
+    from requests_smartretry import smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    real_call = poll_module.execute_with_smart_retry
+
+    def stalled(fn: Any, **options: Any) -> Any:
+        if options.get("deadline", 1.0) < 0.3:  # the last poll before the deadline
+            time.sleep(0.3)
+        return real_call(fn, **options)
+
+    monkeypatch.setattr(poll_module, "execute_with_smart_retry", stalled)
+    with FaultServer() as server:
+        session = smart_session()
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded):
+            poll_until(lambda: session.get(server.url("/ok")), done=lambda r: False,
+                       deadline=0.5, interval=0.3, interval_multiplier=1.0)
+        received = server.received()
+    assert received and all(r.received_at < started + 0.5 for r in received)
