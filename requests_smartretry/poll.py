@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from .backoff import parse_retry_after
 from .deadline import MIN_ATTEMPT, retry_scope
-from .errors import PollDeadlineExceeded, TaskFailedError, attempt_history
+from .errors import CircuitOpenError, PollDeadlineExceeded, TaskFailedError, attempt_history
 from .events import EventKind
 from .functions import execute_with_smart_retry, with_retry
 from .log import log_wait
@@ -149,7 +149,8 @@ class Waiting:
     seconds pass first; an error thrown in (a poll that failed for good) or raised by
     ``done`` (a :class:`TaskFailedError`) ends the wait at once, except a poll that gave up
     on a failure a retry may fix (its retries or the budget ran out: the next poll comes
-    at the next interval, and the deadline's error carries it as ``last_error``) or
+    at the next interval, and the deadline's error carries it as ``last_error``; an open
+    circuit breaker: the next poll comes at its next probe) or
     because the server asked for a longer wait than its backoff cap (``Retry-After``):
     that wait becomes the next interval.  A response's ``Retry-After`` is the next
     interval's minimum.  ``clock`` is the monotonic clock (inject it in tests).
@@ -219,7 +220,11 @@ class Waiting:
                     self._ended("poll_failed", "failed", polls, clock() - started,
                                 exc.status or state, reason=_failure_text(exc))
                     raise
-                if reason in _STILL_TRANSIENT:
+                if isinstance(exc, CircuitOpenError):
+                    # The breaker refuses the service until its next probe; the task is
+                    # not affected: poll again then (the deadline still bounds the wait).
+                    asked = exc.retry_in
+                elif reason in _STILL_TRANSIENT:
                     # The poll's retries ran out on a failure a retry may fix (a 503
                     # outage): the task exists and a poll is idempotent, so the wait
                     # goes on until its deadline, which then carries this error.
@@ -315,7 +320,7 @@ class Waiting:
 
 #: Why a poll's call gave up on a failure a retry may still fix (its retries or the
 #: retry budget ran out): the wait polls again at the next interval.
-_STILL_TRANSIENT = frozenset({"exhausted", "verdict_limit", "budget"})
+_STILL_TRANSIENT = frozenset({"exhausted", "verdict_limit", "budget", "circuit_open"})
 
 
 def _failure_text(exc: TaskFailedError) -> str:

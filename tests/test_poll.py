@@ -441,3 +441,18 @@ def test_a_poll_stalled_before_its_call_starts_sends_nothing_after_the_deadline(
                        deadline=0.5, interval=0.3, interval_multiplier=1.0)
         received = server.received()
     assert received and all(r.received_at < started + 0.5 for r in received)
+
+
+def test_an_open_breaker_pauses_the_wait_until_its_next_probe() -> None:
+    """An outage opens the breaker during the wait: the next poll comes at the breaker's
+    next probe instead of ending the wait with CircuitOpenError, and the task is seen done."""
+    from requests_smartretry import CircuitBreaker
+
+    line = Timeline()
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5.0, clock=line.clock)
+    outage = requests.ConnectionError("reset")
+    fetch = sequence(outage, outage, "done")
+    assert poll_until(fetch, done=lambda v: v == "done", deadline=60.0, max_retries=1,
+                      operation_name="job", breaker=breaker, **line.options()) == "done"
+    assert len(fetch.calls) == 3  # type: ignore[attr-defined]
+    assert line.sleeps == [0.5, 1.0, 4.0]  # backoff, interval, then the breaker's probe
