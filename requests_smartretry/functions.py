@@ -387,6 +387,11 @@ def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, numb
             signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
         mark_vetoed(outcome)
         return outcome
+    if isinstance(job.error, NoTimeLeft):  # its thread started after the deadline: fn never ran
+        ledger.seal()
+        error = CallTimeoutError(f"{operation}: attempt {number} could not start before its "
+                                 f"{timeout:g}s deadline (no thread got to run it in time)")
+        return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
     if job.error is not None:
         unsafe = ledger.seal()
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry
