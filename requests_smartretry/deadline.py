@@ -456,10 +456,10 @@ class _Watchdog:
     def armed(self) -> list[Watch]:
         """The watches armed in every thread now (for tests and diagnostics)."""
         found: list[Watch] = []
-        for ref in list(self._slots):
+        for ref in self._slots.copy():  # one atomic copy (a free-threaded build too)
             slot = ref()
             if slot is not None:
-                found.extend(slot.box)
+                found.extend(slot.box.copy())
         return found
 
     def wake(self, deadline_at: float) -> None:
@@ -493,7 +493,7 @@ class _Watchdog:
                 self.next_look = math.inf  # scanning: a watch armed now wakes us again
                 now = _monotonic()
                 next_look = now + self._longest_sleep
-                for ref in list(self._slots):
+                for ref in self._slots.copy():  # one atomic copy (a free-threaded build too)
                     slot = ref()
                     item = None if slot is None else slot.watch
                     while item is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -291,3 +292,30 @@ def test_64_threads_arming_and_finishing_at_once_are_cut_only_while_armed() -> N
     assert errors == []
     assert cut[0] > 0  # the cuts did happen
     assert deadline._watchdog.armed() == []
+
+
+def test_free_threaded_mode_bounds_the_watchdogs_sleep_and_locks_short_watches() -> None:
+    """On a free-threaded build no store-load order protects the wakeup handshake, so the
+    watchdog scans at least every ``_FREE_THREADED_LOOK`` and a shorter watch arms under
+    the lock: a watch whose wakeup was lost (its thread read a stale next look) is still
+    cut, late by at most that bound."""
+    dog = deadline._Watchdog()
+    dog.unlocked_from = dog._longest_sleep = 0.3  # what a free-threaded build sets (1 s)
+    deadline.Watch(30.0, dog=dog).finish()  # the watchdog runs, next look within 0.3 s
+    counting = _CountingLock(dog)
+    dog._lock = counting  # type: ignore[assignment]
+    deadline.Watch(0.2, dog=dog).finish()  # shorter than the bound: told under the lock
+    assert counting.by_others == 1
+    dog.next_look = -math.inf  # as if this thread read a stale next look: no wakeup
+    left, right = socket.socketpair()
+    try:
+        item = deadline.Watch(0.4, dog=dog)
+        item.attach(FakeConn(left))
+        assert counting.by_others == 1  # armed without the lock, the watchdog not told
+        started = time.monotonic()
+        assert left.recv(10) == b""  # cut by the watchdog's bounded sleep
+        assert item.fired and time.monotonic() - started < 0.4 + 0.3 + 1.0
+        item.finish()
+    finally:
+        left.close()
+        right.close()
