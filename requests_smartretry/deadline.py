@@ -659,10 +659,13 @@ class _PhaseRecordingMixin:
 
 
 def _deadline_before_sending(conn: Any) -> DeadlineBeforeSending:
-    return DeadlineBeforeSending(
+    error = DeadlineBeforeSending(
         conn, "the attempt deadline passed before the connection was made"
         if conn.sock is None else
         "the attempt deadline passed before a pooled connection was free")
+    # Nothing was written, whatever urllib3 wraps it in (a ProxyError for a tunnel).
+    mark_connect_phase(error)
+    return error
 
 
 class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):
