@@ -37,7 +37,7 @@ _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 _STARTED: Any = None
 # Recorded events applied at once, under the lock, by the thread whose record makes this
 # many: the lock is taken once per this many quiet events (and by every read).
-_APPLY_AT = 256
+_APPLY_AT = 64
 
 
 class LatencyHistogram:

@@ -362,18 +362,27 @@ class _CountingLock:
 def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
     """The first attempt of a call nobody else reads (its START and SUCCESS) takes no lock;
     a snapshot counts every such call, and a SUCCESS never before its START."""
+    from requests_smartretry.stats import _APPLY_AT
+
     stats = Stats()
     lock = _CountingLock()
     stats._lock = lock  # type: ignore[assignment]
-    for _ in range(100):
+    calls = (_APPLY_AT - 2) // 2  # a batch's worth of records, not more
+    for _ in range(calls):
         stats.quiet_start("op")
         stats.quiet_success("op", 0.01)
     stats.quiet_start("op")  # one call in flight
     assert lock.acquired == 0
     row = stats.snapshot()["op"]
-    assert (row["calls"], row["calls_succeeded"], row["calls_in_flight"]) == (101, 100, 1)
-    assert row["attempts"] == 101 and row["attempt_seconds"]["count"] == 100
+    assert (row["calls"], row["calls_succeeded"], row["calls_in_flight"]) == (
+        calls + 1, calls, 1)
+    assert row["attempts"] == calls + 1 and row["attempt_seconds"]["count"] == calls
     assert lock.acquired == 1
+    for _ in range(10 * _APPLY_AT):  # later batches: one lock per batch of records
+        stats.quiet_start("op")
+        stats.quiet_success("op", 0.01)
+    assert lock.acquired <= 1 + 20
+    assert stats.snapshot()["op"]["calls_succeeded"] == calls + 10 * _APPLY_AT
 
 
 def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
