@@ -1056,3 +1056,22 @@ def test_four_processes_of_calls_needing_two_retries_lose_none_to_the_shared_bud
     codes = [code for codes in results for code in codes]
     assert codes == [200] * 80
     assert fault.hits() == 240
+
+
+def test_a_shared_debt_is_not_paid_from_this_process_s_unsent_deposits(
+    redis_url: str, prefix: str
+) -> None:
+    """Deposits this process has not sent yet pay a retry without a round trip only when
+    the shared balance covers it too: a service in debt (a failed call's retries charged
+    at its end) refuses the next call until the deposits pay the debt back."""
+    store = shared_store(redis_url, prefix=prefix, sync_interval=3600.0)
+    budget = RetryBudget(0.5, max_tokens=1, min_per_second=0, store=store)
+    assert budget.allow_retry(SVC)
+    budget(AttemptEvent(kind=EventKind.GIVE_UP, operation="op", service=SVC, attempt=4,
+                        max_attempts=4, call_id=1))  # 1 - 1 - 2 retries: 2 in debt
+    for _ in range(2):  # one whole token, gathered locally, not sent
+        budget(AttemptEvent(kind=EventKind.START, operation="op", service=SVC, attempt=1,
+                            max_attempts=4, call_id=2))
+    assert not budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(-1.0)
+    assert store.shared
