@@ -240,7 +240,9 @@ def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: st
             print(f"  {test}: plain {plain.get(test)}, {name} {outcomes.get(test)}"
                   + (f" (documented: {why})" if documented else "  <- NOT DOCUMENTED"))
             ok = ok and documented
-    print("requests suite: " + ("as documented" if ok else "UNDOCUMENTED DIFFERENCES"))
+    print("requests suite: " + ("as documented" if ok else
+                                "FAILED (stale or broken results, or undocumented differences: "
+                                "see above)"))
     return 0 if ok else 1
 
 
