@@ -61,14 +61,33 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             raise socket.gaierror(socket.EAI_NONAME, "non-loopback host refused by the test")
         return real_getaddrinfo(host, *args, **kwargs)
 
-    def connect(sock: socket.socket, address: Any) -> Any:
+    def check(sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not loopback(address[0]):
             refused.append(f"connect {address[0]}")
             raise ConnectionRefusedError(111, "non-loopback host refused by the test")
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        check(sock, address)
         return real_connect(sock, address)
 
+    def connect_ex(sock: socket.socket, address: Any) -> Any:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def by_name(real: Any) -> Any:
+        def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not loopback(host):
+                refused.append(f"lookup {host}")
+                raise socket.gaierror(socket.EAI_NONAME, "non-loopback host refused by the test")
+            return real(host, *args, **kwargs)
+        return lookup
+
+    real_connect_ex = socket.socket.connect_ex
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "gethostbyname", by_name(socket.gethostbyname))
+    monkeypatch.setattr(socket, "gethostbyname_ex", by_name(socket.gethostbyname_ex))
     monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield refused
     assert refused == [], f"traffic to non-loopback hosts: {refused}"
 
