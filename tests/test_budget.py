@@ -361,6 +361,15 @@ def test_test_mode_refunds_nothing_when_the_breaker_refuses_a_retry() -> None:
 # -- against a real server -------------------------------------------------------------------
 
 
+def in_threads(caller: Any, threads: int) -> None:
+    """Run ``caller(index)`` in ``threads`` threads at once and wait for all of them."""
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+
+
 def storm_step(n: int) -> str:
     """2 of every 3 calls fail once (a 503 or a reset) and then succeed."""
     return ("503", "reset", "ok")[n % 3]
@@ -386,11 +395,7 @@ def test_sixteen_thread_storm_of_transient_failures_loses_no_call(
                 with lock:
                     codes.append(response.status_code)
 
-        workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
+        in_threads(caller, threads)
         calls = threads * per_thread
         failing = sum(1 for n in range(calls) if storm_step(n) != "ok")
         assert codes == [200] * calls
@@ -424,11 +429,7 @@ def test_sixteen_threads_of_calls_needing_several_retries_lose_none(
                 with lock:
                     codes.append(status)
 
-        workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=120)
+        in_threads(caller, threads)
         calls = threads * per_thread
         assert codes == [200] * calls
         assert fault.hits() == calls * (retries + 1)

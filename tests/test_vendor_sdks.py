@@ -242,15 +242,19 @@ def pay_fake(merchant_key: rsa.RSAPrivateKey,
         yield fake
 
 
-def _wechatpay(merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey) -> Any:
+def _wechatpay(merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey | None,
+               cert_dir: Any = None) -> Any:
+    """A WeChatPay object: in public-key mode with ``platform_key``, else in certificate
+    mode with the certificates in ``cert_dir`` (so that building it downloads nothing)."""
     pem = merchant_key.private_bytes(serialization.Encoding.PEM,
                                      serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()).decode()
+    keys: dict[str, Any] = {"cert_dir": str(cert_dir)} if platform_key is None else {
+        "public_key": public_pem(platform_key), "public_key_id": PUBLIC_KEY_ID}
     return wechatpayv3.WeChatPay(
         wechatpay_type=wechatpayv3.WeChatPayType.JSAPI, mchid=MCHID, private_key=pem,
         cert_serial_no=SERIAL, appid="wxd678efh567hg6787", apiv3_key="a" * 32,
-        notify_url="https://merchant.example/notify", public_key=public_pem(platform_key),
-        public_key_id=PUBLIC_KEY_ID)
+        notify_url="https://merchant.example/notify", **keys)
 
 
 def _order(pay: Any, number: str = "ORDER-SDK-1") -> tuple[int, Any]:
@@ -355,20 +359,6 @@ def test_wechatpay_sdk_endpoint_defaults_to_the_sdk_gateway(
     assert pay_fake.hits() == 1
 
 
-def _certificate_mode_wechatpay(merchant_key: rsa.RSAPrivateKey, certificate: str,
-                                cert_dir: Any) -> Any:
-    """A WeChatPay object in certificate mode, its platform certificate in ``cert_dir``
-    (so that building it downloads nothing)."""
-    (cert_dir / "platform.pem").write_text(certificate)
-    pem = merchant_key.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()).decode()
-    return wechatpayv3.WeChatPay(
-        wechatpay_type=wechatpayv3.WeChatPayType.JSAPI, mchid=MCHID, private_key=pem,
-        cert_serial_no=SERIAL, appid="wxd678efh567hg6787", apiv3_key="a" * 32,
-        notify_url="https://merchant.example/notify", cert_dir=str(cert_dir))
-
-
 def test_wechatpay_sdk_follows_a_platform_certificate_rotation(
         merchant_key: rsa.RSAPrivateKey, tmp_path: Any) -> None:
     """Certificate mode: once WeChat Pay signs with a new platform certificate, the first
@@ -381,7 +371,8 @@ def test_wechatpay_sdk_follows_a_platform_certificate_rotation(
     old_pem, new_pem = platform_certificate(old_key, 0x1111), platform_certificate(new, 0x2222)
     with FakeWechatPay(merchant_key.public_key(), MCHID, platform_key=old_key,
                        platform_serial="1111") as fake:
-        pay = _certificate_mode_wechatpay(merchant_key, old_pem, tmp_path)
+        (tmp_path / "platform.pem").write_text(old_pem)
+        pay = _wechatpay(merchant_key, None, cert_dir=tmp_path)
         mount_on_wechatpay(pay, endpoint=fake.endpoint, **FAST)
         assert _order(pay)[0] == 200 and fake.hits() == 1
         fake.platform_key, fake.platform_serial = new, "2222"  # the rotation
