@@ -782,7 +782,11 @@ class SmartRetryAdapter(HTTPAdapter):
             # as the deadline's timeout.
             if deadline is not None:
                 if verdict.sent:
-                    if deadline.fired:
+                    # So is the socket's own read timeout (cut to the attempt) that expired
+                    # at the deadline before the watchdog thread got to run (a loaded
+                    # machine), as on the httpx transport.
+                    if deadline.fired or (isinstance(exc, requests.exceptions.Timeout)
+                                          and deadline.remaining() == 0.0):
                         return self._deadline_outcome(total_s, request, cause=exc,
                                                       response=sent)
                 elif pool_refused(exc):
