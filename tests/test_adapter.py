@@ -285,7 +285,7 @@ def test_a_socket_timeout_at_the_deadline_is_the_deadlines_cut(
     """When the socket's read timeout (cut to the attempt) expires at the deadline before
     the watchdog thread runs (a loaded machine; here a watchdog that never fires), the
     attempt still ends as the deadline's cut: AttemptDeadlineExceeded."""
-    monkeypatch.setattr(deadline_module.Watch, "_fire", lambda self: None)
+    monkeypatch.setattr(deadline_module.Watch, "_fire", lambda self, conn: None)
     with pytest.raises(AttemptDeadlineExceeded):
         smart_session(max_retries=0, timeout=0.3).get(server.url("/hang?seconds=10"))
 
