@@ -487,3 +487,64 @@ def test_sixty_calls_in_fast_retries_all_retry(store: StateStore) -> None:
     assert budget.tokens(service) == pytest.approx(20.0)
     session.close()
 
+
+
+class _CountingLock:
+    """A lock that counts its acquisitions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+
+    def __enter__(self) -> None:
+        self.acquired += 1
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_calls_deposit_takes_no_lock() -> None:
+    """A healthy call's deposit is one append to its service's queue: no lock (the
+    service's first deposit makes the queue, under the lock, once)."""
+    budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, clock=FakeClock())
+    lock = _CountingLock()
+    budget._lock = lock  # type: ignore[assignment]
+    for _ in range(1000):
+        budget.deposit(SVC)
+    assert lock.acquired == 1
+    assert budget.tokens(SVC) == pytest.approx(100)  # a full bucket stays full
+
+
+def test_deposits_from_many_threads_are_all_seen_by_a_retry_decision() -> None:
+    """Eight threads deposit at once while another reads the balance (taking the gathered
+    deposits along, as a retry decision does): no deposit is lost or counted twice, the
+    balance only grows, and deposits short of a whole token are still in what the next
+    decision reads (none waits, unseen, in a thread of its own)."""
+    budget = RetryBudget(0.1, max_tokens=1000, min_per_second=0, clock=FakeClock())
+    for _ in range(1000):
+        assert budget.allow_retry(SVC)  # empty: every token from here on is a deposit
+    done = threading.Event()
+    seen: list[float] = []
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(budget.tokens(SVC))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    threads = [threading.Thread(target=lambda: [budget.deposit(SVC) for _ in range(1205)])
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done.set()
+    reader.join()
+    assert seen == sorted(seen)
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1)
+    for _ in range(3):
+        budget.deposit(SVC)  # 0.3 of a token, gathered, not yet in the store
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1 + 0.3)
+    assert budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1 + 0.3 - 1)
