@@ -733,18 +733,19 @@ class SmartRetryAdapter(HTTPAdapter):
             error = AttemptDeadlineExceeded(
                 "no time left for this attempt (enclosing deadline)", request=request)
             return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
-        if total_s is not None:
-            connect_s = total_s if connect_s is None else min(connect_s, total_s)
+        if total_s is not None and (connect_s is None or connect_s > total_s):
+            connect_s = total_s
         if socket_timeout is None or connect_s != timeouts[0]:
             socket_timeout = Urllib3Timeout(connect=connect_s, read=read_s)
         deadline = None if total_s is None else Watch(total_s)
         sent: Optional[requests.Response] = None
         try:
             started = _perf_counter()
+            # HTTPAdapter.send(request, stream, timeout, verify, cert, proxies), by position:
+            # keywords cost a Python call their own matching.
             response = sent = super().send(
-                request, stream=True,
-                timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
-                verify=verify, cert=cert, proxies=proxies)
+                request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                verify, cert, proxies)
             # requests' elapsed: from sending to the headers parsed (body not included).
             response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries
