@@ -31,7 +31,14 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
-from requests_smartretry.state import BreakerSettings, BudgetSettings
+from requests_smartretry.state import (
+    CLOSED,
+    FORCED_CLOSED,
+    FORCED_OPEN,
+    STATE_NAMES,
+    BreakerSettings,
+    BudgetSettings,
+)
 from tests.redis_server import (
     SHARING_BUDGET,
     GarbageRedis,
@@ -105,7 +112,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
         if choice < 0.3:
             a = memory.breaker_admit("k", settings, now)
             b = shared.breaker_admit("k", settings, now)
-            assert (a.allowed, a.ticket) == (b.allowed, b.ticket), step
+            assert (a.allowed, a.ticket, a.state) == (b.allowed, b.ticket, b.state), step
             assert a.retry_in == pytest.approx(b.retry_in), step
             if a.allowed:
                 tickets.append(a.ticket)
@@ -132,6 +139,11 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
             applied_r, tokens_r = shared.budget_change("k", budget, now, deposit, spend)
             assert applied_m == applied_r, step
             assert tokens_m == pytest.approx(tokens_r), step
+        elif choice < 0.91:  # an operator's hand (issue 30), mostly a reset
+            target = rng.choice([CLOSED, CLOSED, CLOSED, FORCED_OPEN, FORCED_CLOSED])
+            before = memory.breaker_set("k", settings, now, target)
+            assert before == shared.breaker_set("k", settings, now, target), step
+            states.append(STATE_NAMES[target])
         else:
             now += rng.choice([0.001, 0.5, 3.0, 11.0])
     assert shared.shared
@@ -139,6 +151,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
     changes = [(a, b) for a, b in zip(states, states[1:]) if a != b]
     for transition in [("closed", "open"), ("half_open", "closed"), ("half_open", "open")]:
         assert changes.count(transition) >= 2, (transition, changes)
+    assert {"forced_open", "forced_closed"} <= {new for _, new in changes}
 
 
 def test_keys_are_namespaced_and_expire(redis_url: str, prefix: str) -> None:
