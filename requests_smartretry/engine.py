@@ -186,6 +186,12 @@ def build_hooks(
         hooks.append(stats)
     hooks.extend(policy.hooks)
     hooks.extend(extra)
+    if breaker is not None or budget is not None:
+        for hook in (*policy.hooks, *extra):
+            # An exporter's gauges read the breaker and budget its calls go through.
+            watch = getattr(hook, "watch_state", None)
+            if callable(watch):
+                watch(breaker=breaker, budget=budget)
     if breaker is not None and getattr(breaker, "after_attempt", None) is None:
         hooks.append(breaker)
     if budget is not None:
