@@ -178,7 +178,8 @@ def build_hooks(
 ) -> tuple[Hook, ...]:
     """The consumers of a call's events, in the order they see each one: log lines,
     statistics, the policy's hooks, the caller's, then the breaker (only one without
-    ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget."""
+    ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget.
+    A hook with ``installed(*, lang, breaker, budget)`` is told them here."""
     hooks: list[Hook] = []
     if policy.log:
         hooks.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
@@ -186,12 +187,12 @@ def build_hooks(
         hooks.append(stats)
     hooks.extend(policy.hooks)
     hooks.extend(extra)
-    if breaker is not None or budget is not None:
-        for hook in (*policy.hooks, *extra):
-            # An exporter's gauges read the breaker and budget its calls go through.
-            watch = getattr(hook, "watch_state", None)
-            if callable(watch):
-                watch(breaker=breaker, budget=budget)
+    for hook in (*policy.hooks, *extra):
+        # A hook that asks is told where it is installed: an exporter's gauges read the
+        # breaker and budget its calls go through, an alert speaks the calls' language.
+        installed = getattr(hook, "installed", None)
+        if callable(installed):
+            installed(lang=policy.lang, breaker=breaker, budget=budget)
     if breaker is not None and getattr(breaker, "after_attempt", None) is None:
         hooks.append(breaker)
     if budget is not None:

@@ -44,7 +44,9 @@ _TEXT = {
         "retry_exhausted": "urllib3 Retry 的重试次数已用尽, 放弃",
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
         "not_retryable": "错误不可重试, 放弃",
-        "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
+        "unsafe": "请求可能已送达服务器且{method}非幂等, 不重试",
+        # A Latin method name is set off by spaces ("且 POST 非幂等"); Chinese text is not.
+        "method": " {method} ",
         "any_method": "该调用",
         "not_replayable": "请求体无法重放 (生成器或不可回退的流), 不重试",
         "retry_after_too_long": "服务器要求等待 {ms}ms, 超过上限 {cap_ms}ms, 不重试",
@@ -76,6 +78,7 @@ _TEXT = {
         "not_retryable": "error is not retryable, giving up",
         "unsafe": "request may have reached the server and {method} is not idempotent; "
         "not retrying",
+        "method": "{method}",
         "any_method": "the call",
         "not_replayable": "request body cannot be replayed (generator or unseekable stream); "
         "not retrying",
@@ -276,7 +279,9 @@ class LoggingHook:
         ms = event.retry_after if key == "retry_after_too_long" else event.wait
         message = text[key].format(
             attempt=event.attempt, max_attempts=event.max_attempts, left=event.retries_left,
-            ms=_ms(ms), method=event.method or text["any_method"], reason=reason,
+            ms=_ms(ms), reason=reason,
+            method=text["method"].format(method=event.method) if event.method
+            else text["any_method"],
             cap_ms=_ms(event.backoff_cap if event.backoff_cap is not None
                        else self.backoff_max))
         self._emit(level, event, message, record or _RECORD_NAME[event.kind], outcome)

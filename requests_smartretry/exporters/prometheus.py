@@ -158,9 +158,14 @@ class PrometheusHook:
     def __repr__(self) -> str:
         return f"PrometheusHook(namespace={self.namespace!r})"
 
+    def installed(self, *, breaker: Any = None, budget: Any = None, **settings: Any) -> None:
+        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
+        installed on: its breaker and budget join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget)
+
     def watch_state(self, *, breaker: Any = None, budget: Any = None) -> None:
-        """Report the gauges of this breaker and budget (sessions, adapters, httpx clients
-        and ``execute_with_retry`` call this for their own when the hook is installed)."""
+        """Report the gauges of this breaker and budget too (for one the hook does not see
+        installed)."""
         self._metrics.watched.watch(breaker=breaker, budget=budget)
 
     def __call__(self, event: AttemptEvent) -> None:
