@@ -351,13 +351,12 @@ def test_visual_submit_and_wait(visual: FakeVisual) -> None:
 
 
 def readme_blocks() -> list[str]:
-    """The Python blocks of the README's "Waiting for a task" section, in order."""
+    """The Python blocks of docs/waiting.md ("Waiting for a task"), in order."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Waiting for a task", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    page = Path(__file__).resolve().parent.parent / "docs" / "waiting.md"
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
 
 
 @pytest.mark.usefixtures("loopback_only")

@@ -451,8 +451,9 @@ def test_readme_flask_handler(platform: RSAPrivateKey, intruder: RSAPrivateKey) 
     """The README's Flask notify_url handler, run as written: 204 for a genuine payment
     notification (recorded), 400 FAIL for a forged one (not recorded)."""
     pytest.importorskip("flask")
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    code = readme.split("```python\nfrom flask import", 1)[1].split("```", 1)[0]
+    page = Path(__file__).resolve().parent.parent / "docs" / "presets.md"
+    code = page.read_text(encoding="utf-8").split("```python\nfrom flask import", 1)[1]
+    code = code.split("```", 1)[0]
     paid: list[dict[str, Any]] = []
     namespace: dict[str, Any] = {
         "__name__": "readme_notify", "PUB_KEY_PEM": public_pem(platform),

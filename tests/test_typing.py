@@ -1,4 +1,4 @@
-"""The types a user's mypy sees: every README snippet and the typed keywords pass
+"""The types a user's mypy sees: every README and docs/ snippet and the typed keywords pass
 ``mypy --strict``; the shared options TypedDict names every policy field."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ SNIPPET = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def readme_snippets() -> list[str]:
-    return SNIPPET.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [code for page in pages for code in SNIPPET.findall(page.read_text(encoding="utf-8"))]
 
 
 def snippets_module() -> str:
