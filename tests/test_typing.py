@@ -44,7 +44,9 @@ def test_readme_snippets_and_typed_keywords_pass_mypy_strict(tmp_path: Path, pyt
     module = tmp_path / "readme_snippets.py"
     module.write_text(snippets_module(), encoding="utf-8")
     result = subprocess.run(
+        # (the vendors' SDKs in the presets page ship no types: not ours to check)
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+         "--disable-error-code=import-untyped",
          "--python-version", python, "--no-error-summary", "tests/typing_check.py",
          str(module)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
