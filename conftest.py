@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent
 
 try:
-    from sybil import Example, Sybil
+    from sybil import Sybil
     from sybil.parsers.markdown import CodeBlockParser
 except ImportError:  # the docs/test extra is not installed: the examples are not collected
     Sybil = None  # type: ignore[assignment,misc]
@@ -40,7 +40,7 @@ def _run_example(example: Any) -> None:
     before = len(refused)
     if shown is None:
         namespace: dict[str, Any] = {"__name__": "__main__"}
-        exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the docs' own example
+        exec(compile(code, where, "exec"), namespace)  # the page's own example, as written
     else:
         prelude = "from tests.docs_support import install_in_child; install_in_child()\n"
         env = {**os.environ, **internet.environment(),
