@@ -718,6 +718,7 @@ def test_force_open_in_another_process_refuses_here_within_100ms(
     url = server.url("/svc")
     assert session.get(url).status_code == 200
     lag = _in_other_process(redis_url, service, "force_open", session, url, True)
+    print(f"[breaker] force_open in another process refused here {lag * 1000:.1f} ms later")
     assert lag <= 0.1, f"refused {lag * 1000:.0f} ms after force_open elsewhere"
     hits = server.hits()
     for _ in range(5):
@@ -727,6 +728,7 @@ def test_force_open_in_another_process_refuses_here_within_100ms(
     assert (service, "closed", "forced_open") in seen
     assert breaker.state(service) == "forced_open"
     lag = _in_other_process(redis_url, service, "reset", session, url, False)
+    print(f"[breaker] reset in another process admitted here {lag * 1000:.1f} ms later")
     assert lag <= 0.1, f"admitted {lag * 1000:.0f} ms after reset elsewhere"
     assert breaker.state(service) == "closed"
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
