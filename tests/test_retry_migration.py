@@ -353,8 +353,10 @@ def test_the_issue_example_stated_truthfully(server: FaultServer) -> None:
     def retry() -> Retry:
         return Retry(total=3, backoff_factor=0.5, status_forcelist=[502, 503])
 
+    routes = iter(range(100))
+
     def call(adapter: HTTPAdapter, method: str) -> tuple[object, int, float]:
-        route = f"/status/example-{id(adapter)}-{method}/503"
+        route = f"/status/example-{next(routes)}-{method}/503"  # a route of its own
         ending, seconds = _run(adapter, method, server.url(route), None)
         return ending, server.hits(route), seconds
 
