@@ -174,7 +174,8 @@ class CircuitBreaker(StoreUser):
         if self._listeners:
             self._saw(service, STATE_NAMES[admission.state])
         if not admission.allowed:
-            raise CircuitOpenError(service, admission.retry_in)
+            raise CircuitOpenError(service, admission.retry_in,
+                                   forced=admission.state == FORCED_OPEN)
         return admission.ticket
 
     def after_attempt(self, service: str, ticket: int, *, failed: bool,

@@ -40,6 +40,7 @@ _TEXT = {
         "retry": "准备重试 (剩余 {left} 次机会)",
         "wait": "等待 {ms}ms 后重试",
         "rejected": "熔断器已打开, 请求被拒绝 ({ms}ms 后允许探测)",
+        "rejected_forced": "熔断器已被手动打开, 请求被拒绝 (恢复前不探测)",
         "exhausted": "已达最大尝试次数 ({max_attempts} 次), 放弃",
         "retry_exhausted": "urllib3 Retry 的重试次数已用尽, 放弃",
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
@@ -72,6 +73,8 @@ _TEXT = {
         "retry": "retrying ({left} left)",
         "wait": "waiting {ms}ms before retrying",
         "rejected": "circuit breaker open, request refused (next probe in {ms}ms)",
+        "rejected_forced": "circuit breaker forced open by an operator, request refused "
+        "(no probe until it is reset)",
         "exhausted": "all {max_attempts} attempts failed, giving up",
         "retry_exhausted": "the urllib3 Retry has no retries left; giving up",
         "verdict_limit": "no retries left for this kind of failure, giving up",
@@ -259,7 +262,9 @@ class LoggingHook:
             self._line(logging.INFO, event, "retry")
             self._line(logging.INFO, event, "wait", record="wait")
         elif kind is EventKind.REJECTED:
-            self._line(logging.WARNING, event, "rejected")
+            forced = getattr(event.error, "forced", False) is True
+            self._line(logging.WARNING, event, "rejected_forced" if forced else "rejected",
+                       record="rejected")
         elif kind is EventKind.GIVE_UP:
             key = event.give_up_reason or "exhausted"
             template = key if key in _TEXT[self.lang] else "exhausted"

@@ -732,3 +732,24 @@ def test_force_open_in_another_process_refuses_here_within_100ms(
     assert lag <= 0.1, f"admitted {lag * 1000:.0f} ms after reset elsewhere"
     assert breaker.state(service) == "closed"
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+def test_a_forced_refusal_says_so(flaky: tuple[FaultServer, Switchable],
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A call refused by a forced-open breaker raises CircuitOpenError with ``forced`` and
+    a message and log line that promise no probe (an ordinary refusal names its probe)."""
+    import logging
+
+    server, _ = flaky
+    breaker = CircuitBreaker(recovery_timeout=30.0)
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, lang="en")
+    breaker.force_open(f"http://127.0.0.1:{server.port}")
+    with caplog.at_level(logging.WARNING, logger="requests_smartretry"), \
+            pytest.raises(CircuitOpenError) as caught:
+        session.get(server.url("/svc"))
+    assert caught.value.forced and "forced open by an operator" in str(caught.value)
+    assert any("forced open by an operator, request refused (no probe until it is reset)"
+               in r.getMessage() and r.retry_event == "rejected"  # type: ignore[attr-defined]
+               for r in caplog.records)
+    assert not CircuitOpenError("s", 3.0).forced
+    assert "next probe in 3.000s" in str(CircuitOpenError("s", 3.0))
