@@ -32,7 +32,14 @@ from requests_smartretry import (
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.redis_state import RedisStateStore
 from tests.conftest import FakeClock
-from tests.redis_server import SHARING_BUDGET, RedisServer, client, shared_store
+from tests.redis_server import (
+    SHARING_BUDGET,
+    RedisServer,
+    client,
+    force_then_report,
+    seconds_until_seen,
+    shared_store,
+)
 
 SVC = "https://api.example.com"
 
@@ -654,51 +661,6 @@ def _record_transition(service: str, old: str, new: str) -> None:
     _transitions.append((service, old, new))
 
 
-def force_then_report(redis_url: str, service: str, action: str, ready: Any, go: Any,
-                      results: Any) -> None:
-    """(in a worker process) ``force_open`` / ``reset`` ``service``'s shared breaker when
-    ``go`` is set; put the wall-clock time at which Redis had it on ``results``."""
-    breaker = CircuitBreaker(recovery_timeout=60.0, store=shared_store(redis_url))
-    breaker.state(service)  # connected, script loaded
-    ready.set()
-    go.wait(30)
-    getattr(breaker, action)(service)
-    results.put(time.time())
-
-
-def _in_other_process(redis_url: str, service: str, action: str,
-                      session: requests.Session, url: str, refused: bool) -> float:
-    """Seconds from another process's ``action`` until this session's call is refused
-    (``refused``) or goes through again."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    ready, go, results = context.Event(), context.Event(), context.Queue()
-    worker = context.Process(target=force_then_report,
-                             args=(redis_url, service, action, ready, go, results))
-    worker.start()
-    try:
-        assert ready.wait(30)
-        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
-        go.set()
-        seen_at = None
-        deadline = time.monotonic() + 5.0
-        while seen_at is None and time.monotonic() < deadline:
-            try:
-                session.get(url)
-                if not refused:
-                    seen_at = time.time()
-            except CircuitOpenError:
-                if refused:
-                    seen_at = time.time()
-            time.sleep(0.002)
-        done_at = results.get(timeout=30)
-    finally:
-        worker.join(10)
-    assert seen_at is not None, f"{action} in another process never reached this one"
-    return seen_at - done_at
-
-
 @pytest.mark.redis
 @pytest.mark.slow
 def test_force_open_in_another_process_refuses_here_within_100ms(
@@ -717,7 +679,8 @@ def test_force_open_in_another_process_refuses_here_within_100ms(
     session = smart_session(max_retries=0, breaker=breaker, budget=None, log=False)
     url = server.url("/svc")
     assert session.get(url).status_code == 200
-    lag = _in_other_process(redis_url, service, "force_open", session, url, True)
+    lag = seconds_until_seen(force_then_report, (redis_url, service, "force_open"),
+                             session, url, refused=True)
     print(f"[breaker] force_open in another process refused here {lag * 1000:.1f} ms later")
     assert lag <= 0.1, f"refused {lag * 1000:.0f} ms after force_open elsewhere"
     hits = server.hits()
@@ -727,7 +690,8 @@ def test_force_open_in_another_process_refuses_here_within_100ms(
     assert server.hits() == hits  # refused here without touching the network
     assert (service, "closed", "forced_open") in seen
     assert breaker.state(service) == "forced_open"
-    lag = _in_other_process(redis_url, service, "reset", session, url, False)
+    lag = seconds_until_seen(force_then_report, (redis_url, service, "reset"),
+                             session, url, refused=False)
     print(f"[breaker] reset in another process admitted here {lag * 1000:.1f} ms later")
     assert lag <= 0.1, f"admitted {lag * 1000:.0f} ms after reset elsewhere"
     assert breaker.state(service) == "closed"

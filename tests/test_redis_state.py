@@ -541,9 +541,7 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
 ) -> None:
     """A breaker opened by another process refuses this process's calls within 100 ms
     (its announcement invalidates our local view), without reaching the server."""
-    import multiprocessing
-
-    from tests.redis_server import open_breaker_then_report
+    from tests.redis_server import open_breaker_then_report, seconds_until_seen
 
     service = f"http://127.0.0.1:{fault.port}"
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
@@ -551,28 +549,9 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
     session = smart_session(max_retries=0, breaker=CircuitBreaker(recovery_timeout=60.0),
                             budget=None, state=store, log=False)
     assert session.get(fault.url("/ok")).status_code == 200
-    context = multiprocessing.get_context("forkserver")
-    ready, go, results = context.Event(), context.Event(), context.Queue()
-    worker = context.Process(target=open_breaker_then_report,
-                             args=(redis_url, service, ready, go, results))
-    worker.start()
-    try:
-        assert ready.wait(30)
-        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
-        go.set()
-        refused_at = None
-        deadline = time.monotonic() + 5.0
-        while refused_at is None and time.monotonic() < deadline:
-            try:
-                session.get(fault.url("/ok"))
-            except CircuitOpenError:
-                refused_at = time.time()
-            time.sleep(0.002)
-        opened_at = results.get(timeout=30)
-    finally:
-        worker.join(10)
-    assert refused_at is not None
-    assert refused_at - opened_at <= 0.1
+    lag = seconds_until_seen(open_breaker_then_report, (redis_url, service), session,
+                             fault.url("/ok"), refused=True)
+    assert lag <= 0.1
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
 
 
