@@ -13,7 +13,7 @@ A call whose first attempt succeeds writes its two lines at DEBUG only; any othe
 writes the whole sequence at INFO and up (the first line held back until the first
 attempt's outcome is known).  One record per decision, each with its own ``retry_event``
 (:data:`RECORD_NAMES`), and structured ``extra`` fields (``retry_operation``,
-``retry_attempt``, ``retry_verdict``… the README lists them with their types) for JSON
+``retry_attempt``, ``retry_verdict``… docs/observability.md lists them with their types) for JSON
 pipelines.  No URL query, header or exception text reaches a line: only the operation
 name and the classification's reason code (and ``retry_url``, redacted).
 """
