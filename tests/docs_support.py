@@ -15,7 +15,8 @@ code does.  :class:`LoopbackInternet` makes that run on this machine only:
   working directory.
 
 A block followed by an ``output`` block runs in a fresh interpreter (its stdout and stderr
-are compared with that block); the others run in this process, each in a fresh namespace.
+are compared with that block, where ``...`` stands for any text: :func:`same_output`); the
+others run in this process, each in a fresh namespace.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class LoopbackInternet:
         self.tls.load_cert_chain(leaf, leaf_key)
         self.merchant_key, self.platform_key = new_key(), new_key()
         self.released = threading.Event()
-        self.ark = FakeArk(CREDENTIALS["ARK_API_KEY"])
+        # A task runs once before it succeeds: the waiting page shows a progress line.
+        self.ark = FakeArk(CREDENTIALS["ARK_API_KEY"], progress=("running", "succeeded"))
         self.visual = FakeVisual(CREDENTIALS["VOLC_ACCESSKEY"], CREDENTIALS["VOLC_SECRETKEY"])
         self.pay = FakeWechatPay(self.merchant_key.public_key(),
                                  CREDENTIALS["WECHATPAY_MCHID"],
@@ -223,6 +225,16 @@ def following_output(text: str, end: int) -> Optional[str]:
         return None
     body = stripped[len("```output\n"):]
     return body[: body.index("```")]
+
+
+def same_output(printed: str, shown: str) -> bool:
+    """Whether ``printed`` is what a page shows: line for line, ``...`` matching any text
+    (doctest's ELLIPSIS), nothing else loosened."""
+    import doctest
+
+    if "..." not in shown:
+        return printed.splitlines() == shown.splitlines()
+    return doctest.OutputChecker().check_output(shown, printed, doctest.ELLIPSIS)
 
 
 def iter_python_blocks(text: str) -> Iterator[tuple[int, str]]:

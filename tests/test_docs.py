@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_support import following_output, install_guard, iter_python_blocks
+from tests.docs_support import (
+    following_output,
+    install_guard,
+    iter_python_blocks,
+    same_output,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -46,3 +51,11 @@ def test_an_output_block_is_the_one_right_after_the_code() -> None:
     end = text.index("```\n\n") + 4
     assert following_output(text, end) == "1\n"
     assert following_output("```python\nx\n```\n\nprose\n```output\n1\n```\n", 14) is None
+
+
+def test_shown_output_matches_line_for_line_with_ellipsis_only() -> None:
+    """``...`` in a shown output matches any text; everything else must be equal."""
+    assert same_output("a\nb\n", "a\nb\n")
+    assert not same_output("a\nb\nc\n", "a\nb\n")
+    assert same_output("took 35ms, then 1000ms\n", "took ...ms, then 1000ms\n")
+    assert not same_output("took 35ms, then 1500ms\n", "took ...ms, then 1000ms\n")

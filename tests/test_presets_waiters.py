@@ -440,7 +440,12 @@ def test_readme_waiting_examples_run_as_written(monkeypatch: pytest.MonkeyPatch,
         assert capsys.readouterr().out == "['https://example.invalid/1.png']\n"
         assert fake_visual.queries == {"task-1": 2}
         sdk_namespace: dict[str, Any] = {}
-        exec(compile(sdk_block, "README-sdk", "exec"), sdk_namespace)
+        ours = logging.getLogger("requests_smartretry")
+        level = ours.level
+        try:  # the block sets our logger to INFO, as a user would: not for later tests
+            exec(compile(sdk_block, "README-sdk", "exec"), sdk_namespace)
+        finally:
+            ours.setLevel(level)
         assert sdk_namespace["done"].status == "succeeded"
         fleet: dict[str, Any] = {}
         exec(compile(fleet_block, "README-fleet", "exec"), fleet)
