@@ -155,11 +155,13 @@ class CircuitBreaker(StoreUser):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # (A breaker pickled before listeners and slow calls existed has neither.)
+        self.__dict__.update({"_listeners": [], "slow_call_seconds": None, **state})
         self._init_listening()
         track(self)  # a copy is reset by testing.reset_state() too
 
     def _reset_state(self) -> None:
+        """Forget the state kept in this process, and what the listeners were last told."""
         with self._lock:
             self._known.clear()
         super()._reset_state()
