@@ -12,6 +12,7 @@ would write, followed by what happened.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import logging
 import sys
 import time
@@ -331,6 +332,14 @@ class Tour:
         self.result(f"30 calls, each failing once: {codes.count(200)} x HTTP 200; every "
                     f"retry succeeded and was refunded ({budget.tokens(service):.0f} of 20 "
                     f"tokens left)")
+        double = self.session("demo-budget-double", **{**quiet, "max_retries": 2},
+                              pool_maxsize=16)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            doubles = list(pool.map(lambda n: double.get(self.server.url(
+                f"/seq/double{n}?steps=503,503,ok")).status_code, range(48)))
+        self.result(f"16 threads, 48 calls each failing twice (max_retries=2): "
+                    f"{doubles.count(200)} x HTTP 200; a call holds one token while it "
+                    f"retries, whatever its max_retries")
         outage = self.session("demo-budget-outage", **quiet)
         before = self.server.hits()
         for _ in range(60):

@@ -74,10 +74,14 @@ class BreakerGate(Protocol):
 
 
 class BudgetGate(Protocol):
-    """What the loop asks of a retry budget (it also receives every event as a hook)."""
+    """What the loop asks of a retry budget (it also receives every event as a hook).
+
+    ``allow_retry`` is asked once per call, before its first retry; a call it admits may
+    use its remaining retries (the budget settles them from the call's events)."""
 
     def allow_retry(self, service: str) -> bool:
-        """Spend from the budget for one retry on ``service``; ``False`` when spent."""
+        """Spend from the budget to admit a call on ``service`` to retrying; ``False``
+        when spent."""
 
     def __call__(self, event: AttemptEvent) -> None: ...
 
@@ -357,7 +361,8 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
     ``not_replayable``, ``retry_exhausted``…), ``verdict_limit`` (a per-verdict rule), the
     wait (the attempt's own, from a urllib3 Retry, or backoff and Retry-After:
     ``retry_after_too_long``), ``deadline`` (the wait cannot end before it), ``closed``
-    (the transport), ``budget`` (last: asking spends a token).
+    (the transport), ``budget`` (last: asking spends a token; asked at the first retry
+    only).
     """
     verdict = outcome.classification
     if not verdict.retryable:
@@ -392,7 +397,10 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
         return "deadline", 0.0
     if run.closed is not None and run.closed():
         return "closed", 0.0
-    if run.budget is not None and not run.budget.allow_retry(run.call.service):
+    # The budget admits a call to retrying once, at its first retry; later retries run on
+    # the credit of that admission and the budget settles them when the call ends (see
+    # RetryBudget: a call its retries save must never be refused half-way).
+    if run.budget is not None and number == 1 and not run.budget.allow_retry(run.call.service):
         return "budget", 0.0
     return None, wait
 

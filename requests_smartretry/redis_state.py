@@ -244,9 +244,11 @@ if ARGV[8] ~= '' then
   local deposit, spend = tonumber(ARGV[9]), tonumber(ARGV[10])
   local saved = redis.call('HMGET', gkey, 'tok', 'ts')
   local tok, ts = num(saved[1]), num(saved[2])
+  -- A debt no traffic could pay back (1e9 tokens) is garbage: read as a missing record.
+  if tok and tok < -1e9 then tok = nil end
   local tokens = max_tokens
   if tok and ts then
-    if tok < 0 then tok = 0 elseif tok > max_tokens then tok = max_tokens end
+    if tok > max_tokens then tok = max_tokens end
     if ts > now then ts = now end
     tokens = math.min(max_tokens, tok + per_second * math.max(0, now - ts))
   end
@@ -1155,7 +1157,8 @@ class RedisStateStore:
                     view.deposit = local
                     if _monotonic() - view.synced < self.sync_interval:
                         return True, min(settings.max_tokens, refilled + local)
-                elif spend > 0.0 and uncapped and local >= spend - _DUST:
+                elif spend > 0.0 and uncapped and local >= spend - _DUST \
+                        and refilled + local >= spend - _DUST:  # (refilled < 0: a debt)
                     view.deposit = max(0.0, local - spend)
                     return True, refilled + view.deposit
                 else:

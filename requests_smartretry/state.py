@@ -284,7 +284,8 @@ def breaker_status(record: Record, s: BreakerSettings, now: float) -> BreakerSta
 def budget_change(
     record: Record, s: BudgetSettings, now: float, deposit: float, spend: float
 ) -> tuple[bool, float]:
-    """The token-bucket rule (mutates ``record``)."""
+    """The token-bucket rule (mutates ``record``).  A negative ``deposit`` charges the
+    retries of a call that failed: the balance may go below zero (a debt)."""
     if "tok" in record:
         elapsed = max(0.0, now - record["ts"])
         tokens = min(s.max_tokens, record["tok"] + s.min_per_second * elapsed)

@@ -247,6 +247,40 @@ def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
     return calls
 
 
+def retried_storm(redis_url: str, prefix: str, base: str, threads: int, calls: int,
+                  steps: str) -> list[int]:
+    """``threads`` threads making ``calls`` calls each (``steps`` per call, as many
+    retries as it needs, 20 ms before each) under the default budget shared through Redis;
+    return every call's status code (0 for one that raised)."""
+    import threading
+
+    from requests_smartretry import RetryBudget, smart_session
+
+    store = shared_store(redis_url, prefix=prefix)
+    session = smart_session(max_retries=steps.count(","), budget=RetryBudget(), state=store,
+                            log=False, sleep=lambda seconds: time.sleep(0.02), timeout=10.0,
+                            pool_maxsize=threads)
+    codes: list[int] = []
+
+    def caller(index: int) -> None:
+        for i in range(calls):
+            try:
+                codes.append(session.get(f"{base}/seq/{prefix}-{os.getpid()}-{index}-{i}"
+                                         f"?steps={steps}").status_code)
+            except Exception:
+                codes.append(0)
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    if not store.shared:
+        raise AssertionError("Redis was not reachable for the whole run")
+    store.close()
+    return codes
+
+
 #: The time budget of stores in tests about sharing, not latency: on a loaded machine a
 #: thread may wait longer than the 50 ms default for the CPU, which the store would rightly
 #: treat as a slow Redis.
