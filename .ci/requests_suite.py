@@ -11,7 +11,8 @@ Two roles:
   test's outcome goes to the JSON file ``SMARTRETRY_SUITE_OUT``.
 * ``python requests_suite.py compare PLAIN ZERO DEFAULTS README [--run ID]``: prints the
   counts and every difference; fails unless ``zero`` shows none and every ``defaults``
-  difference is one of ``DOCUMENTED`` and named in README, and unless each file is the
+  difference is one of ``DOCUMENTED`` and named in README or a page of docs/ beside it,
+  and unless each file is the
   result of the run it claims: its mode, the adapter that served the tests
   (``HTTPAdapter`` for plain, ``SmartRetryAdapter`` otherwise), a pytest exit status of
   0 or 1, some outcomes, and (with ``--run``) the id of this invocation
@@ -217,6 +218,12 @@ def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: st
             runs[name] = json.load(handle)
     with open(readme_path, encoding="utf-8") as handle:
         readme = handle.read()
+    # The documentation pages beside README (docs/*.md) document too.
+    docs = os.path.join(os.path.dirname(os.path.abspath(readme_path)), "docs")
+    for name in sorted(os.listdir(docs)) if os.path.isdir(docs) else ():
+        if name.endswith(".md"):
+            with open(os.path.join(docs, name), encoding="utf-8") as handle:
+                readme += handle.read()
     ok = True
     for name, run in runs.items():
         wrong = _not_this_run(name, run, run_id)

@@ -212,6 +212,7 @@ class Tour:
         self.callable_api_keeps_the_verdict()
         self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
+        self.operator_steers_the_breaker()
         self.payment_signature_checked()
         self.waiting_for_a_task()
         self.statistics()
@@ -390,6 +391,27 @@ class Tour:
         response = session.get(self.server.url("/ok"))
         self.result(f"after the recovery timeout the probe succeeds: HTTP "
                     f"{response.status_code}; the breaker is closed again")
+
+    def operator_steers_the_breaker(self) -> None:
+        self.heading("Operator: force_open during a vendor incident, reset after; "
+                     "a listener sees each change")
+        changes: list[str] = []
+        breaker = CircuitBreaker(listeners=[
+            lambda service, old, new: changes.append(f"{old} -> {new}")])
+        session = self.session("demo-operator", max_retries=0, breaker=breaker)
+        service = f"http://127.0.0.1:{self.server.port}"
+        breaker.force_open(service)  # with state="redis://…": every process of the fleet
+        before = self.server.hits()
+        try:
+            session.get(self.server.url("/ok"))
+            self.result("the forced-open breaker let a call through (unexpected)")
+        except CircuitOpenError:
+            self.result(f"state {breaker.state(service)}: refused without touching the "
+                        f"network (server requests {before} -> {self.server.hits()})")
+        breaker.reset(service)
+        response = session.get(self.server.url("/ok"))
+        self.result(f"after reset: HTTP {response.status_code}; listener saw "
+                    f"{', '.join(changes)}")
 
     def payment_signature_checked(self) -> None:
         self.heading("WeChat Pay: a platform-signed answer is accepted, a forged one refused")

@@ -27,6 +27,7 @@ from .classify import linked_exceptions
 __all__ = [
     "REDACTED",
     "RedactingFilter",
+    "install_redacting_filter",
     "is_secret_header",
     "is_secret_name",
     "path_template",
@@ -349,3 +350,16 @@ class RedactingFilter(logging.Filter):
             if key not in self._STANDARD and isinstance(value, str):
                 setattr(record, key, redact_text(value))
         return True
+
+
+def install_redacting_filter(logger_name: str) -> RedactingFilter:
+    """Put a :class:`RedactingFilter` on the logger ``logger_name`` (once: an existing one
+    is returned), so that its own records are clean before any handler sees them.  The
+    httpx clients do it for the ``httpx`` logger, whose INFO line names every URL."""
+    logger = logging.getLogger(logger_name)
+    for existing in logger.filters:
+        if isinstance(existing, RedactingFilter):
+            return existing
+    installed = RedactingFilter()
+    logger.addFilter(installed)
+    return installed

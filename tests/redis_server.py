@@ -508,6 +508,55 @@ def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
     results.put(time.time())
 
 
+def force_then_report(redis_url: str, service: str, action: str, ready: Any, go: Any,
+                      results: Any) -> None:
+    """(in a worker process) ``force_open`` / ``reset`` ``service``'s shared breaker when
+    ``go`` is set; put the wall-clock time at which Redis had it on ``results``."""
+    from requests_smartretry import CircuitBreaker
+
+    breaker = CircuitBreaker(recovery_timeout=60.0, store=_store(redis_url))
+    breaker.state(service)  # connected, script loaded
+    ready.set()
+    go.wait(30)
+    getattr(breaker, action)(service)
+    results.put(time.time())
+
+
+def seconds_until_seen(worker: Any, args: tuple[Any, ...], session: Any, url: str, *,
+                       refused: bool) -> float:
+    """Run ``worker(*args, ready, go, results)`` in another process (it changes a shared
+    breaker when told to go, and reports when); return the seconds from that change until
+    this ``session``'s GET of ``url`` is refused (``refused``) or goes through again."""
+    import multiprocessing
+
+    from requests_smartretry import CircuitOpenError
+
+    context = multiprocessing.get_context("forkserver")
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=worker, args=(*args, ready, go, results))
+    process.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
+        go.set()
+        seen_at = None
+        deadline = time.monotonic() + 5.0
+        while seen_at is None and time.monotonic() < deadline:
+            try:
+                session.get(url)
+                if not refused:
+                    seen_at = time.time()
+            except CircuitOpenError:
+                if refused:
+                    seen_at = time.time()
+            time.sleep(0.002)
+        changed_at = results.get(timeout=30)
+    finally:
+        process.join(10)
+    assert seen_at is not None, "the other process's change never reached this one"
+    return float(seen_at - changed_at)
+
+
 def _barrier(redis_url: str, key: str, parties: int) -> None:
     """Wait (up to 60 s) until ``parties`` processes reached ``key``."""
     counter = client(redis_url)

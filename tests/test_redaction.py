@@ -346,6 +346,37 @@ def test_a_secret_inside_another_parameter_is_redacted(
     assert capture.lines and not [line for line in capture.lines if "ENCSECRET15" in line]
 
 
+def test_smart_client_cleans_httpx_own_info_line(
+    server: FaultServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx logs every request's URL at INFO; ``smart_client()`` puts a RedactingFilter on
+    that logger (``redact_logs=False`` leaves it alone, and the token shows)."""
+    from requests_smartretry.httpx import smart_client
+
+    pytest.importorskip("httpx")
+    httpx_logger = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_logger, "filters", [])
+    url = server.url("/ok?access_token=SECRET-TOKEN-30")
+
+    def httpx_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "httpx"]
+
+    with caplog.at_level(logging.INFO):
+        with smart_client(redact_logs=False) as client:
+            client.get(url)
+        assert any("SECRET-TOKEN-30" in line for line in httpx_lines())  # the leak
+        caplog.clear()
+        with smart_client() as client:
+            client.get(url)
+        lines = httpx_lines()
+        assert lines and not any("SECRET-TOKEN-30" in line for line in lines), lines
+        assert any("access_token=" in line for line in lines)
+    smart_client().close()
+    assert len(httpx_logger.filters) == 1  # installed once
+    with pytest.raises(TypeError, match="redact_logs must be True or False"):
+        smart_client(redact_logs="yes")
+
+
 @pytest.mark.parametrize(("url", "expected"), [
     ("https://h/p;jsessionid=GAP1", "https://h/p;jsessionid=[REDACTED]"),
     ("//alice:GAP2@h/x", "//[REDACTED]@h/x"),
