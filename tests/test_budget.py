@@ -25,7 +25,7 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.testing import fast_retries
-from tests.conftest import FakeClock
+from tests.conftest import CountingLock, FakeClock, observe_while_threads_work
 from tests.redis_server import SHARING_BUDGET
 
 SVC = "https://api.example.com"
@@ -489,26 +489,11 @@ def test_sixty_calls_in_fast_retries_all_retry(store: StateStore) -> None:
 
 
 
-class _CountingLock:
-    """A lock that counts its acquisitions."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.acquired = 0
-
-    def __enter__(self) -> None:
-        self.acquired += 1
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 def test_a_calls_deposit_takes_no_lock() -> None:
     """A healthy call's deposit is one append to its service's queue: no lock (the
     service's first deposit makes the queue, under the lock, once)."""
     budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, clock=FakeClock())
-    lock = _CountingLock()
+    lock = CountingLock()
     budget._lock = lock  # type: ignore[assignment]
     for _ in range(1000):
         budget.deposit(SVC)
@@ -524,23 +509,9 @@ def test_deposits_from_many_threads_are_all_seen_by_a_retry_decision() -> None:
     budget = RetryBudget(0.1, max_tokens=1000, min_per_second=0, clock=FakeClock())
     for _ in range(1000):
         assert budget.allow_retry(SVC)  # empty: every token from here on is a deposit
-    done = threading.Event()
     seen: list[float] = []
-
-    def read() -> None:
-        while not done.is_set():
-            seen.append(budget.tokens(SVC))
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    threads = [threading.Thread(target=lambda: [budget.deposit(SVC) for _ in range(1205)])
-               for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    done.set()
-    reader.join()
+    observe_while_threads_work(lambda: seen.append(budget.tokens(SVC)),
+                               lambda: [budget.deposit(SVC) for _ in range(1205)], 8)
     assert seen == sorted(seen)
     assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1)
     for _ in range(3):

@@ -16,6 +16,8 @@ from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.stats import DEPRECATED_NAMES, OTHER_KEY, TOTAL_KEY, LatencyHistogram
 
+from .conftest import CountingLock, observe_while_threads_work
+
 
 def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
           **fields: Any) -> AttemptEvent:
@@ -344,28 +346,13 @@ def test_an_old_name_is_still_in_the_row_with_a_deprecation_warning(old: str,
         assert (op[old] if old in op else 0) == op[new]  # noqa: SIM401  # the idiom at stake
 
 
-class _CountingLock:
-    """A lock that counts its acquisitions."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.acquired = 0
-
-    def __enter__(self) -> None:
-        self.acquired += 1
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
     """The first attempt of a call nobody else reads (its START and SUCCESS) takes no lock;
     a snapshot counts every such call, and a SUCCESS never before its START."""
     from requests_smartretry.stats import _APPLY_AT
 
     stats = Stats()
-    lock = _CountingLock()
+    lock = CountingLock()
     stats._lock = lock  # type: ignore[assignment]
     calls = (_APPLY_AT - 2) // 2  # a batch's worth of records, not more
     for _ in range(calls):
@@ -391,7 +378,6 @@ def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
     final counts lose nothing."""
     stats = Stats()
     calls = 3000
-    stop = threading.Event()
     bad: list[dict[str, Any]] = []
 
     def count() -> None:
@@ -399,23 +385,14 @@ def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
             stats.quiet_start("op")
             stats.quiet_success("op", 0.002)
 
-    def watch() -> None:
-        while not stop.is_set():
-            row = stats.snapshot().get("op")
-            if row is not None and not (
-                    row["attempts"] == row["calls"] >= row["calls_succeeded"]
-                    == row["call_seconds"]["count"] == row["attempt_seconds"]["count"]):
-                bad.append(row)
+    def look() -> None:
+        row = stats.snapshot().get("op")
+        if row is not None and not (
+                row["attempts"] == row["calls"] >= row["calls_succeeded"]
+                == row["call_seconds"]["count"] == row["attempt_seconds"]["count"]):
+            bad.append(row)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    workers = [threading.Thread(target=count) for _ in range(8)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    stop.set()
-    watcher.join()
+    observe_while_threads_work(look, count, 8)
     assert bad == []
     row = stats.snapshot()["op"]
     assert row["calls"] == row["calls_succeeded"] == 8 * calls
