@@ -1,0 +1,456 @@
+"""Pacing before the vendor throttles: a rate and a concurrency limit per service.
+
+A :class:`Throttle` gives every attempt (retries included) its *turn* before it sends: a
+slot among ``max_in_flight`` concurrent attempts, then a token of a bucket refilled at
+``rate`` per second holding ``burst`` at most.  It only *decides*: :meth:`Turn.step` says
+"go", "wait this long, then ask again" or refuses (:class:`ThrottledError`); the driver
+(the retry loop's ``sleep``; an asyncio driver's ``asyncio.sleep``) performs the wait.
+
+The bucket is kept as a schedule (the generic cell rate algorithm): ``tat`` is the
+moment the bucket will be full again (its *theoretical arrival time*); a turn asked at
+``now`` goes at ``max(tat, now) - tolerance``, where the tolerance is ``burst - 1`` token
+intervals, and moves ``tat`` one interval on.  A turn that must wait *reserves* its place
+at once, so waiting turns go out in order, one interval apart, without asking twice and
+without a herd waking together; a turn that could not go before its limit reserves
+nothing.  In any window of ``w`` seconds at most ``burst + rate·w`` turns go.
+
+Adaptive rate (``adaptive=True``): a *throttling answer* — a rate-limit verdict (429, the
+presets' codes 50429 / 50430, ``RateLimitExceeded.*``, ``FREQUENCY_LIMITED``) or a retryable
+failure carrying ``Retry-After`` — lowers the rate at once, and the rate then recovers along
+a cubic curve, the shape of TCP CUBIC that botocore's adaptive retry mode also uses::
+
+    rate(t) = W · (1 + (1 - β) · ((t - K) / K)³)       t: seconds since the decrease
+
+``W`` is the rate the vendor was seen to accept when it throttled (the lower of the rate in
+force and the successes of the last second, per process times the processes sharing the
+service), the rate drops at once to ``β·W`` (``t = 0``), climbs quickly at first, flattens
+out as it nears ``W`` at ``t = K`` and stays near it for a while (the plateau), then
+probes above it slowly, faster the longer no throttling answer comes.  Constants and why:
+
+- ``β = 0.8`` (:data:`BETA`; botocore 0.7): the decrease starts from ``W``, the accepted
+  rate measured at the vendor, not from a blind guess, so it need not overshoot downwards;
+  a cycle then loses ``(1 - β) / 4 = 5 %`` of ``W`` on average over its concave part.
+- ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
+  cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
+  every rate, and a vendor's per-second quota counts whole seconds: after 6 s near ``W``,
+  probing upwards by 2.5 % takes another 3 s, so a quota is tested about once every 10 s.
+- The rate never goes below :data:`MIN_RATE` (0.5/s), and with a configured ``rate`` never
+  above it (``rate`` is the ceiling; without it the throttle paces nothing until the first
+  throttling answer).
+- Only an answer to an attempt that *started after the last decrease* lowers the rate
+  again (TCP's once per round trip): the answers to attempts sent before it say nothing
+  about the new rate, and counting them would cut the rate to nothing in one burst.
+- A ``Retry-After`` also holds every turn on the service until it has passed.
+
+Shared by a fleet: with a Redis ``state=`` (see :mod:`requests_smartretry.redis_state`),
+the schedule, the in-flight slots (leased with a TTL: a crashed process's slots come back
+when the lease ends) and the learned rate live in Redis, so every process of the fleet
+keeps to one rate.  A process leases tokens in batches when its own demand is high enough
+(at most a tenth of a second of the service's rate), so the success path costs a round
+trip per batch, not per request.  While Redis is slow or down, each process paces locally
+at its share (rate ÷ processes last seen), with one WARNING.
+
+Thread-safe: the local state of each service is guarded by one short lock, never held
+around a wait or a network call.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from .errors import ThrottledError
+from .testing import track
+
+__all__ = ["BETA", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings", "Turn",
+           "is_throttling"]
+
+#: The multiplicative decrease: a throttling answer sets the rate to ``BETA · W``.
+BETA = 0.8
+#: Seconds the cubic curve takes to climb back to ``W`` (its plateau's middle).
+RECOVERY = 6.0
+#: The lowest rate an adaptive throttle falls to (requests per second).
+MIN_RATE = 0.5
+#: Successes are counted per slice of this many seconds (ten slices: the last second).
+_SLICE = 0.1
+#: Longest pause between two looks for a free in-flight slot.
+_SLOT_POLL_MAX = 0.05
+_SLOT_POLL_MIN = 0.002
+_INF = math.inf
+
+
+class ThrottleSettings:
+    """The throttle's configuration, as the local and the shared state read it."""
+
+    __slots__ = ("adaptive", "burst", "max_in_flight", "max_wait", "rate")
+
+    def __init__(self, rate: Optional[float], burst: int, max_in_flight: Optional[int],
+                 adaptive: bool, max_wait: Optional[float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_in_flight = max_in_flight
+        self.adaptive = adaptive
+        self.max_wait = max_wait
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.rate, self.burst, self.max_in_flight, self.adaptive, self.max_wait)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ThrottleSettings) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+# -- the algorithms (transcribed to Lua in redis_state; keep both in step) ----------------
+
+Record = dict[str, float]
+
+
+def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
+    """The rate in force at ``now`` (``inf``: no pacing): the configured ``rate``, or below
+    it the adaptive curve since the last decrease (``W`` = ``wmax``, at ``tfail``)."""
+    ceiling = _INF if s.rate is None else s.rate
+    if not s.adaptive or "wmax" not in record:
+        return ceiling
+    wmax = record["wmax"]
+    x = (max(0.0, now - record["tfail"]) - RECOVERY) / RECOVERY
+    return max(MIN_RATE, min(ceiling, wmax * (1.0 + (1.0 - BETA) * x * x * x)))
+
+
+def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
+            max_wait: float) -> tuple[float, int, float]:
+    """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
+    may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
+    the first could not go within ``max_wait``."""
+    rate = rate_at(record, s, now)
+    interval = 0.0 if rate == _INF else 1.0 / rate
+    tolerance = (s.burst - 1) * interval
+    tat = max(record.get("tat", now), now)
+    wait = max(0.0, tat - tolerance - now)
+    if wait > max_wait:
+        return wait, 0, interval
+    record["tat"] = tat + count * interval
+    return wait, count, interval
+
+
+def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
+              accepted: float, retry_after: Optional[float]) -> float:
+    """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
+    returns the rate now in force).  ``accepted``: the successes of the last second (the
+    rate the vendor was seen to accept; 0 when unknown)."""
+    if retry_after is not None and retry_after > 0:
+        # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
+        record["tat"] = max(record.get("tat", now), now + retry_after)
+    if not s.adaptive or started < record.get("tfail", -_INF):
+        return rate_at(record, s, now)
+    current = rate_at(record, s, now)
+    wmax = min(current, accepted) if accepted > 0 else current
+    if wmax == _INF:
+        wmax = 1.0 / BETA  # nothing measured yet: start from 1 request/s
+    record["wmax"] = max(MIN_RATE, wmax)
+    record["tfail"] = now
+    return rate_at(record, s, now)
+
+
+def is_throttling(verdict: Any, retry_after: Optional[float]) -> bool:
+    """Whether a failed attempt's verdict is a throttling answer (see the module)."""
+    from .classify import Verdict
+
+    return verdict is Verdict.RATE_LIMIT or (retry_after is not None and verdict.retryable)
+
+
+# -- the local state of one service -------------------------------------------------------
+
+class _Local:
+    """One service's local pacing state (the schedule, the slots, the recent successes)."""
+
+    __slots__ = ("in_flight", "lock", "record", "slices", "slot_waiters")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.record: Record = {}
+        self.in_flight = 0
+        self.slot_waiters = 0
+        # Successes per slice, for the accepted rate: [slice number, count] x 10.
+        self.slices: list[list[float]] = [[-1.0, 0.0] for _ in range(10)]
+
+    def accepted(self, now: float) -> float:
+        """Successes of the last second (under the lock)."""
+        current = math.floor(now / _SLICE)
+        return sum(n for stamp, n in self.slices if current - 10 < stamp <= current)
+
+    def count_success(self, now: float) -> None:
+        current = math.floor(now / _SLICE)
+        cell = self.slices[int(current) % 10]
+        if cell[0] != current:
+            cell[0], cell[1] = current, 0.0
+        cell[1] += 1.0
+
+
+class Throttle:
+    """Pace every attempt on a service: ``rate`` per second (``burst`` at once) and at most
+    ``max_in_flight`` at a time; ``adaptive=True`` learns the rate from throttling answers.
+
+    Example::
+
+        session = smart_session(throttle=Throttle(rate=10.0, burst=10, max_in_flight=4))
+        session = smart_session(throttle=Throttle(adaptive=True),
+                                state="redis://127.0.0.1:6379/0")   # one pace per fleet
+
+    Per service (the breaker's key: ``scheme://host``, or the preset's vendor name).  Every
+    attempt, retries included, takes a slot and a token before it sends.  The wait counts
+    against the attempt's timeout and the call's deadline: an attempt that cannot get its
+    turn before them (or within ``max_wait`` seconds) is not sent and raises
+    :class:`~requests_smartretry.ThrottledError` (a retry that cannot get its turn ends
+    the call with its last failure, as a retry that does not fit the deadline does).
+
+    ``burst`` defaults to ``max(1, round(rate))`` (a second's worth).  ``adaptive=True``
+    without ``rate`` paces nothing until the vendor throttles, then learns its rate;
+    with ``rate``, that rate is the ceiling.  The curve, its constants and why are in
+    :mod:`requests_smartretry.throttle`.  ``clock`` (monotonic seconds) is injectable.
+
+    One throttle may serve several adapters (they then share the pace).  Thread-safe;
+    picklable (a copy starts with a fresh local state).
+    """
+
+    def __init__(
+        self,
+        rate: Optional[float] = None,
+        burst: Optional[int] = None,
+        max_in_flight: Optional[int] = None,
+        adaptive: bool = False,
+        max_wait: Optional[float] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate is not None:
+            _check_number("rate", rate)
+        if burst is not None:
+            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+                raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+            if rate is None and not adaptive:
+                raise ValueError("burst needs a rate (or adaptive=True): without one "
+                                 "there is no bucket to size")
+        if max_in_flight is not None and (isinstance(max_in_flight, bool)
+                                          or not isinstance(max_in_flight, int)
+                                          or max_in_flight < 1):
+            raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        if max_wait is not None:
+            _check_number("max_wait", max_wait, minimum_allowed=True)
+        if rate is None and max_in_flight is None and not adaptive:
+            raise ValueError("a Throttle needs rate=, max_in_flight= or adaptive=True: "
+                             "as given it would pace nothing")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        if burst is None:
+            burst = max(1, round(rate)) if rate is not None else 1
+        self.settings = ThrottleSettings(None if rate is None else float(rate), burst,
+                                         max_in_flight, adaptive,
+                                         None if max_wait is None else float(max_wait))
+        self.clock = clock
+        self.store: Any = None  # a shared store (Redis) once an adapter's state= gives one
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._services: dict[str, _Local] = {}
+        self._services_lock = threading.Lock()
+        track(self)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        parts = []
+        if s.rate is not None:
+            parts.append(f"rate={s.rate:g}, burst={s.burst}")
+        if s.max_in_flight is not None:
+            parts.append(f"max_in_flight={s.max_in_flight}")
+        if s.adaptive:
+            parts.append("adaptive=True")
+        if s.max_wait is not None:
+            parts.append(f"max_wait={s.max_wait:g}")
+        shared = "" if self.store is None else f", store={self.store!r}"
+        return f"Throttle({', '.join(parts)}{shared})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "clock": self.clock, "store": self.store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.settings = state["settings"]
+        self.clock = state["clock"]
+        self.store = state["store"]
+        self._init_local()
+
+    def _reset_state(self) -> None:
+        """Forget the local state (``testing.reset_state()``)."""
+        with self._services_lock:
+            self._services = {}
+
+    def use_store(self, store: Any) -> None:
+        """Share the pace through ``store`` when it can hold it (a Redis store); a store
+        in this process changes nothing (the throttle's own state is local already)."""
+        if callable(getattr(store, "throttle_turn", None)):
+            self.store = store
+
+    def _local(self, service: str) -> _Local:
+        local = self._services.get(service)
+        if local is None:
+            with self._services_lock:
+                local = self._services.setdefault(service, _Local())
+        return local
+
+    # -- the engine's side ------------------------------------------------------------
+
+    def turn(self, service: str, limit: Optional[float]) -> Turn:
+        """The turn of one attempt on ``service`` that may wait at most ``limit`` seconds
+        (the attempt's timeout and the call's deadline; ``None``: no limit) besides
+        ``max_wait``.  Drive it with :meth:`Turn.step`, end it with :meth:`Turn.done`."""
+        max_wait = self.settings.max_wait
+        if max_wait is not None and (limit is None or max_wait < limit):
+            limit = max_wait
+        return Turn(self, service, self.clock(), limit)
+
+    def rate(self, service: str) -> float:
+        """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
+        store = self.store
+        if store is not None:
+            shared = store.throttle_rate(service, self.settings, self.clock())
+            if shared is not None:
+                return float(shared)
+        local = self._local(service)
+        with local.lock:
+            return rate_at(local.record, self.settings, self.clock())
+
+    def in_flight(self, service: str) -> int:
+        """Attempts on ``service`` holding a slot in this process."""
+        return self._local(service).in_flight
+
+
+class Turn:
+    """One attempt's place in a :class:`Throttle` (built by :meth:`Throttle.turn`).
+
+    :meth:`step` decides and never waits: ``None`` means go now; a number is the seconds
+    to wait before stepping again; :class:`ThrottledError` means the turn cannot come
+    within its limit (nothing was taken).  :meth:`done` gives the slot back and tells the
+    adaptive rate how the attempt went.
+    """
+
+    __slots__ = ("asked", "lease", "limit", "local", "service", "slot", "started", "throttle",
+                 "token", "waited")
+
+    def __init__(self, throttle: Throttle, service: str, asked: float,
+                 limit: Optional[float]) -> None:
+        self.throttle = throttle
+        self.service = service
+        self.asked = asked
+        self.limit = limit
+        self.local: Optional[_Local] = None
+        self.slot = throttle.settings.max_in_flight is None  # nothing to take
+        self.lease: Any = None  # the shared slot's lease id
+        self.token = False
+        self.started = asked
+        self.waited = 0.0
+
+    def step(self, now: float) -> Optional[float]:
+        """``None``: go now; else seconds to wait before stepping again.  Raises
+        :class:`ThrottledError` when the turn cannot come within its limit."""
+        throttle = self.throttle
+        settings = throttle.settings
+        left = _INF if self.limit is None else self.limit - (now - self.asked)
+        store = throttle.store
+        if store is not None:
+            shared = store.throttle_turn(self, settings, now, left)
+            if shared is not False:
+                return self._waiting(shared, now)
+        local = self.local
+        if local is None:
+            local = self.local = throttle._local(self.service)
+        share = 1 if store is None else store.throttle_share(self.service)
+        if not self.slot:
+            limit = settings.max_in_flight
+            assert limit is not None
+            limit = max(1, -(-limit // share))
+            with local.lock:
+                if local.in_flight < limit:
+                    local.in_flight += 1
+                    self.slot = True
+                else:
+                    local.slot_waiters += 1
+            if not self.slot:
+                return self._slot_wait(left, now)
+        if not self.token:
+            with local.lock:
+                if share > 1:
+                    wait, granted, _ = reserve(local.record, _shared_part(settings, share),
+                                               now, 1, left)
+                else:
+                    wait, granted, _ = reserve(local.record, settings, now, 1, left)
+            if not granted:
+                self.done(now, refused=True)
+                raise ThrottledError(self.service, wait, self.limit)
+            self.token = True
+            if wait > 0.0:
+                return self._waiting(wait, now)
+        self.started = now
+        return None
+
+    def _waiting(self, wait: Optional[float], now: float) -> Optional[float]:
+        if wait is None:
+            self.started = now
+        else:
+            self.waited += wait
+        return wait
+
+    def _slot_wait(self, left: float, now: float) -> float:
+        local = self.local
+        assert local is not None
+        with local.lock:
+            local.slot_waiters -= 1
+        if left <= 0.0:
+            raise ThrottledError(self.service, None, self.limit)
+        pause = min(_SLOT_POLL_MAX, max(_SLOT_POLL_MIN, self.waited / 4.0), left)
+        self.waited += pause
+        return pause
+
+    def done(self, now: float, *, success: bool = False, throttling: bool = False,
+             retry_after: Optional[float] = None, refused: bool = False) -> None:
+        """The attempt ended (or never went: ``refused``): give the slot back; a success
+        counts towards the accepted rate, a throttling answer lowers the adaptive rate."""
+        throttle = self.throttle
+        store = throttle.store
+        if store is not None and store.throttle_done(self, throttle.settings, now,
+                                                     success=success, throttling=throttling,
+                                                     retry_after=retry_after):
+            return
+        local = self.local
+        if local is None:
+            return
+        settings = throttle.settings
+        with local.lock:
+            if self.slot and settings.max_in_flight is not None:
+                local.in_flight -= 1
+                self.slot = False
+            if success and settings.adaptive:
+                local.count_success(now)
+            elif throttling:
+                throttled(local.record, settings, now, self.started, local.accepted(now),
+                          retry_after)
+
+
+def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
+    """This process's part of a shared throttle while Redis is out: rate ÷ processes."""
+    rate = None if settings.rate is None else settings.rate / share
+    return ThrottleSettings(rate, max(1, settings.burst // share), settings.max_in_flight,
+                            settings.adaptive, settings.max_wait)
+
+
+def _check_number(name: str, value: Any, *, minimum_allowed: bool = False) -> None:
+    """A finite number > 0 (>= 0 with ``minimum_allowed``), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < 0 or (value == 0 and not minimum_allowed):
+        relation = ">=" if minimum_allowed else ">"
+        raise ValueError(f"{name} must be a finite number {relation} 0, got {value!r}")
