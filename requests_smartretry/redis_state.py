@@ -39,7 +39,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 from urllib.parse import unquote, urlsplit
 
 from .deadline import current_scope
@@ -55,7 +55,12 @@ from .state import (
     MemoryStateStore,
 )
 
+if TYPE_CHECKING:
+    from .throttle import ThrottleSettings, Turn
+
 __all__ = ["RedisStateStore"]
+
+_Reply = TypeVar("_Reply")
 
 _log = logging.getLogger("requests_smartretry")
 _monotonic = time.monotonic
@@ -254,6 +259,119 @@ end
 return reply
 """
 
+# The throttle's script (a Lua transcription of throttle.rate_at, reserve and throttled,
+# plus the leased in-flight slots and the processes seen).  KEYS: pace (hash: tat, wmax,
+# tfail), slots (sorted set: lease id -> expiry), processes (sorted set: origin ->
+# expiry).  ARGV: op ('reserve' | 'acquire' | 'release' | 'rate'), now ('' = server
+# clock), rate ('' = none), burst, adaptive (0/1), count (turns to reserve; 0 = none),
+# max_wait, origin, lease id, lease ttl (s), max_in_flight ('' = none), throttling (0/1),
+# started, accepted, retry_after ('' = none), beta, recovery, min_rate, key ttl (ms).
+# Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
+# in flight.
+_THROTTLE_LUA = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt(x) return string.format('%.17g', x) end
+local function num(v)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
+  return x
+end
+local ceiling = tonumber(ARGV[3]) or math.huge
+local burst, adaptive = tonumber(ARGV[4]), ARGV[5] == '1'
+local count, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7])
+local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local max_in_flight = tonumber(ARGV[11])
+local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local key_ttl = tonumber(ARGV[19])
+local saved = redis.call('HMGET', pkey, 'tat', 'wmax', 'tfail')
+local tat, wmax, tfail = num(saved[1]), num(saved[2]), num(saved[3])
+-- Validation: a schedule far in the future or a time after now is repaired.
+if tat and tat > now + 3600 then tat = nil end
+if tfail and tfail > now then tfail = now end
+if wmax and wmax <= 0 then wmax = nil end
+local function rate_at()
+  if not adaptive or not wmax or not tfail then return ceiling end
+  local x = (math.max(0, now - tfail) - recovery) / recovery
+  return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
+end
+-- Every process that asks is seen for 10 s (the share it takes while Redis is out).
+redis.call('ZADD', okey, now + 10, origin)
+redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
+redis.call('PEXPIRE', okey, 60000)
+local processes = redis.call('ZCARD', okey)
+local wait, granted, interval, slot, dirty = 0, 0, 0, 1, false
+local rate = rate_at()
+if rate ~= math.huge then interval = 1 / rate end
+local function reserve()
+  local tolerance = (burst - 1) * interval
+  local start = math.max(tat or now, now)
+  wait = math.max(0, start - tolerance - now)
+  if wait <= max_wait then
+    granted = count
+    tat = start + count * interval
+    dirty = true
+  end
+end
+if op == 'acquire' then
+  redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
+  if redis.call('ZCARD', skey) < max_in_flight then
+    if count > 0 then reserve() end
+    if count == 0 or granted > 0 then
+      redis.call('ZADD', skey, now + lease_ttl, lease)
+      redis.call('PEXPIRE', skey, math.floor(lease_ttl * 1000) + 1000)
+    end
+  else
+    slot = 0
+  end
+elseif op == 'reserve' then
+  reserve()
+elseif op == 'release' then
+  if lease ~= '' then redis.call('ZREM', skey, lease) end
+  if ARGV[12] == '1' then
+    local retry_after = tonumber(ARGV[15])
+    if retry_after and retry_after > 0 then
+      tat = math.max(tat or now, now + retry_after)
+      dirty = true
+    end
+    local started, accepted = tonumber(ARGV[13]), tonumber(ARGV[14])
+    if adaptive and (not tfail or started >= tfail) then
+      local base = rate_at()
+      if accepted > 0 then base = math.min(base, accepted) end
+      if base == math.huge then base = 1 / beta end
+      wmax = math.max(min_rate, base)
+      tfail = now
+      dirty = true
+      rate = rate_at()
+      if rate ~= math.huge then interval = 1 / rate end
+    end
+  end
+end
+if dirty then
+  local fields = {}
+  if tat then fields[#fields + 1] = 'tat'; fields[#fields + 1] = fmt(tat) end
+  if wmax then
+    fields[#fields + 1] = 'wmax'; fields[#fields + 1] = fmt(wmax)
+    fields[#fields + 1] = 'tfail'; fields[#fields + 1] = fmt(tfail)
+  end
+  if #fields > 0 then
+    redis.call('HSET', pkey, unpack(fields))
+    redis.call('PEXPIRE', pkey, key_ttl)
+  end
+end
+local in_flight = redis.call('ZCOUNT', skey, now, '+inf')
+local shown = 'inf'
+if rate ~= math.huge then shown = fmt(rate) end
+return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
+        fmt(in_flight)}
+"""
+
 # Connection settings of a client that may travel through pickle (the rest — retry
 # objects, credential providers, event dispatchers — hold locks or callables).
 _PLAIN = (str, int, float, bool, type(None))
@@ -417,6 +535,45 @@ class _View:
         self.tokens_at = 0.0  # (shared clock) ... and when
 
 
+class _Pace:
+    """This process's side of one service's shared throttle: the turns it leased and not
+    used yet, and what Redis said at the last round trip."""
+
+    __slots__ = ("demand", "interval", "lock", "processes", "rate", "synced", "tokens")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens: list[float] = []  # (monotonic) when each leased turn may go, in order
+        self.interval = 0.0  # seconds between two turns at the shared rate
+        self.rate = math.inf  # the shared rate at the last round trip
+        self.processes = 1  # processes seen on the service at the last round trip
+        self.synced = -math.inf  # (monotonic) the last round trip
+        # Turns asked per slice of 0.1 s over the last second: [slice, count] x 10.
+        self.demand: list[list[float]] = [[-1.0, 0.0] for _ in range(10)]
+
+    def asked(self, mono: float) -> float:
+        """Count one turn asked now (under the lock); returns the turns asked per 0.1 s
+        over the last second."""
+        current = math.floor(mono * 10.0)
+        cell = self.demand[int(current) % 10]
+        if cell[0] != current:
+            cell[0], cell[1] = current, 0.0
+        cell[1] += 1.0
+        return sum(n for stamp, n in self.demand if current - 10 < stamp <= current) / 10.0
+
+
+#: Seconds an unlimited shared rate (an adaptive throttle not yet throttled) is trusted
+#: without asking Redis: how soon a process learns of another's throttling answer.
+_PACE_FRESH = 0.1
+#: Seconds of the service's rate that one batch of leased turns may cover.
+_LEASE_WINDOW = 0.1
+#: Seconds a slot's lease outlives the attempt's time (a crashed process's slot comes back
+#: this long after its attempt would have ended).
+_LEASE_MARGIN = 1.0
+#: Seconds a shared throttle's learned rate and schedule outlive their last use.
+_PACE_TTL_MS = 3_600_000
+
+
 class _Episode:
     """One service's keys unusable: local state until ``until``, warned once."""
 
@@ -511,6 +668,8 @@ class RedisStateStore:
         self._connect_lock = threading.Lock()
         self._client: Any = None
         self._script: Any = None
+        self._throttle_script: Any = None
+        self._paces: dict[str, _Pace] = {}
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._connecting: Optional[concurrent.futures.Future[None]] = None
         self._connect_until = 0.0  # (monotonic) when a connection under way is too late
@@ -630,6 +789,7 @@ class RedisStateStore:
             client = sentinel.master_for(spec["service"], db=self._db(spec),
                                          retry=Retry(NoBackoff(), 0), **options)
         self._client = client
+        self._throttle_script = client.register_script(_THROTTLE_LUA)
         return client.register_script(_LUA)
 
     @staticmethod
@@ -667,7 +827,7 @@ class RedisStateStore:
             owner, spent = _spent.get()
             _spent.set((scope, seconds + (spent if owner is scope else 0.0)))
 
-    def _execute(self, args: list[Any], keys: list[str]) -> list[Any]:
+    def _execute(self, args: list[Any], keys: list[str], lua: str = "state") -> list[Any]:
         """Run the script within this request's time budget (on a worker thread, so that a
         slow or dripping Redis cannot hold the request past it)."""
         allowance, by_deadline = self._allowance(self.time_budget)
@@ -684,10 +844,10 @@ class RedisStateStore:
                 executor = self._worker_pool()
                 self._in_flight += 1
             try:
-                future = executor.submit(self._run_script, keys, args)
+                future = executor.submit(self._run_script, keys, args, lua)
             except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
                 future = concurrent.futures.Future()
-                future.set_result(self._run_script(keys, args))
+                future.set_result(self._run_script(keys, args, lua))
             try:
                 reply = future.result(timeout=allowance)
             except concurrent.futures.TimeoutError:
@@ -781,14 +941,14 @@ class RedisStateStore:
                 self._client.ping()
                 self._script = script
 
-    def _run_script(self, keys: list[str], args: list[Any]) -> Any:
+    def _run_script(self, keys: list[str], args: list[Any], lua: str = "state") -> Any:
         # Connecting happens here too, on the worker: a Cluster client asks its startup
         # nodes for the slot map at construction, one socket timeout per silent node.
         try:
             with self._connect_lock:
                 if self._script is None:
                     self._script = self._connect()
-                script = self._script
+                script = self._script if lua == "state" else self._throttle_script
             return script(keys=keys, args=args)
         finally:
             with self._lock:
@@ -909,18 +1069,10 @@ class RedisStateStore:
                     ) -> Optional[list[Optional[float]]]:
         """One script call for ``service`` (sending what ``view`` has pending), or ``None``
         when local state must serve this operation."""
-        episode = self._bad.get(service)
-        mono = _monotonic()
-        if episode is not None and mono < episode.until:
-            return None
-        probing = False
-        if self._down:
-            if mono < self._next_try or self._in_flight \
-                    or not self._probe_lock.acquire(blocking=False):
-                return None
-            probing = True
         successes: dict[int, int] = {}
         seen: Optional[int] = None
+        if self._skip(service):
+            return None
         if view is not None:
             with self._lock:
                 successes, view.successes, view.pending = view.successes, {}, 0
@@ -932,17 +1084,46 @@ class RedisStateStore:
                 breaker = view.breaker
             if budget is None and deposit > 0.0:
                 budget = view.budget
+        args = [op, "" if self.server_time else repr(float(now)),
+                self._static(breaker), ";".join(f"{b}:{n}" for b, n in
+                                                sorted(successes.items())),
+                "1" if failed else "0", repr(float(weight)), ticket,
+                self._static(budget), repr(float(deposit)), repr(float(spend)),
+                self.channel, f"{self._origin} {service}"]
+        reply = self._guarded(service, lambda: _numbers(self._execute(
+            args, [self.key("breaker", service), self.key("budget", service)])))
+        if reply is None:
+            return None
+        mono = _monotonic()
+        if view is None:
+            view = self._view(service)
+        self._update(view, reply, mono, view.gen if seen is None else seen, breaker, budget)
+        return reply
+
+    def _skip(self, service: str) -> bool:
+        """Whether ``service`` must use local state now without asking Redis (its keys
+        are in a bad episode, or Redis is down and this is no time to probe)."""
+        episode = self._bad.get(service)
+        if episode is not None and _monotonic() < episode.until:
+            return True
+        return self._down and (_monotonic() < self._next_try or self._in_flight > 0)
+
+    def _guarded(self, service: str, call: Callable[[], _Reply]) -> Optional[_Reply]:
+        """``call()`` (a script call for ``service``), or ``None`` when local state must
+        serve: a bad key episode, Redis down (one request now and then probes it), no
+        time left, or a failure now (which starts an outage or a key episode)."""
+        episode = self._bad.get(service)
+        if episode is not None and _monotonic() < episode.until:
+            return None
+        probing = False
+        if self._down:
+            if _monotonic() < self._next_try or self._in_flight \
+                    or not self._probe_lock.acquire(blocking=False):
+                return None
+            probing = True
         try:
-            args = [op, "" if self.server_time else repr(float(now)),
-                    self._static(breaker), ";".join(f"{b}:{n}" for b, n in
-                                                    sorted(successes.items())),
-                    "1" if failed else "0", repr(float(weight)), ticket,
-                    self._static(budget), repr(float(deposit)), repr(float(spend)),
-                    self.channel, f"{self._origin} {service}"]
             try:
-                raw = self._execute(args, [self.key("breaker", service),
-                                           self.key("budget", service)])
-                reply = _numbers(raw)
+                reply = call()
             except _NoTime:
                 return None
             except _KeyFault as exc:
@@ -964,10 +1145,6 @@ class RedisStateStore:
                 _log.info("requests_smartretry: Redis state store %s: the keys of service "
                           "%s are usable again", self.where, service,
                           extra={"redis_state": self.where, "service": service})
-            if view is None:
-                view = self._view(service)
-            self._update(view, reply, mono, view.gen if seen is None else seen, breaker,
-                         budget)
             return reply
         finally:
             if probing:
@@ -1143,6 +1320,164 @@ class RedisStateStore:
             return self._local.budget_change(key, settings, now, deposit, spend)
         return reply[12] == 1.0, reply[13] or 0.0
 
+    # -- the throttle's shared state (see throttle.py) ----------------------------------
+
+    def _pace(self, service: str) -> _Pace:
+        pace = self._paces.get(service)
+        if pace is None:
+            with self._lock:
+                if len(self._paces) >= self.max_services:
+                    self._paces.clear()
+                pace = self._paces.setdefault(service, _Pace())
+        return pace
+
+    def _throttle_trip(self, service: str, settings: ThrottleSettings, op: str, now: float,
+                       *, count: int = 0, max_wait: float = 0.0, lease: str = "",
+                       lease_ttl: float = 0.0, throttling: bool = False,
+                       started: float = 0.0, accepted: float = 0.0,
+                       retry_after: Optional[float] = None) -> Optional[list[float]]:
+        """One call of the throttle's script, or ``None`` when local state must serve."""
+        from .throttle import BETA, MIN_RATE, RECOVERY
+
+        shift = self._offset if self.server_time else 0.0  # the caller's clock -> shared
+        args = [op, "" if self.server_time else repr(float(now)),
+                "" if settings.rate is None else repr(settings.rate), settings.burst,
+                "1" if settings.adaptive else "0", count,
+                repr(float(min(max_wait, 1e9))), self._origin, lease,
+                repr(float(lease_ttl)),
+                "" if settings.max_in_flight is None else settings.max_in_flight,
+                "1" if throttling else "0", repr(float(started + shift)),
+                repr(float(accepted)), "" if retry_after is None else repr(float(retry_after)),
+                repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS]
+        keys = [self.key("pace", service), self.key("slots", service),
+                self.key("procs", service)]
+        reply = self._guarded(service, lambda: _pace_numbers(self._execute(
+            args, keys, "throttle")))
+        if reply is not None:
+            pace = self._pace(service)
+            pace.synced = _monotonic()
+            pace.processes = max(1, int(reply[4]))
+            pace.rate = reply[5]
+            pace.interval = reply[3]
+        return reply
+
+    def throttle_share(self, service: str) -> int:
+        """The processes last seen sharing ``service``'s throttle (this one included):
+        while Redis is out, each paces at the rate divided by them."""
+        pace = self._paces.get(service)
+        return 1 if pace is None else pace.processes
+
+    def throttle_rate(self, service: str, settings: ThrottleSettings,
+                      now: float) -> Optional[float]:
+        """The shared rate in force on ``service`` (``None``: Redis cannot say)."""
+        reply = self._throttle_trip(service, settings, "rate", now)
+        return None if reply is None else reply[5]
+
+    def throttle_turn(self, turn: Turn, settings: ThrottleSettings, now: float,
+                      left: float) -> Union[float, bool, None]:
+        """One step of ``turn`` through the shared state: ``None`` (go now), seconds to
+        wait before the next step, or ``False`` (Redis cannot serve: pace locally).
+        Raises :class:`~requests_smartretry.ThrottledError` on a refusal."""
+        from .errors import ThrottledError
+
+        service = turn.service
+        pace = self._pace(service)
+        mono = _monotonic()
+        with pace.lock:
+            if not turn.token and not turn.counted:
+                demand = pace.asked(mono)
+                turn.counted = True
+            else:
+                demand = 1.0
+            leased = self._leased(pace, turn, mono, left)
+        if leased is False and pace.rate == math.inf and settings.max_in_flight is None \
+                and mono - pace.synced < _PACE_FRESH:
+            turn.token = True  # not paced (adaptive, not throttled yet), as Redis said
+            return None
+        count = 0
+        if not turn.token and leased is False:
+            batch = max(1, math.floor(pace.rate * _LEASE_WINDOW)) if pace.rate < math.inf \
+                else 1
+            count = max(1, min(batch, round(demand)))
+        if not turn.slot:
+            if turn.lease is None:
+                turn.lease = uuid.uuid4().hex
+            ttl = (60.0 if turn.span is None else max(turn.span, 0.0)) + _LEASE_MARGIN
+            reply = self._throttle_trip(service, settings, "acquire", now, count=count,
+                                        max_wait=left, lease=turn.lease, lease_ttl=ttl)
+            if reply is None:
+                turn.lease = None
+                return False
+            if reply[6] != 1.0:  # no free slot: look again soon
+                if left <= 0.0:
+                    raise ThrottledError(service, None, turn.limit)
+                pause = min(0.05, max(0.005, turn.waited / 4.0), left)
+                turn.waited += pause
+                return pause
+            if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
+                turn.lease = None
+                raise ThrottledError(service, reply[1], turn.limit)
+            turn.slot = True
+        elif count:
+            reply = self._throttle_trip(service, settings, "reserve", now, count=count,
+                                        max_wait=left)
+            if reply is None:
+                return False
+            if reply[2] == 0.0:
+                turn.done(now, refused=True)
+                raise ThrottledError(service, reply[1], turn.limit)
+        else:
+            reply = None
+        if not turn.token:
+            if reply is not None:
+                wait, granted, interval = reply[1], int(reply[2]), reply[3]
+                with pace.lock:
+                    first = mono + wait
+                    pace.tokens.extend(first + i * interval for i in range(1, granted))
+                leased = wait
+            if leased is False:
+                return False  # (unreachable: a turn without a lease asked for one)
+            turn.token = True
+            if leased > 0.0:
+                turn.waited += leased
+                return leased
+        turn.started = now
+        return None
+
+    @staticmethod
+    def _leased(pace: _Pace, turn: Turn, mono: float, left: float) -> Union[float, bool]:
+        """A leased turn for ``turn`` (under the pace's lock): the seconds until it may go,
+        or ``False`` when none is left in time.  A leased turn whose moment passed more
+        than an interval ago is dropped: sent late, it would bunch with the others'."""
+        if turn.token:
+            return 0.0
+        tokens = pace.tokens
+        slack = max(pace.interval, 0.005)
+        while tokens and tokens[0] < mono - slack:
+            tokens.pop(0)
+        if not tokens or tokens[0] - mono > left:
+            return False
+        return max(0.0, tokens.pop(0) - mono)
+
+    def throttle_done(self, turn: Turn, settings: ThrottleSettings, now: float, *,
+                      throttling: bool, retry_after: Optional[float],
+                      accepted: float) -> bool:
+        """The attempt of ``turn`` ended: its leased slot goes back, and a throttling
+        answer lowers the shared rate.  ``False`` when Redis cannot serve it (the lease
+        then ends with its TTL)."""
+        lease, turn.lease = turn.lease, None
+        if lease is None and not throttling:
+            return True
+        share = self.throttle_share(turn.service)
+        reply = self._throttle_trip(turn.service, settings, "release", now,
+                                    lease=lease or "", throttling=throttling,
+                                    started=turn.started, accepted=accepted * share,
+                                    retry_after=retry_after)
+        if reply is not None and throttling:
+            with self._pace(turn.service).lock:
+                self._pace(turn.service).tokens.clear()  # leased at the old rate
+        return reply is not None
+
     def flush(self) -> None:
         """Send every service's pending successes and deposits now."""
         for service, view in list(self._views.items()):
@@ -1278,6 +1613,24 @@ def _safe(exc: BaseException, url: Optional[str]) -> str:
             if len(part) >= 3:
                 text = text.replace(part, "***")
     return text[:200]
+
+
+def _pace_numbers(reply: Any) -> list[float]:
+    """The throttle script's reply as 8 numbers (the rate may be ``inf``), or
+    :class:`_KeyFault` for anything else."""
+    if not isinstance(reply, (list, tuple)) or len(reply) != 8:
+        raise _KeyFault(f"unexpected reply from Redis: {reply!r:.80}")
+    values = []
+    for index, item in enumerate(reply):
+        text = item.decode("ascii", "replace") if isinstance(item, bytes) else str(item)
+        try:
+            value = float(text)
+        except ValueError:
+            raise _KeyFault(f"unexpected reply from Redis: {reply!r:.80}") from None
+        if math.isnan(value) or (math.isinf(value) and index != 5) or value < 0:
+            raise _KeyFault(f"unexpected reply from Redis: {reply!r:.80}")
+        values.append(value)
+    return values
 
 
 def _numbers(reply: Any) -> list[Optional[float]]:

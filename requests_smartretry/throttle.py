@@ -309,10 +309,11 @@ class Throttle:
         """The turn of one attempt on ``service`` that may wait at most ``limit`` seconds
         (the attempt's timeout and the call's deadline; ``None``: no limit) besides
         ``max_wait``.  Drive it with :meth:`Turn.step`, end it with :meth:`Turn.done`."""
+        span = limit
         max_wait = self.settings.max_wait
         if max_wait is not None and (limit is None or max_wait < limit):
             limit = max_wait
-        return Turn(self, service, self.clock(), limit)
+        return Turn(self, service, self.clock(), limit, span)
 
     def rate(self, service: str) -> float:
         """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
@@ -339,19 +340,25 @@ class Turn:
     adaptive rate how the attempt went.
     """
 
-    __slots__ = ("asked", "lease", "limit", "local", "service", "slot", "started", "throttle",
-                 "token", "waited")
+    __slots__ = ("asked", "counted", "held", "lease", "limit", "local", "service", "slot",
+                 "span", "started", "throttle", "token", "waited")
 
     def __init__(self, throttle: Throttle, service: str, asked: float,
-                 limit: Optional[float]) -> None:
+                 limit: Optional[float], span: Optional[float]) -> None:
         self.throttle = throttle
         self.service = service
         self.asked = asked
+        #: Seconds the turn may wait (``None``: no limit).
         self.limit = limit
+        #: Seconds the attempt may take from the moment it asked, wait included (``None``:
+        #: no limit): a shared slot's lease lasts that long (and a margin).
+        self.span = span
         self.local: Optional[_Local] = None
         self.slot = throttle.settings.max_in_flight is None  # nothing to take
-        self.lease: Any = None  # the shared slot's lease id
+        self.held = False  # a local in-flight slot is held
+        self.lease: Optional[str] = None  # the shared slot's lease id
         self.token = False
+        self.counted = False  # counted in the shared demand
         self.started = asked
         self.waited = 0.0
 
@@ -362,14 +369,15 @@ class Turn:
         settings = throttle.settings
         left = _INF if self.limit is None else self.limit - (now - self.asked)
         store = throttle.store
+        share = 1
         if store is not None:
             shared = store.throttle_turn(self, settings, now, left)
             if shared is not False:
-                return self._waiting(shared, now)
+                return shared  # type: ignore[no-any-return]  # None or seconds
+            share = store.throttle_share(self.service)  # Redis is out: pace at our share
         local = self.local
         if local is None:
             local = self.local = throttle._local(self.service)
-        share = 1 if store is None else store.throttle_share(self.service)
         if not self.slot:
             limit = settings.max_in_flight
             assert limit is not None
@@ -377,39 +385,24 @@ class Turn:
             with local.lock:
                 if local.in_flight < limit:
                     local.in_flight += 1
-                    self.slot = True
-                else:
-                    local.slot_waiters += 1
+                    self.slot = self.held = True
             if not self.slot:
-                return self._slot_wait(left, now)
+                return self._slot_wait(left)
         if not self.token:
+            part = settings if share == 1 else _shared_part(settings, share)
             with local.lock:
-                if share > 1:
-                    wait, granted, _ = reserve(local.record, _shared_part(settings, share),
-                                               now, 1, left)
-                else:
-                    wait, granted, _ = reserve(local.record, settings, now, 1, left)
+                wait, granted, _ = reserve(local.record, part, now, 1, left)
             if not granted:
                 self.done(now, refused=True)
                 raise ThrottledError(self.service, wait, self.limit)
             self.token = True
             if wait > 0.0:
-                return self._waiting(wait, now)
+                self.waited += wait
+                return wait
         self.started = now
         return None
 
-    def _waiting(self, wait: Optional[float], now: float) -> Optional[float]:
-        if wait is None:
-            self.started = now
-        else:
-            self.waited += wait
-        return wait
-
-    def _slot_wait(self, left: float, now: float) -> float:
-        local = self.local
-        assert local is not None
-        with local.lock:
-            local.slot_waiters -= 1
+    def _slot_wait(self, left: float) -> float:
         if left <= 0.0:
             raise ThrottledError(self.service, None, self.limit)
         pause = min(_SLOT_POLL_MAX, max(_SLOT_POLL_MIN, self.waited / 4.0), left)
@@ -421,24 +414,28 @@ class Turn:
         """The attempt ended (or never went: ``refused``): give the slot back; a success
         counts towards the accepted rate, a throttling answer lowers the adaptive rate."""
         throttle = self.throttle
-        store = throttle.store
-        if store is not None and store.throttle_done(self, throttle.settings, now,
-                                                     success=success, throttling=throttling,
-                                                     retry_after=retry_after):
-            return
-        local = self.local
-        if local is None:
-            return
         settings = throttle.settings
-        with local.lock:
-            if self.slot and settings.max_in_flight is not None:
-                local.in_flight -= 1
-                self.slot = False
-            if success and settings.adaptive:
-                local.count_success(now)
-            elif throttling:
-                throttled(local.record, settings, now, self.started, local.accepted(now),
-                          retry_after)
+        local = self.local
+        if local is None and (settings.adaptive or throttling):
+            local = self.local = throttle._local(self.service)
+        accepted = 0.0
+        if local is not None:
+            with local.lock:
+                if self.held:
+                    local.in_flight -= 1
+                    self.held = False
+                if success and settings.adaptive:
+                    local.count_success(now)
+                elif throttling:
+                    accepted = local.accepted(now)
+        store = throttle.store
+        if store is not None and (self.lease is not None or throttling) \
+                and store.throttle_done(self, settings, now, throttling=throttling,
+                                        retry_after=retry_after, accepted=accepted):
+            return
+        if throttling and local is not None:
+            with local.lock:
+                throttled(local.record, settings, now, self.started, accepted, retry_after)
 
 
 def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
