@@ -313,7 +313,7 @@ local function reserve()
   local tolerance = (burst - 1) * interval
   local start = math.max(tat or now, now)
   wait = math.max(0, start - tolerance - now)
-  if wait <= max_wait then
+  if wait <= 0 or wait <= max_wait then
     granted = count
     tat = start + count * interval
     dirty = true
@@ -341,7 +341,7 @@ elseif op == 'release' then
       dirty = true
     end
     local started, accepted = tonumber(ARGV[13]), tonumber(ARGV[14])
-    if adaptive and (not tfail or started >= tfail) then
+    if adaptive and (not tfail or started > tfail) then
       local base = rate_at()
       if accepted > 0 then base = math.min(base, accepted) end
       if base == math.huge then base = 1 / beta end
@@ -1012,7 +1012,8 @@ class RedisStateStore:
             self._episode = True
         _log.warning(
             "requests_smartretry: Redis state store %s unavailable (%s: %s); breaker and "
-            "budget use local state until it is back", self.where, type(exc).__name__,
+            "budget use local state until it is back (a throttle paces locally at its "
+            "share: rate / processes last seen)", self.where, type(exc).__name__,
             _safe(exc, self._url), extra={"redis_state": self.where,
                                           "redis_error": type(exc).__name__},
         )

@@ -131,7 +131,7 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     tolerance = (s.burst - 1) * interval
     tat = max(record.get("tat", now), now)
     wait = max(0.0, tat - tolerance - now)
-    if wait > max_wait:
+    if wait > 0.0 and wait > max_wait:  # a turn that needs no wait always goes
         return wait, 0, interval
     record["tat"] = tat + count * interval
     return wait, count, interval
@@ -145,7 +145,7 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
-    if not s.adaptive or started < record.get("tfail", -_INF):
+    if not s.adaptive or started <= record.get("tfail", -_INF):
         return rate_at(record, s, now)
     current = rate_at(record, s, now)
     wmax = min(current, accepted) if accepted > 0 else current
