@@ -419,7 +419,10 @@ class _Call(Generic[T]):
     rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
     seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
     unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
-    turn: Optional[Turn] = None  # the throttle's turn of the attempt under way
+    # The throttle's turn of the attempt under way: a Turn, or (taken at once, the common
+    # case) the service's local state, taken at ``turn_at``.
+    turn: Any = None
+    turn_at = 0.0
     cut_at: Optional[float] = None  # (monotonic) the attempt's end, when a turn waited
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
@@ -537,6 +540,11 @@ class _Call(Generic[T]):
         attempt's time; a refusal raises :class:`ThrottledError` before the first attempt,
         and ends the call (``"throttled"``) before a later one."""
         throttle: Throttle = self.throttle  # type: ignore[assignment]  # the loop checked
+        now = throttle.clock()
+        entered = throttle.enter(self.call.service, now)  # free now: no Turn, no wait
+        if entered is not None:
+            self.turn, self.turn_at, self.cut_at = entered, now, None
+            return None
         timeout = self.policy.timeout
         limit = self.time_left()
         if timeout is not None and (limit is None or timeout < limit):
@@ -579,7 +587,21 @@ class _Call(Generic[T]):
         if turn is None:
             return
         self.turn = None
-        now = self.throttle.clock()  # type: ignore[union-attr]  # a turn has a throttle
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        if type(turn) is not Turn:  # taken at once (Throttle.enter)
+            if outcome is None:
+                throttle.leave(turn, throttle.clock(), self.turn_at)
+                return
+            verdict = outcome.classification
+            if verdict.verdict is _SUCCESS_VERDICT:
+                if throttle.settings.leaves:
+                    throttle.leave(turn, throttle.clock(), self.turn_at, success=True)
+            else:
+                throttle.leave(turn, throttle.clock(), self.turn_at,
+                               retry_after=verdict.retry_after,
+                               throttling=is_throttling(verdict.verdict, verdict.retry_after))
+            return
+        now = throttle.clock()
         if outcome is None:
             turn.done(now, refused=True)
             return

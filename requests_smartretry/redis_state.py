@@ -259,13 +259,15 @@ end
 return reply
 """
 
-# The throttle's script (a Lua transcription of throttle.rate_at, reserve and throttled,
-# plus the leased in-flight slots and the processes seen).  KEYS: pace (hash: tat, wmax,
-# tfail), slots (sorted set: lease id -> expiry), processes (sorted set: origin ->
-# expiry).  ARGV: op ('reserve' | 'acquire' | 'release' | 'rate'), now ('' = server
-# clock), rate ('' = none), burst, adaptive (0/1), count (turns to reserve; 0 = none),
-# max_wait, origin, lease id, lease ttl (s), max_in_flight ('' = none), throttling (0/1),
-# started, accepted, retry_after ('' = none), beta, recovery, min_rate, key ttl (ms).
+# The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned and
+# throttled, plus the leased in-flight slots, the fleet's recent successes and the
+# processes seen).  KEYS: pace (hash: tat, wmax, tfail, learn, and the successes per
+# 0.1 s: k0..k9 slice numbers, c0..c9 counts), slots (sorted set: lease id -> expiry),
+# processes (sorted set: origin -> expiry).  ARGV: op ('reserve' | 'acquire' | 'release' |
+# 'rate'), now ('' = server clock), rate ('' = none), burst, adaptive (0/1), count (turns
+# to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
+# none), throttling (0/1), started, successes (to add), retry_after ('' = none), beta,
+# recovery, min_rate, key ttl (ms), holdoff, learn.
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 _THROTTLE_LUA = """
@@ -289,34 +291,60 @@ local count, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7])
 local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
-local key_ttl = tonumber(ARGV[19])
-local saved = redis.call('HMGET', pkey, 'tat', 'wmax', 'tfail')
-local tat, wmax, tfail = num(saved[1]), num(saved[2]), num(saved[3])
--- Validation: a schedule far in the future or a time after now is repaired.
+local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local names = {'tat', 'wmax', 'tfail', 'learn'}
+for slot = 0, 9 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
+local saved = redis.call('HMGET', pkey, unpack(names))
+local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
+-- Validation: a schedule or a pause far in the future, or a time after now, is repaired.
 if tat and tat > now + 3600 then tat = nil end
+if learn and learn > now + learn_for then learn = now end
 if tfail and tfail > now then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
+local dirty, unlearn = {}, false
+-- The fleet's successes per 0.1 s over the last second (reported with every call).
+local current = math.floor(now * 10)
+local accepted = 0
+for slot = 0, 9 do
+  local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+  if stamp and n and current - 10 < stamp and stamp <= current and n >= 0 then
+    accepted = accepted + n
+  end
+end
+local successes = tonumber(ARGV[14]) or 0
+if successes > 0 then
+  local slot = current % 10
+  local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+  if stamp ~= current or not n or n < 0 then n = 0 end
+  dirty['k' .. slot] = current
+  dirty['c' .. slot] = n + successes
+  accepted = accepted + successes
+end
 local function rate_at()
   if not adaptive or not wmax or not tfail then return ceiling end
   local x = (math.max(0, now - tfail) - recovery) / recovery
   return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
+end
+if adaptive and learn and now >= learn then
+  wmax, tfail, learn, unlearn = math.max(min_rate, accepted), now, nil, true
+  dirty['wmax'] = wmax
+  dirty['tfail'] = tfail
 end
 -- Every process that asks is seen for 10 s (the share it takes while Redis is out).
 redis.call('ZADD', okey, now + 10, origin)
 redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
 redis.call('PEXPIRE', okey, 60000)
 local processes = redis.call('ZCARD', okey)
-local wait, granted, interval, slot, dirty = 0, 0, 0, 1, false
+local wait, granted, interval, slot = 0, 0, 0, 1
 local rate = rate_at()
 if rate ~= math.huge then interval = 1 / rate end
 local function reserve()
-  local tolerance = (burst - 1) * interval
   local start = math.max(tat or now, now)
-  wait = math.max(0, start - tolerance - now)
+  wait = math.max(0, start - (burst - 1) * interval - now)
   if wait <= 0 or wait <= max_wait then
     granted = count
     tat = start + count * interval
-    dirty = true
+    dirty['tat'] = tat
   end
 end
 if op == 'acquire' then
@@ -338,33 +366,35 @@ elseif op == 'release' then
     local retry_after = tonumber(ARGV[15])
     if retry_after and retry_after > 0 then
       tat = math.max(tat or now, now + retry_after)
-      dirty = true
+      dirty['tat'] = tat
     end
-    local started, accepted = tonumber(ARGV[13]), tonumber(ARGV[14])
-    if adaptive and (not tfail or started > tfail) then
-      local base = rate_at()
-      if accepted > 0 then base = math.min(base, accepted) end
-      if base == math.huge then base = 1 / beta end
-      wmax = math.max(min_rate, base)
-      tfail = now
-      dirty = true
-      rate = rate_at()
-      if rate ~= math.huge then interval = 1 / rate end
+    local started = tonumber(ARGV[13])
+    if adaptive and not learn and (not tfail or started > tfail + holdoff) then
+      if rate == math.huge then
+        learn = now + learn_for
+        tat = math.max(tat or now, learn)
+        dirty['learn'] = learn
+        dirty['tat'] = tat
+      else
+        wmax, tfail = rate, now
+        dirty['wmax'] = wmax
+        dirty['tfail'] = tfail
+        rate = rate_at()
+        interval = 1 / rate
+      end
     end
   end
 end
-if dirty then
-  local fields = {}
-  if tat then fields[#fields + 1] = 'tat'; fields[#fields + 1] = fmt(tat) end
-  if wmax then
-    fields[#fields + 1] = 'wmax'; fields[#fields + 1] = fmt(wmax)
-    fields[#fields + 1] = 'tfail'; fields[#fields + 1] = fmt(tfail)
-  end
-  if #fields > 0 then
-    redis.call('HSET', pkey, unpack(fields))
-    redis.call('PEXPIRE', pkey, key_ttl)
-  end
+local fields = {}
+for name, value in pairs(dirty) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = fmt(value)
 end
+if #fields > 0 then
+  redis.call('HSET', pkey, unpack(fields))
+  redis.call('PEXPIRE', pkey, key_ttl)
+end
+if unlearn then redis.call('HDEL', pkey, 'learn') end
 local in_flight = redis.call('ZCOUNT', skey, now, '+inf')
 local shown = 'inf'
 if rate ~= math.huge then shown = fmt(rate) end
@@ -539,7 +569,8 @@ class _Pace:
     """This process's side of one service's shared throttle: the turns it leased and not
     used yet, and what Redis said at the last round trip."""
 
-    __slots__ = ("demand", "interval", "lock", "processes", "rate", "synced", "tokens")
+    __slots__ = ("demand", "interval", "lock", "processes", "rate", "successes", "synced",
+                 "tokens")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -548,6 +579,7 @@ class _Pace:
         self.rate = math.inf  # the shared rate at the last round trip
         self.processes = 1  # processes seen on the service at the last round trip
         self.synced = -math.inf  # (monotonic) the last round trip
+        self.successes = 0  # successes not reported to Redis yet
         # Turns asked per slice of 0.1 s over the last second: [slice, count] x 10.
         self.demand: list[list[float]] = [[-1.0, 0.0] for _ in range(10)]
 
@@ -1335,11 +1367,15 @@ class RedisStateStore:
     def _throttle_trip(self, service: str, settings: ThrottleSettings, op: str, now: float,
                        *, count: int = 0, max_wait: float = 0.0, lease: str = "",
                        lease_ttl: float = 0.0, throttling: bool = False,
-                       started: float = 0.0, accepted: float = 0.0,
+                       started: float = 0.0,
                        retry_after: Optional[float] = None) -> Optional[list[float]]:
-        """One call of the throttle's script, or ``None`` when local state must serve."""
-        from .throttle import BETA, MIN_RATE, RECOVERY
+        """One call of the throttle's script (carrying the successes not reported yet),
+        or ``None`` when local state must serve."""
+        from .throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
 
+        pace = self._pace(service)
+        with pace.lock:
+            successes, pace.successes = pace.successes, 0
         shift = self._offset if self.server_time else 0.0  # the caller's clock -> shared
         args = [op, "" if self.server_time else repr(float(now)),
                 "" if settings.rate is None else repr(settings.rate), settings.burst,
@@ -1348,14 +1384,17 @@ class RedisStateStore:
                 repr(float(lease_ttl)),
                 "" if settings.max_in_flight is None else settings.max_in_flight,
                 "1" if throttling else "0", repr(float(started + shift)),
-                repr(float(accepted)), "" if retry_after is None else repr(float(retry_after)),
-                repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS]
+                successes, "" if retry_after is None else repr(float(retry_after)),
+                repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
+                repr(LEARN)]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: _pace_numbers(self._execute(
             args, keys, "throttle")))
-        if reply is not None:
-            pace = self._pace(service)
+        if reply is None:
+            with pace.lock:
+                pace.successes += successes  # sent with the next call
+        else:
             pace.synced = _monotonic()
             pace.processes = max(1, int(reply[4]))
             pace.rate = reply[5]
@@ -1461,19 +1500,21 @@ class RedisStateStore:
         return max(0.0, tokens.pop(0) - mono)
 
     def throttle_done(self, turn: Turn, settings: ThrottleSettings, now: float, *,
-                      throttling: bool, retry_after: Optional[float],
-                      accepted: float) -> bool:
-        """The attempt of ``turn`` ended: its leased slot goes back, and a throttling
-        answer lowers the shared rate.  ``False`` when Redis cannot serve it (the lease
-        then ends with its TTL)."""
+                      success: bool, throttling: bool, retry_after: Optional[float]) -> bool:
+        """The attempt of ``turn`` ended: its leased slot goes back, a success is counted
+        (sent with the next call: the fleet's successes of the last second are where a
+        learning pause starts the rate), and a throttling answer lowers the shared rate.
+        ``False`` when Redis cannot serve it (the lease then ends with its TTL)."""
         lease, turn.lease = turn.lease, None
+        if success:
+            pace = self._pace(turn.service)
+            with pace.lock:
+                pace.successes += 1
         if lease is None and not throttling:
             return True
-        share = self.throttle_share(turn.service)
         reply = self._throttle_trip(turn.service, settings, "release", now,
                                     lease=lease or "", throttling=throttling,
-                                    started=turn.started, accepted=accepted * share,
-                                    retry_after=retry_after)
+                                    started=turn.started, retry_after=retry_after)
         if reply is not None and throttling:
             with self._pace(turn.service).lock:
                 self._pace(turn.service).tokens.clear()  # leased at the old rate

@@ -62,11 +62,12 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from .classify import Verdict
 from .errors import ThrottledError
 from .testing import track
 
-__all__ = ["BETA", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings", "Turn",
-           "is_throttling"]
+__all__ = ["BETA", "HOLDOFF", "LEARN", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings",
+           "Turn", "is_throttling"]
 
 #: The multiplicative decrease: a throttling answer sets the rate to ``BETA · W``.
 BETA = 0.8
@@ -74,6 +75,14 @@ BETA = 0.8
 RECOVERY = 6.0
 #: The lowest rate an adaptive throttle falls to (requests per second).
 MIN_RATE = 0.5
+#: Seconds after a decrease during which throttling answers do not lower the rate again:
+#: a vendor counts its quota over a window (a second, for a QPS limit), and the answers
+#: that window still holds say nothing about the new rate.
+HOLDOFF = 1.0
+#: Seconds a throttle that paced nothing holds every turn after its first throttling
+#: answer, to count what the vendor accepts (just under a one-second quota window).
+LEARN = 0.9
+_RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds (ten slices: the last second).
 _SLICE = 0.1
 #: Longest pause between two looks for a free in-flight slot.
@@ -85,7 +94,8 @@ _INF = math.inf
 class ThrottleSettings:
     """The throttle's configuration, as the local and the shared state read it."""
 
-    __slots__ = ("adaptive", "burst", "max_in_flight", "max_wait", "rate")
+    __slots__ = ("adaptive", "burst", "interval", "leaves", "max_in_flight", "max_wait", "rate",
+                 "tolerance")
 
     def __init__(self, rate: Optional[float], burst: int, max_in_flight: Optional[int],
                  adaptive: bool, max_wait: Optional[float]) -> None:
@@ -94,6 +104,11 @@ class ThrottleSettings:
         self.max_in_flight = max_in_flight
         self.adaptive = adaptive
         self.max_wait = max_wait
+        #: Seconds between two turns at the configured rate (0: none), for a fixed rate.
+        self.interval = 0.0 if rate is None else 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        #: Whether the end of a turn taken at once has anything to give back or count.
+        self.leaves = max_in_flight is not None or adaptive
 
     def _key(self) -> tuple[Any, ...]:
         return (self.rate, self.burst, self.max_in_flight, self.adaptive, self.max_wait)
@@ -122,45 +137,66 @@ def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
 
 
 def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
-            max_wait: float) -> tuple[float, int, float]:
+            max_wait: float, accepted: float = 0.0) -> tuple[float, int, float]:
     """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
     may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
-    the first could not go within ``max_wait``."""
-    rate = rate_at(record, s, now)
-    interval = 0.0 if rate == _INF else 1.0 / rate
-    tolerance = (s.burst - 1) * interval
-    tat = max(record.get("tat", now), now)
-    wait = max(0.0, tat - tolerance - now)
-    if wait > 0.0 and wait > max_wait:  # a turn that needs no wait always goes
-        return wait, 0, interval
+    the first could not go within ``max_wait``.  ``accepted``: the successes of the last
+    second, which end a learning pause (see :func:`throttled`)."""
+    if s.adaptive:
+        learned(record, now, accepted)
+        rate = rate_at(record, s, now)
+        interval = 0.0 if rate == _INF else 1.0 / rate
+    else:
+        interval = s.interval
+    tat = record.get("tat", now)
+    if tat < now:
+        tat = now
+    wait = tat - (s.burst - 1) * interval - now
+    if wait > 0.0:
+        if wait > max_wait:  # (a turn that needs no wait always goes)
+            return wait, 0, interval
+    else:
+        wait = 0.0
     record["tat"] = tat + count * interval
     return wait, count, interval
 
 
+def learned(record: Record, now: float, accepted: float) -> None:
+    """End a learning pause that is over (mutates ``record``): the first throttling answer
+    of a throttle that paced nothing held every turn for a quota window (:data:`LEARN`);
+    what the vendor accepted in the last second is where the curve starts."""
+    learn = record.get("learn")
+    if learn is not None and now >= learn:
+        del record["learn"]
+        record["wmax"] = max(MIN_RATE, accepted)
+        record["tfail"] = now
+
+
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
-              accepted: float, retry_after: Optional[float]) -> float:
+              retry_after: Optional[float]) -> float:
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
-    returns the rate now in force).  ``accepted``: the successes of the last second (the
-    rate the vendor was seen to accept; 0 when unknown)."""
+    returns the rate now in force)."""
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
-    if not s.adaptive or started <= record.get("tfail", -_INF):
+    if not s.adaptive or "learn" in record \
+            or started <= record.get("tfail", -_INF) + HOLDOFF:
         return rate_at(record, s, now)
     current = rate_at(record, s, now)
-    wmax = min(current, accepted) if accepted > 0 else current
-    if wmax == _INF:
-        wmax = 1.0 / BETA  # nothing measured yet: start from 1 request/s
-    record["wmax"] = max(MIN_RATE, wmax)
+    if current == _INF:
+        # Nothing to lower yet: hold every turn for a quota window; the successes in it
+        # say what the vendor accepts (see reserve).
+        record["learn"] = now + LEARN
+        record["tat"] = max(record.get("tat", now), now + LEARN)
+        return current
+    record["wmax"] = current
     record["tfail"] = now
     return rate_at(record, s, now)
 
 
-def is_throttling(verdict: Any, retry_after: Optional[float]) -> bool:
+def is_throttling(verdict: Verdict, retry_after: Optional[float]) -> bool:
     """Whether a failed attempt's verdict is a throttling answer (see the module)."""
-    from .classify import Verdict
-
-    return verdict is Verdict.RATE_LIMIT or (retry_after is not None and verdict.retryable)
+    return verdict is _RATE_LIMIT or (retry_after is not None and verdict.retryable)
 
 
 # -- the local state of one service -------------------------------------------------------
@@ -315,6 +351,51 @@ class Throttle:
             limit = max_wait
         return Turn(self, service, self.clock(), limit, span)
 
+    def enter(self, service: str, now: float) -> Optional[_Local]:
+        """The common case, without a :class:`Turn`: a local throttle whose slot and token
+        are free now takes them and returns the service's state (hand it back with
+        :meth:`leave`); ``None`` (nothing taken) when the turn may have to wait, or is
+        shared, or is the service's first: then use :meth:`turn`."""
+        local = self._services.get(service)
+        if local is None or self.store is not None:
+            return None
+        settings = self.settings
+        limit = settings.max_in_flight
+        with local.lock:
+            if limit is not None and local.in_flight >= limit:
+                return None
+            record = local.record
+            if not settings.adaptive:
+                interval = settings.interval
+                if interval:  # reserve()'s rule for one turn that may not wait, inlined
+                    tat = record.get("tat", now)
+                    if tat < now:
+                        tat = now
+                    if tat - settings.tolerance > now:
+                        return None
+                    record["tat"] = tat + interval
+            elif "learn" in record or reserve(record, settings, now, 1, 0.0)[1] == 0:
+                return None
+            if limit is not None:
+                local.in_flight += 1
+        return local
+
+    def leave(self, local: _Local, now: float, started: float, *, success: bool = False,
+              throttling: bool = False, retry_after: Optional[float] = None) -> None:
+        """End a turn taken by :meth:`enter` (``started``: when it went): its slot goes
+        back; a success counts towards the accepted rate, a throttling answer lowers the
+        adaptive rate."""
+        settings = self.settings
+        if settings.max_in_flight is not None or (success and settings.adaptive) \
+                or throttling:
+            with local.lock:
+                if settings.max_in_flight is not None:
+                    local.in_flight -= 1
+                if success and settings.adaptive:
+                    local.count_success(now)
+                if throttling:
+                    throttled(local.record, settings, now, started, retry_after)
+
     def rate(self, service: str) -> float:
         """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
         store = self.store
@@ -323,8 +404,10 @@ class Throttle:
             if shared is not None:
                 return float(shared)
         local = self._local(service)
+        now = self.clock()
         with local.lock:
-            return rate_at(local.record, self.settings, self.clock())
+            learned(local.record, now, local.accepted(now))
+            return rate_at(local.record, self.settings, now)
 
     def in_flight(self, service: str) -> int:
         """Attempts on ``service`` holding a slot in this process."""
@@ -391,7 +474,8 @@ class Turn:
         if not self.token:
             part = settings if share == 1 else _shared_part(settings, share)
             with local.lock:
-                wait, granted, _ = reserve(local.record, part, now, 1, left)
+                wait, granted, _ = reserve(local.record, part, now, 1, left,
+                                           local.accepted(now) if settings.adaptive else 0.0)
             if not granted:
                 self.done(now, refused=True)
                 raise ThrottledError(self.service, wait, self.limit)
@@ -418,24 +502,22 @@ class Turn:
         local = self.local
         if local is None and (settings.adaptive or throttling):
             local = self.local = throttle._local(self.service)
-        accepted = 0.0
-        if local is not None:
+        counted = success and settings.adaptive
+        if local is not None and (self.held or counted):
             with local.lock:
                 if self.held:
                     local.in_flight -= 1
                     self.held = False
-                if success and settings.adaptive:
+                if counted:
                     local.count_success(now)
-                elif throttling:
-                    accepted = local.accepted(now)
         store = throttle.store
-        if store is not None and (self.lease is not None or throttling) \
-                and store.throttle_done(self, settings, now, throttling=throttling,
-                                        retry_after=retry_after, accepted=accepted):
+        if store is not None and store.throttle_done(self, settings, now, success=counted,
+                                                     throttling=throttling,
+                                                     retry_after=retry_after):
             return
         if throttling and local is not None:
             with local.lock:
-                throttled(local.record, settings, now, self.started, accepted, retry_after)
+                throttled(local.record, settings, now, self.started, retry_after)
 
 
 def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:

@@ -22,7 +22,7 @@ from requests_smartretry import (
     attempt_history,
     smart_session,
 )
-from requests_smartretry.throttle import BETA, MIN_RATE, RECOVERY, is_throttling
+from requests_smartretry.throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY, is_throttling
 from tests.conftest import FakeClock
 from tests.fakes.ratelimited import RateLimitedVendor
 
@@ -148,29 +148,46 @@ def test_in_flight_slots() -> None:
 # -- the adaptive rate -----------------------------------------------------------------------
 
 def test_a_throttling_answer_lowers_the_rate_at_once_and_it_recovers_along_the_curve() -> None:
-    """The rate drops to BETA x the accepted rate, climbs back to it at RECOVERY seconds,
-    stays near it (the plateau), then probes above it; the ceiling holds."""
+    """With a configured rate, a throttling answer drops it to BETA x the rate in force;
+    it climbs back to it at RECOVERY seconds and never above the configured ceiling."""
     clock = FakeClock()
-    throttle = Throttle(rate=40.0, adaptive=True, clock=clock)
+    throttle = Throttle(rate=20.0, adaptive=True, clock=clock)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
+    clock.advance(RECOVERY / 2)
+    assert BETA * 20.0 < throttle.rate(SERVICE) < 20.0
+    clock.advance(RECOVERY / 2)
+    assert throttle.rate(SERVICE) == pytest.approx(20.0)
+    clock.advance(RECOVERY * 10)
+    assert throttle.rate(SERVICE) == 20.0  # never above the configured ceiling
+
+
+def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -> None:
+    """adaptive=True alone: the first throttling answer holds every turn for LEARN
+    seconds, then the rate starts at BETA x the successes of the last second, climbs
+    back to them at RECOVERY, stays near them (the plateau), then probes above."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
     for _ in range(20):  # 20 successes in the last second: the vendor accepts 20/s
         turn, _ = go(throttle)
         turn.done(clock(), success=True)
     turn, _ = go(throttle)
     turn.done(clock(), throttling=True)
+    _, held = go(throttle)
+    assert held == pytest.approx(LEARN)
     assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
-    clock.advance(RECOVERY / 2)
-    middle = throttle.rate(SERVICE)
-    assert BETA * 20.0 < middle < 20.0
-    clock.advance(RECOVERY / 2)
+    clock.advance(RECOVERY)
     assert throttle.rate(SERVICE) == pytest.approx(20.0)
     clock.advance(RECOVERY * 0.3)
     assert 20.0 < throttle.rate(SERVICE) < 20.0 * 1.01  # the plateau: barely above
-    clock.advance(RECOVERY * 10)
-    assert throttle.rate(SERVICE) == 40.0  # never above the configured ceiling
+    clock.advance(RECOVERY)
+    assert throttle.rate(SERVICE) > 21.0  # then probing upwards
 
 
 def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() -> None:
-    """Only an attempt started after the last decrease lowers the rate again."""
+    """Only an attempt started after the last decrease (and its hold-off) lowers the
+    rate again."""
     clock = FakeClock()
     throttle = Throttle(rate=10.0, adaptive=True, clock=clock)
     early = [go(throttle)[0] for _ in range(5)]
@@ -180,10 +197,16 @@ def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() ->
     for turn in early[1:]:
         turn.done(clock(), throttling=True)
     assert throttle.rate(SERVICE) == pytest.approx(lowered)
-    clock.advance(0.5)
+    clock.advance(HOLDOFF / 2)
+    within, _ = go(throttle)
+    recovering = throttle.rate(SERVICE)
+    within.done(clock(), throttling=True)  # the vendor's window still holds the old rate
+    assert throttle.rate(SERVICE) == pytest.approx(recovering)
+    clock.advance(HOLDOFF)
     later, _ = go(throttle)
+    before = throttle.rate(SERVICE)
     later.done(clock(), throttling=True)
-    assert throttle.rate(SERVICE) < lowered
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * before)
 
 
 def test_adaptive_without_rate_paces_nothing_until_throttled() -> None:

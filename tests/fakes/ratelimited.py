@@ -41,6 +41,7 @@ class RateLimitedVendor:
         self._window: collections.deque[float] = collections.deque()
         self.executed: list[float] = []
         self.throttled: dict[str, int] = {}
+        self.answered: list[tuple[float, bool]] = []  # (wall time, throttled) per answer
         self.in_flight = 0
         self.peak = 0
         vendor = self
@@ -116,10 +117,12 @@ class RateLimitedVendor:
             else:
                 window.append(now)
                 self.executed.append(now)
+                self.answered.append((time.time(), False))
                 self.in_flight += 1
                 self.peak = max(self.peak, self.in_flight)
                 return None
             self.throttled[code] = self.throttled.get(code, 0) + 1
+            self.answered.append((time.time(), True))
             return code
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
@@ -176,6 +179,7 @@ def main(argv: list[str]) -> None:
     done.wait()
     counts = vendor.counts()
     counts["seconds"] = time.monotonic() - started
+    counts["answered"] = vendor.answered
     print(json.dumps(counts), flush=True)
 
 
