@@ -262,7 +262,7 @@ return reply
 # The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned and
 # throttled, plus the leased in-flight slots, the fleet's recent successes and the
 # processes seen).  KEYS: pace (hash: tat, wmax, tfail, learn, and the successes per
-# 0.1 s: k0..k9 slice numbers, c0..c9 counts), slots (sorted set: lease id -> expiry),
+# 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts), slots (sorted set: lease id -> expiry),
 # processes (sorted set: origin -> expiry).  ARGV: op ('reserve' | 'acquire' | 'release' |
 # 'rate'), now ('' = server clock), rate ('' = none), burst, adaptive (0/1), count (turns
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
@@ -293,7 +293,7 @@ local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
 local names = {'tat', 'wmax', 'tfail', 'learn'}
-for slot = 0, 9 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
+for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
 -- Validation: a schedule or a pause far in the future, or a time after now, is repaired.
@@ -302,31 +302,36 @@ if learn and learn > now + learn_for then learn = now end
 if tfail and tfail > now then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
 local dirty, unlearn = {}, false
--- The fleet's successes per 0.1 s over the last second (reported with every call).
+-- The fleet's successes per 0.1 s over the last 2 s (reported with every call).
 local current = math.floor(now * 10)
-local accepted = 0
-for slot = 0, 9 do
-  local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
-  if stamp and n and current - 10 < stamp and stamp <= current and n >= 0 then
-    accepted = accepted + n
-  end
-end
 local successes = tonumber(ARGV[14]) or 0
 if successes > 0 then
-  local slot = current % 10
+  local slot = current % 20
   local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
   if stamp ~= current or not n or n < 0 then n = 0 end
   dirty['k' .. slot] = current
   dirty['c' .. slot] = n + successes
-  accepted = accepted + successes
+  saved[5 + 2 * slot], saved[6 + 2 * slot] = current, n + successes
+end
+local function since(moment)
+  local first, total = math.floor(moment * 10), 0
+  for slot = 0, 19 do
+    local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+    if stamp and n and first <= stamp and stamp <= current and n >= 0 then
+      total = total + n
+    end
+  end
+  return total
 end
 local function rate_at()
   if not adaptive or not wmax or not tfail then return ceiling end
-  local x = (math.max(0, now - tfail) - recovery) / recovery
+  local elapsed = math.max(0, now - tfail)
+  local x = (elapsed - recovery) / recovery
   return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
 end
 if adaptive and learn and now >= learn then
-  wmax, tfail, learn, unlearn = math.max(min_rate, accepted), now, nil, true
+  wmax, tfail, learn = math.max(min_rate, since(learn - learn_for - 0.1)), now, nil
+  unlearn = true
   dirty['wmax'] = wmax
   dirty['tfail'] = tfail
 end

@@ -83,8 +83,9 @@ HOLDOFF = 1.0
 #: answer, to count what the vendor accepts (just under a one-second quota window).
 LEARN = 0.9
 _RATE_LIMIT = Verdict.RATE_LIMIT
-#: Successes are counted per slice of this many seconds (ten slices: the last second).
+#: Successes are counted per slice of this many seconds, over the last 2 s.
 _SLICE = 0.1
+_SLICES = 20
 #: Longest pause between two looks for a free in-flight slot.
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
@@ -132,18 +133,21 @@ def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
     if not s.adaptive or "wmax" not in record:
         return ceiling
     wmax = record["wmax"]
-    x = (max(0.0, now - record["tfail"]) - RECOVERY) / RECOVERY
+    since = max(0.0, now - record["tfail"])
+    x = (since - RECOVERY) / RECOVERY
     return max(MIN_RATE, min(ceiling, wmax * (1.0 + (1.0 - BETA) * x * x * x)))
 
 
 def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
-            max_wait: float, accepted: float = 0.0) -> tuple[float, int, float]:
+            max_wait: float, accepted: Optional[Callable[[float], float]] = None,
+            ) -> tuple[float, int, float]:
     """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
     may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
-    the first could not go within ``max_wait``.  ``accepted``: the successes of the last
-    second, which end a learning pause (see :func:`throttled`)."""
+    the first could not go within ``max_wait``.  ``accepted(since)``: the successes since
+    a moment, which end a learning pause (see :func:`learned`)."""
     if s.adaptive:
-        learned(record, now, accepted)
+        if accepted is not None:
+            learned(record, now, accepted)
         rate = rate_at(record, s, now)
         interval = 0.0 if rate == _INF else 1.0 / rate
     else:
@@ -161,14 +165,15 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     return wait, count, interval
 
 
-def learned(record: Record, now: float, accepted: float) -> None:
+def learned(record: Record, now: float, accepted: Callable[[float], float]) -> None:
     """End a learning pause that is over (mutates ``record``): the first throttling answer
     of a throttle that paced nothing held every turn for a quota window (:data:`LEARN`);
-    what the vendor accepted in the last second is where the curve starts."""
+    what the vendor accepted since just before it (``accepted(since)``: the successes
+    since that moment) is where the curve starts."""
     learn = record.get("learn")
     if learn is not None and now >= learn:
         del record["learn"]
-        record["wmax"] = max(MIN_RATE, accepted)
+        record["wmax"] = max(MIN_RATE, accepted(learn - LEARN - _SLICE))
         record["tfail"] = now
 
 
@@ -211,17 +216,17 @@ class _Local:
         self.record: Record = {}
         self.in_flight = 0
         self.slot_waiters = 0
-        # Successes per slice, for the accepted rate: [slice number, count] x 10.
-        self.slices: list[list[float]] = [[-1.0, 0.0] for _ in range(10)]
+        # Successes per slice of 0.1 s over the last 2 s: [slice number, count] x 20.
+        self.slices: list[list[float]] = [[-1.0, 0.0] for _ in range(_SLICES)]
 
-    def accepted(self, now: float) -> float:
-        """Successes of the last second (under the lock)."""
-        current = math.floor(now / _SLICE)
-        return sum(n for stamp, n in self.slices if current - 10 < stamp <= current)
+    def since(self, moment: float) -> float:
+        """Successes since ``moment`` (at most 2 s ago; under the lock)."""
+        first = math.floor(moment / _SLICE)
+        return sum(n for stamp, n in self.slices if stamp >= first)
 
     def count_success(self, now: float) -> None:
         current = math.floor(now / _SLICE)
-        cell = self.slices[int(current) % 10]
+        cell = self.slices[int(current) % _SLICES]
         if cell[0] != current:
             cell[0], cell[1] = current, 0.0
         cell[1] += 1.0
@@ -406,7 +411,7 @@ class Throttle:
         local = self._local(service)
         now = self.clock()
         with local.lock:
-            learned(local.record, now, local.accepted(now))
+            learned(local.record, now, local.since)
             return rate_at(local.record, self.settings, now)
 
     def in_flight(self, service: str) -> int:
@@ -474,8 +479,7 @@ class Turn:
         if not self.token:
             part = settings if share == 1 else _shared_part(settings, share)
             with local.lock:
-                wait, granted, _ = reserve(local.record, part, now, 1, left,
-                                           local.accepted(now) if settings.adaptive else 0.0)
+                wait, granted, _ = reserve(local.record, part, now, 1, left, local.since)
             if not granted:
                 self.done(now, refused=True)
                 raise ThrottledError(self.service, wait, self.limit)
