@@ -16,8 +16,10 @@ throttle, and the Redis round trips a shared throttle costs per request.
    - ``ours, no throttle``: ``smart_session(max_retries=3)`` (backoff, budget);
    - ``ours, adaptive (local)``: ``+ throttle=Throttle(adaptive=True)``, each process learns;
    - ``ours, adaptive (shared)``: the same throttle with ``state=`` one redis-server;
-   - ``ours, rate=20 + adaptive (shared)``: ``Throttle(rate=20, burst=1, adaptive=True)``,
-     the vendor's documented quota configured (the adaptive part handles the rest).
+   - ``ours, rate=19 + adaptive (shared)``: ``Throttle(rate=19, burst=1, adaptive=True)``,
+     the vendor's documented quota configured a little under it (a vendor's window and
+     clock are not ours: at exactly 20/s one request in a window lands on its edge), the
+     adaptive part for what the documentation does not say.
 
    The throttled share and goodput are also given for the run after its first 5 s (the
    steady state: an adaptive throttle without a rate learns from the first burst).
@@ -61,7 +63,7 @@ VENDOR_RATE = 20
 PROCESSES = 4
 THREADS = 16
 VARIANTS = ("plain retries", "ours, no throttle", "ours, adaptive (local)",
-            "ours, adaptive (shared)", "ours, rate=20 + adaptive (shared)")
+            "ours, adaptive (shared)", "ours, rate=19 + adaptive (shared)")
 
 
 # -- 1. the fleet ------------------------------------------------------------------------------
@@ -75,8 +77,8 @@ def _session(variant: str, redis_url: Optional[str], prefix: str) -> requests.Se
         return session
     options: dict[str, Any] = {"max_retries": 3, "log": False, "pool_maxsize": THREADS}
     if variant != "ours, no throttle":
-        options["throttle"] = Throttle(adaptive=True) if "rate=20" not in variant \
-            else Throttle(rate=20.0, burst=1, adaptive=True)
+        options["throttle"] = Throttle(adaptive=True) if "rate=19" not in variant \
+            else Throttle(rate=19.0, burst=1, adaptive=True)
     if "shared" in variant:
         from requests_smartretry.redis_state import RedisStateStore
 
