@@ -95,7 +95,7 @@ from .classify import (  # ErrorClassifier and RetryOn: re-exported from their o
     RetryOn,
     call_classifier,
 )
-from .deadline import AttemptLedger, NoTimeLeft, attempt_seconds, current_scope
+from .deadline import AttemptLedger, NoTimeLeft, attempt_seconds, current_scope, defer_records
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -288,18 +288,45 @@ def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
         operation = config.policy.operation_name or operation
     policy = config.policy
     call = CallInfo(operation=operation, service=policy.service or operation)
+    unhealed: list[Callable[[], None]] = []  # see _settle
 
     def attempt(number: int) -> Outcome[R]:
-        return _attempt(fn, config, operation, number)
+        return _attempt(fn, config, operation, number, unhealed)
 
-    finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
-                                     breaker=config.breaker, budget=config.budget,
-                                     sleep=config.sleep, clock=config.clock,
-                                     quiet=config.quiet)
+    healed = False
+    try:
+        finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
+                                         breaker=config.breaker, budget=config.budget,
+                                         sleep=config.sleep, clock=config.clock,
+                                         quiet=config.quiet)
+        healed = finished.outcome.error is None
+    finally:
+        if not healed:  # the call failed: what its retries did not heal counts
+            defer_records(unhealed)
     return finished.unwrap()
 
 
-def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int) -> Outcome[R]:
+def _settle(ledger: AttemptLedger, outcome: Outcome[Any], number: int,
+            unhealed: list[Callable[[], None]]) -> None:
+    """The breaker records of failures nested in attempt ``number`` (calls made in ``fn``
+    that gave up: see :meth:`AttemptLedger.defer`), by the engine's rule for a call's own
+    failures: the first failed attempt's wait in ``unhealed`` (dropped when a retry
+    succeeds, so a poll healed by its retry leaves the breaker alone); a second failed
+    attempt counts them all at once; a succeeded attempt's own count (``fn`` got over
+    them itself: no retry healed them)."""
+    records = ledger.take_deferred()
+    if outcome.classification.verdict is Verdict.SUCCESS:
+        unhealed.clear()  # healed by this retry
+    elif number > 1:
+        records, unhealed[:] = unhealed + records, []
+    else:
+        unhealed.extend(records)
+        return
+    defer_records(records)
+
+
+def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int,
+             unhealed: list[Callable[[], None]]) -> Outcome[R]:
     try:
         timeout = attempt_seconds(config.policy.timeout)
     except NoTimeLeft:
@@ -316,7 +343,9 @@ def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: 
             f"{operation}: the enclosing attempt is over (abandoned at its deadline); "
             f"attempt {number} was not started")
         return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
-    outcome = _run_attempt(fn, config, operation, number, timeout, AttemptLedger(enclosing))
+    ledger = AttemptLedger(enclosing)
+    outcome = _run_attempt(fn, config, operation, number, timeout, ledger)
+    _settle(ledger, outcome, number, unhealed)
     if counted and (outcome.classification.safe_to_repeat or (
             outcome.classification.retryable and outcome.veto is None)):
         enclosing.not_executed()  # type: ignore[union-attr]  # this call repeats it itself
@@ -358,6 +387,11 @@ def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, numb
             signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
         mark_vetoed(outcome)
         return outcome
+    if isinstance(job.error, NoTimeLeft):  # its thread started after the deadline: fn never ran
+        ledger.seal()
+        error = CallTimeoutError(f"{operation}: attempt {number} could not start before its "
+                                 f"{timeout:g}s deadline (no thread got to run it in time)")
+        return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
     if job.error is not None:
         unsafe = ledger.seal()
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry

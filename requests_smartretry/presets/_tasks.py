@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional
 
+import requests
+
 from ..classify import Classification, classify_http_response
+from ..deadline import current_scope
 from ..errors import PollDeadlineExceeded, SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import DEFAULT_RETRY_STATUSES
 from ..poll import poll_until
 from ..stats import Stats
 
-__all__ = ["check_task_id", "client_stats", "task_json", "wait_for"]
+__all__ = ["check_task_id", "client_stats", "cuts_at_deadline", "task_created", "task_json",
+           "wait_for"]
 
 ResponseHook = Callable[[Any], Optional[Classification]]
 
@@ -36,6 +40,21 @@ def client_stats(client: Any) -> Optional[Stats]:
         return stats_of(client)
     except (TypeError, ValueError, LookupError):
         return None
+
+
+def cuts_at_deadline(client: Any) -> bool:
+    """Whether ``client`` sends through a smart adapter (a session) or a smart transport
+    (``smart_client()``, ``video_client()``), which cut a request at the deadline of the
+    enclosing call themselves."""
+    from ..accessors import adapter_of
+
+    if isinstance(client, requests.Session):
+        try:
+            adapter_of(client)
+        except TypeError:
+            return False
+        return True
+    return hasattr(client, "smart_transport")
 
 
 def task_json(response: Any, operation: str) -> dict[str, Any]:
@@ -68,10 +87,19 @@ def vendor_classifier(hook: ResponseHook,
     return classify
 
 
+def task_created(task_id: str) -> None:
+    """A submission created the task ``task_id`` (billed): an enclosing retrying call
+    (``execute_with_retry`` around a submit-and-wait, a nested smart call) must not repeat
+    the attempt, whatever its wait later raises; the error names the task to resume."""
+    scope = current_scope()
+    if scope is not None and scope.ledger is not None:
+        scope.ledger.task_created()
+
+
 def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
              check: Callable[[Any], None], task_of: Callable[[Any], Any],
              done: Callable[[Any], bool], describe: Callable[[Any], Optional[str]],
-             client: Any, deadline: float, operation: str,
+             client: Any, task_id: str, deadline: float, operation: str,
              on_poll: Optional[Callable[[int, Any], Any]], stats: Any,
              options: dict[str, Any]) -> Any:
     """Poll ``send()`` (one request; its response) until ``done(response)``; returns
@@ -79,17 +107,25 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     before the vendor's table decides (``raise_for_status``: a retryable one is retried, a
     final one ends the wait).  ``on_poll`` and ``.last`` see tasks, not responses."""
 
+    retry_statuses = frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))
+
     def fetch() -> Any:
         response = send()
         if response.status_code >= 400:
             check(response)
             response.raise_for_status()
+        elif classify_http_response(response, hook, retry_statuses).retryable:
+            # A 2xx whose body says "busy, ask again" (visual 50429 QPS, 50500 internal):
+            # the poll failed transiently, retried as a 5xx is; never a task's answer.
+            raise requests.HTTPError(f"{operation}: HTTP {response.status_code} with a "
+                                     "retryable vendor code", response=response)
         return response
 
-    options.setdefault("classify", vendor_classifier(
-        hook, frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))))
-    # The poll is a smart request, cut at the socket by the deadline it sees: no thread.
-    options.setdefault("run_in_thread", False)
+    options.setdefault("classify", vendor_classifier(hook, retry_statuses))
+    # A smart request is cut at the socket by the deadline it sees: no thread needed.  A
+    # plain session or client is not: its poll runs in the callable API's worker thread,
+    # abandoned at the deadline (else a hung poll would hold the wait past it).
+    options.setdefault("run_in_thread", not cuts_at_deadline(client))
     if stats is None:
         stats = client_stats(client)
     notify = None
@@ -106,5 +142,14 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
                 exc.last = task_of(exc.last)
             except Exception:
                 pass
+        exc.task_id = task_id
+        exc.args = (f"{exc.args[0]}; task {task_id!r} may still finish: wait for it "
+                    "again with its id", *exc.args[1:])
+        raise
+    except Exception as exc:  # the id to resume with, on whatever ended the wait
+        try:
+            exc.task_id = task_id  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
+            pass
         raise
     return task_of(response)
