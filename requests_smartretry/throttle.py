@@ -121,7 +121,7 @@ class ThrottleSettings:
         return hash(self._key())
 
 
-# -- the algorithms (transcribed to Lua in redis_state; keep both in step) ----------------
+# -- the algorithms (transcribed to Lua in redis_state/scripts.py; keep in step) ---------
 
 Record = dict[str, float]
 
