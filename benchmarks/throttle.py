@@ -37,7 +37,6 @@ throttle, and the Redis round trips a shared throttle costs per request.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
@@ -58,6 +57,9 @@ from requests.adapters import HTTPAdapter  # noqa: E402
 from urllib3.util.retry import Retry  # noqa: E402
 
 from requests_smartretry import SmartRetryAdapter, Throttle, smart_session  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from run import _StubTransport  # noqa: E402  # the canned 200 of section 1's pure overhead
 
 VENDOR_RATE = 20
 PROCESSES = 4
@@ -172,20 +174,7 @@ def summarize(variant: str, calls: list[tuple[float, float, bool]], counts: dict
 
 # -- 2. the success-path cost ------------------------------------------------------------------
 
-class _Stub(HTTPAdapter):
-    def send(self, request: requests.PreparedRequest, stream: bool = False,  # type: ignore[override]
-             timeout: Any = None, verify: Any = True, cert: Any = None,
-             proxies: Any = None) -> requests.Response:
-        response = requests.Response()
-        response.status_code = 200
-        response._content = b"ok"
-        response.request = request
-        response.url = request.url or ""
-        response.raw = io.BytesIO(b"ok")
-        return response
-
-
-class _StubbedOurs(SmartRetryAdapter, _Stub):
+class _StubbedOurs(SmartRetryAdapter, _StubTransport):
     """Our adapter over a canned transport."""
 
 

@@ -475,7 +475,7 @@ class Turn:
                     local.in_flight += 1
                     self.slot = self.held = True
             if not self.slot:
-                return self._slot_wait(left)
+                return self.slot_wait(left)
         if not self.token:
             part = settings if share == 1 else _shared_part(settings, share)
             with local.lock:
@@ -483,14 +483,22 @@ class Turn:
             if not granted:
                 self.done(now, refused=True)
                 raise ThrottledError(self.service, wait, self.limit)
-            self.token = True
-            if wait > 0.0:
-                self.waited += wait
-                return wait
+            return self.token_in(wait, now)
         self.started = now
         return None
 
-    def _slot_wait(self, left: float) -> float:
+    def token_in(self, wait: float, now: float) -> Optional[float]:
+        """The turn's token comes in ``wait`` seconds: the step's answer (``None``: now)."""
+        self.token = True
+        if wait > 0.0:
+            self.waited += wait
+            return wait
+        self.started = now
+        return None
+
+    def slot_wait(self, left: float) -> float:
+        """No slot free: seconds until the next look (growing with the wait, at most
+        :data:`_SLOT_POLL_MAX`), or :class:`ThrottledError` when ``left`` is spent."""
         if left <= 0.0:
             raise ThrottledError(self.service, None, self.limit)
         pause = min(_SLOT_POLL_MAX, max(_SLOT_POLL_MIN, self.waited / 4.0), left)

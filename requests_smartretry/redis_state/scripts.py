@@ -16,9 +16,11 @@ __all__ = ["STATE_LUA", "THROTTLE_LUA", "numbers", "pace_numbers"]
 # ('bucket:count;...'), failed, weight, ticket, budget settings ('' = no budget part),
 # deposit, spend, channel, message.  Reply: now, st, t, rnd, pin, cf, window failures,
 # window requests, allowed, retry_in, ticket, state after record, spent, tokens.
-STATE_LUA = """
+# What both scripts start with: effects replicated (Redis < 5), the clock (ARGV[2], or
+# the Redis server's), number formatting, and reading a stored value (trusted only as a
+# finite number; anything else reads as missing).
+_PRELUDE = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
-local bkey, gkey = KEYS[1], KEYS[2]
 local op = ARGV[1]
 local now = tonumber(ARGV[2])
 if not now then
@@ -26,12 +28,15 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function fmt(x) return string.format('%.17g', x) end
--- A stored value is trusted only as a finite number; anything else reads as missing.
 local function num(v)
   local x = tonumber(v)
   if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
   return x
 end
+"""
+
+STATE_LUA = _PRELUDE + """
+local bkey, gkey = KEYS[1], KEYS[2]
 local function split(s)
   local out = {}
   for part in string.gmatch(s, '[^,]+') do out[#out + 1] = tonumber(part) end
@@ -209,21 +214,8 @@ return reply
 # recovery, min_rate, key ttl (ms), holdoff, learn.
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
-THROTTLE_LUA = """
-if redis.replicate_commands then pcall(redis.replicate_commands) end
+THROTTLE_LUA = _PRELUDE + """
 local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
-local op = ARGV[1]
-local now = tonumber(ARGV[2])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local function fmt(x) return string.format('%.17g', x) end
-local function num(v)
-  local x = tonumber(v)
-  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
-  return x
-end
 local ceiling = tonumber(ARGV[3]) or math.huge
 local burst, adaptive = tonumber(ARGV[4]), ARGV[5] == '1'
 local count, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7])

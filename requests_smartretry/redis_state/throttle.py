@@ -174,11 +174,7 @@ class SharedPaces:
                 turn.lease = None
                 return False
             if reply[6] != 1.0:  # no free slot: look again soon
-                if left <= 0.0:
-                    raise ThrottledError(service, None, turn.limit)
-                pause = min(0.05, max(0.005, turn.waited / 4.0), left)
-                turn.waited += pause
-                return pause
+                return turn.slot_wait(left)
             if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
                 turn.lease = None
                 raise ThrottledError(service, reply[1], turn.limit)
@@ -202,10 +198,7 @@ class SharedPaces:
                 leased = wait
             if leased is False:
                 return False  # (unreachable: a turn without a lease asked for one)
-            turn.token = True
-            if leased > 0.0:
-                turn.waited += leased
-                return leased
+            return turn.token_in(leased, now)
         turn.started = now
         return None
 
