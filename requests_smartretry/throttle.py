@@ -22,10 +22,11 @@ a cubic curve, the shape of TCP CUBIC that botocore's adaptive retry mode also u
     rate(t) = W · (1 + (1 - β) · ((t - K) / K)³)       t: seconds since the decrease
 
 ``W`` is the rate the vendor was seen to accept when it throttled (the lower of the rate in
-force and the successes of the last second, per process times the processes sharing the
-service), the rate drops at once to ``β·W`` (``t = 0``), climbs quickly at first, flattens
-out as it nears ``W`` at ``t = K`` and stays near it for a while (the plateau), then
-probes above it slowly, faster the longer no throttling answer comes.  Constants and why:
+force and the successes of the last second: this process's for a local throttle, the
+fleet's for a shared one), the rate drops at once to ``β·W`` (``t = 0``), climbs quickly at
+first, flattens out as it nears ``W`` at ``t = K`` and stays near it for a while (the
+plateau), then probes above it slowly, faster the longer no throttling answer comes.
+Constants and why:
 
 - ``β = 0.8`` (:data:`BETA`; botocore 0.7): the decrease starts from ``W``, the accepted
   rate measured at the vendor, not from a blind guess, so it need not overshoot downwards;
@@ -35,11 +36,17 @@ probes above it slowly, faster the longer no throttling answer comes.  Constants
   every rate, and a vendor's per-second quota counts whole seconds: after 6 s near ``W``,
   probing upwards by 2.5 % takes another 3 s, so a quota is tested about once every 10 s.
 - The rate never goes below :data:`MIN_RATE` (0.5/s), and with a configured ``rate`` never
-  above it (``rate`` is the ceiling; without it the throttle paces nothing until the first
-  throttling answer).
-- Only an answer to an attempt that *started after the last decrease* lowers the rate
-  again (TCP's once per round trip): the answers to attempts sent before it say nothing
-  about the new rate, and counting them would cut the rate to nothing in one burst.
+  above it (``rate`` is the ceiling).
+- Only an answer to an attempt that started more than :data:`HOLDOFF` (1 s) after the
+  last decrease lowers the rate again (TCP lowers once per round trip; a quota's round
+  trip is its window): the answers to attempts sent before, or while the vendor's window
+  still holds the old rate, say nothing about the new one, and counting them cut the rate
+  to the floor in one burst.
+- Without a ``rate`` the throttle paces nothing until the first throttling answer, which
+  has nothing to lower: every turn is then held for :data:`LEARN` (0.9 s, just under a
+  one-second quota window) and ``W`` is what the vendor accepted since just before that
+  answer.  (Taken at once, it would be nothing: in a burst the 429s come back before the
+  successes.)
 - A ``Retry-After`` also holds every turn on the service until it has passed.
 
 Shared by a fleet: with a Redis ``state=`` (see :mod:`requests_smartretry.redis_state`),
@@ -86,6 +93,9 @@ _RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds, over the last 2 s.
 _SLICE = 0.1
 _SLICES = 20
+#: The successes since this many seconds ago (slices of 0.1 s: just under a second) are
+#: what the vendor accepted in its last one-second window.
+_ACCEPTED_WINDOW = 0.9
 #: Longest pause between two looks for a free in-flight slot.
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
@@ -178,9 +188,11 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
 
 
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
-              retry_after: Optional[float]) -> float:
+              retry_after: Optional[float], accepted: float = 0.0) -> float:
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
-    returns the rate now in force)."""
+    returns the rate now in force).  ``accepted``: the successes of the last second (0:
+    unknown); ``W`` is the lower of it and the rate in force, so that the plateau sits on
+    what the vendor accepted, not on the rate it throttled."""
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
@@ -194,7 +206,7 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
         record["learn"] = now + LEARN
         record["tat"] = max(record.get("tat", now), now + LEARN)
         return current
-    record["wmax"] = current
+    record["wmax"] = max(MIN_RATE, min(current, accepted)) if accepted > 0 else current
     record["tfail"] = now
     return rate_at(record, s, now)
 
@@ -399,7 +411,8 @@ class Throttle:
                 if success and settings.adaptive:
                     local.count_success(now)
                 if throttling:
-                    throttled(local.record, settings, now, started, retry_after)
+                    throttled(local.record, settings, now, started, retry_after,
+                              local.since(now - _ACCEPTED_WINDOW))
 
     def rate(self, service: str) -> float:
         """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
@@ -529,7 +542,8 @@ class Turn:
             return
         if throttling and local is not None:
             with local.lock:
-                throttled(local.record, settings, now, self.started, retry_after)
+                throttled(local.record, settings, now, self.started, retry_after,
+                          local.since(now - _ACCEPTED_WINDOW))
 
 
 def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
