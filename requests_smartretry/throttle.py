@@ -21,15 +21,16 @@ a cubic curve, the shape of TCP CUBIC that botocore's adaptive retry mode also u
 
     rate(t) = W · (1 + (1 - β) · ((t - K) / K)³)       t: seconds since the decrease
 
-``W`` is the rate the vendor was seen to accept when it throttled (the lower of the rate in
-force and the successes of the last second: this process's for a local throttle, the
-fleet's for a shared one), the rate drops at once to ``β·W`` (``t = 0``), climbs quickly at
-first, flattens out as it nears ``W`` at ``t = K`` and stays near it for a while (the
-plateau), then probes above it slowly, faster the longer no throttling answer comes.
+``W`` is the rate in force when the vendor throttled (after a learning pause: the rate the
+vendor was seen to accept, see below); the rate drops at once to ``β·W`` (``t = 0``),
+climbs quickly at first, flattens out as it nears ``W`` at ``t = K`` and stays near it
+for a while (the plateau), then probes above it slowly, faster the longer no throttling
+answer comes.
 Constants and why:
 
-- ``β = 0.8`` (:data:`BETA`; botocore 0.7): the decrease starts from ``W``, the accepted
-  rate measured at the vendor, not from a blind guess, so it need not overshoot downwards;
+- ``β = 0.8`` (:data:`BETA`; botocore 0.7): ``W`` is a rate the shared schedule kept
+  exactly (or one measured at the vendor), not a blind guess, so the decrease need not
+  overshoot downwards;
   a cycle then loses ``(1 - β) / 4 = 5 %`` of ``W`` on average over its concave part.
 - ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
   cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
@@ -93,9 +94,6 @@ _RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds, over the last 2 s.
 _SLICE = 0.1
 _SLICES = 20
-#: The successes since this many seconds ago (slices of 0.1 s: just under a second) are
-#: what the vendor accepted in its last one-second window.
-_ACCEPTED_WINDOW = 0.9
 #: Longest pause between two looks for a free in-flight slot.
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
@@ -188,11 +186,9 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
 
 
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
-              retry_after: Optional[float], accepted: float = 0.0) -> float:
+              retry_after: Optional[float]) -> float:
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
-    returns the rate now in force).  ``accepted``: the successes of the last second (0:
-    unknown); ``W`` is the lower of it and the rate in force, so that the plateau sits on
-    what the vendor accepted, not on the rate it throttled."""
+    returns the rate now in force)."""
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
@@ -206,7 +202,7 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
         record["learn"] = now + LEARN
         record["tat"] = max(record.get("tat", now), now + LEARN)
         return current
-    record["wmax"] = max(MIN_RATE, min(current, accepted)) if accepted > 0 else current
+    record["wmax"] = current
     record["tfail"] = now
     return rate_at(record, s, now)
 
@@ -411,8 +407,7 @@ class Throttle:
                 if success and settings.adaptive:
                     local.count_success(now)
                 if throttling:
-                    throttled(local.record, settings, now, started, retry_after,
-                              local.since(now - _ACCEPTED_WINDOW))
+                    throttled(local.record, settings, now, started, retry_after)
 
     def rate(self, service: str) -> float:
         """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
@@ -542,8 +537,7 @@ class Turn:
             return
         if throttling and local is not None:
             with local.lock:
-                throttled(local.record, settings, now, self.started, retry_after,
-                          local.since(now - _ACCEPTED_WINDOW))
+                throttled(local.record, settings, now, self.started, retry_after)
 
 
 def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:

@@ -163,19 +163,6 @@ def test_a_throttling_answer_lowers_the_rate_at_once_and_it_recovers_along_the_c
     assert throttle.rate(SERVICE) == 20.0  # never above the configured ceiling
 
 
-def test_the_plateau_sits_on_what_the_vendor_accepted() -> None:
-    """W is the lower of the rate in force and the successes of the last second: sending
-    at 40/s while the vendor accepted 20, the rate drops to BETA x 20, not BETA x 40."""
-    clock = FakeClock()
-    throttle = Throttle(rate=40.0, adaptive=True, clock=clock)
-    for _ in range(20):
-        turn, _ = go(throttle)
-        turn.done(clock(), success=True)
-    turn, _ = go(throttle)
-    turn.done(clock(), throttling=True)
-    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
-
-
 def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -> None:
     """adaptive=True alone: the first throttling answer holds every turn for LEARN
     seconds, then the rate starts at BETA x the successes of the last second, climbs

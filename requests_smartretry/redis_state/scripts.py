@@ -312,9 +312,7 @@ elseif op == 'release' then
         dirty['learn'] = learn
         dirty['tat'] = tat
       else
-        local seen = since(now - 0.9)  -- the fleet's successes of the last second
         wmax, tfail = rate, now
-        if seen > 0 then wmax = math.max(min_rate, math.min(rate, seen)) end
         dirty['wmax'] = wmax
         dirty['tfail'] = tfail
         rate = rate_at()
