@@ -13,9 +13,11 @@ __all__ = ["STATE_LUA", "THROTTLE_LUA", "numbers", "pace_numbers"]
 # The one script (a Lua transcription of state.breaker_* and state.budget_change, plus the
 # batch of successes and the validation of what it reads).  KEYS: breaker, budget.  ARGV:
 # op, now ('' = server clock), breaker settings ('' = no breaker part), successes
-# ('bucket:count;...'), failed, weight, ticket, budget settings ('' = no budget part),
-# deposit, spend, channel, message.  Reply: now, st, t, rnd, pin, cf, window failures,
-# window requests, allowed, retry_in, ticket, state after record, spent, tokens.
+# ('bucket:count;...'), failed, weight, ticket (op 'set': the state to enter), budget
+# settings ('' = no budget part), deposit, spend, channel, message.  Reply: now, st, t,
+# rnd, pin, cf, window failures, window requests, allowed, retry_in, ticket, state after
+# record (op 'set': the state before), spent, tokens.
+
 # What both scripts start with: effects replicated (Redis < 5), the clock (ARGV[2], or
 # the Redis server's), number formatting, and reading a stored value (trusted only as a
 # finite number; anything else reads as missing).
@@ -68,7 +70,7 @@ if ARGV[3] ~= '' then
   local current = math.floor(now / (window / buckets))
   -- Validation: what another program (or a bug, or a clock) left here is repaired.
   local st = r['st']
-  if st ~= nil and st ~= 0 and st ~= 1 and st ~= 2 then reset(0) end
+  if st ~= nil and (st < 0 or st > 4 or st % 1 ~= 0) then reset(0) end
   if get('st') ~= 0 and (r['t'] == nil or r['t'] > now) then set('t', now) end
   for _, name in ipairs({'cf', 'rnd', 'pin', 'pok'}) do
     if r[name] ~= nil and (r[name] < 0 or r[name] > 1e15) then set(name, 0) end
@@ -116,6 +118,8 @@ if ARGV[3] ~= '' then
     allowed, retry_in, ticket = '1', '0', '0'
     if get('st') == 1 then
       allowed, retry_in = '0', fmt(get('t') + recovery - now)
+    elseif get('st') == 3 then
+      allowed, retry_in = '0', fmt(recovery)
     elseif get('st') == 2 then
       if get('pin') < probes then
         set('pin', get('pin') + 1)
@@ -157,6 +161,9 @@ if ARGV[3] ~= '' then
       if trip then reset(1) end
     end
     after = fmt(get('st'))
+  elseif op == 'set' then
+    after = fmt(before)
+    reset(tonumber(ARGV[7]))
   end
   local args = {}
   for k, _ in pairs(dirty) do
@@ -184,9 +191,11 @@ if ARGV[8] ~= '' then
   local deposit, spend = tonumber(ARGV[9]), tonumber(ARGV[10])
   local saved = redis.call('HMGET', gkey, 'tok', 'ts')
   local tok, ts = num(saved[1]), num(saved[2])
+  -- A debt no traffic could pay back (1e9 tokens) is garbage: read as a missing record.
+  if tok and tok < -1e9 then tok = nil end
   local tokens = max_tokens
   if tok and ts then
-    if tok < 0 then tok = 0 elseif tok > max_tokens then tok = max_tokens end
+    if tok > max_tokens then tok = max_tokens end
     if ts > now then ts = now end
     tokens = math.min(max_tokens, tok + per_second * math.max(0, now - ts))
   end

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 from ..deadline import current_scope
 from ..state import (
     CLOSED,
+    FORCED_CLOSED,
+    FORCED_OPEN,
     HALF_OPEN,
     OPEN,
     STATE_NAMES,
@@ -42,6 +44,7 @@ _Reply = TypeVar("_Reply")
 _log = logging.getLogger("requests_smartretry")
 _monotonic = time.monotonic
 _ADMIT = Admission(True)
+_ADMIT_FORCED = Admission(True, 0.0, 0, FORCED_CLOSED)
 _DUST = 1e-9
 
 # Redis work that a request's time budget cut short; the deadline, not Redis, was short.
@@ -670,12 +673,17 @@ class RedisStateStore(SharedPaces):
                 if view.state == OPEN:
                     shared_now = self._time(now)
                     if shared_now < view.until:
-                        return Admission(False, view.until - shared_now)
+                        return Admission(False, view.until - shared_now, 0, OPEN)
+                elif view.state == FORCED_OPEN:
+                    return Admission(False, settings.recovery_timeout, 0, FORCED_OPEN)
+                elif view.state == FORCED_CLOSED:
+                    return _ADMIT_FORCED
         reply = self._round_trip(key, "admit", now, breaker=settings, budget=None,
                                  view=self._view(key) if not self._down else None)
         if reply is None:
             return self._local.breaker_admit(key, settings, now)
-        return Admission(reply[8] == 1.0, reply[9] or 0.0, int(reply[10] or 0))
+        return Admission(reply[8] == 1.0, reply[9] or 0.0, int(reply[10] or 0),
+                         int(reply[1] or 0))
 
     def breaker_record(
         self, key: str, settings: BreakerSettings, now: float, *, failed: bool,
@@ -685,8 +693,8 @@ class RedisStateStore(SharedPaces):
         view = self._views.get(key)
         if view is not None and view.gen == view.seen \
                 and (view.breaker is settings or view.breaker == settings):
-            if view.state == OPEN:
-                return "open"  # a straggler: Redis would ignore it too
+            if view.state == OPEN or view.state == FORCED_OPEN or view.state == FORCED_CLOSED:
+                return STATE_NAMES[view.state]  # Redis would ignore it too
             if view.state == CLOSED and not failed and not ticket:
                 bucket = math.floor(self._time(now) / (settings.window / settings.buckets))
                 with self._lock:
@@ -730,9 +738,20 @@ class RedisStateStore(SharedPaces):
             retry_in = max(0.0, opened + settings.recovery_timeout - shared_now)
             if retry_in == 0.0:
                 state = HALF_OPEN
+        elif state == FORCED_OPEN:
+            retry_in = settings.recovery_timeout
         elif state == HALF_OPEN and pin >= settings.half_open_probes:
             retry_in = max(0.0, opened + settings.recovery_timeout - shared_now)
         return BreakerStatus(STATE_NAMES[state], cf, failures, requests, retry_in)
+
+    def breaker_set(self, key: str, settings: BreakerSettings, now: float, state: int) -> str:
+        """An operator's transition in Redis, announced to every process (while Redis is
+        unreachable, in this process's local state only); returns the state name before."""
+        reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
+                                 view=self._view(key) if not self._down else None, ticket=state)
+        if reply is None:
+            return self._local.breaker_set(key, settings, now, state)
+        return STATE_NAMES[int(reply[11] or 0)]
 
     def budget_change(
         self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
@@ -754,7 +773,8 @@ class RedisStateStore(SharedPaces):
                     view.deposit = local
                     if _monotonic() - view.synced < self.sync_interval:
                         return True, min(settings.max_tokens, refilled + local)
-                elif spend > 0.0 and uncapped and local >= spend - _DUST:
+                elif spend > 0.0 and uncapped and local >= spend - _DUST \
+                        and refilled + local >= spend - _DUST:  # (refilled < 0: a debt)
                     view.deposit = max(0.0, local - spend)
                     return True, refilled + view.deposit
                 else:
