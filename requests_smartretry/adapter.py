@@ -40,7 +40,7 @@ from .classify import (
     pool_refused,
     veto,
 )
-from .collaborators import resolve_collaborators
+from .collaborators import resolve_collaborators, resolve_throttle
 from .deadline import (  # the pool classes and errors: re-exported from their old home
     MIN_ATTEMPT,
     POOL_CLASSES,
@@ -86,6 +86,7 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     with_idempotency_key,
 )
 from .stats import Stats
+from .throttle import Throttle
 from .urllib3_retry import (
     RetryNow,
     gave_up_counting,
@@ -328,6 +329,8 @@ class SmartRetryAdapter(HTTPAdapter):
     is down; ``budget=`` bounds retries as a share of calls (``RetryBudget()`` unless
     ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
     state store) keeps their state in Redis, shared by every process pointing at it.
+    ``throttle=Throttle(rate=..., max_in_flight=...)`` paces every attempt per service
+    before it sends (fleet-wide with a Redis ``state=``).
 
     Per-call overrides: inside a :func:`~requests_smartretry.retry_options` block a call
     runs with the block's policy fields over ``adapter.policy``.  They reach everything
@@ -343,7 +346,7 @@ class SmartRetryAdapter(HTTPAdapter):
     # "stats" pickles its counts, not its lock.
     __attrs__ = [  # noqa: RUF012
         *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "stats",
-        "state", "_sleep", "_clock", "retry",
+        "state", "throttle", "_sleep", "_clock", "retry",
     ]
 
     policy: RetryPolicy
@@ -357,6 +360,7 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
+        throttle: Optional[Throttle] = None,
         hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -394,6 +398,7 @@ class SmartRetryAdapter(HTTPAdapter):
         # Statistics, breaker, budget and their shared state, checked as every transport does.
         self.stats, breaker, budget, store = resolve_collaborators(stats, breaker, budget, state)
         self.state = store
+        self.throttle = resolve_throttle(throttle, store)
         self.policy = policy
         self.retry = retry
         self.breaker = breaker
@@ -625,7 +630,8 @@ class SmartRetryAdapter(HTTPAdapter):
                            overridden, asked, call.url)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=attempt.closed, quiet=quiet)
+                            clock=self._clock, closed=attempt.closed, quiet=quiet,
+                            throttle=self.throttle)
         try:
             response = finished.unwrap()  # raises the last transport error, history attached
         except _BODY_ERRORS as exc:

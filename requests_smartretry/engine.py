@@ -25,11 +25,12 @@ from .backoff import backoff_delay
 from .budget import RetryBudget
 from .classify import Classification, mark_final
 from .deadline import RetryScope, current_scope, defer_records, retry_scope
-from .errors import CircuitOpenError, attach_history
+from .errors import CircuitOpenError, ThrottledError, attach_history
 from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict, next_call_id
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 from .stats import Stats
+from .throttle import Throttle, Turn, is_throttling
 
 __all__ = [
     "BreakerGate",
@@ -54,6 +55,7 @@ _log = logging.getLogger("requests_smartretry")
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
+_THROTTLED = EventKind.THROTTLED
 _time = time.time
 
 
@@ -305,6 +307,7 @@ def run_call(
     rng: Any = random,
     closed: Optional[Callable[[], bool]] = None,
     quiet: Optional[Quiet] = None,
+    throttle: Optional[Throttle] = None,
 ) -> Finished[T]:
     """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
 
@@ -320,22 +323,31 @@ def run_call(
     ``quiet`` (:func:`quiet_plan`, built once by the transport) lets a call whose every
     consumer is a built-in one skip the event stream until something reads it (see
     :class:`_Call`).
+
+    ``throttle`` gives every attempt its turn first (:meth:`_Call.take_turn`): a refusal
+    raises :class:`ThrottledError` before the first attempt and ends the call (reason
+    ``"throttled"``) before a later one.
     """
     outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
         return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, outer, None), attempt, sleep)
+                           outer, outer, None, throttle), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
         return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, inner, ends_at), attempt, sleep)
+                           outer, inner, ends_at, throttle), attempt, sleep)
 
 
 def _loop(run: _Call[T], attempt: Callable[[int], Outcome[T]],
           sleep: Callable[[float], None]) -> Finished[T]:
-    """The retry loop: admit, attempt, then succeed or decide why to stop, or wait."""
+    """The retry loop: take a turn, admit, attempt, then succeed or decide why to stop,
+    or wait."""
     outcome: Optional[Outcome[T]] = None
     for number in range(1, run.max_attempts + 1):
+        if run.throttle is not None:  # the throttle's turn; a refusal ends the call
+            refused = run.take_turn(number, outcome, sleep)
+            if refused is not None:
+                return refused
         ticket = run.admit(number, outcome)  # the breaker's; a refusal ends the call
         if isinstance(ticket, Finished):
             return ticket
@@ -424,12 +436,18 @@ class _Call(Generic[T]):
     rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
     seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
     unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
+    # The throttle's turn of the attempt under way: a Turn, or (taken at once, the common
+    # case) the service's local state, taken at ``turn_at``.
+    turn: Any = None
+    turn_at = 0.0
+    cut_at: Optional[float] = None  # (monotonic) the attempt's end, when a turn waited
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
                  clock: Callable[[], float], rng: Any, closed: Optional[Callable[[], bool]],
                  quiet: Optional[Quiet], outer: Optional[RetryScope],
-                 scope: Optional[RetryScope], ends_at: Optional[float]) -> None:
+                 scope: Optional[RetryScope], ends_at: Optional[float],
+                 throttle: Optional[Throttle] = None) -> None:
         max_attempts = policy.max_retries + 1
         if outer is not None and policy.nested == "single":
             max_attempts = 1  # the enclosing call does the retrying
@@ -446,6 +464,7 @@ class _Call(Generic[T]):
         self.closed = closed
         self.scope = scope
         self.ends_at = ends_at
+        self.throttle = throttle
         self.max_attempts = max_attempts
         # The breaker's result side, when it has one (else it reads the events as a hook).
         self.record: Optional[Callable[..., None]] = (
@@ -484,6 +503,7 @@ class _Call(Generic[T]):
         try:
             ticket = breaker.before_attempt(self.call.service) or 0
         except CircuitOpenError as exc:
+            self.end_turn(None)  # the throttle's slot goes back: nothing is sent
             events = self._open()
             events.emit(EventKind.REJECTED, number,
                         {"wait": exc.retry_in, "reason": "circuit_open", "error": exc})
@@ -511,8 +531,13 @@ class _Call(Generic[T]):
         if number == 1:
             self.started = started
         try:
-            outcome = attempt(number)
+            if self.cut_at is None:
+                outcome = attempt(number)
+            else:  # the throttle's wait came out of this attempt's time
+                with retry_scope(self.cut_at):
+                    outcome = attempt(number)
         except BaseException as exc:
+            self.end_turn(None)
             # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
             # interrupted: the call ends here, but its events still close it out.
             self.elapsed = clock() - started
@@ -522,7 +547,89 @@ class _Call(Generic[T]):
             attach_history(exc, tuple(self.give_up(raised, number, "error").history))
             raise
         self.elapsed = clock() - started
+        if self.turn is not None:
+            self.end_turn(outcome)
         return outcome
+
+    def take_turn(self, number: int, outcome: Optional[Outcome[T]],
+                  sleep: Callable[[float], None]) -> Optional[Finished[T]]:
+        """Attempt ``number``'s turn from the throttle, waiting for it (the one place the
+        loop waits for the throttle: the throttle decides, ``sleep`` performs).  The wait
+        is limited by the attempt's timeout and the call's deadline, and comes out of the
+        attempt's time; a refusal raises :class:`ThrottledError` before the first attempt,
+        and ends the call (``"throttled"``) before a later one."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # the loop checked
+        now = throttle.clock()
+        entered = throttle.enter(self.call.service, now)  # free now: no Turn, no wait
+        if entered is not None:
+            self.turn, self.turn_at, self.cut_at = entered, now, None
+            return None
+        timeout = self.policy.timeout
+        limit = self.time_left()
+        if timeout is not None and (limit is None or timeout < limit):
+            limit = timeout
+        turn = throttle.turn(self.call.service, limit)
+        self.cut_at = None
+        try:
+            wait = turn.step(throttle.clock())
+            if wait is not None:
+                pause = _testing.sleeper(sleep)
+                while wait is not None:
+                    pause(wait)
+                    wait = turn.step(throttle.clock())
+        except ThrottledError as exc:
+            events = self._open()
+            events.emit(_THROTTLED, number, {"wait": exc.wait, "reason": "refused",
+                                             "error": exc})
+            if outcome is None:
+                attach_history(exc, tuple(events.history))
+                raise
+            return self.give_up(outcome, number - 1, "throttled")
+        except BaseException as exc:  # Ctrl-C (or a raising injected sleep) while waiting
+            turn.done(throttle.clock(), refused=True)
+            if outcome is not None:
+                attach_history(exc, tuple(self.give_up(outcome, number - 1,
+                                                       "interrupted").history))
+            raise
+        self.turn = turn
+        waited = turn.waited
+        if waited > 0.0:
+            self._open().emit(_THROTTLED, number, {"wait": waited, "reason": "waited"})
+            if timeout is not None:
+                self.cut_at = time.monotonic() + max(0.0, timeout - waited)
+        return None
+
+    def end_turn(self, outcome: Optional[Outcome[T]]) -> None:
+        """The attempt under way ended (``None``: it was not sent, or raised): its turn
+        goes back, and the throttle learns whether the vendor throttled it."""
+        turn = self.turn
+        if turn is None:
+            return
+        self.turn = None
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        if type(turn) is not Turn:  # taken at once (Throttle.enter)
+            if outcome is None:
+                throttle.leave(turn, throttle.clock(), self.turn_at)
+                return
+            verdict = outcome.classification
+            if verdict.verdict is _SUCCESS_VERDICT:
+                if throttle.settings.leaves:
+                    throttle.leave(turn, throttle.clock(), self.turn_at, success=True)
+            else:
+                throttle.leave(turn, throttle.clock(), self.turn_at,
+                               retry_after=verdict.retry_after,
+                               throttling=is_throttling(verdict.verdict, verdict.retry_after))
+            return
+        now = throttle.clock()
+        if outcome is None:
+            turn.done(now, refused=True)
+            return
+        verdict = outcome.classification
+        if verdict.verdict is _SUCCESS_VERDICT:
+            turn.done(now, success=True)
+        else:
+            turn.done(now, throttling=is_throttling(verdict.verdict, verdict.retry_after),
+                      retry_after=verdict.retry_after)
 
     def succeeded(self, outcome: Outcome[T], number: int, ticket: int) -> Finished[T]:
         """The call ends on attempt ``number``'s success."""

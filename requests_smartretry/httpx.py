@@ -53,7 +53,7 @@ from requests_smartretry.classify import (
     httpx_exception_table,
     veto,
 )
-from requests_smartretry.collaborators import resolve_collaborators
+from requests_smartretry.collaborators import resolve_collaborators, resolve_throttle
 from requests_smartretry.deadline import (
     NoTimeLeft,
     Watch,
@@ -90,6 +90,7 @@ from requests_smartretry.sending import (
     service_name,
 )
 from requests_smartretry.stats import Stats
+from requests_smartretry.throttle import Throttle
 
 __all__ = [
     "AttemptDeadlineExceeded",
@@ -108,7 +109,8 @@ STREAM_EXTENSION = "requests_smartretry.stream"
 _TIMEOUT_PARTS = ("connect", "read", "write", "pool")
 # What is not a policy field but a transport keyword (routed so by smart_client).
 _TRANSPORT_KEYWORDS = frozenset(
-    {"transport", "breaker", "budget", "state", "hooks", "stats", "sleep", "clock"})
+    {"transport", "breaker", "budget", "state", "throttle", "hooks", "stats", "sleep",
+     "clock"})
 
 
 class AttemptDeadlineExceeded(httpx.ReadTimeout, _CoreDeadlineExceeded):  # type: ignore[misc]
@@ -377,8 +379,8 @@ class SmartRetryTransport(httpx.BaseTransport):
         transport.stats.snapshot()
 
     Takes what :class:`~requests_smartretry.SmartRetryAdapter` takes (``policy=`` or the
-    policy's keywords, ``breaker``, ``budget``, ``state``, ``hooks``, ``stats``, ``sleep``,
-    ``clock``) and ``transport=``, the transport that sends each attempt (an
+    policy's keywords, ``breaker``, ``budget``, ``state``, ``throttle``, ``hooks``,
+    ``stats``, ``sleep``, ``clock``) and ``transport=``, the transport that sends each attempt (an
     ``httpx.HTTPTransport()`` by default; an ``HTTPTransport`` of yours gets its sockets
     watched for the deadline as well).  A failure that ends the call raises the last
     attempt's httpx exception (``ConnectError``, ``ReadTimeout``…, with ``retry_history``);
@@ -399,6 +401,7 @@ class SmartRetryTransport(httpx.BaseTransport):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
+        throttle: Optional[Throttle] = None,
         hooks: tuple[Hook, ...] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -412,6 +415,7 @@ class SmartRetryTransport(httpx.BaseTransport):
             raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
         self.stats, self.breaker, self.budget, self.state = resolve_collaborators(
             stats, breaker, budget, state)
+        self.throttle = resolve_throttle(throttle, self.state)
         self.transport = httpx.HTTPTransport() if transport is None else transport
         #: Whether the watchdog can cut the sockets of the inner transport at the deadline.
         self.cuts_sockets = _watch_sockets(self.transport)
@@ -562,7 +566,8 @@ class SmartRetryTransport(httpx.BaseTransport):
         try:
             finished = run_call(policy, call, attempt, hooks=hooks, breaker=self.breaker,
                                 budget=self.budget, sleep=self._sleep, clock=self._clock,
-                                closed=self._is_closed, quiet=quiet)
+                                closed=self._is_closed, quiet=quiet,
+                                throttle=self.throttle)
         finally:
             if minted is not None:  # the caller's request, sent again, gets a new key
                 del request.headers[minted]
