@@ -51,6 +51,7 @@ def go(throttle: Throttle, limit: Any = None) -> tuple[Any, float]:
     ({"rate": True}, "rate"),
     ({"rate": 5.0, "burst": 0}, "burst"),
     ({"rate": 5.0, "burst": 1.5}, "burst"),
+    ({"rate": 5.0, "burst": 10**400}, "burst"),
     ({"burst": 3}, "burst"),
     ({"max_in_flight": 0}, "max_in_flight"),
     ({"max_in_flight": 2.0}, "max_in_flight"),
