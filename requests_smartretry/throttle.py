@@ -279,8 +279,8 @@ class Throttle:
         if rate is not None:
             _check_number("rate", rate)
         if burst is not None:
-            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-                raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+            if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 2**53:
+                raise ValueError(f"burst must be an integer from 1 to 2**53, got {burst!r:.40}")
             if rate is None and not adaptive:
                 raise ValueError("burst needs a rate (or adaptive=True): without one "
                                  "there is no bucket to size")
