@@ -574,3 +574,33 @@ def test_a_streamed_body_keeps_its_slot_until_read_or_closed() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _RedisOut:
+    """A shared store whose Redis cannot serve: the throttle paces its share locally."""
+
+    def __init__(self, share: int) -> None:
+        self.share = share
+
+    def throttle_turn(self, *args: Any) -> bool:
+        return False
+
+    def throttle_share(self, service: str) -> int:
+        return self.share
+
+    def throttle_done(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
+    """Redis out, 2 processes seen: this process paces at rate/2 from one token, not from a
+    full bucket (the fleet's burst went through Redis already; a sick Redis found 64 requests
+    in one second against rate 20, burst 20 across 4 processes)."""
+    throttle = Throttle(rate=10.0, burst=10, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=2))
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(4)]
+    assert waits == [None, pytest.approx(0.2), pytest.approx(0.4), pytest.approx(0.6)]
+    # A later episode (after a gap with no local turn) starts spent again.
+    throttle.clock.advance(60.0)  # type: ignore[attr-defined]
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(0.2)]
