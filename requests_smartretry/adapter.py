@@ -20,6 +20,7 @@ import datetime
 import functools
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 from urllib.parse import urlsplit
 
@@ -216,6 +217,25 @@ def _failing_body(response: requests.Response, error: BaseException) -> requests
     failed._content, failed._content_consumed = False, False
     response.raw = _FailedBody(response.raw, error)
     return response
+
+
+def _hold_until_read(response: requests.Response, release: Callable[[], None]) -> None:
+    """Keep a streamed response's throttle slot until its body is read to the end or the
+    response is closed (both release the connection), or at the latest until the response
+    is garbage collected: the vendor counts the request in flight while it sends the body."""
+    raw: Any = response.raw
+    release_conn = getattr(raw, "release_conn", None)
+
+    def released(*args: Any, **kwargs: Any) -> Any:
+        release()
+        return None if release_conn is None else release_conn(*args, **kwargs)
+
+    try:
+        raw.release_conn = released
+    except AttributeError:  # a raw that takes no attribute: nothing to wait for
+        release()
+        return
+    weakref.finalize(response, release)
 
 
 def _pools_of(manager: Any) -> list[Any]:
@@ -807,7 +827,10 @@ class SmartRetryAdapter(HTTPAdapter):
         if deadline is not None and deadline.fired:
             response.close()
             return self._deadline_outcome(total_s, request, response=response)
-        return self._response_outcome(response, request, policy, url)
+        outcome = self._response_outcome(response, request, policy, url)
+        if stream:
+            outcome.hold = functools.partial(_hold_until_read, response)
+        return outcome
 
     def _response_outcome(self, response: requests.Response, request: requests.PreparedRequest,
                           policy: Optional[RetryPolicy],

@@ -15,6 +15,7 @@ import functools
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,10 @@ class Outcome(Generic[T]):
     #: Seconds to wait before the next attempt when the attempt decided it itself (a
     #: ``urllib3.Retry`` did): the policy's backoff and Retry-After rules are skipped.
     wait: Optional[float] = None
+    #: Set when a successful attempt's value is still being received (a streamed body):
+    #: the throttle's in-flight slot is handed to ``hold(release)``, which must call
+    #: ``release()`` (once is enough; later calls do nothing) when the body is done.
+    hold: Optional[Callable[[Callable[[], None]], None]] = None
 
 
 def mark_vetoed(outcome: Outcome[Any]) -> None:
@@ -548,8 +553,29 @@ class _Call(Generic[T]):
             raise
         self.elapsed = clock() - started
         if self.turn is not None:
-            self.end_turn(outcome)
+            if outcome.hold is not None and \
+                    outcome.classification.verdict is _SUCCESS_VERDICT:
+                outcome.hold(self.held_turn(outcome))
+            else:
+                self.end_turn(outcome)
         return outcome
+
+    def held_turn(self, outcome: Outcome[T]) -> Callable[[], None]:
+        """The turn of a success whose value is still being received (``outcome.hold``):
+        it stays taken (the vendor still counts the request in flight) until the returned
+        function ends it, once."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        turn, turn_at = self.turn, self.turn_at
+        self.turn = None
+        # Only the verdict travels: the release must not keep the value (the response,
+        # whose finalizer may hold the release) alive.
+        ended: Outcome[Any] = Outcome(outcome.classification)
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):
+                _finish_turn(throttle, turn, turn_at, ended)
+        return release
 
     def take_turn(self, number: int, outcome: Optional[Outcome[T]],
                   sleep: Callable[[float], None]) -> Optional[Finished[T]]:
@@ -606,30 +632,7 @@ class _Call(Generic[T]):
         if turn is None:
             return
         self.turn = None
-        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
-        if type(turn) is not Turn:  # taken at once (Throttle.enter)
-            if outcome is None:
-                throttle.leave(turn, throttle.clock(), self.turn_at)
-                return
-            verdict = outcome.classification
-            if verdict.verdict is _SUCCESS_VERDICT:
-                if throttle.settings.leaves:
-                    throttle.leave(turn, throttle.clock(), self.turn_at, success=True)
-            else:
-                throttle.leave(turn, throttle.clock(), self.turn_at,
-                               retry_after=verdict.retry_after,
-                               throttling=is_throttling(verdict.verdict, verdict.retry_after))
-            return
-        now = throttle.clock()
-        if outcome is None:
-            turn.done(now, refused=True)
-            return
-        verdict = outcome.classification
-        if verdict.verdict is _SUCCESS_VERDICT:
-            turn.done(now, success=True)
-        else:
-            turn.done(now, throttling=is_throttling(verdict.verdict, verdict.retry_after),
-                      retry_after=verdict.retry_after)
+        _finish_turn(self.throttle, turn, self.turn_at, outcome)  # type: ignore[arg-type]
 
     def succeeded(self, outcome: Outcome[T], number: int, ticket: int) -> Finished[T]:
         """The call ends on attempt ``number``'s success."""
@@ -759,3 +762,31 @@ def _notify_on_retry(policy: RetryPolicy, attempt: int, error: Optional[BaseExce
         # A broken callback must not turn a recoverable failure into a crash.
         _log.exception("requests_smartretry: on_retry callback %r raised; retrying anyway",
                        callback)
+
+
+def _finish_turn(throttle: Throttle, turn: Any, turn_at: float,
+                 outcome: Optional[Outcome[Any]]) -> None:
+    """End an attempt's throttle turn (see :meth:`_Call.end_turn`)."""
+    if type(turn) is not Turn:  # taken at once (Throttle.enter)
+        if outcome is None:
+            throttle.leave(turn, throttle.clock(), turn_at)
+            return
+        verdict = outcome.classification
+        if verdict.verdict is _SUCCESS_VERDICT:
+            if throttle.settings.leaves:
+                throttle.leave(turn, throttle.clock(), turn_at, success=True)
+        else:
+            throttle.leave(turn, throttle.clock(), turn_at,
+                           retry_after=verdict.retry_after,
+                           throttling=is_throttling(verdict.verdict, verdict.retry_after))
+        return
+    now = throttle.clock()
+    if outcome is None:
+        turn.done(now, refused=True)
+        return
+    verdict = outcome.classification
+    if verdict.verdict is _SUCCESS_VERDICT:
+        turn.done(now, success=True)
+    else:
+        turn.done(now, throttling=is_throttling(verdict.verdict, verdict.retry_after),
+                  retry_after=verdict.retry_after)

@@ -279,8 +279,8 @@ class Throttle:
         if rate is not None:
             _check_number("rate", rate)
         if burst is not None:
-            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-                raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+            if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 2**53:
+                raise ValueError(f"burst must be an integer from 1 to 2**53, got {burst!r:.40}")
             if rate is None and not adaptive:
                 raise ValueError("burst needs a rate (or adaptive=True): without one "
                                  "there is no bucket to size")
@@ -485,8 +485,10 @@ class Turn:
             if not self.slot:
                 return self.slot_wait(left)
         if not self.token:
-            part = settings if share == 1 else _shared_part(settings, share)
+            part = settings if store is None else _shared_part(settings, share)
             with local.lock:
+                if store is not None:
+                    _fallback_starts_spent(local.record, part, now)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since)
             if not granted:
                 self.done(now, refused=True)
@@ -538,6 +540,21 @@ class Turn:
         if throttling and local is not None:
             with local.lock:
                 throttled(local.record, settings, now, self.started, retry_after)
+
+
+#: Seconds without a local turn after which a fallback to local pacing is a new episode.
+_FALLBACK_EPISODE_GAP = 1.0
+
+
+def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float) -> None:
+    """Redis is out and this process paces its share locally: an episode's first turn
+    finds the local bucket spent but for one token (the fleet's burst was already spent
+    through Redis; a full local bucket per process would send it again, once per process).
+    Mutates ``record``, under the local lock."""
+    last = record.get("fallback", -_INF)
+    record["fallback"] = now
+    if now - last > _FALLBACK_EPISODE_GAP:
+        record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 
 def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:

@@ -51,6 +51,7 @@ def go(throttle: Throttle, limit: Any = None) -> tuple[Any, float]:
     ({"rate": True}, "rate"),
     ({"rate": 5.0, "burst": 0}, "burst"),
     ({"rate": 5.0, "burst": 1.5}, "burst"),
+    ({"rate": 5.0, "burst": 10**400}, "burst"),
     ({"burst": 3}, "burst"),
     ({"max_in_flight": 0}, "max_in_flight"),
     ({"max_in_flight": 2.0}, "max_in_flight"),
@@ -506,3 +507,100 @@ def test_redis_down_paces_locally_at_the_fleet_share(caplog: Any) -> None:
     assert elapsed >= 0.2 * 4  # 5/s: 20 / 4 processes (the first went at once)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "throttle" in warnings[0].getMessage()
+
+
+def test_a_streamed_body_keeps_its_slot_until_read_or_closed() -> None:
+    """With ``stream=True`` the in-flight slot is held while the body is still coming (the
+    vendor counts the request until it has sent it), and goes back when the body is read,
+    the response closed, or a response nobody closed is collected."""
+    import gc
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    lock = threading.Lock()
+    counts = {"now": 0, "peak": 0}
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with lock:
+                counts["now"] += 1
+                counts["peak"] = max(counts["peak"], counts["now"])
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"ab")
+                self.wfile.flush()
+                time.sleep(0.3)  # the rest of the body comes later
+                self.wfile.write(b"cd")
+            except OSError:
+                pass
+            finally:
+                with lock:
+                    counts["now"] -= 1
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    throttle = Throttle(max_in_flight=2)
+    session = smart_session(throttle=throttle, max_retries=0, timeout=30.0)
+    service = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        bodies: list[bytes] = []
+
+        def read() -> None:
+            bodies.append(session.get(url, stream=True).content)
+
+        threads = [threading.Thread(target=read) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert bodies == [b"abcd"] * 6
+        assert counts["peak"] <= 2
+        assert throttle.in_flight(service) == 0
+        response = session.get(url, stream=True)
+        assert throttle.in_flight(service) == 1  # headers in, body still coming
+        response.close()
+        assert throttle.in_flight(service) == 0
+        session.get(url, stream=True)  # dropped unread: collected
+        gc.collect()
+        assert throttle.in_flight(service) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _RedisOut:
+    """A shared store whose Redis cannot serve: the throttle paces its share locally."""
+
+    def __init__(self, share: int) -> None:
+        self.share = share
+
+    def throttle_turn(self, *args: Any) -> bool:
+        return False
+
+    def throttle_share(self, service: str) -> int:
+        return self.share
+
+    def throttle_done(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
+    """Redis out, 2 processes seen: this process paces at rate/2 from one token, not from a
+    full bucket (the fleet's burst went through Redis already; a sick Redis found 64 requests
+    in one second against rate 20, burst 20 across 4 processes)."""
+    throttle = Throttle(rate=10.0, burst=10, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=2))
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(4)]
+    assert waits == [None, pytest.approx(0.2), pytest.approx(0.4), pytest.approx(0.6)]
+    # A later episode (after a gap with no local turn) starts spent again.
+    throttle.clock.advance(60.0)  # type: ignore[attr-defined]
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(0.2)]
