@@ -208,6 +208,12 @@ class RetryBudget(StoreUser):
             service, pending = evicted
         self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
 
+    def refund(self, service: str, tokens: int = 1) -> None:
+        """Give back ``tokens`` granted retries that were not made (a call cancelled in
+        its backoff wait); nothing in test mode, which spent nothing."""
+        if not _testing._testing:
+            self._refund(service, tokens)
+
     def _refund(self, service: str, tokens: int = 1) -> None:
         """Give back ``tokens`` retries' cost (with the gathered deposits)."""
         self.store.budget_change(service, self.settings, self._clock(),

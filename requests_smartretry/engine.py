@@ -1,9 +1,12 @@
-"""The retry loop, shared by the HTTP adapter and the callable API.
+"""The retry loop, shared by every transport and the callable API, sync and async.
 
-The loop knows nothing of HTTP: an *attempt function* performs one attempt and returns an
-:class:`Outcome` (its classification, its value or error, and whether repeating it is
-safe); the loop (:func:`_loop`, one screen) admits, attempts, decides why to stop
-(:func:`stop_reason`), waits, and emits one event per step to the hooks.  A call whose
+The loop knows nothing of HTTP nor of I/O: an *attempt function* performs one attempt and
+returns an :class:`Outcome` (its classification, its value or error, and whether repeating
+it is safe); the loop (:func:`_steps`, one screen) is a step machine that admits, asks for
+an attempt, decides why to stop (:func:`stop_reason`), asks for a wait, and emits one event
+per step to the hooks.  Two small drivers perform what it asks: :func:`run_call` (the
+attempt called, ``time.sleep``) and :func:`run_call_async` (the attempt awaited,
+``asyncio.sleep``); as h11 and httpcore do, the decisions live once, the I/O twice.  A call whose
 first attempt succeeds and whose consumers are all built-in ones emits nothing: the
 statistics, the budget and the breaker are told directly and the history is built when
 read (:class:`Quiet`, :class:`LazyHistory`).
@@ -11,11 +14,12 @@ read (:class:`Quiet`, :class:`LazyHistory`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, overload
 
@@ -43,6 +47,7 @@ __all__ = [
     "check_hooks",
     "quiet_plan",
     "run_call",
+    "run_call_async",
     "stop_reason",
 ]
 
@@ -54,6 +59,7 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
 _time = time.time
+_CANCELLED = asyncio.CancelledError
 
 
 class BreakerGate(Protocol):
@@ -293,7 +299,9 @@ def run_call(
     closed: Optional[Callable[[], bool]] = None,
     quiet: Optional[Quiet] = None,
 ) -> Finished[T]:
-    """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
+    """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended:
+    the synchronous driver of the step machine (:func:`_steps`), which performs what the
+    machine asks (an attempt, a wait with ``sleep``) and hands back what happened.
 
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.  ``closed``, when
@@ -310,32 +318,135 @@ def run_call(
     """
     outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
-        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, outer, None), attempt, sleep)
+        return _drive(_steps(_Call(policy, call, hooks, breaker, budget, clock, rng, closed,
+                                   quiet, outer, outer, None)), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
-        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, inner, ends_at), attempt, sleep)
+        return _drive(_steps(_Call(policy, call, hooks, breaker, budget, clock, rng, closed,
+                                   quiet, outer, inner, ends_at)), attempt, sleep)
 
 
-def _loop(run: _Call[T], attempt: Callable[[int], Outcome[T]],
-          sleep: Callable[[float], None]) -> Finished[T]:
-    """The retry loop: admit, attempt, then succeed or decide why to stop, or wait."""
+def _drive(steps: _Steps[T], attempt: Callable[[int], Outcome[T]],
+           sleep: Callable[[float], None]) -> Finished[T]:
+    """Perform the machine's steps in this thread: an ``int`` is an attempt's number, a
+    ``float`` the seconds to wait.  What they raise goes back into the machine, which
+    closes the call's events and raises it again."""
+    step = next(steps)
+    try:
+        while True:
+            if step.__class__ is int:
+                try:
+                    outcome = attempt(step)  # type: ignore[arg-type]  # an int here
+                except BaseException as exc:
+                    step = steps.throw(exc)  # never returns a step: the machine re-raises
+                else:
+                    step = steps.send(outcome)
+            else:
+                try:
+                    _testing.sleeper(sleep)(step)
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]  # the machine's Finished
+
+
+async def run_call_async(
+    policy: RetryPolicy,
+    call: CallInfo,
+    attempt: Callable[[int], Awaitable[Outcome[T]]],
+    *,
+    hooks: tuple[Hook, ...] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Any = random,
+    closed: Optional[Callable[[], bool]] = None,
+    quiet: Optional[Quiet] = None,
+) -> Finished[T]:
+    """:func:`run_call` for asyncio: the same machine, its attempts awaited and its waits
+    ``asyncio.sleep`` (or the awaitable ``sleep`` given).  A task cancelled during an
+    attempt or a wait ends the call with give-up reason ``"cancelled"``; the
+    ``CancelledError`` propagates.
+
+    The call's retry scope (``policy.deadline``) is a contextvar set in this task only."""
+    outer = current_scope()
+    if policy.deadline is None:
+        return await _drive_async(_steps(_Call(policy, call, hooks, breaker, budget, clock,
+                                               rng, closed, quiet, outer, outer, None)),
+                                  attempt, sleep)
+    ends_at = clock() + policy.deadline
+    with retry_scope(time.monotonic() + policy.deadline) as inner:
+        return await _drive_async(_steps(_Call(policy, call, hooks, breaker, budget, clock,
+                                               rng, closed, quiet, outer, inner, ends_at)),
+                                  attempt, sleep)
+
+
+async def _drive_async(steps: _Steps[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
+                       sleep: Optional[Callable[[float], Awaitable[Any]]]) -> Finished[T]:
+    """:func:`_drive` with the attempt awaited and the wait ``asyncio.sleep``."""
+    step = next(steps)
+    try:
+        while True:
+            if step.__class__ is int:
+                try:
+                    outcome = await attempt(step)  # type: ignore[arg-type]  # an int here
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(outcome)
+            else:
+                try:
+                    if not _testing._testing and step > 0:  # type: ignore[operator]
+                        await (asyncio.sleep(step) if sleep is None  # type: ignore[arg-type]
+                               else sleep(step))  # type: ignore[arg-type]
+                except BaseException as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+#: The step machine: it yields an attempt's number (``int``: attempt now, send back its
+#: :class:`Outcome`) or a wait (``float`` seconds: wait, send back None), and returns
+#: how the call ended.  What a step raised is thrown back in.
+_Steps = Generator[Union[int, float], Optional[Outcome[T]], Finished[T]]
+
+
+def _steps(run: _Call[T]) -> _Steps[T]:
+    """The retry loop, as a machine that does no I/O: admit, attempt, then succeed or
+    decide why to stop, or wait.  A driver (:func:`_drive`, :func:`_drive_async`)
+    performs each attempt and each wait it yields."""
     outcome: Optional[Outcome[T]] = None
     for number in range(1, run.max_attempts + 1):
         ticket = run.admit(number, outcome)  # the breaker's; a refusal ends the call
         if isinstance(ticket, Finished):
             return ticket
-        outcome = run.attempt(attempt, number, ticket)  # raising: give-up "error", raise
-        if outcome.classification.verdict is _SUCCESS_VERDICT:
-            return run.succeeded(outcome, number, ticket)
-        run.failed(outcome, number, ticket)
-        reason, wait = stop_reason(run, outcome, number)
+        run.start(number)
+        try:
+            outcome = yield number
+        except BaseException as exc:  # raising: give-up "error" (or "cancelled"), raise
+            run.raised(exc, number, ticket)
+            raise
+        run.elapsed = run.clock() - run.attempt_started
+        if outcome.classification.verdict is _SUCCESS_VERDICT:  # type: ignore[union-attr]
+            return run.succeeded(outcome, number, ticket)  # type: ignore[arg-type]
+        run.failed(outcome, number, ticket)  # type: ignore[arg-type]
+        reason, wait = stop_reason(run, outcome, number)  # type: ignore[arg-type]
         if reason is not None:
-            return run.give_up(outcome, number, reason)
-        run.wait(outcome, number, wait, sleep)  # interrupted: give-up, raise
+            return run.give_up(outcome, number, reason)  # type: ignore[arg-type]
+        run.retrying(outcome, number, wait)  # type: ignore[arg-type]
+        try:
+            yield wait
+        except BaseException as exc:  # Ctrl-C, a cancelled task, a raising injected sleep
+            run.interrupted(exc, outcome, number)  # type: ignore[arg-type]
+            raise
+        run.previous_wait = wait
         if run.closed is not None and run.closed():  # closed during the wait
-            return run.give_up(outcome, number, "closed")
+            return run.give_up(outcome, number, "closed")  # type: ignore[arg-type]
     raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
 
 
@@ -389,7 +500,7 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
 
 
 class _Call(Generic[T]):
-    """One call's state and its steps, as :func:`_loop` runs them.
+    """One call's state and its steps, as :func:`_steps` runs them.
 
     While ``events`` is None the call is *quiet*: its consumers are all built-in (see
     :func:`quiet_plan`), so its first attempt is counted by direct calls and its history
@@ -407,6 +518,8 @@ class _Call(Generic[T]):
     rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
     seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
     unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
+    attempt_started = 0.0  # clock() at the running attempt's start
+    granted = False  # a retry was granted (the budget paid) and not yet started
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -476,9 +589,8 @@ class _Call(Generic[T]):
             self._open()  # a half-open probe: every consumer sees how it goes
         return ticket
 
-    def attempt(self, attempt: Callable[[int], Outcome[T]], number: int,
-                ticket: int) -> Outcome[T]:
-        """Run attempt ``number`` between its START and its clock readings."""
+    def start(self, number: int) -> None:
+        """Attempt ``number`` starts: its START, its clock reading."""
         events = self.events
         if events is None:
             self.wall_start = _time()
@@ -487,23 +599,21 @@ class _Call(Generic[T]):
                 stats.quiet_start(self.call.operation)
         else:
             events.emit(_START, number)
-        clock = self.clock
-        started = clock()
+        self.granted = False  # the retry the budget granted is being made
+        started = self.attempt_started = self.clock()
         if number == 1:
             self.started = started
-        try:
-            outcome = attempt(number)
-        except BaseException as exc:
-            # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
-            # interrupted: the call ends here, but its events still close it out.
-            self.elapsed = clock() - started
-            raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
-                                         error=exc)
-            self.failed(raised, number, ticket)
-            attach_history(exc, tuple(self.give_up(raised, number, "error").history))
-            raise
-        self.elapsed = clock() - started
-        return outcome
+
+    def raised(self, exc: BaseException, number: int, ticket: int) -> None:
+        """Attempt ``number`` raised ``exc``: a hook of the attempt (a signer,
+        prepare_attempt) raised, or the caller was interrupted (a cancelled task: give-up
+        reason ``cancelled``).  The call ends here, but its events still close it out."""
+        self.elapsed = self.clock() - self.attempt_started
+        raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
+                                     error=exc)
+        self.failed(raised, number, ticket)
+        reason = "cancelled" if isinstance(exc, _CANCELLED) else "error"
+        attach_history(exc, tuple(self.give_up(raised, number, reason).history))
 
     def succeeded(self, outcome: Outcome[T], number: int, ticket: int) -> Finished[T]:
         """The call ends on attempt ``number``'s success."""
@@ -576,6 +686,14 @@ class _Call(Generic[T]):
             self.unhealed = None
             self.record(self.call.service, 0, failed=True,  # type: ignore[misc]
                         weight=unhealed)
+        if self.granted and reason != "circuit_open":
+            # A retry the budget paid for is not made (cancelled or interrupted in its
+            # wait, closed): its token goes back.  (The budget refunds a breaker's refusal
+            # itself, from the REJECTED event.)
+            self.granted = False
+            refund = getattr(self.budget, "refund", None)
+            if refund is not None:
+                refund(self.call.service)
         events = self._open()
         events.emit(EventKind.GIVE_UP, number,
                     {"verdict": verdict.verdict, "reason": verdict.reason,
@@ -586,21 +704,21 @@ class _Call(Generic[T]):
                      "call_elapsed": self.clock() - self.started})
         return Finished(outcome, tuple(events.history), reason)
 
-    def wait(self, outcome: Outcome[T], number: int, wait: float,
-             sleep: Callable[[float], None]) -> None:
-        """The RETRY event, ``on_retry``, then the backoff wait (none in test mode)."""
+    def retrying(self, outcome: Outcome[T], number: int, wait: float) -> None:
+        """The RETRY event and ``on_retry``, before the backoff wait (none in test mode)."""
         verdict = outcome.classification
+        self.granted = True  # the budget (if any) paid for the retry: refunded if not made
         self._open().emit(EventKind.RETRY, number,
                           {"verdict": verdict.verdict, "reason": verdict.reason,
                            "wait": 0.0 if _testing._testing else wait,
                            "retry_after": verdict.retry_after})
         _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
-        try:
-            _testing.sleeper(sleep)(wait)
-        except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
-            attach_history(exc, tuple(self.give_up(outcome, number, "interrupted").history))
-            raise
-        self.previous_wait = wait
+
+    def interrupted(self, exc: BaseException, outcome: Outcome[T], number: int) -> None:
+        """The backoff wait after attempt ``number`` raised ``exc``: the call gives up
+        (``cancelled`` for a cancelled task, else ``interrupted``)."""
+        reason = "cancelled" if isinstance(exc, _CANCELLED) else "interrupted"
+        attach_history(exc, tuple(self.give_up(outcome, number, reason).history))
 
     def time_left(self) -> Optional[float]:
         """Seconds left before the earliest deadline: the scope's (wall clock) and this
