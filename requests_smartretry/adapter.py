@@ -866,8 +866,7 @@ class _Sending(Sending[requests.Response]):
             if not self.replay.replayable:
                 refuse_consumed_body(request)  # a redirect of a generator already sent
 
-    @property  # type: ignore[override]  # a class attribute in Sending
-    def replayable(self) -> bool:
+    def body_replayable(self) -> bool:
         return self.replay.replayable
 
     def __call__(self, number: int) -> Outcome[requests.Response]:
@@ -878,7 +877,7 @@ class _Sending(Sending[requests.Response]):
                 stale.close()
         to_send = self.begin(number)
         if to_send.__class__ is Outcome:
-            return to_send  # type: ignore[no-any-return]  # not sent
+            return to_send
         adapter = self.adapter
         pool, self.pool = self.pool, None
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))

@@ -336,7 +336,7 @@ def _drive(steps: _Steps[T], attempt: Callable[[int], Outcome[T]],
         while True:
             if step.__class__ is int:
                 try:
-                    outcome = attempt(step)  # type: ignore[arg-type]  # an int here
+                    outcome = attempt(step)
                 except BaseException as exc:
                     step = steps.throw(exc)  # never returns a step: the machine re-raises
                 else:
@@ -360,14 +360,14 @@ async def run_call_async(
     hooks: tuple[Hook, ...] = (),
     breaker: Optional[BreakerGate] = None,
     budget: Optional[BudgetGate] = None,
-    sleep: Optional[Callable[[float], Awaitable[Any]]] = None,
+    sleep: Optional[Callable[[float], Any]] = None,
     clock: Callable[[], float] = time.monotonic,
     rng: Any = random,
     closed: Optional[Callable[[], bool]] = None,
     quiet: Optional[Quiet] = None,
 ) -> Finished[T]:
     """:func:`run_call` for asyncio: the same machine, its attempts awaited and its waits
-    ``asyncio.sleep`` (or the awaitable ``sleep`` given).  A task cancelled during an
+    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable).  A task cancelled during an
     attempt or a wait ends the call with give-up reason ``"cancelled"``; the
     ``CancelledError`` propagates.
 
@@ -385,23 +385,24 @@ async def run_call_async(
 
 
 async def _drive_async(steps: _Steps[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
-                       sleep: Optional[Callable[[float], Awaitable[Any]]]) -> Finished[T]:
+                       sleep: Optional[Callable[[float], Any]]) -> Finished[T]:
     """:func:`_drive` with the attempt awaited and the wait ``asyncio.sleep``."""
     step = next(steps)
     try:
         while True:
             if step.__class__ is int:
                 try:
-                    outcome = await attempt(step)  # type: ignore[arg-type]  # an int here
+                    outcome = await attempt(step)
                 except BaseException as exc:
                     step = steps.throw(exc)
                 else:
                     step = steps.send(outcome)
             else:
                 try:
-                    if not _testing._testing and step > 0:  # type: ignore[operator]
-                        await (asyncio.sleep(step) if sleep is None  # type: ignore[arg-type]
-                               else sleep(step))  # type: ignore[arg-type]
+                    if not _testing._testing and step > 0:
+                        waited = asyncio.sleep(step) if sleep is None else sleep(step)
+                        if waited is not None:  # an injected sleep may be synchronous
+                            await waited
                 except BaseException as exc:
                     step = steps.throw(exc)
                 else:

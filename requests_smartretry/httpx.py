@@ -38,7 +38,7 @@ import contextvars
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import httpcore
 import httpx
@@ -94,12 +94,16 @@ from requests_smartretry.sending import (
 from requests_smartretry.stats import Stats
 
 __all__ = [
+    "AsyncSmartClient",
+    "AsyncSmartRetryTransport",
     "AttemptDeadlineExceeded",
     "BodyNotReplayable",
     "SmartClient",
     "SmartRetryTransport",
     "classify_httpx_exception",
+    "smart_async_client",
     "smart_client",
+    "video_async_client",
     "video_client",
 ]
 
@@ -420,6 +424,9 @@ class _HttpxSending(Sending[httpx.Response]):
             request=self.request)
         return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
 
+    def body_replayable(self) -> bool:
+        return self.replayable
+
     def body_veto(self) -> Optional[str]:
         """The veto a later failed read of a streamed response body gets."""
         return veto(BODY_READ_FAILED, self.call_idempotent(), self.replayable)
@@ -629,7 +636,7 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
                     stale.close()
             to_send = sending.begin(number)
             if to_send.__class__ is Outcome:
-                return to_send  # type: ignore[no-any-return]  # not sent
+                return to_send
             try:
                 outcome = self._attempt(to_send, read_body, policy)
             except BaseException:
@@ -678,17 +685,15 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         return _response_outcome(response, request, policy)
 
 
-def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending) -> None:
+def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending,
+                         asynchronous: bool = False) -> None:
     """A later failed read of the streamed ``response`` gets the veto that a failure after
     sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
-    stream = response.stream
-    if not isinstance(stream, (httpx.SyncByteStream, httpx.AsyncByteStream)):
-        return
+    stream: Any = response.stream  # typed as both, each of them in practice
     reason = sending.body_veto()
     if reason is not None:
-        response.stream = (_FinalOnFailure(stream, reason)
-                           if isinstance(stream, httpx.SyncByteStream)
-                           else _AsyncFinalOnFailure(stream, reason))
+        response.stream = (_AsyncFinalOnFailure(stream, reason) if asynchronous
+                           else _FinalOnFailure(stream, reason))
 
 
 # -- asyncio ----------------------------------------------------------------------------------
@@ -889,7 +894,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
                     await stale.aclose()
             to_send = sending.begin(number)
             if to_send.__class__ is Outcome:
-                return to_send  # type: ignore[no-any-return]  # not sent
+                return to_send
             try:
                 outcome = await self._attempt(to_send, read_body, policy)
             except BaseException:
@@ -898,7 +903,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
             outcome = sending.end(outcome)
             if not read_body and outcome.value is not None and \
                     outcome.classification.verdict is _SUCCESS_VERDICT:
-                _guard_streamed_body(outcome.value, sending)
+                _guard_streamed_body(outcome.value, sending, asynchronous=True)
             return outcome
 
         try:
@@ -1028,17 +1033,47 @@ class SmartClient(httpx.Client):
     def smart_transport(self) -> SmartRetryTransport:
         """The client's :class:`SmartRetryTransport` (its own, or the mounted one), whose
         ``stats``, ``breaker`` and ``budget`` are the client's."""
-        for candidate in (self._transport, *self._mounts.values()):
-            if isinstance(candidate, SmartRetryTransport):
-                return candidate
-        raise LookupError("this client has no SmartRetryTransport")
+        return _smart_transport_of(self, SmartRetryTransport)
+
+
+class AsyncSmartClient(httpx.AsyncClient):
+    """:class:`SmartClient` for asyncio: an ``httpx.AsyncClient`` that tells its
+    :class:`AsyncSmartRetryTransport` whether a response is streamed.
+
+    Example::
+
+        async with smart_async_client(max_retries=2) as client:
+            response = await client.get(url)
+    """
+
+    async def send(self, request: httpx.Request, *, stream: bool = False,
+                   **options: Any) -> httpx.Response:
+        """As ``httpx.AsyncClient.send``, with the ``stream`` flag passed to the transport."""
+        request.extensions[STREAM_EXTENSION] = stream
+        return await super().send(request, stream=stream, **options)
+
+    @property
+    def smart_transport(self) -> AsyncSmartRetryTransport:
+        """The client's :class:`AsyncSmartRetryTransport` (its own, or the mounted one)."""
+        return _smart_transport_of(self, AsyncSmartRetryTransport)
+
+
+_TransportT = TypeVar("_TransportT")
+
+
+def _smart_transport_of(client: Any, kind: type[_TransportT]) -> _TransportT:
+    for candidate in (client._transport, *client._mounts.values()):
+        if isinstance(candidate, kind):
+            return candidate
+    raise LookupError(f"this client has no {kind.__name__}")
 
 
 # httpx.Client keywords that configure the transport it would build: given to ours too.
 _CONNECTION_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_options(options: dict[str, Any], inner: Callable[..., Any] = httpx.HTTPTransport,
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the transport's keywords, the ``httpx.Client``'s).  Without ``transport=``, the
     inner ``httpx.HTTPTransport`` gets the client's connection keywords (``limits``,
     ``verify``, ``proxy``…), as the transport httpx would build for itself."""
@@ -1051,7 +1086,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if "transport" not in transport:
         connection = {k: client[k] for k in _CONNECTION_KEYWORDS if k in client}
         if connection:
-            transport["transport"] = httpx.HTTPTransport(**connection)
+            transport["transport"] = inner(**connection)
     return transport, client
 
 
@@ -1075,6 +1110,23 @@ def smart_client(policy: Optional[RetryPolicy] = None, **options: Any) -> SmartC
                        **client_options)
 
 
+def smart_async_client(policy: Optional[RetryPolicy] = None,
+                       **options: Any) -> AsyncSmartClient:
+    """:func:`smart_client` for asyncio: an :class:`AsyncSmartClient` whose every request
+    goes through an :class:`AsyncSmartRetryTransport`.
+
+    Example::
+
+        async with smart_async_client(max_retries=1, timeout=30.0) as client:
+            await client.get("https://api.example.com/v1/status")
+            client.smart_transport.stats.snapshot()
+    """
+    transport_options, client_options = _split_options(options, httpx.AsyncHTTPTransport)
+    transport = AsyncSmartRetryTransport(policy, **transport_options)
+    return AsyncSmartClient(transport=transport, timeout=transport.client_timeout(),
+                            **client_options)
+
+
 class _ArkClient(SmartClient):
     """``video_client``'s client: refuses an Ark SDK call aimed at another origin than its
     endpoint, which would otherwise go out without the transport (no retries, no deadline,
@@ -1087,16 +1139,36 @@ class _ArkClient(SmartClient):
              **options: Any) -> httpx.Response:
         """As :meth:`SmartClient.send`; an Ark call (the SDK's ``X-Client-Request-Id``, or
         this client's key) to another origin raises ``ValueError`` naming both."""
-        target = origin_of(str(request.url))
-        if target != self._ark_origin and (
-                "x-client-request-id" in request.headers
-                or (self._ark_key is not None
-                    and request.headers.get("authorization") == f"Bearer {self._ark_key}")):
-            raise ValueError(
-                f"video_client serves the Ark endpoint {self._ark_origin}, but this Ark call "
-                f"goes to {target}: pass the SDK's base_url as video_client(endpoint=...) "
-                f"so that the call gets the retries and the attempt deadline")
+        _check_ark_target(self, request, "video_client")
         return super().send(request, stream=stream, **options)
+
+
+class _AsyncArkClient(AsyncSmartClient):
+    """``video_async_client``'s client: as :class:`_ArkClient`, for ``AsyncArk``."""
+
+    _ark_origin = ""
+    _ark_key: Optional[str] = None
+
+    async def send(self, request: httpx.Request, *, stream: bool = False,
+                   **options: Any) -> httpx.Response:
+        """As :meth:`AsyncSmartClient.send`; an Ark call to another origin raises
+        ``ValueError`` naming both."""
+        _check_ark_target(self, request, "video_async_client")
+        return await super().send(request, stream=stream, **options)
+
+
+def _check_ark_target(client: Any, request: httpx.Request, maker: str) -> None:
+    """Refuse an Ark SDK call (its ``X-Client-Request-Id``, or the client's key) aimed at
+    another origin than the client's endpoint: it would go out without the transport."""
+    target = origin_of(str(request.url))
+    key = client._ark_key
+    if target != client._ark_origin and (
+            "x-client-request-id" in request.headers
+            or (key is not None and request.headers.get("authorization") == f"Bearer {key}")):
+        raise ValueError(
+            f"{maker} serves the Ark endpoint {client._ark_origin}, but this Ark call "
+            f"goes to {target}: pass the SDK's base_url as {maker}(endpoint=...) "
+            f"so that the call gets the retries and the attempt deadline")
 
 
 def video_client(
@@ -1122,15 +1194,45 @@ def video_client(
     (the SDK reports it as its connection error, with this as the cause) rather than
     going out without retries or deadline; other requests there go out as with httpx.
     """
+    client: SmartClient = _ark_client(_ArkClient, SmartRetryTransport, httpx.HTTPTransport,
+                                      api_key, endpoint, options)
+    return client
+
+
+def video_async_client(
+    api_key: Optional[str] = None, *, endpoint: str = ARK_ENDPOINT, **options: Any
+) -> AsyncSmartClient:
+    """:func:`video_client` for asyncio: an :class:`AsyncSmartClient` for the Ark SDK's
+    ``AsyncArk``, with the video preset's policy on ``endpoint``'s origin only.
+
+    Example::
+
+        from volcenginesdkarkruntime import AsyncArk
+
+        ark = AsyncArk(api_key=key, http_client=video_async_client(api_key=key),
+                       max_retries=0)
+        task = await ark.content_generation.tasks.create(model="...", content=[...])
+    """
+    client: AsyncSmartClient = _ark_client(_AsyncArkClient, AsyncSmartRetryTransport,
+                                           httpx.AsyncHTTPTransport, api_key, endpoint,
+                                           options)
+    return client
+
+
+def _ark_client(client_class: Callable[..., Any], transport_class: Callable[..., Any],
+                inner: Callable[..., Any], api_key: Optional[str], endpoint: str,
+                options: dict[str, Any]) -> Any:
+    """An Ark client of ``client_class`` whose endpoint's origin is served by a
+    ``transport_class`` with the video preset's policy."""
     if "policy" in options:
         raise TypeError("presets take policy fields as keywords (e.g. max_retries=3), not policy=")
     endpoint = check_endpoint("endpoint", endpoint)
     if api_key is not None:
         check_credential("api_key", api_key)
-    transport_options, client_options = _split_options(options)
-    transport = SmartRetryTransport(_video_policy(api_key, str(options.get("lang", "zh"))),
-                                    **transport_options)
-    client = _ArkClient(base_url=endpoint, mounts={origin_of(endpoint): transport},
-                        timeout=transport.client_timeout(), **client_options)
+    transport_options, client_options = _split_options(options, inner)
+    transport = transport_class(_video_policy(api_key, str(options.get("lang", "zh"))),
+                                **transport_options)
+    client = client_class(base_url=endpoint, mounts={origin_of(endpoint): transport},
+                          timeout=transport.client_timeout(), **client_options)
     client._ark_origin, client._ark_key = origin_of(endpoint), api_key
     return client

@@ -72,15 +72,12 @@ class Sending(Generic[_V]):
     ``to_send = self.begin(number)`` (an :class:`Outcome` instead when the attempt must
     not be sent), send it, and return ``self.end(outcome)``.  Subclasses say what is
     transport-specific: :meth:`closed`, :meth:`closed_error`, :meth:`rewind`,
-    :meth:`prepare`, :meth:`asked_idempotent`, :meth:`call_idempotent`,
-    :meth:`enclosing_over` and ``replayable``.  Nothing is allocated until an attempt
+    :meth:`body_replayable`, :meth:`prepare`, :meth:`asked_idempotent`,
+    :meth:`call_idempotent` and :meth:`enclosing_over`.  Nothing is allocated until an attempt
     fails: a first attempt that succeeds costs two method calls.
     """
 
     __slots__ = ("counted", "idempotent", "previous", "verdicts")
-
-    #: Whether the request body can be sent again (a replayable body); see :func:`veto`.
-    replayable = True
 
     def __init__(self) -> None:
         #: The last failed attempt's response, which the retry discards.
@@ -104,6 +101,10 @@ class Sending(Generic[_V]):
 
     def rewind(self) -> None:
         """Make the request whole again for a retry (a seekable body, cut timeouts)."""
+
+    def body_replayable(self) -> bool:
+        """Whether the request body can be sent again (see :func:`veto`)."""
+        return True
 
     def prepare(self, number: int) -> Any:
         """The request to send as attempt ``number`` (the policy's ``prepare_attempt``)."""
@@ -193,7 +194,7 @@ class Sending(Generic[_V]):
                 verdict.retryable or (outcome.error is not None and verdict.sent)):
             if self.idempotent is None:
                 self.idempotent = self.call_idempotent()
-            outcome.veto = veto(verdict, self.idempotent, self.replayable)
+            outcome.veto = veto(verdict, self.idempotent, self.body_replayable())
             mark_vetoed(outcome)  # final for an enclosing retrying call too
         return outcome
 
