@@ -12,6 +12,17 @@ from requests_smartretry.deadline import Watch
 from requests_smartretry.faultserver import FaultServer
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``stress`` tests (tens of seconds each) run only when ``-m`` names them: CI runs them in
+    a step of their own (``python -m pytest -m stress``), so the main suite stays short."""
+    if "stress" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a stress run: selected with -m stress (a CI step of its own)")
+    for item in items:
+        if item.get_closest_marker("stress") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """A real redis-server shared by a module's Redis cases (tests/redis_server.py; skipped

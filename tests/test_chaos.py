@@ -160,6 +160,7 @@ def _wait_for_server(server: FaultServer, expected: int, limit: float = 10.0) ->
     return server.hits()
 
 
+@pytest.mark.stress
 def test_chaos_loses_nothing_and_respects_the_policy(server: FaultServer) -> None:
     """Under concurrent random faults every call ends once, within its attempts and time."""
     events = EventLog()

@@ -70,6 +70,7 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.stress
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 def test_failing_requests_leak_nothing(server: FaultServer) -> None:
     """5,000 failing calls return fds and pooled connections to their level, memory flat."""
