@@ -367,9 +367,9 @@ async def run_call_async(
     quiet: Optional[Quiet] = None,
 ) -> Finished[T]:
     """:func:`run_call` for asyncio: the same machine, its attempts awaited and its waits
-    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable).  A task cancelled during an
-    attempt or a wait ends the call with give-up reason ``"cancelled"``; the
-    ``CancelledError`` propagates.
+    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable).  A task
+    cancelled during an attempt or a wait ends the call with give-up reason
+    ``"cancelled"``; the ``CancelledError`` propagates.
 
     The call's retry scope (``policy.deadline``) is a contextvar set in this task only."""
     outer = current_scope()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -57,10 +56,12 @@ from requests_smartretry.classify import (
 )
 from requests_smartretry.collaborators import resolve_collaborators
 from requests_smartretry.deadline import (
+    AsyncCut,
     NoTimeLeft,
     Watch,
     active_watch,
     attempt_seconds,
+    running_cut,
 )
 from requests_smartretry.engine import (
     BreakerGate,
@@ -698,61 +699,6 @@ def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending,
 
 # -- asyncio ----------------------------------------------------------------------------------
 
-# The cut of the attempt running in this task (its network streams record the first write).
-_RUNNING_CUT: contextvars.ContextVar[Optional[_Cut]] = contextvars.ContextVar(
-    "requests_smartretry_async_cut", default=None)
-
-
-class _Cut:
-    """An async attempt's wall-clock deadline: at ``seconds`` the attempt's task is
-    cancelled wherever it waits (connecting, writing, waiting for the headers, reading a
-    dripping body), as ``asyncio.timeout`` does (3.11+), written for 3.9.  ``sent`` is the
-    phase: set by the watched network stream when the attempt writes its first byte."""
-
-    __slots__ = ("fired", "handle", "loop", "sent", "task", "token", "when")
-
-    def __init__(self, seconds: float, watched: bool) -> None:
-        loop = self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task(loop)
-        self.fired = False
-        #: Whether anything may have been written; without a watched pool, assume so.
-        self.sent = not watched
-        self.when = loop.time() + seconds
-        self.handle = loop.call_at(self.when, self._fire)
-        self.token = _RUNNING_CUT.set(self)
-
-    def _fire(self) -> None:
-        self.fired = True
-        if self.task is not None:
-            self.task.cancel()
-
-    def remaining(self) -> float:
-        return max(0.0, self.when - self.loop.time())
-
-    def finish(self) -> None:
-        self.handle.cancel()
-        _RUNNING_CUT.reset(self.token)
-
-    def ours(self) -> bool:
-        """Whether a ``CancelledError`` the attempt raised is this cut's alone (then it is
-        taken back: the task is not cancelled); another cancellation of the task (the
-        caller's) propagates.  Before Python 3.11 a cancellation of the caller's landing
-        at the very moment of the cut cannot be told apart and is taken as the cut."""
-        if not self.fired:
-            return False
-        uncancel = getattr(self.task, "uncancel", None)
-        return uncancel is None or uncancel() == 0
-
-    async def absorb(self) -> None:
-        """The cut fired after the attempt's last wait had already ended: its
-        cancellation is still pending on the task; take it here, not in the caller."""
-        try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            if not self.ours():
-                raise
-
-
 class _WatchedAsyncStream(httpcore.AsyncNetworkStream):
     """An async network stream that tells the running attempt's cut when the first byte
     of a request is written (the phase that decides whether a cut attempt was sent)."""
@@ -766,7 +712,7 @@ class _WatchedAsyncStream(httpcore.AsyncNetworkStream):
         return await self._stream.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
-        cut = _RUNNING_CUT.get()
+        cut = running_cut()
         if cut is not None:
             cut.sent = True
         await self._stream.write(buffer, timeout)
@@ -918,13 +864,14 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
 
     async def _attempt(self, request: httpx.Request, read_body: bool,
                        policy: RetryPolicy) -> Outcome[httpx.Response]:
-        """One attempt, cancelled at its wall-clock deadline (:class:`_Cut`)."""
+        """One attempt, cancelled at its wall-clock deadline
+        (:class:`~requests_smartretry.deadline.AsyncCut`)."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
             return _no_time_left(request)
         _timeouts_within(request, total)
-        cut = _Cut(total, self.watches_writes)
+        cut = AsyncCut(total, self.watches_writes)
         response: Optional[httpx.Response] = None
         try:
             response = await self.transport.handle_async_request(request)
