@@ -30,6 +30,7 @@ await one: the poll is then an awaitable smart call, the pause ``asyncio.sleep``
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -412,8 +413,29 @@ def poll_until(
                                    interval_max=interval_max, operation_name=operation_name,
                                    on_poll=on_poll, describe=describe, stats=stats,
                                    options=dict(options))
+    if _is_async(fetch):  # the same steps, awaited: an awaitable for the caller
+        return drive_async(waiting.steps(), poll, _async_sleep(sleep))  # type: ignore[return-value]
     result: T = drive(waiting.steps(), poll, sleep)
     return result
+
+
+def _is_async(fetch: Any) -> bool:
+    return inspect.iscoroutinefunction(fetch) or inspect.iscoroutinefunction(
+        getattr(fetch, "__call__", None))  # noqa: B004 - an object with an async __call__
+
+
+def _async_sleep(sleep: Callable[[float], Any]) -> Callable[[float], Awaitable[Any]]:
+    """The waits of an async wait: ``asyncio.sleep``, or the ``sleep=`` given (awaited
+    when it returns an awaitable)."""
+    if sleep is time.sleep:
+        return asyncio.sleep
+
+    async def wait(seconds: float) -> None:
+        waited = sleep(seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
+    return wait
 
 
 def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: float,
@@ -454,7 +476,13 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
                 return execute_with_smart_retry(fetch, **options)
         return execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
 
-    return waiting, poll, sleep
+    async def poll_async(step: Poll) -> Any:
+        if overridden:  # the block must be open while the poll runs, not while it starts
+            with retry_options(deadline=step.seconds_left):
+                return await execute_with_smart_retry(fetch, **options)
+        return await execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
+
+    return waiting, poll_async if _is_async(fetch) else poll, sleep
 
 
 #: The callable API's own keywords (every other one of ``options`` is a policy field).
@@ -465,9 +493,9 @@ _CALL_KEYWORDS = frozenset({"policy", "hooks", "breaker", "budget", "sleep", "cl
 def _check_fetch(fetch: Any) -> None:
     if not callable(fetch):
         raise TypeError(f"poll_until() needs a callable fetch, got {fetch!r}")
-    if inspect.iscoroutinefunction(fetch) or inspect.isasyncgenfunction(fetch):
-        raise TypeError(f"poll_until() polls a synchronous fetch; {fetch!r} is async (its "
-                        "coroutine would never be awaited)")
+    if inspect.isasyncgenfunction(fetch) or inspect.isgeneratorfunction(fetch):
+        raise TypeError(f"poll_until() cannot poll the generator function {fetch!r}: pass "
+                        "a function that returns the value (or an async def)")
 
 
 def _name_of(fetch: Callable[..., Any]) -> str:
