@@ -5,6 +5,7 @@ timeout, and nothing ever goes to a host other than the configured endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
@@ -201,6 +202,69 @@ def test_ark_sdk_with_another_base_url_is_refused_clearly() -> None:
         assert other.endpoint.split("/api")[0] in str(cause)  # the SDK's origin
         assert ours.endpoint.split("/api")[0] in str(cause)  # video_client's
         assert other.hits() == 0 and ours.hits() == 0
+
+
+# -- AsyncArk through video_async_client -----------------------------------------------------
+
+
+def _async_ark(fake: FakeArk, **options: Any) -> Any:
+    client = httpx_module.video_async_client(api_key=API_KEY, endpoint=fake.endpoint,
+                                             backoff_base=0.01, **options)
+    return ark.AsyncArk(api_key=API_KEY, base_url=fake.endpoint, http_client=client,
+                        max_retries=0)
+
+
+def test_async_ark_sdk_retries_a_rate_limit_once() -> None:
+    """AsyncArk: a 429 RateLimitExceeded is retried once (asyncio.sleep between): two
+    executions, the task is created."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("create", (429, ark_error("RateLimitExceeded.EndpointRPMExceeded")))
+
+        async def create() -> Any:
+            sdk = _async_ark(fake)
+            try:
+                return await sdk.content_generation.tasks.create(model="m", content=_CONTENT)
+            finally:
+                await sdk.close()
+
+        task = asyncio.run(create())
+        assert task.id in fake.tasks and fake.hits() == 2
+
+
+def test_async_ark_sdk_business_code_is_not_retried() -> None:
+    """AsyncArk: a 400 InvalidParameter is one execution, raised as the SDK's error."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("create", (400, ark_error("InvalidParameter", "bad model")))
+
+        async def create() -> Any:
+            sdk = _async_ark(fake)
+            try:
+                return await sdk.content_generation.tasks.create(model="m", content=_CONTENT)
+            finally:
+                await sdk.close()
+
+        with pytest.raises(ark_errors.ArkBadRequestError):
+            asyncio.run(create())
+        assert fake.hits() == 1
+
+
+def test_async_ark_sdk_hung_server_is_cut_at_the_policy_timeout() -> None:
+    """AsyncArk: the attempt on a hung server is cancelled at the policy's timeout."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("query", ("hang", 5))
+
+        async def query() -> Any:
+            sdk = _async_ark(fake, timeout=CUT, max_retries=0)
+            try:
+                return await sdk.content_generation.tasks.get(task_id="cgt-0001")
+            finally:
+                await sdk.close()
+
+        started = time.monotonic()
+        with pytest.raises(ark_errors.ArkAPITimeoutError):
+            asyncio.run(query())
+        assert time.monotonic() - started < CUT + 1.5
+        assert fake.hits() == 1
 
 
 # -- WeChat Pay (wechatpayv3.WeChatPay) through mount_on_wechatpay -------------------------
