@@ -754,23 +754,14 @@ class _WatchedAsyncBackend(httpcore.AsyncNetworkBackend):
 def _watch_async_writes(transport: httpx.AsyncBaseTransport) -> bool:
     """Give an ``httpx.AsyncHTTPTransport``'s pool the watched backend; False when it has
     none (a mock, a custom transport): a cut attempt then counts as sent."""
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
+    pool = getattr(transport, "_pool", None)  # httpx keeps its httpcore pool here
+    backend = getattr(pool, "_network_backend", None)  # ...and httpcore its backend here
     if isinstance(backend, _WatchedAsyncBackend):
         return True
-    if backend is None:
-        # httpcore builds its AutoBackend lazily when none was given: give ours now.
-        if not isinstance(pool, httpcore.AsyncConnectionPool):
-            return False
-        backend = httpcore.AnyIOBackend() if _AUTO_BACKEND is None else _AUTO_BACKEND()
     if not isinstance(backend, httpcore.AsyncNetworkBackend):
         return False
     pool._network_backend = _WatchedAsyncBackend(backend)  # type: ignore[union-attr]
     return True
-
-
-_AUTO_BACKEND: Any = getattr(getattr(httpcore, "_backends", None), "auto", None)
-_AUTO_BACKEND = getattr(_AUTO_BACKEND, "AutoBackend", None)
 
 
 class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):

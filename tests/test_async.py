@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import pytest
 

@@ -98,7 +98,6 @@ def _async_client(**options: Any) -> Client:
     fixture's sends are synchronous; ``parallel`` runs tasks on that loop)."""
     loop = asyncio.new_event_loop()
     client = smart_async_client(**options)
-    current: list[Optional[Callable[[], None]]] = [None]
 
     def send(method: str, url: str, body: Any = None,
              headers: Optional[dict[str, str]] = None) -> Any:
