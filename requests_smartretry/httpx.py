@@ -378,11 +378,15 @@ class _HttpxSending(Sending[httpx.Response]):
     """One httpx request's attempts (sync or async alike): the shared attempt state
     (:class:`~requests_smartretry.sending.Sending`) with what httpx requests need."""
 
-    __slots__ = ("asked_timeouts", "minted", "owner", "policy", "replayable", "request")
+    __slots__ = ("asked_timeouts", "asynchronous", "minted", "owner", "policy", "read_body",
+                 "replayable", "request")
 
     def __init__(self, owner: _SmartTransportBase, request: httpx.Request,
-                 policy: RetryPolicy, minted: Optional[str]) -> None:
+                 policy: RetryPolicy, minted: Optional[str], asynchronous: bool) -> None:
         Sending.__init__(self)
+        #: Whether the attempt reads the body (a SmartClient's request not streamed).
+        self.read_body = request.extensions.get(STREAM_EXTENSION) is False
+        self.asynchronous = asynchronous
         self.owner = owner
         self.request = request
         self.policy = policy
@@ -427,6 +431,14 @@ class _HttpxSending(Sending[httpx.Response]):
 
     def body_replayable(self) -> bool:
         return self.replayable
+
+    def end(self, outcome: Outcome[httpx.Response]) -> Outcome[httpx.Response]:
+        outcome = Sending.end(self, outcome)
+        if not self.read_body and outcome.value is not None and \
+                outcome.classification.verdict is _SUCCESS_VERDICT:
+            # Read later: a failure then is final as one now would be.
+            _guard_streamed_body(outcome.value, self)
+        return outcome
 
     def body_veto(self) -> Optional[str]:
         """The veto a later failed read of a streamed response body gets."""
@@ -547,7 +559,7 @@ class _SmartTransportBase:
             names[key] = info
         return info
 
-    def _begin(self, request: httpx.Request) -> tuple[
+    def _begin(self, request: httpx.Request, asynchronous: bool) -> tuple[
             RetryPolicy, CallInfo, tuple[Hook, ...], Any, _HttpxSending]:
         """A call starts: its policy (a ``retry_options`` block's), names, hooks, quiet
         plan and attempt state; an idempotency key minted when the policy asks for one."""
@@ -566,7 +578,7 @@ class _SmartTransportBase:
                 idempotency_key(request.headers, policy.idempotency_header) is None:
             minted = policy.idempotency_header
             request.headers[minted] = new_idempotency_key()
-        sending = _HttpxSending(self, request, policy, minted)
+        sending = _HttpxSending(self, request, policy, minted, asynchronous)
         if not sending.replayable:
             _refuse_consumed(request)
         return policy, call, hooks, quiet, sending
@@ -627,28 +639,21 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response or raises the last
         attempt's error (with ``retry_history`` attached)."""
-        policy, call, hooks, quiet, sending = self._begin(request)
-        read_body = request.extensions.get(STREAM_EXTENSION) is False
+        policy, call, hooks, quiet, sending = self._begin(request, asynchronous=False)
 
         def attempt(number: int) -> Outcome[httpx.Response]:
-            if number > 1:
-                stale = sending.take_stale()
-                if stale is not None:  # a retry discards the last failed response
-                    stale.close()
+            stale = sending.take_stale()
+            if stale is not None:  # a retry discards the last failed response
+                stale.close()
             to_send = sending.begin(number)
             if to_send.__class__ is Outcome:
-                return to_send
+                return to_send  # not sent
             try:
-                outcome = self._attempt(to_send, read_body, policy)
+                outcome = self._attempt(to_send, sending.read_body, policy)
             except BaseException:
                 sending.abandon()
                 raise
-            outcome = sending.end(outcome)
-            if not read_body and outcome.value is not None and \
-                    outcome.classification.verdict is _SUCCESS_VERDICT:
-                # read later: a failure then is final as one now would be
-                _guard_streamed_body(outcome.value, sending)
-            return outcome
+            return sending.end(outcome)
 
         try:
             finished = run_call(policy, call, attempt, hooks=hooks, breaker=self.breaker,
@@ -686,14 +691,13 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         return _response_outcome(response, request, policy)
 
 
-def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending,
-                         asynchronous: bool = False) -> None:
+def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending) -> None:
     """A later failed read of the streamed ``response`` gets the veto that a failure after
     sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
     stream: Any = response.stream  # typed as both, each of them in practice
     reason = sending.body_veto()
     if reason is not None:
-        response.stream = (_AsyncFinalOnFailure(stream, reason) if asynchronous
+        response.stream = (_AsyncFinalOnFailure(stream, reason) if sending.asynchronous
                            else _FinalOnFailure(stream, reason))
 
 
@@ -821,27 +825,21 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` with retries; returns the last response or raises the last
         attempt's error (with ``retry_history`` attached)."""
-        policy, call, hooks, quiet, sending = self._begin(request)
-        read_body = request.extensions.get(STREAM_EXTENSION) is False
+        policy, call, hooks, quiet, sending = self._begin(request, asynchronous=True)
 
         async def attempt(number: int) -> Outcome[httpx.Response]:
-            if number > 1:
-                stale = sending.take_stale()
-                if stale is not None:  # a retry discards the last failed response
-                    await stale.aclose()
+            stale = sending.take_stale()
+            if stale is not None:  # a retry discards the last failed response
+                await stale.aclose()
             to_send = sending.begin(number)
             if to_send.__class__ is Outcome:
-                return to_send
+                return to_send  # not sent
             try:
-                outcome = await self._attempt(to_send, read_body, policy)
+                outcome = await self._attempt(to_send, sending.read_body, policy)
             except BaseException:
                 sending.abandon()
                 raise
-            outcome = sending.end(outcome)
-            if not read_body and outcome.value is not None and \
-                    outcome.classification.verdict is _SUCCESS_VERDICT:
-                _guard_streamed_body(outcome.value, sending, asynchronous=True)
-            return outcome
+            return sending.end(outcome)
 
         try:
             finished = await run_call_async(
