@@ -4,6 +4,7 @@ poll, the task's JSON, and the client's statistics as the wait's."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable, Optional
 
@@ -79,12 +80,17 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     before the vendor's table decides (``raise_for_status``: a retryable one is retried, a
     final one ends the wait).  ``on_poll`` and ``.last`` see tasks, not responses."""
 
-    def fetch() -> Any:
-        response = send()
+    def checked(response: Any) -> Any:
         if response.status_code >= 400:
             check(response)
             response.raise_for_status()
         return response
+
+    def fetch() -> Any:
+        return checked(send())
+
+    async def fetch_async() -> Any:  # an httpx.AsyncClient's poll
+        return checked(await send())
 
     options.setdefault("classify", vendor_classifier(
         hook, frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))))
@@ -96,15 +102,32 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     if on_poll is not None:
         def notify(number: int, response: Any) -> Any:
             return on_poll(number, task_of(response))
+    waiting = {"done": done, "deadline": deadline, "operation_name": operation,
+               "on_poll": notify, "describe": describe, "stats": stats or None, **options}
+    if inspect.iscoroutinefunction(getattr(client, "get", None)):  # an async client
+        return _wait_async(poll_until(fetch_async, **waiting), task_of)
     try:
-        response = poll_until(fetch, done=done, deadline=deadline, operation_name=operation,
-                              on_poll=notify, describe=describe, stats=stats or None,
-                              **options)
+        response = poll_until(fetch, **waiting)
     except PollDeadlineExceeded as exc:
-        if exc.last is not None:
-            try:
-                exc.last = task_of(exc.last)
-            except Exception:
-                pass
+        _last_as_task(exc, task_of)
         raise
     return task_of(response)
+
+
+async def _wait_async(waiting: Any, task_of: Callable[[Any], Any]) -> Any:
+    """:func:`wait_for`'s ending, for the awaitable wait of an async client."""
+    try:
+        response = await waiting
+    except PollDeadlineExceeded as exc:
+        _last_as_task(exc, task_of)
+        raise
+    return task_of(response)
+
+
+def _last_as_task(exc: PollDeadlineExceeded, task_of: Callable[[Any], Any]) -> None:
+    """``.last`` of a wait past its deadline: the last task seen, not its response."""
+    if exc.last is not None:
+        try:
+            exc.last = task_of(exc.last)
+        except Exception:
+            pass
