@@ -2,9 +2,9 @@
 
 The loop knows nothing of HTTP nor of I/O: an *attempt function* performs one attempt and
 returns an :class:`Outcome` (its classification, its value or error, and whether repeating
-it is safe); the loop (:func:`_steps`, one screen) is a step machine that admits, asks for
-an attempt, decides why to stop (:func:`stop_reason`), asks for a wait, and emits one event
-per step to the hooks.  Two small drivers perform what it asks: :func:`run_call` (the
+it is safe); the loop (:class:`_Call`'s three transitions) is a step machine that admits,
+asks for an attempt, decides why to stop (:func:`stop_reason`), asks for a wait, and emits
+one event per step to the hooks.  Two small drivers perform what it asks: :func:`run_call` (the
 attempt called, ``time.sleep``) and :func:`run_call_async` (the attempt awaited,
 ``asyncio.sleep``); as h11 and httpcore do, the decisions live once, the I/O twice.  A call whose
 first attempt succeeds and whose consumers are all built-in ones emits nothing: the
@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Generator, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, overload
 
@@ -300,7 +300,7 @@ def run_call(
     quiet: Optional[Quiet] = None,
 ) -> Finished[T]:
     """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended:
-    the synchronous driver of the step machine (:func:`_steps`), which performs what the
+    the synchronous driver of the step machine (:class:`_Call`), which performs what the
     machine asks (an attempt, a wait with ``sleep``) and hands back what happened.
 
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
@@ -318,38 +318,39 @@ def run_call(
     """
     outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
-        return _drive(_steps(_Call(policy, call, hooks, breaker, budget, clock, rng, closed,
-                                   quiet, outer, outer, None)), attempt, sleep)
+        return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                            outer, outer, None), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
-        return _drive(_steps(_Call(policy, call, hooks, breaker, budget, clock, rng, closed,
-                                   quiet, outer, inner, ends_at)), attempt, sleep)
+        return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                            outer, inner, ends_at), attempt, sleep)
 
 
-def _drive(steps: _Steps[T], attempt: Callable[[int], Outcome[T]],
+def _drive(run: _Call[T], attempt: Callable[[int], Outcome[T]],
            sleep: Callable[[float], None]) -> Finished[T]:
-    """Perform the machine's steps in this thread: an ``int`` is an attempt's number, a
-    ``float`` the seconds to wait.  What they raise goes back into the machine, which
-    closes the call's events and raises it again."""
-    step = next(steps)
-    try:
-        while True:
-            if step.__class__ is int:
-                try:
-                    outcome = attempt(step)
-                except BaseException as exc:
-                    step = steps.throw(exc)  # never returns a step: the machine re-raises
-                else:
-                    step = steps.send(outcome)
-            else:
-                try:
-                    _testing.sleeper(sleep)(step)
-                except BaseException as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]  # the machine's Finished
+    """Perform the machine's steps in this thread (see :class:`_Call`): an ``int`` is an
+    attempt to make, a ``float`` the seconds to wait, a :class:`Finished` the end.  What
+    a step raises goes back to the machine, which closes the call's events, and is
+    raised again."""
+    step = run.next_attempt(1)
+    while True:
+        kind = step.__class__
+        if kind is int:
+            try:
+                outcome = attempt(step)  # type: ignore[arg-type]  # an int here
+            except BaseException as exc:
+                run.raised(exc)
+                raise
+            step = run.attempted(outcome)
+        elif kind is float:
+            try:
+                _testing.sleeper(sleep)(step)  # type: ignore[arg-type]  # a float here
+            except BaseException as exc:
+                run.interrupted(exc)
+                raise
+            step = run.waited()
+        else:
+            return step  # type: ignore[return-value]  # Finished
 
 
 async def run_call_async(
@@ -374,81 +375,46 @@ async def run_call_async(
     The call's retry scope (``policy.deadline``) is a contextvar set in this task only."""
     outer = current_scope()
     if policy.deadline is None:
-        return await _drive_async(_steps(_Call(policy, call, hooks, breaker, budget, clock,
-                                               rng, closed, quiet, outer, outer, None)),
-                                  attempt, sleep)
+        return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
+                                        closed, quiet, outer, outer, None), attempt, sleep)
     ends_at = clock() + policy.deadline
     with retry_scope(time.monotonic() + policy.deadline) as inner:
-        return await _drive_async(_steps(_Call(policy, call, hooks, breaker, budget, clock,
-                                               rng, closed, quiet, outer, inner, ends_at)),
-                                  attempt, sleep)
+        return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
+                                        closed, quiet, outer, inner, ends_at), attempt, sleep)
 
 
-async def _drive_async(steps: _Steps[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
+async def _drive_async(run: _Call[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
                        sleep: Optional[Callable[[float], Any]]) -> Finished[T]:
     """:func:`_drive` with the attempt awaited and the wait ``asyncio.sleep``."""
-    step = next(steps)
-    try:
-        while True:
-            if step.__class__ is int:
-                try:
-                    outcome = await attempt(step)
-                except BaseException as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(outcome)
-            else:
-                try:
-                    if not _testing._testing and step > 0:
-                        waited = asyncio.sleep(step) if sleep is None else sleep(step)
-                        if waited is not None:  # an injected sleep may be synchronous
-                            await waited
-                except BaseException as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+    step = run.next_attempt(1)
+    while True:
+        kind = step.__class__
+        if kind is int:
+            try:
+                outcome = await attempt(step)  # type: ignore[arg-type]  # an int here
+            except BaseException as exc:
+                run.raised(exc)
+                raise
+            step = run.attempted(outcome)
+        elif kind is float:
+            try:
+                if not _testing._testing and step > 0:  # type: ignore[operator]
+                    waited = (asyncio.sleep(step) if sleep is None  # type: ignore[arg-type]
+                              else sleep(step))  # type: ignore[arg-type]
+                    if waited is not None:  # an injected sleep may be synchronous
+                        await waited
+            except BaseException as exc:
+                run.interrupted(exc)
+                raise
+            step = run.waited()
+        else:
+            return step  # type: ignore[return-value]  # Finished
 
 
-#: The step machine: it yields an attempt's number (``int``: attempt now, send back its
-#: :class:`Outcome`) or a wait (``float`` seconds: wait, send back None), and returns
-#: how the call ended.  What a step raised is thrown back in.
-_Steps = Generator[Union[int, float], Optional[Outcome[T]], Finished[T]]
-
-
-def _steps(run: _Call[T]) -> _Steps[T]:
-    """The retry loop, as a machine that does no I/O: admit, attempt, then succeed or
-    decide why to stop, or wait.  A driver (:func:`_drive`, :func:`_drive_async`)
-    performs each attempt and each wait it yields."""
-    outcome: Optional[Outcome[T]] = None
-    for number in range(1, run.max_attempts + 1):
-        ticket = run.admit(number, outcome)  # the breaker's; a refusal ends the call
-        if isinstance(ticket, Finished):
-            return ticket
-        run.start(number)
-        try:
-            outcome = yield number
-        except BaseException as exc:  # raising: give-up "error" (or "cancelled"), raise
-            run.raised(exc, number, ticket)
-            raise
-        run.elapsed = run.clock() - run.attempt_started
-        if outcome.classification.verdict is _SUCCESS_VERDICT:  # type: ignore[union-attr]
-            return run.succeeded(outcome, number, ticket)  # type: ignore[arg-type]
-        run.failed(outcome, number, ticket)  # type: ignore[arg-type]
-        reason, wait = stop_reason(run, outcome, number)  # type: ignore[arg-type]
-        if reason is not None:
-            return run.give_up(outcome, number, reason)  # type: ignore[arg-type]
-        run.retrying(outcome, number, wait)  # type: ignore[arg-type]
-        try:
-            yield wait
-        except BaseException as exc:  # Ctrl-C, a cancelled task, a raising injected sleep
-            run.interrupted(exc, outcome, number)  # type: ignore[arg-type]
-            raise
-        run.previous_wait = wait
-        if run.closed is not None and run.closed():  # closed during the wait
-            return run.give_up(outcome, number, "closed")  # type: ignore[arg-type]
-    raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+#: What the machine asks of its driver next: an ``int`` (make that attempt, hand back
+#: its :class:`Outcome` to :meth:`_Call.attempted`), a ``float`` (wait that long, then
+#: :meth:`_Call.waited`), or the call's :class:`Finished`.
+_Step = Union[int, float, Finished[T]]
 
 
 def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Optional[str], float]:
@@ -501,7 +467,15 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
 
 
 class _Call(Generic[T]):
-    """One call's state and its steps, as :func:`_steps` runs them.
+    """One call's state and its steps: the step machine that a driver (:func:`_drive`,
+    :func:`_drive_async`) runs, without I/O of its own.
+
+    Its transitions, the retry loop spread over three methods: :meth:`next_attempt` (1) →
+    attempt 1;
+    :meth:`attempted` (an attempt's outcome) → the call's :class:`Finished`, or a wait;
+    :meth:`waited` → the next attempt (or the end: closed, the breaker refused it).  An
+    attempt or a wait that raised ends the call through :meth:`raised` /
+    :meth:`interrupted` (the driver re-raises).
 
     While ``events`` is None the call is *quiet*: its consumers are all built-in (see
     :func:`quiet_plan`), so its first attempt is counted by direct calls and its history
@@ -521,6 +495,10 @@ class _Call(Generic[T]):
     unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
     attempt_started = 0.0  # clock() at the running attempt's start
     granted = False  # a retry was granted (the budget paid) and not yet started
+    number = 0  # the attempt running, or the last one
+    ticket = 0  # its breaker ticket
+    outcome: Optional[Outcome[Any]] = None  # the last failed attempt's, while waiting
+    wait_asked = 0.0  # the wait asked of the driver
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -569,6 +547,45 @@ class _Call(Generic[T]):
             self.quiet = None
         return events
 
+    # -- the machine: three transitions, each returning the next step (see _Step) ---------
+
+    def attempted(self, outcome: Outcome[T]) -> _Step[T]:
+        """Attempt ``self.number`` ended with ``outcome``: the call succeeds, or stops
+        (:func:`stop_reason`), or waits before the next attempt."""
+        number, ticket = self.number, self.ticket
+        self.elapsed = self.clock() - self.attempt_started
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return self.succeeded(outcome, number, ticket)
+        self.failed(outcome, number, ticket)
+        reason, wait = stop_reason(self, outcome, number)
+        if reason is not None:
+            return self.give_up(outcome, number, reason)
+        self.retrying(outcome, number, wait)
+        wait = float(wait)  # a float: the driver's wait step
+        self.outcome, self.wait_asked = outcome, wait
+        return wait
+
+    def waited(self) -> _Step[T]:
+        """The wait before a retry ended: the next attempt, unless the transport was
+        closed meanwhile."""
+        outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
+        self.previous_wait = self.wait_asked
+        if self.closed is not None and self.closed():  # closed during the wait
+            return self.give_up(outcome, self.number, "closed")
+        return self.next_attempt(self.number + 1, outcome)
+
+    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None) -> _Step[T]:
+        """Attempt ``number`` (``next_attempt(1)``: the machine's first step), once the
+        breaker admits it (``outcome``: the last failed attempt's, for a refusal)."""
+        if self.breaker is not None:
+            ticket = self.admit(number, outcome)  # a refusal ends the call
+            if not isinstance(ticket, int):
+                return ticket
+            self.ticket = ticket
+        self.number = number
+        self.start(number)
+        return number
+
     def admit(self, number: int, outcome: Optional[Outcome[T]]) -> Union[int, Finished[T]]:
         """The breaker's ticket for attempt ``number`` (0 without a breaker); a refusal
         raises :class:`CircuitOpenError` before the first attempt, and ends the call
@@ -605,10 +622,11 @@ class _Call(Generic[T]):
         if number == 1:
             self.started = started
 
-    def raised(self, exc: BaseException, number: int, ticket: int) -> None:
-        """Attempt ``number`` raised ``exc``: a hook of the attempt (a signer,
-        prepare_attempt) raised, or the caller was interrupted (a cancelled task: give-up
-        reason ``cancelled``).  The call ends here, but its events still close it out."""
+    def raised(self, exc: BaseException) -> None:
+        """The attempt raised ``exc``: a hook of the attempt (a signer, prepare_attempt)
+        raised, or the caller was interrupted (a cancelled task: give-up reason
+        ``cancelled``).  The call ends here, but its events still close it out."""
+        number, ticket = self.number, self.ticket
         self.elapsed = self.clock() - self.attempt_started
         raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
                                      error=exc)
@@ -715,11 +733,12 @@ class _Call(Generic[T]):
                            "retry_after": verdict.retry_after})
         _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
 
-    def interrupted(self, exc: BaseException, outcome: Outcome[T], number: int) -> None:
-        """The backoff wait after attempt ``number`` raised ``exc``: the call gives up
-        (``cancelled`` for a cancelled task, else ``interrupted``)."""
+    def interrupted(self, exc: BaseException) -> None:
+        """The backoff wait raised ``exc``: the call gives up (``cancelled`` for a
+        cancelled task, else ``interrupted``)."""
         reason = "cancelled" if isinstance(exc, _CANCELLED) else "interrupted"
-        attach_history(exc, tuple(self.give_up(outcome, number, reason).history))
+        outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
+        attach_history(exc, tuple(self.give_up(outcome, self.number, reason).history))
 
     def time_left(self) -> Optional[float]:
         """Seconds left before the earliest deadline: the scope's (wall clock) and this
