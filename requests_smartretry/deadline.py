@@ -50,6 +50,7 @@ __all__ = [
     "active_watch",
     "attempt_seconds",
     "current_scope",
+    "defer_records",
     "remaining",
     "retry_scope",
     "running_cut",
@@ -87,12 +88,16 @@ class AttemptLedger:
     repeated: its ledger is not sealed.
     """
 
-    __slots__ = ("parent", "sealed", "unsafe")
+    __slots__ = ("deferred", "parent", "sealed", "settled", "unsafe")
 
     def __init__(self, parent: Optional[AttemptLedger] = None) -> None:
         self.parent = parent
         self.unsafe = 0
         self.sealed = False
+        #: Failures recorded in this attempt that the enclosing call's retry may heal
+        #: (see :meth:`defer`); ``settled``: taken by the enclosing call.
+        self.deferred: list[Callable[[], None]] = []
+        self.settled = False
 
     def start_unsafe(self) -> bool:
         """Count one unsafe operation as started here and in every enclosing attempt;
@@ -117,6 +122,36 @@ class AttemptLedger:
             while node is not None:
                 node.unsafe -= 1
                 node = node.parent
+
+    def task_created(self) -> None:
+        """Something was created that must never be created twice (a billed task now
+        exists at the vendor): counted as an executed unsafe operation here and in every
+        enclosing attempt, for good, so that no enclosing retrying call repeats the
+        attempt that created it (an attempt already over counts it too: harmless)."""
+        with _LEDGER_LOCK:
+            node: Optional[AttemptLedger] = self
+            while node is not None:
+                node.unsafe += 1
+                node = node.parent
+
+    def defer(self, record: Callable[[], None]) -> bool:
+        """Hold ``record`` (a nested call's breaker record of its failure) for the
+        enclosing retrying call: a retry of this attempt that succeeds heals the failure
+        (the record is dropped), one that fails too or a give-up runs it (see
+        :func:`defer_records`).  ``False`` when the attempt is over or settled already:
+        the caller runs the record itself."""
+        with _LEDGER_LOCK:
+            if self.sealed or self.settled:
+                return False
+            self.deferred.append(record)
+            return True
+
+    def take_deferred(self) -> list[Callable[[], None]]:
+        """The records held by :meth:`defer`; from now on it holds no more."""
+        with _LEDGER_LOCK:
+            self.settled = True
+            taken, self.deferred = self.deferred, []
+            return taken
 
     def seal(self) -> int:
         """The attempt is over: nothing unsafe may start in it any more.  Returns how many
@@ -163,6 +198,17 @@ def remaining() -> Optional[float]:
     """
     scope = _scope.get()
     return None if scope is None else scope.remaining()
+
+
+def defer_records(records: list[Callable[[], None]]) -> None:
+    """Run each of ``records`` (breaker records of failures) now, or, inside an attempt of
+    an enclosing retrying call, hand it to that attempt's ledger: the enclosing call's
+    retry may still heal the failure (:meth:`AttemptLedger.defer`)."""
+    scope = _scope.get()
+    ledger = None if scope is None else scope.ledger
+    for record in records:
+        if ledger is None or not ledger.defer(record):
+            record()
 
 
 class NoTimeLeft(Exception):

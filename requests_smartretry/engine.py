@@ -15,6 +15,7 @@ read (:class:`Quiet`, :class:`LazyHistory`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -27,7 +28,7 @@ from . import testing as _testing
 from .backoff import backoff_delay
 from .budget import RetryBudget
 from .classify import Classification, mark_final
-from .deadline import RetryScope, current_scope, retry_scope
+from .deadline import RetryScope, current_scope, defer_records, retry_scope
 from .errors import CircuitOpenError, attach_history
 from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict, next_call_id
 from .log import LoggingHook
@@ -701,10 +702,12 @@ class _Call(Generic[T]):
         policy = self.policy
         rule = policy.rule_for(verdict.verdict)
         unhealed = self.unhealed
-        if unhealed is not None:  # the call failed: its breaker counts it now (see failed)
+        if unhealed is not None:  # the call failed: its breaker counts it (see failed),
+            # now or, inside an enclosing retrying call whose retry may heal it, then.
             self.unhealed = None
-            self.record(self.call.service, 0, failed=True,  # type: ignore[misc]
-                        weight=unhealed)
+            defer_records([functools.partial(self.record,  # type: ignore[arg-type,misc]
+                                             self.call.service, 0, failed=True,
+                                             weight=unhealed)])
         if self.granted and reason != "circuit_open":
             # A retry the budget paid for is not made (cancelled or interrupted in its
             # wait, closed): its token goes back.  (The budget refunds a breaker's refusal

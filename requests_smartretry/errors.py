@@ -53,15 +53,21 @@ class PollDeadlineExceeded(CallTimeoutError):
     A :class:`CallTimeoutError`, hence a builtin ``TimeoutError`` and a ``requests``
     ``Timeout``.  ``last`` is the last value a poll returned (``None`` when none did; the
     task dict for the vendor waiters), ``polls`` how many polls were made, ``deadline`` the
-    wait's deadline in seconds.  Nothing is lost: poll again later with the same task id.
+    wait's deadline in seconds, ``task_id`` the task's id for the vendor waiters (``None``
+    for :func:`~requests_smartretry.poll_until`), ``last_error`` the last poll's error when
+    it failed (retries used up on a transient failure: the wait went on; also the
+    ``__cause__``), else ``None``.  Nothing is lost: poll again later with the same task id.
     """
 
     def __init__(self, message: str, *args: Any, last: Any = None, polls: int = 0,
-                 deadline: Optional[float] = None, **kwargs: Any) -> None:
+                 deadline: Optional[float] = None, last_error: Optional[BaseException] = None,
+                 **kwargs: Any) -> None:
         super().__init__(message, *args, **kwargs)
         self.last = last
+        self.last_error = last_error
         self.polls = polls
         self.deadline = deadline
+        self.task_id: Optional[str] = None
 
 
 class TaskFailedError(SmartRetryError):

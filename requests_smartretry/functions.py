@@ -102,6 +102,7 @@ from .deadline import (
     NoTimeLeft,
     attempt_seconds,
     current_scope,
+    defer_records,
     retry_scope,
 )
 from .engine import (
@@ -289,55 +290,87 @@ def _check_fn(fn: Any, caller: str) -> bool:
 
 
 def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
-    overrides = current_overrides()  # a retry_options block: the one context read
-    if overrides is not None:
-        config = config.overridden(overrides)
-        operation = config.policy.operation_name or operation
-    policy = config.policy
-    call = CallInfo(operation=operation, service=policy.service or operation)
+    config, call = _call_of(config, operation)
+    unhealed: list[Callable[[], None]] = []  # see _settle
 
     def attempt(number: int) -> Outcome[R]:
-        return _attempt(fn, config, operation, number)
+        started: Union[Outcome[R], _Started] = _start_attempt(config, call.operation, number)
+        if isinstance(started, Outcome):
+            return started  # not started
+        timeout, counted, ledger = started
+        outcome = _run_attempt(fn, config, call.operation, number, timeout, ledger)
+        return _end_attempt(outcome, number, ledger, counted, unhealed)
 
-    finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
-                                     breaker=config.breaker, budget=config.budget,
-                                     sleep=config.sleep, clock=config.clock,
-                                     quiet=config.quiet)
+    finished: Optional[Finished[R]] = None
+    try:
+        finished = run_call(config.policy, call, attempt, hooks=config.hooks,
+                            breaker=config.breaker, budget=config.budget, sleep=config.sleep,
+                            clock=config.clock, quiet=config.quiet)
+    finally:
+        _settle_call(finished, unhealed)
     return finished.unwrap()
 
 
 async def _run_async(fn: Callable[[], Awaitable[R]], config: _CallOptions,
                      operation: str) -> R:
     """:func:`_run` for a coroutine function: the same machine, driven on asyncio."""
-    overrides = current_overrides()
-    if overrides is not None:
-        config = config.overridden(overrides)
-        operation = config.policy.operation_name or operation
-    policy = config.policy
-    call = CallInfo(operation=operation, service=policy.service or operation)
+    config, call = _call_of(config, operation)
+    unhealed: list[Callable[[], None]] = []  # see _settle
 
     async def attempt(number: int) -> Outcome[R]:
-        started: Union[Outcome[R], _Started] = _start_attempt(config, operation, number)
+        started: Union[Outcome[R], _Started] = _start_attempt(config, call.operation, number)
         if isinstance(started, Outcome):
             return started  # not started
-        timeout, enclosing, ledger = started
-        outcome = await _run_attempt_async(fn, config, operation, number, timeout, ledger)
-        return _end_attempt(outcome, enclosing)
+        timeout, counted, ledger = started
+        outcome = await _run_attempt_async(fn, config, call.operation, number, timeout,
+                                           ledger)
+        return _end_attempt(outcome, number, ledger, counted, unhealed)
 
     # A synchronous sleep= (a test's recorder) is called; asyncio.sleep otherwise.
     sleep = None if config.sleep is time.sleep else config.sleep
-    finished: Finished[R] = await run_call_async(
-        policy, call, attempt, hooks=config.hooks, breaker=config.breaker,
-        budget=config.budget, sleep=sleep, clock=config.clock, quiet=config.quiet)
+    finished: Optional[Finished[R]] = None
+    try:
+        finished = await run_call_async(
+            config.policy, call, attempt, hooks=config.hooks, breaker=config.breaker,
+            budget=config.budget, sleep=sleep, clock=config.clock, quiet=config.quiet)
+    finally:
+        _settle_call(finished, unhealed)
     return finished.unwrap()
 
 
-def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int) -> Outcome[R]:
-    started: Union[Outcome[R], _Started] = _start_attempt(config, operation, number)
-    if isinstance(started, Outcome):
-        return started  # not started
-    timeout, enclosing, ledger = started
-    return _end_attempt(_run_attempt(fn, config, operation, number, timeout, ledger), enclosing)
+def _call_of(config: _CallOptions, operation: str) -> tuple[_CallOptions, CallInfo]:
+    """The options in force for one call (a ``retry_options`` block's) and its names."""
+    overrides = current_overrides()  # a retry_options block: the one context read
+    if overrides is not None:
+        config = config.overridden(overrides)
+        operation = config.policy.operation_name or operation
+    return config, CallInfo(operation=operation, service=config.policy.service or operation)
+
+
+def _settle_call(finished: Optional[Finished[Any]], unhealed: list[Callable[[], None]]) -> None:
+    """The call ended (``finished`` None: it raised): if it failed, what its retries did
+    not heal counts (see :func:`_settle`)."""
+    if finished is None or finished.outcome.error is not None:
+        defer_records(unhealed)
+
+
+def _settle(ledger: AttemptLedger, outcome: Outcome[Any], number: int,
+            unhealed: list[Callable[[], None]]) -> None:
+    """The breaker records of failures nested in attempt ``number`` (calls made in ``fn``
+    that gave up: see :meth:`AttemptLedger.defer`), by the engine's rule for a call's own
+    failures: the first failed attempt's wait in ``unhealed`` (dropped when a retry
+    succeeds, so a poll healed by its retry leaves the breaker alone); a second failed
+    attempt counts them all at once; a succeeded attempt's own count (``fn`` got over
+    them itself: no retry healed them)."""
+    records = ledger.take_deferred()
+    if outcome.classification.verdict is Verdict.SUCCESS:
+        unhealed.clear()  # healed by this retry
+    elif number > 1:
+        records, unhealed[:] = unhealed + records, []
+    else:
+        unhealed.extend(records)
+        return
+    defer_records(records)
 
 
 #: A started attempt: its seconds, the enclosing ledger counting it, its own ledger.
@@ -368,9 +401,13 @@ def _start_attempt(config: _CallOptions, operation: str,
     return timeout, counted, AttemptLedger(enclosing)
 
 
-def _end_attempt(outcome: Outcome[R], counted: Optional[AttemptLedger]) -> Outcome[R]:
-    """The attempt ended: uncounted from the enclosing ledger (``counted``) when it did not
-    execute, or when this call repeats it itself."""
+def _end_attempt(outcome: Outcome[R], number: int, ledger: AttemptLedger,
+                 counted: Optional[AttemptLedger],
+                 unhealed: list[Callable[[], None]]) -> Outcome[R]:
+    """Attempt ``number`` ended: its nested failures settled (:func:`_settle`), and it is
+    uncounted from the enclosing ledger (``counted``) when it did not execute, or when
+    this call repeats it itself."""
+    _settle(ledger, outcome, number, unhealed)
     if counted is not None and (outcome.classification.safe_to_repeat or (
             outcome.classification.retryable and outcome.veto is None)):
         counted.not_executed()
@@ -445,6 +482,11 @@ def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, numb
             signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
         mark_vetoed(outcome)
         return outcome
+    if isinstance(job.error, NoTimeLeft):  # its thread started after the deadline: fn never ran
+        ledger.seal()
+        error = CallTimeoutError(f"{operation}: attempt {number} could not start before its "
+                                 f"{timeout:g}s deadline (no thread got to run it in time)")
+        return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
     if job.error is not None:
         unsafe = ledger.seal()
         if not isinstance(job.error, Exception):  # SystemExit, KeyboardInterrupt…: no retry

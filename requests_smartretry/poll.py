@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from .backoff import parse_retry_after
-from .deadline import MIN_ATTEMPT
-from .errors import PollDeadlineExceeded, TaskFailedError, attempt_history
+from .deadline import MIN_ATTEMPT, retry_scope
+from .errors import CircuitOpenError, PollDeadlineExceeded, TaskFailedError, attempt_history
 from .events import EventKind
 from .functions import execute_with_smart_retry, with_retry
 from .log import log_wait
@@ -149,6 +149,9 @@ class Waiting:
     raises :class:`PollDeadlineExceeded` (``.last``: the last value) when ``deadline``
     seconds pass first; an error thrown in (a poll that failed for good) or raised by
     ``done`` (a :class:`TaskFailedError`) ends the wait at once, except a poll that gave up
+    on a failure a retry may fix (its retries or the budget ran out: the next poll comes
+    at the next interval, and the deadline's error carries it as ``last_error``; an open
+    circuit breaker: the next poll comes at its next probe) or
     because the server asked for a longer wait than its backoff cap (``Retry-After``):
     that wait becomes the next interval.  A response's ``Retry-After`` is the next
     interval's minimum.  ``clock`` is the monotonic clock (inject it in tests).
@@ -199,29 +202,42 @@ class Waiting:
         interval: Optional[float] = None
         polls = 0
         last: Any = None
+        failed: Optional[Exception] = None  # the last poll's error, when it failed
         state: Optional[str] = None
         while True:
             left = ends_at - clock()
             if left <= MIN_ATTEMPT:  # no poll starts after the deadline
-                raise self._over(polls, last, state, clock() - started)
+                raise self._over(polls, last, state, clock() - started, failed) from failed
             polls += 1
             asked: Optional[float]
             try:
                 value = yield Poll(polls, left)
             except Exception as exc:
+                failed = exc
                 reason, asked = _gave_up(exc)
                 if reason == "deadline" or ends_at - clock() <= MIN_ATTEMPT:
-                    raise self._over(polls, last, state, clock() - started) from exc
+                    raise self._over(polls, last, state, clock() - started, exc) from exc
                 if isinstance(exc, TaskFailedError):  # the poll itself saw the failure
                     self._ended("poll_failed", "failed", polls, clock() - started,
                                 exc.status or state, reason=_failure_text(exc))
                     raise
-                if reason != "retry_after_too_long" or asked is None:
+                if isinstance(exc, CircuitOpenError):
+                    # The breaker refuses the service until its next probe; the task is
+                    # not affected: poll again then (the deadline still bounds the wait).
+                    asked = exc.retry_in
+                elif reason in _STILL_TRANSIENT:
+                    # The poll's retries ran out on a failure a retry may fix (a 503
+                    # outage): the task exists and a poll is idempotent, so the wait
+                    # goes on until its deadline, which then carries this error.
+                    asked = None
+                elif reason != "retry_after_too_long" or asked is None:
                     self._ended("poll_error", "error", polls, clock() - started, state,
                                 reason=type(exc).__name__)
                     raise
-                # The server asked for more time than the poll's backoff cap: come back then.
+                # else the server asked for more time than the poll's backoff cap: come
+                # back then.
             else:
+                failed = None
                 last = value
                 state = self._state(value)
                 self._notify(polls, value)
@@ -242,11 +258,20 @@ class Waiting:
             interval = self.schedule.after(interval)
             pause = interval if asked is None else max(interval, asked)
             left = ends_at - clock()
+            if left <= MIN_ATTEMPT:  # done() or on_poll ran past the deadline: no pause
+                raise self._over(polls, last, state, clock() - started, failed) from failed
             if pause >= left:
-                pause = left  # the next poll could only start after the deadline
-            elif self.log:
+                yield Pause(left)  # the next poll could only start after the deadline
+                continue
+            resume_at = ends_at - left + pause
+            if self.log:
                 log_wait(logging.INFO, "poll_wait", self.operation, lang=self.lang,
                          polls=polls, elapsed=clock() - started, wait=pause, state=state)
+                # A slow log handler (or one queued behind other threads' records) used
+                # part of the pause: the next poll is due when it was, never later, and
+                # a pause never runs past the deadline.
+                resume_at = min(resume_at, ends_at)
+                pause = max(0.0, resume_at - clock())
             yield Pause(pause)
 
     def _state(self, value: Any) -> Optional[str]:
@@ -279,17 +304,24 @@ class Waiting:
             log_wait(level, key, self.operation, lang=self.lang, polls=polls,
                      elapsed=elapsed, state=state, reason=reason)
 
-    def _over(self, polls: int, last: Any, state: Optional[str],
-              elapsed: float) -> PollDeadlineExceeded:
+    def _over(self, polls: int, last: Any, state: Optional[str], elapsed: float,
+              failed: Optional[Exception]) -> PollDeadlineExceeded:
         if self.stats is not None:
             self.stats.record_wait(self.operation, outcome="deadline", polls=polls,
                                    seconds=elapsed)
         if self.log:
             log_wait(logging.ERROR, "poll_deadline", self.operation, lang=self.lang,
                      polls=polls, elapsed=elapsed, state=state, deadline=self.deadline)
+        failure = "" if failed is None else f"; the last poll failed: {type(failed).__name__}"
         return PollDeadlineExceeded(
             f"{self.operation}: not done within the {self.deadline:g}s deadline "
-            f"({polls} poll(s))", last=last, polls=polls, deadline=self.deadline)
+            f"({polls} poll(s){failure})", last=last, polls=polls, deadline=self.deadline,
+            last_error=failed)
+
+
+#: Why a poll's call gave up on a failure a retry may still fix (its retries or the
+#: retry budget ran out): the wait polls again at the next interval.
+_STILL_TRANSIENT = frozenset({"exhausted", "verdict_limit", "budget", "circuit_open"})
 
 
 def _failure_text(exc: TaskFailedError) -> str:
@@ -396,7 +428,9 @@ def poll_until(
     :class:`PollDeadlineExceeded` (a ``TimeoutError``, ``.last`` the last value) is raised
     when it passes, a running poll is cut at it, and no poll starts after it.  An error
     that is not retryable (a 4xx, a business error, a :class:`TaskFailedError` raised by
-    ``done``) ends the wait at once.
+    ``done``) ends the wait at once; a poll whose retries run out on a retryable one (an
+    outage) is followed by the next poll, and ``PollDeadlineExceeded.last_error`` is the
+    last poll's error.
 
     ``on_poll(number, value)`` is called after every poll; ``describe(value)`` gives the
     status shown in the progress line (``状态 running``); ``stats`` (a :class:`Stats`)
@@ -469,18 +503,32 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
                       describe=describe, stats=stats, lang=policy.lang, log=policy.log)
     options["operation_name"] = operation
     sleep: Callable[[float], None] = options.get("sleep", time.sleep)
+    # The wait's deadline on the monotonic clock, as the retry scope reads it.  Each poll's
+    # deadline= is relative, counted from the moment its call starts; a thread stalled
+    # between the wait's check and that moment (a busy CPU, many threads) would move it
+    # past the wait's.  Inside the poll the absolute one bounds every request it sends.
+    ends_at = time.monotonic() + deadline
+
+    def bounded() -> Any:
+        with retry_scope(ends_at):
+            return fetch()
 
     def poll(step: Poll) -> Any:
         if overridden:
             with retry_options(deadline=step.seconds_left):
-                return execute_with_smart_retry(fetch, **options)
-        return execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
+                return execute_with_smart_retry(bounded, **options)
+        return execute_with_smart_retry(bounded, deadline=step.seconds_left, **options)
+
+    async def bounded_async() -> Any:
+        with retry_scope(ends_at):
+            return await fetch()
 
     async def poll_async(step: Poll) -> Any:
         if overridden:  # the block must be open while the poll runs, not while it starts
             with retry_options(deadline=step.seconds_left):
-                return await execute_with_smart_retry(fetch, **options)
-        return await execute_with_smart_retry(fetch, deadline=step.seconds_left, **options)
+                return await execute_with_smart_retry(bounded_async, **options)
+        return await execute_with_smart_retry(bounded_async, deadline=step.seconds_left,
+                                              **options)
 
     return waiting, poll_async if _is_async(fetch) else poll, sleep
 

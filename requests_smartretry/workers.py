@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
 
-from .deadline import AttemptLedger, retry_scope
+from .deadline import AttemptLedger, NoTimeLeft, retry_scope
 
 __all__ = ["abandoned_attempts", "call_in_scope", "start"]
 
@@ -71,6 +71,10 @@ class _Job:
         """Run the attempt inside its retry scope, call ``before_done`` and wake the caller;
         never raises."""
         try:
+            if time.monotonic() >= self.deadline_at:
+                # This thread got to run only after the attempt's deadline (a busy CPU,
+                # many threads): the caller is giving up on it, and fn would act late.
+                raise NoTimeLeft
             value = self.context.run(call_in_scope, self.fn, self.deadline_at,
                                      self.ledger)
             error: Optional[BaseException] = None

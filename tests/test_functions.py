@@ -887,3 +887,24 @@ def test_async_generators_and_awaitable_results_are_refused() -> None:
 def test_a_timeout_of_centuries_still_returns_the_value() -> None:
     """A huge per-attempt timeout is waited in slices: no OverflowError, the value comes back."""
     assert execute_with_retry(lambda: (time.sleep(0.1), 42)[1], timeout=1e10) == 42
+
+
+def test_an_attempt_whose_thread_starts_after_its_deadline_never_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker thread that gets to run only after the attempt's deadline (a busy CPU,
+    simulated by a 0.3 s stall before the job runs) does not call fn late: the attempt
+    times out and fn is never called, not even in the background."""
+    from requests_smartretry import CallTimeoutError, workers
+
+    real_run = workers._Job.run
+
+    def stalled_run(job: Any, before_done: Any) -> None:
+        time.sleep(0.3)
+        real_run(job, before_done)
+
+    monkeypatch.setattr(workers._Job, "run", stalled_run)
+    calls: list[float] = []
+    with pytest.raises(CallTimeoutError):
+        execute_with_retry(lambda: calls.append(time.monotonic()), timeout=0.1, max_retries=0)
+    time.sleep(0.4)  # the stalled thread has run its job by now
+    assert calls == []

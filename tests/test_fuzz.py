@@ -397,7 +397,9 @@ def test_any_status_and_retry_after_from_a_server(
 # -- redaction: a secret in any supported shape never survives ---------------------------------
 
 secret_values = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789-_.~",
-                        min_size=8, max_size=40).filter(lambda v: v.strip("-_.~"))
+                        min_size=8, max_size=40).filter(
+    # a secret inside the marker itself ("REDACTED") survives every redaction by definition
+    lambda v: v.strip("-_.~") and v not in "[REDACTED]")
 secret_params = st.sampled_from(["access_token", "api_key", "apikey", "signature", "sign",
                                  "client_secret", "password", "X-Amz-Signature", "token",
                                  "refresh_token", "sessionKey", "auth", "AccessKeyId"])

@@ -24,7 +24,12 @@ import pytest
 import requests
 
 import requests_smartretry.testing as srt
-from requests_smartretry import RetryPolicy, execute_with_retry, smart_session
+from requests_smartretry import (
+    RetryPolicy,
+    execute_with_retry,
+    execute_with_smart_retry,
+    smart_session,
+)
 from requests_smartretry.faultserver import FaultServer, RecordedRequest
 from requests_smartretry.sending import is_idempotent
 
@@ -357,3 +362,32 @@ def test_a_redirect_of_a_seekable_file_body_is_followed_with_the_whole_body(
                             server.url("/moved"), content=body)
                     assert response.content == PAYLOAD, (lib, body)
         assert [r.body for r in server.received("/echo")] == [PAYLOAD] * 4
+
+
+@pytest.mark.parametrize(("failures", "state", "tries"), [(1, "closed", 2), (3, "open", 2)])
+def test_a_nested_failure_healed_by_the_outer_retry_leaves_the_breaker_alone(
+        failures: int, state: str, tries: int) -> None:
+    """A nested call makes one attempt (the outer call retries); its failure reaches its
+    breaker only when the outer retry does not heal it: one failure then a success leaves
+    a one-failure breaker closed; a second failure in a row counts both at once, so the
+    breaker opens and refuses the third try."""
+    from requests_smartretry import CircuitBreaker, CircuitOpenError
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+
+    def inner() -> str:
+        return execute_with_smart_retry(flaky, breaker=breaker, operation_name="inner",
+                                        run_in_thread=False)
+
+    try:
+        execute_with_smart_retry(inner, max_retries=2, backoff_base=0.01, run_in_thread=False)
+    except (ConnectionResetError, CircuitOpenError):
+        pass
+    assert breaker.state("inner") == state and len(calls) == tries

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 import pytest
@@ -364,3 +365,109 @@ def test_a_retry_options_deadline_bounds_the_wait_and_each_poll() -> None:
                    interval_multiplier=1.0, **line.options())
     assert raised.value.deadline == 3.0 and raised.value.polls == 3
     assert seen == [3.0, 2.0, 1.0]
+
+
+def test_deadline_passed_during_on_poll_raises_instead_of_a_negative_pause() -> None:
+    """A slow ``on_poll`` (or ``done``) that runs past the deadline ends the wait with
+    PollDeadlineExceeded, never a ValueError from a negative sleep."""
+    line = Timeline()
+
+    def slow_progress(number: int, value: Any) -> None:
+        line.clock.advance(12.0)  # past the 10 s deadline before the pause is computed
+
+    with pytest.raises(PollDeadlineExceeded) as raised:
+        poll_until(lambda: "running", done=lambda v: v == "done", deadline=10.0,
+                   on_poll=slow_progress, operation_name="job", clock=line.clock,
+                   sleep=time.sleep)
+    assert raised.value.polls == 1 and raised.value.last == "running"
+
+
+def test_a_slow_log_handler_neither_delays_the_polls_nor_the_deadline() -> None:
+    """A log handler taking 0.5 s per record (on the injected clock): the pause counts
+    from the poll, not from the end of its progress line, so the polls keep their
+    schedule and the wait ends at the deadline plus its one closing ERROR line."""
+    line = Timeline()
+    started: list[float] = []
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            line.clock.advance(0.5)
+
+    def fetch() -> str:
+        started.append(line.clock())
+        return "running"
+
+    logger = logging.getLogger("requests_smartretry")
+    handler, level = SlowHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.raises(PollDeadlineExceeded):
+            poll_until(fetch, done=lambda v: False, deadline=10.0, interval=2.9,
+                       interval_multiplier=1.0, operation_name="job", **line.options())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [round(t - 1000.0, 6) for t in started] == [0.0, 2.9, 5.8, 8.7]
+    assert line.clock() == pytest.approx(1010.5)  # the deadline, then the ERROR line
+
+
+def test_a_poll_out_of_retries_on_a_transient_failure_does_not_end_the_wait() -> None:
+    """A poll whose retries all fail on a transient error (an outage) is followed by the
+    next poll at the next interval, until the task is done or the deadline passes; then
+    PollDeadlineExceeded carries the last poll's error (also as its cause)."""
+    line = Timeline()
+    outage = requests.ConnectionError("reset")
+    fetch = sequence(*([outage] * 4), "done")
+    assert poll_until(fetch, done=lambda v: v == "done", deadline=60.0, max_retries=1,
+                      **line.options()) == "done"
+    assert len(fetch.calls) == 5  # type: ignore[attr-defined]  # 2 polls of 2, then done
+    line = Timeline()
+    with pytest.raises(PollDeadlineExceeded) as raised:
+        poll_until(sequence(*([outage] * 50)), done=bool, deadline=10.0, max_retries=1,
+                   **line.options())
+    assert raised.value.polls > 2 and raised.value.last_error is outage
+    assert raised.value.__cause__ is outage and "ConnectionError" in str(raised.value)
+
+
+def test_a_poll_stalled_before_its_call_starts_sends_nothing_after_the_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread stalled between the wait's "time left" and the start of the poll's call
+    (a busy CPU, a GC pause: simulated by a 0.3 s stall) does not carry the poll past the
+    wait's deadline: the request inside is bounded by the wait's absolute deadline and is
+    never sent after it."""
+    from requests_smartretry import poll as poll_module
+    from requests_smartretry import smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    real_call = poll_module.execute_with_smart_retry
+
+    def stalled(fn: Any, **options: Any) -> Any:
+        if options.get("deadline", 1.0) < 0.3:  # the last poll before the deadline
+            time.sleep(0.3)
+        return real_call(fn, **options)
+
+    monkeypatch.setattr(poll_module, "execute_with_smart_retry", stalled)
+    with FaultServer() as server:
+        session = smart_session()
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded):
+            poll_until(lambda: session.get(server.url("/ok")), done=lambda r: False,
+                       deadline=0.5, interval=0.3, interval_multiplier=1.0)
+        received = server.received()
+    assert received and all(r.received_at < started + 0.5 for r in received)
+
+
+def test_an_open_breaker_pauses_the_wait_until_its_next_probe() -> None:
+    """An outage opens the breaker during the wait: the next poll comes at the breaker's
+    next probe instead of ending the wait with CircuitOpenError, and the task is seen done."""
+    from requests_smartretry import CircuitBreaker
+
+    line = Timeline()
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=5.0, clock=line.clock)
+    outage = requests.ConnectionError("reset")
+    fetch = sequence(outage, outage, "done")
+    assert poll_until(fetch, done=lambda v: v == "done", deadline=60.0, max_retries=1,
+                      operation_name="job", breaker=breaker, **line.options()) == "done"
+    assert len(fetch.calls) == 3  # type: ignore[attr-defined]
+    assert line.sleeps == [0.5, 1.0, 4.0]  # backoff, interval, then the breaker's probe

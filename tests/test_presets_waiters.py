@@ -15,6 +15,8 @@ import requests
 from requests_smartretry import (
     PollDeadlineExceeded,
     TaskFailedError,
+    execute_with_retry,
+    execute_with_smart_retry,
     photo_session,
     stats_of,
     video_session,
@@ -130,6 +132,22 @@ def test_ark_deadline_cuts_a_running_poll() -> None:
     assert raised.value.last is None and isinstance(raised.value.__cause__, requests.Timeout)
 
 
+def test_ark_deadline_cuts_a_hung_poll_of_a_plain_session() -> None:
+    """With a plain requests.Session (endpoint=), which no watchdog cuts, a hung poll is
+    abandoned at the wait's deadline: PollDeadlineExceeded well before the 3 s hang ends
+    (a generous margin for a loaded machine)."""
+    with FakeArk(KEY, progress=("running",)) as fake:
+        task_id = ark_task(fake, video_session(KEY, endpoint=fake.endpoint))
+        plain = requests.Session()
+        plain.headers["Authorization"] = f"Bearer {KEY}"
+        fake.script("query", ("hang", 3.0))
+        started = time.monotonic()
+        with pytest.raises(PollDeadlineExceeded):
+            ark.wait_for_task(plain, task_id, deadline=0.5, endpoint=fake.endpoint)
+        elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.5
+
+
 def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
     """A 500 InternalServiceError on a poll is retried by the policy and the wait ends
     with the task."""
@@ -142,6 +160,34 @@ def test_ark_500_while_polling_is_retried_and_the_wait_goes_on() -> None:
         assert fake.hits() == 3
     assert done["status"] == "succeeded"
     assert line.sleeps == [0.5, 1.0]  # the poll's backoff, then the interval
+
+
+def test_ark_outage_longer_than_a_polls_retries_does_not_end_the_wait() -> None:
+    """Three 500s in a row use up a poll's retries (2 attempts): the wait polls again at
+    the next interval instead of giving up, and ends with the task."""
+    with FakeArk(KEY, progress=("succeeded",)) as fake:
+        session = video_session(KEY, endpoint=fake.endpoint)
+        task_id = ark_task(fake, session)
+        fake.script("query", *[(500, ark_error("InternalServiceError"))] * 3)
+        done = ark.wait_for_task(session, task_id, deadline=60.0, **Timeline().options())
+        assert fake.hits() == 4
+    assert done["status"] == "succeeded"
+
+
+def test_ark_500_healed_by_the_polls_retry_leaves_a_breaker_closed() -> None:
+    """A 500 on a poll healed by the poll's retry is no failure for the session's
+    breaker (threshold 1): the wait ends with the task, the breaker stays closed."""
+    from requests_smartretry import CircuitBreaker
+
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=60.0)
+    with FakeArk(KEY, progress=("running", "succeeded")) as fake:
+        session = video_session(KEY, endpoint=fake.endpoint, breaker=breaker)
+        task_id = ark_task(fake, session)
+        fake.script("query", (500, ark_error("InternalServiceError")))
+        done = ark.wait_for_task(session, task_id, deadline=60.0, **Timeline().options())
+        assert fake.hits() == 3
+    assert done["status"] == "succeeded"
+    assert {breaker.state(key) for key in stats_of(session).snapshot()} == {"closed"}
 
 
 def test_ark_404_ends_the_wait_at_once() -> None:
@@ -362,6 +408,19 @@ def test_visual_rate_limit_while_polling_is_retried(visual: FakeVisual) -> None:
     assert data["status"] == "done" and visual.hits() == 4
 
 
+@pytest.mark.parametrize("code", [50500, 50429])
+def test_visual_busy_code_in_a_200_while_polling_is_retried(visual: FakeVisual,
+                                                             code: int) -> None:
+    """An HTTP 200 carrying 50500 (internal error) or 50429 (QPS limit) is a transient
+    failure of the poll (VENDORS.md): retried, and the wait goes on to done."""
+    session = photo_session(AK, SK, endpoint=visual.endpoint)
+    task_id = visual_task(visual, session)
+    visual.script("CVSync2AsyncGetResult", (200, visual_error(code)))
+    data = volcengine.wait_for_task(session, req_key="k", task_id=task_id, deadline=60.0,
+                                    **Timeline().options())
+    assert data["status"] == "done" and visual.hits() == 4
+
+
 def test_visual_submit_and_wait(visual: FakeVisual) -> None:
     """submit_and_wait submits, reports the id, and returns the done data."""
     session = photo_session(AK, SK, endpoint=visual.endpoint)
@@ -418,3 +477,46 @@ def test_readme_waiting_examples_run_as_written(monkeypatch: pytest.MonkeyPatch,
         fleet["pending"]["order-2"] = next(iter(fake_ark.tasks))  # a crashed worker's task
         assert fleet["generate"]("order-2", "…").endswith(".mp4")
         assert len(fake_ark.tasks) == created  # resumed: nothing submitted again
+
+
+# -- submit-and-wait inside an enclosing retrying call ----------------------------------------
+
+
+@pytest.mark.parametrize("runner", [execute_with_retry, execute_with_smart_retry])
+def test_submit_and_wait_inside_a_retrying_call_never_submits_twice(runner: Any) -> None:
+    """A wait that fails after the task was created (its deadline passes) is not repeated
+    by an enclosing execute_with_retry / execute_with_smart_retry: the task is billed, so
+    there is exactly one submission per vendor, and the error names the task to resume."""
+    with FakeArk(KEY, progress=("running",)) as fake_ark, \
+            FakeVisual(AK, SK, progress=("in_queue",)) as fake_visual:
+        video = video_session(KEY, endpoint=fake_ark.endpoint)
+        photo = photo_session(AK, SK, endpoint=fake_visual.endpoint)
+        with pytest.raises(PollDeadlineExceeded) as ark_raised:
+            runner(lambda: ark.create_and_wait(video, {"model": "m", "content": []},
+                                               deadline=0.3, interval=0.05),
+                   max_retries=2, backoff_base=0.01)
+        with pytest.raises(PollDeadlineExceeded) as visual_raised:
+            runner(lambda: volcengine.submit_and_wait(photo, req_key="k", deadline=0.3,
+                                                      interval=0.05, body={"prompt": "猫"}),
+                   max_retries=2, backoff_base=0.01)
+        assert (len(fake_ark.tasks), len(fake_visual.tasks)) == (1, 1)
+    ark_id, visual_id = next(iter(fake_ark.tasks)), next(iter(fake_visual.tasks))
+    assert ark_raised.value.task_id == ark_id and ark_id in str(ark_raised.value)
+    assert visual_raised.value.task_id == visual_id and visual_id in str(visual_raised.value)
+
+
+@pytest.mark.usefixtures("loopback_only")
+def test_readme_sdk_example_does_not_take_a_failed_task_for_done(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's SDK example, run as written against a task that fails: it raises
+    TaskFailedError with the vendor's code instead of returning the failed task."""
+    pytest.importorskip("volcenginesdkarkruntime")
+    sdk_block = readme_blocks()[2]
+    with FakeArk(KEY, progress=("running", "failed")) as fake_ark:
+        monkeypatch.setenv("ARK_API_KEY", KEY)
+        monkeypatch.setenv("ARK_ENDPOINT", fake_ark.endpoint)
+        monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the example's 2 s pause
+        with pytest.raises(TaskFailedError) as raised:
+            exec(compile(sdk_block, "README-sdk", "exec"), {})
+    assert raised.value.status == "failed"
+    assert raised.value.code == "OutputVideoSensitiveContentDetected"

@@ -8,14 +8,18 @@ import inspect
 import json
 from typing import Any, Callable, Optional
 
+import requests
+
 from ..classify import Classification, classify_http_response
+from ..deadline import current_scope
 from ..errors import PollDeadlineExceeded, SmartRetryError, TaskFailedError
 from ..events import Verdict
 from ..policy import DEFAULT_RETRY_STATUSES
 from ..poll import poll_until
 from ..stats import Stats
 
-__all__ = ["check_task_id", "client_stats", "task_json", "wait_for"]
+__all__ = ["check_task_id", "client_stats", "cuts_at_deadline", "task_created", "task_json",
+           "wait_for"]
 
 ResponseHook = Callable[[Any], Optional[Classification]]
 
@@ -37,6 +41,21 @@ def client_stats(client: Any) -> Optional[Stats]:
         return stats_of(client)
     except (TypeError, ValueError, LookupError):
         return None
+
+
+def cuts_at_deadline(client: Any) -> bool:
+    """Whether ``client`` sends through a smart adapter (a session) or a smart transport
+    (``smart_client()``, ``video_client()``), which cut a request at the deadline of the
+    enclosing call themselves."""
+    from ..accessors import adapter_of
+
+    if isinstance(client, requests.Session):
+        try:
+            adapter_of(client)
+        except TypeError:
+            return False
+        return True
+    return hasattr(client, "smart_transport")
 
 
 def task_json(response: Any, operation: str) -> dict[str, Any]:
@@ -69,10 +88,19 @@ def vendor_classifier(hook: ResponseHook,
     return classify
 
 
+def task_created(task_id: str) -> None:
+    """A submission created the task ``task_id`` (billed): an enclosing retrying call
+    (``execute_with_retry`` around a submit-and-wait, a nested smart call) must not repeat
+    the attempt, whatever its wait later raises; the error names the task to resume."""
+    scope = current_scope()
+    if scope is not None and scope.ledger is not None:
+        scope.ledger.task_created()
+
+
 def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
              check: Callable[[Any], None], task_of: Callable[[Any], Any],
              done: Callable[[Any], bool], describe: Callable[[Any], Optional[str]],
-             client: Any, deadline: float, operation: str,
+             client: Any, task_id: str, deadline: float, operation: str,
              on_poll: Optional[Callable[[int, Any], Any]], stats: Any,
              options: dict[str, Any]) -> Any:
     """Poll ``send()`` (one request; its response) until ``done(response)``; returns
@@ -80,10 +108,17 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     before the vendor's table decides (``raise_for_status``: a retryable one is retried, a
     final one ends the wait).  ``on_poll`` and ``.last`` see tasks, not responses."""
 
+    retry_statuses = frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))
+
     def checked(response: Any) -> Any:
         if response.status_code >= 400:
             check(response)
             response.raise_for_status()
+        elif classify_http_response(response, hook, retry_statuses).retryable:
+            # A 2xx whose body says "busy, ask again" (visual 50429 QPS, 50500 internal):
+            # the poll failed transiently, retried as a 5xx is; never a task's answer.
+            raise requests.HTTPError(f"{operation}: HTTP {response.status_code} with a "
+                                     "retryable vendor code", response=response)
         return response
 
     def fetch() -> Any:
@@ -92,10 +127,12 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     async def fetch_async() -> Any:  # an httpx.AsyncClient's poll
         return checked(await send())
 
-    options.setdefault("classify", vendor_classifier(
-        hook, frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))))
-    # The poll is a smart request, cut at the socket by the deadline it sees: no thread.
-    options.setdefault("run_in_thread", False)
+    options.setdefault("classify", vendor_classifier(hook, retry_statuses))
+    # A smart request is cut at the socket by the deadline it sees: no thread needed.  A
+    # plain session or client is not: its poll runs in the callable API's worker thread,
+    # abandoned at the deadline (else a hung poll would hold the wait past it).  (An async
+    # fetch runs in the caller's task, cancelled at the deadline: no thread either way.)
+    options.setdefault("run_in_thread", not cuts_at_deadline(client))
     if stats is None:
         stats = client_stats(client)
     notify = None
@@ -105,29 +142,41 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     waiting = {"done": done, "deadline": deadline, "operation_name": operation,
                "on_poll": notify, "describe": describe, "stats": stats or None, **options}
     if inspect.iscoroutinefunction(getattr(client, "get", None)):  # an async client
-        return _wait_async(poll_until(fetch_async, **waiting), task_of)
+        return _wait_async(poll_until(fetch_async, **waiting), task_id, task_of)
     try:
         response = poll_until(fetch, **waiting)
-    except PollDeadlineExceeded as exc:
-        _last_as_task(exc, task_of)
+    except Exception as exc:
+        _resumable(exc, task_id, task_of)
         raise
     return task_of(response)
 
 
-async def _wait_async(waiting: Any, task_of: Callable[[Any], Any]) -> Any:
+async def _wait_async(waiting: Any, task_id: str, task_of: Callable[[Any], Any]) -> Any:
     """:func:`wait_for`'s ending, for the awaitable wait of an async client."""
     try:
         response = await waiting
-    except PollDeadlineExceeded as exc:
-        _last_as_task(exc, task_of)
+    except BaseException as exc:
+        _resumable(exc, task_id, task_of)
         raise
     return task_of(response)
 
 
-def _last_as_task(exc: PollDeadlineExceeded, task_of: Callable[[Any], Any]) -> None:
-    """``.last`` of a wait past its deadline: the last task seen, not its response."""
-    if exc.last is not None:
+def _resumable(exc: BaseException, task_id: str, task_of: Callable[[Any], Any]) -> None:
+    """Whatever ended the wait carries the id to resume with (``task_id``); past the
+    deadline, ``.last`` is the last task seen (not its response) and the message says the
+    task may still finish."""
+    if isinstance(exc, PollDeadlineExceeded):
+        if exc.last is not None:
+            try:
+                exc.last = task_of(exc.last)
+            except Exception:
+                pass
+        exc.task_id = task_id
+        exc.args = (f"{exc.args[0]}; task {task_id!r} may still finish: wait for it "
+                    "again with its id", *exc.args[1:])
+        return
+    if isinstance(exc, Exception):  # the id to resume with, on whatever ended the wait
         try:
-            exc.last = task_of(exc.last)
-        except Exception:
+            exc.task_id = task_id  # type: ignore[attr-defined]
+        except AttributeError:  # an exception type with __slots__
             pass

@@ -47,7 +47,7 @@ from ._base import (
     json_body,
     preset_session,
 )
-from ._tasks import check_task_id, task_json, wait_for
+from ._tasks import check_task_id, task_created, task_json, wait_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -302,7 +302,8 @@ def wait_for_task(
         lambda: client.get(url), hook=classify_ark_response, check=_no_check,
         task_of=lambda response: task_json(response, operation), done=done,
         describe=lambda response: task_json(response, operation).get("status"),
-        client=client, deadline=deadline, operation=operation, on_poll=on_poll, stats=stats,
+        client=client, task_id=task_id, deadline=deadline, operation=operation,
+        on_poll=on_poll, stats=stats,
         options={"interval": interval, "interval_multiplier": interval_multiplier,
                  "interval_max": interval_max, **options})
 
@@ -334,7 +335,9 @@ def create_and_wait(
     :func:`wait_for_task` with it).  The creation is one request with the client's own
     retries (the preset retries a creation as the seed did: see :func:`video_adapter`);
     ``deadline`` bounds the wait that follows.  A creation answered with an error raises
-    its ``HTTPError``.
+    its ``HTTPError``.  Once the task exists it is never created again: an enclosing
+    retrying call (``execute_with_retry`` around this one) does not repeat the attempt
+    when the wait fails, and the error's ``task_id`` is the id to wait for again.
     """
     _check_client(client)
     if not isinstance(body, dict):
@@ -347,6 +350,7 @@ def create_and_wait(
     if not isinstance(task_id, str) or not task_id:
         raise SmartRetryError(f"create video task: HTTP {response.status_code} without a "
                               "task id")
+    task_created(task_id)
     if on_created is not None:
         on_created(task_id)
     return wait_for_task(client, task_id, deadline=deadline, endpoint=endpoint,

@@ -36,7 +36,7 @@ from ._base import (
     path_and_query,
     preset_session,
 )
-from ._tasks import check_task_id, task_json, wait_for
+from ._tasks import check_task_id, task_created, task_json, wait_for
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -603,9 +603,10 @@ def wait_for_task(
         check=_body_failure, task_of=lambda response: _data(task_json(response, operation)),
         done=done,
         describe=lambda response: _data(task_json(response, operation)).get("status"),
-        client=session, deadline=deadline, operation=operation, on_poll=on_poll,
-        stats=stats, options={"interval": interval, "interval_multiplier": interval_multiplier,
-                              "interval_max": interval_max, **options})
+        client=session, task_id=task_id, deadline=deadline, operation=operation,
+        on_poll=on_poll, stats=stats,
+        options={"interval": interval, "interval_multiplier": interval_multiplier,
+                 "interval_max": interval_max, **options})
 
 
 def submit_and_wait(
@@ -628,7 +629,10 @@ def submit_and_wait(
 
     ``on_created(task_id)`` is called as soon as the task exists: store the id there, and
     a worker that crashes while waiting loses nothing.  A submission answered with an
-    error raises its ``HTTPError`` (or :class:`TaskFailedError` for a vendor code).
+    error raises its ``HTTPError`` (or :class:`TaskFailedError` for a vendor code).  Once
+    the task exists it is never submitted again: an enclosing retrying call does not
+    repeat the attempt when the wait fails, and the error's ``task_id`` is the id to wait
+    for again.
     """
     _check_session(session)
     req_key = check_credential("req_key", req_key)
@@ -644,6 +648,7 @@ def submit_and_wait(
     task_id = _data(task_json(response, "submit task")).get("task_id")
     if not isinstance(task_id, str) or not task_id:
         raise SmartRetryError(f"submit task: HTTP {response.status_code} without a task id")
+    task_created(task_id)
     if on_created is not None:
         on_created(task_id)
     return wait_for_task(session, req_key=req_key, task_id=task_id, deadline=deadline,
