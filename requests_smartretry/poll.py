@@ -36,9 +36,9 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from .backoff import parse_retry_after
 from .deadline import MIN_ATTEMPT, retry_scope
@@ -401,6 +401,24 @@ async def drive_async(steps: Generator[Step, Any, T], poll: Callable[[Poll], Awa
         steps.close()
 
 
+@overload
+def poll_until(
+    fetch: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    done: Callable[[T], Any],
+    deadline: float,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, T], Any]] = None,
+    describe: Optional[Callable[[T], Optional[str]]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> Coroutine[Any, Any, T]: ...
+
+
+@overload
 def poll_until(
     fetch: Callable[[], T],
     *,
@@ -414,7 +432,23 @@ def poll_until(
     describe: Optional[Callable[[T], Optional[str]]] = None,
     stats: Optional[Stats] = None,
     **options: Any,
-) -> T:
+) -> T: ...
+
+
+def poll_until(
+    fetch: Callable[[], Any],
+    *,
+    done: Callable[[Any], Any],
+    deadline: float,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, Any], Any]] = None,
+    describe: Optional[Callable[[Any], Optional[str]]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> Any:
     """Call ``fetch()`` until ``done(value)`` is true and return that value.
 
     Each poll is one ``execute_with_smart_retry(fetch, deadline=<time left>, **options)``:
@@ -441,6 +475,12 @@ def poll_until(
                                 done=lambda task: task.status == "succeeded",
                                 deadline=600.0, interval=2.0, interval_max=20.0,
                                 operation_name="视频任务状态查询")
+
+    With a coroutine function as ``fetch`` it returns an awaitable: the same steps, each
+    poll awaited in the caller's task (cancelled at the deadline), the pauses
+    ``asyncio.sleep``::
+
+        task = await poll_until(fetch_task_async, done=..., deadline=600.0)
     """
     waiting, poll, sleep = prepare(fetch, done=done, deadline=deadline, interval=interval,
                                    interval_multiplier=interval_multiplier,
@@ -448,9 +488,8 @@ def poll_until(
                                    on_poll=on_poll, describe=describe, stats=stats,
                                    options=dict(options))
     if _is_async(fetch):  # the same steps, awaited: an awaitable for the caller
-        return drive_async(waiting.steps(), poll, _async_sleep(sleep))  # type: ignore[return-value]
-    result: T = drive(waiting.steps(), poll, sleep)
-    return result
+        return drive_async(waiting.steps(), poll, _async_sleep(sleep))
+    return drive(waiting.steps(), poll, sleep)
 
 
 def _is_async(fetch: Any) -> bool:

@@ -28,6 +28,7 @@ from requests_smartretry import (
     adapter_of,
     execute_with_retry,
     execute_with_smart_retry,
+    poll_until,
     retry_options,
     smart_session,
     stats_of,
@@ -182,10 +183,12 @@ async def fetch_async(order_id: str) -> dict[str, str]:
 
 
 async def async_uses() -> None:
-    """An async def stays an async def; execute_with_retry(async_fn) is awaitable."""
+    """An async def stays an async def; execute_with_retry(async_fn) and
+    poll_until(async_fetch) are awaitables of the value."""
     order: dict[str, str] = await fetch_async("o-1")
     total: int = await execute_with_retry(_async_one, max_retries=1)
-    del order, total
+    polled: int = await poll_until(_async_one, done=lambda n: n > 0, deadline=5.0)
+    del order, total, polled
 
 
 async def _async_one() -> int:
