@@ -71,7 +71,7 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
         sockfaults.arm(plan)
         try:
             response, error = asyncio.run(_async_cell(server, route, verb, headers, body_kind,
-                                                      entry))
+                                                      entry, phase))
         finally:
             sockfaults.arm(None)
             stalls_left, server.stalled_handshakes = server.stalled_handshakes, 0
@@ -106,14 +106,18 @@ async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _async_cell(server: FaultServer, route: str, verb: str, headers: dict[str, str],
-                      body_kind: str, entry: str) -> tuple[Any, Optional[BaseException]]:
-    """One cell on asyncio: (the response, or the error)."""
+                      body_kind: str, entry: str,
+                      phase: str) -> tuple[Any, Optional[BaseException]]:
+    """One cell on asyncio: (the response, or the error).  The connect timeout is short
+    only where a stalled handshake must time out: asyncio's connect resolves the address
+    on a worker thread, which a loaded machine may not schedule within 0.1 s."""
     context = ssl.create_default_context(cafile=str(CERT))
     inner = httpx.AsyncHTTPTransport(verify=context)
     sockfaults.install_async(inner)  # before the smart transport wraps its backend
     body = _body(body_kind)
     content = _async_chunks(body) if body_kind == "generator" else body
-    async with smart_async_client(max_retries=1, timeout=10.0, connect_timeout=0.1,
+    connect_timeout = 0.1 if phase == "tls_stall" else 3.0
+    async with smart_async_client(max_retries=1, timeout=10.0, connect_timeout=connect_timeout,
                                   transport=inner) as client:
 
         async def send() -> Any:
