@@ -9,9 +9,14 @@ Two roles:
   guard that refuses (and records) any lookup or connection to a non-loopback host; the
   tests that contact other hosts are deselected by exact id (``OFF_LOOPBACK``).  Each
   test's outcome goes to the JSON file ``SMARTRETRY_SUITE_OUT``.
-* ``python requests_suite.py compare PLAIN ZERO DEFAULTS README``: prints the counts and
-  every difference; fails unless ``zero`` shows none and every ``defaults`` difference is
-  one of ``DOCUMENTED`` and named in README.
+* ``python requests_suite.py compare PLAIN ZERO DEFAULTS README [--run ID]``: prints the
+  counts and every difference; fails unless ``zero`` shows none and every ``defaults``
+  difference is one of ``DOCUMENTED`` and named in README or a page of docs/ beside it,
+  and unless each file is the
+  result of the run it claims: its mode, the adapter that served the tests
+  (``HTTPAdapter`` for plain, ``SmartRetryAdapter`` otherwise), a pytest exit status of
+  0 or 1, some outcomes, and (with ``--run``) the id of this invocation
+  (``SMARTRETRY_SUITE_RUN``), so that stale results never pass.
 """
 
 from __future__ import annotations
@@ -159,11 +164,24 @@ def pytest_runtest_logreport(report: Any) -> None:
         _outcomes[report.nodeid] = "error"
 
 
+def _serving_adapter() -> str:
+    """What serves a fresh ``requests.Session()`` in this run (the swap took effect?)."""
+    import requests
+
+    from requests_smartretry import SmartRetryAdapter
+
+    adapter = requests.Session().get_adapter("http://127.0.0.1/")
+    return "SmartRetryAdapter" if isinstance(adapter, SmartRetryAdapter) \
+        else type(adapter).__name__
+
+
 def pytest_sessionfinish(session: Any, exitstatus: Any) -> None:
     out = os.environ.get("SMARTRETRY_SUITE_OUT")
     if out:
         with open(out, "w", encoding="utf-8") as handle:
-            json.dump({"mode": _MODE, "outcomes": _outcomes, "violations": _violations},
+            json.dump({"mode": _MODE, "run": os.environ.get("SMARTRETRY_SUITE_RUN"),
+                       "exitstatus": int(exitstatus), "adapter": _serving_adapter(),
+                       "outcomes": _outcomes, "violations": _violations},
                       handle, indent=1, sort_keys=True)
 
 
@@ -174,7 +192,25 @@ def _counts(outcomes: dict[str, str]) -> str:
     return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
 
 
-def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: str) -> int:
+def _not_this_run(name: str, run: dict[str, Any], run_id: str | None) -> list[str]:
+    """Why ``run`` is not the ``name`` run of this invocation (empty: it is)."""
+    wrong = []
+    if run.get("mode") != name:
+        wrong.append(f"mode {run.get('mode')!r}")
+    if run_id is not None and run.get("run") != run_id:
+        wrong.append(f"run id {run.get('run')!r}, expected {run_id!r} (stale results?)")
+    expected = "HTTPAdapter" if name == "plain" else "SmartRetryAdapter"
+    if run.get("adapter") != expected:
+        wrong.append(f"served by {run.get('adapter')!r}, expected {expected}")
+    if run.get("exitstatus") not in (0, 1):
+        wrong.append(f"pytest exit status {run.get('exitstatus')!r}")
+    if not run.get("outcomes"):
+        wrong.append("no test outcomes")
+    return wrong
+
+
+def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: str,
+            run_id: str | None = None) -> int:
     """Print the three runs' counts and differences; 0 when they are as documented."""
     runs = {}
     for name, path in (("plain", plain_path), ("zero", zero_path), ("defaults", defaults_path)):
@@ -182,7 +218,18 @@ def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: st
             runs[name] = json.load(handle)
     with open(readme_path, encoding="utf-8") as handle:
         readme = handle.read()
+    # The documentation pages beside README (docs/*.md) document too.
+    docs = os.path.join(os.path.dirname(os.path.abspath(readme_path)), "docs")
+    for name in sorted(os.listdir(docs)) if os.path.isdir(docs) else ():
+        if name.endswith(".md"):
+            with open(os.path.join(docs, name), encoding="utf-8") as handle:
+                readme += handle.read()
     ok = True
+    for name, run in runs.items():
+        wrong = _not_this_run(name, run, run_id)
+        if wrong:
+            ok = False
+            print(f"{name}: NOT A RESULT OF THIS RUN: {'; '.join(wrong)}")
     plain = runs["plain"]["outcomes"]
     for name, run in runs.items():
         print(f"{name:9} {len(run['outcomes'])} tests: {_counts(run['outcomes'])}")
@@ -200,11 +247,18 @@ def compare(plain_path: str, zero_path: str, defaults_path: str, readme_path: st
             print(f"  {test}: plain {plain.get(test)}, {name} {outcomes.get(test)}"
                   + (f" (documented: {why})" if documented else "  <- NOT DOCUMENTED"))
             ok = ok and documented
-    print("requests suite: " + ("as documented" if ok else "UNDOCUMENTED DIFFERENCES"))
+    print("requests suite: " + ("as documented" if ok else
+                                "FAILED (stale or broken results, or undocumented differences: "
+                                "see above)"))
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 6 or sys.argv[1] != "compare":
-        sys.exit("usage: requests_suite.py compare PLAIN.json ZERO.json DEFAULTS.json README.md")
-    sys.exit(compare(*sys.argv[2:]))
+    argv = sys.argv[1:]
+    run_arg = None
+    if len(argv) == 7 and argv[5] == "--run":
+        run_arg, argv = argv[6], argv[:5]
+    if len(argv) != 5 or argv[0] != "compare":
+        sys.exit("usage: requests_suite.py compare PLAIN.json ZERO.json DEFAULTS.json "
+                 "README.md [--run ID]")
+    sys.exit(compare(*argv[1:], run_id=run_arg))

@@ -27,12 +27,32 @@ if [ ! -d "$work/requests-$requests_version/tests" ]; then
     tar -xzf "$work/requests-$requests_version.tar.gz" -C "$work"
 fi
 cd "$work/requests-$requests_version"
+# Each run gets its own id: the comparison accepts only result files this invocation wrote
+# (a run that crashes before writing its file cannot pass on an older run's results).
+run_id="$$-$(date +%s%N)"
 for mode in plain zero defaults; do
+    out="$work/$mode.json"
+    log="$work/$mode.log"
+    rm -f "$out"
     echo "== requests $requests_version tests, $mode"
-    # Failures are compared, not fatal: plain requests has its own (environment) failures.
-    SMARTRETRY_SUITE_MODE=$mode SMARTRETRY_SUITE_OUT="$work/$mode.json" \
+    set +e
+    SMARTRETRY_SUITE_MODE=$mode SMARTRETRY_SUITE_OUT="$out" SMARTRETRY_SUITE_RUN="$run_id" \
         PYTHONPATH="$root/.ci" "$venv/bin/python" -m pytest tests -p requests_suite \
-        -p no:cacheprovider -o addopts= -q -W ignore 2>&1 | tail -n 3 || true
+        -p no:cacheprovider -o addopts= -q -W ignore >"$log" 2>&1
+    status=$?
+    set -e
+    tail -n 3 "$log"
+    # 1 = some tests failed: compared below, not fatal (plain requests has its own
+    # environment failures).  Anything else (interrupted, internal or usage error, nothing
+    # collected) means the run did not happen as it should.
+    if [ "$status" -ne 0 ] && [ "$status" -ne 1 ]; then
+        echo "error: the $mode run exited with status $status, not a test result (see $log)" >&2
+        exit 1
+    fi
+    if [ ! -s "$out" ]; then
+        echo "error: the $mode run wrote no results to $out (see $log)" >&2
+        exit 1
+    fi
 done
 "$venv/bin/python" "$root/.ci/requests_suite.py" compare "$work/plain.json" "$work/zero.json" \
-    "$work/defaults.json" "$root/README.md"
+    "$work/defaults.json" "$root/README.md" --run "$run_id"

@@ -9,7 +9,7 @@ budgets for ``requests`` sessions.
     response = session.post("https://api.example.com/v1/tasks", json={"prompt": "..."})
 """
 
-from .accessors import adapter_of, stats_of
+from .accessors import adapter_of, breaker_of, stats_of
 from .adapter import SmartRetryAdapter, smart_session
 from .alerts import RetryRateAlert, RetryRateExceeded
 from .breaker import CircuitBreaker
@@ -74,6 +74,7 @@ __all__ = [
     "VerdictRule",
     "adapter_of",
     "attempt_history",
+    "breaker_of",
     "execute_with_retry",
     "execute_with_smart_retry",
     "payment_adapter",

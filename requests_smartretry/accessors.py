@@ -4,23 +4,25 @@
 ``stats``), and ``adapter.stats`` is ``Optional`` (``stats=False`` turns counting off);
 these give a type checker, and a reader, the exact types::
 
-    session = smart_session(operation_name="生成艺术照")
+    session = smart_session(operation_name="生成艺术照", breaker=CircuitBreaker())
     ...
     stats_of(session).snapshot()["生成艺术照"]["retries"]
     adapter_of(session).policy.max_retries
+    breaker_of(session).force_open("https://api.example.com")
 """
 
 from __future__ import annotations
 
-from typing import Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 import requests
 
 from .adapter import SmartRetryAdapter
+from .breaker import CircuitBreaker
 from .redact import redact_url
 from .stats import Stats
 
-__all__ = ["adapter_of", "stats_of"]
+__all__ = ["adapter_of", "breaker_of", "stats_of"]
 
 
 class _Counting(Protocol):
@@ -28,6 +30,9 @@ class _Counting(Protocol):
 
     @property
     def stats(self) -> Optional[Stats]: ...
+
+    @property
+    def breaker(self) -> Any: ...
 
 
 class _SmartClient(Protocol):
@@ -57,6 +62,17 @@ def adapter_of(session: requests.Session, url: Optional[str] = None) -> SmartRet
     return adapter
 
 
+def _transport_of(target: Any, url: Optional[str], asked: str, part: str) -> _Counting:
+    if isinstance(target, requests.Session):
+        return adapter_of(target, url)
+    if hasattr(target, "smart_transport"):
+        return target.smart_transport  # type: ignore[no-any-return]
+    if hasattr(target, part):
+        return target  # type: ignore[no-any-return]
+    raise TypeError(f"{asked} takes a requests.Session, a SmartRetryAdapter, a "
+                    f"SmartRetryTransport or a smart_client(), got {target!r}")
+
+
 def stats_of(
     target: Union[requests.Session, SmartRetryAdapter, _Counting, _SmartClient],
     url: Optional[str] = None,
@@ -64,17 +80,24 @@ def stats_of(
     """The :class:`Stats` of a session's adapter for ``url``, of an adapter or httpx
     transport itself, or of a ``smart_client()``'s transport; ``ValueError`` if it was built
     with ``stats=False``."""
-    counting: _Counting
-    if isinstance(target, requests.Session):
-        counting = adapter_of(target, url)
-    elif hasattr(target, "smart_transport"):
-        counting = target.smart_transport
-    elif hasattr(target, "stats"):
-        counting = target
-    else:
-        raise TypeError("stats_of takes a requests.Session, a SmartRetryAdapter, a "
-                        f"SmartRetryTransport or a smart_client(), got {target!r}")
+    counting = _transport_of(target, url, "stats_of", "stats")
     stats = counting.stats
     if stats is None:
         raise ValueError(f"{counting!r} counts nothing (it was built with stats=False)")
     return stats
+
+
+def breaker_of(
+    target: Union[requests.Session, SmartRetryAdapter, _Counting, _SmartClient],
+    url: Optional[str] = None,
+) -> CircuitBreaker:
+    """The :class:`CircuitBreaker` of a session's adapter for ``url``, of an adapter or
+    httpx transport itself, or of a ``smart_client()``'s transport (to read its
+    :meth:`~CircuitBreaker.state`, :meth:`~CircuitBreaker.force_open` it…); ``ValueError``
+    if it has none (built without ``breaker=``)."""
+    transport = _transport_of(target, url, "breaker_of", "breaker")
+    breaker = transport.breaker
+    if not isinstance(breaker, CircuitBreaker):
+        raise ValueError(f"{transport!r} has no CircuitBreaker (build it with "
+                         f"breaker=CircuitBreaker(...)), got {breaker!r}")
+    return breaker

@@ -221,6 +221,16 @@ def _failing_body(response: requests.Response, error: BaseException) -> requests
     return response
 
 
+def _pools_of(manager: Any) -> list[Any]:
+    """The connection pools a urllib3 ``PoolManager`` holds now."""
+    container = getattr(manager, "pools", None)
+    if container is None:
+        return []
+    # (keys(): urllib3's RecentlyUsedContainer refuses iteration, it copies its keys.)
+    pools = (container.get(key) for key in container.keys())  # noqa: SIM118
+    return [pool for pool in pools if pool is not None]
+
+
 class _PoolLabel:
     """Names a pool in a urllib3 error as urllib3's pools do, when the pool is unknown."""
 
@@ -482,7 +492,15 @@ class SmartRetryAdapter(HTTPAdapter):
         (they end on their last failure, given up as "closed").  As ``HTTPAdapter``'s, the
         adapter stays usable: a later call opens new connections."""
         self._closes += 1
+        # HTTPAdapter.close() clears the pool managers; a urllib3 whose PoolManager.clear()
+        # forgets its pools without closing them (2.8) leaves their idle sockets open until
+        # the garbage collector finds the pools (a failed response in a reference cycle
+        # keeps its pool alive).  Close every pool now, as older urllib3 does on clear().
+        managers = [self.poolmanager, *self.proxy_manager.values()]
+        pools = [pool for manager in managers for pool in _pools_of(manager)]
         super().close()
+        for pool in pools:
+            pool.close()
 
     def get_connection_with_tls_context(
         self, request: requests.PreparedRequest, verify: Any,
@@ -755,7 +773,11 @@ class SmartRetryAdapter(HTTPAdapter):
             # as the deadline's timeout.
             if deadline is not None:
                 if verdict.sent:
-                    if deadline.fired:
+                    # So is the socket's own read timeout (cut to the attempt) that expired
+                    # at the deadline before the watchdog thread got to run (a loaded
+                    # machine), as on the httpx transport.
+                    if deadline.fired or (isinstance(exc, requests.exceptions.Timeout)
+                                          and deadline.remaining() == 0.0):
                         return self._deadline_outcome(total_s, request, cause=exc,
                                                       response=sent)
                 elif pool_refused(exc):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 from .events import AttemptEvent, EventKind
 
@@ -41,13 +41,27 @@ class RetryRateExceeded:
     window: float
 
 
-def log_alert(alert: RetryRateExceeded) -> None:
-    """The default action: one WARNING on the ``requests_smartretry`` logger."""
+#: The WARNING line, with its arguments in order, per language.
+_ALERT_TEXT = {
+    "en": ("requests_smartretry: retry rate alert: %s %s made %d retries for %d calls in the "
+           "last %gs (rate %.2f, threshold %.2f)",
+           ("group", "key", "retries", "requests", "window", "rate", "threshold")),
+    "zh": ("requests_smartretry: 重试率告警: %s %s 最近 %gs 内 %d 次调用重试了 %d 次 "
+           "(重试率 %.2f, 阈值 %.2f)",
+           ("group", "key", "window", "requests", "retries", "rate", "threshold")),
+}
+_GROUP_NAMES = {"zh": {"all": "全部调用", "operation": "操作", "service": "服务"}}
+
+
+def log_alert(alert: RetryRateExceeded, lang: Literal["zh", "en"] = "en") -> None:
+    """The default action: one WARNING on the ``requests_smartretry`` logger, in ``lang``
+    (the alert passes the language of the calls it watches)."""
+    message, order = _ALERT_TEXT[lang]
+    values = {"group": _GROUP_NAMES.get(lang, {}).get(alert.group_by, alert.group_by),
+              "key": alert.key, "retries": alert.retries, "requests": alert.requests,
+              "window": alert.window, "rate": alert.rate, "threshold": alert.threshold}
     _log.warning(
-        "requests_smartretry: retry rate alert: %s %s made %d retries for %d calls in the last %gs "
-        "(rate %.2f, threshold %.2f)",
-        alert.group_by, alert.key, alert.retries, alert.requests, alert.window, alert.rate,
-        alert.threshold,
+        message, *(values[name] for name in order),
         extra={"retry_alert_key": alert.key, "retry_alert_group_by": alert.group_by,
                "retry_alert_rate": alert.rate, "retry_alert_retries": alert.retries,
                "retry_alert_requests": alert.requests,
@@ -89,7 +103,8 @@ class RetryRateAlert:
     Example::
 
         alert = RetryRateAlert(threshold=0.5, window=60.0, min_requests=20)
-        session = smart_session(hooks=[alert])   # logs one WARNING per episode
+        session = smart_session(hooks=[alert])   # logs one WARNING per episode, in the
+                                                 # session's lang ("zh" by default)
 
     The rate is retries per call (the same ``retry_rate`` as :class:`Stats`), counted per
     ``group_by`` key: ``"service"`` (default: the breaker's key, scheme+host or a preset's
@@ -118,6 +133,7 @@ class RetryRateAlert:
         rearm_below: Optional[float] = None,
         group_by: str = "service",
         on_alert: Optional[Callable[[RetryRateExceeded], None]] = None,
+        lang: Optional[Literal["zh", "en"]] = None,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = 1000,
     ) -> None:
@@ -144,7 +160,13 @@ class RetryRateAlert:
         self.group_by = group_by
         if on_alert is not None and not callable(on_alert):
             raise TypeError(f"on_alert must be callable or None, got {on_alert!r}")
-        self.on_alert: Callable[[RetryRateExceeded], None] = on_alert or log_alert
+        #: What crossing calls; ``None``: :func:`log_alert` in :attr:`lang`.
+        self.on_alert: Optional[Callable[[RetryRateExceeded], None]] = on_alert
+        if lang not in (None, "zh", "en"):
+            raise ValueError(f"lang must be 'zh', 'en' or None, got {lang!r}")
+        #: The WARNING's language: given, or the ``lang`` of the first session (adapter,
+        #: client, callable) the alert is installed on; "zh" (the default) until then.
+        self.lang: Optional[Literal["zh", "en"]] = lang
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
         self._clock = clock
@@ -193,7 +215,16 @@ class RetryRateAlert:
                 elif not window.armed and rate < self.rearm_below:
                     window.armed = True
         if fired is not None:
-            self.on_alert(fired)
+            if self.on_alert is None:
+                log_alert(fired, self.lang or "zh")
+            else:
+                self.on_alert(fired)
+
+    def installed(self, *, lang: Literal["zh", "en"], **collaborators: Any) -> None:
+        """Told by a session the alert is installed on: its policy's ``lang`` (kept unless
+        the alert was given one)."""
+        if self.lang is None:
+            self.lang = lang
 
     def _key(self, event: AttemptEvent) -> str:
         if self.group_by == "service":

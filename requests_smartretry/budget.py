@@ -1,24 +1,43 @@
 """The retry budget: retries as a bounded share of calls, per service.
 
 A token bucket per service key, in the style of gRPC's retry throttling and botocore's
-standard retry quota: every call deposits ``ratio`` tokens, every retry costs one, a call
-that **succeeds** on a retry gives back every token its retries cost (the failures were
-transient: the service is fine; botocore refunds only the last one, which loses a call
-that needed two retries in a storm of double failures),
-and ``min_per_second`` tokens trickle in whatever the traffic so that a quiet service may
-still retry.  The bucket holds at most ``max_tokens`` (and starts full).  A retry that
-fails keeps its cost; so does one whose call then ends otherwise (a 404, a business error).
+standard retry quota: every call deposits ``ratio`` tokens, and ``min_per_second`` tokens
+trickle in whatever the traffic so that a quiet service may still retry.  The bucket holds
+at most ``max_tokens`` (and starts full).
 
-The arithmetic (``max_retries=1``; ``r`` = ratio, ``m`` = min_per_second, ``R`` = calls per
+**What a retry costs.**  The budget admits a call to retrying once, at its first retry,
+which costs one token; the call's later retries (``max_retries >= 2``) run on the credit
+of that admission and are settled when the call ends:
+
+- the call **succeeds** (on any retry): its admission token comes back and its later
+  retries cost nothing (the failures were transient: the service is fine);
+- the call **ends otherwise** (its retries failed, a 404, a business error, a deadline):
+  the admission token stays spent and each later retry that went out costs one token
+  then, which may take the balance below zero: a debt that deposits and the trickle pay
+  back before the next call is admitted.
+
+So every retry of a call that fails costs one token, as before, while a call whose
+retries save it holds exactly one token while it runs, whatever its ``max_retries``.
+Paying every retry at once (and refunding them all on success) made a call that needed
+two retries hold two tokens: 16 threads of such calls hold 32 > ``max_tokens`` tokens,
+the 17th admission finds the bucket empty, and a refused call keeps what it spent, so the
+bucket drained (74 of 80 such calls lost).  botocore refunds only the last retry, which
+loses them even single-threaded.  A granted first retry that the breaker then refuses
+costs nothing.
+
+The arithmetic (``max_retries=1``; a call admitted with ``max_retries=k`` that fails
+costs ``k`` tokens instead of one, so in an outage ``k`` times fewer calls are admitted and
+the retries per call stay the same; ``r`` = ratio, ``m`` = min_per_second, ``R`` = calls per
 second on the service, ``p`` = the share of attempts that fail).  A retry's net cost is the
 chance that it fails, so in steady state the bucket pays for ``x`` retries per call with
 ``x * p_retry_fails = r + m / R``:
 
 - **Transient storm** (calls fail once, the retry succeeds): every retry is refunded, the
   net cost is 0 whatever the share (67 % of calls, all of them), the rate, the thread count
-  or the backoff.  The only limit is concurrency: ``max_tokens`` retries may be in flight
-  (spent, not yet refunded) at once, and deposits refill the bucket meanwhile; 16 threads
-  waiting 1 s each before their retry never find it empty.  No call is lost.
+  or the backoff.  The only limit is concurrency: ``max_tokens`` calls may be retrying
+  (admitted, not yet ended) at once, whatever their ``max_retries``, and deposits refill
+  the bucket meanwhile; 16 threads waiting 1 s each before their retry never find it
+  empty.  No call is lost.
 - **Total outage** (nothing is refunded): ``x = r + m / R`` retries per call, plus the
   initial ``max_tokens`` burst once.  Defaults over 1000 calls: 1.62 attempts per call at
   1 call/s, 1.17 at 10/s, 1.14 at 20/s, 1.12 at 100/s and 1000/s (1.10 in the long run).
@@ -37,6 +56,12 @@ chance that it fails, so in steady state the bucket pays for ``x`` retries per c
   trickle alone pays for every retry, even in an outage: a quiet service always gets its
   retry, and the load it can add is at most ``m`` retries per second.  At 1 call/s the
   outage cost is 1 + r + m = 1.6 attempts per call.
+- **Outage onset with ``max_retries=k``**: up to ``max_tokens`` calls are admitted before
+  the first of them ends, each running its ``k`` retries: a burst of ``max_tokens * k``
+  retries once, which the calls after it pay back (a debt of up to about
+  ``max_tokens * (k - 1)``: with the defaults and ``k=2``, 20 tokens, that is 200 calls or
+  40 s of trickle without retries).  A service's record unused for ``max_tokens /
+  min_per_second + 60`` s is forgotten (full again), debt included.
 
 Defaults ``ratio=0.1, max_tokens=20, min_per_second=0.5``: a storm loses no call, and an
 outage at >= 20 calls per second stays <= 1.15 attempts per call (``min_per_second`` was 1:
@@ -68,6 +93,7 @@ __all__ = ["DEFAULT_BUDGET", "RetryBudget"]
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _REJECTED = EventKind.REJECTED
+_GIVE_UP = EventKind.GIVE_UP
 # Deposits gather locally until they make a whole token (less a rounding margin).
 _WHOLE_TOKEN = 1.0 - 1e-9
 # Services whose deposits may gather at once: past it, the oldest one's deposit goes to
@@ -160,7 +186,8 @@ class RetryBudget(StoreUser):
             return self._pending.pop(service, 0.0)
 
     def allow_retry(self, service: str) -> bool:
-        """Spend one token for a retry on ``service``; ``False`` (nothing spent) if short.
+        """Spend one token to admit a call on ``service`` to retrying (the retry loop asks
+        at a call's first retry); ``False`` (nothing spent) if short.
 
         In test mode (:func:`~requests_smartretry.testing.set_testing`) every retry is
         allowed and nothing is spent, so that a user's test suite does not depend on the
@@ -172,19 +199,24 @@ class RetryBudget(StoreUser):
         return spent
 
     def __call__(self, event: AttemptEvent) -> None:
-        """Deposit for each call (its first attempt's START); refund every retry of a call
-        that succeeded (a SUCCESS on attempt n gives back the n - 1 tokens its retries
-        cost: they all bought the success) and a granted retry that the breaker then
-        refused (a REJECTED event after the first attempt)."""
+        """Deposit for each call (its first attempt's START) and settle a call's retries
+        when it ends: a SUCCESS after retries gives back the admission token; a GIVE_UP
+        after ``n`` attempts charges the ``n - 2`` later retries that ran on credit; a
+        first retry that the breaker refused (REJECTED on attempt 2) is given back."""
         kind = event.kind
-        if kind is _SUCCESS:
-            if event.attempt > 1 and not _testing._testing:
-                self._refund(event.service, event.attempt - 1)
-        elif kind is _START:
+        if kind is _START:
             if event.attempt == 1:
                 self.deposit(event.service)
-        elif kind is _REJECTED and event.attempt > 1 and not _testing._testing:
-            self._refund(event.service)  # (test mode spent nothing, so gives nothing back)
+        elif _testing._testing:
+            return  # test mode spent nothing, so gives nothing back and charges nothing
+        elif kind is _SUCCESS:
+            if event.attempt > 1:
+                self._settle(event.service, 1.0)
+        elif kind is _GIVE_UP:
+            if event.attempt > 2:
+                self._settle(event.service, 2.0 - event.attempt)
+        elif kind is _REJECTED and event.attempt == 2:
+            self._settle(event.service, 1.0)
 
     def deposit(self, service: str) -> None:
         """One call's deposit on ``service`` (its first START; the retry loop calls it
@@ -209,18 +241,21 @@ class RetryBudget(StoreUser):
         self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
 
     def refund(self, service: str, tokens: int = 1) -> None:
-        """Give back ``tokens`` granted retries that were not made (a call cancelled in
-        its backoff wait); nothing in test mode, which spent nothing."""
+        """Give back the admission of a call that was granted its first retry but never
+        made it (cancelled or interrupted in its backoff wait, its transport closed);
+        nothing in test mode, which spent nothing."""
         if not _testing._testing:
-            self._refund(service, tokens)
+            self._settle(service, float(tokens))
 
-    def _refund(self, service: str, tokens: int = 1) -> None:
-        """Give back ``tokens`` retries' cost (with the gathered deposits)."""
+    def _settle(self, service: str, tokens: float) -> None:
+        """Give back (``tokens > 0``) or charge (``< 0``, into debt if need be) what a
+        call's retries cost, with the gathered deposits."""
         self.store.budget_change(service, self.settings, self._clock(),
                                  tokens + self._take_pending(service), 0.0)
 
     def tokens(self, service: str) -> float:
-        """The tokens ``service`` has left (a read: adds nothing, spends nothing)."""
+        """The tokens ``service`` has left, below zero while it pays back the retries of
+        calls that failed (a read: adds nothing, spends nothing)."""
         _, balance = self.store.budget_change(service, self.settings, self._clock(),
                                               self._take_pending(service), 0.0)
         return balance

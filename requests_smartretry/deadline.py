@@ -474,6 +474,10 @@ _watchdog = _Watchdog()
 def _after_fork_in_child() -> None:
     # The parent's watchdog thread does not exist here, and its lock may have been held
     # at the fork: start over in place (watches in flight keep pointing at this object).
+    # So may the ledgers' lock (another thread was counting a request): a new one (the
+    # ledgers read the module global at each use).
+    global _LEDGER_LOCK
+    _LEDGER_LOCK = threading.Lock()
     _watchdog._reset()
 
 

@@ -12,6 +12,7 @@ would write, followed by what happened.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import logging
 import sys
 import time
@@ -211,6 +212,7 @@ class Tour:
         self.callable_api_keeps_the_verdict()
         self.budget_refunds_transient_failures()
         self.breaker_opens_and_recovers()
+        self.operator_steers_the_breaker()
         self.payment_signature_checked()
         self.waiting_for_a_task()
         self.asyncio_client()
@@ -331,6 +333,14 @@ class Tour:
         self.result(f"30 calls, each failing once: {codes.count(200)} x HTTP 200; every "
                     f"retry succeeded and was refunded ({budget.tokens(service):.0f} of 20 "
                     f"tokens left)")
+        double = self.session("demo-budget-double", **{**quiet, "max_retries": 2},
+                              pool_maxsize=16)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            doubles = list(pool.map(lambda n: double.get(self.server.url(
+                f"/seq/double{n}?steps=503,503,ok")).status_code, range(48)))
+        self.result(f"16 threads, 48 calls each failing twice (max_retries=2): "
+                    f"{doubles.count(200)} x HTTP 200; a call holds one token while it "
+                    f"retries, whatever its max_retries")
         outage = self.session("demo-budget-outage", **quiet)
         before = self.server.hits()
         for _ in range(60):
@@ -382,6 +392,27 @@ class Tour:
         response = session.get(self.server.url("/ok"))
         self.result(f"after the recovery timeout the probe succeeds: HTTP "
                     f"{response.status_code}; the breaker is closed again")
+
+    def operator_steers_the_breaker(self) -> None:
+        self.heading("Operator: force_open during a vendor incident, reset after; "
+                     "a listener sees each change")
+        changes: list[str] = []
+        breaker = CircuitBreaker(listeners=[
+            lambda service, old, new: changes.append(f"{old} -> {new}")])
+        session = self.session("demo-operator", max_retries=0, breaker=breaker)
+        service = f"http://127.0.0.1:{self.server.port}"
+        breaker.force_open(service)  # with state="redis://…": every process of the fleet
+        before = self.server.hits()
+        try:
+            session.get(self.server.url("/ok"))
+            self.result("the forced-open breaker let a call through (unexpected)")
+        except CircuitOpenError:
+            self.result(f"state {breaker.state(service)}: refused without touching the "
+                        f"network (server requests {before} -> {self.server.hits()})")
+        breaker.reset(service)
+        response = session.get(self.server.url("/ok"))
+        self.result(f"after reset: HTTP {response.status_code}; listener saw "
+                    f"{', '.join(changes)}")
 
     def payment_signature_checked(self) -> None:
         self.heading("WeChat Pay: a platform-signed answer is accepted, a forged one refused")

@@ -68,8 +68,9 @@ class BreakerGate(Protocol):
 
     ``before_attempt`` admits an attempt and may return a ticket (an ``int``; ``None`` or 0
     for an ordinary attempt).  A breaker with ``after_attempt(service, ticket, *, failed,
-    weight)`` is told each attempt's result with its ticket (:class:`CircuitBreaker`);
-    one without it reads the SUCCESS and FAILURE events as a hook instead.
+    weight)`` is told each attempt's result with its ticket (:class:`CircuitBreaker`;
+    with ``elapsed=``, the attempt's seconds, when its ``slow_call_seconds`` is set); one
+    without it reads the SUCCESS and FAILURE events as a hook instead.
     """
 
     def before_attempt(self, service: str) -> Optional[int]:
@@ -79,10 +80,14 @@ class BreakerGate(Protocol):
 
 
 class BudgetGate(Protocol):
-    """What the loop asks of a retry budget (it also receives every event as a hook)."""
+    """What the loop asks of a retry budget (it also receives every event as a hook).
+
+    ``allow_retry`` is asked once per call, before its first retry; a call it admits may
+    use its remaining retries (the budget settles them from the call's events)."""
 
     def allow_retry(self, service: str) -> bool:
-        """Spend from the budget for one retry on ``service``; ``False`` when spent."""
+        """Spend from the budget to admit a call on ``service`` to retrying; ``False``
+        when spent."""
 
     def __call__(self, event: AttemptEvent) -> None: ...
 
@@ -184,7 +189,8 @@ def build_hooks(
 ) -> tuple[Hook, ...]:
     """The consumers of a call's events, in the order they see each one: log lines,
     statistics, the policy's hooks, the caller's, then the breaker (only one without
-    ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget."""
+    ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget.
+    A hook with ``installed(*, lang, breaker, budget)`` is told them here."""
     hooks: list[Hook] = []
     if policy.log:
         hooks.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
@@ -192,6 +198,12 @@ def build_hooks(
         hooks.append(stats)
     hooks.extend(policy.hooks)
     hooks.extend(extra)
+    for hook in (*policy.hooks, *extra):
+        # A hook that asks is told where it is installed: an exporter's gauges read the
+        # breaker and budget its calls go through, an alert speaks the calls' language.
+        installed = getattr(hook, "installed", None)
+        if callable(installed):
+            installed(lang=policy.lang, breaker=breaker, budget=budget)
     if breaker is not None and getattr(breaker, "after_attempt", None) is None:
         hooks.append(breaker)
     if budget is not None:
@@ -427,7 +439,8 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
     ``not_replayable``, ``retry_exhausted``…), ``verdict_limit`` (a per-verdict rule), the
     wait (the attempt's own, from a urllib3 Retry, or backoff and Retry-After:
     ``retry_after_too_long``), ``deadline`` (the wait cannot end before it), ``closed``
-    (the transport), ``budget`` (last: asking spends a token).
+    (the transport), ``budget`` (last: asking spends a token; asked at the first retry
+    only).
     """
     verdict = outcome.classification
     if not verdict.retryable:
@@ -462,7 +475,10 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
         return "deadline", 0.0
     if run.closed is not None and run.closed():
         return "closed", 0.0
-    if run.budget is not None and not run.budget.allow_retry(run.call.service):
+    # The budget admits a call to retrying once, at its first retry; later retries run on
+    # the credit of that admission and the budget settles them when the call ends (see
+    # RetryBudget: a call its retries save must never be refused half-way).
+    if run.budget is not None and number == 1 and not run.budget.allow_retry(run.call.service):
         return "budget", 0.0
     return None, wait
 
@@ -526,6 +542,8 @@ class _Call(Generic[T]):
         # The breaker's result side, when it has one (else it reads the events as a hook).
         self.record: Optional[Callable[..., None]] = (
             None if breaker is None else getattr(breaker, "after_attempt", None))
+        # Whether it also wants each attempt's duration (a slow-call trip is set).
+        self.timed = getattr(breaker, "slow_call_seconds", None) is not None
         if quiet is not None and quiet.log is not None and quiet.log.wants_success_lines():
             quiet = None  # the log writes the first attempt's lines: it reads the events
         self.quiet = quiet
@@ -648,7 +666,7 @@ class _Call(Generic[T]):
             if quiet.budget is not None:
                 quiet.budget.deposit(call.service)
             if record is not None:
-                record(call.service, ticket, failed=False, weight=1.0)
+                self.tell(record, ticket, False, 1.0)
             return Finished(outcome, LazyHistory(
                 call, self.max_attempts, next_call_id(), self.wall_start, _time(), elapsed,
                 outcome.status_code))
@@ -657,7 +675,7 @@ class _Call(Generic[T]):
                      "status_code": outcome.status_code,
                      "call_elapsed": self.clock() - self.started})
         if record is not None:
-            record(self.call.service, ticket, failed=False, weight=1.0)
+            self.tell(record, ticket, False, 1.0)
         return Finished(outcome, tuple(events.history))
 
     def failed(self, outcome: Outcome[T], number: int, ticket: int) -> None:
@@ -693,8 +711,16 @@ class _Call(Generic[T]):
             unhealed, self.unhealed = self.unhealed, None
             if unhealed is not None and failed and not ticket:
                 record(self.call.service, 0, failed=True, weight=unhealed)
-            record(self.call.service, ticket, failed=failed,
-                   weight=weight if failed else 1.0)
+            self.tell(record, ticket, failed, weight if failed else 1.0)
+
+    def tell(self, record: Callable[..., None], ticket: int, failed: bool,
+             weight: float) -> None:
+        """The breaker's record of the last attempt (with its duration, if it wants it)."""
+        if self.timed:
+            record(self.call.service, ticket, failed=failed, weight=weight,
+                   elapsed=self.elapsed)
+        else:
+            record(self.call.service, ticket, failed=failed, weight=weight)
 
     def give_up(self, outcome: Outcome[T], number: int, reason: str) -> Finished[T]:
         """The call ends after attempt ``number`` without success: the one GIVE_UP."""
@@ -708,10 +734,11 @@ class _Call(Generic[T]):
             defer_records([functools.partial(self.record,  # type: ignore[arg-type,misc]
                                              self.call.service, 0, failed=True,
                                              weight=unhealed)])
-        if self.granted and reason != "circuit_open":
-            # A retry the budget paid for is not made (cancelled or interrupted in its
-            # wait, closed): its token goes back.  (The budget refunds a breaker's refusal
-            # itself, from the REJECTED event.)
+        if self.granted and number == 1 and reason != "circuit_open":
+            # The budget admitted the call to retrying (at its first retry), and the retry
+            # was never made (cancelled or interrupted in its wait, closed): the admission
+            # goes back.  Later retries run on credit and the budget settles them from the
+            # GIVE_UP event; it gives a breaker's refusal back itself, from REJECTED.
             self.granted = False
             refund = getattr(self.budget, "refund", None)
             if refund is not None:

@@ -97,15 +97,21 @@ class TaskFailedError(SmartRetryError):
 class CircuitOpenError(SmartRetryError, requests.exceptions.ConnectionError):
     """The circuit breaker for ``service`` is open: the call was refused without touching
     the network.  ``retry_in`` is the number of seconds until the breaker lets a probe
-    through."""
+    through; ``forced`` is true when an operator holds it open (``force_open``: no probe
+    until ``reset``, ``retry_in`` is then only a hint to look again)."""
 
-    def __init__(self, service: str, retry_in: float, *args: Any, **kwargs: Any) -> None:
-        message = (
-            f"circuit breaker for {service!r} is open; next probe in {max(retry_in, 0.0):.3f}s"
-        )
+    def __init__(self, service: str, retry_in: float, *args: Any, forced: bool = False,
+                 **kwargs: Any) -> None:
+        if forced:
+            message = (f"circuit breaker for {service!r} is forced open by an operator; "
+                       f"no probe until it is reset")
+        else:
+            message = (f"circuit breaker for {service!r} is open; next probe in "
+                       f"{max(retry_in, 0.0):.3f}s")
         super().__init__(message, *args, **kwargs)
         self.service = service
         self.retry_in = max(retry_in, 0.0)
+        self.forced = forced
 
 
 class ResponseSignatureError(SmartRetryError):

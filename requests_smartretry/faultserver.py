@@ -162,6 +162,12 @@ class FaultServer:
         with self._lock:
             return [r for r in self.requests if route is None or r.route == route]
 
+    def open_connections(self) -> int:
+        """How many client connections are open at the server now (a connection the
+        client closed leaves the count when the server reads its end)."""
+        with self._lock:
+            return len(self._conns)
+
     def reset_counts(self) -> None:
         """Forget recorded requests and sequence positions."""
         with self._lock:

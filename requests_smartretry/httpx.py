@@ -82,7 +82,7 @@ from requests_smartretry.policy import RetryPolicy, resolve_policy
 from requests_smartretry.presets._base import check_credential, check_endpoint, origin_of
 from requests_smartretry.presets.ark import DEFAULT_ENDPOINT as ARK_ENDPOINT
 from requests_smartretry.presets.ark import _video_policy
-from requests_smartretry.redact import redact_url
+from requests_smartretry.redact import install_redacting_filter, redact_url
 from requests_smartretry.sending import (
     Sending,
     final_on_failure,
@@ -1012,7 +1012,15 @@ def _split_options(options: dict[str, Any], inner: Callable[..., Any] = httpx.HT
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the transport's keywords, the ``httpx.Client``'s).  Without ``transport=``, the
     inner ``httpx.HTTPTransport`` gets the client's connection keywords (``limits``,
-    ``verify``, ``proxy``…), as the transport httpx would build for itself."""
+    ``verify``, ``proxy``…), as the transport httpx would build for itself.
+    ``redact_logs`` (default ``True``) puts a
+    :class:`~requests_smartretry.redact.RedactingFilter` on the ``httpx`` logger, whose own
+    INFO line ("HTTP Request: GET https://…?access_token=…") would print secrets."""
+    redact = options.pop("redact_logs", True)
+    if not isinstance(redact, bool):
+        raise TypeError(f"redact_logs must be True or False, got {redact!r}")
+    if redact:
+        install_redacting_filter("httpx")
     ours = RetryPolicy.field_names() | _TRANSPORT_KEYWORDS
     transport = {k: v for k, v in options.items() if k in ours}
     client = {k: v for k, v in options.items() if k not in ours}
@@ -1038,7 +1046,10 @@ def smart_client(policy: Optional[RetryPolicy] = None, **options: Any) -> SmartC
 
     Keywords of the policy and of the transport (``breaker``, ``budget``, ``stats``,
     ``transport``…) configure the retries; the others go to ``httpx.Client`` (``base_url``,
-    ``headers``…).  The client's timeouts are the policy's.
+    ``headers``…).  The client's timeouts are the policy's.  ``redact_logs=True`` (the
+    default) cleans httpx's own log lines of secrets: a
+    :class:`~requests_smartretry.redact.RedactingFilter` on the ``httpx`` logger, once per
+    process (it redacts only; ``redact_logs=False`` leaves the logger alone).
     """
     transport_options, client_options = _split_options(options)
     transport = SmartRetryTransport(policy, **transport_options)

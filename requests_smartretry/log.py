@@ -13,7 +13,7 @@ A call whose first attempt succeeds writes its two lines at DEBUG only; any othe
 writes the whole sequence at INFO and up (the first line held back until the first
 attempt's outcome is known).  One record per decision, each with its own ``retry_event``
 (:data:`RECORD_NAMES`), and structured ``extra`` fields (``retry_operation``,
-``retry_attempt``, ``retry_verdict``… the README lists them with their types) for JSON
+``retry_attempt``, ``retry_verdict``… docs/observability.md lists them with their types) for JSON
 pipelines.  No URL query, header or exception text reaches a line: only the operation
 name and the classification's reason code (and ``retry_url``, redacted).
 """
@@ -40,11 +40,14 @@ _TEXT = {
         "retry": "准备重试 (剩余 {left} 次机会)",
         "wait": "等待 {ms}ms 后重试",
         "rejected": "熔断器已打开, 请求被拒绝 ({ms}ms 后允许探测)",
+        "rejected_forced": "熔断器已被手动打开, 请求被拒绝 (恢复前不探测)",
         "exhausted": "已达最大尝试次数 ({max_attempts} 次), 放弃",
         "retry_exhausted": "urllib3 Retry 的重试次数已用尽, 放弃",
         "verdict_limit": "此类错误的重试次数已用尽, 放弃",
         "not_retryable": "错误不可重试, 放弃",
-        "unsafe": "请求可能已送达服务器且 {method} 非幂等, 不重试",
+        "unsafe": "请求可能已送达服务器且{method}非幂等, 不重试",
+        # A Latin method name is set off by spaces ("且 POST 非幂等"); Chinese text is not.
+        "method": " {method} ",
         "any_method": "该调用",
         "not_replayable": "请求体无法重放 (生成器或不可回退的流), 不重试",
         "retry_after_too_long": "服务器要求等待 {ms}ms, 超过上限 {cap_ms}ms, 不重试",
@@ -71,12 +74,15 @@ _TEXT = {
         "retry": "retrying ({left} left)",
         "wait": "waiting {ms}ms before retrying",
         "rejected": "circuit breaker open, request refused (next probe in {ms}ms)",
+        "rejected_forced": "circuit breaker forced open by an operator, request refused "
+        "(no probe until it is reset)",
         "exhausted": "all {max_attempts} attempts failed, giving up",
         "retry_exhausted": "the urllib3 Retry has no retries left; giving up",
         "verdict_limit": "no retries left for this kind of failure, giving up",
         "not_retryable": "error is not retryable, giving up",
         "unsafe": "request may have reached the server and {method} is not idempotent; "
         "not retrying",
+        "method": "{method}",
         "any_method": "the call",
         "not_replayable": "request body cannot be replayed (generator or unseekable stream); "
         "not retrying",
@@ -258,7 +264,9 @@ class LoggingHook:
             self._line(logging.INFO, event, "retry")
             self._line(logging.INFO, event, "wait", record="wait")
         elif kind is EventKind.REJECTED:
-            self._line(logging.WARNING, event, "rejected")
+            forced = getattr(event.error, "forced", False) is True
+            self._line(logging.WARNING, event, "rejected_forced" if forced else "rejected",
+                       record="rejected")
         elif kind is EventKind.GIVE_UP:
             key = event.give_up_reason or "exhausted"
             template = key if key in _TEXT[self.lang] else "exhausted"
@@ -281,7 +289,9 @@ class LoggingHook:
         ms = event.retry_after if key == "retry_after_too_long" else event.wait
         message = text[key].format(
             attempt=event.attempt, max_attempts=event.max_attempts, left=event.retries_left,
-            ms=_ms(ms), method=event.method or text["any_method"], reason=reason,
+            ms=_ms(ms), reason=reason,
+            method=text["method"].format(method=event.method) if event.method
+            else text["any_method"],
             cap_ms=_ms(event.backoff_cap if event.backoff_cap is not None
                        else self.backoff_max))
         self._emit(level, event, message, record or _RECORD_NAME[event.kind], outcome)

@@ -3,10 +3,11 @@
 What counts as a secret: the values of ``Authorization``, ``Proxy-Authorization``,
 ``Cookie``, ``Set-Cookie``, ``X-Api-Key``/``Api-Key``, every ``Wechatpay-*`` header and any
 header named like a credential (``X-Auth-Token``, ``X-Access-Key``, ``X-Session-Id``); the
-user:password part of a URL; path segments shaped like a credential (``bot<id>:<token>``,
-long mixed letter-and-digit tokens); and the value of any query parameter (or ``name=value`` /
-``"name": "value"`` pair in text) whose name contains token, key, secret, sig/sign/signature,
-password, passwd, credential or auth.
+user:password part of a URL (scheme-relative ``//user:pw@host`` too); path segments shaped
+like a credential (``bot<id>:<token>``, long mixed letter-and-digit tokens, ``access_token=…``);
+the value of any query or ``;`` path parameter (or ``name=value`` / ``"name": "value"`` pair
+in text) whose name contains token, key, secret, sig/sign/signature, password, passwd,
+credential, auth or session; and, as a URL's parameter only, OAuth's ``code`` and ``sid``.
 
 Every pattern here is linear in the length of its input: the text being cleaned may be an
 exception message that quotes what a hostile server sent (a 64 KiB status line, say), and a
@@ -26,6 +27,7 @@ from .classify import linked_exceptions
 __all__ = [
     "REDACTED",
     "RedactingFilter",
+    "install_redacting_filter",
     "is_secret_header",
     "is_secret_name",
     "path_template",
@@ -51,6 +53,11 @@ _SECRET_HEADER_WORDS = re.compile(
 _SECRET_NAME = re.compile(
     r"token|key|secret|sig|password|passwd|credential|auth|sessid", re.IGNORECASE
 )
+# Names that are credentials only as a URL's parameter (query or ";" path parameter): OAuth's
+# authorization ``code``, a session ``sid``.  Matched whole: as a substring, or in a JSON
+# body ("code": "SYSTEM_ERROR", a vendor's error code), they name no secret.
+_URL_SECRET_NAMES = frozenset({"code", "sid"})
+_URL_SECRET_PARAM = re.compile(r"(?:^|[&;?])(?:code|sid)=", re.IGNORECASE)
 # The (?<!...) anchors make each pattern start only at the beginning of a run of name
 # characters, which keeps the scan linear (no retry from every position inside the run).
 _NAME_CHARS = r"[\w.\-%\[\]]"
@@ -66,8 +73,11 @@ _QUOTED_PAIR = re.compile(
 # secret one runs to the end of the line or the next quote (see _header_values).
 _HEADER_NAME = re.compile(r"(?<![\w\-])(?P<name>[\w\-]+)[ \t]*:[ \t]*")
 _HEADER_VALUE_END = re.compile(r"[\r\n'\"]")
-_USERINFO = re.compile(r"(?<![a-z0-9+.\-])(?P<scheme>[a-z][a-z0-9+.\-]*://)[^/@\s]+@",
-                       re.IGNORECASE)
+# user:password@ after a scheme, or after a scheme-relative "//" (``//user:pw@host``) that
+# starts a word (not the "//" of a scheme, nor one inside a path).
+_USERINFO = re.compile(
+    r"(?P<scheme>(?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]*://|(?<![^\s'\"(<\[=,])//)[^/@\s]+@",
+    re.IGNORECASE)
 # Path segments that are credentials: Telegram-style "bot<id>:<token>" (any "<digits>:<token>"),
 # and long tokens mixing letters and digits (API keys, signed ids).  Over-redacting an id
 # here is harmless; an unredacted key is not.
@@ -110,6 +120,12 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) or is_secret_header(name)
 
 
+def _is_secret_param(name: str) -> bool:
+    """True for a URL parameter's name whose value is a credential (a secret name, or
+    one of the URL-only names: ``code``, ``sid``)."""
+    return is_secret_name(name) or name.lower() in _URL_SECRET_NAMES
+
+
 def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``headers`` with every secret value replaced by ``[REDACTED]``."""
     return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}
@@ -118,7 +134,8 @@ def redact_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 def path_template(path: str) -> str:
     """``path`` with every identifier- or secret-like segment replaced by ``{id}``:
     ``/v3/tasks/cgt-20260101-ab12`` → ``/v3/tasks/{id}``, ``/bot123:AAH…/getMe`` →
-    ``/{id}/getMe``; path parameters are dropped (``/x;jsessionid=…`` → ``/x``).  The
+    ``/{id}/getMe``, ``/access_token=…/x`` → ``/{id}/x``; path parameters are dropped
+    (``/x;jsessionid=…`` → ``/x``).  The
     default operation names use it, so that stats keys, metrics labels and log names stay
     few (one per endpoint, not one per resource) and carry no token."""
     if not path:
@@ -126,7 +143,9 @@ def path_template(path: str) -> str:
     segments = (segment.partition(";")[0] for segment in path.split("/"))
     return "/".join(
         "{id}" if segment and (_ID_SEGMENT.fullmatch(segment)
-                               or _SECRET_SEGMENT.fullmatch(segment)) else segment
+                               or _SECRET_SEGMENT.fullmatch(segment)
+                               or ("=" in segment and _redact_params(segment) != segment))
+        else segment
         for segment in segments)
 
 
@@ -142,7 +161,7 @@ def _hides_secret(value: str) -> bool:
     or not (``1%3Baccess_token%3D…``, a redirect URI ``https%3A%2F%2F…%3Ftoken%3D…``):
     the whole value is then redacted (a few levels of encoding are looked through)."""
     for _ in range(3):
-        if "=" in value and any(is_secret_name(unquote_plus(m.group("name")))
+        if "=" in value and any(_is_secret_param(unquote_plus(m.group("name")))
                                 for m in _URL_PARAM.finditer(value)):
             return True
         if "%" not in value and "+" not in value:
@@ -156,7 +175,7 @@ def _hides_secret(value: str) -> bool:
 
 def _url_param(match: re.Match[str]) -> str:
     name = match.group("name")
-    if is_secret_name(unquote_plus(name)) or _hides_secret(match.group("value")):
+    if _is_secret_param(unquote_plus(name)) or _hides_secret(match.group("value")):
         return f"{name}={REDACTED}"
     return match.group(0)
 
@@ -173,6 +192,8 @@ def _redact_path(path: str) -> str:
         head, sep, params = segment.partition(";")
         if head and _SECRET_SEGMENT.fullmatch(head):
             head = REDACTED
+        elif "=" in head:  # a segment shaped like a parameter: /access_token=…/
+            head = _redact_params(head)
         out.append(head + sep + (_redact_params(params) if params else ""))
     return "/".join(out)
 
@@ -181,21 +202,24 @@ def redact_url(url: str) -> str:
     """``url`` with its user:password, credential-like path segments, and the values of
     credential-like query and path parameters replaced.  Nothing else changes: the URL is
     not re-encoded (``;`` stays ``;``), so it reads as the one that was requested."""
-    query = url.partition("?")[2]
-    if ("@" not in url and "#" not in url and ";" not in url
+    before, _, query = url.partition("?")
+    if ("@" not in url and "#" not in url and ";" not in url and "=" not in before
             and not _SECRET_NAME.search(query) and not _SECRET_HEADER_WORDS.search(query)
-            and not _SECRET_PATH_TEXT.search(url)):
+            and not _URL_SECRET_PARAM.search(query) and not _SECRET_PATH_TEXT.search(url)):
         return url  # the common case, without parsing
     head, hash_sep, fragment = url.partition("#")
     head, query_sep, query = head.partition("?")
     origin, path = "", head
     scheme_end = head.find("://")
-    if scheme_end >= 0:
-        slash = head.find("/", scheme_end + 3)
+    # The authority starts after "scheme://", or after a scheme-relative URL's "//".
+    authority_start = scheme_end + 3 if scheme_end >= 0 else (2 if head.startswith("//")
+                                                              else -1)
+    if authority_start >= 0:
+        slash = head.find("/", authority_start)
         origin, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
-        authority = origin[scheme_end + 3:]
+        authority = origin[authority_start:]
         if "@" in authority:
-            origin = f"{origin[:scheme_end + 3]}{REDACTED}@{authority.rsplit('@', 1)[1]}"
+            origin = f"{origin[:authority_start]}{REDACTED}@{authority.rsplit('@', 1)[1]}"
     query = _redact_params(query) if query else query
     # OAuth's implicit flow puts access_token in the fragment.
     fragment = redact_text(fragment) if fragment else fragment
@@ -222,7 +246,12 @@ def _header_values(text: str) -> str:
 
 
 def _pair(match: re.Match[str]) -> str:
-    if not is_secret_name(match.group("name")) and not _hides_secret(match.group("value")):
+    name = match.group("name")
+    start = match.start()
+    # A pair right after "?", "&" or ";" is a URL's parameter: the URL-only names count.
+    in_url = start > 0 and match.string[start - 1] in "?&;"
+    if not (_is_secret_param(name) if in_url else is_secret_name(name)) \
+            and not _hides_secret(match.group("value")):
         return match.group(0)
     return f"{match.group('name')}={REDACTED}"
 
@@ -321,3 +350,16 @@ class RedactingFilter(logging.Filter):
             if key not in self._STANDARD and isinstance(value, str):
                 setattr(record, key, redact_text(value))
         return True
+
+
+def install_redacting_filter(logger_name: str) -> RedactingFilter:
+    """Put a :class:`RedactingFilter` on the logger ``logger_name`` (once: an existing one
+    is returned), so that its own records are clean before any handler sees them.  The
+    httpx clients do it for the ``httpx`` logger, whose INFO line names every URL."""
+    logger = logging.getLogger(logger_name)
+    for existing in logger.filters:
+        if isinstance(existing, RedactingFilter):
+            return existing
+    installed = RedactingFilter()
+    logger.addFilter(installed)
+    return installed

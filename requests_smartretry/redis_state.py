@@ -45,6 +45,8 @@ from urllib.parse import unquote, urlsplit
 from .deadline import current_scope
 from .state import (
     CLOSED,
+    FORCED_CLOSED,
+    FORCED_OPEN,
     HALF_OPEN,
     OPEN,
     STATE_NAMES,
@@ -60,6 +62,7 @@ __all__ = ["RedisStateStore"]
 _log = logging.getLogger("requests_smartretry")
 _monotonic = time.monotonic
 _ADMIT = Admission(True)
+_ADMIT_FORCED = Admission(True, 0.0, 0, FORCED_CLOSED)
 _DUST = 1e-9
 
 #: URL schemes: plain (``redis``, ``rediss``, ``unix``), Cluster and Sentinel.
@@ -69,9 +72,10 @@ SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+
 # The one script (a Lua transcription of state.breaker_* and state.budget_change, plus the
 # batch of successes and the validation of what it reads).  KEYS: breaker, budget.  ARGV:
 # op, now ('' = server clock), breaker settings ('' = no breaker part), successes
-# ('bucket:count;...'), failed, weight, ticket, budget settings ('' = no budget part),
-# deposit, spend, channel, message.  Reply: now, st, t, rnd, pin, cf, window failures,
-# window requests, allowed, retry_in, ticket, state after record, spent, tokens.
+# ('bucket:count;...'), failed, weight, ticket (op 'set': the state to enter), budget
+# settings ('' = no budget part), deposit, spend, channel, message.  Reply: now, st, t,
+# rnd, pin, cf, window failures, window requests, allowed, retry_in, ticket, state after
+# record (op 'set': the state before), spent, tokens.
 _LUA = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local bkey, gkey = KEYS[1], KEYS[2]
@@ -119,7 +123,7 @@ if ARGV[3] ~= '' then
   local current = math.floor(now / (window / buckets))
   -- Validation: what another program (or a bug, or a clock) left here is repaired.
   local st = r['st']
-  if st ~= nil and st ~= 0 and st ~= 1 and st ~= 2 then reset(0) end
+  if st ~= nil and (st < 0 or st > 4 or st % 1 ~= 0) then reset(0) end
   if get('st') ~= 0 and (r['t'] == nil or r['t'] > now) then set('t', now) end
   for _, name in ipairs({'cf', 'rnd', 'pin', 'pok'}) do
     if r[name] ~= nil and (r[name] < 0 or r[name] > 1e15) then set(name, 0) end
@@ -167,6 +171,8 @@ if ARGV[3] ~= '' then
     allowed, retry_in, ticket = '1', '0', '0'
     if get('st') == 1 then
       allowed, retry_in = '0', fmt(get('t') + recovery - now)
+    elseif get('st') == 3 then
+      allowed, retry_in = '0', fmt(recovery)
     elseif get('st') == 2 then
       if get('pin') < probes then
         set('pin', get('pin') + 1)
@@ -208,6 +214,9 @@ if ARGV[3] ~= '' then
       if trip then reset(1) end
     end
     after = fmt(get('st'))
+  elseif op == 'set' then
+    after = fmt(before)
+    reset(tonumber(ARGV[7]))
   end
   local args = {}
   for k, _ in pairs(dirty) do
@@ -235,9 +244,11 @@ if ARGV[8] ~= '' then
   local deposit, spend = tonumber(ARGV[9]), tonumber(ARGV[10])
   local saved = redis.call('HMGET', gkey, 'tok', 'ts')
   local tok, ts = num(saved[1]), num(saved[2])
+  -- A debt no traffic could pay back (1e9 tokens) is garbage: read as a missing record.
+  if tok and tok < -1e9 then tok = nil end
   local tokens = max_tokens
   if tok and ts then
-    if tok < 0 then tok = 0 elseif tok > max_tokens then tok = max_tokens end
+    if tok > max_tokens then tok = max_tokens end
     if ts > now then ts = now end
     tokens = math.min(max_tokens, tok + per_second * math.max(0, now - ts))
   end
@@ -1046,12 +1057,17 @@ class RedisStateStore:
                 if view.state == OPEN:
                     shared_now = self._time(now)
                     if shared_now < view.until:
-                        return Admission(False, view.until - shared_now)
+                        return Admission(False, view.until - shared_now, 0, OPEN)
+                elif view.state == FORCED_OPEN:
+                    return Admission(False, settings.recovery_timeout, 0, FORCED_OPEN)
+                elif view.state == FORCED_CLOSED:
+                    return _ADMIT_FORCED
         reply = self._round_trip(key, "admit", now, breaker=settings, budget=None,
                                  view=self._view(key) if not self._down else None)
         if reply is None:
             return self._local.breaker_admit(key, settings, now)
-        return Admission(reply[8] == 1.0, reply[9] or 0.0, int(reply[10] or 0))
+        return Admission(reply[8] == 1.0, reply[9] or 0.0, int(reply[10] or 0),
+                         int(reply[1] or 0))
 
     def breaker_record(
         self, key: str, settings: BreakerSettings, now: float, *, failed: bool,
@@ -1061,8 +1077,8 @@ class RedisStateStore:
         view = self._views.get(key)
         if view is not None and view.gen == view.seen \
                 and (view.breaker is settings or view.breaker == settings):
-            if view.state == OPEN:
-                return "open"  # a straggler: Redis would ignore it too
+            if view.state == OPEN or view.state == FORCED_OPEN or view.state == FORCED_CLOSED:
+                return STATE_NAMES[view.state]  # Redis would ignore it too
             if view.state == CLOSED and not failed and not ticket:
                 bucket = math.floor(self._time(now) / (settings.window / settings.buckets))
                 with self._lock:
@@ -1106,9 +1122,20 @@ class RedisStateStore:
             retry_in = max(0.0, opened + settings.recovery_timeout - shared_now)
             if retry_in == 0.0:
                 state = HALF_OPEN
+        elif state == FORCED_OPEN:
+            retry_in = settings.recovery_timeout
         elif state == HALF_OPEN and pin >= settings.half_open_probes:
             retry_in = max(0.0, opened + settings.recovery_timeout - shared_now)
         return BreakerStatus(STATE_NAMES[state], cf, failures, requests, retry_in)
+
+    def breaker_set(self, key: str, settings: BreakerSettings, now: float, state: int) -> str:
+        """An operator's transition in Redis, announced to every process (while Redis is
+        unreachable, in this process's local state only); returns the state name before."""
+        reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
+                                 view=self._view(key) if not self._down else None, ticket=state)
+        if reply is None:
+            return self._local.breaker_set(key, settings, now, state)
+        return STATE_NAMES[int(reply[11] or 0)]
 
     def budget_change(
         self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
@@ -1130,7 +1157,8 @@ class RedisStateStore:
                     view.deposit = local
                     if _monotonic() - view.synced < self.sync_interval:
                         return True, min(settings.max_tokens, refilled + local)
-                elif spend > 0.0 and uncapped and local >= spend - _DUST:
+                elif spend > 0.0 and uncapped and local >= spend - _DUST \
+                        and refilled + local >= spend - _DUST:  # (refilled < 0: a debt)
                     view.deposit = max(0.0, local - spend)
                     return True, refilled + view.deposit
                 else:

@@ -35,8 +35,12 @@ __all__ = [
 ]
 
 #: Breaker states as stored (numbers, so that the Lua transcription stores the same).
-CLOSED, OPEN, HALF_OPEN = 0, 1, 2
-STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
+#: The forced ones are set by an operator (``force_open`` / ``force_close``) and held until
+#: ``reset``: no result moves them, and a forced-open breaker sends no probe.
+CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED = 0, 1, 2, 3, 4
+STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open",
+               FORCED_OPEN: "forced_open", FORCED_CLOSED: "forced_closed"}
+STATE_NUMBERS = {name: number for number, name in STATE_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class Admission:
     #: reported back with it, so that late results of older attempts are not mistaken for
     #: the probe's).
     ticket: int = 0
+    #: The breaker's state after the admission (``STATE_NAMES``' keys).
+    state: int = CLOSED
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,11 @@ class StateStore(Protocol):
 
     def breaker_status(self, key: str, settings: BreakerSettings, now: float) -> BreakerStatus:
         """The current state of ``key``'s breaker, without changing it."""
+
+    def breaker_set(self, key: str, settings: BreakerSettings, now: float, state: int) -> str:
+        """An operator's transition: ``key``'s breaker enters ``state`` (``CLOSED``,
+        ``FORCED_OPEN`` or ``FORCED_CLOSED``) afresh, its counters empty; returns the state
+        name it had before."""
 
     def budget_change(
         self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float
@@ -167,9 +178,14 @@ def _reset(record: Record, state: int, now: float) -> None:
 def breaker_admit(record: Record, s: BreakerSettings, now: float) -> Admission:
     """The admission rule (mutates ``record``)."""
     state = _get(record, "st")
+    if state == FORCED_OPEN:
+        # Held open by an operator: no probe; a caller may look again after a recovery.
+        return Admission(False, s.recovery_timeout, 0, FORCED_OPEN)
+    if state == FORCED_CLOSED:
+        return Admission(True, 0.0, 0, FORCED_CLOSED)
     if state == OPEN:
         if now - _get(record, "t") < s.recovery_timeout:
-            return Admission(False, _get(record, "t") + s.recovery_timeout - now)
+            return Admission(False, _get(record, "t") + s.recovery_timeout - now, 0, OPEN)
         _start_round(record, now)
     elif state == HALF_OPEN and now - _get(record, "t") >= s.recovery_timeout:
         # A round whose probes never reported (a worker died mid-probe) must not keep the
@@ -178,8 +194,8 @@ def breaker_admit(record: Record, s: BreakerSettings, now: float) -> Admission:
     if _get(record, "st") == HALF_OPEN:
         if _get(record, "pin") < s.half_open_probes:
             record["pin"] = _get(record, "pin") + 1
-            return Admission(True, 0.0, int(_get(record, "rnd")))
-        return Admission(False, _get(record, "t") + s.recovery_timeout - now)
+            return Admission(True, 0.0, int(_get(record, "rnd")), HALF_OPEN)
+        return Admission(False, _get(record, "t") + s.recovery_timeout - now, 0, HALF_OPEN)
     return Admission(True)
 
 
@@ -215,8 +231,8 @@ def breaker_record(
             _reset(record, CLOSED, now)
             return CLOSED
         return HALF_OPEN
-    if state == OPEN:
-        return OPEN  # a straggler that started before the breaker opened
+    if state in (OPEN, FORCED_OPEN, FORCED_CLOSED):
+        return int(state)  # a straggler from before it opened, or held by an operator
     current = _bucket(s, now)
     slot = current % s.buckets
     if record.get(f"b{slot}") != current:
@@ -239,6 +255,16 @@ def breaker_record(
     return CLOSED
 
 
+def breaker_set(record: Record, now: float, state: int) -> int:
+    """An operator's transition (mutates ``record``): enter ``state`` afresh; returns the
+    state before."""
+    if state not in (CLOSED, FORCED_OPEN, FORCED_CLOSED):
+        raise ValueError(f"an operator sets closed, forced_open or forced_closed, got {state!r}")
+    before = int(_get(record, "st"))
+    _reset(record, state, now)
+    return before
+
+
 def breaker_status(record: Record, s: BreakerSettings, now: float) -> BreakerStatus:
     """A read-only view of ``record``."""
     state = int(_get(record, "st"))
@@ -247,6 +273,8 @@ def breaker_status(record: Record, s: BreakerSettings, now: float) -> BreakerSta
         retry_in = max(0.0, _get(record, "t") + s.recovery_timeout - now)
         if retry_in == 0.0:
             state = HALF_OPEN  # the next attempt will be a probe
+    elif state == FORCED_OPEN:
+        retry_in = s.recovery_timeout
     elif state == HALF_OPEN and _get(record, "pin") >= s.half_open_probes:
         retry_in = max(0.0, _get(record, "t") + s.recovery_timeout - now)
     failures, requests = _window_totals(record, s, now)
@@ -256,7 +284,8 @@ def breaker_status(record: Record, s: BreakerSettings, now: float) -> BreakerSta
 def budget_change(
     record: Record, s: BudgetSettings, now: float, deposit: float, spend: float
 ) -> tuple[bool, float]:
-    """The token-bucket rule (mutates ``record``)."""
+    """The token-bucket rule (mutates ``record``).  A negative ``deposit`` charges the
+    retries of a call that failed: the balance may go below zero (a debt)."""
     if "tok" in record:
         elapsed = max(0.0, now - record["ts"])
         tokens = min(s.max_tokens, record["tok"] + s.min_per_second * elapsed)
@@ -357,6 +386,12 @@ class MemoryStateStore:
         """The current state of ``key``'s breaker, without changing it."""
         with self._lock:
             return breaker_status(dict(self._breakers.get(key, {})), settings, now)
+
+    def breaker_set(self, key: str, settings: BreakerSettings, now: float, state: int) -> str:
+        """An operator's transition; returns the state name before."""
+        with self._lock:
+            record = self._touch(self._breakers, key, settings.ttl)
+            return STATE_NAMES[breaker_set(record, now, state)]
 
     def budget_change(
         self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float

@@ -247,6 +247,40 @@ def budgeted_calls(redis_url: Optional[str], url: str, calls: int, ratio: float,
     return calls
 
 
+def retried_storm(redis_url: str, prefix: str, base: str, threads: int, calls: int,
+                  steps: str) -> list[int]:
+    """``threads`` threads making ``calls`` calls each (``steps`` per call, as many
+    retries as it needs, 20 ms before each) under the default budget shared through Redis;
+    return every call's status code (0 for one that raised)."""
+    import threading
+
+    from requests_smartretry import RetryBudget, smart_session
+
+    store = shared_store(redis_url, prefix=prefix)
+    session = smart_session(max_retries=steps.count(","), budget=RetryBudget(), state=store,
+                            log=False, sleep=lambda seconds: time.sleep(0.02), timeout=10.0,
+                            pool_maxsize=threads)
+    codes: list[int] = []
+
+    def caller(index: int) -> None:
+        for i in range(calls):
+            try:
+                codes.append(session.get(f"{base}/seq/{prefix}-{os.getpid()}-{index}-{i}"
+                                         f"?steps={steps}").status_code)
+            except Exception:
+                codes.append(0)
+
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    if not store.shared:
+        raise AssertionError("Redis was not reachable for the whole run")
+    store.close()
+    return codes
+
+
 #: The time budget of stores in tests about sharing, not latency: on a loaded machine a
 #: thread may wait longer than the 50 ms default for the CPU, which the store would rightly
 #: treat as a slow Redis.
@@ -472,6 +506,55 @@ def open_breaker_then_report(redis_url: str, service: str, ready: Any, go: Any,
     breaker(AttemptEvent(kind=EventKind.FAILURE, operation="op", service=service, attempt=1,
                          max_attempts=1, call_id=1, verdict=Verdict.NETWORK))
     results.put(time.time())
+
+
+def force_then_report(redis_url: str, service: str, action: str, ready: Any, go: Any,
+                      results: Any) -> None:
+    """(in a worker process) ``force_open`` / ``reset`` ``service``'s shared breaker when
+    ``go`` is set; put the wall-clock time at which Redis had it on ``results``."""
+    from requests_smartretry import CircuitBreaker
+
+    breaker = CircuitBreaker(recovery_timeout=60.0, store=_store(redis_url))
+    breaker.state(service)  # connected, script loaded
+    ready.set()
+    go.wait(30)
+    getattr(breaker, action)(service)
+    results.put(time.time())
+
+
+def seconds_until_seen(worker: Any, args: tuple[Any, ...], session: Any, url: str, *,
+                       refused: bool) -> float:
+    """Run ``worker(*args, ready, go, results)`` in another process (it changes a shared
+    breaker when told to go, and reports when); return the seconds from that change until
+    this ``session``'s GET of ``url`` is refused (``refused``) or goes through again."""
+    import multiprocessing
+
+    from requests_smartretry import CircuitOpenError
+
+    context = multiprocessing.get_context("forkserver")
+    ready, go, results = context.Event(), context.Event(), context.Queue()
+    process = context.Process(target=worker, args=(*args, ready, go, results))
+    process.start()
+    try:
+        assert ready.wait(30)
+        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
+        go.set()
+        seen_at = None
+        deadline = time.monotonic() + 5.0
+        while seen_at is None and time.monotonic() < deadline:
+            try:
+                session.get(url)
+                if not refused:
+                    seen_at = time.time()
+            except CircuitOpenError:
+                if refused:
+                    seen_at = time.time()
+            time.sleep(0.002)
+        changed_at = results.get(timeout=30)
+    finally:
+        process.join(10)
+    assert seen_at is not None, "the other process's change never reached this one"
+    return float(seen_at - changed_at)
 
 
 def _barrier(redis_url: str, key: str, parties: int) -> None:

@@ -39,6 +39,7 @@ from requests_smartretry import (
     smart_session,
 )
 from requests_smartretry import adapter as adapter_module
+from requests_smartretry import deadline as deadline_module
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.testing import fast_retries
 
@@ -276,6 +277,17 @@ def test_hung_server_is_cut_at_the_deadline(server: FaultServer) -> None:
     with pytest.raises(AttemptDeadlineExceeded):
         smart_session(max_retries=0, timeout=0.5).get(server.url("/hang?seconds=10"))
     assert time.monotonic() - started < 0.5 + 0.5
+
+
+def test_a_socket_timeout_at_the_deadline_is_the_deadlines_cut(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the socket's read timeout (cut to the attempt) expires at the deadline before
+    the watchdog thread runs (a loaded machine; here a watchdog that never fires), the
+    attempt still ends as the deadline's cut: AttemptDeadlineExceeded."""
+    monkeypatch.setattr(deadline_module.Watch, "_fire", lambda self: None)
+    with pytest.raises(AttemptDeadlineExceeded):
+        smart_session(max_retries=0, timeout=0.3).get(server.url("/hang?seconds=10"))
 
 
 def test_callers_timeout_wins_over_the_policy(server: FaultServer) -> None:

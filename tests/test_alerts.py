@@ -139,7 +139,7 @@ def test_breaker_refusals_count_as_calls() -> None:
 def test_default_action_logs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     """Without on_alert, crossing logs one WARNING on the requests_smartretry logger."""
     clock = FakeClock()
-    alert = RetryRateAlert(0.5, min_requests=10, clock=clock)
+    alert = RetryRateAlert(0.5, min_requests=10, clock=clock, lang="en")
     with caplog.at_level(logging.WARNING, logger="requests_smartretry"):
         calls(alert, 30, retried=30)
     records = [r for r in caplog.records if "retry rate alert" in r.getMessage()]
@@ -178,3 +178,26 @@ def test_an_alert_pickles_without_its_lock() -> None:
     copy.on_alert = fired.append
     calls(copy, 1, retried=1)
     assert len(fired) == 1
+
+
+@pytest.mark.parametrize(("session_lang", "alert_lang", "expected"), [
+    ("zh", None, "重试率告警: 服务 http://a 最近 60s 内 10 次调用重试了 9 次 "
+                 "(重试率 0.90, 阈值 0.50)"),
+    ("en", None, "retry rate alert: service http://a made 9 retries for 10 calls in the last 60s"),
+    ("en", "zh", "重试率告警: 服务 http://a"),
+])
+def test_the_warning_speaks_the_language_of_the_session(
+    caplog: pytest.LogCaptureFixture, session_lang: str, alert_lang: Any, expected: str
+) -> None:
+    """Installed on a session, the alert's WARNING is in the session's ``lang`` (zh by
+    default), unless the alert was given its own."""
+    from requests_smartretry import smart_session
+
+    alert = RetryRateAlert(0.5, min_requests=10, clock=FakeClock(), lang=alert_lang)
+    smart_session(lang=session_lang, hooks=[alert])
+    with caplog.at_level(logging.WARNING, logger="requests_smartretry"):
+        calls(alert, 30, retried=30)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(expected in m for m in messages), messages
+    with pytest.raises(ValueError, match="lang must be"):
+        RetryRateAlert(lang="fr")  # type: ignore[arg-type]

@@ -24,13 +24,22 @@ from requests_smartretry import (
     MemoryStateStore,
     SmartRetryAdapter,
     Verdict,
+    adapter_of,
     attempt_history,
+    breaker_of,
     smart_session,
 )
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.redis_state import RedisStateStore
 from tests.conftest import FakeClock
-from tests.redis_server import SHARING_BUDGET, RedisServer
+from tests.redis_server import (
+    SHARING_BUDGET,
+    RedisServer,
+    client,
+    force_then_report,
+    seconds_until_seen,
+    shared_store,
+)
 
 SVC = "https://api.example.com"
 
@@ -491,3 +500,220 @@ def test_client_errors_from_a_server_never_open_the_breaker() -> None:
             assert session.get(server.url("/status/404")).status_code == 404
         assert breaker.state(f"http://127.0.0.1:{server.port}") == "closed"
         assert server.hits() == 5
+
+
+# -- issue 30: listeners, an operator's hand, the slow-call trip --------------------------
+
+
+def test_a_listener_sees_every_transition_with_the_service(store: Any, clock: FakeClock) -> None:
+    """closed → open → half_open → closed, each told once, with the service's key."""
+    breaker = make(store, clock, failure_threshold=2)
+    seen: list[tuple[str, str, str]] = []
+    breaker.on_state_change(lambda service, old, new: seen.append((service, old, new)))
+    attempt(breaker)
+    attempt(breaker)
+    assert seen == [(SVC, "closed", "open")]
+    with pytest.raises(CircuitOpenError):
+        breaker.before_attempt(SVC)
+    assert seen == [(SVC, "closed", "open")]  # a refusal is no transition
+    clock.advance(10.0)
+    attempt(breaker, Verdict.SUCCESS)  # the probe
+    assert seen == [(SVC, "closed", "open"), (SVC, "open", "half_open"),
+                    (SVC, "half_open", "closed")]
+    attempt(breaker, Verdict.SUCCESS, service="https://other.example.com")
+    assert len(seen) == 3
+
+
+def test_listeners_given_at_construction_and_a_raising_one(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``listeners=`` registers them; one that raises is logged and the others still run."""
+    seen: list[str] = []
+
+    def broken(service: str, old: str, new: str) -> None:
+        raise RuntimeError("listener bug")
+
+    breaker = CircuitBreaker(failure_threshold=1, clock=clock,
+                             listeners=[broken, lambda s, o, n: seen.append(n)])
+    attempt(breaker)
+    assert seen == ["open"]
+    assert "listener" in caplog.text and "listener bug" in caplog.text
+    with pytest.raises(TypeError, match="listener must be callable"):
+        breaker.on_state_change("not a function")  # type: ignore[arg-type]
+
+
+def test_force_open_holds_until_reset(store: Any, clock: FakeClock) -> None:
+    """A forced-open breaker refuses every attempt and sends no probe however long it
+    waits; results do not move it; reset closes it with empty counters."""
+    breaker = make(store, clock)
+    seen: list[tuple[str, str]] = []
+    breaker.on_state_change(lambda service, old, new: seen.append((old, new)))
+    attempt(breaker)
+    breaker.force_open(SVC)
+    assert breaker.state(SVC) == "forced_open"
+    for _ in range(3):
+        clock.advance(100.0)
+        with pytest.raises(CircuitOpenError) as caught:
+            breaker.before_attempt(SVC)
+        assert caught.value.retry_in == pytest.approx(10.0)
+    breaker.after_attempt(SVC, 0, failed=False)  # a straggler
+    assert breaker.state(SVC) == "forced_open"
+    breaker.reset(SVC)
+    status = breaker.status(SVC)
+    assert (status.state, status.consecutive_failures) == ("closed", 0)
+    attempt(breaker)
+    assert seen == [("closed", "forced_open"), ("forced_open", "closed")]
+
+
+def test_force_close_admits_everything_and_counts_nothing(store: Any, clock: FakeClock) -> None:
+    """A forced-closed breaker admits every attempt, even from open, and no failure trips
+    it; force_open and reset leave it."""
+    breaker = make(store, clock)
+    for _ in range(3):
+        attempt(breaker)
+    assert breaker.state(SVC) == "open"
+    breaker.force_close(SVC)
+    for _ in range(10):
+        attempt(breaker)
+    assert breaker.state(SVC) == "forced_closed"
+    assert breaker.status(SVC).consecutive_failures == 0
+    breaker.force_open(SVC)
+    assert breaker.state(SVC) == "forced_open"
+    breaker.reset(SVC)
+    assert breaker.state(SVC) == "closed"
+    with pytest.raises(ValueError, match="service must be a non-empty string"):
+        breaker.force_open("")
+
+
+def test_slow_call_trip_opens_on_five_slow_200s(flaky: tuple[FaultServer, Switchable]) -> None:
+    """Five 200s each slower than ``slow_call_seconds`` (the adapter's injected clock)
+    open the breaker; they are successes for the caller and the statistics, not retried."""
+    server, route = flaky
+    route.down = False
+
+    class SlowClock:
+        """Three seconds pass between any two readings."""
+
+        now = 0.0
+
+        def __call__(self) -> float:
+            self.now += 3.0
+            return self.now
+
+    breaker = CircuitBreaker(failure_threshold=5, recovery_timeout=30.0, slow_call_seconds=2.0)
+    opened: list[str] = []
+    breaker.on_state_change(lambda service, old, new: opened.append(new))
+    session = smart_session(max_retries=2, breaker=breaker, budget=None, log=False,
+                            clock=SlowClock(), operation_name="op")
+    for _ in range(5):
+        assert session.get(server.url("/svc")).status_code == 200
+    assert server.hits() == 5  # none retried
+    assert opened == ["open"]
+    with pytest.raises(CircuitOpenError):
+        session.get(server.url("/svc"))
+    snap = adapter_of(session).stats.snapshot()["op"]  # type: ignore[union-attr]
+    assert (snap["calls_succeeded"], snap["attempts_failed"]) == (5, 0)
+
+
+def test_fast_calls_and_no_setting_never_trip(flaky: tuple[FaultServer, Switchable]) -> None:
+    """Below ``slow_call_seconds``, or without it, 200s keep the breaker closed."""
+    server, route = flaky
+    route.down = False
+    for options in ({"slow_call_seconds": 60.0}, {}):
+        breaker = CircuitBreaker(failure_threshold=1, **options)
+        session = smart_session(breaker=breaker, budget=None, log=False)
+        for _ in range(3):
+            assert session.get(server.url("/svc")).status_code == 200
+        assert breaker.state(f"http://127.0.0.1:{server.port}") == "closed"
+    with pytest.raises(ValueError, match="slow_call_seconds"):
+        CircuitBreaker(slow_call_seconds=0)
+
+
+def test_breaker_of_reaches_a_sessions_breaker() -> None:
+    """``breaker_of`` gives the breaker of a session, an adapter or an httpx client, and
+    names a transport that has none."""
+    from requests_smartretry.httpx import smart_client
+
+    breaker = CircuitBreaker()
+    session = smart_session(breaker=breaker)
+    assert breaker_of(session) is breaker and breaker_of(adapter_of(session)) is breaker
+    with smart_client(breaker=breaker) as client:
+        assert breaker_of(client) is breaker
+    with pytest.raises(ValueError, match="has no CircuitBreaker"):
+        breaker_of(smart_session())
+
+
+def test_pickled_breaker_keeps_listeners_and_forced_state(clock: FakeClock) -> None:
+    """A copy keeps a forced state and its (module-level) listeners."""
+    breaker = CircuitBreaker(clock=clock, listeners=[_record_transition])
+    breaker.force_open(SVC)
+    copy = pickle.loads(pickle.dumps(breaker))
+    assert copy.state(SVC) == "forced_open"
+    _transitions.clear()
+    copy.reset(SVC)
+    assert _transitions == [(SVC, "forced_open", "closed")]
+
+
+_transitions: list[tuple[str, str, str]] = []
+
+
+def _record_transition(service: str, old: str, new: str) -> None:
+    _transitions.append((service, old, new))
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_force_open_in_another_process_refuses_here_within_100ms(
+    redis_url: str, flaky: tuple[FaultServer, Switchable]
+) -> None:
+    """Another process sharing the Redis store forces the breaker open: this process
+    refuses within 100 ms without reaching the server, and its listener is told; that
+    process's reset lets calls through again just as fast."""
+    server, route = flaky
+    route.down = False
+    service = f"http://127.0.0.1:{server.port}"
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+    seen: list[tuple[str, str, str]] = []
+    breaker = CircuitBreaker(recovery_timeout=60.0, store=shared_store(redis_url),
+                             listeners=[lambda *change: seen.append(change)])
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, log=False)
+    url = server.url("/svc")
+    assert session.get(url).status_code == 200
+    lag = seconds_until_seen(force_then_report, (redis_url, service, "force_open"),
+                             session, url, refused=True)
+    print(f"[breaker] force_open in another process refused here {lag * 1000:.1f} ms later")
+    assert lag <= 0.1, f"refused {lag * 1000:.0f} ms after force_open elsewhere"
+    hits = server.hits()
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            session.get(url)
+    assert server.hits() == hits  # refused here without touching the network
+    assert (service, "closed", "forced_open") in seen
+    assert breaker.state(service) == "forced_open"
+    lag = seconds_until_seen(force_then_report, (redis_url, service, "reset"),
+                             session, url, refused=False)
+    print(f"[breaker] reset in another process admitted here {lag * 1000:.1f} ms later")
+    assert lag <= 0.1, f"admitted {lag * 1000:.0f} ms after reset elsewhere"
+    assert breaker.state(service) == "closed"
+    client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
+
+
+def test_a_forced_refusal_says_so(flaky: tuple[FaultServer, Switchable],
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A call refused by a forced-open breaker raises CircuitOpenError with ``forced`` and
+    a message and log line that promise no probe (an ordinary refusal names its probe)."""
+    import logging
+
+    server, _ = flaky
+    breaker = CircuitBreaker(recovery_timeout=30.0)
+    session = smart_session(max_retries=0, breaker=breaker, budget=None, lang="en")
+    breaker.force_open(f"http://127.0.0.1:{server.port}")
+    with caplog.at_level(logging.WARNING, logger="requests_smartretry"), \
+            pytest.raises(CircuitOpenError) as caught:
+        session.get(server.url("/svc"))
+    assert caught.value.forced and "forced open by an operator" in str(caught.value)
+    assert any("forced open by an operator, request refused (no probe until it is reset)"
+               in r.getMessage() and r.retry_event == "rejected"  # type: ignore[attr-defined]
+               for r in caplog.records)
+    assert not CircuitOpenError("s", 3.0).forced
+    assert "next probe in 3.000s" in str(CircuitOpenError("s", 3.0))

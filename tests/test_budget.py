@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -216,19 +217,23 @@ def test_pickled_budget_keeps_its_balance() -> None:
 
 def test_spent_budget_gives_up_with_reason_budget() -> None:
     """With the budget spent, a failing call is not retried: it ends with the give-up
-    reason ``budget`` and ``on_retry`` is not called."""
+    reason ``budget`` and ``on_retry`` is not called.  A call the budget admitted runs all
+    its retries; when they fail, each one after the first is charged at its end (into
+    debt), so the next call is refused."""
     retries: list[int] = []
     budget = RetryBudget(0.0, max_tokens=1, min_per_second=0)
     session = smart_session(max_retries=3, budget=budget, log=False, sleep=no_sleep,
                             on_retry=lambda attempt, error: retries.append(attempt))
     with FaultServer() as fault:
+        service = f"http://127.0.0.1:{fault.port}"
         first = session.get(fault.url("/status/503"))
-        assert [e.give_up_reason for e in first.retry_history if e.give_up_reason] == [
-            "budget"]
-        assert fault.hits() == 2 and retries == [1]
+        assert first.retry_history[-1].give_up_reason == "exhausted"
+        assert fault.hits() == 4 and retries == [1, 2, 3]
+        assert budget.tokens(service) == pytest.approx(-2.0)  # 1, less 1 + 2 retries
         second = session.get(fault.url("/status/503"))
-        assert second.retry_history[-1].give_up_reason == "budget"
-        assert fault.hits() == 3 and retries == [1]
+        assert [e.give_up_reason for e in second.retry_history if e.give_up_reason] == [
+            "budget"]
+        assert fault.hits() == 5 and retries == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -290,6 +295,29 @@ def test_retry_that_succeeds_gets_its_token_back(store: StateStore) -> None:
     assert budget.tokens(SVC) == pytest.approx(2.0)
 
 
+def test_a_call_holds_one_token_whatever_its_retries(store: StateStore) -> None:
+    """A call admitted to retrying holds one token however many retries it runs: its
+    success gives that token back; its failure after 4 attempts charges the 2 retries
+    after the first (into debt), so the next call is refused until deposits pay it back."""
+    clock = FakeClock()
+    budget = RetryBudget(1.0, max_tokens=1, min_per_second=0, store=store, clock=clock)
+    assert budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(0.0)
+    budget(event(EventKind.SUCCESS, 4))  # retries 2 and 3 ran on the admission's credit
+    assert budget.tokens(SVC) == pytest.approx(1.0)
+    assert budget.allow_retry(SVC)
+    budget(event(EventKind.GIVE_UP, 4))
+    assert budget.tokens(SVC) == pytest.approx(-2.0)
+    assert not budget.allow_retry(SVC)
+    for _ in range(3):
+        budget(start())
+    assert budget.tokens(SVC) == pytest.approx(1.0)
+    assert budget.allow_retry(SVC)
+    budget(event(EventKind.GIVE_UP, 2))  # only the first retry ran: it stays spent
+    budget(event(EventKind.REJECTED, 3))  # a later retry refused by the breaker: on credit
+    assert budget.tokens(SVC) == pytest.approx(0.0)
+
+
 def test_refund_never_fills_the_bucket_past_max_tokens() -> None:
     """Refunds and deposits stop at ``max_tokens``: a long storm cannot bank retries for
     the outage that may follow."""
@@ -333,6 +361,15 @@ def test_test_mode_refunds_nothing_when_the_breaker_refuses_a_retry() -> None:
 # -- against a real server -------------------------------------------------------------------
 
 
+def in_threads(caller: Any, threads: int) -> None:
+    """Run ``caller(index)`` in ``threads`` threads at once and wait for all of them."""
+    workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+
+
 def storm_step(n: int) -> str:
     """2 of every 3 calls fail once (a 503 or a reset) and then succeed."""
     return ("503", "reset", "ok")[n % 3]
@@ -358,17 +395,65 @@ def test_sixteen_thread_storm_of_transient_failures_loses_no_call(
                 with lock:
                     codes.append(response.status_code)
 
-        workers = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
+        in_threads(caller, threads)
         calls = threads * per_thread
         failing = sum(1 for n in range(calls) if storm_step(n) != "ok")
         assert codes == [200] * calls
         assert fault.hits() == calls + failing
     stats = session.get_adapter("http://").stats.snapshot()["storm"]
     assert stats["budget_denials"] == 0 and stats["retries"] == failing
+    session.close()
+
+
+@pytest.mark.parametrize("steps", ["503,503,ok", "503,reset,503,ok"])
+def test_sixteen_threads_of_calls_needing_several_retries_lose_none(
+    store: StateStore, steps: str,
+) -> None:
+    """16 threads, 5 calls each, every call failing two or three times and then
+    succeeding, with a real wait before each retry: every call ends 200 and the default
+    budget denies none (paying each retry at once, 16 threads held 32 tokens of 20 and
+    the budget refused 74 of 80 calls)."""
+    threads, per_thread = 16, 5
+    retries = steps.count(",")
+    session = smart_session(max_retries=retries, budget=RetryBudget(store=store), log=False,
+                            sleep=lambda seconds: time.sleep(0.02), operation_name="storm2",
+                            pool_maxsize=threads)
+    codes: list[int] = []
+    lock = threading.Lock()
+    with FaultServer() as fault:
+
+        def caller(index: int) -> None:
+            for i in range(per_thread):
+                url = fault.url(f"/seq/m{index}-{i}?steps={steps}")
+                status = session.get(url).status_code
+                with lock:
+                    codes.append(status)
+
+        in_threads(caller, threads)
+        calls = threads * per_thread
+        assert codes == [200] * calls
+        assert fault.hits() == calls * (retries + 1)
+    stats = session.get_adapter("http://").stats.snapshot()["storm2"]
+    assert stats["budget_denials"] == 0
+    session.close()
+
+
+def test_an_outage_with_two_retries_per_call_stays_near_the_ratio(store: StateStore) -> None:
+    """Every call 503, ``max_retries=2``, 300 calls at full speed: every retry that went
+    out is paid (a call admitted and failed costs two tokens), so the server sees at most
+    the burst, the deposits and the trickle in retries, not 3 attempts per call."""
+    calls = 300
+    settings = RetryBudget(store=store).settings
+    session = smart_session(max_retries=2, budget=RetryBudget(store=store), log=False,
+                            sleep=no_sleep)
+    with FaultServer() as fault:
+        started = time.monotonic()
+        for _ in range(calls):
+            session.get(fault.url("/status/503")).close()
+        elapsed = time.monotonic() - started
+        retries = fault.hits() - calls
+    paid = settings.max_tokens + settings.ratio * calls + settings.min_per_second * elapsed
+    assert 0 < retries <= paid + 2  # (+2: the last admitted call's credit, still unpaid)
     session.close()
 
 

@@ -210,7 +210,8 @@ def test_the_readme_ten_line_example_runs_and_prints_what_the_readme_shows() -> 
     """README's first snippet, run as written in a fresh interpreter, prints exactly the
     output block that follows it (the seed's six lines, on_retry, the final status)."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"^```python\n(.*?)^```\n\n```\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
+    found = re.search(r"^```python\n(.*?)^```\n\n```output\n(.*?)^```", readme,
+                      re.DOTALL | re.MULTILINE)
     assert found is not None, "README lost its ten-line example and its output"
     code, shown = found.groups()
     root = str(Path(__file__).resolve().parent.parent)

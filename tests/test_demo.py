@@ -60,6 +60,8 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
     assert "ResponseSignatureError (signature check) after 1 request, not retried" in out
     assert "wx-FORGED" not in out
     assert "the breaker is closed again" in out
+    assert "state forced_open: refused without touching the network" in out
+    assert "listener saw closed -> forced_open, forced_open -> closed" in out
     table = out.split("Statistics per operation", 1)[1].split("Failed attempts", 1)[0]
     assert max(len(line) for line in table.splitlines()) <= 100
     rows = {line.split()[0]: line.split() for line in table.splitlines()
@@ -68,6 +70,7 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
     assert rows["demo-reset"][1:8] == ["1", "1", "0", "0", "2", "1", "1"]
     assert rows["demo-404"][1:8] == ["1", "0", "1", "0", "1", "1", "0"]
     assert rows["demo-breaker"][4] == "1"  # one call refused by the open breaker
+    assert rows["demo-operator"][1:5] == ["2", "1", "0", "1"]  # one refused while forced
 
 
 def _event(kind: EventKind, attempt: int = 1, **fields: object) -> AttemptEvent:

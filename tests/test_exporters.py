@@ -193,3 +193,82 @@ def test_otel_without_a_span_or_sdk_records_nothing_and_does_not_fail() -> None:
     copy(call_events()[3])
     with pytest.raises(TypeError, match="span_attributes must be a bool"):
         OpenTelemetryHook(span_attributes="yes")  # type: ignore[arg-type]
+
+
+# -- issue 30: gauges of the state that decides whether calls are sent ----------------------
+
+
+def test_prometheus_scrape_has_breaker_state_and_budget_gauges() -> None:
+    """A session with the hook: the scrape shows its breaker's state (1 for the current
+    one) and its budget's tokens for the service it called, as they change."""
+    from requests_smartretry import CircuitBreaker, RetryBudget, smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    registry = prometheus_client.CollectorRegistry()
+    breaker = CircuitBreaker(failure_threshold=2, recovery_timeout=60.0)
+    budget = RetryBudget(ratio=0.1, max_tokens=5.0, min_per_second=0.0)
+    session = smart_session(max_retries=1, backoff_base=0.0, breaker=breaker, budget=budget,
+                            hooks=[PrometheusHook(registry)], log=False)
+    with FaultServer() as server:
+        service = f"http://127.0.0.1:{server.port}"
+
+        def gauge(name: str, **labels: str) -> Any:
+            return registry.get_sample_value(f"requests_smartretry_{name}",
+                                             {"service": service, **labels})
+
+        assert session.get(server.url("/status/200")).status_code == 200
+        assert gauge("breaker_state", state="closed") == 1.0
+        assert gauge("breaker_state", state="open") == 0.0
+        assert gauge("budget_tokens") == pytest.approx(5.0)
+        assert session.get(server.url("/status/503")).status_code == 503  # 2 failures
+        assert gauge("breaker_state", state="open") == 1.0
+        assert gauge("breaker_state", state="closed") == 0.0
+        assert gauge("budget_tokens") == pytest.approx(4.0)  # one retry (deposits: full)
+        breaker.force_open(service)
+        text = prometheus_client.generate_latest(registry).decode()
+        assert (f'requests_smartretry_breaker_state{{service="{service}",'
+                f'state="forced_open"}} 1.0') in text
+        assert f'requests_smartretry_budget_tokens{{service="{service}"}} 4.0' in text
+
+
+def test_gauges_show_the_worst_of_several_breakers() -> None:
+    """Two sessions' breakers on one service: the gauge shows the more open one."""
+    from requests_smartretry import CircuitBreaker, smart_session
+
+    registry = prometheus_client.CollectorRegistry()
+    hook = PrometheusHook(registry)
+    calm, tripped = CircuitBreaker(), CircuitBreaker()
+    smart_session(breaker=calm, hooks=[hook])
+    smart_session(breaker=tripped, hooks=[hook])
+    tripped.force_open("http://svc")
+    for event in call_events():
+        hook(event)
+    assert registry.get_sample_value("requests_smartretry_breaker_state",
+                                     {"service": "http://svc", "state": "forced_open"}) == 1.0
+
+
+def test_opentelemetry_gauges_read_the_breaker_and_budget() -> None:
+    """The observable gauges report the state and the tokens per service."""
+    from requests_smartretry import CircuitBreaker, RetryBudget
+
+    reader = InMemoryMetricReader()
+    hook = OpenTelemetryHook(MeterProvider(metric_readers=[reader]))
+    breaker, budget = CircuitBreaker(), RetryBudget(max_tokens=7.0)
+    hook.watch_state(breaker=breaker, budget=budget)
+    breaker.force_open("http://svc")
+    for event in call_events():
+        hook(event)
+    points: dict[str, dict[tuple[Any, ...], float]] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if not metric.name.endswith((".state", ".tokens")):
+                    continue
+                for point in metric.data.data_points:
+                    points.setdefault(metric.name, {})[
+                        tuple(sorted(point.attributes.items()))] = point.value
+    states = points["requests_smartretry.breaker.state"]
+    assert states[(("service", "http://svc"), ("state", "forced_open"))] == 1
+    assert states[(("service", "http://svc"), ("state", "closed"))] == 0
+    assert points["requests_smartretry.budget.tokens"][(("service", "http://svc"),)] == 7.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -98,6 +100,35 @@ def test_session_close_releases_pooled_connections(server: FaultServer) -> None:
     session.close()
     assert all(getattr(conn, "sock", None) is None for conn in parked)
     assert _live_connections(adapter) == []
+
+
+def _open_at(server: FaultServer, limit: float = 5.0) -> int:
+    """The server's open connections, once they are 0 or ``limit`` seconds passed (the
+    server notices a closed connection when its thread reads the end)."""
+    ends = time.monotonic() + limit
+    while server.open_connections() and time.monotonic() < ends:
+        time.sleep(0.02)
+    return server.open_connections()
+
+
+def test_session_close_closes_the_sockets_of_failed_calls_without_the_gc() -> None:
+    """After calls that ended on a 5xx or 4xx (whose responses and errors hold each other,
+    so only the garbage collector frees them), session.close() still closes every socket
+    at once: the server sees no connection left open, with the collector off."""
+    with FaultServer() as server:
+        session = smart_session(max_retries=1, backoff_base=0.0, log=False)
+        gc.disable()
+        try:
+            for path in ("/status/503", "/status/404"):
+                session.get(server.url(path))
+            session.post(server.url("/status/500"))
+            assert server.open_connections() >= 1
+            session.close()
+            assert _open_at(server) == 0
+        finally:
+            gc.enable()
+        assert session.get(server.url("/ok")).status_code == 200  # still usable
+        session.close()
 
 
 def test_closing_twice_is_harmless() -> None:

@@ -87,7 +87,7 @@ def test_retry_after_refusal_names_the_cap_in_force(log_lines: LineCollector) ->
 @pytest.mark.parametrize(("lang", "expected"), [
     ("en", "[API retry] 生成艺术照 - request may have reached the server and the call is not "
            "idempotent; not retrying"),
-    ("zh", "[API重试] 生成艺术照 - 请求可能已送达服务器且 该调用 非幂等, 不重试"),
+    ("zh", "[API重试] 生成艺术照 - 请求可能已送达服务器且该调用非幂等, 不重试"),
 ])
 def test_unsafe_give_up_without_a_method_reads_whole(
     log_lines: LineCollector, lang: str, expected: str
@@ -96,3 +96,12 @@ def test_unsafe_give_up_without_a_method_reads_whole(
     LoggingHook(lang=lang)(event(EventKind.GIVE_UP, verdict=Verdict.NETWORK,
                                  reason="ECONNRESET", give_up_reason="unsafe"))
     assert expected in log_lines.lines
+
+
+def test_unsafe_give_up_with_a_method_spaces_only_the_latin_name(
+    log_lines: LineCollector,
+) -> None:
+    """zh: "且 POST 非幂等" (a Latin word set off by spaces), never "且 该调用 非幂等"."""
+    LoggingHook(lang="zh")(event(EventKind.GIVE_UP, verdict=Verdict.NETWORK, method="POST",
+                                 reason="ECONNRESET", give_up_reason="unsafe"))
+    assert "[API重试] 生成艺术照 - 请求可能已送达服务器且 POST 非幂等, 不重试" in log_lines.lines

@@ -32,6 +32,9 @@ ANSWER = b"r" * 100  # the response body: long enough to be cut in the middle
 CERT = Path(__file__).parent / "fakes" / "localhost-cert.pem"
 KEY = Path(__file__).parent / "fakes" / "localhost-key.pem"
 TIMEOUT = (0.1, 3.0)  # connect (a stalled handshake waits this long), read
+# The other cells complete their handshake, which on a loaded 2-core machine can take
+# longer than 0.1 s: a generous connect bound, so that it is not mistaken for the fault.
+HANDSHAKE_TIMEOUT = (5.0, 3.0)
 
 # ECONNREFUSED too: after an ICMP "port unreachable" on an established connection the
 # kernel reports it when the retransmissions time out (the connect was long done).
@@ -113,19 +116,20 @@ def _body(kind: str) -> Any:
     return (PAYLOAD[i:i + 16] for i in range(0, len(PAYLOAD), 16))
 
 
-def _call(entry: str, method: str, url: str, body: Any) -> requests.Response:
+def _call(entry: str, method: str, url: str, body: Any,
+          timeout: tuple[float, float] = TIMEOUT) -> requests.Response:
     verb = "GET" if method == "GET" else "POST"
     headers = {"Idempotency-Key": "k-1"} if method == "POST+key" else {}
     verify = str(CERT)
     if entry == "callable_plain":
         plain = requests.Session()
         return execute_with_smart_retry(
-            lambda: plain.request(verb, url, data=body, headers=headers, timeout=TIMEOUT,
+            lambda: plain.request(verb, url, data=body, headers=headers, timeout=timeout,
                                   verify=verify),
             idempotent=False, max_retries=1, timeout=10.0)
     session = smart_session(max_retries=1, timeout=10.0)
     send: Callable[[], requests.Response] = lambda: session.request(  # noqa: E731
-        verb, url, data=body, headers=headers, timeout=TIMEOUT, verify=verify)
+        verb, url, data=body, headers=headers, timeout=timeout, verify=verify)
     if entry == "adapter":
         return send()
     if entry == "wrapped":
@@ -149,8 +153,9 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
         plan = sockfaults.Plan(phase, code, refused_port=unused_port())
     sockfaults.arm(plan)
     try:
-        response: Optional[requests.Response] = _call(entry, method, server.url(route),
-                                                      _body(body_kind))
+        response: Optional[requests.Response] = _call(
+            entry, method, server.url(route), _body(body_kind),
+            TIMEOUT if phase == "tls_stall" else HANDSHAKE_TIMEOUT)
         error: Optional[BaseException] = None
     except (requests.RequestException, OSError) as exc:
         response, error = None, exc

@@ -447,17 +447,22 @@ def test_notification_configuration_errors_are_named(platform: RSAPrivateKey) ->
                            api_v3_key=API_V3_KEY)
 
 
-def test_readme_flask_handler(platform: RSAPrivateKey, intruder: RSAPrivateKey) -> None:
-    """The README's Flask notify_url handler, run as written: 204 for a genuine payment
+def test_readme_flask_handler(platform: RSAPrivateKey, intruder: RSAPrivateKey,
+                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/presets.md's Flask notify_url handler, run as written (its key from the
+    environment, the platform key from pub_key.pem): 204 for a genuine payment
     notification (recorded), 400 FAIL for a forged one (not recorded)."""
     pytest.importorskip("flask")
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    code = readme.split("```python\nfrom flask import", 1)[1].split("```", 1)[0]
-    paid: list[dict[str, Any]] = []
-    namespace: dict[str, Any] = {
-        "__name__": "readme_notify", "PUB_KEY_PEM": public_pem(platform),
-        "PUB_KEY_ID": PUBLIC_KEY_ID, "API_V3_KEY": API_V3_KEY, "mark_paid": paid.append}
-    exec("from flask import" + code, namespace)  # the README's own snippet, as written
+    page = Path(__file__).resolve().parent.parent / "docs" / "presets.md"
+    code = next(block for block in page.read_text(encoding="utf-8").split("```python\n")[1:]
+                if "from flask import Flask" in block).split("```", 1)[0]
+    monkeypatch.setenv("WECHATPAY_APIV3_KEY", API_V3_KEY)
+    monkeypatch.setenv("WECHATPAY_PUBLIC_KEY_ID", PUBLIC_KEY_ID)
+    (tmp_path / "pub_key.pem").write_text(public_pem(platform))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {"__name__": "readme_notify"}
+    exec(code, namespace)  # the page's own snippet, as written
+    paid = namespace["paid_orders"]
     client = namespace["app"].test_client()
     body = notification(PAID, API_V3_KEY)
     genuine = client.post("/wechatpay/notify", data=body,

@@ -344,3 +344,92 @@ def test_a_secret_inside_another_parameter_is_redacted(
     assert events and not [e.url for e in events if "ENCSECRET15" in e.url]
     assert retried and "ENCSECRET15" not in _chain_text(retried[0])
     assert capture.lines and not [line for line in capture.lines if "ENCSECRET15" in line]
+
+
+def test_smart_client_cleans_httpx_own_info_line(
+    server: FaultServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx logs every request's URL at INFO; ``smart_client()`` puts a RedactingFilter on
+    that logger (``redact_logs=False`` leaves it alone, and the token shows)."""
+    from requests_smartretry.httpx import smart_client
+
+    pytest.importorskip("httpx")
+    httpx_logger = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_logger, "filters", [])
+    url = server.url("/ok?access_token=SECRET-TOKEN-30")
+
+    def httpx_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "httpx"]
+
+    with caplog.at_level(logging.INFO):
+        with smart_client(redact_logs=False) as client:
+            client.get(url)
+        assert any("SECRET-TOKEN-30" in line for line in httpx_lines())  # the leak
+        caplog.clear()
+        with smart_client() as client:
+            client.get(url)
+        lines = httpx_lines()
+        assert lines and not any("SECRET-TOKEN-30" in line for line in lines), lines
+        assert any("access_token=" in line for line in lines)
+    smart_client().close()
+    assert len(httpx_logger.filters) == 1  # installed once
+    with pytest.raises(TypeError, match="redact_logs must be True or False"):
+        smart_client(redact_logs="yes")
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://h/p;jsessionid=GAP1", "https://h/p;jsessionid=[REDACTED]"),
+    ("//alice:GAP2@h/x", "//[REDACTED]@h/x"),
+    ("https://h/cb?code=GAP3&state=ok", "https://h/cb?code=[REDACTED]&state=ok"),
+    ("https://h/p;sid=GAP4?q=1", "https://h/p;sid=[REDACTED]?q=1"),
+    ("https://h/a/access_token=GAP5/b", "https://h/a/access_token=[REDACTED]/b"),
+    ("https://h/p?zipcode=1&status_code=2&sidebar=3", "https://h/p?zipcode=1&status_code=2&sidebar=3"),
+])
+def test_redact_url_covers_session_ids_oauth_codes_and_parameter_shaped_segments(
+    url: str, expected: str
+) -> None:
+    """``;jsessionid=``, scheme-relative ``//user:pw@``, OAuth's ``?code=``, ``;sid=`` and a
+    path segment ``/access_token=…`` are redacted, the rest of the URL kept as it was; a
+    name that only contains "code" or "sid" (``zipcode``, ``sidebar``) is no secret."""
+    assert redact_url(url) == expected
+    assert "GAP" not in redact_text(f"request to {url} failed")
+
+
+def test_a_vendor_error_code_in_text_is_not_a_secret() -> None:
+    """``code`` is a credential only as a URL parameter: a vendor's ``"code"`` in a JSON
+    body or a message stays readable."""
+    text = '{"code": "SYSTEM_ERROR", "message": "busy"} code=SYSTEM_ERROR'
+    assert redact_text(text) == text
+    assert redact_text("GET /cb?state=1&code=GAP6 HTTP/1.1") == \
+        f"GET /cb?state=1&code={REDACTED} HTTP/1.1"
+
+
+@pytest.mark.parametrize("path", [
+    "/status/503;jsessionid=GAPSECRET17", "/status/503?code=GAPSECRET17",
+    "/status/503;sid=GAPSECRET17", "/access_token=GAPSECRET17/status/503",
+])
+def test_session_ids_oauth_codes_and_parameter_segments_never_leave(
+    server: FaultServer, capture: _Capture, path: str
+) -> None:
+    """Against a live server and a refused port, the secret in ``path`` never reaches
+    ``AttemptEvent.url``, the log, the exception raised or handed to ``on_retry``, or a
+    statistics key (the default operation name)."""
+    events: list[AttemptEvent] = []
+    retried: list[BaseException] = []
+    session = smart_session(max_retries=1, backoff_base=0.0, backoff_max=0.01,
+                            hooks=[events.append],
+                            on_retry=lambda attempt, error: retried.append(error))
+    raised: list[str] = [repr(session.get(server.url(path)).retry_history)]
+    with pytest.raises(requests.ConnectionError) as info:
+        session.get(f"http://127.0.0.1:{unused_port()}{path}")
+    raised.append(_chain_text(info.value))
+    assert events and retried
+    channels = {
+        "events": [repr(e) for e in events],
+        "log": capture.lines,
+        "raised": raised,
+        "on_retry": [_chain_text(error) for error in retried],
+        "stats": list(session.get_adapter("http://").stats.snapshot()),  # type: ignore[attr-defined]
+    }
+    assert {name: [line[:200] for line in lines if "GAPSECRET17" in line]
+            for name, lines in channels.items()} == {name: [] for name in channels}

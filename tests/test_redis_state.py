@@ -31,7 +31,14 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer, unused_port
 from requests_smartretry.redis_state import RedisStateStore
-from requests_smartretry.state import BreakerSettings, BudgetSettings
+from requests_smartretry.state import (
+    CLOSED,
+    FORCED_CLOSED,
+    FORCED_OPEN,
+    STATE_NAMES,
+    BreakerSettings,
+    BudgetSettings,
+)
 from tests.redis_server import (
     SHARING_BUDGET,
     GarbageRedis,
@@ -43,6 +50,7 @@ from tests.redis_server import (
     healing_call,
     in_processes,
     random_events,
+    retried_storm,
     shared_store,
 )
 
@@ -105,7 +113,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
         if choice < 0.3:
             a = memory.breaker_admit("k", settings, now)
             b = shared.breaker_admit("k", settings, now)
-            assert (a.allowed, a.ticket) == (b.allowed, b.ticket), step
+            assert (a.allowed, a.ticket, a.state) == (b.allowed, b.ticket, b.state), step
             assert a.retry_in == pytest.approx(b.retry_in), step
             if a.allowed:
                 tickets.append(a.ticket)
@@ -132,6 +140,11 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
             applied_r, tokens_r = shared.budget_change("k", budget, now, deposit, spend)
             assert applied_m == applied_r, step
             assert tokens_m == pytest.approx(tokens_r), step
+        elif choice < 0.91:  # an operator's hand (issue 30), mostly a reset
+            target = rng.choice([CLOSED, CLOSED, CLOSED, FORCED_OPEN, FORCED_CLOSED])
+            before = memory.breaker_set("k", settings, now, target)
+            assert before == shared.breaker_set("k", settings, now, target), step
+            states.append(STATE_NAMES[target])
         else:
             now += rng.choice([0.001, 0.5, 3.0, 11.0])
     assert shared.shared
@@ -139,6 +152,7 @@ def test_lua_scripts_agree_with_the_in_process_algorithms(
     changes = [(a, b) for a, b in zip(states, states[1:]) if a != b]
     for transition in [("closed", "open"), ("half_open", "closed"), ("half_open", "open")]:
         assert changes.count(transition) >= 2, (transition, changes)
+    assert {"forced_open", "forced_closed"} <= {new for _, new in changes}
 
 
 def test_keys_are_namespaced_and_expire(redis_url: str, prefix: str) -> None:
@@ -307,7 +321,9 @@ def test_budget_across_four_processes_bounds_the_fleet(
     redis_url: str, fault: FaultServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With one budget shared by 4 processes in an outage, the server sees at most
-    ``calls * (1 + ratio) + max_tokens`` attempts, whatever the process count."""
+    ``calls * (1 + ratio) + max_tokens`` attempts, whatever the process count, plus the
+    debt the last calls leave: a call admitted to retrying runs its 3 retries and pays
+    the last 2 at its end, so 4 callers admitted at once may end 8 tokens below zero."""
     calls, ratio, max_tokens = 100, 0.1, 10.0
     in_processes(budgeted_calls,
                  [(redis_url, fault.url("/status/503"), calls, ratio, max_tokens)] * 4)
@@ -315,8 +331,8 @@ def test_budget_across_four_processes_bounds_the_fleet(
     with capsys.disabled():
         print(f"\n[redis budget] 4 processes x {calls} calls, max_retries=3, outage: "
               f"attempts/call {fault.hits() / total_calls:.3f} "
-              f"(bound {1 + ratio + max_tokens / total_calls:.3f})")
-    assert total_calls < fault.hits() <= total_calls * (1 + ratio) + max_tokens
+              f"(bound {1 + ratio + (max_tokens + 8) / total_calls:.3f})")
+    assert total_calls < fault.hits() <= total_calls * (1 + ratio) + max_tokens + 8
     # Per-process budgets would have allowed up to 4 * max_tokens of the initial burst.
     balance = float(client(redis_url).hget(
         f"smartretry:budget:{{http://127.0.0.1:{fault.port}}}", "tok"))
@@ -528,9 +544,7 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
 ) -> None:
     """A breaker opened by another process refuses this process's calls within 100 ms
     (its announcement invalidates our local view), without reaching the server."""
-    import multiprocessing
-
-    from tests.redis_server import open_breaker_then_report
+    from tests.redis_server import open_breaker_then_report, seconds_until_seen
 
     service = f"http://127.0.0.1:{fault.port}"
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
@@ -538,28 +552,9 @@ def test_breaker_opened_in_another_process_refuses_here_within_100ms(
     session = smart_session(max_retries=0, breaker=CircuitBreaker(recovery_timeout=60.0),
                             budget=None, state=store, log=False)
     assert session.get(fault.url("/ok")).status_code == 200
-    context = multiprocessing.get_context("forkserver")
-    ready, go, results = context.Event(), context.Event(), context.Queue()
-    worker = context.Process(target=open_breaker_then_report,
-                             args=(redis_url, service, ready, go, results))
-    worker.start()
-    try:
-        assert ready.wait(30)
-        time.sleep(0.2)  # our view is past any poll interval: only a notification helps
-        go.set()
-        refused_at = None
-        deadline = time.monotonic() + 5.0
-        while refused_at is None and time.monotonic() < deadline:
-            try:
-                session.get(fault.url("/ok"))
-            except CircuitOpenError:
-                refused_at = time.time()
-            time.sleep(0.002)
-        opened_at = results.get(timeout=30)
-    finally:
-        worker.join(10)
-    assert refused_at is not None
-    assert refused_at - opened_at <= 0.1
+    lag = seconds_until_seen(open_breaker_then_report, (redis_url, service), session,
+                             fault.url("/ok"), refused=True)
+    assert lag <= 0.1
     client(redis_url).delete(f"smartretry:breaker:{{{service}}}")
 
 
@@ -1039,3 +1034,36 @@ def test_a_storm_of_double_failures_loses_no_call_to_the_budget(
     assert statuses.count(200) == 300
     if state is not None:
         assert state.shared
+
+
+def test_four_processes_of_calls_needing_two_retries_lose_none_to_the_shared_budget(
+    redis_url: str, prefix: str, fault: FaultServer
+) -> None:
+    """4 processes x 4 threads sharing the default budget through Redis, 5 calls each,
+    every call failing twice then succeeding (20 ms before each retry): all 80 end 200.
+    Paying every retry at once, 16 callers held up to 32 tokens of 20 and lost calls."""
+    base = f"http://127.0.0.1:{fault.port}"
+    results = in_processes(retried_storm,
+                           [(redis_url, prefix, base, 4, 5, "503,503,ok")] * 4)
+    codes = [code for codes in results for code in codes]
+    assert codes == [200] * 80
+    assert fault.hits() == 240
+
+
+def test_a_shared_debt_is_not_paid_from_this_process_s_unsent_deposits(
+    redis_url: str, prefix: str
+) -> None:
+    """Deposits this process has not sent yet pay a retry without a round trip only when
+    the shared balance covers it too: a service in debt (a failed call's retries charged
+    at its end) refuses the next call until the deposits pay the debt back."""
+    store = shared_store(redis_url, prefix=prefix, sync_interval=3600.0)
+    budget = RetryBudget(0.5, max_tokens=1, min_per_second=0, store=store)
+    assert budget.allow_retry(SVC)
+    budget(AttemptEvent(kind=EventKind.GIVE_UP, operation="op", service=SVC, attempt=4,
+                        max_attempts=4, call_id=1))  # 1 - 1 - 2 retries: 2 in debt
+    for _ in range(2):  # one whole token, gathered locally, not sent
+        budget(AttemptEvent(kind=EventKind.START, operation="op", service=SVC, attempt=1,
+                            max_attempts=4, call_id=2))
+    assert not budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(-1.0)
+    assert store.shared

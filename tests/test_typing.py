@@ -1,4 +1,4 @@
-"""The types a user's mypy sees: every README snippet and the typed keywords pass
+"""The types a user's mypy sees: every README and docs/ snippet and the typed keywords pass
 ``mypy --strict``; the shared options TypedDict names every policy field."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ SNIPPET = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
 def readme_snippets() -> list[str]:
-    return SNIPPET.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [code for page in pages for code in SNIPPET.findall(page.read_text(encoding="utf-8"))]
 
 
 def snippets_module() -> str:
@@ -43,7 +44,9 @@ def test_readme_snippets_and_typed_keywords_pass_mypy_strict(tmp_path: Path, pyt
     module = tmp_path / "readme_snippets.py"
     module.write_text(snippets_module(), encoding="utf-8")
     result = subprocess.run(
+        # (the vendors' SDKs in the presets page ship no types: not ours to check)
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+         "--disable-error-code=import-untyped",
          "--python-version", python, "--no-error-summary", "tests/typing_check.py",
          str(module)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

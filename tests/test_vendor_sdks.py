@@ -62,14 +62,33 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             raise socket.gaierror(socket.EAI_NONAME, "non-loopback host refused by the test")
         return real_getaddrinfo(host, *args, **kwargs)
 
-    def connect(sock: socket.socket, address: Any) -> Any:
+    def check(sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not loopback(address[0]):
             refused.append(f"connect {address[0]}")
             raise ConnectionRefusedError(111, "non-loopback host refused by the test")
+
+    def connect(sock: socket.socket, address: Any) -> Any:
+        check(sock, address)
         return real_connect(sock, address)
 
+    def connect_ex(sock: socket.socket, address: Any) -> Any:
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    def by_name(real: Any) -> Any:
+        def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if not loopback(host):
+                refused.append(f"lookup {host}")
+                raise socket.gaierror(socket.EAI_NONAME, "non-loopback host refused by the test")
+            return real(host, *args, **kwargs)
+        return lookup
+
+    real_connect_ex = socket.socket.connect_ex
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "gethostbyname", by_name(socket.gethostbyname))
+    monkeypatch.setattr(socket, "gethostbyname_ex", by_name(socket.gethostbyname_ex))
     monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
     yield refused
     assert refused == [], f"traffic to non-loopback hosts: {refused}"
 
@@ -278,15 +297,19 @@ def pay_fake(merchant_key: rsa.RSAPrivateKey,
         yield fake
 
 
-def _wechatpay(merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey) -> Any:
+def _wechatpay(merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey | None,
+               cert_dir: Any = None) -> Any:
+    """A WeChatPay object: in public-key mode with ``platform_key``, else in certificate
+    mode with the certificates in ``cert_dir`` (so that building it downloads nothing)."""
     pem = merchant_key.private_bytes(serialization.Encoding.PEM,
                                      serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()).decode()
+    keys: dict[str, Any] = {"cert_dir": str(cert_dir)} if platform_key is None else {
+        "public_key": public_pem(platform_key), "public_key_id": PUBLIC_KEY_ID}
     return wechatpayv3.WeChatPay(
         wechatpay_type=wechatpayv3.WeChatPayType.JSAPI, mchid=MCHID, private_key=pem,
         cert_serial_no=SERIAL, appid="wxd678efh567hg6787", apiv3_key="a" * 32,
-        notify_url="https://merchant.example/notify", public_key=public_pem(platform_key),
-        public_key_id=PUBLIC_KEY_ID)
+        notify_url="https://merchant.example/notify", **keys)
 
 
 def _order(pay: Any, number: str = "ORDER-SDK-1") -> tuple[int, Any]:
@@ -371,3 +394,125 @@ def test_wechatpay_sdk_integration_is_per_instance(
     assert isinstance(mounted._core, core_module.Core)
     with pytest.raises(TypeError, match="WeChatPay"):
         mount_on_wechatpay(object())
+
+
+def test_wechatpay_sdk_endpoint_defaults_to_the_sdk_gateway(
+        merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey,
+        pay_fake: FakeWechatPay) -> None:
+    """A WeChatPay object configured for another gateway (a sandbox, a mock) is mounted on
+    that gateway, not on production: its orders reach it, and when it is down nothing
+    fails over to a production host (the loopback guard would refuse and record it)."""
+    pay = _wechatpay(merchant_key, platform_key)
+    pay._core._gate_way = pay_fake.endpoint
+    mount_on_wechatpay(pay, **FAST)
+    assert _order(pay)[0] == 200 and pay_fake.hits() == 1
+    down = _wechatpay(merchant_key, platform_key)
+    down._core._gate_way = f"http://127.0.0.1:{unused_port()}"
+    mount_on_wechatpay(down, **FAST)
+    with pytest.raises(requests.ConnectionError):
+        _order(down, "ORDER-SDK-2")
+    assert pay_fake.hits() == 1
+
+
+def test_wechatpay_sdk_follows_a_platform_certificate_rotation(
+        merchant_key: rsa.RSAPrivateKey, tmp_path: Any) -> None:
+    """Certificate mode: once WeChat Pay signs with a new platform certificate, the first
+    answer naming it makes the SDK download the certificates (through the preset, unverified
+    as the SDK asks), and the answer verifies with the new one; an unknown serial is still
+    refused after a download."""
+    from tests.fakes.wechatpay import new_key, platform_certificate
+
+    old_key, new = new_key(), new_key()
+    old_pem, new_pem = platform_certificate(old_key, 0x1111), platform_certificate(new, 0x2222)
+    with FakeWechatPay(merchant_key.public_key(), MCHID, platform_key=old_key,
+                       platform_serial="1111") as fake:
+        (tmp_path / "platform.pem").write_text(old_pem)
+        pay = _wechatpay(merchant_key, None, cert_dir=tmp_path)
+        mount_on_wechatpay(pay, endpoint=fake.endpoint, **FAST)
+        assert _order(pay)[0] == 200 and fake.hits() == 1
+        fake.platform_key, fake.platform_serial = new, "2222"  # the rotation
+        fake.certificates = [old_pem, new_pem]
+        code, message = _order(pay, "ORDER-SDK-2")
+        assert code == 200 and json.loads(message)["prepay_id"].startswith("wx-prepay-")
+        assert [r.path for r in fake.server.received()][1:] == [
+            JSAPI, "/v3/certificates"]  # the order, then the download its answer caused
+        assert {c.serial_number for c in pay._core._certificates} == {0x1111, 0x2222}
+        assert _order(pay, "ORDER-SDK-3")[0] == 200 and fake.hits() == 4  # no new download
+        fake.forge("unknown_serial")
+        with pytest.raises(ResponseSignatureError) as refused:
+            _order(pay, "ORDER-SDK-4")
+        assert refused.value.check == "serial"
+
+
+def test_wechatpay_sdk_session_close_closes_its_sockets(
+        merchant_key: rsa.RSAPrivateKey, platform_key: rsa.RSAPrivateKey,
+        pay_fake: FakeWechatPay) -> None:
+    """After a business error, a forged answer and a failover, sdk_session(pay).close()
+    closes every connection at once: the fake sees none left open, with the garbage
+    collector off (the failed calls' responses and errors hold each other)."""
+    import gc
+
+    from requests_smartretry.presets.wechatpay import sdk_session
+
+    primary = FakeWechatPay(merchant_key.public_key(), MCHID, platform_key=platform_key)
+    with primary:
+        pay = mount_on_wechatpay(_wechatpay(merchant_key, platform_key),
+                                 endpoint=primary.endpoint, backup_endpoint=pay_fake.endpoint,
+                                 **FAST)
+        gc.disable()
+        try:
+            primary.script(JSAPI, (500, pay_error("OPENID_MISMATCH")), "reset")
+            assert _order(pay)[0] == 500
+            assert _order(pay, "ORDER-SDK-2")[0] == 200  # reset: failed over to the backup
+            pay_fake.forge("tampered")
+            primary.forge("tampered")
+            with pytest.raises(ResponseSignatureError):
+                _order(pay, "ORDER-SDK-3")
+            assert primary.server.open_connections() + pay_fake.server.open_connections() >= 1
+            sdk_session(pay).close()
+            ends = time.monotonic() + 5.0
+            while (primary.server.open_connections() or pay_fake.server.open_connections()) \
+                    and time.monotonic() < ends:
+                time.sleep(0.02)
+            assert primary.server.open_connections() == 0
+            assert pay_fake.server.open_connections() == 0
+        finally:
+            gc.enable()
+    with pytest.raises(TypeError, match="mount_on_wechatpay"):
+        sdk_session(_wechatpay(merchant_key, platform_key))
+
+
+def test_volcengine_sdk_mount_survives_reinit_and_set_host(
+        visual: Any, visual_fake: FakeVisual) -> None:
+    """VisualService() called again (the singleton re-runs __init__: new session, keys and
+    host reset) and then pointed at another host with set_host: the adapter still serves
+    it, and a 50429 there is retried once."""
+    mount_on_sdk_service(visual, photo_adapter(AK, SK, **FAST))
+    with FakeVisual(AK, SK) as moved:
+        again = volcengine_visual.VisualService()
+        assert again is visual
+        _point(again, moved)
+        moved.script("CVProcess", (429, visual_error(50429)))
+        assert again.cv_process({"req_key": "x"})["code"] == 10000
+        assert moved.hits() == 2 and visual_fake.hits() == 0
+        assert stats_of(again.session).snapshot()["生成艺术照"]["retries"] == 1
+
+
+@pytest.mark.parametrize(("endpoint_form", "base_url_form"), [
+    ("{e}", "{e}/"), ("{e}/", "{e}"), ("{e}/", "{e}/"), ("{o}", "{e}"), ("{o}", "{e}/"),
+])
+def test_ark_sdk_base_url_variants_get_the_policy(endpoint_form: str,
+                                                  base_url_form: str) -> None:
+    """video_client's endpoint and Ark's base_url spelled differently (a trailing slash,
+    the origin alone for the endpoint, /api/v3 for the SDK): one origin, so a 429 is still
+    retried once (two executions)."""
+    with FakeArk(api_key=API_KEY) as fake:
+        origin = fake.endpoint.split("/api")[0]
+        endpoint = endpoint_form.format(e=fake.endpoint, o=origin)
+        client = httpx_module.video_client(api_key=API_KEY, endpoint=endpoint,
+                                           backoff_base=0.01)
+        sdk = ark.Ark(api_key=API_KEY, base_url=base_url_form.format(e=fake.endpoint),
+                      http_client=client, max_retries=0)
+        fake.script("create", (429, ark_error("RateLimitExceeded.EndpointRPMExceeded")))
+        task = sdk.content_generation.tasks.create(model="m", content=_CONTENT)
+        assert task.id in fake.tasks and fake.hits() == 2

@@ -1,4 +1,5 @@
-"""OpenTelemetry exporter: metrics through ``opentelemetry-api``, and the
+"""OpenTelemetry exporter: metrics through ``opentelemetry-api`` (counters, a histogram, and
+observable gauges of the breaker's state and the budget's tokens), and the
 ``http.request.resend_count`` attribute on the current span for retried attempts.
 
 Needs the ``otel`` extra (``pip install requests-smartretry[otel]``) and, to export
@@ -7,6 +8,7 @@ anything, an SDK (``opentelemetry-sdk``) configured by the application.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Optional
 
 try:
@@ -18,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..events import AttemptEvent, EventKind
+from ._gauges import BREAKER_STATES, GAUGES, Gauge, Watched
 
 __all__ = ["RESEND_COUNT", "OpenTelemetryHook"]
 
@@ -39,7 +42,11 @@ class OpenTelemetryHook:
     Instruments (meter ``requests_smartretry``): counters ``requests_smartretry.calls``
     {operation}, ``.attempts`` {operation, verdict}, ``.retries`` {operation, verdict},
     ``.give_ups`` {operation, reason}, ``.rejections`` {operation}, and the histogram
-    ``requests_smartretry.attempt.duration`` (seconds) {operation, verdict}.  When attempt
+    ``requests_smartretry.attempt.duration`` (seconds) {operation, verdict}; observable
+    gauges, per service the hook's calls went to: ``requests_smartretry.breaker.state``
+    {service, state} (1 for the current state, 0 for the others) and
+    ``requests_smartretry.budget.tokens`` {service}, from the breaker and budget of every
+    session the hook is installed on (or given to :meth:`watch_state`).  When attempt
     n > 1 starts inside a recording span (an instrumented ``requests`` call, or the
     caller's own), the span gets ``http.request.resend_count = n - 1``.
     """
@@ -71,9 +78,35 @@ class OpenTelemetryHook:
             description="Attempts the circuit breaker refused.")
         self._duration = meter.create_histogram(
             f"{_SCOPE}.attempt.duration", unit="s", description="Seconds per attempt.")
+        self._watched = Watched()
+        for gauge in GAUGES:
+            meter.create_observable_gauge(
+                f"{_SCOPE}.{gauge.name.replace('_', '.', 1)}", callbacks=[self._observer(gauge)],
+                unit=gauge.unit, description=gauge.description)
 
     def __repr__(self) -> str:
         return f"OpenTelemetryHook(span_attributes={self.span_attributes!r})"
+
+    def _observer(self, gauge: Gauge) -> Any:
+        def observe(options: Any) -> Iterable[metrics.Observation]:
+            for service, value in self._watched.readings(gauge):
+                if gauge.name == "breaker_state":
+                    for state in BREAKER_STATES:
+                        yield metrics.Observation(1 if state == value else 0,
+                                                  {"service": service, "state": state})
+                else:
+                    yield metrics.Observation(value, {"service": service})
+        return observe
+
+    def installed(self, *, breaker: Any = None, budget: Any = None, **settings: Any) -> None:
+        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
+        installed on: its breaker and budget join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget)
+
+    def watch_state(self, *, breaker: Any = None, budget: Any = None) -> None:
+        """Report the gauges of this breaker and budget too (for one the hook does not see
+        installed)."""
+        self._watched.watch(breaker=breaker, budget=budget)
 
     def __call__(self, event: AttemptEvent) -> None:
         """Record one event."""
@@ -82,6 +115,7 @@ class OpenTelemetryHook:
         if kind is EventKind.START:
             if event.attempt == 1:
                 self._calls.add(1, operation)
+                self._watched.saw(event.service)
             elif self.span_attributes:
                 span = trace.get_current_span()
                 if span.is_recording():
@@ -99,6 +133,7 @@ class OpenTelemetryHook:
             self._rejections.add(1, operation)
             if event.attempt == 1:  # refused before its first attempt: still a call
                 self._calls.add(1, operation)
+                self._watched.saw(event.service)
 
     def __getstate__(self) -> dict[str, Any]:
         # Instruments belong to a provider of this process; re-bind to the global one.

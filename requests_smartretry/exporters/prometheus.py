@@ -1,4 +1,5 @@
-"""Prometheus exporter: counters and a latency histogram fed by the attempt-event stream.
+"""Prometheus exporter: counters and a latency histogram fed by the attempt-event stream,
+and gauges of the breaker's state and the budget's tokens read at each scrape.
 
 Needs the ``prometheus`` extra (``pip install requests-smartretry[prometheus]``).
 """
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any, Optional
 
 try:
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.core import GaugeMetricFamily
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "requests_smartretry.exporters.prometheus needs prometheus-client: "
@@ -19,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..events import AttemptEvent, EventKind
+from ._gauges import BREAKER_STATES, GAUGES, Watched
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusHook"]
 
@@ -50,6 +54,37 @@ class _Metrics:
             f"{namespace}_attempt_duration_seconds", "Seconds per attempt, by verdict.",
             ["operation", "verdict"], registry=registry, buckets=buckets)
         self.buckets = buckets
+        self.watched = Watched()
+        registry.register(_GaugeCollector(namespace, self.watched))
+
+
+class _GaugeCollector:
+    """The gauges, read from the watched breakers and budgets when scraped."""
+
+    def __init__(self, namespace: str, watched: Watched) -> None:
+        self.namespace = namespace
+        self.watched = watched
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        for gauge in GAUGES:  # the names only: registering reads no store
+            yield GaugeMetricFamily(f"{self.namespace}_{gauge.name}", gauge.description,
+                                    labels=_labels(gauge.name))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for gauge in GAUGES:
+            family = GaugeMetricFamily(f"{self.namespace}_{gauge.name}", gauge.description,
+                                       labels=_labels(gauge.name))
+            for service, value in self.watched.readings(gauge):
+                if gauge.name == "breaker_state":
+                    for state in BREAKER_STATES:
+                        family.add_metric([service, state], 1.0 if state == value else 0.0)
+                else:
+                    family.add_metric([service], float(value))
+            yield family
+
+
+def _labels(name: str) -> list[str]:
+    return ["service", "state"] if name == "breaker_state" else ["service"]
 
 
 # One set of metric families per (registry, namespace): registering a name twice in a
@@ -89,10 +124,14 @@ class PrometheusHook:
     {operation}, ``*_attempts_total`` {operation, verdict}, ``*_retries_total``
     {operation, verdict}, ``*_give_ups_total`` {operation, reason},
     ``*_rejections_total`` {operation} and the histogram
-    ``*_attempt_duration_seconds`` {operation, verdict}.  Hooks on the same registry and
-    namespace share the series.  Operation names become label values: name operations
-    (``operation_name=`` or a preset) rather than letting ``METHOD host/path`` with ids in
-    the path create a series per id.
+    ``*_attempt_duration_seconds`` {operation, verdict}; gauges read at each scrape, per
+    service the hook's calls went to: ``*_breaker_state`` {service, state} (1 for the
+    current state of ``closed``, ``open``, ``half_open``, ``forced_open``,
+    ``forced_closed``, 0 for the others) and ``*_budget_tokens`` {service}, from the
+    breaker and budget of every session the hook is installed on (or given to
+    :meth:`watch_state`).  Hooks on the same registry and namespace share the series.
+    Operation names become label values: name operations (``operation_name=`` or a preset)
+    rather than letting ``METHOD host/path`` with ids in the path create a series per id.
     """
 
     def __init__(
@@ -119,6 +158,16 @@ class PrometheusHook:
     def __repr__(self) -> str:
         return f"PrometheusHook(namespace={self.namespace!r})"
 
+    def installed(self, *, breaker: Any = None, budget: Any = None, **settings: Any) -> None:
+        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
+        installed on: its breaker and budget join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget)
+
+    def watch_state(self, *, breaker: Any = None, budget: Any = None) -> None:
+        """Report the gauges of this breaker and budget too (for one the hook does not see
+        installed)."""
+        self._metrics.watched.watch(breaker=breaker, budget=budget)
+
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event."""
         kind = event.kind
@@ -127,6 +176,7 @@ class PrometheusHook:
         if kind is EventKind.START:
             if event.attempt == 1:
                 metrics.calls.labels(operation).inc()
+                metrics.watched.saw(event.service)
         elif kind is EventKind.SUCCESS or kind is EventKind.FAILURE:
             verdict = event.verdict.value if event.verdict is not None else "unknown"
             metrics.attempts.labels(operation, verdict).inc()
@@ -141,6 +191,7 @@ class PrometheusHook:
             metrics.rejections.labels(operation).inc()
             if event.attempt == 1:  # refused before its first attempt: still a call
                 metrics.calls.labels(operation).inc()
+                metrics.watched.saw(event.service)
 
     def __getstate__(self) -> dict[str, Any]:
         # Metric objects hold locks; a pickled hook re-binds to the (default) registry.

@@ -278,7 +278,7 @@ def wait_for_task(
     (``stats_of(video)``) under ``operation_name`` (default ``视频任务状态查询``).
 
     A waiter holds no state but its call: after a crash, any worker resumes the wait
-    with the same ``task_id`` (the task id is the state; see the README).
+    with the same ``task_id`` (the task id is the state; see docs/waiting.md).
 
     With an ``httpx.AsyncClient`` (``video_async_client()``, the ``AsyncArk`` SDK's
     ``http_client``) it returns an awaitable: ``done = await wait_for_task(client, id)``.

@@ -24,6 +24,7 @@ checks.
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import json
 import logging
@@ -59,6 +60,7 @@ from ._wechatpay_platform import (
     decrypt_json,
     raw_body,
     require_cryptography,
+    wechatpay_headers,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ __all__ = [
     "parse_notification",
     "payment_adapter",
     "payment_session",
+    "sdk_session",
 ]
 
 _log = logging.getLogger("requests_smartretry")
@@ -342,7 +345,8 @@ class WechatPayAdapter(SmartRetryAdapter):
         """The vendor's verdict, except that a 2xx failing verification, or a redirect
         (whose target nothing may verify), is final."""
         verdict = super().classify_response(response)
-        if self.verifier is None or _is_unsigned_download(response.request):
+        if self.verifier is None or _is_unsigned_download(response.request) \
+                or _SDK_SKIPS_VERIFY.get():
             return verdict
         if response.is_redirect:
             # The session would follow it, possibly to an origin this adapter is not
@@ -375,7 +379,8 @@ class WechatPayAdapter(SmartRetryAdapter):
         that failed verification (never returned as success).  A verified request's body is
         read within the attempt deadline even with ``stream=True`` (it is read to verify it
         anyway); unsigned downloads stream as asked."""
-        if self.verifier is not None and not _is_unsigned_download(request):
+        if self.verifier is not None and not _is_unsigned_download(request) \
+                and not _SDK_SKIPS_VERIFY.get():
             if args:
                 args = (False, *args[1:])
             else:
@@ -474,14 +479,23 @@ def payment_adapter(
     """
     endpoint = check_endpoint("endpoint", endpoint)
     backup_endpoint = _backup_for(endpoint, backup_endpoint)
+    verifier = _platform_verifier(platform_public_key, platform_public_key_id,
+                                  platform_certificates, sign_clock)
+    return _adapter_with(verifier, mchid, serial_no, private_key, endpoint, backup_endpoint,
+                         sign_clock, nonce, options)
+
+
+def _adapter_with(verifier: Optional[PlatformVerifier], mchid: Optional[str],
+                  serial_no: Optional[str], private_key: Any, endpoint: str,
+                  backup: Optional[str], sign_clock: Callable[[], float],
+                  nonce: Callable[[], str], options: Any) -> SmartRetryAdapter:
+    """:func:`payment_adapter` with its endpoints checked and its verifier built."""
     signer = None
     if mchid is not None or serial_no is not None or private_key is not None:
         signer = WechatPaySigner(mchid, serial_no, private_key,  # type: ignore[arg-type]
                                  clock=sign_clock, nonce=nonce)
-    verifier = _platform_verifier(platform_public_key, platform_public_key_id,
-                                  platform_certificates, sign_clock)
     rules = WechatPayRules(signer, verifier.public_key_id if verifier is not None else None)
-    policy = _payment_policy(rules, endpoint, backup_endpoint, str(options.get("lang", "zh")))
+    policy = _payment_policy(rules, endpoint, backup, str(options.get("lang", "zh")))
     return build_adapter(policy, options, functools.partial(WechatPayAdapter,
                                                             verifier=verifier))
 
@@ -581,12 +595,16 @@ def parse_notification(
 
 _SDK_SESSION_SLOT = "_smartretry_session"
 _SDK_CORE_CLASSES: dict[type, type] = {}
+# Set while a mounted SDK object sends a request it does not verify itself (skip_verify:
+# its download of the platform certificates, whose content the APIv3 key authenticates).
+_SDK_SKIPS_VERIFY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "requests_smartretry_wechatpay_sdk_skips_verify", default=False)
 
 
 def mount_on_wechatpay(
     pay: Any,
     *,
-    endpoint: str = DEFAULT_ENDPOINT,
+    endpoint: Optional[str] = None,
     backup_endpoint: Optional[str] = _BACKUP_OF_DEFAULT,
     platform_public_key: Optional[PemInput] = None,
     platform_public_key_id: Optional[str] = None,
@@ -606,51 +624,133 @@ def mount_on_wechatpay(
             public_key=PUB_KEY_PEM, public_key_id="PUB_KEY_ID_0114..."))
         code, message = pay.pay(description="...", out_trade_no="ORDER-1", amount={...},
                                 payer={"openid": "..."})
+        sdk_session(pay).close()             # at shutdown: its sockets, closed at once
 
     Every call of that object (``pay``, ``query``, ``close``, refunds…) then goes through a
     :func:`payment_session` built from the SDK object's own merchant id, serial number,
-    private key and platform keys (public key, or the platform certificates it holds; or
-    the ``platform_*`` given here): the vendor's code table, a fresh signature per
-    attempt, failover to ``backup_endpoint`` (by default WeChat Pay's backup domain, only
-    with the production ``endpoint``), verification of every 2xx, and the policy's 30 s
-    attempt deadline (the SDK's ``timeout`` is not used).  The SDK's return values are
-    unchanged (``(status_code, text)``); a 2xx failing verification raises
-    :class:`~requests_smartretry.ResponseSignatureError`.  Only this object changes: its
-    ``_core`` becomes a subclass of the SDK's ``Core`` (nothing is patched process-wide).
-    Uploads with ``files=`` (media upload) keep the SDK's own sending.  ``options``:
-    policy fields and adapter keywords, as for :func:`payment_session`.
+    private key, gateway and platform keys (or the ``platform_*`` given here): the
+    vendor's code table, a fresh signature per attempt, failover to ``backup_endpoint``
+    (by default WeChat Pay's backup domain, only when the endpoint is its production
+    domain), verification of every 2xx, and the policy's 30 s attempt deadline (the SDK's
+    ``timeout`` is not used).  ``endpoint`` defaults to the SDK object's own gateway
+    (``pay._core._gate_way`` when mounted).  Without ``platform_*`` the verification
+    follows the SDK object's platform keys as they are at each response: its public key,
+    and the platform certificates it holds, which it downloads again (as the SDK does)
+    when an answer names a certificate it does not hold yet (WeChat Pay rotates them).
+    The SDK's return values are unchanged (``(status_code, text)``); a 2xx failing
+    verification raises :class:`~requests_smartretry.ResponseSignatureError`.  Only this
+    object changes: its ``_core`` becomes a subclass of the SDK's ``Core`` (nothing is
+    patched process-wide).  Uploads with ``files=`` (media upload) keep the SDK's own
+    sending.  ``options``: policy fields and adapter keywords, as for
+    :func:`payment_session`.
     """
     core = getattr(pay, "_core", None)
     needed = ("request", "_mchid", "_cert_serial_no", "_private_key")
     if core is None or not all(hasattr(core, name) for name in needed):
         raise TypeError(f"pay must be a wechatpayv3.WeChatPay object, got {type(pay).__name__}")
+    check_credential("mchid", core._mchid)
+    endpoint = check_endpoint("endpoint", endpoint if endpoint is not None
+                              else getattr(core, "_gate_way", None) or DEFAULT_ENDPOINT)
+    backup_endpoint = _backup_for(endpoint, backup_endpoint)
+    verifier: Optional[PlatformVerifier]
     if platform_public_key is None and platform_certificates is None:
-        platform_public_key, platform_public_key_id, platform_certificates = \
-            _sdk_platform_keys(core)
-    session = payment_session(
-        core._mchid, core._cert_serial_no, core._private_key, endpoint=endpoint,
-        backup_endpoint=backup_endpoint, platform_public_key=platform_public_key,
-        platform_public_key_id=platform_public_key_id,
-        platform_certificates=platform_certificates, **options)
-    core.__dict__[_SDK_SESSION_SLOT] = session
+        verifier = _SdkPlatformKeys(core)
+    else:
+        verifier = _platform_verifier(platform_public_key, platform_public_key_id,
+                                      platform_certificates, time.time)
+    adapter = _adapter_with(verifier, core._mchid, core._cert_serial_no, core._private_key,
+                            endpoint, backup_endpoint, time.time, _default_nonce, options)
+    core.__dict__[_SDK_SESSION_SLOT] = preset_session(endpoint, adapter, backup_endpoint)
     core.__class__ = _sdk_core_class(type(core))
     return pay
 
 
-def _sdk_platform_keys(core: Any) -> tuple[Any, Optional[str], Optional[dict[str, Any]]]:
-    """(public key PEM, its id, certificates by serial) as the SDK object holds them."""
-    from cryptography.hazmat.primitives import serialization
+def sdk_session(pay: Any) -> BaseURLSession:
+    """The payment session a :func:`mount_on_wechatpay` object sends through: for
+    ``stats_of(...)``, and ``close()`` (its pooled sockets closed at once).
 
-    public_key = getattr(core, "_public_key", None)
-    if public_key is not None:
-        pem = public_key.public_bytes(serialization.Encoding.PEM,
-                                      serialization.PublicFormat.SubjectPublicKeyInfo)
-        return pem, getattr(core, "_public_key_id", None), None
-    certificates = {
-        format(certificate.serial_number, "X"):
-            certificate.public_bytes(serialization.Encoding.PEM)
-        for certificate in getattr(core, "_certificates", None) or ()}
-    return None, None, (certificates or None)
+    Example::
+
+        stats_of(sdk_session(pay)).snapshot()
+        sdk_session(pay).close()
+    """
+    session = getattr(getattr(pay, "_core", None), "__dict__", {}).get(_SDK_SESSION_SLOT)
+    if session is None:
+        raise TypeError(f"pay must be a WeChatPay object given to mount_on_wechatpay(), got "
+                        f"{type(pay).__name__}")
+    return session  # type: ignore[no-any-return]
+
+
+class _SdkPlatformKeys(PlatformVerifier):
+    """The platform keys a ``wechatpayv3`` ``Core`` holds at each response: its public
+    key and its platform certificates, downloaded again through the SDK (as its own
+    verification does) when an answer names a serial it does not hold.
+
+    Each check uses an immutable :class:`PlatformVerifier` built from the SDK's
+    certificates as they are, rebuilt when they change; one download at a time.
+    """
+
+    def __init__(self, core: Any) -> None:  # the keys are the SDK's: no super().__init__
+        from cryptography.hazmat.primitives import serialization
+
+        self._core = core
+        public_key = getattr(core, "_public_key", None)
+        self._public_pem = None if public_key is None else public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.public_key_id = getattr(core, "_public_key_id", None) \
+            if public_key is not None else None
+        self._lock = threading.Lock()  # guards the snapshot
+        self._download_lock = threading.Lock()
+        self._seen: Optional[tuple[Any, ...]] = None
+        self._snapshot: Optional[PlatformVerifier] = None
+
+    def __repr__(self) -> str:
+        return f"_SdkPlatformKeys(public_key_id={self.public_key_id!r}, {self._current()!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a session mounted on a wechatpayv3 object cannot be pickled")
+
+    def _current(self) -> Optional[PlatformVerifier]:
+        """A verifier of the SDK's keys as they are now (``None``: it holds none)."""
+        from cryptography.hazmat.primitives import serialization
+
+        certificates = tuple(getattr(self._core, "_certificates", None) or ())
+        with self._lock:
+            if certificates != self._seen:
+                by_serial = {format(c.serial_number, "X"):
+                             c.public_bytes(serialization.Encoding.PEM) for c in certificates}
+                self._snapshot = None if self._public_pem is None and not by_serial else \
+                    PlatformVerifier(public_key=self._public_pem,
+                                     public_key_id=self.public_key_id,
+                                     certificates=by_serial or None, require_key_id=False)
+                self._seen = certificates
+            return self._snapshot
+
+    def _download(self, serial: str) -> None:
+        """The SDK's download of the platform certificates, unless another thread's just
+        brought the one ``serial`` names."""
+        with self._download_lock:
+            current = self._current()
+            if current is not None and current.key_for(serial) is not None:
+                return
+            try:
+                self._core._update_certificates()
+            except Exception as exc:  # the answer is then refused as unknown, not raised
+                _log.warning("requests_smartretry: downloading WeChat Pay's platform "
+                             "certificates failed: %s", type(exc).__name__)
+
+    def verify(self, headers: Any, body: Union[bytes, str], *, what: str = "response") -> None:
+        """As :meth:`PlatformVerifier.verify`, with the SDK's keys as they are now."""
+        current = self._current()
+        serial = wechatpay_headers(headers).get("serial") or ""
+        if serial and (current is None or current.key_for(serial) is None) \
+                and serial != self.public_key_id:
+            self._download(serial)
+            current = self._current()
+        if current is None:
+            raise _rejected(what, "serial", "the wechatpayv3 object holds no platform key "
+                            "(no public key, and no platform certificate could be downloaded)")
+        current.verify(headers, body, what=what)
 
 
 def _sdk_core_class(cls: type) -> type:
@@ -683,9 +783,14 @@ def _sdk_request(self: Any, path: str, method: Any = None, data: Any = None,
     if cipher_data and "Wechatpay-Serial" not in sent and not getattr(self, "_public_key_id",
                                                                          None):
         sent["Wechatpay-Serial"] = format(self._last_certificate().serial_number, "X")
-    response = session.request(verb, path, json=data if verb in ("POST", "PATCH", "PUT")
-                               else None, headers=sent,
-                               proxies=getattr(self, "_proxy", None))
-    content_type = response.headers.get("Content-Type", "")
-    return response.status_code, (response.text if "application/json" in content_type
-                                  else response.content)
+    skipping = _SDK_SKIPS_VERIFY.set(bool(skip_verify))
+    try:
+        response = session.request(verb, path, json=data if verb in ("POST", "PATCH", "PUT")
+                                   else None, headers=sent,
+                                   proxies=getattr(self, "_proxy", None))
+    finally:
+        _SDK_SKIPS_VERIFY.reset(skipping)
+    with response:  # the body is read: its connection goes back to the pool now
+        content_type = response.headers.get("Content-Type", "")
+        return response.status_code, (response.text if "application/json" in content_type
+                                      else response.content)

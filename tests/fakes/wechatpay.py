@@ -135,6 +135,10 @@ class FakeWechatPay(ScriptedFake):
         self.orders: list[dict[str, Any]] = []
         self.seen_nonces: set[str] = set()
         self.verified: list[dict[str, str]] = []  # the Authorization fields that verified
+        #: What ``GET /v3/certificates`` lists (PEM certificates), encrypted under
+        #: ``api_v3_key`` as WeChat Pay does.
+        self.certificates: list[str] = []
+        self.api_v3_key = "a" * 32
         self._prepay = itertools.count(1)
 
     def script_key(self, request: RecordedRequest) -> str:
@@ -177,6 +181,8 @@ class FakeWechatPay(ScriptedFake):
         return None
 
     def act(self, request: RecordedRequest) -> tuple[int, Any]:
+        if request.method == "GET" and request.path == "/v3/certificates":
+            return 200, {"data": [self._certificate_entry(pem) for pem in self.certificates]}
         if request.method != "POST" or request.path.split("?", 1)[0] != JSAPI:
             return 404, pay_error("NOT_FOUND", request.path)
         order = json.loads(request.body or b"{}")
@@ -190,3 +196,15 @@ class FakeWechatPay(ScriptedFake):
         entry = {"order": order, "prepay_id": f"wx-prepay-{next(self._prepay)}"}
         self.orders.append(entry)
         return 200, {"prepay_id": entry["prepay_id"]}
+
+    def _certificate_entry(self, pem: str) -> dict[str, Any]:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+        nonce, associated = os.urandom(6).hex(), "certificate"
+        sealed = AESGCM(self.api_v3_key.encode()).encrypt(nonce.encode(), pem.encode(),
+                                                         associated.encode())
+        return {"serial_no": format(certificate.serial_number, "X"),
+                "effective_time": "2026-01-01T00:00:00+08:00",
+                "expire_time": "2036-01-01T00:00:00+08:00",
+                "encrypt_certificate": {"algorithm": "AEAD_AES_256_GCM", "nonce": nonce,
+                                        "associated_data": associated,
+                                        "ciphertext": base64.b64encode(sealed).decode()}}
