@@ -578,6 +578,21 @@ def bench_redis(quick: bool) -> Optional[str]:
     return done.stdout.strip()
 
 
+def bench_throttle(quick: bool) -> Optional[str]:
+    """Section 7: ``benchmarks/throttle.py`` (its markdown; 15 s per fleet variant with
+    ``--quick``, 60 s otherwise) and its plot."""
+    script = HERE / "throttle.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seconds = "15" if quick else "60"
+    done = subprocess.run([sys.executable, str(script), "--seconds", seconds, "--plot",
+                           str(HERE / "bench_throttle.png")], capture_output=True, text=True,
+                          env=env, timeout=1800, cwd=ROOT)
+    if done.returncode != 0:
+        return f"`throttle.py` failed (exit {done.returncode}):\n\n```\n" \
+               f"{done.stderr[-2000:]}\n```"
+    return done.stdout.strip()
+
+
 # -- report ---------------------------------------------------------------------------------
 
 def versions() -> dict[str, str]:
@@ -812,6 +827,9 @@ def write_report(results: dict[str, Any], path: Path, plots: Path = HERE) -> Non
     w(f"```\n{results['redis'].strip()}\n```" if results.get("redis") else
       "Not measured: `benchmarks/bench_redis_state.py` is not in this build.")
     w("")
+    if results.get("throttle"):
+        w(results["throttle"].strip())
+        w("\n![throttle](benchmarks/bench_throttle.png)\n")
     path.write_text("\n".join(out))
 
 
@@ -1025,6 +1043,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     redis = bench_redis(quick)
     if redis is not None:
         results["redis"] = redis
+    print(f"[{time.perf_counter() - started:6.1f} s] throttle...", flush=True)
+    throttle = bench_throttle(quick)
+    if throttle is not None:
+        results["throttle"] = throttle
     results["meta"] = {
         "command": "python benchmarks/run.py" + (" --quick" if quick else "")
         + (" --write" if args.write else ""),

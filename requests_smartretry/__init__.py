@@ -24,6 +24,7 @@ from .errors import (
     ResponseSignatureError,
     SmartRetryError,
     TaskFailedError,
+    ThrottledError,
     attempt_history,
 )
 from .events import AttemptEvent, EventKind, Verdict
@@ -44,6 +45,7 @@ from .redis_state import RedisStateStore
 from .state import MemoryStateStore, StateStore
 from .stats import Stats
 from .testing import reset_state, set_testing
+from .throttle import Throttle
 
 __version__ = "0.1.0"
 
@@ -70,6 +72,8 @@ __all__ = [
     "StateStore",
     "Stats",
     "TaskFailedError",
+    "Throttle",
+    "ThrottledError",
     "Verdict",
     "VerdictRule",
     "adapter_of",

@@ -40,7 +40,7 @@ from .classify import (
     pool_refused,
     veto,
 )
-from .collaborators import resolve_collaborators
+from .collaborators import resolve_collaborators, resolve_throttle
 from .deadline import (  # the pool classes and errors: re-exported from their old home
     MIN_ATTEMPT,
     POOL_CLASSES,
@@ -90,6 +90,7 @@ from .sending import (
     with_idempotency_key,
 )
 from .stats import Stats
+from .throttle import Throttle
 from .urllib3_retry import (
     RetryNow,
     gave_up_counting,
@@ -320,6 +321,8 @@ class SmartRetryAdapter(HTTPAdapter):
     is down; ``budget=`` bounds retries as a share of calls (``RetryBudget()`` unless
     ``budget=None``).  ``state="redis://host:6379/0"`` (or a ``redis.Redis`` client, or a
     state store) keeps their state in Redis, shared by every process pointing at it.
+    ``throttle=Throttle(rate=..., max_in_flight=...)`` paces every attempt per service
+    before it sends (fleet-wide with a Redis ``state=``).
 
     Per-call overrides: inside a :func:`~requests_smartretry.retry_options` block a call
     runs with the block's policy fields over ``adapter.policy``.  They reach everything
@@ -335,7 +338,7 @@ class SmartRetryAdapter(HTTPAdapter):
     # "stats" pickles its counts, not its lock.
     __attrs__ = [  # noqa: RUF012
         *HTTPAdapter.__attrs__, "policy", "breaker", "budget", "extra_hooks", "stats",
-        "state", "_sleep", "_clock", "retry",
+        "state", "throttle", "_sleep", "_clock", "retry",
     ]
 
     policy: RetryPolicy
@@ -349,6 +352,7 @@ class SmartRetryAdapter(HTTPAdapter):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
+        throttle: Optional[Throttle] = None,
         hooks: Union[Hook, tuple[Hook, ...], list[Hook]] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -386,6 +390,7 @@ class SmartRetryAdapter(HTTPAdapter):
         # Statistics, breaker, budget and their shared state, checked as every transport does.
         self.stats, breaker, budget, store = resolve_collaborators(stats, breaker, budget, state)
         self.state = store
+        self.throttle = resolve_throttle(throttle, store)
         self.policy = policy
         self.retry = retry
         self.breaker = breaker
@@ -616,7 +621,8 @@ class SmartRetryAdapter(HTTPAdapter):
                            overridden, asked)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
-                            clock=self._clock, closed=attempt.closed, quiet=quiet)
+                            clock=self._clock, closed=attempt.closed, quiet=quiet,
+                            throttle=self.throttle)
         try:
             response = finished.unwrap()  # raises the last transport error, history attached
         except _BODY_ERRORS as exc:

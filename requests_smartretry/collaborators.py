@@ -13,8 +13,9 @@ from .budget import DEFAULT_BUDGET, RetryBudget
 from .engine import BreakerGate, BudgetGate
 from .state import StateStore, resolve_store
 from .stats import Stats
+from .throttle import Throttle
 
-__all__ = ["Collaborators", "resolve_collaborators"]
+__all__ = ["Collaborators", "resolve_collaborators", "resolve_throttle"]
 
 Collaborators = tuple[Optional[Stats], Optional[BreakerGate], Optional[BudgetGate],
                       Optional[StateStore]]
@@ -53,3 +54,15 @@ def resolve_collaborators(
             if attach is not None:
                 attach(store)
     return (stats or None), breaker, budget, store
+
+
+def resolve_throttle(throttle: Any, store: Optional[StateStore]) -> Optional[Throttle]:
+    """``throttle=`` checked (``None`` or a :class:`Throttle`), sharing its pace through
+    ``store`` when that is a Redis store."""
+    if throttle is None:
+        return None
+    if not isinstance(throttle, Throttle):
+        raise TypeError(f"throttle must be None or a Throttle, got {throttle!r}")
+    if store is not None:
+        throttle.use_store(store)
+    return throttle

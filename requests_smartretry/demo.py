@@ -216,6 +216,7 @@ class Tour:
         self.payment_signature_checked()
         self.waiting_for_a_task()
         self.asyncio_client()
+        self.throttle_paces_a_burst()
         self.statistics()
 
     def success(self) -> None:
@@ -524,6 +525,60 @@ class Tour:
         self.result(f"HTTP {status} after {self.server.hits('/seq/async')} requests; the "
                     f"cancelled call gave up with reason {reason!r} after "
                     f"{self.server.hits('/seq/async-cancel')} request (no retry sent)")
+
+    def throttle_paces_a_burst(self) -> None:
+        self.heading("Throttle: a burst of 12 calls against a vendor that allows 6 per second")
+        import threading
+
+        from .faultserver import RecordedRequest
+        from .throttle import Throttle
+
+        answered: list[float] = []  # when the vendor executed a request (monotonic)
+        lock = threading.Lock()
+
+        def limited(server: FaultServer, sock: Any, request: RecordedRequest) -> None:
+            now = time.monotonic()
+            with lock:
+                busy = sum(1 for t in answered if now - t < 1.0) >= 6
+                if not busy:
+                    answered.append(now)
+            if busy:
+                server.send(sock, 429, b'{"code": 50429, "message": "QPS limit"}',
+                            {"Content-Type": "application/json"})
+            else:
+                server.send(sock, 200, b'{"code": 10000}', {"Content-Type": "application/json"})
+
+        self.server.handlers["/vendor/"] = limited
+
+        def burst(session: requests.Session, path: str) -> list[int]:
+            codes: list[int] = []
+
+            def call() -> None:
+                code = session.get(self.server.url(path)).status_code
+                with lock:
+                    codes.append(code)
+
+            workers = [threading.Thread(target=call) for _ in range(12)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            return codes
+
+        plain = self.session("demo-burst", max_retries=0, log=False)
+        codes = burst(plain, "/vendor/plain")
+        self.result(f"without a throttle: {codes.count(200)} x HTTP 200, {codes.count(429)} x "
+                    f"HTTP 429 (the vendor throttled them)")
+        time.sleep(1.0)  # the vendor's window empties
+        # Paced a little under the vendor's quota: its window and our clock are not one.
+        # (A turn that cannot come within the attempt's timeout would raise ThrottledError.)
+        paced = self.session("demo-throttled", max_retries=0, timeout=5.0,
+                             throttle=Throttle(rate=5.0, burst=1))
+        started = time.monotonic()
+        codes = burst(paced, "/vendor/paced")
+        self.result(f"with Throttle(rate=5, burst=1): {codes.count(200)} x HTTP 200, "
+                    f"{codes.count(429)} x HTTP 429 in {time.monotonic() - started:.1f} s: "
+                    f"each call waited for its turn (the lines above), none was throttled")
 
     def statistics(self) -> None:
         self.say("\nStatistics per operation (stats_of(session).snapshot()): one call is "

@@ -29,11 +29,12 @@ from .backoff import backoff_delay
 from .budget import RetryBudget
 from .classify import Classification, mark_final
 from .deadline import RetryScope, current_scope, defer_records, retry_scope
-from .errors import CircuitOpenError, attach_history
+from .errors import CircuitOpenError, ThrottledError, attach_history
 from .events import AttemptEvent, CallEvents, EventKind, Hook, Verdict, next_call_id
 from .log import LoggingHook
 from .policy import ResolvedBackoff, RetryPolicy, VerdictRule
 from .stats import Stats
+from .throttle import Throttle, Turn, is_throttling
 
 __all__ = [
     "BreakerGate",
@@ -59,6 +60,7 @@ _log = logging.getLogger("requests_smartretry")
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
+_THROTTLED = EventKind.THROTTLED
 _time = time.time
 _CANCELLED = asyncio.CancelledError
 
@@ -311,6 +313,7 @@ def run_call(
     rng: Any = random,
     closed: Optional[Callable[[], bool]] = None,
     quiet: Optional[Quiet] = None,
+    throttle: Optional[Throttle] = None,
 ) -> Finished[T]:
     """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended:
     the synchronous driver of the step machine (:class:`_Call`), which performs what the
@@ -328,21 +331,27 @@ def run_call(
     ``quiet`` (:func:`quiet_plan`, built once by the transport) lets a call whose every
     consumer is a built-in one skip the event stream until something reads it (see
     :class:`_Call`).
+
+    ``throttle`` gives every attempt its turn first (:meth:`_Call.take_turn`): a turn
+    that must wait is a wait step like a backoff; a refusal raises :class:`ThrottledError`
+    before the first attempt and ends the call (reason ``"throttled"``) before a later
+    one.  The turn goes back when its attempt ends, however it ends.
     """
     outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
         return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                            outer, outer, None), attempt, sleep)
+                            outer, outer, None, throttle), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
         return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                            outer, inner, ends_at), attempt, sleep)
+                            outer, inner, ends_at, throttle), attempt, sleep)
 
 
 def _drive(run: _Call[T], attempt: Callable[[int], Outcome[T]],
            sleep: Callable[[float], None]) -> Finished[T]:
     """Perform the machine's steps in this thread (see :class:`_Call`): an ``int`` is an
-    attempt to make, a ``float`` the seconds to wait, a :class:`Finished` the end.  What
+    attempt to make, a ``float`` the seconds to wait (a backoff or a throttle's turn), a
+    :class:`Finished` the end.  What
     a step raises goes back to the machine, which closes the call's events, and is
     raised again."""
     step = run.next_attempt(1)
@@ -379,21 +388,25 @@ async def run_call_async(
     rng: Any = random,
     closed: Optional[Callable[[], bool]] = None,
     quiet: Optional[Quiet] = None,
+    throttle: Optional[Throttle] = None,
 ) -> Finished[T]:
     """:func:`run_call` for asyncio: the same machine, its attempts awaited and its waits
-    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable).  A task
-    cancelled during an attempt or a wait ends the call with give-up reason
-    ``"cancelled"``; the ``CancelledError`` propagates.
+    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable), the throttle's
+    waits included.  A task cancelled during an attempt or a wait ends the call with
+    give-up reason ``"cancelled"`` (its throttle turn given back); the ``CancelledError``
+    propagates.
 
     The call's retry scope (``policy.deadline``) is a contextvar set in this task only."""
     outer = current_scope()
     if policy.deadline is None:
         return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
-                                        closed, quiet, outer, outer, None), attempt, sleep)
+                                        closed, quiet, outer, outer, None, throttle),
+                                  attempt, sleep)
     ends_at = clock() + policy.deadline
     with retry_scope(time.monotonic() + policy.deadline) as inner:
         return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
-                                        closed, quiet, outer, inner, ends_at), attempt, sleep)
+                                        closed, quiet, outer, inner, ends_at, throttle),
+                                  attempt, sleep)
 
 
 async def _drive_async(run: _Call[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
@@ -411,7 +424,9 @@ async def _drive_async(run: _Call[T], attempt: Callable[[int], Awaitable[Outcome
             step = run.attempted(outcome)
         elif kind is float:
             try:
-                if not _testing._testing and step > 0:  # type: ignore[operator]
+                if _testing._testing:  # no wait, but the other tasks run (a spinning
+                    await asyncio.sleep(0)  # throttle wait needs one to free its slot)
+                elif step > 0:  # type: ignore[operator]
                     waited = (asyncio.sleep(step) if sleep is None  # type: ignore[arg-type]
                               else sleep(step))  # type: ignore[arg-type]
                     if waited is not None:  # an injected sleep may be synchronous
@@ -492,7 +507,9 @@ class _Call(Generic[T]):
     :meth:`attempted` (an attempt's outcome) → the call's :class:`Finished`, or a wait;
     :meth:`waited` → the next attempt (or the end: closed, the breaker refused it).  An
     attempt or a wait that raised ends the call through :meth:`raised` /
-    :meth:`interrupted` (the driver re-raises).
+    :meth:`interrupted` (the driver re-raises).  With a throttle, an attempt first takes
+    its turn (:meth:`take_turn`): a turn that must wait is a wait step (``turn_for`` says
+    which attempt it is for), after which :meth:`waited` asks the turn again.
 
     While ``events`` is None the call is *quiet*: its consumers are all built-in (see
     :func:`quiet_plan`), so its first attempt is counted by direct calls and its history
@@ -516,12 +533,20 @@ class _Call(Generic[T]):
     ticket = 0  # its breaker ticket
     outcome: Optional[Outcome[Any]] = None  # the last failed attempt's, while waiting
     wait_asked = 0.0  # the wait asked of the driver
+    # The throttle's turn of the attempt under way: a Turn, or (taken at once, the common
+    # case) the service's local state, taken at ``turn_at``.
+    turn: Any = None
+    turn_at = 0.0
+    cut_at: Optional[float] = None  # (monotonic) the attempt's end, when a turn waited
+    cut: Any = None  # the retry scope entered for it (a context manager), while attempting
+    turn_for = 0  # the attempt whose turn the wait under way is for (0: a backoff wait)
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
                  clock: Callable[[], float], rng: Any, closed: Optional[Callable[[], bool]],
                  quiet: Optional[Quiet], outer: Optional[RetryScope],
-                 scope: Optional[RetryScope], ends_at: Optional[float]) -> None:
+                 scope: Optional[RetryScope], ends_at: Optional[float],
+                 throttle: Optional[Throttle] = None) -> None:
         max_attempts = policy.max_retries + 1
         if outer is not None and policy.nested == "single":
             max_attempts = 1  # the enclosing call does the retrying
@@ -538,6 +563,7 @@ class _Call(Generic[T]):
         self.closed = closed
         self.scope = scope
         self.ends_at = ends_at
+        self.throttle = throttle
         self.max_attempts = max_attempts
         # The breaker's result side, when it has one (else it reads the events as a hook).
         self.record: Optional[Callable[..., None]] = (
@@ -573,6 +599,10 @@ class _Call(Generic[T]):
         (:func:`stop_reason`), or waits before the next attempt."""
         number, ticket = self.number, self.ticket
         self.elapsed = self.clock() - self.attempt_started
+        if self.cut is not None:
+            self.uncut()
+        if self.turn is not None:
+            self.end_turn(outcome)
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return self.succeeded(outcome, number, ticket)
         self.failed(outcome, number, ticket)
@@ -586,7 +616,12 @@ class _Call(Generic[T]):
 
     def waited(self) -> _Step[T]:
         """The wait before a retry ended: the next attempt, unless the transport was
-        closed meanwhile."""
+        closed meanwhile; after a throttle's wait, the turn is asked again."""
+        number = self.turn_for
+        if number:  # a wait for the throttle's turn
+            self.turn_for = 0
+            step = self.step_turn(number, self.outcome)
+            return self.admitted(number, self.outcome) if step is None else step
         outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
         self.previous_wait = self.wait_asked
         if self.closed is not None and self.closed():  # closed during the wait
@@ -595,7 +630,16 @@ class _Call(Generic[T]):
 
     def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None) -> _Step[T]:
         """Attempt ``number`` (``next_attempt(1)``: the machine's first step), once the
-        breaker admits it (``outcome``: the last failed attempt's, for a refusal)."""
+        throttle gave it its turn (a wait step while it must wait) and the breaker admits
+        it (``outcome``: the last failed attempt's, for a refusal)."""
+        if self.throttle is not None:
+            step = self.take_turn(number, outcome)
+            if step is not None:
+                return step
+        return self.admitted(number, outcome)
+
+    def admitted(self, number: int, outcome: Optional[Outcome[T]]) -> _Step[T]:
+        """Attempt ``number``, once the breaker admits it."""
         if self.breaker is not None:
             ticket = self.admit(number, outcome)  # a refusal ends the call
             if not isinstance(ticket, int):
@@ -615,6 +659,7 @@ class _Call(Generic[T]):
         try:
             ticket = breaker.before_attempt(self.call.service) or 0
         except CircuitOpenError as exc:
+            self.end_turn(None)  # the throttle's slot goes back: nothing is sent
             events = self._open()
             events.emit(EventKind.REJECTED, number,
                         {"wait": exc.retry_in, "reason": "circuit_open", "error": exc})
@@ -640,6 +685,16 @@ class _Call(Generic[T]):
         started = self.attempt_started = self.clock()
         if number == 1:
             self.started = started
+        cut_at = self.cut_at
+        if cut_at is not None:  # the throttle's wait comes out of this attempt's time
+            self.cut_at = None
+            self.cut = retry_scope(cut_at)  # a contextvar: it holds across the awaits
+            self.cut.__enter__()
+
+    def uncut(self) -> None:
+        """The attempt ended: leave the retry scope :meth:`start` entered for it."""
+        cut, self.cut = self.cut, None
+        cut.__exit__(None, None, None)
 
     def raised(self, exc: BaseException) -> None:
         """The attempt raised ``exc``: a hook of the attempt (a signer, prepare_attempt)
@@ -647,11 +702,93 @@ class _Call(Generic[T]):
         ``cancelled``).  The call ends here, but its events still close it out."""
         number, ticket = self.number, self.ticket
         self.elapsed = self.clock() - self.attempt_started
+        if self.cut is not None:
+            self.uncut()
+        self.end_turn(None)  # the slot goes back (a cancelled task's included)
         raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
                                      error=exc)
         self.failed(raised, number, ticket)
         reason = "cancelled" if isinstance(exc, _CANCELLED) else "error"
         attach_history(exc, tuple(self.give_up(raised, number, reason).history))
+
+    def take_turn(self, number: int, outcome: Optional[Outcome[T]]) -> Optional[_Step[T]]:
+        """Attempt ``number``'s turn from the throttle: ``None`` when it may go now, else
+        the next step (a wait for the turn, or the end: :meth:`step_turn`).  The wait is
+        limited by the attempt's timeout and the call's deadline, and comes out of the
+        attempt's time."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # the caller checked
+        now = throttle.clock()
+        entered = throttle.enter(self.call.service, now)  # free now: no Turn, no wait
+        if entered is not None:
+            self.turn, self.turn_at = entered, now
+            return None
+        timeout = self.policy.timeout
+        limit = self.time_left()
+        if timeout is not None and (limit is None or timeout < limit):
+            limit = timeout
+        self.turn = throttle.turn(self.call.service, limit)
+        return self.step_turn(number, outcome)
+
+    def step_turn(self, number: int, outcome: Optional[Outcome[T]]) -> Optional[_Step[T]]:
+        """Ask the turn again (the throttle decides, the driver performs the waits):
+        ``None`` (go), a wait step (``turn_for`` remembers the attempt), or, refused, the
+        call's end: :class:`ThrottledError` raised before the first attempt, give-up
+        ``"throttled"`` before a later one."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        turn: Turn = self.turn
+        try:
+            wait = turn.step(throttle.clock())
+        except ThrottledError as exc:  # nothing taken: the turn is over
+            self.turn = None
+            events = self._open()
+            events.emit(_THROTTLED, number, {"wait": exc.wait, "reason": "refused",
+                                             "error": exc})
+            if outcome is None:
+                attach_history(exc, tuple(events.history))
+                raise
+            return self.give_up(outcome, number - 1, "throttled")
+        if wait is not None:
+            self.turn_for = number
+            return float(wait)  # a float: the driver's wait step
+        waited = turn.waited
+        if waited > 0.0:
+            self._open().emit(_THROTTLED, number, {"wait": waited, "reason": "waited"})
+            timeout = self.policy.timeout
+            if timeout is not None:
+                self.cut_at = time.monotonic() + max(0.0, timeout - waited)
+        return None
+
+    def end_turn(self, outcome: Optional[Outcome[T]]) -> None:
+        """The attempt under way ended (``None``: it was not sent, or raised): its turn
+        goes back, and the throttle learns whether the vendor throttled it."""
+        turn = self.turn
+        if turn is None:
+            return
+        self.turn = None
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        if type(turn) is not Turn:  # taken at once (Throttle.enter)
+            if outcome is None:
+                throttle.leave(turn, throttle.clock(), self.turn_at)
+                return
+            verdict = outcome.classification
+            if verdict.verdict is _SUCCESS_VERDICT:
+                if throttle.settings.leaves:
+                    throttle.leave(turn, throttle.clock(), self.turn_at, success=True)
+            else:
+                throttle.leave(turn, throttle.clock(), self.turn_at,
+                               retry_after=verdict.retry_after,
+                               throttling=is_throttling(verdict.verdict, verdict.retry_after))
+            return
+        now = throttle.clock()
+        if outcome is None:
+            turn.done(now, refused=True)
+            return
+        verdict = outcome.classification
+        if verdict.verdict is _SUCCESS_VERDICT:
+            turn.done(now, success=True)
+        else:
+            turn.done(now, throttling=is_throttling(verdict.verdict, verdict.retry_after),
+                      retry_after=verdict.retry_after)
 
     def succeeded(self, outcome: Outcome[T], number: int, ticket: int) -> Finished[T]:
         """The call ends on attempt ``number``'s success."""
@@ -764,11 +901,19 @@ class _Call(Generic[T]):
         _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
 
     def interrupted(self, exc: BaseException) -> None:
-        """The backoff wait raised ``exc``: the call gives up (``cancelled`` for a
-        cancelled task, else ``interrupted``)."""
+        """The wait (a backoff, or for the throttle's turn) raised ``exc``: the call gives
+        up (``cancelled`` for a cancelled task, else ``interrupted``); a turn waited for
+        goes back.  Interrupted before its first attempt, a call has nothing to give up."""
         reason = "cancelled" if isinstance(exc, _CANCELLED) else "interrupted"
-        outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
-        attach_history(exc, tuple(self.give_up(outcome, self.number, reason).history))
+        outcome = self.outcome
+        number = self.number
+        if self.turn_for:
+            number, self.turn_for = self.turn_for - 1, 0
+            self.end_turn(None)
+            if outcome is None:
+                return
+        assert outcome is not None  # set by attempted before a backoff wait
+        attach_history(exc, tuple(self.give_up(outcome, number, reason).history))
 
     def time_left(self) -> Optional[float]:
         """Seconds left before the earliest deadline: the scope's (wall clock) and this

@@ -19,6 +19,7 @@ __all__ = [
     "ResponseSignatureError",
     "SmartRetryError",
     "TaskFailedError",
+    "ThrottledError",
     "attempt_history",
 ]
 
@@ -112,6 +113,32 @@ class CircuitOpenError(SmartRetryError, requests.exceptions.ConnectionError):
         self.service = service
         self.retry_in = max(retry_in, 0.0)
         self.forced = forced
+
+
+class ThrottledError(SmartRetryError):
+    """A :class:`~requests_smartretry.Throttle` could not give an attempt its turn within
+    the time it had (its timeout, the call's deadline or the throttle's ``max_wait``):
+    nothing was sent.
+
+    ``service`` is the throttled service key, ``wait`` the seconds the turn would have
+    needed (``None`` while waiting for an in-flight slot, whose end nobody knows), and
+    ``limit`` the seconds the attempt could wait (``None``: no limit but the slot's)::
+
+        try:
+            session.get(url)
+        except ThrottledError as exc:
+            print(f"{exc.service} is busy; try again in {exc.wait or 1.0:.1f}s")
+    """
+
+    def __init__(self, service: str, wait: Optional[float], limit: Optional[float],
+                 *args: Any, **kwargs: Any) -> None:
+        needs = "a free in-flight slot" if wait is None else f"a wait of {wait:.3f}s"
+        within = "" if limit is None else f" within {max(limit, 0.0):.3f}s"
+        super().__init__(f"throttle for {service!r} cannot give this attempt its turn"
+                         f"{within} (it needs {needs}); nothing was sent", *args, **kwargs)
+        self.service = service
+        self.wait = wait
+        self.limit = limit
 
 
 class ResponseSignatureError(SmartRetryError):

@@ -37,6 +37,11 @@ class EventKind(str, enum.Enum):
     GIVE_UP = "give_up"
     #: The circuit breaker refused the attempt before it touched the network.
     REJECTED = "rejected"
+    #: The throttle made the attempt wait for its turn (``wait``: the seconds waited,
+    #: ``reason="waited"``), or could not give it one in time (``reason="refused"``,
+    #: ``wait``: what the turn would have needed, ``None`` for an in-flight slot): nothing
+    #: was sent.
+    THROTTLED = "throttled"
 
 
 #: Why a failed call was not retried (``AttemptEvent.give_up_reason``); log lines and
@@ -51,6 +56,7 @@ GIVE_UP_REASONS = (
     "budget",  # the retry budget is spent
     "deadline",  # an enclosing deadline leaves no time for the wait
     "circuit_open",  # the breaker refused the retry
+    "throttled",  # the throttle could not give the retry its turn in time
     "interrupted",  # the backoff wait was interrupted (KeyboardInterrupt, SystemExit)
     "closed",  # the adapter was closed (session.close()) while the call was under way
     "error",  # the attempt itself raised (a signer, a hook, KeyboardInterrupt)
@@ -96,7 +102,8 @@ class AttemptEvent:
     #: Seconds the attempt took (SUCCESS / FAILURE).
     elapsed: Optional[float] = None
     #: Seconds of backoff before the next attempt (RETRY: the wait that really follows, 0
-    #: in test mode), or until the breaker's next probe (REJECTED).
+    #: in test mode), until the breaker's next probe (REJECTED), or waited for the
+    #: throttle's turn (THROTTLED).
     wait: Optional[float] = None
     #: The server's Retry-After, in seconds, when it sent a valid one.
     retry_after: Optional[float] = None

@@ -54,7 +54,7 @@ from requests_smartretry.classify import (
     mark_final,
     veto,
 )
-from requests_smartretry.collaborators import resolve_collaborators
+from requests_smartretry.collaborators import resolve_collaborators, resolve_throttle
 from requests_smartretry.deadline import (
     AsyncCut,
     NoTimeLeft,
@@ -93,6 +93,7 @@ from requests_smartretry.sending import (
     service_name,
 )
 from requests_smartretry.stats import Stats
+from requests_smartretry.throttle import Throttle
 
 __all__ = [
     "AsyncSmartClient",
@@ -115,7 +116,8 @@ STREAM_EXTENSION = "requests_smartretry.stream"
 _TIMEOUT_PARTS = ("connect", "read", "write", "pool")
 # What is not a policy field but a transport keyword (routed so by smart_client).
 _TRANSPORT_KEYWORDS = frozenset(
-    {"transport", "breaker", "budget", "state", "hooks", "stats", "sleep", "clock"})
+    {"transport", "breaker", "budget", "state", "throttle", "hooks", "stats", "sleep",
+     "clock"})
 
 
 class AttemptDeadlineExceeded(httpx.ReadTimeout, _CoreDeadlineExceeded):  # type: ignore[misc]
@@ -497,14 +499,15 @@ class _SmartTransportBase:
 
     def _setup(self, policy: Optional[RetryPolicy], policy_options: dict[str, Any],
                caller: str, breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
-               state: Any, hooks: Any, stats: Union[Stats, Literal[False], None],
-               clock: Callable[[], float]) -> None:
+               state: Any, throttle: Optional[Throttle], hooks: Any,
+               stats: Union[Stats, Literal[False], None], clock: Callable[[], float]) -> None:
         self.policy = resolve_policy(policy, policy_options, caller)
         if not callable(clock):
             raise TypeError(f"clock must be callable, got {clock!r}")
         self.extra_hooks = check_hooks(hooks)
         self.stats, self.breaker, self.budget, self.state = resolve_collaborators(
             stats, breaker, budget, state)
+        self.throttle = resolve_throttle(throttle, self.state)
         self._clock = clock
         self._hooks = build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
                                   breaker=self.breaker, budget=self.budget)
@@ -595,10 +598,10 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         transport.stats.snapshot()
 
     Takes what :class:`~requests_smartretry.SmartRetryAdapter` takes (``policy=`` or the
-    policy's keywords, ``breaker``, ``budget``, ``state``, ``hooks``, ``stats``, ``sleep``,
-    ``clock``) and ``transport=``, the transport that sends each attempt (an
-    ``httpx.HTTPTransport()`` by default; an ``HTTPTransport`` of yours gets its sockets
-    watched for the deadline as well).  A failure that ends the call raises the last
+    policy's keywords, ``breaker``, ``budget``, ``state``, ``throttle``, ``hooks``,
+    ``stats``, ``sleep``, ``clock``) and ``transport=``, the transport that sends each
+    attempt (an ``httpx.HTTPTransport()`` by default; an ``HTTPTransport`` of yours gets
+    its sockets watched for the deadline as well).  A failure that ends the call raises the last
     attempt's httpx exception (``ConnectError``, ``ReadTimeout``…, with ``retry_history``);
     an attempt cut at its deadline raises :class:`AttemptDeadlineExceeded`.  A request
     body that cannot be replayed (a generator, a file) is never sent twice.
@@ -615,6 +618,7 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
+        throttle: Optional[Throttle] = None,
         hooks: tuple[Hook, ...] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -625,7 +629,7 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
         self._setup(policy, policy_options, "SmartRetryTransport", breaker, budget, state,
-                    hooks, stats, clock)
+                    throttle, hooks, stats, clock)
         self.transport = httpx.HTTPTransport() if transport is None else transport
         #: Whether the watchdog can cut the sockets of the inner transport at the deadline.
         self.cuts_sockets = _watch_sockets(self.transport)
@@ -658,7 +662,8 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         try:
             finished = run_call(policy, call, attempt, hooks=hooks, breaker=self.breaker,
                                 budget=self.budget, sleep=self._sleep, clock=self._clock,
-                                closed=self._is_closed, quiet=quiet)
+                                closed=self._is_closed, quiet=quiet,
+                                throttle=self.throttle)
         finally:
             if sending.minted is not None:  # the caller's request, sent again, gets a new key
                 del request.headers[sending.minted]
@@ -788,7 +793,9 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
     attempt or a wait ends the call at once (give-up reason ``cancelled``, its
     ``CancelledError`` propagating); no attempt goes on in the background.  A Redis
     ``state=`` does its work on its worker threads, each wait bounded by the store's
-    ``time_budget``.
+    ``time_budget``.  ``throttle=`` (a :class:`~requests_smartretry.Throttle`) paces the
+    attempts as on the sync transport, its waits ``asyncio.sleep``; an attempt's turn
+    goes back when it ends, a cancelled one's included.
     """
 
     def __init__(
@@ -799,6 +806,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
         breaker: Optional[BreakerGate] = None,
         budget: Optional[BudgetGate] = DEFAULT_BUDGET,
         state: Any = None,
+        throttle: Optional[Throttle] = None,
         hooks: tuple[Hook, ...] = (),
         stats: Union[Stats, Literal[False], None] = None,
         sleep: Optional[Callable[[float], Any]] = None,
@@ -811,7 +819,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
             raise TypeError(
                 f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
         self._setup(policy, policy_options, "AsyncSmartRetryTransport", breaker, budget,
-                    state, hooks, stats, clock)
+                    state, throttle, hooks, stats, clock)
         self.transport = httpx.AsyncHTTPTransport() if transport is None else transport
         #: Whether a cut attempt's phase (sent or not) is known from its connection.
         self.watches_writes = _watch_async_writes(self.transport)
@@ -845,7 +853,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
             finished = await run_call_async(
                 policy, call, attempt, hooks=hooks, breaker=self.breaker,
                 budget=self.budget, sleep=self._sleep, clock=self._clock,
-                closed=self._is_closed, quiet=quiet)
+                closed=self._is_closed, quiet=quiet, throttle=self.throttle)
         finally:
             if sending.minted is not None:
                 del request.headers[sending.minted]

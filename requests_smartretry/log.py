@@ -58,6 +58,11 @@ _TEXT = {
         "interrupted": "等待重试时被中断, 放弃",
         "cancelled": "调用被取消 (asyncio 任务取消), 放弃",
         "closed": "会话已关闭 (session.close()), 不重试",
+        "throttled": "限流: 重试无法及时获得发送机会, 放弃",
+        "throttle_waited": "限流: 第 {attempt} 次尝试等待 {ms}ms 后发送",
+        "throttle_refused": "限流: 第 {attempt} 次尝试无法在时限内获得发送机会 ({need}), 未发送",
+        "throttle_need_wait": "需等待 {ms}ms",
+        "throttle_need_slot": "并发已满",
         "poll_wait": "等待任务完成 (第 {polls} 次查询{state}, 已等待 {elapsed_ms}ms), "
         "{ms}ms 后再次查询",
         "poll_done": "任务完成 (共 {polls} 次查询, 用时 {elapsed_ms}ms)",
@@ -95,6 +100,12 @@ _TEXT = {
         "interrupted": "interrupted while waiting to retry; giving up",
         "cancelled": "the call was cancelled (asyncio task cancelled); giving up",
         "closed": "session closed (session.close()); not retrying",
+        "throttled": "throttled: the retry cannot get its turn in time; giving up",
+        "throttle_waited": "throttled: attempt {attempt} waited {ms}ms for its turn",
+        "throttle_refused": "throttled: attempt {attempt} cannot get its turn in time ({need}); "
+        "not sent",
+        "throttle_need_wait": "needs {ms}ms",
+        "throttle_need_slot": "no in-flight slot free",
         "poll_wait": "waiting for the task (poll {polls}{state}, {elapsed_ms}ms so far); "
         "next poll in {ms}ms",
         "poll_done": "task done after {polls} poll(s) in {elapsed_ms}ms",
@@ -171,6 +182,7 @@ _LEVELS = {
     EventKind.GIVE_UP: logging.INFO,
     EventKind.FAILURE: logging.WARNING,
     EventKind.REJECTED: logging.WARNING,
+    EventKind.THROTTLED: logging.INFO,
 }
 # Failures that say the caller's request was wrong (4xx, a business error), not that the
 # service is unwell: INFO, not WARNING.
@@ -181,7 +193,8 @@ _FAILURE = EventKind.FAILURE
 _DEBUG = logging.DEBUG
 
 #: The ``retry_event`` of each line: one name per decision.
-RECORD_NAMES = ("attempt", "failure", "retry", "wait", "success", "give_up", "rejected")
+RECORD_NAMES = ("attempt", "failure", "retry", "wait", "success", "give_up", "rejected",
+                "throttled")
 _RECORD_NAME = {
     EventKind.START: "attempt",
     EventKind.SUCCESS: "success",
@@ -189,6 +202,7 @@ _RECORD_NAME = {
     EventKind.RETRY: "retry",
     EventKind.GIVE_UP: "give_up",
     EventKind.REJECTED: "rejected",
+    EventKind.THROTTLED: "throttled",
 }
 
 
@@ -267,6 +281,8 @@ class LoggingHook:
             forced = getattr(event.error, "forced", False) is True
             self._line(logging.WARNING, event, "rejected_forced" if forced else "rejected",
                        record="rejected")
+        elif kind is EventKind.THROTTLED:
+            self._throttled(event)
         elif kind is EventKind.GIVE_UP:
             key = event.give_up_reason or "exhausted"
             template = key if key in _TEXT[self.lang] else "exhausted"
@@ -275,6 +291,18 @@ class LoggingHook:
             give_up_level = logging.INFO if key in ("not_retryable", "cancelled") \
                 else logging.ERROR
             self._line(give_up_level, event, template, reason=event.reason or "")
+
+    def _throttled(self, event: AttemptEvent) -> None:
+        """A throttled wait (INFO), or a turn refused (WARNING): nothing was sent."""
+        text = _TEXT[self.lang]
+        if event.reason == "refused":
+            need = text["throttle_need_slot"] if event.wait is None \
+                else text["throttle_need_wait"].format(ms=_ms(event.wait))
+            message = text["throttle_refused"].format(attempt=event.attempt, need=need)
+            self._emit(logging.WARNING, event, message, "throttled")
+        elif self.logger.isEnabledFor(logging.INFO):
+            message = text["throttle_waited"].format(attempt=event.attempt, ms=_ms(event.wait))
+            self._emit(logging.INFO, event, message, "throttled")
 
     def _first_attempt(self, level: int, outcome: AttemptEvent) -> None:
         """The held-back "第 1 次尝试" line, written from the first attempt's outcome."""

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         VerdictRule,
     )
     from .stats import Stats
+    from .throttle import Throttle
 
 __all__ = [
     "AdapterOptions",
@@ -135,6 +136,8 @@ class SessionOptions(AdapterOptions, total=False):
     budget: Optional[BudgetGate]
     #: A Redis URL, a ``redis.Redis`` client or a state store.
     state: Any
+    #: Paces every attempt per service (``Throttle(rate=..., max_in_flight=...)``).
+    throttle: Optional[Throttle]
     hooks: Union[Hook, tuple[Hook, ...], list[Hook]]
     stats: Union[Stats, Literal[False], None]
     sleep: Callable[[float], None]

@@ -8,7 +8,8 @@ them in Redis so that every worker of a fleet shares one breaker and one budget.
 
 The algorithms live here, once, as plain functions over a ``dict`` of numbers; the Redis
 store runs a line-by-line Lua transcription of them inside the server (see
-``redis_state.py``), and its tests run the same state-machine cases against both stores.
+``redis_state/scripts.py``), and its tests run the same state-machine cases against both
+stores.
 
 Thread-safety contract: every store method is atomic with respect to every other call on
 the same store (and, for Redis, on every store sharing that Redis); none of them performs
@@ -149,7 +150,7 @@ class StateStore(Protocol):
         it does not cover is refused and takes nothing).  Returns (spent, balance)."""
 
 
-# -- the algorithms (transcribed to Lua in redis_state.py; keep both in step) --------------
+# -- the algorithms (transcribed to Lua in redis_state/scripts.py; keep both in step) ------
 
 Record = dict[str, float]
 #: Float rounding tolerated when comparing a balance with a spend.

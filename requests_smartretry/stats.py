@@ -31,6 +31,7 @@ OTHER_KEY = "__other__"
 # and these are read for every event.
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
+_THROTTLED = EventKind.THROTTLED
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -200,7 +201,8 @@ class _Counters:
 
     __slots__ = ("attempt_seconds", "attempts", "attempts_failed", "budget_denials",
                  "call_seconds", "calls", "calls_failed", "calls_refused", "calls_succeeded",
-                 "polls", "rejections", "retries", "wait_seconds", "waits")
+                 "calls_throttled", "polls", "rejections", "retries", "throttle_refusals",
+                 "throttle_seconds", "throttled", "wait_seconds", "waits")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -218,6 +220,11 @@ class _Counters:
         self.waits: dict[str, int] = {}
         self.polls = 0
         self.wait_seconds = LatencyHistogram()
+        # The throttle: attempts that waited for their turn (and how long), refused turns.
+        self.throttled = 0
+        self.throttle_refusals = 0
+        self.calls_throttled = 0  # calls refused before their first attempt
+        self.throttle_seconds = LatencyHistogram()
 
     def __setstate__(self, state: Any) -> None:
         # Counters pickled by release 0.1 carry its slot names: read them under the new.
@@ -233,7 +240,8 @@ class _Counters:
 
     def merge(self, other: _Counters) -> None:
         for name in ("calls", "attempts", "retries", "calls_succeeded", "rejections",
-                     "calls_refused", "budget_denials", "polls"):
+                     "calls_refused", "budget_denials", "polls", "throttled",
+                     "throttle_refusals", "calls_throttled"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in ((self.attempts_failed, other.attempts_failed),
                              (self.calls_failed, other.calls_failed), (self.waits, other.waits)):
@@ -242,6 +250,7 @@ class _Counters:
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
         self.wait_seconds.merge(other.wait_seconds)
+        self.throttle_seconds.merge(other.throttle_seconds)
 
     def as_dict(self) -> StatsRow:
         calls_failed = sum(self.calls_failed.values())
@@ -253,7 +262,7 @@ class _Counters:
             "calls_failed_by_reason": dict(sorted(self.calls_failed.items())),
             "calls_refused": self.calls_refused,
             "calls_in_flight": max(0, self.calls - self.calls_succeeded - calls_failed
-                                   - self.calls_refused),
+                                   - self.calls_refused - self.calls_throttled),
             "attempts": self.attempts,
             "attempts_failed": sum(self.attempts_failed.values()),
             "attempts_failed_by_verdict": dict(sorted(self.attempts_failed.items())),
@@ -268,6 +277,10 @@ class _Counters:
             "polls": self.polls,
             "polls_per_wait": self.polls / waits if waits else 0.0,
             "seconds_to_done": self.wait_seconds.summary(),
+            "throttled_attempts": self.throttled,
+            "throttle_wait_seconds": self.throttle_seconds.summary(),
+            "throttle_refusals": self.throttle_refusals,
+            "calls_throttled": self.calls_throttled,
         })
 
 
@@ -300,6 +313,10 @@ class Stats:
       ``error``), ``polls`` and ``polls_per_wait``, and ``seconds_to_done`` (a latency
       summary of the waits that ended done).  A poll is not an attempt: a task that is
       not done yet is no failure.
+    - the throttle (:class:`~requests_smartretry.Throttle`): ``throttled_attempts`` (attempts
+      that waited for their turn) and ``throttle_wait_seconds`` (a latency summary of those
+      waits), ``throttle_refusals`` (turns refused: nothing sent) and ``calls_throttled``
+      (calls refused before their first attempt).
 
     The totals over every operation are under :data:`TOTAL_KEY`.  The names of release
     0.1 (``requests``, ``successes``, ``failures``, ``give_ups``, ``in_flight``…, see
@@ -356,6 +373,15 @@ class Stats:
                 if reason == "budget":
                     counters.budget_denials += 1
                 counters.call_seconds.add(event.call_elapsed)
+            elif kind is _THROTTLED:
+                if event.reason == "refused":
+                    counters.throttle_refusals += 1
+                    if event.attempt == 1:  # refused before any attempt: the call ends here
+                        counters.calls += 1
+                        counters.calls_throttled += 1
+                else:
+                    counters.throttled += 1
+                    counters.throttle_seconds.add(event.wait)
             elif kind is EventKind.REJECTED:
                 counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here

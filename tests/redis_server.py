@@ -586,3 +586,37 @@ def healing_call(redis_url: str, prefix: str, url: str, parties: int) -> str:
     _barrier(redis_url, f"{prefix}:done", parties)
     store.close()
     return result
+
+
+def paced_calls(redis_url: str, url: str, seconds: float, threads: int,
+                rate: float, max_in_flight: Optional[int] = None) -> dict[str, Any]:
+    """Call ``url`` from ``threads`` threads for ``seconds`` under ``Throttle(rate=...)``
+    shared through Redis; return the answers seen (status code -> count) and whether
+    Redis was reachable all along."""
+    import threading
+
+    from requests_smartretry import Throttle, ThrottledError, smart_session
+
+    throttle = Throttle(rate=rate, burst=1, max_in_flight=max_in_flight)
+    session = smart_session(max_retries=0, budget=None, throttle=throttle, log=False,
+                            state=_store(redis_url), timeout=10.0)
+    answers: dict[str, int] = {}
+    lock = threading.Lock()
+    until = time.monotonic() + seconds
+
+    def work() -> None:
+        while time.monotonic() < until:
+            try:
+                key = str(session.get(url).status_code)
+            except ThrottledError:
+                key = "ThrottledError"
+            with lock:
+                answers[key] = answers.get(key, 0) + 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    store = session.get_adapter(url).state
+    return {"answers": answers, "shared": store.shared}

@@ -387,3 +387,90 @@ def test_the_transport_refuses_what_is_not_an_async_transport() -> None:
     with pytest.raises(TypeError, match="sleep must be callable"):
         AsyncSmartRetryTransport(sleep=1.0)  # type: ignore[arg-type]
 
+
+
+# -- the throttle on asyncio: its waits are the driver's asyncio.sleep, its slots go back --
+
+
+@pytest.mark.slow
+def test_an_async_client_with_max_in_flight_never_exceeds_it() -> None:
+    """Throttle(max_in_flight=2) on an async client: 8 tasks × 3 calls against a vendor that
+    holds each request 50 ms; the vendor never holds more than 2 at once (no 50430), every
+    call succeeds, and no slot is left taken.  The same load unthrottled breaks the bound."""
+    from requests_smartretry import Throttle
+
+    from .fakes.ratelimited import RateLimitedVendor
+
+    with RateLimitedVendor(max_in_flight=2, latency=0.05) as vendor:
+        throttle = Throttle(max_in_flight=2)
+
+        async def hammer(client: Any) -> list[int]:
+            async def calls() -> list[int]:
+                return [(await client.get(vendor.url())).status_code for _ in range(3)]
+
+            async with client:
+                per_task = await asyncio.gather(*(calls() for _ in range(8)))
+            return [code for codes in per_task for code in codes]
+
+        codes = run(hammer(smart_async_client(throttle=throttle, max_retries=0, timeout=10.0,
+                                              log=False)))
+        assert codes == [200] * 24
+        assert vendor.peak <= 2
+        assert vendor.throttled == {}
+        assert throttle.in_flight(f"http://127.0.0.1:{vendor.port}") == 0
+        unpaced = run(hammer(smart_async_client(max_retries=0, log=False)))
+        assert 429 in unpaced  # the vendor does enforce it
+
+
+@pytest.mark.slow
+def test_a_cancelled_async_call_gives_its_throttle_slot_back() -> None:
+    """Throttle(max_in_flight=1): a task holding the slot (its attempt at a vendor that
+    answers in 2 s) is cancelled; the slot goes back at once, so the task waiting for its
+    turn (a throttle wait: asyncio.sleep) goes long before the 2 s are over.  A task
+    cancelled while it waits for its turn sends nothing and takes no slot."""
+    from requests_smartretry import Throttle
+
+    from .fakes.ratelimited import RateLimitedVendor
+
+    with RateLimitedVendor(latency=2.0) as vendor:
+        throttle = Throttle(max_in_flight=1)
+        service = f"http://127.0.0.1:{vendor.port}"
+
+        async def scenario() -> tuple[float, int, list[Optional[str]]]:
+            async with smart_async_client(throttle=throttle, max_retries=0, timeout=10.0,
+                                          log=False) as client:
+                holder = asyncio.ensure_future(client.get(vendor.url()))
+                while not vendor.executed:  # the holder's attempt is at the vendor
+                    await asyncio.sleep(0.01)
+                waiter = asyncio.ensure_future(client.get(vendor.url("/waiter")))
+                doomed = asyncio.ensure_future(client.get(vendor.url("/doomed")))
+                await asyncio.sleep(0.2)  # both wait for their turn
+                assert not waiter.done() and not doomed.done()
+                assert throttle.in_flight(service) == 1
+                reasons: list[Optional[str]] = []
+                doomed.cancel()  # cancelled in its throttle wait
+                reasons.append(await _cancelled_reason(doomed))
+                cancelled_at = time.monotonic()
+                holder.cancel()  # cancelled during its attempt: the slot goes back
+                reasons.append(await _cancelled_reason(holder))
+                response = await waiter
+                # The waiter's request reached the vendor right after the cancel, not
+                # when the holder's 2 s would have freed the slot.
+                return vendor.executed[1] - cancelled_at, response.status_code, reasons
+
+        lag, status, reasons = run(scenario())
+        assert status == 200
+        assert lag < 1.0  # the holder's attempt had ~1.7 s to go; generous for a loaded box
+        assert reasons == [None, "cancelled"]  # the doomed one made no attempt to give up
+        assert throttle.in_flight(service) == 0
+        assert len(vendor.executed) == 2  # the holder's and the waiter's; not the doomed
+
+
+async def _cancelled_reason(task: Awaitable[Any]) -> Optional[str]:
+    """Await a cancelled ``task``: its call's give-up reason (None: it gave nothing up)."""
+    try:
+        await task
+    except asyncio.CancelledError as exc:
+        give_up = [e for e in attempt_history(exc) if e.kind is EventKind.GIVE_UP]
+        return give_up[0].give_up_reason if give_up else None
+    raise AssertionError("the task was not cancelled")

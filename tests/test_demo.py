@@ -53,6 +53,9 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "task task-1 succeeded after 5 GETs",
         "Waits for a task (polls that were not done are not failures):",
         "video task status: 1 wait(s), 4 polls (done=1)",
+        "without a throttle: 6 x HTTP 200, 6 x HTTP 429",
+        "with Throttle(rate=5, burst=1): 12 x HTTP 200, 0 x HTTP 429",
+        "demo-throttled - throttled: attempt 1 waited",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
     assert "CircuitOpenError: refused without touching the network" in out

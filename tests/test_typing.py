@@ -61,6 +61,7 @@ def test_every_policy_field_is_a_typed_keyword() -> None:
     assert PolicyOptions.__optional_keys__ == fields
     assert CallOptions.__optional_keys__ == fields - {"hooks"}
     assert AdapterOptions.__optional_keys__ == fields - {"hooks"}
-    adapter_keywords = {"breaker", "budget", "state", "hooks", "stats", "sleep", "clock",
+    adapter_keywords = {"breaker", "budget", "state", "throttle", "hooks", "stats", "sleep",
+                        "clock",
                         "pool_connections", "pool_maxsize", "pool_block"}
     assert SessionOptions.__optional_keys__ == fields | adapter_keywords

@@ -1,0 +1,555 @@
+"""Pacing before the vendor throttles: a rate and a concurrency limit per service.
+
+A :class:`Throttle` gives every attempt (retries included) its *turn* before it sends: a
+slot among ``max_in_flight`` concurrent attempts, then a token of a bucket refilled at
+``rate`` per second holding ``burst`` at most.  It only *decides*: :meth:`Turn.step` says
+"go", "wait this long, then ask again" or refuses (:class:`ThrottledError`); the driver
+(the retry loop's ``sleep``; an asyncio driver's ``asyncio.sleep``) performs the wait.
+
+The bucket is kept as a schedule (the generic cell rate algorithm): ``tat`` is the
+moment the bucket will be full again (its *theoretical arrival time*); a turn asked at
+``now`` goes at ``max(tat, now) - tolerance``, where the tolerance is ``burst - 1`` token
+intervals, and moves ``tat`` one interval on.  A turn that must wait *reserves* its place
+at once, so waiting turns go out in order, one interval apart, without asking twice and
+without a herd waking together; a turn that could not go before its limit reserves
+nothing.  In any window of ``w`` seconds at most ``burst + rate·w`` turns go.
+
+Adaptive rate (``adaptive=True``): a *throttling answer* — a rate-limit verdict (429, the
+presets' codes 50429 / 50430, ``RateLimitExceeded.*``, ``FREQUENCY_LIMITED``) or a retryable
+failure carrying ``Retry-After`` — lowers the rate at once, and the rate then recovers along
+a cubic curve, the shape of TCP CUBIC that botocore's adaptive retry mode also uses::
+
+    rate(t) = W · (1 + (1 - β) · ((t - K) / K)³)       t: seconds since the decrease
+
+``W`` is the rate in force when the vendor throttled (after a learning pause: the rate the
+vendor was seen to accept, see below); the rate drops at once to ``β·W`` (``t = 0``),
+climbs quickly at first, flattens out as it nears ``W`` at ``t = K`` and stays near it
+for a while (the plateau), then probes above it slowly, faster the longer no throttling
+answer comes.
+Constants and why:
+
+- ``β = 0.8`` (:data:`BETA`; botocore 0.7): ``W`` is a rate the shared schedule kept
+  exactly (or one measured at the vendor), not a blind guess, so the decrease need not
+  overshoot downwards;
+  a cycle then loses ``(1 - β) / 4 = 5 %`` of ``W`` on average over its concave part.
+- ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
+  cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
+  every rate, and a vendor's per-second quota counts whole seconds: after 6 s near ``W``,
+  probing upwards by 2.5 % takes another 3 s, so a quota is tested about once every 10 s.
+- The rate never goes below :data:`MIN_RATE` (0.5/s), and with a configured ``rate`` never
+  above it (``rate`` is the ceiling).
+- Only an answer to an attempt that started more than :data:`HOLDOFF` (1 s) after the
+  last decrease lowers the rate again (TCP lowers once per round trip; a quota's round
+  trip is its window): the answers to attempts sent before, or while the vendor's window
+  still holds the old rate, say nothing about the new one, and counting them cut the rate
+  to the floor in one burst.
+- Without a ``rate`` the throttle paces nothing until the first throttling answer, which
+  has nothing to lower: every turn is then held for :data:`LEARN` (0.9 s, just under a
+  one-second quota window) and ``W`` is what the vendor accepted since just before that
+  answer.  (Taken at once, it would be nothing: in a burst the 429s come back before the
+  successes.)
+- A ``Retry-After`` also holds every turn on the service until it has passed.
+
+Shared by a fleet: with a Redis ``state=`` (see :mod:`requests_smartretry.redis_state`),
+the schedule, the in-flight slots (leased with a TTL: a crashed process's slots come back
+when the lease ends) and the learned rate live in Redis, so every process of the fleet
+keeps to one rate.  A process leases tokens in batches when its own demand is high enough
+(at most a tenth of a second of the service's rate), so the success path costs a round
+trip per batch, not per request.  While Redis is slow or down, each process paces locally
+at its share (rate ÷ processes last seen), with one WARNING.
+
+Thread-safe: the local state of each service is guarded by one short lock, never held
+around a wait or a network call.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from .classify import Verdict
+from .errors import ThrottledError
+from .testing import track
+
+__all__ = ["BETA", "HOLDOFF", "LEARN", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings",
+           "Turn", "is_throttling"]
+
+#: The multiplicative decrease: a throttling answer sets the rate to ``BETA · W``.
+BETA = 0.8
+#: Seconds the cubic curve takes to climb back to ``W`` (its plateau's middle).
+RECOVERY = 6.0
+#: The lowest rate an adaptive throttle falls to (requests per second).
+MIN_RATE = 0.5
+#: Seconds after a decrease during which throttling answers do not lower the rate again:
+#: a vendor counts its quota over a window (a second, for a QPS limit), and the answers
+#: that window still holds say nothing about the new rate.
+HOLDOFF = 1.0
+#: Seconds a throttle that paced nothing holds every turn after its first throttling
+#: answer, to count what the vendor accepts (just under a one-second quota window).
+LEARN = 0.9
+_RATE_LIMIT = Verdict.RATE_LIMIT
+#: Successes are counted per slice of this many seconds, over the last 2 s.
+_SLICE = 0.1
+_SLICES = 20
+#: Longest pause between two looks for a free in-flight slot.
+_SLOT_POLL_MAX = 0.05
+_SLOT_POLL_MIN = 0.002
+_INF = math.inf
+
+
+class ThrottleSettings:
+    """The throttle's configuration, as the local and the shared state read it."""
+
+    __slots__ = ("adaptive", "burst", "interval", "leaves", "max_in_flight", "max_wait", "rate",
+                 "tolerance")
+
+    def __init__(self, rate: Optional[float], burst: int, max_in_flight: Optional[int],
+                 adaptive: bool, max_wait: Optional[float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_in_flight = max_in_flight
+        self.adaptive = adaptive
+        self.max_wait = max_wait
+        #: Seconds between two turns at the configured rate (0: none), for a fixed rate.
+        self.interval = 0.0 if rate is None else 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        #: Whether the end of a turn taken at once has anything to give back or count.
+        self.leaves = max_in_flight is not None or adaptive
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.rate, self.burst, self.max_in_flight, self.adaptive, self.max_wait)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ThrottleSettings) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+# -- the algorithms (transcribed to Lua in redis_state/scripts.py; keep in step) ---------
+
+Record = dict[str, float]
+
+
+def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
+    """The rate in force at ``now`` (``inf``: no pacing): the configured ``rate``, or below
+    it the adaptive curve since the last decrease (``W`` = ``wmax``, at ``tfail``)."""
+    ceiling = _INF if s.rate is None else s.rate
+    if not s.adaptive or "wmax" not in record:
+        return ceiling
+    wmax = record["wmax"]
+    since = max(0.0, now - record["tfail"])
+    x = (since - RECOVERY) / RECOVERY
+    return max(MIN_RATE, min(ceiling, wmax * (1.0 + (1.0 - BETA) * x * x * x)))
+
+
+def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
+            max_wait: float, accepted: Optional[Callable[[float], float]] = None,
+            ) -> tuple[float, int, float]:
+    """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
+    may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
+    the first could not go within ``max_wait``.  ``accepted(since)``: the successes since
+    a moment, which end a learning pause (see :func:`learned`)."""
+    if s.adaptive:
+        if accepted is not None:
+            learned(record, now, accepted)
+        rate = rate_at(record, s, now)
+        interval = 0.0 if rate == _INF else 1.0 / rate
+    else:
+        interval = s.interval
+    tat = record.get("tat", now)
+    if tat < now:
+        tat = now
+    wait = tat - (s.burst - 1) * interval - now
+    if wait > 0.0:
+        if wait > max_wait:  # (a turn that needs no wait always goes)
+            return wait, 0, interval
+    else:
+        wait = 0.0
+    record["tat"] = tat + count * interval
+    return wait, count, interval
+
+
+def learned(record: Record, now: float, accepted: Callable[[float], float]) -> None:
+    """End a learning pause that is over (mutates ``record``): the first throttling answer
+    of a throttle that paced nothing held every turn for a quota window (:data:`LEARN`);
+    what the vendor accepted since just before it (``accepted(since)``: the successes
+    since that moment) is where the curve starts."""
+    learn = record.get("learn")
+    if learn is not None and now >= learn:
+        del record["learn"]
+        record["wmax"] = max(MIN_RATE, accepted(learn - LEARN - _SLICE))
+        record["tfail"] = now
+
+
+def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
+              retry_after: Optional[float]) -> float:
+    """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
+    returns the rate now in force)."""
+    if retry_after is not None and retry_after > 0:
+        # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
+        record["tat"] = max(record.get("tat", now), now + retry_after)
+    if not s.adaptive or "learn" in record \
+            or started <= record.get("tfail", -_INF) + HOLDOFF:
+        return rate_at(record, s, now)
+    current = rate_at(record, s, now)
+    if current == _INF:
+        # Nothing to lower yet: hold every turn for a quota window; the successes in it
+        # say what the vendor accepts (see reserve).
+        record["learn"] = now + LEARN
+        record["tat"] = max(record.get("tat", now), now + LEARN)
+        return current
+    record["wmax"] = current
+    record["tfail"] = now
+    return rate_at(record, s, now)
+
+
+def is_throttling(verdict: Verdict, retry_after: Optional[float]) -> bool:
+    """Whether a failed attempt's verdict is a throttling answer (see the module)."""
+    return verdict is _RATE_LIMIT or (retry_after is not None and verdict.retryable)
+
+
+# -- the local state of one service -------------------------------------------------------
+
+class _Local:
+    """One service's local pacing state (the schedule, the slots, the recent successes)."""
+
+    __slots__ = ("in_flight", "lock", "record", "slices", "slot_waiters")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.record: Record = {}
+        self.in_flight = 0
+        self.slot_waiters = 0
+        # Successes per slice of 0.1 s over the last 2 s: [slice number, count] x 20.
+        self.slices: list[list[float]] = [[-1.0, 0.0] for _ in range(_SLICES)]
+
+    def since(self, moment: float) -> float:
+        """Successes since ``moment`` (at most 2 s ago; under the lock)."""
+        first = math.floor(moment / _SLICE)
+        return sum(n for stamp, n in self.slices if stamp >= first)
+
+    def count_success(self, now: float) -> None:
+        current = math.floor(now / _SLICE)
+        cell = self.slices[int(current) % _SLICES]
+        if cell[0] != current:
+            cell[0], cell[1] = current, 0.0
+        cell[1] += 1.0
+
+
+class Throttle:
+    """Pace every attempt on a service: ``rate`` per second (``burst`` at once) and at most
+    ``max_in_flight`` at a time; ``adaptive=True`` learns the rate from throttling answers.
+
+    Example::
+
+        session = smart_session(throttle=Throttle(rate=10.0, burst=10, max_in_flight=4))
+        session = smart_session(throttle=Throttle(adaptive=True),
+                                state="redis://127.0.0.1:6379/0")   # one pace per fleet
+
+    Per service (the breaker's key: ``scheme://host``, or the preset's vendor name).  Every
+    attempt, retries included, takes a slot and a token before it sends.  The wait counts
+    against the attempt's timeout and the call's deadline: an attempt that cannot get its
+    turn before them (or within ``max_wait`` seconds) is not sent and raises
+    :class:`~requests_smartretry.ThrottledError` (a retry that cannot get its turn ends
+    the call with its last failure, as a retry that does not fit the deadline does).
+
+    ``burst`` defaults to ``max(1, round(rate))`` (a second's worth).  ``adaptive=True``
+    without ``rate`` paces nothing until the vendor throttles, then learns its rate;
+    with ``rate``, that rate is the ceiling.  The curve, its constants and why are in
+    :mod:`requests_smartretry.throttle`.  ``clock`` (monotonic seconds) is injectable.
+
+    One throttle may serve several adapters (they then share the pace).  Thread-safe;
+    picklable (a copy starts with a fresh local state).
+    """
+
+    def __init__(
+        self,
+        rate: Optional[float] = None,
+        burst: Optional[int] = None,
+        max_in_flight: Optional[int] = None,
+        adaptive: bool = False,
+        max_wait: Optional[float] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate is not None:
+            _check_number("rate", rate)
+        if burst is not None:
+            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+                raise ValueError(f"burst must be an integer >= 1, got {burst!r}")
+            if rate is None and not adaptive:
+                raise ValueError("burst needs a rate (or adaptive=True): without one "
+                                 "there is no bucket to size")
+        if max_in_flight is not None and (isinstance(max_in_flight, bool)
+                                          or not isinstance(max_in_flight, int)
+                                          or max_in_flight < 1):
+            raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        if max_wait is not None:
+            _check_number("max_wait", max_wait, minimum_allowed=True)
+        if rate is None and max_in_flight is None and not adaptive:
+            raise ValueError("a Throttle needs rate=, max_in_flight= or adaptive=True: "
+                             "as given it would pace nothing")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
+        if burst is None:
+            burst = max(1, round(rate)) if rate is not None else 1
+        self.settings = ThrottleSettings(None if rate is None else float(rate), burst,
+                                         max_in_flight, adaptive,
+                                         None if max_wait is None else float(max_wait))
+        self.clock = clock
+        self.store: Any = None  # a shared store (Redis) once an adapter's state= gives one
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._services: dict[str, _Local] = {}
+        self._services_lock = threading.Lock()
+        track(self)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        parts = []
+        if s.rate is not None:
+            parts.append(f"rate={s.rate:g}, burst={s.burst}")
+        if s.max_in_flight is not None:
+            parts.append(f"max_in_flight={s.max_in_flight}")
+        if s.adaptive:
+            parts.append("adaptive=True")
+        if s.max_wait is not None:
+            parts.append(f"max_wait={s.max_wait:g}")
+        shared = "" if self.store is None else f", store={self.store!r}"
+        return f"Throttle({', '.join(parts)}{shared})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings, "clock": self.clock, "store": self.store}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.settings = state["settings"]
+        self.clock = state["clock"]
+        self.store = state["store"]
+        self._init_local()
+
+    def _reset_state(self) -> None:
+        """Forget the local state (``testing.reset_state()``)."""
+        with self._services_lock:
+            self._services = {}
+
+    def use_store(self, store: Any) -> None:
+        """Share the pace through ``store`` when it can hold it (a Redis store); a store
+        in this process changes nothing (the throttle's own state is local already)."""
+        if callable(getattr(store, "throttle_turn", None)):
+            self.store = store
+
+    def _local(self, service: str) -> _Local:
+        local = self._services.get(service)
+        if local is None:
+            with self._services_lock:
+                local = self._services.setdefault(service, _Local())
+        return local
+
+    # -- the engine's side ------------------------------------------------------------
+
+    def turn(self, service: str, limit: Optional[float]) -> Turn:
+        """The turn of one attempt on ``service`` that may wait at most ``limit`` seconds
+        (the attempt's timeout and the call's deadline; ``None``: no limit) besides
+        ``max_wait``.  Drive it with :meth:`Turn.step`, end it with :meth:`Turn.done`."""
+        span = limit
+        max_wait = self.settings.max_wait
+        if max_wait is not None and (limit is None or max_wait < limit):
+            limit = max_wait
+        return Turn(self, service, self.clock(), limit, span)
+
+    def enter(self, service: str, now: float) -> Optional[_Local]:
+        """The common case, without a :class:`Turn`: a local throttle whose slot and token
+        are free now takes them and returns the service's state (hand it back with
+        :meth:`leave`); ``None`` (nothing taken) when the turn may have to wait, or is
+        shared, or is the service's first: then use :meth:`turn`."""
+        local = self._services.get(service)
+        if local is None or self.store is not None:
+            return None
+        settings = self.settings
+        limit = settings.max_in_flight
+        with local.lock:
+            if limit is not None and local.in_flight >= limit:
+                return None
+            record = local.record
+            if not settings.adaptive:
+                interval = settings.interval
+                if interval:  # reserve()'s rule for one turn that may not wait, inlined
+                    tat = record.get("tat", now)
+                    if tat < now:
+                        tat = now
+                    if tat - settings.tolerance > now:
+                        return None
+                    record["tat"] = tat + interval
+            elif "learn" in record or reserve(record, settings, now, 1, 0.0)[1] == 0:
+                return None
+            if limit is not None:
+                local.in_flight += 1
+        return local
+
+    def leave(self, local: _Local, now: float, started: float, *, success: bool = False,
+              throttling: bool = False, retry_after: Optional[float] = None) -> None:
+        """End a turn taken by :meth:`enter` (``started``: when it went): its slot goes
+        back; a success counts towards the accepted rate, a throttling answer lowers the
+        adaptive rate."""
+        settings = self.settings
+        if settings.max_in_flight is not None or (success and settings.adaptive) \
+                or throttling:
+            with local.lock:
+                if settings.max_in_flight is not None:
+                    local.in_flight -= 1
+                if success and settings.adaptive:
+                    local.count_success(now)
+                if throttling:
+                    throttled(local.record, settings, now, started, retry_after)
+
+    def rate(self, service: str) -> float:
+        """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
+        store = self.store
+        if store is not None:
+            shared = store.throttle_rate(service, self.settings, self.clock())
+            if shared is not None:
+                return float(shared)
+        local = self._local(service)
+        now = self.clock()
+        with local.lock:
+            learned(local.record, now, local.since)
+            return rate_at(local.record, self.settings, now)
+
+    def in_flight(self, service: str) -> int:
+        """Attempts on ``service`` holding a slot in this process."""
+        return self._local(service).in_flight
+
+
+class Turn:
+    """One attempt's place in a :class:`Throttle` (built by :meth:`Throttle.turn`).
+
+    :meth:`step` decides and never waits: ``None`` means go now; a number is the seconds
+    to wait before stepping again; :class:`ThrottledError` means the turn cannot come
+    within its limit (nothing was taken).  :meth:`done` gives the slot back and tells the
+    adaptive rate how the attempt went.
+    """
+
+    __slots__ = ("asked", "counted", "held", "lease", "limit", "local", "service", "slot",
+                 "span", "started", "throttle", "token", "waited")
+
+    def __init__(self, throttle: Throttle, service: str, asked: float,
+                 limit: Optional[float], span: Optional[float]) -> None:
+        self.throttle = throttle
+        self.service = service
+        self.asked = asked
+        #: Seconds the turn may wait (``None``: no limit).
+        self.limit = limit
+        #: Seconds the attempt may take from the moment it asked, wait included (``None``:
+        #: no limit): a shared slot's lease lasts that long (and a margin).
+        self.span = span
+        self.local: Optional[_Local] = None
+        self.slot = throttle.settings.max_in_flight is None  # nothing to take
+        self.held = False  # a local in-flight slot is held
+        self.lease: Optional[str] = None  # the shared slot's lease id
+        self.token = False
+        self.counted = False  # counted in the shared demand
+        self.started = asked
+        self.waited = 0.0
+
+    def step(self, now: float) -> Optional[float]:
+        """``None``: go now; else seconds to wait before stepping again.  Raises
+        :class:`ThrottledError` when the turn cannot come within its limit."""
+        throttle = self.throttle
+        settings = throttle.settings
+        left = _INF if self.limit is None else self.limit - (now - self.asked)
+        store = throttle.store
+        share = 1
+        if store is not None:
+            shared = store.throttle_turn(self, settings, now, left)
+            if shared is not False:
+                return shared  # type: ignore[no-any-return]  # None or seconds
+            share = store.throttle_share(self.service)  # Redis is out: pace at our share
+        local = self.local
+        if local is None:
+            local = self.local = throttle._local(self.service)
+        if not self.slot:
+            limit = settings.max_in_flight
+            assert limit is not None
+            limit = max(1, -(-limit // share))
+            with local.lock:
+                if local.in_flight < limit:
+                    local.in_flight += 1
+                    self.slot = self.held = True
+            if not self.slot:
+                return self.slot_wait(left)
+        if not self.token:
+            part = settings if share == 1 else _shared_part(settings, share)
+            with local.lock:
+                wait, granted, _ = reserve(local.record, part, now, 1, left, local.since)
+            if not granted:
+                self.done(now, refused=True)
+                raise ThrottledError(self.service, wait, self.limit)
+            return self.token_in(wait, now)
+        self.started = now
+        return None
+
+    def token_in(self, wait: float, now: float) -> Optional[float]:
+        """The turn's token comes in ``wait`` seconds: the step's answer (``None``: now)."""
+        self.token = True
+        if wait > 0.0:
+            self.waited += wait
+            return wait
+        self.started = now
+        return None
+
+    def slot_wait(self, left: float) -> float:
+        """No slot free: seconds until the next look (growing with the wait, at most
+        :data:`_SLOT_POLL_MAX`), or :class:`ThrottledError` when ``left`` is spent."""
+        if left <= 0.0:
+            raise ThrottledError(self.service, None, self.limit)
+        pause = min(_SLOT_POLL_MAX, max(_SLOT_POLL_MIN, self.waited / 4.0), left)
+        self.waited += pause
+        return pause
+
+    def done(self, now: float, *, success: bool = False, throttling: bool = False,
+             retry_after: Optional[float] = None, refused: bool = False) -> None:
+        """The attempt ended (or never went: ``refused``): give the slot back; a success
+        counts towards the accepted rate, a throttling answer lowers the adaptive rate."""
+        throttle = self.throttle
+        settings = throttle.settings
+        local = self.local
+        if local is None and (settings.adaptive or throttling):
+            local = self.local = throttle._local(self.service)
+        counted = success and settings.adaptive
+        if local is not None and (self.held or counted):
+            with local.lock:
+                if self.held:
+                    local.in_flight -= 1
+                    self.held = False
+                if counted:
+                    local.count_success(now)
+        store = throttle.store
+        if store is not None and store.throttle_done(self, settings, now, success=counted,
+                                                     throttling=throttling,
+                                                     retry_after=retry_after):
+            return
+        if throttling and local is not None:
+            with local.lock:
+                throttled(local.record, settings, now, self.started, retry_after)
+
+
+def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
+    """This process's part of a shared throttle while Redis is out: rate ÷ processes."""
+    rate = None if settings.rate is None else settings.rate / share
+    return ThrottleSettings(rate, max(1, settings.burst // share), settings.max_in_flight,
+                            settings.adaptive, settings.max_wait)
+
+
+def _check_number(name: str, value: Any, *, minimum_allowed: bool = False) -> None:
+    """A finite number > 0 (>= 0 with ``minimum_allowed``), or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value < 0 or (value == 0 and not minimum_allowed):
+        relation = ">=" if minimum_allowed else ">"
+        raise ValueError(f"{name} must be a finite number {relation} 0, got {value!r}")

@@ -1,0 +1,508 @@
+"""The throttle: its pure decisions (injected clock), the retry loop's turn before every
+attempt, and real pacing against a local rate-limited vendor (and a real Redis fleet)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from requests_smartretry import (
+    EventKind,
+    Throttle,
+    ThrottledError,
+    Verdict,
+    attempt_history,
+    smart_session,
+)
+from requests_smartretry.throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY, is_throttling
+from tests.conftest import FakeClock
+from tests.fakes.ratelimited import RateLimitedVendor
+
+SERVICE = "svc"
+
+
+def go(throttle: Throttle, limit: Any = None) -> tuple[Any, float]:
+    """Drive one turn on the throttle's (fake) clock to the moment it may go; returns the
+    turn and the seconds it waited."""
+    turn = throttle.turn(SERVICE, limit)
+    waited = 0.0
+    wait = turn.step(throttle.clock())
+    while wait is not None:
+        throttle.clock.advance(wait)  # type: ignore[attr-defined]
+        waited += wait
+        wait = turn.step(throttle.clock())
+    return turn, waited
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    ({"rate": -1.0}, "rate"),
+    ({"rate": 0}, "rate"),
+    ({"rate": float("nan")}, "rate"),
+    ({"rate": True}, "rate"),
+    ({"rate": 5.0, "burst": 0}, "burst"),
+    ({"rate": 5.0, "burst": 1.5}, "burst"),
+    ({"burst": 3}, "burst"),
+    ({"max_in_flight": 0}, "max_in_flight"),
+    ({"max_in_flight": 2.0}, "max_in_flight"),
+    ({"rate": 5.0, "max_wait": -1.0}, "max_wait"),
+    ({"rate": 5.0, "max_wait": float("inf")}, "max_wait"),
+    ({"rate": 5.0, "adaptive": "yes"}, "adaptive"),
+    ({}, "rate="),
+])
+def test_bad_configuration_is_refused_by_name(kwargs: dict[str, Any], named: str) -> None:
+    """Every bad argument raises a ValueError that names it."""
+    with pytest.raises(ValueError, match=named):
+        Throttle(**kwargs)
+
+
+def test_throttle_argument_must_be_a_throttle() -> None:
+    """``throttle=`` of another type is refused at construction, by name."""
+    with pytest.raises(TypeError, match="throttle must be None or a Throttle"):
+        smart_session(throttle=5)  # type: ignore[arg-type]
+
+
+def test_repr_and_defaults() -> None:
+    """The burst defaults to a second's worth of the rate; repr shows the configuration."""
+    throttle = Throttle(rate=10.0, max_in_flight=4)
+    assert throttle.settings.burst == 10
+    assert repr(throttle) == "Throttle(rate=10, burst=10, max_in_flight=4)"
+
+
+# -- the schedule (fake clock) -----------------------------------------------------------------
+
+def test_burst_goes_at_once_then_one_turn_per_interval() -> None:
+    """``burst`` turns go at once, the next ones one interval apart (reserved in order)."""
+    throttle = Throttle(rate=10.0, burst=3, clock=FakeClock())
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(6)]
+    assert waits[:3] == [None, None, None]
+    assert waits[3:] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_any_window_holds_at_most_burst_plus_rate_times_window() -> None:
+    """Whatever the arrival pattern, the turns that go in any window of w seconds number
+    at most burst + rate * w."""
+    clock = FakeClock()
+    throttle = Throttle(rate=5.0, burst=2, clock=clock)
+    sent = []
+    for gap in [0.0, 0.0, 0.0, 0.01, 0.5, 0.0, 0.0, 1.3, 0.0, 0.05, 0.0, 0.0, 0.0] * 3:
+        clock.advance(gap)
+        start = clock()
+        _, waited = go(throttle)
+        sent.append(start + waited)
+        clock.now = start  # the next caller arrives on its own schedule
+    sent.sort()
+    for window in (0.5, 1.0, 2.0):
+        for first in sent:
+            inside = [t for t in sent if first <= t < first + window]
+            assert len(inside) <= 2 + 5.0 * window + 1e-9
+
+
+def test_a_turn_that_cannot_come_in_time_is_refused_and_reserves_nothing() -> None:
+    """Refused: ThrottledError names the wait needed, and the schedule is unchanged."""
+    throttle = Throttle(rate=1.0, burst=1, clock=FakeClock())
+    assert throttle.turn(SERVICE, None).step(throttle.clock()) is None
+    with pytest.raises(ThrottledError) as refused:
+        throttle.turn(SERVICE, 0.5).step(throttle.clock())
+    assert refused.value.wait == pytest.approx(1.0)
+    assert refused.value.service == SERVICE
+    assert throttle.turn(SERVICE, 2.0).step(throttle.clock()) == pytest.approx(1.0)
+
+
+def test_max_wait_bounds_the_wait() -> None:
+    """``max_wait`` refuses a turn the attempt's own limit would have allowed."""
+    throttle = Throttle(rate=1.0, burst=1, max_wait=0.2, clock=FakeClock())
+    go(throttle)
+    with pytest.raises(ThrottledError):
+        throttle.turn(SERVICE, 30.0).step(throttle.clock())
+
+
+def test_in_flight_slots() -> None:
+    """At most ``max_in_flight`` turns hold a slot; a freed slot lets a waiting one go,
+    and one that waits past its limit is refused."""
+    clock = FakeClock()
+    throttle = Throttle(max_in_flight=2, clock=clock)
+    first, _ = go(throttle)
+    go(throttle)
+    assert throttle.in_flight(SERVICE) == 2
+    third = throttle.turn(SERVICE, 1.0)
+    pause = third.step(clock())
+    assert pause is not None and pause > 0
+    first.done(clock(), success=True)
+    assert third.step(clock()) is None
+    late = throttle.turn(SERVICE, 0.0)
+    with pytest.raises(ThrottledError, match="in-flight slot"):
+        late.step(clock())
+    assert throttle.in_flight(SERVICE) == 2
+
+
+# -- the adaptive rate -----------------------------------------------------------------------
+
+def test_a_throttling_answer_lowers_the_rate_at_once_and_it_recovers_along_the_curve() -> None:
+    """With a configured rate, a throttling answer drops it to BETA x the rate in force;
+    it climbs back to it at RECOVERY seconds and never above the configured ceiling."""
+    clock = FakeClock()
+    throttle = Throttle(rate=20.0, adaptive=True, clock=clock)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
+    clock.advance(RECOVERY / 2)
+    assert BETA * 20.0 < throttle.rate(SERVICE) < 20.0
+    clock.advance(RECOVERY / 2)
+    assert throttle.rate(SERVICE) == pytest.approx(20.0)
+    clock.advance(RECOVERY * 10)
+    assert throttle.rate(SERVICE) == 20.0  # never above the configured ceiling
+
+
+def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -> None:
+    """adaptive=True alone: the first throttling answer holds every turn for LEARN
+    seconds, then the rate starts at BETA x the successes of the last second, climbs
+    back to them at RECOVERY, stays near them (the plateau), then probes above."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    for _ in range(20):  # 20 successes in the last second: the vendor accepts 20/s
+        turn, _ = go(throttle)
+        turn.done(clock(), success=True)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    _, held = go(throttle)
+    assert held == pytest.approx(LEARN)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
+    clock.advance(RECOVERY)
+    assert throttle.rate(SERVICE) == pytest.approx(20.0)
+    clock.advance(RECOVERY * 0.3)
+    assert 20.0 < throttle.rate(SERVICE) < 20.0 * 1.01  # the plateau: barely above
+    clock.advance(RECOVERY)
+    assert throttle.rate(SERVICE) > 21.0  # then probing upwards
+
+
+def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() -> None:
+    """Only an attempt started after the last decrease (and its hold-off) lowers the
+    rate again."""
+    clock = FakeClock()
+    throttle = Throttle(rate=10.0, adaptive=True, clock=clock)
+    early = [go(throttle)[0] for _ in range(5)]
+    early[0].done(clock(), throttling=True)
+    lowered = throttle.rate(SERVICE)
+    assert lowered == pytest.approx(BETA * 10.0)
+    for turn in early[1:]:
+        turn.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(lowered)
+    clock.advance(HOLDOFF / 2)
+    within, _ = go(throttle)
+    recovering = throttle.rate(SERVICE)
+    within.done(clock(), throttling=True)  # the vendor's window still holds the old rate
+    assert throttle.rate(SERVICE) == pytest.approx(recovering)
+    clock.advance(HOLDOFF)
+    later, _ = go(throttle)
+    before = throttle.rate(SERVICE)
+    later.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * before)
+
+
+def test_adaptive_without_rate_paces_nothing_until_throttled() -> None:
+    """``adaptive=True`` alone: no pacing until the first throttling answer, then never
+    below MIN_RATE."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    assert throttle.rate(SERVICE) == float("inf")
+    assert all(go(throttle)[1] == 0.0 for _ in range(100))
+    for _ in range(30):
+        clock.advance(1.0)
+        turn, _ = go(throttle)
+        turn.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) >= MIN_RATE
+
+
+def test_retry_after_holds_every_turn() -> None:
+    """A throttling answer's Retry-After holds the next turns until it has passed."""
+    throttle = Throttle(rate=100.0, clock=FakeClock())
+    turn, _ = go(throttle)
+    turn.done(throttle.clock(), throttling=True, retry_after=2.0)
+    _, waited = go(throttle)
+    assert waited == pytest.approx(2.0 - 0.99, abs=0.02)  # a burst of 100: 99 intervals early
+
+
+def test_which_answers_are_throttling() -> None:
+    """429 (and vendor rate-limit codes) and a retryable failure with Retry-After."""
+    assert is_throttling(Verdict.RATE_LIMIT, None)
+    assert is_throttling(Verdict.SERVER_ERROR, 5.0)
+    assert not is_throttling(Verdict.SERVER_ERROR, None)
+    assert not is_throttling(Verdict.CLIENT_ERROR, 5.0)
+
+
+# -- through the adapter, against a rate-limited vendor -----------------------------------------
+
+def hammer(session: Any, url: str, threads: int, calls: int) -> list[Any]:
+    """``threads`` threads make ``calls`` calls each; returns the status codes (or the
+    exception types) in no order."""
+    results: list[Any] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(calls):
+            try:
+                answer: Any = session.get(url).status_code
+            except Exception as exc:
+                answer = type(exc)
+            with lock:
+                results.append(answer)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results
+
+
+@pytest.mark.slow
+def test_rate_bound_seen_by_the_vendor() -> None:
+    """With Throttle(rate=N, burst=B) the vendor sees at most N + B requests in any 1 s
+    window (server-side timestamps; +1 for scheduling jitter on a loaded machine), and
+    without the throttle the same load breaks that bound."""
+    with RateLimitedVendor(rate=None) as vendor:
+        session = smart_session(throttle=Throttle(rate=10.0, burst=2), max_retries=0,
+                                log=False)
+        results = hammer(session, vendor.url(), threads=6, calls=4)
+        assert results == [200] * 24
+        assert vendor.max_in_window() <= 10 + 2 + 1
+        vendor.executed.clear()
+        hammer(smart_session(max_retries=0, log=False), vendor.url(), threads=6, calls=4)
+        assert vendor.max_in_window() > 13  # the same load, unpaced
+
+
+@pytest.mark.slow
+def test_max_in_flight_bound_seen_by_the_vendor() -> None:
+    """With max_in_flight=M the vendor never holds more than M requests at once; the
+    vendor's concurrency limit (50430) is then never hit."""
+    with RateLimitedVendor(max_in_flight=2, latency=0.05) as vendor:
+        session = smart_session(throttle=Throttle(max_in_flight=2), max_retries=0, log=False)
+        results = hammer(session, vendor.url(), threads=6, calls=3)
+        assert results == [200] * 18
+        assert vendor.peak <= 2
+        assert vendor.throttled == {}
+        unpaced = hammer(smart_session(max_retries=0, log=False), vendor.url(), 6, 3)
+        assert 429 in unpaced  # the vendor does enforce it
+
+
+def test_throttled_error_sends_nothing(log_lines: Any) -> None:
+    """A turn that cannot come in time raises ThrottledError; the vendor executes nothing;
+    the history, the log line and the statistics say so."""
+    with RateLimitedVendor() as vendor:
+        session = smart_session(throttle=Throttle(rate=0.5, burst=1, max_wait=0.1),
+                                max_retries=0, lang="en")
+        assert session.get(vendor.url()).status_code == 200
+        started = time.monotonic()
+        with pytest.raises(ThrottledError) as refused:
+            session.get(vendor.url())
+        assert time.monotonic() - started < 1.0  # refused at once, not after waiting
+        assert len(vendor.executed) == 1
+    history = attempt_history(refused.value)
+    assert [event.kind for event in history] == [EventKind.THROTTLED]
+    assert history[0].reason == "refused"
+    assert any("throttled: attempt 1 cannot get its turn in time (needs" in line
+               for line in log_lines.lines)
+    row = session.get_adapter("http://").stats.snapshot()["__total__"]
+    assert row["calls"] == 2 and row["calls_throttled"] == 1 and row["throttle_refusals"] == 1
+    assert row["calls_in_flight"] == 0
+
+
+def test_a_throttled_wait_is_logged_and_counted(log_lines: Any) -> None:
+    """A turn that waited writes the seed-style line (zh) and adds its wait to the
+    statistics and the events."""
+    with RateLimitedVendor() as vendor:
+        session = smart_session(throttle=Throttle(rate=5.0, burst=1), max_retries=0,
+                                operation_name="生成艺术照")
+        session.get(vendor.url())
+        response = session.get(vendor.url())
+    waited = [e for e in response.retry_history if e.kind is EventKind.THROTTLED]
+    assert len(waited) == 1 and 0.05 < waited[0].wait <= 0.25
+    assert any(line.startswith("[API重试] 生成艺术照 - 限流: 第 1 次尝试等待 ")
+               and line.endswith("ms 后发送") for line in log_lines.lines)
+    row = session.get_adapter("http://").stats.snapshot()["生成艺术照"]
+    assert row["throttled_attempts"] == 1
+    assert row["throttle_wait_seconds"]["count"] == 1
+
+
+def test_the_wait_counts_against_the_call_deadline() -> None:
+    """A wait longer than the call's deadline leaves is refused at once."""
+    with RateLimitedVendor() as vendor:
+        session = smart_session(throttle=Throttle(rate=1.0, burst=1), max_retries=0,
+                                deadline=0.3, log=False)
+        session.get(vendor.url())
+        with pytest.raises(ThrottledError):
+            session.get(vendor.url())
+        assert len(vendor.executed) == 1
+
+
+def test_every_retry_takes_a_turn_and_a_refused_retry_ends_the_call() -> None:
+    """Retries are paced too; a retry that cannot get its turn ends the call (reason
+    "throttled") with the last answer, and sends nothing."""
+    with RateLimitedVendor(rate=1, style="plain") as vendor:
+        session = smart_session(throttle=Throttle(rate=1.0, burst=1, max_wait=0.2),
+                                max_retries=2, backoff_base=0.01, log=False)
+        assert session.get(vendor.url()).status_code == 200
+        time.sleep(1.05)
+        vendor.executed.clear()
+        session2 = smart_session(throttle=Throttle(rate=100.0, burst=1, max_wait=0.2),
+                                 max_retries=1, backoff_base=0.01, log=False)
+        session2.get(vendor.url())  # takes the vendor's one request of this second
+        response = session2.get(vendor.url())  # 429, retried after 10 ms: 429 again
+        assert response.status_code == 429
+        throttle = Throttle(rate=1.0, burst=1, max_wait=0.2)
+        session3 = smart_session(throttle=throttle, max_retries=2, backoff_base=0.01,
+                                 log=False)
+        response = session3.get(vendor.url())  # 429 at once; its retry has no turn
+        assert response.status_code == 429
+        kinds = [e.kind for e in response.retry_history]
+        assert kinds[-2:] == [EventKind.THROTTLED, EventKind.GIVE_UP]
+        assert response.retry_history[-1].give_up_reason == "throttled"
+
+
+@pytest.mark.slow
+def test_adaptive_learns_the_vendors_rate() -> None:
+    """adaptive=True against a vendor at 10/s: after the first 50429 the rate drops below
+    what was sent, and the throttled share stays small."""
+    with RateLimitedVendor(rate=10) as vendor:
+        throttle = Throttle(adaptive=True)
+        session = smart_session(throttle=throttle, max_retries=0, log=False)
+        results = hammer(session, vendor.url(), threads=4, calls=15)
+        learned = throttle.rate(f"http://127.0.0.1:{vendor.port}")
+    assert learned < 15.0
+    assert results.count(429) < 20  # unpaced, 60 calls at once would see ~50
+
+
+def test_presets_and_httpx_clients_take_a_throttle() -> None:
+    """photo_session, video_session, payment_session and the httpx clients accept
+    ``throttle=`` and pace with it (a second call within the same second is refused)."""
+    pytest.importorskip("httpx")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from requests_smartretry import payment_session, photo_session, video_session
+    from requests_smartretry.httpx import smart_client, video_client
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    with RateLimitedVendor() as vendor:
+        base = f"http://127.0.0.1:{vendor.port}"
+        clients: list[tuple[str, Any]] = [
+            ("photo", photo_session("AK", "SK", endpoint=base, throttle=Throttle(
+                rate=0.5, burst=1, max_wait=0.0), max_retries=0)),
+            ("video", video_session("key", endpoint=base, throttle=Throttle(
+                rate=0.5, burst=1, max_wait=0.0), max_retries=0)),
+            ("payment", payment_session("1900000001", "SERIAL", pem, endpoint=base,
+                                        backup_endpoint=None, throttle=Throttle(
+                                            rate=0.5, burst=1, max_wait=0.0),
+                                        max_retries=0)),
+            ("httpx", smart_client(throttle=Throttle(rate=0.5, burst=1, max_wait=0.0),
+                                   max_retries=0)),
+            ("ark httpx", video_client("key", endpoint=base, throttle=Throttle(
+                rate=0.5, burst=1, max_wait=0.0), max_retries=0)),
+        ]
+        for name, client in clients:
+            before = len(vendor.executed)
+            client.get(f"{base}/api")
+            with pytest.raises(ThrottledError):
+                client.get(f"{base}/api")
+            assert len(vendor.executed) == before + 1, name
+
+
+# -- shared by a fleet through Redis ------------------------------------------------------------
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_three_processes_share_one_rate(redis_url: str) -> None:
+    """3 real processes (4 threads each) with Throttle(rate=10) on one Redis together stay
+    at 10 requests/s: at most 10 + burst (+1 for jitter) in any 1 s window, and near 10/s
+    over the run."""
+    from tests.redis_server import in_processes, paced_calls
+
+    with RateLimitedVendor(latency=0.02) as vendor:
+        results = in_processes(paced_calls, [(redis_url, vendor.url(), 3.0, 4, 10.0)] * 3)
+        executed = sorted(vendor.executed)
+    assert all(result["shared"] for result in results), results
+    assert vendor.max_in_window() <= 10 + 1 + 1
+    rate = (len(executed) - 1) / (executed[-1] - executed[0])
+    assert 7.0 < rate <= 11.0
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_killed_processs_slots_come_back_within_the_lease(redis_url: str) -> None:
+    """A process SIGKILLed while it holds both in-flight slots: another process gets a
+    slot again once the lease (the attempt's time, 1 s, plus the 1 s margin) has ended,
+    and not before."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SLOTS, redis_url], stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"holding"
+        os.kill(holder.pid, signal.SIGKILL)
+        killed = time.monotonic()
+    finally:
+        holder.kill()
+        holder.wait()
+    from tests.redis_server import shared_store
+
+    throttle = Throttle(max_in_flight=2)
+    throttle.use_store(shared_store(redis_url, prefix="lease-test"))
+    turn = throttle.turn("svc", 10.0)
+    first = turn.step(throttle.clock())
+    assert first is not None  # both slots still leased to the dead process
+    while True:
+        wait = turn.step(throttle.clock())
+        if wait is None:
+            break
+        time.sleep(wait)
+    regained = time.monotonic() - killed
+    assert regained <= 2.0 + 1.5  # the lease: 1 s + 1 s margin, generous for a loaded box
+    turn.done(throttle.clock(), success=True)
+
+
+_HOLD_SLOTS = """
+import sys, time
+from requests_smartretry import Throttle
+from tests.redis_server import shared_store
+throttle = Throttle(max_in_flight=2)
+throttle.use_store(shared_store(sys.argv[1], prefix="lease-test"))
+for _ in range(2):
+    assert throttle.turn("svc", 1.0).step(throttle.clock()) is None
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.redis
+def test_redis_down_paces_locally_at_the_fleet_share(caplog: Any) -> None:
+    """A Redis that is out never fails a call: the throttle paces locally (at its share:
+    rate / processes last seen), with one WARNING."""
+    from tests.redis_server import RedisServer, shared_store
+
+    with RedisServer() as redis, RateLimitedVendor() as vendor:
+        store = shared_store(redis.url, time_budget=0.5)
+        throttle = Throttle(rate=20.0, burst=1)
+        session = smart_session(throttle=throttle, state=store, max_retries=0, log=False)
+        assert session.get(vendor.url()).status_code == 200
+        store._paces[f"http://127.0.0.1:{vendor.port}"].processes = 4  # as if 4 shared it
+        redis.kill()
+        caplog.set_level(logging.WARNING, logger="requests_smartretry")
+        started = time.monotonic()
+        results = hammer(session, vendor.url(), threads=2, calls=3)
+        elapsed = time.monotonic() - started
+    assert results == [200] * 6
+    assert elapsed >= 0.2 * 4  # 5/s: 20 / 4 processes (the first went at once)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "throttle" in warnings[0].getMessage()
