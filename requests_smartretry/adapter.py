@@ -243,9 +243,10 @@ def _hold_until_read(response: requests.Response, release: Callable[[], None]) -
 
 
 def _pools_of(manager: Any) -> list[Any]:
-    """The connection pools a urllib3 ``PoolManager`` holds now."""
+    """The connection pools a urllib3 ``PoolManager`` holds now (none for anything else
+    in its place: requests' own tests put mocks among the proxy managers)."""
     container = getattr(manager, "pools", None)
-    if container is None:
+    if container is None or not isinstance(manager, urllib3.PoolManager):
         return []
     # (keys(): urllib3's RecentlyUsedContainer refuses iteration, it copies its keys.)
     pools = (container.get(key) for key in container.keys())  # noqa: SIM118
