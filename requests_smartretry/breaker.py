@@ -244,9 +244,12 @@ class CircuitBreaker(StoreUser):
         """Call ``listener(service, old, new)`` on each transition this process sees (its
         own attempts' and its operator calls'; with a Redis store, another process's
         transition is seen here at this process's next attempt on the service).  Returns
-        ``listener``, so that it also serves as a decorator.  A listener runs in the
-        thread of the attempt that saw the change; one that raises is logged, not
-        propagated."""
+        ``listener``, so that it also serves as a decorator.  Each change is told once, in
+        the order this process saw them.  A listener runs in the thread of an attempt that
+        saw a change, outside any lock (it may call :meth:`force_open` or :meth:`state`;
+        the change it makes is told after it returns); while it runs, changes other threads
+        see queue behind it and that thread tells them too, so keep it quick: its time is
+        the attempt's.  One that raises is logged, not propagated."""
         if not callable(listener):
             raise TypeError(f"listener must be callable(service, old, new), got {listener!r}")
         with self._lock:
