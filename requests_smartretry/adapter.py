@@ -64,7 +64,6 @@ from .engine import (
     build_hooks,
     check_clocks,
     check_hooks,
-    mark_vetoed,
     quiet_plan,
     run_call,
 )
@@ -72,9 +71,12 @@ from .errors import AdapterClosedError, AttemptDeadlineExceeded
 from .events import Hook, Verdict
 from .overrides import current_overrides
 from .policy import RetryPolicy, resolve_policy
-from .redact import redact_exception, redact_url
-from .sending import (  # operation_name, service_name, is_idempotent: re-exported
+from .redact import redact_url
+
+# operation_name, service_name, is_idempotent, previous_attempts: re-exported
+from .sending import (
     _NO_BODY,
+    Sending,
     TimeoutArg,
     _BodyReplay,
     _mark_body_failures,
@@ -83,6 +85,7 @@ from .sending import (  # operation_name, service_name, is_idempotent: re-export
     _Timeouts,
     is_idempotent,
     operation_name,
+    previous_attempts,
     refuse_consumed_body,
     service_name,
     with_idempotency_key,
@@ -240,9 +243,10 @@ def _hold_until_read(response: requests.Response, release: Callable[[], None]) -
 
 
 def _pools_of(manager: Any) -> list[Any]:
-    """The connection pools a urllib3 ``PoolManager`` holds now."""
+    """The connection pools a urllib3 ``PoolManager`` holds now (none for anything else
+    in its place: requests' own tests put mocks among the proxy managers)."""
     container = getattr(manager, "pools", None)
-    if container is None:
+    if container is None or not isinstance(manager, urllib3.PoolManager):
         return []
     # (keys(): urllib3's RecentlyUsedContainer refuses iteration, it copies its keys.)
     pools = (container.get(key) for key in container.keys())  # noqa: SIM118
@@ -303,23 +307,11 @@ def _mirror_retry(policy: RetryPolicy) -> Retry:
     return mirror
 
 
-# How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
 # requests >= 2.32.2 looks pools up here (older ones call get_connection: no reuse there).
 _look_up_pool: Any = getattr(HTTPAdapter, "get_connection_with_tls_context", None)
 # (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
 _REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
     contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
-
-_PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
-    "requests_smartretry_previous_attempts", default=())
-
-
-def previous_attempts() -> tuple[Classification, ...]:
-    """Inside a ``prepare_attempt`` hook: the classifications of the call's earlier attempts,
-    oldest first (empty on the first attempt), e.g. to fail over to a backup host after a
-    connection failure or timeout."""
-    return _PREVIOUS_ATTEMPTS.get()
-
 
 class SmartRetryAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` that gives every request a deadline and classified retries.
@@ -888,21 +880,20 @@ class SmartRetryAdapter(HTTPAdapter):
             _mark_body_failures(response.raw, reason)
 
 
-class _Sending:
-    """One request's attempts, as :func:`~requests_smartretry.engine.run_call` makes them
-    (``sending(number)``): what ``send()`` worked out once, and what a failure leaves for
-    the retry (nothing until one fails: a first attempt that succeeds allocates only this).
-    """
+class _Sending(Sending[requests.Response]):
+    """One request's attempts through the adapter, as
+    :func:`~requests_smartretry.engine.run_call` makes them (``sending(number)``): what
+    ``send()`` worked out once, and the shared attempt state (:class:`Sending`)."""
 
-    __slots__ = ("adapter", "asked", "cert", "closes", "idempotent", "policy", "previous",
-                 "proxies", "replay", "request", "socket_timeout", "states", "stream",
-                 "timeouts", "verdicts", "verify")
+    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "proxies", "replay",
+                 "request", "socket_timeout", "states", "stream", "timeouts", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
                  asked: requests.PreparedRequest) -> None:
+        Sending.__init__(self)
         self.adapter = adapter
         self.closes = adapter._closes  # a close() after this stops the call's retries
         #: The request as the caller sent it, before a minted idempotency key: what an
@@ -919,52 +910,28 @@ class _Sending:
         self.socket_timeout = socket_timeout
         #: With a urllib3 Retry as max_retries: its state for the next attempt.
         self.states = states
+        self.pool: Any = None  # the pool of the last failed response, for the retry
         if request.body is None:
             self.replay = _NO_BODY
         else:
             self.replay = _BodyReplay(request)
             if not self.replay.replayable:
                 refuse_consumed_body(request)  # a redirect of a generator already sent
-        #: The last failed attempt's response, which the retry discards.
-        self.previous: Optional[requests.Response] = None
-        #: The verdicts of the failed attempts so far, for previous_attempts().
-        self.verdicts: tuple[Classification, ...] = ()
-        self.idempotent: Optional[bool] = None  # decided at the first failure that asks
+
+    def body_replayable(self) -> bool:
+        return self.replay.replayable
 
     def __call__(self, number: int) -> Outcome[requests.Response]:
-        adapter, request = self.adapter, self.request
-        pool = None  # the pool of the last failed response, for the retry
         if number > 1:
-            stale = self.previous
+            stale = self.take_stale()
             if stale is not None:  # a retry discards the last failed response
-                self.previous = None
-                pool = getattr(stale.raw, "_pool", None)
+                self.pool = getattr(stale.raw, "_pool", None)
                 stale.close()
-            if self.closed():  # closed as the retry starts (a START hook): send nothing
-                raise AdapterClosedError(
-                    "this SmartRetryAdapter was closed (session.close()) before the "
-                    "retry; nothing more is sent", request=request)
-            self.replay.rewind()
-        if self.verdicts:
-            token = _PREVIOUS_ATTEMPTS.set(self.verdicts)
-            try:
-                to_send = adapter._prepare_for(self.policy, request, number)
-            finally:
-                _PREVIOUS_ATTEMPTS.reset(token)
-        elif self.policy is None:  # first attempt: previous_attempts() is already ()
-            to_send = adapter.prepare_attempt(request, number)
-        else:
-            to_send = adapter._prepare_for(self.policy, request, number)
-        counted = None
-        scope = current_scope()
-        # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
-        # A key minted by this call does not make the enclosing call's repeat safe: it
-        # would send the caller's request again, with a new key.
-        if scope is not None and scope.ledger is not None and \
-                not adapter._idempotent_for(self.policy, self.asked):
-            counted = scope.ledger
-            if not counted.start_unsafe():
-                return _enclosing_over(request)
+        to_send = self.begin(number)
+        if to_send.__class__ is Outcome:
+            return to_send
+        adapter = self.adapter
+        pool, self.pool = self.pool, None
         reuse = None if pool is None else _REUSE_POOL.set((adapter, to_send.url, pool))
         try:
             if self.states is None:
@@ -980,50 +947,40 @@ class _Sending:
                 outcome = adapter._retry_attempt(self.states, to_send, functools.partial(
                     adapter._attempt, to_send, self.stream, self.timeouts, self.verify,
                     self.cert, self.proxies, None, self.policy), self.policy)
+        except BaseException:
+            self.abandon()
+            raise
         finally:
             if reuse is not None:
                 _REUSE_POOL.reset(reuse)
-        if counted is not None and outcome.classification.safe_to_repeat:
-            counted.not_executed()  # nothing sent, or the server said it did not act
-        if outcome.classification.verdict is _SUCCESS_VERDICT:
-            return outcome  # the common case: nothing to remember, redact or veto
-        return self._failed(outcome)
+        return self.end(outcome)
 
     def closed(self) -> bool:
         """Whether the adapter was closed since this call began (asked by the retry loop
         before each retry: the call then sends nothing more)."""
         return self.adapter._closes != self.closes
 
-    def _failed(self, outcome: Outcome[requests.Response]) -> Outcome[requests.Response]:
-        """A failed attempt's outcome as the engine and the hooks may see it: remembered
-        for the retry, its secrets removed, vetoed where repeating it is not safe."""
-        verdict = outcome.classification
-        self.verdicts += (verdict,)
-        if outcome.value is not None:
-            self.previous = outcome.value
-        # Hooks, on_retry and the caller see failures only with secrets removed.
-        if outcome.error is not None:
-            redact_exception(outcome.error)
-        signal = outcome.signal
-        # A signal without an error is our own HTTPError, its text built from the redacted
-        # URL and a reason code: only a cause chained to it (an undecodable body) is not.
-        if signal is not None and signal is not outcome.error and (
-                outcome.error is not None or signal.__cause__ is not None):
-            redact_exception(signal)
-        if outcome.error is not None:
-            self.replay.rewind()  # an enclosing call that repeats the request finds it whole
-        # A retryable failure may be vetoed.  An error raised after sending that is not
-        # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
-        # engine it changes nothing, but an enclosing call that retries any exception
-        # must not resend what this one would not.  (A veto already set is the urllib3
-        # Retry's decision, not a safety one.)
-        if outcome.veto is None and (
-                verdict.retryable or (outcome.error is not None and verdict.sent)):
-            if self.idempotent is None:
-                self.idempotent = self.adapter._idempotent_for(self.policy, self.request)
-            outcome.veto = veto(verdict, self.idempotent, self.replay.replayable)
-            mark_vetoed(outcome)  # final for an enclosing retrying call too
-        return outcome
+    def closed_error(self) -> BaseException:
+        return AdapterClosedError(
+            "this SmartRetryAdapter was closed (session.close()) before the "
+            "retry; nothing more is sent", request=self.request)
+
+    def rewind(self) -> None:
+        self.replay.rewind()
+
+    def prepare(self, number: int) -> requests.PreparedRequest:
+        if self.policy is None:
+            return self.adapter.prepare_attempt(self.request, number)
+        return self.adapter._prepare_for(self.policy, self.request, number)
+
+    def asked_idempotent(self) -> bool:
+        return self.adapter._idempotent_for(self.policy, self.asked)
+
+    def call_idempotent(self) -> bool:
+        return self.adapter._idempotent_for(self.policy, self.request)
+
+    def enclosing_over(self) -> Outcome[requests.Response]:
+        return _enclosing_over(self.request)
 
 
 def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Response]:

@@ -240,6 +240,13 @@ class RetryBudget(StoreUser):
             service, pending = evicted
         self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
 
+    def refund(self, service: str, tokens: int = 1) -> None:
+        """Give back the admission of a call that was granted its first retry but never
+        made it (cancelled or interrupted in its backoff wait, its transport closed);
+        nothing in test mode, which spent nothing."""
+        if not _testing._testing:
+            self._settle(service, float(tokens))
+
     def _settle(self, service: str, tokens: float) -> None:
         """Give back (``tokens > 0``) or charge (``< 0``, into debt if need be) what a
         call's retries cost, with the gathered deposits."""

@@ -13,6 +13,7 @@ and a dict delete.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import math
@@ -35,6 +36,7 @@ from .classify import NothingSent, mark_connect_phase
 __all__ = [
     "MIN_ATTEMPT",
     "POOL_CLASSES",
+    "AsyncCut",
     "AttemptLedger",
     "DeadlineBeforeSending",
     "HTTPConnection",
@@ -51,6 +53,7 @@ __all__ = [
     "defer_records",
     "remaining",
     "retry_scope",
+    "running_cut",
 ]
 
 # When a deadline passes while no socket exists yet (connecting), look again this often.
@@ -251,6 +254,82 @@ def retry_scope(deadline_at: Optional[float],
         yield scope
     finally:
         _scope.reset(token)
+
+
+# -- asyncio: the attempt deadline as a cancellation --------------------------------------
+
+# The cut of the attempt running in this task (its network streams record the first write).
+_running_cut: contextvars.ContextVar[Optional[AsyncCut]] = contextvars.ContextVar(
+    "requests_smartretry_async_cut", default=None)
+
+
+def running_cut() -> Optional[AsyncCut]:
+    """The :class:`AsyncCut` of the async attempt running in this task, if any."""
+    return _running_cut.get()
+
+
+class AsyncCut:
+    """An async attempt's wall-clock deadline: at ``seconds`` the attempt's task is
+    cancelled wherever it waits (connecting, writing, waiting for the headers, reading a
+    dripping body), as ``asyncio.timeout`` does (3.11+), written for 3.9.  ``sent`` is the
+    phase: set by the watched network stream when the attempt writes its first byte
+    (``watched``; else assumed).  Use::
+
+        cut = AsyncCut(seconds, watched=False)
+        try:
+            value = await work()
+        except asyncio.CancelledError:
+            if not cut.ours():
+                raise          # the caller's cancellation
+            ...                # cut at the deadline
+        finally:
+            cut.finish()
+        if cut.fired:
+            await cut.absorb() # it fired as the work ended
+    """
+
+    __slots__ = ("fired", "handle", "loop", "sent", "task", "token", "when")
+
+    def __init__(self, seconds: float, watched: bool) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)
+        self.fired = False
+        #: Whether anything may have been written; without a watched pool, assume so.
+        self.sent = not watched
+        self.when = loop.time() + seconds
+        self.handle = loop.call_at(self.when, self._fire)
+        self.token = _running_cut.set(self)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def remaining(self) -> float:
+        return max(0.0, self.when - self.loop.time())
+
+    def finish(self) -> None:
+        self.handle.cancel()
+        _running_cut.reset(self.token)
+
+    def ours(self) -> bool:
+        """Whether a ``CancelledError`` the attempt raised is this cut's alone (then it is
+        taken back: the task is not cancelled); another cancellation of the task (the
+        caller's) propagates.  Before Python 3.11 a cancellation of the caller's landing
+        at the very moment of the cut cannot be told apart and is taken as the cut."""
+        if not self.fired:
+            return False
+        uncancel = getattr(self.task, "uncancel", None)
+        return uncancel is None or uncancel() == 0
+
+    async def absorb(self) -> None:
+        """The cut fired after the attempt's last wait had already ended: its
+        cancellation is still pending on the task; take it here, not in the caller."""
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if not self.ours():
+                raise
 
 
 def _shutdown_socket(sock: Any) -> None:

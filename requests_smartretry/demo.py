@@ -215,6 +215,7 @@ class Tour:
         self.operator_steers_the_breaker()
         self.payment_signature_checked()
         self.waiting_for_a_task()
+        self.asyncio_client()
         self.throttle_paces_a_burst()
         self.statistics()
 
@@ -491,6 +492,39 @@ class Tour:
                     f"{time.monotonic() - started:.1f} s: 'queued' and 'running' were no "
                     f"failures (no WARNING), the 503 was retried; a crashed worker resumes "
                     f"with ark.wait_for_task(video, {created[0]!r})")
+
+    def asyncio_client(self) -> None:
+        self.heading("asyncio: the same policy on httpx.AsyncClient (a 503 retried after an "
+                     "asyncio.sleep; a call cancelled in its wait gives up 'cancelled')")
+        try:
+            from .httpx import smart_async_client
+        except ImportError:  # the httpx extra is optional
+            self.result("skipped: pip install \"requests-smartretry[httpx]\"")
+            return
+        import asyncio
+
+        async def calls() -> tuple[int, str]:
+            async with smart_async_client(operation_name="demo-async", lang=self.lang,
+                                          stats=self.stats,
+                                          backoff_base=_DEMO_BACKOFF) as client:
+                response = await client.get(self.server.url("/seq/async?steps=503,ok"))
+                slow = asyncio.ensure_future(client.get(
+                    self.server.url("/seq/async-cancel?steps=503,ok")))
+                await asyncio.sleep(0.1)  # its first attempt failed; it waits to retry
+                slow.cancel()
+                try:
+                    await slow
+                    reason = "not cancelled"
+                except asyncio.CancelledError as exc:
+                    give_up = [e for e in attempt_history(exc)
+                               if e.kind is EventKind.GIVE_UP]
+                    reason = (give_up[0].give_up_reason if give_up else None) or "?"
+                return response.status_code, reason
+
+        status, reason = asyncio.run(calls())
+        self.result(f"HTTP {status} after {self.server.hits('/seq/async')} requests; the "
+                    f"cancelled call gave up with reason {reason!r} after "
+                    f"{self.server.hits('/seq/async-cancel')} request (no retry sent)")
 
     def throttle_paces_a_burst(self) -> None:
         self.heading("Throttle: a burst of 12 calls against a vendor that allows 6 per second")

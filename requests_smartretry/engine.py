@@ -1,9 +1,12 @@
-"""The retry loop, shared by the HTTP adapter and the callable API.
+"""The retry loop, shared by every transport and the callable API, sync and async.
 
-The loop knows nothing of HTTP: an *attempt function* performs one attempt and returns an
-:class:`Outcome` (its classification, its value or error, and whether repeating it is
-safe); the loop (:func:`_loop`, one screen) admits, attempts, decides why to stop
-(:func:`stop_reason`), waits, and emits one event per step to the hooks.  A call whose
+The loop knows nothing of HTTP nor of I/O: an *attempt function* performs one attempt and
+returns an :class:`Outcome` (its classification, its value or error, and whether repeating
+it is safe); the loop (:class:`_Call`'s three transitions) is a step machine that admits,
+asks for an attempt, decides why to stop (:func:`stop_reason`), asks for a wait, and emits
+one event per step to the hooks.  Two small drivers perform what it asks: :func:`run_call` (the
+attempt called, ``time.sleep``) and :func:`run_call_async` (the attempt awaited,
+``asyncio.sleep``); as h11 and httpcore do, the decisions live once, the I/O twice.  A call whose
 first attempt succeeds and whose consumers are all built-in ones emits nothing: the
 statistics, the budget and the breaker are told directly and the history is built when
 read (:class:`Quiet`, :class:`LazyHistory`).
@@ -11,13 +14,14 @@ read (:class:`Quiet`, :class:`LazyHistory`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union, overload
 
@@ -46,6 +50,7 @@ __all__ = [
     "check_hooks",
     "quiet_plan",
     "run_call",
+    "run_call_async",
     "stop_reason",
 ]
 
@@ -58,6 +63,7 @@ _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
 _THROTTLED = EventKind.THROTTLED
 _time = time.time
+_CANCELLED = asyncio.CancelledError
 
 
 class BreakerGate(Protocol):
@@ -314,7 +320,9 @@ def run_call(
     quiet: Optional[Quiet] = None,
     throttle: Optional[Throttle] = None,
 ) -> Finished[T]:
-    """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended.
+    """Run ``attempt(1)``, ``attempt(2)``… as ``policy`` allows and return how it ended:
+    the synchronous driver of the step machine (:class:`_Call`), which performs what the
+    machine asks (an attempt, a wait with ``sleep``) and hands back what happened.
 
     Raises only :class:`CircuitOpenError` (the breaker refused the first attempt); every
     other ending, success or failure, comes back as :class:`Finished`.  ``closed``, when
@@ -329,44 +337,117 @@ def run_call(
     consumer is a built-in one skip the event stream until something reads it (see
     :class:`_Call`).
 
-    ``throttle`` gives every attempt its turn first (:meth:`_Call.take_turn`): a refusal
-    raises :class:`ThrottledError` before the first attempt and ends the call (reason
-    ``"throttled"``) before a later one.
+    ``throttle`` gives every attempt its turn first (:meth:`_Call.take_turn`): a turn
+    that must wait is a wait step like a backoff; a refusal raises :class:`ThrottledError`
+    before the first attempt and ends the call (reason ``"throttled"``) before a later
+    one.  The turn goes back when its attempt ends, however it ends.
     """
     outer = current_scope()  # a C-level accessor: this setup runs for every request
     if policy.deadline is None:
-        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, outer, None, throttle), attempt, sleep)
+        return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                            outer, outer, None, throttle), attempt, sleep)
     ends_at = clock() + policy.deadline  # in the (injectable) clock's time
     with retry_scope(time.monotonic() + policy.deadline) as inner:
-        return _loop(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
-                           outer, inner, ends_at, throttle), attempt, sleep)
+        return _drive(_Call(policy, call, hooks, breaker, budget, clock, rng, closed, quiet,
+                            outer, inner, ends_at, throttle), attempt, sleep)
 
 
-def _loop(run: _Call[T], attempt: Callable[[int], Outcome[T]],
-          sleep: Callable[[float], None]) -> Finished[T]:
-    """The retry loop: take a turn, admit, attempt, then succeed or decide why to stop,
-    or wait."""
-    outcome: Optional[Outcome[T]] = None
-    for number in range(1, run.max_attempts + 1):
-        if run.throttle is not None:  # the throttle's turn; a refusal ends the call
-            refused = run.take_turn(number, outcome, sleep)
-            if refused is not None:
-                return refused
-        ticket = run.admit(number, outcome)  # the breaker's; a refusal ends the call
-        if isinstance(ticket, Finished):
-            return ticket
-        outcome = run.attempt(attempt, number, ticket)  # raising: give-up "error", raise
-        if outcome.classification.verdict is _SUCCESS_VERDICT:
-            return run.succeeded(outcome, number, ticket)
-        run.failed(outcome, number, ticket)
-        reason, wait = stop_reason(run, outcome, number)
-        if reason is not None:
-            return run.give_up(outcome, number, reason)
-        run.wait(outcome, number, wait, sleep)  # interrupted: give-up, raise
-        if run.closed is not None and run.closed():  # closed during the wait
-            return run.give_up(outcome, number, "closed")
-    raise AssertionError("unreachable: the loop returns on its last attempt")  # pragma: no cover
+def _drive(run: _Call[T], attempt: Callable[[int], Outcome[T]],
+           sleep: Callable[[float], None]) -> Finished[T]:
+    """Perform the machine's steps in this thread (see :class:`_Call`): an ``int`` is an
+    attempt to make, a ``float`` the seconds to wait (a backoff or a throttle's turn), a
+    :class:`Finished` the end.  What
+    a step raises goes back to the machine, which closes the call's events, and is
+    raised again."""
+    step = run.next_attempt(1)
+    while True:
+        kind = step.__class__
+        if kind is int:
+            try:
+                outcome = attempt(step)  # type: ignore[arg-type]  # an int here
+            except BaseException as exc:
+                run.raised(exc)
+                raise
+            step = run.attempted(outcome)
+        elif kind is float:
+            try:
+                _testing.sleeper(sleep)(step)  # type: ignore[arg-type]  # a float here
+            except BaseException as exc:
+                run.interrupted(exc)
+                raise
+            step = run.waited()
+        else:
+            return step  # type: ignore[return-value]  # Finished
+
+
+async def run_call_async(
+    policy: RetryPolicy,
+    call: CallInfo,
+    attempt: Callable[[int], Awaitable[Outcome[T]]],
+    *,
+    hooks: tuple[Hook, ...] = (),
+    breaker: Optional[BreakerGate] = None,
+    budget: Optional[BudgetGate] = None,
+    sleep: Optional[Callable[[float], Any]] = None,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Any = random,
+    closed: Optional[Callable[[], bool]] = None,
+    quiet: Optional[Quiet] = None,
+    throttle: Optional[Throttle] = None,
+) -> Finished[T]:
+    """:func:`run_call` for asyncio: the same machine, its attempts awaited and its waits
+    ``asyncio.sleep`` (or ``sleep``: awaited when it returns an awaitable), the throttle's
+    waits included.  A task cancelled during an attempt or a wait ends the call with
+    give-up reason ``"cancelled"`` (its throttle turn given back); the ``CancelledError``
+    propagates.
+
+    The call's retry scope (``policy.deadline``) is a contextvar set in this task only."""
+    outer = current_scope()
+    if policy.deadline is None:
+        return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
+                                        closed, quiet, outer, outer, None, throttle),
+                                  attempt, sleep)
+    ends_at = clock() + policy.deadline
+    with retry_scope(time.monotonic() + policy.deadline) as inner:
+        return await _drive_async(_Call(policy, call, hooks, breaker, budget, clock, rng,
+                                        closed, quiet, outer, inner, ends_at, throttle),
+                                  attempt, sleep)
+
+
+async def _drive_async(run: _Call[T], attempt: Callable[[int], Awaitable[Outcome[T]]],
+                       sleep: Optional[Callable[[float], Any]]) -> Finished[T]:
+    """:func:`_drive` with the attempt awaited and the wait ``asyncio.sleep``."""
+    step = run.next_attempt(1)
+    while True:
+        kind = step.__class__
+        if kind is int:
+            try:
+                outcome = await attempt(step)  # type: ignore[arg-type]  # an int here
+            except BaseException as exc:
+                run.raised(exc)
+                raise
+            step = run.attempted(outcome)
+        elif kind is float:
+            try:
+                if _testing._testing:  # no wait, but the other tasks run (a spinning
+                    await asyncio.sleep(0)  # throttle wait needs one to free its slot)
+                elif step > 0:  # type: ignore[operator]
+                    waited = (asyncio.sleep(step) if sleep is None  # type: ignore[arg-type]
+                              else sleep(step))  # type: ignore[arg-type]
+                    if waited is not None:  # an injected sleep may be synchronous
+                        await waited
+            except BaseException as exc:
+                run.interrupted(exc)
+                raise
+            step = run.waited()
+        else:
+            return step  # type: ignore[return-value]  # Finished
+
+
+#: What the machine asks of its driver next: an ``int`` (make that attempt, hand back
+#: its :class:`Outcome` to :meth:`_Call.attempted`), a ``float`` (wait that long, then
+#: :meth:`_Call.waited`), or the call's :class:`Finished`.
+_Step = Union[int, float, Finished[T]]
 
 
 def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Optional[str], float]:
@@ -423,7 +504,17 @@ def stop_reason(run: _Call[Any], outcome: Outcome[Any], number: int) -> tuple[Op
 
 
 class _Call(Generic[T]):
-    """One call's state and its steps, as :func:`_loop` runs them.
+    """One call's state and its steps: the step machine that a driver (:func:`_drive`,
+    :func:`_drive_async`) runs, without I/O of its own.
+
+    Its transitions, the retry loop spread over three methods: :meth:`next_attempt` (1) →
+    attempt 1;
+    :meth:`attempted` (an attempt's outcome) → the call's :class:`Finished`, or a wait;
+    :meth:`waited` → the next attempt (or the end: closed, the breaker refused it).  An
+    attempt or a wait that raised ends the call through :meth:`raised` /
+    :meth:`interrupted` (the driver re-raises).  With a throttle, an attempt first takes
+    its turn (:meth:`take_turn`): a turn that must wait is a wait step (``turn_for`` says
+    which attempt it is for), after which :meth:`waited` asks the turn again.
 
     While ``events`` is None the call is *quiet*: its consumers are all built-in (see
     :func:`quiet_plan`), so its first attempt is counted by direct calls and its history
@@ -441,11 +532,19 @@ class _Call(Generic[T]):
     rule: Optional[VerdictRule] = None  # the policy's rule for the last failure
     seen: Optional[dict[Verdict, int]] = None  # failures per verdict (per-verdict limits)
     unhealed: Optional[float] = None  # the breaker weight of a failure not yet counted
+    attempt_started = 0.0  # clock() at the running attempt's start
+    granted = False  # a retry was granted (the budget paid) and not yet started
+    number = 0  # the attempt running, or the last one
+    ticket = 0  # its breaker ticket
+    outcome: Optional[Outcome[Any]] = None  # the last failed attempt's, while waiting
+    wait_asked = 0.0  # the wait asked of the driver
     # The throttle's turn of the attempt under way: a Turn, or (taken at once, the common
     # case) the service's local state, taken at ``turn_at``.
     turn: Any = None
     turn_at = 0.0
     cut_at: Optional[float] = None  # (monotonic) the attempt's end, when a turn waited
+    cut: Any = None  # the retry scope entered for it (a context manager), while attempting
+    turn_for = 0  # the attempt whose turn the wait under way is for (0: a backoff wait)
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -498,6 +597,67 @@ class _Call(Generic[T]):
             self.quiet = None
         return events
 
+    # -- the machine: three transitions, each returning the next step (see _Step) ---------
+
+    def attempted(self, outcome: Outcome[T]) -> _Step[T]:
+        """Attempt ``self.number`` ended with ``outcome``: the call succeeds, or stops
+        (:func:`stop_reason`), or waits before the next attempt."""
+        number, ticket = self.number, self.ticket
+        self.elapsed = self.clock() - self.attempt_started
+        if self.cut is not None:
+            self.uncut()
+        if self.turn is not None:
+            if outcome.hold is not None and \
+                    outcome.classification.verdict is _SUCCESS_VERDICT:
+                outcome.hold(self.held_turn(outcome))  # a streamed body keeps its slot
+            else:
+                self.end_turn(outcome)
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return self.succeeded(outcome, number, ticket)
+        self.failed(outcome, number, ticket)
+        reason, wait = stop_reason(self, outcome, number)
+        if reason is not None:
+            return self.give_up(outcome, number, reason)
+        self.retrying(outcome, number, wait)
+        wait = float(wait)  # a float: the driver's wait step
+        self.outcome, self.wait_asked = outcome, wait
+        return wait
+
+    def waited(self) -> _Step[T]:
+        """The wait before a retry ended: the next attempt, unless the transport was
+        closed meanwhile; after a throttle's wait, the turn is asked again."""
+        number = self.turn_for
+        if number:  # a wait for the throttle's turn
+            self.turn_for = 0
+            step = self.step_turn(number, self.outcome)
+            return self.admitted(number, self.outcome) if step is None else step
+        outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
+        self.previous_wait = self.wait_asked
+        if self.closed is not None and self.closed():  # closed during the wait
+            return self.give_up(outcome, self.number, "closed")
+        return self.next_attempt(self.number + 1, outcome)
+
+    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None) -> _Step[T]:
+        """Attempt ``number`` (``next_attempt(1)``: the machine's first step), once the
+        throttle gave it its turn (a wait step while it must wait) and the breaker admits
+        it (``outcome``: the last failed attempt's, for a refusal)."""
+        if self.throttle is not None:
+            step = self.take_turn(number, outcome)
+            if step is not None:
+                return step
+        return self.admitted(number, outcome)
+
+    def admitted(self, number: int, outcome: Optional[Outcome[T]]) -> _Step[T]:
+        """Attempt ``number``, once the breaker admits it."""
+        if self.breaker is not None:
+            ticket = self.admit(number, outcome)  # a refusal ends the call
+            if not isinstance(ticket, int):
+                return ticket
+            self.ticket = ticket
+        self.number = number
+        self.start(number)
+        return number
+
     def admit(self, number: int, outcome: Optional[Outcome[T]]) -> Union[int, Finished[T]]:
         """The breaker's ticket for attempt ``number`` (0 without a breaker); a refusal
         raises :class:`CircuitOpenError` before the first attempt, and ends the call
@@ -520,9 +680,8 @@ class _Call(Generic[T]):
             self._open()  # a half-open probe: every consumer sees how it goes
         return ticket
 
-    def attempt(self, attempt: Callable[[int], Outcome[T]], number: int,
-                ticket: int) -> Outcome[T]:
-        """Run attempt ``number`` between its START and its clock readings."""
+    def start(self, number: int) -> None:
+        """Attempt ``number`` starts: its START, its clock reading."""
         events = self.events
         if events is None:
             self.wall_start = _time()
@@ -531,34 +690,35 @@ class _Call(Generic[T]):
                 stats.quiet_start(self.call.operation)
         else:
             events.emit(_START, number)
-        clock = self.clock
-        started = clock()
+        self.granted = False  # the retry the budget granted is being made
+        started = self.attempt_started = self.clock()
         if number == 1:
             self.started = started
-        try:
-            if self.cut_at is None:
-                outcome = attempt(number)
-            else:  # the throttle's wait came out of this attempt's time
-                with retry_scope(self.cut_at):
-                    outcome = attempt(number)
-        except BaseException as exc:
-            self.end_turn(None)
-            # A hook of the attempt (a signer, prepare_attempt) raised, or the caller was
-            # interrupted: the call ends here, but its events still close it out.
-            self.elapsed = clock() - started
-            raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
-                                         error=exc)
-            self.failed(raised, number, ticket)
-            attach_history(exc, tuple(self.give_up(raised, number, "error").history))
-            raise
-        self.elapsed = clock() - started
-        if self.turn is not None:
-            if outcome.hold is not None and \
-                    outcome.classification.verdict is _SUCCESS_VERDICT:
-                outcome.hold(self.held_turn(outcome))
-            else:
-                self.end_turn(outcome)
-        return outcome
+        cut_at = self.cut_at
+        if cut_at is not None:  # the throttle's wait comes out of this attempt's time
+            self.cut_at = None
+            self.cut = retry_scope(cut_at)  # a contextvar: it holds across the awaits
+            self.cut.__enter__()
+
+    def uncut(self) -> None:
+        """The attempt ended: leave the retry scope :meth:`start` entered for it."""
+        cut, self.cut = self.cut, None
+        cut.__exit__(None, None, None)
+
+    def raised(self, exc: BaseException) -> None:
+        """The attempt raised ``exc``: a hook of the attempt (a signer, prepare_attempt)
+        raised, or the caller was interrupted (a cancelled task: give-up reason
+        ``cancelled``).  The call ends here, but its events still close it out."""
+        number, ticket = self.number, self.ticket
+        self.elapsed = self.clock() - self.attempt_started
+        if self.cut is not None:
+            self.uncut()
+        self.end_turn(None)  # the slot goes back (a cancelled task's included)
+        raised: Outcome[T] = Outcome(Classification(Verdict.PERMANENT, type(exc).__name__),
+                                     error=exc)
+        self.failed(raised, number, ticket)
+        reason = "cancelled" if isinstance(exc, _CANCELLED) else "error"
+        attach_history(exc, tuple(self.give_up(raised, number, reason).history))
 
     def held_turn(self, outcome: Outcome[T]) -> Callable[[], None]:
         """The turn of a success whose value is still being received (``outcome.hold``):
@@ -577,33 +737,35 @@ class _Call(Generic[T]):
                 _finish_turn(throttle, turn, turn_at, ended)
         return release
 
-    def take_turn(self, number: int, outcome: Optional[Outcome[T]],
-                  sleep: Callable[[float], None]) -> Optional[Finished[T]]:
-        """Attempt ``number``'s turn from the throttle, waiting for it (the one place the
-        loop waits for the throttle: the throttle decides, ``sleep`` performs).  The wait
-        is limited by the attempt's timeout and the call's deadline, and comes out of the
-        attempt's time; a refusal raises :class:`ThrottledError` before the first attempt,
-        and ends the call (``"throttled"``) before a later one."""
-        throttle: Throttle = self.throttle  # type: ignore[assignment]  # the loop checked
+    def take_turn(self, number: int, outcome: Optional[Outcome[T]]) -> Optional[_Step[T]]:
+        """Attempt ``number``'s turn from the throttle: ``None`` when it may go now, else
+        the next step (a wait for the turn, or the end: :meth:`step_turn`).  The wait is
+        limited by the attempt's timeout and the call's deadline, and comes out of the
+        attempt's time."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # the caller checked
         now = throttle.clock()
         entered = throttle.enter(self.call.service, now)  # free now: no Turn, no wait
         if entered is not None:
-            self.turn, self.turn_at, self.cut_at = entered, now, None
+            self.turn, self.turn_at = entered, now
             return None
         timeout = self.policy.timeout
         limit = self.time_left()
         if timeout is not None and (limit is None or timeout < limit):
             limit = timeout
-        turn = throttle.turn(self.call.service, limit)
-        self.cut_at = None
+        self.turn = throttle.turn(self.call.service, limit)
+        return self.step_turn(number, outcome)
+
+    def step_turn(self, number: int, outcome: Optional[Outcome[T]]) -> Optional[_Step[T]]:
+        """Ask the turn again (the throttle decides, the driver performs the waits):
+        ``None`` (go), a wait step (``turn_for`` remembers the attempt), or, refused, the
+        call's end: :class:`ThrottledError` raised before the first attempt, give-up
+        ``"throttled"`` before a later one."""
+        throttle: Throttle = self.throttle  # type: ignore[assignment]  # a turn has one
+        turn: Turn = self.turn
         try:
             wait = turn.step(throttle.clock())
-            if wait is not None:
-                pause = _testing.sleeper(sleep)
-                while wait is not None:
-                    pause(wait)
-                    wait = turn.step(throttle.clock())
-        except ThrottledError as exc:
+        except ThrottledError as exc:  # nothing taken: the turn is over
+            self.turn = None
             events = self._open()
             events.emit(_THROTTLED, number, {"wait": exc.wait, "reason": "refused",
                                              "error": exc})
@@ -611,16 +773,13 @@ class _Call(Generic[T]):
                 attach_history(exc, tuple(events.history))
                 raise
             return self.give_up(outcome, number - 1, "throttled")
-        except BaseException as exc:  # Ctrl-C (or a raising injected sleep) while waiting
-            turn.done(throttle.clock(), refused=True)
-            if outcome is not None:
-                attach_history(exc, tuple(self.give_up(outcome, number - 1,
-                                                       "interrupted").history))
-            raise
-        self.turn = turn
+        if wait is not None:
+            self.turn_for = number
+            return float(wait)  # a float: the driver's wait step
         waited = turn.waited
         if waited > 0.0:
             self._open().emit(_THROTTLED, number, {"wait": waited, "reason": "waited"})
+            timeout = self.policy.timeout
             if timeout is not None:
                 self.cut_at = time.monotonic() + max(0.0, timeout - waited)
         return None
@@ -715,6 +874,15 @@ class _Call(Generic[T]):
             defer_records([functools.partial(self.record,  # type: ignore[arg-type,misc]
                                              self.call.service, 0, failed=True,
                                              weight=unhealed)])
+        if self.granted and number == 1 and reason != "circuit_open":
+            # The budget admitted the call to retrying (at its first retry), and the retry
+            # was never made (cancelled or interrupted in its wait, closed): the admission
+            # goes back.  Later retries run on credit and the budget settles them from the
+            # GIVE_UP event; it gives a breaker's refusal back itself, from REJECTED.
+            self.granted = False
+            refund = getattr(self.budget, "refund", None)
+            if refund is not None:
+                refund(self.call.service)
         events = self._open()
         events.emit(EventKind.GIVE_UP, number,
                     {"verdict": verdict.verdict, "reason": verdict.reason,
@@ -725,21 +893,30 @@ class _Call(Generic[T]):
                      "call_elapsed": self.clock() - self.started})
         return Finished(outcome, tuple(events.history), reason)
 
-    def wait(self, outcome: Outcome[T], number: int, wait: float,
-             sleep: Callable[[float], None]) -> None:
-        """The RETRY event, ``on_retry``, then the backoff wait (none in test mode)."""
+    def retrying(self, outcome: Outcome[T], number: int, wait: float) -> None:
+        """The RETRY event and ``on_retry``, before the backoff wait (none in test mode)."""
         verdict = outcome.classification
+        self.granted = True  # the budget (if any) paid for the retry: refunded if not made
         self._open().emit(EventKind.RETRY, number,
                           {"verdict": verdict.verdict, "reason": verdict.reason,
                            "wait": 0.0 if _testing._testing else wait,
                            "retry_after": verdict.retry_after})
         _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
-        try:
-            _testing.sleeper(sleep)(wait)
-        except BaseException as exc:  # Ctrl-C (or a raising injected sleep) during backoff
-            attach_history(exc, tuple(self.give_up(outcome, number, "interrupted").history))
-            raise
-        self.previous_wait = wait
+
+    def interrupted(self, exc: BaseException) -> None:
+        """The wait (a backoff, or for the throttle's turn) raised ``exc``: the call gives
+        up (``cancelled`` for a cancelled task, else ``interrupted``); a turn waited for
+        goes back.  Interrupted before its first attempt, a call has nothing to give up."""
+        reason = "cancelled" if isinstance(exc, _CANCELLED) else "interrupted"
+        outcome = self.outcome
+        number = self.number
+        if self.turn_for:
+            number, self.turn_for = self.turn_for - 1, 0
+            self.end_turn(None)
+            if outcome is None:
+                return
+        assert outcome is not None  # set by attempted before a backoff wait
+        attach_history(exc, tuple(self.give_up(outcome, number, reason).history))
 
     def time_left(self) -> Optional[float]:
         """Seconds left before the earliest deadline: the scope's (wall clock) and this

@@ -60,6 +60,7 @@ GIVE_UP_REASONS = (
     "interrupted",  # the backoff wait was interrupted (KeyboardInterrupt, SystemExit)
     "closed",  # the adapter was closed (session.close()) while the call was under way
     "error",  # the attempt itself raised (a signer, a hook, KeyboardInterrupt)
+    "cancelled",  # the asyncio task running the call was cancelled (in an attempt or a wait)
 )
 
 _call_ids = itertools.count(1)

@@ -79,11 +79,12 @@ regain control at the deadline.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast, overload
 
 from . import workers
@@ -95,7 +96,15 @@ from .classify import (  # ErrorClassifier and RetryOn: re-exported from their o
     RetryOn,
     call_classifier,
 )
-from .deadline import AttemptLedger, NoTimeLeft, attempt_seconds, current_scope, defer_records
+from .deadline import (
+    AsyncCut,
+    AttemptLedger,
+    NoTimeLeft,
+    attempt_seconds,
+    current_scope,
+    defer_records,
+    retry_scope,
+)
 from .engine import (
     BreakerGate,
     BudgetGate,
@@ -108,6 +117,7 @@ from .engine import (
     mark_vetoed,
     quiet_plan,
     run_call,
+    run_call_async,
 )
 from .errors import CallTimeoutError, SmartRetryError
 from .events import Hook, Verdict
@@ -261,49 +271,87 @@ def _operation_name(fn: Callable[..., Any], policy: RetryPolicy) -> str:
     return name if isinstance(name, str) and name else type(target).__qualname__
 
 
-def _check_fn(fn: Any, caller: str) -> None:
+def _check_fn(fn: Any, caller: str) -> bool:
+    """Refuse what cannot be retried; True for a coroutine function (an ``async def``, a
+    partial of one, an object with an ``async def __call__``)."""
     if not callable(fn):
         raise TypeError(f"{caller}() needs a callable, got {fn!r}")
-    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    ):
-        raise TypeError(
-            f"{caller}() runs synchronous callables; {fn!r} is async (its coroutine would "
-            "never be awaited)"
-        )
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(
             f"{caller}() cannot retry the generator function {fn!r}: only creating the "
             "generator would be retried, not iterating it"
         )
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
 
 
 # -- the call ------------------------------------------------------------------------------
 
 
 def _run(fn: Callable[[], R], config: _CallOptions, operation: str) -> R:
+    config, call = _call_of(config, operation)
+    unhealed: list[Callable[[], None]] = []  # see _settle
+
+    def attempt(number: int) -> Outcome[R]:
+        started: Union[Outcome[R], _Started] = _start_attempt(config, call.operation, number)
+        if isinstance(started, Outcome):
+            return started  # not started
+        timeout, counted, ledger = started
+        outcome = _run_attempt(fn, config, call.operation, number, timeout, ledger)
+        return _end_attempt(outcome, number, ledger, counted, unhealed)
+
+    finished: Optional[Finished[R]] = None
+    try:
+        finished = run_call(config.policy, call, attempt, hooks=config.hooks,
+                            breaker=config.breaker, budget=config.budget, sleep=config.sleep,
+                            clock=config.clock, quiet=config.quiet)
+    finally:
+        _settle_call(finished, unhealed)
+    return finished.unwrap()
+
+
+async def _run_async(fn: Callable[[], Awaitable[R]], config: _CallOptions,
+                     operation: str) -> R:
+    """:func:`_run` for a coroutine function: the same machine, driven on asyncio."""
+    config, call = _call_of(config, operation)
+    unhealed: list[Callable[[], None]] = []  # see _settle
+
+    async def attempt(number: int) -> Outcome[R]:
+        started: Union[Outcome[R], _Started] = _start_attempt(config, call.operation, number)
+        if isinstance(started, Outcome):
+            return started  # not started
+        timeout, counted, ledger = started
+        outcome = await _run_attempt_async(fn, config, call.operation, number, timeout,
+                                           ledger)
+        return _end_attempt(outcome, number, ledger, counted, unhealed)
+
+    # A synchronous sleep= (a test's recorder) is called; asyncio.sleep otherwise.
+    sleep = None if config.sleep is time.sleep else config.sleep
+    finished: Optional[Finished[R]] = None
+    try:
+        finished = await run_call_async(
+            config.policy, call, attempt, hooks=config.hooks, breaker=config.breaker,
+            budget=config.budget, sleep=sleep, clock=config.clock, quiet=config.quiet)
+    finally:
+        _settle_call(finished, unhealed)
+    return finished.unwrap()
+
+
+def _call_of(config: _CallOptions, operation: str) -> tuple[_CallOptions, CallInfo]:
+    """The options in force for one call (a ``retry_options`` block's) and its names."""
     overrides = current_overrides()  # a retry_options block: the one context read
     if overrides is not None:
         config = config.overridden(overrides)
         operation = config.policy.operation_name or operation
-    policy = config.policy
-    call = CallInfo(operation=operation, service=policy.service or operation)
-    unhealed: list[Callable[[], None]] = []  # see _settle
+    return config, CallInfo(operation=operation, service=config.policy.service or operation)
 
-    def attempt(number: int) -> Outcome[R]:
-        return _attempt(fn, config, operation, number, unhealed)
 
-    healed = False
-    try:
-        finished: Finished[R] = run_call(policy, call, attempt, hooks=config.hooks,
-                                         breaker=config.breaker, budget=config.budget,
-                                         sleep=config.sleep, clock=config.clock,
-                                         quiet=config.quiet)
-        healed = finished.outcome.error is None
-    finally:
-        if not healed:  # the call failed: what its retries did not heal counts
-            defer_records(unhealed)
-    return finished.unwrap()
+def _settle_call(finished: Optional[Finished[Any]], unhealed: list[Callable[[], None]]) -> None:
+    """The call ended (``finished`` None: it raised): if it failed, what its retries did
+    not heal counts (see :func:`_settle`)."""
+    if finished is None or finished.outcome.error is not None:
+        defer_records(unhealed)
 
 
 def _settle(ledger: AttemptLedger, outcome: Outcome[Any], number: int,
@@ -325,8 +373,15 @@ def _settle(ledger: AttemptLedger, outcome: Outcome[Any], number: int,
     defer_records(records)
 
 
-def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int,
-             unhealed: list[Callable[[], None]]) -> Outcome[R]:
+#: A started attempt: its seconds, the enclosing ledger counting it, its own ledger.
+_Started = tuple[float, Optional[AttemptLedger], AttemptLedger]
+
+
+def _start_attempt(config: _CallOptions, operation: str,
+                   number: int) -> Union[Outcome[Any], _Started]:
+    """Attempt ``number`` starts: its time (what the enclosing deadline leaves), the
+    enclosing attempt's ledger when this attempt counts there, and its own ledger; or the
+    outcome of an attempt that cannot start."""
     try:
         timeout = attempt_seconds(config.policy.timeout)
     except NoTimeLeft:
@@ -337,19 +392,59 @@ def _attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: 
     enclosing = None if scope is None else scope.ledger
     # With idempotent=False the attempt is itself an unsafe operation of the enclosing
     # callable's attempt, counted there while it runs (see deadline.AttemptLedger).
-    counted = config.not_idempotent and enclosing is not None
-    if counted and not enclosing.start_unsafe():  # type: ignore[union-attr]
+    counted = enclosing if config.not_idempotent else None
+    if counted is not None and not counted.start_unsafe():
         error = SmartRetryError(
             f"{operation}: the enclosing attempt is over (abandoned at its deadline); "
             f"attempt {number} was not started")
         return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
-    ledger = AttemptLedger(enclosing)
-    outcome = _run_attempt(fn, config, operation, number, timeout, ledger)
+    return timeout, counted, AttemptLedger(enclosing)
+
+
+def _end_attempt(outcome: Outcome[R], number: int, ledger: AttemptLedger,
+                 counted: Optional[AttemptLedger],
+                 unhealed: list[Callable[[], None]]) -> Outcome[R]:
+    """Attempt ``number`` ended: its nested failures settled (:func:`_settle`), and it is
+    uncounted from the enclosing ledger (``counted``) when it did not execute, or when
+    this call repeats it itself."""
     _settle(ledger, outcome, number, unhealed)
-    if counted and (outcome.classification.safe_to_repeat or (
+    if counted is not None and (outcome.classification.safe_to_repeat or (
             outcome.classification.retryable and outcome.veto is None)):
-        enclosing.not_executed()  # type: ignore[union-attr]  # this call repeats it itself
+        counted.not_executed()
     return outcome
+
+
+async def _run_attempt_async(fn: Callable[[], Awaitable[R]], config: _CallOptions,
+                             operation: str, number: int, timeout: float,
+                             ledger: AttemptLedger) -> Outcome[R]:
+    """Attempt ``number`` of a coroutine function, awaited in the caller's task inside its
+    retry scope, and cancelled at its deadline (nothing goes on in the background: unlike
+    a thread, a coroutine can be stopped).  Its unsafe requests are counted in
+    ``ledger``, sealed when it fails or is cut, as for :func:`_run_attempt`."""
+    cut = AsyncCut(timeout, watched=False)
+    try:
+        with retry_scope(time.monotonic() + timeout, ledger):
+            value = await fn()
+    except asyncio.CancelledError:
+        if not cut.ours():
+            ledger.seal()
+            raise  # the caller's cancellation: the call ends ("cancelled")
+        unsafe = ledger.seal()
+        error = CallTimeoutError(
+            f"{operation}: attempt {number} passed its {timeout:g}s deadline; it was "
+            "cancelled there")
+        outcome: Outcome[R] = Outcome(
+            Classification(Verdict.TIMEOUT, "deadline", sent=True), error=error,
+            signal=error, veto="unsafe" if config.not_idempotent or unsafe else None)
+        mark_vetoed(outcome)
+        return outcome
+    except Exception as exc:
+        return _failed(exc, config, ledger.seal())
+    finally:
+        cut.finish()
+    if cut.fired:  # it fired as fn returned: its cancellation is still pending
+        await cut.absorb()
+    return _succeeded(value, operation)
 
 
 def _run_attempt(fn: Callable[[], R], config: _CallOptions, operation: str, number: int,
@@ -427,7 +522,16 @@ def _failed(error: Exception, config: _CallOptions, unsafe: int) -> Outcome[Any]
 # -- the public functions ------------------------------------------------------------------
 
 
-def execute_with_retry(fn: Callable[[], R], **options: Unpack[CallKeywords]) -> R:
+@overload
+def execute_with_retry(fn: Callable[[], Coroutine[Any, Any, R]],
+                       **options: Unpack[CallKeywords]) -> Coroutine[Any, Any, R]: ...
+
+
+@overload
+def execute_with_retry(fn: Callable[[], R], **options: Unpack[CallKeywords]) -> R: ...
+
+
+def execute_with_retry(fn: Callable[[], Any], **options: Unpack[CallKeywords]) -> Any:
     """Call ``fn()`` and retry on any exception (the seed's basic variant); return its value.
 
     ``options`` are :class:`RetryPolicy` keywords: ``max_retries=1``, ``timeout=30.0``
@@ -440,13 +544,32 @@ def execute_with_retry(fn: Callable[[], R], **options: Unpack[CallKeywords]) -> 
     :class:`CallTimeoutError` (see the module doc for what happens to it)::
 
         order = execute_with_retry(lambda: sdk.create(order), max_retries=2, timeout=10.0)
+
+    With a coroutine function it returns an awaitable: each attempt is awaited in the
+    caller's task, cut at its deadline by cancellation, and the waits are
+    ``asyncio.sleep``::
+
+        order = await execute_with_retry(sdk_async.create, max_retries=2)
     """
-    _check_fn(fn, "execute_with_retry")
+    is_async = _check_fn(fn, "execute_with_retry")
     config = _CallOptions.build(smart=False, caller="execute_with_retry", options=options)
+    if is_async:
+        return _run_async(fn, config, _operation_name(fn, config.policy))
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
-def execute_with_smart_retry(fn: Callable[[], R], **options: Unpack[SmartCallKeywords]) -> R:
+@overload
+def execute_with_smart_retry(fn: Callable[[], Coroutine[Any, Any, R]],
+                             **options: Unpack[SmartCallKeywords]) -> Coroutine[Any, Any, R]:
+    ...
+
+
+@overload
+def execute_with_smart_retry(fn: Callable[[], R], **options: Unpack[SmartCallKeywords]) -> R: ...
+
+
+def execute_with_smart_retry(fn: Callable[[], Any],
+                             **options: Unpack[SmartCallKeywords]) -> Any:
     """Call ``fn()`` and retry only errors a retry may fix; raise any other at once.
 
     Retried: ``ECONNRESET`` / ``ETIMEDOUT`` / ``ECONNREFUSED`` and DNS failures, timeouts
@@ -460,9 +583,13 @@ def execute_with_smart_retry(fn: Callable[[], R], **options: Unpack[SmartCallKey
 
         result = execute_with_smart_retry(lambda: sdk.query(order_id), timeout=10.0,
                                           retry_on=sdk.BusyError)
+
+    A coroutine function gets an awaitable, as with :func:`execute_with_retry`.
     """
-    _check_fn(fn, "execute_with_smart_retry")
+    is_async = _check_fn(fn, "execute_with_smart_retry")
     config = _CallOptions.build(smart=True, caller="execute_with_smart_retry", options=options)
+    if is_async:
+        return _run_async(fn, config, _operation_name(fn, config.policy))
     return _run(fn, config, _operation_name(fn, config.policy))
 
 
@@ -496,21 +623,31 @@ def with_retry(
         def query_order(order_id: str) -> dict[str, str]: ...
 
         create = with_retry(sdk.create_task, timeout=60.0)
+
+    On an ``async def`` it returns an ``async def`` (see :func:`execute_with_retry`).
     """
     _check_bool("smart", smart)
     caller = "with_retry"
     config = _CallOptions.build(smart=smart, caller=caller, options=options)
 
     def decorate(target: Callable[P, R]) -> Callable[P, R]:
-        _check_fn(target, caller)
+        is_async = _check_fn(target, caller)
         operation = _operation_name(target, config.policy)
+        wrapper: Any
+        if is_async:  # an async def stays an async def
 
-        @functools.wraps(target)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return _run(functools.partial(target, *args, **kwargs), config, operation)
+            @functools.wraps(target)
+            async def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                bound: Any = functools.partial(target, *args, **kwargs)  # R is awaitable
+                return await _run_async(bound, config, operation)
+        else:
 
-        wrapper.retry_policy = config.policy  # type: ignore[attr-defined]
-        return wrapper
+            @functools.wraps(target)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                return _run(functools.partial(target, *args, **kwargs), config, operation)
+
+        wrapper.retry_policy = config.policy
+        return cast("Callable[P, R]", wrapper)
 
     if fn is None:
         return decorate

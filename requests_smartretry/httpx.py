@@ -32,16 +32,16 @@ receives the ``httpx.Response`` (``status_code``, ``headers`` and ``content`` re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any, Callable, Literal, Optional, Union
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import httpcore
 import httpx
 
-from requests_smartretry.adapter import _PREVIOUS_ATTEMPTS
 from requests_smartretry.budget import DEFAULT_BUDGET
 from requests_smartretry.classify import (
     BODY_READ_FAILED,
@@ -51,15 +51,17 @@ from requests_smartretry.classify import (
     classify_by_type,
     classify_http_response,
     httpx_exception_table,
+    mark_final,
     veto,
 )
 from requests_smartretry.collaborators import resolve_collaborators, resolve_throttle
 from requests_smartretry.deadline import (
+    AsyncCut,
     NoTimeLeft,
     Watch,
     active_watch,
     attempt_seconds,
-    current_scope,
+    running_cut,
 )
 from requests_smartretry.engine import (
     BreakerGate,
@@ -69,9 +71,9 @@ from requests_smartretry.engine import (
     build_hooks,
     check_clocks,
     check_hooks,
-    mark_vetoed,
     quiet_plan,
     run_call,
+    run_call_async,
 )
 from requests_smartretry.errors import AttemptDeadlineExceeded as _CoreDeadlineExceeded
 from requests_smartretry.events import Hook, Verdict
@@ -80,8 +82,9 @@ from requests_smartretry.policy import RetryPolicy, resolve_policy
 from requests_smartretry.presets._base import check_credential, check_endpoint, origin_of
 from requests_smartretry.presets.ark import DEFAULT_ENDPOINT as ARK_ENDPOINT
 from requests_smartretry.presets.ark import _video_policy
-from requests_smartretry.redact import install_redacting_filter, redact_exception, redact_url
+from requests_smartretry.redact import install_redacting_filter, redact_url
 from requests_smartretry.sending import (
+    Sending,
     final_on_failure,
     idempotency_key,
     is_idempotent,
@@ -93,12 +96,16 @@ from requests_smartretry.stats import Stats
 from requests_smartretry.throttle import Throttle
 
 __all__ = [
+    "AsyncSmartClient",
+    "AsyncSmartRetryTransport",
     "AttemptDeadlineExceeded",
     "BodyNotReplayable",
     "SmartClient",
     "SmartRetryTransport",
     "classify_httpx_exception",
+    "smart_async_client",
     "smart_client",
+    "video_async_client",
     "video_client",
 ]
 
@@ -153,7 +160,8 @@ def _refuse_consumed(request: httpx.Request) -> None:
         with contextlib.suppress(Exception):
             inner.seek(start)
             return
-    if hasattr(inner, "read") or iter(inner) is inner:  # a file, a generator: one-shot
+    if hasattr(inner, "read") or hasattr(inner, "aread") or hasattr(inner, "__next__") \
+            or hasattr(inner, "__anext__"):  # a file, a generator (sync or async): one-shot
         raise BodyNotReplayable(
             f"the body of this {request.method} to {redact_url(str(request.url))} was "
             "already sent once and cannot be replayed (a 307/308 redirect repeats the "
@@ -365,63 +373,142 @@ def _timeouts_within(request: httpx.Request, seconds: float) -> None:
         request.extensions = {**request.extensions, "timeout": cut}
 
 
-# -- the transport ----------------------------------------------------------------------------
+# -- one request's attempts: the shared attempt state for httpx ---------------------------------
 
 
-class SmartRetryTransport(httpx.BaseTransport):
-    """An httpx transport that gives every request a deadline and classified retries.
+class _HttpxSending(Sending[httpx.Response]):
+    """One httpx request's attempts (sync or async alike): the shared attempt state
+    (:class:`~requests_smartretry.sending.Sending`) with what httpx requests need."""
 
-    Example::
+    __slots__ = ("asked_timeouts", "asynchronous", "minted", "owner", "policy", "read_body",
+                 "replayable", "request")
 
-        transport = SmartRetryTransport(max_retries=1, timeout=30.0,
-                                        operation_name="生成视频")
-        client = httpx.Client(transport=transport)   # or smart_client(...)
-        transport.stats.snapshot()
+    def __init__(self, owner: _SmartTransportBase, request: httpx.Request,
+                 policy: RetryPolicy, minted: Optional[str], asynchronous: bool) -> None:
+        Sending.__init__(self)
+        #: Whether the attempt reads the body (a SmartClient's request not streamed).
+        self.read_body = request.extensions.get(STREAM_EXTENSION) is False
+        self.asynchronous = asynchronous
+        self.owner = owner
+        self.request = request
+        self.policy = policy
+        #: The idempotency header this call added (the caller's request has none).
+        self.minted = minted
+        self.replayable = isinstance(request.stream, httpx.ByteStream)
+        self.asked_timeouts = request.extensions.get("timeout")
 
-    Takes what :class:`~requests_smartretry.SmartRetryAdapter` takes (``policy=`` or the
-    policy's keywords, ``breaker``, ``budget``, ``state``, ``throttle``, ``hooks``,
-    ``stats``, ``sleep``, ``clock``) and ``transport=``, the transport that sends each attempt (an
-    ``httpx.HTTPTransport()`` by default; an ``HTTPTransport`` of yours gets its sockets
-    watched for the deadline as well).  A failure that ends the call raises the last
-    attempt's httpx exception (``ConnectError``, ``ReadTimeout``…, with ``retry_history``);
-    an attempt cut at its deadline raises :class:`AttemptDeadlineExceeded`.  A request
-    body that cannot be replayed (a generator, a file) is never sent twice.
+    def closed(self) -> bool:
+        return self.owner._closed
 
-    Thread safety: as the adapter, it holds the immutable policy and thread-safe
-    collaborators; one client may serve many threads.
-    """
+    def closed_error(self) -> BaseException:
+        return RuntimeError("Cannot send a request, as the transport has been closed "
+                            "(before the retry; nothing more is sent).")
+
+    def rewind(self) -> None:
+        request = self.request  # the timeouts an attempt cut to its deadline, as asked
+        if request.extensions.get("timeout") is not self.asked_timeouts:
+            request.extensions = {**request.extensions, "timeout": self.asked_timeouts}
+
+    def prepare(self, number: int) -> httpx.Request:
+        prepare = self.policy.prepare_attempt
+        if prepare is None:
+            return self.request
+        return _attempt_request(self.request, prepare, number)
+
+    def asked_idempotent(self) -> bool:
+        asked = httpx.Headers(self.request.headers)
+        if self.minted is not None:
+            del asked[self.minted]
+        return is_idempotent(self.policy, _RequestView(self.request, asked))
+
+    def call_idempotent(self) -> bool:
+        return is_idempotent(self.policy, _RequestView(self.request, self.request.headers))
+
+    def enclosing_over(self) -> Outcome[httpx.Response]:
+        error = AttemptDeadlineExceeded(
+            "the enclosing execute_with_retry attempt is over (abandoned at its "
+            "deadline); this request is not idempotent and was not sent",
+            request=self.request)
+        return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
+
+    def body_replayable(self) -> bool:
+        return self.replayable
+
+    def end(self, outcome: Outcome[httpx.Response]) -> Outcome[httpx.Response]:
+        outcome = Sending.end(self, outcome)
+        if not self.read_body and outcome.value is not None and \
+                outcome.classification.verdict is _SUCCESS_VERDICT:
+            # Read later: a failure then is final as one now would be.
+            _guard_streamed_body(outcome.value, self)
+        return outcome
+
+    def body_veto(self) -> Optional[str]:
+        """The veto a later failed read of a streamed response body gets."""
+        return veto(BODY_READ_FAILED, self.call_idempotent(), self.replayable)
+
+
+# -- what every attempt's outcome is, whichever transport made it ---------------------------
+
+
+def _no_time_left(request: httpx.Request) -> Outcome[httpx.Response]:
+    error = AttemptDeadlineExceeded(
+        "no time left for this attempt (enclosing deadline)", request=request)
+    return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
+
+
+def _reads_inside(read_body: bool, response: httpx.Response, policy: RetryPolicy) -> bool:
+    """Whether the attempt reads the body (inside its deadline): a response that is not
+    streamed, or an error body for the vendor's ``classify_response`` hook."""
+    return read_body or (response.status_code >= 400 and policy.classify_response is not None)
+
+
+def _error_outcome(exc: BaseException, request: httpx.Request, total: float,
+                   cut: bool) -> Outcome[httpx.Response]:
+    """The outcome of an attempt that raised ``exc`` (``cut``: its deadline had passed)."""
+    verdict = classify_httpx_exception(exc)
+    # A cut after sending is the deadline's, and so is httpx's own read or write timeout
+    # (cut to the attempt) that expired at the deadline before the cut got to run.
+    if verdict.sent and cut:
+        return _deadline_outcome(total, request, cause=exc)
+    return Outcome(verdict, error=exc, signal=exc)
+
+
+def _response_outcome(response: httpx.Response, request: httpx.Request,
+                      policy: RetryPolicy) -> Outcome[httpx.Response]:
+    """The outcome of an attempt that got ``response`` in time: the verdict on it."""
+    verdict = classify_http_response(response, policy.classify_response,
+                                     policy.retry_statuses, policy.honor_server_signals)
+    status = response.status_code
+    if verdict.verdict is _SUCCESS_VERDICT:
+        return Outcome(verdict, value=response, status_code=status)
+    signal = httpx.HTTPStatusError(
+        f"{status} {verdict.reason} for {redact_url(str(request.url))}",
+        request=request, response=response)
+    return Outcome(verdict, value=response, signal=signal, status_code=status)
+
+
+# -- the transports ------------------------------------------------------------------------------
+
+
+class _SmartTransportBase:
+    """What the sync and the async transport share: the policy, the collaborators, the
+    hooks, the call names, and how a call starts (:meth:`_begin`)."""
 
     policy: RetryPolicy
+    _closed = False
 
-    def __init__(
-        self,
-        policy: Optional[RetryPolicy] = None,
-        *,
-        transport: Optional[httpx.BaseTransport] = None,
-        breaker: Optional[BreakerGate] = None,
-        budget: Optional[BudgetGate] = DEFAULT_BUDGET,
-        state: Any = None,
-        throttle: Optional[Throttle] = None,
-        hooks: tuple[Hook, ...] = (),
-        stats: Union[Stats, Literal[False], None] = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        **policy_options: Any,
-    ) -> None:
-        self.policy = resolve_policy(policy, policy_options, "SmartRetryTransport")
-        check_clocks(sleep, clock)
+    def _setup(self, policy: Optional[RetryPolicy], policy_options: dict[str, Any],
+               caller: str, breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
+               state: Any, throttle: Optional[Throttle], hooks: Any,
+               stats: Union[Stats, Literal[False], None], clock: Callable[[], float]) -> None:
+        self.policy = resolve_policy(policy, policy_options, caller)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {clock!r}")
         self.extra_hooks = check_hooks(hooks)
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
         self.stats, self.breaker, self.budget, self.state = resolve_collaborators(
             stats, breaker, budget, state)
         self.throttle = resolve_throttle(throttle, self.state)
-        self.transport = httpx.HTTPTransport() if transport is None else transport
-        #: Whether the watchdog can cut the sockets of the inner transport at the deadline.
-        self.cuts_sockets = _watch_sockets(self.transport)
-        self._sleep = sleep
         self._clock = clock
-        self._closed = False
         self._hooks = build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
                                   breaker=self.breaker, budget=self.budget)
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
@@ -434,11 +521,6 @@ class SmartRetryTransport(httpx.BaseTransport):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(policy={self.policy!r})"
-
-    def close(self) -> None:
-        """Close the inner transport; a call under way sends nothing more."""
-        self._closed = True
-        self.transport.close()
 
     def _is_closed(self) -> bool:
         return self._closed
@@ -480,9 +562,10 @@ class SmartRetryTransport(httpx.BaseTransport):
             names[key] = info
         return info
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` with retries; returns the last response or raises the last
-        attempt's error (with ``retry_history`` attached)."""
+    def _begin(self, request: httpx.Request, asynchronous: bool) -> tuple[
+            RetryPolicy, CallInfo, tuple[Hook, ...], Any, _HttpxSending]:
+        """A call starts: its policy (a ``retry_options`` block's), names, hooks, quiet
+        plan and attempt state; an idempotency key minted when the policy asks for one."""
         if self._closed:
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         policy = self.policy
@@ -498,67 +581,83 @@ class SmartRetryTransport(httpx.BaseTransport):
                 idempotency_key(request.headers, policy.idempotency_header) is None:
             minted = policy.idempotency_header
             request.headers[minted] = new_idempotency_key()
-        read_body = request.extensions.get(STREAM_EXTENSION) is False
-        replayable = isinstance(request.stream, httpx.ByteStream)
-        if not replayable:
+        sending = _HttpxSending(self, request, policy, minted, asynchronous)
+        if not sending.replayable:
             _refuse_consumed(request)
-        asked_timeouts = request.extensions.get("timeout")
-        previous: list[httpx.Response] = []
-        verdicts: list[Classification] = []  # for previous_attempts()
-        idempotent: Optional[bool] = None  # decided at the first failure that asks
+        return policy, call, hooks, quiet, sending
+
+
+class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
+    """An httpx transport that gives every request a deadline and classified retries.
+
+    Example::
+
+        transport = SmartRetryTransport(max_retries=1, timeout=30.0,
+                                        operation_name="生成视频")
+        client = httpx.Client(transport=transport)   # or smart_client(...)
+        transport.stats.snapshot()
+
+    Takes what :class:`~requests_smartretry.SmartRetryAdapter` takes (``policy=`` or the
+    policy's keywords, ``breaker``, ``budget``, ``state``, ``throttle``, ``hooks``,
+    ``stats``, ``sleep``, ``clock``) and ``transport=``, the transport that sends each
+    attempt (an ``httpx.HTTPTransport()`` by default; an ``HTTPTransport`` of yours gets
+    its sockets watched for the deadline as well).  A failure that ends the call raises the last
+    attempt's httpx exception (``ConnectError``, ``ReadTimeout``…, with ``retry_history``);
+    an attempt cut at its deadline raises :class:`AttemptDeadlineExceeded`.  A request
+    body that cannot be replayed (a generator, a file) is never sent twice.
+
+    Thread safety: as the adapter, it holds the immutable policy and thread-safe
+    collaborators; one client may serve many threads.
+    """
+
+    def __init__(
+        self,
+        policy: Optional[RetryPolicy] = None,
+        *,
+        transport: Optional[httpx.BaseTransport] = None,
+        breaker: Optional[BreakerGate] = None,
+        budget: Optional[BudgetGate] = DEFAULT_BUDGET,
+        state: Any = None,
+        throttle: Optional[Throttle] = None,
+        hooks: tuple[Hook, ...] = (),
+        stats: Union[Stats, Literal[False], None] = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        **policy_options: Any,
+    ) -> None:
+        check_clocks(sleep, clock)
+        if transport is not None and not isinstance(transport, httpx.BaseTransport):
+            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
+        self._setup(policy, policy_options, "SmartRetryTransport", breaker, budget, state,
+                    throttle, hooks, stats, clock)
+        self.transport = httpx.HTTPTransport() if transport is None else transport
+        #: Whether the watchdog can cut the sockets of the inner transport at the deadline.
+        self.cuts_sockets = _watch_sockets(self.transport)
+        self._sleep = sleep
+
+    def close(self) -> None:
+        """Close the inner transport; a call under way sends nothing more."""
+        self._closed = True
+        self.transport.close()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with retries; returns the last response or raises the last
+        attempt's error (with ``retry_history`` attached)."""
+        policy, call, hooks, quiet, sending = self._begin(request, asynchronous=False)
 
         def attempt(number: int) -> Outcome[httpx.Response]:
-            nonlocal idempotent
-            if number > 1:
-                for stale in previous:  # a retry discards the last failed response
-                    stale.close()
-                previous.clear()
-                if self._closed:  # closed as the retry starts (a START hook): send nothing
-                    raise RuntimeError("Cannot send a request, as the transport has been "
-                                       "closed (before the retry; nothing more is sent).")
-                request.extensions = {**request.extensions, "timeout": asked_timeouts}
-            to_send = request
-            if policy.prepare_attempt is not None:
-                token = _PREVIOUS_ATTEMPTS.set(tuple(verdicts))
-                try:
-                    to_send = _attempt_request(request, policy.prepare_attempt, number)
-                finally:
-                    _PREVIOUS_ATTEMPTS.reset(token)
-            scope = current_scope()
-            counted = None if scope is None else scope.ledger
-            if counted is not None:  # inside a callable-API attempt: count what may execute
-                # A key minted by this call does not make the enclosing call's repeat safe:
-                # it would send the caller's request again, with a new key.
-                asked = httpx.Headers(request.headers)
-                if minted is not None:
-                    del asked[minted]
-                if is_idempotent(policy, _RequestView(request, asked)):
-                    counted = None
-                elif not counted.start_unsafe():
-                    error = AttemptDeadlineExceeded(
-                        "the enclosing execute_with_retry attempt is over (abandoned at its "
-                        "deadline); this request is not idempotent and was not sent",
-                        request=request)
-                    return Outcome(ENCLOSING_ATTEMPT_OVER, error=error, signal=error)
-            outcome = self._attempt(to_send, read_body, policy)
-            if counted is not None and outcome.classification.safe_to_repeat:
-                counted.not_executed()  # nothing sent, or the server said it did not act
-            if outcome.classification.verdict is _SUCCESS_VERDICT:
-                if not read_body:  # read later: a failure then is final as one now would be
-                    self._guard_streamed_body(outcome, request, replayable, policy)
-                return outcome
-            verdicts.append(outcome.classification)
-            if outcome.value is not None:
-                previous.append(outcome.value)
-            if outcome.error is not None:  # hooks and the caller see no secrets
-                redact_exception(outcome.error)
-            verdict = outcome.classification
-            if verdict.retryable:
-                if idempotent is None:
-                    idempotent = is_idempotent(policy, _RequestView(request, request.headers))
-                outcome.veto = veto(verdict, idempotent, replayable)
-                mark_vetoed(outcome)
-            return outcome
+            stale = sending.take_stale()
+            if stale is not None:  # a retry discards the last failed response
+                stale.close()
+            to_send = sending.begin(number)
+            if to_send.__class__ is Outcome:
+                return to_send  # not sent
+            try:
+                outcome = self._attempt(to_send, sending.read_body, policy)
+            except BaseException:
+                sending.abandon()
+                raise
+            return sending.end(outcome)
 
         try:
             finished = run_call(policy, call, attempt, hooks=hooks, breaker=self.breaker,
@@ -566,65 +665,247 @@ class SmartRetryTransport(httpx.BaseTransport):
                                 closed=self._is_closed, quiet=quiet,
                                 throttle=self.throttle)
         finally:
-            if minted is not None:  # the caller's request, sent again, gets a new key
-                del request.headers[minted]
+            if sending.minted is not None:  # the caller's request, sent again, gets a new key
+                del request.headers[sending.minted]
         return finished.unwrap()  # raises the last attempt's error, history attached
-
-    def _guard_streamed_body(self, outcome: Outcome[httpx.Response], request: httpx.Request,
-                             replayable: bool, policy: RetryPolicy) -> None:
-        """A later failed read of the streamed response gets the veto that a failure after
-        sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
-        response = outcome.value
-        if response is None or not isinstance(response.stream, httpx.SyncByteStream):
-            return
-        reason = veto(BODY_READ_FAILED,
-                      is_idempotent(policy, _RequestView(request, request.headers)),
-                      replayable)
-        if reason is not None:
-            response.stream = _FinalOnFailure(response.stream, reason)
 
     def _attempt(self, request: httpx.Request, read_body: bool,
                  policy: RetryPolicy) -> Outcome[httpx.Response]:
-        """One attempt, inside its wall-clock deadline, under the call's ``policy``."""
+        """One attempt, inside its wall-clock deadline (the watchdog cuts the socket)."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
-            error = AttemptDeadlineExceeded(
-                "no time left for this attempt (enclosing deadline)", request=request)
-            return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
+            return _no_time_left(request)
         _timeouts_within(request, total)
         deadline = Watch(total)
         response: Optional[httpx.Response] = None
         try:
             response = self.transport.handle_request(request)
-            if read_body or (response.status_code >= 400
-                             and policy.classify_response is not None):
-                response.read()  # inside the deadline (an error body, for the vendor hook)
+            if _reads_inside(read_body, response, policy):
+                response.read()  # inside the deadline
         except Exception as exc:
             if response is not None:
                 response.close()
-            verdict = classify_httpx_exception(exc)
-            # A cut after sending is the deadline's, and so is httpx's own read or write
-            # timeout (cut to the attempt) that expired at the deadline before the
-            # watchdog thread got to run (a loaded machine).
-            if verdict.sent and (deadline.fired or (isinstance(exc, httpx.TimeoutException)
-                                                    and deadline.remaining() == 0.0)):
-                return _deadline_outcome(total, request, cause=exc)
-            return Outcome(verdict, error=exc, signal=exc)
+            return _error_outcome(exc, request, total, deadline.fired or (
+                isinstance(exc, httpx.TimeoutException) and deadline.remaining() == 0.0))
         finally:
             deadline.finish()
         if deadline.fired:
             response.close()
             return _deadline_outcome(total, request)
-        verdict = classify_http_response(response, policy.classify_response,
-                                         policy.retry_statuses, policy.honor_server_signals)
-        status = response.status_code
-        if verdict.verdict is _SUCCESS_VERDICT:
-            return Outcome(verdict, value=response, status_code=status)
-        signal = httpx.HTTPStatusError(
-            f"{status} {verdict.reason} for {redact_url(str(request.url))}",
-            request=request, response=response)
-        return Outcome(verdict, value=response, signal=signal, status_code=status)
+        return _response_outcome(response, request, policy)
+
+
+def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending) -> None:
+    """A later failed read of the streamed ``response`` gets the veto that a failure after
+    sending would get now (:func:`~requests_smartretry.engine.mark_vetoed`)."""
+    stream: Any = response.stream  # typed as both, each of them in practice
+    reason = sending.body_veto()
+    if reason is not None:
+        response.stream = (_AsyncFinalOnFailure(stream, reason) if sending.asynchronous
+                           else _FinalOnFailure(stream, reason))
+
+
+# -- asyncio ----------------------------------------------------------------------------------
+
+class _WatchedAsyncStream(httpcore.AsyncNetworkStream):
+    """An async network stream that tells the running attempt's cut when the first byte
+    of a request is written (the phase that decides whether a cut attempt was sent)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        cut = running_cut()
+        if cut is not None:
+            cut.sent = True
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None,
+                        timeout: Optional[float] = None) -> httpcore.AsyncNetworkStream:
+        return _WatchedAsyncStream(
+            await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _WatchedAsyncBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's async network backend, whose streams are :class:`_WatchedAsyncStream` s."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
+                          local_address: Optional[str] = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        return _WatchedAsyncStream(await self._backend.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address,
+            socket_options=socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: Optional[float] = None,
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        return _WatchedAsyncStream(await self._backend.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def _watch_async_writes(transport: httpx.AsyncBaseTransport) -> bool:
+    """Give an ``httpx.AsyncHTTPTransport``'s pool the watched backend; False when it has
+    none (a mock, a custom transport): a cut attempt then counts as sent."""
+    pool = getattr(transport, "_pool", None)  # httpx keeps its httpcore pool here
+    backend = getattr(pool, "_network_backend", None)  # ...and httpcore its backend here
+    if isinstance(backend, _WatchedAsyncBackend):
+        return True
+    if not isinstance(backend, httpcore.AsyncNetworkBackend):
+        return False
+    pool._network_backend = _WatchedAsyncBackend(backend)  # type: ignore[union-attr]
+    return True
+
+
+class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
+    """:class:`SmartRetryTransport` for ``httpx.AsyncClient``: the same policy, events, log
+    lines, statistics, breaker and budget, on asyncio.
+
+    Example::
+
+        async with smart_async_client(max_retries=1, timeout=30.0) as client:
+            await client.get(url)
+
+        transport = AsyncSmartRetryTransport(max_retries=1)
+        client = httpx.AsyncClient(transport=transport)
+
+    Waits are ``asyncio.sleep`` (``sleep=`` may be any function of the seconds, sync or
+    async).  An attempt past its deadline is cancelled where it waits (connecting,
+    sending, waiting for the headers, reading a dripping body) and raises
+    :class:`AttemptDeadlineExceeded`; whether it was sent is recorded at the connection
+    (the first byte written), as on the sync transport.  A task cancelled during an
+    attempt or a wait ends the call at once (give-up reason ``cancelled``, its
+    ``CancelledError`` propagating); no attempt goes on in the background.  A Redis
+    ``state=`` does its work on its worker threads, each wait bounded by the store's
+    ``time_budget``.  ``throttle=`` (a :class:`~requests_smartretry.Throttle`) paces the
+    attempts as on the sync transport, its waits ``asyncio.sleep``; an attempt's turn
+    goes back when it ends, a cancelled one's included.
+    """
+
+    def __init__(
+        self,
+        policy: Optional[RetryPolicy] = None,
+        *,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        breaker: Optional[BreakerGate] = None,
+        budget: Optional[BudgetGate] = DEFAULT_BUDGET,
+        state: Any = None,
+        throttle: Optional[Throttle] = None,
+        hooks: tuple[Hook, ...] = (),
+        stats: Union[Stats, Literal[False], None] = None,
+        sleep: Optional[Callable[[float], Any]] = None,
+        clock: Callable[[], float] = time.monotonic,
+        **policy_options: Any,
+    ) -> None:
+        if sleep is not None and not callable(sleep):
+            raise TypeError(f"sleep must be callable, got {sleep!r}")
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(
+                f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
+        self._setup(policy, policy_options, "AsyncSmartRetryTransport", breaker, budget,
+                    state, throttle, hooks, stats, clock)
+        self.transport = httpx.AsyncHTTPTransport() if transport is None else transport
+        #: Whether a cut attempt's phase (sent or not) is known from its connection.
+        self.watches_writes = _watch_async_writes(self.transport)
+        self._sleep = sleep
+
+    async def aclose(self) -> None:
+        """Close the inner transport; a call under way sends nothing more."""
+        self._closed = True
+        await self.transport.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` with retries; returns the last response or raises the last
+        attempt's error (with ``retry_history`` attached)."""
+        policy, call, hooks, quiet, sending = self._begin(request, asynchronous=True)
+
+        async def attempt(number: int) -> Outcome[httpx.Response]:
+            stale = sending.take_stale()
+            if stale is not None:  # a retry discards the last failed response
+                await stale.aclose()
+            to_send = sending.begin(number)
+            if to_send.__class__ is Outcome:
+                return to_send  # not sent
+            try:
+                outcome = await self._attempt(to_send, sending.read_body, policy)
+            except BaseException:
+                sending.abandon()
+                raise
+            return sending.end(outcome)
+
+        try:
+            finished = await run_call_async(
+                policy, call, attempt, hooks=hooks, breaker=self.breaker,
+                budget=self.budget, sleep=self._sleep, clock=self._clock,
+                closed=self._is_closed, quiet=quiet, throttle=self.throttle)
+        finally:
+            if sending.minted is not None:
+                del request.headers[sending.minted]
+        return finished.unwrap()
+
+    async def _attempt(self, request: httpx.Request, read_body: bool,
+                       policy: RetryPolicy) -> Outcome[httpx.Response]:
+        """One attempt, cancelled at its wall-clock deadline
+        (:class:`~requests_smartretry.deadline.AsyncCut`)."""
+        try:
+            total = attempt_seconds(policy.timeout)
+        except NoTimeLeft:
+            return _no_time_left(request)
+        _timeouts_within(request, total)
+        cut = AsyncCut(total, self.watches_writes)
+        response: Optional[httpx.Response] = None
+        try:
+            response = await self.transport.handle_async_request(request)
+            if _reads_inside(read_body, response, policy):
+                await response.aread()  # inside the deadline: a dripping body is cut
+        except asyncio.CancelledError as exc:
+            if not cut.ours():
+                raise  # the caller's cancellation: the call ends (reason "cancelled")
+            if response is not None:
+                await response.aclose()
+            return _cut_outcome(total, request, cut.sent, exc)
+        except Exception as exc:
+            if response is not None:
+                await response.aclose()
+            return _error_outcome(exc, request, total, cut.fired or (
+                isinstance(exc, httpx.TimeoutException) and cut.remaining() == 0.0))
+        finally:
+            cut.finish()
+        if cut.fired:  # it fired as the last wait ended: its cancellation is pending
+            await cut.absorb()
+            await response.aclose()
+            return _cut_outcome(total, request, cut.sent, None)
+        return _response_outcome(response, request, policy)
+
+
+def _cut_outcome(total: float, request: httpx.Request, sent: bool,
+                 cause: Optional[BaseException]) -> Outcome[httpx.Response]:
+    """An async attempt cut at its deadline: :class:`AttemptDeadlineExceeded` once its
+    first byte was written; before that (connecting, waiting for a pooled connection)
+    nothing was sent, and it is the ``ConnectTimeout`` the sync transport raises then."""
+    if sent:
+        return _deadline_outcome(total, request, cause=cause)
+    error = httpx.ConnectTimeout(
+        f"attempt deadline of {total:g}s passed before the request was sent",
+        request=request)
+    error.__cause__ = _DeadlineBeforeSending("the attempt deadline passed before sending")
+    return Outcome(classify_httpx_exception(error), error=error, signal=error)
 
 
 class _FinalOnFailure(httpx.SyncByteStream):
@@ -639,6 +920,25 @@ class _FinalOnFailure(httpx.SyncByteStream):
 
     def close(self) -> None:
         self._stream.close()
+
+
+class _AsyncFinalOnFailure(httpx.AsyncByteStream):
+    """:class:`_FinalOnFailure` for an async response body."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, reason: str) -> None:
+        self._stream = stream
+        self._reason = reason
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except Exception as exc:
+            mark_final(exc, self._reason)
+            raise
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 def _deadline_outcome(total: float, request: httpx.Request,
@@ -677,17 +977,47 @@ class SmartClient(httpx.Client):
     def smart_transport(self) -> SmartRetryTransport:
         """The client's :class:`SmartRetryTransport` (its own, or the mounted one), whose
         ``stats``, ``breaker`` and ``budget`` are the client's."""
-        for candidate in (self._transport, *self._mounts.values()):
-            if isinstance(candidate, SmartRetryTransport):
-                return candidate
-        raise LookupError("this client has no SmartRetryTransport")
+        return _smart_transport_of(self, SmartRetryTransport)
+
+
+class AsyncSmartClient(httpx.AsyncClient):
+    """:class:`SmartClient` for asyncio: an ``httpx.AsyncClient`` that tells its
+    :class:`AsyncSmartRetryTransport` whether a response is streamed.
+
+    Example::
+
+        async with smart_async_client(max_retries=2) as client:
+            response = await client.get(url)
+    """
+
+    async def send(self, request: httpx.Request, *, stream: bool = False,
+                   **options: Any) -> httpx.Response:
+        """As ``httpx.AsyncClient.send``, with the ``stream`` flag passed to the transport."""
+        request.extensions[STREAM_EXTENSION] = stream
+        return await super().send(request, stream=stream, **options)
+
+    @property
+    def smart_transport(self) -> AsyncSmartRetryTransport:
+        """The client's :class:`AsyncSmartRetryTransport` (its own, or the mounted one)."""
+        return _smart_transport_of(self, AsyncSmartRetryTransport)
+
+
+_TransportT = TypeVar("_TransportT")
+
+
+def _smart_transport_of(client: Any, kind: type[_TransportT]) -> _TransportT:
+    for candidate in (client._transport, *client._mounts.values()):
+        if isinstance(candidate, kind):
+            return candidate
+    raise LookupError(f"this client has no {kind.__name__}")
 
 
 # httpx.Client keywords that configure the transport it would build: given to ours too.
 _CONNECTION_KEYWORDS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy")
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_options(options: dict[str, Any], inner: Callable[..., Any] = httpx.HTTPTransport,
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the transport's keywords, the ``httpx.Client``'s).  Without ``transport=``, the
     inner ``httpx.HTTPTransport`` gets the client's connection keywords (``limits``,
     ``verify``, ``proxy``…), as the transport httpx would build for itself.
@@ -708,7 +1038,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     if "transport" not in transport:
         connection = {k: client[k] for k in _CONNECTION_KEYWORDS if k in client}
         if connection:
-            transport["transport"] = httpx.HTTPTransport(**connection)
+            transport["transport"] = inner(**connection)
     return transport, client
 
 
@@ -735,6 +1065,23 @@ def smart_client(policy: Optional[RetryPolicy] = None, **options: Any) -> SmartC
                        **client_options)
 
 
+def smart_async_client(policy: Optional[RetryPolicy] = None,
+                       **options: Any) -> AsyncSmartClient:
+    """:func:`smart_client` for asyncio: an :class:`AsyncSmartClient` whose every request
+    goes through an :class:`AsyncSmartRetryTransport`.
+
+    Example::
+
+        async with smart_async_client(max_retries=1, timeout=30.0) as client:
+            await client.get("https://api.example.com/v1/status")
+            client.smart_transport.stats.snapshot()
+    """
+    transport_options, client_options = _split_options(options, httpx.AsyncHTTPTransport)
+    transport = AsyncSmartRetryTransport(policy, **transport_options)
+    return AsyncSmartClient(transport=transport, timeout=transport.client_timeout(),
+                            **client_options)
+
+
 class _ArkClient(SmartClient):
     """``video_client``'s client: refuses an Ark SDK call aimed at another origin than its
     endpoint, which would otherwise go out without the transport (no retries, no deadline,
@@ -747,16 +1094,36 @@ class _ArkClient(SmartClient):
              **options: Any) -> httpx.Response:
         """As :meth:`SmartClient.send`; an Ark call (the SDK's ``X-Client-Request-Id``, or
         this client's key) to another origin raises ``ValueError`` naming both."""
-        target = origin_of(str(request.url))
-        if target != self._ark_origin and (
-                "x-client-request-id" in request.headers
-                or (self._ark_key is not None
-                    and request.headers.get("authorization") == f"Bearer {self._ark_key}")):
-            raise ValueError(
-                f"video_client serves the Ark endpoint {self._ark_origin}, but this Ark call "
-                f"goes to {target}: pass the SDK's base_url as video_client(endpoint=...) "
-                f"so that the call gets the retries and the attempt deadline")
+        _check_ark_target(self, request, "video_client")
         return super().send(request, stream=stream, **options)
+
+
+class _AsyncArkClient(AsyncSmartClient):
+    """``video_async_client``'s client: as :class:`_ArkClient`, for ``AsyncArk``."""
+
+    _ark_origin = ""
+    _ark_key: Optional[str] = None
+
+    async def send(self, request: httpx.Request, *, stream: bool = False,
+                   **options: Any) -> httpx.Response:
+        """As :meth:`AsyncSmartClient.send`; an Ark call to another origin raises
+        ``ValueError`` naming both."""
+        _check_ark_target(self, request, "video_async_client")
+        return await super().send(request, stream=stream, **options)
+
+
+def _check_ark_target(client: Any, request: httpx.Request, maker: str) -> None:
+    """Refuse an Ark SDK call (its ``X-Client-Request-Id``, or the client's key) aimed at
+    another origin than the client's endpoint: it would go out without the transport."""
+    target = origin_of(str(request.url))
+    key = client._ark_key
+    if target != client._ark_origin and (
+            "x-client-request-id" in request.headers
+            or (key is not None and request.headers.get("authorization") == f"Bearer {key}")):
+        raise ValueError(
+            f"{maker} serves the Ark endpoint {client._ark_origin}, but this Ark call "
+            f"goes to {target}: pass the SDK's base_url as {maker}(endpoint=...) "
+            f"so that the call gets the retries and the attempt deadline")
 
 
 def video_client(
@@ -782,15 +1149,45 @@ def video_client(
     (the SDK reports it as its connection error, with this as the cause) rather than
     going out without retries or deadline; other requests there go out as with httpx.
     """
+    client: SmartClient = _ark_client(_ArkClient, SmartRetryTransport, httpx.HTTPTransport,
+                                      api_key, endpoint, options)
+    return client
+
+
+def video_async_client(
+    api_key: Optional[str] = None, *, endpoint: str = ARK_ENDPOINT, **options: Any
+) -> AsyncSmartClient:
+    """:func:`video_client` for asyncio: an :class:`AsyncSmartClient` for the Ark SDK's
+    ``AsyncArk``, with the video preset's policy on ``endpoint``'s origin only.
+
+    Example::
+
+        from volcenginesdkarkruntime import AsyncArk
+
+        ark = AsyncArk(api_key=key, http_client=video_async_client(api_key=key),
+                       max_retries=0)
+        task = await ark.content_generation.tasks.create(model="...", content=[...])
+    """
+    client: AsyncSmartClient = _ark_client(_AsyncArkClient, AsyncSmartRetryTransport,
+                                           httpx.AsyncHTTPTransport, api_key, endpoint,
+                                           options)
+    return client
+
+
+def _ark_client(client_class: Callable[..., Any], transport_class: Callable[..., Any],
+                inner: Callable[..., Any], api_key: Optional[str], endpoint: str,
+                options: dict[str, Any]) -> Any:
+    """An Ark client of ``client_class`` whose endpoint's origin is served by a
+    ``transport_class`` with the video preset's policy."""
     if "policy" in options:
         raise TypeError("presets take policy fields as keywords (e.g. max_retries=3), not policy=")
     endpoint = check_endpoint("endpoint", endpoint)
     if api_key is not None:
         check_credential("api_key", api_key)
-    transport_options, client_options = _split_options(options)
-    transport = SmartRetryTransport(_video_policy(api_key, str(options.get("lang", "zh"))),
-                                    **transport_options)
-    client = _ArkClient(base_url=endpoint, mounts={origin_of(endpoint): transport},
-                        timeout=transport.client_timeout(), **client_options)
+    transport_options, client_options = _split_options(options, inner)
+    transport = transport_class(_video_policy(api_key, str(options.get("lang", "zh"))),
+                                **transport_options)
+    client = client_class(base_url=endpoint, mounts={origin_of(endpoint): transport},
+                          timeout=transport.client_timeout(), **client_options)
     client._ark_origin, client._ark_key = origin_of(endpoint), api_key
     return client

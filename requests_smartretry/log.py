@@ -56,6 +56,7 @@ _TEXT = {
         "circuit_open": "熔断器已打开, 不重试",
         "error": "尝试过程中出现异常 ({reason}), 放弃",
         "interrupted": "等待重试时被中断, 放弃",
+        "cancelled": "调用被取消 (asyncio 任务取消), 放弃",
         "closed": "会话已关闭 (session.close()), 不重试",
         "throttled": "限流: 重试无法及时获得发送机会, 放弃",
         "throttle_waited": "限流: 第 {attempt} 次尝试等待 {ms}ms 后发送",
@@ -97,6 +98,7 @@ _TEXT = {
         "circuit_open": "circuit breaker open; not retrying",
         "error": "the attempt raised {reason}; giving up",
         "interrupted": "interrupted while waiting to retry; giving up",
+        "cancelled": "the call was cancelled (asyncio task cancelled); giving up",
         "closed": "session closed (session.close()); not retrying",
         "throttled": "throttled: the retry cannot get its turn in time; giving up",
         "throttle_waited": "throttled: attempt {attempt} waited {ms}ms for its turn",
@@ -284,7 +286,10 @@ class LoggingHook:
         elif kind is EventKind.GIVE_UP:
             key = event.give_up_reason or "exhausted"
             template = key if key in _TEXT[self.lang] else "exhausted"
-            give_up_level = logging.INFO if key == "not_retryable" else logging.ERROR
+            # Not retryable, or cancelled by the caller (a client that went away): no error
+            # of the service's.
+            give_up_level = logging.INFO if key in ("not_retryable", "cancelled") \
+                else logging.ERROR
             self._line(give_up_level, event, template, reason=event.reason or "")
 
     def _throttled(self, event: AttemptEvent) -> None:

@@ -30,14 +30,15 @@ await one: the poll is then an awaitable smart call, the pause ``asyncio.sleep``
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
 import numbers
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from .backoff import parse_retry_after
 from .deadline import MIN_ATTEMPT, retry_scope
@@ -400,6 +401,24 @@ async def drive_async(steps: Generator[Step, Any, T], poll: Callable[[Poll], Awa
         steps.close()
 
 
+@overload
+def poll_until(
+    fetch: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    done: Callable[[T], Any],
+    deadline: float,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, T], Any]] = None,
+    describe: Optional[Callable[[T], Optional[str]]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> Coroutine[Any, Any, T]: ...
+
+
+@overload
 def poll_until(
     fetch: Callable[[], T],
     *,
@@ -413,7 +432,23 @@ def poll_until(
     describe: Optional[Callable[[T], Optional[str]]] = None,
     stats: Optional[Stats] = None,
     **options: Any,
-) -> T:
+) -> T: ...
+
+
+def poll_until(
+    fetch: Callable[[], Any],
+    *,
+    done: Callable[[Any], Any],
+    deadline: float,
+    interval: float = 1.0,
+    interval_multiplier: float = 1.5,
+    interval_max: float = 30.0,
+    operation_name: Optional[str] = None,
+    on_poll: Optional[Callable[[int, Any], Any]] = None,
+    describe: Optional[Callable[[Any], Optional[str]]] = None,
+    stats: Optional[Stats] = None,
+    **options: Any,
+) -> Any:
     """Call ``fetch()`` until ``done(value)`` is true and return that value.
 
     Each poll is one ``execute_with_smart_retry(fetch, deadline=<time left>, **options)``:
@@ -440,14 +475,40 @@ def poll_until(
                                 done=lambda task: task.status == "succeeded",
                                 deadline=600.0, interval=2.0, interval_max=20.0,
                                 operation_name="视频任务状态查询")
+
+    With a coroutine function as ``fetch`` it returns an awaitable: the same steps, each
+    poll awaited in the caller's task (cancelled at the deadline), the pauses
+    ``asyncio.sleep``::
+
+        task = await poll_until(fetch_task_async, done=..., deadline=600.0)
     """
     waiting, poll, sleep = prepare(fetch, done=done, deadline=deadline, interval=interval,
                                    interval_multiplier=interval_multiplier,
                                    interval_max=interval_max, operation_name=operation_name,
                                    on_poll=on_poll, describe=describe, stats=stats,
                                    options=dict(options))
-    result: T = drive(waiting.steps(), poll, sleep)
-    return result
+    if _is_async(fetch):  # the same steps, awaited: an awaitable for the caller
+        return drive_async(waiting.steps(), poll, _async_sleep(sleep))
+    return drive(waiting.steps(), poll, sleep)
+
+
+def _is_async(fetch: Any) -> bool:
+    return inspect.iscoroutinefunction(fetch) or inspect.iscoroutinefunction(
+        getattr(fetch, "__call__", None))  # noqa: B004 - an object with an async __call__
+
+
+def _async_sleep(sleep: Callable[[float], Any]) -> Callable[[float], Awaitable[Any]]:
+    """The waits of an async wait: ``asyncio.sleep``, or the ``sleep=`` given (awaited
+    when it returns an awaitable)."""
+    if sleep is time.sleep:
+        return asyncio.sleep
+
+    async def wait(seconds: float) -> None:
+        waited = sleep(seconds)
+        if inspect.isawaitable(waited):
+            await waited
+
+    return wait
 
 
 def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: float,
@@ -497,7 +558,18 @@ def prepare(fetch: Callable[[], Any], *, done: Callable[[Any], Any], deadline: f
                 return execute_with_smart_retry(bounded, **options)
         return execute_with_smart_retry(bounded, deadline=step.seconds_left, **options)
 
-    return waiting, poll, sleep
+    async def bounded_async() -> Any:
+        with retry_scope(ends_at):
+            return await fetch()
+
+    async def poll_async(step: Poll) -> Any:
+        if overridden:  # the block must be open while the poll runs, not while it starts
+            with retry_options(deadline=step.seconds_left):
+                return await execute_with_smart_retry(bounded_async, **options)
+        return await execute_with_smart_retry(bounded_async, deadline=step.seconds_left,
+                                              **options)
+
+    return waiting, poll_async if _is_async(fetch) else poll, sleep
 
 
 #: The callable API's own keywords (every other one of ``options`` is a policy field).
@@ -508,9 +580,9 @@ _CALL_KEYWORDS = frozenset({"policy", "hooks", "breaker", "budget", "sleep", "cl
 def _check_fetch(fetch: Any) -> None:
     if not callable(fetch):
         raise TypeError(f"poll_until() needs a callable fetch, got {fetch!r}")
-    if inspect.iscoroutinefunction(fetch) or inspect.isasyncgenfunction(fetch):
-        raise TypeError(f"poll_until() polls a synchronous fetch; {fetch!r} is async (its "
-                        "coroutine would never be awaited)")
+    if inspect.isasyncgenfunction(fetch) or inspect.isgeneratorfunction(fetch):
+        raise TypeError(f"poll_until() cannot poll the generator function {fetch!r}: pass "
+                        "a function that returns the value (or an async def)")
 
 
 def _name_of(fetch: Callable[..., Any]) -> str:

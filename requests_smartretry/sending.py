@@ -1,28 +1,37 @@
-"""What ``SmartRetryAdapter.send`` works out about a request before its first attempt: the
-call's names (operation, service), whether repeating it is safe (idempotent) and possible
-(body replay), its timeouts, the per-policy facts cached for them, and the veto marks on a
-streamed body read after the call returned.  Nothing here sends."""
+"""One request's attempts, whatever sends them: :class:`Sending`, the attempt state that the
+requests adapter, the httpx transport and the asyncio transport share (the stale response a
+retry discards, the closed-at-retry check, ``previous_attempts()`` around
+``prepare_attempt``, the enclosing attempt's ledger, and a failure's bookkeeping: verdicts,
+redaction, veto).  Also what ``SmartRetryAdapter.send`` works out about a request before its
+first attempt: the call's names (operation, service), whether repeating it is safe
+(idempotent) and possible (body replay), its timeouts, the per-policy facts cached for
+them, and the veto marks on a streamed body read after the call returned.  Nothing here
+sends."""
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import numbers
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Generic, Optional, TypeVar, Union
 from urllib.parse import urlsplit
 
 import requests
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
-from .classify import mark_final
-from .engine import CallInfo
+from .classify import Classification, mark_final, veto
+from .deadline import AttemptLedger, current_scope
+from .engine import CallInfo, Outcome, mark_vetoed
+from .events import Verdict
 from .policy import RetryPolicy, check_timeout
-from .redact import path_template, redact_url
+from .redact import path_template, redact_exception, redact_url
 
-__all__ = ["DEFAULT_IDEMPOTENCY_HEADER", "TimeoutArg", "final_on_failure", "idempotency_key",
-           "is_idempotent", "operation_name", "service_name", "with_idempotency_key"]
+__all__ = ["DEFAULT_IDEMPOTENCY_HEADER", "Sending", "TimeoutArg", "final_on_failure",
+           "idempotency_key", "is_idempotent", "operation_name", "previous_attempts",
+           "service_name", "with_idempotency_key"]
 
 #: The header that makes any request safe to repeat, whatever the policy.
 DEFAULT_IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -37,6 +46,162 @@ _Timeouts = tuple[Optional[float], Optional[float], Optional[float]]
 
 # Socket timeouts overflow past ~292 years; anything longer is "forever" and sent as this.
 _MAX_SOCKET_TIMEOUT = 1e9
+
+
+_SUCCESS_VERDICT = Verdict.SUCCESS
+_V = TypeVar("_V")
+
+# How the current call's earlier attempts ended, visible to prepare_attempt hooks only.
+_PREVIOUS_ATTEMPTS: contextvars.ContextVar[tuple[Classification, ...]] = contextvars.ContextVar(
+    "requests_smartretry_previous_attempts", default=())
+
+
+def previous_attempts() -> tuple[Classification, ...]:
+    """Inside a ``prepare_attempt`` hook: the classifications of the call's earlier attempts,
+    oldest first (empty on the first attempt), e.g. to fail over to a backup host after a
+    connection failure or timeout."""
+    return _PREVIOUS_ATTEMPTS.get()
+
+
+class Sending(Generic[_V]):
+    """One request's attempts, as a transport makes them for the engine: the state and the
+    bookkeeping every transport shares, around the one step that differs (sending).
+
+    A transport's attempt function is, in order: close what :meth:`take_stale` hands back
+    (a retry discards the last failed response; sync ``close``, async ``aclose``), then
+    ``to_send = self.begin(number)`` (an :class:`Outcome` instead when the attempt must
+    not be sent), send it, and return ``self.end(outcome)``.  Subclasses say what is
+    transport-specific: :meth:`closed`, :meth:`closed_error`, :meth:`rewind`,
+    :meth:`body_replayable`, :meth:`prepare`, :meth:`asked_idempotent`,
+    :meth:`call_idempotent` and :meth:`enclosing_over`.  Nothing is allocated until an attempt
+    fails: a first attempt that succeeds costs two method calls.
+    """
+
+    __slots__ = ("counted", "idempotent", "previous", "verdicts")
+
+    def __init__(self) -> None:
+        #: The last failed attempt's response, which the retry discards.
+        self.previous: Optional[_V] = None
+        #: The verdicts of the failed attempts so far, for previous_attempts().
+        self.verdicts: tuple[Classification, ...] = ()
+        self.idempotent: Optional[bool] = None  # decided at the first failure that asks
+        #: The enclosing callable-API attempt's ledger counting the running attempt.
+        self.counted: Optional[AttemptLedger] = None
+
+    # -- what each transport says -----------------------------------------------------
+
+    def closed(self) -> bool:
+        """Whether the transport was closed since this call began (asked before each
+        retry: the call then sends nothing more)."""
+        return False
+
+    def closed_error(self) -> BaseException:
+        """What a retry raises when the transport was closed as it starts."""
+        return RuntimeError("the transport was closed before the retry; nothing more is sent")
+
+    def rewind(self) -> None:
+        """Make the request whole again for a retry (a seekable body, cut timeouts)."""
+
+    def body_replayable(self) -> bool:
+        """Whether the request body can be sent again (see :func:`veto`)."""
+        return True
+
+    def prepare(self, number: int) -> Any:
+        """The request to send as attempt ``number`` (the policy's ``prepare_attempt``)."""
+        raise NotImplementedError
+
+    def asked_idempotent(self) -> bool:
+        """Whether the request as the caller sent it (before a key this call minted) is
+        safe to repeat: what an enclosing call repeating the caller's code would send."""
+        raise NotImplementedError
+
+    def call_idempotent(self) -> bool:
+        """Whether this call's request (with its idempotency key) is safe to repeat."""
+        raise NotImplementedError
+
+    def enclosing_over(self) -> Outcome[_V]:
+        """The outcome of a request that is not idempotent made inside a callable-API
+        attempt already over (abandoned at its deadline): not sent, not retried."""
+        raise NotImplementedError
+
+    # -- the shared steps ----------------------------------------------------------------
+
+    def take_stale(self) -> Optional[_V]:
+        """The last failed attempt's response, for the retry to discard (close)."""
+        stale, self.previous = self.previous, None
+        return stale
+
+    def begin(self, number: int) -> Any:
+        """Attempt ``number`` starts: the request to send, or an :class:`Outcome` when it
+        must not be sent (the enclosing attempt is over).  Raises :meth:`closed_error` for
+        a retry of a transport closed as it starts (a START hook closed it)."""
+        if number > 1:
+            if self.closed():
+                raise self.closed_error()
+            self.rewind()
+        verdicts = self.verdicts
+        if verdicts:
+            token = _PREVIOUS_ATTEMPTS.set(verdicts)
+            try:
+                to_send = self.prepare(number)
+            finally:
+                _PREVIOUS_ATTEMPTS.reset(token)
+        else:  # first attempt: previous_attempts() is already ()
+            to_send = self.prepare(number)
+        scope = current_scope()
+        # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
+        # A key minted by this call does not make the enclosing call's repeat safe: it
+        # would send the caller's request again, with a new key.
+        if scope is not None and scope.ledger is not None and not self.asked_idempotent():
+            counted = self.counted = scope.ledger
+            if not counted.start_unsafe():
+                self.counted = None
+                return self.enclosing_over()
+        return to_send
+
+    def end(self, outcome: Outcome[_V]) -> Outcome[_V]:
+        """Attempt's ``outcome`` as the engine and the hooks may see it: uncounted from
+        the enclosing ledger when it did not execute; when it failed, remembered for the
+        retry, its secrets removed, vetoed where repeating it is not safe."""
+        counted = self.counted
+        if counted is not None:
+            self.counted = None
+            if outcome.classification.safe_to_repeat:
+                counted.not_executed()  # nothing sent, or the server said it did not act
+        if outcome.classification.verdict is _SUCCESS_VERDICT:
+            return outcome  # the common case: nothing to remember, redact or veto
+        verdict = outcome.classification
+        self.verdicts += (verdict,)
+        if outcome.value is not None:
+            self.previous = outcome.value
+        # Hooks, on_retry and the caller see failures only with secrets removed.
+        if outcome.error is not None:
+            redact_exception(outcome.error)
+        signal = outcome.signal
+        # A signal without an error is our own HTTP error, its text built from the redacted
+        # URL and a reason code: only a cause chained to it (an undecodable body) is not.
+        if signal is not None and signal is not outcome.error and (
+                outcome.error is not None or signal.__cause__ is not None):
+            redact_exception(signal)
+        if outcome.error is not None:
+            self.rewind()  # an enclosing call that repeats the request finds it whole
+        # A retryable failure may be vetoed.  An error raised after sending that is not
+        # retried here (a 2xx whose body cannot be decoded) gets the same veto: for the
+        # engine it changes nothing, but an enclosing call that retries any exception
+        # must not resend what this one would not.  (A veto already set is the urllib3
+        # Retry's decision, not a safety one.)
+        if outcome.veto is None and (
+                verdict.retryable or (outcome.error is not None and verdict.sent)):
+            if self.idempotent is None:
+                self.idempotent = self.call_idempotent()
+            outcome.veto = veto(verdict, self.idempotent, self.body_replayable())
+            mark_vetoed(outcome)  # final for an enclosing retrying call too
+        return outcome
+
+    def abandon(self) -> None:
+        """The running attempt ended by raising (a hook, a cancelled task): it stays
+        counted in the enclosing ledger, as one that may have executed."""
+        self.counted = None
 
 
 def _mark_body_failures(raw: Any, reason: str) -> None:

@@ -64,11 +64,19 @@ def install_guard(hosts: dict[str, int]) -> list[str]:
     lookup of, or connection to, a host that is not loopback.  Returns the record."""
     real_getaddrinfo = socket.getaddrinfo
     real_connect = socket.socket.connect
+    # Each named host resolves to a loopback address of its own (127.0.0.10, .11…) with its
+    # fake's port; a connection to that address goes to the fake's port on 127.0.0.1.
+    # asyncio (anyio) keeps only the address of a lookup and connects to the URL's own
+    # port (443), so the address alone must say which fake is meant.
+    aliases = {f"127.0.0.{10 + index}": port
+               for index, port in enumerate(ports for _, ports in sorted(hosts.items()))}
+    alias_of = {name: f"127.0.0.{10 + index}" for index, name in enumerate(sorted(hosts))}
 
     def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         name = host.decode() if isinstance(host, bytes) else host
         if isinstance(name, str) and name.lower() in hosts:
-            return real_getaddrinfo("127.0.0.1", hosts[name.lower()], *args, **kwargs)
+            return real_getaddrinfo(alias_of[name.lower()], hosts[name.lower()], *args,
+                                    **kwargs)
         if not _loopback(host):
             _refused.append(f"lookup {host}")
             raise socket.gaierror(socket.EAI_NONAME,
@@ -76,6 +84,8 @@ def install_guard(hosts: dict[str, int]) -> list[str]:
         return real_getaddrinfo(host, port, *args, **kwargs)
 
     def connect(sock: socket.socket, address: Any) -> Any:
+        if sock.family == socket.AF_INET and address[0] in aliases:
+            return real_connect(sock, ("127.0.0.1", aliases[address[0]]))
         if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
             _refused.append(f"connect {address[0]}")
             raise ConnectionRefusedError(111, f"{address[0]}: not loopback, refused by the "

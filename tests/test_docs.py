@@ -38,7 +38,7 @@ def test_the_guard_refuses_other_hosts_and_maps_the_named_ones(
     refused = install_guard({"api.example.com": 4321})
     with pytest.raises(socket.gaierror, match="not loopback"):
         socket.getaddrinfo("pypi.org", 443)
-    assert socket.getaddrinfo("api.example.com", 443)[0][4][:2] == ("127.0.0.1", 4321)
+    assert socket.getaddrinfo("api.example.com", 443)[0][4][:2] == ("127.0.0.10", 4321)
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError, match="not loopback"):
         sock.connect(("192.0.2.1", 443))
     assert refused[-2:] == ["lookup pypi.org", "connect 192.0.2.1"]

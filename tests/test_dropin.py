@@ -123,3 +123,18 @@ def test_close_stops_calls_in_flight_not_future_ones(server: FaultServer) -> Non
         session.get(server.url("/status/503")).raise_for_status()
     assert server.hits("/status/503") == 1
     assert session.get(server.url("/ok")).status_code == 200
+
+
+def test_close_clears_whatever_stands_in_the_proxy_managers() -> None:
+    """As requests' own test_session_close_proxy_clear: close() calls clear() on each proxy
+    manager, whatever object it is (a mock there), and does not look for pools in it."""
+    from unittest import mock
+
+    from requests_smartretry import SmartRetryAdapter
+
+    adapter = SmartRetryAdapter()
+    proxies = {"one": mock.Mock(), "two": mock.Mock()}
+    with mock.patch.dict(adapter.proxy_manager, proxies):
+        adapter.close()
+    proxies["one"].clear.assert_called_once_with()
+    proxies["two"].clear.assert_called_once_with()

@@ -6,15 +6,18 @@ the errno is injected at the socket httpcore connects with.  Bodies: bytes and a
 generator (httpx iterates a file object as it does a generator, so it is never replayed
 and has no cell of its own); entry points: the transport, and ``execute_with_smart_retry``
 around a smart-client request (the callable API around plain httpx knows nothing of
-phases and is not crossed here).
+phases and is not crossed here), and the same two on asyncio (the async transport, an
+async ``execute_with_smart_retry`` around an async smart-client request), the errno
+injected at httpcore's async network backend (:class:`~tests.fakes.sockfaults.FaultAsyncBackend`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable, Optional
 
 import pytest
@@ -38,10 +41,10 @@ from tests.test_never_twice import (  # the servers are the same module-scoped f
 )
 
 httpx = pytest.importorskip("httpx")
-from requests_smartretry.httpx import smart_client  # noqa: E402 - needs httpx first
+from requests_smartretry.httpx import smart_async_client, smart_client  # noqa: E402
 
 BODIES = ("bytes", "generator")
-ENTRIES = ("transport", "callable_smart")
+ENTRIES = ("transport", "callable_smart", "async_transport", "async_callable_smart")
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +67,17 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
                                refused_port=unused_port())
     verb = "GET" if method == "GET" else "POST"
     headers = {"Idempotency-Key": "k-1"} if method == "POST+key" else {}
+    if entry.startswith("async_"):
+        sockfaults.arm(plan)
+        try:
+            response, error = asyncio.run(_async_cell(server, route, verb, headers, body_kind,
+                                                      entry, phase))
+        finally:
+            sockfaults.arm(None)
+            stalls_left, server.stalled_handshakes = server.stalled_handshakes, 0
+        executions, succeeds = promised(phase, method, body_kind, "adapter")
+        return broken_promise(server.received(route), route, executions, succeeds, response,
+                              error, injected=(plan is None or plan.taken) and not stalls_left)
     # connect 0.1 s: how long a stalled handshake waits.  Other cells complete their
     # handshake, which on a loaded 2-core machine can take longer than 0.1 s: there a
     # generous bound, so that a slow handshake is not mistaken for the fault under test.
@@ -87,6 +101,38 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
     executions, succeeds = promised(phase, method, body_kind, "adapter")
     return broken_promise(server.received(route), route, executions, succeeds, response,
                           error, injected=(plan is None or plan.taken) and not stalls_left)
+
+
+async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def _async_cell(server: FaultServer, route: str, verb: str, headers: dict[str, str],
+                      body_kind: str, entry: str,
+                      phase: str) -> tuple[Any, Optional[BaseException]]:
+    """One cell on asyncio: (the response, or the error).  The connect timeout is short
+    only where a stalled handshake must time out: asyncio's connect resolves the address
+    on a worker thread, which a loaded machine may not schedule within 0.1 s."""
+    context = ssl.create_default_context(cafile=str(CERT))
+    inner = httpx.AsyncHTTPTransport(verify=context)
+    sockfaults.install_async(inner)  # before the smart transport wraps its backend
+    body = _body(body_kind)
+    content = _async_chunks(body) if body_kind == "generator" else body
+    connect_timeout = 0.1 if phase == "tls_stall" else 5.0
+    async with smart_async_client(max_retries=1, timeout=10.0, connect_timeout=connect_timeout,
+                                  transport=inner) as client:
+
+        async def send() -> Any:
+            return await client.request(verb, server.url(route), content=content,
+                                        headers=headers)
+
+        try:
+            if entry == "async_transport":
+                return await send(), None
+            return await execute_with_smart_retry(send, max_retries=1, timeout=10.0), None
+        except httpx.HTTPError as exc:
+            return None, exc
 
 
 @pytest.mark.parametrize("entry", ENTRIES)

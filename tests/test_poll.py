@@ -254,13 +254,28 @@ def test_bad_arguments_are_refused_by_name(options: dict[str, Any], error: type,
     assert calls == []
 
 
-def test_async_fetch_is_refused() -> None:
-    """A coroutine function is refused with a clear error (its coroutine would never run)."""
-    async def fetch() -> str:
-        return "done"
+def test_an_async_fetch_gives_an_awaitable_wait() -> None:
+    """A coroutine function is polled on asyncio: poll_until returns an awaitable, each poll
+    is awaited and each pause is the injected sleep (asyncio.sleep by default); a generator
+    function or a non-callable is refused with a clear error."""
+    import asyncio
 
-    with pytest.raises(TypeError, match=r"poll_until\(\) polls a synchronous fetch; .* is async"):
-        poll_until(fetch, done=bool, deadline=1.0)
+    values = iter(["queued", "running", "done"])
+    pauses: list[float] = []
+
+    async def fetch() -> str:
+        return next(values)
+
+    waiting = poll_until(fetch, done=lambda v: v == "done", deadline=60.0, log=False,
+                         sleep=pauses.append)
+    assert asyncio.run(waiting) == "done"  # type: ignore[arg-type]
+    assert pauses == [1.0, 1.5]
+
+    def pages() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator function"):
+        poll_until(pages, done=bool, deadline=1.0)
     with pytest.raises(TypeError, match="needs a callable fetch"):
         poll_until("https://example.invalid", done=bool, deadline=1.0)  # type: ignore[arg-type]
 

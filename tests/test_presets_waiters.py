@@ -235,6 +235,32 @@ def test_ark_httpx_client_path() -> None:
     assert stats_of(client).snapshot()["视频任务状态查询"]["polls"] == 2
 
 
+def test_ark_async_client_path_gives_an_awaitable_wait() -> None:
+    """video_async_client(): ark.wait_for_task returns an awaitable; the same wait (a 503
+    on the way retried, queued/running no failures) over httpx.AsyncClient, counted in the
+    client's statistics."""
+    import asyncio
+
+    from requests_smartretry.httpx import video_async_client
+
+    with FakeArk(KEY, progress=("queued", "running", "succeeded")) as fake:
+        fake.tasks["cgt-1"] = {"id": "cgt-1", "status": "queued"}
+        fake.script("query", (503, {"error": {"code": "InternalServiceError"}}))
+        client = video_async_client(api_key=KEY, endpoint=fake.endpoint)
+
+        async def wait() -> dict[str, Any]:
+            async with client:
+                waiting = ark.wait_for_task(client, "cgt-1", deadline=60.0,
+                                            **Timeline().options())
+                assert asyncio.iscoroutine(waiting)
+                return await waiting  # type: ignore[no-any-return]
+
+        done = asyncio.run(wait())
+        assert fake.queries["cgt-1"] == 3 and fake.hits() == 4  # the 503 was retried
+    assert done["status"] == "succeeded"
+    assert stats_of(client).snapshot()["视频任务状态查询"]["polls"] == 3
+
+
 @pytest.fixture()
 def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Refuse any lookup or connection that is not to loopback (the SDK defaults to the

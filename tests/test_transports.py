@@ -1,11 +1,13 @@
-"""The adapter's behaviour, run against both transports: the requests adapter and the httpx
-transport (one parametrized fixture, one test each, a real local server counting hits)."""
+"""The adapter's behaviour, run against the three transports: the requests adapter, the
+httpx transport and the asyncio httpx transport (one parametrized fixture, one test each,
+a real local server counting hits)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -20,7 +22,7 @@ from .conftest import LineCollector, SleepRecorder
 from .test_adapter import route, seq
 
 httpx = pytest.importorskip("httpx")
-from requests_smartretry.httpx import smart_client  # noqa: E402 - needs httpx first
+from requests_smartretry.httpx import smart_async_client, smart_client  # noqa: E402
 
 
 @dataclass
@@ -33,6 +35,10 @@ class Client:
     #: What the transport raises for a transport failure and for a timeout.
     network_error: tuple[type[BaseException], ...]
     timeout_error: type[BaseException]
+    #: parallel(workers, calls, url): ``calls`` GETs of ``url`` in each of ``workers``
+    #: threads (the sync clients) or tasks (the async one), sharing the client; returns
+    #: what went wrong (an exception, or a response that is not a 200).
+    parallel: Callable[[int, int, str], list[Any]]
 
 
 def _requests_client(**options: Any) -> Client:
@@ -45,7 +51,28 @@ def _requests_client(**options: Any) -> Client:
     adapter: Any = session.get_adapter("http://")
     return Client("requests", send, adapter.stats,
                   (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError),
-                  requests.exceptions.Timeout)
+                  requests.exceptions.Timeout, lambda w, c, u: _in_threads(send, w, c, u))
+
+
+def _in_threads(send: Callable[..., Any], workers: int, calls: int, url: str) -> list[Any]:
+    wrong: list[Any] = []
+
+    def run() -> None:
+        for _ in range(calls):
+            try:
+                response = send("GET", url)
+            except BaseException as exc:  # reported below, with the thread's others
+                wrong.append(exc)
+            else:
+                if response.status_code != 200:
+                    wrong.append(response)
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return wrong
 
 
 def _httpx_client(**options: Any) -> Client:
@@ -57,22 +84,79 @@ def _httpx_client(**options: Any) -> Client:
 
     stats = client.smart_transport.stats
     assert stats is not None
-    return Client("httpx", send, stats, (httpx.TransportError,), httpx.TimeoutException)
+    return Client("httpx", send, stats, (httpx.TransportError,), httpx.TimeoutException,
+                  lambda w, c, u: _in_threads(send, w, c, u))
+
+
+async def _async_body(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _async_client(**options: Any) -> Client:
+    """The asyncio transport, each call run to completion on the client's own loop (the
+    fixture's sends are synchronous; ``parallel`` runs tasks on that loop)."""
+    loop = asyncio.new_event_loop()
+    client = smart_async_client(**options)
+
+    def send(method: str, url: str, body: Any = None,
+             headers: Optional[dict[str, str]] = None) -> Any:
+        if isinstance(body, Iterator):  # a generator body: the async client's kind of it
+            body = _async_body(body)
+        return loop.run_until_complete(client.request(method, url, content=body,
+                                                      headers=headers))
+
+    def parallel(workers: int, calls: int, url: str) -> list[Any]:
+        wrong: list[Any] = []
+
+        async def run() -> None:
+            for _ in range(calls):
+                try:
+                    response = await client.get(url)
+                except Exception as exc:
+                    wrong.append(exc)
+                else:
+                    if response.status_code != 200:
+                        wrong.append(response)
+
+        async def all_of_them() -> None:
+            await asyncio.gather(*(run() for _ in range(workers)))
+
+        loop.run_until_complete(all_of_them())
+        return wrong
+
+    stats = client.smart_transport.stats
+    assert stats is not None
+    made = Client("httpx-async", send, stats, (httpx.TransportError,),
+                  httpx.TimeoutException, parallel)
+    _opened.append((loop, client))
+    return made
+
+
+_opened: list[tuple[asyncio.AbstractEventLoop, Any]] = []
 
 
 MakeClient = Callable[..., Client]
 
 
-@pytest.fixture(params=["requests", "httpx"])
+_BUILDERS = {"requests": _requests_client, "httpx": _httpx_client,
+             "httpx-async": _async_client}
+
+
+@pytest.fixture(params=list(_BUILDERS))
 def make_client(request: pytest.FixtureRequest, sleeps: SleepRecorder) -> Iterator[MakeClient]:
     """Builds a client of the parametrized transport whose backoff waits are recorded."""
-    build = _requests_client if request.param == "requests" else _httpx_client
+    build = _BUILDERS[request.param]
 
     def make(**options: Any) -> Client:
         options.setdefault("sleep", sleeps)
         return build(**options)
 
     yield make
+    while _opened:
+        loop, client = _opened.pop()
+        loop.run_until_complete(client.aclose())
+        loop.close()
 
 
 # -- the seed's scenarios --------------------------------------------------------------
@@ -272,23 +356,10 @@ def test_statistics_count_calls_attempts_and_retries(
 def test_threads_sharing_one_client_are_never_cut_by_each_others_deadlines(
     server: FaultServer, make_client: MakeClient
 ) -> None:
-    """8 threads × 20 GETs through one client, its pooled connections passing from
-    attempt to attempt: every call succeeds at its first attempt, and every one is counted."""
+    """8 threads (tasks, on the async transport) × 20 GETs through one client, its pooled
+    connections passing from attempt to attempt: every call succeeds at its first attempt,
+    and every one is counted."""
     client = make_client(timeout=2.0)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        for _ in range(20):
-            try:
-                assert client.send("GET", server.url("/ok")).status_code == 200
-            except BaseException as exc:  # reported below, with the thread's others
-                errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert client.parallel(8, 20, server.url("/ok")) == []
     total = client.stats.snapshot()["__total__"]
     assert (total["calls"], total["attempts"], total["calls_succeeded"]) == (160, 160, 160)

@@ -5,12 +5,13 @@ timeout, and nothing ever goes to a host other than the configured endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable
 
 import pytest
 import requests
@@ -220,6 +221,60 @@ def test_ark_sdk_with_another_base_url_is_refused_clearly() -> None:
         assert other.endpoint.split("/api")[0] in str(cause)  # the SDK's origin
         assert ours.endpoint.split("/api")[0] in str(cause)  # video_client's
         assert other.hits() == 0 and ours.hits() == 0
+
+
+# -- AsyncArk through video_async_client -----------------------------------------------------
+
+
+def _async_ark(fake: FakeArk, call: Callable[[Any], Awaitable[Any]], **options: Any) -> Any:
+    """``call(sdk)`` on an AsyncArk whose http_client is a video_async_client for ``fake``,
+    run to completion on a fresh event loop."""
+    client = httpx_module.video_async_client(api_key=API_KEY, endpoint=fake.endpoint,
+                                             backoff_base=0.01, **options)
+
+    async def run() -> Any:
+        sdk = ark.AsyncArk(api_key=API_KEY, base_url=fake.endpoint, http_client=client,
+                           max_retries=0)
+        try:
+            return await call(sdk)
+        finally:
+            await sdk.close()
+
+    return asyncio.run(run())
+
+
+def _create(sdk: Any) -> Awaitable[Any]:
+    return sdk.content_generation.tasks.create(model="m", content=_CONTENT)  # type: ignore[no-any-return]
+
+
+def test_async_ark_sdk_retries_a_rate_limit_once() -> None:
+    """AsyncArk: a 429 RateLimitExceeded is retried once (asyncio.sleep between): two
+    executions, the task is created."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("create", (429, ark_error("RateLimitExceeded.EndpointRPMExceeded")))
+        task = _async_ark(fake, _create)
+        assert task.id in fake.tasks and fake.hits() == 2
+
+
+def test_async_ark_sdk_business_code_is_not_retried() -> None:
+    """AsyncArk: a 400 InvalidParameter is one execution, raised as the SDK's error."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("create", (400, ark_error("InvalidParameter", "bad model")))
+        with pytest.raises(ark_errors.ArkBadRequestError):
+            _async_ark(fake, _create)
+        assert fake.hits() == 1
+
+
+def test_async_ark_sdk_hung_server_is_cut_at_the_policy_timeout() -> None:
+    """AsyncArk: the attempt on a hung server is cancelled at the policy's timeout."""
+    with FakeArk(api_key=API_KEY) as fake:
+        fake.script("query", ("hang", 5))
+        started = time.monotonic()
+        with pytest.raises(ark_errors.ArkAPITimeoutError):
+            _async_ark(fake, lambda sdk: sdk.content_generation.tasks.get(task_id="cgt-0001"),
+                       timeout=CUT, max_retries=0)
+        assert time.monotonic() - started < CUT + 1.5
+        assert fake.hits() == 1
 
 
 # -- WeChat Pay (wechatpayv3.WeChatPay) through mount_on_wechatpay -------------------------

@@ -28,6 +28,7 @@ from requests_smartretry import (
     adapter_of,
     execute_with_retry,
     execute_with_smart_retry,
+    poll_until,
     retry_options,
     smart_session,
     stats_of,
@@ -176,13 +177,36 @@ def typed_keywords() -> None:
     del smart, policy, counts, same, retries, video
 
 
+@with_retry(max_retries=1)
+async def fetch_async(order_id: str) -> dict[str, str]:
+    return {"id": order_id}
+
+
+async def async_uses() -> None:
+    """An async def stays an async def; execute_with_retry(async_fn) and
+    poll_until(async_fetch) are awaitables of the value."""
+    order: dict[str, str] = await fetch_async("o-1")
+    total: int = await execute_with_retry(_async_one, max_retries=1)
+    polled: int = await poll_until(_async_one, done=lambda n: n > 0, deadline=5.0)
+    del order, total, polled
+
+
+async def _async_one() -> int:
+    return 1
+
+
+def async_misuses_that_must_be_errors() -> None:
+    """An awaitable is not its value."""
+    _: int = execute_with_retry(_async_one)  # type: ignore[assignment]
+
+
 def keyword_misuses_that_must_be_errors() -> None:
     """Misspelt or mistyped keywords are mypy errors, not silently accepted ``**Any``."""
     smart_session(max_retry=2)  # type: ignore[call-arg]
     smart_session(timeout="5")  # type: ignore[arg-type]
     SmartRetryAdapter(lang="de")  # type: ignore[arg-type]
     RetryPolicy().replace(no_such=1)  # type: ignore[call-arg]
-    execute_with_retry(lambda: 1, max_retry=1)  # type: ignore[call-arg]
+    execute_with_retry(lambda: 1, max_retry=1)  # type: ignore[call-overload]
     video_session(api_key="k", timout=5.0)  # type: ignore[call-arg]
     retry_options(max_retry=0)  # type: ignore[call-arg]
     retry_options(timeout="5")  # type: ignore[arg-type]

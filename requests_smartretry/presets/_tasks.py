@@ -4,6 +4,7 @@ poll, the task's JSON, and the client's statistics as the wait's."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any, Callable, Optional
 
@@ -109,8 +110,7 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
 
     retry_statuses = frozenset(options.get("retry_statuses", DEFAULT_RETRY_STATUSES))
 
-    def fetch() -> Any:
-        response = send()
+    def checked(response: Any) -> Any:
         if response.status_code >= 400:
             check(response)
             response.raise_for_status()
@@ -121,10 +121,17 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
                                      "retryable vendor code", response=response)
         return response
 
+    def fetch() -> Any:
+        return checked(send())
+
+    async def fetch_async() -> Any:  # an httpx.AsyncClient's poll
+        return checked(await send())
+
     options.setdefault("classify", vendor_classifier(hook, retry_statuses))
     # A smart request is cut at the socket by the deadline it sees: no thread needed.  A
     # plain session or client is not: its poll runs in the callable API's worker thread,
-    # abandoned at the deadline (else a hung poll would hold the wait past it).
+    # abandoned at the deadline (else a hung poll would hold the wait past it).  (An async
+    # fetch runs in the caller's task, cancelled at the deadline: no thread either way.)
     options.setdefault("run_in_thread", not cuts_at_deadline(client))
     if stats is None:
         stats = client_stats(client)
@@ -132,11 +139,33 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
     if on_poll is not None:
         def notify(number: int, response: Any) -> Any:
             return on_poll(number, task_of(response))
+    waiting = {"done": done, "deadline": deadline, "operation_name": operation,
+               "on_poll": notify, "describe": describe, "stats": stats or None, **options}
+    if inspect.iscoroutinefunction(getattr(client, "get", None)):  # an async client
+        return _wait_async(poll_until(fetch_async, **waiting), task_id, task_of)
     try:
-        response = poll_until(fetch, done=done, deadline=deadline, operation_name=operation,
-                              on_poll=notify, describe=describe, stats=stats or None,
-                              **options)
-    except PollDeadlineExceeded as exc:
+        response = poll_until(fetch, **waiting)
+    except Exception as exc:
+        _resumable(exc, task_id, task_of)
+        raise
+    return task_of(response)
+
+
+async def _wait_async(waiting: Any, task_id: str, task_of: Callable[[Any], Any]) -> Any:
+    """:func:`wait_for`'s ending, for the awaitable wait of an async client."""
+    try:
+        response = await waiting
+    except BaseException as exc:
+        _resumable(exc, task_id, task_of)
+        raise
+    return task_of(response)
+
+
+def _resumable(exc: BaseException, task_id: str, task_of: Callable[[Any], Any]) -> None:
+    """Whatever ended the wait carries the id to resume with (``task_id``); past the
+    deadline, ``.last`` is the last task seen (not its response) and the message says the
+    task may still finish."""
+    if isinstance(exc, PollDeadlineExceeded):
         if exc.last is not None:
             try:
                 exc.last = task_of(exc.last)
@@ -145,11 +174,9 @@ def wait_for(send: Callable[[], Any], *, hook: ResponseHook,
         exc.task_id = task_id
         exc.args = (f"{exc.args[0]}; task {task_id!r} may still finish: wait for it "
                     "again with its id", *exc.args[1:])
-        raise
-    except Exception as exc:  # the id to resume with, on whatever ended the wait
+        return
+    if isinstance(exc, Exception):  # the id to resume with, on whatever ended the wait
         try:
             exc.task_id = task_id  # type: ignore[attr-defined]
         except AttributeError:  # an exception type with __slots__
             pass
-        raise
-    return task_of(response)

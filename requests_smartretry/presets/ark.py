@@ -279,6 +279,9 @@ def wait_for_task(
 
     A waiter holds no state but its call: after a crash, any worker resumes the wait
     with the same ``task_id`` (the task id is the state; see docs/waiting.md).
+
+    With an ``httpx.AsyncClient`` (``video_async_client()``, the ``AsyncArk`` SDK's
+    ``http_client``) it returns an awaitable: ``done = await wait_for_task(client, id)``.
     """
     _check_client(client)
     task_id = check_task_id("task_id", task_id)

@@ -207,3 +207,133 @@ def install_for_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
     ``recv``, which :class:`FaultSocket` intercepts as it does urllib3's."""
     install(monkeypatch)
     monkeypatch.setattr(socket, "create_connection", _create_connection)
+
+
+# -- asyncio: the same plans, injected at httpcore's async network backend ------------------
+
+
+class FaultAsyncBackend:
+    """An httpcore async network backend (wrapping the real one) whose next connection
+    fails as the armed plan says, raising what httpcore's own backend raises for the
+    kernel's error (``ConnectError`` / ``WriteError`` / ``ReadError`` from the ``OSError``).
+    Install it on an ``httpx.AsyncHTTPTransport`` with :func:`install_async` before the
+    smart transport wraps it.  (asyncio's sockets are not ``socket.create_connection``'s,
+    so the sync injector cannot reach them.)"""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    async def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
+                          local_address: Optional[str] = None,
+                          socket_options: Any = None) -> Any:
+        import httpcore
+
+        assert host in ("127.0.0.1", "localhost"), host  # loopback only
+        refused = _take("refused")
+        connect_fault = _take("connect")
+        if connect_fault is not None:
+            error = connect_fault.error()
+            raise httpcore.ConnectError(error) from error  # as httpcore's map_exceptions
+        stream = await self._backend.connect_tcp(
+            host, refused.refused_port if refused is not None else port, timeout=timeout,
+            local_address=local_address, socket_options=socket_options)
+        return FaultAsyncStream(stream, _take("headers", "body", "after_read", "read_body"))
+
+    async def connect_unix_socket(self, path: str, timeout: Optional[float] = None,
+                                  socket_options: Any = None) -> Any:
+        raise NotImplementedError("loopback TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class FaultAsyncStream:
+    """An async network stream that fails with the plan's errno at the plan's phase (the
+    same phases as :class:`FaultSocket`); once failed, it is closed (the server sees the
+    request end there) and every later operation raises the same error."""
+
+    def __init__(self, stream: Any, plan: Optional[Plan]) -> None:
+        self._stream = stream
+        self.plan = plan
+        self.failed = False
+        self.written = b""
+        self.received = b""
+        self.fail_next_read = False
+
+    async def _fail(self, kind: Any) -> BaseException:
+        assert self.plan is not None
+        if not self.failed:
+            self.failed = True
+            await self._stream.aclose()
+        error = self.plan.error()
+        raised = kind(error)  # the OSError as its argument, as httpcore's map_exceptions
+        raised.__cause__ = error
+        return raised  # type: ignore[no-any-return]
+
+    async def write(self, buffer: bytes, timeout: Optional[float] = None) -> None:
+        import httpcore
+
+        if self.failed:
+            raise await self._fail(httpcore.WriteError)
+        data = bytes(buffer)
+        cut = FaultSocket._write_cut(self, data)  # type: ignore[arg-type]  # same fields
+        if cut is None:
+            self.written += data
+            await self._stream.write(data, timeout)
+            return
+        if cut > 0:
+            await self._stream.write(data[:cut], timeout)
+        raise await self._fail(httpcore.WriteError)
+
+    async def read(self, max_bytes: int, timeout: Optional[float] = None) -> bytes:
+        import httpcore
+
+        if self.failed or self.fail_next_read:
+            raise await self._fail(httpcore.ReadError)
+        got = await self._stream.read(max_bytes, timeout)
+        plan = self.plan
+        if plan is None or not got:
+            return got  # type: ignore[no-any-return]
+        if plan.phase == "after_read":
+            raise await self._fail(httpcore.ReadError)  # the server answered: executed
+        if plan.phase == "read_body":
+            before = len(self.received)
+            self.received += got
+            end = self.received.find(_HEAD_END)
+            if end >= 0:
+                keep = end + len(_HEAD_END) + 2 - before
+                if keep < len(got):
+                    self.fail_next_read = True
+                    if keep <= 0:
+                        raise await self._fail(httpcore.ReadError)
+                    return got[:keep]  # type: ignore[no-any-return]
+        return got  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        if not self.failed:
+            await self._stream.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: Optional[str] = None,
+                        timeout: Optional[float] = None) -> Any:
+        import httpcore
+
+        plan = _take("tls")
+        if plan is not None:
+            error = plan.error()
+            await self._stream.aclose()
+            raise httpcore.ConnectError(error) from error
+        secured = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        wrapped = FaultAsyncStream(secured, self.plan)
+        return wrapped
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+def install_async(transport: Any) -> None:
+    """Give ``transport`` (an ``httpx.AsyncHTTPTransport``) the fault-injecting backend."""
+    import httpcore
+
+    pool = transport._pool  # httpx keeps its httpcore pool here
+    backend = pool._network_backend or httpcore.AnyIOBackend()
+    pool._network_backend = FaultAsyncBackend(backend)
