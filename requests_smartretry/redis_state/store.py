@@ -454,6 +454,7 @@ class RedisStateStore(SharedPaces):
             # retry_interval if longer): each probe of a silent Redis costs one request up
             # to the time budget.
             self._next_try = _monotonic() + self._backoff()
+            self._keep_forced(self._views)
             self._views = {}
             if self._down:
                 return
@@ -468,6 +469,22 @@ class RedisStateStore(SharedPaces):
             safe_text(exc, self._url), extra={"redis_state": self.where,
                                           "redis_error": type(exc).__name__},
         )
+
+    def _keep_forced(self, views: dict[str, _View]) -> None:
+        """Redis is out: an operator's forced state this process last saw there holds in
+        local state meanwhile (a breaker forced open for a vendor incident must not let
+        the traffic through because Redis hiccuped); one that Redis no longer had is
+        lifted here too.  (Under ``_lock``; the local store never calls back.)"""
+        now = _monotonic()
+        for service, view in views.items():
+            settings, state = view.breaker, view.state
+            if settings is None or state is None:
+                continue
+            if state in (FORCED_OPEN, FORCED_CLOSED):
+                self._local.breaker_set(service, settings, now, state)
+            elif self._local.breaker_status(service, settings, now).state \
+                    in (STATE_NAMES[FORCED_OPEN], STATE_NAMES[FORCED_CLOSED]):
+                self._local.breaker_set(service, settings, now, CLOSED)
 
     def _backoff(self) -> float:
         wait = self.retry_interval * 2.0 ** min(self._failed_probes, 16)
