@@ -507,14 +507,15 @@ def test_a_post_refused_a_pooled_connection_is_retried(server: FaultServer) -> N
 
     def post() -> None:
         try:
-            results.append(session.post(server.url("/echo?late=1"), data=b"pay", timeout=1.0))
+            results.append(session.post(server.url("/echo?late=1"), data=b"pay", timeout=2.0))
         except requests.RequestException as exc:
             results.append(exc)
 
     waiter = threading.Thread(target=post)
     waiter.start()
-    # Free the connection between the first attempt's deadline (1 s) and the second's (2 s).
-    time.sleep(1.5)
+    # Free the connection between the first attempt's deadline (2 s) and the second's (4 s):
+    # a second on either side, for a loaded machine.
+    time.sleep(3.0)
     assert held.content == b"ok"
     waiter.join(timeout=10)
     assert len(results) == 1 and isinstance(results[0], requests.Response), results

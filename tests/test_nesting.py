@@ -85,7 +85,8 @@ def _post_with(lib: str, server: FaultServer) -> Callable[[str], Any]:
 
 
 @pytest.mark.parametrize("trials", [
-    20, pytest.param(100, marks=pytest.mark.slow, id="100")], ids=lambda t: str(t))
+    5, pytest.param(20, marks=pytest.mark.stress, id="20"),
+    pytest.param(100, marks=pytest.mark.slow, id="100")], ids=lambda t: str(t))
 @pytest.mark.parametrize("lib", ["requests", "httpx"])
 def test_a_wrapped_post_to_a_silent_server_is_never_executed_twice(
     request: pytest.FixtureRequest, server: FaultServer, lib: str, trials: int,

@@ -148,6 +148,7 @@ def test_path_templates_replace_ids_and_keep_endpoint_words(path: str, template:
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_ten_thousand_task_ids_make_one_operation() -> None:
     """10,000 status polls of 10,000 task ids are counted under 1 operation (bounded stats
     keys and metrics labels), named by the path template."""
