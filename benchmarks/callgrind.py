@@ -44,6 +44,7 @@ ROOT = HERE.parent
 
 #: --variants name -> the ``run.make_client`` name of the client (§1's clients).
 SHORT = {"plain": "plain", "urllib3": "urllib3 Retry", "ours": "ours",
+         "ours-timeout": "ours, timeout= per call",
          "ours-bare": "ours, stats/budget/log off", "tenacity": "tenacity",
          "stamina": "stamina", "backoff": "backoff"}
 #: With --retried, ours runs as in §1b (a budget that does not run dry when every call
@@ -189,12 +190,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inherit-env", action="store_true",
                         help="give the children this shell's whole environment instead "
                              "(plain costs more; every ratio to it shrinks)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="also measure each of ours as of another revision ('... "
+                             "(before)'): DIR from `python benchmarks/baseline.py REF DIR`")
     parser.add_argument("--baseline", type=Path,
                         help="take plain's figure from this --json file of an earlier run "
                              "(same machine, versions and --env) instead of measuring it "
                              "again")
     args = parser.parse_args(argv)
     extra_env = dict(item.split("=", 1) for item in args.env)
+    if args.against is not None:
+        extra_env["BENCH_AGAINST"] = str(args.against.resolve())
     environment = (f"this shell's {len(os.environ)} environment variables" if args.inherit_env
                    else f"environment {', '.join(KEPT_ENV)}"
                    + "".join(f", {k}" for k in extra_env))
@@ -203,6 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
              if not (args.retried and v == "plain")]
     if base not in names:
         names.insert(0, base)
+    if args.against is not None:
+        names += [f"{n} (before)" for n in names if n.startswith("ours")]
     results: dict[str, Any] = {}
     if args.baseline:
         results[base] = json.loads(args.baseline.read_text())["results"][base]

@@ -156,9 +156,42 @@ OURS_VARIANTS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+#: Ours called as most people call requests, ``get(url, timeout=...)``: the per-call
+#: timeout is resolved on every request (the other "ours" clients call ``get(url)`` and
+#: use the adapter's).
+PER_CALL_TIMEOUT = ", timeout= per call"
+#: The suffix of ours as of another revision (``--against``: ``benchmarks/baseline.py``).
+BEFORE = " (before)"
+
+
+def _before_package() -> Any:
+    """The package copy ``--against`` named (``BENCH_AGAINST``), imported."""
+    folder = os.environ.get("BENCH_AGAINST")
+    if not folder:
+        raise ValueError("a client '... (before)' needs --against (BENCH_AGAINST)")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    import importlib
+
+    return importlib.import_module("requests_smartretry_before")
+
+
 def make_client(name: str, wait: float = 0.001, **ours: Any) -> Client:
     """A client for library ``name`` (or a named variant of ours); ``wait`` is the first
     backoff delay in seconds."""
+    if name.startswith("ours") and (BEFORE in name or PER_CALL_TIMEOUT in name):
+        before = BEFORE in name
+        base = name.replace(BEFORE, "").replace(PER_CALL_TIMEOUT, "")
+        package = _before_package() if before else requests_smartretry
+        options = dict(OURS_VARIANTS[base]()) if base in OURS_VARIANTS else {}
+        if before and "budget" in options and options["budget"] is not None:
+            options["budget"] = package.RetryBudget(ratio=options["budget"].settings.ratio)
+        client = _ours(package, wait, {**options, **ours})
+        if PER_CALL_TIMEOUT in name:
+            session = client.session
+            client.get = lambda url: session.get(url, timeout=TIMEOUT)
+        client.name = name
+        return client
     if name in OURS_VARIANTS:
         client = make_client("ours", wait, **{**OURS_VARIANTS[name](), **ours})
         client.name = name
@@ -190,20 +223,32 @@ def make_client(name: str, wait: float = 0.001, **ours: Any) -> Client:
                             wait_initial=wait, wait_max=wait * 4, wait_jitter=0)(plain_get)
     elif name == "ours":
         session.close()
-        adapter = SmartRetryAdapter(max_retries=ATTEMPTS - 1, timeout=TIMEOUT,
-                                    backoff_base=wait, pool_maxsize=POOL, **ours)
-        session = _session(adapter)
-        return Client(name, session.get, session, adapter)
+        return _ours(requests_smartretry, wait, ours)
     else:
         raise ValueError(f"unknown client {name!r}")
     return Client(name, get, session)
 
 
+def _ours(package: Any, wait: float, options: dict[str, Any]) -> Client:
+    """Ours (``package``: this checkout's, or the ``--against`` copy), called ``get(url)``."""
+    adapter = package.SmartRetryAdapter(max_retries=ATTEMPTS - 1, timeout=TIMEOUT,
+                                        backoff_base=wait, pool_maxsize=POOL, **options)
+    session = _session(adapter)
+    return Client("ours", session.get, session, adapter)
+
+
 LIBRARIES = ("plain", "urllib3 Retry", "tenacity", "backoff", "stamina", "ours")
 #: §1 also measures ours with its default collaborators off, to show what they cost.
-OVERHEAD = (*LIBRARIES, "ours, stats/budget/log off")
+OVERHEAD = (*LIBRARIES, "ours" + PER_CALL_TIMEOUT, "ours, stats/budget/log off")
 #: The retried call (§1b): every library that retries a 503.
 RETRYING = ("urllib3 Retry", "tenacity", "backoff", "stamina", RETRIED_OURS)
+
+
+def with_before(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names``, and with ``--against`` each of ours again as of that revision."""
+    if not os.environ.get("BENCH_AGAINST"):
+        return names
+    return names + tuple(f"{n}{BEFORE}" for n in names if n.startswith("ours"))
 
 
 def rotated(names: tuple[str, ...], round_index: int) -> list[str]:
@@ -254,11 +299,14 @@ def interleaved_rounds(clients: dict[str, Client], url: str, rounds: int,
 
 
 def bench_overhead(server: Server, rounds: int, per_round: int,
-                   names: tuple[str, ...] = OVERHEAD,
+                   names: Optional[tuple[str, ...]] = None,
                    make: Callable[[str], Client] = make_client,
                    base: str = "plain") -> dict[str, Any]:
-    """Success-path cost of each client ``names`` (built by ``make``), and its ratio to
-    ``base``'s (other benchmarks reuse it with their own clients)."""
+    """Success-path cost of each client ``names`` (built by ``make``; default
+    :data:`OVERHEAD`), and its ratio to ``base``'s (other benchmarks reuse it with their
+    own clients)."""
+    if names is None:
+        names = with_before(OVERHEAD)
     clients = {name: make(name) for name in names}
     url = server.url("/ok")
     for client in clients.values():  # warm: connections, imports, caches
@@ -292,7 +340,7 @@ FLAKY = "/flaky"  # the server answers 503 and 200 in turn: each call is 503, re
 
 def bench_retried(server: Server, rounds: int, per_round: int) -> dict[str, Any]:
     """CPU per call whose first attempt gets 503 and whose retry (backoff 0) gets 200."""
-    clients = {name: make_client(name, wait=0.0) for name in RETRYING}
+    clients = {name: make_client(name, wait=0.0) for name in with_before(RETRYING)}
     url = server.url(FLAKY)
     for name, client in clients.items():  # warm, and check that every call retries once
         server.clear()
@@ -457,14 +505,18 @@ def bench_outage(server: Server, calls: int, rejection_rounds: int) -> dict[str,
 
 def bench_threads(server: Server, counts: tuple[int, ...], rounds: int,
                   requests_per_round: int) -> dict[str, Any]:
+    """Throughput and CPU per request of ``count`` threads sharing one client, for each
+    of ``counts``; ours' ratios to plain per round (``ratio``: throughput, ``cpu_ratio``:
+    CPU per request, whose 1-thread value the others should stay near)."""
     url = server.url("/ok")
-    names = ("plain", "ours")
+    names = with_before(("plain", "ours"))
     result: dict[str, Any] = {"rounds": rounds, "requests_per_round": requests_per_round,
                               "by_threads": {}}
     for count in counts:
         clients = {n: make_client(n) for n in names}
         per_thread = max(1, requests_per_round // count)
         throughput: dict[str, list[float]] = {n: [] for n in names}
+        cpu_us: dict[str, list[float]] = {n: [] for n in names}
 
         def run(get: Get, times: int = per_thread) -> None:
             for _ in range(times):
@@ -474,7 +526,7 @@ def bench_threads(server: Server, counts: tuple[int, ...], rounds: int,
             for name in rotated(names, index):
                 threads = [threading.Thread(target=run, args=(clients[name].get,))
                            for _ in range(count)]
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -482,11 +534,18 @@ def bench_threads(server: Server, counts: tuple[int, ...], rounds: int,
                 if index:
                     throughput[name].append(per_thread * count /
                                             (time.perf_counter() - started))
+                    cpu_us[name].append((time.process_time() - cpu) / (per_thread * count)
+                                        * 1e6)
         for client in clients.values():
             client.close()
         result["by_threads"][str(count)] = {
             "req_per_s": throughput,
+            "cpu_us": cpu_us,
             "ratio": [a / b for a, b in zip(throughput["ours"], throughput["plain"])],
+            "ratios": {n: [a / b for a, b in zip(throughput[n], throughput["plain"])]
+                       for n in names if n != "plain"},
+            "cpu_ratio": {n: [a / b for a, b in zip(cpu_us[n], cpu_us["plain"])]
+                          for n in names if n != "plain"},
         }
     return result
 
@@ -670,9 +729,19 @@ def retried_verdict(r: dict[str, Any]) -> str:
 def threads_verdict(th: dict[str, Any]) -> str:
     ratios = {count: med(row["ratio"]) for count, row in th["by_threads"].items()}
     met = all(v >= 0.98 for v in ratios.values())
-    return ("Goal: ours ≥ 0.98× plain throughput at every thread count.  Measured: "
-            + ", ".join(f"{c} threads {v:.3f}×" for c, v in ratios.items())
-            + f" ({'met' if met else 'NOT met'}).")
+    verdict = ("Goal: ours ≥ 0.98× plain throughput at every thread count.  Measured: "
+               + ", ".join(f"{c} threads {v:.3f}×" for c, v in ratios.items())
+               + f" ({'met' if met else 'NOT met'}).")
+    cpu = {count: med(row["cpu_ratio"]["ours"]) for count, row in th["by_threads"].items()
+           if "cpu_ratio" in row}
+    if len(cpu) > 1:
+        first = next(iter(cpu.values()))
+        spread_ = max(abs(v - first) for v in cpu.values())
+        verdict += ("  CPU per request ÷ plain: "
+                    + ", ".join(f"{c} threads {v:.3f}×" for c, v in cpu.items())
+                    + f" (within {spread_:.3f} of 1 thread; goal 0.01: "
+                    f"{'met' if spread_ <= 0.01 else 'NOT met'}).")
+    return verdict
 
 
 def write_report(results: dict[str, Any], path: Path, plots: Path = HERE) -> None:
@@ -977,9 +1046,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "throughput, deadline, outage, threads; repeatable) and print its "
                         "table (overhead, retried, threads) or its results as JSON; writes "
                         "no report, no plot")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="also measure ours as of another revision, side by side: DIR "
+                        "from `python benchmarks/baseline.py REF DIR` (clients '... "
+                        "(before)' in §1, §1b and §5)")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plots and the report from benchmarks/results.json")
     args = parser.parse_args(argv)
+    if args.against is not None:
+        os.environ["BENCH_AGAINST"] = str(args.against.resolve())
     if args.write and args.out is not None:
         parser.error("--write regenerates the tracked files; --out names another place")
     # A run writes outside the checkout unless asked to regenerate the tracked results.
@@ -1034,7 +1109,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                       sep="\n")
             elif name == "threads":
                 for count, row in result["by_threads"].items():
-                    print(f"{count} threads: ours/plain {ratio_cell(row['ratio'])}")
+                    for ours in row.get("ratios", {"ours": row["ratio"]}):
+                        cpu = row.get("cpu_ratio", {}).get(ours)
+                        print(f"{count} threads: {ours}/plain throughput "
+                              f"{ratio_cell_iqr(row['ratios'][ours])}"
+                              + ("" if cpu is None else
+                                 f"; CPU per request {ratio_cell_iqr(cpu)}"))
                 print(threads_verdict(result))
             else:
                 print(json.dumps({name: result}, indent=1, ensure_ascii=False))

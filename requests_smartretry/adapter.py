@@ -81,7 +81,6 @@ from .sending import (
     _BodyReplay,
     _mark_body_failures,
     _PolicyFacts,
-    _resolve_timeouts,
     _Timeouts,
     is_idempotent,
     operation_name,
@@ -624,10 +623,11 @@ class SmartRetryAdapter(HTTPAdapter):
         asked = request  # as the caller sent it: a key minted here is this call's only
         if policy.idempotency_header is not None:  # one key for every attempt of the call
             request = with_idempotency_key(request, policy.idempotency_header)
+        socket_timeout: Optional[Urllib3Timeout]
         if timeout is None:
             timeouts, socket_timeout = facts.timeouts, facts.socket_timeout
         else:
-            timeouts, socket_timeout = _resolve_timeouts(timeout, policy), None
+            timeouts, socket_timeout = facts.resolve(timeout)
         retry = self.retry
         if retry is not None:
             # As HTTPAdapter: the caller's timeout goes to urllib3 as it is, where the Retry
@@ -640,7 +640,7 @@ class SmartRetryAdapter(HTTPAdapter):
             call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
                            socket_timeout, None if retry is None else [stepping(retry)],
-                           overridden, asked)
+                           overridden, asked, call.url)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=attempt.closed, quiet=quiet,
@@ -739,10 +739,12 @@ class SmartRetryAdapter(HTTPAdapter):
         proxies: Optional[dict[str, str]],
         socket_timeout: Optional[Urllib3Timeout] = None,
         policy: Optional[RetryPolicy] = None,
+        url: Optional[str] = None,
     ) -> Outcome[requests.Response]:
         """One attempt.  ``socket_timeout``, when given, is the urllib3 ``Timeout`` for
         ``timeouts``' connect and read parts (used unless the deadline shortens them);
-        ``policy``, the call's when a ``retry_options`` block derived it."""
+        ``policy``, the call's when a ``retry_options`` block derived it; ``url``,
+        ``request``'s URL already redacted (for an error's text), if known."""
         connect_s, read_s, total_s = timeouts
         try:
             total_s = attempt_seconds(total_s)
@@ -750,18 +752,19 @@ class SmartRetryAdapter(HTTPAdapter):
             error = AttemptDeadlineExceeded(
                 "no time left for this attempt (enclosing deadline)", request=request)
             return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
-        if total_s is not None:
-            connect_s = total_s if connect_s is None else min(connect_s, total_s)
+        if total_s is not None and (connect_s is None or connect_s > total_s):
+            connect_s = total_s
         if socket_timeout is None or connect_s != timeouts[0]:
             socket_timeout = Urllib3Timeout(connect=connect_s, read=read_s)
         deadline = None if total_s is None else Watch(total_s)
         sent: Optional[requests.Response] = None
         try:
             started = _perf_counter()
+            # HTTPAdapter.send(request, stream, timeout, verify, cert, proxies), by position:
+            # keywords cost a Python call their own matching.
             response = sent = super().send(
-                request, stream=True,
-                timeout=socket_timeout,  # type: ignore[arg-type]  # requests takes a Timeout
-                verify=verify, cert=cert, proxies=proxies)
+                request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                verify, cert, proxies)
             # requests' elapsed: from sending to the headers parsed (body not included).
             response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries
@@ -786,7 +789,7 @@ class SmartRetryAdapter(HTTPAdapter):
                         sent.close()
                         discarded: Any = sent  # requests' private reading state
                         discarded._content, discarded._content_consumed = b"", True
-                        return self._response_outcome(sent, request, policy)
+                        return self._response_outcome(sent, request, policy, url)
                     # Kept for send(): as with HTTPAdapter, the session runs the response
                     # hooks and stores cookies before reading the body raises this.
                     exc.response = sent
@@ -817,21 +820,24 @@ class SmartRetryAdapter(HTTPAdapter):
         if deadline is not None and deadline.fired:
             response.close()
             return self._deadline_outcome(total_s, request, response=response)
-        outcome = self._response_outcome(response, request, policy)
+        outcome = self._response_outcome(response, request, policy, url)
         if stream:
             outcome.hold = functools.partial(_hold_until_read, response)
         return outcome
 
     def _response_outcome(self, response: requests.Response, request: requests.PreparedRequest,
-                          policy: Optional[RetryPolicy]) -> Outcome[requests.Response]:
-        """The outcome of an attempt that got ``response``: the verdict on it."""
+                          policy: Optional[RetryPolicy],
+                          url: Optional[str] = None) -> Outcome[requests.Response]:
+        """The outcome of an attempt that got ``response``: the verdict on it (``url``:
+        ``request``'s URL redacted already, if known)."""
         verdict = (self.classify_response(response) if policy is None
                    else self._classify_for(policy, response))
         if verdict.verdict is _SUCCESS_VERDICT:
             return Outcome(verdict, value=response, status_code=response.status_code)
-        signal = requests.HTTPError(
-            f"{response.status_code} {verdict.reason} for {redact_url(request.url or '')}",
-            request=request, response=response)
+        if url is None:
+            url = redact_url(request.url or "")
+        signal = requests.HTTPError(f"{response.status_code} {verdict.reason} for {url}",
+                                    request=request, response=response)
         return Outcome(verdict, value=response, signal=signal, status_code=response.status_code)
 
     def _undecodable_status(
@@ -887,15 +893,17 @@ class _Sending(Sending[requests.Response]):
     ``send()`` worked out once, and the shared attempt state (:class:`Sending`)."""
 
     __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "proxies", "replay",
-                 "request", "socket_timeout", "states", "stream", "timeouts", "verify")
+                 "request", "socket_timeout", "states", "stream", "timeouts", "url", "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
-                 asked: requests.PreparedRequest) -> None:
+                 asked: requests.PreparedRequest, url: Optional[str]) -> None:
         Sending.__init__(self)
         self.adapter = adapter
+        #: ``request``'s URL redacted (the call's), for the text of an attempt's error.
+        self.url = url
         self.closes = adapter._closes  # a close() after this stops the call's retries
         #: The request as the caller sent it, before a minted idempotency key: what an
         #: enclosing call that repeats the caller's code would send again.
@@ -939,9 +947,11 @@ class _Sending(Sending[requests.Response]):
                 # HTTPAdapter.send reads max_retries: no retries inside the attempt.
                 state = _RETRY_STATE.set((adapter, _NO_RETRIES))
                 try:
-                    outcome = adapter._attempt(to_send, self.stream, self.timeouts,
-                                               self.verify, self.cert, self.proxies,
-                                               self.socket_timeout, self.policy)
+                    outcome = adapter._attempt(
+                        to_send, self.stream, self.timeouts, self.verify, self.cert,
+                        self.proxies, self.socket_timeout, self.policy,
+                        # A prepare_attempt hook may send elsewhere (a backup host).
+                        self.url if to_send.url == self.request.url else None)
                 finally:
                     _RETRY_STATE.reset(state)
             else:

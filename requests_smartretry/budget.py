@@ -77,6 +77,7 @@ its tests run in.
 
 from __future__ import annotations
 
+import collections
 import math
 import numbers
 import threading
@@ -101,6 +102,19 @@ _WHOLE_TOKEN = 1.0 - 1e-9
 _MAX_PENDING = 4096
 
 
+def _gathered(queue: collections.deque[float]) -> float:
+    """The deposits in ``queue``, taken out (each by one atomic ``popleft``: a deposit
+    is taken once, by whoever gets it first)."""
+    total = 0.0
+    take = queue.popleft
+    try:
+        for _ in range(len(queue)):
+            total += take()
+    except IndexError:  # another thread took the rest
+        pass
+    return total
+
+
 class _DefaultBudget:
     """The adapter's "no budget argument given" marker: use ``RetryBudget()``."""
 
@@ -123,7 +137,8 @@ class RetryBudget(StoreUser):
 
     ``SmartRetryAdapter`` uses ``RetryBudget()`` unless told otherwise (``budget=None``
     turns budgeting off).  Thread-safe (the store updates atomically; deposits are
-    gathered locally until they make a whole token or a retry asks); picklable.
+    gathered locally, without a lock, until they make a whole token or a retry asks, which
+    then sees every one of them); picklable.
     ``clock`` (seconds, monotonic) is injectable for tests; a Redis store uses the Redis
     server's clock instead.
     """
@@ -154,8 +169,11 @@ class RetryBudget(StoreUser):
         self._lock = threading.Lock()
         # Deposits not yet written to the store, per service: sent with the next spend, or
         # once they make a whole token, so that a healthy request costs a shared store
-        # a round trip only every 1/ratio calls.
-        self._pending: dict[str, float] = {}
+        # a round trip only every 1/ratio calls.  A call's deposit is one append to its
+        # service's queue, without a lock; whoever sends them takes them out one atomic
+        # popleft at a time (_gathered), so each is sent once, and every deposit made
+        # before a retry decision is in the queue that decision empties.
+        self._pending: dict[str, collections.deque[float]] = {}
 
     def __repr__(self) -> str:
         s = self.settings
@@ -165,12 +183,14 @@ class RetryBudget(StoreUser):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
-        with self._lock:
-            state["_pending"] = dict(self._pending)
+        state["_pending"] = {service: sum(queue.copy())
+                             for service, queue in self._pending.copy().items()}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._pending = {service: collections.deque([amount])
+                         for service, amount in state.get("_pending", {}).items()}
         self._lock = threading.Lock()
         _testing.track(self)
 
@@ -182,8 +202,8 @@ class RetryBudget(StoreUser):
         super()._reset_state()
 
     def _take_pending(self, service: str) -> float:
-        with self._lock:
-            return self._pending.pop(service, 0.0)
+        queue = self._pending.get(service)
+        return 0.0 if queue is None else _gathered(queue)
 
     def allow_retry(self, service: str) -> bool:
         """Spend one token to admit a call on ``service`` to retrying (the retry loop asks
@@ -224,21 +244,33 @@ class RetryBudget(StoreUser):
         ratio = self.settings.ratio
         if ratio <= 0:
             return
-        evicted: Optional[tuple[str, float]] = None
+        pending = self._pending
+        queue = pending.get(service)
+        if queue is None:
+            queue = self._new_queue(service)
+        queue.append(ratio)  # no lock: one atomic append
+        # A whole token gathered, or the queue let go meanwhile (evicted): to the store.
+        if len(queue) * ratio >= _WHOLE_TOKEN or pending.get(service) is not queue:
+            self._send(service, _gathered(queue))
+
+    def _new_queue(self, service: str) -> collections.deque[float]:
+        """``service``'s queue of deposits, made under the lock (at most ``_MAX_PENDING``
+        services gather at once: the oldest one's deposits then go to the store)."""
+        evicted: Optional[tuple[str, collections.deque[float]]] = None
         with self._lock:
-            pending = self._pending.get(service, 0.0) + ratio
-            if pending < _WHOLE_TOKEN:
-                if service not in self._pending and len(self._pending) >= _MAX_PENDING:
+            queue = self._pending.get(service)
+            if queue is None:
+                if len(self._pending) >= _MAX_PENDING:
                     oldest = next(iter(self._pending))
                     evicted = oldest, self._pending.pop(oldest)
-                self._pending[service] = pending
-                if evicted is None:
-                    return
-            else:
-                self._pending.pop(service, None)
+                queue = self._pending[service] = collections.deque()
         if evicted is not None:
-            service, pending = evicted
-        self.store.budget_change(service, self.settings, self._clock(), pending, 0.0)
+            self._send(evicted[0], _gathered(evicted[1]))
+        return queue
+
+    def _send(self, service: str, deposits: float) -> None:
+        if deposits:
+            self.store.budget_change(service, self.settings, self._clock(), deposits, 0.0)
 
     def refund(self, service: str, tokens: int = 1) -> None:
         """Give back the admission of a call that was granted its first retry but never

@@ -6,9 +6,11 @@ second never lets a single ``recv`` time out.  Each attempt therefore registers 
 deadline, the watchdog shuts the connection's socket down, the blocked read returns at
 once, and the adapter reports the attempt as timed out.
 
-The watchdog holds no lock while a request runs and is woken only when a new deadline is
-earlier than the moment it already plans to look, so the success path costs a dict insert
-and a dict delete.
+Each thread publishes its attempts' watches in a deadline slot of its own, which the
+watchdog scans when it wakes; it is woken only when a new deadline is earlier than the
+moment it already plans to look.  So an attempt that ends before its deadline takes no
+lock: arming it is a few stores and a dict insert in its thread's slot, finishing it a
+dict delete (see :class:`Watch` and :class:`_Watchdog`, also for free-threaded builds).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import contextvars
 import math
 import os
 import socket
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, overload
@@ -29,7 +33,6 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.response
-from urllib3.util.timeout import Timeout as Urllib3Timeout
 
 from .classify import NothingSent, mark_connect_phase
 
@@ -341,45 +344,91 @@ def _shutdown_socket(sock: Any) -> None:
         pass
 
 
+# What a watch's entry in its thread's handshake box holds while no connection is attached,
+# and what a missing entry reads as (the watch is finished, or the other side holds it).
+_NO_CONN: Any = object()
+_MISSING: Any = object()
+
+
+class _Slot:
+    """One thread's deadline slot: the watches armed in that thread (innermost first,
+    chained by ``outer``) and the handshake box through which the watchdog and the
+    thread pass each watch's connection (see :class:`Watch`)."""
+
+    __slots__ = ("__weakref__", "box", "watch")
+
+    def __init__(self) -> None:
+        self.watch: Optional[Watch] = None
+        #: watch -> its connection (or ``_NO_CONN``), present while the watch is armed.
+        #: Only single dict operations touch it, never a read-then-write: the watchdog
+        #: *takes* an entry (``pop``) to cut its connection and puts it back, so whoever
+        #: takes it second knows the other side has it.
+        self.box: dict[Watch, Any] = {}
+
+
+class _ThreadSlots(threading.local):
+    """Each thread's :class:`_Slot` for one watchdog, made (and registered with it) at
+    the thread's first access: ``slots.slot`` never fails, and costs an attribute read."""
+
+    slot: _Slot
+
+    def __init__(self, dog: _Watchdog) -> None:
+        self.slot = dog._register(_Slot())
+
+
 class Watch:
     """One attempt's deadline: armed by creating it, ended by :meth:`finish`.
 
-    Creating a watch registers it with the process-wide watchdog and makes it this
-    context's active one (:func:`active_watch`), so that the adapter's pools can hand it
-    the connection that carries the attempt.  If the attempt still runs at
-    ``deadline_at``, the watchdog shuts that connection's socket down.
+    Creating a watch publishes it in this thread's deadline slot, where the process-wide
+    watchdog finds it, and makes it this thread's active one (:func:`active_watch`), so
+    that the adapter's pools can hand it the connection that carries the attempt.  If the
+    attempt still runs at ``deadline_at``, the watchdog shuts that connection's socket down.
+
+    No lock in the common case: arming is a few stores and one dict insert in the
+    thread's own slot; attaching, detaching and finishing are dict operations on that
+    slot's box.  The watchdog's lock is taken only when the new deadline is earlier than
+    the watchdog's next look (or the watchdog is scanning right now), or when a thread
+    finds that the watchdog is cutting its connection at that very moment (it waits for
+    the cut to end, so that a connection never goes back to the pool while a cut is
+    under way).  See :class:`_Watchdog` for why no wakeup is lost.
     """
 
-    __slots__ = ("_check_at", "_dog", "_done", "_token", "conn", "deadline_at", "fired")
+    __slots__ = ("_box", "_check_at", "_dog", "_done", "_slot", "conn", "deadline_at",
+                 "fired", "outer")
 
     def __init__(self, seconds: float, *, dog: Optional[_Watchdog] = None) -> None:
         if dog is None:
             dog = _watchdog
-        self.deadline_at = self._check_at = _monotonic() + (seconds if seconds > 0.0 else 0.0)
+        slot = dog.slots.slot
+        self._dog = dog
+        self._slot = slot
+        self._box = box = slot.box
         self.fired = False
         self._done = False
-        #: The connection carrying the attempt (see :meth:`attach`).
+        #: The connection carrying the attempt (see :meth:`attach`); the thread's own.
         self.conn: Any = None
-        self._dog = dog
-        with dog._lock:
-            dog._watches[self] = None
-            if dog._thread is None:  # first use, or the thread died (see _Watchdog._run)
-                dog._start(self.deadline_at)
-            elif self.deadline_at < dog._next_look:
-                dog._next_look = self.deadline_at
-                dog._wakeup.notify()
-        self._token: Optional[contextvars.Token[Optional[Watch]]] = _active_watch.set(self)
+        #: The watch this one is nested in, in the same thread (or None).
+        self.outer = slot.watch
+        self.deadline_at = self._check_at = _monotonic() + (seconds if seconds > 0.0 else 0.0)
+        box[self] = _NO_CONN
+        slot.watch = self  # published: from here on the watchdog's scans see it
+        # Read after publishing (the watchdog writes it before scanning: see _Watchdog).
+        if self.deadline_at < dog.next_look or seconds < dog.unlocked_from:
+            dog.wake(self.deadline_at)
 
     def attach(self, conn: Any) -> None:
         """Watch ``conn``, a connection the pool hands this attempt.  Whoever sends on it
         checks :meth:`remaining` first: past the deadline, the watchdog's next cut may
         come only after a live keep-alive socket has carried the request.
 
-        No lock: only the attempt's own thread attaches, and a watchdog cut it misses is
-        repeated every ``_RECHECK``.  A finished watch (still active in a copied
-        context) attaches nothing."""
-        if not self._done:
-            self.conn = conn
+        Only the attempt's own thread attaches; a watchdog cut that misses it is
+        repeated every ``_RECHECK``.  A finished watch attaches nothing."""
+        if self._done or conn is None:
+            return
+        if self.conn is not None and self.conn is not conn:
+            self.detach(self.conn)  # a second connection for the attempt: one at a time
+        self.conn = conn
+        self._box[self] = conn
 
     def remaining(self) -> Optional[float]:
         """Seconds until the deadline (never negative), or ``None`` once finished."""
@@ -390,39 +439,73 @@ class Watch:
 
     def detach(self, conn: Any) -> bool:
         """Stop watching ``conn``: it goes back to the pool and may serve another thread.
-        True when this watch was watching it.  Under the watchdog's lock, so that the
-        watchdog cannot cut the connection once this returns."""
-        with self._dog._lock:
-            if self.conn is not conn:
-                return False
-            self.conn = None
-            return True
+        True when this watch was watching it; once this returns, the watchdog cannot cut
+        it (it waits for a cut under way to end)."""
+        if self.conn is not conn or conn is None:
+            return False
+        self.conn = None
+        box = self._box
+        if box.pop(self, _MISSING) is _MISSING:
+            self._wait_for_cut()
+        if not self._done:
+            box[self] = _NO_CONN  # still armed, without a connection
+        return True
 
     def finish(self) -> None:
-        """The attempt is over: the watch never touches a socket again, and stops being
-        this context's active watch."""
-        dog = self._dog
-        with dog._lock:
-            self._done = True
-            self.conn = None
-            dog._watches.pop(self, None)
-        token, self._token = self._token, None
-        if token is not None:
-            _active_watch.reset(token)
+        """The attempt is over: the watch never touches a socket again (and ``fired``
+        never changes again), and stops being this thread's active one."""
+        if self._done:
+            return
+        self._done = True
+        if self._box.pop(self, _MISSING) is _MISSING:
+            self._wait_for_cut()
+        self.conn = None
+        slot = self._slot
+        if slot.watch is self:
+            slot.watch = self.outer
+        else:  # finished out of order (an inner watch still armed): unlink it
+            inner = slot.watch
+            while inner is not None and inner.outer is not self:
+                inner = inner.outer
+            if inner is not None:
+                inner.outer = self.outer
 
-    def _fire(self) -> None:
-        # The watchdog, under its lock, at the deadline (and every _RECHECK after it: a
-        # socket that does not exist yet, or a reconnect on the same attempt, is cut too).
+    def _wait_for_cut(self) -> None:
+        # This watch's entry was missing from the box: the watchdog holds it, cutting the
+        # connection right now (under its lock).  Wait for it to put it back; take it.
+        with self._dog._lock:
+            self._box.pop(self, None)
+
+    def _fire(self, conn: Any) -> None:
+        # The watchdog, under its lock, holding this watch's box entry, at the deadline
+        # (and every _RECHECK after it: a socket that does not exist yet, or a reconnect
+        # on the same attempt, is cut too).
         self.fired = True
-        _shutdown_socket(getattr(self.conn, "sock", None))
+        if conn is not _NO_CONN:
+            _shutdown_socket(getattr(conn, "sock", None))
 
 
 class _Watchdog:
     """One thread that sleeps until the earliest deadline of the attempts in flight.
 
-    Arming an attempt is a dict insert under a lock (in :class:`Watch`); the thread is
-    woken only when a new deadline is earlier than the moment it already plans to look, so
-    a steady stream of requests with the same timeout wakes it about once per timeout.
+    Each thread that arms a watch gets a deadline slot (:class:`_Slot`), registered here
+    once; the watchdog scans the slots when it wakes.  Arming costs no lock unless the new
+    deadline is earlier than :attr:`next_look`, the moment the watchdog plans to look.
+
+    No wakeup is lost: an arming thread publishes its watch, *then* reads ``next_look``;
+    the watchdog sets ``next_look`` to infinity, *then* scans, then sets it to what the
+    scan found, all under its lock.  A watch its scan missed was published after the
+    scan read that slot, so its thread reads ``next_look`` after the watchdog set it to
+    infinity: it finds either infinity (and wakes the watchdog, under the lock, which it
+    gets only once the watchdog waits) or the scan's result (and wakes it if its deadline
+    is earlier).  Under the GIL every one of these steps is atomic and sequentially
+    consistent.  A free-threaded build gives no such order between a store and a later
+    load of another location, so there (``unlocked_from``) the watchdog never sleeps
+    longer than :data:`_FREE_THREADED_LOOK` between scans, and a watch shorter than that
+    takes the lock to arm: a watch a scan missed was armed after it began, so its deadline
+    is no earlier than the next look.  The box handshakes need no such care on either
+    build: each is one dict operation, which free-threaded CPython performs under the
+    dict's own lock.
     """
 
     def __init__(self) -> None:
@@ -431,13 +514,45 @@ class _Watchdog:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._watches: dict[Watch, None] = {}  # the attempts in flight
-        self._next_look = math.inf  # when the thread will look next
+        # weakref(slot) -> None: a thread's slot goes away with the thread.
+        self._slots: dict[weakref.ref[_Slot], None] = {}
+        #: When the thread will look next (read without the lock by arming threads).
+        self.next_look = math.inf
+        #: Watches at least this long arm without the lock (see the class docstring).
+        self.unlocked_from = 0.0 if _GIL else _FREE_THREADED_LOOK
+        self._longest_sleep = _MAX_WAIT if _GIL else _FREE_THREADED_LOOK
         self._thread: Optional[threading.Thread] = None
+        #: Each thread's slot (``slots.slot``).
+        self.slots = _ThreadSlots(self)
+
+    def _register(self, slot: _Slot) -> _Slot:
+        self._slots[weakref.ref(slot, self._forget)] = None
+        return slot
+
+    def _forget(self, ref: weakref.ref[_Slot]) -> None:
+        self._slots.pop(ref, None)  # the thread ended
+
+    def armed(self) -> list[Watch]:
+        """The watches armed in every thread now (for tests and diagnostics)."""
+        found: list[Watch] = []
+        for ref in self._slots.copy():  # one atomic copy (a free-threaded build too)
+            slot = ref()
+            if slot is not None:
+                found.extend(slot.box.copy())
+        return found
+
+    def wake(self, deadline_at: float) -> None:
+        """Make the watchdog look by ``deadline_at`` (starting it if it is not running)."""
+        with self._lock:
+            if self._thread is None:  # first use, or the thread died (see _run)
+                self._start(deadline_at)
+            elif deadline_at < self.next_look:
+                self.next_look = deadline_at
+                self._wakeup.notify()
 
     def _start(self, first_look: float) -> None:
         # Under the lock.
-        self._next_look = first_look
+        self.next_look = first_look
         self._thread = threading.Thread(
             target=self._run, name="requests-smartretry-watchdog", daemon=True
         )
@@ -449,25 +564,46 @@ class _Watchdog:
         finally:  # only an unexpected error ends the loop: let the next watch restart it
             with self._lock:
                 self._thread = None
-                self._next_look = math.inf
+                self.next_look = math.inf  # the next watch takes the lock: a restart
 
     def _serve(self) -> None:
         with self._lock:
             while True:
+                self.next_look = math.inf  # scanning: a watch armed now wakes us again
                 now = _monotonic()
-                next_look = math.inf
-                for item in self._watches:  # finish() cannot change it: we hold the lock
-                    if item._check_at <= now:
-                        item._fire()
-                        item._check_at = now + _RECHECK
-                    if item._check_at < next_look:
-                        next_look = item._check_at
-                self._next_look = next_look
-                self._wakeup.wait(None if next_look == math.inf
-                                  else min(next_look - now, _MAX_WAIT))
+                next_look = now + self._longest_sleep
+                for ref in self._slots.copy():  # one atomic copy (a free-threaded build too)
+                    slot = ref()
+                    item = None if slot is None else slot.watch
+                    while item is not None:
+                        if item._check_at <= now:
+                            box = item._box
+                            held = box.pop(item, _MISSING)
+                            if held is _MISSING:  # finished, or its thread holds it
+                                if not item._done and now + _RECHECK < next_look:
+                                    next_look = now + _RECHECK  # (detaching): again soon
+                                item = item.outer
+                                continue
+                            try:
+                                item._fire(held)
+                            finally:
+                                # Back in the box (what its thread attached meanwhile
+                                # wins; it finishes or detaches only under our lock).
+                                box.setdefault(item, held)
+                            item._check_at = now + _RECHECK
+                        if item._check_at < next_look:
+                            next_look = item._check_at
+                        item = item.outer
+                self.next_look = next_look
+                self._wakeup.wait(next_look - now)
 
 
 _monotonic = time.monotonic
+# Whether the GIL orders every step of the handshakes (see _Watchdog).
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
+# On a free-threaded build: the longest sleep of the watchdog between two scans, and the
+# shortest watch that arms without the lock.
+_FREE_THREADED_LOOK = 1.0
 _watchdog = _Watchdog()
 
 
@@ -485,13 +621,10 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-_active_watch: contextvars.ContextVar[Optional[Watch]] = contextvars.ContextVar(
-    "requests_smartretry_watch", default=None
-)
-
-
-#: The innermost unfinished :class:`Watch` created in this context, or ``None``.
-active_watch: Callable[[], Optional[Watch]] = _active_watch.get
+def active_watch() -> Optional[Watch]:
+    """The innermost unfinished :class:`Watch` armed in this thread, or ``None``.  (The
+    pools read ``_watchdog.slots.slot.watch`` inline: the same, without a call.)"""
+    return _watchdog.slots.slot.watch
 
 
 # -- the pools and connections that let the watchdog cut a socket --------------------------
@@ -508,20 +641,6 @@ class PoolWaitExpired(NothingSent, urllib3.exceptions.EmptyPoolError):
     ``ConnectTimeout`` (requests would let urllib3's own error through)."""
 
 
-def _connect_by_deadline(timeout: Urllib3Timeout, left: float) -> Urllib3Timeout:
-    """``timeout`` with its connect part cut to ``left``, what is left of the attempt.
-
-    The connect timeout was set when the attempt began; a wait for a pooled connection,
-    or a stalled thread, may have used part of the attempt since.  The watchdog cannot
-    cut a connect (no socket exists yet), so the socket timeout must end it."""
-    if timeout.total is not None:
-        return timeout
-    connect = timeout.connect_timeout
-    if isinstance(connect, (int, float)) and connect <= left:
-        return timeout
-    return Urllib3Timeout(connect=max(left, MIN_ATTEMPT), read=timeout.read_timeout)
-
-
 class _WatchedPoolMixin:
     """Attaches each connection to the attempt's deadline watch while it carries the
     attempt, and detaches it before it returns to the pool (where another thread may take
@@ -532,7 +651,7 @@ class _WatchedPoolMixin:
     """
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
-        current = active_watch()
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
         if current is None:
             return super()._get_conn(timeout)  # type: ignore[misc]
         conn = (self._wait_for_conn(current, timeout)
@@ -555,32 +674,11 @@ class _WatchedPoolMixin:
                 "the attempt deadline passed while every pooled connection was in use "
                 "(pool_block=True)") from None
 
-    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
-                      **kwargs: Any) -> Any:
-        # The last moment before anything is sent.  A thread that gets here after its
-        # deadline (it waited for the pool, or a busy machine stalled it) sends nothing,
-        # even if the watchdog thread has not run yet: urllib3 closes the connection and
-        # restores its pool slot, and requests raises ConnectTimeout, safe to retry.
-        current = active_watch()
-        left = None if current is None else current.remaining()
-        if left is not None:
-            connects = conn.sock is None  # a fresh or a dropped connection
-            if left <= 0.0:
-                raise DeadlineBeforeSending(
-                    self, "the attempt deadline passed before the connection was made"
-                    if connects else
-                    "the attempt deadline passed before a pooled connection was free")
-            if connects:
-                timeout = kwargs.get("timeout")
-                if isinstance(timeout, Urllib3Timeout):
-                    kwargs["timeout"] = _connect_by_deadline(timeout, left)
-        return super()._make_request(conn, method, url, *args, **kwargs)  # type: ignore[misc]
-
     def _put_conn(self, conn: Any) -> None:
         # Inside an attempt, the connection comes back from the attempt's own thread (the
         # body read, or an error); a streamed body read later finds the watch finished
         # and detached already.
-        current = active_watch()
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
         if current is not None and conn is not None and current.detach(conn) \
                 and current.fired:
             # The watchdog shut this socket down: it must not wait in the pool
@@ -598,9 +696,38 @@ class _PhaseRecordingMixin:
     record: the success path pays one call per new connection and nothing per request,
     and no attribute is ever added to the connection.  A TLS handshake that times out is
     a connect timeout (urllib3 would report it as a read timeout).
+
+    The attempt's deadline is checked at the last moments before anything is sent: when
+    a request starts (:meth:`putrequest`, which only buffers; urllib3 1.26 and 2.x call
+    it once per request, before connecting a fresh HTTP connection and before the first
+    write) and when connecting.  A thread that gets there after its deadline (it waited
+    for the pool, or a busy machine stalled it, even between taking a kept-alive
+    connection and writing) sends nothing, even if the watchdog thread has not run yet:
+    urllib3 closes the connection and restores its pool slot, and requests raises
+    ``ConnectTimeout``, safe to retry.  A connect gets only what is left of the attempt:
+    the watchdog cannot cut it (no socket exists yet).
     """
 
+    def putrequest(self, method: str, url: str, skip_host: bool = False,
+                   skip_accept_encoding: bool = False) -> None:
+        current = _watchdog.slots.slot.watch  # active_watch(), without the call
+        if current is not None and current.conn is self \
+                and current.deadline_at <= _monotonic():  # (attached: not finished)
+            raise _deadline_before_sending(self)
+        super().putrequest(method, url, skip_host, skip_accept_encoding)  # type: ignore[misc]
+
     def connect(self) -> None:
+        current = active_watch()
+        if current is not None and current.conn is self:
+            left = current.remaining()
+            if left is not None:
+                if left <= 0.0:
+                    raise _deadline_before_sending(self)
+                connection: Any = self
+                timeout = connection.timeout
+                if not isinstance(timeout, (int, float)) or timeout > left:
+                    # urllib3 sets the read timeout on the socket once connected.
+                    connection.timeout = max(left, MIN_ATTEMPT)
         try:
             super().connect()  # type: ignore[misc]
         except Exception as exc:
@@ -612,6 +739,16 @@ class _PhaseRecordingMixin:
                     f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
                 ) from exc
             raise
+
+
+def _deadline_before_sending(conn: Any) -> DeadlineBeforeSending:
+    error = DeadlineBeforeSending(
+        conn, "the attempt deadline passed before the connection was made"
+        if conn.sock is None else
+        "the attempt deadline passed before a pooled connection was free")
+    # Nothing was written, whatever urllib3 wraps it in (a ProxyError for a tunnel).
+    mark_connect_phase(error)
+    return error
 
 
 class HTTPConnection(_PhaseRecordingMixin, urllib3.connection.HTTPConnection):

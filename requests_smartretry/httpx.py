@@ -473,17 +473,19 @@ def _error_outcome(exc: BaseException, request: httpx.Request, total: float,
     return Outcome(verdict, error=exc, signal=exc)
 
 
-def _response_outcome(response: httpx.Response, request: httpx.Request,
-                      policy: RetryPolicy) -> Outcome[httpx.Response]:
-    """The outcome of an attempt that got ``response`` in time: the verdict on it."""
+def _response_outcome(response: httpx.Response, request: httpx.Request, policy: RetryPolicy,
+                      url: Optional[str] = None) -> Outcome[httpx.Response]:
+    """The outcome of an attempt that got ``response`` in time: the verdict on it
+    (``url``: ``request``'s URL redacted already, if known)."""
     verdict = classify_http_response(response, policy.classify_response,
                                      policy.retry_statuses, policy.honor_server_signals)
     status = response.status_code
     if verdict.verdict is _SUCCESS_VERDICT:
         return Outcome(verdict, value=response, status_code=status)
-    signal = httpx.HTTPStatusError(
-        f"{status} {verdict.reason} for {redact_url(str(request.url))}",
-        request=request, response=response)
+    if url is None:
+        url = redact_url(str(request.url))
+    signal = httpx.HTTPStatusError(f"{status} {verdict.reason} for {url}",
+                                   request=request, response=response)
     return Outcome(verdict, value=response, signal=signal, status_code=status)
 
 
@@ -515,7 +517,7 @@ class _SmartTransportBase:
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
         # Call names by (method, URL): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
-        self._names: Optional[dict[tuple[str, httpx.URL], CallInfo]] = (
+        self._names: Optional[dict[tuple[str, str], CallInfo]] = (
             {} if self.policy.name_request is None else None)
         # Per policy derived by retry_options: id -> (policy, hooks, quiet plan).
         self._derived: dict[int, tuple[RetryPolicy, tuple[Hook, ...], Any]] = {}
@@ -547,7 +549,9 @@ class _SmartTransportBase:
     def _call_info(self, request: httpx.Request,
                    policy: Optional[RetryPolicy] = None) -> CallInfo:
         names = self._names if policy is None else None  # derived policies: not cached
-        key = (request.method, request.url)
+        # Keyed by the URL's text, built once: an httpx.URL hashes by building its text,
+        # and compares equal by building both texts and parsing the other URL again.
+        key = (request.method, str(request.url))
         if names is not None:
             info = names.get(key)
             if info is not None:
@@ -655,7 +659,8 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
             if to_send.__class__ is Outcome:
                 return to_send  # not sent
             try:
-                outcome = self._attempt(to_send, sending.read_body, policy)
+                outcome = self._attempt(to_send, sending.read_body, policy,
+                                        call.url if to_send is request else None)
             except BaseException:
                 sending.abandon()
                 raise
@@ -671,9 +676,10 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
                 del request.headers[sending.minted]
         return finished.unwrap()  # raises the last attempt's error, history attached
 
-    def _attempt(self, request: httpx.Request, read_body: bool,
-                 policy: RetryPolicy) -> Outcome[httpx.Response]:
-        """One attempt, inside its wall-clock deadline (the watchdog cuts the socket)."""
+    def _attempt(self, request: httpx.Request, read_body: bool, policy: RetryPolicy,
+                 url: Optional[str] = None) -> Outcome[httpx.Response]:
+        """One attempt, inside its wall-clock deadline (the watchdog cuts the socket);
+        ``url``: ``request``'s URL redacted already, if known."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
@@ -695,7 +701,7 @@ class SmartRetryTransport(_SmartTransportBase, httpx.BaseTransport):
         if deadline.fired:
             response.close()
             return _deadline_outcome(total, request)
-        return _response_outcome(response, request, policy)
+        return _response_outcome(response, request, policy, url)
 
 
 def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending) -> None:
@@ -845,7 +851,8 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
             if to_send.__class__ is Outcome:
                 return to_send  # not sent
             try:
-                outcome = await self._attempt(to_send, sending.read_body, policy)
+                outcome = await self._attempt(to_send, sending.read_body, policy,
+                                              call.url if to_send is request else None)
             except BaseException:
                 sending.abandon()
                 raise
@@ -861,10 +868,11 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
                 del request.headers[sending.minted]
         return finished.unwrap()
 
-    async def _attempt(self, request: httpx.Request, read_body: bool,
-                       policy: RetryPolicy) -> Outcome[httpx.Response]:
+    async def _attempt(self, request: httpx.Request, read_body: bool, policy: RetryPolicy,
+                       url: Optional[str] = None) -> Outcome[httpx.Response]:
         """One attempt, cancelled at its wall-clock deadline
-        (:class:`~requests_smartretry.deadline.AsyncCut`)."""
+        (:class:`~requests_smartretry.deadline.AsyncCut`); ``url``: ``request``'s URL
+        redacted already, if known."""
         try:
             total = attempt_seconds(policy.timeout)
         except NoTimeLeft:
@@ -893,7 +901,7 @@ class AsyncSmartRetryTransport(_SmartTransportBase, httpx.AsyncBaseTransport):
             await cut.absorb()
             await response.aclose()
             return _cut_outcome(total, request, cut.sent, None)
-        return _response_outcome(response, request, policy)
+        return _response_outcome(response, request, policy, url)
 
 
 def _cut_outcome(total: float, request: httpx.Request, sent: bool,

@@ -348,8 +348,11 @@ class _PolicyFacts:
     grow memory.  Thread-safe: single dict operations only.
     """
 
-    __slots__ = ("default_naming", "names", "policy", "socket_timeout", "timeouts")
+    __slots__ = ("by_timeout", "default_naming", "names", "policy", "socket_timeout",
+                 "timeouts")
     NAMES = 512
+    #: At most this many ``timeout=`` values resolved (cleared when full).
+    TIMEOUTS = 64
 
     def __init__(self, adapter: Any, policy: RetryPolicy) -> None:
         self.policy = policy
@@ -357,11 +360,41 @@ class _PolicyFacts:
         self.socket_timeout = Urllib3Timeout(connect=self.timeouts[0], read=self.timeouts[1])
         self.default_naming = adapter._names_by_default(policy)
         self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
+        self.by_timeout: dict[Any, tuple[_Timeouts, Urllib3Timeout]] = {}
+
+    def resolve(self, timeout: TimeoutArg) -> tuple[_Timeouts, Urllib3Timeout]:
+        """A caller's ``timeout=`` (not None) under this policy: (connect, read, attempt
+        total) and the urllib3 ``Timeout`` for its connect and read parts, worked out
+        (and checked) once per value.  Only plain numbers and tuples of them are kept, by
+        value: ``5`` and ``5.0`` resolve alike, and nothing that merely compares equal to
+        a number (``True``, a ``Decimal``) can find a number's entry and skip its check."""
+        kind = type(timeout)
+        given: Any = timeout
+        key: Any = None
+        if kind is float or kind is int or (
+                kind is tuple and len(given) == 2 and type(given[0]) in _PLAIN
+                and type(given[1]) in _PLAIN):
+            key = timeout
+        if key is not None:
+            cached = self.by_timeout.get(key)
+            if cached is not None:
+                return cached
+        timeouts = _resolve_timeouts(timeout, self.policy)
+        resolved = timeouts, Urllib3Timeout(connect=timeouts[0], read=timeouts[1])
+        if key is not None:
+            if len(self.by_timeout) >= self.TIMEOUTS:
+                self.by_timeout.clear()
+            self.by_timeout[key] = resolved
+        return resolved
 
     def remember(self, key: tuple[Optional[str], Optional[str]], info: CallInfo) -> None:
         if len(self.names) >= self.NAMES:
             self.names.clear()
         self.names[key] = info
+
+
+# The types of a timeout (or of a tuple's parts) kept by value in _PolicyFacts.resolve.
+_PLAIN = (float, int, type(None))
 
 
 def _is_default(value: Any) -> bool:

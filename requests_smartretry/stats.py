@@ -9,6 +9,7 @@ memory, O(1) per observation, within about 5 % of the true value.
 from __future__ import annotations
 
 import bisect
+import collections
 import math
 import threading
 import warnings
@@ -33,6 +34,11 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _THROTTLED = EventKind.THROTTLED
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
+# A quiet call's START, as recorded (its SUCCESS records the elapsed seconds instead).
+_STARTED: Any = None
+# Recorded events applied at once, under the lock, by the thread whose record makes this
+# many: the lock is taken once per this many quiet events (and by every read).
+_APPLY_AT = 64
 
 
 class LatencyHistogram:
@@ -322,9 +328,14 @@ class Stats:
     0.1 (``requests``, ``successes``, ``failures``, ``give_ups``, ``in_flight``…, see
     :data:`DEPRECATED_NAMES`) still read for one release, with a ``DeprecationWarning``.
 
-    Thread safety: every event takes one short lock (no I/O, no callbacks under it);
-    :meth:`snapshot` copies under the lock and computes percentiles outside it, so it is
-    consistent (a snapshot never shows half an event) and never blocks callers for long.
+    Thread safety: the first attempt of a call whose events nobody else reads (the common,
+    successful case) is recorded without a lock: its START and its SUCCESS are each one
+    whole record appended to a queue (one atomic operation), applied in order under the
+    lock by the thread whose record fills a batch, and by every read before it reads.
+    Every other event takes one short lock (no I/O, no callbacks under it).
+    :meth:`snapshot` applies the records and copies under the lock and computes
+    percentiles outside it, so it is consistent (a snapshot never shows half an event,
+    nor half a call's START or SUCCESS) and never blocks callers for long.
     At most ``max_operations`` names are tracked (the default names are path templates,
     ``GET host/users/{id}``, but a naming hook may still produce many: they cannot grow
     memory without bound); later ones are counted under ``"__other__"``.
@@ -341,6 +352,9 @@ class Stats:
         self.max_operations = max_operations
         self._lock = threading.Lock()
         self._operations: dict[str, _Counters] = {}
+        # (operation, None) for a quiet START, (operation, elapsed) for a quiet SUCCESS:
+        # appended without the lock, applied under it (_apply_records).
+        self._records: collections.deque[tuple[str, Optional[float]]] = collections.deque()
         track(self)  # for testing.reset_state()
 
     def __repr__(self) -> str:
@@ -350,6 +364,8 @@ class Stats:
         """Count one event (the hook entry point)."""
         kind = event.kind
         with self._lock:
+            if self._records:  # a quiet START of this call, perhaps: in order
+                self._apply_records()
             counters = self._operations.get(event.operation)
             if counters is None:
                 counters = self._new_operation(event.operation)
@@ -391,23 +407,42 @@ class Stats:
     # -- a quiet call (engine.Quiet): its first attempt counted without events ------------
 
     def quiet_start(self, operation: str) -> None:
-        """What a call's first START counts (the loop calls it instead of emitting one)."""
-        with self._lock:
-            counters = self._operations.get(operation)
-            if counters is None:
-                counters = self._new_operation(operation)
-            counters.attempts += 1
-            counters.calls += 1
+        """What a call's first START counts (the loop calls it instead of emitting one):
+        recorded without a lock, counted by the next read."""
+        records = self._records
+        records.append((operation, _STARTED))
+        if len(records) >= _APPLY_AT:
+            with self._lock:
+                self._apply_records()
 
     def quiet_success(self, operation: str, elapsed: float) -> None:
         """What the SUCCESS of a call's first attempt counts: the attempt and the call took
-        ``elapsed`` seconds (one bucket search for both histograms)."""
-        with self._lock:
-            counters = self._operations.get(operation)
+        ``elapsed`` seconds.  Recorded without a lock, counted by the next read."""
+        records = self._records
+        records.append((operation, elapsed))
+        if len(records) >= _APPLY_AT:
+            with self._lock:
+                self._apply_records()
+
+    def _apply_records(self) -> None:
+        """Count the quiet records, oldest first (under the lock).  Each is taken out of
+        the queue by one atomic ``popleft``: counted once, whole, whoever applies it."""
+        pop = self._records.popleft
+        operations = self._operations
+        while True:
+            try:
+                operation, elapsed = pop()
+            except IndexError:
+                return
+            counters = operations.get(operation)
             if counters is None:
                 counters = self._new_operation(operation)
+            if elapsed is None:  # _STARTED
+                counters.attempts += 1
+                counters.calls += 1
+                continue
             counters.calls_succeeded += 1
-            if 0.0 <= elapsed < math.inf:
+            if 0.0 <= elapsed < math.inf:  # one bucket search for both histograms
                 index = bisect.bisect_left(_EDGES, elapsed)
                 counters.attempt_seconds.add_at(index, elapsed)
                 counters.call_seconds.add_at(index, elapsed)
@@ -440,6 +475,7 @@ class Stats:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Plain, JSON-serialisable counts keyed by operation name, plus :data:`TOTAL_KEY`."""
         with self._lock:
+            self._apply_records()
             copies = {name: counters.copy() for name, counters in self._operations.items()}
         total = _Counters()
         result: dict[str, dict[str, Any]] = {}
@@ -452,11 +488,13 @@ class Stats:
     def operations(self) -> list[str]:
         """The operation names seen so far, sorted."""
         with self._lock:
+            self._apply_records()
             return sorted(self._operations)
 
     def reset(self) -> None:
         """Forget every count."""
         with self._lock:
+            self._records.clear()
             self._operations.clear()
 
     _reset_state = reset  # testing.reset_state()
@@ -464,9 +502,11 @@ class Stats:
     def __getstate__(self) -> dict[str, Any]:
         # The lock cannot be pickled.
         with self._lock:
+            self._apply_records()
             state = self.__dict__.copy()
             state["_operations"] = {k: v.copy() for k, v in self._operations.items()}
         del state["_lock"]
+        del state["_records"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -476,5 +516,6 @@ class Stats:
             state.pop(stale, None)
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._records = collections.deque()
         track(self)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -62,6 +63,43 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class CountingLock:
+    """A lock that counts its acquisitions (put in place of an object's ``_lock`` to show
+    which paths take it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+
+    def __enter__(self) -> None:
+        self.acquired += 1
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def observe_while_threads_work(observe: Callable[[], None], work: Callable[[], None],
+                               threads: int) -> None:
+    """Run ``work`` in ``threads`` threads at once while another thread calls ``observe``
+    over and over; return when every one has ended."""
+    done = threading.Event()
+
+    def observing() -> None:
+        while not done.is_set():
+            observe()
+
+    observer = threading.Thread(target=observing)
+    observer.start()
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    observer.join()
 
 
 class SleepRecorder:

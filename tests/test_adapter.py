@@ -285,7 +285,7 @@ def test_a_socket_timeout_at_the_deadline_is_the_deadlines_cut(
     """When the socket's read timeout (cut to the attempt) expires at the deadline before
     the watchdog thread runs (a loaded machine; here a watchdog that never fires), the
     attempt still ends as the deadline's cut: AttemptDeadlineExceeded."""
-    monkeypatch.setattr(deadline_module.Watch, "_fire", lambda self: None)
+    monkeypatch.setattr(deadline_module.Watch, "_fire", lambda self, conn: None)
     with pytest.raises(AttemptDeadlineExceeded):
         smart_session(max_retries=0, timeout=0.3).get(server.url("/hang?seconds=10"))
 
@@ -332,7 +332,7 @@ def test_a_connection_handed_out_after_the_deadline_carries_nothing(
     whether or not the watchdog thread has run yet: a ConnectTimeout classified as the
     deadline, the server never sees the POST, and the pool keeps working."""
     if watchdog == "late":  # the watchdog thread never gets to mark the watch as fired
-        monkeypatch.setattr(deadline.Watch, "_fire", lambda watch: None)
+        monkeypatch.setattr(deadline.Watch, "_fire", lambda watch, conn: None)
     session = smart_session(max_retries=0, timeout=10.0, budget=None)
     if connection == "kept alive":
         assert session.get(server.url("/ok")).status_code == 200
@@ -556,6 +556,41 @@ def test_bad_per_request_timeout_is_refused(server: FaultServer, bad: Any) -> No
     with pytest.raises(ValueError, match="timeout"):
         smart_session().get(server.url("/ok"), timeout=bad)
     assert server.hits() == 0
+
+
+@pytest.mark.parametrize(("good", "bad"), [(1, True), ((1, 5), (True, 5)),
+                                           ((5, 1), (5, True))])
+def test_a_bad_timeout_equal_to_a_good_one_is_still_refused(
+    server: FaultServer, good: Any, bad: Any
+) -> None:
+    """Resolved timeouts are kept per value, yet a value that merely compares equal to
+    one already used (True == 1) is checked afresh, and refused."""
+    session = smart_session()
+    for _ in range(2):
+        assert session.get(server.url("/ok"), timeout=good).status_code == 200
+    with pytest.raises(ValueError, match="timeout"):
+        session.get(server.url("/ok"), timeout=bad)
+    assert server.hits() == 2
+
+
+def test_a_per_request_timeout_is_resolved_once_per_value(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get(url, timeout=5), the way most callers call requests, checks and converts the
+    timeout once, not on every request; each attempt is still bounded by it."""
+    from requests_smartretry import sending
+
+    resolved: list[Any] = []
+    real = sending._resolve_timeouts
+    monkeypatch.setattr(sending, "_resolve_timeouts",
+                        lambda timeout, policy: resolved.append(timeout) or real(timeout, policy))
+    session = smart_session(max_retries=0)
+    for _ in range(5):
+        assert session.get(server.url("/ok"), timeout=5).status_code == 200
+        assert session.get(server.url("/ok"), timeout=(2, 5.0)).status_code == 200
+    assert resolved == [None, 5, (2, 5.0)]  # the policy's own, then each value once
+    with pytest.raises(requests.exceptions.Timeout):
+        session.get(server.url("/hang?seconds=5"), timeout=0.3)
 
 
 # -- Retry-After ------------------------------------------------------------------------
@@ -1037,3 +1072,39 @@ def test_positional_pool_arguments_and_max_retries_as_httpadapter() -> None:
         adapter.max_retries = Retry(5)  # type: ignore[misc]
     clone = pickle.loads(pickle.dumps(SmartRetryAdapter(max_retries=3)))
     assert clone.max_retries.total == 3 and clone.policy.max_retries == 3
+
+
+def test_a_retried_call_redacts_its_url_once(
+    server: FaultServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error text of a failed attempt (503 ... for <url>) reuses the call's redacted
+    URL instead of redacting it again; an attempt a prepare_attempt hook sends elsewhere
+    names that URL, redacted."""
+    redacted: list[str] = []
+    real = adapter_module.redact_url
+    monkeypatch.setattr(adapter_module, "redact_url",
+                        lambda url: redacted.append(url) or real(url))
+    session = session_with(sleeps)
+    url = server.url("/seq/same?steps=503,ok,503,ok&api_key=s3cret")
+    for _ in range(2):
+        response = session.get(url)
+        assert response.status_code == 200
+        failure = response.retry_history[1]  # type: ignore[attr-defined]
+        assert "s3cret" not in str(failure.error) and "api_key=" in str(failure.error)
+    assert redacted == [url]  # naming the first call; every error text reused it
+
+    backup = server.url("/seq/backup?steps=503,503&token=hidden")
+
+    class FailingOver(SmartRetryAdapter):
+        def prepare_attempt(self, request: requests.PreparedRequest,
+                            attempt: int) -> requests.PreparedRequest:
+            copy = request.copy()
+            copy.url = backup
+            return copy
+
+    other = requests.Session()
+    other.mount("http://", FailingOver(max_retries=1, sleep=sleeps))
+    response = other.get(server.url("/ok?token=primary"))
+    assert response.status_code == 503
+    error = str(response.retry_history[1].error)  # type: ignore[attr-defined]
+    assert "/seq/backup" in error and "hidden" not in error

@@ -25,7 +25,7 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.testing import fast_retries
-from tests.conftest import FakeClock
+from tests.conftest import CountingLock, FakeClock, observe_while_threads_work
 from tests.redis_server import SHARING_BUDGET
 
 SVC = "https://api.example.com"
@@ -487,3 +487,35 @@ def test_sixty_calls_in_fast_retries_all_retry(store: StateStore) -> None:
     assert budget.tokens(service) == pytest.approx(20.0)
     session.close()
 
+
+
+def test_a_calls_deposit_takes_no_lock() -> None:
+    """A healthy call's deposit is one append to its service's queue: no lock (the
+    service's first deposit makes the queue, under the lock, once)."""
+    budget = RetryBudget(0.1, max_tokens=100, min_per_second=0, clock=FakeClock())
+    lock = CountingLock()
+    budget._lock = lock  # type: ignore[assignment]
+    for _ in range(1000):
+        budget.deposit(SVC)
+    assert lock.acquired == 1
+    assert budget.tokens(SVC) == pytest.approx(100)  # a full bucket stays full
+
+
+def test_deposits_from_many_threads_are_all_seen_by_a_retry_decision() -> None:
+    """Eight threads deposit at once while another reads the balance (taking the gathered
+    deposits along, as a retry decision does): no deposit is lost or counted twice, the
+    balance only grows, and deposits short of a whole token are still in what the next
+    decision reads (none waits, unseen, in a thread of its own)."""
+    budget = RetryBudget(0.1, max_tokens=1000, min_per_second=0, clock=FakeClock())
+    for _ in range(1000):
+        assert budget.allow_retry(SVC)  # empty: every token from here on is a deposit
+    seen: list[float] = []
+    observe_while_threads_work(lambda: seen.append(budget.tokens(SVC)),
+                               lambda: [budget.deposit(SVC) for _ in range(1205)], 8)
+    assert seen == sorted(seen)
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1)
+    for _ in range(3):
+        budget.deposit(SVC)  # 0.3 of a token, gathered, not yet in the store
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1 + 0.3)
+    assert budget.allow_retry(SVC)
+    assert budget.tokens(SVC) == pytest.approx(8 * 1205 * 0.1 + 0.3 - 1)

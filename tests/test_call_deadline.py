@@ -186,6 +186,8 @@ def test_the_httpx_client_takes_the_deadline_too(server: FaultServer) -> None:
     started = time.monotonic()
     with pytest.raises(AttemptDeadlineExceeded) as caught:
         client.get(server.url("/hang?seconds=5"))
-    assert time.monotonic() - started < 1.5
+    # Far below the 5 s hang: the deadline cut it (generous: a loaded 2-core machine took
+    # 1.56 s here once).
+    assert time.monotonic() - started < 0.8 + 2.0
     assert caught.value.retry_history[-1].give_up_reason == "deadline"  # type: ignore[attr-defined]
     assert server.hits("/hang") == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -102,7 +103,7 @@ def test_many_finished_watches_do_not_accumulate() -> None:
     for _ in range(10_000):
         with watch(30.0):
             pass
-    assert len(deadline._watchdog._watches) == 0
+    assert deadline._watchdog.armed() == []
 
 
 def test_retry_scope_nests_and_keeps_the_earliest_deadline() -> None:
@@ -170,6 +171,154 @@ def test_watchdog_works_in_a_forked_child() -> None:
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+class _CountingLock:
+    """The watchdog's lock, counting the acquisitions made by threads other than the
+    watchdog's own."""
+
+    def __init__(self, dog: deadline._Watchdog) -> None:
+        self._lock = dog._lock
+        self._dog = dog
+        self.by_others = 0
+
+    def acquire(self, *args: object) -> bool:
+        thread = self._dog._thread
+        if thread is None or threading.get_ident() != thread.ident:
+            self.by_others += 1
+        return self._lock.acquire(*args)  # type: ignore[arg-type]
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_arming_attaching_and_finishing_a_watch_takes_no_lock() -> None:
+    """The common case (a deadline no earlier than the watchdog's next look, finished
+    before it) costs the attempt's thread no lock: arming, attaching, detaching and
+    finishing are stores and dict operations in the thread's own slot."""
+    dog = deadline._Watchdog()
+    deadline.Watch(30.0, dog=dog).finish()  # starts the watchdog, which then looks at +30 s
+    counting = _CountingLock(dog)
+    dog._lock = counting  # type: ignore[assignment]  # every later acquisition counted
+    conn = FakeConn(None)
+    for _ in range(1000):
+        item = deadline.Watch(30.0, dog=dog)
+        item.attach(conn)
+        assert item.detach(conn)
+        item.finish()
+    assert counting.by_others == 0
+    assert dog.armed() == []
+    earlier = deadline.Watch(5.0, dog=dog)  # earlier than the next look: the watchdog is told
+    earlier.finish()
+    assert counting.by_others == 1
+
+
+def test_finishing_while_the_watchdog_cuts_waits_for_the_cut() -> None:
+    """A thread that finishes its watch (or detaches its connection) while the watchdog is
+    cutting that connection waits until the cut is over: once finish() returns, the
+    connection may go back to the pool, and nothing touches it any more."""
+    dog = deadline._Watchdog()
+    item = deadline.Watch(30.0, dog=dog)
+    conn = FakeConn(None)
+    item.attach(conn)
+    finished = threading.Event()
+    with dog._lock:  # the watchdog's cut: it holds the lock and has taken the entry out
+        held = item._box.pop(item)
+        worker = threading.Thread(target=lambda: (item.finish(), finished.set()))
+        worker.start()
+        assert not finished.wait(0.3), "finish() returned while the cut was under way"
+        item._box[item] = held  # the cut is over
+    assert finished.wait(10.0)
+    worker.join()
+    assert dog.armed() == [] and item.conn is None
+
+
+def test_64_threads_arming_and_finishing_at_once_are_cut_only_while_armed() -> None:
+    """64 threads arm, attach, detach and finish watches at once, some already past their
+    deadline: every expired attempt still attached is cut, and a socket is never shut
+    down after its watch let go of it (a cut meant for one attempt never lands on the next
+    user of its connection)."""
+    errors: list[str] = []
+    cut = [0]
+
+    def alive(peer: socket.socket) -> bool:
+        try:
+            return peer.recv(1) != b""
+        except BlockingIOError:
+            return True
+
+    def work(index: int) -> None:
+        left, right = socket.socketpair()
+        right.setblocking(False)
+        try:
+            for round_ in range(60):
+                expired = (index + round_) % 4 == 0
+                item = deadline.Watch(0.0 if expired else 30.0)
+                conn = FakeConn(left)
+                item.attach(conn)
+                if expired:  # give the watchdog its chance to cut while attached
+                    limit = time.monotonic() + 2.0
+                    while not item.fired and time.monotonic() < limit:
+                        time.sleep(0.001)
+                item.detach(conn)
+                item.finish()
+                was_alive = alive(right)
+                time.sleep(0.002)  # the watchdog runs meanwhile
+                if was_alive and not alive(right):
+                    errors.append(f"thread {index}: cut after its watch let go")
+                if expired and not item.fired:
+                    errors.append(f"thread {index}: an expired watch never fired")
+                if not was_alive:  # cut while attached: a new connection, as urllib3 would
+                    cut[0] += 1
+                    left.close()
+                    right.close()
+                    left, right = socket.socketpair()
+                    right.setblocking(False)
+        finally:
+            left.close()
+            right.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert cut[0] > 0  # the cuts did happen
+    assert deadline._watchdog.armed() == []
+
+
+def test_free_threaded_mode_bounds_the_watchdogs_sleep_and_locks_short_watches() -> None:
+    """On a free-threaded build no store-load order protects the wakeup handshake, so the
+    watchdog scans at least every ``_FREE_THREADED_LOOK`` and a shorter watch arms under
+    the lock: a watch whose wakeup was lost (its thread read a stale next look) is still
+    cut, late by at most that bound."""
+    dog = deadline._Watchdog()
+    dog.unlocked_from = dog._longest_sleep = 0.3  # what a free-threaded build sets (1 s)
+    deadline.Watch(30.0, dog=dog).finish()  # the watchdog runs, next look within 0.3 s
+    counting = _CountingLock(dog)
+    dog._lock = counting  # type: ignore[assignment]
+    deadline.Watch(0.2, dog=dog).finish()  # shorter than the bound: told under the lock
+    assert counting.by_others == 1
+    dog.next_look = -math.inf  # as if this thread read a stale next look: no wakeup
+    left, right = socket.socketpair()
+    try:
+        item = deadline.Watch(0.4, dog=dog)
+        item.attach(FakeConn(left))
+        assert counting.by_others == 1  # armed without the lock, the watchdog not told
+        started = time.monotonic()
+        assert left.recv(10) == b""  # cut by the watchdog's bounded sleep
+        assert item.fired and time.monotonic() - started < 0.4 + 0.3 + 1.0
+        item.finish()
+    finally:
+        left.close()
+        right.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -128,7 +128,7 @@ def test_a_read_timeout_at_the_deadline_is_the_deadline_when_the_watchdog_is_lat
     import requests_smartretry.httpx as smart_httpx
 
     class LateWatch(smart_httpx.Watch):
-        def _fire(self) -> None:
+        def _fire(self, conn: object) -> None:
             pass
 
     monkeypatch.setattr(smart_httpx, "Watch", LateWatch)
@@ -370,3 +370,32 @@ def test_the_callable_api_keeps_the_transports_unsafe_verdict(server: FaultServe
             with pytest.raises(httpx.ReadError):
                 execute_with_smart_retry(lambda c=call, m=method: c(m), max_retries=1)
             assert server.hits("/midreset") - before == (1 if method == "POST" else 2)
+
+
+def test_a_call_names_its_url_once_and_redacts_it_once(
+    server: FaultServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call names cached by URL are found by the URL's text (an httpx.URL key would
+    rebuild its text to hash it and parse the other URL again to compare), and a failed
+    attempt's error text reuses the call's redacted URL."""
+    import requests_smartretry.httpx as smart_httpx
+
+    compared: list[object] = []
+    real_eq = httpx.URL.__eq__
+    monkeypatch.setattr(httpx.URL, "__eq__",
+                        lambda url, other: compared.append(other) or real_eq(url, other))
+    redacted: list[str] = []
+    real_redact = smart_httpx.redact_url
+    monkeypatch.setattr(smart_httpx, "redact_url",
+                        lambda url: redacted.append(url) or real_redact(url))
+    events: list[Any] = []
+    client = httpx.Client(transport=SmartRetryTransport(sleep=sleeps, hooks=[events.append]))
+    url = server.url("/seq/named?steps=503,ok,503,ok,ok&token=s3cret")
+    for _ in range(2):
+        assert client.get(url).status_code == 200
+    errors = [str(e.error) for e in events if e.kind is EventKind.FAILURE]
+    assert len(errors) == 2
+    assert all("s3cret" not in error and "token=" in error for error in errors)
+    assert client.get(url).status_code == 200
+    assert redacted == [url]  # naming the first call only
+    assert compared == []

@@ -16,6 +16,8 @@ from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.stats import DEPRECATED_NAMES, OTHER_KEY, TOTAL_KEY, LatencyHistogram
 
+from .conftest import CountingLock, observe_while_threads_work
+
 
 def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
           **fields: Any) -> AttemptEvent:
@@ -342,3 +344,56 @@ def test_an_old_name_is_still_in_the_row_with_a_deprecation_warning(old: str,
         assert old in op
     with pytest.warns(DeprecationWarning, match=new):
         assert (op[old] if old in op else 0) == op[new]  # noqa: SIM401  # the idiom at stake
+
+
+def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
+    """The first attempt of a call nobody else reads (its START and SUCCESS) takes no lock;
+    a snapshot counts every such call, and a SUCCESS never before its START."""
+    from requests_smartretry.stats import _APPLY_AT
+
+    stats = Stats()
+    lock = CountingLock()
+    stats._lock = lock  # type: ignore[assignment]
+    calls = (_APPLY_AT - 2) // 2  # a batch's worth of records, not more
+    for _ in range(calls):
+        stats.quiet_start("op")
+        stats.quiet_success("op", 0.01)
+    stats.quiet_start("op")  # one call in flight
+    assert lock.acquired == 0
+    row = stats.snapshot()["op"]
+    assert (row["calls"], row["calls_succeeded"], row["calls_in_flight"]) == (
+        calls + 1, calls, 1)
+    assert row["attempts"] == calls + 1 and row["attempt_seconds"]["count"] == calls
+    assert lock.acquired == 1
+    for _ in range(10 * _APPLY_AT):  # later batches: one lock per batch of records
+        stats.quiet_start("op")
+        stats.quiet_success("op", 0.01)
+    assert lock.acquired <= 1 + 20
+    assert stats.snapshot()["op"]["calls_succeeded"] == calls + 10 * _APPLY_AT
+
+
+def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
+    """Eight threads count quiet calls while snapshots are taken: every snapshot is a
+    consistent state (no success before its start, one latency per success), and the
+    final counts lose nothing."""
+    stats = Stats()
+    calls = 3000
+    bad: list[dict[str, Any]] = []
+
+    def count() -> None:
+        for _ in range(calls):
+            stats.quiet_start("op")
+            stats.quiet_success("op", 0.002)
+
+    def look() -> None:
+        row = stats.snapshot().get("op")
+        if row is not None and not (
+                row["attempts"] == row["calls"] >= row["calls_succeeded"]
+                == row["call_seconds"]["count"] == row["attempt_seconds"]["count"]):
+            bad.append(row)
+
+    observe_while_threads_work(look, count, 8)
+    assert bad == []
+    row = stats.snapshot()["op"]
+    assert row["calls"] == row["calls_succeeded"] == 8 * calls
+    assert row["calls_in_flight"] == 0
