@@ -474,3 +474,31 @@ async def _cancelled_reason(task: Awaitable[Any]) -> Optional[str]:
         give_up = [e for e in attempt_history(exc) if e.kind is EventKind.GIVE_UP]
         return give_up[0].give_up_reason if give_up else None
     raise AssertionError("the task was not cancelled")
+
+
+def test_a_streamed_httpx_response_keeps_its_throttle_slot_until_closed(
+    server: FaultServer
+) -> None:
+    """As on the requests adapter (stream=True), a streamed httpx response (async and sync
+    clients) holds its Throttle slot while its body is read: the vendor counts the request
+    in flight until the body is over.  Closing the response gives the slot back."""
+    from requests_smartretry import Throttle
+    from requests_smartretry.httpx import smart_client
+
+    service = f"http://127.0.0.1:{server.port}"
+    url = server.url("/drip?interval=0.01&count=20")
+
+    async def streamed() -> tuple[int, int]:
+        throttle = Throttle(max_in_flight=1)
+        async with smart_async_client(throttle=throttle, max_retries=0, log=False) as client, \
+                client.stream("GET", url) as response:
+            held = throttle.in_flight(service)
+            await response.aread()
+        return held, throttle.in_flight(service)
+
+    assert run(streamed()) == (1, 0)
+    throttle = Throttle(max_in_flight=1)
+    with smart_client(throttle=throttle, max_retries=0, log=False) as client:
+        with client.stream("GET", url):
+            held = throttle.in_flight(service)
+        assert (held, throttle.in_flight(service)) == (1, 0)  # closed unread: released
