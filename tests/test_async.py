@@ -502,3 +502,54 @@ def test_a_streamed_httpx_response_keeps_its_throttle_slot_until_closed(
         with client.stream("GET", url):
             held = throttle.in_flight(service)
         assert (held, throttle.in_flight(service)) == (1, 0)  # closed unread: released
+
+
+def test_an_async_on_retry_is_awaited_and_its_failure_logged(
+    server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_retry may be an ``async def`` on the async transport and async callables: it is
+    awaited before the retry's wait (not dropped as a never-awaited coroutine); one that
+    raises is logged and the call still retries.  A synchronous call cannot await it: an
+    ERROR line says so, and no coroutine is left unawaited."""
+    seen: list[int] = []
+
+    async def on_retry(attempt: int, error: BaseException) -> None:
+        await asyncio.sleep(0)
+        seen.append(attempt)
+        if attempt == 2:
+            raise ValueError("broken callback")
+
+    async def main() -> int:
+        async with smart_async_client(max_retries=2, on_retry=on_retry,
+                                      sleep=lambda s: None, log=False) as client:
+            response = await client.get(seq(server, "503,503,ok"))
+        attempts = [0]
+
+        async def flaky() -> str:
+            attempts[0] += 1
+            if attempts[0] == 1:
+                raise ConnectionError("reset")
+            return "done"
+
+        assert await execute_with_retry(flaky, max_retries=1, on_retry=on_retry,
+                                        sleep=lambda s: None, log=False) == "done"
+        return response.status_code
+
+    caplog.set_level(logging.ERROR, logger="requests_smartretry")
+    assert run(main()) == 200
+    assert seen == [1, 2, 1]
+    assert "on_retry callback" in caplog.text and "broken callback" in caplog.text
+    caplog.clear()
+
+    import warnings
+
+    import requests_smartretry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "never awaited" RuntimeWarning fails the test
+        session = requests_smartretry.smart_session(max_retries=1, on_retry=on_retry,
+                                                    sleep=lambda s: None, log=False)
+        assert session.get(seq(server, "503,ok")).status_code == 200
+        import gc
+        gc.collect()
+    assert "is async; a synchronous call cannot await it" in caplog.text
