@@ -125,6 +125,13 @@ def _seconds(name: str, value: Any) -> float:
     return number
 
 
+def _close(awaitable: Any) -> None:
+    """Close a coroutine that will not be awaited (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
+
+
 def _callable_or_none(name: str, value: Any) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {value!r}")
@@ -165,6 +172,9 @@ class Waiting:
                  stats: Optional[Stats] = None, lang: str = "zh", log: bool = True) -> None:
         if not callable(done):
             raise TypeError(f"done must be callable(value) -> bool, got {done!r}")
+        if inspect.iscoroutinefunction(done):
+            raise TypeError(f"done must be a plain function (value) -> bool, not an async "
+                            f"def: its coroutine is always true, got {done!r}")
         if deadline is None:
             raise TypeError("deadline is required: seconds the whole wait may take (a wait "
                             "without one could last for ever)")
@@ -246,6 +256,10 @@ class Waiting:
                 self._notify(polls, value)
                 try:
                     finished = self.done(value)
+                    if inspect.isawaitable(finished):  # always true: it would end the wait
+                        _close(finished)
+                        raise TypeError(f"done must return a bool, not an awaitable; got "
+                                        f"{finished!r} from {self.done!r}")
                 except TaskFailedError as exc:
                     self._ended("poll_failed", "failed", polls, clock() - started,
                                 exc.status or state, reason=_failure_text(exc))
@@ -301,9 +315,7 @@ class Waiting:
         if self.notified is not None:  # an async wait: awaited before the pause
             self.notified.append(result)
             return
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()  # never started: no "never awaited" warning
+        _close(result)  # never started: no "never awaited" warning
         _log.error("requests_smartretry: on_poll callback %r is async; a synchronous wait "
                    "cannot await it, so it was not run", self.on_poll)
 
@@ -537,9 +549,7 @@ async def _drive_waiting(waiting: Waiting, poll: Callable[[Poll], Awaitable[Any]
         raise
     except BaseException:  # cancelled: what is left is not run
         for notified in waiting.notified:
-            close = getattr(notified, "close", None)
-            if close is not None:
-                close()
+            _close(notified)
         raise
     await waiting.await_notified()
     return value

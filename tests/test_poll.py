@@ -509,3 +509,25 @@ def test_an_async_on_poll_is_awaited_on_an_async_wait(
                           on_poll=on_poll) == "done"
         gc.collect()
     assert "is async; a synchronous wait cannot await it" in caplog.text
+
+
+def test_an_async_done_is_refused_not_taken_as_true() -> None:
+    """``done`` decides in the (synchronous) steps: an ``async def`` would return a
+    coroutine, always true, ending the wait at its first poll with a value that is not
+    done.  It is refused with a clear error, up front or (hidden behind a wrapper) at the
+    first poll."""
+    import asyncio
+    import functools
+
+    async def done(value: int) -> bool:
+        return value >= 3
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="not an async def"):
+        poll_until(fetch, done=done, deadline=5.0, log=False)
+    wrapped = functools.partial(done)  # not seen as a coroutine function on 3.9
+    with pytest.raises(TypeError, match="done must return a bool, not an awaitable"):
+        asyncio.run(poll_until(fetch, done=lambda v: wrapped(v), deadline=5.0,  # type: ignore[arg-type]
+                               log=False))
