@@ -553,3 +553,33 @@ def test_an_async_on_retry_is_awaited_and_its_failure_logged(
         import gc
         gc.collect()
     assert "is async; a synchronous call cannot await it" in caplog.text
+
+
+def test_an_async_idempotent_rule_never_makes_a_post_retryable(server: FaultServer) -> None:
+    """The policy's synchronous hooks (idempotent, classify_response, prepare_attempt,
+    name_request) are called inside the attempt: an ``async def`` is refused up front (its
+    coroutine, always true, made every POST "idempotent": a hung POST was executed three
+    times).  Hidden behind a wrapper, the idempotent rule's awaitable counts as "not
+    idempotent": the POST is executed once."""
+    from requests_smartretry import RetryPolicy
+
+    async def idempotent(request: Any) -> bool:
+        return False
+
+    for name in ("idempotent", "classify_response", "prepare_attempt", "name_request"):
+        with pytest.raises(TypeError, match=f"{name} must be a plain function"):
+            RetryPolicy(**{name: idempotent})
+
+    url = server.url("/hang?seconds=2")
+
+    async def main() -> None:
+        async with smart_async_client(max_retries=2, timeout=0.3, sleep=lambda s: None,
+                                      idempotent=lambda r: idempotent(r), log=False) as client:
+            with pytest.raises(AttemptDeadlineExceeded):
+                await client.post(url, content=b"charge")
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never awaited" coroutine left behind
+        run(main())
+    assert server.hits("/hang") == 1
