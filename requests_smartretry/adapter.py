@@ -472,7 +472,8 @@ class SmartRetryAdapter(HTTPAdapter):
         derived = self._derived.get(id(policy))
         if derived is None or derived[0] is not policy:
             hooks = build_hooks(policy, stats=self.stats, extra=self.extra_hooks,
-                                breaker=self.breaker, budget=self.budget)
+                                breaker=self.breaker, budget=self.budget,
+                                throttle=self.throttle)
             if len(self._derived) >= 64:  # bounded: policies may be derived per request
                 self._derived.clear()
             derived = self._derived[id(policy)] = (policy, _PolicyFacts(self, policy), hooks,
@@ -481,7 +482,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _build_hooks(self) -> tuple[Hook, ...]:
         return build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
-                           breaker=self.breaker, budget=self.budget)
+                           breaker=self.breaker, budget=self.budget, throttle=self.throttle)
 
     def _names_by_default(self, policy: RetryPolicy) -> bool:
         """Whether ``policy``'s call names depend on the method and URL alone (no

@@ -28,6 +28,7 @@ import math
 import numbers
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
@@ -135,6 +136,10 @@ class CircuitBreaker(StoreUser):
         self._lock = threading.Lock()
         # The state each service was last seen in by this process (for the listeners).
         self._known: dict[str, str] = {}
+        # Transitions seen and not yet told, in the order seen; one thread at a time tells
+        # them (see _saw), so that the listeners hear each service's changes in order.
+        self._untold: deque[tuple[str, str, str]] = deque()
+        self._telling = False
 
     def __repr__(self) -> str:
         s = self.settings
@@ -151,7 +156,7 @@ class CircuitBreaker(StoreUser):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"], state["_known"]
+        del state["_lock"], state["_known"], state["_untold"], state["_telling"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -164,6 +169,7 @@ class CircuitBreaker(StoreUser):
         """Forget the state kept in this process, and what the listeners were last told."""
         with self._lock:
             self._known.clear()
+            self._untold.clear()
         super()._reset_state()
 
     # -- the engine's side -----------------------------------------------------------
@@ -238,9 +244,12 @@ class CircuitBreaker(StoreUser):
         """Call ``listener(service, old, new)`` on each transition this process sees (its
         own attempts' and its operator calls'; with a Redis store, another process's
         transition is seen here at this process's next attempt on the service).  Returns
-        ``listener``, so that it also serves as a decorator.  A listener runs in the
-        thread of the attempt that saw the change; one that raises is logged, not
-        propagated."""
+        ``listener``, so that it also serves as a decorator.  Each change is told once, in
+        the order this process saw them.  A listener runs in the thread of an attempt that
+        saw a change, outside any lock (it may call :meth:`force_open` or :meth:`state`;
+        the change it makes is told after it returns); while it runs, changes other threads
+        see queue behind it and that thread tells them too, so keep it quick: its time is
+        the attempt's.  One that raises is logged, not propagated."""
         if not callable(listener):
             raise TypeError(f"listener must be callable(service, old, new), got {listener!r}")
         with self._lock:
@@ -248,7 +257,9 @@ class CircuitBreaker(StoreUser):
         return listener
 
     def _saw(self, service: str, state: str) -> None:
-        """``service`` is in ``state`` now: tell the listeners if it was not before."""
+        """``service`` is in ``state`` now: tell the listeners if it was not before.  The
+        listeners run outside the lock; while one thread tells, another's transitions
+        queue behind (that thread tells them too), so they are heard in the order seen."""
         if self._known.get(service, _CLOSED_NAME) == state:
             return  # the common case, without the lock
         with self._lock:
@@ -256,13 +267,28 @@ class CircuitBreaker(StoreUser):
             if old == state:
                 return
             self._known[service] = state
-            listeners = self._listeners
-        for listener in listeners:
-            try:
-                listener(service, old, state)
-            except Exception:
-                _log.exception("requests_smartretry: breaker state listener %r raised",
-                               listener)
+            self._untold.append((service, old, state))
+            if self._telling:
+                return  # (also a listener's own force_open: told after it returns)
+            self._telling = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._untold:
+                        self._telling = False
+                        return
+                    change = self._untold.popleft()
+                    listeners = self._listeners
+                for listener in listeners:
+                    try:
+                        listener(*change)
+                    except Exception:
+                        _log.exception("requests_smartretry: breaker state listener %r "
+                                       "raised", listener)
+        except BaseException:
+            with self._lock:
+                self._telling = False
+            raise
 
     # -- inspection ------------------------------------------------------------------
 

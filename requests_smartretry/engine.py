@@ -194,11 +194,12 @@ def build_hooks(
     extra: tuple[Hook, ...] = (),
     breaker: Optional[BreakerGate] = None,
     budget: Optional[BudgetGate] = None,
+    throttle: Any = None,
 ) -> tuple[Hook, ...]:
     """The consumers of a call's events, in the order they see each one: log lines,
     statistics, the policy's hooks, the caller's, then the breaker (only one without
     ``after_attempt``: the loop tells a :class:`CircuitBreaker` directly) and the budget.
-    A hook with ``installed(*, lang, breaker, budget)`` is told them here."""
+    A hook with ``installed(*, lang, breaker, budget, throttle)`` is told them here."""
     hooks: list[Hook] = []
     if policy.log:
         hooks.append(LoggingHook(policy.lang, backoff_max=policy.backoff_max))
@@ -211,7 +212,7 @@ def build_hooks(
         # breaker and budget its calls go through, an alert speaks the calls' language.
         installed = getattr(hook, "installed", None)
         if callable(installed):
-            installed(lang=policy.lang, breaker=breaker, budget=budget)
+            installed(lang=policy.lang, breaker=breaker, budget=budget, throttle=throttle)
     if breaker is not None and getattr(breaker, "after_attempt", None) is None:
         hooks.append(breaker)
     if budget is not None:

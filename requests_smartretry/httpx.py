@@ -514,7 +514,8 @@ class _SmartTransportBase:
         self.throttle = resolve_throttle(throttle, self.state)
         self._clock = clock
         self._hooks = build_hooks(self.policy, stats=self.stats, extra=self.extra_hooks,
-                                  breaker=self.breaker, budget=self.budget)
+                                  breaker=self.breaker, budget=self.budget,
+                                  throttle=self.throttle)
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
         # Call names by (method, URL): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
@@ -540,7 +541,8 @@ class _SmartTransportBase:
         derived = self._derived.get(id(policy))
         if derived is None or derived[0] is not policy:
             hooks = build_hooks(policy, stats=self.stats, extra=self.extra_hooks,
-                                breaker=self.breaker, budget=self.budget)
+                                breaker=self.breaker, budget=self.budget,
+                                throttle=self.throttle)
             if len(self._derived) >= 64:  # bounded: policies may be derived per request
                 self._derived.clear()
             derived = self._derived[id(policy)] = (policy, hooks, quiet_plan(hooks))

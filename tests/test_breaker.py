@@ -542,6 +542,63 @@ def test_listeners_given_at_construction_and_a_raising_one(
         breaker.on_state_change("not a function")  # type: ignore[arg-type]
 
 
+def test_32_threads_racing_tell_each_transition_once_and_in_order() -> None:
+    """32 threads open, probe and close one breaker at once, with a listener slow enough
+    for the threads to overtake one another: the listener hears a chain (each change
+    starts where the one before ended), ending in the state the breaker last reported.
+    (Told outside the lock, each by the thread that saw it, they came out of order: 181
+    of 388 changes did not start where the one before ended.)"""
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=0.001)
+    heard: list[tuple[str, str, str]] = []
+
+    def slow_listener(service: str, old: str, new: str) -> None:
+        time.sleep(0.0005)
+        heard.append((service, old, new))
+
+    breaker.on_state_change(slow_listener)
+    go = threading.Barrier(32)
+
+    def work(seed: int) -> None:
+        go.wait()
+        for i in range(60):
+            try:
+                ticket = breaker.before_attempt(SVC)
+            except CircuitOpenError:
+                continue
+            breaker.after_attempt(SVC, ticket, failed=(i + seed) % 2 == 0)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(heard) >= 8
+    assert heard[0][1] == "closed"
+    breaks = [(a, b) for a, b in zip(heard, heard[1:]) if a[2] != b[1]]
+    assert not breaks, f"{len(breaks)} of {len(heard)} changes told out of order: {breaks[:3]}"
+    assert heard[-1][2] == breaker._known[SVC]
+    assert not breaker._untold and not breaker._telling
+
+
+def test_a_listener_that_forces_the_breaker_is_told_its_own_change_after_it_returns(
+    clock: FakeClock,
+) -> None:
+    """A listener may call force_open and state() (no lock is held while it runs); the
+    change it makes is told after it returns, in order."""
+    breaker = CircuitBreaker(failure_threshold=1, clock=clock)
+    heard: list[tuple[str, str, str]] = []
+
+    def operator(service: str, old: str, new: str) -> None:
+        heard.append((service, old, new))
+        if new == "open":
+            breaker.force_open(service)
+            assert breaker.state(service) == "forced_open"
+
+    breaker.on_state_change(operator)
+    attempt(breaker)
+    assert heard == [(SVC, "closed", "open"), (SVC, "open", "forced_open")]
+
+
 def test_force_open_holds_until_reset(store: Any, clock: FakeClock) -> None:
     """A forced-open breaker refuses every attempt and sends no probe however long it
     waits; results do not move it; reset closes it with empty counters."""

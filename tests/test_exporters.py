@@ -272,3 +272,29 @@ def test_opentelemetry_gauges_read_the_breaker_and_budget() -> None:
     assert states[(("service", "http://svc"), ("state", "forced_open"))] == 1
     assert states[(("service", "http://svc"), ("state", "closed"))] == 0
     assert points["requests_smartretry.budget.tokens"][(("service", "http://svc"),)] == 7.0
+
+
+def test_prometheus_scrape_has_the_throttle_rate() -> None:
+    """A session with a throttle: the scrape shows the rate in force for the service it
+    called; an adaptive throttle's rate drops on a throttling answer and the gauge shows it."""
+    from requests_smartretry import Throttle, smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    registry = prometheus_client.CollectorRegistry()
+    fixed = smart_session(max_retries=0, throttle=Throttle(rate=5.0),
+                          hooks=[PrometheusHook(registry)], log=False)
+    with FaultServer() as server:
+        service = f"http://127.0.0.1:{server.port}"
+        assert fixed.get(server.url("/status/200")).status_code == 200
+        assert registry.get_sample_value("requests_smartretry_throttle_rate",
+                                         {"service": service}) == pytest.approx(5.0)
+
+    registry = prometheus_client.CollectorRegistry()
+    adaptive = smart_session(max_retries=0, throttle=Throttle(rate=8.0, adaptive=True),
+                             hooks=[PrometheusHook(registry)], log=False)
+    with FaultServer() as server:
+        service = f"http://127.0.0.1:{server.port}"
+        assert adaptive.get(server.url("/status/429")).status_code == 429
+        rate = registry.get_sample_value("requests_smartretry_throttle_rate",
+                                         {"service": service})
+        assert rate is not None and rate < 8.0

@@ -5,11 +5,13 @@ breaker and budget of every transport it is installed on (``build_hooks`` calls 
 ``watch_state``) and the services from its events; a scrape then reads, per service:
 
 - ``breaker_state``: 1 for the breaker's current state, 0 for the others;
-- ``budget_tokens``: the retry tokens left.
+- ``budget_tokens``: the retry tokens left;
+- ``throttle_rate``: the rate in force (turns per second; ``+Inf``: not paced), which an
+  adaptive throttle learned (the fleet's, with a Redis store).
 
 When several breakers (or budgets) of this process serve one service, the gauge shows the
-worst: the most open state, the fewest tokens.  A new gauge (the throttle's rate, once
-throttles exist) is one more :data:`GAUGES` row and one more ``watch_state`` keyword.
+worst: the most open state, the fewest tokens, the lowest rate.  A new gauge is one more
+:data:`GAUGES` row and one more ``watch_state`` keyword.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def _budget_tokens(budget: Any, service: str) -> float:
     return float(budget.tokens(service))
 
 
+def _throttle_rate(throttle: Any, service: str) -> float:
+    return float(throttle.rate(service))
+
+
 def _more_open(a: str, b: str) -> str:
     return a if BREAKER_STATES.index(a) >= BREAKER_STATES.index(b) else b
 
@@ -62,6 +68,9 @@ GAUGES = (
           "", _breaker_state, _more_open),
     Gauge("budget_tokens", "budget", "Retry-budget tokens left per service.",
           "{token}", _budget_tokens, min),
+    Gauge("throttle_rate", "throttle",
+          "Throttle rate in force per service (turns per second; +Inf: not paced).",
+          "{turn}/s", _throttle_rate, min),
 )
 
 
@@ -80,7 +89,8 @@ class Watched:
         self._services: dict[str, None] = {}
 
     def watch(self, **gates: Any) -> None:
-        """Read these objects (``breaker=``, ``budget=``; ``None`` is skipped)."""
+        """Read these objects (``breaker=``, ``budget=``, ``throttle=``; ``None`` is
+        skipped)."""
         with self._lock:
             for name, gate in gates.items():
                 if gate is None or name not in self._gates:

@@ -1,5 +1,5 @@
 """OpenTelemetry exporter: metrics through ``opentelemetry-api`` (counters, a histogram, and
-observable gauges of the breaker's state and the budget's tokens), and the
+observable gauges of the breaker's state, the budget's tokens and the throttle's rate), and the
 ``http.request.resend_count`` attribute on the current span for retried attempts.
 
 Needs the ``otel`` extra (``pip install requests-smartretry[otel]``) and, to export
@@ -98,15 +98,17 @@ class OpenTelemetryHook:
                     yield metrics.Observation(value, {"service": service})
         return observe
 
-    def installed(self, *, breaker: Any = None, budget: Any = None, **settings: Any) -> None:
+    def installed(self, *, breaker: Any = None, budget: Any = None, throttle: Any = None,
+                  **settings: Any) -> None:
         """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
-        installed on: its breaker and budget join the gauges."""
-        self.watch_state(breaker=breaker, budget=budget)
+        installed on: its breaker, budget and throttle join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget, throttle=throttle)
 
-    def watch_state(self, *, breaker: Any = None, budget: Any = None) -> None:
-        """Report the gauges of this breaker and budget too (for one the hook does not see
-        installed)."""
-        self._watched.watch(breaker=breaker, budget=budget)
+    def watch_state(self, *, breaker: Any = None, budget: Any = None,
+                    throttle: Any = None) -> None:
+        """Report the gauges of this breaker, budget and throttle too (for one the hook
+        does not see installed)."""
+        self._watched.watch(breaker=breaker, budget=budget, throttle=throttle)
 
     def __call__(self, event: AttemptEvent) -> None:
         """Record one event."""

@@ -1,5 +1,6 @@
 """Prometheus exporter: counters and a latency histogram fed by the attempt-event stream,
-and gauges of the breaker's state and the budget's tokens read at each scrape.
+and gauges of the breaker's state, the budget's tokens and the throttle's rate read at each
+scrape.
 
 Needs the ``prometheus`` extra (``pip install requests-smartretry[prometheus]``).
 """
@@ -158,15 +159,17 @@ class PrometheusHook:
     def __repr__(self) -> str:
         return f"PrometheusHook(namespace={self.namespace!r})"
 
-    def installed(self, *, breaker: Any = None, budget: Any = None, **settings: Any) -> None:
+    def installed(self, *, breaker: Any = None, budget: Any = None, throttle: Any = None,
+                  **settings: Any) -> None:
         """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
-        installed on: its breaker and budget join the gauges."""
-        self.watch_state(breaker=breaker, budget=budget)
+        installed on: its breaker, budget and throttle join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget, throttle=throttle)
 
-    def watch_state(self, *, breaker: Any = None, budget: Any = None) -> None:
-        """Report the gauges of this breaker and budget too (for one the hook does not see
-        installed)."""
-        self._metrics.watched.watch(breaker=breaker, budget=budget)
+    def watch_state(self, *, breaker: Any = None, budget: Any = None,
+                    throttle: Any = None) -> None:
+        """Report the gauges of this breaker, budget and throttle too (for one the hook
+        does not see installed)."""
+        self._metrics.watched.watch(breaker=breaker, budget=budget, throttle=throttle)
 
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event."""

@@ -276,10 +276,12 @@ class RedisStateStore(SharedPaces):
             owner, spent = _spent.get()
             _spent.set((scope, seconds + (spent if owner is scope else 0.0)))
 
-    def _execute(self, args: list[Any], keys: list[str], lua: str = "state") -> list[Any]:
-        """Run the script within this request's time budget (on a worker thread, so that a
-        slow or dripping Redis cannot hold the request past it)."""
-        allowance, by_deadline = self._allowance(self.time_budget)
+    def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
+                 time_budget: Optional[float] = None) -> list[Any]:
+        """Run the script within this request's time budget (or ``time_budget``; on a
+        worker thread, so that a slow or dripping Redis cannot hold the request past it)."""
+        allowance, by_deadline = self._allowance(
+            self.time_budget if time_budget is None else time_budget)
         if allowance <= 0.0:
             raise NoTime()
         started = _monotonic()
@@ -452,6 +454,7 @@ class RedisStateStore(SharedPaces):
             # retry_interval if longer): each probe of a silent Redis costs one request up
             # to the time budget.
             self._next_try = _monotonic() + self._backoff()
+            self._keep_forced(self._views)
             self._views = {}
             if self._down:
                 return
@@ -466,6 +469,22 @@ class RedisStateStore(SharedPaces):
             safe_text(exc, self._url), extra={"redis_state": self.where,
                                           "redis_error": type(exc).__name__},
         )
+
+    def _keep_forced(self, views: dict[str, _View]) -> None:
+        """Redis is out: an operator's forced state this process last saw there holds in
+        local state meanwhile (a breaker forced open for a vendor incident must not let
+        the traffic through because Redis hiccuped); one that Redis no longer had is
+        lifted here too.  (Under ``_lock``; the local store never calls back.)"""
+        now = _monotonic()
+        for service, view in views.items():
+            settings, state = view.breaker, view.state
+            if settings is None or state is None:
+                continue
+            if state in (FORCED_OPEN, FORCED_CLOSED):
+                self._local.breaker_set(service, settings, now, state)
+            elif self._local.breaker_status(service, settings, now).state \
+                    in (STATE_NAMES[FORCED_OPEN], STATE_NAMES[FORCED_CLOSED]):
+                self._local.breaker_set(service, settings, now, CLOSED)
 
     def _backoff(self) -> float:
         wait = self.retry_interval * 2.0 ** min(self._failed_probes, 16)
@@ -516,6 +535,7 @@ class RedisStateStore(SharedPaces):
                     breaker: Optional[BreakerSettings], budget: Optional[BudgetSettings],
                     view: Optional[_View], failed: bool = False, weight: float = 1.0,
                     ticket: int = 0, deposit: float = 0.0, spend: float = 0.0,
+                    time_budget: Optional[float] = None,
                     ) -> Optional[list[Optional[float]]]:
         """One script call for ``service`` (sending what ``view`` has pending), or ``None``
         when local state must serve this operation."""
@@ -541,7 +561,8 @@ class RedisStateStore(SharedPaces):
                 self._static(budget), repr(float(deposit)), repr(float(spend)),
                 self.channel, f"{self._origin} {service}"]
         reply = self._guarded(service, lambda: numbers(self._execute(
-            args, [self.key("breaker", service), self.key("budget", service)])))
+            args, [self.key("breaker", service), self.key("budget", service)],
+            time_budget=time_budget)))
         if reply is None:
             return None
         mono = _monotonic()
@@ -746,10 +767,18 @@ class RedisStateStore(SharedPaces):
 
     def breaker_set(self, key: str, settings: BreakerSettings, now: float, state: int) -> str:
         """An operator's transition in Redis, announced to every process (while Redis is
-        unreachable, in this process's local state only); returns the state name before."""
+        unreachable, in this process's local state only, with a WARNING); returns the state
+        name before.  No request waits for it, so it may take up to the socket timeout
+        (a first connection included) rather than a request's time budget."""
         reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
-                                 view=self._view(key) if not self._down else None, ticket=state)
+                                 view=self._view(key) if not self._down else None, ticket=state,
+                                 time_budget=max(self.time_budget, self.socket_timeout))
         if reply is None:
+            _log.warning(
+                "requests_smartretry: Redis state store %s unreachable: breaker of %s set "
+                "to %s in this process only (the other processes do not follow)",
+                self.where, key, STATE_NAMES[state],
+                extra={"redis_state": self.where, "service": key})
             return self._local.breaker_set(key, settings, now, state)
         return STATE_NAMES[int(reply[11] or 0)]
 
