@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import math
 import random
@@ -371,6 +372,8 @@ def _drive(run: _Call[T], attempt: Callable[[int], Outcome[T]],
                 raise
             step = run.attempted(outcome)
         elif kind is float:
+            if run.notified is not None:  # an async on_retry: nothing here can await it
+                _unawaited_on_retry(run)
             try:
                 _testing.sleeper(sleep)(step)  # type: ignore[arg-type]  # a float here
             except BaseException as exc:
@@ -430,6 +433,10 @@ async def _drive_async(run: _Call[T], attempt: Callable[[int], Awaitable[Outcome
             step = run.attempted(outcome)
         elif kind is float:
             try:
+                notified = run.notified
+                if notified is not None:  # an async on_retry, awaited before the wait
+                    run.notified = None
+                    await _awaited_on_retry(run.policy, notified)
                 if _testing._testing:  # no wait, but the other tasks run (a spinning
                     await asyncio.sleep(0)  # throttle wait needs one to free its slot)
                 elif step > 0:  # type: ignore[operator]
@@ -546,6 +553,7 @@ class _Call(Generic[T]):
     cut_at: Optional[float] = None  # (monotonic) the attempt's end, when a turn waited
     cut: Any = None  # the retry scope entered for it (a context manager), while attempting
     turn_for = 0  # the attempt whose turn the wait under way is for (0: a backoff wait)
+    notified: Any = None  # what an async on_retry returned, for the async driver to await
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -902,7 +910,7 @@ class _Call(Generic[T]):
                           {"verdict": verdict.verdict, "reason": verdict.reason,
                            "wait": 0.0 if _testing._testing else wait,
                            "retry_after": verdict.retry_after})
-        _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
+        self.notified = _notify_on_retry(self.policy, number, outcome.signal or outcome.error)
 
     def interrupted(self, exc: BaseException) -> None:
         """The wait (a backoff, or for the throttle's turn) raised ``exc``: the call gives
@@ -930,16 +938,41 @@ class _Call(Generic[T]):
         return left
 
 
-def _notify_on_retry(policy: RetryPolicy, attempt: int, error: Optional[BaseException]) -> None:
+def _notify_on_retry(policy: RetryPolicy, attempt: int,
+                     error: Optional[BaseException]) -> Optional[Awaitable[Any]]:
+    """Call ``on_retry``; what an ``async def`` callback returned (an awaitable) comes
+    back for the driver: the async one awaits it before the wait."""
     callback = policy.on_retry
     if callback is None or error is None:
-        return
+        return None
     try:
-        callback(attempt, error)
+        result = callback(attempt, error)
     except Exception:
         # A broken callback must not turn a recoverable failure into a crash.
         _log.exception("requests_smartretry: on_retry callback %r raised; retrying anyway",
                        callback)
+        return None
+    return result if inspect.isawaitable(result) else None
+
+
+async def _awaited_on_retry(policy: RetryPolicy, notified: Awaitable[Any]) -> None:
+    """Await what an async ``on_retry`` returned (its failure logged, as a sync one's)."""
+    try:
+        await notified
+    except Exception:
+        _log.exception("requests_smartretry: on_retry callback %r raised; retrying anyway",
+                       policy.on_retry)
+
+
+def _unawaited_on_retry(run: _Call[Any]) -> None:
+    """A synchronous call cannot await an async ``on_retry``: say so (at each retry)."""
+    notified, run.notified = run.notified, None
+    close = getattr(notified, "close", None)
+    if close is not None:
+        close()  # a coroutine never started: no "never awaited" warning
+    _log.error("requests_smartretry: on_retry callback %r is async; a synchronous call "
+               "cannot await it, so it was not run (use a plain function, or the async "
+               "transport / an async def call)", run.policy.on_retry)
 
 
 def _finish_turn(throttle: Throttle, turn: Any, turn_at: float,

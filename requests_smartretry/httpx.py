@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -438,8 +439,11 @@ class _HttpxSending(Sending[httpx.Response]):
         outcome = Sending.end(self, outcome)
         if not self.read_body and outcome.value is not None and \
                 outcome.classification.verdict is _SUCCESS_VERDICT:
-            # Read later: a failure then is final as one now would be.
+            # Read later: a failure then is final as one now would be; the throttle's
+            # slot (if any) is held until the body is closed, as on the adapter.
             _guard_streamed_body(outcome.value, self)
+            outcome.hold = functools.partial(_hold_until_closed, outcome.value,
+                                             self.asynchronous)
         return outcome
 
     def body_veto(self) -> Optional[str]:
@@ -712,6 +716,52 @@ def _guard_streamed_body(response: httpx.Response, sending: _HttpxSending) -> No
     if reason is not None:
         response.stream = (_AsyncFinalOnFailure(stream, reason) if sending.asynchronous
                            else _FinalOnFailure(stream, reason))
+
+
+def _hold_until_closed(response: httpx.Response, asynchronous: bool,
+                       release: Callable[[], None]) -> None:
+    """Keep a streamed ``response``'s throttle slot until its body stream is closed
+    (httpx closes it once read to the end, or with the response), or at the latest until
+    the response is garbage collected: the vendor counts the request in flight while it
+    sends the body."""
+    stream: Any = response.stream
+    response.stream = (_AsyncReleasing(stream, release) if asynchronous
+                       else _Releasing(stream, release))
+    weakref.finalize(response, release)
+
+
+class _Releasing(httpx.SyncByteStream):
+    """A response body stream that calls ``release`` when it is closed."""
+
+    def __init__(self, stream: httpx.SyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._release()
+
+
+class _AsyncReleasing(httpx.AsyncByteStream):
+    """:class:`_Releasing` for an async response body."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._release()
 
 
 # -- asyncio ----------------------------------------------------------------------------------

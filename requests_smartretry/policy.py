@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 from collections.abc import Iterator, Mapping
@@ -160,6 +161,12 @@ class RetryPolicy:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, got {value!r}")
+        # Asked inside the attempt, synchronously, on every transport: an async def's
+        # coroutine would be taken as its answer (a truthy "idempotent", a "request").
+        for name in ("classify_response", "prepare_attempt", "name_request", "idempotent"):
+            if inspect.iscoroutinefunction(getattr(self, name)):
+                raise TypeError(f"{name} must be a plain function, not an async def "
+                                f"(it is called synchronously), got {getattr(self, name)!r}")
         if not (isinstance(self.idempotent, bool) or callable(self.idempotent)):
             raise TypeError(
                 f"idempotent must be a bool or a callable(request) -> bool, "

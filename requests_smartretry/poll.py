@@ -125,6 +125,13 @@ def _seconds(name: str, value: Any) -> float:
     return number
 
 
+def _close(awaitable: Any) -> None:
+    """Close a coroutine that will not be awaited (no "never awaited" warning)."""
+    close = getattr(awaitable, "close", None)
+    if close is not None:
+        close()
+
+
 def _callable_or_none(name: str, value: Any) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {value!r}")
@@ -165,6 +172,9 @@ class Waiting:
                  stats: Optional[Stats] = None, lang: str = "zh", log: bool = True) -> None:
         if not callable(done):
             raise TypeError(f"done must be callable(value) -> bool, got {done!r}")
+        if inspect.iscoroutinefunction(done):
+            raise TypeError(f"done must be a plain function (value) -> bool, not an async "
+                            f"def: its coroutine is always true, got {done!r}")
         if deadline is None:
             raise TypeError("deadline is required: seconds the whole wait may take (a wait "
                             "without one could last for ever)")
@@ -188,6 +198,9 @@ class Waiting:
         self.stats = stats
         self.lang = lang
         self.log = log
+        #: What an async ``on_poll`` returned, for an async driver to await (``None``: a
+        #: synchronous wait, which cannot await it; see :meth:`_notify`).
+        self.notified: Optional[list[Awaitable[Any]]] = None
 
     def __repr__(self) -> str:
         return (f"Waiting(operation={self.operation!r}, deadline={self.deadline!r}, "
@@ -243,6 +256,10 @@ class Waiting:
                 self._notify(polls, value)
                 try:
                     finished = self.done(value)
+                    if inspect.isawaitable(finished):  # always true: it would end the wait
+                        _close(finished)
+                        raise TypeError(f"done must return a bool, not an awaitable; got "
+                                        f"{finished!r} from {self.done!r}")
                 except TaskFailedError as exc:
                     self._ended("poll_failed", "failed", polls, clock() - started,
                                 exc.status or state, reason=_failure_text(exc))
@@ -287,11 +304,30 @@ class Waiting:
         if self.on_poll is None:
             return
         try:
-            self.on_poll(polls, value)
+            result = self.on_poll(polls, value)
         except Exception:
             # A broken progress callback must not end a wait that is going well.
             _log.exception("requests_smartretry: on_poll callback %r raised; still waiting",
                            self.on_poll)
+            return
+        if not inspect.isawaitable(result):
+            return
+        if self.notified is not None:  # an async wait: awaited before the pause
+            self.notified.append(result)
+            return
+        _close(result)  # never started: no "never awaited" warning
+        _log.error("requests_smartretry: on_poll callback %r is async; a synchronous wait "
+                   "cannot await it, so it was not run", self.on_poll)
+
+    async def await_notified(self) -> None:
+        """Await what an async ``on_poll`` returned (its failure logged, as a sync one's)."""
+        notified = self.notified
+        while notified:
+            try:
+                await notified.pop(0)
+            except Exception:
+                _log.exception("requests_smartretry: on_poll callback %r raised; still "
+                               "waiting", self.on_poll)
 
     def _ended(self, key: str, outcome: str, polls: int, elapsed: float,
                state: Optional[str], reason: str = "") -> None:
@@ -488,8 +524,35 @@ def poll_until(
                                    on_poll=on_poll, describe=describe, stats=stats,
                                    options=dict(options))
     if _is_async(fetch):  # the same steps, awaited: an awaitable for the caller
-        return drive_async(waiting.steps(), poll, _async_sleep(sleep))
+        return _drive_waiting(waiting, poll, _async_sleep(sleep))
     return drive(waiting.steps(), poll, sleep)
+
+
+async def _drive_waiting(waiting: Waiting, poll: Callable[[Poll], Awaitable[Any]],
+                         sleep: Callable[[float], Awaitable[Any]]) -> Any:
+    """:func:`drive_async` of ``waiting``'s steps, awaiting what an async ``on_poll``
+    returned before the pause after its poll (the pause shortened by that time) or, after
+    the last poll, before the wait ends."""
+    waiting.notified = []
+
+    async def pause(seconds: float) -> None:
+        if waiting.notified:
+            started = time.monotonic()
+            await waiting.await_notified()
+            seconds = max(0.0, seconds - (time.monotonic() - started))
+        await sleep(seconds)
+
+    try:
+        value = await drive_async(waiting.steps(), poll, pause)
+    except Exception:
+        await waiting.await_notified()
+        raise
+    except BaseException:  # cancelled: what is left is not run
+        for notified in waiting.notified:
+            _close(notified)
+        raise
+    await waiting.await_notified()
+    return value
 
 
 def _is_async(fetch: Any) -> bool:

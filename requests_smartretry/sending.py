@@ -486,7 +486,12 @@ def is_idempotent(policy: RetryPolicy, request: Any) -> bool:
     rule = policy.idempotent
     if callable(rule):
         try:
-            return bool(rule(request))
+            answer: Any = rule(request)
+            if inspect.isawaitable(answer):  # an async rule hidden behind a wrapper
+                getattr(answer, "close", lambda: None)()
+                raise TypeError(f"the idempotent rule returned an awaitable ({answer!r}), "
+                                f"not a bool")
+            return bool(answer)
         except Exception:
             _log.exception("requests_smartretry: idempotent rule failed; assuming not")
             return False

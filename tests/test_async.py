@@ -474,3 +474,112 @@ async def _cancelled_reason(task: Awaitable[Any]) -> Optional[str]:
         give_up = [e for e in attempt_history(exc) if e.kind is EventKind.GIVE_UP]
         return give_up[0].give_up_reason if give_up else None
     raise AssertionError("the task was not cancelled")
+
+
+def test_a_streamed_httpx_response_keeps_its_throttle_slot_until_closed(
+    server: FaultServer
+) -> None:
+    """As on the requests adapter (stream=True), a streamed httpx response (async and sync
+    clients) holds its Throttle slot while its body is read: the vendor counts the request
+    in flight until the body is over.  Closing the response gives the slot back."""
+    from requests_smartretry import Throttle
+    from requests_smartretry.httpx import smart_client
+
+    service = f"http://127.0.0.1:{server.port}"
+    url = server.url("/drip?interval=0.01&count=20")
+
+    async def streamed() -> tuple[int, int]:
+        throttle = Throttle(max_in_flight=1)
+        async with smart_async_client(throttle=throttle, max_retries=0, log=False) as client, \
+                client.stream("GET", url) as response:
+            held = throttle.in_flight(service)
+            await response.aread()
+        return held, throttle.in_flight(service)
+
+    assert run(streamed()) == (1, 0)
+    throttle = Throttle(max_in_flight=1)
+    with smart_client(throttle=throttle, max_retries=0, log=False) as client:
+        with client.stream("GET", url):
+            held = throttle.in_flight(service)
+        assert (held, throttle.in_flight(service)) == (1, 0)  # closed unread: released
+
+
+def test_an_async_on_retry_is_awaited_and_its_failure_logged(
+    server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_retry may be an ``async def`` on the async transport and async callables: it is
+    awaited before the retry's wait (not dropped as a never-awaited coroutine); one that
+    raises is logged and the call still retries.  A synchronous call cannot await it: an
+    ERROR line says so, and no coroutine is left unawaited."""
+    seen: list[int] = []
+
+    async def on_retry(attempt: int, error: BaseException) -> None:
+        await asyncio.sleep(0)
+        seen.append(attempt)
+        if attempt == 2:
+            raise ValueError("broken callback")
+
+    async def main() -> int:
+        async with smart_async_client(max_retries=2, on_retry=on_retry,
+                                      sleep=lambda s: None, log=False) as client:
+            response = await client.get(seq(server, "503,503,ok"))
+        attempts = [0]
+
+        async def flaky() -> str:
+            attempts[0] += 1
+            if attempts[0] == 1:
+                raise ConnectionError("reset")
+            return "done"
+
+        assert await execute_with_retry(flaky, max_retries=1, on_retry=on_retry,
+                                        sleep=lambda s: None, log=False) == "done"
+        return response.status_code
+
+    caplog.set_level(logging.ERROR, logger="requests_smartretry")
+    assert run(main()) == 200
+    assert seen == [1, 2, 1]
+    assert "on_retry callback" in caplog.text and "broken callback" in caplog.text
+    caplog.clear()
+
+    import warnings
+
+    import requests_smartretry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "never awaited" RuntimeWarning fails the test
+        session = requests_smartretry.smart_session(max_retries=1, on_retry=on_retry,
+                                                    sleep=lambda s: None, log=False)
+        assert session.get(seq(server, "503,ok")).status_code == 200
+        import gc
+        gc.collect()
+    assert "is async; a synchronous call cannot await it" in caplog.text
+
+
+def test_an_async_idempotent_rule_never_makes_a_post_retryable(server: FaultServer) -> None:
+    """The policy's synchronous hooks (idempotent, classify_response, prepare_attempt,
+    name_request) are called inside the attempt: an ``async def`` is refused up front (its
+    coroutine, always true, made every POST "idempotent": a hung POST was executed three
+    times).  Hidden behind a wrapper, the idempotent rule's awaitable counts as "not
+    idempotent": the POST is executed once."""
+    from requests_smartretry import RetryPolicy
+
+    async def idempotent(request: Any) -> bool:
+        return False
+
+    for name in ("idempotent", "classify_response", "prepare_attempt", "name_request"):
+        with pytest.raises(TypeError, match=f"{name} must be a plain function"):
+            RetryPolicy(**{name: idempotent})
+
+    url = server.url("/hang?seconds=2")
+
+    async def main() -> None:
+        async with smart_async_client(max_retries=2, timeout=0.3, sleep=lambda s: None,
+                                      idempotent=lambda r: idempotent(r), log=False) as client:
+            with pytest.raises(AttemptDeadlineExceeded):
+                await client.post(url, content=b"charge")
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never awaited" coroutine left behind
+        run(main())
+    assert server.hits("/hang") == 1

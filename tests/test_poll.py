@@ -471,3 +471,63 @@ def test_an_open_breaker_pauses_the_wait_until_its_next_probe() -> None:
                       operation_name="job", breaker=breaker, **line.options()) == "done"
     assert len(fetch.calls) == 3  # type: ignore[attr-defined]
     assert line.sleeps == [0.5, 1.0, 4.0]  # backoff, interval, then the breaker's probe
+
+
+def test_an_async_on_poll_is_awaited_on_an_async_wait(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """on_poll may be an ``async def`` when fetch is: it is awaited after each poll (the
+    last one's before the wait returns), not dropped as a never-awaited coroutine; one
+    that raises is logged and the wait goes on.  A synchronous wait cannot await it: an
+    ERROR line says so, and no coroutine is left unawaited."""
+    import asyncio
+    import gc
+    import warnings
+
+    values = iter(["queued", "running", "done"])
+    seen: list[tuple[int, str]] = []
+
+    async def on_poll(number: int, value: str) -> None:
+        await asyncio.sleep(0)
+        seen.append((number, value))
+        if number == 2:
+            raise ValueError("broken progress callback")
+
+    async def fetch() -> str:
+        return next(values)
+
+    caplog.set_level(logging.ERROR, logger="requests_smartretry")
+    waiting = poll_until(fetch, done=lambda v: v == "done", deadline=60.0, log=False,
+                         on_poll=on_poll, sleep=lambda s: None)
+    assert asyncio.run(waiting) == "done"  # type: ignore[arg-type]
+    assert seen == [(1, "queued"), (2, "running"), (3, "done")]
+    assert "broken progress callback" in caplog.text
+    caplog.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "never awaited" RuntimeWarning fails the test
+        assert poll_until(lambda: "done", done=bool, deadline=5.0, log=False,
+                          on_poll=on_poll) == "done"
+        gc.collect()
+    assert "is async; a synchronous wait cannot await it" in caplog.text
+
+
+def test_an_async_done_is_refused_not_taken_as_true() -> None:
+    """``done`` decides in the (synchronous) steps: an ``async def`` would return a
+    coroutine, always true, ending the wait at its first poll with a value that is not
+    done.  It is refused with a clear error, up front or (hidden behind a wrapper) at the
+    first poll."""
+    import asyncio
+    import functools
+
+    async def done(value: int) -> bool:
+        return value >= 3
+
+    async def fetch() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="not an async def"):
+        poll_until(fetch, done=done, deadline=5.0, log=False)
+    wrapped = functools.partial(done)  # not seen as a coroutine function on 3.9
+    with pytest.raises(TypeError, match="done must return a bool, not an awaitable"):
+        asyncio.run(poll_until(fetch, done=lambda v: wrapped(v), deadline=5.0,  # type: ignore[arg-type]
+                               log=False))
