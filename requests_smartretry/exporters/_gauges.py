@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from ..state import STATE_NAMES
 
-__all__ = ["BREAKER_STATES", "GAUGES", "Gauge", "Watched"]
+__all__ = ["BREAKER_STATES", "GAUGES", "Gauge", "Watched", "WatchesState"]
 
 #: Breaker states from the least to the most severe (the order "worst" follows).
 BREAKER_STATES = ("closed", "forced_closed", "half_open", "open", "forced_open")
@@ -129,3 +129,22 @@ class Watched:
                 value = reading if value is None else gauge.worst(value, reading)
             if value is not None:
                 yield service, value
+
+
+class WatchesState:
+    """An exporter's side of the gauges: told where it is installed, and told of more."""
+
+    def _gauge_sources(self) -> Watched:
+        raise NotImplementedError
+
+    def installed(self, *, breaker: Any = None, budget: Any = None, throttle: Any = None,
+                  **settings: Any) -> None:
+        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
+        installed on: its breaker, budget and throttle join the gauges."""
+        self.watch_state(breaker=breaker, budget=budget, throttle=throttle)
+
+    def watch_state(self, *, breaker: Any = None, budget: Any = None,
+                    throttle: Any = None) -> None:
+        """Report the gauges of this breaker, budget and throttle too (for one the hook
+        does not see installed)."""
+        self._gauge_sources().watch(breaker=breaker, budget=budget, throttle=throttle)

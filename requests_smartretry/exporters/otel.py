@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..events import AttemptEvent, EventKind
-from ._gauges import BREAKER_STATES, GAUGES, Gauge, Watched
+from ._gauges import BREAKER_STATES, GAUGES, Gauge, Watched, WatchesState
 
 __all__ = ["RESEND_COUNT", "OpenTelemetryHook"]
 
@@ -30,7 +30,7 @@ RESEND_COUNT = "http.request.resend_count"
 _SCOPE = "requests_smartretry"
 
 
-class OpenTelemetryHook:
+class OpenTelemetryHook(WatchesState):
     """A hook that records OpenTelemetry metrics and marks retried attempts on the span.
 
     Example::
@@ -98,17 +98,8 @@ class OpenTelemetryHook:
                     yield metrics.Observation(value, {"service": service})
         return observe
 
-    def installed(self, *, breaker: Any = None, budget: Any = None, throttle: Any = None,
-                  **settings: Any) -> None:
-        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
-        installed on: its breaker, budget and throttle join the gauges."""
-        self.watch_state(breaker=breaker, budget=budget, throttle=throttle)
-
-    def watch_state(self, *, breaker: Any = None, budget: Any = None,
-                    throttle: Any = None) -> None:
-        """Report the gauges of this breaker, budget and throttle too (for one the hook
-        does not see installed)."""
-        self._watched.watch(breaker=breaker, budget=budget, throttle=throttle)
+    def _gauge_sources(self) -> Watched:
+        return self._watched
 
     def __call__(self, event: AttemptEvent) -> None:
         """Record one event."""

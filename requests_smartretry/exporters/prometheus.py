@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ..events import AttemptEvent, EventKind
-from ._gauges import BREAKER_STATES, GAUGES, Watched
+from ._gauges import BREAKER_STATES, GAUGES, Watched, WatchesState
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusHook"]
 
@@ -110,7 +110,7 @@ def _metrics_for(registry: CollectorRegistry, namespace: str,
         return metrics
 
 
-class PrometheusHook:
+class PrometheusHook(WatchesState):
     """A hook that counts calls, attempts, retries, give-ups and rejections for Prometheus.
 
     Example::
@@ -159,17 +159,8 @@ class PrometheusHook:
     def __repr__(self) -> str:
         return f"PrometheusHook(namespace={self.namespace!r})"
 
-    def installed(self, *, breaker: Any = None, budget: Any = None, throttle: Any = None,
-                  **settings: Any) -> None:
-        """Told by a session (adapter, httpx client, ``execute_with_retry``) the hook is
-        installed on: its breaker, budget and throttle join the gauges."""
-        self.watch_state(breaker=breaker, budget=budget, throttle=throttle)
-
-    def watch_state(self, *, breaker: Any = None, budget: Any = None,
-                    throttle: Any = None) -> None:
-        """Report the gauges of this breaker, budget and throttle too (for one the hook
-        does not see installed)."""
-        self._metrics.watched.watch(breaker=breaker, budget=budget, throttle=throttle)
+    def _gauge_sources(self) -> Watched:
+        return self._metrics.watched
 
     def __call__(self, event: AttemptEvent) -> None:
         """Count one event."""
