@@ -146,6 +146,12 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
     keep, drop = [], []
     for item in items:
         (drop if item.nodeid in OFF_LOOPBACK else keep).append(item)
+        if _MODE == "defaults" and item.nodeid in DOCUMENTED:
+            # Expected to differ (README documents why): reported as xfailed, not as a
+            # failure; compare() still checks each such difference against the docs.
+            import pytest
+
+            item.add_marker(pytest.mark.xfail(reason=DOCUMENTED[item.nodeid]))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
