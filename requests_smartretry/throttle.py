@@ -396,6 +396,16 @@ class Throttle:
                 local.in_flight += 1
         return local
 
+    def leave_success(self, local: _Local) -> None:
+        """End a successful turn taken by :meth:`enter` (the common case of :meth:`leave`):
+        its slot goes back; an adaptive throttle counts the success."""
+        settings = self.settings
+        with local.lock:
+            if settings.max_in_flight is not None:
+                local.in_flight -= 1
+            if settings.adaptive:
+                local.count_success(self.clock())
+
     def leave(self, local: _Local, now: float, started: float, *, success: bool = False,
               throttling: bool = False, retry_after: Optional[float] = None) -> None:
         """End a turn taken by :meth:`enter` (``started``: when it went): its slot goes
