@@ -16,6 +16,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Optional, TypeVar, Union
 
+from .. import forksafe
 from ..deadline import current_scope
 from ..state import (
     CLOSED,
@@ -168,9 +169,9 @@ class RedisStateStore(SharedPaces):
 
     def _setup(self) -> None:
         self._local = MemoryStateStore()
-        self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
-        self._connect_lock = threading.Lock()
+        self._lock = forksafe.lock()
+        self._probe_lock = forksafe.lock()
+        self._connect_lock = forksafe.lock()
         self._client: Any = None
         self._script: Any = None
         self._throttle_script: Any = None
