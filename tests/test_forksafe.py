@@ -5,9 +5,6 @@ starts over, released, in the child."""
 from __future__ import annotations
 
 import os
-import threading
-import time
-from typing import Any
 
 import pytest
 
@@ -24,49 +21,9 @@ from requests_smartretry import (
 )
 from requests_smartretry.faultserver import FaultServer
 
+from .conftest import fork_while_held
+
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-
-
-def _wait_for_child(pid: int, what: str) -> int:
-    limit = time.monotonic() + 30.0  # generous: a loaded machine; a deadlock never ends
-    while True:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > limit:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the forked child deadlocked: {what}")
-        time.sleep(0.02)
-
-
-def _fork_while_held(locks: list[Any], child: Any) -> int:
-    """Fork while another thread holds every lock of ``locks``; the child's exit code."""
-    holding, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        for lock in locks:
-            lock.acquire()
-        holding.set()
-        done.wait(30.0)
-        for lock in reversed(locks):
-            lock.release()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert holding.wait(10.0)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 3
-            try:
-                code = child()
-            finally:
-                os._exit(code)
-    finally:
-        done.set()
-        thread.join()
-    return _wait_for_child(pid, "a lock held at the fork stayed held")
 
 
 def test_calls_work_in_a_child_forked_while_threads_held_every_lock(
@@ -98,7 +55,7 @@ def test_calls_work_in_a_child_forked_while_threads_held_every_lock(
         counted = stats.snapshot()[service]
         return 0 if ok and retried and counted else 4
 
-    assert _fork_while_held(held, child) == 0
+    assert fork_while_held(held, child) == 0
 
 
 def test_a_lock_made_by_forksafe_is_a_plain_lock_in_the_parent() -> None:
@@ -112,4 +69,4 @@ def test_a_lock_made_by_forksafe_is_a_plain_lock_in_the_parent() -> None:
         return 0 if lock.acquire(timeout=5.0) else 5
 
     lock.release()
-    assert _fork_while_held([lock], child) == 0
+    assert fork_while_held([lock], child) == 0
