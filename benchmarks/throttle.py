@@ -240,7 +240,7 @@ def _ms(value: Optional[float]) -> str:
     return "—" if value is None else f"{value * 1000:.0f}"
 
 
-def report(rows: list[dict[str, Any]], cost: dict[str, list[float]],
+def report(rows: list[dict[str, Any]], cost: Optional[dict[str, list[float]]],
            trips: Optional[dict[str, dict[float, float]]], seconds: float) -> str:
     out = [f"## 7. Throttling: a fleet against a vendor at {VENDOR_RATE} requests/s "
            f"({PROCESSES} processes × {THREADS} threads, {seconds:g} s per variant)\n",
@@ -258,16 +258,8 @@ def report(rows: list[dict[str, Any]], cost: dict[str, list[float]],
                    f"{row['steady_throttled_share']:.1%} | {row['goodput']:.2f} | "
                    f"{row['steady_goodput']:.2f} | {_ms(row['p50'])} | {_ms(row['p99'])} | "
                    f"{row['vendor_max_in_window']} |")
-    base = statistics.median(cost["no throttle"])
-    out += ["", "### 7b. Success-path cost of a local throttle (CPU µs per `adapter.send`, "
-            "canned transport, interleaved rounds)\n",
-            "| variant | median µs | added µs (median of per-round differences) |",
-            "| --- | ---: | ---: |"]
-    for name, values in cost.items():
-        added = statistics.median(v - b for v, b in zip(values, cost["no throttle"]))
-        out.append(f"| {name} | {statistics.median(values):.2f} | "
-                   f"{'—' if name == 'no throttle' else f'{added:+.2f}'} |")
-    out.append(f"\n(no throttle: {base:.2f} µs per request in the same run)")
+    if cost is not None:
+        out += _cost_report(cost)
     if trips is not None:
         out += ["", "### 7c. Redis round trips per request, shared throttle, one process\n",
                 "| throttle | 1 req/s | 10 req/s | 100 req/s |", "| --- | ---: | ---: | ---: |"]
@@ -275,6 +267,20 @@ def report(rows: list[dict[str, Any]], cost: dict[str, list[float]],
             out.append(f"| {label} | " + " | ".join(f"{values[r]:.2f}" for r in (1.0, 10.0, 100.0))
                        + " |")
     return "\n".join(out) + "\n"
+
+
+def _cost_report(cost: dict[str, list[float]]) -> list[str]:
+    base = statistics.median(cost["no throttle"])
+    out = ["", "### 7b. Success-path cost of a local throttle (CPU µs per `adapter.send`, "
+           "canned transport, interleaved rounds)\n",
+           "| variant | median µs | added µs (median of per-round differences) |",
+           "| --- | ---: | ---: |"]
+    for name, values in cost.items():
+        added = statistics.median(v - b for v, b in zip(values, cost["no throttle"]))
+        out.append(f"| {name} | {statistics.median(values):.2f} | "
+                   f"{'—' if name == 'no throttle' else f'{added:+.2f}'} |")
+    out.append(f"\n(no throttle: {base:.2f} µs per request in the same run)")
+    return out
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -304,18 +310,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--variants", default=";".join(VARIANTS),
                         help="variant names separated by ';'")
+    parser.add_argument("--sections", default="fleet,cost,trips",
+                        help="which sections to run, separated by ',' (fleet, cost, trips; "
+                             "default: all three)")
     parser.add_argument("--plot", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    unknown = sections - {"fleet", "cost", "trips"}
+    if unknown:
+        parser.error(f"--sections: unknown section(s) {', '.join(sorted(unknown))}")
     from tests.redis_server import RedisServer
 
     rows = []
+    trips = None
     with RedisServer() as redis_server:
-        for variant in args.variants.split(";"):
-            rows.append(fleet_variant(variant, args.seconds, redis_server.url))
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        trips = round_trips(redis_server.url, seconds=10.0)
-    cost = success_cost(rounds=60, per_round=2000)
+        if "fleet" in sections:
+            for variant in args.variants.split(";"):
+                rows.append(fleet_variant(variant, args.seconds, redis_server.url))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if "trips" in sections:
+            trips = round_trips(redis_server.url, seconds=10.0)
+    cost = success_cost(rounds=60, per_round=2000) if "cost" in sections else None
     print(report(rows, cost, trips, args.seconds))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "cost_us": cost,

@@ -615,12 +615,14 @@ class _Call(Generic[T]):
         self.elapsed = self.clock() - self.attempt_started
         if self.cut is not None:
             self.uncut()
-        if self.turn is not None:
+        turn = self.turn
+        if turn is not None:
             if outcome.hold is not None and \
                     outcome.classification.verdict is _SUCCESS_VERDICT:
                 outcome.hold(self.held_turn(outcome))  # a streamed body keeps its slot
-            else:
-                self.end_turn(outcome)
+            else:  # end_turn, inlined (the success path)
+                self.turn = None
+                _finish_turn(self.throttle, turn, self.turn_at, outcome)  # type: ignore[arg-type]
         if outcome.classification.verdict is _SUCCESS_VERDICT:
             return self.succeeded(outcome, number, ticket)
         self.failed(outcome, number, ticket)
@@ -985,7 +987,7 @@ def _finish_turn(throttle: Throttle, turn: Any, turn_at: float,
         verdict = outcome.classification
         if verdict.verdict is _SUCCESS_VERDICT:
             if throttle.settings.leaves:
-                throttle.leave(turn, throttle.clock(), turn_at, success=True)
+                throttle.leave_success(turn)
         else:
             throttle.leave(turn, throttle.clock(), turn_at,
                            retry_after=verdict.retry_after,

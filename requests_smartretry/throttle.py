@@ -56,7 +56,10 @@ when the lease ends) and the learned rate live in Redis, so every process of the
 keeps to one rate.  A process leases tokens in batches when its own demand is high enough
 (at most a tenth of a second of the service's rate), so the success path costs a round
 trip per batch, not per request.  While Redis is slow or down, each process paces locally
-at its share (rate ÷ processes last seen), with one WARNING.
+at its share (rate ÷ processes last seen), with one WARNING.  Neither side of that switch
+sends the fleet's burst again: the local pacing starts with one token, not a full bucket
+(the burst went through Redis already), and the first reservation in Redis after it
+finds the shared bucket spent (it refilled while the fleet paced locally).
 
 Thread-safe: the local state of each service is guarded by one short lock, never held
 around a wait or a network call.
@@ -392,6 +395,16 @@ class Throttle:
             if limit is not None:
                 local.in_flight += 1
         return local
+
+    def leave_success(self, local: _Local) -> None:
+        """End a successful turn taken by :meth:`enter` (the common case of :meth:`leave`):
+        its slot goes back; an adaptive throttle counts the success."""
+        settings = self.settings
+        with local.lock:
+            if settings.max_in_flight is not None:
+                local.in_flight -= 1
+            if settings.adaptive:
+                local.count_success(self.clock())
 
     def leave(self, local: _Local, now: float, started: float, *, success: bool = False,
               throttling: bool = False, retry_after: Optional[float] = None) -> None:

@@ -589,19 +589,25 @@ def healing_call(redis_url: str, prefix: str, url: str, parties: int) -> str:
 
 
 def paced_calls(redis_url: str, url: str, seconds: float, threads: int,
-                rate: float, max_in_flight: Optional[int] = None) -> dict[str, Any]:
-    """Call ``url`` from ``threads`` threads for ``seconds`` under ``Throttle(rate=...)``
-    shared through Redis; return the answers seen (status code -> count) and whether
-    Redis was reachable all along."""
+                rate: float, max_in_flight: Optional[int] = None, burst: int = 1,
+                time_budget: float = SHARING_BUDGET,
+                start_at: Optional[float] = None) -> dict[str, Any]:
+    """Call ``url`` from ``threads`` threads for ``seconds`` (from the wall-clock moment
+    ``start_at``, or now) under ``Throttle(rate=..., burst=...)`` shared through Redis;
+    return the answers seen (status code -> count) and whether Redis was reachable all
+    along."""
     import threading
 
     from requests_smartretry import Throttle, ThrottledError, smart_session
 
-    throttle = Throttle(rate=rate, burst=1, max_in_flight=max_in_flight)
+    throttle = Throttle(rate=rate, burst=burst, max_in_flight=max_in_flight)
     session = smart_session(max_retries=0, budget=None, throttle=throttle, log=False,
-                            state=_store(redis_url), timeout=10.0)
+                            state=shared_store(redis_url, time_budget=time_budget),
+                            timeout=10.0)
     answers: dict[str, int] = {}
     lock = threading.Lock()
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     until = time.monotonic() + seconds
 
     def work() -> None:

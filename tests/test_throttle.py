@@ -604,3 +604,34 @@ def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
     throttle.clock.advance(60.0)  # type: ignore[attr-defined]
     waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
     assert waits == [None, pytest.approx(0.2)]
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
+    """2 real processes share Throttle(rate=10, burst=10) through a real Redis that is
+    paused (``CLIENT PAUSE``) mid-run: the vendor still sees at most burst + rate in any
+    1 s window (+ the one token each process starts its local pacing with, + 1 for
+    jitter).  A local bucket that started full sent the fleet's burst again, once per
+    process (29 in a second), and the shared bucket, refilled while the fleet paced
+    locally, sent it again when Redis came back (24)."""
+    import redis as redis_py
+
+    from tests.redis_server import RedisServer, in_processes, paced_calls
+
+    with RedisServer() as server, RateLimitedVendor(latency=0.01) as vendor:
+        start_at = time.time() + 3.0  # both processes running before the first call
+        pauser = threading.Timer(start_at + 1.2 - time.time(), lambda: redis_py.Redis(
+            port=server.port).execute_command("CLIENT", "PAUSE", "1500", "ALL"))
+        pauser.start()
+        try:
+            results = in_processes(paced_calls, [
+                (server.url, vendor.url(), 3.5, 6, 10.0, None, 10, 0.3, start_at)] * 2,
+                timeout=60)
+        finally:
+            pauser.cancel()
+        most = vendor.max_in_window()
+        executed = len(vendor.executed)
+    assert all(set(result["answers"]) == {"200"} for result in results), results
+    assert executed >= 30  # paced all along, at its share while Redis was paused
+    assert most <= 10 + 10 + 2 + 1, most

@@ -220,7 +220,8 @@ return reply
 # 'rate'), now ('' = server clock), rate ('' = none), burst, adaptive (0/1), count (turns
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
 # none), throttling (0/1), started, successes (to add), retry_after ('' = none), beta,
-# recovery, min_rate, key ttl (ms), holdoff, learn.
+# recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
+# the caller paced locally: the bucket starts spent).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 THROTTLE_LUA = _PRELUDE + """
@@ -283,8 +284,11 @@ local processes = redis.call('ZCARD', okey)
 local wait, granted, interval, slot = 0, 0, 0, 1
 local rate = rate_at()
 if rate ~= math.huge then interval = 1 / rate end
+local resume = ARGV[22] == '1'
 local function reserve()
   local start = math.max(tat or now, now)
+  -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
+  if resume then start = math.max(start, now + (burst - 1) * interval) end
   wait = math.max(0, start - (burst - 1) * interval - now)
   if wait <= 0 or wait <= max_wait then
     granted = count

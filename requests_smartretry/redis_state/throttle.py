@@ -27,8 +27,8 @@ class Pace:
     """This process's side of one service's shared throttle: the turns it leased and not
     used yet, and what Redis said at the last round trip."""
 
-    __slots__ = ("demand", "interval", "lock", "processes", "rate", "successes", "synced",
-                 "tokens")
+    __slots__ = ("demand", "interval", "lock", "paced_locally", "processes", "rate",
+                 "successes", "synced", "tokens")
 
     def __init__(self) -> None:
         self.lock = forksafe.lock()
@@ -38,6 +38,9 @@ class Pace:
         self.processes = 1  # processes seen on the service at the last round trip
         self.synced = -math.inf  # (monotonic) the last round trip
         self.successes = 0  # successes not reported to Redis yet
+        #: Redis could not serve a call since the last reservation it made: the process
+        #: paced locally meanwhile (see ``_throttle_trip``).
+        self.paced_locally = False
         # Turns asked per slice of 0.1 s over the last second: [slice, count] x 10.
         self.demand: list[list[float]] = [[-1.0, 0.0] for _ in range(10)]
 
@@ -104,6 +107,10 @@ class SharedPaces:
         pace = self._pace(service)
         with pace.lock:
             successes, pace.successes = pace.successes, 0
+            # The first reservation after a spell of local pacing finds the shared bucket
+            # spent (the fleet paced locally meanwhile; a bucket refilled while Redis was
+            # out would send a burst on top of the local turns of the last second).
+            resume = count > 0 and pace.paced_locally
         shift = self._offset if self.server_time else 0.0  # the caller's clock -> shared
         args = [op, "" if self.server_time else repr(float(now)),
                 "" if settings.rate is None else repr(settings.rate), settings.burst,
@@ -114,7 +121,7 @@ class SharedPaces:
                 "1" if throttling else "0", repr(float(started + shift)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN)]
+                repr(LEARN), "1" if resume else "0"]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -122,7 +129,11 @@ class SharedPaces:
         if reply is None:
             with pace.lock:
                 pace.successes += successes  # sent with the next call
+                pace.paced_locally = True
         else:
+            if resume:
+                with pace.lock:
+                    pace.paced_locally = False
             pace.synced = _monotonic()
             pace.processes = max(1, int(reply[4]))
             pace.rate = reply[5]
