@@ -445,9 +445,9 @@ class Stats:
             except IndexError:
                 return
             if record.__class__ is not tuple:  # a START: the operation's name
-                counters = operations.get(record)
+                counters = operations.get(record)  # type: ignore[arg-type]  # a str
                 if counters is None:
-                    counters = self._new_operation(record)
+                    counters = self._new_operation(record)  # type: ignore[arg-type]
                 counters.attempts += 1
                 counters.calls += 1
                 continue
