@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional
 
+from . import forksafe
 from .events import AttemptEvent, EventKind
 
 __all__ = ["RetryRateAlert", "RetryRateExceeded", "log_alert"]
@@ -174,7 +174,7 @@ class RetryRateAlert:
             raise ValueError(f"max_keys must be an int >= 1, got {max_keys!r}")
         self.max_keys = max_keys
         self._slot_width = self.window / self.SLOTS
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._windows: dict[str, _Window] = {}
 
     def __repr__(self) -> str:
@@ -247,7 +247,7 @@ class RetryRateAlert:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
 
 
 def _number(name: str, value: Any) -> float:

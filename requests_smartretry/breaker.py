@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
+from . import forksafe
 from .errors import CircuitOpenError
 from .events import AttemptEvent, EventKind
 from .state import (
@@ -133,7 +133,7 @@ class CircuitBreaker(StoreUser):
             self.on_state_change(listener)
 
     def _init_listening(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         # The state each service was last seen in by this process (for the listeners).
         self._known: dict[str, str] = {}
         # Transitions seen and not yet told, in the order seen; one thread at a time tells

@@ -80,10 +80,10 @@ from __future__ import annotations
 import collections
 import math
 import numbers
-import threading
 import time
 from typing import Any, Callable, Optional
 
+from . import forksafe
 from . import testing as _testing
 from .events import AttemptEvent, EventKind
 from .state import BudgetSettings, StateStore, StoreUser
@@ -166,7 +166,7 @@ class RetryBudget(StoreUser):
                                        min_per_second=float(min_per_second))
         self._init_store(store)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         # Deposits not yet written to the store, per service: sent with the next spend, or
         # once they make a whole token, so that a healthy request costs a shared store
         # a round trip only every 1/ratio calls.  A call's deposit is one append to its
@@ -191,7 +191,7 @@ class RetryBudget(StoreUser):
         self.__dict__.update(state)
         self._pending = {service: collections.deque([amount])
                          for service, amount in state.get("_pending", {}).items()}
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         _testing.track(self)
 
     def _reset_state(self) -> None:

@@ -34,6 +34,7 @@ import urllib3.connectionpool
 import urllib3.exceptions
 import urllib3.response
 
+from . import forksafe
 from .classify import NothingSent, mark_connect_phase
 
 __all__ = [
@@ -71,7 +72,7 @@ MIN_ATTEMPT = 0.001
 
 # One lock for every ledger: a count moves along a chain of nested attempts at once, and
 # ledgers exist only inside the callable API's attempts (never on a plain request).
-_LEDGER_LOCK = threading.Lock()
+_LEDGER_LOCK = forksafe.lock()
 
 
 class AttemptLedger:
@@ -610,10 +611,7 @@ _watchdog = _Watchdog()
 def _after_fork_in_child() -> None:
     # The parent's watchdog thread does not exist here, and its lock may have been held
     # at the fork: start over in place (watches in flight keep pointing at this object).
-    # So may the ledgers' lock (another thread was counting a request): a new one (the
-    # ledgers read the module global at each use).
-    global _LEDGER_LOCK
-    _LEDGER_LOCK = threading.Lock()
+    # (The ledgers' lock is a forksafe lock: released in the child by forksafe.)
     _watchdog._reset()
 
 

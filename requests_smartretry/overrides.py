@@ -26,12 +26,12 @@ for (policy, overrides) is cached, so a block entered again and again (a loop ar
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional
 
+from . import forksafe
 from .policy import RetryPolicy
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ _CURRENT: contextvars.ContextVar[Optional[Overrides]] = contextvars.ContextVar(
 current_overrides = _CURRENT.get
 
 _interned: dict[Any, Overrides] = {}
-_interned_lock = threading.Lock()
+_interned_lock = forksafe.lock()
 
 
 def effective_policy(policy: RetryPolicy) -> RetryPolicy:

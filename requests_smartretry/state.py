@@ -19,11 +19,11 @@ or waits for the caller's network call.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
+from . import forksafe
 from .testing import track
 
 __all__ = [
@@ -326,7 +326,7 @@ class MemoryStateStore:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._breakers: dict[str, Record] = {}
         self._budgets: dict[str, Record] = {}
         self._init_expiry()
@@ -359,7 +359,7 @@ class MemoryStateStore:
                     "budgets": {k: dict(v) for k, v in self._budgets.items()}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._breakers = state["breakers"]
         self._budgets = state["budgets"]
         self._init_expiry()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import bisect
 import collections
 import math
-import threading
 import warnings
 from typing import Any, Optional, Union
 
+from . import forksafe
 from .events import AttemptEvent, EventKind
 from .testing import track
 
@@ -360,7 +360,7 @@ class Stats:
         if max_operations < 1:
             raise ValueError(f"max_operations must be >= 1, got {max_operations!r}")
         self.max_operations = max_operations
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._operations: dict[str, _Counters] = {}
         # The operation (a str) for a quiet START, (operation, elapsed) for a quiet
         # SUCCESS: appended without the lock, applied under it (_apply_records).
@@ -527,7 +527,7 @@ class Stats:
         for stale in ("_clock", "_started", "max_in_flight"):
             state.pop(stale, None)
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._records = collections.deque()
         track(self)
 

@@ -19,15 +19,16 @@ to get both for one test.
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import weakref
 from collections.abc import Iterator
 from typing import Callable, Optional, Protocol
 
+from . import forksafe
+
 __all__ = ["fast_retries", "is_testing", "reset_state", "set_testing", "sleeper", "track"]
 
-_lock = threading.Lock()
+_lock = forksafe.lock()
 _testing = False
 _attempts: Optional[int] = None
 
@@ -81,7 +82,7 @@ class Resettable(Protocol):
 
 # Every breaker, budget and Stats built in this process, weakly (tracking keeps none alive).
 _tracked: weakref.WeakSet[Resettable] = weakref.WeakSet()
-_tracked_lock = threading.Lock()
+_tracked_lock = forksafe.lock()
 
 
 def track(obj: Resettable) -> None:

@@ -66,10 +66,10 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import time
 from typing import Any, Callable, Optional
 
+from . import forksafe
 from .classify import Verdict
 from .errors import ThrottledError
 from .testing import track
@@ -220,7 +220,7 @@ class _Local:
     __slots__ = ("in_flight", "lock", "record", "slices", "slot_waiters")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = forksafe.lock()
         self.record: Record = {}
         self.in_flight = 0
         self.slot_waiters = 0
@@ -308,7 +308,7 @@ class Throttle:
 
     def _init_local(self) -> None:
         self._services: dict[str, _Local] = {}
-        self._services_lock = threading.Lock()
+        self._services_lock = forksafe.lock()
         track(self)
 
     def __repr__(self) -> str:

@@ -19,13 +19,13 @@ attempt the Retry would not have made.
 from __future__ import annotations
 
 import copy
-import threading
 from typing import Any, Optional
 
 import requests
 import urllib3.exceptions as u3
 from urllib3.util.retry import Retry
 
+from . import forksafe
 from .classify import Classification
 from .deadline import active_watch
 from .events import Verdict
@@ -78,7 +78,7 @@ def _decided(self: Retry, response: Any = None) -> None:
 
 
 _classes: dict[type, type] = {}
-_classes_lock = threading.Lock()
+_classes_lock = forksafe.lock()
 
 
 def _stepping_class(cls: type) -> type:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -164,3 +166,46 @@ def watch(seconds: float) -> Iterator[Watch]:
         yield armed
     finally:
         armed.finish()
+
+
+def wait_for_child(pid: int, what: str) -> int:
+    """The exit code of the forked child ``pid``; fails the test if it hangs."""
+    limit = time.monotonic() + 30.0  # generous: a loaded machine; a deadlock never ends
+    while True:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > limit:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child deadlocked: {what}")
+        time.sleep(0.02)
+
+
+def fork_while_held(locks: list[threading.Lock], child: Callable[[], int]) -> int:
+    """Fork while another thread holds every lock of ``locks``; the child's exit code."""
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        done.wait(30.0)
+        for lock in reversed(locks):
+            lock.release()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10.0)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 3
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+    finally:
+        done.set()
+        thread.join()
+    return wait_for_child(pid, "a lock held at the fork stayed held")

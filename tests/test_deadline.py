@@ -13,7 +13,7 @@ import pytest
 from requests_smartretry import deadline
 from requests_smartretry.deadline import current_scope, remaining, retry_scope
 
-from .conftest import watch
+from .conftest import fork_while_held, watch
 
 
 class FakeConn:
@@ -326,36 +326,9 @@ def test_attempt_ledgers_work_in_a_child_forked_while_another_thread_counts() ->
     """A child forked while another thread of the parent holds the ledgers' lock (it was
     counting a request inside a callable's attempt) can still count and seal its own
     ledgers: the lock starts over in the child instead of staying held forever."""
-    holding, done = threading.Event(), threading.Event()
+    def child() -> int:
+        ledger = deadline.AttemptLedger(deadline.AttemptLedger())
+        return 0 if ledger.start_unsafe() and ledger.seal() == 1 else 2
 
-    def counting() -> None:
-        with deadline._LEDGER_LOCK:  # as AttemptLedger.start_unsafe holds it
-            holding.set()
-            done.wait(10.0)
-
-    thread = threading.Thread(target=counting)
-    thread.start()
-    try:
-        assert holding.wait(10.0)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 1
-            try:
-                ledger = deadline.AttemptLedger(deadline.AttemptLedger())
-                code = 0 if ledger.start_unsafe() and ledger.seal() == 1 else 2
-            finally:
-                os._exit(code)
-    finally:
-        done.set()
-        thread.join()
-    limit = time.monotonic() + 20.0  # generous: a loaded machine; a deadlock never ends
-    while True:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            break
-        if time.monotonic() > limit:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child deadlocked on the ledgers' lock")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+    # held as AttemptLedger.start_unsafe holds it
+    assert fork_while_held([deadline._LEDGER_LOCK], child) == 0

@@ -1134,6 +1134,52 @@ def test_a_forced_state_holds_while_redis_is_out() -> None:
         here.store.close()
 
 
+def test_a_command_given_while_redis_is_out_is_written_there_once_it_is_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator forces a breaker open while this process cannot reach Redis: it holds
+    here at once (with a WARNING), and once Redis answers again it is written there, so
+    every process follows it.  (It stayed in the one process: another process saw the
+    breaker closed for as long as it looked.)  A later command that reaches Redis is not
+    overwritten by an older one still unsent."""
+    with RedisServer() as server:
+        here = CircuitBreaker(recovery_timeout=60.0,
+                              store=RedisStateStore(server.url, retry_interval=0.2))
+        assert here.state(SVC) == "closed"
+        server.kill()
+        with caplog.at_level(logging.INFO, logger="requests_smartretry"):
+            here.force_open(SVC)
+            assert here.state(SVC) == "forced_open"
+            assert "in this process only until Redis is back" in caplog.text
+            server.start()  # an empty Redis
+            other = CircuitBreaker(recovery_timeout=60.0, store=RedisStateStore(server.url))
+            assert other.state(SVC) == "closed"
+            deadline = time.monotonic() + 10.0
+            while other.state(SVC) != "forced_open" and time.monotonic() < deadline:
+                with contextlib.suppress(CircuitOpenError):  # here's traffic finds Redis
+                    here.before_attempt(SVC)
+                time.sleep(0.05)
+            assert other.state(SVC) == "forced_open"
+            assert f"breaker of {SVC} set to forced_open while Redis was unreachable, now " \
+                   "written there" in caplog.text
+        assert client(server.url).hget(here.store.key("breaker", SVC), "st") == "3"
+        # Given again while out, then superseded by a command that reached Redis.
+        server.kill()
+        here.status(SVC)
+        here.force_close(SVC)
+        server.start()
+        other.reset(SVC)
+        here.reset(SVC)  # reaches Redis: the unsent force_close is dropped
+        for _ in range(5):
+            with contextlib.suppress(CircuitOpenError):
+                here.before_attempt(SVC)
+            time.sleep(0.05)
+        assert other.state(SVC) == "closed"
+        assert client(server.url).hget(here.store.key("breaker", SVC), "st") == "0"
+        here.store.close()
+        other.store.close()
+
+
 def wait_until_refused(breaker: CircuitBreaker) -> None:
     """Attempts on SVC until one is refused (raises CircuitOpenError), for up to 5 s."""
     deadline = time.monotonic() + 5.0

@@ -16,12 +16,12 @@ worst: the most open state, the fewest tokens, the lowest rate.  A new gauge is 
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .. import forksafe
 from ..state import STATE_NAMES
 
 __all__ = ["BREAKER_STATES", "GAUGES", "Gauge", "Watched", "WatchesState"]
@@ -82,7 +82,7 @@ class Watched:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = forksafe.lock()
         self._gates: dict[str, weakref.WeakSet[Any]] = {g.gate: weakref.WeakSet()
                                                          for g in GAUGES}
         self._strong: dict[str, list[Any]] = {g.gate: [] for g in GAUGES}

@@ -7,7 +7,6 @@ Needs the ``prometheus`` extra (``pip install requests-smartretry[prometheus]``)
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -22,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'requests-smartretry[prometheus]'"
     ) from exc
 
+from .. import forksafe
 from ..events import AttemptEvent, EventKind
 from ._gauges import BREAKER_STATES, GAUGES, Watched, WatchesState
 
@@ -92,7 +92,7 @@ def _labels(name: str) -> list[str]:
 # registry is an error, and every adapter of a process should feed the same series.
 _families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Metrics]] = (
     weakref.WeakKeyDictionary())
-_families_lock = threading.Lock()
+_families_lock = forksafe.lock()
 
 
 def _metrics_for(registry: CollectorRegistry, namespace: str,

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .. import forksafe
 from ..adapter import SmartRetryAdapter
 from ..classify import Classification
 from ..errors import ResponseSignatureError, attach_history
@@ -699,8 +700,8 @@ class _SdkPlatformKeys(PlatformVerifier):
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.public_key_id = getattr(core, "_public_key_id", None) \
             if public_key is not None else None
-        self._lock = threading.Lock()  # guards the snapshot
-        self._download_lock = threading.Lock()
+        self._lock = forksafe.lock()  # guards the snapshot
+        self._download_lock = forksafe.lock()
         self._seen: Optional[tuple[Any, ...]] = None
         self._snapshot: Optional[PlatformVerifier] = None
 

@@ -16,6 +16,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Optional, TypeVar, Union
 
+from .. import forksafe
 from ..deadline import current_scope
 from ..state import (
     CLOSED,
@@ -168,9 +169,15 @@ class RedisStateStore(SharedPaces):
 
     def _setup(self) -> None:
         self._local = MemoryStateStore()
-        self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
-        self._connect_lock = threading.Lock()
+        self._lock = forksafe.lock()
+        self._probe_lock = forksafe.lock()
+        self._connect_lock = forksafe.lock()
+        # Operator commands (breaker_set) one at a time, and those given while Redis was
+        # unreachable, written there once it is back: key -> (settings, state, the
+        # command's clock reading, its monotonic time).
+        self._set_lock = forksafe.lock()
+        self._unsent: dict[str, tuple[BreakerSettings, int, float, float]] = {}
+        self._writing_back = False
         self._client: Any = None
         self._script: Any = None
         self._throttle_script: Any = None
@@ -610,6 +617,8 @@ class RedisStateStore(SharedPaces):
                 self._came_back()
             elif self._episode:
                 self._settled()
+            if self._unsent and not self._writing_back:
+                self._start_write_back()
             if episode is not None:
                 with self._lock:
                     self._bad.pop(service, None)
@@ -770,17 +779,62 @@ class RedisStateStore(SharedPaces):
         unreachable, in this process's local state only, with a WARNING); returns the state
         name before.  No request waits for it, so it may take up to the socket timeout
         (a first connection included) rather than a request's time budget."""
-        reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
-                                 view=self._view(key) if not self._down else None, ticket=state,
-                                 time_budget=max(self.time_budget, self.socket_timeout))
+        with self._set_lock:
+            reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
+                                     view=self._view(key) if not self._down else None,
+                                     ticket=state,
+                                     time_budget=max(self.time_budget, self.socket_timeout))
+            with self._lock:
+                if reply is None:
+                    self._unsent[key] = (settings, state, now, _monotonic())
+                else:  # a command that reached Redis supersedes one still unsent
+                    self._unsent.pop(key, None)
         if reply is None:
             _log.warning(
                 "requests_smartretry: Redis state store %s unreachable: breaker of %s set "
-                "to %s in this process only (the other processes do not follow)",
-                self.where, key, STATE_NAMES[state],
+                "to %s in this process only until Redis is back (then written there, for "
+                "every process)", self.where, key, STATE_NAMES[state],
                 extra={"redis_state": self.where, "service": key})
             return self._local.breaker_set(key, settings, now, state)
         return STATE_NAMES[int(reply[11] or 0)]
+
+    def _start_write_back(self) -> None:
+        with self._lock:
+            if self._writing_back or not self._unsent:
+                return
+            self._writing_back = True
+        threading.Thread(target=self._write_back, daemon=True,
+                         name="requests-smartretry-redis-write-back").start()
+
+    def _write_back(self) -> None:
+        """Redis answers again: write the operator commands given while it could not be
+        reached (the last one per service), so that the whole fleet follows them.  A
+        command given since, which reached Redis, superseded them.  Stops at the first
+        that does not get through; the next successful round trip starts it again."""
+        try:
+            while True:
+                with self._set_lock:
+                    with self._lock:
+                        if not self._unsent:
+                            return
+                        key, unsent = next(iter(self._unsent.items()))
+                    settings, state, then, mono = unsent
+                    reply = self._round_trip(
+                        key, "set", then + (_monotonic() - mono), breaker=settings,
+                        budget=None, view=None, ticket=state,
+                        time_budget=max(self.time_budget, self.socket_timeout))
+                    if reply is None:
+                        return
+                    with self._lock:
+                        if self._unsent.get(key) is unsent:
+                            del self._unsent[key]
+                _log.info("requests_smartretry: Redis state store %s: breaker of %s set to "
+                          "%s while Redis was unreachable, now written there",
+                          self.where, key, STATE_NAMES[state],
+                          extra={"redis_state": self.where, "service": key})
+        finally:
+            with self._lock:
+                self._writing_back = False
 
     def budget_change(
         self, key: str, settings: BudgetSettings, now: float, deposit: float, spend: float

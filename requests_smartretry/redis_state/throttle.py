@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
+from .. import forksafe
 from ..errors import ThrottledError
 from .scripts import pace_numbers
 
@@ -30,7 +31,7 @@ class Pace:
                  "tokens")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = forksafe.lock()
         self.tokens: list[float] = []  # (monotonic) when each leased turn may go, in order
         self.interval = 0.0  # seconds between two turns at the shared rate
         self.rate = math.inf  # the shared rate at the last round trip
