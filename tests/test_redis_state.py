@@ -1180,6 +1180,33 @@ def test_a_command_given_while_redis_is_out_is_written_there_once_it_is_back(
         other.store.close()
 
 
+def test_a_command_whose_keys_are_unusable_does_not_hold_back_the_others_written_back(
+) -> None:
+    """Two commands given while Redis was out; once it is back, the first service's key
+    is unusable (a WRONGTYPE value left there): the second command is still written to
+    Redis (the write-back goes on past a key episode, and stops only when Redis is
+    down)."""
+    with RedisServer() as server:
+        here = CircuitBreaker(recovery_timeout=60.0,
+                              store=RedisStateStore(server.url, retry_interval=0.2))
+        assert here.state(SVC) == "closed"
+        server.kill()
+        here.force_open("bad-key-svc")  # given first: first in line for the write-back
+        here.force_open(SVC)
+        server.start()
+        client(server.url).set(here.store.key("breaker", "bad-key-svc"), "not a hash")
+        other = CircuitBreaker(recovery_timeout=60.0, store=RedisStateStore(server.url))
+        deadline = time.monotonic() + 10.0
+        while other.state(SVC) != "forced_open" and time.monotonic() < deadline:
+            with contextlib.suppress(CircuitOpenError):  # here's traffic finds Redis
+                here.before_attempt("traffic")
+            time.sleep(0.05)
+        assert other.state(SVC) == "forced_open"
+        assert client(server.url).hget(here.store.key("breaker", SVC), "st") == "3"
+        here.store.close()
+        other.store.close()
+
+
 def wait_until_refused(breaker: CircuitBreaker) -> None:
     """Attempts on SVC until one is refused (raises CircuitOpenError), for up to 5 s."""
     deadline = time.monotonic() + 5.0

@@ -178,6 +178,9 @@ class RedisStateStore(SharedPaces):
         self._set_lock = forksafe.lock()
         self._unsent: dict[str, tuple[BreakerSettings, int, float, float]] = {}
         self._writing_back = False
+        # (monotonic) no write-back before: commands left unsent only because their keys
+        # are in a bad episode wait for its end, not for the next round trip.
+        self._write_back_after = 0.0
         self._client: Any = None
         self._script: Any = None
         self._throttle_script: Any = None
@@ -617,7 +620,8 @@ class RedisStateStore(SharedPaces):
                 self._came_back()
             elif self._episode:
                 self._settled()
-            if self._unsent and not self._writing_back:
+            if self._unsent and not self._writing_back \
+                    and _monotonic() >= self._write_back_after:
                 self._start_write_back()
             if episode is not None:
                 with self._lock:
@@ -809,22 +813,34 @@ class RedisStateStore(SharedPaces):
     def _write_back(self) -> None:
         """Redis answers again: write the operator commands given while it could not be
         reached (the last one per service), so that the whole fleet follows them.  A
-        command given since, which reached Redis, superseded them.  Stops at the first
-        that does not get through; the next successful round trip starts it again."""
+        command given since, which reached Redis, superseded them.  Stops when Redis is
+        down again (the next successful round trip starts it again); a command whose keys
+        are unusable now (a key episode) stays unsent without holding back the others,
+        and is tried again once that episode may be over."""
+        retry_at = 0.0
         try:
-            while True:
+            with self._lock:
+                keys = list(self._unsent)
+            for key in keys:
                 with self._set_lock:
                     with self._lock:
-                        if not self._unsent:
-                            return
-                        key, unsent = next(iter(self._unsent.items()))
+                        unsent = self._unsent.get(key)
+                    if unsent is None:  # superseded by a command that reached Redis
+                        continue
                     settings, state, then, mono = unsent
                     reply = self._round_trip(
                         key, "set", then + (_monotonic() - mono), breaker=settings,
                         budget=None, view=None, ticket=state,
                         time_budget=max(self.time_budget, self.socket_timeout))
                     if reply is None:
-                        return
+                        if self._down:  # the next successful round trip starts over
+                            retry_at = 0.0
+                            return
+                        episode = self._bad.get(key)
+                        later = episode.until if episode is not None \
+                            else _monotonic() + self.retry_interval
+                        retry_at = later if retry_at == 0.0 else min(retry_at, later)
+                        continue
                     with self._lock:
                         if self._unsent.get(key) is unsent:
                             del self._unsent[key]
@@ -834,6 +850,7 @@ class RedisStateStore(SharedPaces):
                           extra={"redis_state": self.where, "service": key})
         finally:
             with self._lock:
+                self._write_back_after = retry_at
                 self._writing_back = False
 
     def budget_change(
