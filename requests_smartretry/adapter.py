@@ -491,6 +491,12 @@ class SmartRetryAdapter(HTTPAdapter):
                 and cls.operation_for is SmartRetryAdapter.operation_for
                 and cls.service_for is SmartRetryAdapter.service_for)
 
+    def _prepares(self, policy: RetryPolicy) -> bool:
+        """Whether ``policy``'s attempts are prepared (a ``prepare_attempt`` hook, or an
+        override of :meth:`prepare_attempt`): else each attempt sends the call's request."""
+        return (policy.prepare_attempt is not None
+                or type(self).prepare_attempt is not SmartRetryAdapter.prepare_attempt)
+
     def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
         """As ``HTTPAdapter``'s; the response's ``elapsed`` is the attempt's time to the
         headers, as in requests (the session would otherwise set it to the whole call:
@@ -640,7 +646,7 @@ class SmartRetryAdapter(HTTPAdapter):
             call = self._call_info(request, facts, overridden)
         attempt = _Sending(self, request, stream, timeouts, verify, cert, proxies,
                            socket_timeout, None if retry is None else [stepping(retry)],
-                           overridden, asked, call.url)
+                           overridden, asked, call.url, facts.prepares)
         finished = run_call(policy, call, attempt, hooks=hooks,
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=attempt.closed, quiet=quiet,
@@ -746,12 +752,13 @@ class SmartRetryAdapter(HTTPAdapter):
         ``policy``, the call's when a ``retry_options`` block derived it; ``url``,
         ``request``'s URL already redacted (for an error's text), if known."""
         connect_s, read_s, total_s = timeouts
-        try:
-            total_s = attempt_seconds(total_s)
-        except NoTimeLeft:
-            error = AttemptDeadlineExceeded(
-                "no time left for this attempt (enclosing deadline)", request=request)
-            return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
+        if current_scope() is not None:  # an enclosing deadline may leave less
+            try:
+                total_s = attempt_seconds(total_s)
+            except NoTimeLeft:
+                error = AttemptDeadlineExceeded(
+                    "no time left for this attempt (enclosing deadline)", request=request)
+                return Outcome(DEADLINE_BEFORE_SENDING, error=error, signal=error)
         if total_s is not None and (connect_s is None or connect_s > total_s):
             connect_s = total_s
         if socket_timeout is None or connect_s != timeouts[0]:
@@ -892,14 +899,16 @@ class _Sending(Sending[requests.Response]):
     :func:`~requests_smartretry.engine.run_call` makes them (``sending(number)``): what
     ``send()`` worked out once, and the shared attempt state (:class:`Sending`)."""
 
-    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "proxies", "replay",
-                 "request", "socket_timeout", "states", "stream", "timeouts", "url", "verify")
+    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "prepares", "proxies",
+                 "replay", "request", "socket_timeout", "states", "stream", "timeouts", "url",
+                 "verify")
 
     def __init__(self, adapter: SmartRetryAdapter, request: requests.PreparedRequest,
                  stream: bool, timeouts: _Timeouts, verify: Union[bool, str], cert: Any,
                  proxies: Optional[dict[str, str]], socket_timeout: Optional[Urllib3Timeout],
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
-                 asked: requests.PreparedRequest, url: Optional[str]) -> None:
+                 asked: requests.PreparedRequest, url: Optional[str],
+                 prepares: bool) -> None:
         Sending.__init__(self)
         self.adapter = adapter
         #: ``request``'s URL redacted (the call's), for the text of an attempt's error.
@@ -911,6 +920,8 @@ class _Sending(Sending[requests.Response]):
         #: The call's policy when a retry_options block derived it (None: the adapter's).
         self.policy = policy
         self.request = request
+        #: False when every attempt sends ``request`` as it is (no prepare_attempt).
+        self.prepares = prepares
         self.stream = stream
         self.timeouts = timeouts
         self.verify = verify
@@ -980,6 +991,8 @@ class _Sending(Sending[requests.Response]):
         self.replay.rewind()
 
     def prepare(self, number: int) -> requests.PreparedRequest:
+        if not self.prepares:
+            return self.request
         if self.policy is None:
             return self.adapter.prepare_attempt(self.request, number)
         return self.adapter._prepare_for(self.policy, self.request, number)

@@ -150,6 +150,9 @@ class Classification:
 ENCLOSING_ATTEMPT_OVER = Classification(Verdict.PERMANENT, "enclosing_attempt_over",
                                         sent=False)
 SUCCESS = Classification(Verdict.SUCCESS, "ok", sent=True)
+# A module constant: an enum member read through its class is a slow lookup (Python 3.11),
+# and classify_http_response reads it for every response.
+_SUCCESS_VERDICT = Verdict.SUCCESS
 #: An attempt the deadline ended before anything was sent (no time left, or the pool
 #: refused a connection past it): safe to retry whatever the method.
 DEADLINE_BEFORE_SENDING = Classification(Verdict.TIMEOUT, "deadline", sent=False)
@@ -612,7 +615,7 @@ def classify_http_response(
                        "Classification or None; using the status table", answer)
     if verdict is None:
         verdict = classify_status(response.status_code, retry_statuses)
-    if verdict.verdict is Verdict.SUCCESS:
+    if verdict.verdict is _SUCCESS_VERDICT:
         return verdict
     headers = response.headers
     if honor_server_signals:

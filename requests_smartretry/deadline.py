@@ -651,10 +651,10 @@ class _WatchedPoolMixin:
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
         current = _watchdog.slots.slot.watch  # active_watch(), without the call
         if current is None:
-            return super()._get_conn(timeout)  # type: ignore[misc]
+            return _U3Pool._get_conn(self, timeout)
         conn = (self._wait_for_conn(current, timeout)
                 if self.block  # type: ignore[attr-defined]
-                else super()._get_conn(timeout))  # type: ignore[misc]
+                else _U3Pool._get_conn(self, timeout))
         current.attach(conn)  # here, so that a proxy tunnel's connect is watched too
         return conn
 
@@ -663,9 +663,9 @@ class _WatchedPoolMixin:
         for ever by default: it is part of the attempt, so it ends at the deadline."""
         left = current.remaining()
         if left is None or (timeout is not None and timeout <= left):
-            return super()._get_conn(timeout)  # type: ignore[misc]
+            return _U3Pool._get_conn(self, timeout)
         try:
-            return super()._get_conn(min(left, threading.TIMEOUT_MAX))  # type: ignore[misc]
+            return _U3Pool._get_conn(self, min(left, threading.TIMEOUT_MAX))
         except urllib3.exceptions.EmptyPoolError:
             raise PoolWaitExpired(
                 self,  # type: ignore[arg-type]  # the mixin only ever serves a pool
@@ -682,7 +682,7 @@ class _WatchedPoolMixin:
             # The watchdog shut this socket down: it must not wait in the pool
             # (urllib3 1.26 returns it there after a body cut short).
             conn.close()
-        super()._put_conn(conn)  # type: ignore[misc]
+        _U3Pool._put_conn(self, conn)
 
 
 class _PhaseRecordingMixin:
@@ -712,7 +712,7 @@ class _PhaseRecordingMixin:
         if current is not None and current.conn is self \
                 and current.deadline_at <= _monotonic():  # (attached: not finished)
             raise _deadline_before_sending(self)
-        super().putrequest(method, url, skip_host, skip_accept_encoding)  # type: ignore[misc]
+        _U3Connection.putrequest(self, method, url, skip_host, skip_accept_encoding)
 
     def connect(self) -> None:
         current = active_watch()
@@ -737,6 +737,15 @@ class _PhaseRecordingMixin:
                     f"handshake or proxy tunnel). (connect timeout={conn.timeout})",
                 ) from exc
             raise
+
+
+# The urllib3 classes whose methods the mixins extend, called through them: on Python
+# 3.11 a zero-argument ``super()`` builds a proxy object on every call, and these run on
+# every request.  Each is what the mixin's ``super()`` finds for both of its classes (HTTP
+# and HTTPS: urllib3 1.26 and 2.x define ``_get_conn``, ``_put_conn`` and ``putrequest``
+# once, on the HTTP class); read at each call, so a patched method is seen.
+_U3Pool: Any = urllib3.connectionpool.HTTPConnectionPool
+_U3Connection: Any = urllib3.connection.HTTPConnection
 
 
 def _deadline_before_sending(conn: Any) -> DeadlineBeforeSending:

@@ -554,6 +554,9 @@ class _Call(Generic[T]):
     cut: Any = None  # the retry scope entered for it (a context manager), while attempting
     turn_for = 0  # the attempt whose turn the wait under way is for (0: a backoff wait)
     notified: Any = None  # what an async on_retry returned, for the async driver to await
+    # The breaker's result side (set with a breaker that has one: see __init__).
+    record: Optional[Callable[..., None]] = None
+    timed = False  # whether the breaker also wants each attempt's duration
 
     def __init__(self, policy: RetryPolicy, call: CallInfo, hooks: tuple[Hook, ...],
                  breaker: Optional[BreakerGate], budget: Optional[BudgetGate],
@@ -579,11 +582,11 @@ class _Call(Generic[T]):
         self.ends_at = ends_at
         self.throttle = throttle
         self.max_attempts = max_attempts
-        # The breaker's result side, when it has one (else it reads the events as a hook).
-        self.record: Optional[Callable[..., None]] = (
-            None if breaker is None else getattr(breaker, "after_attempt", None))
-        # Whether it also wants each attempt's duration (a slow-call trip is set).
-        self.timed = getattr(breaker, "slow_call_seconds", None) is not None
+        if breaker is not None:
+            # The breaker's result side, when it has one (else it reads the events as a
+            # hook), and whether it also wants each attempt's duration (a slow-call trip).
+            self.record = getattr(breaker, "after_attempt", None)
+            self.timed = getattr(breaker, "slow_call_seconds", None) is not None
         if quiet is not None and quiet.log is not None and quiet.log.wants_success_lines():
             quiet = None  # the log writes the first attempt's lines: it reads the events
         self.quiet = quiet
@@ -659,14 +662,32 @@ class _Call(Generic[T]):
         return self.admitted(number, outcome)
 
     def admitted(self, number: int, outcome: Optional[Outcome[T]]) -> _Step[T]:
-        """Attempt ``number``, once the breaker admits it."""
+        """Attempt ``number``, once the breaker admits it: it starts (its START, or for a
+        quiet call its count; its clock reading)."""
         if self.breaker is not None:
             ticket = self.admit(number, outcome)  # a refusal ends the call
             if not isinstance(ticket, int):
                 return ticket
             self.ticket = ticket
         self.number = number
-        self.start(number)
+        # Attempt ``number`` starts: its START, its clock reading.
+        events = self.events
+        if events is None:
+            self.wall_start = _time()
+            stats = self.quiet.stats  # type: ignore[union-attr]  # quiet: a plan is set
+            if stats is not None:
+                stats.quiet_start(self.call.operation)
+        else:
+            events.emit(_START, number)
+        self.granted = False  # the retry the budget granted is being made
+        started = self.attempt_started = self.clock()
+        if number == 1:
+            self.started = started
+        cut_at = self.cut_at
+        if cut_at is not None:  # the throttle's wait comes out of this attempt's time
+            self.cut_at = None
+            self.cut = retry_scope(cut_at)  # a contextvar: it holds across the awaits
+            self.cut.__enter__()
         return number
 
     def admit(self, number: int, outcome: Optional[Outcome[T]]) -> Union[int, Finished[T]]:
@@ -690,26 +711,6 @@ class _Call(Generic[T]):
         if ticket:
             self._open()  # a half-open probe: every consumer sees how it goes
         return ticket
-
-    def start(self, number: int) -> None:
-        """Attempt ``number`` starts: its START, its clock reading."""
-        events = self.events
-        if events is None:
-            self.wall_start = _time()
-            stats = self.quiet.stats  # type: ignore[union-attr]  # quiet: a plan is set
-            if stats is not None:
-                stats.quiet_start(self.call.operation)
-        else:
-            events.emit(_START, number)
-        self.granted = False  # the retry the budget granted is being made
-        started = self.attempt_started = self.clock()
-        if number == 1:
-            self.started = started
-        cut_at = self.cut_at
-        if cut_at is not None:  # the throttle's wait comes out of this attempt's time
-            self.cut_at = None
-            self.cut = retry_scope(cut_at)  # a contextvar: it holds across the awaits
-            self.cut.__enter__()
 
     def uncut(self) -> None:
         """The attempt ended: leave the retry scope :meth:`start` entered for it."""

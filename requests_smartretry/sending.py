@@ -341,15 +341,16 @@ class _PolicyFacts:
     """What ``send`` works out once per policy instead of once per request: the default
     timeouts (and the urllib3 ``Timeout`` for them: building one costs about as much as
     the rest of an attempt's bookkeeping, and urllib3 only ever clones it), whether the
-    default naming is in force, and the call names by (method, URL).
+    default naming is in force, whether attempts are prepared (a ``prepare_attempt``
+    hook or override), and the call names by (method, URL).
 
     The names are kept only with the default naming (they then depend on the method and
     URL alone), at most ``NAMES`` of them, cleared when full so that ids in paths cannot
     grow memory.  Thread-safe: single dict operations only.
     """
 
-    __slots__ = ("by_timeout", "default_naming", "names", "policy", "socket_timeout",
-                 "timeouts")
+    __slots__ = ("by_timeout", "default_naming", "names", "policy", "prepares",
+                 "socket_timeout", "timeouts")
     NAMES = 512
     #: At most this many ``timeout=`` values resolved (cleared when full).
     TIMEOUTS = 64
@@ -359,6 +360,8 @@ class _PolicyFacts:
         self.timeouts = _resolve_timeouts(None, policy)
         self.socket_timeout = Urllib3Timeout(connect=self.timeouts[0], read=self.timeouts[1])
         self.default_naming = adapter._names_by_default(policy)
+        #: Whether an attempt's request is prepared (signed…): else it is the call's own.
+        self.prepares = adapter._prepares(policy)
         self.names: dict[tuple[Optional[str], Optional[str]], CallInfo] = {}
         self.by_timeout: dict[Any, tuple[_Timeouts, Urllib3Timeout]] = {}
 

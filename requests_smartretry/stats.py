@@ -12,7 +12,7 @@ import bisect
 import collections
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from . import forksafe
 from .events import AttemptEvent, EventKind
@@ -34,11 +34,11 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _THROTTLED = EventKind.THROTTLED
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
-# A quiet call's START, as recorded (its SUCCESS records the elapsed seconds instead).
-_STARTED: Any = None
 # Recorded events applied at once, under the lock, by the thread whose record makes this
 # many: the lock is taken once per this many quiet events (and by every read).
 _APPLY_AT = 64
+_INF = math.inf
+_bisect_left = bisect.bisect_left
 
 
 class LatencyHistogram:
@@ -203,12 +203,18 @@ _OLD_SLOTS = {"requests": "calls", "successes": "calls_succeeded", "refused": "c
 
 
 class _Counters:
-    """The mutable tallies of one operation (always touched under the Stats lock)."""
+    """The mutable tallies of one operation (always touched under the Stats lock).
+
+    A quiet call's success (its first attempt) is one attempt and one call of the same
+    duration: it is recorded once, in ``quiet_seconds``, which :meth:`merge` (so
+    :meth:`copy`, what snapshots and pickles read) adds to both ``attempt_seconds`` and
+    ``call_seconds``.  Read a copy, never the live tallies.
+    """
 
     __slots__ = ("attempt_seconds", "attempts", "attempts_failed", "budget_denials",
                  "call_seconds", "calls", "calls_failed", "calls_refused", "calls_succeeded",
-                 "calls_throttled", "polls", "rejections", "retries", "throttle_refusals",
-                 "throttle_seconds", "throttled", "wait_seconds", "waits")
+                 "calls_throttled", "polls", "quiet_seconds", "rejections", "retries",
+                 "throttle_refusals", "throttle_seconds", "throttled", "wait_seconds", "waits")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -222,6 +228,7 @@ class _Counters:
         self.calls_failed: dict[str, int] = {}  # by give-up reason
         self.attempt_seconds = LatencyHistogram()
         self.call_seconds = LatencyHistogram()
+        self.quiet_seconds = LatencyHistogram()  # in both of the above (see the class)
         # Waits (poll_until): how each ended, the polls they made, the time to done.
         self.waits: dict[str, int] = {}
         self.polls = 0
@@ -255,6 +262,9 @@ class _Counters:
                 mine[key] = mine.get(key, 0) + n
         self.attempt_seconds.merge(other.attempt_seconds)
         self.call_seconds.merge(other.call_seconds)
+        if other.quiet_seconds.count:  # folded into both: a copy has none of its own
+            self.attempt_seconds.merge(other.quiet_seconds)
+            self.call_seconds.merge(other.quiet_seconds)
         self.wait_seconds.merge(other.wait_seconds)
         self.throttle_seconds.merge(other.throttle_seconds)
 
@@ -352,9 +362,9 @@ class Stats:
         self.max_operations = max_operations
         self._lock = forksafe.lock()
         self._operations: dict[str, _Counters] = {}
-        # (operation, None) for a quiet START, (operation, elapsed) for a quiet SUCCESS:
-        # appended without the lock, applied under it (_apply_records).
-        self._records: collections.deque[tuple[str, Optional[float]]] = collections.deque()
+        # The operation (a str) for a quiet START, (operation, elapsed) for a quiet
+        # SUCCESS: appended without the lock, applied under it (_apply_records).
+        self._records: collections.deque[Union[str, tuple[str, float]]] = collections.deque()
         track(self)  # for testing.reset_state()
 
     def __repr__(self) -> str:
@@ -410,7 +420,7 @@ class Stats:
         """What a call's first START counts (the loop calls it instead of emitting one):
         recorded without a lock, counted by the next read."""
         records = self._records
-        records.append((operation, _STARTED))
+        records.append(operation)  # the name alone: a START (nothing to allocate)
         if len(records) >= _APPLY_AT:
             with self._lock:
                 self._apply_records()
@@ -431,21 +441,23 @@ class Stats:
         operations = self._operations
         while True:
             try:
-                operation, elapsed = pop()
+                record = pop()
             except IndexError:
                 return
-            counters = operations.get(operation)
-            if counters is None:
-                counters = self._new_operation(operation)
-            if elapsed is None:  # _STARTED
+            if record.__class__ is not tuple:  # a START: the operation's name
+                counters = operations.get(record)  # type: ignore[arg-type]  # a str
+                if counters is None:
+                    counters = self._new_operation(record)  # type: ignore[arg-type]
                 counters.attempts += 1
                 counters.calls += 1
                 continue
+            operation, elapsed = record
+            counters = operations.get(operation)
+            if counters is None:
+                counters = self._new_operation(operation)
             counters.calls_succeeded += 1
-            if 0.0 <= elapsed < math.inf:  # one bucket search for both histograms
-                index = bisect.bisect_left(_EDGES, elapsed)
-                counters.attempt_seconds.add_at(index, elapsed)
-                counters.call_seconds.add_at(index, elapsed)
+            if 0.0 <= elapsed < _INF:  # the attempt's and the call's time: one record
+                counters.quiet_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
 
     def record_wait(self, operation: str, *, outcome: str, polls: int,
                     seconds: float) -> None:

@@ -372,6 +372,34 @@ def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
     assert stats.snapshot()["op"]["calls_succeeded"] == calls + 10 * _APPLY_AT
 
 
+class _Name(str):
+    """An operation name as a naming hook may return it: a ``str`` subclass."""
+
+
+def test_a_quiet_calls_time_counts_as_its_attempts_and_its_calls_and_survives_pickling(
+) -> None:
+    """A quiet success is recorded once yet counts in both latency summaries, beside an
+    evented call's; a snapshot of an unpickled copy reads the same; and an operation name
+    that is a ``str`` subclass (a naming hook's) is counted as a START, not unpacked."""
+    stats = Stats()
+    stats.quiet_start(_Name("op"))
+    stats.quiet_success(_Name("op"), 0.25)
+    base = {"operation": "op", "service": "s", "max_attempts": 2, "call_id": 1}
+    stats(AttemptEvent(kind=EventKind.START, attempt=1, **base))
+    stats(AttemptEvent(kind=EventKind.SUCCESS, attempt=1, elapsed=0.5, call_elapsed=0.5,
+                       **base))
+    row = stats.snapshot()["op"]
+    assert (row["calls"], row["attempts"], row["calls_succeeded"]) == (2, 2, 2)
+    for summary in ("attempt_seconds", "call_seconds"):
+        assert row[summary]["count"] == 2
+        assert row[summary]["max"] == pytest.approx(0.5, rel=0.05)
+    stats.quiet_start("op")
+    stats.quiet_success("op", 1.0)
+    again = pickle.loads(pickle.dumps(stats)).snapshot()["op"]
+    assert again == stats.snapshot()["op"]
+    assert again["attempt_seconds"]["count"] == again["call_seconds"]["count"] == 3
+
+
 def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
     """Eight threads count quiet calls while snapshots are taken: every snapshot is a
     consistent state (no success before its start, one latency per success), and the
