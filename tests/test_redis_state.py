@@ -1207,6 +1207,41 @@ def test_a_command_whose_keys_are_unusable_does_not_hold_back_the_others_written
         other.store.close()
 
 
+def test_a_command_written_back_does_not_overwrite_a_later_one_from_another_process(
+) -> None:
+    """Process A forces a breaker open while it cannot reach Redis; later, process B
+    forces it closed, and that reaches Redis.  When A's command is written back, B's
+    later command stays (A follows it); a command given by a process that never measured
+    Redis's clock is written as given then (it cannot be placed in time)."""
+    with RedisServer() as server:
+        a = CircuitBreaker(recovery_timeout=60.0,
+                           store=RedisStateStore(server.url, retry_interval=0.2))
+        assert a.state(SVC) == "closed"
+        server.kill()
+        fresh = CircuitBreaker(recovery_timeout=60.0,
+                               store=RedisStateStore(server.url, retry_interval=0.2))
+        fresh.force_open("other-svc")
+        a.force_open(SVC)
+        time.sleep(0.05)
+        server.start()
+        b = CircuitBreaker(recovery_timeout=60.0, store=RedisStateStore(server.url))
+        b.force_close(SVC)
+        b.reset("other-svc")  # long ago, as far as the fresh process's clock can tell
+        redis = client(server.url)
+        deadline = time.monotonic() + 10.0
+        while (a.store._unsent or fresh.store._unsent) and time.monotonic() < deadline:
+            for breaker in (a, fresh):
+                with contextlib.suppress(CircuitOpenError):  # traffic finds Redis
+                    breaker.before_attempt("traffic")
+            time.sleep(0.05)
+        assert not a.store._unsent and not fresh.store._unsent
+        assert redis.hget(a.store.key("breaker", SVC), "st") == "4"
+        assert b.state(SVC) == "forced_closed" and a.state(SVC) == "forced_closed"
+        assert redis.hget(a.store.key("breaker", "other-svc"), "st") == "3"
+        for breaker in (a, b, fresh):
+            breaker.store.close()
+
+
 def wait_until_refused(breaker: CircuitBreaker) -> None:
     """Attempts on SVC until one is refused (raises CircuitOpenError), for up to 5 s."""
     deadline = time.monotonic() + 5.0

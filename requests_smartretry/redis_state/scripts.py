@@ -14,7 +14,9 @@ __all__ = ["STATE_LUA", "THROTTLE_LUA", "numbers", "pace_numbers"]
 # batch of successes and the validation of what it reads).  KEYS: breaker, budget.  ARGV:
 # op, now ('' = server clock), breaker settings ('' = no breaker part), successes
 # ('bucket:count;...'), failed, weight, ticket (op 'set': the state to enter), budget
-# settings ('' = no budget part), deposit, spend, channel, message.  Reply: now, st, t,
+# settings ('' = no budget part), deposit, spend, channel, message, given (op 'set': when
+# the command was given, on the shared clock; '' = now: a command given earlier than the
+# last one recorded ('cmd') is superseded and changes nothing).  Reply: now, st, t,
 # rnd, pin, cf, window failures, window requests, allowed, retry_in, ticket, state after
 # record (op 'set': the state before), spent, tokens.
 
@@ -61,11 +63,12 @@ if ARGV[3] ~= '' then
     set('st', 2); set('t', now); set('rnd', get('rnd') + 1); set('pin', 0); set('pok', 0)
   end
   local function reset(state)
-    local kept = get('rnd')
+    local kept, cmd = get('rnd'), r['cmd']
     r = {}
     dirty = {}
     wiped = true
     set('st', state); set('t', now); set('rnd', kept); set('cf', 0)
+    if cmd then set('cmd', cmd) end  -- (the last operator command outlives transitions)
   end
   local current = math.floor(now / (window / buckets))
   -- Validation: what another program (or a bug, or a clock) left here is repaired.
@@ -163,7 +166,11 @@ if ARGV[3] ~= '' then
     after = fmt(get('st'))
   elseif op == 'set' then
     after = fmt(before)
-    reset(tonumber(ARGV[7]))
+    local given = tonumber(ARGV[13]) or now
+    if not (r['cmd'] and r['cmd'] > given) then
+      reset(tonumber(ARGV[7]))
+      set('cmd', given)
+    end
   end
   local args = {}
   for k, _ in pairs(dirty) do

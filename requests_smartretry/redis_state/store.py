@@ -174,9 +174,10 @@ class RedisStateStore(SharedPaces):
         self._connect_lock = forksafe.lock()
         # Operator commands (breaker_set) one at a time, and those given while Redis was
         # unreachable, written there once it is back: key -> (settings, state, the
-        # command's clock reading, its monotonic time).
+        # command's clock reading, its monotonic time, its time on the shared clock).
         self._set_lock = forksafe.lock()
-        self._unsent: dict[str, tuple[BreakerSettings, int, float, float]] = {}
+        self._unsent: dict[str, tuple[BreakerSettings, int, float, float,
+                                      Optional[float]]] = {}
         self._writing_back = False
         # (monotonic) no write-back before: commands left unsent only because their keys
         # are in a bad episode wait for its end, not for the next round trip.
@@ -199,6 +200,7 @@ class RedisStateStore(SharedPaces):
         self._bad: dict[str, _Episode] = {}
         self._settings_args: dict[Any, str] = {}
         self._offset = 0.0  # server clock minus monotonic clock
+        self._offset_known = False  # ... measured by a round trip (server_time)
         self._origin = uuid.uuid4().hex[:12]
         self._listening = False
         self._listener: Optional[threading.Thread] = None
@@ -323,6 +325,7 @@ class RedisStateStore(SharedPaces):
         if self.server_time:
             try:
                 self._offset = float(reply[0]) - (started + elapsed / 2.0)
+                self._offset_known = True
             except (TypeError, ValueError, IndexError):
                 pass
         if self._listener is None and not self._closed:
@@ -545,7 +548,7 @@ class RedisStateStore(SharedPaces):
                     breaker: Optional[BreakerSettings], budget: Optional[BudgetSettings],
                     view: Optional[_View], failed: bool = False, weight: float = 1.0,
                     ticket: int = 0, deposit: float = 0.0, spend: float = 0.0,
-                    time_budget: Optional[float] = None,
+                    time_budget: Optional[float] = None, given: Optional[float] = None,
                     ) -> Optional[list[Optional[float]]]:
         """One script call for ``service`` (sending what ``view`` has pending), or ``None``
         when local state must serve this operation."""
@@ -569,7 +572,8 @@ class RedisStateStore(SharedPaces):
                                                 sorted(successes.items())),
                 "1" if failed else "0", repr(float(weight)), ticket,
                 self._static(budget), repr(float(deposit)), repr(float(spend)),
-                self.channel, f"{self._origin} {service}"]
+                self.channel, f"{self._origin} {service}",
+                "" if given is None else repr(float(given))]
         reply = self._guarded(service, lambda: numbers(self._execute(
             args, [self.key("breaker", service), self.key("budget", service)],
             time_budget=time_budget)))
@@ -783,6 +787,10 @@ class RedisStateStore(SharedPaces):
         unreachable, in this process's local state only, with a WARNING); returns the state
         name before.  No request waits for it, so it may take up to the socket timeout
         (a first connection included) rather than a request's time budget."""
+        # When given on the shared clock (an unsent command loses to any given after
+        # it); unknown before any round trip measured the server's clock: then it is
+        # taken as given when written.
+        given = self._time(now) if self._offset_known or not self.server_time else None
         with self._set_lock:
             reply = self._round_trip(key, "set", now, breaker=settings, budget=None,
                                      view=self._view(key) if not self._down else None,
@@ -790,7 +798,7 @@ class RedisStateStore(SharedPaces):
                                      time_budget=max(self.time_budget, self.socket_timeout))
             with self._lock:
                 if reply is None:
-                    self._unsent[key] = (settings, state, now, _monotonic())
+                    self._unsent[key] = (settings, state, now, _monotonic(), given)
                 else:  # a command that reached Redis supersedes one still unsent
                     self._unsent.pop(key, None)
         if reply is None:
@@ -827,10 +835,10 @@ class RedisStateStore(SharedPaces):
                         unsent = self._unsent.get(key)
                     if unsent is None:  # superseded by a command that reached Redis
                         continue
-                    settings, state, then, mono = unsent
+                    settings, state, then, mono, given = unsent
                     reply = self._round_trip(
                         key, "set", then + (_monotonic() - mono), breaker=settings,
-                        budget=None, view=None, ticket=state,
+                        budget=None, view=None, ticket=state, given=given,
                         time_budget=max(self.time_budget, self.socket_timeout))
                     if reply is None:
                         if self._down:  # the next successful round trip starts over
@@ -844,6 +852,12 @@ class RedisStateStore(SharedPaces):
                     with self._lock:
                         if self._unsent.get(key) is unsent:
                             del self._unsent[key]
+                if int(reply[1] or 0) != state:  # a later command reached Redis first
+                    _log.info("requests_smartretry: Redis state store %s: breaker of %s set "
+                              "to %s while Redis was unreachable, superseded there by a "
+                              "later command", self.where, key, STATE_NAMES[state],
+                              extra={"redis_state": self.where, "service": key})
+                    continue
                 _log.info("requests_smartretry: Redis state store %s: breaker of %s set to "
                           "%s while Redis was unreachable, now written there",
                           self.where, key, STATE_NAMES[state],
