@@ -931,9 +931,14 @@ class RedisStateStore(SharedPaces):
 
 
 def _after_fork_in_child() -> None:
-    # The parent's threads, connections and unsent counts are not this process's.
+    # The parent's threads, connections and unsent counts are not this process's.  An
+    # operator command the parent holds while Redis is out holds in the child too: the
+    # parent writes it to Redis, and the child follows Redis once it answers.
     for store in list(_stores):
+        unsent = list(store._unsent.items())
         store._setup()
+        for key, (settings, state, then, mono, _given) in unsent:
+            store._local.breaker_set(key, settings, then + (_monotonic() - mono), state)
 
 
 def _at_exit() -> None:
