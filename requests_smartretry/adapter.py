@@ -443,9 +443,10 @@ class SmartRetryAdapter(HTTPAdapter):
 
     @max_retries.setter
     def max_retries(self, value: Any) -> None:
-        # HTTPAdapter.__init__ sets its "no retries" Retry here; any other value would be
-        # silently ignored, so it is refused.
-        if not (isinstance(value, Retry) and value.total == 0):
+        # HTTPAdapter.__init__ sets its "no retries" Retry here (before the hooks are
+        # built); any later value, Retry(0) included, would be silently ignored, so it is
+        # refused.
+        if "_hooks" in self.__dict__ or not (isinstance(value, Retry) and value.total == 0):
             raise AttributeError(
                 f"max_retries of a SmartRetryAdapter is its policy's; build the adapter "
                 f"with max_retries= (or policy=) instead of setting it to {value!r}")

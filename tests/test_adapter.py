@@ -1070,6 +1070,11 @@ def test_positional_pool_arguments_and_max_retries_as_httpadapter() -> None:
         SmartRetryAdapter(1, 2, 3, False, 5)
     with pytest.raises(AttributeError, match="max_retries"):
         adapter.max_retries = Retry(5)  # type: ignore[misc]
+    # Turning retries off after construction, as HTTPAdapter would honour it, is refused
+    # too (the policy would go on retrying): not silently ignored.
+    for off in (Retry(0), Retry(total=0, read=False), 0):
+        with pytest.raises(AttributeError, match="max_retries"):
+            adapter.max_retries = off  # type: ignore[misc,assignment]
     clone = pickle.loads(pickle.dumps(SmartRetryAdapter(max_retries=3)))
     assert clone.max_retries.total == 3 and clone.policy.max_retries == 3
 
