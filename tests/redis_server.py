@@ -526,7 +526,9 @@ def seconds_until_seen(worker: Any, args: tuple[Any, ...], session: Any, url: st
                        refused: bool) -> float:
     """Run ``worker(*args, ready, go, results)`` in another process (it changes a shared
     breaker when told to go, and reports when); return the seconds from that change until
-    this ``session``'s GET of ``url`` is refused (``refused``) or goes through again."""
+    this ``session`` starts a GET of ``url`` that is refused (``refused``) or goes through
+    again: the call is admitted or refused when it starts, so the time its request then
+    spends at the server (long on a loaded machine) is not the change's propagation."""
     import multiprocessing
 
     from requests_smartretry import CircuitOpenError
@@ -542,19 +544,20 @@ def seconds_until_seen(worker: Any, args: tuple[Any, ...], session: Any, url: st
         seen_at = None
         deadline = time.monotonic() + 5.0
         while seen_at is None and time.monotonic() < deadline:
+            started = time.time()
             try:
                 session.get(url)
                 if not refused:
-                    seen_at = time.time()
+                    seen_at = started
             except CircuitOpenError:
                 if refused:
-                    seen_at = time.time()
+                    seen_at = started
             time.sleep(0.002)
         changed_at = results.get(timeout=30)
     finally:
         process.join(10)
     assert seen_at is not None, "the other process's change never reached this one"
-    return float(seen_at - changed_at)
+    return max(0.0, float(seen_at - changed_at))
 
 
 def _barrier(redis_url: str, key: str, parties: int) -> None:
