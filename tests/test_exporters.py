@@ -298,3 +298,31 @@ def test_prometheus_scrape_has_the_throttle_rate() -> None:
         rate = registry.get_sample_value("requests_smartretry_throttle_rate",
                                          {"service": service})
         assert rate is not None and rate < 8.0
+
+
+def test_opentelemetry_gauge_reads_the_throttle_rate() -> None:
+    """An adaptive throttle's rate in force reaches the OpenTelemetry gauge: the configured
+    rate first, lower after a throttling answer."""
+    from requests_smartretry import Throttle, smart_session
+    from requests_smartretry.faultserver import FaultServer
+
+    def rates(reader: InMemoryMetricReader) -> dict[tuple[Any, ...], float]:
+        found: dict[tuple[Any, ...], float] = {}
+        for resource in reader.get_metrics_data().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "requests_smartretry.throttle.rate":
+                        for point in metric.data.data_points:
+                            found[tuple(sorted(point.attributes.items()))] = point.value
+        return found
+
+    reader = InMemoryMetricReader()
+    session = smart_session(max_retries=0, throttle=Throttle(rate=8.0, adaptive=True),
+                            hooks=[OpenTelemetryHook(MeterProvider(metric_readers=[reader]))],
+                            log=False)
+    with FaultServer() as server:
+        key = (("service", f"http://127.0.0.1:{server.port}"),)
+        assert session.get(server.url("/status/200")).status_code == 200
+        assert rates(reader)[key] == pytest.approx(8.0)
+        assert session.get(server.url("/status/429")).status_code == 429
+        assert rates(reader)[key] < 8.0
