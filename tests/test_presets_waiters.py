@@ -289,8 +289,8 @@ def test_ark_official_sdk_client_through_video_client() -> None:
     sdk = pytest.importorskip("volcenginesdkarkruntime")
     from requests_smartretry.httpx import video_client
 
-    with FakeArk(KEY, progress=("running", "succeeded")) as fake:
-        http_client = video_client(api_key=KEY, endpoint=fake.endpoint)
+    with FakeArk(KEY, progress=("running", "succeeded")) as fake, \
+            video_client(api_key=KEY, endpoint=fake.endpoint) as http_client:
         client = sdk.Ark(api_key=KEY, base_url=fake.endpoint, http_client=http_client,
                          max_retries=0)
         created = client.content_generation.tasks.create(
