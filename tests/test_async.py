@@ -583,3 +583,29 @@ def test_an_async_idempotent_rule_never_makes_a_post_retryable(server: FaultServ
         warnings.simplefilter("error")  # no "never awaited" coroutine left behind
         run(main())
     assert server.hits("/hang") == 1
+
+
+def test_the_async_client_breaker_opens_and_refuses_without_sending(
+        server: FaultServer) -> None:
+    """A breaker on the async client counts its failed calls, opens at its threshold and
+    then refuses at once (``CircuitOpenError``) without reaching the server."""
+    from requests_smartretry import CircuitOpenError
+
+    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=60.0)
+    url = server.url("/status/503")
+
+    async def main() -> list[Any]:
+        outcomes: list[Any] = []
+        async with smart_async_client(max_retries=0, breaker=breaker, budget=None,
+                                      log=False) as client:
+            for _ in range(5):
+                try:
+                    outcomes.append((await client.get(url)).status_code)
+                except CircuitOpenError as refused:
+                    outcomes.append(type(refused).__name__)
+        return outcomes
+
+    hits = server.hits()
+    assert run(main()) == [503, 503, 503, "CircuitOpenError", "CircuitOpenError"]
+    assert server.hits() - hits == 3
+    assert breaker.state(f"http://127.0.0.1:{server.port}") == "open"
