@@ -44,7 +44,10 @@ httpx = pytest.importorskip("httpx")
 from requests_smartretry.httpx import smart_async_client, smart_client  # noqa: E402
 
 BODIES = ("bytes", "generator")
-ENTRIES = ("transport", "callable_smart", "async_transport", "async_callable_smart")
+# "wrapped": execute_with_retry (which retries any exception) around a smart-client call;
+# "nested": that call inside another execute_with_retry (as in tests/test_never_twice.py).
+ENTRIES = ("transport", "callable_smart", "wrapped", "nested", "async_transport",
+           "async_callable_smart")
 
 
 @pytest.fixture(autouse=True)
@@ -89,8 +92,16 @@ def _run_cell(server: FaultServer, phase: str, errno_name: Optional[str], method
         verb, server.url(route), content=body, headers=headers)
     sockfaults.arm(plan)
     try:
-        response = send() if entry == "transport" else execute_with_smart_retry(
-            send, max_retries=1, timeout=10.0)
+        if entry == "transport":
+            response = send()
+        elif entry == "wrapped":
+            response = execute_with_retry(send, max_retries=1, timeout=10.0)
+        elif entry == "nested":
+            response = execute_with_retry(
+                lambda: execute_with_retry(send, max_retries=1, timeout=10.0),
+                max_retries=1, timeout=10.0)
+        else:
+            response = execute_with_smart_retry(send, max_retries=1, timeout=10.0)
         error: Optional[BaseException] = None
     except httpx.HTTPError as exc:
         response, error = None, exc
