@@ -593,6 +593,12 @@ class RedisStateStore(SharedPaces):
             return True
         return self._down and (_monotonic() < self._next_try or self._in_flight > 0)
 
+    def _unusable(self, service: str) -> bool:
+        """Whether Redis cannot serve ``service`` now: it is out, or the service's keys
+        are in a bad episode (not merely: this request had no time left for it)."""
+        episode = self._bad.get(service)
+        return self._down or (episode is not None and _monotonic() < episode.until)
+
     def _guarded(self, service: str, call: Callable[[], _Reply]) -> Optional[_Reply]:
         """``call()`` (a script call for ``service``), or ``None`` when local state must
         serve: a bad key episode, Redis down (one request now and then probes it), no

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 from .. import forksafe
 from ..errors import ThrottledError
+from .errors import NoTime
 from .scripts import pace_numbers
 
 if TYPE_CHECKING:
@@ -86,6 +87,8 @@ class SharedPaces:
 
         def _execute(self, args: list[Any], keys: list[str], lua: str = "state") -> list[Any]: ...
 
+        def _unusable(self, service: str) -> bool: ...
+
     def _pace(self, service: str) -> Pace:
         pace = self._paces.get(service)
         if pace is None:
@@ -101,7 +104,10 @@ class SharedPaces:
                        started: float = 0.0,
                        retry_after: Optional[float] = None) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
-        or ``None`` when local state must serve."""
+        or ``None`` when local state must serve (Redis is out, or the service's keys are
+        unusable).  Raises :class:`NoTime` when the request's deadline left no time for
+        Redis: that is no outage, and the turn must not pace locally (nor the next
+        reservation find the bucket spent, as after a spell of local pacing)."""
         from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
 
         pace = self._pace(service)
@@ -127,9 +133,12 @@ class SharedPaces:
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
             args, keys, "throttle")))
         if reply is None:
+            outage = self._unusable(service)
             with pace.lock:
                 pace.successes += successes  # sent with the next call
-                pace.paced_locally = True
+                pace.paced_locally = pace.paced_locally or outage
+            if not outage:
+                raise NoTime()
         else:
             if resume:
                 with pace.lock:
@@ -149,7 +158,10 @@ class SharedPaces:
     def throttle_rate(self, service: str, settings: ThrottleSettings,
                       now: float) -> Optional[float]:
         """The shared rate in force on ``service`` (``None``: Redis cannot say)."""
-        reply = self._throttle_trip(service, settings, "rate", now)
+        try:
+            reply = self._throttle_trip(service, settings, "rate", now)
+        except NoTime:
+            return None
         return None if reply is None else reply[5]
 
     def throttle_turn(self, turn: Turn, settings: ThrottleSettings, now: float,
@@ -180,8 +192,12 @@ class SharedPaces:
             if turn.lease is None:
                 turn.lease = uuid.uuid4().hex
             ttl = (60.0 if turn.span is None else max(turn.span, 0.0)) + _LEASE_MARGIN
-            reply = self._throttle_trip(service, settings, "acquire", now, count=count,
-                                        max_wait=left, lease=turn.lease, lease_ttl=ttl)
+            try:
+                reply = self._throttle_trip(service, settings, "acquire", now, count=count,
+                                            max_wait=left, lease=turn.lease, lease_ttl=ttl)
+            except NoTime:  # no time for Redis (now): look again while the turn may wait
+                turn.lease = None
+                return turn.slot_wait(left - (_monotonic() - mono))
             if reply is None:
                 turn.lease = None
                 return False
@@ -192,8 +208,15 @@ class SharedPaces:
                 raise ThrottledError(service, reply[1], turn.limit)
             turn.slot = True
         elif count:
-            reply = self._throttle_trip(service, settings, "reserve", now, count=count,
-                                        max_wait=left)
+            try:
+                reply = self._throttle_trip(service, settings, "reserve", now, count=count,
+                                            max_wait=left)
+            except NoTime:
+                try:
+                    return turn.slot_wait(left - (_monotonic() - mono))
+                except ThrottledError:
+                    turn.done(now, refused=True)  # the slot it holds goes back
+                    raise
             if reply is None:
                 return False
             if reply[2] == 0.0:
@@ -242,9 +265,12 @@ class SharedPaces:
                 pace.successes += 1
         if lease is None and not throttling:
             return True
-        reply = self._throttle_trip(turn.service, settings, "release", now,
-                                    lease=lease or "", throttling=throttling,
-                                    started=turn.started, retry_after=retry_after)
+        try:
+            reply = self._throttle_trip(turn.service, settings, "release", now,
+                                        lease=lease or "", throttling=throttling,
+                                        started=turn.started, retry_after=retry_after)
+        except NoTime:
+            reply = None
         if reply is not None and throttling:
             with self._pace(turn.service).lock:
                 self._pace(turn.service).tokens.clear()  # leased at the old rate
