@@ -85,7 +85,9 @@ class SharedPaces:
 
         def _guarded(self, service: str, call: Callable[[], _Reply]) -> Optional[_Reply]: ...
 
-        def _execute(self, args: list[Any], keys: list[str], lua: str = "state") -> list[Any]: ...
+        def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
+                     time_budget: Optional[float] = None,
+                     per_trip: bool = False) -> list[Any]: ...
 
         def _unusable(self, service: str) -> bool: ...
 
@@ -131,7 +133,7 @@ class SharedPaces:
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
-            args, keys, "throttle")))
+            args, keys, "throttle", per_trip=True)))
         if reply is None:
             outage = self._unusable(service)
             with pace.lock:
