@@ -131,7 +131,6 @@ def test_a_request_that_spent_its_redis_budget_is_no_outage(redis: RedisServer,
 
 # -- 2. a release at a spent deadline ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_a_release_at_a_spent_deadline_reaches_redis_at_once(redis: RedisServer) -> None:
     """An attempt answered 429 after its deadline: its slot is free in Redis a few ms
     later (not when its lease ends, 1 s on), and the shared adaptive rate is lowered."""

@@ -271,9 +271,10 @@ class RedisStateStore(SharedPaces):
         self._throttle_script = client.register_script(THROTTLE_LUA)
         return client.register_script(STATE_LUA)
 
-    def _allowance(self, budget: float, cumulative: bool = True) -> tuple[float, bool]:
+    def _allowance(self, budget: float, cumulative: bool = True,
+                   deadline: bool = True) -> tuple[float, bool]:
         """Seconds this request may still spend in Redis, and whether that is less than
-        the time budget: the deadline, or (``cumulative``) the request's earlier Redis
+        the time budget: the ``deadline``, or (``cumulative``) the request's earlier Redis
         work, limits it."""
         scope = current_scope()
         left = budget
@@ -281,7 +282,7 @@ class RedisStateStore(SharedPaces):
             owner, spent = _spent.get()
             if owner is scope and scope is not None and spent > 0.0:
                 left = budget - spent
-        remaining = None if scope is None else scope.remaining()
+        remaining = None if scope is None or not deadline else scope.remaining()
         if remaining is not None and remaining < left:
             return remaining, True
         return left, left < budget
@@ -293,16 +294,20 @@ class RedisStateStore(SharedPaces):
             _spent.set((scope, seconds + (spent if owner is scope else 0.0)))
 
     def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
-                 time_budget: Optional[float] = None, per_trip: bool = False) -> list[Any]:
+                 time_budget: Optional[float] = None, per_trip: bool = False,
+                 deadline: bool = True) -> list[Any]:
         """Run the script within this request's time budget (or ``time_budget``; on a
         worker thread, so that a slow or dripping Redis cannot hold the request past it).
         ``per_trip``: the budget bounds this round trip alone, and is not charged to the
         request (a throttle's turn asks Redis again while it waits; its waits are bounded
         by the turn's own limit).  A round trip that overruns what the deadline or the
         request's earlier Redis work left it is :class:`NoTime`, not an outage: only
-        one that overruns the whole budget says that Redis is slow."""
+        one that overruns the whole budget says that Redis is slow.  ``deadline=False``:
+        not bounded by the request's deadline (what must reach Redis even after it, as
+        the release of a slot)."""
         allowance, by_deadline = self._allowance(
-            self.time_budget if time_budget is None else time_budget, not per_trip)
+            self.time_budget if time_budget is None else time_budget, not per_trip,
+            deadline)
         if allowance <= 0.0:
             raise NoTime()
         started = _monotonic()

@@ -87,7 +87,7 @@ class SharedPaces:
 
         def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
                      time_budget: Optional[float] = None,
-                     per_trip: bool = False) -> list[Any]: ...
+                     per_trip: bool = False, deadline: bool = True) -> list[Any]: ...
 
         def _unusable(self, service: str) -> bool: ...
 
@@ -103,13 +103,14 @@ class SharedPaces:
     def _throttle_trip(self, service: str, settings: ThrottleSettings, op: str, now: float,
                        *, count: int = 0, max_wait: float = 0.0, lease: str = "",
                        lease_ttl: float = 0.0, throttling: bool = False,
-                       started: float = 0.0,
-                       retry_after: Optional[float] = None) -> Optional[list[float]]:
+                       started: float = 0.0, retry_after: Optional[float] = None,
+                       deadline: bool = True) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
         or ``None`` when local state must serve (Redis is out, or the service's keys are
         unusable).  Raises :class:`NoTime` when the request's deadline left no time for
         Redis: that is no outage, and the turn must not pace locally (nor the next
-        reservation find the bucket spent, as after a spell of local pacing)."""
+        reservation find the bucket spent, as after a spell of local pacing).
+        ``deadline=False``: the round trip is not cut by the deadline (a release)."""
         from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
 
         pace = self._pace(service)
@@ -133,7 +134,7 @@ class SharedPaces:
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
-            args, keys, "throttle", per_trip=True)))
+            args, keys, "throttle", per_trip=True, deadline=deadline)))
         if reply is None:
             outage = self._unusable(service)
             with pace.lock:
@@ -268,9 +269,13 @@ class SharedPaces:
         if lease is None and not throttling:
             return True
         try:
+            # Sent even when the attempt's deadline is spent (an attempt answered at its
+            # deadline): its slot goes back now, not when its lease ends, and a throttling
+            # answer lowers the fleet's rate.
             reply = self._throttle_trip(turn.service, settings, "release", now,
                                         lease=lease or "", throttling=throttling,
-                                        started=turn.started, retry_after=retry_after)
+                                        started=turn.started, retry_after=retry_after,
+                                        deadline=False)
         except NoTime:
             reply = None
         if reply is not None and throttling:
