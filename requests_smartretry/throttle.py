@@ -491,8 +491,11 @@ class Turn:
             limit = settings.max_in_flight
             assert limit is not None
             limit = max(1, -(-limit // share))
+            # The slots this process still holds through Redis (taken before it went
+            # out) are part of its share.
+            held = 0 if store is None else store.throttle_held(self.service)
             with local.lock:
-                if local.in_flight < limit:
+                if local.in_flight + held < limit:
                     local.in_flight += 1
                     self.slot = self.held = True
             if not self.slot:

@@ -151,7 +151,6 @@ def test_a_release_at_a_spent_deadline_reaches_redis_at_once(redis: RedisServer)
 
 # -- 3. slots held through Redis count during an outage ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_slots_taken_through_redis_count_against_the_local_share(redis: RedisServer) -> None:
     """3 of max_in_flight=4 slots held through Redis when it goes out: local pacing lets
     1 more attempt go (4 in flight), not 4 (7)."""

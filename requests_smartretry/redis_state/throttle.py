@@ -28,8 +28,8 @@ class Pace:
     """This process's side of one service's shared throttle: the turns it leased and not
     used yet, and what Redis said at the last round trip."""
 
-    __slots__ = ("demand", "interval", "lock", "paced_locally", "processes", "rate",
-                 "successes", "synced", "tokens")
+    __slots__ = ("demand", "interval", "leases", "lock", "paced_locally", "processes",
+                 "rate", "successes", "synced", "tokens")
 
     def __init__(self) -> None:
         self.lock = forksafe.lock()
@@ -39,6 +39,9 @@ class Pace:
         self.processes = 1  # processes seen on the service at the last round trip
         self.synced = -math.inf  # (monotonic) the last round trip
         self.successes = 0  # successes not reported to Redis yet
+        #: The slots this process holds through Redis: lease id -> (monotonic) its end.
+        #: While Redis is out they count against the process's local share.
+        self.leases: dict[str, float] = {}
         #: Redis could not serve a call since the last reservation it made: the process
         #: paced locally meanwhile (see ``_throttle_trip``).
         self.paced_locally = False
@@ -158,6 +161,12 @@ class SharedPaces:
         pace = self._paces.get(service)
         return 1 if pace is None else pace.processes
 
+    def throttle_held(self, service: str) -> int:
+        """The slots of ``service`` this process holds through Redis (attempts under way
+        that took them before Redis went out count against its local share)."""
+        pace = self._paces.get(service)
+        return 0 if pace is None else len(pace.leases)
+
     def throttle_rate(self, service: str, settings: ThrottleSettings,
                       now: float) -> Optional[float]:
         """The shared rate in force on ``service`` (``None``: Redis cannot say)."""
@@ -209,6 +218,8 @@ class SharedPaces:
             if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
                 turn.lease = None
                 raise ThrottledError(service, reply[1], turn.limit)
+            with pace.lock:
+                pace.leases[turn.lease] = mono + ttl
             turn.slot = True
         elif count:
             try:
@@ -262,10 +273,13 @@ class SharedPaces:
         learning pause starts the rate), and a throttling answer lowers the shared rate.
         ``False`` when Redis cannot serve it (the lease then ends with its TTL)."""
         lease, turn.lease = turn.lease, None
-        if success:
+        if success or lease is not None:
             pace = self._pace(turn.service)
             with pace.lock:
-                pace.successes += 1
+                if success:
+                    pace.successes += 1
+                if lease is not None:
+                    pace.leases.pop(lease, None)
         if lease is None and not throttling:
             return True
         try:
