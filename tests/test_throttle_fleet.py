@@ -168,7 +168,6 @@ def test_slots_taken_through_redis_count_against_the_local_share(redis: RedisSer
 
 # -- 4. a release during an outage reaches Redis later --------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_slots_released_during_an_outage_are_freed_at_the_next_round_trip(
         redis: RedisServer) -> None:
     """4 slots taken through Redis, released while it is paused: once it answers again,

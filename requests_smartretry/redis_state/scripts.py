@@ -228,7 +228,8 @@ return reply
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
 # none), throttling (0/1), started, successes (to add), retry_after ('' = none), beta,
 # recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
-# the caller paced locally: the bucket starts spent).
+# the caller paced locally: the bucket starts spent), released (lease ids, comma-separated,
+# of slots released while Redis could not be told: freed first).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 THROTTLE_LUA = _PRELUDE + """
@@ -240,6 +241,8 @@ local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+-- Slots released while Redis could not be told (ARGV[23], comma-separated): freed now.
+for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
 local names = {'tat', 'wmax', 'tfail', 'learn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))

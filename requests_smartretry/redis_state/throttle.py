@@ -29,7 +29,7 @@ class Pace:
     used yet, and what Redis said at the last round trip."""
 
     __slots__ = ("demand", "interval", "leases", "lock", "paced_locally", "processes",
-                 "rate", "successes", "synced", "tokens")
+                 "rate", "successes", "synced", "tokens", "unreleased")
 
     def __init__(self) -> None:
         self.lock = forksafe.lock()
@@ -42,6 +42,9 @@ class Pace:
         #: The slots this process holds through Redis: lease id -> (monotonic) its end.
         #: While Redis is out they count against the process's local share.
         self.leases: dict[str, float] = {}
+        #: Slots released while Redis could not be told (lease id -> its end): freed
+        #: there by the next round trip that goes through.
+        self.unreleased: dict[str, float] = {}
         #: Redis could not serve a call since the last reservation it made: the process
         #: paced locally meanwhile (see ``_throttle_trip``).
         self.paced_locally = False
@@ -117,8 +120,12 @@ class SharedPaces:
         from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
 
         pace = self._pace(service)
+        mono = _monotonic()
         with pace.lock:
             successes, pace.successes = pace.successes, 0
+            unreleased = {lease_id: end for lease_id, end in pace.unreleased.items()
+                          if end > mono}  # (an ended lease is gone from Redis anyway)
+            pace.unreleased = {}
             # The first reservation after a spell of local pacing finds the shared bucket
             # spent (the fleet paced locally meanwhile; a bucket refilled while Redis was
             # out would send a burst on top of the local turns of the last second).
@@ -133,7 +140,7 @@ class SharedPaces:
                 "1" if throttling else "0", repr(float(started + shift)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN), "1" if resume else "0"]
+                repr(LEARN), "1" if resume else "0", ",".join(unreleased)]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -142,6 +149,7 @@ class SharedPaces:
             outage = self._unusable(service)
             with pace.lock:
                 pace.successes += successes  # sent with the next call
+                pace.unreleased.update(unreleased)  # ... as these releases
                 pace.paced_locally = pace.paced_locally or outage
             if not outage:
                 raise NoTime()
@@ -271,15 +279,17 @@ class SharedPaces:
         """The attempt of ``turn`` ended: its leased slot goes back, a success is counted
         (sent with the next call: the fleet's successes of the last second are where a
         learning pause starts the rate), and a throttling answer lowers the shared rate.
-        ``False`` when Redis cannot serve it (the lease then ends with its TTL)."""
+        ``False`` when Redis cannot serve it (the slot is then freed there by the next
+        round trip that goes through, or when its lease ends)."""
         lease, turn.lease = turn.lease, None
+        pace = self._pace(turn.service)
+        end: Optional[float] = None
         if success or lease is not None:
-            pace = self._pace(turn.service)
             with pace.lock:
                 if success:
                     pace.successes += 1
                 if lease is not None:
-                    pace.leases.pop(lease, None)
+                    end = pace.leases.pop(lease, None)
         if lease is None and not throttling:
             return True
         try:
@@ -292,7 +302,12 @@ class SharedPaces:
                                         deadline=False)
         except NoTime:
             reply = None
+        if reply is None and lease is not None and end is not None:
+            # Redis could not be told: the slot is freed there by the next round trip
+            # that goes through (not left leased until the lease ends).
+            with pace.lock:
+                pace.unreleased[lease] = end
         if reply is not None and throttling:
-            with self._pace(turn.service).lock:
-                self._pace(turn.service).tokens.clear()  # leased at the old rate
+            with pace.lock:
+                pace.tokens.clear()  # leased at the old rate
         return reply is not None
