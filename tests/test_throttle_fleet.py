@@ -192,7 +192,6 @@ def test_slots_released_during_an_outage_are_freed_at_the_next_round_trip(
 
 # -- 5. back from local pacing --------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 def test_back_from_an_outage_the_local_calls_still_out_count(redis: RedisServer) -> None:
     """max_in_flight=4: 4 attempts sent while Redis was paused are still out when it
     answers again: no shared slot is taken until they end (in flight: 4, not 8)."""
@@ -252,3 +251,4 @@ def test_a_forked_child_holds_none_of_its_parents_slots(redis: RedisServer,
         assert slots_in_redis(redis) == 2
     for turn in held:
         turn.done(throttle.clock())
+

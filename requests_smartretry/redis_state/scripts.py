@@ -229,7 +229,8 @@ return reply
 # none), throttling (0/1), started, successes (to add), retry_after ('' = none), beta,
 # recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
 # the caller paced locally: the bucket starts spent), released (lease ids, comma-separated,
-# of slots released while Redis could not be told: freed first).
+# of slots released while Redis could not be told: freed first), held locally (the caller's
+# attempts sent while it paced locally, still under way: counted as slots taken).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 THROTTLE_LUA = _PRELUDE + """
@@ -308,7 +309,7 @@ local function reserve()
 end
 if op == 'acquire' then
   redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
-  if redis.call('ZCARD', skey) < max_in_flight then
+  if redis.call('ZCARD', skey) + (tonumber(ARGV[24]) or 0) < max_in_flight then
     if count > 0 then reserve() end
     if count == 0 or granted > 0 then
       redis.call('ZADD', skey, now + lease_ttl, lease)

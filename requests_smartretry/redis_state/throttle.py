@@ -110,7 +110,8 @@ class SharedPaces:
                        *, count: int = 0, max_wait: float = 0.0, lease: str = "",
                        lease_ttl: float = 0.0, throttling: bool = False,
                        started: float = 0.0, retry_after: Optional[float] = None,
-                       deadline: bool = True) -> Optional[list[float]]:
+                       deadline: bool = True, held_locally: int = 0,
+                       ) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
         or ``None`` when local state must serve (Redis is out, or the service's keys are
         unusable).  Raises :class:`NoTime` when the request's deadline left no time for
@@ -140,7 +141,7 @@ class SharedPaces:
                 "1" if throttling else "0", repr(float(started + shift)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN), "1" if resume else "0", ",".join(unreleased)]
+                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -212,9 +213,14 @@ class SharedPaces:
             if turn.lease is None:
                 turn.lease = uuid.uuid4().hex
             ttl = (60.0 if turn.span is None else max(turn.span, 0.0)) + _LEASE_MARGIN
+            # The attempts this process sent while it paced locally, and still under
+            # way, hold slots Redis does not know of: they count there too (back from
+            # an outage, the process takes a shared slot only once they leave room).
+            held_locally = turn.throttle.in_flight(service)
             try:
                 reply = self._throttle_trip(service, settings, "acquire", now, count=count,
-                                            max_wait=left, lease=turn.lease, lease_ttl=ttl)
+                                            max_wait=left, lease=turn.lease, lease_ttl=ttl,
+                                            held_locally=held_locally)
             except NoTime:  # no time for Redis (now): look again while the turn may wait
                 turn.lease = None
                 return turn.slot_wait(left - (_monotonic() - mono))
