@@ -69,7 +69,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from . import forksafe
@@ -101,6 +103,10 @@ _SLICES = 20
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
 _INF = math.inf
+#: Forks seen by this process (a child counts one more than its parent): a turn taken
+#: before a fork belongs to the parent, and ends nothing in the child.
+_generation = 0
+_throttles: weakref.WeakSet[Throttle] = weakref.WeakSet()
 
 
 class ThrottleSettings:
@@ -313,6 +319,17 @@ class Throttle:
         self._services: dict[str, _Local] = {}
         self._services_lock = forksafe.lock()
         track(self)
+        _throttles.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the slots the parent's attempts hold are not this process's
+        (it starts with none held); the schedule and the successes seen are kept."""
+        services = {}
+        for service, parents in self._services.items():
+            local = services[service] = _Local()
+            local.record = dict(parents.record)
+            local.slices = [list(cell) for cell in parents.slices]
+        self._services = services
 
     def __repr__(self) -> str:
         s = self.settings
@@ -449,8 +466,8 @@ class Turn:
     adaptive rate how the attempt went.
     """
 
-    __slots__ = ("asked", "counted", "held", "lease", "limit", "local", "service", "slot",
-                 "span", "started", "throttle", "token", "waited")
+    __slots__ = ("asked", "counted", "generation", "held", "lease", "limit", "local",
+                 "service", "slot", "span", "started", "throttle", "token", "waited")
 
     def __init__(self, throttle: Throttle, service: str, asked: float,
                  limit: Optional[float], span: Optional[float]) -> None:
@@ -470,6 +487,7 @@ class Turn:
         self.counted = False  # counted in the shared demand
         self.started = asked
         self.waited = 0.0
+        self.generation = _generation  # (a turn of the parent's, in a forked child)
 
     def step(self, now: float) -> Optional[float]:
         """``None``: go now; else seconds to wait before stepping again.  Raises
@@ -535,6 +553,12 @@ class Turn:
              retry_after: Optional[float] = None, refused: bool = False) -> None:
         """The attempt ended (or never went: ``refused``): give the slot back; a success
         counts towards the accepted rate, a throttling answer lowers the adaptive rate."""
+        if self.generation != _generation:
+            # Taken by the parent before this process was forked from it: the slot is the
+            # parent's to give back (in Redis, its lease), not this process's.
+            self.lease = None
+            self.held = False
+            return
         throttle = self.throttle
         settings = throttle.settings
         local = self.local
@@ -578,6 +602,17 @@ def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
     rate = None if settings.rate is None else settings.rate / share
     return ThrottleSettings(rate, max(1, settings.burst // share), settings.max_in_flight,
                             settings.adaptive, settings.max_wait)
+
+
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
+    for throttle in list(_throttles):
+        throttle._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_number(name: str, value: Any, *, minimum_allowed: bool = False) -> None:

@@ -215,7 +215,6 @@ def test_back_from_an_outage_the_local_calls_still_out_count(redis: RedisServer)
 
 # -- 6. a forked child ----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
 @pytest.mark.parametrize("through_redis", [False, True], ids=["local", "redis"])
 def test_a_forked_child_holds_none_of_its_parents_slots(redis: RedisServer,
