@@ -251,3 +251,32 @@ def test_a_forked_child_holds_none_of_its_parents_slots(redis: RedisServer,
     for turn in held:
         turn.done(throttle.clock())
 
+
+# -- the fleet's in-flight bound through an outage --------------------------------------------
+
+@pytest.mark.stress
+def test_the_fleets_in_flight_peak_through_a_paused_redis_stays_within_the_bound() -> None:
+    """2 real processes (6 threads each) share Throttle(max_in_flight=4) through a Redis
+    paused (``CLIENT PAUSE``, 1.5 s) mid-run: the vendor never holds more than the
+    documented bound, max_in_flight + (P - 1) * ceil(max_in_flight / P) = 6 at once, and
+    no call is refused.  Before the fixes of #26's review: 8 at once, 8 calls refused
+    (slots released during the pause stayed leased)."""
+    import threading
+
+    import redis as redis_py
+
+    from tests.fakes.ratelimited import RateLimitedVendor
+    from tests.redis_server import in_processes, slot_calls
+
+    with RedisServer() as server, RateLimitedVendor(latency=0.5) as vendor:
+        start_at = time.time() + 3.0  # both processes running before the first call
+        pauser = threading.Timer(start_at + 1.2 - time.time(), lambda: redis_py.Redis(
+            port=server.port).execute_command("CLIENT", "PAUSE", "1500", "ALL"))
+        pauser.start()
+        try:
+            results = in_processes(slot_calls, [
+                (server.url, vendor.url(), 4.0, 6, 4, start_at)] * 2, timeout=60)
+        finally:
+            pauser.cancel()
+    assert all(set(answers) == {"200"} for answers in results), results
+    assert vendor.peak <= 4 + 1 * 2, vendor.peak
