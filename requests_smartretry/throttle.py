@@ -59,7 +59,14 @@ trip per batch, not per request.  While Redis is slow or down, each process pace
 at its share (rate ÷ processes last seen), with one WARNING.  Neither side of that switch
 sends the fleet's burst again: the local pacing starts with one token, not a full bucket
 (the burst went through Redis already), and the first reservation in Redis after it
-finds the shared bucket spent (it refilled while the fleet paced locally).
+finds the shared bucket spent (it refilled while the fleet paced locally).  Only an
+outage or unusable keys switch to local pacing: a turn whose deadline leaves no time for
+Redis asks again while it may wait.  The slots a process holds through Redis count
+against its local share; those it took locally count in Redis once it answers again
+(a shared slot is taken only when they leave room), and the slots it released meanwhile
+are freed there by its next round trip.  Hence the fleet's in-flight bound while Redis
+is out and until the local attempts end: ``max_in_flight + (P - 1)·⌈max_in_flight / P⌉``
+for ``P`` processes.
 
 Thread-safe: the local state of each service is guarded by one short lock, never held
 around a wait or a network call.
@@ -453,7 +460,8 @@ class Throttle:
             return rate_at(local.record, self.settings, now)
 
     def in_flight(self, service: str) -> int:
-        """Attempts on ``service`` holding a slot in this process."""
+        """Attempts on ``service`` holding a local slot in this process (with a shared
+        store: one taken while Redis was out)."""
         return self._local(service).in_flight
 
 

@@ -106,7 +106,9 @@ class RedisStateStore(SharedPaces):
     client raises at construction, naming it without its password.
 
     ``time_budget`` bounds all Redis work of one request (never more than the attempt's
-    deadline leaves); ``socket_timeout`` bounds one connection's reads in the background.
+    deadline leaves; a throttle's round trips, repeated while a turn waits, each have
+    the whole budget, and a slot's release is sent even past the deadline);
+    ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
     and deposits are sent every ``sync_interval`` seconds or ``max_batch`` successes;
