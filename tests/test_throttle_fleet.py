@@ -213,6 +213,26 @@ def test_back_from_an_outage_the_local_calls_still_out_count(redis: RedisServer)
     assert [take(throttle, limit=0.5) is not None for _ in range(4)] == [True] * 4
 
 
+def test_a_throttling_answer_during_an_outage_lowers_the_fleets_rate_once_redis_is_back(
+        redis: RedisServer) -> None:
+    """A 429 answered while Redis was paused lowers this process's rate at once, and the
+    fleet's (in Redis) with its next round trip once Redis answers again (before: the
+    fleet went on at the old rate)."""
+    throttle = shared(redis, rate=10.0, max_in_flight=4, adaptive=True)
+    take(throttle).done(throttle.clock(), success=True)
+    pause(redis)
+    try:
+        out(throttle)
+        take(throttle).done(throttle.clock(), throttling=True)
+        assert throttle.rate(SERVICE) == pytest.approx(8.0, rel=0.05)  # local
+    finally:
+        resume(redis)
+    back(throttle)
+    take(throttle).done(throttle.clock(), success=True)
+    other = shared(redis, rate=10.0, max_in_flight=4, adaptive=True)  # another process
+    assert other.rate(SERVICE) == pytest.approx(8.0, rel=0.05)
+
+
 # -- 6. a forked child ----------------------------------------------------------------------------
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")

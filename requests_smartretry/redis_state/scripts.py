@@ -307,6 +307,30 @@ local function reserve()
     dirty['tat'] = tat
   end
 end
+-- A throttling answer: told with its attempt's release, or (Redis was out then) by the
+-- caller's next call, before that call reserves anything.
+if ARGV[12] == '1' then
+  local retry_after = tonumber(ARGV[15])
+  if retry_after and retry_after > 0 then
+    tat = math.max(tat or now, now + retry_after)
+    dirty['tat'] = tat
+  end
+  local started = tonumber(ARGV[13])
+  if adaptive and not learn and (not tfail or started > tfail + holdoff) then
+    if rate == math.huge then
+      learn = now + learn_for
+      tat = math.max(tat or now, learn)
+      dirty['learn'] = learn
+      dirty['tat'] = tat
+    else
+      wmax, tfail = rate, now
+      dirty['wmax'] = wmax
+      dirty['tfail'] = tfail
+      rate = rate_at()
+      interval = 1 / rate
+    end
+  end
+end
 if op == 'acquire' then
   redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
   if redis.call('ZCARD', skey) + (tonumber(ARGV[24]) or 0) < max_in_flight then
@@ -322,28 +346,6 @@ elseif op == 'reserve' then
   reserve()
 elseif op == 'release' then
   if lease ~= '' then redis.call('ZREM', skey, lease) end
-  if ARGV[12] == '1' then
-    local retry_after = tonumber(ARGV[15])
-    if retry_after and retry_after > 0 then
-      tat = math.max(tat or now, now + retry_after)
-      dirty['tat'] = tat
-    end
-    local started = tonumber(ARGV[13])
-    if adaptive and not learn and (not tfail or started > tfail + holdoff) then
-      if rate == math.huge then
-        learn = now + learn_for
-        tat = math.max(tat or now, learn)
-        dirty['learn'] = learn
-        dirty['tat'] = tat
-      else
-        wmax, tfail = rate, now
-        dirty['wmax'] = wmax
-        dirty['tfail'] = tfail
-        rate = rate_at()
-        interval = 1 / rate
-      end
-    end
-  end
 end
 local fields = {}
 for name, value in pairs(dirty) do

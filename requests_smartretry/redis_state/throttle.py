@@ -29,7 +29,7 @@ class Pace:
     used yet, and what Redis said at the last round trip."""
 
     __slots__ = ("demand", "interval", "leases", "lock", "paced_locally", "processes",
-                 "rate", "successes", "synced", "tokens", "unreleased")
+                 "rate", "successes", "synced", "throttled", "tokens", "unreleased")
 
     def __init__(self) -> None:
         self.lock = forksafe.lock()
@@ -45,6 +45,10 @@ class Pace:
         #: Slots released while Redis could not be told (lease id -> its end): freed
         #: there by the next round trip that goes through.
         self.unreleased: dict[str, float] = {}
+        #: A throttling answer Redis could not be told of: (when its attempt started, on
+        #: the shared clock; when its Retry-After ends, monotonic, or ``None``).  The next
+        #: round trip that goes through carries it.
+        self.throttled: Optional[tuple[float, Optional[float]]] = None
         #: Redis could not serve a call since the last reservation it made: the process
         #: paced locally meanwhile (see ``_throttle_trip``).
         self.paced_locally = False
@@ -131,14 +135,24 @@ class SharedPaces:
             # spent (the fleet paced locally meanwhile; a bucket refilled while Redis was
             # out would send a burst on top of the local turns of the last second).
             resume = count > 0 and pace.paced_locally
+            carried = None
+            if not throttling:
+                carried, pace.throttled = pace.throttled, None
         shift = self._offset if self.server_time else 0.0  # the caller's clock -> shared
+        shared_start = started + shift
+        retry_until = None if retry_after is None else mono + retry_after
+        if carried is not None:  # told now, as if with the release it could not ride
+            throttling = True
+            shared_start, retry_until = carried
+            retry_after = None if retry_until is None or retry_until <= mono \
+                else retry_until - mono
         args = [op, "" if self.server_time else repr(float(now)),
                 "" if settings.rate is None else repr(settings.rate), settings.burst,
                 "1" if settings.adaptive else "0", count,
                 repr(float(min(max_wait, 1e9))), self._origin, lease,
                 repr(float(lease_ttl)),
                 "" if settings.max_in_flight is None else settings.max_in_flight,
-                "1" if throttling else "0", repr(float(started + shift)),
+                "1" if throttling else "0", repr(float(shared_start)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
                 repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally]
@@ -152,12 +166,17 @@ class SharedPaces:
                 pace.successes += successes  # sent with the next call
                 pace.unreleased.update(unreleased)  # ... as these releases
                 pace.paced_locally = pace.paced_locally or outage
+                if throttling:  # the fleet's rate learns of it with the next call
+                    pace.throttled = (shared_start, retry_until)
             if not outage:
                 raise NoTime()
         else:
-            if resume:
+            if resume or carried is not None:
                 with pace.lock:
-                    pace.paced_locally = False
+                    if resume:
+                        pace.paced_locally = False
+                    if carried is not None:
+                        pace.tokens.clear()  # leased at the old rate
             pace.synced = _monotonic()
             pace.processes = max(1, int(reply[4]))
             pace.rate = reply[5]
