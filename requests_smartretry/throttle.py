@@ -59,7 +59,14 @@ trip per batch, not per request.  While Redis is slow or down, each process pace
 at its share (rate ÷ processes last seen), with one WARNING.  Neither side of that switch
 sends the fleet's burst again: the local pacing starts with one token, not a full bucket
 (the burst went through Redis already), and the first reservation in Redis after it
-finds the shared bucket spent (it refilled while the fleet paced locally).
+finds the shared bucket spent (it refilled while the fleet paced locally).  Only an
+outage or unusable keys switch to local pacing: a turn whose deadline leaves no time for
+Redis asks again while it may wait.  The slots a process holds through Redis count
+against its local share; those it took locally count in Redis once it answers again
+(a shared slot is taken only when they leave room), and the slots it released meanwhile
+are freed there by its next round trip.  Hence the fleet's in-flight bound while Redis
+is out and until the local attempts end: ``max_in_flight + (P - 1)·⌈max_in_flight / P⌉``
+for ``P`` processes.
 
 Thread-safe: the local state of each service is guarded by one short lock, never held
 around a wait or a network call.
@@ -69,7 +76,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 from . import forksafe
@@ -101,6 +110,10 @@ _SLICES = 20
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
 _INF = math.inf
+#: Forks seen by this process (a child counts one more than its parent): a turn taken
+#: before a fork belongs to the parent, and ends nothing in the child.
+_generation = 0
+_throttles: weakref.WeakSet[Throttle] = weakref.WeakSet()
 
 
 class ThrottleSettings:
@@ -313,6 +326,17 @@ class Throttle:
         self._services: dict[str, _Local] = {}
         self._services_lock = forksafe.lock()
         track(self)
+        _throttles.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the slots the parent's attempts hold are not this process's
+        (it starts with none held); the schedule and the successes seen are kept."""
+        services = {}
+        for service, parents in self._services.items():
+            local = services[service] = _Local()
+            local.record = dict(parents.record)
+            local.slices = [list(cell) for cell in parents.slices]
+        self._services = services
 
     def __repr__(self) -> str:
         s = self.settings
@@ -436,7 +460,8 @@ class Throttle:
             return rate_at(local.record, self.settings, now)
 
     def in_flight(self, service: str) -> int:
-        """Attempts on ``service`` holding a slot in this process."""
+        """Attempts on ``service`` holding a local slot in this process (with a shared
+        store: one taken while Redis was out)."""
         return self._local(service).in_flight
 
 
@@ -449,8 +474,8 @@ class Turn:
     adaptive rate how the attempt went.
     """
 
-    __slots__ = ("asked", "counted", "held", "lease", "limit", "local", "service", "slot",
-                 "span", "started", "throttle", "token", "waited")
+    __slots__ = ("asked", "counted", "generation", "held", "lease", "limit", "local",
+                 "service", "slot", "span", "started", "throttle", "token", "waited")
 
     def __init__(self, throttle: Throttle, service: str, asked: float,
                  limit: Optional[float], span: Optional[float]) -> None:
@@ -470,6 +495,7 @@ class Turn:
         self.counted = False  # counted in the shared demand
         self.started = asked
         self.waited = 0.0
+        self.generation = _generation  # (a turn of the parent's, in a forked child)
 
     def step(self, now: float) -> Optional[float]:
         """``None``: go now; else seconds to wait before stepping again.  Raises
@@ -491,8 +517,11 @@ class Turn:
             limit = settings.max_in_flight
             assert limit is not None
             limit = max(1, -(-limit // share))
+            # The slots this process still holds through Redis (taken before it went
+            # out) are part of its share.
+            held = 0 if store is None else store.throttle_held(self.service)
             with local.lock:
-                if local.in_flight < limit:
+                if local.in_flight + held < limit:
                     local.in_flight += 1
                     self.slot = self.held = True
             if not self.slot:
@@ -532,6 +561,12 @@ class Turn:
              retry_after: Optional[float] = None, refused: bool = False) -> None:
         """The attempt ended (or never went: ``refused``): give the slot back; a success
         counts towards the accepted rate, a throttling answer lowers the adaptive rate."""
+        if self.generation != _generation:
+            # Taken by the parent before this process was forked from it: the slot is the
+            # parent's to give back (in Redis, its lease), not this process's.
+            self.lease = None
+            self.held = False
+            return
         throttle = self.throttle
         settings = throttle.settings
         local = self.local
@@ -575,6 +610,17 @@ def _shared_part(settings: ThrottleSettings, share: int) -> ThrottleSettings:
     rate = None if settings.rate is None else settings.rate / share
     return ThrottleSettings(rate, max(1, settings.burst // share), settings.max_in_flight,
                             settings.adaptive, settings.max_wait)
+
+
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
+    for throttle in list(_throttles):
+        throttle._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_number(name: str, value: Any, *, minimum_allowed: bool = False) -> None:

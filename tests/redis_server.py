@@ -629,3 +629,38 @@ def paced_calls(redis_url: str, url: str, seconds: float, threads: int,
         worker.join()
     store = session.get_adapter(url).state
     return {"answers": answers, "shared": store.shared}
+
+
+def slot_calls(redis_url: str, url: str, seconds: float, threads: int, max_in_flight: int,
+               start_at: float, time_budget: float = 0.3) -> dict[str, Any]:
+    """Call ``url`` from ``threads`` threads for ``seconds`` (from the wall-clock moment
+    ``start_at``) under ``Throttle(max_in_flight=...)`` shared through Redis; return the
+    answers seen (status code -> count)."""
+    import threading
+
+    from requests_smartretry import Throttle, ThrottledError, smart_session
+
+    session = smart_session(max_retries=0, budget=None, log=False, timeout=10.0,
+                            throttle=Throttle(max_in_flight=max_in_flight),
+                            state=shared_store(redis_url, time_budget=time_budget,
+                                               retry_interval=0.1))
+    answers: dict[str, int] = {}
+    lock = threading.Lock()
+    time.sleep(max(0.0, start_at - time.time()))
+    until = time.monotonic() + seconds
+
+    def work() -> None:
+        while time.monotonic() < until:
+            try:
+                key = str(session.get(url).status_code)
+            except ThrottledError:
+                key = "ThrottledError"
+            with lock:
+                answers[key] = answers.get(key, 0) + 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return answers

@@ -588,6 +588,9 @@ class _RedisOut:
     def throttle_share(self, service: str) -> int:
         return self.share
 
+    def throttle_held(self, service: str) -> int:
+        return 0
+
     def throttle_done(self, *args: Any, **kwargs: Any) -> bool:
         return False
 

@@ -228,7 +228,9 @@ return reply
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
 # none), throttling (0/1), started, successes (to add), retry_after ('' = none), beta,
 # recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
-# the caller paced locally: the bucket starts spent).
+# the caller paced locally: the bucket starts spent), released (lease ids, comma-separated,
+# of slots released while Redis could not be told: freed first), held locally (the caller's
+# attempts sent while it paced locally, still under way: counted as slots taken).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 THROTTLE_LUA = _PRELUDE + """
@@ -240,6 +242,8 @@ local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+-- Slots released while Redis could not be told (ARGV[23], comma-separated): freed now.
+for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
 local names = {'tat', 'wmax', 'tfail', 'learn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))
@@ -303,9 +307,33 @@ local function reserve()
     dirty['tat'] = tat
   end
 end
+-- A throttling answer: told with its attempt's release, or (Redis was out then) by the
+-- caller's next call, before that call reserves anything.
+if ARGV[12] == '1' then
+  local retry_after = tonumber(ARGV[15])
+  if retry_after and retry_after > 0 then
+    tat = math.max(tat or now, now + retry_after)
+    dirty['tat'] = tat
+  end
+  local started = tonumber(ARGV[13])
+  if adaptive and not learn and (not tfail or started > tfail + holdoff) then
+    if rate == math.huge then
+      learn = now + learn_for
+      tat = math.max(tat or now, learn)
+      dirty['learn'] = learn
+      dirty['tat'] = tat
+    else
+      wmax, tfail = rate, now
+      dirty['wmax'] = wmax
+      dirty['tfail'] = tfail
+      rate = rate_at()
+      interval = 1 / rate
+    end
+  end
+end
 if op == 'acquire' then
   redis.call('ZREMRANGEBYSCORE', skey, '-inf', now)
-  if redis.call('ZCARD', skey) < max_in_flight then
+  if redis.call('ZCARD', skey) + (tonumber(ARGV[24]) or 0) < max_in_flight then
     if count > 0 then reserve() end
     if count == 0 or granted > 0 then
       redis.call('ZADD', skey, now + lease_ttl, lease)
@@ -318,28 +346,6 @@ elseif op == 'reserve' then
   reserve()
 elseif op == 'release' then
   if lease ~= '' then redis.call('ZREM', skey, lease) end
-  if ARGV[12] == '1' then
-    local retry_after = tonumber(ARGV[15])
-    if retry_after and retry_after > 0 then
-      tat = math.max(tat or now, now + retry_after)
-      dirty['tat'] = tat
-    end
-    local started = tonumber(ARGV[13])
-    if adaptive and not learn and (not tfail or started > tfail + holdoff) then
-      if rate == math.huge then
-        learn = now + learn_for
-        tat = math.max(tat or now, learn)
-        dirty['learn'] = learn
-        dirty['tat'] = tat
-      else
-        wmax, tfail = rate, now
-        dirty['wmax'] = wmax
-        dirty['tfail'] = tfail
-        rate = rate_at()
-        interval = 1 / rate
-      end
-    end
-  end
 end
 local fields = {}
 for name, value in pairs(dirty) do

@@ -106,7 +106,9 @@ class RedisStateStore(SharedPaces):
     client raises at construction, naming it without its password.
 
     ``time_budget`` bounds all Redis work of one request (never more than the attempt's
-    deadline leaves); ``socket_timeout`` bounds one connection's reads in the background.
+    deadline leaves; a throttle's round trips, repeated while a turn waits, each have
+    the whole budget, and a slot's release is sent even past the deadline);
+    ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
     and deposits are sent every ``sync_interval`` seconds or ``max_batch`` successes;
@@ -271,16 +273,21 @@ class RedisStateStore(SharedPaces):
         self._throttle_script = client.register_script(THROTTLE_LUA)
         return client.register_script(STATE_LUA)
 
-    def _allowance(self, budget: float) -> tuple[float, bool]:
-        """Seconds this request may still spend in Redis, and whether the deadline (not
-        the time budget) is what limits it."""
+    def _allowance(self, budget: float, cumulative: bool = True,
+                   deadline: bool = True) -> tuple[float, bool]:
+        """Seconds this request may still spend in Redis, and whether that is less than
+        the time budget: the ``deadline``, or (``cumulative``) the request's earlier Redis
+        work, limits it."""
         scope = current_scope()
-        owner, spent = _spent.get()
-        left = budget - (spent if owner is scope and scope is not None else 0.0)
-        remaining = None if scope is None else scope.remaining()
+        left = budget
+        if cumulative:
+            owner, spent = _spent.get()
+            if owner is scope and scope is not None and spent > 0.0:
+                left = budget - spent
+        remaining = None if scope is None or not deadline else scope.remaining()
         if remaining is not None and remaining < left:
             return remaining, True
-        return left, False
+        return left, left < budget
 
     def _charge(self, seconds: float) -> None:
         scope = current_scope()
@@ -289,11 +296,20 @@ class RedisStateStore(SharedPaces):
             _spent.set((scope, seconds + (spent if owner is scope else 0.0)))
 
     def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
-                 time_budget: Optional[float] = None) -> list[Any]:
+                 time_budget: Optional[float] = None, per_trip: bool = False,
+                 deadline: bool = True) -> list[Any]:
         """Run the script within this request's time budget (or ``time_budget``; on a
-        worker thread, so that a slow or dripping Redis cannot hold the request past it)."""
+        worker thread, so that a slow or dripping Redis cannot hold the request past it).
+        ``per_trip``: the budget bounds this round trip alone, and is not charged to the
+        request (a throttle's turn asks Redis again while it waits; its waits are bounded
+        by the turn's own limit).  A round trip that overruns what the deadline or the
+        request's earlier Redis work left it is :class:`NoTime`, not an outage: only
+        one that overruns the whole budget says that Redis is slow.  ``deadline=False``:
+        not bounded by the request's deadline (what must reach Redis even after it, as
+        the release of a slot)."""
         allowance, by_deadline = self._allowance(
-            self.time_budget if time_budget is None else time_budget)
+            self.time_budget if time_budget is None else time_budget, not per_trip,
+            deadline)
         if allowance <= 0.0:
             raise NoTime()
         started = _monotonic()
@@ -321,7 +337,8 @@ class RedisStateStore(SharedPaces):
                     f"no answer within the time budget ({allowance * 1000:.0f} ms)") from None
         finally:
             elapsed = _monotonic() - started
-            self._charge(elapsed)
+            if not per_trip:
+                self._charge(elapsed)
         if self.server_time:
             try:
                 self._offset = float(reply[0]) - (started + elapsed / 2.0)
@@ -592,6 +609,12 @@ class RedisStateStore(SharedPaces):
         if episode is not None and _monotonic() < episode.until:
             return True
         return self._down and (_monotonic() < self._next_try or self._in_flight > 0)
+
+    def _unusable(self, service: str) -> bool:
+        """Whether Redis cannot serve ``service`` now: it is out, or the service's keys
+        are in a bad episode (not merely: this request had no time left for it)."""
+        episode = self._bad.get(service)
+        return self._down or (episode is not None and _monotonic() < episode.until)
 
     def _guarded(self, service: str, call: Callable[[], _Reply]) -> Optional[_Reply]:
         """``call()`` (a script call for ``service``), or ``None`` when local state must

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 from .. import forksafe
 from ..errors import ThrottledError
+from .errors import NoTime
 from .scripts import pace_numbers
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ class Pace:
     """This process's side of one service's shared throttle: the turns it leased and not
     used yet, and what Redis said at the last round trip."""
 
-    __slots__ = ("demand", "interval", "lock", "paced_locally", "processes", "rate",
-                 "successes", "synced", "tokens")
+    __slots__ = ("demand", "interval", "leases", "lock", "paced_locally", "processes",
+                 "rate", "successes", "synced", "throttled", "tokens", "unreleased")
 
     def __init__(self) -> None:
         self.lock = forksafe.lock()
@@ -38,6 +39,16 @@ class Pace:
         self.processes = 1  # processes seen on the service at the last round trip
         self.synced = -math.inf  # (monotonic) the last round trip
         self.successes = 0  # successes not reported to Redis yet
+        #: The slots this process holds through Redis: lease id -> (monotonic) its end.
+        #: While Redis is out they count against the process's local share.
+        self.leases: dict[str, float] = {}
+        #: Slots released while Redis could not be told (lease id -> its end): freed
+        #: there by the next round trip that goes through.
+        self.unreleased: dict[str, float] = {}
+        #: A throttling answer Redis could not be told of: (when its attempt started, on
+        #: the shared clock; when its Retry-After ends, monotonic, or ``None``).  The next
+        #: round trip that goes through carries it.
+        self.throttled: Optional[tuple[float, Optional[float]]] = None
         #: Redis could not serve a call since the last reservation it made: the process
         #: paced locally meanwhile (see ``_throttle_trip``).
         self.paced_locally = False
@@ -84,7 +95,11 @@ class SharedPaces:
 
         def _guarded(self, service: str, call: Callable[[], _Reply]) -> Optional[_Reply]: ...
 
-        def _execute(self, args: list[Any], keys: list[str], lua: str = "state") -> list[Any]: ...
+        def _execute(self, args: list[Any], keys: list[str], lua: str = "state",
+                     time_budget: Optional[float] = None,
+                     per_trip: bool = False, deadline: bool = True) -> list[Any]: ...
+
+        def _unusable(self, service: str) -> bool: ...
 
     def _pace(self, service: str) -> Pace:
         pace = self._paces.get(service)
@@ -98,42 +113,70 @@ class SharedPaces:
     def _throttle_trip(self, service: str, settings: ThrottleSettings, op: str, now: float,
                        *, count: int = 0, max_wait: float = 0.0, lease: str = "",
                        lease_ttl: float = 0.0, throttling: bool = False,
-                       started: float = 0.0,
-                       retry_after: Optional[float] = None) -> Optional[list[float]]:
+                       started: float = 0.0, retry_after: Optional[float] = None,
+                       deadline: bool = True, held_locally: int = 0,
+                       ) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
-        or ``None`` when local state must serve."""
+        or ``None`` when local state must serve (Redis is out, or the service's keys are
+        unusable).  Raises :class:`NoTime` when the request's deadline left no time for
+        Redis: that is no outage, and the turn must not pace locally (nor the next
+        reservation find the bucket spent, as after a spell of local pacing).
+        ``deadline=False``: the round trip is not cut by the deadline (a release)."""
         from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
 
         pace = self._pace(service)
+        mono = _monotonic()
         with pace.lock:
             successes, pace.successes = pace.successes, 0
+            unreleased = {lease_id: end for lease_id, end in pace.unreleased.items()
+                          if end > mono}  # (an ended lease is gone from Redis anyway)
+            pace.unreleased = {}
             # The first reservation after a spell of local pacing finds the shared bucket
             # spent (the fleet paced locally meanwhile; a bucket refilled while Redis was
             # out would send a burst on top of the local turns of the last second).
             resume = count > 0 and pace.paced_locally
+            carried = None
+            if not throttling:
+                carried, pace.throttled = pace.throttled, None
         shift = self._offset if self.server_time else 0.0  # the caller's clock -> shared
+        shared_start = started + shift
+        retry_until = None if retry_after is None else mono + retry_after
+        if carried is not None:  # told now, as if with the release it could not ride
+            throttling = True
+            shared_start, retry_until = carried
+            retry_after = None if retry_until is None or retry_until <= mono \
+                else retry_until - mono
         args = [op, "" if self.server_time else repr(float(now)),
                 "" if settings.rate is None else repr(settings.rate), settings.burst,
                 "1" if settings.adaptive else "0", count,
                 repr(float(min(max_wait, 1e9))), self._origin, lease,
                 repr(float(lease_ttl)),
                 "" if settings.max_in_flight is None else settings.max_in_flight,
-                "1" if throttling else "0", repr(float(started + shift)),
+                "1" if throttling else "0", repr(float(shared_start)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN), "1" if resume else "0"]
+                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
-            args, keys, "throttle")))
+            args, keys, "throttle", per_trip=True, deadline=deadline)))
         if reply is None:
+            outage = self._unusable(service)
             with pace.lock:
                 pace.successes += successes  # sent with the next call
-                pace.paced_locally = True
+                pace.unreleased.update(unreleased)  # ... as these releases
+                pace.paced_locally = pace.paced_locally or outage
+                if throttling:  # the fleet's rate learns of it with the next call
+                    pace.throttled = (shared_start, retry_until)
+            if not outage:
+                raise NoTime()
         else:
-            if resume:
+            if resume or carried is not None:
                 with pace.lock:
-                    pace.paced_locally = False
+                    if resume:
+                        pace.paced_locally = False
+                    if carried is not None:
+                        pace.tokens.clear()  # leased at the old rate
             pace.synced = _monotonic()
             pace.processes = max(1, int(reply[4]))
             pace.rate = reply[5]
@@ -146,10 +189,19 @@ class SharedPaces:
         pace = self._paces.get(service)
         return 1 if pace is None else pace.processes
 
+    def throttle_held(self, service: str) -> int:
+        """The slots of ``service`` this process holds through Redis (attempts under way
+        that took them before Redis went out count against its local share)."""
+        pace = self._paces.get(service)
+        return 0 if pace is None else len(pace.leases)
+
     def throttle_rate(self, service: str, settings: ThrottleSettings,
                       now: float) -> Optional[float]:
         """The shared rate in force on ``service`` (``None``: Redis cannot say)."""
-        reply = self._throttle_trip(service, settings, "rate", now)
+        try:
+            reply = self._throttle_trip(service, settings, "rate", now)
+        except NoTime:
+            return None
         return None if reply is None else reply[5]
 
     def throttle_turn(self, turn: Turn, settings: ThrottleSettings, now: float,
@@ -180,8 +232,17 @@ class SharedPaces:
             if turn.lease is None:
                 turn.lease = uuid.uuid4().hex
             ttl = (60.0 if turn.span is None else max(turn.span, 0.0)) + _LEASE_MARGIN
-            reply = self._throttle_trip(service, settings, "acquire", now, count=count,
-                                        max_wait=left, lease=turn.lease, lease_ttl=ttl)
+            # The attempts this process sent while it paced locally, and still under
+            # way, hold slots Redis does not know of: they count there too (back from
+            # an outage, the process takes a shared slot only once they leave room).
+            held_locally = turn.throttle.in_flight(service)
+            try:
+                reply = self._throttle_trip(service, settings, "acquire", now, count=count,
+                                            max_wait=left, lease=turn.lease, lease_ttl=ttl,
+                                            held_locally=held_locally)
+            except NoTime:  # no time for Redis (now): look again while the turn may wait
+                turn.lease = None
+                return turn.slot_wait(left - (_monotonic() - mono))
             if reply is None:
                 turn.lease = None
                 return False
@@ -190,10 +251,19 @@ class SharedPaces:
             if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
                 turn.lease = None
                 raise ThrottledError(service, reply[1], turn.limit)
+            with pace.lock:
+                pace.leases[turn.lease] = mono + ttl
             turn.slot = True
         elif count:
-            reply = self._throttle_trip(service, settings, "reserve", now, count=count,
-                                        max_wait=left)
+            try:
+                reply = self._throttle_trip(service, settings, "reserve", now, count=count,
+                                            max_wait=left)
+            except NoTime:
+                try:
+                    return turn.slot_wait(left - (_monotonic() - mono))
+                except ThrottledError:
+                    turn.done(now, refused=True)  # the slot it holds goes back
+                    raise
             if reply is None:
                 return False
             if reply[2] == 0.0:
@@ -234,18 +304,35 @@ class SharedPaces:
         """The attempt of ``turn`` ended: its leased slot goes back, a success is counted
         (sent with the next call: the fleet's successes of the last second are where a
         learning pause starts the rate), and a throttling answer lowers the shared rate.
-        ``False`` when Redis cannot serve it (the lease then ends with its TTL)."""
+        ``False`` when Redis cannot serve it (the slot is then freed there by the next
+        round trip that goes through, or when its lease ends)."""
         lease, turn.lease = turn.lease, None
-        if success:
-            pace = self._pace(turn.service)
+        pace = self._pace(turn.service)
+        end: Optional[float] = None
+        if success or lease is not None:
             with pace.lock:
-                pace.successes += 1
+                if success:
+                    pace.successes += 1
+                if lease is not None:
+                    end = pace.leases.pop(lease, None)
         if lease is None and not throttling:
             return True
-        reply = self._throttle_trip(turn.service, settings, "release", now,
-                                    lease=lease or "", throttling=throttling,
-                                    started=turn.started, retry_after=retry_after)
+        try:
+            # Sent even when the attempt's deadline is spent (an attempt answered at its
+            # deadline): its slot goes back now, not when its lease ends, and a throttling
+            # answer lowers the fleet's rate.
+            reply = self._throttle_trip(turn.service, settings, "release", now,
+                                        lease=lease or "", throttling=throttling,
+                                        started=turn.started, retry_after=retry_after,
+                                        deadline=False)
+        except NoTime:
+            reply = None
+        if reply is None and lease is not None and end is not None:
+            # Redis could not be told: the slot is freed there by the next round trip
+            # that goes through (not left leased until the lease ends).
+            with pace.lock:
+                pace.unreleased[lease] = end
         if reply is not None and throttling:
-            with self._pace(turn.service).lock:
-                self._pace(turn.service).tokens.clear()  # leased at the old rate
+            with pace.lock:
+                pace.tokens.clear()  # leased at the old rate
         return reply is not None
