@@ -376,13 +376,18 @@ class SmartRetryAdapter(HTTPAdapter):
     policy: RetryPolicy
     #: The ``urllib3.Retry`` given as ``max_retries`` (it decides the retries), or ``None``.
     retry: Optional[Retry] = None
-    #: Whether build_response builds the response itself: False when a class after this
-    #: one in a subclass's MRO (a mixin) overrides HTTPAdapter.build_response.
-    _builds_response = True
+    #: Whether HTTPAdapter's send and build_response are what ``super()`` finds: then an
+    #: attempt calls HTTPAdapter.send through the class (on 3.11 a zero-argument super()
+    #: builds a proxy object per call) and build_response builds the response itself.
+    #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
+    #: both are then reached through super(), as before.
+    _direct_base = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._builds_response = super().build_response is HTTPAdapter.build_response
+        after: Any = super()  # what a subclass reaches after this class
+        cls._direct_base = (after.send is HTTPAdapter.send
+                            and after.build_response is HTTPAdapter.build_response)
 
     def __init__(
         self,
@@ -520,7 +525,7 @@ class SmartRetryAdapter(HTTPAdapter):
         """As ``HTTPAdapter``'s; the response's ``elapsed`` is the attempt's time to the
         headers, as in requests (the session would otherwise set it to the whole call:
         body read and retries included)."""
-        if not self._builds_response:  # a mixin's build_response runs, as before
+        if not self._direct_base:  # a mixin's build_response runs, as before
             built = super().build_response(req, resp)
             built.__class__ = _TimedResponse
             return built
@@ -802,10 +807,16 @@ class SmartRetryAdapter(HTTPAdapter):
         try:
             started = _perf_counter()
             # HTTPAdapter.send(request, stream, timeout, verify, cert, proxies), by position:
-            # keywords cost a Python call their own matching.
-            response = sent = super().send(
-                request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
-                verify, cert, proxies)
+            # keywords cost a Python call their own matching.  Through the class, read at
+            # each call (a patched send is seen), unless a mixin's send comes first.
+            if self._direct_base:
+                response = sent = HTTPAdapter.send(
+                    self, request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                    verify, cert, proxies)
+            else:
+                response = sent = super().send(
+                    request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                    verify, cert, proxies)
             # requests' elapsed: from sending to the headers parsed (body not included).
             response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries
