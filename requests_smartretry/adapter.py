@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
@@ -173,19 +176,28 @@ _perf_counter = time.perf_counter  # requests' clock for Response.elapsed
 
 class _TimedResponse(requests.Response):
     """A ``requests.Response`` whose ``elapsed`` is the time from sending the last attempt
-    to its headers (requests' definition), whatever the session assigns after ``send``."""
+    to its headers (requests' definition), whatever the session assigns after ``send``.
+
+    Built as such by :meth:`SmartRetryAdapter.build_response`, never converted: assigning
+    ``__class__`` (or reading ``__dict__``) turns the instance's attributes into a dict,
+    and every attribute read and write on the response after that misses CPython's fast
+    path (issue 29)."""
+
+    #: Seconds from sending to the headers parsed, set at the attempt's end (None: the
+    #: response did not come from an attempt, e.g. unpickled: ``_elapsed`` then holds).
+    _to_headers: Optional[float] = None
+    _elapsed = datetime.timedelta(0)
 
     @property
     def elapsed(self) -> datetime.timedelta:
-        to_headers = self.__dict__.get("_to_headers")
-        if to_headers is not None:
-            return datetime.timedelta(seconds=to_headers)
-        value: datetime.timedelta = self.__dict__.get("_elapsed", datetime.timedelta(0))
-        return value
+        to_headers = self._to_headers
+        if to_headers is None:
+            return self._elapsed
+        return datetime.timedelta(seconds=to_headers)
 
     @elapsed.setter
     def elapsed(self, value: datetime.timedelta) -> None:
-        self.__dict__["_elapsed"] = value
+        self._elapsed = value
 
 
 # Failures reading a body (stream=False) that requests raises only when the body is read,
@@ -364,6 +376,18 @@ class SmartRetryAdapter(HTTPAdapter):
     policy: RetryPolicy
     #: The ``urllib3.Retry`` given as ``max_retries`` (it decides the retries), or ``None``.
     retry: Optional[Retry] = None
+    #: Whether HTTPAdapter's send and build_response are what ``super()`` finds: then an
+    #: attempt calls HTTPAdapter.send through the class (on 3.11 a zero-argument super()
+    #: builds a proxy object per call) and build_response builds the response itself.
+    #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
+    #: both are then reached through super(), as before.
+    _direct_base = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        after: Any = super()  # what a subclass reaches after this class
+        cls._direct_base = (after.send is HTTPAdapter.send
+                            and after.build_response is HTTPAdapter.build_response)
 
     def __init__(
         self,
@@ -502,8 +526,23 @@ class SmartRetryAdapter(HTTPAdapter):
         """As ``HTTPAdapter``'s; the response's ``elapsed`` is the attempt's time to the
         headers, as in requests (the session would otherwise set it to the whole call:
         body read and retries included)."""
-        response = super().build_response(req, resp)
-        response.__class__ = _TimedResponse
+        if not self._direct_base:  # a mixin's build_response runs, as before
+            built = super().build_response(req, resp)
+            built.__class__ = _TimedResponse
+            return built
+        # HTTPAdapter.build_response's steps, on a response built as a _TimedResponse
+        # rather than converted afterwards (see _TimedResponse).
+        response = _TimedResponse()
+        response.status_code = getattr(resp, "status", None)  # type: ignore[assignment]
+        response.headers = CaseInsensitiveDict(getattr(resp, "headers", {}))
+        response.encoding = get_encoding_from_headers(response.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        url = req.url
+        response.url = url.decode("utf-8") if isinstance(url, bytes) else url  # type: ignore[assignment]
+        extract_cookies_to_jar(response.cookies, req, resp)  # type: ignore[no-untyped-call]
+        response.request = req
+        response.connection = self
         return response
 
     # -- pools -----------------------------------------------------------------------
@@ -769,10 +808,16 @@ class SmartRetryAdapter(HTTPAdapter):
         try:
             started = _perf_counter()
             # HTTPAdapter.send(request, stream, timeout, verify, cert, proxies), by position:
-            # keywords cost a Python call their own matching.
-            response = sent = super().send(
-                request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
-                verify, cert, proxies)
+            # keywords cost a Python call their own matching.  Through the class, read at
+            # each call (a patched send is seen), unless a mixin's send comes first.
+            if self._direct_base:
+                response = sent = HTTPAdapter.send(
+                    self, request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                    verify, cert, proxies)
+            else:
+                response = sent = super().send(
+                    request, True, socket_timeout,  # type: ignore[arg-type]  # a Timeout
+                    verify, cert, proxies)
             # requests' elapsed: from sending to the headers parsed (body not included).
             response._to_headers = _perf_counter() - started  # type: ignore[attr-defined]
             if stream:  # the body is read later, after this call's retries

@@ -12,7 +12,7 @@ import pytest
 import requests
 import urllib3.exceptions
 
-from requests_smartretry import AttemptDeadlineExceeded, smart_session
+from requests_smartretry import AttemptDeadlineExceeded, SmartRetryAdapter, smart_session
 from requests_smartretry.faultserver import FaultServer, RecordedRequest
 
 BAD_GZIP = b"this is not gzip at all"
@@ -109,6 +109,36 @@ def test_elapsed_is_the_time_to_the_headers(server: FaultServer) -> None:
     copied: Any = requests.Response.__new__(type(response))
     copied.__setstate__(response.__getstate__())  # pickling keeps the value
     assert copied.elapsed == response.elapsed
+
+
+def test_a_mixins_send_and_build_response_still_run(server: FaultServer) -> None:
+    """A mixin after the adapter in a subclass's MRO that overrides send or build_response
+    still runs (each attempt reaches it), and elapsed is still the time to the headers."""
+    sent: list[str] = []
+
+    class Marking(requests.adapters.HTTPAdapter):
+        def send(self, request: requests.PreparedRequest, *args: Any,
+                 **kwargs: Any) -> requests.Response:
+            sent.append(request.url or "")
+            return super().send(request, *args, **kwargs)
+
+        def build_response(self, req: requests.PreparedRequest,
+                           resp: Any) -> requests.Response:
+            response = super().build_response(req, resp)
+            response.marked = True  # type: ignore[attr-defined]
+            return response
+
+    class Adapter(SmartRetryAdapter, Marking):
+        pass
+
+    session = requests.Session()
+    session.mount("http://", Adapter(max_retries=0))
+    started = time.perf_counter()
+    response = session.get(server.url("/drip?interval=0.02&count=25"), timeout=5)
+    whole = time.perf_counter() - started
+    assert response.marked and len(response.content) == 25  # type: ignore[attr-defined]
+    assert response.elapsed.total_seconds() < whole / 2
+    assert len(sent) == 1
 
 
 def test_close_stops_calls_in_flight_not_future_ones(server: FaultServer) -> None:
