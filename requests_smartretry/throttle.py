@@ -21,11 +21,21 @@ a cubic curve, the shape of TCP CUBIC that botocore's adaptive retry mode also u
 
     rate(t) = W · (1 + (1 - β) · ((t - K) / K)³)       t: seconds since the decrease
 
-``W`` is the rate in force when the vendor throttled (after a learning pause: the rate the
-vendor was seen to accept, see below); the rate drops at once to ``β·W`` (``t = 0``),
-climbs quickly at first, flattens out as it nears ``W`` at ``t = K`` and stays near it
-for a while (the plateau), then probes above it slowly, faster the longer no throttling
-answer comes.
+``W`` is the rate the refused attempt went at (the curve at the moment it started, not
+the rate in force when its answer came back; after a learning pause: the rate the vendor
+was seen to accept, see below); the rate drops at once to ``β·W`` (``t = 0``), climbs
+quickly at first, flattens out as it nears ``W`` at ``t = K`` and stays near it for a
+while (the plateau), then probes above it slowly, faster the longer no throttling answer
+comes.
+
+``t`` is counted on the *schedule*, not on the clock: a turn reserved ahead is spaced by
+the curve at the moment it goes, and a decrease starts (``t = 0``, and the hold-off
+below counts from there) where the schedule is free, after the turns reserved already.
+With 64 callers waiting on 20 requests/s the schedule runs 3 s ahead: those 3 s of turns
+go at the old rate whatever happens.  Read on the clock, the curve climbed 3 s ahead of
+what the vendor saw (``W`` was taken at 31.8/s for a vendor at 20/s, five decreases in a
+row followed), and a hold-off counted from the answer let the queued turns' 429s lower
+the rate again and again (19 -> 17.2 -> 15.1/s with ``rate=19``).
 Constants and why:
 
 - ``β = 0.8`` (:data:`BETA`; botocore 0.7): ``W`` is a rate the shared schedule kept
@@ -49,6 +59,9 @@ Constants and why:
   answer.  (Taken at once, it would be nothing: in a burst the 429s come back before the
   successes.)
 - A ``Retry-After`` also holds every turn on the service until it has passed.
+- While every turn is held (the learning pause, a ``Retry-After``) on a throttle without a
+  rate yet, the rate reads 0, not ``inf`` (:func:`rate_shown`): the processes of a shared
+  throttle let turns through without asking Redis while it last said ``inf``.
 
 Shared by a fleet: with a Redis ``state=`` (see :mod:`requests_smartretry.redis_state`),
 the schedule, the in-flight slots (leased with a TTL: a crashed process's slots come back
@@ -87,7 +100,7 @@ from .errors import ThrottledError
 from .testing import track
 
 __all__ = ["BETA", "HOLDOFF", "LEARN", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings",
-           "Turn", "is_throttling"]
+           "Turn", "is_throttling", "rate_shown"]
 
 #: The multiplicative decrease: a throttling answer sets the rate to ``BETA · W``.
 BETA = 0.8
@@ -162,6 +175,16 @@ def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
     return max(MIN_RATE, min(ceiling, wmax * (1.0 + (1.0 - BETA) * x * x * x)))
 
 
+def rate_shown(record: Record, s: ThrottleSettings, now: float) -> float:
+    """The rate a turn asked at ``now`` gets: the curve where the schedule is free (``inf``:
+    not paced; ``0``: every turn is held, by a learning pause or a ``Retry-After``, on a
+    throttle without a rate yet).  A shared throttle's processes trust an ``inf`` for a
+    moment without asking Redis: a hold must not read as one."""
+    at = max(now, record.get("tat", now))
+    rate = rate_at(record, s, at)
+    return 0.0 if rate == _INF and at > now else rate
+
+
 def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             max_wait: float, accepted: Optional[Callable[[float], float]] = None,
             ) -> tuple[float, int, float]:
@@ -169,16 +192,18 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
     the first could not go within ``max_wait``.  ``accepted(since)``: the successes since
     a moment, which end a learning pause (see :func:`learned`)."""
-    if s.adaptive:
-        if accepted is not None:
-            learned(record, now, accepted)
-        rate = rate_at(record, s, now)
-        interval = 0.0 if rate == _INF else 1.0 / rate
-    else:
-        interval = s.interval
     tat = record.get("tat", now)
     if tat < now:
         tat = now
+    if s.adaptive:
+        if accepted is not None:
+            learned(record, now, accepted)
+        # The curve is read where the turn goes on the schedule, not where it is asked:
+        # turns reserved seconds ahead are what the vendor sees then.
+        rate = rate_at(record, s, tat)
+        interval = 0.0 if rate == _INF else 1.0 / rate
+    else:
+        interval = s.interval
     wait = tat - (s.burst - 1) * interval - now
     if wait > 0.0:
         if wait > max_wait:  # (a turn that needs no wait always goes)
@@ -198,7 +223,7 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
     if learn is not None and now >= learn:
         del record["learn"]
         record["wmax"] = max(MIN_RATE, accepted(learn - LEARN - _SLICE))
-        record["tfail"] = now
+        record["tfail"] = max(now, record.get("tat", now))
 
 
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
@@ -211,15 +236,17 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
     if not s.adaptive or "learn" in record \
             or started <= record.get("tfail", -_INF) + HOLDOFF:
         return rate_at(record, s, now)
-    current = rate_at(record, s, now)
-    if current == _INF:
+    sent = rate_at(record, s, started)  # the rate the refused turn went at
+    if sent == _INF:
         # Nothing to lower yet: hold every turn for a quota window; the successes in it
         # say what the vendor accepts (see reserve).
         record["learn"] = now + LEARN
         record["tat"] = max(record.get("tat", now), now + LEARN)
-        return current
-    record["wmax"] = current
-    record["tfail"] = now
+        return sent
+    record["wmax"] = sent
+    # The turns reserved already go at the old rate: the curve starts where the
+    # schedule's free part does (and the hold-off counts from there).
+    record["tfail"] = max(now, record.get("tat", now))
     return rate_at(record, s, now)
 
 
@@ -457,7 +484,7 @@ class Throttle:
         now = self.clock()
         with local.lock:
             learned(local.record, now, local.since)
-            return rate_at(local.record, self.settings, now)
+            return rate_shown(local.record, self.settings, now)
 
     def in_flight(self, service: str) -> int:
         """Attempts on ``service`` holding a local slot in this process (with a shared

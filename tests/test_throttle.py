@@ -188,7 +188,8 @@ def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -
 
 def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() -> None:
     """Only an attempt started after the last decrease (and its hold-off) lowers the
-    rate again."""
+    rate again; the decrease takes effect after the turns reserved already (5 turns at
+    10/s: 0.5 s of schedule)."""
     clock = FakeClock()
     throttle = Throttle(rate=10.0, adaptive=True, clock=clock)
     early = [go(throttle)[0] for _ in range(5)]
@@ -198,16 +199,81 @@ def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() ->
     for turn in early[1:]:
         turn.done(clock(), throttling=True)
     assert throttle.rate(SERVICE) == pytest.approx(lowered)
-    clock.advance(HOLDOFF / 2)
+    clock.advance(0.5 + HOLDOFF / 2)
     within, _ = go(throttle)
     recovering = throttle.rate(SERVICE)
     within.done(clock(), throttling=True)  # the vendor's window still holds the old rate
     assert throttle.rate(SERVICE) == pytest.approx(recovering)
     clock.advance(HOLDOFF)
+    before = throttle.rate(SERVICE)  # the rate the next turn goes at
     later, _ = go(throttle)
-    before = throttle.rate(SERVICE)
     later.done(clock(), throttling=True)
-    assert throttle.rate(SERVICE) == pytest.approx(BETA * before)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * before, rel=1e-3)
+
+
+def test_the_curve_is_read_where_the_turn_goes_on_the_schedule() -> None:
+    """Turns reserved ahead are spaced by the curve at the moment each goes, not at the
+    moment it was asked: 60 turns asked at once after a decrease go ever closer together
+    as the curve climbs (they were all spaced at BETA x W, 16/s, when the curve was read
+    at the asking moment, and the vendor saw that rate for as long as the queue lasted)."""
+    clock = FakeClock()
+    throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    clock.advance(0.1)
+    waits = [throttle.turn(SERVICE, None).step(clock()) or 0.0 for _ in range(60)]
+    first, last = waits[1] - waits[0], waits[-1] - waits[-2]
+    assert first == pytest.approx(1.0 / (BETA * 20.0), rel=0.02)
+    assert last < 0.9 * first  # the curve climbed by the time the last ones go
+
+
+def test_a_decrease_starts_after_the_turns_reserved_already() -> None:
+    """A throttling answer while 3 s of turns are reserved ahead: those go at the old rate
+    whatever happens, so the curve (and the hold-off) start after them; an answer to one
+    of them is not a new verdict on the lowered rate.  (Counted from the answer, the
+    hold-off ended while the queue still went at the old rate: each of its 429s lowered
+    the rate again, 19 -> 17.2 -> 15.1 in the 4-process benchmark.)"""
+    clock = FakeClock()
+    throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
+    queued = [throttle.turn(SERVICE, None) for _ in range(60)]  # 3 s of schedule
+    waits = [turn.step(clock()) or 0.0 for turn in queued]
+    queued[0].done(clock(), throttling=True)
+    lowered = throttle.rate(SERVICE)
+    assert lowered == pytest.approx(BETA * 20.0)
+    clock.advance(waits[50])  # 2.5 s later, long past a hold-off counted from the answer
+    queued[50].step(clock())
+    queued[50].done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(lowered)  # (the curve starts at 3 s)
+
+
+def test_the_decrease_starts_from_the_rate_the_refused_turn_went_at() -> None:
+    """W is the rate the vendor refused (the curve at the moment the throttled attempt
+    went), not the rate in force when its answer comes back: an attempt that went at
+    2 s into a recovery and was answered at 6 s lowers from the rate at 2 s."""
+    clock = FakeClock()
+    throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    clock.advance(2.0)
+    sent = throttle.rate(SERVICE)
+    slow, _ = go(throttle)
+    clock.advance(4.0)  # the curve is back at 20/s when the answer comes
+    slow.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * sent, rel=1e-3)
+
+
+def test_a_held_throttle_without_a_rate_does_not_read_as_unpaced() -> None:
+    """During the learning pause the rate reads 0 (every turn held), not ``inf``: a shared
+    throttle's processes let turns through without asking Redis for as long as it last
+    said ``inf`` (in the benchmark the first burst's callers kept calling through the
+    pause: 101 throttled answers in its first 0.5 s)."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    turn, _ = go(throttle)
+    turn.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == 0.0
+    clock.advance(LEARN)
+    assert 0.0 < throttle.rate(SERVICE) < float("inf")
 
 
 def test_adaptive_without_rate_paces_nothing_until_throttled() -> None:
@@ -421,6 +487,74 @@ def test_presets_and_httpx_clients_take_a_throttle() -> None:
 
 
 # -- shared by a fleet through Redis ------------------------------------------------------------
+
+@pytest.mark.redis
+@pytest.mark.parametrize("rate", [None, 20.0])
+def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
+                                                               rate: Any) -> None:
+    """One script of turns, throttling answers (during a queue, within and after the
+    hold-off, with Retry-After), successes and a learning pause, on one injected clock:
+    THROTTLE_LUA (a real Redis, ``server_time=False``) gives the same waits, grants,
+    spacings and rates as throttle.reserve / throttled / learned / rate_shown."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import (
+        _Local,
+        learned,
+        rate_shown,
+        reserve,
+        throttled,
+    )
+
+    settings = Throttle(rate=rate, burst=1, adaptive=True).settings
+    store = RedisStateStore(redis_url, prefix=f"twin-{time.time_ns()}", server_time=False)
+    local = _Local()
+    now = 1000.0
+
+    def both(op: str, **kw: Any) -> None:
+        reply = store._throttle_trip(SERVICE, settings, op, now, **kw)
+        assert reply is not None
+        record = local.record
+        if op == "reserve":
+            wait, granted, interval = reserve(record, settings, now, kw["count"],
+                                              kw["max_wait"], local.since)
+            assert (reply[1], reply[2]) == (pytest.approx(wait), granted), op
+            if granted:
+                assert reply[3] == pytest.approx(interval), op
+        elif op == "release":
+            throttled(record, settings, now, kw["started"], kw.get("retry_after"))
+        else:
+            learned(record, now, local.since)
+        expected = rate_shown(record, settings, now)
+        assert reply[5] == pytest.approx(expected), (op, now, record)
+
+    def successes(count: int) -> None:
+        for _ in range(count):
+            local.count_success(now)
+        store._pace(SERVICE).successes += count
+
+    for _ in range(20):  # unpaced (or a burst at the ceiling), all accepted
+        both("reserve", count=1, max_wait=30.0)
+        successes(1)
+    both("release", throttling=True, started=now)  # the first throttling answer
+    for _ in range(3):
+        both("reserve", count=1, max_wait=30.0)  # held (learning pause / new curve)
+    now += LEARN + 0.05
+    both("rate")
+    for step in range(40):  # a queue of turns along the curve, a batch of 3 now and then
+        both("reserve", count=3 if step % 10 == 0 else 1, max_wait=30.0)
+        successes(1)
+        now += 0.01
+    both("reserve", count=1, max_wait=0.0)  # cannot go at once: refused
+    both("release", throttling=True, started=now - 0.5)  # within the hold-off
+    both("release", throttling=True, started=now)  # while the queue holds: a decrease
+    now += 5.0
+    both("release", throttling=True, started=now - 0.3, retry_after=2.0)
+    for _ in range(5):
+        both("reserve", count=1, max_wait=30.0)
+        now += 1.3
+    both("rate")
+    store.close()
+
 
 @pytest.mark.redis
 @pytest.mark.slow

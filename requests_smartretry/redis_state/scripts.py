@@ -219,8 +219,8 @@ end
 return reply
 """
 
-# The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned and
-# throttled, plus the leased in-flight slots, the fleet's recent successes and the
+# The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned,
+# rate_shown and throttled, plus the leased in-flight slots, the fleet's recent successes and the
 # processes seen).  KEYS: pace (hash: tat, wmax, tfail, learn, and the successes per
 # 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts), slots (sorted set: lease id -> expiry),
 # processes (sorted set: origin -> expiry).  ARGV: op ('reserve' | 'acquire' | 'release' |
@@ -248,10 +248,11 @@ local names = {'tat', 'wmax', 'tfail', 'learn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
--- Validation: a schedule or a pause far in the future, or a time after now, is repaired.
+-- Validation: a schedule, a decrease or a pause far in the future is repaired (a decrease
+-- takes effect where the schedule is free: later than now by the turns reserved).
 if tat and tat > now + 3600 then tat = nil end
 if learn and learn > now + learn_for then learn = now end
-if tfail and tfail > now then tfail = now end
+if tfail and tfail > now + 3600 then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
 local dirty, unlearn = {}, false
 -- The fleet's successes per 0.1 s over the last 2 s (reported with every call).
@@ -275,14 +276,15 @@ local function since(moment)
   end
   return total
 end
-local function rate_at()
+local function rate_at(at)
   if not adaptive or not wmax or not tfail then return ceiling end
-  local elapsed = math.max(0, now - tfail)
+  local elapsed = math.max(0, at - tfail)
   local x = (elapsed - recovery) / recovery
   return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
 end
 if adaptive and learn and now >= learn then
-  wmax, tfail, learn = math.max(min_rate, since(learn - learn_for - 0.1)), now, nil
+  wmax = math.max(min_rate, since(learn - learn_for - 0.1))
+  tfail, learn = math.max(now, tat or now), nil
   unlearn = true
   dirty['wmax'] = wmax
   dirty['tfail'] = tfail
@@ -293,11 +295,12 @@ redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
 redis.call('PEXPIRE', okey, 60000)
 local processes = redis.call('ZCARD', okey)
 local wait, granted, interval, slot = 0, 0, 0, 1
-local rate = rate_at()
-if rate ~= math.huge then interval = 1 / rate end
 local resume = ARGV[22] == '1'
 local function reserve()
   local start = math.max(tat or now, now)
+  -- The curve is read where the turn goes on the schedule.
+  local rate = rate_at(start)
+  if rate ~= math.huge then interval = 1 / rate end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
   if resume then start = math.max(start, now + (burst - 1) * interval) end
   wait = math.max(0, start - (burst - 1) * interval - now)
@@ -317,17 +320,17 @@ if ARGV[12] == '1' then
   end
   local started = tonumber(ARGV[13])
   if adaptive and not learn and (not tfail or started > tfail + holdoff) then
-    if rate == math.huge then
+    local sent = rate_at(started)  -- the rate the refused turn went at
+    if sent == math.huge then
       learn = now + learn_for
       tat = math.max(tat or now, learn)
       dirty['learn'] = learn
       dirty['tat'] = tat
     else
-      wmax, tfail = rate, now
+      -- The turns reserved already go at the old rate: the curve starts after them.
+      wmax, tfail = sent, math.max(now, tat or now)
       dirty['wmax'] = wmax
       dirty['tfail'] = tfail
-      rate = rate_at()
-      interval = 1 / rate
     end
   end
 end
@@ -358,8 +361,14 @@ if #fields > 0 then
 end
 if unlearn then redis.call('HDEL', pkey, 'learn') end
 local in_flight = redis.call('ZCOUNT', skey, now, '+inf')
+-- The rate a turn asked now gets (rate_shown): 0 while an unpaced throttle is held.
+local free = math.max(tat or now, now)
+local rate = rate_at(free)
 local shown = 'inf'
-if rate ~= math.huge then shown = fmt(rate) end
+if rate ~= math.huge then
+  shown = fmt(rate)
+  if interval == 0 then interval = 1 / rate end  -- (no reservation: the spacing now)
+elseif free > now then shown = '0' end
 return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
         fmt(in_flight)}
 """
