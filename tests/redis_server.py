@@ -599,14 +599,27 @@ def paced_calls(redis_url: str, url: str, seconds: float, threads: int,
     ``start_at``, or now) under ``Throttle(rate=..., burst=...)`` shared through Redis;
     return the answers seen (status code -> count) and whether Redis was reachable all
     along."""
-    import threading
 
-    from requests_smartretry import Throttle, ThrottledError, smart_session
+    from requests_smartretry import Throttle, smart_session
 
     throttle = Throttle(rate=rate, burst=burst, max_in_flight=max_in_flight)
     session = smart_session(max_retries=0, budget=None, throttle=throttle, log=False,
                             state=shared_store(redis_url, time_budget=time_budget),
                             timeout=10.0)
+    answers = _answers(session, url, seconds, threads, start_at)
+    store = session.get_adapter(url).state
+    return {"answers": answers, "shared": store.shared}
+
+
+def _answers(session: Any, url: str, seconds: float, threads: int,
+             start_at: Optional[float]) -> dict[str, int]:
+    """Call ``url`` through ``session`` from ``threads`` threads for ``seconds`` (from the
+    wall-clock moment ``start_at``, if given): the answers seen (status code, or
+    ``ThrottledError``, -> count)."""
+    import threading
+
+    from requests_smartretry import ThrottledError
+
     answers: dict[str, int] = {}
     lock = threading.Lock()
     if start_at is not None:
@@ -627,8 +640,7 @@ def paced_calls(redis_url: str, url: str, seconds: float, threads: int,
         worker.start()
     for worker in workers:
         worker.join()
-    store = session.get_adapter(url).state
-    return {"answers": answers, "shared": store.shared}
+    return answers
 
 
 def slot_calls(redis_url: str, url: str, seconds: float, threads: int, max_in_flight: int,
@@ -636,31 +648,11 @@ def slot_calls(redis_url: str, url: str, seconds: float, threads: int, max_in_fl
     """Call ``url`` from ``threads`` threads for ``seconds`` (from the wall-clock moment
     ``start_at``) under ``Throttle(max_in_flight=...)`` shared through Redis; return the
     answers seen (status code -> count)."""
-    import threading
 
-    from requests_smartretry import Throttle, ThrottledError, smart_session
+    from requests_smartretry import Throttle, smart_session
 
     session = smart_session(max_retries=0, budget=None, log=False, timeout=10.0,
                             throttle=Throttle(max_in_flight=max_in_flight),
                             state=shared_store(redis_url, time_budget=time_budget,
                                                retry_interval=0.1))
-    answers: dict[str, int] = {}
-    lock = threading.Lock()
-    time.sleep(max(0.0, start_at - time.time()))
-    until = time.monotonic() + seconds
-
-    def work() -> None:
-        while time.monotonic() < until:
-            try:
-                key = str(session.get(url).status_code)
-            except ThrottledError:
-                key = "ThrottledError"
-            with lock:
-                answers[key] = answers.get(key, 0) + 1
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return answers
+    return _answers(session, url, seconds, threads, start_at)
