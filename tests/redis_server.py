@@ -331,6 +331,24 @@ def _entry(results: Any, index: int, function: Any, args: tuple[Any, ...]) -> No
         results.put((index, "error", repr(exc)))
 
 
+@contextlib.contextmanager
+def paused_at(server: RedisServer, moment: float, milliseconds: int) -> Iterator[None]:
+    """Within the block, ``server`` pauses every client (``CLIENT PAUSE ... ALL``) at the
+    wall-clock ``moment`` for ``milliseconds`` (a sick Redis in the middle of a run); a
+    pause not yet begun when the block ends is called off."""
+    import threading
+
+    import redis as redis_py
+
+    pauser = threading.Timer(moment - time.time(), lambda: redis_py.Redis(
+        port=server.port).execute_command("CLIENT", "PAUSE", str(milliseconds), "ALL"))
+    pauser.start()
+    try:
+        yield
+    finally:
+        pauser.cancel()
+
+
 def in_processes(
     function: Any, arguments: list[tuple[Any, ...]], timeout: float = 120
 ) -> list[Any]:

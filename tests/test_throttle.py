@@ -752,21 +752,14 @@ def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
     jitter).  A local bucket that started full sent the fleet's burst again, once per
     process (29 in a second), and the shared bucket, refilled while the fleet paced
     locally, sent it again when Redis came back (24)."""
-    import redis as redis_py
-
-    from tests.redis_server import RedisServer, in_processes, paced_calls
+    from tests.redis_server import RedisServer, in_processes, paced_calls, paused_at
 
     with RedisServer() as server, RateLimitedVendor(latency=0.01) as vendor:
         start_at = time.time() + 3.0  # both processes running before the first call
-        pauser = threading.Timer(start_at + 1.2 - time.time(), lambda: redis_py.Redis(
-            port=server.port).execute_command("CLIENT", "PAUSE", "1500", "ALL"))
-        pauser.start()
-        try:
+        with paused_at(server, start_at + 1.2, 1500):
             results = in_processes(paced_calls, [
                 (server.url, vendor.url(), 3.5, 6, 10.0, None, 10, 0.3, start_at)] * 2,
                 timeout=60)
-        finally:
-            pauser.cancel()
         most = vendor.max_in_window()
         executed = len(vendor.executed)
     assert all(set(result["answers"]) == {"200"} for result in results), results

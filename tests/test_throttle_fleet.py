@@ -321,22 +321,13 @@ def test_the_fleets_in_flight_peak_through_a_paused_redis_stays_within_the_bound
     documented bound, max_in_flight + (P - 1) * ceil(max_in_flight / P) = 6 at once, and
     no call is refused.  Before the fixes of #26's review: 8 at once, 8 calls refused
     (slots released during the pause stayed leased)."""
-    import threading
-
-    import redis as redis_py
-
     from tests.fakes.ratelimited import RateLimitedVendor
-    from tests.redis_server import in_processes, slot_calls
+    from tests.redis_server import in_processes, paused_at, slot_calls
 
     with RedisServer() as server, RateLimitedVendor(latency=0.5) as vendor:
         start_at = time.time() + 3.0  # both processes running before the first call
-        pauser = threading.Timer(start_at + 1.2 - time.time(), lambda: redis_py.Redis(
-            port=server.port).execute_command("CLIENT", "PAUSE", "1500", "ALL"))
-        pauser.start()
-        try:
+        with paused_at(server, start_at + 1.2, 1500):
             results = in_processes(slot_calls, [
                 (server.url, vendor.url(), 4.0, 6, 4, start_at)] * 2, timeout=60)
-        finally:
-            pauser.cancel()
     assert all(set(answers) == {"200"} for answers in results), results
     assert vendor.peak <= 4 + 1 * 2, vendor.peak
