@@ -262,7 +262,7 @@ def test_slow_drip_cannot_hold_an_attempt_past_its_deadline(server: FaultServer)
     assert time.monotonic() - started < 1.0 + 0.5
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_plain_requests_is_not_cut_by_the_same_timeout(server: FaultServer) -> None:
     """The contrast: plain requests with timeout=1.0 waits through the whole 4 s drip."""
     started = time.monotonic()

@@ -341,7 +341,7 @@ def test_budget_across_four_processes_bounds_the_fleet(
     assert balance < 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_eight_processes_lose_no_update(redis_url: str, prefix: str) -> None:
     """8 processes x 200 events on one service key: the shared counters equal the sums of
     what each process fed (no lost updates)."""

@@ -33,7 +33,9 @@ def snippets_module() -> str:
     return "".join(parts)
 
 
-@pytest.mark.parametrize("python", ["3.9", "3.13"])
+@pytest.mark.parametrize(
+    "python", ["3.9", pytest.param("3.13", marks=pytest.mark.stress)]
+)
 def test_readme_snippets_and_typed_keywords_pass_mypy_strict(tmp_path: Path, python: str) -> None:
     """mypy --strict accepts every README Python snippet and tests/typing_check.py, whose
     required '# type: ignore's prove that misspelt or mistyped keywords are errors; for the
