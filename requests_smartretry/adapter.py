@@ -382,12 +382,16 @@ class SmartRetryAdapter(HTTPAdapter):
     #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
     #: both are then reached through super(), as before.
     _direct_base = True
+    #: Whether the class overrides :meth:`classify_response` (then every response goes
+    #: through it; else an attempt runs its steps under the call's policy directly).
+    _own_classify = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         after: Any = super()  # what a subclass reaches after this class
         cls._direct_base = (after.send is HTTPAdapter.send
                             and after.build_response is HTTPAdapter.build_response)
+        cls._own_classify = cls.classify_response is not SmartRetryAdapter.classify_response
 
     def __init__(
         self,
@@ -883,10 +887,17 @@ class SmartRetryAdapter(HTTPAdapter):
                           url: Optional[str] = None) -> Outcome[requests.Response]:
         """The outcome of an attempt that got ``response``: the verdict on it (``url``:
         ``request``'s URL redacted already, if known)."""
-        verdict = (self.classify_response(response) if policy is None
-                   else self._classify_for(policy, response))
+        if self._own_classify:  # a subclass's classify_response decides, as it is
+            verdict = self.classify_response(response)
+        else:  # classify_response's own steps, without its frame (the success path)
+            if policy is None:
+                policy = self.policy
+            verdict = classify_http_response(response, policy.classify_response,
+                                             policy.retry_statuses,
+                                             policy.honor_server_signals)
         if verdict.verdict is _SUCCESS_VERDICT:
-            return Outcome(verdict, value=response, status_code=response.status_code)
+            # Outcome(classification, value, error, signal, status_code), by position.
+            return Outcome(verdict, response, None, None, response.status_code)
         if url is None:
             url = redact_url(request.url or "")
         signal = requests.HTTPError(f"{response.status_code} {verdict.reason} for {url}",
