@@ -30,12 +30,14 @@ from urllib3.util.retry import Retry
 from requests_smartretry import (
     AttemptDeadlineExceeded,
     CircuitBreaker,
+    Classification,
     EventKind,
     RetryPolicy,
     SmartRetryAdapter,
     Verdict,
     attempt_history,
     deadline,
+    retry_options,
     smart_session,
 )
 from requests_smartretry import adapter as adapter_module
@@ -832,6 +834,31 @@ def test_responses_mocks_still_see_the_retry(sleeps: SleepRecorder) -> None:
         response = session_with(sleeps).get("https://api.example.test/v1/x")
         assert response.json() == {"ok": True}
         assert len(mocked.calls) == 2
+
+
+def test_a_subclass_classify_response_decides_every_response(sleeps: SleepRecorder) -> None:
+    """A subclass's classify_response is asked about every response (a retry_options block
+    included), though the base class's steps run without their method frame."""
+    asked: list[int] = []
+
+    class BusyMeansRetry(SmartRetryAdapter):
+        def classify_response(self, response: requests.Response) -> Classification:
+            asked.append(response.status_code)
+            if response.text == "busy":
+                return Classification(Verdict.SERVER_ERROR, "busy")
+            return super().classify_response(response)
+
+    session = requests.Session()
+    session.mount("https://", BusyMeansRetry(max_retries=1, sleep=sleeps))
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.GET, "https://api.example.test/v1/x", body="busy")
+        mocked.add(responses.GET, "https://api.example.test/v1/x", json={"ok": True})
+        assert session.get("https://api.example.test/v1/x").json() == {"ok": True}
+        with retry_options(max_retries=0):
+            mocked.add(responses.GET, "https://api.example.test/v1/x", body="busy")
+            assert session.get("https://api.example.test/v1/x").text == "busy"
+    assert asked == [200, 200, 200]
+    assert BusyMeansRetry._own_classify and not SmartRetryAdapter._own_classify
 
 
 # -- properties and concurrency ---------------------------------------------------------------
