@@ -191,6 +191,36 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _FAILURE = EventKind.FAILURE
 _DEBUG = logging.DEBUG
+_NULL_HANDLER = logging.NullHandler
+_LOGGER_CLASS = logging.Logger
+
+
+def _discarded(logger: logging.Logger) -> bool:
+    """Whether a record that ``logger`` writes now would be built only to be thrown away:
+    the standard logger and record factory, no filter on the way, and every handler it
+    would reach a ``NullHandler`` (at least one: a record that reaches none goes to
+    ``logging.lastResort``).  What an application that never configured logging has
+    (this package installs a ``NullHandler``): its retried calls then skip formatting the
+    line and building the record.  Read afresh for each line, as ``Logger.callHandlers``
+    reads the handlers."""
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        return False
+    found = False
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        if current.__class__ is not _LOGGER_CLASS and current is not logging.root:
+            return False
+        if current.filters:
+            return False
+        for handler in current.handlers:
+            if handler.__class__ is not _NULL_HANDLER:
+                return False
+            found = True
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
 
 #: The ``retry_event`` of each line: one name per decision.
 RECORD_NAMES = ("attempt", "failure", "retry", "wait", "success", "give_up", "rejected",
@@ -256,7 +286,7 @@ class LoggingHook:
             if kind is _START:
                 return
             if kind is _SUCCESS:
-                if self.logger.isEnabledFor(_DEBUG):
+                if self.logger.isEnabledFor(_DEBUG) and not _discarded(self.logger):
                     self._first_attempt(_DEBUG, event)
                     self._line(_DEBUG, event, "success")
                 return
@@ -265,6 +295,8 @@ class LoggingHook:
             level = logging.INFO
         if not self.logger.isEnabledFor(level):
             return  # the common case in production: INFO is off, nothing to format
+        if _discarded(self.logger):
+            return  # logging never configured: the lines would reach NullHandlers only
         if kind is _START:
             self._line(logging.INFO, event, "start")
         elif kind is _SUCCESS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,54 @@ def test_unsafe_give_up_with_a_method_spaces_only_the_latin_name(
     LoggingHook(lang="zh")(event(EventKind.GIVE_UP, verdict=Verdict.NETWORK, method="POST",
                                  reason="ECONNRESET", give_up_reason="unsafe"))
     assert "[API重试] 生成艺术照 - 请求可能已送达服务器且 POST 非幂等, 不重试" in log_lines.lines
+
+
+def test_a_line_only_null_handlers_would_get_is_not_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line every handler on its way would discard (NullHandlers only, no filter, the
+    standard record factory) is neither formatted nor built; with any other handler, a
+    filter or a record factory of the application's, it is built as before."""
+    built: list[str] = []
+    make_record = logging.Logger.makeRecord
+
+    def counting(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        built.append(args[0])
+        return make_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", counting)
+    quiet = logging.getLogger("requests_smartretry.tests.discarded")
+    quiet.propagate = False  # pytest's own handlers sit on the root logger
+    quiet.setLevel(logging.INFO)
+    quiet.addHandler(logging.NullHandler())
+    hook = LoggingHook(logger=quiet)
+    failure = event(EventKind.FAILURE, verdict=Verdict.SERVER_ERROR, reason="HTTP 503")
+    hook(failure)
+    assert built == []
+
+    class Seen(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return True
+
+    seen = Seen()
+    quiet.addFilter(seen)
+    hook(failure)
+    quiet.removeFilter(seen)
+    assert len(built) == 2  # the held-back first attempt's line, and the failure's
+    factory = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *args, **kwargs: factory(*args, **kwargs))
+    try:
+        hook(failure)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert len(built) == 4
+    collector = LineCollector()
+    quiet.addHandler(collector)
+    try:
+        hook(failure)
+    finally:
+        quiet.removeHandler(collector)
+    assert len(built) == 6 and len(collector.lines) == 2
+    hook(failure)
+    assert len(built) == 6
+    quiet.handlers.clear()
+    quiet.propagate = True
