@@ -382,16 +382,12 @@ class SmartRetryAdapter(HTTPAdapter):
     #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
     #: both are then reached through super(), as before.
     _direct_base = True
-    #: Whether the class overrides :meth:`classify_response` (then every response goes
-    #: through it; else an attempt runs its steps under the call's policy directly).
-    _own_classify = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         after: Any = super()  # what a subclass reaches after this class
         cls._direct_base = (after.send is HTTPAdapter.send
                             and after.build_response is HTTPAdapter.build_response)
-        cls._own_classify = cls.classify_response is not SmartRetryAdapter.classify_response
 
     def __init__(
         self,
@@ -625,7 +621,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _classify_for(self, policy: Optional[RetryPolicy],
                       response: requests.Response) -> Classification:
-        if policy is None or type(self).classify_response is not _BASE.classify_response:
+        if policy is None or type(self).classify_response is not _BASE_CLASSIFY:
             return self.classify_response(response)
         return classify_http_response(response, policy.classify_response,
                                       policy.retry_statuses, policy.honor_server_signals)
@@ -887,7 +883,9 @@ class SmartRetryAdapter(HTTPAdapter):
                           url: Optional[str] = None) -> Outcome[requests.Response]:
         """The outcome of an attempt that got ``response``: the verdict on it (``url``:
         ``request``'s URL redacted already, if known)."""
-        if self._own_classify:  # a subclass's classify_response decides, as it is
+        # A classify_response other than this class's own (a subclass's override, or one
+        # set on a class later: mock.patch.object) decides, as it is.  Read per response.
+        if type(self).classify_response is not _BASE_CLASSIFY:
             verdict = self.classify_response(response)
         else:  # classify_response's own steps, without its frame (the success path)
             if policy is None:
@@ -1074,6 +1072,8 @@ def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Respo
 
 
 _BASE = SmartRetryAdapter
+#: SmartRetryAdapter's own classify_response, as defined (not as patched later).
+_BASE_CLASSIFY = SmartRetryAdapter.classify_response
 
 
 def _prepared(policy: RetryPolicy, request: requests.PreparedRequest,

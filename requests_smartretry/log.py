@@ -21,6 +21,7 @@ name and the classification's reason code (and ``retry_url``, redacted).
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind, Verdict
@@ -193,6 +194,19 @@ _FAILURE = EventKind.FAILURE
 _DEBUG = logging.DEBUG
 _NULL_HANDLER = logging.NullHandler
 _LOGGER_CLASS = logging.Logger
+#: The Logger methods a line goes through (``log`` → ``_log`` → ``findCaller``,
+#: ``makeRecord`` → ``handle`` → ``filter`` → ``callHandlers``).  An SDK may wrap one on the
+#: class (Sentry's LoggingIntegration wraps ``callHandlers`` and sees every record, whatever
+#: the handlers), a test on the logger (``mock.patch.object(logger, "handle")``): a line is
+#: skipped only while all of them are logging's own.
+_PATH_NAMES = ("log", "_log", "findCaller", "makeRecord", "handle", "filter", "callHandlers")
+_path_of = operator.attrgetter(*_PATH_NAMES)
+_STANDARD_PATH = _path_of(_LOGGER_CLASS)
+_PATH_PATCHABLE = frozenset(_PATH_NAMES)
+#: False if one of them was wrapped before this module was imported (sentry_sdk.init first).
+_PATH_IS_LOGGINGS = all(
+    getattr(getattr(method, "__code__", None), "co_filename", None)
+    == logging.getLogger.__code__.co_filename for method in _STANDARD_PATH)
 
 
 def _discarded(logger: logging.Logger) -> bool:
@@ -203,8 +217,13 @@ def _discarded(logger: logging.Logger) -> bool:
     (this package installs a ``NullHandler``): its retried calls then skip formatting the
     line and building the record.  Read afresh for each line, as ``Logger.callHandlers``
     reads the handlers."""
-    if logging.getLogRecordFactory() is not logging.LogRecord:
+    if logging.getLogRecordFactory() is not logging.LogRecord or not _PATH_IS_LOGGINGS:
         return False
+    if logger.__class__ is not _LOGGER_CLASS and logger is not logging.root:
+        return False
+    if (_path_of(logger.__class__) != _STANDARD_PATH
+            or not _PATH_PATCHABLE.isdisjoint(logger.__dict__)):
+        return False  # a wrapped method may see the record
     found = False
     current: Optional[logging.Logger] = logger
     while current is not None:

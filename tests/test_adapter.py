@@ -858,7 +858,6 @@ def test_a_subclass_classify_response_decides_every_response(sleeps: SleepRecord
             mocked.add(responses.GET, "https://api.example.test/v1/x", body="busy")
             assert session.get("https://api.example.test/v1/x").text == "busy"
     assert asked == [200, 200, 200]
-    assert BusyMeansRetry._own_classify and not SmartRetryAdapter._own_classify
 
 
 # -- properties and concurrency ---------------------------------------------------------------
@@ -1140,3 +1139,27 @@ def test_a_retried_call_redacts_its_url_once(
     assert response.status_code == 503
     error = str(response.retry_history[1].error)  # type: ignore[attr-defined]
     assert "/seq/backup" in error and "hidden" not in error
+
+
+@pytest.mark.parametrize("target", ["SmartRetryAdapter", "a subclass made before"])
+def test_classify_response_patched_on_a_class_after_it_was_made_decides(
+        target: str, server: FaultServer, sleeps: SleepRecorder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mock.patch.object(SmartRetryAdapter, "classify_response", …)`` (or on a subclass
+    already made) is asked about every response, as ``self.classify_response`` always was."""
+    class Made(SmartRetryAdapter):
+        pass
+
+    cls = SmartRetryAdapter if target == "SmartRetryAdapter" else Made
+    asked: list[int] = []
+
+    def busy(self: SmartRetryAdapter, response: requests.Response) -> Classification:
+        asked.append(response.status_code)
+        return Classification(Verdict.SERVER_ERROR, "busy")
+
+    monkeypatch.setattr(cls, "classify_response", busy)
+    session = requests.Session()
+    session.mount("http://", Made(max_retries=1, sleep=sleeps))
+    response = session.get(server.url("/ok"))
+    assert asked == [200, 200] and response.status_code == 200
+    assert server.hits("/ok") == 2
