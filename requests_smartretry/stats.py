@@ -12,7 +12,7 @@ import bisect
 import collections
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 from . import forksafe
 from .events import AttemptEvent, EventKind
@@ -342,12 +342,11 @@ class Stats:
     0.1 (``requests``, ``successes``, ``failures``, ``give_ups``, ``in_flight``…, see
     :data:`DEPRECATED_NAMES`) still read for one release, with a ``DeprecationWarning``.
 
-    Thread safety: nothing is counted on the caller's way: the first attempt of a call
-    whose events nobody else reads (the common, successful case) is recorded as its START
-    and its SUCCESS, every other event as itself, each one whole record appended to one
-    queue (one atomic operation), applied in order under the lock by the thread whose
-    record fills a batch (of 64), and by every read before it reads.  So up to a batch of
-    events (and what a FAILURE's ``error`` holds) stays alive until then.
+    Thread safety: the first attempt of a call whose events nobody else reads (the common,
+    successful case) is recorded without a lock: its START and its SUCCESS are each one
+    whole record appended to a queue (one atomic operation), applied in order under the
+    lock by the thread whose record fills a batch, and by every read before it reads.
+    Every other event takes one short lock (no I/O, no callbacks under it).
     :meth:`snapshot` applies the records and copies under the lock and computes
     percentiles outside it, so it is consistent (a snapshot never shows half an event,
     nor half a call's START or SUCCESS) and never blocks callers for long.
@@ -368,65 +367,56 @@ class Stats:
         self._lock = forksafe.lock()
         self._operations: dict[str, _Counters] = {}
         # The operation (a str) for a quiet START, (operation, elapsed) for a quiet
-        # SUCCESS, the event for any other: appended without the lock, applied under it
-        # (_apply_records).
-        self._records: collections.deque[Union[str, tuple[str, float], AttemptEvent]] = \
-            collections.deque()
+        # SUCCESS: appended without the lock, applied under it (_apply_records).
+        self._records: collections.deque[Union[str, tuple[str, float]]] = collections.deque()
         track(self)  # for testing.reset_state()
 
     def __repr__(self) -> str:
         return f"Stats(operations={len(self._operations)})"
 
     def __call__(self, event: AttemptEvent) -> None:
-        """Count one event (the hook entry point): recorded without a lock, like a quiet
-        call's records and in order with them, and counted whole by the next read (or by
-        the thread whose record fills a batch)."""
-        records = self._records
-        records.append(event)
-        if len(records) >= _APPLY_AT:
-            with self._lock:
-                self._apply_records()
-
-    def _count(self, event: AttemptEvent) -> None:
-        """What ``event`` counts (under the lock)."""
+        """Count one event (the hook entry point)."""
         kind = event.kind
-        counters = self._operations.get(event.operation)
-        if counters is None:
-            counters = self._new_operation(event.operation)
-        if kind is _START:
-            counters.attempts += 1
-            if event.attempt == 1:
-                counters.calls += 1
-        elif kind is _SUCCESS:
-            counters.calls_succeeded += 1
-            counters.attempt_seconds.add(event.elapsed)
-            counters.call_seconds.add(event.call_elapsed)
-        elif kind is _FAILURE:
-            verdict = event.verdict.value if event.verdict is not None else "unknown"
-            counters.attempts_failed[verdict] = counters.attempts_failed.get(verdict, 0) + 1
-            counters.attempt_seconds.add(event.elapsed)
-        elif kind is _RETRY:
-            counters.retries += 1
-        elif kind is _GIVE_UP:
-            reason = event.give_up_reason or "unknown"
-            counters.calls_failed[reason] = counters.calls_failed.get(reason, 0) + 1
-            if reason == "budget":
-                counters.budget_denials += 1
-            counters.call_seconds.add(event.call_elapsed)
-        elif kind is _THROTTLED:
-            if event.reason == "refused":
-                counters.throttle_refusals += 1
+        with self._lock:
+            if self._records:  # a quiet START of this call, perhaps: in order
+                self._apply_records()
+            counters = self._operations.get(event.operation)
+            if counters is None:
+                counters = self._new_operation(event.operation)
+            if kind is _START:
+                counters.attempts += 1
+                if event.attempt == 1:
+                    counters.calls += 1
+            elif kind is _SUCCESS:
+                counters.calls_succeeded += 1
+                counters.attempt_seconds.add(event.elapsed)
+                counters.call_seconds.add(event.call_elapsed)
+            elif kind is _FAILURE:
+                verdict = event.verdict.value if event.verdict is not None else "unknown"
+                counters.attempts_failed[verdict] = counters.attempts_failed.get(verdict, 0) + 1
+                counters.attempt_seconds.add(event.elapsed)
+            elif kind is _RETRY:
+                counters.retries += 1
+            elif kind is _GIVE_UP:
+                reason = event.give_up_reason or "unknown"
+                counters.calls_failed[reason] = counters.calls_failed.get(reason, 0) + 1
+                if reason == "budget":
+                    counters.budget_denials += 1
+                counters.call_seconds.add(event.call_elapsed)
+            elif kind is _THROTTLED:
+                if event.reason == "refused":
+                    counters.throttle_refusals += 1
+                    if event.attempt == 1:  # refused before any attempt: the call ends here
+                        counters.calls += 1
+                        counters.calls_throttled += 1
+                else:
+                    counters.throttled += 1
+                    counters.throttle_seconds.add(event.wait)
+            elif kind is _REJECTED:
+                counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here
                     counters.calls += 1
-                    counters.calls_throttled += 1
-            else:
-                counters.throttled += 1
-                counters.throttle_seconds.add(event.wait)
-        elif kind is _REJECTED:
-            counters.rejections += 1
-            if event.attempt == 1:  # refused before any attempt: the call ends here
-                counters.calls += 1
-                counters.calls_refused += 1
+                    counters.calls_refused += 1
 
     # -- a quiet call (engine.Quiet): its first attempt counted without events ------------
 
@@ -449,9 +439,8 @@ class Stats:
                 self._apply_records()
 
     def _apply_records(self) -> None:
-        """Count the records (quiet STARTs and SUCCESSes, events), oldest first (under the
-        lock).  Each is taken out of the queue by one atomic ``popleft``: counted once,
-        whole, whoever applies it."""
+        """Count the quiet records, oldest first (under the lock).  Each is taken out of
+        the queue by one atomic ``popleft``: counted once, whole, whoever applies it."""
         pop = self._records.popleft
         operations = self._operations
         while True:
@@ -459,19 +448,13 @@ class Stats:
                 record = pop()
             except IndexError:
                 return
-            cls = record.__class__
-            if cls is not tuple and cls is not str and isinstance(record, AttemptEvent):
-                self._count(record)
-                continue
-            if cls is not tuple:  # a START: the operation's name
+            if record.__class__ is not tuple:  # a START: the operation's name
                 counters = operations.get(record)  # type: ignore[arg-type]  # a str
                 if counters is None:
                     counters = self._new_operation(record)  # type: ignore[arg-type]
                 counters.attempts += 1
                 counters.calls += 1
                 continue
-            if TYPE_CHECKING:
-                assert isinstance(record, tuple)  # (operation, elapsed): a quiet SUCCESS
             operation, elapsed = record
             counters = operations.get(operation)
             if counters is None:

@@ -372,30 +372,6 @@ def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
     assert stats.snapshot()["op"]["calls_succeeded"] == calls + 10 * _APPLY_AT
 
 
-def test_an_event_is_counted_without_a_lock_in_order_and_whole() -> None:
-    """A retried call's events take no lock on the caller's way (batched with the quiet
-    records, in order); a snapshot counts every one, whole, and a GIVE_UP's reason too."""
-    from requests_smartretry.stats import _APPLY_AT
-
-    stats = Stats()
-    lock = CountingLock()
-    stats._lock = lock  # type: ignore[assignment]
-    stats.quiet_start("op")
-    feed_retried_success(stats)
-    base = {"operation": "op", "service": "s", "max_attempts": 2, "call_id": 9}
-    stats(AttemptEvent(kind=EventKind.GIVE_UP, attempt=1, give_up_reason="budget",
-                       call_elapsed=0.5, **base))
-    assert lock.acquired == 0
-    row = stats.snapshot()["op"]
-    assert lock.acquired == 1
-    assert row["retries"] == 1 and row["calls_failed"] == 1
-    assert row["budget_denials"] == 1 and row["call_seconds"]["count"] == 2
-    for _ in range(_APPLY_AT):  # a full batch is counted by the thread that fills it
-        stats(AttemptEvent(kind=EventKind.RETRY, attempt=1, wait=0.0, **base))
-    assert lock.acquired == 2
-    assert stats.snapshot()["op"]["retries"] == 1 + _APPLY_AT
-
-
 class _Name(str):
     """An operation name as a naming hook may return it: a ``str`` subclass."""
 
