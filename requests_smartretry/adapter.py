@@ -621,7 +621,7 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _classify_for(self, policy: Optional[RetryPolicy],
                       response: requests.Response) -> Classification:
-        if policy is None or type(self).classify_response is not _BASE.classify_response:
+        if policy is None or type(self).classify_response is not _BASE_CLASSIFY:
             return self.classify_response(response)
         return classify_http_response(response, policy.classify_response,
                                       policy.retry_statuses, policy.honor_server_signals)
@@ -883,10 +883,19 @@ class SmartRetryAdapter(HTTPAdapter):
                           url: Optional[str] = None) -> Outcome[requests.Response]:
         """The outcome of an attempt that got ``response``: the verdict on it (``url``:
         ``request``'s URL redacted already, if known)."""
-        verdict = (self.classify_response(response) if policy is None
-                   else self._classify_for(policy, response))
+        # A classify_response other than this class's own (a subclass's override, or one
+        # set on a class later: mock.patch.object) decides, as it is.  Read per response.
+        if type(self).classify_response is not _BASE_CLASSIFY:
+            verdict = self.classify_response(response)
+        else:  # classify_response's own steps, without its frame (the success path)
+            if policy is None:
+                policy = self.policy
+            verdict = classify_http_response(response, policy.classify_response,
+                                             policy.retry_statuses,
+                                             policy.honor_server_signals)
         if verdict.verdict is _SUCCESS_VERDICT:
-            return Outcome(verdict, value=response, status_code=response.status_code)
+            # Outcome(classification, value, error, signal, status_code), by position.
+            return Outcome(verdict, response, None, None, response.status_code)
         if url is None:
             url = redact_url(request.url or "")
         signal = requests.HTTPError(f"{response.status_code} {verdict.reason} for {url}",
@@ -1063,6 +1072,8 @@ def _enclosing_over(request: requests.PreparedRequest) -> Outcome[requests.Respo
 
 
 _BASE = SmartRetryAdapter
+#: SmartRetryAdapter's own classify_response, as defined (not as patched later).
+_BASE_CLASSIFY = SmartRetryAdapter.classify_response
 
 
 def _prepared(policy: RetryPolicy, request: requests.PreparedRequest,

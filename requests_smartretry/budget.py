@@ -203,7 +203,7 @@ class RetryBudget(StoreUser):
 
     def _take_pending(self, service: str) -> float:
         queue = self._pending.get(service)
-        return 0.0 if queue is None else _gathered(queue)
+        return _gathered(queue) if queue else 0.0  # none, or none left: no frame
 
     def allow_retry(self, service: str) -> bool:
         """Spend one token to admit a call on ``service`` to retrying (the retry loop asks

@@ -63,6 +63,8 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _SUCCESS_VERDICT = Verdict.SUCCESS
 _THROTTLED = EventKind.THROTTLED
+_FAILURE = EventKind.FAILURE
+_RETRY = EventKind.RETRY
 _time = time.time
 _CANCELLED = asyncio.CancelledError
 
@@ -835,7 +837,7 @@ class _Call(Generic[T]):
         verdict = outcome.classification
         rule = self.rule = self.policy.rule_for(verdict.verdict)
         weight = 1.0 if rule is None else rule.breaker_weight
-        self._open().emit(EventKind.FAILURE, number,
+        self._open().emit(_FAILURE, number,
                           {"verdict": verdict.verdict, "reason": verdict.reason,
                            "error": outcome.signal or outcome.error,
                            "status_code": outcome.status_code, "elapsed": self.elapsed,
@@ -909,7 +911,7 @@ class _Call(Generic[T]):
         """The RETRY event and ``on_retry``, before the backoff wait (none in test mode)."""
         verdict = outcome.classification
         self.granted = True  # the budget (if any) paid for the retry: refunded if not made
-        self._open().emit(EventKind.RETRY, number,
+        self._open().emit(_RETRY, number,
                           {"verdict": verdict.verdict, "reason": verdict.reason,
                            "wait": 0.0 if _testing._testing else wait,
                            "retry_after": verdict.retry_after})

@@ -21,6 +21,7 @@ name and the classification's reason code (and ``retry_url``, redacted).
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any, Optional
 
 from .events import AttemptEvent, EventKind, Verdict
@@ -191,6 +192,54 @@ _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _FAILURE = EventKind.FAILURE
 _DEBUG = logging.DEBUG
+_NULL_HANDLER = logging.NullHandler
+_LOGGER_CLASS = logging.Logger
+#: The Logger methods a line goes through (``log`` → ``_log`` → ``findCaller``,
+#: ``makeRecord`` → ``handle`` → ``filter`` → ``callHandlers``).  An SDK may wrap one on the
+#: class (Sentry's LoggingIntegration wraps ``callHandlers`` and sees every record, whatever
+#: the handlers), a test on the logger (``mock.patch.object(logger, "handle")``): a line is
+#: skipped only while all of them are logging's own.
+_PATH_NAMES = ("log", "_log", "findCaller", "makeRecord", "handle", "filter", "callHandlers")
+_path_of = operator.attrgetter(*_PATH_NAMES)
+_STANDARD_PATH = _path_of(_LOGGER_CLASS)
+_PATH_PATCHABLE = frozenset(_PATH_NAMES)
+#: False if one of them was wrapped before this module was imported (sentry_sdk.init first).
+_PATH_IS_LOGGINGS = all(
+    getattr(getattr(method, "__code__", None), "co_filename", None)
+    == logging.getLogger.__code__.co_filename for method in _STANDARD_PATH)
+
+
+def _discarded(logger: logging.Logger) -> bool:
+    """Whether a record that ``logger`` writes now would be built only to be thrown away:
+    the standard logger and record factory, no filter on the way, and every handler it
+    would reach a ``NullHandler`` (at least one: a record that reaches none goes to
+    ``logging.lastResort``).  What an application that never configured logging has
+    (this package installs a ``NullHandler``): its retried calls then skip formatting the
+    line and building the record.  Read afresh for each line, as ``Logger.callHandlers``
+    reads the handlers."""
+    if logging.getLogRecordFactory() is not logging.LogRecord or not _PATH_IS_LOGGINGS:
+        return False
+    if logger.__class__ is not _LOGGER_CLASS and logger is not logging.root:
+        return False
+    if (_path_of(logger.__class__) != _STANDARD_PATH
+            or not _PATH_PATCHABLE.isdisjoint(logger.__dict__)):
+        return False  # a wrapped method may see the record
+    found = False
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        if current.__class__ is not _LOGGER_CLASS and current is not logging.root:
+            return False
+        if current.filters:
+            return False
+        for handler in current.handlers:
+            if handler.__class__ is not _NULL_HANDLER:
+                return False
+            found = True
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
+
 
 #: The ``retry_event`` of each line: one name per decision.
 RECORD_NAMES = ("attempt", "failure", "retry", "wait", "success", "give_up", "rejected",
@@ -256,7 +305,7 @@ class LoggingHook:
             if kind is _START:
                 return
             if kind is _SUCCESS:
-                if self.logger.isEnabledFor(_DEBUG):
+                if self.logger.isEnabledFor(_DEBUG) and not _discarded(self.logger):
                     self._first_attempt(_DEBUG, event)
                     self._line(_DEBUG, event, "success")
                 return
@@ -265,6 +314,8 @@ class LoggingHook:
             level = logging.INFO
         if not self.logger.isEnabledFor(level):
             return  # the common case in production: INFO is off, nothing to format
+        if _discarded(self.logger):
+            return  # logging never configured: the lines would reach NullHandlers only
         if kind is _START:
             self._line(logging.INFO, event, "start")
         elif kind is _SUCCESS:

@@ -18,6 +18,7 @@ or waits for the caller's network call.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class BreakerSettings:
     #: Buckets the window is divided into (its time resolution).
     buckets: int = 10
 
-    @property
+    @functools.cached_property  # the fields are frozen: computed once, then a plain read
     def ttl(self) -> float:
         """Seconds after its last update that a record may be forgotten (a shared store
         lets it expire): long enough to cover an open period and a whole window."""
@@ -81,7 +82,7 @@ class BudgetSettings:
     #: Tokens added per second whatever the traffic, so quiet services may still retry.
     min_per_second: float
 
-    @property
+    @functools.cached_property  # the fields are frozen: computed once, then a plain read
     def ttl(self) -> float:
         """Seconds after its last update that a record may be forgotten: by then the
         bucket has refilled to capacity, which is what a missing record means anyway."""

@@ -33,6 +33,10 @@ OTHER_KEY = "__other__"
 _START = EventKind.START
 _SUCCESS = EventKind.SUCCESS
 _THROTTLED = EventKind.THROTTLED
+_FAILURE = EventKind.FAILURE
+_RETRY = EventKind.RETRY
+_GIVE_UP = EventKind.GIVE_UP
+_REJECTED = EventKind.REJECTED
 _QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 # Recorded events applied at once, under the lock, by the thread whose record makes this
 # many: the lock is taken once per this many quiet events (and by every read).
@@ -387,13 +391,13 @@ class Stats:
                 counters.calls_succeeded += 1
                 counters.attempt_seconds.add(event.elapsed)
                 counters.call_seconds.add(event.call_elapsed)
-            elif kind is EventKind.FAILURE:
+            elif kind is _FAILURE:
                 verdict = event.verdict.value if event.verdict is not None else "unknown"
                 counters.attempts_failed[verdict] = counters.attempts_failed.get(verdict, 0) + 1
                 counters.attempt_seconds.add(event.elapsed)
-            elif kind is EventKind.RETRY:
+            elif kind is _RETRY:
                 counters.retries += 1
-            elif kind is EventKind.GIVE_UP:
+            elif kind is _GIVE_UP:
                 reason = event.give_up_reason or "unknown"
                 counters.calls_failed[reason] = counters.calls_failed.get(reason, 0) + 1
                 if reason == "budget":
@@ -408,7 +412,7 @@ class Stats:
                 else:
                     counters.throttled += 1
                     counters.throttle_seconds.add(event.wait)
-            elif kind is EventKind.REJECTED:
+            elif kind is _REJECTED:
                 counters.rejections += 1
                 if event.attempt == 1:  # refused before any attempt: the call ends here
                     counters.calls += 1

@@ -30,12 +30,14 @@ from urllib3.util.retry import Retry
 from requests_smartretry import (
     AttemptDeadlineExceeded,
     CircuitBreaker,
+    Classification,
     EventKind,
     RetryPolicy,
     SmartRetryAdapter,
     Verdict,
     attempt_history,
     deadline,
+    retry_options,
     smart_session,
 )
 from requests_smartretry import adapter as adapter_module
@@ -834,6 +836,30 @@ def test_responses_mocks_still_see_the_retry(sleeps: SleepRecorder) -> None:
         assert len(mocked.calls) == 2
 
 
+def test_a_subclass_classify_response_decides_every_response(sleeps: SleepRecorder) -> None:
+    """A subclass's classify_response is asked about every response (a retry_options block
+    included), though the base class's steps run without their method frame."""
+    asked: list[int] = []
+
+    class BusyMeansRetry(SmartRetryAdapter):
+        def classify_response(self, response: requests.Response) -> Classification:
+            asked.append(response.status_code)
+            if response.text == "busy":
+                return Classification(Verdict.SERVER_ERROR, "busy")
+            return super().classify_response(response)
+
+    session = requests.Session()
+    session.mount("https://", BusyMeansRetry(max_retries=1, sleep=sleeps))
+    with responses.RequestsMock() as mocked:
+        mocked.add(responses.GET, "https://api.example.test/v1/x", body="busy")
+        mocked.add(responses.GET, "https://api.example.test/v1/x", json={"ok": True})
+        assert session.get("https://api.example.test/v1/x").json() == {"ok": True}
+        with retry_options(max_retries=0):
+            mocked.add(responses.GET, "https://api.example.test/v1/x", body="busy")
+            assert session.get("https://api.example.test/v1/x").text == "busy"
+    assert asked == [200, 200, 200]
+
+
 # -- properties and concurrency ---------------------------------------------------------------
 
 FAILURES = st.sampled_from(["reset", "500", "502", "503", "504", "429", "hang", "midreset"])
@@ -1113,3 +1139,27 @@ def test_a_retried_call_redacts_its_url_once(
     assert response.status_code == 503
     error = str(response.retry_history[1].error)  # type: ignore[attr-defined]
     assert "/seq/backup" in error and "hidden" not in error
+
+
+@pytest.mark.parametrize("target", ["SmartRetryAdapter", "a subclass made before"])
+def test_classify_response_patched_on_a_class_after_it_was_made_decides(
+        target: str, server: FaultServer, sleeps: SleepRecorder,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mock.patch.object(SmartRetryAdapter, "classify_response", …)`` (or on a subclass
+    already made) is asked about every response, as ``self.classify_response`` always was."""
+    class Made(SmartRetryAdapter):
+        pass
+
+    cls = SmartRetryAdapter if target == "SmartRetryAdapter" else Made
+    asked: list[int] = []
+
+    def busy(self: SmartRetryAdapter, response: requests.Response) -> Classification:
+        asked.append(response.status_code)
+        return Classification(Verdict.SERVER_ERROR, "busy")
+
+    monkeypatch.setattr(cls, "classify_response", busy)
+    session = requests.Session()
+    session.mount("http://", Made(max_retries=1, sleep=sleeps))
+    response = session.get(server.url("/ok"))
+    assert asked == [200, 200] and response.status_code == 200
+    assert server.hits("/ok") == 2

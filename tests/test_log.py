@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
-from requests_smartretry import AttemptEvent, EventKind, LoggingHook, Verdict
+from requests_smartretry import AttemptEvent, EventKind, LoggingHook, Verdict, smart_session
+from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.log import describe_failure
 
 from .conftest import LineCollector
@@ -105,3 +107,91 @@ def test_unsafe_give_up_with_a_method_spaces_only_the_latin_name(
     LoggingHook(lang="zh")(event(EventKind.GIVE_UP, verdict=Verdict.NETWORK, method="POST",
                                  reason="ECONNRESET", give_up_reason="unsafe"))
     assert "[API重试] 生成艺术照 - 请求可能已送达服务器且 POST 非幂等, 不重试" in log_lines.lines
+
+
+def test_a_line_only_null_handlers_would_get_is_not_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line every handler on its way would discard (NullHandlers only, no filter, the
+    standard record factory) is neither formatted nor built; with any other handler, a
+    filter or a record factory of the application's, it is built as before."""
+    built: list[str] = []
+    emit = LoggingHook._emit  # counted here: a wrapped Logger method would see the record
+
+    def counting(self: LoggingHook, *args: Any, **kwargs: Any) -> None:
+        built.append(args[2])
+        emit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoggingHook, "_emit", counting)
+    quiet = logging.getLogger("requests_smartretry.tests.discarded")
+    quiet.propagate = False  # pytest's own handlers sit on the root logger
+    quiet.setLevel(logging.INFO)
+    quiet.addHandler(logging.NullHandler())
+    hook = LoggingHook(logger=quiet)
+    failure = event(EventKind.FAILURE, verdict=Verdict.SERVER_ERROR, reason="HTTP 503")
+    hook(failure)
+    assert built == []
+
+    class Seen(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return True
+
+    seen = Seen()
+    quiet.addFilter(seen)
+    hook(failure)
+    quiet.removeFilter(seen)
+    assert len(built) == 2  # the held-back first attempt's line, and the failure's
+    factory = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(lambda *args, **kwargs: factory(*args, **kwargs))
+    try:
+        hook(failure)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert len(built) == 4
+    collector = LineCollector()
+    quiet.addHandler(collector)
+    try:
+        hook(failure)
+    finally:
+        quiet.removeHandler(collector)
+    assert len(built) == 6 and len(collector.lines) == 2
+    hook(failure)
+    assert len(built) == 6
+    quiet.handlers.clear()
+    quiet.propagate = True
+
+
+@pytest.mark.parametrize("patched", ["Logger.callHandlers", "logger.handle"])
+def test_a_record_an_sdk_observes_is_built_though_only_null_handlers_would_get_it(
+        patched: str, server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sentry's LoggingIntegration wraps ``logging.Logger.callHandlers`` and turns every
+    WARNING/ERROR record into a breadcrumb or an event, whatever the handlers; a test may
+    spy on the package logger's ``handle``.  An application that configured no handler
+    (the package's NullHandler only) had its retry lines seen there: they must still be."""
+    seen: list[str] = []
+    package = logging.getLogger("requests_smartretry")
+    if patched == "Logger.callHandlers":
+        call_handlers = logging.Logger.callHandlers
+
+        def sentry_like(self: logging.Logger, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+            call_handlers(self, record)
+
+        monkeypatch.setattr(logging.Logger, "callHandlers", sentry_like)
+    else:
+        handle = package.handle
+
+        def spy(record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+            handle(record)
+
+        monkeypatch.setattr(package, "handle", spy)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # pytest's capture handlers: a bare application's root
+    try:
+        session = smart_session(max_retries=1, sleep=lambda seconds: None,
+                                operation_name="生成艺术照")
+        session.get(server.url("/status/503"))
+    finally:
+        root.handlers[:] = saved
+    assert [line for line in seen if "第 1 次尝试失败" in line], seen
