@@ -16,7 +16,7 @@ from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
+@pytest.mark.stress
 def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
     """``python -m requests_smartretry demo`` exits 0 and shows each scenario's real log lines."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
