@@ -99,11 +99,11 @@ from .classify import Verdict
 from .errors import ThrottledError
 from .testing import track
 
-__all__ = ["BETA", "HOLDOFF", "LEARN", "MIN_RATE", "RECOVERY", "Throttle", "ThrottleSettings",
-           "Turn", "is_throttling", "rate_shown"]
+__all__ = ["BETA", "DOUBLING", "DOUBLINGS", "HOLDOFF", "LEARN", "MIN_RATE", "NEAR", "RECOVERY",
+           "START_RATE", "Throttle", "ThrottleSettings", "Turn", "is_throttling", "rate_shown"]
 
 #: The multiplicative decrease: a throttling answer sets the rate to ``BETA · W``.
-BETA = 0.8
+BETA = 0.9
 #: Seconds the cubic curve takes to climb back to ``W`` (its plateau's middle).
 RECOVERY = 6.0
 #: The lowest rate an adaptive throttle falls to (requests per second).
@@ -115,6 +115,15 @@ HOLDOFF = 1.0
 #: Seconds a throttle that paced nothing holds every turn after its first throttling
 #: answer, to count what the vendor accepts (just under a one-second quota window).
 LEARN = 0.9
+#: Seconds ahead an adaptive throttle books a turn: a turn that would go later asks again
+#: (the rate may change meanwhile; a moment booked is kept whatever the rate does).
+NEAR = 0.25
+#: Slow start of an adaptive throttle without a rate: the requests per second it starts
+#: at, and the seconds in which that rate doubles, until the first throttling answer.
+START_RATE = 8.0
+DOUBLING = 1.0
+#: Doublings after which the slow start is over (8 x 2^10 = 8192/s): not paced from then.
+DOUBLINGS = 10.0
 _RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds, over the last 2 s.
 _SLICE = 0.1
@@ -165,9 +174,17 @@ Record = dict[str, float]
 
 def rate_at(record: Record, s: ThrottleSettings, now: float) -> float:
     """The rate in force at ``now`` (``inf``: no pacing): the configured ``rate``, or below
-    it the adaptive curve since the last decrease (``W`` = ``wmax``, at ``tfail``)."""
+    it the adaptive curve since the last decrease (``W`` = ``wmax``, at ``tfail``); without
+    a rate and before any decrease, the slow start since the first turn (``start``)."""
     ceiling = _INF if s.rate is None else s.rate
-    if not s.adaptive or "wmax" not in record:
+    if not s.adaptive:
+        return ceiling
+    if "wmax" not in record:
+        start = record.get("start")
+        if start is not None and ceiling == _INF:  # the slow start, until throttled
+            doublings = max(0.0, now - start) / DOUBLING
+            if doublings < DOUBLINGS:
+                return float(START_RATE * 2.0 ** doublings)
         return ceiling
     wmax = record["wmax"]
     since = max(0.0, now - record["tfail"])
@@ -190,23 +207,31 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             ) -> tuple[float, int, float]:
     """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
     may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
-    the first could not go within ``max_wait``.  ``accepted(since)``: the successes since
-    a moment, which end a learning pause (see :func:`learned`)."""
+    the first could not go within ``max_wait``, nor, on an adaptive throttle, when it
+    could not go within :data:`NEAR` (the turn asks again later, see
+    :func:`ask_again_in`) or while a learning pause holds every turn.
+    ``accepted(since)``: the successes since a moment, which end a learning pause (see
+    :func:`learned`)."""
     tat = record.get("tat", now)
     if tat < now:
         tat = now
     if s.adaptive:
         if accepted is not None:
             learned(record, now, accepted)
-        # The curve is read where the turn goes on the schedule, not where it is asked:
-        # turns reserved seconds ahead are what the vendor sees then.
+        if "learn" in record:  # held until the pause ends, then spaced at the learned rate
+            return max(0.0, record["learn"] - now), 0, 0.0
+        if "wmax" not in record and "start" not in record and s.rate is None:
+            record["start"] = now  # the slow start begins with the first turn
+        # The curve is read where the turn goes on the schedule, not where it is asked.
         rate = rate_at(record, s, tat)
         interval = 0.0 if rate == _INF else 1.0 / rate
+        near = NEAR
     else:
         interval = s.interval
+        near = _INF
     wait = tat - (s.burst - 1) * interval - now
     if wait > 0.0:
-        if wait > max_wait:  # (a turn that needs no wait always goes)
+        if wait > max_wait or wait > near:  # (a turn that needs no wait always goes)
             return wait, 0, interval
     else:
         wait = 0.0
@@ -226,10 +251,19 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
         record["tfail"] = max(now, record.get("tat", now))
 
 
+def ask_again_in(wait: float) -> float:
+    """Seconds until a turn that could not book a moment within :data:`NEAR` (its first
+    free moment ``wait`` seconds away) asks again: when that moment comes near, and not
+    sooner than :data:`NEAR` (a queue's turns then ask a few times a second each)."""
+    return max(NEAR, wait - NEAR)
+
+
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
-              retry_after: Optional[float]) -> float:
+              retry_after: Optional[float],
+              accepted: Optional[Callable[[float], float]] = None) -> float:
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
-    returns the rate now in force)."""
+    returns the rate now in force).  ``accepted(since)``: the successes since a moment
+    (the first decrease of a slow start lowers from at most those of the last window)."""
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
@@ -243,6 +277,12 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
         record["learn"] = now + LEARN
         record["tat"] = max(record.get("tat", now), now + LEARN)
         return sent
+    if "wmax" not in record and s.rate is None and accepted is not None:
+        # The end of a slow start: the vendor's window holds what it accepted, and the
+        # rate the refused turn went at is up to twice that (it doubled within the window).
+        seen = accepted(now - LEARN - _SLICE)
+        if seen >= 1.0:
+            sent = max(MIN_RATE, min(sent, seen))
     record["wmax"] = sent
     # The turns reserved already go at the old rate: the curve starts where the
     # schedule's free part does (and the hold-off counts from there).
@@ -471,7 +511,7 @@ class Throttle:
                 if success and settings.adaptive:
                     local.count_success(now)
                 if throttling:
-                    throttled(local.record, settings, now, started, retry_after)
+                    throttled(local.record, settings, now, started, retry_after, local.since)
 
     def rate(self, service: str) -> float:
         """The rate in force on ``service`` now (``inf``: not paced), for inspection."""
@@ -560,6 +600,8 @@ class Turn:
                     _fallback_starts_spent(local.record, part, now)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since)
             if not granted:
+                if wait <= left:
+                    return self.ask_again(wait)
                 self.done(now, refused=True)
                 raise ThrottledError(self.service, wait, self.limit)
             return self.token_in(wait, now)
@@ -574,6 +616,13 @@ class Turn:
             return wait
         self.started = now
         return None
+
+    def ask_again(self, wait: float) -> float:
+        """No moment booked (the first free one is ``wait`` seconds away, within the
+        turn's limit, but not near): seconds until the turn asks again."""
+        pause = ask_again_in(wait)
+        self.waited += pause
+        return pause
 
     def slot_wait(self, left: float) -> float:
         """No slot free: seconds until the next look (growing with the wait, at most
@@ -614,7 +663,8 @@ class Turn:
             return
         if throttling and local is not None:
             with local.lock:
-                throttled(local.record, settings, now, self.started, retry_after)
+                throttled(local.record, settings, now, self.started, retry_after,
+                          local.since)
 
 
 #: Seconds without a local turn after which a fallback to local pacing is a new episode.

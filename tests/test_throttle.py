@@ -22,7 +22,18 @@ from requests_smartretry import (
     attempt_history,
     smart_session,
 )
-from requests_smartretry.throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY, is_throttling
+from requests_smartretry.throttle import (
+    BETA,
+    DOUBLING,
+    DOUBLINGS,
+    HOLDOFF,
+    LEARN,
+    MIN_RATE,
+    NEAR,
+    RECOVERY,
+    START_RATE,
+    is_throttling,
+)
 from tests.conftest import FakeClock
 from tests.fakes.ratelimited import RateLimitedVendor
 
@@ -165,11 +176,13 @@ def test_a_throttling_answer_lowers_the_rate_at_once_and_it_recovers_along_the_c
 
 
 def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -> None:
-    """adaptive=True alone: the first throttling answer holds every turn for LEARN
-    seconds, then the rate starts at BETA x the successes of the last second, climbs
+    """adaptive=True alone, past its slow start: the first throttling answer holds every
+    turn for LEARN seconds, then the rate starts at BETA x the successes of the last second, climbs
     back to them at RECOVERY, stays near them (the plateau), then probes above."""
     clock = FakeClock()
     throttle = Throttle(adaptive=True, clock=clock)
+    go(throttle)  # the first turn starts the slow start ...
+    clock.advance(DOUBLING * DOUBLINGS)  # ... over by now: nothing paced
     for _ in range(20):  # 20 successes in the last second: the vendor accepts 20/s
         turn, _ = go(throttle)
         turn.done(clock(), success=True)
@@ -177,7 +190,7 @@ def test_without_a_rate_the_first_throttling_answer_learns_the_accepted_rate() -
     turn.done(clock(), throttling=True)
     _, held = go(throttle)
     assert held == pytest.approx(LEARN)
-    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * 20.0, rel=0.01)  # (one turn on)
     clock.advance(RECOVERY)
     assert throttle.rate(SERVICE) == pytest.approx(20.0)
     clock.advance(RECOVERY * 0.3)
@@ -212,38 +225,64 @@ def test_answers_to_attempts_sent_before_the_decrease_do_not_lower_it_again() ->
 
 
 def test_the_curve_is_read_where_the_turn_goes_on_the_schedule() -> None:
-    """Turns reserved ahead are spaced by the curve at the moment each goes, not at the
-    moment it was asked: 60 turns asked at once after a decrease go ever closer together
-    as the curve climbs (they were all spaced at BETA x W, 16/s, when the curve was read
-    at the asking moment, and the vendor saw that rate for as long as the queue lasted)."""
+    """Turns go spaced by the curve at the moment each goes: 60 turns one after another
+    after a decrease go ever closer together as the curve climbs (the first at BETA x W)."""
     clock = FakeClock()
     throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
     turn, _ = go(throttle)
     turn.done(clock(), throttling=True)
-    clock.advance(0.1)
-    waits = [throttle.turn(SERVICE, None).step(clock()) or 0.0 for _ in range(60)]
-    first, last = waits[1] - waits[0], waits[-1] - waits[-2]
+    moments = []
+    for _ in range(60):
+        go(throttle)
+        moments.append(clock())
+    first, last = moments[1] - moments[0], moments[-1] - moments[-2]
     assert first == pytest.approx(1.0 / (BETA * 20.0), rel=0.02)
-    assert last < 0.9 * first  # the curve climbed by the time the last ones go
+    assert last < 0.97 * first  # the curve climbed by the time the last ones go
+
+
+def test_an_adaptive_throttle_books_no_turn_beyond_near() -> None:
+    """60 turns asked at once at 20/s: only those that go within NEAR book their moment,
+    the others ask again later, so a decrease reaches the next turns within NEAR (booked
+    3 s ahead at the old rate, a probe's queue kept going at the refused rate: 1-3
+    throttled answers per probe in the benchmark).  A turn whose first free moment is
+    past its limit is still refused at once."""
+    clock = FakeClock()
+    throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
+    queued = [throttle.turn(SERVICE, 10.0) for _ in range(60)]
+    waits = [turn.step(clock()) for turn in queued]
+    assert sum(turn.token for turn in queued) == 1 + round(NEAR * 20.0)
+    assert all(wait is not None and wait >= NEAR for turn, wait in zip(queued, waits)
+               if not turn.token)
+    queued[0].done(clock(), throttling=True)  # the vendor refused 20/s
+    clock.advance(NEAR)
+    moments = []
+    for turn in queued:
+        if not turn.token:
+            wait = turn.step(clock())
+            if turn.token:
+                moments.append(clock() + (wait or 0.0))
+    gaps = [b - a for a, b in zip(moments, moments[1:])]
+    assert gaps and all(gap == pytest.approx(1.0 / (BETA * 20.0), rel=0.02) for gap in gaps)
+    with pytest.raises(ThrottledError):  # its first free moment is past its limit
+        throttle.turn(SERVICE, 0.5 * NEAR).step(clock())
 
 
 def test_a_decrease_starts_after_the_turns_reserved_already() -> None:
-    """A throttling answer while 3 s of turns are reserved ahead: those go at the old rate
-    whatever happens, so the curve (and the hold-off) start after them; an answer to one
-    of them is not a new verdict on the lowered rate.  (Counted from the answer, the
-    hold-off ended while the queue still went at the old rate: each of its 429s lowered
-    the rate again, 19 -> 17.2 -> 15.1 in the 4-process benchmark.)"""
+    """A throttling answer while turns are booked ahead: those go at the old rate whatever
+    happens, so the curve (and the hold-off) start after them; an answer to one of them is
+    not a new verdict on the lowered rate."""
     clock = FakeClock()
     throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
-    queued = [throttle.turn(SERVICE, None) for _ in range(60)]  # 3 s of schedule
+    queued = [throttle.turn(SERVICE, None) for _ in range(6)]  # NEAR of schedule: booked
     waits = [turn.step(clock()) or 0.0 for turn in queued]
+    assert all(turn.token for turn in queued)
     queued[0].done(clock(), throttling=True)
     lowered = throttle.rate(SERVICE)
     assert lowered == pytest.approx(BETA * 20.0)
-    clock.advance(waits[50])  # 2.5 s later, long past a hold-off counted from the answer
-    queued[50].step(clock())
-    queued[50].done(clock(), throttling=True)
-    assert throttle.rate(SERVICE) == pytest.approx(lowered)  # (the curve starts at 3 s)
+    clock.advance(waits[5])
+    queued[5].step(clock())
+    queued[5].done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(lowered)
 
 
 def test_the_decrease_starts_from_the_rate_the_refused_turn_went_at() -> None:
@@ -269,6 +308,8 @@ def test_a_held_throttle_without_a_rate_does_not_read_as_unpaced() -> None:
     pause: 101 throttled answers in its first 0.5 s)."""
     clock = FakeClock()
     throttle = Throttle(adaptive=True, clock=clock)
+    go(throttle)
+    clock.advance(DOUBLING * DOUBLINGS)  # past the slow start: not paced
     turn, _ = go(throttle)
     turn.done(clock(), throttling=True)
     assert throttle.rate(SERVICE) == 0.0
@@ -276,11 +317,27 @@ def test_a_held_throttle_without_a_rate_does_not_read_as_unpaced() -> None:
     assert 0.0 < throttle.rate(SERVICE) < float("inf")
 
 
-def test_adaptive_without_rate_paces_nothing_until_throttled() -> None:
-    """``adaptive=True`` alone: no pacing until the first throttling answer, then never
-    below MIN_RATE."""
+def test_adaptive_without_rate_starts_slowly_and_doubles_until_throttled() -> None:
+    """``adaptive=True`` alone: the first turn starts a slow start at START_RATE, doubling
+    every DOUBLING seconds, not paced after DOUBLINGS doublings (unpaced from the first
+    turn, 64 callers sent their burst at once: 44 throttled answers or more at a 20/s
+    vendor before anything was learned); never below MIN_RATE."""
     clock = FakeClock()
     throttle = Throttle(adaptive=True, clock=clock)
+    assert throttle.rate(SERVICE) == float("inf")  # nothing asked yet
+    _, waited = go(throttle)
+    assert waited == 0.0
+    start = clock()
+
+    def slow_start(at: float) -> float:
+        return START_RATE * 2.0 ** ((at - start) / DOUBLING)
+
+    assert throttle.rate(SERVICE) == pytest.approx(slow_start(start + 1.0 / START_RATE))
+    _, waited = go(throttle)
+    assert waited == pytest.approx(1.0 / START_RATE)
+    clock.advance(DOUBLING)
+    assert throttle.rate(SERVICE) == pytest.approx(slow_start(clock()))
+    clock.advance(DOUBLING * DOUBLINGS)
     assert throttle.rate(SERVICE) == float("inf")
     assert all(go(throttle)[1] == 0.0 for _ in range(100))
     for _ in range(30):
@@ -288,6 +345,23 @@ def test_adaptive_without_rate_paces_nothing_until_throttled() -> None:
         turn, _ = go(throttle)
         turn.done(clock(), throttling=True)
     assert throttle.rate(SERVICE) >= MIN_RATE
+
+
+def test_a_slow_starts_first_decrease_is_from_what_the_vendor_accepted() -> None:
+    """The first throttling answer of a slow start lowers from what the vendor accepted
+    in the last window (10 successes), not from the rate the refused turn went at (the
+    rate doubles within a window: from that, the first decrease left the rate above the
+    vendor's)."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    go(throttle)
+    clock.advance(3.0 * DOUBLING)  # 8 x 2^3 = 64/s
+    for _ in range(10):
+        turn, _ = go(throttle)
+        turn.done(clock(), success=True)
+    refused, _ = go(throttle)
+    refused.done(clock(), throttling=True)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * 10.0, rel=1e-3)
 
 
 def test_retry_after_holds_every_turn() -> None:
@@ -521,7 +595,7 @@ def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
             if granted:
                 assert reply[3] == pytest.approx(interval), op
         elif op == "release":
-            throttled(record, settings, now, kw["started"], kw.get("retry_after"))
+            throttled(record, settings, now, kw["started"], kw.get("retry_after"), local.since)
         else:
             learned(record, now, local.since)
         expected = rate_shown(record, settings, now)

@@ -230,7 +230,9 @@ return reply
 # recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
 # the caller paced locally: the bucket starts spent), released (lease ids, comma-separated,
 # of slots released while Redis could not be told: freed first), held locally (the caller's
-# attempts sent while it paced locally, still under way: counted as slots taken).
+# attempts sent while it paced locally, still under way: counted as slots taken), near
+# (seconds ahead an adaptive throttle books a turn), start rate, doubling (s), doublings
+# (the slow start of an adaptive throttle without a rate).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
 # in flight.
 THROTTLE_LUA = _PRELUDE + """
@@ -242,34 +244,38 @@ local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local near, start_rate = tonumber(ARGV[25]), tonumber(ARGV[26])
+local doubling, doublings = tonumber(ARGV[27]), tonumber(ARGV[28])
 -- Slots released while Redis could not be told (ARGV[23], comma-separated): freed now.
 for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
-local names = {'tat', 'wmax', 'tfail', 'learn'}
+local names = {'tat', 'wmax', 'tfail', 'learn', 'start'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
+local start = num(saved[5])
 -- Validation: a schedule, a decrease or a pause far in the future is repaired (a decrease
 -- takes effect where the schedule is free: later than now by the turns reserved).
 if tat and tat > now + 3600 then tat = nil end
 if learn and learn > now + learn_for then learn = now end
 if tfail and tfail > now + 3600 then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
+if start and start > now + 3600 then start = nil end
 local dirty, unlearn = {}, false
 -- The fleet's successes per 0.1 s over the last 2 s (reported with every call).
 local current = math.floor(now * 10)
 local successes = tonumber(ARGV[14]) or 0
 if successes > 0 then
   local slot = current % 20
-  local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+  local stamp, n = num(saved[6 + 2 * slot]), num(saved[7 + 2 * slot])
   if stamp ~= current or not n or n < 0 then n = 0 end
   dirty['k' .. slot] = current
   dirty['c' .. slot] = n + successes
-  saved[5 + 2 * slot], saved[6 + 2 * slot] = current, n + successes
+  saved[6 + 2 * slot], saved[7 + 2 * slot] = current, n + successes
 end
 local function since(moment)
   local first, total = math.floor(moment * 10), 0
   for slot = 0, 19 do
-    local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+    local stamp, n = num(saved[6 + 2 * slot]), num(saved[7 + 2 * slot])
     if stamp and n and first <= stamp and stamp <= current and n >= 0 then
       total = total + n
     end
@@ -277,7 +283,14 @@ local function since(moment)
   return total
 end
 local function rate_at(at)
-  if not adaptive or not wmax or not tfail then return ceiling end
+  if not adaptive then return ceiling end
+  if not wmax or not tfail then
+    if start and ceiling == math.huge then  -- the slow start, until throttled
+      local x = math.max(0, at - start) / doubling
+      if x < doublings then return start_rate * 2 ^ x end
+    end
+    return ceiling
+  end
   local elapsed = math.max(0, at - tfail)
   local x = (elapsed - recovery) / recovery
   return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
@@ -297,16 +310,25 @@ local processes = redis.call('ZCARD', okey)
 local wait, granted, interval, slot = 0, 0, 0, 1
 local resume = ARGV[22] == '1'
 local function reserve()
-  local start = math.max(tat or now, now)
+  if adaptive and learn then  -- held until the learning pause ends
+    wait = math.max(0, learn - now)
+    return
+  end
+  if adaptive and not wmax and not start and ceiling == math.huge then
+    start = now  -- the slow start begins with the first turn
+    dirty['start'] = start
+  end
+  local first = math.max(tat or now, now)
   -- The curve is read where the turn goes on the schedule.
-  local rate = rate_at(start)
+  local rate = rate_at(first)
   if rate ~= math.huge then interval = 1 / rate end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
-  if resume then start = math.max(start, now + (burst - 1) * interval) end
-  wait = math.max(0, start - (burst - 1) * interval - now)
-  if wait <= 0 or wait <= max_wait then
+  if resume then first = math.max(first, now + (burst - 1) * interval) end
+  wait = math.max(0, first - (burst - 1) * interval - now)
+  -- An adaptive throttle books no turn beyond near: it asks again (the rate may change).
+  if wait <= 0 or (wait <= max_wait and (not adaptive or wait <= near)) then
     granted = count
-    tat = start + count * interval
+    tat = first + count * interval
     dirty['tat'] = tat
   end
 end
@@ -321,6 +343,11 @@ if ARGV[12] == '1' then
   local started = tonumber(ARGV[13])
   if adaptive and not learn and (not tfail or started > tfail + holdoff) then
     local sent = rate_at(started)  -- the rate the refused turn went at
+    if sent ~= math.huge and not wmax and ceiling == math.huge then
+      -- The end of a slow start: at most what the vendor accepted in its window.
+      local seen = since(now - learn_for - 0.1)
+      if seen >= 1 then sent = math.max(min_rate, math.min(sent, seen)) end
+    end
     if sent == math.huge then
       learn = now + learn_for
       tat = math.max(tat or now, learn)

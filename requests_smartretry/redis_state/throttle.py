@@ -122,7 +122,17 @@ class SharedPaces:
         Redis: that is no outage, and the turn must not pace locally (nor the next
         reservation find the bucket spent, as after a spell of local pacing).
         ``deadline=False``: the round trip is not cut by the deadline (a release)."""
-        from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
+        from ..throttle import (
+            BETA,
+            DOUBLING,
+            DOUBLINGS,
+            HOLDOFF,
+            LEARN,
+            MIN_RATE,
+            NEAR,
+            RECOVERY,
+            START_RATE,
+        )
 
         pace = self._pace(service)
         mono = _monotonic()
@@ -155,7 +165,8 @@ class SharedPaces:
                 "1" if throttling else "0", repr(float(shared_start)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally]
+                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally,
+                repr(NEAR), repr(START_RATE), repr(DOUBLING), repr(DOUBLINGS)]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -248,8 +259,10 @@ class SharedPaces:
                 return False
             if reply[6] != 1.0:  # no free slot: look again soon
                 return turn.slot_wait(left)
-            if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
+            if count and reply[2] == 0.0:  # a slot, but no turn booked: nothing taken
                 turn.lease = None
+                if reply[1] <= left:  # in time, but not near: ask again then
+                    return turn.ask_again(reply[1])
                 raise ThrottledError(service, reply[1], turn.limit)
             with pace.lock:
                 pace.leases[turn.lease] = mono + ttl
@@ -267,6 +280,8 @@ class SharedPaces:
             if reply is None:
                 return False
             if reply[2] == 0.0:
+                if reply[1] <= left:  # in time, but not near: ask again then
+                    return turn.ask_again(reply[1])
                 turn.done(now, refused=True)
                 raise ThrottledError(service, reply[1], turn.limit)
         else:
