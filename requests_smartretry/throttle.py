@@ -31,17 +31,28 @@ comes.
 ``t`` is counted on the *schedule*, not on the clock: a turn reserved ahead is spaced by
 the curve at the moment it goes, and a decrease starts (``t = 0``, and the hold-off
 below counts from there) where the schedule is free, after the turns reserved already.
-With 64 callers waiting on 20 requests/s the schedule runs 3 s ahead: those 3 s of turns
-go at the old rate whatever happens.  Read on the clock, the curve climbed 3 s ahead of
+An adaptive throttle books at most :data:`NEAR` ahead (below), so those are few.  When
+64 callers on 20 requests/s booked 3 s ahead, those 3 s of turns went at the old rate
+whatever happened; and read on the clock, the curve climbed 3 s ahead of
 what the vendor saw (``W`` was taken at 31.8/s for a vendor at 20/s, five decreases in a
 row followed), and a hold-off counted from the answer let the queued turns' 429s lower
 the rate again and again (19 -> 17.2 -> 15.1/s with ``rate=19``).
 Constants and why:
 
-- ``β = 0.8`` (:data:`BETA`; botocore 0.7): ``W`` is a rate the shared schedule kept
+- ``β = 0.9`` (:data:`BETA`; botocore 0.7): ``W`` is a rate the shared schedule kept
   exactly (or one measured at the vendor), not a blind guess, so the decrease need not
-  overshoot downwards;
-  a cycle then loses ``(1 - β) / 4 = 5 %`` of ``W`` on average over its concave part.
+  overshoot downwards; a cycle then loses ``(1 - β) / 4 = 2.5 %`` of ``W`` on average over
+  its concave part (with 0.8, the troughs cost the fleet benchmark 3 % of its goodput).
+- An adaptive throttle books a turn only within :data:`NEAR` (0.25 s): a turn that would
+  go later books nothing and asks again (:func:`ask_again_in`).  A booked moment is kept
+  whatever the rate does; booked seconds ahead, a decrease reached the vendor only
+  after them.  A quarter of a one-second quota window, and at 20/s five turns.
+- Without a ``rate``, the first turn starts a *slow start*: :data:`START_RATE` (8/s)
+  doubling every :data:`DOUBLING` (1 s, a quota's window: its throttling answers come
+  back before the next doubling), not paced after :data:`DOUBLINGS` (10) doublings.  Its
+  first throttling answer lowers from at most the successes of the last window (the rate
+  doubled within it).  Unpaced, 64 callers sent their first burst at once: 44 throttled
+  answers or more against a 20/s vendor before anything was learned.
 - ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
   cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
   every rate, and a vendor's per-second quota counts whole seconds: after 6 s near ``W``,
@@ -53,11 +64,11 @@ Constants and why:
   trip is its window): the answers to attempts sent before, or while the vendor's window
   still holds the old rate, say nothing about the new one, and counting them cut the rate
   to the floor in one burst.
-- Without a ``rate`` the throttle paces nothing until the first throttling answer, which
-  has nothing to lower: every turn is then held for :data:`LEARN` (0.9 s, just under a
-  one-second quota window) and ``W`` is what the vendor accepted since just before that
-  answer.  (Taken at once, it would be nothing: in a burst the 429s come back before the
-  successes.)
+- Past its slow start, a throttle without a ``rate`` paces nothing until the first
+  throttling answer, which has nothing to lower: every turn is then held for
+  :data:`LEARN` (0.9 s, just under a one-second quota window) and ``W`` is what the
+  vendor accepted since just before that answer.  (Taken at once, it would be nothing:
+  in a burst the 429s come back before the successes.)
 - A ``Retry-After`` also holds every turn on the service until it has passed.
 - While every turn is held (the learning pause, a ``Retry-After``) on a throttle without a
   rate yet, the rate reads 0, not ``inf`` (:func:`rate_shown`): the processes of a shared
@@ -120,9 +131,9 @@ LEARN = 0.9
 NEAR = 0.25
 #: Slow start of an adaptive throttle without a rate: the requests per second it starts
 #: at, and the seconds in which that rate doubles, until the first throttling answer.
-START_RATE = 8.0
+START_RATE = 10.0
 DOUBLING = 1.0
-#: Doublings after which the slow start is over (8 x 2^10 = 8192/s): not paced from then.
+#: Doublings after which the slow start is over (10 x 2^10 = 10,240/s): not paced from then.
 DOUBLINGS = 10.0
 _RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds, over the last 2 s.
@@ -204,14 +215,18 @@ def rate_shown(record: Record, s: ThrottleSettings, now: float) -> float:
 
 def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             max_wait: float, accepted: Optional[Callable[[float], float]] = None,
-            ) -> tuple[float, int, float]:
+            ticket: float = 0.0) -> tuple[float, int, float]:
     """Reserve ``count`` consecutive turns (mutates ``record``): (seconds until the first
     may go, turns reserved, seconds between two of them).  Reserves nothing (0 turns) when
-    the first could not go within ``max_wait``, nor, on an adaptive throttle, when it
-    could not go within :data:`NEAR` (the turn asks again later, see
-    :func:`ask_again_in`) or while a learning pause holds every turn.
-    ``accepted(since)``: the successes since a moment, which end a learning pause (see
-    :func:`learned`)."""
+    the first could not go within ``max_wait``, while a learning pause holds every turn,
+    and, on an adaptive throttle, when it could not go within :data:`NEAR`: the turn then
+    has a ticket (``ticket``, numbered from 1; a turn without one yet gets
+    ``record["qn"]``) and asks again when its place comes near (see :func:`ask_again_in`;
+    the wait returned is until its place).  The tickets are served in order: a ticket's
+    place is the first free moment plus one interval per ticket before it not served yet
+    (``hn``: the last ticket served), at the rate in force then, so a decrease moves the
+    places of the tickets waiting.  ``accepted(since)``: the successes since a moment,
+    which end a learning pause (see :func:`learned`)."""
     tat = record.get("tat", now)
     if tat < now:
         tat = now
@@ -225,13 +240,24 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         # The curve is read where the turn goes on the schedule, not where it is asked.
         rate = rate_at(record, s, tat)
         interval = 0.0 if rate == _INF else 1.0 / rate
-        near = NEAR
     else:
         interval = s.interval
-        near = _INF
     wait = tat - (s.burst - 1) * interval - now
+    if s.adaptive and (wait > 0.0 or ticket):
+        served = record.get("hn", 0.0)
+        if not ticket and (wait > NEAR or record.get("qn", 0.0) > served):
+            ticket = record.get("qn", 0.0) + 1.0  # tickets are waiting, or no near moment
+            place = wait + max(0.0, ticket - served - 1.0) * interval
+            if place > max_wait:
+                return place, 0, interval
+            record["qn"] = ticket
+        if ticket:
+            wait += max(0.0, ticket - served - 1.0) * interval
+            if wait > NEAR:
+                return wait, 0, interval
+            record["hn"] = max(served, ticket)
     if wait > 0.0:
-        if wait > max_wait or wait > near:  # (a turn that needs no wait always goes)
+        if wait > max_wait:  # (a turn that needs no wait always goes)
             return wait, 0, interval
     else:
         wait = 0.0
@@ -252,10 +278,10 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
 
 
 def ask_again_in(wait: float) -> float:
-    """Seconds until a turn that could not book a moment within :data:`NEAR` (its first
-    free moment ``wait`` seconds away) asks again: when that moment comes near, and not
-    sooner than :data:`NEAR` (a queue's turns then ask a few times a second each)."""
-    return max(NEAR, wait - NEAR)
+    """Seconds until a turn that could not book a moment within :data:`NEAR` (its place
+    ``wait`` seconds away) asks again: when its place comes near, and not sooner than
+    half of :data:`NEAR`."""
+    return max(NEAR / 2.0, wait - NEAR)
 
 
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
@@ -541,8 +567,24 @@ class Turn:
     adaptive rate how the attempt went.
     """
 
-    __slots__ = ("asked", "counted", "generation", "held", "lease", "limit", "local",
-                 "service", "slot", "span", "started", "throttle", "token", "waited")
+    __slots__ = (
+        "asked",
+        "counted",
+        "fleet_ticket",
+        "generation",
+        "held",
+        "lease",
+        "limit",
+        "local",
+        "service",
+        "slot",
+        "span",
+        "started",
+        "throttle",
+        "ticket",
+        "token",
+        "waited",
+    )
 
     def __init__(self, throttle: Throttle, service: str, asked: float,
                  limit: Optional[float], span: Optional[float]) -> None:
@@ -560,6 +602,8 @@ class Turn:
         self.lease: Optional[str] = None  # the shared slot's lease id
         self.token = False
         self.counted = False  # counted in the shared demand
+        self.ticket = 0.0  # its place in an adaptive throttle's local queue (0: none)
+        self.fleet_ticket = 0.0  # ... in the queue shared through Redis
         self.started = asked
         self.waited = 0.0
         self.generation = _generation  # (a turn of the parent's, in a forked child)
@@ -598,7 +642,10 @@ class Turn:
             with local.lock:
                 if store is not None:
                     _fallback_starts_spent(local.record, part, now)
-                wait, granted, _ = reserve(local.record, part, now, 1, left, local.since)
+                wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
+                                           self.ticket)
+                if not granted and not self.ticket and wait <= left:
+                    self.ticket = local.record.get("qn", 0.0)
             if not granted:
                 if wait <= left:
                     return self.ask_again(wait)
@@ -618,7 +665,7 @@ class Turn:
         return None
 
     def ask_again(self, wait: float) -> float:
-        """No moment booked (the first free one is ``wait`` seconds away, within the
+        """No moment booked (its place in the queue is ``wait`` seconds away, within the
         turn's limit, but not near): seconds until the turn asks again."""
         pause = ask_again_in(wait)
         self.waited += pause

@@ -241,30 +241,39 @@ def test_the_curve_is_read_where_the_turn_goes_on_the_schedule() -> None:
 
 
 def test_an_adaptive_throttle_books_no_turn_beyond_near() -> None:
-    """60 turns asked at once at 20/s: only those that go within NEAR book their moment,
-    the others ask again later, so a decrease reaches the next turns within NEAR (booked
-    3 s ahead at the old rate, a probe's queue kept going at the refused rate: 1-3
-    throttled answers per probe in the benchmark).  A turn whose first free moment is
-    past its limit is still refused at once."""
+    """60 turns asked at once at 20/s: only those that go within NEAR book their moment;
+    the others take tickets and ask again when their place comes near.  A decrease then
+    reaches every turn not booked yet (booked 3 s ahead, a probe's queue went on at the
+    refused rate: 1-3 throttled answers per probe in the fleet benchmark), and the queue
+    is still served in order.  A turn whose place is past its limit is refused at once."""
     clock = FakeClock()
     throttle = Throttle(rate=20.0, burst=1, adaptive=True, clock=clock)
     queued = [throttle.turn(SERVICE, 10.0) for _ in range(60)]
-    waits = [turn.step(clock()) for turn in queued]
-    assert sum(turn.token for turn in queued) == 1 + round(NEAR * 20.0)
-    assert all(wait is not None and wait >= NEAR for turn, wait in zip(queued, waits)
-               if not turn.token)
+    wakes = [(turn.step(clock()), index) for index, turn in enumerate(queued)]
+    booked = [index for index, turn in enumerate(queued) if turn.token]
+    assert booked == list(range(1 + round(NEAR * 20.0)))
+    assert [turn.ticket for turn in queued[len(booked):]] == list(range(1, 61 - len(booked)))
+    assert all(wait is not None and wait >= NEAR / 2.0 for wait, index in wakes
+               if index not in booked)
+    with pytest.raises(ThrottledError):  # its place (2.7 s) is past its limit
+        throttle.turn(SERVICE, 1.0).step(clock())
     queued[0].done(clock(), throttling=True)  # the vendor refused 20/s
-    clock.advance(NEAR)
-    moments = []
-    for turn in queued:
-        if not turn.token:
-            wait = turn.step(clock())
-            if turn.token:
-                moments.append(clock() + (wait or 0.0))
-    gaps = [b - a for a, b in zip(moments, moments[1:])]
-    assert gaps and all(gap == pytest.approx(1.0 / (BETA * 20.0), rel=0.02) for gap in gaps)
-    with pytest.raises(ThrottledError):  # its first free moment is past its limit
-        throttle.turn(SERVICE, 0.5 * NEAR).step(clock())
+    start = clock()
+    pending = [(start + (wait or 0.0), index) for wait, index in wakes
+               if index not in booked]
+    went = []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        wait = queued[index].step(clock())
+        if queued[index].token:
+            went.append((at + (wait or 0.0), index))
+        else:
+            pending.append((at + (wait or 0.0), index))
+    assert [index for _, index in went] == sorted(index for _, index in went)  # in order
+    gaps = [b - a for (a, _), (b, _) in zip(went, went[1:])][:10]
+    assert all(gap == pytest.approx(1.0 / (BETA * 20.0), rel=0.05) for gap in gaps)
 
 
 def test_a_decrease_starts_after_the_turns_reserved_already() -> None:
@@ -567,7 +576,8 @@ def test_presets_and_httpx_clients_take_a_throttle() -> None:
 def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
                                                                rate: Any) -> None:
     """One script of turns, throttling answers (during a queue, within and after the
-    hold-off, with Retry-After), successes and a learning pause, on one injected clock:
+    hold-off, with Retry-After), successes, tickets and a learning pause, on one
+    injected clock:
     THROTTLE_LUA (a real Redis, ``server_time=False``) gives the same waits, grants,
     spacings and rates as throttle.reserve / throttled / learned / rate_shown."""
     from requests_smartretry.redis_state import RedisStateStore
@@ -590,8 +600,10 @@ def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
         record = local.record
         if op == "reserve":
             wait, granted, interval = reserve(record, settings, now, kw["count"],
-                                              kw["max_wait"], local.since)
+                                              kw["max_wait"], local.since,
+                                              kw.get("ticket", 0.0))
             assert (reply[1], reply[2]) == (pytest.approx(wait), granted), op
+            assert reply[8] == record.get("qn", 0.0), op  # the last ticket issued
             if granted:
                 assert reply[3] == pytest.approx(interval), op
         elif op == "release":
@@ -618,6 +630,11 @@ def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
         both("reserve", count=3 if step % 10 == 0 else 1, max_wait=30.0)
         successes(1)
         now += 0.01
+    ticket = local.record.get("qn", 0.0)
+    assert ticket > 0  # the queue above went beyond NEAR: its last turns hold tickets
+    both("reserve", count=1, max_wait=30.0, ticket=ticket)  # asked again too soon
+    now += 1.0
+    both("reserve", count=1, max_wait=30.0, ticket=ticket)  # its place came near
     both("reserve", count=1, max_wait=0.0)  # cannot go at once: refused
     both("release", throttling=True, started=now - 0.5)  # within the hold-off
     both("release", throttling=True, started=now)  # while the queue holds: a decrease

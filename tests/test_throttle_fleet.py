@@ -239,15 +239,18 @@ def test_a_throttling_answer_during_an_outage_lowers_the_fleets_rate_once_redis_
 
 def test_a_shared_adaptive_throttle_books_no_turn_beyond_near(redis: RedisServer) -> None:
     """40 turns asked at once on a shared adaptive throttle at 20/s book only the moments
-    within NEAR (and at most a leased batch more); the others are told to ask again,
-    holding nothing (before: all 40 booked 2 s of schedule in Redis at once)."""
+    within NEAR (and at most a leased batch more); the others take tickets in order and
+    are told to ask again when their place comes near, holding nothing (before: all 40
+    booked 2 s of schedule in Redis at once)."""
     throttle = shared(redis, rate=20.0, burst=1, adaptive=True)
     turns = [throttle.turn(SERVICE, 10.0) for _ in range(40)]
     waits = [turn.step(throttle.clock()) for turn in turns]
     booked = sum(turn.token for turn in turns)
     assert 2 <= booked <= 1 + round(NEAR * 20.0) + 3, booked
-    assert all(wait is not None and wait >= NEAR
-               for turn, wait in zip(turns, waits) if not turn.token)
+    waiting = [(turn.fleet_ticket, wait) for turn, wait in zip(turns, waits) if not turn.token]
+    assert [ticket for ticket, _ in waiting] == list(range(1, len(waiting) + 1))
+    assert all(wait is not None and wait >= NEAR / 2.0 for _, wait in waiting)
+    assert [wait for _, wait in waiting] == sorted(wait for _, wait in waiting)
 
 
 # -- 6. a forked child ----------------------------------------------------------------------------

@@ -222,7 +222,8 @@ return reply
 # The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned,
 # rate_shown and throttled, plus the leased in-flight slots, the fleet's recent successes and the
 # processes seen).  KEYS: pace (hash: tat, wmax, tfail, learn, and the successes per
-# 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts), slots (sorted set: lease id -> expiry),
+# 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts; start, qn, hn), slots (sorted set:
+# lease id -> expiry),
 # processes (sorted set: origin -> expiry).  ARGV: op ('reserve' | 'acquire' | 'release' |
 # 'rate'), now ('' = server clock), rate ('' = none), burst, adaptive (0/1), count (turns
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
@@ -232,9 +233,10 @@ return reply
 # of slots released while Redis could not be told: freed first), held locally (the caller's
 # attempts sent while it paced locally, still under way: counted as slots taken), near
 # (seconds ahead an adaptive throttle books a turn), start rate, doubling (s), doublings
-# (the slow start of an adaptive throttle without a rate).
+# (the slow start of an adaptive throttle without a rate), ticket (the caller's place in
+# an adaptive throttle's queue; '0' = none yet: see throttle.reserve).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
-# in flight.
+# in flight, the last ticket issued (a caller refused a near moment holds it).
 THROTTLE_LUA = _PRELUDE + """
 local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
 local ceiling = tonumber(ARGV[3]) or math.huge
@@ -248,11 +250,11 @@ local near, start_rate = tonumber(ARGV[25]), tonumber(ARGV[26])
 local doubling, doublings = tonumber(ARGV[27]), tonumber(ARGV[28])
 -- Slots released while Redis could not be told (ARGV[23], comma-separated): freed now.
 for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
-local names = {'tat', 'wmax', 'tfail', 'learn', 'start'}
+local names = {'tat', 'wmax', 'tfail', 'learn', 'start', 'qn', 'hn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
-local start = num(saved[5])
+local start, qn, hn = num(saved[5]), num(saved[6]), num(saved[7])
 -- Validation: a schedule, a decrease or a pause far in the future is repaired (a decrease
 -- takes effect where the schedule is free: later than now by the turns reserved).
 if tat and tat > now + 3600 then tat = nil end
@@ -260,22 +262,24 @@ if learn and learn > now + learn_for then learn = now end
 if tfail and tfail > now + 3600 then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
 if start and start > now + 3600 then start = nil end
+if qn and (qn < 0 or qn > 1e15) then qn = nil end
+if hn and (hn < 0 or hn > 1e15) then hn = nil end
 local dirty, unlearn = {}, false
 -- The fleet's successes per 0.1 s over the last 2 s (reported with every call).
 local current = math.floor(now * 10)
 local successes = tonumber(ARGV[14]) or 0
 if successes > 0 then
   local slot = current % 20
-  local stamp, n = num(saved[6 + 2 * slot]), num(saved[7 + 2 * slot])
+  local stamp, n = num(saved[8 + 2 * slot]), num(saved[9 + 2 * slot])
   if stamp ~= current or not n or n < 0 then n = 0 end
   dirty['k' .. slot] = current
   dirty['c' .. slot] = n + successes
-  saved[6 + 2 * slot], saved[7 + 2 * slot] = current, n + successes
+  saved[8 + 2 * slot], saved[9 + 2 * slot] = current, n + successes
 end
 local function since(moment)
   local first, total = math.floor(moment * 10), 0
   for slot = 0, 19 do
-    local stamp, n = num(saved[6 + 2 * slot]), num(saved[7 + 2 * slot])
+    local stamp, n = num(saved[8 + 2 * slot]), num(saved[9 + 2 * slot])
     if stamp and n and first <= stamp and stamp <= current and n >= 0 then
       total = total + n
     end
@@ -324,13 +328,34 @@ local function reserve()
   if rate ~= math.huge then interval = 1 / rate end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
   if resume then first = math.max(first, now + (burst - 1) * interval) end
-  wait = math.max(0, first - (burst - 1) * interval - now)
-  -- An adaptive throttle books no turn beyond near: it asks again (the rate may change).
-  if wait <= 0 or (wait <= max_wait and (not adaptive or wait <= near)) then
-    granted = count
-    tat = first + count * interval
-    dirty['tat'] = tat
+  wait = first - (burst - 1) * interval - now
+  -- An adaptive throttle books no turn beyond near: the turn takes a ticket and asks
+  -- again when its place (one interval per ticket before it not served yet) comes near.
+  local ticket = tonumber(ARGV[29]) or 0
+  if adaptive and (wait > 0 or ticket > 0) then
+    local served = hn or 0
+    if ticket == 0 and (wait > near or (qn or 0) > served) then
+      ticket = (qn or 0) + 1
+      local place = wait + math.max(0, ticket - served - 1) * interval
+      if place > max_wait then
+        wait = place
+        return
+      end
+      qn = ticket
+      dirty['qn'] = qn
+    end
+    if ticket > 0 then
+      wait = wait + math.max(0, ticket - served - 1) * interval
+      if wait > near then return end
+      hn = math.max(served, ticket)
+      dirty['hn'] = hn
+    end
   end
+  if wait > 0 and wait > max_wait then return end
+  if wait < 0 then wait = 0 end
+  granted = count
+  tat = first + count * interval
+  dirty['tat'] = tat
 end
 -- A throttling answer: told with its attempt's release, or (Redis was out then) by the
 -- caller's next call, before that call reserves anything.
@@ -397,14 +422,14 @@ if rate ~= math.huge then
   if interval == 0 then interval = 1 / rate end  -- (no reservation: the spacing now)
 elseif free > now then shown = '0' end
 return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
-        fmt(in_flight)}
+        fmt(in_flight), fmt(qn or 0)}
 """
 
 
 def pace_numbers(reply: Any) -> list[float]:
-    """The throttle script's reply as 8 numbers (the rate may be ``inf``), or
+    """The throttle script's reply as 9 numbers (the rate may be ``inf``), or
     :class:`KeyFault` for anything else."""
-    if not isinstance(reply, (list, tuple)) or len(reply) != 8:
+    if not isinstance(reply, (list, tuple)) or len(reply) != 9:
         raise KeyFault(f"unexpected reply from Redis: {reply!r:.80}")
     values = []
     for index, item in enumerate(reply):

@@ -115,7 +115,7 @@ class SharedPaces:
                        lease_ttl: float = 0.0, throttling: bool = False,
                        started: float = 0.0, retry_after: Optional[float] = None,
                        deadline: bool = True, held_locally: int = 0,
-                       ) -> Optional[list[float]]:
+                       ticket: float = 0.0) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
         or ``None`` when local state must serve (Redis is out, or the service's keys are
         unusable).  Raises :class:`NoTime` when the request's deadline left no time for
@@ -166,7 +166,8 @@ class SharedPaces:
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
                 repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally,
-                repr(NEAR), repr(START_RATE), repr(DOUBLING), repr(DOUBLINGS)]
+                repr(NEAR), repr(START_RATE), repr(DOUBLING), repr(DOUBLINGS),
+                repr(float(ticket))]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -250,7 +251,7 @@ class SharedPaces:
             try:
                 reply = self._throttle_trip(service, settings, "acquire", now, count=count,
                                             max_wait=left, lease=turn.lease, lease_ttl=ttl,
-                                            held_locally=held_locally)
+                                            held_locally=held_locally, ticket=turn.fleet_ticket)
             except NoTime:  # no time for Redis (now): look again while the turn may wait
                 turn.lease = None
                 return turn.slot_wait(left - (_monotonic() - mono))
@@ -262,6 +263,7 @@ class SharedPaces:
             if count and reply[2] == 0.0:  # a slot, but no turn booked: nothing taken
                 turn.lease = None
                 if reply[1] <= left:  # in time, but not near: ask again then
+                    turn.fleet_ticket = turn.fleet_ticket or reply[8]
                     return turn.ask_again(reply[1])
                 raise ThrottledError(service, reply[1], turn.limit)
             with pace.lock:
@@ -270,7 +272,7 @@ class SharedPaces:
         elif count:
             try:
                 reply = self._throttle_trip(service, settings, "reserve", now, count=count,
-                                            max_wait=left)
+                                            max_wait=left, ticket=turn.fleet_ticket)
             except NoTime:
                 try:
                     return turn.slot_wait(left - (_monotonic() - mono))
@@ -281,6 +283,7 @@ class SharedPaces:
                 return False
             if reply[2] == 0.0:
                 if reply[1] <= left:  # in time, but not near: ask again then
+                    turn.fleet_ticket = turn.fleet_ticket or reply[8]
                     return turn.ask_again(reply[1])
                 turn.done(now, refused=True)
                 raise ThrottledError(service, reply[1], turn.limit)
