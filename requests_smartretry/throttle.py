@@ -12,7 +12,8 @@ moment the bucket will be full again (its *theoretical arrival time*); a turn as
 intervals, and moves ``tat`` one interval on.  A turn that must wait *reserves* its place
 at once, so waiting turns go out in order, one interval apart, without asking twice and
 without a herd waking together; a turn that could not go before its limit reserves
-nothing.  In any window of ``w`` seconds at most ``burst + rate·w`` turns go.
+nothing.  In any window of ``w`` seconds at most ``burst + rate·w`` turns go.  (An
+adaptive throttle reserves only the near moments; the turns behind hold tickets, below.)
 
 Adaptive rate (``adaptive=True``): a *throttling answer* — a rate-limit verdict (429, the
 presets' codes 50429 / 50430, ``RateLimitExceeded.*``, ``FREQUENCY_LIMITED``) or a retryable
@@ -44,10 +45,17 @@ Constants and why:
   overshoot downwards; a cycle then loses ``(1 - β) / 4 = 2.5 %`` of ``W`` on average over
   its concave part (with 0.8, the troughs cost the fleet benchmark 3 % of its goodput).
 - An adaptive throttle books a turn only within :data:`NEAR` (0.25 s): a turn that would
-  go later books nothing and asks again (:func:`ask_again_in`).  A booked moment is kept
-  whatever the rate does; booked seconds ahead, a decrease reached the vendor only
-  after them.  A quarter of a one-second quota window, and at 20/s five turns.
-- Without a ``rate``, the first turn starts a *slow start*: :data:`START_RATE` (8/s)
+  go later books nothing, takes a *ticket* and asks again when its place comes near
+  (:func:`ask_again_in`).  A ticket's place is the first free moment plus one interval
+  per ticket before it not served yet, at the rate in force when it asks: the tickets
+  are served in order, and a decrease moves every waiting place.  A booked moment is
+  kept whatever the rate does; booked seconds ahead, a decrease reached the vendor only
+  after them.  NEAR is a quarter of a one-second quota window (five turns at 20/s).
+  Without tickets (every waiting turn asking again every NEAR) the queue was served in
+  no order: in a simulation of the fleet benchmark, p99 call time 22 s and 20 calls
+  refused after 30 s of waiting, against 7.6 s and none with tickets.
+- Without a ``rate``, the first turn starts a *slow start*: :data:`START_RATE` (10/s,
+  as TCP's initial window of 10 segments)
   doubling every :data:`DOUBLING` (1 s, a quota's window: its throttling answers come
   back before the next doubling), not paced after :data:`DOUBLINGS` (10) doublings.  Its
   first throttling answer lowers from at most the successes of the last window (the rate
@@ -224,9 +232,10 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     ``record["qn"]``) and asks again when its place comes near (see :func:`ask_again_in`;
     the wait returned is until its place).  The tickets are served in order: a ticket's
     place is the first free moment plus one interval per ticket before it not served yet
-    (``hn``: the last ticket served), at the rate in force then, so a decrease moves the
-    places of the tickets waiting.  ``accepted(since)``: the successes since a moment,
-    which end a learning pause (see :func:`learned`)."""
+    (``hn``: the tickets served, counted by the turns booked since they wait), at the
+    rate in force then, so a decrease moves the places of the tickets waiting.
+    ``accepted(since)``: the successes since a moment, which end a learning pause (see
+    :func:`learned`)."""
     tat = record.get("tat", now)
     if tat < now:
         tat = now
@@ -255,7 +264,9 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             wait += max(0.0, ticket - served - 1.0) * interval
             if wait > NEAR:
                 return wait, 0, interval
-            record["hn"] = max(served, ticket)
+            # Served: the count booked now (a batch's turns serve the next tickets, in
+            # whatever turns take them), at least up to this ticket, at most the last.
+            record["hn"] = min(record.get("qn", 0.0), max(served + count, ticket))
     if wait > 0.0:
         if wait > max_wait:  # (a turn that needs no wait always goes)
             return wait, 0, interval
@@ -279,9 +290,10 @@ def learned(record: Record, now: float, accepted: Callable[[float], float]) -> N
 
 def ask_again_in(wait: float) -> float:
     """Seconds until a turn that could not book a moment within :data:`NEAR` (its place
-    ``wait`` seconds away) asks again: when its place comes near, and not sooner than
-    half of :data:`NEAR`."""
-    return max(NEAR / 2.0, wait - NEAR)
+    ``wait`` seconds away) asks again: when its place comes near, or halfway there when
+    that is sooner (the place is counted at the rate in force now: while the curve
+    climbs, the queue moves faster than that), and not sooner than half of :data:`NEAR`."""
+    return max(NEAR / 2.0, min(wait - NEAR, wait / 2.0))
 
 
 def throttled(record: Record, s: ThrottleSettings, now: float, started: float,

@@ -347,7 +347,7 @@ local function reserve()
     if ticket > 0 then
       wait = wait + math.max(0, ticket - served - 1) * interval
       if wait > near then return end
-      hn = math.max(served, ticket)
+      hn = math.min(qn or 0, math.max(served + count, ticket))
       dirty['hn'] = hn
     end
   end
