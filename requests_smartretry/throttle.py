@@ -47,8 +47,9 @@ Constants and why:
 - An adaptive throttle books a turn only within :data:`NEAR` (0.25 s): a turn that would
   go later books nothing, takes a *ticket* and asks again when its place comes near
   (:func:`ask_again_in`).  A ticket's place is the first free moment plus one interval
-  per ticket before it not served yet, at the rate in force when it asks: the tickets
-  are served in order, and a decrease moves every waiting place.  A booked moment is
+  per ticket before it not served yet (a booking serves as many as turns it books), at
+  the rate in force when it asks: the tickets are served in order, and a decrease moves
+  every waiting place.  A booked moment is
   kept whatever the rate does; booked seconds ahead, a decrease reached the vendor only
   after them.  NEAR is a quarter of a one-second quota window (five turns at 20/s).
   Without tickets (every waiting turn asking again every NEAR) the queue was served in
