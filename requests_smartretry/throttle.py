@@ -237,7 +237,7 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     rate in force then, so a decrease moves the places of the tickets waiting.
     ``accepted(since)``: the successes since a moment, which end a learning pause (see
     :func:`learned`)."""
-    tat = record.get("tat", now)
+    stored = tat = record.get("tat", now)
     if tat < now:
         tat = now
     if s.adaptive:
@@ -250,6 +250,12 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         # The curve is read where the turn goes on the schedule, not where it is asked.
         rate = rate_at(record, s, tat)
         interval = 0.0 if rate == _INF else 1.0 / rate
+        served = record.get("hn", 0.0)
+        if interval and stored < now and record.get("qn", 0.0) > served:
+            # The schedule stood idle while tickets waited: the places that passed count
+            # as served (their turns went another way, or not at all), or every place
+            # behind them would slide later with the clock.
+            record["hn"] = min(record["qn"], served + (now - stored) / interval)
     else:
         interval = s.interval
     wait = tat - (s.burst - 1) * interval - now
@@ -318,10 +324,12 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
         return sent
     if "wmax" not in record and s.rate is None and accepted is not None:
         # The end of a slow start: the vendor's window holds what it accepted, and the
-        # rate the refused turn went at is up to twice that (it doubled within the window).
+        # rate the refused turn went at is up to twice that (it doubled within the
+        # window); but not below the rate one doubling earlier, which went unrefused
+        # (the fleet's successes reach Redis late: counted alone, W was 1-10 at times).
         seen = accepted(now - LEARN - _SLICE)
         if seen >= 1.0:
-            sent = max(MIN_RATE, min(sent, seen))
+            sent = max(MIN_RATE, sent / 2.0, min(sent, seen))
     record["wmax"] = sent
     # The turns reserved already go at the old rate: the curve starts where the
     # schedule's free part does (and the hold-off counts from there).

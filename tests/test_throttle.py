@@ -293,9 +293,28 @@ def test_a_booking_serves_as_many_tickets_as_turns_it_books() -> None:
     now += 0.3
     wait, granted, _ = reserve(record, settings, now, 3, 30.0, ticket=1.0)
     assert granted == 3
-    assert record["hn"] == 3.0
+    assert record["hn"] == pytest.approx(3.0)
     fourth, granted, interval = reserve(record, settings, now, 1, 30.0, ticket=4.0)
     assert fourth == pytest.approx(wait + 3 * interval)  # right after the batch
+
+
+def test_a_place_does_not_slide_later_while_the_schedule_stands_idle() -> None:
+    """Tickets whose turns never ask again (they went on a token their process leased, or
+    not at all) leave the schedule idle: the places that passed count as served, so a
+    later ticket whose place has passed goes at once (before, every place slid later with
+    the clock while the schedule stood idle: in a 60 s fleet run, goodput 0.62 and p99
+    25 s)."""
+    from requests_smartretry.throttle import reserve
+
+    settings = Throttle(rate=20.0, burst=1, adaptive=True).settings
+    record: dict[str, float] = {}
+    now = 100.0
+    for _ in range(20):
+        reserve(record, settings, now, 1, 30.0)  # 6 booked, tickets 1..14 (place <= 0.95 s)
+    assert record["qn"] == 14.0
+    now += 2.0  # none of tickets 1..13 asked again
+    wait, granted, _ = reserve(record, settings, now, 1, 30.0, ticket=14.0)
+    assert (wait, granted) == (0.0, 1)
 
 
 def test_a_waiting_turn_asks_again_halfway_to_a_far_place() -> None:
@@ -391,21 +410,26 @@ def test_adaptive_without_rate_starts_slowly_and_doubles_until_throttled() -> No
     assert throttle.rate(SERVICE) >= MIN_RATE
 
 
-def test_a_slow_starts_first_decrease_is_from_what_the_vendor_accepted() -> None:
-    """The first throttling answer of a slow start lowers from what the vendor accepted
-    in the last window (10 successes), not from the rate the refused turn went at (the
-    rate doubles within a window: from that, the first decrease left the rate above the
-    vendor's)."""
+@pytest.mark.parametrize(("successes", "learned"), [(30, 30.0), (5, 20.0)])
+def test_a_slow_starts_first_decrease_is_from_what_the_vendor_accepted(
+        successes: int, learned: float) -> None:
+    """The first throttling answer of a slow start (the refused turn went at 40/s) lowers
+    from what the vendor accepted in the last window (30 successes: 30), not from the
+    rate the refused turn went at (the rate doubles within a window: from that, the first
+    decrease left the rate above the vendor's); but from no less than the rate one
+    doubling earlier (20/s), which went unrefused (a fleet's successes reach Redis late:
+    counted alone, the shared rate started at 1-10/s at times)."""
     clock = FakeClock()
     throttle = Throttle(adaptive=True, clock=clock)
     go(throttle)
-    clock.advance(3.0 * DOUBLING)  # 8 x 2^3 = 64/s
-    for _ in range(10):
+    clock.advance(2.0 * DOUBLING)  # 10 x 2^2 = 40/s
+    for _ in range(successes):
+        clock.advance(0.001)
         turn, _ = go(throttle)
         turn.done(clock(), success=True)
-    refused, _ = go(throttle)
+    refused, _ = go(throttle)  # went at about 40/s (the slow start a little further on)
     refused.done(clock(), throttling=True)
-    assert throttle.rate(SERVICE) == pytest.approx(BETA * 10.0, rel=1e-3)
+    assert throttle.rate(SERVICE) == pytest.approx(BETA * learned, rel=0.1)
 
 
 def test_retry_after_holds_every_turn() -> None:

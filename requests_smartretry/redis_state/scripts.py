@@ -326,6 +326,11 @@ local function reserve()
   -- The curve is read where the turn goes on the schedule.
   local rate = rate_at(first)
   if rate ~= math.huge then interval = 1 / rate end
+  -- The schedule stood idle while tickets waited: the places that passed count as served.
+  if adaptive and interval > 0 and tat and tat < now and (qn or 0) > (hn or 0) then
+    hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+    dirty['hn'] = hn
+  end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
   if resume then first = math.max(first, now + (burst - 1) * interval) end
   wait = first - (burst - 1) * interval - now
@@ -369,9 +374,10 @@ if ARGV[12] == '1' then
   if adaptive and not learn and (not tfail or started > tfail + holdoff) then
     local sent = rate_at(started)  -- the rate the refused turn went at
     if sent ~= math.huge and not wmax and ceiling == math.huge then
-      -- The end of a slow start: at most what the vendor accepted in its window.
+      -- The end of a slow start: at most what the vendor accepted in its window, at
+      -- least the rate one doubling earlier.
       local seen = since(now - learn_for - 0.1)
-      if seen >= 1 then sent = math.max(min_rate, math.min(sent, seen)) end
+      if seen >= 1 then sent = math.max(min_rate, sent / 2, math.min(sent, seen)) end
     end
     if sent == math.huge then
       learn = now + learn_for
