@@ -60,7 +60,8 @@ Constants and why:
   doubling every :data:`DOUBLING` (1 s, a quota's window: its throttling answers come
   back before the next doubling), not paced after :data:`DOUBLINGS` (10) doublings.  Its
   first throttling answer lowers from at most the successes of the last window (the rate
-  doubled within it).  Unpaced, 64 callers sent their first burst at once: 44 throttled
+  doubled within it), and from no less than half the refused rate (one doubling earlier
+  it went unrefused).  Unpaced, 64 callers sent their first burst at once: 44 throttled
   answers or more against a 20/s vendor before anything was learned.
 - ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
   cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
