@@ -59,9 +59,11 @@ Constants and why:
   as TCP's initial window of 10 segments)
   doubling every :data:`DOUBLING` (1 s, a quota's window: its throttling answers come
   back before the next doubling), not paced after :data:`DOUBLINGS` (10) doublings.  Its
-  first throttling answer lowers from at most the successes of the last window (the rate
-  doubled within it), and from no less than half the refused rate (one doubling earlier
-  it went unrefused).  Unpaced, 64 callers sent their first burst at once: 44 throttled
+  first throttling answer lowers from at most the turns the schedule booked in the
+  window before the refused turn (the rate doubled within it; the successes counted there
+  if more), not from the rate the refused turn went at.  The successes alone reach Redis
+  late from a loaded fleet (W came out 1-10/s for a vendor at 20/s); a floor at half the
+  refused rate kept a local throttle's share (a quarter of the fleet's) too high.  Unpaced, 64 callers sent their first burst at once: 44 throttled
   answers or more against a 20/s vendor before anything was learned.
 - ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
   cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
@@ -149,6 +151,9 @@ _RATE_LIMIT = Verdict.RATE_LIMIT
 #: Successes are counted per slice of this many seconds, over the last 2 s.
 _SLICE = 0.1
 _SLICES = 20
+#: Slices per second, multiplied as the Lua script does (a division by 0.1 rounds
+#: differently at times: the twin test saw one success counted in another slice).
+_PER_SLICE = 10.0
 #: Longest pause between two looks for a free in-flight slot.
 _SLOT_POLL_MAX = 0.05
 _SLOT_POLL_MIN = 0.002
@@ -281,7 +286,39 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     else:
         wait = 0.0
     record["tat"] = tat + count * interval
+    if s.adaptive and s.rate is None and "wmax" not in record and "start" in record:
+        _count_booked(record, now + wait, count)
     return wait, count, interval
+
+
+def _count_booked(record: Record, moment: float, count: int) -> None:
+    """Count ``count`` turns booked to go at ``moment`` during a slow start, per
+    :data:`DOUBLING` window since its start: ``bn`` in window ``bi``, ``bp`` in the one
+    before (mutates ``record``)."""
+    index = float(math.floor(max(0.0, moment - record["start"]) / DOUBLING))
+    last = record.get("bi", -1.0)
+    if index > last:
+        record["bp"] = record.get("bn", 0.0) if index == last + 1.0 else 0.0
+        record["bi"], record["bn"] = index, 0.0
+    record["bn"] = record.get("bn", 0.0) + count
+
+
+def booked_before(record: Record, started: float) -> float:
+    """The turns a slow start's schedule booked in the :data:`DOUBLING` window before
+    ``started`` and in its own window (the window counts of :func:`_count_booked`, the
+    older one in part): :func:`throttled` takes off those booked after ``started``."""
+    if "bi" not in record or "start" not in record:
+        return 0.0
+    at = max(0.0, started - record["start"]) / DOUBLING
+    index = float(math.floor(at))
+    last, part = record["bi"], 1.0 - (at - index)
+    if index == last:
+        return record.get("bn", 0.0) + record.get("bp", 0.0) * part
+    if index == last + 1.0:
+        return record.get("bn", 0.0) * part
+    if index == last - 1.0:
+        return record.get("bp", 0.0)
+    return 0.0
 
 
 def learned(record: Record, now: float, accepted: Callable[[float], float]) -> None:
@@ -310,6 +347,7 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
     returns the rate now in force).  ``accepted(since)``: the successes since a moment
     (the first decrease of a slow start lowers from at most those of the last window)."""
+    booked_to = record.get("tat", now)  # the end of the turns booked (before Retry-After)
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)
@@ -323,14 +361,18 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
         record["learn"] = now + LEARN
         record["tat"] = max(record.get("tat", now), now + LEARN)
         return sent
-    if "wmax" not in record and s.rate is None and accepted is not None:
-        # The end of a slow start: the vendor's window holds what it accepted, and the
-        # rate the refused turn went at is up to twice that (it doubled within the
-        # window); but not below the rate one doubling earlier, which went unrefused
-        # (the fleet's successes reach Redis late: counted alone, W was 1-10 at times).
-        seen = accepted(now - LEARN - _SLICE)
-        if seen >= 1.0:
-            sent = max(MIN_RATE, sent / 2.0, min(sent, seen))
+    if "wmax" not in record and s.rate is None:
+        # The end of a slow start: the rate the refused turn went at is up to twice what
+        # the vendor's window holds (it doubled within the window).  The turns the
+        # schedule booked in the window before it say what the vendor saw; the successes
+        # counted (a lower bound) reach Redis late from a loaded fleet (counted alone, W
+        # was 1-10 for a vendor at 20/s).
+        seen = 0.0 if accepted is None else accepted(now - LEARN - _SLICE)
+        # (the turns booked after the refused one, up to the schedule's end, went later)
+        after = max(0.0, booked_to - started) * sent
+        window = max(seen, booked_before(record, started) - after)
+        if window >= 1.0:
+            sent = max(MIN_RATE, min(sent, window))
     record["wmax"] = sent
     # The turns reserved already go at the old rate: the curve starts where the
     # schedule's free part does (and the hold-off counts from there).
@@ -360,11 +402,11 @@ class _Local:
 
     def since(self, moment: float) -> float:
         """Successes since ``moment`` (at most 2 s ago; under the lock)."""
-        first = math.floor(moment / _SLICE)
+        first = math.floor(moment * _PER_SLICE)
         return sum(n for stamp, n in self.slices if stamp >= first)
 
     def count_success(self, now: float) -> None:
-        current = math.floor(now / _SLICE)
+        current = math.floor(now * _PER_SLICE)
         cell = self.slices[int(current) % _SLICES]
         if cell[0] != current:
             cell[0], cell[1] = current, 0.0

@@ -252,9 +252,11 @@ local doubling, doublings = tonumber(ARGV[27]), tonumber(ARGV[28])
 for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
 local names = {'tat', 'wmax', 'tfail', 'learn', 'start', 'qn', 'hn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
+names[#names + 1] = 'bi'; names[#names + 1] = 'bn'; names[#names + 1] = 'bp'
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
 local start, qn, hn = num(saved[5]), num(saved[6]), num(saved[7])
+local bi, bn, bp = num(saved[48]), num(saved[49]), num(saved[50])
 -- Validation: a schedule, a decrease or a pause far in the future is repaired (a decrease
 -- takes effect where the schedule is free: later than now by the turns reserved).
 if tat and tat > now + 3600 then tat = nil end
@@ -361,10 +363,31 @@ local function reserve()
   granted = count
   tat = first + count * interval
   dirty['tat'] = tat
+  -- The turns a slow start books, per doubling window (bn in window bi, bp before it).
+  if adaptive and ceiling == math.huge and not wmax and start then
+    local index = math.floor(math.max(0, now + wait - start) / doubling)
+    if index > (bi or -1) then
+      if bi and index == bi + 1 then bp = bn or 0 else bp = 0 end
+      bi, bn = index, 0
+    end
+    bn = (bn or 0) + count
+    dirty['bi'], dirty['bn'], dirty['bp'] = bi, bn, bp or 0
+  end
+end
+local function booked_before(started)
+  if not bi or not start then return 0 end
+  local at = math.max(0, started - start) / doubling
+  local index = math.floor(at)
+  local part = 1 - (at - index)
+  if index == bi then return (bn or 0) + (bp or 0) * part end
+  if index == bi + 1 then return (bn or 0) * part end
+  if index == bi - 1 then return bp or 0 end
+  return 0
 end
 -- A throttling answer: told with its attempt's release, or (Redis was out then) by the
 -- caller's next call, before that call reserves anything.
 if ARGV[12] == '1' then
+  local booked_to = tat or now  -- the end of the turns booked (before Retry-After)
   local retry_after = tonumber(ARGV[15])
   if retry_after and retry_after > 0 then
     tat = math.max(tat or now, now + retry_after)
@@ -374,10 +397,12 @@ if ARGV[12] == '1' then
   if adaptive and not learn and (not tfail or started > tfail + holdoff) then
     local sent = rate_at(started)  -- the rate the refused turn went at
     if sent ~= math.huge and not wmax and ceiling == math.huge then
-      -- The end of a slow start: at most what the vendor accepted in its window, at
-      -- least the rate one doubling earlier.
-      local seen = since(now - learn_for - 0.1)
-      if seen >= 1 then sent = math.max(min_rate, sent / 2, math.min(sent, seen)) end
+      -- The end of a slow start: at most the turns booked in the window before the
+      -- refused turn, or the successes counted there if more.
+      -- (less the turns booked after it, up to the schedule's end)
+      local after = math.max(0, booked_to - started) * sent
+      local window = math.max(since(now - learn_for - 0.1), booked_before(started) - after)
+      if window >= 1 then sent = math.max(min_rate, math.min(sent, window)) end
     end
     if sent == math.huge then
       learn = now + learn_for
