@@ -63,7 +63,8 @@ Constants and why:
   window before the refused turn (the rate doubled within it; the successes counted there
   if more), not from the rate the refused turn went at.  The successes alone reach Redis
   late from a loaded fleet (W came out 1-10/s for a vendor at 20/s); a floor at half the
-  refused rate kept a local throttle's share (a quarter of the fleet's) too high.  Unpaced, 64 callers sent their first burst at once: 44 throttled
+  refused rate kept a local throttle's share (a quarter of the fleet's) too high.
+  Unpaced, 64 callers sent their first burst at once: 44 throttled
   answers or more against a 20/s vendor before anything was learned.
 - ``K = 6 s`` (:data:`RECOVERY`): botocore's scale constant 0.4 makes ``K`` grow with the
   cube root of the rate (2.5 s at 20 requests/s); a fixed ``K`` makes the plateau as long at
