@@ -263,6 +263,9 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             # as served (their turns went another way, or not at all), or every place
             # behind them would slide later with the clock.
             record["hn"] = min(record["qn"], served + (now - stored) / interval)
+            # Nor did the bucket refill: its turns asleep (asking again later, a loaded
+            # machine's descheduled processes) would go as a burst on top of the rate.
+            tat = now + (s.burst - 1) * interval
     else:
         interval = s.interval
     wait = tat - (s.burst - 1) * interval - now

@@ -332,6 +332,8 @@ local function reserve()
   if adaptive and interval > 0 and tat and tat < now and (qn or 0) > (hn or 0) then
     hn = math.min(qn, (hn or 0) + (now - tat) / interval)
     dirty['hn'] = hn
+    -- Nor did the bucket refill (the turns asleep would go as a burst on the rate).
+    first = now + (burst - 1) * interval
   end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
   if resume then first = math.max(first, now + (burst - 1) * interval) end
