@@ -330,7 +330,7 @@ def test_tickets_asleep_while_the_schedule_stands_idle_get_no_burst() -> None:
     now = 100.0
     tickets = []
     for _ in range(60):  # a burst of 19, turns within NEAR, then tickets
-        wait, granted, _ = reserve(record, settings, now, 1, 30.0)
+        _, granted, _ = reserve(record, settings, now, 1, 30.0)
         if not granted:
             tickets.append(record["qn"])
     assert len(tickets) > 30
