@@ -252,11 +252,13 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         rate = rate_at(record, s, tat)
         interval = 0.0 if rate == _INF else 1.0 / rate
         served = record.get("hn", 0.0)
-        if interval and stored < now and record.get("qn", 0.0) > served:
+        if stored < now and record.get("qn", 0.0) > served:
             # The schedule stood idle while tickets waited: the places that passed count
             # as served (their turns went another way, or not at all), or every place
-            # behind them would slide later with the clock.
-            record["hn"] = min(record["qn"], served + (now - stored) / interval)
+            # behind them would slide later with the clock.  Unpaced (a slow start
+            # over), every place has passed.
+            record["hn"] = record["qn"] if not interval \
+                else min(record["qn"], served + (now - stored) / interval)
     else:
         interval = s.interval
     wait = tat - (s.burst - 1) * interval - now

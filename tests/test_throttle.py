@@ -915,3 +915,40 @@ def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
     assert all(set(result["answers"]) == {"200"} for result in results), results
     assert executed >= 30  # paced all along, at its share while Redis was paused
     assert most <= 10 + 10 + 2 + 1, most
+
+@pytest.mark.redis
+def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: str) -> None:
+    """Tickets of a slow start whose holders never asked again (cancelled, dead): once the
+    slow start is over nothing is paced and every place has passed.  They must not count
+    as waiting when a learning pause brings pacing back: the second turn after the pause,
+    one interval away, books (it took a ticket behind the dead ones, its place 0.5 s
+    away).  The Lua twin decides alike."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import reserve, throttled
+
+    settings = Throttle(adaptive=True).settings
+    store = RedisStateStore(redis_url, prefix=f"dead-{time.time_ns()}", server_time=False)
+    record: dict[str, float] = {}
+    now = 100.0
+
+    def both(count: int) -> tuple[float, int]:
+        reply = store._throttle_trip(SERVICE, settings, "reserve", now, count=1,
+                                     max_wait=30.0)
+        assert reply is not None
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0, lambda _: count)
+        assert (reply[1], reply[2]) == (pytest.approx(wait), granted)
+        return wait, granted
+
+    for _ in range(12):  # 10/s: tickets, whose holders never ask again
+        both(0)
+    assert record["qn"] > 5
+    now += DOUBLING * DOUBLINGS + 5.0  # the slow start is over: unpaced
+    assert both(0) == (0.0, 1)
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True, started=now)
+    throttled(record, settings, now, now, None, lambda _: 0)  # a learning pause
+    now += LEARN
+    store._pace(SERVICE).successes += 20  # the vendor accepted 20/s meanwhile
+    assert both(20) == (0.0, 1)
+    wait, granted = both(20)
+    assert granted == 1 and wait == pytest.approx(1.0 / (BETA * 20.0))
+    store.close()

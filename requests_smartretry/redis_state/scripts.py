@@ -327,8 +327,9 @@ local function reserve()
   local rate = rate_at(first)
   if rate ~= math.huge then interval = 1 / rate end
   -- The schedule stood idle while tickets waited: the places that passed count as served.
-  if adaptive and interval > 0 and tat and tat < now and (qn or 0) > (hn or 0) then
-    hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+  if adaptive and tat and tat < now and (qn or 0) > (hn or 0) then
+    if interval > 0 then hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+    else hn = qn end  -- unpaced (a slow start over): every place has passed
     dirty['hn'] = hn
   end
   -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
