@@ -302,7 +302,11 @@ def ask_again_in(wait: float) -> float:
     """Seconds until a turn that could not book a moment within :data:`NEAR` (its place
     ``wait`` seconds away) asks again: when its place comes near, or halfway there when
     that is sooner (the place is counted at the rate in force now: while the curve
-    climbs, the queue moves faster than that), and not sooner than half of :data:`NEAR`."""
+    climbs, the queue moves faster than that), and not sooner than half of :data:`NEAR`.
+    A wait within :data:`NEAR` (a learning pause's end) is waited out, no longer: a
+    turn asked again later would ask past its limit."""
+    if wait <= NEAR:
+        return wait
     return max(NEAR / 2.0, min(wait - NEAR, wait / 2.0))
 
 

@@ -916,6 +916,38 @@ def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
     assert executed >= 30  # paced all along, at its share while Redis was paused
     assert most <= 10 + 10 + 2 + 1, most
 
+
+# -- review 26: the learning pause and the tickets ---------------------------------------
+
+def _held_by_a_learning_pause(clock: FakeClock) -> Throttle:
+    """An adaptive throttle without a rate whose slow start issued tickets (all served
+    since), past its slow start, then throttled: every turn is held for LEARN."""
+    throttle = Throttle(adaptive=True, clock=clock)
+    queued = [throttle.turn(SERVICE, 30.0) for _ in range(12)]  # 10/s: tickets
+    for turn in queued:
+        turn.step(clock())
+    assert max(turn.ticket for turn in queued) > 0
+    clock.advance(DOUBLING * DOUBLINGS + 5.0)  # the slow start is over; places passed
+    sent = [go(throttle)[0] for _ in range(21)]  # unpaced
+    sent[0].done(clock(), throttling=True)  # the first throttling answer: a learning pause
+    for turn in sent[1:]:
+        turn.done(clock(), success=True)  # the vendor accepts 20/s
+    return throttle
+
+
+def test_a_turn_held_by_a_learning_pause_does_not_ask_again_past_its_limit() -> None:
+    """A turn asked 0.05 s before a learning pause ends, with 0.1 s to wait at most: it
+    must not be told to ask again 0.125 s later (past its limit), where the pause is over
+    and a turn that needs no wait goes: sent after its deadline."""
+    clock = FakeClock()
+    throttle = _held_by_a_learning_pause(clock)
+    clock.advance(LEARN - 0.05)
+    turn = throttle.turn(SERVICE, 0.1)
+    pause = turn.step(clock())
+    assert pause is not None and pause <= 0.1 + 1e-9  # within its limit
+    clock.advance(pause)
+    assert turn.step(clock()) is None  # the pause is over: it goes, in time
+
 @pytest.mark.redis
 def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: str) -> None:
     """Tickets of a slow start whose holders never asked again (cancelled, dead): once the
