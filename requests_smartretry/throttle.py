@@ -670,10 +670,12 @@ class Turn:
             with local.lock:
                 if store is not None:
                     _fallback_starts_spent(local.record, part, now)
+                issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
-                if not granted and not self.ticket and wait <= left:
-                    self.ticket = local.record.get("qn", 0.0)
+                if not granted and not self.ticket and local.record.get("qn", 0.0) > issued:
+                    # (a ticket issued to this turn: a learning pause issues none)
+                    self.ticket = local.record["qn"]
             if not granted:
                 if wait <= left:
                     return self.ask_again(wait)

@@ -658,11 +658,13 @@ def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
         assert reply is not None
         record = local.record
         if op == "reserve":
+            last = record.get("qn", 0.0)
             wait, granted, interval = reserve(record, settings, now, kw["count"],
                                               kw["max_wait"], local.since,
                                               kw.get("ticket", 0.0))
             assert (reply[1], reply[2]) == (pytest.approx(wait), granted), op
-            assert reply[8] == record.get("qn", 0.0), op  # the last ticket issued
+            issued = record["qn"] if record.get("qn", 0.0) > last else 0.0
+            assert reply[8] == issued, op  # the ticket issued by this call
             if granted:
                 assert reply[3] == pytest.approx(interval), op
         elif op == "release":
@@ -947,6 +949,33 @@ def test_a_turn_held_by_a_learning_pause_does_not_ask_again_past_its_limit() -> 
     assert pause is not None and pause <= 0.1 + 1e-9  # within its limit
     clock.advance(pause)
     assert turn.step(clock()) is None  # the pause is over: it goes, in time
+
+
+def test_a_turn_held_by_a_learning_pause_holds_no_ticket_of_anothers() -> None:
+    """A learning pause issues no tickets: a turn it holds must not take the last ticket
+    issued (one served already, or another turn's) as its own.  Taken so, the turns
+    held by the pause all sat at the head of the queue; a turn asked after the pause
+    went before most of those held through it."""
+    clock = FakeClock()
+    throttle = _held_by_a_learning_pause(clock)
+    held = [throttle.turn(SERVICE, 30.0) for _ in range(30)]
+    wakes = [turn.step(clock()) for turn in held]
+    assert [turn.ticket for turn in held] == [0.0] * 30
+    turns = held + [throttle.turn(SERVICE, 30.0)]
+    pending = [(clock() + (wait or 0.0), index) for index, wait in enumerate(wakes)]
+    pending.append((clock() + LEARN + 0.01, len(held)))  # asked just after the pause
+    went = []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        wait = turns[index].step(clock())
+        if turns[index].token:
+            went.append(index)
+        else:
+            pending.append((at + (wait or 0.0), index))
+    assert went[-1] == len(held)  # the late turn goes last
+
 
 @pytest.mark.redis
 def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: str) -> None:

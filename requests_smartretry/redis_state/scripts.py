@@ -236,7 +236,8 @@ return reply
 # (the slow start of an adaptive throttle without a rate), ticket (the caller's place in
 # an adaptive throttle's queue; '0' = none yet: see throttle.reserve).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
-# in flight, the last ticket issued (a caller refused a near moment holds it).
+# in flight, the ticket issued by this call (0: none; a caller refused a near moment holds
+# it; a learning pause issues none).
 THROTTLE_LUA = _PRELUDE + """
 local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
 local ceiling = tonumber(ARGV[3]) or math.huge
@@ -311,7 +312,7 @@ redis.call('ZADD', okey, now + 10, origin)
 redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
 redis.call('PEXPIRE', okey, 60000)
 local processes = redis.call('ZCARD', okey)
-local wait, granted, interval, slot = 0, 0, 0, 1
+local wait, granted, interval, slot, issued = 0, 0, 0, 1, 0
 local resume = ARGV[22] == '1'
 local function reserve()
   if adaptive and learn then  -- held until the learning pause ends
@@ -347,7 +348,7 @@ local function reserve()
         wait = place
         return
       end
-      qn = ticket
+      qn, issued = ticket, ticket
       dirty['qn'] = qn
     end
     if ticket > 0 then
@@ -429,7 +430,7 @@ if rate ~= math.huge then
   if interval == 0 then interval = 1 / rate end  -- (no reservation: the spacing now)
 elseif free > now then shown = '0' end
 return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
-        fmt(in_flight), fmt(qn or 0)}
+        fmt(in_flight), fmt(issued)}
 """
 
 
