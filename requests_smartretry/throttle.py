@@ -262,6 +262,8 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
     else:
         interval = s.interval
     wait = tat - (s.burst - 1) * interval - now
+    if ticket > record.get("qn", 0.0):
+        ticket = 0.0  # not of this queue (its record was lost: Redis restarted empty)
     if s.adaptive and (wait > 0.0 or ticket):
         served = record.get("hn", 0.0)
         if not ticket and (wait > NEAR or record.get("qn", 0.0) > served):
@@ -673,7 +675,7 @@ class Turn:
                 issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
-                if not granted and not self.ticket and local.record.get("qn", 0.0) > issued:
+                if not granted and local.record.get("qn", 0.0) > issued:
                     # (a ticket issued to this turn: a learning pause issues none)
                     self.ticket = local.record["qn"]
             if not granted:

@@ -961,7 +961,7 @@ def test_a_turn_held_by_a_learning_pause_holds_no_ticket_of_anothers() -> None:
     held = [throttle.turn(SERVICE, 30.0) for _ in range(30)]
     wakes = [turn.step(clock()) for turn in held]
     assert [turn.ticket for turn in held] == [0.0] * 30
-    turns = held + [throttle.turn(SERVICE, 30.0)]
+    turns = [*held, throttle.turn(SERVICE, 30.0)]
     pending = [(clock() + (wait or 0.0), index) for index, wait in enumerate(wakes)]
     pending.append((clock() + LEARN + 0.01, len(held)))  # asked just after the pause
     went = []

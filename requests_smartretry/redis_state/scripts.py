@@ -339,6 +339,7 @@ local function reserve()
   -- An adaptive throttle books no turn beyond near: the turn takes a ticket and asks
   -- again when its place (one interval per ticket before it not served yet) comes near.
   local ticket = tonumber(ARGV[29]) or 0
+  if ticket > (qn or 0) then ticket = 0 end  -- not of this queue (Redis restarted empty)
   if adaptive and (wait > 0 or ticket > 0) then
     local served = hn or 0
     if ticket == 0 and (wait > near or (qn or 0) > served) then
