@@ -48,7 +48,8 @@ Constants and why:
   go later books nothing, takes a *ticket* and asks again when its place comes near
   (:func:`ask_again_in`).  A ticket's place is the first free moment plus one interval
   per ticket before it not served yet (a booking serves as many as turns it books), at
-  the rate in force when it asks: the tickets are served in order, and a decrease moves
+  the rate in force when it asks (in a slow start, along its doubling rate): the tickets
+  are served in order, and a decrease moves
   every waiting place.  A booked moment is
   kept whatever the rate does; booked seconds ahead, a decrease reached the vendor only
   after them.  NEAR is a quarter of a one-second quota window (five turns at 20/s).
@@ -268,12 +269,12 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         served = record.get("hn", 0.0)
         if not ticket and (wait > NEAR or record.get("qn", 0.0) > served):
             ticket = record.get("qn", 0.0) + 1.0  # tickets are waiting, or no near moment
-            place = wait + max(0.0, ticket - served - 1.0) * interval
+            place = wait + _queued(record, s, tat, ticket - served - 1.0, interval)
             if place > max_wait:
                 return place, 0, interval
             record["qn"] = ticket
         if ticket:
-            wait += max(0.0, ticket - served - 1.0) * interval
+            wait += _queued(record, s, tat, ticket - served - 1.0, interval)
             if wait > NEAR:
                 return wait, 0, interval
             # Served: the count booked now (a batch's turns serve the next tickets, in
@@ -286,6 +287,23 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         wait = 0.0
     record["tat"] = tat + count * interval
     return wait, count, interval
+
+
+def _queued(record: Record, s: ThrottleSettings, at: float, turns: float,
+            interval: float) -> float:
+    """Seconds ``turns`` turns take from ``at`` on an adaptive schedule: one interval
+    each, or along a slow start's doubling rate (counted at the rate at ``at``, the places
+    of a slow start's queue were seconds too far: turns it served in time were refused)."""
+    if turns <= 0.0 or not interval:
+        return 0.0
+    start = record.get("start")
+    if start is None or "wmax" in record or s.rate is not None:
+        return turns * interval
+    # sum of START_RATE * 2^((t - start) / DOUBLING) over [at, at + span] = turns
+    x = max(0.0, at - start) / DOUBLING
+    grown = 2.0 ** x + turns * math.log(2.0) / (START_RATE * DOUBLING)
+    span = DOUBLING * (math.log(grown) / math.log(2.0) - x)
+    return min(span, max(0.0, start + DOUBLING * DOUBLINGS - at))  # unpaced from then
 
 
 def learned(record: Record, now: float, accepted: Callable[[float], float]) -> None:

@@ -1013,3 +1013,33 @@ def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: 
     wait, granted = both(20)
     assert granted == 1 and wait == pytest.approx(1.0 / (BETA * 20.0))
     store.close()
+
+
+def test_a_slow_start_refuses_no_turn_its_doubling_rate_serves_in_time() -> None:
+    """100 turns asked at once on an adaptive throttle without a rate, each with 5 s to
+    wait at most, and no throttling answer: the slow start (10/s doubling every second)
+    serves them all within 3 s.  A place counted at the rate in force when asked (10/s:
+    ticket 60 placed 6 s away) refused 39 of them at once: failed calls, nothing sent,
+    while the 58 that went were all out by 2.5 s."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    turns = [throttle.turn(SERVICE, 5.0) for _ in range(100)]
+    start = clock()
+    pending = [(start, index) for index in range(len(turns))]
+    went, refused = [], []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        try:
+            wait = turns[index].step(clock())
+        except ThrottledError:
+            refused.append(index)
+            continue
+        if turns[index].token:
+            went.append((at + (wait or 0.0) - start, index))
+        else:
+            pending.append((at + (wait or 0.0), index))
+    assert refused == []
+    assert [index for _, index in sorted(went)] == list(range(100))  # in order
+    assert max(moment for moment, _ in went) < 3.5

@@ -338,13 +338,23 @@ local function reserve()
   wait = first - (burst - 1) * interval - now
   -- An adaptive throttle books no turn beyond near: the turn takes a ticket and asks
   -- again when its place (one interval per ticket before it not served yet) comes near.
+  -- Seconds so many turns take from the first free moment (throttle._queued): one
+  -- interval each, or along a slow start's doubling rate.
+  local function queued(turns)
+    if turns <= 0 or interval == 0 then return 0 end
+    if not start or wmax or ceiling ~= math.huge then return turns * interval end
+    local x = math.max(0, first - start) / doubling
+    local grown = 2 ^ x + turns * math.log(2) / (start_rate * doubling)
+    local span = doubling * (math.log(grown) / math.log(2) - x)
+    return math.min(span, math.max(0, start + doubling * doublings - first))
+  end
   local ticket = tonumber(ARGV[29]) or 0
   if ticket > (qn or 0) then ticket = 0 end  -- not of this queue (Redis restarted empty)
   if adaptive and (wait > 0 or ticket > 0) then
     local served = hn or 0
     if ticket == 0 and (wait > near or (qn or 0) > served) then
       ticket = (qn or 0) + 1
-      local place = wait + math.max(0, ticket - served - 1) * interval
+      local place = wait + queued(ticket - served - 1)
       if place > max_wait then
         wait = place
         return
@@ -353,7 +363,7 @@ local function reserve()
       dirty['qn'] = qn
     end
     if ticket > 0 then
-      wait = wait + math.max(0, ticket - served - 1) * interval
+      wait = wait + queued(ticket - served - 1)
       if wait > near then return end
       hn = math.min(qn or 0, math.max(served + count, ticket))
       dirty['hn'] = hn
