@@ -274,9 +274,11 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
                 return place, 0, interval
             record["qn"] = ticket
         if ticket:
-            wait += _queued(record, s, tat, ticket - served - 1.0, interval)
+            ahead = _queued(record, s, tat, ticket - served - 1.0, interval)
+            wait += ahead
             if wait > NEAR:
                 return wait, 0, interval
+            tat += ahead  # its moment: the schedule goes on after it
             # Served: the count booked now (a batch's turns serve the next tickets, in
             # whatever turns take them), at least up to this ticket, at most the last.
             record["hn"] = min(record.get("qn", 0.0), max(served + count, ticket))

@@ -1043,3 +1043,30 @@ def test_a_slow_start_refuses_no_turn_its_doubling_rate_serves_in_time() -> None
     assert refused == []
     assert [index for _, index in sorted(went)] == list(range(100))  # in order
     assert max(moment for moment, _ in went) < 3.5
+
+
+def test_a_ticket_booked_behind_others_keeps_the_schedule_spaced() -> None:
+    """Tickets 1..3 wait at 20/s; ticket 3 asks first, its place two intervals past the
+    first free moment, and books it.  The schedule must go on after that moment: it went
+    on one interval after the free moment, so tickets 1 and 2, asking next, booked the
+    moments before and *at* ticket 3's: two turns at once on a burst of 1 (seen against a
+    real vendor at 4/s: two requests 0.05 s apart after cancelled tickets)."""
+    from requests_smartretry.throttle import reserve
+
+    settings = Throttle(rate=20.0, burst=1, adaptive=True).settings
+    record: dict[str, float] = {}
+    now = 100.0
+    moments = []
+    for _ in range(9):  # 6 booked (0 .. 0.25 s), tickets 1..3
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0)
+        if granted:
+            moments.append(now + wait)
+    assert record["qn"] == 3.0
+    now += 0.3
+    for ticket in (3.0, 1.0, 2.0):
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0, ticket=ticket)
+        assert granted == 1
+        moments.append(now + wait)
+    moments.sort()
+    gaps = [b - a for a, b in zip(moments, moments[1:])]
+    assert min(gaps) >= 0.05 - 1e-9, gaps

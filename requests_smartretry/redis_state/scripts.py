@@ -363,8 +363,10 @@ local function reserve()
       dirty['qn'] = qn
     end
     if ticket > 0 then
-      wait = wait + queued(ticket - served - 1)
+      local ahead = queued(ticket - served - 1)
+      wait = wait + ahead
       if wait > near then return end
+      first = first + ahead  -- its moment: the schedule goes on after it
       hn = math.min(qn or 0, math.max(served + count, ticket))
       dirty['hn'] = hn
     end
