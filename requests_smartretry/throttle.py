@@ -338,6 +338,8 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
     returns the rate now in force).  ``accepted(since)``: the successes since a moment
     (the first decrease of a slow start lowers from at most those of the last window)."""
+    if s.adaptive and accepted is not None:
+        learned(record, now, accepted)  # a pause that is over ends first (as in the Lua)
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
         record["tat"] = max(record.get("tat", now), now + retry_after)

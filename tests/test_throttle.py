@@ -1070,3 +1070,34 @@ def test_a_ticket_booked_behind_others_keeps_the_schedule_spaced() -> None:
     moments.sort()
     gaps = [b - a for a, b in zip(moments, moments[1:])]
     assert min(gaps) >= 0.05 - 1e-9, gaps
+
+
+@pytest.mark.redis
+def test_a_throttling_answer_after_a_learning_pause_ends_it_in_python_as_in_lua(
+        redis_url: str) -> None:
+    """A learning pause that is over, ended by no turn yet, then a throttling answer:
+    THROTTLE_LUA ends the pause at the top of every call (the curve starts there), the
+    Python functions ended it only at the next reservation (the curve started later, and
+    the rates differed from then on)."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import _Local, learned, rate_shown, throttled
+
+    settings = Throttle(adaptive=True).settings
+    store = RedisStateStore(redis_url, prefix=f"learnend-{time.time_ns()}", server_time=False)
+    local = _Local()
+    now = 1000.0
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True, started=now)
+    throttled(local.record, settings, now, now, None, local.since)  # a learning pause
+    for _ in range(10):
+        local.count_success(now)
+    store._pace(SERVICE).successes += 10
+    now += LEARN + 0.3  # over, and no turn asked since
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True,
+                         started=now - 0.5)
+    throttled(local.record, settings, now, now - 0.5, None, local.since)
+    now += 0.5
+    reply = store._throttle_trip(SERVICE, settings, "rate", now)
+    assert reply is not None
+    learned(local.record, now, local.since)
+    assert reply[5] == pytest.approx(rate_shown(local.record, settings, now), rel=1e-9)
+    store.close()
