@@ -48,7 +48,8 @@ Constants and why:
   go later books nothing, takes a *ticket* and asks again when its place comes near
   (:func:`ask_again_in`).  A ticket's place is the first free moment plus one interval
   per ticket before it not served yet (a booking serves as many as turns it books), at
-  the rate in force when it asks: the tickets are served in order, and a decrease moves
+  the rate in force when it asks (in a slow start, along its doubling rate): the tickets
+  are served in order, and a decrease moves
   every waiting place.  A booked moment is
   kept whatever the rate does; booked seconds ahead, a decrease reached the vendor only
   after them.  NEAR is a quarter of a one-second quota window (five turns at 20/s).
@@ -258,29 +259,35 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
         rate = rate_at(record, s, tat)
         interval = 0.0 if rate == _INF else 1.0 / rate
         served = record.get("hn", 0.0)
-        if interval and stored < now and record.get("qn", 0.0) > served:
+        if stored < now and record.get("qn", 0.0) > served:
             # The schedule stood idle while tickets waited: the places that passed count
             # as served (their turns went another way, or not at all), or every place
-            # behind them would slide later with the clock.
-            record["hn"] = min(record["qn"], served + (now - stored) / interval)
+            # behind them would slide later with the clock.  Unpaced (a slow start
+            # over), every place has passed.
+            record["hn"] = record["qn"] if not interval \
+                else min(record["qn"], served + (now - stored) / interval)
             # Nor did the bucket refill: its turns asleep (asking again later, a loaded
             # machine's descheduled processes) would go as a burst on top of the rate.
             tat = now + (s.burst - 1) * interval
     else:
         interval = s.interval
     wait = tat - (s.burst - 1) * interval - now
+    if ticket > record.get("qn", 0.0):
+        ticket = 0.0  # not of this queue (its record was lost: Redis restarted empty)
     if s.adaptive and (wait > 0.0 or ticket):
         served = record.get("hn", 0.0)
         if not ticket and (wait > NEAR or record.get("qn", 0.0) > served):
             ticket = record.get("qn", 0.0) + 1.0  # tickets are waiting, or no near moment
-            place = wait + max(0.0, ticket - served - 1.0) * interval
+            place = wait + _queued(record, s, tat, ticket - served - 1.0, interval)
             if place > max_wait:
                 return place, 0, interval
             record["qn"] = ticket
         if ticket:
-            wait += max(0.0, ticket - served - 1.0) * interval
+            ahead = _queued(record, s, tat, ticket - served - 1.0, interval)
+            wait += ahead
             if wait > NEAR:
                 return wait, 0, interval
+            tat += ahead  # its moment: the schedule goes on after it
             # Served: the count booked now (a batch's turns serve the next tickets, in
             # whatever turns take them), at least up to this ticket, at most the last.
             record["hn"] = min(record.get("qn", 0.0), max(served + count, ticket))
@@ -325,6 +332,23 @@ def booked_before(record: Record, started: float) -> float:
     return 0.0
 
 
+def _queued(record: Record, s: ThrottleSettings, at: float, turns: float,
+            interval: float) -> float:
+    """Seconds ``turns`` turns take from ``at`` on an adaptive schedule: one interval
+    each, or along a slow start's doubling rate (counted at the rate at ``at``, the places
+    of a slow start's queue were seconds too far: turns it served in time were refused)."""
+    if turns <= 0.0 or not interval:
+        return 0.0
+    start = record.get("start")
+    if start is None or "wmax" in record or s.rate is not None:
+        return turns * interval
+    # sum of START_RATE * 2^((t - start) / DOUBLING) over [at, at + span] = turns
+    x = max(0.0, at - start) / DOUBLING
+    grown = 2.0 ** x + turns * math.log(2.0) / (START_RATE * DOUBLING)
+    span = DOUBLING * (math.log(grown) / math.log(2.0) - x)
+    return min(span, max(0.0, start + DOUBLING * DOUBLINGS - at))  # unpaced from then
+
+
 def learned(record: Record, now: float, accepted: Callable[[float], float]) -> None:
     """End a learning pause that is over (mutates ``record``): the first throttling answer
     of a throttle that paced nothing held every turn for a quota window (:data:`LEARN`);
@@ -341,7 +365,11 @@ def ask_again_in(wait: float) -> float:
     """Seconds until a turn that could not book a moment within :data:`NEAR` (its place
     ``wait`` seconds away) asks again: when its place comes near, or halfway there when
     that is sooner (the place is counted at the rate in force now: while the curve
-    climbs, the queue moves faster than that), and not sooner than half of :data:`NEAR`."""
+    climbs, the queue moves faster than that), and not sooner than half of :data:`NEAR`.
+    A wait within :data:`NEAR` (a learning pause's end) is waited out, no longer: a
+    turn asked again later would ask past its limit."""
+    if wait <= NEAR:
+        return wait
     return max(NEAR / 2.0, min(wait - NEAR, wait / 2.0))
 
 
@@ -351,6 +379,8 @@ def throttled(record: Record, s: ThrottleSettings, now: float, started: float,
     """A throttling answer to an attempt that started at ``started`` (mutates ``record``;
     returns the rate now in force).  ``accepted(since)``: the successes since a moment
     (the first decrease of a slow start lowers from at most those of the last window)."""
+    if s.adaptive and accepted is not None:
+        learned(record, now, accepted)  # a pause that is over ends first (as in the Lua)
     booked_to = record.get("tat", now)  # the end of the turns booked (before Retry-After)
     if retry_after is not None and retry_after > 0:
         # Nothing goes before the vendor's Retry-After: the schedule resumes from there.
@@ -710,10 +740,12 @@ class Turn:
             with local.lock:
                 if store is not None:
                     _fallback_starts_spent(local.record, part, now)
+                issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
-                if not granted and not self.ticket and wait <= left:
-                    self.ticket = local.record.get("qn", 0.0)
+                if not granted and local.record.get("qn", 0.0) > issued:
+                    # (a ticket issued to this turn: a learning pause issues none)
+                    self.ticket = local.record["qn"]
             if not granted:
                 if wait <= left:
                     return self.ask_again(wait)

@@ -684,11 +684,13 @@ def test_the_lua_transcription_decides_as_the_python_functions(redis_url: str,
         assert reply is not None
         record = local.record
         if op == "reserve":
+            last = record.get("qn", 0.0)
             wait, granted, interval = reserve(record, settings, now, kw["count"],
                                               kw["max_wait"], local.since,
                                               kw.get("ticket", 0.0))
             assert (reply[1], reply[2]) == (pytest.approx(wait), granted), op
-            assert reply[8] == record.get("qn", 0.0), op  # the last ticket issued
+            issued = record["qn"] if record.get("qn", 0.0) > last else 0.0
+            assert reply[8] == issued, op  # the ticket issued by this call
             if granted:
                 assert reply[3] == pytest.approx(interval), op
         elif op == "release":
@@ -942,3 +944,187 @@ def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
     assert all(set(result["answers"]) == {"200"} for result in results), results
     assert executed >= 30  # paced all along, at its share while Redis was paused
     assert most <= 10 + 10 + 2 + 1, most
+
+
+# -- review 26: the learning pause and the tickets ---------------------------------------
+
+def _held_by_a_learning_pause(clock: FakeClock) -> Throttle:
+    """An adaptive throttle without a rate whose slow start issued tickets (all served
+    since), past its slow start, then throttled: every turn is held for LEARN."""
+    throttle = Throttle(adaptive=True, clock=clock)
+    queued = [throttle.turn(SERVICE, 30.0) for _ in range(12)]  # 10/s: tickets
+    for turn in queued:
+        turn.step(clock())
+    assert max(turn.ticket for turn in queued) > 0
+    clock.advance(DOUBLING * DOUBLINGS + 5.0)  # the slow start is over; places passed
+    sent = [go(throttle)[0] for _ in range(21)]  # unpaced
+    sent[0].done(clock(), throttling=True)  # the first throttling answer: a learning pause
+    for turn in sent[1:]:
+        turn.done(clock(), success=True)  # the vendor accepts 20/s
+    return throttle
+
+
+def test_a_turn_held_by_a_learning_pause_does_not_ask_again_past_its_limit() -> None:
+    """A turn asked 0.05 s before a learning pause ends, with 0.1 s to wait at most: it
+    must not be told to ask again 0.125 s later (past its limit), where the pause is over
+    and a turn that needs no wait goes: sent after its deadline."""
+    clock = FakeClock()
+    throttle = _held_by_a_learning_pause(clock)
+    clock.advance(LEARN - 0.05)
+    turn = throttle.turn(SERVICE, 0.1)
+    pause = turn.step(clock())
+    assert pause is not None and pause <= 0.1 + 1e-9  # within its limit
+    clock.advance(pause)
+    assert turn.step(clock()) is None  # the pause is over: it goes, in time
+
+
+def test_a_turn_held_by_a_learning_pause_holds_no_ticket_of_anothers() -> None:
+    """A learning pause issues no tickets: a turn it holds must not take the last ticket
+    issued (one served already, or another turn's) as its own.  Taken so, the turns
+    held by the pause all sat at the head of the queue; a turn asked after the pause
+    went before most of those held through it."""
+    clock = FakeClock()
+    throttle = _held_by_a_learning_pause(clock)
+    held = [throttle.turn(SERVICE, 30.0) for _ in range(30)]
+    wakes = [turn.step(clock()) for turn in held]
+    assert [turn.ticket for turn in held] == [0.0] * 30
+    turns = [*held, throttle.turn(SERVICE, 30.0)]
+    pending = [(clock() + (wait or 0.0), index) for index, wait in enumerate(wakes)]
+    pending.append((clock() + LEARN + 0.01, len(held)))  # asked just after the pause
+    went = []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        wait = turns[index].step(clock())
+        if turns[index].token:
+            went.append(index)
+        else:
+            pending.append((at + (wait or 0.0), index))
+    assert went[-1] == len(held)  # the late turn goes last
+
+
+@pytest.mark.redis
+def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: str) -> None:
+    """Tickets of a slow start whose holders never asked again (cancelled, dead): once the
+    slow start is over nothing is paced and every place has passed.  They must not count
+    as waiting when a learning pause brings pacing back: the second turn after the pause,
+    one interval away, books (it took a ticket behind the dead ones, its place 0.5 s
+    away).  The Lua twin decides alike."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import reserve, throttled
+
+    settings = Throttle(adaptive=True).settings
+    store = RedisStateStore(redis_url, prefix=f"dead-{time.time_ns()}", server_time=False)
+    record: dict[str, float] = {}
+    now = 100.0
+
+    def both(count: int) -> tuple[float, int]:
+        reply = store._throttle_trip(SERVICE, settings, "reserve", now, count=1,
+                                     max_wait=30.0)
+        assert reply is not None
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0, lambda _: count)
+        assert (reply[1], reply[2]) == (pytest.approx(wait), granted)
+        return wait, granted
+
+    for _ in range(12):  # 10/s: tickets, whose holders never ask again
+        both(0)
+    assert record["qn"] > 5
+    now += DOUBLING * DOUBLINGS + 5.0  # the slow start is over: unpaced
+    assert both(0) == (0.0, 1)
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True, started=now)
+    throttled(record, settings, now, now, None, lambda _: 0)  # a learning pause
+    now += LEARN
+    store._pace(SERVICE).successes += 20  # the vendor accepted 20/s meanwhile
+    assert both(20) == (0.0, 1)
+    wait, granted = both(20)
+    assert granted == 1 and wait == pytest.approx(1.0 / (BETA * 20.0))
+    store.close()
+
+
+def test_a_slow_start_refuses_no_turn_its_doubling_rate_serves_in_time() -> None:
+    """100 turns asked at once on an adaptive throttle without a rate, each with 5 s to
+    wait at most, and no throttling answer: the slow start (10/s doubling every second)
+    serves them all within 3 s.  A place counted at the rate in force when asked (10/s:
+    ticket 60 placed 6 s away) refused 39 of them at once: failed calls, nothing sent,
+    while the 58 that went were all out by 2.5 s."""
+    clock = FakeClock()
+    throttle = Throttle(adaptive=True, clock=clock)
+    turns = [throttle.turn(SERVICE, 5.0) for _ in range(100)]
+    start = clock()
+    pending = [(start, index) for index in range(len(turns))]
+    went, refused = [], []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        try:
+            wait = turns[index].step(clock())
+        except ThrottledError:
+            refused.append(index)
+            continue
+        if turns[index].token:
+            went.append((at + (wait or 0.0) - start, index))
+        else:
+            pending.append((at + (wait or 0.0), index))
+    assert refused == []
+    assert [index for _, index in sorted(went)] == list(range(100))  # in order
+    assert max(moment for moment, _ in went) < 3.5
+
+
+def test_a_ticket_booked_behind_others_keeps_the_schedule_spaced() -> None:
+    """Tickets 1..3 wait at 20/s; ticket 3 asks first, its place two intervals past the
+    first free moment, and books it.  The schedule must go on after that moment: it went
+    on one interval after the free moment, so tickets 1 and 2, asking next, booked the
+    moments before and *at* ticket 3's: two turns at once on a burst of 1 (seen against a
+    real vendor at 4/s: two requests 0.05 s apart after cancelled tickets)."""
+    from requests_smartretry.throttle import reserve
+
+    settings = Throttle(rate=20.0, burst=1, adaptive=True).settings
+    record: dict[str, float] = {}
+    now = 100.0
+    moments = []
+    for _ in range(9):  # 6 booked (0 .. 0.25 s), tickets 1..3
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0)
+        if granted:
+            moments.append(now + wait)
+    assert record["qn"] == 3.0
+    now += 0.3
+    for ticket in (3.0, 1.0, 2.0):
+        wait, granted, _ = reserve(record, settings, now, 1, 30.0, ticket=ticket)
+        assert granted == 1
+        moments.append(now + wait)
+    moments.sort()
+    gaps = [b - a for a, b in zip(moments, moments[1:])]
+    assert min(gaps) >= 0.05 - 1e-9, gaps
+
+
+@pytest.mark.redis
+def test_a_throttling_answer_after_a_learning_pause_ends_it_in_python_as_in_lua(
+        redis_url: str) -> None:
+    """A learning pause that is over, ended by no turn yet, then a throttling answer:
+    THROTTLE_LUA ends the pause at the top of every call (the curve starts there), the
+    Python functions ended it only at the next reservation (the curve started later, and
+    the rates differed from then on)."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import _Local, learned, rate_shown, throttled
+
+    settings = Throttle(adaptive=True).settings
+    store = RedisStateStore(redis_url, prefix=f"learnend-{time.time_ns()}", server_time=False)
+    local = _Local()
+    now = 1000.0
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True, started=now)
+    throttled(local.record, settings, now, now, None, local.since)  # a learning pause
+    for _ in range(10):
+        local.count_success(now)
+    store._pace(SERVICE).successes += 10
+    now += LEARN + 0.3  # over, and no turn asked since
+    store._throttle_trip(SERVICE, settings, "release", now, throttling=True,
+                         started=now - 0.5)
+    throttled(local.record, settings, now, now - 0.5, None, local.since)
+    now += 0.5
+    reply = store._throttle_trip(SERVICE, settings, "rate", now)
+    assert reply is not None
+    learned(local.record, now, local.since)
+    assert reply[5] == pytest.approx(rate_shown(local.record, settings, now), rel=1e-9)
+    store.close()

@@ -348,3 +348,20 @@ def test_the_fleets_in_flight_peak_through_a_paused_redis_stays_within_the_bound
                 (server.url, vendor.url(), 4.0, 6, 4, start_at)] * 2, timeout=60)
     assert all(set(answers) == {"200"} for answers in results), results
     assert vendor.peak <= 4 + 1 * 2, vendor.peak
+
+
+def test_a_ticket_held_through_a_redis_restarted_empty_is_not_pushed_back(
+        redis: RedisServer) -> None:
+    """Tickets 1..9 wait on a shared adaptive throttle at 2/s; Redis loses its keys
+    (restarted empty: FLUSHALL here).  A holder asking again must not count its old
+    ticket against a queue that no longer exists (ticket 9 placed itself 8 intervals,
+    4 s, behind nobody; at the 0.5/s floor a ticket 20 was refused at a 30 s deadline):
+    the queue is empty, it goes at once."""
+    throttle = shared(redis, rate=2.0, burst=1, adaptive=True)
+    turns = [throttle.turn(SERVICE, 10.0) for _ in range(10)]
+    for turn in turns:
+        turn.step(throttle.clock())
+    last = turns[-1]
+    assert not last.token and last.fleet_ticket == 9.0
+    client(redis.url).flushall()
+    assert last.step(throttle.clock()) is None

@@ -236,7 +236,8 @@ return reply
 # (the slow start of an adaptive throttle without a rate), ticket (the caller's place in
 # an adaptive throttle's queue; '0' = none yet: see throttle.reserve).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
-# in flight, the last ticket issued (a caller refused a near moment holds it).
+# in flight, the ticket issued by this call (0: none; a caller refused a near moment holds
+# it; a learning pause issues none).
 THROTTLE_LUA = _PRELUDE + """
 local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
 local ceiling = tonumber(ARGV[3]) or math.huge
@@ -313,7 +314,7 @@ redis.call('ZADD', okey, now + 10, origin)
 redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
 redis.call('PEXPIRE', okey, 60000)
 local processes = redis.call('ZCARD', okey)
-local wait, granted, interval, slot = 0, 0, 0, 1
+local wait, granted, interval, slot, issued = 0, 0, 0, 1, 0
 local resume = ARGV[22] == '1'
 local function reserve()
   if adaptive and learn then  -- held until the learning pause ends
@@ -329,8 +330,9 @@ local function reserve()
   local rate = rate_at(first)
   if rate ~= math.huge then interval = 1 / rate end
   -- The schedule stood idle while tickets waited: the places that passed count as served.
-  if adaptive and interval > 0 and tat and tat < now and (qn or 0) > (hn or 0) then
-    hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+  if adaptive and tat and tat < now and (qn or 0) > (hn or 0) then
+    if interval > 0 then hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+    else hn = qn end  -- unpaced (a slow start over): every place has passed
     dirty['hn'] = hn
     -- Nor did the bucket refill (the turns asleep would go as a burst on the rate).
     first = now + (burst - 1) * interval
@@ -340,22 +342,35 @@ local function reserve()
   wait = first - (burst - 1) * interval - now
   -- An adaptive throttle books no turn beyond near: the turn takes a ticket and asks
   -- again when its place (one interval per ticket before it not served yet) comes near.
+  -- Seconds so many turns take from the first free moment (throttle._queued): one
+  -- interval each, or along a slow start's doubling rate.
+  local function queued(turns)
+    if turns <= 0 or interval == 0 then return 0 end
+    if not start or wmax or ceiling ~= math.huge then return turns * interval end
+    local x = math.max(0, first - start) / doubling
+    local grown = 2 ^ x + turns * math.log(2) / (start_rate * doubling)
+    local span = doubling * (math.log(grown) / math.log(2) - x)
+    return math.min(span, math.max(0, start + doubling * doublings - first))
+  end
   local ticket = tonumber(ARGV[29]) or 0
+  if ticket > (qn or 0) then ticket = 0 end  -- not of this queue (Redis restarted empty)
   if adaptive and (wait > 0 or ticket > 0) then
     local served = hn or 0
     if ticket == 0 and (wait > near or (qn or 0) > served) then
       ticket = (qn or 0) + 1
-      local place = wait + math.max(0, ticket - served - 1) * interval
+      local place = wait + queued(ticket - served - 1)
       if place > max_wait then
         wait = place
         return
       end
-      qn = ticket
+      qn, issued = ticket, ticket
       dirty['qn'] = qn
     end
     if ticket > 0 then
-      wait = wait + math.max(0, ticket - served - 1) * interval
+      local ahead = queued(ticket - served - 1)
+      wait = wait + ahead
       if wait > near then return end
+      first = first + ahead  -- its moment: the schedule goes on after it
       hn = math.min(qn or 0, math.max(served + count, ticket))
       dirty['hn'] = hn
     end
@@ -455,7 +470,7 @@ if rate ~= math.huge then
   if interval == 0 then interval = 1 / rate end  -- (no reservation: the spacing now)
 elseif free > now then shown = '0' end
 return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
-        fmt(in_flight), fmt(qn or 0)}
+        fmt(in_flight), fmt(issued)}
 """
 
 

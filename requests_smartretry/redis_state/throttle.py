@@ -263,7 +263,7 @@ class SharedPaces:
             if count and reply[2] == 0.0:  # a slot, but no turn booked: nothing taken
                 turn.lease = None
                 if reply[1] <= left:  # in time, but not near: ask again then
-                    turn.fleet_ticket = turn.fleet_ticket or reply[8]
+                    turn.fleet_ticket = reply[8] or turn.fleet_ticket
                     return turn.ask_again(reply[1])
                 raise ThrottledError(service, reply[1], turn.limit)
             with pace.lock:
@@ -283,7 +283,7 @@ class SharedPaces:
                 return False
             if reply[2] == 0.0:
                 if reply[1] <= left:  # in time, but not near: ask again then
-                    turn.fleet_ticket = turn.fleet_ticket or reply[8]
+                    turn.fleet_ticket = reply[8] or turn.fleet_ticket
                     return turn.ask_again(reply[1])
                 turn.done(now, refused=True)
                 raise ThrottledError(service, reply[1], turn.limit)
