@@ -15,6 +15,7 @@ import pytest
 
 from requests_smartretry import Throttle, ThrottledError
 from requests_smartretry.deadline import retry_scope
+from requests_smartretry.throttle import BETA, NEAR
 from tests.redis_server import RedisServer, client, shared_store
 
 pytestmark = pytest.mark.redis
@@ -146,7 +147,7 @@ def test_a_release_at_a_spent_deadline_reaches_redis_at_once(redis: RedisServer)
     freed = time.monotonic() - ended
     assert freed < 0.1, freed
     other = shared(redis, rate=10.0, max_in_flight=2, adaptive=True)  # another process
-    assert other.rate(SERVICE) == pytest.approx(10.0 * 0.8, rel=0.05)
+    assert other.rate(SERVICE) == pytest.approx(10.0 * BETA, rel=0.05)
 
 
 # -- 3. slots held through Redis count during an outage ------------------------------------------
@@ -224,16 +225,32 @@ def test_a_throttling_answer_during_an_outage_lowers_the_fleets_rate_once_redis_
     try:
         out(throttle)
         take(throttle).done(throttle.clock(), throttling=True)
-        assert throttle.rate(SERVICE) == pytest.approx(8.0, rel=0.05)  # local
+        assert throttle.rate(SERVICE) == pytest.approx(BETA * 10.0, rel=0.05)  # local
     finally:
         resume(redis)
     back(throttle)
     take(throttle).done(throttle.clock(), success=True)
     other = shared(redis, rate=10.0, max_in_flight=4, adaptive=True)  # another process
-    # The decrease (to 8/s) starts after the turns this process has leased already, and the
+    # The decrease (to BETA x 10/s) starts after the turns this process has leased already, and the
     # rate shown is the curve's where the next turn goes on the schedule: on its way back
-    # from 8, below the old 10.
-    assert 8.0 * 0.95 <= other.rate(SERVICE) <= 9.5
+    # from there, below the old 10.
+    assert BETA * 10.0 * 0.95 <= other.rate(SERVICE) < 10.0
+
+
+def test_a_shared_adaptive_throttle_books_no_turn_beyond_near(redis: RedisServer) -> None:
+    """40 turns asked at once on a shared adaptive throttle at 20/s book only the moments
+    within NEAR (and at most a leased batch more); the others take tickets in order and
+    are told to ask again when their place comes near, holding nothing (before: all 40
+    booked 2 s of schedule in Redis at once)."""
+    throttle = shared(redis, rate=20.0, burst=1, adaptive=True)
+    turns = [throttle.turn(SERVICE, 10.0) for _ in range(40)]
+    waits = [turn.step(throttle.clock()) for turn in turns]
+    booked = sum(turn.token for turn in turns)
+    assert 2 <= booked <= 1 + round(NEAR * 20.0) + 3, booked
+    waiting = [(turn.fleet_ticket, wait) for turn, wait in zip(turns, waits) if not turn.token]
+    assert [ticket for ticket, _ in waiting] == list(range(1, len(waiting) + 1))
+    assert all(wait is not None and wait >= NEAR / 2.0 for _, wait in waiting)
+    assert [wait for _, wait in waiting] == sorted(wait for _, wait in waiting)
 
 
 # -- 6. a forked child ----------------------------------------------------------------------------
@@ -331,3 +348,20 @@ def test_the_fleets_in_flight_peak_through_a_paused_redis_stays_within_the_bound
                 (server.url, vendor.url(), 4.0, 6, 4, start_at)] * 2, timeout=60)
     assert all(set(answers) == {"200"} for answers in results), results
     assert vendor.peak <= 4 + 1 * 2, vendor.peak
+
+
+def test_a_ticket_held_through_a_redis_restarted_empty_is_not_pushed_back(
+        redis: RedisServer) -> None:
+    """Tickets 1..9 wait on a shared adaptive throttle at 2/s; Redis loses its keys
+    (restarted empty: FLUSHALL here).  A holder asking again must not count its old
+    ticket against a queue that no longer exists (ticket 9 placed itself 8 intervals,
+    4 s, behind nobody; at the 0.5/s floor a ticket 20 was refused at a 30 s deadline):
+    the queue is empty, it goes at once."""
+    throttle = shared(redis, rate=2.0, burst=1, adaptive=True)
+    turns = [throttle.turn(SERVICE, 10.0) for _ in range(10)]
+    for turn in turns:
+        turn.step(throttle.clock())
+    last = turns[-1]
+    assert not last.token and last.fleet_ticket == 9.0
+    client(redis.url).flushall()
+    assert last.step(throttle.clock()) is None

@@ -222,7 +222,8 @@ return reply
 # The throttle's script (a Lua transcription of throttle.rate_at, reserve, learned,
 # rate_shown and throttled, plus the leased in-flight slots, the fleet's recent successes and the
 # processes seen).  KEYS: pace (hash: tat, wmax, tfail, learn, and the successes per
-# 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts), slots (sorted set: lease id -> expiry),
+# 0.1 s over 2 s: k0..k19 slice numbers, c0..c19 counts; start, qn, hn), slots (sorted set:
+# lease id -> expiry),
 # processes (sorted set: origin -> expiry).  ARGV: op ('reserve' | 'acquire' | 'release' |
 # 'rate'), now ('' = server clock), rate ('' = none), burst, adaptive (0/1), count (turns
 # to reserve; 0 = none), max_wait, origin, lease id, lease ttl (s), max_in_flight ('' =
@@ -230,9 +231,13 @@ return reply
 # recovery, min_rate, key ttl (ms), holdoff, learn, resume (0/1: the first reservation after
 # the caller paced locally: the bucket starts spent), released (lease ids, comma-separated,
 # of slots released while Redis could not be told: freed first), held locally (the caller's
-# attempts sent while it paced locally, still under way: counted as slots taken).
+# attempts sent while it paced locally, still under way: counted as slots taken), near
+# (seconds ahead an adaptive throttle books a turn), start rate, doubling (s), doublings
+# (the slow start of an adaptive throttle without a rate), ticket (the caller's place in
+# an adaptive throttle's queue; '0' = none yet: see throttle.reserve).
 # Reply: now, wait, granted, interval, processes, rate ('inf' = none), slot (1/0),
-# in flight.
+# in flight, the ticket issued by this call (0: none; a caller refused a near moment holds
+# it; a learning pause issues none).
 THROTTLE_LUA = _PRELUDE + """
 local pkey, skey, okey = KEYS[1], KEYS[2], KEYS[3]
 local ceiling = tonumber(ARGV[3]) or math.huge
@@ -242,34 +247,42 @@ local origin, lease, lease_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local max_in_flight = tonumber(ARGV[11])
 local beta, recovery, min_rate = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local key_ttl, holdoff, learn_for = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local near, start_rate = tonumber(ARGV[25]), tonumber(ARGV[26])
+local doubling, doublings = tonumber(ARGV[27]), tonumber(ARGV[28])
 -- Slots released while Redis could not be told (ARGV[23], comma-separated): freed now.
 for released in string.gmatch(ARGV[23] or '', '[^,]+') do redis.call('ZREM', skey, released) end
-local names = {'tat', 'wmax', 'tfail', 'learn'}
+local names = {'tat', 'wmax', 'tfail', 'learn', 'start', 'qn', 'hn'}
 for slot = 0, 19 do names[#names + 1] = 'k' .. slot; names[#names + 1] = 'c' .. slot end
+names[#names + 1] = 'bi'; names[#names + 1] = 'bn'; names[#names + 1] = 'bp'
 local saved = redis.call('HMGET', pkey, unpack(names))
 local tat, wmax, tfail, learn = num(saved[1]), num(saved[2]), num(saved[3]), num(saved[4])
+local start, qn, hn = num(saved[5]), num(saved[6]), num(saved[7])
+local bi, bn, bp = num(saved[48]), num(saved[49]), num(saved[50])
 -- Validation: a schedule, a decrease or a pause far in the future is repaired (a decrease
 -- takes effect where the schedule is free: later than now by the turns reserved).
 if tat and tat > now + 3600 then tat = nil end
 if learn and learn > now + learn_for then learn = now end
 if tfail and tfail > now + 3600 then tfail = now end
 if wmax and wmax <= 0 then wmax = nil end
+if start and start > now + 3600 then start = nil end
+if qn and (qn < 0 or qn > 1e15) then qn = nil end
+if hn and (hn < 0 or hn > 1e15) then hn = nil end
 local dirty, unlearn = {}, false
 -- The fleet's successes per 0.1 s over the last 2 s (reported with every call).
 local current = math.floor(now * 10)
 local successes = tonumber(ARGV[14]) or 0
 if successes > 0 then
   local slot = current % 20
-  local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+  local stamp, n = num(saved[8 + 2 * slot]), num(saved[9 + 2 * slot])
   if stamp ~= current or not n or n < 0 then n = 0 end
   dirty['k' .. slot] = current
   dirty['c' .. slot] = n + successes
-  saved[5 + 2 * slot], saved[6 + 2 * slot] = current, n + successes
+  saved[8 + 2 * slot], saved[9 + 2 * slot] = current, n + successes
 end
 local function since(moment)
   local first, total = math.floor(moment * 10), 0
   for slot = 0, 19 do
-    local stamp, n = num(saved[5 + 2 * slot]), num(saved[6 + 2 * slot])
+    local stamp, n = num(saved[8 + 2 * slot]), num(saved[9 + 2 * slot])
     if stamp and n and first <= stamp and stamp <= current and n >= 0 then
       total = total + n
     end
@@ -277,7 +290,14 @@ local function since(moment)
   return total
 end
 local function rate_at(at)
-  if not adaptive or not wmax or not tfail then return ceiling end
+  if not adaptive then return ceiling end
+  if not wmax or not tfail then
+    if start and ceiling == math.huge then  -- the slow start, until throttled
+      local x = math.max(0, at - start) / doubling
+      if x < doublings then return start_rate * 2 ^ x end
+    end
+    return ceiling
+  end
   local elapsed = math.max(0, at - tfail)
   local x = (elapsed - recovery) / recovery
   return math.max(min_rate, math.min(ceiling, wmax * (1 + (1 - beta) * x * x * x)))
@@ -294,25 +314,97 @@ redis.call('ZADD', okey, now + 10, origin)
 redis.call('ZREMRANGEBYSCORE', okey, '-inf', now)
 redis.call('PEXPIRE', okey, 60000)
 local processes = redis.call('ZCARD', okey)
-local wait, granted, interval, slot = 0, 0, 0, 1
+local wait, granted, interval, slot, issued = 0, 0, 0, 1, 0
 local resume = ARGV[22] == '1'
 local function reserve()
-  local start = math.max(tat or now, now)
-  -- The curve is read where the turn goes on the schedule.
-  local rate = rate_at(start)
-  if rate ~= math.huge then interval = 1 / rate end
-  -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
-  if resume then start = math.max(start, now + (burst - 1) * interval) end
-  wait = math.max(0, start - (burst - 1) * interval - now)
-  if wait <= 0 or wait <= max_wait then
-    granted = count
-    tat = start + count * interval
-    dirty['tat'] = tat
+  if adaptive and learn then  -- held until the learning pause ends
+    wait = math.max(0, learn - now)
+    return
   end
+  if adaptive and not wmax and not start and ceiling == math.huge then
+    start = now  -- the slow start begins with the first turn
+    dirty['start'] = start
+  end
+  local first = math.max(tat or now, now)
+  -- The curve is read where the turn goes on the schedule.
+  local rate = rate_at(first)
+  if rate ~= math.huge then interval = 1 / rate end
+  -- The schedule stood idle while tickets waited: the places that passed count as served.
+  if adaptive and tat and tat < now and (qn or 0) > (hn or 0) then
+    if interval > 0 then hn = math.min(qn, (hn or 0) + (now - tat) / interval)
+    else hn = qn end  -- unpaced (a slow start over): every place has passed
+    dirty['hn'] = hn
+    -- Nor did the bucket refill (the turns asleep would go as a burst on the rate).
+    first = now + (burst - 1) * interval
+  end
+  -- Back from local pacing: the bucket is spent (the fleet paced locally meanwhile).
+  if resume then first = math.max(first, now + (burst - 1) * interval) end
+  wait = first - (burst - 1) * interval - now
+  -- An adaptive throttle books no turn beyond near: the turn takes a ticket and asks
+  -- again when its place (one interval per ticket before it not served yet) comes near.
+  -- Seconds so many turns take from the first free moment (throttle._queued): one
+  -- interval each, or along a slow start's doubling rate.
+  local function queued(turns)
+    if turns <= 0 or interval == 0 then return 0 end
+    if not start or wmax or ceiling ~= math.huge then return turns * interval end
+    local x = math.max(0, first - start) / doubling
+    local grown = 2 ^ x + turns * math.log(2) / (start_rate * doubling)
+    local span = doubling * (math.log(grown) / math.log(2) - x)
+    return math.min(span, math.max(0, start + doubling * doublings - first))
+  end
+  local ticket = tonumber(ARGV[29]) or 0
+  if ticket > (qn or 0) then ticket = 0 end  -- not of this queue (Redis restarted empty)
+  if adaptive and (wait > 0 or ticket > 0) then
+    local served = hn or 0
+    if ticket == 0 and (wait > near or (qn or 0) > served) then
+      ticket = (qn or 0) + 1
+      local place = wait + queued(ticket - served - 1)
+      if place > max_wait then
+        wait = place
+        return
+      end
+      qn, issued = ticket, ticket
+      dirty['qn'] = qn
+    end
+    if ticket > 0 then
+      local ahead = queued(ticket - served - 1)
+      wait = wait + ahead
+      if wait > near then return end
+      first = first + ahead  -- its moment: the schedule goes on after it
+      hn = math.min(qn or 0, math.max(served + count, ticket))
+      dirty['hn'] = hn
+    end
+  end
+  if wait > 0 and wait > max_wait then return end
+  if wait < 0 then wait = 0 end
+  granted = count
+  tat = first + count * interval
+  dirty['tat'] = tat
+  -- The turns a slow start books, per doubling window (bn in window bi, bp before it).
+  if adaptive and ceiling == math.huge and not wmax and start then
+    local index = math.floor(math.max(0, now + wait - start) / doubling)
+    if index > (bi or -1) then
+      if bi and index == bi + 1 then bp = bn or 0 else bp = 0 end
+      bi, bn = index, 0
+    end
+    bn = (bn or 0) + count
+    dirty['bi'], dirty['bn'], dirty['bp'] = bi, bn, bp or 0
+  end
+end
+local function booked_before(started)
+  if not bi or not start then return 0 end
+  local at = math.max(0, started - start) / doubling
+  local index = math.floor(at)
+  local part = 1 - (at - index)
+  if index == bi then return (bn or 0) + (bp or 0) * part end
+  if index == bi + 1 then return (bn or 0) * part end
+  if index == bi - 1 then return bp or 0 end
+  return 0
 end
 -- A throttling answer: told with its attempt's release, or (Redis was out then) by the
 -- caller's next call, before that call reserves anything.
 if ARGV[12] == '1' then
+  local booked_to = tat or now  -- the end of the turns booked (before Retry-After)
   local retry_after = tonumber(ARGV[15])
   if retry_after and retry_after > 0 then
     tat = math.max(tat or now, now + retry_after)
@@ -321,6 +413,14 @@ if ARGV[12] == '1' then
   local started = tonumber(ARGV[13])
   if adaptive and not learn and (not tfail or started > tfail + holdoff) then
     local sent = rate_at(started)  -- the rate the refused turn went at
+    if sent ~= math.huge and not wmax and ceiling == math.huge then
+      -- The end of a slow start: at most the turns booked in the window before the
+      -- refused turn, or the successes counted there if more.
+      -- (less the turns booked after it, up to the schedule's end)
+      local after = math.max(0, booked_to - started) * sent
+      local window = math.max(since(now - learn_for - 0.1), booked_before(started) - after)
+      if window >= 1 then sent = math.max(min_rate, math.min(sent, window)) end
+    end
     if sent == math.huge then
       learn = now + learn_for
       tat = math.max(tat or now, learn)
@@ -370,14 +470,14 @@ if rate ~= math.huge then
   if interval == 0 then interval = 1 / rate end  -- (no reservation: the spacing now)
 elseif free > now then shown = '0' end
 return {fmt(now), fmt(wait), fmt(granted), fmt(interval), fmt(processes), shown, fmt(slot),
-        fmt(in_flight)}
+        fmt(in_flight), fmt(issued)}
 """
 
 
 def pace_numbers(reply: Any) -> list[float]:
-    """The throttle script's reply as 8 numbers (the rate may be ``inf``), or
+    """The throttle script's reply as 9 numbers (the rate may be ``inf``), or
     :class:`KeyFault` for anything else."""
-    if not isinstance(reply, (list, tuple)) or len(reply) != 8:
+    if not isinstance(reply, (list, tuple)) or len(reply) != 9:
         raise KeyFault(f"unexpected reply from Redis: {reply!r:.80}")
     values = []
     for index, item in enumerate(reply):

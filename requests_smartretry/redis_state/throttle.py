@@ -115,14 +115,24 @@ class SharedPaces:
                        lease_ttl: float = 0.0, throttling: bool = False,
                        started: float = 0.0, retry_after: Optional[float] = None,
                        deadline: bool = True, held_locally: int = 0,
-                       ) -> Optional[list[float]]:
+                       ticket: float = 0.0) -> Optional[list[float]]:
         """One call of the throttle's script (carrying the successes not reported yet),
         or ``None`` when local state must serve (Redis is out, or the service's keys are
         unusable).  Raises :class:`NoTime` when the request's deadline left no time for
         Redis: that is no outage, and the turn must not pace locally (nor the next
         reservation find the bucket spent, as after a spell of local pacing).
         ``deadline=False``: the round trip is not cut by the deadline (a release)."""
-        from ..throttle import BETA, HOLDOFF, LEARN, MIN_RATE, RECOVERY
+        from ..throttle import (
+            BETA,
+            DOUBLING,
+            DOUBLINGS,
+            HOLDOFF,
+            LEARN,
+            MIN_RATE,
+            NEAR,
+            RECOVERY,
+            START_RATE,
+        )
 
         pace = self._pace(service)
         mono = _monotonic()
@@ -155,7 +165,9 @@ class SharedPaces:
                 "1" if throttling else "0", repr(float(shared_start)),
                 successes, "" if retry_after is None else repr(float(retry_after)),
                 repr(BETA), repr(RECOVERY), repr(MIN_RATE), _PACE_TTL_MS, repr(HOLDOFF),
-                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally]
+                repr(LEARN), "1" if resume else "0", ",".join(unreleased), held_locally,
+                repr(NEAR), repr(START_RATE), repr(DOUBLING), repr(DOUBLINGS),
+                repr(float(ticket))]
         keys = [self.key("pace", service), self.key("slots", service),
                 self.key("procs", service)]
         reply = self._guarded(service, lambda: pace_numbers(self._execute(
@@ -239,7 +251,7 @@ class SharedPaces:
             try:
                 reply = self._throttle_trip(service, settings, "acquire", now, count=count,
                                             max_wait=left, lease=turn.lease, lease_ttl=ttl,
-                                            held_locally=held_locally)
+                                            held_locally=held_locally, ticket=turn.fleet_ticket)
             except NoTime:  # no time for Redis (now): look again while the turn may wait
                 turn.lease = None
                 return turn.slot_wait(left - (_monotonic() - mono))
@@ -248,8 +260,11 @@ class SharedPaces:
                 return False
             if reply[6] != 1.0:  # no free slot: look again soon
                 return turn.slot_wait(left)
-            if count and reply[2] == 0.0:  # a slot, but no turn in time: nothing taken
+            if count and reply[2] == 0.0:  # a slot, but no turn booked: nothing taken
                 turn.lease = None
+                if reply[1] <= left:  # in time, but not near: ask again then
+                    turn.fleet_ticket = reply[8] or turn.fleet_ticket
+                    return turn.ask_again(reply[1])
                 raise ThrottledError(service, reply[1], turn.limit)
             with pace.lock:
                 pace.leases[turn.lease] = mono + ttl
@@ -257,7 +272,7 @@ class SharedPaces:
         elif count:
             try:
                 reply = self._throttle_trip(service, settings, "reserve", now, count=count,
-                                            max_wait=left)
+                                            max_wait=left, ticket=turn.fleet_ticket)
             except NoTime:
                 try:
                     return turn.slot_wait(left - (_monotonic() - mono))
@@ -267,6 +282,9 @@ class SharedPaces:
             if reply is None:
                 return False
             if reply[2] == 0.0:
+                if reply[1] <= left:  # in time, but not near: ask again then
+                    turn.fleet_ticket = reply[8] or turn.fleet_ticket
+                    return turn.ask_again(reply[1])
                 turn.done(now, refused=True)
                 raise ThrottledError(service, reply[1], turn.limit)
         else:
