@@ -503,17 +503,18 @@ def hammer(session: Any, url: str, threads: int, calls: int) -> list[Any]:
 @pytest.mark.slow
 def test_rate_bound_seen_by_the_vendor() -> None:
     """With Throttle(rate=N, burst=B) the vendor sees at most N + B requests in any 1 s
-    window (server-side timestamps; +1 for scheduling jitter on a loaded machine), and
+    window (server-side timestamps; +2: on a loaded machine a request can reach the server
+    up to 0.2 s after its turn, which packs 1.2 s of turns into 1 s of arrivals), and
     without the throttle the same load breaks that bound."""
     with RateLimitedVendor(rate=None) as vendor:
         session = smart_session(throttle=Throttle(rate=10.0, burst=2), max_retries=0,
                                 log=False)
         results = hammer(session, vendor.url(), threads=6, calls=4)
         assert results == [200] * 24
-        assert vendor.max_in_window() <= 10 + 2 + 1
+        assert vendor.max_in_window() <= 10 + 2 + 2
         vendor.executed.clear()
         hammer(smart_session(max_retries=0, log=False), vendor.url(), threads=6, calls=4)
-        assert vendor.max_in_window() > 13  # the same load, unpaced
+        assert vendor.max_in_window() > 14  # the same load, unpaced
 
 
 @pytest.mark.slow
@@ -923,7 +924,7 @@ def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.slow
+@pytest.mark.stress
 def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
     """2 real processes share Throttle(rate=10, burst=10) through a real Redis that is
     paused (``CLIENT PAUSE``) mid-run: the vendor still sees at most burst + rate in any
