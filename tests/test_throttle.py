@@ -240,6 +240,24 @@ def test_the_curve_is_read_where_the_turn_goes_on_the_schedule() -> None:
     assert last < 0.97 * first  # the curve climbed by the time the last ones go
 
 
+def _ask_until_booked(clock: Any, turns: list[Any],
+                      pending: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """Each turn of ``pending`` (moment, index into ``turns``) asks at its moment, and again
+    when told to, on ``clock`` until it has booked: (the moment it goes, index), in the
+    order they booked."""
+    went = []
+    while pending:
+        pending.sort()
+        at, index = pending.pop(0)
+        clock.now = at
+        wait = turns[index].step(clock())
+        if turns[index].token:
+            went.append((at + (wait or 0.0), index))
+        else:
+            pending.append((at + (wait or 0.0), index))
+    return went
+
+
 def test_an_adaptive_throttle_books_no_turn_beyond_near() -> None:
     """60 turns asked at once at 20/s: only those that go within NEAR book their moment;
     the others take tickets and ask again when their place comes near.  A decrease then
@@ -261,16 +279,7 @@ def test_an_adaptive_throttle_books_no_turn_beyond_near() -> None:
     start = clock()
     pending = [(start + (wait or 0.0), index) for wait, index in wakes
                if index not in booked]
-    went = []
-    while pending:
-        pending.sort()
-        at, index = pending.pop(0)
-        clock.now = at
-        wait = queued[index].step(clock())
-        if queued[index].token:
-            went.append((at + (wait or 0.0), index))
-        else:
-            pending.append((at + (wait or 0.0), index))
+    went = _ask_until_booked(clock, queued, pending)
     assert [index for _, index in went] == sorted(index for _, index in went)  # in order
     gaps = [b - a for (a, _), (b, _) in zip(went, went[1:])][:10]
     assert all(gap == pytest.approx(1.0 / (BETA * 20.0), rel=0.05) for gap in gaps)
@@ -992,16 +1001,7 @@ def test_a_turn_held_by_a_learning_pause_holds_no_ticket_of_anothers() -> None:
     turns = [*held, throttle.turn(SERVICE, 30.0)]
     pending = [(clock() + (wait or 0.0), index) for index, wait in enumerate(wakes)]
     pending.append((clock() + LEARN + 0.01, len(held)))  # asked just after the pause
-    went = []
-    while pending:
-        pending.sort()
-        at, index = pending.pop(0)
-        clock.now = at
-        wait = turns[index].step(clock())
-        if turns[index].token:
-            went.append(index)
-        else:
-            pending.append((at + (wait or 0.0), index))
+    went = [index for _, index in _ask_until_booked(clock, turns, pending)]
     assert went[-1] == len(held)  # the late turn goes last
 
 
