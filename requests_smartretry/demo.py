@@ -579,6 +579,23 @@ class Tour:
         self.result(f"with Throttle(rate=5, burst=1): {codes.count(200)} x HTTP 200, "
                     f"{codes.count(429)} x HTTP 429 in {time.monotonic() - started:.1f} s: "
                     f"each call waited for its turn (the lines above), none was throttled")
+        time.sleep(1.0)
+        # No rate given: an adaptive throttle starts slowly (10/s, doubling every second)
+        # and learns the vendor's rate from its first throttling answer.
+        adaptive = Throttle(adaptive=True)
+        learning = self.session("demo-adaptive", max_retries=1, timeout=5.0, log=False,
+                                throttle=adaptive)
+        started = time.monotonic()
+        codes = burst(learning, "/vendor/adaptive")
+        elapsed = time.monotonic() - started
+        url = self.server.url("/vendor/adaptive")
+        service = learning.get_adapter(url).service_for(
+            requests.Request("GET", url).prepare())
+        throttled = self.server.hits("/vendor/adaptive") - len(codes)
+        self.result(f"with Throttle(adaptive=True), no rate: {codes.count(200)} x HTTP 200 in "
+                    f"{elapsed:.1f} s; a slow start (10/s, doubling every second) sent the "
+                    f"first calls, {throttled} throttled answer(s) were retried, and the rate "
+                    f"learned from them is {adaptive.rate(service):.1f}/s")
 
     def statistics(self) -> None:
         self.say("\nStatistics per operation (stats_of(session).snapshot()): one call is "

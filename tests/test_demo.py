@@ -56,6 +56,7 @@ def test_demo_runs_every_scenario_and_prints_the_stats_table() -> None:
         "without a throttle: 6 x HTTP 200, 6 x HTTP 429",
         "with Throttle(rate=5, burst=1): 12 x HTTP 200, 0 x HTTP 429",
         "demo-throttled - throttled: attempt 1 waited",
+        "with Throttle(adaptive=True), no rate: 12 x HTTP 200",
     ):
         assert line in out, f"missing {line!r} in demo output:\n{out}"
     assert "CircuitOpenError: refused without touching the network" in out
