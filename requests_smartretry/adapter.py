@@ -621,8 +621,12 @@ class SmartRetryAdapter(HTTPAdapter):
 
     def _classify_for(self, policy: Optional[RetryPolicy],
                       response: requests.Response) -> Classification:
-        if policy is None or type(self).classify_response is not _BASE_CLASSIFY:
+        # A classify_response other than this class's own (a subclass's override, or one
+        # set on a class later: mock.patch.object) decides, as it is.  Read per response.
+        if type(self).classify_response is not _BASE_CLASSIFY:
             return self.classify_response(response)
+        if policy is None:  # classify_response's own steps, without its frame
+            policy = self.policy
         return classify_http_response(response, policy.classify_response,
                                       policy.retry_statuses, policy.honor_server_signals)
 
@@ -883,16 +887,7 @@ class SmartRetryAdapter(HTTPAdapter):
                           url: Optional[str] = None) -> Outcome[requests.Response]:
         """The outcome of an attempt that got ``response``: the verdict on it (``url``:
         ``request``'s URL redacted already, if known)."""
-        # A classify_response other than this class's own (a subclass's override, or one
-        # set on a class later: mock.patch.object) decides, as it is.  Read per response.
-        if type(self).classify_response is not _BASE_CLASSIFY:
-            verdict = self.classify_response(response)
-        else:  # classify_response's own steps, without its frame (the success path)
-            if policy is None:
-                policy = self.policy
-            verdict = classify_http_response(response, policy.classify_response,
-                                             policy.retry_statuses,
-                                             policy.honor_server_signals)
+        verdict = self._classify_for(policy, response)
         if verdict.verdict is _SUCCESS_VERDICT:
             # Outcome(classification, value, error, signal, status_code), by position.
             return Outcome(verdict, response, None, None, response.status_code)

@@ -219,8 +219,6 @@ def _discarded(logger: logging.Logger) -> bool:
     reads the handlers."""
     if logging.getLogRecordFactory() is not logging.LogRecord or not _PATH_IS_LOGGINGS:
         return False
-    if logger.__class__ is not _LOGGER_CLASS and logger is not logging.root:
-        return False
     if (_path_of(logger.__class__) != _STANDARD_PATH
             or not _PATH_PATCHABLE.isdisjoint(logger.__dict__)):
         return False  # a wrapped method may see the record
