@@ -304,9 +304,16 @@ class RedisStateStore(SharedPaces):
         request (a throttle's turn asks Redis again while it waits; its waits are bounded
         by the turn's own limit).  A round trip that overruns what the deadline or the
         request's earlier Redis work left it is :class:`NoTime`, not an outage: only
-        one that overruns the whole budget says that Redis is slow.  ``deadline=False``:
-        not bounded by the request's deadline (what must reach Redis even after it, as
-        the release of a slot)."""
+        one that overruns the whole budget says that Redis is slow.  Neither the
+        connection made by this call nor the wait for a free worker is the script's
+        time: a script that never got a worker is :class:`NoTime`; one that started late
+        has its budget from then; after this call's connection, a round trip of its own
+        (``per_trip``) has the whole budget, another the rest, and overrunning it is
+        :class:`NoTime`.  (On a loaded machine, the 16 threads of a process asking at
+        once, just after connecting, took a fleet to local pacing with nothing wrong
+        with Redis.)
+        ``deadline=False``: not bounded by the request's deadline (what must reach Redis
+        even after it, as the release of a slot)."""
         allowance, by_deadline = self._allowance(
             self.time_budget if time_budget is None else time_budget, not per_trip,
             deadline)
@@ -316,25 +323,44 @@ class RedisStateStore(SharedPaces):
         try:
             if self._script is None:
                 self._connected_within(allowance)
-                allowance -= _monotonic() - started
-                if allowance <= 0.0:
-                    raise NoTime()
+                if by_deadline or not per_trip:  # the rest: the connection took its part
+                    allowance -= _monotonic() - started
+                    by_deadline = True
+                    if allowance <= 0.0:
+                        raise NoTime()
             with self._lock:
                 executor = self._worker_pool()
                 self._in_flight += 1
+            ran: list[float] = []  # when a worker started the script
+
+            def run() -> Any:
+                ran.append(_monotonic())
+                return self._run_script(keys, args, lua)
+
             try:
-                future = executor.submit(self._run_script, keys, args, lua)
+                future = executor.submit(run)
             except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
                 future = concurrent.futures.Future()
-                future.set_result(self._run_script(keys, args, lua))
+                future.set_result(run())
+            submitted = _monotonic()
             try:
                 reply = future.result(timeout=allowance)
             except concurrent.futures.TimeoutError:
+                if future.cancel():  # never started: every worker was busy
+                    with self._lock:
+                        self._in_flight -= 1
+                    raise NoTime() from None
                 if by_deadline:
                     raise NoTime() from None
-                self._cut()
-                raise RedisUnavailable(
-                    f"no answer within the time budget ({allowance * 1000:.0f} ms)") from None
+                try:  # the script started late: it has its whole budget from then
+                    reply = future.result(timeout=max(
+                        0.0, min(ran[0] if ran else submitted, submitted + allowance)
+                        + allowance - _monotonic()))
+                except concurrent.futures.TimeoutError:
+                    self._cut()
+                    raise RedisUnavailable(
+                        f"no answer within the time budget ({allowance * 1000:.0f} ms)"
+                    ) from None
         finally:
             elapsed = _monotonic() - started
             if not per_trip:
