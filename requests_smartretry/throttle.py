@@ -737,9 +737,11 @@ class Turn:
                 return self.slot_wait(left)
         if not self.token:
             part = settings if store is None else _shared_part(settings, share)
+            seen = None if store is None else store.throttle_seen(self.service)
             with local.lock:
                 if store is not None:
-                    _fallback_starts_spent(local.record, part, now)
+                    _fallback_starts_spent(local.record, part, now,
+                                           None if seen is None else seen / share)
                 issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
@@ -818,14 +820,29 @@ class Turn:
 _FALLBACK_EPISODE_GAP = 1.0
 
 
-def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float) -> None:
+#: What a local adaptive record learned on its own (its slow start, its queue, a pause):
+#: an episode of local pacing that starts from the fleet's rate forgets it.
+_LEARNING = ("bi", "bn", "bp", "hn", "learn", "qn", "start")
+
+
+def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
+                           share: Optional[float] = None) -> None:
     """Redis is out and this process paces its share locally: an episode's first turn
     finds the local bucket spent but for one token (the fleet's burst was already spent
     through Redis; a full local bucket per process would send it again, once per process).
-    Mutates ``record``, under the local lock."""
+    An adaptive throttle goes on from ``share`` (the fleet's rate at the last round trip
+    ÷ the processes seen), on the curve's plateau: learning afresh, each process ran a
+    slow start of its own (10/s each, doubling: 4 processes went at twice a 20/s vendor's
+    rate before their first throttling answer).  Mutates ``record``, under the local
+    lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
     if now - last > _FALLBACK_EPISODE_GAP:
+        if part.adaptive and share is not None and 0.0 < share < _INF:
+            for name in _LEARNING:
+                record.pop(name, None)
+            record["wmax"] = max(MIN_RATE, share)
+            record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

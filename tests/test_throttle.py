@@ -902,14 +902,21 @@ def test_a_streamed_body_keeps_its_slot_until_read_or_closed() -> None:
 class _RedisOut:
     """A shared store whose Redis cannot serve: the throttle paces its share locally."""
 
-    def __init__(self, share: int) -> None:
+    def __init__(self, share: int, seen: Optional[float] = None) -> None:
         self.share = share
+        self.seen = seen
 
     def throttle_turn(self, *args: Any) -> bool:
         return False
 
     def throttle_share(self, service: str) -> int:
         return self.share
+
+    def throttle_seen(self, service: str) -> Optional[float]:
+        return self.seen
+
+    def throttle_rate(self, *args: Any) -> None:
+        return None
 
     def throttle_held(self, service: str) -> int:
         return 0
@@ -930,6 +937,25 @@ def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
     throttle.clock.advance(60.0)  # type: ignore[attr-defined]
     waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
     assert waits == [None, pytest.approx(0.2)]
+
+
+def test_a_fallback_to_local_pacing_goes_on_from_the_fleets_learned_rate() -> None:
+    """Redis out, 4 processes seen, the fleet's learned rate 20/s at the last round trip:
+    an adaptive throttle paces locally at 5/s from there (and probes upwards slowly, as
+    on the curve's plateau), not with a slow start of its own at 10/s doubling (4
+    processes sent twice a 20/s vendor's rate before their first throttling answer).
+    Before any round trip went through, there is nothing to go on from."""
+    throttle = Throttle(adaptive=True, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=4, seen=20.0))
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(0.2)]  # (10/s: 0.1)
+    throttle.clock.advance(6.0)  # type: ignore[attr-defined]
+    # the curve K past its plateau's middle: W·(1 + (1 - β)), probing from the share
+    assert throttle.rate(SERVICE) == pytest.approx(5.0 * (2.0 - BETA))
+    fresh = Throttle(adaptive=True, clock=FakeClock())
+    fresh.use_store(_RedisOut(share=4, seen=None))
+    waits = [fresh.turn(SERVICE, None).step(fresh.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / START_RATE)]  # its own slow start
 
 
 @pytest.mark.redis
