@@ -114,7 +114,8 @@ class _Trace:
         def traced_step(turn: Any, now: float) -> Optional[float]:
             result = step(turn, now)
             if result is None:
-                trace.sends.append((time.time(), how.pop(id(turn), "unasked")))
+                unasked = "unasked" if turn.throttle.store is not None else "local (no store)"
+                trace.sends.append((time.time(), how.pop(id(turn), unasked)))
             return result
 
         def traced_turn(store: Any, turn: Any, *args: Any) -> Any:
@@ -164,8 +165,24 @@ class _Trace:
         return {"sends": self.sends, "trips": self.trips, "warnings": self.warnings}
 
 
+def _watch_decreases(redis_url: str, prefix: str, stop: threading.Event,
+                     seen: list[tuple[float, float]]) -> None:
+    """``--trace``: the shared rate's decreases (wall time, W) as Redis holds them, looked
+    at every 20 ms (a decrease followed by another within 20 ms shows as the last)."""
+    import redis
+
+    inspect = redis.Redis.from_url(redis_url)
+    last = None
+    while not stop.wait(0.02):
+        for key in inspect.scan_iter(match=f"{prefix}:pace:*"):
+            wmax, tfail = inspect.hmget(key, "wmax", "tfail")
+            if wmax is not None and (wmax, tfail) != last:
+                last = (wmax, tfail)
+                seen.append((time.time(), float(wmax)))
+
+
 def _trace_report(variant: str, traces: list[dict[str, Any]], counts: dict[str, Any],
-                  start_at: float) -> dict[str, Any]:
+                  start_at: float, decreases: list[tuple[float, float]]) -> dict[str, Any]:
     """One line per variant (on stderr): the turns by how they went, in all and before the
     vendor's first throttling answer, the round trips' times and the WARNINGs."""
     first_429 = min((stamp for stamp, refused in counts["answered"] if refused), default=None)
@@ -194,6 +211,8 @@ def _trace_report(variant: str, traces: list[dict[str, Any]], counts: dict[str, 
                           for o in sorted({t[3] for t in trips})},
         "trips_not_served_first_5s": sum(1 for t in trips
                                          if t[3] != "ok" and t[0] < start_at + 5.0),
+        "decreases_t_w": [[round(stamp - start_at, 2), round(w, 1)]
+                          for stamp, w in decreases][:8],
         "warnings": [[round(stamp - start_at, 3), text] for stamp, text in
                      sorted(w for trace in traces for w in trace["warnings"])][:8],
     }
@@ -248,6 +267,10 @@ def fleet_variant(variant: str, seconds: float, redis_url: Optional[str],
                  for _ in range(PROCESSES)]
     for process in processes:
         process.start()
+    stop, decreases = threading.Event(), []  # type: ignore[var-annotated]
+    if trace and redis_url is not None and "shared" in variant:
+        threading.Thread(target=_watch_decreases, args=(redis_url, prefix, stop, decreases),
+                         daemon=True).start()
     calls: list[tuple[float, float, bool]] = []
     traces = []
     for _ in processes:
@@ -257,12 +280,13 @@ def fleet_variant(variant: str, seconds: float, redis_url: Optional[str],
             traces.append(traced)
     for process in processes:
         process.join(timeout=30)
+    stop.set()
     vendor.terminate()
     out, _ = vendor.communicate(timeout=30)
     counts = json.loads(out.strip().splitlines()[-1])
     if trace:
-        print(json.dumps(_trace_report(variant, traces, counts, start_at)), file=sys.stderr,
-              flush=True)
+        print(json.dumps(_trace_report(variant, traces, counts, start_at, decreases)),
+              file=sys.stderr, flush=True)
     return summarize(variant, calls, counts, seconds, start_at)
 
 
