@@ -94,7 +94,8 @@ when the lease ends) and the learned rate live in Redis, so every process of the
 keeps to one rate.  A process leases tokens in batches when its own demand is high enough
 (at most a tenth of a second of the service's rate), so the success path costs a round
 trip per batch, not per request.  While Redis is slow or down, each process paces locally
-at its share (rate ÷ processes last seen), with one WARNING.  Neither side of that switch
+at its share (rate ÷ processes last seen; an adaptive throttle: of the fleet's rate at its
+last round trip, on the curve's plateau), with one WARNING.  Neither side of that switch
 sends the fleet's burst again: the local pacing starts with one token, not a full bucket
 (the burst went through Redis already), and the first reservation in Redis after it
 finds the shared bucket spent (it refilled while the fleet paced locally).  Only an

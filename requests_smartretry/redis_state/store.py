@@ -107,7 +107,9 @@ class RedisStateStore(SharedPaces):
 
     ``time_budget`` bounds all Redis work of one request (never more than the attempt's
     deadline leaves; a throttle's round trips, repeated while a turn waits, each have
-    the whole budget, and a slot's release is sent even past the deadline);
+    the whole budget, and a slot's release is sent even past the deadline); only a script
+    that ran the whole budget unanswered makes an outage (a round trip's wait for a free
+    worker, at most the budget again, is not Redis' time);
     ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
