@@ -188,6 +188,22 @@ def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisSer
     assert store.shared
 
 
+def test_the_fleets_rate_a_local_fallback_goes_on_from_is_the_last_one_redis_gave(
+        redis: RedisServer) -> None:
+    """``throttle_seen``: nothing before a round trip went through (a local fallback then
+    has nothing to go on from), then the shared rate Redis last gave (a slow start's
+    10/s and more), kept while Redis is out."""
+    throttle = shared(redis, adaptive=True)
+    store = throttle.store
+    assert store.throttle_seen(SERVICE) is None
+    assert take(throttle, limit=5.0) is not None
+    seen = store.throttle_seen(SERVICE)
+    assert seen is not None and 10.0 <= seen < 40.0
+    pause(redis)
+    out(throttle)
+    assert store.throttle_seen(SERVICE) == seen
+
+
 # -- 2. a release at a spent deadline ---------------------------------------------------------
 
 def test_a_release_at_a_spent_deadline_reaches_redis_at_once(redis: RedisServer) -> None:
