@@ -106,6 +106,7 @@ class FaultServer:
         #: The steps a task created without ``?steps=`` plays, one per query.
         self.task_steps: list[str] = ["queued", "running", "succeeded"]
         self._lock = threading.Lock()
+        self._recorded = threading.Condition(self._lock)
         self._sequences: dict[str, int] = {}
         self._tasks: dict[str, list[str]] = {}
         self._stopping = threading.Event()
@@ -153,9 +154,23 @@ class FaultServer:
     def hits(self, route: Optional[str] = None) -> int:
         """How many requests reached the server (for ``route``, a path without query)."""
         with self._lock:
-            if route is None:
-                return len(self.requests)
-            return sum(1 for r in self.requests if r.route == route)
+            return self._count(route)
+
+    def wait_for_hits(self, count: int, route: Optional[str] = None,
+                      timeout: float = 10.0) -> int:
+        """How many requests reached the server (for ``route``), once ``count`` have or
+        ``timeout`` seconds passed. A request the client wrote and then gave up on (a cut
+        attempt) is read by the server's own thread, which on a loaded machine can run
+        later than the client's return: a test expecting such a request waits for it."""
+        with self._recorded:
+            self._recorded.wait_for(lambda: self._count(route) >= count, timeout)
+            return self._count(route)
+
+    def _count(self, route: Optional[str]) -> int:
+        """The requests recorded (for ``route``); the caller holds the lock."""
+        if route is None:
+            return len(self.requests)
+        return sum(1 for r in self.requests if r.route == route)
 
     def received(self, route: Optional[str] = None) -> list[RecordedRequest]:
         """The requests received (for ``route``), oldest first."""
@@ -203,6 +218,7 @@ class FaultServer:
                     return
                 with self._lock:
                     self.requests.append(request)
+                    self._recorded.notify_all()
                 if not self._respond(conn, request):
                     return
         except (OSError, ValueError):

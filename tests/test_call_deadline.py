@@ -103,7 +103,7 @@ def test_a_hanging_server_with_timeout_2_and_deadline_3_ends_at_3_seconds(
         session.get(server.url("/hang?seconds=10"))
     elapsed = time.monotonic() - started
     assert 2.9 <= elapsed <= 3.5
-    assert server.hits("/hang") == 2
+    assert server.wait_for_hits(2, "/hang") == 2  # the last, cut request can be read late
     assert caught.value.retry_history[-1].give_up_reason == "deadline"  # type: ignore[attr-defined]
 
 
@@ -190,4 +190,4 @@ def test_the_httpx_client_takes_the_deadline_too(server: FaultServer) -> None:
     # 1.56 s here once).
     assert time.monotonic() - started < 0.8 + 2.0
     assert caught.value.retry_history[-1].give_up_reason == "deadline"  # type: ignore[attr-defined]
-    assert server.hits("/hang") == 2
+    assert server.wait_for_hits(2, "/hang") == 2  # the last, cut request can be read late

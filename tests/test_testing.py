@@ -7,9 +7,12 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -218,3 +221,27 @@ def test_requests_mock_replaces_our_adapter_so_nothing_is_retried() -> None:
         assert mocked.call_count == 1
     assert response.status_code == 503 and not hasattr(response, "retry_history")
     session.close()
+
+
+def test_wait_for_hits_sees_a_request_the_server_reads_after_the_client_gave_up() -> None:
+    """A cut attempt's request sits in the socket until the server's thread reads it,
+    which on a loaded machine can be after the call returned: ``wait_for_hits`` waits
+    for it, and answers at its timeout with what was recorded."""
+    with FaultServer() as fault:
+        paused = threading.Event()
+        reader = fault._serve
+
+        def late_serve(conn: socket.socket) -> None:
+            paused.wait(5)
+            reader(conn)
+
+        fault._serve = late_serve  # type: ignore[method-assign]
+        with socket.create_connection(("127.0.0.1", fault.port)) as client:
+            client.sendall(b"GET /hang?seconds=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert fault.hits("/hang") == 0  # written and abandoned, not read yet
+        started = time.monotonic()
+        assert fault.wait_for_hits(1, "/hang", timeout=0.2) == 0
+        assert time.monotonic() - started >= 0.2
+        threading.Timer(0.2, paused.set).start()
+        assert fault.wait_for_hits(1, "/hang") == 1
+        assert fault.hits() == 1
