@@ -4,6 +4,7 @@ throttle paces locally."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -184,6 +185,53 @@ def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisSer
     for thread in threads:
         thread.join()
     assert len(turns) == 6 and all(turn is not None for turn in turns)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert store.shared
+
+
+class _LateWorkers(concurrent.futures.ThreadPoolExecutor):
+    """A store's pool whose workers, once they took a round trip, lose the CPU for
+    ``late`` seconds before running it (a loaded machine: another thread holds the GIL,
+    or the core)."""
+
+    late = 0.0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") != "run":
+            return super().submit(fn, *args, **kwargs)
+
+        def late() -> Any:
+            time.sleep(self.late)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+def busy_workers(store: Any, seconds: float, late: float = 0.0) -> None:
+    """Replace ``store``'s pool by one of 4 workers that are all busy for ``seconds`` (and
+    then start each round trip ``late``)."""
+    pool = _LateWorkers(max_workers=4, thread_name_prefix="requests-smartretry-redis")
+    pool.late = late
+    old, store._executor = store._executor, pool
+    if old is not None:
+        old.shutdown(wait=False)
+    for _ in range(4):
+        pool.submit(time.sleep, seconds)
+
+
+def test_a_round_trip_taken_by_a_worker_just_as_its_wait_ended_is_no_outage(
+        redis: RedisServer, caplog: Any) -> None:
+    """A round trip that a worker took just before its request gave up waiting for one
+    (the worker then lost the CPU for a moment before running it): it started late, and
+    has its whole budget from then.  It was taken for a script that ran the whole budget
+    unanswered: an outage, with a healthy Redis (the worker had not yet noted when it
+    started)."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(rate=1000.0, burst=100)
+    store = throttle.store = shared_store(redis.url, time_budget=0.2, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    busy_workers(store, 0.15, late=0.1)  # taken at 0.15 s, run at 0.25 s (budget: 0.2 s)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert store.shared
 

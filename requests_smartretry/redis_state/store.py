@@ -354,10 +354,11 @@ class RedisStateStore(SharedPaces):
                     raise NoTime() from None
                 if by_deadline:
                     raise NoTime() from None
-                try:  # the script started late: it has its whole budget from then
-                    reply = future.result(timeout=max(
-                        0.0, min(ran[0] if ran else submitted, submitted + allowance)
-                        + allowance - _monotonic()))
+                # The script started late: it has its whole budget from then (a worker
+                # that took it but has not run it yet took it just now).
+                began = min(ran[0], submitted + allowance) if ran else submitted + allowance
+                try:
+                    reply = future.result(timeout=max(0.0, began + allowance - _monotonic()))
                 except concurrent.futures.TimeoutError:
                     self._cut()
                     raise RedisUnavailable(
