@@ -236,6 +236,25 @@ def test_a_round_trip_taken_by_a_worker_just_as_its_wait_ended_is_no_outage(
     assert store.shared
 
 
+def test_a_round_trip_that_started_late_ends_by_the_deadline(redis: RedisServer) -> None:
+    """A round trip that started late has its budget from then, but never past the
+    request's deadline: with 0.5 s left, a budget of 0.4 s, every worker busy for 0.35 s
+    and a script of 0.3 s, it gives up at the deadline (no time for Redis: no outage),
+    not at 0.65 s with its answer."""
+    throttle = Throttle(rate=1000.0, burst=100)
+    store = throttle.store = shared_store(redis.url, time_budget=0.4, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    busy_workers(store, 0.35)
+    slowed(store, script=0.3)
+    asked = time.monotonic()
+    with retry_scope(asked + 0.5):
+        rate = store.throttle_rate(SERVICE, throttle.settings, throttle.clock())
+    took = time.monotonic() - asked
+    assert took < 0.5 + 0.1, took
+    assert rate is None  # no time left for Redis (not an answer after the deadline)
+    assert store.shared
+
+
 def test_the_fleets_rate_a_local_fallback_goes_on_from_is_the_last_one_redis_gave(
         redis: RedisServer) -> None:
     """``throttle_seen``: nothing before a round trip went through (a local fallback then

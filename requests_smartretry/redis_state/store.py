@@ -109,7 +109,7 @@ class RedisStateStore(SharedPaces):
     deadline leaves; a throttle's round trips, repeated while a turn waits, each have
     the whole budget, and a slot's release is sent even past the deadline); only a script
     that ran the whole budget unanswered makes an outage (a round trip's wait for a free
-    worker, at most the budget again, is not Redis' time);
+    worker, at most the budget again and never past the deadline, is not Redis' time);
     ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
@@ -356,10 +356,17 @@ class RedisStateStore(SharedPaces):
                     raise NoTime() from None
                 # The script started late: it has its whole budget from then (a worker
                 # that took it but has not run it yet took it just now).
+                # Never past the request's deadline: that is NoTime, not an outage.
                 began = min(ran[0], submitted + allowance) if ran else submitted + allowance
+                wait = began + allowance - _monotonic()
+                scope = current_scope() if deadline else None
+                remaining = None if scope is None else scope.remaining()
                 try:
-                    reply = future.result(timeout=max(0.0, began + allowance - _monotonic()))
+                    reply = future.result(timeout=max(
+                        0.0, wait if remaining is None else min(wait, remaining)))
                 except concurrent.futures.TimeoutError:
+                    if remaining is not None and remaining < wait:
+                        raise NoTime() from None
                     self._cut()
                     raise RedisUnavailable(
                         f"no answer within the time budget ({allowance * 1000:.0f} ms)"
