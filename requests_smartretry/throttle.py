@@ -834,16 +834,22 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
     An adaptive throttle goes on from ``share`` (the fleet's rate at the last round trip
     ÷ the processes seen), on the curve's plateau: learning afresh, each process ran a
     slow start of its own (10/s each, doubling: 4 processes went at twice a 20/s vendor's
-    rate before their first throttling answer).  Mutates ``record``, under the local
+    rate before their first throttling answer).  Only once per ``share``: a later episode
+    from the same one (no round trip went through since, or it gave the same rate) goes on
+    from what the local curve learned.  Mutates ``record``, under the local
     lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
     if now - last > _FALLBACK_EPISODE_GAP:
-        if part.adaptive and share is not None and 0.0 < share < _INF:
+        # Once per rate seen: a lull in this process's local turns within the same outage
+        # (no round trip since) keeps what the local curve learned from the vendor.
+        if part.adaptive and share is not None and 0.0 < share < _INF \
+                and record.get("seeded") != share:
             for name in _LEARNING:
                 record.pop(name, None)
             record["wmax"] = max(MIN_RATE, share)
             record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
+            record["seeded"] = share
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

@@ -958,6 +958,32 @@ def test_a_fallback_to_local_pacing_goes_on_from_the_fleets_learned_rate() -> No
     assert waits == [None, pytest.approx(1.0 / START_RATE)]  # its own slow start
 
 
+def test_a_local_fallback_keeps_what_it_learned_through_a_lull_in_its_traffic() -> None:
+    """Redis out, the fleet's rate 20/s at the last round trip, one process: the vendor
+    lowered its limit meanwhile and answers 429; the local curve lowers, and keeps that
+    after a lull of 1.5 s without a turn in the same outage (the fleet's rate is no newer
+    than then).  It was set back to the fleet's stale 20/s at every turn after a second
+    without one: a process sending bursts never learned the vendor's new limit."""
+    throttle = Throttle(adaptive=True, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=1, seen=20.0))
+    turn = throttle.turn(SERVICE, None)
+    assert turn.step(throttle.clock()) is None
+    throttle.clock.advance(0.05)  # type: ignore[attr-defined]
+    turn.done(throttle.clock(), throttling=True)
+    lowered = throttle.rate(SERVICE)
+    assert lowered == pytest.approx(20.0 * BETA)
+    throttle.clock.advance(1.5)  # type: ignore[attr-defined]
+    assert throttle.turn(SERVICE, None).step(throttle.clock()) is None
+    # on its curve back from 18/s (19.2/s 1.5 s on), not set back to 20/s
+    assert throttle.rate(SERVICE) < 20.0 * (1.0 - (1.0 - BETA) * 0.2)
+    # A round trip went through since (the fleet's rate is 12/s now), then Redis went out
+    # again: the next episode goes on from the new rate.
+    throttle.store.seen = 12.0  # type: ignore[attr-defined]
+    throttle.clock.advance(1.5)  # type: ignore[attr-defined]
+    assert throttle.turn(SERVICE, None).step(throttle.clock()) is None
+    assert throttle.rate(SERVICE) == pytest.approx(12.0)
+
+
 @pytest.mark.redis
 @pytest.mark.stress
 def test_a_paused_redis_does_not_send_the_fleets_burst_again() -> None:
