@@ -255,6 +255,43 @@ def test_a_round_trip_that_started_late_ends_by_the_deadline(redis: RedisServer)
     assert store.shared
 
 
+def test_a_redis_too_slow_for_the_process_demand_is_an_outage_not_refused_calls(
+        redis: RedisServer, caplog: Any) -> None:
+    """Scripts that each answer within the budget (60 ms of 100 ms), but 32 threads asking
+    more than the store's 4 workers get through: its round trips wait for a worker for
+    seconds on end.  That is Redis too slow for this process: one WARNING and local pacing
+    (as when a script overruns the budget), never turns refused for want of a worker.  (Each
+    round trip that found no worker in time was cancelled and asked again: no outage was
+    ever declared, the turns went at a fraction of the rate and were refused at their
+    limit.)"""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(rate=1000.0, burst=100, max_in_flight=64)
+    store = throttle.store = shared_store(redis.url, time_budget=0.1, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    slowed(store, script=0.06)
+    refused: list[int] = []
+    went: list[int] = []
+    until = time.monotonic() + 3.0
+
+    def calls() -> None:
+        while time.monotonic() < until:
+            turn = take(throttle, limit=1.5)
+            if turn is None:
+                refused.append(1)
+                continue
+            went.append(1)
+            turn.done(throttle.clock(), success=True)
+
+    threads = [threading.Thread(target=calls) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not refused, (len(refused), len(went))
+    assert len(warnings) == 1, warnings
+
+
 def test_the_fleets_rate_a_local_fallback_goes_on_from_is_the_last_one_redis_gave(
         redis: RedisServer) -> None:
     """``throttle_seen``: nothing before a round trip went through (a local fallback then

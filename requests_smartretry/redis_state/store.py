@@ -47,6 +47,12 @@ _monotonic = time.monotonic
 _ADMIT = Admission(True)
 _ADMIT_FORCED = Admission(True, 0.0, 0, FORCED_CLOSED)
 _DUST = 1e-9
+_WORKERS = 4  # threads per store that talk to Redis
+# Seconds (at least; or this many time budgets) that every worker is busy with round trips
+# waiting for them, after which a round trip that never got one is an outage: Redis answers
+# slower than the process asks (a burst at a fleet's start drains well within it).
+_SATURATED = 1.0
+_SATURATED_BUDGETS = 10.0
 
 # Redis work that a request's time budget cut short; the deadline, not Redis, was short.
 _spent: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
@@ -109,7 +115,8 @@ class RedisStateStore(SharedPaces):
     deadline leaves; a throttle's round trips, repeated while a turn waits, each have
     the whole budget, and a slot's release is sent even past the deadline); only a script
     that ran the whole budget unanswered makes an outage (a round trip's wait for a free
-    worker, at most the budget again and never past the deadline, is not Redis' time);
+    worker, at most the budget again and never past the deadline, is not Redis' time),
+    or round trips that found no free worker for a second (ten budgets if longer) on end;
     ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
@@ -195,6 +202,7 @@ class RedisStateStore(SharedPaces):
         self._connect_until = 0.0  # (monotonic) when a connection under way is too late
         self._connect_slow = False  # ... and a request already waited for it in vain
         self._in_flight = 0
+        self._queued_since: Optional[float] = None  # (monotonic) round trips waiting for a worker
         self._down = False
         self._episode = False  # an outage warned about and not yet over (see _went_down)
         self._settles_at = 0.0
@@ -308,7 +316,9 @@ class RedisStateStore(SharedPaces):
         request's earlier Redis work left it is :class:`NoTime`, not an outage: only
         one that overruns the whole budget says that Redis is slow.  Neither the
         connection made by this call nor the wait for a free worker is the script's
-        time: a script that never got a worker is :class:`NoTime`; one that started late
+        time: a script that never got a worker is :class:`NoTime` (an outage once round
+        trips have waited for one for a second on end: Redis too slow for this process's
+        demand); one that started late
         has its budget from then; after this call's connection, a round trip of its own
         (``per_trip``) has the whole budget, another the rest, and overrunning it is
         :class:`NoTime`.  (On a loaded machine, the 16 threads of a process asking at
@@ -333,6 +343,8 @@ class RedisStateStore(SharedPaces):
             with self._lock:
                 executor = self._worker_pool()
                 self._in_flight += 1
+                if self._in_flight > _WORKERS and self._queued_since is None:
+                    self._queued_since = started
             ran: list[float] = []  # when a worker started the script
 
             def run() -> Any:
@@ -351,7 +363,17 @@ class RedisStateStore(SharedPaces):
                 if future.cancel():  # never started: every worker was busy
                     with self._lock:
                         self._in_flight -= 1
-                    raise NoTime() from None
+                        since = self._queued_since
+                        self._idle_workers()
+                    queued = 0.0 if since is None else _monotonic() - since
+                    if queued < max(_SATURATED, _SATURATED_BUDGETS * self.time_budget):
+                        raise NoTime() from None
+                    # Round trips have waited for a worker all along: Redis is too slow
+                    # for this process (each answered, but the turns waiting for them went
+                    # at a fraction of the rate and were refused at their limit).
+                    raise RedisUnavailable(
+                        f"no worker free within the time budget for {queued:.1f} s (Redis "
+                        "answers slower than this process asks)") from None
                 if by_deadline:
                     raise NoTime() from None
                 # The script started late: it has its whole budget from then (a worker
@@ -389,7 +411,7 @@ class RedisStateStore(SharedPaces):
         """The worker threads that talk to Redis (under ``_lock``)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="requests-smartretry-redis")
+                max_workers=_WORKERS, thread_name_prefix="requests-smartretry-redis")
         return self._executor
 
     def _connected_within(self, allowance: float) -> None:
@@ -470,6 +492,12 @@ class RedisStateStore(SharedPaces):
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._idle_workers()
+
+    def _idle_workers(self) -> None:
+        """(Under ``_lock``) no round trip waits for a worker any more."""
+        if self._in_flight <= _WORKERS:
+            self._queued_since = None
 
     def _cut(self) -> None:
         """Disconnect every connection, so that a worker blocked in a read returns."""
