@@ -741,8 +741,10 @@ class Turn:
             seen = None if store is None else store.throttle_seen(self.service)
             with local.lock:
                 if store is not None:
+                    # (what this process got accepted in the last second, twice over)
                     _fallback_starts_spent(local.record, part, now,
-                                           None if seen is None else seen / share)
+                                           None if seen is None else seen / share,
+                                           2.0 * local.since(now - 1.0))
                 issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
@@ -827,7 +829,7 @@ _LEARNING = ("bi", "bn", "bp", "hn", "learn", "qn", "start")
 
 
 def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
-                           share: Optional[float] = None) -> None:
+                           share: Optional[float] = None, accepted: float = _INF) -> None:
     """Redis is out and this process paces its share locally: an episode's first turn
     finds the local bucket spent but for one token (the fleet's burst was already spent
     through Redis; a full local bucket per process would send it again, once per process).
@@ -836,7 +838,10 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
     slow start of its own (10/s each, doubling: 4 processes went at twice a 20/s vendor's
     rate before their first throttling answer).  Only once per ``share``: a later episode
     from the same one (no round trip went through since, or it gave the same rate) goes on
-    from what the local curve learned.  Mutates ``record``, under the local
+    from what the local curve learned.  Nor above ``accepted`` (twice what this process
+    got accepted in the last second, at least a slow start's first rate): a fleet's rate no
+    vendor accepted (a slow start's, a curve grown through a quiet spell) would send the
+    whole demand, lowered by a tenth a second.  Mutates ``record``, under the local
     lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
@@ -847,7 +852,7 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
                 and record.get("seeded") != share:
             for name in _LEARNING:
                 record.pop(name, None)
-            record["wmax"] = max(MIN_RATE, share)
+            record["wmax"] = max(MIN_RATE, min(share, max(START_RATE, accepted)))
             record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
             record["seeded"] = share
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
