@@ -838,10 +838,12 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
     slow start of its own (10/s each, doubling: 4 processes went at twice a 20/s vendor's
     rate before their first throttling answer).  Only once per ``share``: a later episode
     from the same one (no round trip went through since, or it gave the same rate) goes on
-    from what the local curve learned.  Nor above ``accepted`` (twice what this process
-    got accepted in the last second, at least a slow start's first rate): a fleet's rate no
-    vendor accepted (a slow start's, a curve grown through a quiet spell) would send the
-    whole demand, lowered by a tenth a second.  Mutates ``record``, under the local
+    from what the local curve learned.  Only a ``share`` within ``accepted`` (twice what
+    this process got accepted in the last second, at least a slow start's first rate): a
+    fleet's rate that no vendor accepted (a slow start's, a curve grown through a quiet
+    spell), put on the plateau, sent the whole demand, lowered by a tenth a second; the
+    local pacing then is as before (a slow start of its own, or the configured rate's
+    share).  Mutates ``record``, under the local
     lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
@@ -850,11 +852,12 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
         # (no round trip since) keeps what the local curve learned from the vendor.
         if part.adaptive and share is not None and 0.0 < share < _INF \
                 and record.get("seeded") != share:
-            for name in _LEARNING:
-                record.pop(name, None)
-            record["wmax"] = max(MIN_RATE, min(share, max(START_RATE, accepted)))
-            record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
             record["seeded"] = share
+            if share <= max(START_RATE, accepted):
+                for name in _LEARNING:
+                    record.pop(name, None)
+                record["wmax"] = max(MIN_RATE, share)
+                record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

@@ -1002,6 +1002,12 @@ def test_a_local_fallback_does_not_go_on_from_a_rate_the_vendor_never_accepted()
         busy.clock.advance(1.0 / 30)  # type: ignore[attr-defined]
     waits = [busy.turn(SERVICE, None).step(busy.clock()) for _ in range(2)]
     assert waits == [None, pytest.approx(1.0 / 40.0)]  # its share, 160/4
+    # A configured rate: its share as before, not held to 10/s (a process just started,
+    # nothing accepted yet, had its 64 threads refused at their limit).
+    configured = Throttle(rate=1000.0, burst=1, adaptive=True, clock=FakeClock())
+    configured.use_store(_RedisOut(share=1, seen=1000.0))
+    waits = [configured.turn(SERVICE, None).step(configured.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / 1000.0)]
 
 
 @pytest.mark.redis
