@@ -88,8 +88,139 @@ def _session(variant: str, redis_url: Optional[str], prefix: str) -> requests.Se
     return smart_session(**options)
 
 
+class _Trace:
+    """``--trace``: how each turn of a shared throttle came to go (``booked``: a turn the
+    shared schedule booked for it; ``leased``: one of a batch its process booked;
+    ``local``: paced locally, Redis could not serve; ``unasked``: not paced, as Redis last
+    said, without asking), the round trips' times and outcomes, and the WARNINGs logged.
+    The benchmark's workers log nothing otherwise."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from requests_smartretry import throttle as local
+        from requests_smartretry.redis_state import throttle as shared
+
+        self.sends: list[tuple[float, str]] = []  # (wall time, how) per turn that went
+        self.trips: list[tuple[float, str, float, str]] = []  # (wall, op, seconds, outcome)
+        self.warnings: list[tuple[float, str]] = []
+        how: dict[int, str] = {}
+        current = threading.local()
+        trace = self
+        step, turn_, trip, leased = (local.Turn.step, shared.SharedPaces.throttle_turn,
+                                     shared.SharedPaces._throttle_trip,
+                                     shared.SharedPaces._leased)
+
+        def traced_step(turn: Any, now: float) -> Optional[float]:
+            result = step(turn, now)
+            if result is None:
+                unasked = "unasked" if turn.throttle.store is not None else "local (no store)"
+                trace.sends.append((time.time(), how.pop(id(turn), unasked)))
+            return result
+
+        def traced_turn(store: Any, turn: Any, *args: Any) -> Any:
+            current.turn = turn
+            result = turn_(store, turn, *args)
+            if result is False:
+                how[id(turn)] = "local"
+            return result
+
+        def traced_trip(store: Any, service: str, settings: Any, op: str, *args: Any,
+                        **kwargs: Any) -> Any:
+            started = time.monotonic()
+            outcome = "none"
+            try:
+                reply = trip(store, service, settings, op, *args, **kwargs)
+                if reply is not None:
+                    outcome = "ok"
+                    turn = getattr(current, "turn", None)
+                    if kwargs.get("count") and reply[2] > 0 and turn is not None:
+                        how[id(turn)] = "booked"
+                return reply
+            except Exception as exc:
+                outcome = type(exc).__name__
+                raise
+            finally:
+                trace.trips.append((time.time(), op, time.monotonic() - started, outcome))
+
+        def traced_leased(pace: Any, turn: Any, mono: float, left: float) -> Any:
+            token = turn.token
+            result = leased(pace, turn, mono, left)
+            if result is not False and not token:
+                how[id(turn)] = "leased"
+            return result
+
+        local.Turn.step = traced_step  # type: ignore[method-assign]
+        shared.SharedPaces.throttle_turn = traced_turn  # type: ignore[method-assign]
+        shared.SharedPaces._throttle_trip = traced_trip  # type: ignore[method-assign]
+        shared.SharedPaces._leased = staticmethod(traced_leased)  # type: ignore[method-assign]
+
+        class Counted(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                trace.warnings.append((time.time(), record.getMessage()[:160]))
+
+        logging.getLogger("requests_smartretry").addHandler(Counted(logging.WARNING))
+
+    def result(self) -> dict[str, Any]:
+        return {"sends": self.sends, "trips": self.trips, "warnings": self.warnings}
+
+
+def _watch_decreases(redis_url: str, prefix: str, stop: threading.Event,
+                     seen: list[tuple[float, float]]) -> None:
+    """``--trace``: the shared rate's decreases (wall time, W) as Redis holds them, looked
+    at every 20 ms (a decrease followed by another within 20 ms shows as the last)."""
+    import redis
+
+    inspect = redis.Redis.from_url(redis_url)
+    last = None
+    while not stop.wait(0.02):
+        for key in inspect.scan_iter(match=f"{prefix}:pace:*"):
+            wmax, tfail = inspect.hmget(key, "wmax", "tfail")
+            if wmax is not None and (wmax, tfail) != last:
+                last = (wmax, tfail)
+                seen.append((time.time(), float(wmax)))
+
+
+def _trace_report(variant: str, traces: list[dict[str, Any]], counts: dict[str, Any],
+                  start_at: float, decreases: list[tuple[float, float]]) -> dict[str, Any]:
+    """One line per variant (on stderr): the turns by how they went, in all and before the
+    vendor's first throttling answer, the round trips' times and the WARNINGs."""
+    first_429 = min((stamp for stamp, refused in counts["answered"] if refused), default=None)
+    sends = [s for trace in traces for s in trace["sends"]]
+    trips = [t for trace in traces for t in trace["trips"]]
+    kinds = sorted({how for _, how in sends})
+    durations = sorted(t[2] for t in trips)
+
+    def pct(q: float) -> float:
+        return round(durations[min(len(durations) - 1, int(q * len(durations)))] * 1000, 1) \
+            if durations else 0.0
+
+    until = first_429 if first_429 is not None else start_at + 2.0
+    return {
+        "variant": variant,
+        "first_throttled_at": None if first_429 is None else round(first_429 - start_at, 3),
+        "executed_before_it": sum(1 for stamp, refused in counts["answered"]
+                                  if not refused and stamp < until),
+        "sends": {how: sum(1 for _, h in sends if h == how) for how in kinds},
+        "sends_before_it": {how: sum(1 for stamp, h in sends if h == how and stamp < until)
+                            for how in kinds},
+        "sends_first_5s": {how: sum(1 for stamp, h in sends
+                                    if h == how and stamp < start_at + 5.0) for how in kinds},
+        "trips": len(trips), "trip_ms_p50_p99_max": [pct(0.5), pct(0.99), pct(1.0)],
+        "trip_outcomes": {o: sum(1 for t in trips if t[3] == o)
+                          for o in sorted({t[3] for t in trips})},
+        "trips_not_served_first_5s": sum(1 for t in trips
+                                         if t[3] != "ok" and t[0] < start_at + 5.0),
+        "decreases_t_w": [[round(stamp - start_at, 2), round(w, 1)]
+                          for stamp, w in decreases][:8],
+        "warnings": [[round(stamp - start_at, 3), text] for stamp, text in
+                     sorted(w for trace in traces for w in trace["warnings"])][:8],
+    }
+
+
 def _worker(variant: str, url: str, redis_url: Optional[str], prefix: str, start_at: float,
-            seconds: float, results: Any) -> None:
+            seconds: float, results: Any, trace: bool = False) -> None:
+    tracer = _Trace() if trace else None
     session = _session(variant, redis_url, prefix)
     calls: list[tuple[float, float, bool]] = []  # (wall start, seconds, succeeded)
     lock = threading.Lock()
@@ -111,7 +242,7 @@ def _worker(variant: str, url: str, redis_url: Optional[str], prefix: str, start
         thread.start()
     for thread in threads:
         thread.join()
-    results.put(calls)
+    results.put((calls, None if tracer is None else tracer.result()))
 
 
 def _vendor() -> tuple[subprocess.Popen[str], int]:
@@ -123,7 +254,8 @@ def _vendor() -> tuple[subprocess.Popen[str], int]:
     return process, int(process.stdout.readline())
 
 
-def fleet_variant(variant: str, seconds: float, redis_url: Optional[str]) -> dict[str, Any]:
+def fleet_variant(variant: str, seconds: float, redis_url: Optional[str],
+                  trace: bool = False) -> dict[str, Any]:
     vendor, port = _vendor()
     url = f"http://127.0.0.1:{port}/api"
     context = multiprocessing.get_context("spawn")
@@ -131,18 +263,30 @@ def fleet_variant(variant: str, seconds: float, redis_url: Optional[str]) -> dic
     start_at = time.time() + 3.0  # every process ready before the first call
     prefix = f"bench-{os.getpid()}-{time.time_ns()}"
     processes = [context.Process(target=_worker, args=(variant, url, redis_url, prefix,
-                                                       start_at, seconds, results))
+                                                       start_at, seconds, results, trace))
                  for _ in range(PROCESSES)]
     for process in processes:
         process.start()
+    stop, decreases = threading.Event(), []  # type: ignore[var-annotated]
+    if trace and redis_url is not None and "shared" in variant:
+        threading.Thread(target=_watch_decreases, args=(redis_url, prefix, stop, decreases),
+                         daemon=True).start()
     calls: list[tuple[float, float, bool]] = []
+    traces = []
     for _ in processes:
-        calls.extend(results.get(timeout=seconds + 120))
+        done, traced = results.get(timeout=seconds + 120)
+        calls.extend(done)
+        if traced is not None:
+            traces.append(traced)
     for process in processes:
         process.join(timeout=30)
+    stop.set()
     vendor.terminate()
     out, _ = vendor.communicate(timeout=30)
     counts = json.loads(out.strip().splitlines()[-1])
+    if trace:
+        print(json.dumps(_trace_report(variant, traces, counts, start_at, decreases)),
+              file=sys.stderr, flush=True)
     return summarize(variant, calls, counts, seconds, start_at)
 
 
@@ -315,6 +459,10 @@ def main() -> None:
                              "default: all three)")
     parser.add_argument("--plot", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--trace", action="store_true",
+                        help="fleet: report on stderr how each turn went (booked in Redis, "
+                             "leased, paced locally, not asked), the round trips' times "
+                             "and the WARNINGs of the workers")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     unknown = sections - {"fleet", "cost", "trips"}
@@ -327,7 +475,8 @@ def main() -> None:
     with RedisServer() as redis_server:
         if "fleet" in sections:
             for variant in args.variants.split(";"):
-                rows.append(fleet_variant(variant, args.seconds, redis_server.url))
+                rows.append(fleet_variant(variant, args.seconds, redis_server.url,
+                                          args.trace))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if "trips" in sections:
             trips = round_trips(redis_server.url, seconds=10.0)

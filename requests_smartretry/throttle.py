@@ -94,7 +94,8 @@ when the lease ends) and the learned rate live in Redis, so every process of the
 keeps to one rate.  A process leases tokens in batches when its own demand is high enough
 (at most a tenth of a second of the service's rate), so the success path costs a round
 trip per batch, not per request.  While Redis is slow or down, each process paces locally
-at its share (rate ÷ processes last seen), with one WARNING.  Neither side of that switch
+at its share (rate ÷ processes last seen; an adaptive throttle: of the fleet's rate at its
+last round trip, on the curve's plateau), with one WARNING.  Neither side of that switch
 sends the fleet's burst again: the local pacing starts with one token, not a full bucket
 (the burst went through Redis already), and the first reservation in Redis after it
 finds the shared bucket spent (it refilled while the fleet paced locally).  Only an
@@ -737,9 +738,13 @@ class Turn:
                 return self.slot_wait(left)
         if not self.token:
             part = settings if store is None else _shared_part(settings, share)
+            seen = None if store is None else store.throttle_seen(self.service)
             with local.lock:
                 if store is not None:
-                    _fallback_starts_spent(local.record, part, now)
+                    # (what this process got accepted in the last second, twice over)
+                    _fallback_starts_spent(local.record, part, now,
+                                           None if seen is None else seen / share,
+                                           2.0 * local.since(now - 1.0))
                 issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
@@ -818,14 +823,41 @@ class Turn:
 _FALLBACK_EPISODE_GAP = 1.0
 
 
-def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float) -> None:
+#: What a local adaptive record learned on its own (its slow start, its queue, a pause):
+#: an episode of local pacing that starts from the fleet's rate forgets it.
+_LEARNING = ("bi", "bn", "bp", "hn", "learn", "qn", "start")
+
+
+def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
+                           share: Optional[float] = None, accepted: float = _INF) -> None:
     """Redis is out and this process paces its share locally: an episode's first turn
     finds the local bucket spent but for one token (the fleet's burst was already spent
     through Redis; a full local bucket per process would send it again, once per process).
-    Mutates ``record``, under the local lock."""
+    An adaptive throttle goes on from ``share`` (the fleet's rate at the last round trip
+    ÷ the processes seen), on the curve's plateau: learning afresh, each process ran a
+    slow start of its own (10/s each, doubling: 4 processes went at twice a 20/s vendor's
+    rate before their first throttling answer).  Only once per ``share``: a later episode
+    from the same one (no round trip went through since, or it gave the same rate) goes on
+    from what the local curve learned.  Only a ``share`` within ``accepted`` (twice what
+    this process got accepted in the last second, at least a slow start's first rate): a
+    fleet's rate that no vendor accepted (a slow start's, a curve grown through a quiet
+    spell), put on the plateau, sent the whole demand, lowered by a tenth a second; the
+    local pacing then is as before (a slow start of its own, or the configured rate's
+    share).  Mutates ``record``, under the local
+    lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
     if now - last > _FALLBACK_EPISODE_GAP:
+        # Once per rate seen: a lull in this process's local turns within the same outage
+        # (no round trip since) keeps what the local curve learned from the vendor.
+        if part.adaptive and share is not None and 0.0 < share < _INF \
+                and record.get("seeded") != share:
+            record["seeded"] = share
+            if share <= max(START_RATE, accepted):
+                for name in _LEARNING:
+                    record.pop(name, None)
+                record["wmax"] = max(MIN_RATE, share)
+                record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -902,14 +902,21 @@ def test_a_streamed_body_keeps_its_slot_until_read_or_closed() -> None:
 class _RedisOut:
     """A shared store whose Redis cannot serve: the throttle paces its share locally."""
 
-    def __init__(self, share: int) -> None:
+    def __init__(self, share: int, seen: Optional[float] = None) -> None:
         self.share = share
+        self.seen = seen
 
     def throttle_turn(self, *args: Any) -> bool:
         return False
 
     def throttle_share(self, service: str) -> int:
         return self.share
+
+    def throttle_seen(self, service: str) -> Optional[float]:
+        return self.seen
+
+    def throttle_rate(self, *args: Any) -> None:
+        return None
 
     def throttle_held(self, service: str) -> int:
         return 0
@@ -930,6 +937,77 @@ def test_a_fallback_to_local_pacing_does_not_send_the_burst_again() -> None:
     throttle.clock.advance(60.0)  # type: ignore[attr-defined]
     waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
     assert waits == [None, pytest.approx(0.2)]
+
+
+def test_a_fallback_to_local_pacing_goes_on_from_the_fleets_learned_rate() -> None:
+    """Redis out, 4 processes seen, the fleet's learned rate 20/s at the last round trip:
+    an adaptive throttle paces locally at 5/s from there (and probes upwards slowly, as
+    on the curve's plateau), not with a slow start of its own at 10/s doubling (4
+    processes sent twice a 20/s vendor's rate before their first throttling answer).
+    Before any round trip went through, there is nothing to go on from."""
+    throttle = Throttle(adaptive=True, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=4, seen=20.0))
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(0.2)]  # (10/s: 0.1)
+    throttle.clock.advance(6.0)  # type: ignore[attr-defined]
+    # the curve K past its plateau's middle: W·(1 + (1 - β)), probing from the share
+    assert throttle.rate(SERVICE) == pytest.approx(5.0 * (2.0 - BETA))
+    fresh = Throttle(adaptive=True, clock=FakeClock())
+    fresh.use_store(_RedisOut(share=4, seen=None))
+    waits = [fresh.turn(SERVICE, None).step(fresh.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / START_RATE)]  # its own slow start
+
+
+def test_a_local_fallback_keeps_what_it_learned_through_a_lull_in_its_traffic() -> None:
+    """Redis out, the fleet's rate 8/s at the last round trip, one process: the vendor
+    lowered its limit meanwhile and answers 429; the local curve lowers, and keeps that
+    after a lull of 1.5 s without a turn in the same outage (the fleet's rate is no newer
+    than then).  It was set back to the fleet's stale 8/s at every turn after a second
+    without one: a process sending bursts never learned the vendor's new limit."""
+    throttle = Throttle(adaptive=True, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=1, seen=8.0))
+    turn = throttle.turn(SERVICE, None)
+    assert turn.step(throttle.clock()) is None
+    throttle.clock.advance(0.05)  # type: ignore[attr-defined]
+    turn.done(throttle.clock(), throttling=True)
+    lowered = throttle.rate(SERVICE)
+    assert lowered == pytest.approx(8.0 * BETA)
+    throttle.clock.advance(1.5)  # type: ignore[attr-defined]
+    assert throttle.turn(SERVICE, None).step(throttle.clock()) is None
+    # on its curve back from 7.2/s (7.7/s 1.5 s on), not set back to 8/s
+    assert throttle.rate(SERVICE) < 8.0 * (1.0 - (1.0 - BETA) * 0.2)
+    # A round trip went through since (the fleet's rate is 6/s now), then Redis went out
+    # again: the next episode goes on from the new rate.
+    throttle.store.seen = 6.0  # type: ignore[attr-defined]
+    throttle.clock.advance(1.5)  # type: ignore[attr-defined]
+    assert throttle.turn(SERVICE, None).step(throttle.clock()) is None
+    assert throttle.rate(SERVICE) == pytest.approx(6.0, rel=1e-3)
+
+
+def test_a_local_fallback_does_not_go_on_from_a_rate_the_vendor_never_accepted() -> None:
+    """Redis out while the fleet's shared rate was 640/s (a slow start 6 s in, or the curve
+    grown through a quiet spell: no vendor accepted it), 4 processes seen, this one got
+    nothing accepted lately: it paces locally from no more than a slow start's first rate
+    (10/s), not 160/s on the curve's plateau (a 20/s vendor then saw the whole demand, and
+    each 429 lowered it by a tenth a second).  A share within twice what this process got
+    accepted in the last second is taken as it is."""
+    throttle = Throttle(adaptive=True, clock=FakeClock())
+    throttle.use_store(_RedisOut(share=4, seen=640.0))
+    waits = [throttle.turn(SERVICE, None).step(throttle.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / START_RATE)]  # (160/s: 0.00625)
+    busy = Throttle(adaptive=True, clock=FakeClock())
+    busy.use_store(_RedisOut(share=4, seen=160.0))
+    for _ in range(30):  # 30 successes in the last second before the outage
+        busy.turn(SERVICE, None).done(busy.clock(), success=True)
+        busy.clock.advance(1.0 / 30)  # type: ignore[attr-defined]
+    waits = [busy.turn(SERVICE, None).step(busy.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / 40.0)]  # its share, 160/4
+    # A configured rate: its share as before, not held to 10/s (a process just started,
+    # nothing accepted yet, had its 64 threads refused at their limit).
+    configured = Throttle(rate=1000.0, burst=1, adaptive=True, clock=FakeClock())
+    configured.use_store(_RedisOut(share=1, seen=1000.0))
+    waits = [configured.turn(SERVICE, None).step(configured.clock()) for _ in range(2)]
+    assert waits == [None, pytest.approx(1.0 / 1000.0)]
 
 
 @pytest.mark.redis

@@ -4,9 +4,11 @@ throttle paces locally."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -128,6 +130,182 @@ def test_a_request_that_spent_its_redis_budget_is_no_outage(redis: RedisServer,
     holder.done(throttle.clock())
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert store.shared
+
+
+def slowed(store: Any, *, connect: float = 0.0, script: float = 0.0) -> None:
+    """Make ``store``'s connection take ``connect`` more seconds and each script call
+    ``script`` more (on its worker), as on a loaded machine."""
+    connect_now, run_script = store._connect_now, store._run_script
+
+    def slow_connect() -> None:
+        time.sleep(connect)
+        connect_now()
+
+    def slow_script(*args: Any) -> Any:
+        time.sleep(script)
+        return run_script(*args)
+
+    store._connect_now, store._run_script = slow_connect, slow_script
+
+
+def test_a_first_round_trip_whose_connection_took_most_of_the_budget_is_no_outage(
+        redis: RedisServer, caplog: Any) -> None:
+    """A turn whose first round trip spent most of the time budget connecting, its script
+    then answering within the budget but after what the connection left: no outage (no
+    WARNING, no local pacing), the turn books through Redis.  (A loaded machine took a
+    whole fleet to local pacing at its start so, each process running its own slow start:
+    the vendor saw 20 requests before the shared schedule had booked one.)"""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(adaptive=True)
+    store = throttle.store = shared_store(redis.url, time_budget=0.2, retry_interval=5.0)
+    slowed(store, connect=0.15, script=0.1)
+    turn = take(throttle, limit=5.0)
+    assert turn is not None
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert store.shared
+    start = client(redis.url).hget(f"smartretry:pace:{{{SERVICE}}}", "bn")
+    assert start is not None and float(start) == 1.0  # booked in the shared schedule
+
+
+def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisServer,
+                                                                   caplog: Any) -> None:
+    """Six turns asking at once, on a store of four workers whose scripts each take 0.15 s
+    of a 0.2 s budget: the last two wait 0.15 s for a worker (our process's wait, not
+    Redis'), and still no outage is seen; all six book in Redis."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(rate=1000.0, burst=100)
+    store = throttle.store = shared_store(redis.url, time_budget=0.2, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    slowed(store, script=0.15)
+    turns: list[Any] = []
+    threads = [threading.Thread(target=lambda: turns.append(take(throttle, limit=5.0)))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(turns) == 6 and all(turn is not None for turn in turns)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert store.shared
+
+
+class _LateWorkers(concurrent.futures.ThreadPoolExecutor):
+    """A store's pool whose workers, once they took a round trip, lose the CPU for
+    ``late`` seconds before running it (a loaded machine: another thread holds the GIL,
+    or the core)."""
+
+    late = 0.0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if getattr(fn, "__name__", "") != "run":
+            return super().submit(fn, *args, **kwargs)
+
+        def late() -> Any:
+            time.sleep(self.late)
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+def busy_workers(store: Any, seconds: float, late: float = 0.0) -> None:
+    """Replace ``store``'s pool by one of 4 workers that are all busy for ``seconds`` (and
+    then start each round trip ``late``)."""
+    pool = _LateWorkers(max_workers=4, thread_name_prefix="requests-smartretry-redis")
+    pool.late = late
+    old, store._executor = store._executor, pool
+    if old is not None:
+        old.shutdown(wait=False)
+    for _ in range(4):
+        pool.submit(time.sleep, seconds)
+
+
+def test_a_round_trip_taken_by_a_worker_just_as_its_wait_ended_is_no_outage(
+        redis: RedisServer, caplog: Any) -> None:
+    """A round trip that a worker took just before its request gave up waiting for one
+    (the worker then lost the CPU for a moment before running it): it started late, and
+    has its whole budget from then.  It was taken for a script that ran the whole budget
+    unanswered: an outage, with a healthy Redis (the worker had not yet noted when it
+    started)."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(rate=1000.0, burst=100)
+    store = throttle.store = shared_store(redis.url, time_budget=0.2, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    busy_workers(store, 0.1, late=0.15)  # taken at 0.1 s, run at 0.25 s (budget: 0.2 s)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert store.shared
+
+
+def test_a_round_trip_that_started_late_ends_by_the_deadline(redis: RedisServer) -> None:
+    """A round trip that started late has its budget from then, but never past the
+    request's deadline: with 0.5 s left, a budget of 0.4 s, every worker busy for 0.35 s
+    and a script of 0.3 s, it gives up at the deadline (no time for Redis: no outage),
+    not at 0.65 s with its answer."""
+    throttle = Throttle(rate=1000.0, burst=100)
+    store = throttle.store = shared_store(redis.url, time_budget=0.4, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    busy_workers(store, 0.35)
+    slowed(store, script=0.3)
+    asked = time.monotonic()
+    with retry_scope(asked + 0.5):
+        rate = store.throttle_rate(SERVICE, throttle.settings, throttle.clock())
+    took = time.monotonic() - asked
+    assert took < 0.5 + 0.1, took
+    assert rate is None  # no time left for Redis (not an answer after the deadline)
+    assert store.shared
+
+
+def test_a_redis_too_slow_for_the_process_demand_is_an_outage_not_refused_calls(
+        redis: RedisServer, caplog: Any) -> None:
+    """Scripts that each answer within the budget (60 ms of 100 ms), but 32 threads asking
+    more than the store's 4 workers get through: its round trips wait for a worker for
+    seconds on end.  That is Redis too slow for this process: one WARNING and local pacing
+    (as when a script overruns the budget), never turns refused for want of a worker.  (Each
+    round trip that found no worker in time was cancelled and asked again: no outage was
+    ever declared, the turns went at a fraction of the rate and were refused at their
+    limit.)"""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    throttle = Throttle(rate=1000.0, burst=100, max_in_flight=64)
+    store = throttle.store = shared_store(redis.url, time_budget=0.1, retry_interval=5.0)
+    assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) == 1000.0
+    slowed(store, script=0.06)
+    refused: list[int] = []
+    went: list[int] = []
+    until = time.monotonic() + 3.5
+
+    def calls() -> None:
+        while time.monotonic() < until:
+            turn = take(throttle, limit=2.5)
+            if turn is None:
+                refused.append(1)
+                continue
+            went.append(1)
+            turn.done(throttle.clock(), success=True)
+
+    threads = [threading.Thread(target=calls) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not refused, (len(refused), len(went))
+    assert len(warnings) == 1, warnings
+
+
+def test_the_fleets_rate_a_local_fallback_goes_on_from_is_the_last_one_redis_gave(
+        redis: RedisServer) -> None:
+    """``throttle_seen``: nothing before a round trip went through (a local fallback then
+    has nothing to go on from), then the shared rate Redis last gave (a slow start's
+    10/s and more), kept while Redis is out."""
+    throttle = shared(redis, adaptive=True)
+    store = throttle.store
+    assert store.throttle_seen(SERVICE) is None
+    assert take(throttle, limit=5.0) is not None
+    seen = store.throttle_seen(SERVICE)
+    assert seen is not None and 10.0 <= seen < 40.0
+    pause(redis)
+    out(throttle)
+    assert store.throttle_seen(SERVICE) == seen
 
 
 # -- 2. a release at a spent deadline ---------------------------------------------------------

@@ -47,6 +47,12 @@ _monotonic = time.monotonic
 _ADMIT = Admission(True)
 _ADMIT_FORCED = Admission(True, 0.0, 0, FORCED_CLOSED)
 _DUST = 1e-9
+_WORKERS = 4  # threads per store that talk to Redis
+# Seconds (at least; or this many time budgets) that every worker is busy with round trips
+# waiting for them, after which a round trip that never got one is an outage: Redis answers
+# slower than the process asks (a burst at a fleet's start drains well within it).
+_SATURATED = 1.0
+_SATURATED_BUDGETS = 10.0
 
 # Redis work that a request's time budget cut short; the deadline, not Redis, was short.
 _spent: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
@@ -107,7 +113,10 @@ class RedisStateStore(SharedPaces):
 
     ``time_budget`` bounds all Redis work of one request (never more than the attempt's
     deadline leaves; a throttle's round trips, repeated while a turn waits, each have
-    the whole budget, and a slot's release is sent even past the deadline);
+    the whole budget, and a slot's release is sent even past the deadline); only a script
+    that ran the whole budget unanswered makes an outage (a round trip's wait for a free
+    worker, at most the budget again and never past the deadline, is not Redis' time),
+    or round trips that found no free worker for a second (ten budgets if longer) on end;
     ``socket_timeout`` bounds one connection's reads in the background.
     After a failure, local state serves and one request probes Redis after
     ``retry_interval`` seconds, then after twice as long, and so on up to 30 s.  Successes
@@ -193,6 +202,7 @@ class RedisStateStore(SharedPaces):
         self._connect_until = 0.0  # (monotonic) when a connection under way is too late
         self._connect_slow = False  # ... and a request already waited for it in vain
         self._in_flight = 0
+        self._queued_since: Optional[float] = None  # (monotonic) round trips waiting for a worker
         self._down = False
         self._episode = False  # an outage warned about and not yet over (see _went_down)
         self._settles_at = 0.0
@@ -304,9 +314,18 @@ class RedisStateStore(SharedPaces):
         request (a throttle's turn asks Redis again while it waits; its waits are bounded
         by the turn's own limit).  A round trip that overruns what the deadline or the
         request's earlier Redis work left it is :class:`NoTime`, not an outage: only
-        one that overruns the whole budget says that Redis is slow.  ``deadline=False``:
-        not bounded by the request's deadline (what must reach Redis even after it, as
-        the release of a slot)."""
+        one that overruns the whole budget says that Redis is slow.  Neither the
+        connection made by this call nor the wait for a free worker is the script's
+        time: a script that never got a worker is :class:`NoTime` (an outage once round
+        trips have waited for one for a second on end: Redis too slow for this process's
+        demand); one that started late
+        has its budget from then; after this call's connection, a round trip of its own
+        (``per_trip``) has the whole budget, another the rest, and overrunning it is
+        :class:`NoTime`.  (On a loaded machine, the 16 threads of a process asking at
+        once, just after connecting, took a fleet to local pacing with nothing wrong
+        with Redis.)
+        ``deadline=False``: not bounded by the request's deadline (what must reach Redis
+        even after it, as the release of a slot)."""
         allowance, by_deadline = self._allowance(
             self.time_budget if time_budget is None else time_budget, not per_trip,
             deadline)
@@ -316,25 +335,64 @@ class RedisStateStore(SharedPaces):
         try:
             if self._script is None:
                 self._connected_within(allowance)
-                allowance -= _monotonic() - started
-                if allowance <= 0.0:
-                    raise NoTime()
+                if by_deadline or not per_trip:  # the rest: the connection took its part
+                    allowance -= _monotonic() - started
+                    by_deadline = True
+                    if allowance <= 0.0:
+                        raise NoTime()
             with self._lock:
                 executor = self._worker_pool()
                 self._in_flight += 1
+                if self._in_flight > _WORKERS and self._queued_since is None:
+                    self._queued_since = started
+            ran: list[float] = []  # when a worker started the script
+
+            def run() -> Any:
+                ran.append(_monotonic())
+                return self._run_script(keys, args, lua)
+
             try:
-                future = executor.submit(self._run_script, keys, args, lua)
+                future = executor.submit(run)
             except RuntimeError:  # interpreter shutdown (the flush at exit): run it here
                 future = concurrent.futures.Future()
-                future.set_result(self._run_script(keys, args, lua))
+                future.set_result(run())
+            submitted = _monotonic()
             try:
                 reply = future.result(timeout=allowance)
             except concurrent.futures.TimeoutError:
+                if future.cancel():  # never started: every worker was busy
+                    with self._lock:
+                        self._in_flight -= 1
+                        since = self._queued_since
+                        self._idle_workers()
+                    queued = 0.0 if since is None else _monotonic() - since
+                    if queued < max(_SATURATED, _SATURATED_BUDGETS * self.time_budget):
+                        raise NoTime() from None
+                    # Round trips have waited for a worker all along: Redis is too slow
+                    # for this process (each answered, but the turns waiting for them went
+                    # at a fraction of the rate and were refused at their limit).
+                    raise RedisUnavailable(
+                        f"no worker free within the time budget for {queued:.1f} s (Redis "
+                        "answers slower than this process asks)") from None
                 if by_deadline:
                     raise NoTime() from None
-                self._cut()
-                raise RedisUnavailable(
-                    f"no answer within the time budget ({allowance * 1000:.0f} ms)") from None
+                # The script started late: it has its whole budget from then (a worker
+                # that took it but has not run it yet took it just now).
+                # Never past the request's deadline: that is NoTime, not an outage.
+                began = min(ran[0], submitted + allowance) if ran else submitted + allowance
+                wait = began + allowance - _monotonic()
+                scope = current_scope() if deadline else None
+                remaining = None if scope is None else scope.remaining()
+                try:
+                    reply = future.result(timeout=max(
+                        0.0, wait if remaining is None else min(wait, remaining)))
+                except concurrent.futures.TimeoutError:
+                    if remaining is not None and remaining < wait:
+                        raise NoTime() from None
+                    self._cut()
+                    raise RedisUnavailable(
+                        f"no answer within the time budget ({allowance * 1000:.0f} ms)"
+                    ) from None
         finally:
             elapsed = _monotonic() - started
             if not per_trip:
@@ -353,7 +411,7 @@ class RedisStateStore(SharedPaces):
         """The worker threads that talk to Redis (under ``_lock``)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="requests-smartretry-redis")
+                max_workers=_WORKERS, thread_name_prefix="requests-smartretry-redis")
         return self._executor
 
     def _connected_within(self, allowance: float) -> None:
@@ -434,6 +492,12 @@ class RedisStateStore(SharedPaces):
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._idle_workers()
+
+    def _idle_workers(self) -> None:
+        """(Under ``_lock``) no round trip waits for a worker any more."""
+        if self._in_flight <= _WORKERS:
+            self._queued_since = None
 
     def _cut(self) -> None:
         """Disconnect every connection, so that a worker blocked in a read returns."""

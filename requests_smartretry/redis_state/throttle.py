@@ -201,6 +201,13 @@ class SharedPaces:
         pace = self._paces.get(service)
         return 1 if pace is None else pace.processes
 
+    def throttle_seen(self, service: str) -> Optional[float]:
+        """The shared rate on ``service`` at this process's last round trip (``inf``: not
+        paced, ``0``: every turn held; ``None``: none went through): while Redis is out,
+        an adaptive throttle paces locally at its share of it."""
+        pace = self._paces.get(service)
+        return None if pace is None or pace.synced == -math.inf else pace.rate
+
     def throttle_held(self, service: str) -> int:
         """The slots of ``service`` this process holds through Redis (attempts under way
         that took them before Redis went out count against its local share)."""
