@@ -296,6 +296,13 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             return wait, 0, interval
     else:
         wait = 0.0
+    if s.adaptive and not ticket and record.get("qn", 0.0) > record.get("hn", 0.0):
+        # Booked without a ticket while tickets wait (a token was free): it serves as
+        # many places as it books, as a ticket's booking does.  Else the places of
+        # tickets whose holders died stayed ahead for as long as such turns kept the
+        # schedule busy (the idle rule never ran), and every turn that had to wait was
+        # placed behind them and refused.
+        record["hn"] = min(record["qn"], record.get("hn", 0.0) + count)
     record["tat"] = tat + count * interval
     if s.adaptive and s.rate is None and "wmax" not in record and "start" in record:
         _count_booked(record, now + wait, count)
