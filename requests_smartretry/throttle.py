@@ -528,11 +528,15 @@ class Throttle:
 
     def _forked(self) -> None:
         """In a forked child: the slots the parent's attempts hold are not this process's
-        (it starts with none held); the schedule and the successes seen are kept."""
+        (it starts with none held), nor are the tickets its waiting turns hold (the child
+        has none of their threads: it queues behind none of them); the schedule and the
+        successes seen are kept."""
         services = {}
         for service, parents in self._services.items():
             local = services[service] = _Local()
             local.record = dict(parents.record)
+            if "qn" in local.record:  # the parent's waiting turns are not this process's
+                local.record["hn"] = local.record["qn"]
             local.slices = [list(cell) for cell in parents.slices]
         self._services = services
 

@@ -293,6 +293,48 @@ def test_a_forked_child_holds_none_of_its_parents_slots(redis: RedisServer,
 
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_does_not_queue_behind_its_parents_tickets() -> None:
+    """A local Throttle(rate=4, burst=1, adaptive=True) whose 12 threads wait on tickets
+    (3 s of queue) when the process forks: the child has none of those threads, and its
+    own turn (1.5 s to wait at most) goes within an interval or two.  Before: the child
+    inherited the parent's queue, placed its turn behind 10 tickets no thread of its own
+    held (2.5 s away) and refused it at once."""
+    import threading
+    import warnings
+
+    throttle = Throttle(rate=4.0, burst=1, adaptive=True)
+    went: list[bool] = []
+    waiters = [threading.Thread(target=lambda: went.append(take(throttle, 30.0) is not None))
+               for _ in range(12)]
+    for waiter in waiters:
+        waiter.start()
+    until = time.monotonic() + 10.0
+    while throttle._local(SERVICE).record.get("qn", 0.0) < 10:
+        assert time.monotonic() < until, throttle._local(SERVICE).record
+        time.sleep(0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit code
+        code = 0
+        try:
+            asked = time.monotonic()
+            turn = take(throttle, limit=1.5)
+            if turn is None:
+                code = 3
+            elif time.monotonic() - asked > 1.0:
+                code = 4
+        except BaseException:
+            code = 5
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    for waiter in waiters:
+        waiter.join(30)
+    assert os.WEXITSTATUS(status) == 0, {3: "refused", 4: "late"}.get(os.WEXITSTATUS(status))
+    assert went == [True] * 12  # the parent's queue is served as before
+
+
 # -- limits left (documented in docs/throttling.md) ---------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="known limit: a slot's lease ends with the attempt's "
