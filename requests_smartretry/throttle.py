@@ -748,9 +748,10 @@ class Turn:
                 return self.slot_wait(left)
         if not self.token:
             part = settings if store is None else _shared_part(settings, share)
+            fleet_rate = None if store is None else store.throttle_fleet_rate(self.service)
             with local.lock:
                 if store is not None:
-                    _fallback_starts_spent(local.record, part, now)
+                    _fallback_starts_spent(local.record, part, now, fleet_rate, share)
                 issued = local.record.get("qn", 0.0)
                 wait, granted, _ = reserve(local.record, part, now, 1, left, local.since,
                                            self.ticket)
@@ -829,14 +830,24 @@ class Turn:
 _FALLBACK_EPISODE_GAP = 1.0
 
 
-def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float) -> None:
+def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
+                           fleet_rate: Optional[float] = None, share: int = 1) -> None:
     """Redis is out and this process paces its share locally: an episode's first turn
     finds the local bucket spent but for one token (the fleet's burst was already spent
     through Redis; a full local bucket per process would send it again, once per process).
+    An adaptive throttle's local curve starts at its share of the rate the fleet learned
+    (``fleet_rate``, at the last round trip; ``None``: none known), at its plateau: the
+    local record, untouched while Redis served, held a slow start or a curve of an
+    earlier episode, ended or probed far up since (a later outage went unpaced).
     Mutates ``record``, under the local lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
     if now - last > _FALLBACK_EPISODE_GAP:
+        if part.adaptive and fleet_rate is not None:
+            for name in ("learn", "start", "bi", "bn", "bp"):
+                record.pop(name, None)
+            record["wmax"] = max(MIN_RATE, fleet_rate / share)
+            record["tfail"] = now - RECOVERY
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

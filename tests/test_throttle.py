@@ -914,6 +914,9 @@ class _RedisOut:
     def throttle_held(self, service: str) -> int:
         return 0
 
+    def throttle_fleet_rate(self, service: str) -> None:
+        return None
+
     def throttle_done(self, *args: Any, **kwargs: Any) -> bool:
         return False
 

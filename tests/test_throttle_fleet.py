@@ -15,7 +15,7 @@ import pytest
 
 from requests_smartretry import Throttle, ThrottledError
 from requests_smartretry.deadline import retry_scope
-from requests_smartretry.throttle import BETA, NEAR
+from requests_smartretry.throttle import BETA, LEARN, NEAR
 from tests.redis_server import RedisServer, client, shared_store
 
 pytestmark = pytest.mark.redis
@@ -333,6 +333,46 @@ def test_a_forked_child_does_not_queue_behind_its_parents_tickets() -> None:
         waiter.join(30)
     assert os.WEXITSTATUS(status) == 0, {3: "refused", 4: "late"}.get(os.WEXITSTATUS(status))
     assert went == [True] * 12  # the parent's queue is served as before
+
+
+def test_a_later_outage_paces_an_adaptive_fleet_at_its_learned_share() -> None:
+    """Throttle(adaptive=True) without a rate, shared: the fleet learned about 20/s in
+    Redis.  Redis goes out twice, the second time 2 minutes after the first: each time
+    the process paces locally at its share of the rate the fleet learned (one process:
+    about 20 turns in a second).  Before: the local record kept the slow start (or the
+    curve) of the first outage, which had ended (10 doublings) or probed far up meanwhile:
+    the second outage was not paced at all (hundreds of turns in a second)."""
+    skew = [0.0]
+    with RedisServer() as server:
+        throttle = Throttle(adaptive=True, clock=lambda: time.monotonic() + skew[0])
+        throttle.use_store(shared_store(server.url, time_budget=0.1, retry_interval=0.05))
+        store = throttle.store
+        for _ in range(30):  # the slow start, then a throttling answer: ~20/s learned
+            take(throttle, limit=5.0).done(throttle.clock(), success=True)
+        take(throttle, limit=5.0).done(throttle.clock(), throttling=True)
+        time.sleep(LEARN + 0.1)
+        learned = throttle.rate(SERVICE)
+        assert 5.0 < learned < 60.0, learned
+        counts = []
+        for _ in range(2):
+            pause(server)
+            try:
+                out(throttle)
+                went, until = 0, time.monotonic() + 1.0
+                while time.monotonic() < until:
+                    turn = take(throttle, limit=5.0)
+                    assert turn is not None
+                    turn.done(throttle.clock(), success=True)
+                    went += 1
+                counts.append(went)
+            finally:
+                resume(server)
+            back(throttle)
+            assert store.throttle_rate(SERVICE, throttle.settings, throttle.clock())
+            skew[0] += 120.0  # the next outage comes 2 minutes later
+    # (the curve read at the last round trip climbs on from the rate read after the pause:
+    # from 0.9 W to about 1.1 W within 12 s on a loaded machine)
+    assert all(count <= learned * 1.6 + 3 for count in counts), (learned, counts)
 
 
 # -- limits left (documented in docs/throttling.md) ---------------------------------------------

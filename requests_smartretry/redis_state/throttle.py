@@ -201,6 +201,14 @@ class SharedPaces:
         pace = self._paces.get(service)
         return 1 if pace is None else pace.processes
 
+    def throttle_fleet_rate(self, service: str) -> Optional[float]:
+        """The fleet's rate at the last round trip for ``service`` (an adaptive throttle's
+        learned rate; ``None``: none known, unpaced, or every turn held)."""
+        pace = self._paces.get(service)
+        if pace is None or not 0.0 < pace.rate < math.inf:
+            return None
+        return pace.rate
+
     def throttle_held(self, service: str) -> int:
         """The slots of ``service`` this process holds through Redis (attempts under way
         that took them before Redis went out count against its local share)."""
