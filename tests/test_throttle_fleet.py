@@ -375,6 +375,36 @@ def test_a_later_outage_paces_an_adaptive_fleet_at_its_learned_share() -> None:
     assert all(count <= learned * 1.6 + 3 for count in counts), (learned, counts)
 
 
+def test_a_slot_granted_by_an_answer_that_came_too_late_is_freed(redis: RedisServer) -> None:
+    """max_in_flight=1 through a Redis whose answers come 0.3 s late (time budget 0.1 s):
+    the acquire runs in Redis (its lease is held there), but the answer comes too late and
+    the process paces locally.  Once Redis answers in time again, the process's next round
+    trip frees that lease, and its next turn gets the slot.  Before: the lease stayed for
+    the attempt's time + 1 s (11 s here), the fleet's one slot held by nobody, and the
+    turn was refused."""
+    from tests.redis_server import SlowProxy
+
+    with SlowProxy(redis.port) as proxy:
+        throttle = Throttle(max_in_flight=1)
+        throttle.use_store(shared_store(proxy.url, time_budget=0.1, retry_interval=0.05))
+        take(throttle, limit=10.0).done(throttle.clock())  # connected, the script loaded
+        back(throttle)  # (if connecting through the proxy took longer than the budget)
+        take(throttle, limit=10.0).done(throttle.clock())
+        assert throttle.store.shared
+        proxy.delay = 0.3
+        turn = take(throttle, limit=10.0)
+        assert turn is not None and not throttle.store.shared  # paced locally
+        time.sleep(0.4)
+        assert slots_in_redis(redis) == 1  # granted in Redis all the same
+        turn.done(throttle.clock())
+        proxy.delay = 0.0
+        back(throttle)
+        again = take(throttle, limit=0.5)
+        assert again is not None, f"refused: {slots_in_redis(redis)} slot(s) leased in Redis"
+        again.done(throttle.clock())
+        assert slots_in_redis(redis) == 0
+
+
 # -- limits left (documented in docs/throttling.md) ---------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="known limit: a slot's lease ends with the attempt's "
