@@ -297,6 +297,13 @@ def reserve(record: Record, s: ThrottleSettings, now: float, count: int,
             return wait, 0, interval
     else:
         wait = 0.0
+    if s.adaptive and not ticket and record.get("qn", 0.0) > record.get("hn", 0.0):
+        # Booked without a ticket while tickets wait (a token was free): it serves as
+        # many places as it books, as a ticket's booking does.  Else the places of
+        # tickets whose holders died stayed ahead for as long as such turns kept the
+        # schedule busy (the idle rule never ran), and every turn that had to wait was
+        # placed behind them and refused.
+        record["hn"] = min(record["qn"], record.get("hn", 0.0) + count)
     record["tat"] = tat + count * interval
     if s.adaptive and s.rate is None and "wmax" not in record and "start" in record:
         _count_booked(record, now + wait, count)
@@ -522,11 +529,15 @@ class Throttle:
 
     def _forked(self) -> None:
         """In a forked child: the slots the parent's attempts hold are not this process's
-        (it starts with none held); the schedule and the successes seen are kept."""
+        (it starts with none held), nor are the tickets its waiting turns hold (the child
+        has none of their threads: it queues behind none of them); the schedule and the
+        successes seen are kept."""
         services = {}
         for service, parents in self._services.items():
             local = services[service] = _Local()
             local.record = dict(parents.record)
+            if "qn" in local.record:  # the parent's waiting turns are not this process's
+                local.record["hn"] = local.record["qn"]
             local.slices = [list(cell) for cell in parents.slices]
         self._services = services
 
@@ -842,9 +853,9 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
     this process got accepted in the last second, at least a slow start's first rate): a
     fleet's rate that no vendor accepted (a slow start's, a curve grown through a quiet
     spell), put on the plateau, sent the whole demand, lowered by a tenth a second; the
-    local pacing then is as before (a slow start of its own, or the configured rate's
-    share).  Mutates ``record``, under the local
-    lock."""
+    local pacing then is a slow start of its own begun afresh (the local record's, from an
+    earlier outage, was over or grown: a later outage went unpaced), or the configured
+    rate's share.  Mutates ``record``, under the local lock."""
     last = record.get("fallback", -_INF)
     record["fallback"] = now
     if now - last > _FALLBACK_EPISODE_GAP:
@@ -858,6 +869,11 @@ def _fallback_starts_spent(record: Record, part: ThrottleSettings, now: float,
                     record.pop(name, None)
                 record["wmax"] = max(MIN_RATE, share)
                 record["tfail"] = now - RECOVERY  # rate_at(now) is the share itself
+            elif part.rate is None:
+                # A slow start of its own, afresh: what the record learned in an earlier
+                # outage (a slow start long over: unpaced; a curve grown since) is stale.
+                for name in (*_LEARNING, "wmax", "tfail"):
+                    record.pop(name, None)
         record["tat"] = max(record.get("tat", now), now + part.tolerance)
 
 

@@ -674,3 +674,26 @@ def slot_calls(redis_url: str, url: str, seconds: float, threads: int, max_in_fl
                             state=shared_store(redis_url, time_budget=time_budget,
                                                retry_interval=0.1))
     return _answers(session, url, seconds, threads, start_at)
+
+
+def ticket_holders(redis_url: str, service: str, threads: int, rate: float) -> None:
+    """``threads`` threads each wait (30 s at most) for a turn on ``service`` of a
+    ``Throttle(rate=..., adaptive=True)`` shared through Redis, and then hold it: most of
+    them hold tickets in the fleet's queue when the test kills this process."""
+    import threading
+
+    from requests_smartretry import Throttle
+
+    throttle = Throttle(rate=rate, adaptive=True)
+    throttle.use_store(shared_store(redis_url))
+
+    def wait_for_a_turn() -> None:
+        turn = throttle.turn(service, 30.0)
+        wait = turn.step(throttle.clock())
+        while wait is not None:
+            time.sleep(wait)
+            wait = turn.step(throttle.clock())
+
+    for _ in range(threads):
+        threading.Thread(target=wait_for_a_turn, daemon=True).start()
+    time.sleep(60.0)

@@ -1121,6 +1121,57 @@ def test_tickets_left_by_a_slow_start_do_not_hold_the_queue_after_it(redis_url: 
     store.close()
 
 
+@pytest.mark.redis
+def test_a_turn_booked_without_a_ticket_serves_a_waiting_place(redis_url: str) -> None:
+    """Rate 10/s, burst 10: 30 turns asked at once, most take tickets, and their holders
+    die.  One caller then takes turns one after the other (1.5 s to wait at most; asked
+    again 10 ms after a refusal): a turn that finds a token free books without a ticket
+    and serves a waiting place as a ticket's booking does, so the dead places pass and
+    no turn is refused after 3 s (60 refused in the first 0.6 s).  Before: the caller
+    kept the bucket busy, the idle rule never ran, and every turn that had to wait was
+    placed behind the 18 dead tickets (2.1 s away) and refused, for as long as the run
+    lasted (600 in 6 s).  The Lua twin decides alike."""
+    from requests_smartretry.redis_state import RedisStateStore
+    from requests_smartretry.throttle import ask_again_in, reserve
+
+    settings = Throttle(rate=10.0, adaptive=True).settings
+    assert settings.burst == 10
+    store = RedisStateStore(redis_url, prefix=f"jump-{time.time_ns()}", server_time=False)
+    record: dict[str, float] = {}
+    now = 100.0
+
+    def both(max_wait: float, ticket: float = 0.0) -> tuple[float, int, float]:
+        reply = store._throttle_trip(SERVICE, settings, "reserve", now, count=1,
+                                     max_wait=max_wait, ticket=ticket)
+        assert reply is not None
+        last = record.get("qn", 0.0)
+        wait, granted, _ = reserve(record, settings, now, 1, max_wait, None, ticket)
+        issued = record["qn"] if record.get("qn", 0.0) > last else 0.0
+        assert (reply[1], reply[2], reply[8]) == (pytest.approx(wait), granted, issued), now
+        return wait, granted, issued
+
+    for _ in range(30):
+        both(30.0)
+    assert record["qn"] >= 15
+    refused = []
+    start, ticket = now, 0.0
+    while now < start + 6.0:  # one caller: a turn after the other, each driven to its end
+        wait, granted, issued = both(1.5, ticket)
+        if granted:
+            ticket = 0.0
+            now += max(wait, 0.0)
+        elif wait > 1.5:
+            refused.append(round(now - start, 2))
+            ticket = 0.0
+            now += 0.01
+        else:
+            ticket = issued or ticket
+            now += ask_again_in(wait)
+    late = [moment for moment in refused if moment > 3.0]
+    assert not late, f"{len(refused)} refused, {len(late)} after 3 s"
+    store.close()
+
+
 def test_a_slow_start_refuses_no_turn_its_doubling_rate_serves_in_time() -> None:
     """100 turns asked at once on an adaptive throttle without a rate, each with 5 s to
     wait at most, and no throttling answer: the slow start (10/s doubling every second)

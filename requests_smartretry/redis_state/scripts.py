@@ -377,6 +377,12 @@ local function reserve()
   end
   if wait > 0 and wait > max_wait then return end
   if wait < 0 then wait = 0 end
+  -- Booked without a ticket while tickets wait (a token was free): it serves as many
+  -- places as it books (dead tickets must not hold the queue while the schedule is busy).
+  if adaptive and ticket == 0 and (qn or 0) > (hn or 0) then
+    hn = math.min(qn, (hn or 0) + count)
+    dirty['hn'] = hn
+  end
   granted = count
   tat = first + count * interval
   dirty['tat'] = tat

@@ -260,10 +260,10 @@ class SharedPaces:
                                             max_wait=left, lease=turn.lease, lease_ttl=ttl,
                                             held_locally=held_locally, ticket=turn.fleet_ticket)
             except NoTime:  # no time for Redis (now): look again while the turn may wait
-                turn.lease = None
+                self._abandoned(pace, turn, mono + ttl)
                 return turn.slot_wait(left - (_monotonic() - mono))
             if reply is None:
-                turn.lease = None
+                self._abandoned(pace, turn, mono + ttl)
                 return False
             if reply[6] != 1.0:  # no free slot: look again soon
                 return turn.slot_wait(left)
@@ -308,6 +308,17 @@ class SharedPaces:
             return turn.token_in(leased, now)
         turn.started = now
         return None
+
+    @staticmethod
+    def _abandoned(pace: Pace, turn: Turn, end: float) -> None:
+        """An acquire whose answer did not come (in time): Redis may have granted its
+        lease all the same (a slow answer, cut at the time budget).  The next round trip
+        that goes through frees it, as a release Redis could not be told of (else the
+        slot stayed leased, to nobody, for the attempt's time + 1 s)."""
+        lease, turn.lease = turn.lease, None
+        if lease is not None:
+            with pace.lock:
+                pace.unreleased[lease] = end
 
     @staticmethod
     def _leased(pace: Pace, turn: Turn, mono: float, left: float) -> Union[float, bool]:
