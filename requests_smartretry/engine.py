@@ -536,6 +536,9 @@ class _Call(Generic[T]):
     # The step state, as it stands before the first attempt (class defaults: a call that
     # succeeds at once sets only what it uses).
     wall_start: Optional[float] = None  # time.time() at a quiet first START
+    # A quiet first START's Stats record: ended with its success's seconds, or None when
+    # the events take over (Stats.quiet_start).
+    counted: Optional[Callable[[Optional[float]], None]] = None
     started = 0.0  # clock() at the first attempt's start
     elapsed = 0.0  # the last attempt's duration
     previous_wait: Optional[float] = None
@@ -604,6 +607,10 @@ class _Call(Generic[T]):
                                               self.max_attempts, call.method, call.url)
             if self.wall_start is not None:  # attempt 1 started quietly
                 stats = self.quiet.stats  # type: ignore[union-attr]  # quiet until now
+                counted = self.counted
+                if counted is not None:  # the events count the rest of the call
+                    self.counted = None
+                    counted(None)
                 if stats is not None:
                     events.hooks = tuple(h for h in hooks if h is not stats)
                 events.emit(_START, 1, {"timestamp": self.wall_start})
@@ -678,7 +685,7 @@ class _Call(Generic[T]):
             self.wall_start = _time()
             stats = self.quiet.stats  # type: ignore[union-attr]  # quiet: a plan is set
             if stats is not None:
-                stats.quiet_start(self.call.operation)
+                self.counted = stats.quiet_start(self.call.operation)
         else:
             events.emit(_START, number)
         self.granted = False  # the retry the budget granted is being made
@@ -815,8 +822,9 @@ class _Call(Generic[T]):
         if events is None:  # quiet: tell the built-in consumers directly
             quiet: Quiet = self.quiet  # type: ignore[assignment]
             call = self.call
-            if quiet.stats is not None:
-                quiet.stats.quiet_success(call.operation, elapsed)
+            counted = self.counted
+            if counted is not None:
+                counted(elapsed)
             if quiet.budget is not None:
                 quiet.budget.deposit(call.service)
             if record is not None:
