@@ -653,26 +653,24 @@ class _Call(Generic[T]):
         if number:  # a wait for the throttle's turn
             self.turn_for = 0
             step = self.step_turn(number, self.outcome)
-            return self.admitted(number, self.outcome) if step is None else step
+            return self.next_attempt(number, self.outcome, True) if step is None else step
         outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
         self.previous_wait = self.wait_asked
         if self.closed is not None and self.closed():  # closed during the wait
             return self.give_up(outcome, self.number, "closed")
         return self.next_attempt(self.number + 1, outcome)
 
-    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None) -> _Step[T]:
+    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None,
+                     turned: bool = False) -> _Step[T]:
         """Attempt ``number`` (``next_attempt(1)``: the machine's first step), once the
-        throttle gave it its turn (a wait step while it must wait) and the breaker admits
-        it (``outcome``: the last failed attempt's, for a refusal)."""
-        if self.throttle is not None:
+        throttle gave it its turn (a wait step while it must wait; ``turned``: it did
+        already) and the breaker admits it (``outcome``: the last failed attempt's, for a
+        refusal): it starts (its START, or for a quiet call its count; its clock
+        reading).  One method, not two: every attempt passes here."""
+        if self.throttle is not None and not turned:
             step = self.take_turn(number, outcome)
             if step is not None:
                 return step
-        return self.admitted(number, outcome)
-
-    def admitted(self, number: int, outcome: Optional[Outcome[T]]) -> _Step[T]:
-        """Attempt ``number``, once the breaker admits it: it starts (its START, or for a
-        quiet call its count; its clock reading)."""
         if self.breaker is not None:
             ticket = self.admit(number, outcome)  # a refusal ends the call
             if not isinstance(ticket, int):
