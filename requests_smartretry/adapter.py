@@ -695,8 +695,13 @@ class SmartRetryAdapter(HTTPAdapter):
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=attempt.closed, quiet=quiet,
                             throttle=self.throttle)
+        outcome = finished.outcome
+        response: requests.Response
         try:
-            response = finished.unwrap()  # raises the last transport error, history attached
+            # The call's response, or unwrap() raises its last transport error (history
+            # attached).
+            response = (outcome.value if outcome.error is None  # type: ignore[assignment]
+                        else finished.unwrap())  # (a success has a value)
         except _BODY_ERRORS as exc:
             if stream or not isinstance(exc.response, requests.Response):
                 raise
@@ -949,7 +954,7 @@ class _Sending(Sending[requests.Response]):
     :func:`~requests_smartretry.engine.run_call` makes them (``sending(number)``): what
     ``send()`` worked out once, and the shared attempt state (:class:`Sending`)."""
 
-    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "prepares", "proxies",
+    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "proxies",
                  "replay", "request", "socket_timeout", "states", "stream", "timeouts", "url",
                  "verify")
 
@@ -959,7 +964,6 @@ class _Sending(Sending[requests.Response]):
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
                  asked: requests.PreparedRequest, url: Optional[str],
                  prepares: bool) -> None:
-        Sending.__init__(self)
         self.adapter = adapter
         #: ``request``'s URL redacted (the call's), for the text of an attempt's error.
         self.url = url
@@ -970,8 +974,8 @@ class _Sending(Sending[requests.Response]):
         #: The call's policy when a retry_options block derived it (None: the adapter's).
         self.policy = policy
         self.request = request
-        #: False when every attempt sends ``request`` as it is (no prepare_attempt).
-        self.prepares = prepares
+        if not prepares:  # every attempt sends ``request`` as it is (no prepare_attempt)
+            self.as_sent = request
         self.stream = stream
         self.timeouts = timeouts
         self.verify = verify
@@ -1041,8 +1045,6 @@ class _Sending(Sending[requests.Response]):
         self.replay.rewind()
 
     def prepare(self, number: int) -> requests.PreparedRequest:
-        if not self.prepares:
-            return self.request
         if self.policy is None:
             return self.adapter.prepare_attempt(self.request, number)
         return self.adapter._prepare_for(self.policy, self.request, number)
