@@ -445,13 +445,14 @@ class Stats:
         applies it.  A record whose attempt still runs waits in ``_running`` until it
         ended: its success is counted by the first read that finds it ended (a list only
         grows, by one atomic append, so a record read as ended stays so)."""
-        pop = self._records.popleft
+        records = self._records
+        pop = records.popleft
         operations = self._operations
         running = self._running
-        while True:
+        while records:  # (an empty queue ends the loop without raising: the usual end)
             try:
                 record = pop()
-            except IndexError:
+            except IndexError:  # another thread took the last one meanwhile
                 break
             counters = operations.get(record[0])
             if counters is None:
