@@ -379,15 +379,16 @@ class SmartRetryAdapter(HTTPAdapter):
     #: Whether HTTPAdapter's send and build_response are what ``super()`` finds: then an
     #: attempt calls HTTPAdapter.send through the class (on 3.11 a zero-argument super()
     #: builds a proxy object per call) and build_response builds the response itself.
-    #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
-    #: both are then reached through super(), as before.
+    #: False when a class after this one in a subclass's MRO (a mixin) overrides either
+    #: (or request_url): they are then reached through super(), as before.
     _direct_base = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         after: Any = super()  # what a subclass reaches after this class
         cls._direct_base = (after.send is HTTPAdapter.send
-                            and after.build_response is HTTPAdapter.build_response)
+                            and after.build_response is HTTPAdapter.build_response
+                            and after.request_url is HTTPAdapter.request_url)
 
     def __init__(
         self,
@@ -489,6 +490,8 @@ class SmartRetryAdapter(HTTPAdapter):
         self._quiet = quiet_plan(self._hooks)
         # Per policy derived by retry_options: id -> (policy, facts, hooks, quiet).
         self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
+        # URL -> what HTTPAdapter.request_url gives for it without proxies (request_url).
+        self._paths: dict[str, str] = {}
 
     def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
         """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
@@ -586,6 +589,24 @@ class SmartRetryAdapter(HTTPAdapter):
                 and getattr(memo[2], "pool", None) is not None:
             return memo[2]
         return _look_up_pool(self, request, verify, proxies, cert)
+
+    def request_url(self, request: requests.PreparedRequest,
+                    proxies: Any) -> str:
+        """As ``HTTPAdapter``'s, remembered per URL when no proxies are given (then it
+        depends on the URL alone): ``HTTPAdapter``'s parses the URL three times on every
+        attempt to find the same path.  With proxies, or a mixin's ``request_url`` after
+        this class, asked every time as before."""
+        if proxies or not self._direct_base:
+            return super().request_url(request, proxies)
+        url = request.url
+        paths = self._paths
+        path = paths.get(url)  # type: ignore[arg-type]  # a prepared request's str
+        if path is None:
+            path = HTTPAdapter.request_url(self, request, proxies)
+            if len(paths) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
+                paths.clear()
+            paths[url] = path  # type: ignore[index]
+        return path
 
     # -- hooks for subclasses ---------------------------------------------------------
 
