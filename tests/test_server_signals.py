@@ -105,6 +105,9 @@ def test_signals_are_read_whatever_the_case_of_their_names(headers_class: type) 
     assert (got.verdict, got.retry_after) == (Verdict.SERVER_ERROR, 1.5)
     assert retry_after_of(headers_class({"Retry-After": "7"})) == 7.0
     assert retry_after_of(headers_class({})) is None
+    # A plain dict (an SDK's response) is asked as it spells the names, as before.
+    assert retry_after_of({"Retry-After": "7"}) == 7.0
+    assert retry_after_of({"Retry-After-Ms": "1500", "Retry-After": "7"}) == 1.5
 
 
 def test_signals_switched_off_leave_the_status_table() -> None:
