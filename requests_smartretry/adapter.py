@@ -379,15 +379,16 @@ class SmartRetryAdapter(HTTPAdapter):
     #: Whether HTTPAdapter's send and build_response are what ``super()`` finds: then an
     #: attempt calls HTTPAdapter.send through the class (on 3.11 a zero-argument super()
     #: builds a proxy object per call) and build_response builds the response itself.
-    #: False when a class after this one in a subclass's MRO (a mixin) overrides either:
-    #: both are then reached through super(), as before.
+    #: False when a class after this one in a subclass's MRO (a mixin) overrides either
+    #: (or request_url): they are then reached through super(), as before.
     _direct_base = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         after: Any = super()  # what a subclass reaches after this class
         cls._direct_base = (after.send is HTTPAdapter.send
-                            and after.build_response is HTTPAdapter.build_response)
+                            and after.build_response is HTTPAdapter.build_response
+                            and after.request_url is HTTPAdapter.request_url)
 
     def __init__(
         self,
@@ -489,6 +490,8 @@ class SmartRetryAdapter(HTTPAdapter):
         self._quiet = quiet_plan(self._hooks)
         # Per policy derived by retry_options: id -> (policy, facts, hooks, quiet).
         self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
+        # URL -> what HTTPAdapter.request_url gives for it without proxies (request_url).
+        self._paths: dict[str, str] = {}
 
     def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
         """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
@@ -586,6 +589,24 @@ class SmartRetryAdapter(HTTPAdapter):
                 and getattr(memo[2], "pool", None) is not None:
             return memo[2]
         return _look_up_pool(self, request, verify, proxies, cert)
+
+    def request_url(self, request: requests.PreparedRequest,
+                    proxies: Any) -> str:
+        """As ``HTTPAdapter``'s, remembered per URL when no proxies are given (then it
+        depends on the URL alone): ``HTTPAdapter``'s parses the URL three times on every
+        attempt to find the same path.  With proxies, or a mixin's ``request_url`` after
+        this class, asked every time as before."""
+        if proxies or not self._direct_base:
+            return super().request_url(request, proxies)
+        url = request.url
+        paths = self._paths
+        path = paths.get(url)  # type: ignore[arg-type]  # a prepared request's str
+        if path is None:
+            path = HTTPAdapter.request_url(self, request, proxies)
+            if len(paths) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
+                paths.clear()
+            paths[url] = path  # type: ignore[index]
+        return path
 
     # -- hooks for subclasses ---------------------------------------------------------
 
@@ -695,8 +716,13 @@ class SmartRetryAdapter(HTTPAdapter):
                             breaker=self.breaker, budget=self.budget, sleep=self._sleep,
                             clock=self._clock, closed=attempt.closed, quiet=quiet,
                             throttle=self.throttle)
+        outcome = finished.outcome
+        response: requests.Response
         try:
-            response = finished.unwrap()  # raises the last transport error, history attached
+            # The call's response, or unwrap() raises its last transport error (history
+            # attached).
+            response = (outcome.value if outcome.error is None  # type: ignore[assignment]
+                        else finished.unwrap())  # (a success has a value)
         except _BODY_ERRORS as exc:
             if stream or not isinstance(exc.response, requests.Response):
                 raise
@@ -949,7 +975,7 @@ class _Sending(Sending[requests.Response]):
     :func:`~requests_smartretry.engine.run_call` makes them (``sending(number)``): what
     ``send()`` worked out once, and the shared attempt state (:class:`Sending`)."""
 
-    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "prepares", "proxies",
+    __slots__ = ("adapter", "asked", "cert", "closes", "policy", "pool", "proxies",
                  "replay", "request", "socket_timeout", "states", "stream", "timeouts", "url",
                  "verify")
 
@@ -959,7 +985,6 @@ class _Sending(Sending[requests.Response]):
                  states: Optional[list[Retry]], policy: Optional[RetryPolicy],
                  asked: requests.PreparedRequest, url: Optional[str],
                  prepares: bool) -> None:
-        Sending.__init__(self)
         self.adapter = adapter
         #: ``request``'s URL redacted (the call's), for the text of an attempt's error.
         self.url = url
@@ -970,8 +995,8 @@ class _Sending(Sending[requests.Response]):
         #: The call's policy when a retry_options block derived it (None: the adapter's).
         self.policy = policy
         self.request = request
-        #: False when every attempt sends ``request`` as it is (no prepare_attempt).
-        self.prepares = prepares
+        if not prepares:  # every attempt sends ``request`` as it is (no prepare_attempt)
+            self.as_sent = request
         self.stream = stream
         self.timeouts = timeouts
         self.verify = verify
@@ -1041,8 +1066,6 @@ class _Sending(Sending[requests.Response]):
         self.replay.rewind()
 
     def prepare(self, number: int) -> requests.PreparedRequest:
-        if not self.prepares:
-            return self.request
         if self.policy is None:
             return self.adapter.prepare_attempt(self.request, number)
         return self.adapter._prepare_for(self.policy, self.request, number)

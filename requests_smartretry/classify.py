@@ -512,6 +512,19 @@ def _signals_of(exc: BaseException, verdict: Classification, status: int,
 # -- the server's own signals, on any response ----------------------------------------------
 
 _SHOULD_RETRY = "x-should-retry"
+_CaseInsensitiveDict = requests.structures.CaseInsensitiveDict
+
+
+def _header(headers: Any, name: str, lowered: str) -> Optional[str]:
+    """``headers.get(name)`` (``lowered``: ``name`` in lower case).  A requests
+    ``CaseInsensitiveDict`` (exactly that class) is read through its dict of lowercased
+    names: its ``get``, ``Mapping``'s, raises and catches a ``KeyError`` for every missing
+    name, and a failed response asks for three that are usually missing (~4 k
+    instructions each on CPython 3.11)."""
+    if type(headers) is _CaseInsensitiveDict:
+        found = headers._store.get(lowered)  # type: ignore[attr-defined]  # requests, private
+        return None if found is None else found[1]  # (name as sent, value)
+    return headers.get(name)  # type: ignore[no-any-return]  # any mapping, as it spells
 
 
 def retry_after_of(headers: Any, honor_server_signals: bool = True) -> Optional[float]:
@@ -519,10 +532,10 @@ def retry_after_of(headers: Any, honor_server_signals: bool = True) -> Optional[
     ``honor_server_signals`` is false) before ``Retry-After`` (seconds or an HTTP-date);
     ``None`` when neither is there or parses."""
     if honor_server_signals:
-        asked = parse_retry_after_ms(headers.get("Retry-After-Ms"))
+        asked = parse_retry_after_ms(_header(headers, "Retry-After-Ms", "retry-after-ms"))
         if asked is not None:
             return asked
-    return parse_retry_after(headers.get("Retry-After"), now=time.time())
+    return parse_retry_after(_header(headers, "Retry-After", "retry-after"), now=time.time())
 
 
 def server_signals(verdict: Classification, status: int, headers: Any) -> Classification:
@@ -533,7 +546,7 @@ def server_signals(verdict: Classification, status: int, headers: Any) -> Classi
     on is repeated only if idempotent.  A success stays a success."""
     if verdict.verdict is Verdict.SUCCESS:
         return verdict
-    said = headers.get(_SHOULD_RETRY)
+    said = _header(headers, _SHOULD_RETRY, _SHOULD_RETRY)
     if said is None:
         return verdict
     said = said.strip().lower()

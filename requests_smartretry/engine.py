@@ -536,6 +536,9 @@ class _Call(Generic[T]):
     # The step state, as it stands before the first attempt (class defaults: a call that
     # succeeds at once sets only what it uses).
     wall_start: Optional[float] = None  # time.time() at a quiet first START
+    # A quiet first START's Stats record: ended with its success's seconds, or None when
+    # the events take over (Stats.quiet_start).
+    counted: Optional[Callable[[Optional[float]], None]] = None
     started = 0.0  # clock() at the first attempt's start
     elapsed = 0.0  # the last attempt's duration
     previous_wait: Optional[float] = None
@@ -604,6 +607,10 @@ class _Call(Generic[T]):
                                               self.max_attempts, call.method, call.url)
             if self.wall_start is not None:  # attempt 1 started quietly
                 stats = self.quiet.stats  # type: ignore[union-attr]  # quiet until now
+                counted = self.counted
+                if counted is not None:  # the events count the rest of the call
+                    self.counted = None
+                    counted(None)
                 if stats is not None:
                     events.hooks = tuple(h for h in hooks if h is not stats)
                 events.emit(_START, 1, {"timestamp": self.wall_start})
@@ -646,26 +653,24 @@ class _Call(Generic[T]):
         if number:  # a wait for the throttle's turn
             self.turn_for = 0
             step = self.step_turn(number, self.outcome)
-            return self.admitted(number, self.outcome) if step is None else step
+            return self.next_attempt(number, self.outcome, True) if step is None else step
         outcome: Outcome[T] = self.outcome  # type: ignore[assignment]  # set by attempted
         self.previous_wait = self.wait_asked
         if self.closed is not None and self.closed():  # closed during the wait
             return self.give_up(outcome, self.number, "closed")
         return self.next_attempt(self.number + 1, outcome)
 
-    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None) -> _Step[T]:
+    def next_attempt(self, number: int, outcome: Optional[Outcome[T]] = None,
+                     turned: bool = False) -> _Step[T]:
         """Attempt ``number`` (``next_attempt(1)``: the machine's first step), once the
-        throttle gave it its turn (a wait step while it must wait) and the breaker admits
-        it (``outcome``: the last failed attempt's, for a refusal)."""
-        if self.throttle is not None:
+        throttle gave it its turn (a wait step while it must wait; ``turned``: it did
+        already) and the breaker admits it (``outcome``: the last failed attempt's, for a
+        refusal): it starts (its START, or for a quiet call its count; its clock
+        reading).  One method, not two: every attempt passes here."""
+        if self.throttle is not None and not turned:
             step = self.take_turn(number, outcome)
             if step is not None:
                 return step
-        return self.admitted(number, outcome)
-
-    def admitted(self, number: int, outcome: Optional[Outcome[T]]) -> _Step[T]:
-        """Attempt ``number``, once the breaker admits it: it starts (its START, or for a
-        quiet call its count; its clock reading)."""
         if self.breaker is not None:
             ticket = self.admit(number, outcome)  # a refusal ends the call
             if not isinstance(ticket, int):
@@ -678,7 +683,7 @@ class _Call(Generic[T]):
             self.wall_start = _time()
             stats = self.quiet.stats  # type: ignore[union-attr]  # quiet: a plan is set
             if stats is not None:
-                stats.quiet_start(self.call.operation)
+                self.counted = stats.quiet_start(self.call.operation)
         else:
             events.emit(_START, number)
         self.granted = False  # the retry the budget granted is being made
@@ -815,8 +820,9 @@ class _Call(Generic[T]):
         if events is None:  # quiet: tell the built-in consumers directly
             quiet: Quiet = self.quiet  # type: ignore[assignment]
             call = self.call
-            if quiet.stats is not None:
-                quiet.stats.quiet_success(call.operation, elapsed)
+            counted = self.counted
+            if counted is not None:
+                counted(elapsed)
             if quiet.budget is not None:
                 quiet.budget.deposit(call.service)
             if record is not None:

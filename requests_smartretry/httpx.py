@@ -386,13 +386,14 @@ class _HttpxSending(Sending[httpx.Response]):
 
     def __init__(self, owner: _SmartTransportBase, request: httpx.Request,
                  policy: RetryPolicy, minted: Optional[str], asynchronous: bool) -> None:
-        Sending.__init__(self)
         #: Whether the attempt reads the body (a SmartClient's request not streamed).
         self.read_body = request.extensions.get(STREAM_EXTENSION) is False
         self.asynchronous = asynchronous
         self.owner = owner
         self.request = request
         self.policy = policy
+        if policy.prepare_attempt is None:  # every attempt sends ``request`` as it is
+            self.as_sent = request
         #: The idempotency header this call added (the caller's request has none).
         self.minted = minted
         self.replayable = isinstance(request.stream, httpx.ByteStream)

@@ -419,6 +419,14 @@ class _RuleTable(Mapping[Verdict, VerdictRule]):
     def __getitem__(self, verdict: Verdict) -> VerdictRule:
         return self._rules[verdict]
 
+    # The dict's own get and "in": Mapping's raise and catch a KeyError for a verdict
+    # without a rule (every failed attempt asks: RetryPolicy.rule_for).
+    def get(self, verdict: Verdict, default: Any = None) -> Any:
+        return self._rules.get(verdict, default)
+
+    def __contains__(self, verdict: object) -> bool:
+        return verdict in self._rules
+
     def __iter__(self) -> Iterator[Verdict]:
         return iter(self._rules)
 

@@ -77,16 +77,18 @@ class Sending(Generic[_V]):
     fails: a first attempt that succeeds costs two method calls.
     """
 
-    __slots__ = ("counted", "idempotent", "previous", "verdicts")
-
-    def __init__(self) -> None:
-        #: The last failed attempt's response, which the retry discards.
-        self.previous: Optional[_V] = None
-        #: The verdicts of the failed attempts so far, for previous_attempts().
-        self.verdicts: tuple[Classification, ...] = ()
-        self.idempotent: Optional[bool] = None  # decided at the first failure that asks
-        #: The enclosing callable-API attempt's ledger counting the running attempt.
-        self.counted: Optional[AttemptLedger] = None
+    # The state as it stands before the first attempt: class defaults (no __slots__), so
+    # that a call whose first attempt succeeds stores none of it (no base __init__ to run).
+    #: The last failed attempt's response, which the retry discards.
+    previous: Optional[_V] = None
+    #: The verdicts of the failed attempts so far, for previous_attempts().
+    verdicts: tuple[Classification, ...] = ()
+    idempotent: Optional[bool] = None  # decided at the first failure that asks
+    #: The enclosing callable-API attempt's ledger counting the running attempt.
+    counted: Optional[AttemptLedger] = None
+    #: The request every attempt sends as it is, when nothing prepares attempts (no
+    #: ``prepare_attempt``): set by the transport, and :meth:`begin` asks no :meth:`prepare`.
+    as_sent: Any = None
 
     # -- what each transport says -----------------------------------------------------
 
@@ -139,15 +141,17 @@ class Sending(Generic[_V]):
             if self.closed():
                 raise self.closed_error()
             self.rewind()
-        verdicts = self.verdicts
-        if verdicts:
-            token = _PREVIOUS_ATTEMPTS.set(verdicts)
-            try:
+        to_send = self.as_sent
+        if to_send is None:
+            verdicts = self.verdicts
+            if verdicts:
+                token = _PREVIOUS_ATTEMPTS.set(verdicts)
+                try:
+                    to_send = self.prepare(number)
+                finally:
+                    _PREVIOUS_ATTEMPTS.reset(token)
+            else:  # first attempt: previous_attempts() is already ()
                 to_send = self.prepare(number)
-            finally:
-                _PREVIOUS_ATTEMPTS.reset(token)
-        else:  # first attempt: previous_attempts() is already ()
-            to_send = self.prepare(number)
         scope = current_scope()
         # Inside a callable-API attempt: count what may execute (deadline.AttemptLedger).
         # A key minted by this call does not make the enclosing call's repeat safe: it

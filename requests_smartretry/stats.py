@@ -12,7 +12,7 @@ import bisect
 import collections
 import math
 import warnings
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional
 
 from . import forksafe
 from .events import AttemptEvent, EventKind
@@ -343,9 +343,11 @@ class Stats:
     :data:`DEPRECATED_NAMES`) still read for one release, with a ``DeprecationWarning``.
 
     Thread safety: the first attempt of a call whose events nobody else reads (the common,
-    successful case) is recorded without a lock: its START and its SUCCESS are each one
-    whole record appended to a queue (one atomic operation), applied in order under the
-    lock by the thread whose record fills a batch, and by every read before it reads.
+    successful case) is recorded without a lock: one record per call, appended to a queue
+    at its START and ended in place at its SUCCESS (each one atomic operation), applied
+    under the lock by the thread whose record fills a batch, and by every read before it
+    reads (a record read while its attempt runs counts a call in flight, its success
+    once a later read finds it ended).
     Every other event takes one short lock (no I/O, no callbacks under it).
     :meth:`snapshot` applies the records and copies under the lock and computes
     percentiles outside it, so it is consistent (a snapshot never shows half an event,
@@ -366,9 +368,11 @@ class Stats:
         self.max_operations = max_operations
         self._lock = forksafe.lock()
         self._operations: dict[str, _Counters] = {}
-        # The operation (a str) for a quiet START, (operation, elapsed) for a quiet
-        # SUCCESS: appended without the lock, applied under it (_apply_records).
-        self._records: collections.deque[Union[str, tuple[str, float]]] = collections.deque()
+        # One record per quiet call (see quiet_start): appended without the lock, applied
+        # under it (_apply_records); those applied while their attempt still ran wait in
+        # _running for its end.
+        self._records: collections.deque[list[Any]] = collections.deque()
+        self._running: list[list[Any]] = []
         track(self)  # for testing.reset_state()
 
     def __repr__(self) -> str:
@@ -420,48 +424,67 @@ class Stats:
 
     # -- a quiet call (engine.Quiet): its first attempt counted without events ------------
 
-    def quiet_start(self, operation: str) -> None:
+    def quiet_start(self, operation: str) -> Callable[[Optional[float]], None]:
         """What a call's first START counts (the loop calls it instead of emitting one):
-        recorded without a lock, counted by the next read."""
+        recorded without a lock, counted by the next read.  Returns the function that
+        ends the record, once: with the seconds of the attempt's success (the attempt and
+        the call took that long), or with ``None`` when the call's events take over (they
+        count the rest).  One record per call: a list, ``[operation]`` while the attempt
+        runs, ``[operation, seconds]`` once it ended."""
+        record: list[Any] = [operation]
         records = self._records
-        records.append(operation)  # the name alone: a START (nothing to allocate)
+        records.append(record)  # no lock: one atomic append
         if len(records) >= _APPLY_AT:
             with self._lock:
                 self._apply_records()
-
-    def quiet_success(self, operation: str, elapsed: float) -> None:
-        """What the SUCCESS of a call's first attempt counts: the attempt and the call took
-        ``elapsed`` seconds.  Recorded without a lock, counted by the next read."""
-        records = self._records
-        records.append((operation, elapsed))
-        if len(records) >= _APPLY_AT:
-            with self._lock:
-                self._apply_records()
+        return record.append  # one atomic append, without a Python frame
 
     def _apply_records(self) -> None:
         """Count the quiet records, oldest first (under the lock).  Each is taken out of
-        the queue by one atomic ``popleft``: counted once, whole, whoever applies it."""
-        pop = self._records.popleft
+        the queue by one atomic ``popleft``: its START is counted once, whole, whoever
+        applies it.  A record whose attempt still runs waits in ``_running`` until it
+        ended: its success is counted by the first read that finds it ended (a list only
+        grows, by one atomic append, so a record read as ended stays so)."""
+        records = self._records
+        pop = records.popleft
         operations = self._operations
-        while True:
+        running = self._running
+        while records:  # (an empty queue ends the loop without raising: the usual end)
             try:
                 record = pop()
-            except IndexError:
-                return
-            if record.__class__ is not tuple:  # a START: the operation's name
-                counters = operations.get(record)  # type: ignore[arg-type]  # a str
-                if counters is None:
-                    counters = self._new_operation(record)  # type: ignore[arg-type]
-                counters.attempts += 1
-                counters.calls += 1
-                continue
-            operation, elapsed = record
-            counters = operations.get(operation)
+            except IndexError:  # another thread took the last one meanwhile
+                break
+            counters = operations.get(record[0])
             if counters is None:
-                counters = self._new_operation(operation)
-            counters.calls_succeeded += 1
-            if 0.0 <= elapsed < _INF:  # the attempt's and the call's time: one record
-                counters.quiet_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
+                counters = self._new_operation(record[0])
+            counters.attempts += 1
+            counters.calls += 1
+            if len(record) == 1:
+                running.append(record)
+                continue
+            elapsed = record[1]
+            if elapsed is not None:  # _count_quiet_success inline: every quiet call's
+                counters.calls_succeeded += 1
+                if 0.0 <= elapsed < _INF:
+                    counters.quiet_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
+        if running:
+            still = []
+            for record in running:
+                if len(record) == 1:
+                    still.append(record)
+                elif record[1] is not None:
+                    counters = operations.get(record[0])
+                    if counters is None:
+                        counters = self._new_operation(record[0])
+                    self._count_quiet_success(counters, record[1])
+            self._running = still
+
+    @staticmethod
+    def _count_quiet_success(counters: _Counters, elapsed: float) -> None:
+        """A quiet call's success: one call and one attempt of ``elapsed`` seconds."""
+        counters.calls_succeeded += 1
+        if 0.0 <= elapsed < _INF:  # the attempt's and the call's time: one record
+            counters.quiet_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
 
     def record_wait(self, operation: str, *, outcome: str, polls: int,
                     seconds: float) -> None:
@@ -511,6 +534,7 @@ class Stats:
         """Forget every count."""
         with self._lock:
             self._records.clear()
+            self._running = []
             self._operations.clear()
 
     _reset_state = reset  # testing.reset_state()
@@ -523,6 +547,7 @@ class Stats:
             state["_operations"] = {k: v.copy() for k, v in self._operations.items()}
         del state["_lock"]
         del state["_records"]
+        del state["_running"]  # counted as in flight, and never ended in the copy
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -533,5 +558,6 @@ class Stats:
         self.__dict__.update(state)
         self._lock = forksafe.lock()
         self._records = collections.deque()
+        self._running = []
         track(self)
 

@@ -141,6 +141,35 @@ def test_a_mixins_send_and_build_response_still_run(server: FaultServer) -> None
     assert len(sent) == 1
 
 
+def test_the_path_sent_is_requests_own_with_or_without_proxies_or_a_mixin() -> None:
+    """request_url gives what HTTPAdapter's gives: remembered per URL without proxies (the
+    URL alone decides it), asked every time with proxies, and a mixin's after the adapter
+    in the MRO still decides."""
+    plain = requests.adapters.HTTPAdapter()
+    adapter = SmartRetryAdapter()
+    for url in ("http://h/a/b?q=1#frag", "http://h", "https://u:p@h:8443/x?y=%20",
+                "http://h//double/slash"):
+        request = requests.Request("GET", url).prepare()
+        for proxies in ({}, None, {"http": "http://proxy:3128"},
+                        {"all": "socks5://proxy:1080"}):
+            for _ in range(2):  # the second time, remembered
+                assert adapter.request_url(request, proxies) == \
+                    plain.request_url(request, proxies), (url, proxies)
+    asked: list[str] = []
+
+    class Asking(requests.adapters.HTTPAdapter):
+        def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+            asked.append(request.url or "")
+            return "/elsewhere"
+
+    class Adapter(SmartRetryAdapter, Asking):
+        pass
+
+    request = requests.Request("GET", "http://h/a").prepare()
+    assert [Adapter().request_url(request, {}) for _ in range(2)] == ["/elsewhere"] * 2
+    assert len(asked) == 2
+
+
 def test_close_stops_calls_in_flight_not_future_ones(server: FaultServer) -> None:
     """session.close() during a call stops its retries; a call made afterwards works."""
     session: requests.Session

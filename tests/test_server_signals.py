@@ -87,6 +87,29 @@ def test_x_should_retry_rows(status: int, said: str, verdict: Verdict) -> None:
     assert classify_http_response(answer, None, DEFAULT_RETRY_STATUSES).verdict is verdict
 
 
+class _OwnHeaders(requests.structures.CaseInsensitiveDict):  # type: ignore[type-arg]
+    """A headers class of a caller's own (read through its ``get``, as any mapping)."""
+
+
+@pytest.mark.parametrize("headers_class", [requests.structures.CaseInsensitiveDict,
+                                           _OwnHeaders])
+def test_signals_are_read_whatever_the_case_of_their_names(headers_class: type) -> None:
+    """Retry-After, Retry-After-Ms and x-should-retry are found in any letter case, in
+    requests' headers (read through their lowercased store) and in another mapping."""
+    answer = Answer(503)
+    answer.headers = headers_class({"RETRY-AFTER": "7", "X-Should-Retry": "False"})
+    assert classify_http_response(answer, None, DEFAULT_RETRY_STATUSES).verdict \
+        is Verdict.PERMANENT
+    answer.headers = headers_class({"retry-after": "7", "Retry-After-MS": "1500"})
+    got = classify_http_response(answer, None, DEFAULT_RETRY_STATUSES)
+    assert (got.verdict, got.retry_after) == (Verdict.SERVER_ERROR, 1.5)
+    assert retry_after_of(headers_class({"Retry-After": "7"})) == 7.0
+    assert retry_after_of(headers_class({})) is None
+    # A plain dict (an SDK's response) is asked as it spells the names, as before.
+    assert retry_after_of({"Retry-After": "7"}) == 7.0
+    assert retry_after_of({"Retry-After-Ms": "1500", "Retry-After": "7"}) == 1.5
+
+
 def test_signals_switched_off_leave_the_status_table() -> None:
     """honor_server_signals=False: x-should-retry is not read."""
     answer = Answer(503, x_should_retry="false")

@@ -347,17 +347,17 @@ def test_an_old_name_is_still_in_the_row_with_a_deprecation_warning(old: str,
 
 
 def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
-    """The first attempt of a call nobody else reads (its START and SUCCESS) takes no lock;
-    a snapshot counts every such call, and a SUCCESS never before its START."""
+    """The first attempt of a call nobody else reads (one record, from its START to its
+    SUCCESS) takes no lock; a snapshot counts every such call, and a SUCCESS never before
+    its START."""
     from requests_smartretry.stats import _APPLY_AT
 
     stats = Stats()
     lock = CountingLock()
     stats._lock = lock  # type: ignore[assignment]
-    calls = (_APPLY_AT - 2) // 2  # a batch's worth of records, not more
+    calls = _APPLY_AT - 2  # a batch's worth of records (one per call), not more
     for _ in range(calls):
-        stats.quiet_start("op")
-        stats.quiet_success("op", 0.01)
+        stats.quiet_start("op")(0.01)
     stats.quiet_start("op")  # one call in flight
     assert lock.acquired == 0
     row = stats.snapshot()["op"]
@@ -366,10 +366,27 @@ def test_a_quiet_call_is_counted_without_a_lock_and_read_whole() -> None:
     assert row["attempts"] == calls + 1 and row["attempt_seconds"]["count"] == calls
     assert lock.acquired == 1
     for _ in range(10 * _APPLY_AT):  # later batches: one lock per batch of records
-        stats.quiet_start("op")
-        stats.quiet_success("op", 0.01)
+        stats.quiet_start("op")(0.01)
     assert lock.acquired <= 1 + 20
     assert stats.snapshot()["op"]["calls_succeeded"] == calls + 10 * _APPLY_AT
+
+
+def test_a_quiet_record_read_while_its_attempt_runs_counts_its_success_once_ended() -> None:
+    """A quiet call read while its attempt runs is in flight; once ended it is one success
+    (counted once, by the next read); ended with None (its events took over) it stays a
+    START only, for the events to count the rest."""
+    stats = Stats()
+    end = stats.quiet_start("op")
+    handed = stats.quiet_start("op")
+    row = stats.snapshot()["op"]
+    assert (row["calls"], row["attempts"], row["calls_in_flight"]) == (2, 2, 2)
+    end(0.01)
+    handed(None)
+    row = stats.snapshot()["op"]
+    assert (row["calls"], row["calls_succeeded"], row["calls_in_flight"]) == (2, 1, 1)
+    assert row["call_seconds"]["count"] == row["attempt_seconds"]["count"] == 1
+    assert stats._running == []  # nothing left to look at
+    assert stats.snapshot()["op"]["calls_succeeded"] == 1
 
 
 class _Name(str):
@@ -382,8 +399,7 @@ def test_a_quiet_calls_time_counts_as_its_attempts_and_its_calls_and_survives_pi
     evented call's; a snapshot of an unpickled copy reads the same; and an operation name
     that is a ``str`` subclass (a naming hook's) is counted as a START, not unpacked."""
     stats = Stats()
-    stats.quiet_start(_Name("op"))
-    stats.quiet_success(_Name("op"), 0.25)
+    stats.quiet_start(_Name("op"))(0.25)
     base = {"operation": "op", "service": "s", "max_attempts": 2, "call_id": 1}
     stats(AttemptEvent(kind=EventKind.START, attempt=1, **base))
     stats(AttemptEvent(kind=EventKind.SUCCESS, attempt=1, elapsed=0.5, call_elapsed=0.5,
@@ -393,8 +409,7 @@ def test_a_quiet_calls_time_counts_as_its_attempts_and_its_calls_and_survives_pi
     for summary in ("attempt_seconds", "call_seconds"):
         assert row[summary]["count"] == 2
         assert row[summary]["max"] == pytest.approx(0.5, rel=0.05)
-    stats.quiet_start("op")
-    stats.quiet_success("op", 1.0)
+    stats.quiet_start("op")(1.0)
     again = pickle.loads(pickle.dumps(stats)).snapshot()["op"]
     assert again == stats.snapshot()["op"]
     assert again["attempt_seconds"]["count"] == again["call_seconds"]["count"] == 3
@@ -409,9 +424,10 @@ def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
     bad: list[dict[str, Any]] = []
 
     def count() -> None:
-        for _ in range(calls):
-            stats.quiet_start("op")
-            stats.quiet_success("op", 0.002)
+        for _ in range(calls // 3):  # three calls running at once: read while they run
+            ends = [stats.quiet_start("op") for _ in range(3)]
+            for end in ends:
+                end(0.002)
 
     def look() -> None:
         row = stats.snapshot().get("op")
@@ -423,5 +439,5 @@ def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
     observe_while_threads_work(look, count, 8)
     assert bad == []
     row = stats.snapshot()["op"]
-    assert row["calls"] == row["calls_succeeded"] == 8 * calls
+    assert row["calls"] == row["calls_succeeded"] == 8 * (calls // 3 * 3)
     assert row["calls_in_flight"] == 0
