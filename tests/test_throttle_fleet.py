@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -40,6 +41,13 @@ def shared(redis: RedisServer, **kwargs: Any) -> Throttle:
     throttle = Throttle(**kwargs)
     throttle.use_store(shared_store(redis.url, time_budget=0.1, retry_interval=0.05))
     return throttle
+
+
+def fork() -> int:
+    """``os.fork()`` in a process with threads (its DeprecationWarning silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def take(throttle: Throttle, limit: Optional[float] = 0.3) -> Any:
@@ -440,15 +448,11 @@ def test_a_forked_child_holds_none_of_its_parents_slots(redis: RedisServer,
     """A child forked while its parent holds 2 of 2 slots starts with none held (a local
     throttle lets it go at once), and ending the turns it inherited gives nothing back
     (the parent's leases stay in Redis)."""
-    import warnings
-
     throttle = shared(redis, max_in_flight=2) if through_redis \
         else Throttle(max_in_flight=2)
     held = [take(throttle) for _ in range(2)]
     assert None not in held
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: report through the exit code
         code = 0
         try:
@@ -478,9 +482,6 @@ def test_a_forked_child_does_not_queue_behind_its_parents_tickets() -> None:
     own turn (1.5 s to wait at most) goes within an interval or two.  Before: the child
     inherited the parent's queue, placed its turn behind 10 tickets no thread of its own
     held (2.5 s away) and refused it at once."""
-    import threading
-    import warnings
-
     throttle = Throttle(rate=4.0, burst=1, adaptive=True)
     went: list[bool] = []
     waiters = [threading.Thread(target=lambda: went.append(take(throttle, 30.0) is not None))
@@ -491,9 +492,7 @@ def test_a_forked_child_does_not_queue_behind_its_parents_tickets() -> None:
     while throttle._local(SERVICE).record.get("qn", 0.0) < 10:
         assert time.monotonic() < until, throttle._local(SERVICE).record
         time.sleep(0.01)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: report through the exit code
         code = 0
         try:
