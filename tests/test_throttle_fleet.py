@@ -175,6 +175,39 @@ def test_a_first_round_trip_whose_connection_took_most_of_the_budget_is_no_outag
     assert start is not None and float(start) == 1.0  # booked in the shared schedule
 
 
+def test_the_first_round_trips_of_every_worker_are_no_outage(redis: RedisServer,
+                                                             caplog: Any) -> None:
+    """Four turns asking at once just after the store connected, through a proxy whose
+    new connections answer their first command 0.2 s late (time budget 0.1 s): no outage,
+    all four book in Redis.  The workers' connections were opened, and the scripts loaded,
+    while the store connected; before, three of the four round trips opened a connection
+    of their own within their budget (a handshake beside 16 busy threads took 70-110 ms)
+    and the fleet paced locally at its start with nothing wrong with Redis."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(redis.port, first=0.2) as proxy:
+        throttle = Throttle(rate=1000.0, burst=100)
+        store = throttle.store = shared_store(proxy.url, time_budget=0.1, socket_timeout=1.0,
+                                              retry_interval=5.0)
+        until = time.monotonic() + 5.0
+        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+            assert time.monotonic() < until, "never connected"  # NoTime while connecting
+            time.sleep(0.05)
+        connected = proxy.connections
+        ready = threading.Barrier(4)
+
+        def ask() -> Any:
+            ready.wait()
+            return take(throttle, limit=5.0)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            turns = list(pool.map(lambda _: ask(), range(4)))
+        assert all(turn is not None for turn in turns)
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+        assert store.shared and proxy.connections == connected
+
+
 def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisServer,
                                                                    caplog: Any) -> None:
     """Six turns asking at once, on a store of four workers whose scripts each take 0.15 s
