@@ -489,9 +489,21 @@ class RedisStateStore(SharedPaces):
                 with self._lock:
                     self._connect_until = _monotonic() + max(self.socket_timeout,
                                                              self.time_budget)
-                open_connections(self._client, _WORKERS + 1)
-                for lua in (script, self._throttle_script):
-                    self._client.script_load(lua.script)
+                # Best effort: Redis answered the PING, so a refusal here ("max number of
+                # clients reached", a pool's max_connections, no SCRIPT permission) is no
+                # outage: the workers share the connections opened (and a script loads
+                # itself when first run), as they did before.  Silence is one: Redis
+                # stopped answering (SIGSTOP, a black hole) as an unanswered PING would.
+                try:
+                    open_connections(self._client, _WORKERS + 1)
+                    for lua in (script, self._throttle_script):
+                        self._client.script_load(lua.script)
+                except Exception as exc:
+                    if _timed_out(exc):
+                        raise
+                    _log.debug("requests_smartretry: Redis state store %s: connections "
+                               "not opened ahead (%s: %s)", self.where,
+                               type(exc).__name__, safe_text(exc, self._url))
                 self._script = script
 
     def _run_script(self, keys: list[str], args: list[Any], lua: str = "state") -> Any:
@@ -1029,6 +1041,13 @@ class RedisStateStore(SharedPaces):
                 pass
         self._closed = False
 
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a read or a connection that timed out (Redis silent)."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return isinstance(exc, (RedisTimeout, TimeoutError))
 
 
 def _after_fork_in_child() -> None:
