@@ -208,6 +208,29 @@ def test_the_first_round_trips_of_every_worker_are_no_outage(redis: RedisServer,
         assert store.shared and proxy.connections == connected
 
 
+def test_opening_the_connections_ahead_is_no_outage_at_the_default_socket_timeout(
+        redis: RedisServer, caplog: Any) -> None:
+    """With the default socket timeout (0.25 s), through a proxy whose new connections
+    answer their first command 80 ms late (a handshake on a busy process): the store
+    connects and shares, with no warning.  Opening five connections one after another
+    takes longer than one socket timeout; each has the socket timeout of its own.
+    Before, the whole warm-up had one socket timeout: "no connection within the socket
+    timeout" at every start and every reconnection, the store never shared."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(redis.port, first=0.08) as proxy:
+        throttle = Throttle(rate=1000.0, burst=100)
+        store = throttle.store = shared_store(proxy.url, time_budget=0.05)
+        until = time.monotonic() + 5.0
+        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+            assert time.monotonic() < until, \
+                f"never connected: {[r.getMessage() for r in caplog.records]}"
+            time.sleep(0.02)
+        assert store.shared
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisServer,
                                                                    caplog: Any) -> None:
     """Six turns asking at once, on a store of four workers whose scripts each take 0.15 s

@@ -489,22 +489,34 @@ class RedisStateStore(SharedPaces):
                 with self._lock:
                     self._connect_until = _monotonic() + max(self.socket_timeout,
                                                              self.time_budget)
-                # Best effort: Redis answered the PING, so a refusal here ("max number of
-                # clients reached", a pool's max_connections, no SCRIPT permission) is no
-                # outage: the workers share the connections opened (and a script loads
-                # itself when first run), as they did before.  Silence is one: Redis
-                # stopped answering (SIGSTOP, a black hole) as an unanswered PING would.
-                try:
-                    open_connections(self._client, _WORKERS + 1)
-                    for lua in (script, self._throttle_script):
-                        self._client.script_load(lua.script)
-                except Exception as exc:
-                    if _timed_out(exc):
-                        raise
-                    _log.debug("requests_smartretry: Redis state store %s: connections "
-                               "not opened ahead (%s: %s)", self.where,
-                               type(exc).__name__, safe_text(exc, self._url))
+                self._warm_up(self._client, script)
                 self._script = script
+
+    def _warm_up(self, client: Any, script: Any) -> None:
+        """Open the workers' connections (and the listener's) and load both scripts.
+        Best effort: Redis answered, so a refusal here ("max number of clients reached",
+        a pool's max_connections, no SCRIPT permission) is no outage: the workers share
+        the connections opened (and a script loads itself when first run), as they did
+        before.  Silence is one (raised): Redis stopped answering (SIGSTOP, a black hole)
+        as an unanswered PING would.  Each connection, each script, has the socket timeout
+        (the connection's bound, ``_connect_until``, renewed): in all, five handshakes on
+        a busy process (70-110 ms each) overran the default 0.25 s, an outage at start."""
+        def answered() -> None:  # each step has the socket timeout, not the whole
+            with self._lock:     # (five handshakes of 0.1 s are no silent Redis)
+                self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                         self.time_budget)
+
+        try:
+            open_connections(client, _WORKERS + 1, answered)
+            for lua in (script, self._throttle_script):
+                client.script_load(lua.script)
+                answered()
+        except Exception as exc:
+            if _timed_out(exc):
+                raise
+            _log.debug("requests_smartretry: Redis state store %s: connections not opened "
+                       "ahead (%s: %s)", self.where, type(exc).__name__,
+                       safe_text(exc, self._url))
 
     def _run_script(self, keys: list[str], args: list[Any], lua: str = "state") -> Any:
         # Connecting happens here too, on the worker: a Cluster client asks its startup
