@@ -201,6 +201,11 @@ class RedisStateStore(SharedPaces):
         self._connecting: Optional[concurrent.futures.Future[None]] = None
         self._connect_until = 0.0  # (monotonic) when a connection under way is too late
         self._connect_slow = False  # ... and a request already waited for it in vain
+        # An outage closed or broke the pool's connections (and a Redis restarted empty
+        # lost the scripts): the next round trip (a probe) opens them again first, as the
+        # first connection does (see _connect_now).  _outages counts the outages.
+        self._cold = False
+        self._outages = 0
         self._in_flight = 0
         self._queued_since: Optional[float] = None  # (monotonic) round trips waiting for a worker
         self._down = False
@@ -333,7 +338,7 @@ class RedisStateStore(SharedPaces):
             raise NoTime()
         started = _monotonic()
         try:
-            if self._script is None:
+            if self._script is None or self._cold:
                 self._connected_within(allowance)
                 if by_deadline or not per_trip:  # the rest: the connection took its part
                     allowance -= _monotonic() - started
@@ -477,6 +482,19 @@ class RedisStateStore(SharedPaces):
 
     def _connect_now(self) -> None:
         with self._connect_lock:
+            with self._lock:
+                outages = self._outages
+            if self._script is not None:
+                if self._cold:  # back from an outage: the same client, opened again
+                    self._client.ping()
+                    with self._lock:
+                        self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                                 self.time_budget)
+                    self._warm_up(self._client, self._script)
+                    with self._lock:
+                        if self._outages == outages:  # (not down again meanwhile)
+                            self._cold = False
+                return
             if self._script is None:
                 script = self._connect()
                 self._client.ping()
@@ -580,6 +598,8 @@ class RedisStateStore(SharedPaces):
             # for a while (see _came_back): a failure inside it — a probe's, or a write
             # refused after a read-only probe went through (OOM with noeviction, READONLY)
             # — backs off further and warns no more.
+            self._cold = True
+            self._outages += 1
             if probing or (self._episode and not self._down):
                 self._failed_probes += 1
             # A Redis that stays out is probed less and less often (up to every 30 s, or
