@@ -431,7 +431,10 @@ class RedisStateStore(SharedPaces):
         started = None
         with self._lock:
             future = self._connecting
-            if future is None:
+            # (One that went through is an earlier connection's, that no request waited
+            # for to its end: this request needs the connection opened again.)
+            if future is None or (future.done() and not future.cancelled()
+                                  and future.exception() is None):
                 future = started = self._connecting = self._worker_pool().submit(
                     self._connect_now)
                 self._connect_until = _monotonic() + max(self.socket_timeout,
