@@ -118,7 +118,17 @@ def _take(pool: Any) -> Any:
         connection = pool.get_connection()  # redis-py 5.3+ (a name there is deprecated)
     except TypeError:  # redis-py 4.2 to 5.2: the command's name is required
         connection = pool.get_connection("PING")
-    connection.connect()  # (a pool hands out a connected one; an older one may not)
+    try:
+        connection.connect()  # (a pool hands out a connected one; an older one may not)
+        # A round trip: before redis-py 5 the connection sends nothing when it connects,
+        # and a Redis at maxclients says so ("max number of clients reached") only in
+        # reply to the first command, the script it would have failed later.
+        connection.send_command("PING")
+        connection.read_response()
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
     return connection
 
 
