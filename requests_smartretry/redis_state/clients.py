@@ -3,7 +3,7 @@ through pickle), for a plain server, a Cluster or a Sentinel-managed master."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["build_client", "describe_client", "open_connections"]
 
@@ -89,11 +89,13 @@ def build_client(spec: dict[str, Any], url: Optional[str], socket_timeout: float
     return client
 
 
-def open_connections(client: Any, count: int) -> None:
+def open_connections(client: Any, count: int,
+                     opened: Optional[Callable[[], None]] = None) -> None:
     """Open ``count`` connections in each connection pool of ``client`` (a plain or
     Sentinel client's pool, a Cluster's primaries' pools) and give them back idle, so that
     the first ``count`` concurrent commands find one each instead of each opening its own
-    (TCP, the handshake's commands) in the time it has for its answer."""
+    (TCP, the handshake's commands) in the time it has for its answer.  ``opened()`` is
+    called after each one (Redis answered again)."""
     nodes = client.get_primaries() if hasattr(client, "get_primaries") else [None]
     for node in nodes:
         redis = client if node is None else node.redis_connection
@@ -104,6 +106,8 @@ def open_connections(client: Any, count: int) -> None:
         try:
             for _ in range(count):
                 taken.append(_take(pool))
+                if opened is not None:
+                    opened()
         finally:
             for connection in taken:
                 pool.release(connection)
@@ -114,7 +118,17 @@ def _take(pool: Any) -> Any:
         connection = pool.get_connection()  # redis-py 5.3+ (a name there is deprecated)
     except TypeError:  # redis-py 4.2 to 5.2: the command's name is required
         connection = pool.get_connection("PING")
-    connection.connect()  # (a pool hands out a connected one; an older one may not)
+    try:
+        connection.connect()  # (a pool hands out a connected one; an older one may not)
+        # A round trip: before redis-py 5 the connection sends nothing when it connects,
+        # and a Redis at maxclients says so ("max number of clients reached") only in
+        # reply to the first command, the script it would have failed later.
+        connection.send_command("PING")
+        connection.read_response()
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
     return connection
 
 
