@@ -442,12 +442,18 @@ class GarbageRedis(FakeRedis):
 
 class SlowProxy(FakeRedis):
     """A TCP proxy in front of a real Redis that delays every reply by ``delay`` seconds,
-    or (``drip``) sends replies one byte every ``drip`` seconds."""
+    or (``drip``) sends replies one byte every ``drip`` seconds; the first reply on each
+    connection comes ``first`` seconds later still (a new connection's handshake on a
+    busy machine).  ``connections``: how many it accepted."""
 
-    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0) -> None:
+    def __init__(self, port: int, *, delay: float = 0.0, drip: float = 0.0,
+                 first: float = 0.0) -> None:
         self.upstream = port
         self.delay = delay
         self.drip = drip
+        self.first = first
+        self.connections = 0
+        self._answered: set[int] = set()
         super().__init__()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -458,6 +464,7 @@ class SlowProxy(FakeRedis):
         except OSError:
             conn.close()
             return
+        self.connections += 1
         threading.Thread(target=self._pipe, args=(conn, upstream, False), daemon=True).start()
         threading.Thread(target=self._pipe, args=(upstream, conn, True), daemon=True).start()
 
@@ -465,7 +472,11 @@ class SlowProxy(FakeRedis):
                  replies: bool) -> None:
         if not replies:
             target.sendall(data)
-        elif self.drip:
+            return
+        if id(target) not in self._answered:
+            self._answered.add(id(target))
+            time.sleep(self.first)
+        if self.drip:
             for index in range(len(data)):
                 time.sleep(self.drip)
                 target.sendall(data[index:index + 1])

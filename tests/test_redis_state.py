@@ -480,6 +480,32 @@ def test_a_full_redis_takes_the_store_local_with_one_warning(
         store.close()
 
 
+def test_a_redis_with_fewer_free_connections_than_the_store_s_workers_is_shared(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis whose ``maxclients`` leaves the store three connections (its four workers
+    and the listener could take five) shares the breaker, with no warning: the store
+    opens its workers' connections ahead when it connects, and one refused ("max number
+    of clients reached") is no outage; Redis answered, the store works with those it
+    has (as it did before it opened them ahead)."""
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with RedisServer(extra=("--maxclients", "4")) as small:
+        inspect = client(small.url)
+        inspect.ping()  # one of the four
+        store = RedisStateStore(small.url, prefix=prefix, socket_timeout=1.0,
+                                retry_interval=0.2)
+        settings = BreakerSettings(3, 60.0, 1, 0.0, 60.0, 10)
+        key = store.key("breaker", SVC)
+        deadline = time.monotonic() + 10.0
+        while not inspect.exists(key) and time.monotonic() < deadline:
+            store.breaker_record(SVC, settings, 0.0, failed=True, weight=1.0, ticket=0)
+            time.sleep(0.05)
+        assert inspect.exists(key), "the store never wrote to Redis"
+        assert store.shared
+        assert redis_warnings(caplog) == []
+        store.close()
+
+
 def test_redis_that_stays_out_is_probed_less_and_less_often() -> None:
     """Each failed probe doubles the wait before the next one (from ``retry_interval``),
     so a Redis that stays out costs ever fewer requests a timeout."""
@@ -611,7 +637,8 @@ def test_slow_or_dripping_redis_is_bypassed_after_the_first_overrun(
 ) -> None:
     """A Redis whose every reply is late by 0.2 s (or arrives one byte per 0.1 s) costs a
     request the time budget at most; every call succeeds, the rest run at local speed, one
-    warning."""
+    warning.  (Within 5 s: a reply late by less than the socket timeout is no outage
+    while the store opens its connections ahead, one round trip each.)"""
     from tests.redis_server import SlowProxy
 
     caplog.set_level(logging.WARNING, logger="requests_smartretry")
@@ -619,12 +646,16 @@ def test_slow_or_dripping_redis_is_bypassed_after_the_first_overrun(
         store = RedisStateStore(proxy.url, prefix=f"slow-{uuid.uuid4().hex[:8]}",
                                 retry_interval=60.0)
         session = smart_session(breaker=CircuitBreaker(), state=store, log=False)
-        took = []
-        for _ in range(20):
+        took: list[float] = []
+        # Past the socket timeout: connecting took too long; or (each reply within it)
+        # the connections opened ahead, one socket timeout each, and the first script
+        # overran the budget.
+        until = time.monotonic() + 5.0
+        while len(took) < 20 or (store.shared and time.monotonic() < until):
             started = time.monotonic()
             assert session.get(fault.url("/ok")).status_code == 200
             took.append(time.monotonic() - started)
-            time.sleep(0.02)  # past the socket timeout: connecting took too long
+            time.sleep(0.02)
         assert not store.shared
         store.close()
     assert took[0] < 1.0  # the first overrun: bounded by the budget, never the drip

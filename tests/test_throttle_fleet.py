@@ -175,6 +175,109 @@ def test_a_first_round_trip_whose_connection_took_most_of_the_budget_is_no_outag
     assert start is not None and float(start) == 1.0  # booked in the shared schedule
 
 
+def test_the_first_round_trips_of_every_worker_are_no_outage(redis: RedisServer,
+                                                             caplog: Any) -> None:
+    """Four turns asking at once just after the store connected, through a proxy whose
+    new connections answer their first command 0.2 s late (time budget 0.1 s): no outage,
+    all four book in Redis.  The workers' connections were opened, and the scripts loaded,
+    while the store connected; before, three of the four round trips opened a connection
+    of their own within their budget (a handshake beside 16 busy threads took 70-110 ms)
+    and the fleet paced locally at its start with nothing wrong with Redis."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(redis.port, first=0.2) as proxy:
+        throttle = Throttle(rate=1000.0, burst=100)
+        store = throttle.store = shared_store(proxy.url, time_budget=0.1, socket_timeout=1.0,
+                                              retry_interval=5.0)
+        until = time.monotonic() + 5.0
+        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+            assert time.monotonic() < until, "never connected"  # NoTime while connecting
+            time.sleep(0.05)
+        connected = proxy.connections
+        ready = threading.Barrier(4)
+
+        def ask() -> Any:
+            ready.wait()
+            return take(throttle, limit=5.0)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            turns = list(pool.map(lambda _: ask(), range(4)))
+        assert all(turn is not None for turn in turns)
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+        assert store.shared and proxy.connections == connected
+
+
+def test_opening_the_connections_ahead_is_no_outage_at_the_default_socket_timeout(
+        redis: RedisServer, caplog: Any) -> None:
+    """With the default socket timeout (0.25 s), through a proxy whose new connections
+    answer their first command 80 ms late (a handshake on a busy process): the store
+    connects and shares, with no warning.  Opening five connections one after another
+    takes longer than one socket timeout; each has the socket timeout of its own.
+    Before, the whole warm-up had one socket timeout: "no connection within the socket
+    timeout" at every start and every reconnection, the store never shared."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    with SlowProxy(redis.port, first=0.08) as proxy:
+        throttle = Throttle(rate=1000.0, burst=100)
+        store = throttle.store = shared_store(proxy.url, time_budget=0.05)
+        until = time.monotonic() + 5.0
+        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+            assert time.monotonic() < until, \
+                f"never connected: {[r.getMessage() for r in caplog.records]}"
+            time.sleep(0.02)
+        assert store.shared
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_the_first_round_trips_after_an_outage_are_no_second_outage(redis: RedisServer,
+                                                                    caplog: Any) -> None:
+    """As above, once Redis is back from an outage (paused past the socket timeout, which
+    closed the pool's connections): four turns asking at once find the connections opened
+    again, and the store stays shared with the one warning of the outage.  Before, only
+    the store's first connection opened them: after each outage (a pause, a restart, a
+    failover) the workers' first round trips each opened one within their 0.1 s budget,
+    and the store went local again."""
+    from tests.redis_server import SlowProxy
+
+    caplog.set_level(logging.WARNING, logger="requests_smartretry")
+    assert redis.process is not None
+    with SlowProxy(redis.port, first=0.2) as proxy:
+        throttle = Throttle(rate=1000.0, burst=100)
+        store = throttle.store = shared_store(proxy.url, time_budget=0.1, socket_timeout=1.0,
+                                              retry_interval=0.3)
+        until = time.monotonic() + 5.0
+        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+            assert time.monotonic() < until, "never connected"
+            time.sleep(0.05)
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            take(throttle, limit=0.5)  # no answer within 0.1 s: the outage
+            time.sleep(1.2)  # past the socket timeout
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert not store.shared and len(caplog.records) == 1
+        until = time.monotonic() + 10.0
+        while not store.shared:  # probed, connections opened again
+            assert time.monotonic() < until, "never shared again"
+            take(throttle, limit=0.5)
+            time.sleep(0.05)
+        connected = proxy.connections
+        ready = threading.Barrier(4)
+
+        def ask() -> Any:
+            ready.wait()
+            return take(throttle, limit=5.0)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            turns = list(pool.map(lambda _: ask(), range(4)))
+        assert all(turn is not None for turn in turns)
+        assert store.shared, [r.getMessage() for r in caplog.records]
+        assert proxy.connections == connected
+        assert len(caplog.records) == 1
+
+
 def test_a_round_trip_that_waited_for_a_free_worker_is_no_outage(redis: RedisServer,
                                                                    caplog: Any) -> None:
     """Six turns asking at once, on a store of four workers whose scripts each take 0.15 s

@@ -3,9 +3,9 @@ through pickle), for a plain server, a Cluster or a Sentinel-managed master."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-__all__ = ["build_client", "describe_client"]
+__all__ = ["build_client", "describe_client", "open_connections"]
 
 # Connection settings of a client that may travel through pickle (the rest — retry
 # objects, credential providers, event dispatchers — hold locks or callables).
@@ -87,6 +87,49 @@ def build_client(spec: dict[str, Any], url: Optional[str], socket_timeout: float
         client = sentinel.master_for(spec["service"], db=_db(spec),
                                      retry=Retry(NoBackoff(), 0), **options)
     return client
+
+
+def open_connections(client: Any, count: int,
+                     opened: Optional[Callable[[], None]] = None) -> None:
+    """Open ``count`` connections in each connection pool of ``client`` (a plain or
+    Sentinel client's pool, a Cluster's primaries' pools) and give them back idle, so that
+    the first ``count`` concurrent commands find one each instead of each opening its own
+    (TCP, the handshake's commands) in the time it has for its answer.  ``opened()`` is
+    called after each one (Redis answered again)."""
+    nodes = client.get_primaries() if hasattr(client, "get_primaries") else [None]
+    for node in nodes:
+        redis = client if node is None else node.redis_connection
+        pool = getattr(redis, "connection_pool", None)
+        if pool is None:
+            continue
+        taken = []
+        try:
+            for _ in range(count):
+                taken.append(_take(pool))
+                if opened is not None:
+                    opened()
+        finally:
+            for connection in taken:
+                pool.release(connection)
+
+
+def _take(pool: Any) -> Any:
+    try:
+        connection = pool.get_connection()  # redis-py 5.3+ (a name there is deprecated)
+    except TypeError:  # redis-py 4.2 to 5.2: the command's name is required
+        connection = pool.get_connection("PING")
+    try:
+        connection.connect()  # (a pool hands out a connected one; an older one may not)
+        # A round trip: before redis-py 5 the connection sends nothing when it connects,
+        # and a Redis at maxclients says so ("max number of clients reached") only in
+        # reply to the first command, the script it would have failed later.
+        connection.send_command("PING")
+        connection.read_response()
+    except BaseException:
+        connection.disconnect()
+        pool.release(connection)
+        raise
+    return connection
 
 
 def _db(spec: dict[str, Any]) -> int:

@@ -31,7 +31,7 @@ from ..state import (
     BudgetSettings,
     MemoryStateStore,
 )
-from .clients import build_client, describe_client
+from .clients import build_client, describe_client, open_connections
 from .errors import KeyFault, NoTime, RedisUnavailable, is_key_error, safe_text
 from .listener import listen
 from .scripts import STATE_LUA, THROTTLE_LUA, numbers
@@ -201,6 +201,11 @@ class RedisStateStore(SharedPaces):
         self._connecting: Optional[concurrent.futures.Future[None]] = None
         self._connect_until = 0.0  # (monotonic) when a connection under way is too late
         self._connect_slow = False  # ... and a request already waited for it in vain
+        # An outage closed or broke the pool's connections (and a Redis restarted empty
+        # lost the scripts): the next round trip (a probe) opens them again first, as the
+        # first connection does (see _connect_now).  _outages counts the outages.
+        self._cold = False
+        self._outages = 0
         self._in_flight = 0
         self._queued_since: Optional[float] = None  # (monotonic) round trips waiting for a worker
         self._down = False
@@ -333,7 +338,7 @@ class RedisStateStore(SharedPaces):
             raise NoTime()
         started = _monotonic()
         try:
-            if self._script is None:
+            if self._script is None or self._cold:
                 self._connected_within(allowance)
                 if by_deadline or not per_trip:  # the rest: the connection took its part
                     allowance -= _monotonic() - started
@@ -426,7 +431,10 @@ class RedisStateStore(SharedPaces):
         started = None
         with self._lock:
             future = self._connecting
-            if future is None:
+            # (One that went through is an earlier connection's, that no request waited
+            # for to its end: this request needs the connection opened again.)
+            if future is None or (future.done() and not future.cancelled()
+                                  and future.exception() is None):
                 future = started = self._connecting = self._worker_pool().submit(
                     self._connect_now)
                 self._connect_until = _monotonic() + max(self.socket_timeout,
@@ -441,7 +449,9 @@ class RedisStateStore(SharedPaces):
         try:
             future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
-            if wait < left:
+            with self._lock:  # (once Redis answered, the rest has a time of its own)
+                over = _monotonic() >= self._connect_until
+            if wait < left or not over:
                 self._connect_slow = True
                 raise NoTime() from None
             with self._lock:
@@ -475,10 +485,59 @@ class RedisStateStore(SharedPaces):
 
     def _connect_now(self) -> None:
         with self._connect_lock:
+            with self._lock:
+                outages = self._outages
+            if self._script is not None:
+                if self._cold:  # back from an outage: the same client, opened again
+                    self._client.ping()
+                    with self._lock:
+                        self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                                 self.time_budget)
+                    self._warm_up(self._client, self._script)
+                    with self._lock:
+                        if self._outages == outages:  # (not down again meanwhile)
+                            self._cold = False
+                return
             if self._script is None:
                 script = self._connect()
                 self._client.ping()
+                # Every worker's connection and both scripts now, while requests wait for
+                # the connection (NoTime): made by the workers' first scripts, they cost
+                # those scripts their time budget on a busy process (a handshake and a
+                # NOSCRIPT miss took 70-110 ms beside 16 threads), an outage for nothing.
+                # Redis answered: this part has the socket timeout again.  (One more
+                # connection: the pub/sub listener takes one from the same pool.)
+                with self._lock:
+                    self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                             self.time_budget)
+                self._warm_up(self._client, script)
                 self._script = script
+
+    def _warm_up(self, client: Any, script: Any) -> None:
+        """Open the workers' connections (and the listener's) and load both scripts.
+        Best effort: Redis answered, so a refusal here ("max number of clients reached",
+        a pool's max_connections, no SCRIPT permission) is no outage: the workers share
+        the connections opened (and a script loads itself when first run), as they did
+        before.  Silence is one (raised): Redis stopped answering (SIGSTOP, a black hole)
+        as an unanswered PING would.  Each connection, each script, has the socket timeout
+        (the connection's bound, ``_connect_until``, renewed): in all, five handshakes on
+        a busy process (70-110 ms each) overran the default 0.25 s, an outage at start."""
+        def answered() -> None:  # each step has the socket timeout, not the whole
+            with self._lock:     # (five handshakes of 0.1 s are no silent Redis)
+                self._connect_until = _monotonic() + max(self.socket_timeout,
+                                                         self.time_budget)
+
+        try:
+            open_connections(client, _WORKERS + 1, answered)
+            for lua in (script, self._throttle_script):
+                client.script_load(lua.script)
+                answered()
+        except Exception as exc:
+            if _timed_out(exc):
+                raise
+            _log.debug("requests_smartretry: Redis state store %s: connections not opened "
+                       "ahead (%s: %s)", self.where, type(exc).__name__,
+                       safe_text(exc, self._url))
 
     def _run_script(self, keys: list[str], args: list[Any], lua: str = "state") -> Any:
         # Connecting happens here too, on the worker: a Cluster client asks its startup
@@ -542,6 +601,8 @@ class RedisStateStore(SharedPaces):
             # for a while (see _came_back): a failure inside it — a probe's, or a write
             # refused after a read-only probe went through (OOM with noeviction, READONLY)
             # — backs off further and warns no more.
+            self._cold = True
+            self._outages += 1
             if probing or (self._episode and not self._down):
                 self._failed_probes += 1
             # A Redis that stays out is probed less and less often (up to every 30 s, or
@@ -1015,6 +1076,13 @@ class RedisStateStore(SharedPaces):
                 pass
         self._closed = False
 
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is a read or a connection that timed out (Redis silent)."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return isinstance(exc, (RedisTimeout, TimeoutError))
 
 
 def _after_fork_in_child() -> None:
