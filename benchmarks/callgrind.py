@@ -5,6 +5,8 @@
     python benchmarks/callgrind.py --annotate            # + the C functions where ours
                                                          #   differs from plain
     python benchmarks/callgrind.py --json out.json       # the figures as data
+    python benchmarks/callgrind.py --httpx               # smart_client() ÷ httpx.Client
+    python benchmarks/callgrind.py --syscalls            # system calls per request (strace)
 
 Timing a few microseconds on a shared 2-core machine is noise; the instructions a request
 executes are nearly the same run after run.  For each variant the client (built by
@@ -59,9 +61,13 @@ CHILD = r"""
 import gc, json, logging, sys
 sys.path[:0] = [{root!r}, {here!r}]
 logging.getLogger().addHandler(logging.NullHandler())   # as run.py: records built, never shown
-from run import make_client
 name, url, count, wait = json.loads(sys.argv[1])
-client = make_client(name, wait=wait)
+if name.startswith("httpx "):
+    from bench_httpx import make_client
+    client = make_client(name)
+else:
+    from run import make_client
+    client = make_client(name, wait=wait)
 get = client.get
 for index in range(count):
     if index == {frozen}:
@@ -104,10 +110,13 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def run_child(out: Path, name: str, url: str, count: int, wait: float,
-              cache_sim: bool, extra_env: dict[str, str]) -> None:
+              cache_sim: bool, extra_env: dict[str, str], syscalls: bool = False) -> None:
     env = child_env(extra_env)
-    command = [valgrind(), "--tool=callgrind", f"--callgrind-out-file={out}",
-               "--dump-line=no", "--compress-strings=no", "--compress-pos=no"]
+    if syscalls:  # the system calls instead (what callgrind does not see: kernel time)
+        command = [shutil.which("strace") or "strace", "-f", "-c", "-o", str(out)]
+    else:
+        command = [valgrind(), "--tool=callgrind", f"--callgrind-out-file={out}",
+                   "--dump-line=no", "--compress-strings=no", "--compress-pos=no"]
     if cache_sim:
         command += ["--cache-sim=yes", "--branch-sim=yes"]
     command += [sys.executable, "-c", CHILD.format(root=str(ROOT), here=str(HERE), frozen=FROZEN),
@@ -118,9 +127,18 @@ def run_child(out: Path, name: str, url: str, count: int, wait: float,
 
 
 def totals(out: Path) -> dict[str, int]:
-    """The run's event totals (``Ir``, and with the cache simulation ``D1mr``…)."""
+    """The run's event totals (``Ir``, and with the cache simulation ``D1mr``…; or, from
+    ``strace -c``, the calls of each system call)."""
+    text = out.read_text(errors="replace")
+    if "% time" in text:  # strace -c: "% time  seconds  usecs/call  calls  [errors]  syscall"
+        calls: dict[str, int] = {}
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+                calls[fields[-1]] = int(fields[3])
+        return calls
     events: list[str] = []
-    for line in out.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         if line.startswith("events:"):
             events = line.split()[1:]
         elif line.startswith("totals:") or line.startswith("summary:"):
@@ -154,13 +172,15 @@ def by_function(out: Path) -> dict[str, int]:
 
 
 def measure(name: str, url: str, requests_n: int, wait: float, workdir: Path,
-            cache_sim: bool, annotate: bool, extra_env: dict[str, str]) -> dict[str, Any]:
+            cache_sim: bool, annotate: bool, extra_env: dict[str, str],
+            syscalls: bool = False) -> dict[str, Any]:
     slug = re.sub(r"\W+", "_", name)
     base, full = workdir / f"{slug}.base.out", workdir / f"{slug}.full.out"
-    run_child(base, name, url, WARMUP, wait, cache_sim, extra_env)
-    run_child(full, name, url, WARMUP + requests_n, wait, cache_sim, extra_env)
+    run_child(base, name, url, WARMUP, wait, cache_sim, extra_env, syscalls)
+    run_child(full, name, url, WARMUP + requests_n, wait, cache_sim, extra_env, syscalls)
     a, b = totals(base), totals(full)
-    result: dict[str, Any] = {"per_request": {k: (b[k] - a[k]) / requests_n for k in b}}
+    result: dict[str, Any] = {"per_request": {k: (b.get(k, 0) - a.get(k, 0)) / requests_n
+                                              for k in set(a) | set(b)}}
     if annotate:
         fa, fb = by_function(base), by_function(full)
         result["functions"] = {k: (fb.get(k, 0) - fa.get(k, 0)) / requests_n
@@ -184,6 +204,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--retried", action="store_true",
                         help="§1b's retried call instead (/flaky: 503, then 200 on the "
                              "retry, backoff 0), against urllib3 Retry; plain is left out")
+    parser.add_argument("--httpx", action="store_true",
+                        help="the httpx transport instead: smart_client() against a plain "
+                             "httpx.Client (benchmarks/bench_httpx.py's clients)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="system calls per request by name (strace -c, no valgrind): "
+                             "the kernel's share of CPU, which callgrind does not count")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for every child (all variants alike); "
                              "the children otherwise get only " + ", ".join(KEPT_ENV))
@@ -207,6 +233,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     base = "urllib3 Retry" if args.retried else "plain"
     names = [(RETRIED if args.retried else {}).get(v, SHORT[v]) for v in args.variants
              if not (args.retried and v == "plain")]
+    if args.httpx:
+        if args.retried or args.against is not None:
+            parser.error("--httpx: not with --retried or --against")
+        base, names = "httpx plain", ["httpx plain", "httpx ours"]
     if base not in names:
         names.insert(0, base)
     if args.against is not None:
@@ -227,7 +257,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             results[name] = measure(name, url, args.requests, wait, Path(tmp), args.cache_sim,
                                     args.annotate and name in (base, "ours", RETRIED["ours"]),
                                     {**extra_env, "*": "1"} if args.inherit_env
-                                    else extra_env)
+                                    else extra_env, args.syscalls)
+    if args.syscalls:
+        calls = sorted({k for r in results.values() for k, v in r["per_request"].items()
+                        if abs(v) >= 0.005})
+        print(f"strace -c, system calls per request ({args.requests} requests after "
+              f"{WARMUP}; git {_git_head()})")
+        print(f"| variant | {' | '.join(calls)} | all |")
+        print(f"| --- | {' | '.join('---:' for _ in calls)} | ---: |")
+        for name in names:
+            row = results[name]["per_request"]
+            print(f"| {name} | {' | '.join(f'{row.get(c, 0.0):.2f}' for c in calls)} | "
+                  f"{sum(row.values()):.2f} |")
+        return 0
     plain = results[base]["per_request"]
     events = list(plain)
     what = "retried calls to /flaky" if args.retried else "GETs of /ok"
