@@ -261,28 +261,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.syscalls:
         calls = sorted({k for r in results.values() for k, v in r["per_request"].items()
                         if abs(v) >= 0.005})
-        print(f"strace -c, system calls per request ({args.requests} requests after "
-              f"{WARMUP}; git {_git_head()})")
-        print(f"| variant | {' | '.join(calls)} | all |")
-        print(f"| --- | {' | '.join('---:' for _ in calls)} | ---: |")
-        for name in names:
-            row = results[name]["per_request"]
-            print(f"| {name} | {' | '.join(f'{row.get(c, 0.0):.2f}' for c in calls)} | "
-                  f"{sum(row.values()):.2f} |")
+        _table(f"strace -c, system calls per request ({args.requests} requests after "
+               f"{WARMUP}; git {_git_head()})", [*calls, "all"],
+               [(name, [f"{row.get(c, 0.0):.2f}" for c in calls] + [f"{sum(row.values()):.2f}"])
+                for name in names for row in [results[name]["per_request"]]])
         return 0
     plain = results[base]["per_request"]
     events = list(plain)
     what = "retried calls to /flaky" if args.retried else "GETs of /ok"
-    print(f"callgrind, {args.requests} {what} per variant after {WARMUP} warm-up "
-          f"(PYTHONHASHSEED=0; {environment}; git {_git_head()})")
-    print(f"| variant | {' | '.join(f'{e} / call' for e in events)} | Ir × {base} |")
-    print(f"| --- | {' | '.join('---' for _ in events)} | --- |")
-    for name in names:
-        row = results[name]["per_request"]
-        cells = " | ".join(f"{row[e]:,.0f}" + ("" if e == "Ir" or not plain[e] else
-                                               f" ({row[e] / plain[e]:.3f}×)")
-                           for e in events)
-        print(f"| {name} | {cells} | {row['Ir'] / plain['Ir']:.4f} |")
+    _table(f"callgrind, {args.requests} {what} per variant after {WARMUP} warm-up "
+           f"(PYTHONHASHSEED=0; {environment}; git {_git_head()})",
+           [f"{e} / call" for e in events] + [f"Ir × {base}"],
+           [(name, [f"{row[e]:,.0f}" + ("" if e == "Ir" or not plain[e] else
+                                        f" ({row[e] / plain[e]:.3f}×)") for e in events]
+             + [f"{row['Ir'] / plain['Ir']:.4f}"])
+            for name in names for row in [results[name]["per_request"]]])
     ours = next((n for n in names if n.startswith("ours") and "off" not in n), None)
     if args.annotate and ours is not None and "functions" in results.get(base, {}):
         mine, theirs = results[ours]["functions"], results[base]["functions"]
@@ -297,6 +290,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                                          "retried": args.retried, "env": extra_env,
                                          "git": _git_head(), "results": results}, indent=1))
     return 0
+
+
+def _table(title: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> None:
+    """A markdown table on stdout, a row per variant, under ``title``."""
+    print(title)
+    print(f"| variant | {' | '.join(columns)} |")
+    print(f"| --- | {' | '.join('---:' for _ in columns)} |")
+    for name, cells in rows:
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 def _git_head() -> str:

@@ -175,6 +175,27 @@ def test_a_first_round_trip_whose_connection_took_most_of_the_budget_is_no_outag
     assert start is not None and float(start) == 1.0  # booked in the shared schedule
 
 
+def connected(throttle: Throttle, seconds: float = 5.0) -> None:
+    """Wait until ``throttle``'s store has connected (its operations are ``NoTime`` while
+    it connects)."""
+    until = time.monotonic() + seconds
+    while throttle.store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
+        assert time.monotonic() < until, "never connected"
+        time.sleep(0.02)
+
+
+def at_once(throttle: Throttle, count: int = 4) -> list[Any]:
+    """``count`` turns asked for at the same moment from as many threads."""
+    ready = threading.Barrier(count)
+
+    def ask() -> Any:
+        ready.wait()
+        return take(throttle, limit=5.0)
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: ask(), range(count)))
+
+
 def test_the_first_round_trips_of_every_worker_are_no_outage(redis: RedisServer,
                                                              caplog: Any) -> None:
     """Four turns asking at once just after the store connected, through a proxy whose
@@ -190,22 +211,11 @@ def test_the_first_round_trips_of_every_worker_are_no_outage(redis: RedisServer,
         throttle = Throttle(rate=1000.0, burst=100)
         store = throttle.store = shared_store(proxy.url, time_budget=0.1, socket_timeout=1.0,
                                               retry_interval=5.0)
-        until = time.monotonic() + 5.0
-        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
-            assert time.monotonic() < until, "never connected"  # NoTime while connecting
-            time.sleep(0.05)
-        connected = proxy.connections
-        ready = threading.Barrier(4)
-
-        def ask() -> Any:
-            ready.wait()
-            return take(throttle, limit=5.0)
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            turns = list(pool.map(lambda _: ask(), range(4)))
-        assert all(turn is not None for turn in turns)
+        connected(throttle)
+        opened = proxy.connections
+        assert all(turn is not None for turn in at_once(throttle))
         assert not caplog.records, [r.getMessage() for r in caplog.records]
-        assert store.shared and proxy.connections == connected
+        assert store.shared and proxy.connections == opened
 
 
 def test_opening_the_connections_ahead_is_no_outage_at_the_default_socket_timeout(
@@ -222,11 +232,7 @@ def test_opening_the_connections_ahead_is_no_outage_at_the_default_socket_timeou
     with SlowProxy(redis.port, first=0.08) as proxy:
         throttle = Throttle(rate=1000.0, burst=100)
         store = throttle.store = shared_store(proxy.url, time_budget=0.05)
-        until = time.monotonic() + 5.0
-        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
-            assert time.monotonic() < until, \
-                f"never connected: {[r.getMessage() for r in caplog.records]}"
-            time.sleep(0.02)
+        connected(throttle)
         assert store.shared
         assert not caplog.records, [r.getMessage() for r in caplog.records]
 
@@ -247,10 +253,7 @@ def test_the_first_round_trips_after_an_outage_are_no_second_outage(redis: Redis
         throttle = Throttle(rate=1000.0, burst=100)
         store = throttle.store = shared_store(proxy.url, time_budget=0.1, socket_timeout=1.0,
                                               retry_interval=0.3)
-        until = time.monotonic() + 5.0
-        while store.throttle_rate(SERVICE, throttle.settings, throttle.clock()) is None:
-            assert time.monotonic() < until, "never connected"
-            time.sleep(0.05)
+        connected(throttle)
         redis.process.send_signal(signal.SIGSTOP)
         try:
             take(throttle, limit=0.5)  # no answer within 0.1 s: the outage
@@ -263,18 +266,10 @@ def test_the_first_round_trips_after_an_outage_are_no_second_outage(redis: Redis
             assert time.monotonic() < until, "never shared again"
             take(throttle, limit=0.5)
             time.sleep(0.05)
-        connected = proxy.connections
-        ready = threading.Barrier(4)
-
-        def ask() -> Any:
-            ready.wait()
-            return take(throttle, limit=5.0)
-
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            turns = list(pool.map(lambda _: ask(), range(4)))
-        assert all(turn is not None for turn in turns)
+        opened = proxy.connections
+        assert all(turn is not None for turn in at_once(throttle))
         assert store.shared, [r.getMessage() for r in caplog.records]
-        assert proxy.connections == connected
+        assert proxy.connections == opened
         assert len(caplog.records) == 1
 
 
