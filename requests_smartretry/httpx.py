@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -168,6 +169,15 @@ def _refuse_consumed(request: httpx.Request) -> None:
             "already sent once and cannot be replayed (a 307/308 redirect repeats the "
             "request with the same body); an empty or partial body is never sent: pass "
             "bytes or a seekable file to follow such redirects")
+
+
+# What the call names are cached by: a URL's parsed parts (httpx keeps them in a named
+# tuple, hashed and compared in C), or where an httpx lacks them, its text.  An
+# httpx.URL key would hash by building its text from those parts, and compare equal by
+# building both texts and parsing the other URL again.
+_url_key: Callable[[httpx.URL], Any] = (
+    operator.attrgetter("_uri_reference")
+    if isinstance(getattr(httpx.URL("http://x"), "_uri_reference", None), tuple) else str)
 
 
 class _DeadlineBeforeSending(httpcore.ConnectTimeout):
@@ -520,9 +530,9 @@ class _SmartTransportBase:
                                   breaker=self.breaker, budget=self.budget,
                                   throttle=self.throttle)
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
-        # Call names by (method, URL): with no name_request hook they depend on nothing
+        # Call names by (method, URL parts): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
-        self._names: Optional[dict[tuple[str, str], CallInfo]] = (
+        self._names: Optional[dict[tuple[str, Any], CallInfo]] = (
             {} if self.policy.name_request is None else None)
         # Per policy derived by retry_options: id -> (policy, hooks, quiet plan).
         self._derived: dict[int, tuple[RetryPolicy, tuple[Hook, ...], Any]] = {}
@@ -554,9 +564,7 @@ class _SmartTransportBase:
     def _call_info(self, request: httpx.Request,
                    policy: Optional[RetryPolicy] = None) -> CallInfo:
         names = self._names if policy is None else None  # derived policies: not cached
-        # Keyed by the URL's text, built once: an httpx.URL hashes by building its text,
-        # and compares equal by building both texts and parsing the other URL again.
-        key = (request.method, str(request.url))
+        key = (request.method, _url_key(request.url))
         if names is not None:
             info = names.get(key)
             if info is not None:

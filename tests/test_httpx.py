@@ -375,8 +375,8 @@ def test_the_callable_api_keeps_the_transports_unsafe_verdict(server: FaultServe
 def test_a_call_names_its_url_once_and_redacts_it_once(
     server: FaultServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The call names cached by URL are found by the URL's text (an httpx.URL key would
-    rebuild its text to hash it and parse the other URL again to compare), and a failed
+    """The call names cached by URL are found by the URL's parsed parts (an httpx.URL key
+    would rebuild its text to hash it and parse the other URL again to compare), and a failed
     attempt's error text reuses the call's redacted URL."""
     import requests_smartretry.httpx as smart_httpx
 
