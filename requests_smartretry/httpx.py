@@ -1025,7 +1025,34 @@ def _deadline_outcome(total: float, request: httpx.Request,
 # -- clients -------------------------------------------------------------------------------
 
 
-class SmartClient(httpx.Client):
+class _MergedUrls:
+    """What the smart clients' ``_merge_url`` gives for a URL string, remembered per string
+    (at most 512, cleared when full) while the client's ``base_url`` stays the same object:
+    httpx parses the string again for every request (``URL(url)``: 48 Python calls), and
+    the URL it returns is copied by every ``Request`` built on it (an ``httpx.URL`` is
+    never changed in place), so a request never shares it with another."""
+
+    _merged: Optional[dict[str, tuple[httpx.URL, httpx.URL]]] = None
+
+    def _merge_url(self, url: Union[httpx.URL, str]) -> httpx.URL:
+        if url.__class__ is not str:  # an httpx.URL (or a str subclass): as httpx does
+            merged: httpx.URL = super()._merge_url(url)  # type: ignore[misc]
+            return merged
+        known = self._merged
+        if known is None:
+            known = self._merged = {}
+        base = self.base_url  # type: ignore[attr-defined]  # an httpx client's
+        found = known.get(url)
+        if found is not None and found[0] is base:
+            return found[1]
+        merged = super()._merge_url(url)  # type: ignore[misc]
+        if len(known) >= 512:
+            known.clear()
+        known[url] = (base, merged)
+        return merged
+
+
+class SmartClient(_MergedUrls, httpx.Client):
     """An ``httpx.Client`` that tells its :class:`SmartRetryTransport` whether a response
     is streamed, so that bodies which are not are read inside the attempt deadline.
 
@@ -1049,7 +1076,7 @@ class SmartClient(httpx.Client):
         return _smart_transport_of(self, SmartRetryTransport)
 
 
-class AsyncSmartClient(httpx.AsyncClient):
+class AsyncSmartClient(_MergedUrls, httpx.AsyncClient):
     """:class:`SmartClient` for asyncio: an ``httpx.AsyncClient`` that tells its
     :class:`AsyncSmartRetryTransport` whether a response is streamed.
 

@@ -399,3 +399,30 @@ def test_a_call_names_its_url_once_and_redacts_it_once(
     assert client.get(url).status_code == 200
     assert redacted == [url]  # naming the first call only
     assert compared == []
+
+
+def test_a_url_string_is_merged_once_per_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smart client parses a URL string once while its base_url stays the same (httpx
+    parses it for every request); a new base_url merges afresh, an httpx.URL goes through
+    httpx as it is, and no two requests share a URL object."""
+    import httpx._urls
+
+    parsed: list[str] = []
+    real_urlparse = httpx._urls.urlparse
+    monkeypatch.setattr(httpx._urls, "urlparse", lambda url="", **kwargs: (
+        parsed.append(url) or real_urlparse(url, **kwargs)))
+    sent: list[Any] = []
+    client = smart_client(
+        transport=httpx.MockTransport(lambda request: sent.append(request)
+                                      or httpx.Response(200)),
+        base_url="https://api.example.com/v1")
+    for _ in range(3):
+        client.get("/tasks?id=1")
+    assert parsed.count("/tasks?id=1") == 1
+    assert [str(r.url) for r in sent] == ["https://api.example.com/v1/tasks?id=1"] * 3
+    assert len({id(r.url) for r in sent}) == 3
+    client.base_url = "https://backup.example.com/v2"
+    client.get("/tasks?id=1")
+    assert str(sent[-1].url) == "https://backup.example.com/v2/tasks?id=1"
+    client.get(httpx.URL("https://other.example.com/x"))
+    assert str(sent[-1].url) == "https://other.example.com/x"
