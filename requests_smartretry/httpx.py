@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import operator
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -168,6 +169,15 @@ def _refuse_consumed(request: httpx.Request) -> None:
             "already sent once and cannot be replayed (a 307/308 redirect repeats the "
             "request with the same body); an empty or partial body is never sent: pass "
             "bytes or a seekable file to follow such redirects")
+
+
+# What the call names are cached by: a URL's parsed parts (httpx keeps them in a named
+# tuple, hashed and compared in C), or where an httpx lacks them, its text.  An
+# httpx.URL key would hash by building its text from those parts, and compare equal by
+# building both texts and parsing the other URL again.
+_url_key: Callable[[httpx.URL], Any] = (
+    operator.attrgetter("_uri_reference")
+    if isinstance(getattr(httpx.URL("http://x"), "_uri_reference", None), tuple) else str)
 
 
 class _DeadlineBeforeSending(httpcore.ConnectTimeout):
@@ -520,9 +530,9 @@ class _SmartTransportBase:
                                   breaker=self.breaker, budget=self.budget,
                                   throttle=self.throttle)
         self._quiet = quiet_plan(self._hooks)  # told directly while a call stays quiet
-        # Call names by (method, URL): with no name_request hook they depend on nothing
+        # Call names by (method, URL parts): with no name_request hook they depend on nothing
         # else.  Bounded (cleared when full) so that ids in paths cannot grow memory.
-        self._names: Optional[dict[tuple[str, str], CallInfo]] = (
+        self._names: Optional[dict[tuple[str, Any], CallInfo]] = (
             {} if self.policy.name_request is None else None)
         # Per policy derived by retry_options: id -> (policy, hooks, quiet plan).
         self._derived: dict[int, tuple[RetryPolicy, tuple[Hook, ...], Any]] = {}
@@ -554,9 +564,7 @@ class _SmartTransportBase:
     def _call_info(self, request: httpx.Request,
                    policy: Optional[RetryPolicy] = None) -> CallInfo:
         names = self._names if policy is None else None  # derived policies: not cached
-        # Keyed by the URL's text, built once: an httpx.URL hashes by building its text,
-        # and compares equal by building both texts and parsing the other URL again.
-        key = (request.method, str(request.url))
+        key = (request.method, _url_key(request.url))
         if names is not None:
             info = names.get(key)
             if info is not None:
@@ -1017,7 +1025,34 @@ def _deadline_outcome(total: float, request: httpx.Request,
 # -- clients -------------------------------------------------------------------------------
 
 
-class SmartClient(httpx.Client):
+class _MergedUrls:
+    """What the smart clients' ``_merge_url`` gives for a URL string, remembered per string
+    (at most 512, cleared when full) while the client's ``base_url`` stays the same object:
+    httpx parses the string again for every request (``URL(url)``: 48 Python calls), and
+    the URL it returns is copied by every ``Request`` built on it (an ``httpx.URL`` is
+    never changed in place), so a request never shares it with another."""
+
+    _merged: Optional[dict[str, tuple[httpx.URL, httpx.URL]]] = None
+
+    def _merge_url(self, url: Union[httpx.URL, str]) -> httpx.URL:
+        if url.__class__ is not str:  # an httpx.URL (or a str subclass): as httpx does
+            merged: httpx.URL = super()._merge_url(url)  # type: ignore[misc]
+            return merged
+        known = self._merged
+        if known is None:
+            known = self._merged = {}
+        base = self.base_url  # type: ignore[attr-defined]  # an httpx client's
+        found = known.get(url)
+        if found is not None and found[0] is base:
+            return found[1]
+        merged = super()._merge_url(url)  # type: ignore[misc]
+        if len(known) >= 512:
+            known.clear()
+        known[url] = (base, merged)
+        return merged
+
+
+class SmartClient(_MergedUrls, httpx.Client):
     """An ``httpx.Client`` that tells its :class:`SmartRetryTransport` whether a response
     is streamed, so that bodies which are not are read inside the attempt deadline.
 
@@ -1041,7 +1076,7 @@ class SmartClient(httpx.Client):
         return _smart_transport_of(self, SmartRetryTransport)
 
 
-class AsyncSmartClient(httpx.AsyncClient):
+class AsyncSmartClient(_MergedUrls, httpx.AsyncClient):
     """:class:`SmartClient` for asyncio: an ``httpx.AsyncClient`` that tells its
     :class:`AsyncSmartRetryTransport` whether a response is streamed.
 

@@ -375,8 +375,8 @@ def test_the_callable_api_keeps_the_transports_unsafe_verdict(server: FaultServe
 def test_a_call_names_its_url_once_and_redacts_it_once(
     server: FaultServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The call names cached by URL are found by the URL's text (an httpx.URL key would
-    rebuild its text to hash it and parse the other URL again to compare), and a failed
+    """The call names cached by URL are found by the URL's parsed parts (an httpx.URL key
+    would rebuild its text to hash it and parse the other URL again to compare), and a failed
     attempt's error text reuses the call's redacted URL."""
     import requests_smartretry.httpx as smart_httpx
 
@@ -399,3 +399,30 @@ def test_a_call_names_its_url_once_and_redacts_it_once(
     assert client.get(url).status_code == 200
     assert redacted == [url]  # naming the first call only
     assert compared == []
+
+
+def test_a_url_string_is_merged_once_per_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smart client parses a URL string once while its base_url stays the same (httpx
+    parses it for every request); a new base_url merges afresh, an httpx.URL goes through
+    httpx as it is, and no two requests share a URL object."""
+    import httpx._urls
+
+    parsed: list[str] = []
+    real_urlparse = httpx._urls.urlparse
+    monkeypatch.setattr(httpx._urls, "urlparse", lambda url="", **kwargs: (
+        parsed.append(url) or real_urlparse(url, **kwargs)))
+    sent: list[Any] = []
+    client = smart_client(
+        transport=httpx.MockTransport(lambda request: sent.append(request)
+                                      or httpx.Response(200)),
+        base_url="https://api.example.com/v1")
+    for _ in range(3):
+        client.get("/tasks?id=1")
+    assert parsed.count("/tasks?id=1") == 1
+    assert [str(r.url) for r in sent] == ["https://api.example.com/v1/tasks?id=1"] * 3
+    assert len({id(r.url) for r in sent}) == 3
+    client.base_url = "https://backup.example.com/v2"
+    client.get("/tasks?id=1")
+    assert str(sent[-1].url) == "https://backup.example.com/v2/tasks?id=1"
+    client.get(httpx.URL("https://other.example.com/x"))
+    assert str(sent[-1].url) == "https://other.example.com/x"
