@@ -468,16 +468,22 @@ class Stats:
                 if 0.0 <= elapsed < _INF:
                     counters.quiet_seconds.add_at(_bisect_left(_EDGES, elapsed), elapsed)
         if running:
-            still = []
+            # The ended records leave _running before any is counted: a child forked
+            # while this thread is in the pass (the lock then starts over, released, with
+            # _running as it was) counts none of them again.  It may miss some instead
+            # (counted in flight, as a call whose thread the fork did not copy).
+            still: list[list[Any]] = []
+            ended: list[list[Any]] = []
             for record in running:
-                if len(record) == 1:
-                    still.append(record)
-                elif record[1] is not None:
+                (still if len(record) == 1 else ended).append(record)
+            self._running = still
+            for record in ended:
+                elapsed = record[1]
+                if elapsed is not None:
                     counters = operations.get(record[0])
                     if counters is None:
                         counters = self._new_operation(record[0])
-                    self._count_quiet_success(counters, record[1])
-            self._running = still
+                    self._count_quiet_success(counters, elapsed)
 
     @staticmethod
     def _count_quiet_success(counters: _Counters, elapsed: float) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from requests_smartretry.events import AttemptEvent, EventKind, Verdict
 from requests_smartretry.faultserver import FaultServer
 from requests_smartretry.stats import DEPRECATED_NAMES, OTHER_KEY, TOTAL_KEY, LatencyHistogram
 
-from .conftest import CountingLock, observe_while_threads_work
+from .conftest import CountingLock, observe_while_threads_work, wait_for_child
 
 
 def event(kind: EventKind, *, op: str = "op", call_id: int = 1, attempt: int = 1,
@@ -441,3 +443,40 @@ def test_snapshots_taken_while_threads_count_never_show_half_a_call() -> None:
     row = stats.snapshot()["op"]
     assert row["calls"] == row["calls_succeeded"] == 8 * (calls // 3 * 3)
     assert row["calls_in_flight"] == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_reads_counts_no_success_twice() -> None:
+    """A process forks (gunicorn ``--preload``, multiprocessing) while another thread reads
+    the statistics, as it applies the successes of quiet calls it had seen running: the
+    child's snapshot never shows more calls succeeded than started (each success is
+    counted once, in the parent's pass or in the child's, never in both)."""
+    calls = 50_000
+    for _ in range(3):
+        stats = Stats()
+        ends = [stats.quiet_start("op") for _ in range(calls)]
+        stats.snapshot()  # every call seen running
+        for end in ends:
+            end(0.001)  # all ended: the next read counts their successes
+        reading = threading.Event()
+
+        def read(stats: Stats = stats, reading: threading.Event = reading) -> None:
+            reading.set()
+            stats.snapshot()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        reading.wait(10.0)
+        time.sleep(0.002)  # the reader is inside its pass over the ended calls
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 3
+            try:
+                row = stats.snapshot()[TOTAL_KEY]
+                code = 0 if row["calls"] >= row["calls_succeeded"] else 1
+            finally:
+                os._exit(code)
+        reader.join()
+        assert wait_for_child(pid, "stats after the fork") == 0
+        row = stats.snapshot()[TOTAL_KEY]
+        assert row["calls"] == row["calls_succeeded"] == calls
