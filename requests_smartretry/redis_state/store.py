@@ -484,49 +484,42 @@ class RedisStateStore(SharedPaces):
         self._went_down(exc, self._down)
 
     def _connect_now(self) -> None:
+        """Connect (or, back from an outage, open the same client's connections again):
+        a PING, then every worker's connection and both scripts (:meth:`_warm_up`)."""
         with self._connect_lock:
             with self._lock:
                 outages = self._outages
-            if self._script is not None:
-                if self._cold:  # back from an outage: the same client, opened again
-                    self._client.ping()
-                    with self._lock:
-                        self._connect_until = _monotonic() + max(self.socket_timeout,
-                                                                 self.time_budget)
-                    self._warm_up(self._client, self._script)
-                    with self._lock:
-                        if self._outages == outages:  # (not down again meanwhile)
-                            self._cold = False
+            if self._script is not None and not self._cold:
                 return
-            if self._script is None:
-                script = self._connect()
-                self._client.ping()
-                # Every worker's connection and both scripts now, while requests wait for
-                # the connection (NoTime): made by the workers' first scripts, they cost
-                # those scripts their time budget on a busy process (a handshake and a
-                # NOSCRIPT miss took 70-110 ms beside 16 threads), an outage for nothing.
-                # Redis answered: this part has the socket timeout again.  (One more
-                # connection: the pub/sub listener takes one from the same pool.)
-                with self._lock:
-                    self._connect_until = _monotonic() + max(self.socket_timeout,
-                                                             self.time_budget)
-                self._warm_up(self._client, script)
-                self._script = script
+            script = self._connect() if self._script is None else self._script
+            self._client.ping()
+            # Every worker's connection and both scripts now, while requests wait for
+            # the connection (NoTime): made by the workers' first scripts, they cost
+            # those scripts their time budget on a busy process (a handshake and a
+            # NOSCRIPT miss took 70-110 ms beside 16 threads), an outage for nothing.
+            self._warm_up(self._client, script)
+            with self._lock:
+                if self._outages == outages:  # (not down again meanwhile)
+                    self._cold = False
+            self._script = script
 
     def _warm_up(self, client: Any, script: Any) -> None:
-        """Open the workers' connections (and the listener's) and load both scripts.
+        """Open the workers' connections (and the listener's: the pub/sub listener takes
+        one from the same pool) and load both scripts.
         Best effort: Redis answered, so a refusal here ("max number of clients reached",
         a pool's max_connections, no SCRIPT permission) is no outage: the workers share
         the connections opened (and a script loads itself when first run), as they did
         before.  Silence is one (raised): Redis stopped answering (SIGSTOP, a black hole)
-        as an unanswered PING would.  Each connection, each script, has the socket timeout
-        (the connection's bound, ``_connect_until``, renewed): in all, five handshakes on
-        a busy process (70-110 ms each) overran the default 0.25 s, an outage at start."""
+        as an unanswered PING would.  Redis answered the PING, and each connection, each
+        script, has the socket timeout from the step before (the connection's bound,
+        ``_connect_until``, renewed): in all, five handshakes on a busy process (70-110 ms
+        each) overran the default 0.25 s, an outage at start."""
         def answered() -> None:  # each step has the socket timeout, not the whole
             with self._lock:     # (five handshakes of 0.1 s are no silent Redis)
                 self._connect_until = _monotonic() + max(self.socket_timeout,
                                                          self.time_budget)
 
+        answered()  # (the PING)
         try:
             open_connections(client, _WORKERS + 1, answered)
             for lua in (script, self._throttle_script):
