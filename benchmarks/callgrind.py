@@ -7,6 +7,8 @@
     python benchmarks/callgrind.py --json out.json       # the figures as data
     python benchmarks/callgrind.py --httpx               # smart_client() ÷ httpx.Client
     python benchmarks/callgrind.py --syscalls            # system calls per request (strace)
+    python benchmarks/callgrind.py --own                 # adapter.send over a canned 200:
+                                                         #   our layer's own instructions
 
 Timing a few microseconds on a shared 2-core machine is noise; the instructions a request
 executes are nearly the same run after run.  For each variant the client (built by
@@ -65,6 +67,9 @@ name, url, count, wait = json.loads(sys.argv[1])
 if name.startswith("httpx "):
     from bench_httpx import make_client
     client = make_client(name)
+elif name.startswith("stub "):  # adapter.send over a canned 200 (cpu_floor.py)
+    from cpu_floor import StubClient
+    client = StubClient(name[5:])
 else:
     from run import make_client
     client = make_client(name, wait=wait)
@@ -207,6 +212,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--httpx", action="store_true",
                         help="the httpx transport instead: smart_client() against a plain "
                              "httpx.Client (benchmarks/bench_httpx.py's clients)")
+    parser.add_argument("--own", action="store_true",
+                        help="our layer's own instructions: adapter.send over a canned 200 "
+                             "(no network, no requests session), ours against HTTPAdapter's "
+                             "(benchmarks/cpu_floor.py's stub clients)")
     parser.add_argument("--syscalls", action="store_true",
                         help="system calls per request by name (strace -c, no valgrind): "
                              "the kernel's share of CPU, which callgrind does not count")
@@ -237,6 +246,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.retried or args.against is not None:
             parser.error("--httpx: not with --retried or --against")
         base, names = "httpx plain", ["httpx plain", "httpx ours"]
+    if args.own:
+        if args.retried or args.httpx or args.against is not None:
+            parser.error("--own: not with --retried, --httpx or --against")
+        base = "stub plain"
+        names = [f"stub {n}" for n in ("plain", "ours", "ours, stats/budget/log off")]
     if base not in names:
         names.insert(0, base)
     if args.against is not None:
@@ -268,7 +282,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     plain = results[base]["per_request"]
     events = list(plain)
-    what = "retried calls to /flaky" if args.retried else "GETs of /ok"
+    what = ("retried calls to /flaky" if args.retried
+            else "sends over a canned 200" if args.own else "GETs of /ok")
     _table(f"callgrind, {args.requests} {what} per variant after {WARMUP} warm-up "
            f"(PYTHONHASHSEED=0; {environment}; git {_git_head()})",
            [f"{e} / call" for e in events] + [f"Ir × {base}"],
