@@ -320,6 +320,9 @@ def _mirror_retry(policy: RetryPolicy) -> Retry:
 
 # requests >= 2.32.2 looks pools up here (older ones call get_connection: no reuse there).
 _look_up_pool: Any = getattr(HTTPAdapter, "get_connection_with_tls_context", None)
+# What that lookup keys a pool by (the same requests versions); an override changes it.
+_pool_key_attributes: Any = getattr(HTTPAdapter, "build_connection_pool_key_attributes",
+                                    None)
 # (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
 _REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
     contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
@@ -382,6 +385,9 @@ class SmartRetryAdapter(HTTPAdapter):
     #: False when a class after this one in a subclass's MRO (a mixin) overrides either
     #: (or request_url): they are then reached through super(), as before.
     _direct_base = True
+    #: Whether pools are looked up by HTTPAdapter's own key (requests >= 2.32.2, no
+    #: ``build_connection_pool_key_attributes`` override): then remembered per URL.
+    _pool_keys_by_default = _look_up_pool is not None and _pool_key_attributes is not None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -389,6 +395,10 @@ class SmartRetryAdapter(HTTPAdapter):
         cls._direct_base = (after.send is HTTPAdapter.send
                             and after.build_response is HTTPAdapter.build_response
                             and after.request_url is HTTPAdapter.request_url)
+        cls._pool_keys_by_default = (
+            cls._direct_base and _pool_key_attributes is not None
+            and getattr(cls, "build_connection_pool_key_attributes",
+                        None) is _pool_key_attributes)
 
     def __init__(
         self,
@@ -492,6 +502,9 @@ class SmartRetryAdapter(HTTPAdapter):
         self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
         # URL -> what HTTPAdapter.request_url gives for it without proxies (request_url).
         self._paths: dict[str, str] = {}
+        # (URL, verify, cert) -> (pool manager, its pool for them, the manager's size),
+        # without proxies (get_connection_with_tls_context).
+        self._pools_by_url: dict[Any, tuple[Any, Any, int]] = {}
 
     def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
         """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
@@ -567,6 +580,7 @@ class SmartRetryAdapter(HTTPAdapter):
         (they end on their last failure, given up as "closed").  As ``HTTPAdapter``'s, the
         adapter stays usable: a later call opens new connections."""
         self._closes += 1
+        self._pools_by_url = {}  # the pools below are closed (or forgotten): asked again
         # HTTPAdapter.close() clears the pool managers; a urllib3 whose PoolManager.clear()
         # forgets its pools without closing them (2.8) leaves their idle sockets open until
         # the garbage collector finds the pools (a failed response in a reference cycle
@@ -588,7 +602,34 @@ class SmartRetryAdapter(HTTPAdapter):
         if memo is not None and memo[0] is self and memo[1] == request.url \
                 and getattr(memo[2], "pool", None) is not None:
             return memo[2]
-        return _look_up_pool(self, request, verify, proxies, cert)
+        if proxies or not self._pool_keys_by_default:
+            return _look_up_pool(self, request, verify, proxies, cert)
+        # Without proxies the pool depends on the URL's origin, verify and cert alone:
+        # remembered per (URL, verify, cert).  HTTPAdapter's lookup parses the URL twice,
+        # stats a CA bundle given as a path (REQUESTS_CA_BUNDLE) and builds the pool key
+        # under the pool manager's lock, on every attempt.
+        key = (request.url, verify, cert)
+        pools = self._pools_by_url
+        try:
+            known = pools.get(key)
+        except TypeError:  # a cert given as a list: looked up every time
+            return _look_up_pool(self, request, verify, proxies, cert)
+        manager = self.poolmanager
+        held: Any = getattr(manager, "pools", None)
+        if known is not None and known[0] is manager and known[1].pool is not None \
+                and len(held) < known[2]:
+            # The same pool manager, the pool not closed, and the manager below its size:
+            # no pool was evicted since (urllib3 2.8 no longer closes an evicted pool),
+            # so the pool is still the one the manager would hand out.  A full manager
+            # is asked every time, which keeps its least-recently-used order true.
+            return known[1]
+        pool = _look_up_pool(self, request, verify, proxies, cert)
+        size = getattr(held, "_maxsize", None)  # a urllib3 PoolManager's (num_pools)
+        if isinstance(size, int) and getattr(pool, "pool", None) is not None:
+            if len(pools) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
+                pools.clear()
+            pools[key] = (manager, pool, size)
+        return pool
 
     def request_url(self, request: requests.PreparedRequest,
                     proxies: Any) -> str:
