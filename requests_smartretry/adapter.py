@@ -626,9 +626,17 @@ class SmartRetryAdapter(HTTPAdapter):
         pool = _look_up_pool(self, request, verify, proxies, cert)
         size = getattr(held, "_maxsize", None)  # a urllib3 PoolManager's (num_pools)
         if isinstance(size, int) and getattr(pool, "pool", None) is not None:
-            if len(pools) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
-                pools.clear()
-            pools[key] = (manager, pool, size)
+            if len(held) >= size:
+                # Full: nothing is served from memory while it is, and the pools
+                # remembered may be ones it evicted (urllib3 2.8 does not close them):
+                # held here, they would keep their connections open beyond
+                # pool_connections.  Forgotten, as the manager forgot them.
+                if pools:
+                    pools.clear()
+            else:
+                if len(pools) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
+                    pools.clear()
+                pools[key] = (manager, pool, size)
         return pool
 
     def request_url(self, request: requests.PreparedRequest,

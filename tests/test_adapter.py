@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import gc
 import io
 import itertools
 import pickle
@@ -12,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -226,6 +228,47 @@ def test_an_unhashable_cert_fails_as_with_httpadapter() -> None:
     with pytest.raises(type(plain.value)):
         SmartRetryAdapter().get_connection_with_tls_context(
             request, True, None, ["cert.pem", "key.pem"])
+
+
+def _open_at(servers: list[FaultServer], at_most: int, timeout: float = 5.0) -> int:
+    """The connections open at ``servers`` once at most ``at_most`` are (a connection the
+    client closed leaves a server's count when its thread reads the end), or after
+    ``timeout`` seconds."""
+    until = time.monotonic() + timeout
+    while True:
+        count = sum(each.open_connections() for each in servers)
+        if count <= at_most or time.monotonic() > until:
+            return count
+        time.sleep(0.02)
+
+
+def test_pools_the_manager_evicted_are_not_kept_alive_by_the_adapter() -> None:
+    """pool_connections bounds the pools (and so the idle connections) kept: a pool the
+    manager evicts (urllib3 2.8 does not close it) is not held by the adapter's memory of
+    pools either, so it goes away with its connection as it does with HTTPAdapter."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=1)
+        session.mount("http://", adapter)
+        used: list[weakref.ReferenceType[Any]] = []
+        for _ in range(3):
+            for running in servers:
+                response = session.get(running.url("/ok"))
+                assert response.status_code == 200
+                used.append(weakref.ref(response.raw._pool))
+                del response
+        gc.collect()
+        alive = {id(pool) for pool in (ref() for ref in used) if pool is not None}
+        assert alive == {id(pool) for pool in adapter.poolmanager.pools._container.values()}
+        assert _open_at(servers, 1) == 1
+        session.close()
+        assert _open_at(servers, 0) == 0
+    finally:
+        for running in servers:
+            running.stop()
+
 
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
