@@ -567,6 +567,9 @@ class SmartRetryAdapter(HTTPAdapter):
         """Create the pool manager with pools that let the watchdog enforce deadlines."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = dict(POOL_CLASSES)
+        # The pools remembered are the previous manager's (never served again: they
+        # would only keep it and their connections alive).
+        self._pools_by_url = {}
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         """As ``HTTPAdapter``'s, with watched pools (SOCKS pools keep per-read timeouts)."""

@@ -270,6 +270,24 @@ def test_pools_the_manager_evicted_are_not_kept_alive_by_the_adapter() -> None:
             running.stop()
 
 
+def test_a_new_pool_manager_lets_the_old_pools_go(server: FaultServer) -> None:
+    """adapter.init_poolmanager(...) called again (a user resizing the pools) replaces the
+    manager: the old manager's pools are not kept alive by the adapter."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    response = session.get(server.url("/ok"))
+    old = weakref.ref(response.raw._pool)
+    del response
+    adapter.init_poolmanager(4, 4)
+    gc.collect()
+    assert old() is None
+    response = session.get(server.url("/ok"))
+    assert response.raw._pool in adapter.poolmanager.pools._container.values()
+    session.close()
+
+
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
     """Every attempt 503: the last response comes back, and raise_for_status raises as usual."""
