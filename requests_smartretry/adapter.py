@@ -591,6 +591,10 @@ class SmartRetryAdapter(HTTPAdapter):
         managers = [self.poolmanager, *self.proxy_manager.values()]
         pools = [pool for manager in managers for pool in _pools_of(manager)]
         super().close()
+        # A request of another thread looking its pool up meanwhile (after the pools
+        # above were taken, before the manager forgot them) may have remembered a pool
+        # the manager no longer holds, which no close() would close: forgotten again.
+        self._pools_by_url = {}
         for pool in pools:
             pool.close()
 

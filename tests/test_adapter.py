@@ -288,6 +288,35 @@ def test_a_new_pool_manager_lets_the_old_pools_go(server: FaultServer) -> None:
     session.close()
 
 
+def test_a_pool_looked_up_while_close_runs_is_not_served_afterwards(
+        server: FaultServer) -> None:
+    """A request of another thread looking its pool up while close() runs, after close()
+    took the pools to close and before the manager forgot them, gets a pool the manager
+    then drops: the adapter does not remember it, so later requests go out on the
+    manager's pools, and the next close() closes their connections (a response kept by
+    the caller included)."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    url = server.url("/ok")
+    manager = adapter.poolmanager
+    clear = manager.clear
+
+    def racing_clear() -> None:  # the other thread's request, at that moment
+        assert session.get(url).status_code == 200
+        clear()
+
+    with mock.patch.object(manager, "clear", racing_clear):
+        session.close()
+    kept = session.get(url)
+    assert kept.status_code == 200
+    assert kept.raw._pool in manager.pools._container.values()
+    session.close()
+    assert kept.raw._pool.pool is None
+    assert _open_at([server], 0) == 0
+
+
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
     """Every attempt 503: the last response comes back, and raise_for_status raises as usual."""
