@@ -318,6 +318,28 @@ def test_a_pool_looked_up_while_close_runs_is_not_served_afterwards(
 
 
 
+def test_a_pool_manager_cleared_by_hand_is_asked_again(server: FaultServer) -> None:
+    """adapter.poolmanager.clear() (a forked child's way not to share the parent's
+    sockets) makes urllib3 2.8 forget its pools without closing them: the next request
+    goes out on a pool the manager holds, on a new connection, never on the forgotten
+    pool's kept-alive one."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    first = session.get(server.url("/ok"))
+    forgotten = first.raw._pool
+    adapter.poolmanager.clear()
+    second = session.get(server.url("/ok"))
+    assert second.raw._pool is not forgotten
+    assert second.raw._pool in adapter.poolmanager.pools._container.values()
+    assert server.open_connections() == 2  # the forgotten pool's connection was not used
+    forgotten.close()
+    session.close()
+    assert _open_at([server], 0) == 0
+
+
+
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
     """Every attempt 503: the last response comes back, and raise_for_status raises as usual."""
     response = session_with(sleeps).get(server.url("/status/503"))
