@@ -281,6 +281,17 @@ class _CountedPools(RecentlyUsedContainer[Any, Any]):
         super().__delitem__(key)
         self.removals += 1
 
+    def mark_used(self, used: list[Any]) -> None:
+        """Mark the pools ``used`` (least recently used first) as used, in that order: the
+        pools the adapter served without asking, for the least recently used one to be
+        the one evicted next, as when every request asks."""
+        with self.lock:
+            keys = {id(value): key for key, value in self._container.items()}
+            for pool in used:
+                key = keys.get(id(pool))
+                if key is not None:
+                    self._container.move_to_end(key)
+
 
 class _PoolLabel:
     """Names a pool in a urllib3 error as urllib3's pools do, when the pool is unknown."""
@@ -648,13 +659,18 @@ class SmartRetryAdapter(HTTPAdapter):
         held: Any = getattr(manager, "pools", None)
         removals = getattr(held, "removals", None)  # read before the lookup: see below
         if known is not None and known[0] is manager and known[1].pool is not None \
-                and len(held) < known[2] and removals == known[3]:
-            # The same pool manager, the pool not closed, the manager below its size and
-            # no pool taken out of it since (clear(), close()): no pool was evicted
-            # (urllib3 2.8 no longer closes an evicted pool) or forgotten, so the pool is
-            # still the one the manager would hand out.  A full manager is asked every
-            # time, which keeps its least-recently-used order true.
-            return known[1]
+                and removals == known[3]:
+            count = len(held)
+            if count < known[2]:
+                # The same pool manager, the pool not closed, the manager below its size
+                # and no pool taken out of it since (clear(), close()): no pool was
+                # evicted (urllib3 2.8 no longer closes an evicted pool) or forgotten, so
+                # the pool is still the one the manager would hand out.  A full manager
+                # is asked every time, which keeps its least-recently-used order true.
+                if count > 1:  # the memory keeps the order of use (see below)
+                    pools.pop(key, None)
+                    pools[key] = known
+                return known[1]
         pool = _look_up_pool(self, request, verify, proxies, cert)
         size = getattr(held, "_maxsize", None)  # a urllib3 PoolManager's (num_pools)
         if isinstance(size, int) and isinstance(removals, int) \
@@ -663,14 +679,22 @@ class SmartRetryAdapter(HTTPAdapter):
                 # Full: nothing is served from memory while it is, and the pools
                 # remembered may be ones it evicted (urllib3 2.8 does not close them):
                 # held here, they would keep their connections open beyond
-                # pool_connections.  Forgotten, as the manager forgot them.
+                # pool_connections.  Forgotten, as the manager forgot them.  On becoming
+                # full, the pools served from memory (not marked used in the manager)
+                # are marked used first, in the memory's order (the order of use), then
+                # the pool just looked up: the next host evicts the least recently used
+                # pool, not the one used most that the memory served.
                 if pools:
+                    mark_used = getattr(held, "mark_used", None)
+                    if mark_used is not None:
+                        mark_used([entry[1] for entry in list(pools.values())] + [pool])
                     pools.clear()
             else:
                 if len(pools) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
                     pools.clear()
                 # (A clear() after the count was read leaves the count behind: the
                 # pool, perhaps one the manager forgot, is then not served again.)
+                pools.pop(key, None)  # at the end: the memory's order is the order of use
                 pools[key] = (manager, pool, size, removals)
         return pool
 

@@ -340,6 +340,28 @@ def test_a_pool_manager_cleared_by_hand_is_asked_again(server: FaultServer) -> N
 
 
 
+def test_the_pool_used_last_is_evicted_last() -> None:
+    """Pools served from memory are not marked used in the pool manager; when it becomes
+    full, the next host evicts the least recently used pool all the same (as with
+    HTTPAdapter), not the one used most that the memory served."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        hot, cold, third, fourth = servers
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=3)
+        session.mount("http://", adapter)
+        for running in (hot, cold, hot, hot, third, fourth):
+            assert session.get(running.url("/ok")).status_code == 200
+        kept = {pool.port for pool in adapter.poolmanager.pools._container.values()}
+        assert kept == {hot.port, third.port, fourth.port}
+        session.close()
+    finally:
+        for running in servers:
+            running.stop()
+
+
+
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
     """Every attempt 503: the last response comes back, and raise_for_status raises as usual."""
     response = session_with(sleeps).get(server.url("/status/503"))
