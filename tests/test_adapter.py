@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import gc
 import io
 import itertools
 import pickle
@@ -12,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -226,6 +228,138 @@ def test_an_unhashable_cert_fails_as_with_httpadapter() -> None:
     with pytest.raises(type(plain.value)):
         SmartRetryAdapter().get_connection_with_tls_context(
             request, True, None, ["cert.pem", "key.pem"])
+
+
+def _open_at(servers: list[FaultServer], at_most: int, timeout: float = 5.0) -> int:
+    """The connections open at ``servers`` once at most ``at_most`` are (a connection the
+    client closed leaves a server's count when its thread reads the end), or after
+    ``timeout`` seconds."""
+    until = time.monotonic() + timeout
+    while True:
+        count = sum(each.open_connections() for each in servers)
+        if count <= at_most or time.monotonic() > until:
+            return count
+        time.sleep(0.02)
+
+
+def test_pools_the_manager_evicted_are_not_kept_alive_by_the_adapter() -> None:
+    """pool_connections bounds the pools (and so the idle connections) kept: a pool the
+    manager evicts (urllib3 2.8 does not close it) is not held by the adapter's memory of
+    pools either, so it goes away with its connection as it does with HTTPAdapter."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=1)
+        session.mount("http://", adapter)
+        used: list[weakref.ReferenceType[Any]] = []
+        for _ in range(3):
+            for running in servers:
+                response = session.get(running.url("/ok"))
+                assert response.status_code == 200
+                used.append(weakref.ref(response.raw._pool))
+                del response
+        gc.collect()
+        alive = {id(pool) for pool in (ref() for ref in used) if pool is not None}
+        assert alive == {id(pool) for pool in adapter.poolmanager.pools._container.values()}
+        assert _open_at(servers, 1) == 1
+        session.close()
+        assert _open_at(servers, 0) == 0
+    finally:
+        for running in servers:
+            running.stop()
+
+
+def test_a_new_pool_manager_lets_the_old_pools_go(server: FaultServer) -> None:
+    """adapter.init_poolmanager(...) called again (a user resizing the pools) replaces the
+    manager: the old manager's pools are not kept alive by the adapter."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    response = session.get(server.url("/ok"))
+    old = weakref.ref(response.raw._pool)
+    del response
+    adapter.init_poolmanager(4, 4)
+    gc.collect()
+    assert old() is None
+    response = session.get(server.url("/ok"))
+    assert response.raw._pool in adapter.poolmanager.pools._container.values()
+    session.close()
+
+
+def test_a_pool_looked_up_while_close_runs_is_not_served_afterwards(
+        server: FaultServer) -> None:
+    """A request of another thread looking its pool up while close() runs, after close()
+    took the pools to close and before the manager forgot them, gets a pool the manager
+    then drops: the adapter does not remember it, so later requests go out on the
+    manager's pools, and the next close() closes their connections (a response kept by
+    the caller included)."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    url = server.url("/ok")
+    manager = adapter.poolmanager
+    clear = manager.clear
+
+    def racing_clear() -> None:  # the other thread's request, at that moment
+        assert session.get(url).status_code == 200
+        clear()
+
+    with mock.patch.object(manager, "clear", racing_clear):
+        session.close()
+    kept = session.get(url)
+    assert kept.status_code == 200
+    assert kept.raw._pool in manager.pools._container.values()
+    session.close()
+    assert kept.raw._pool.pool is None
+    assert _open_at([server], 0) == 0
+
+
+
+def test_a_pool_manager_cleared_by_hand_is_asked_again(server: FaultServer) -> None:
+    """adapter.poolmanager.clear() (a forked child's way not to share the parent's
+    sockets) makes urllib3 2.8 forget its pools without closing them: the next request
+    goes out on a pool the manager holds, on a new connection, never on the forgotten
+    pool's kept-alive one."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    first = session.get(server.url("/ok"))
+    forgotten = first.raw._pool
+    adapter.poolmanager.clear()
+    second = session.get(server.url("/ok"))
+    assert second.raw._pool is not forgotten
+    assert second.raw._pool in adapter.poolmanager.pools._container.values()
+    assert server.open_connections() == 2  # the forgotten pool's connection was not used
+    forgotten.close()
+    session.close()
+    assert _open_at([server], 0) == 0
+
+
+
+def test_the_pool_used_last_is_evicted_last() -> None:
+    """Pools served from memory are not marked used in the pool manager; when it becomes
+    full, the next host evicts the least recently used pool all the same (as with
+    HTTPAdapter), not the one used most that the memory served."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        hot, cold, third, fourth = servers
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=3)
+        session.mount("http://", adapter)
+        for running in (hot, cold, hot, hot, third, fourth):
+            assert session.get(running.url("/ok")).status_code == 200
+        kept = {pool.port for pool in adapter.poolmanager.pools._container.values()}
+        assert kept == {hot.port, third.port, fourth.port}
+        session.close()
+    finally:
+        for running in servers:
+            running.stop()
+
 
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
