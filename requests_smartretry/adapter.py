@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import extract_cookies_to_jar
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
+from urllib3._collections import RecentlyUsedContainer
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout as Urllib3Timeout
 
@@ -264,6 +265,34 @@ def _pools_of(manager: Any) -> list[Any]:
     return [pool for pool in pools if pool is not None]
 
 
+class _CountedPools(RecentlyUsedContainer[Any, Any]):
+    """A pool manager's pools (urllib3's container) counting the times pools were taken
+    out of it other than by eviction (``clear()``: the manager's, close(), a user's
+    ``adapter.poolmanager.clear()``; ``del``): a pool the adapter remembered is served
+    again only if none was since, or it might be one the manager no longer holds."""
+
+    removals = 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.removals += 1  # after: a lookup that read the count before is not trusted
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self.removals += 1
+
+    def mark_used(self, used: list[Any]) -> None:
+        """Mark the pools ``used`` (least recently used first) as used, in that order: the
+        pools the adapter served without asking, for the least recently used one to be
+        the one evicted next, as when every request asks."""
+        with self.lock:
+            keys = {id(value): key for key, value in self._container.items()}
+            for pool in used:
+                key = keys.get(id(pool))
+                if key is not None:
+                    self._container.move_to_end(key)
+
+
 class _PoolLabel:
     """Names a pool in a urllib3 error as urllib3's pools do, when the pool is unknown."""
 
@@ -320,6 +349,9 @@ def _mirror_retry(policy: RetryPolicy) -> Retry:
 
 # requests >= 2.32.2 looks pools up here (older ones call get_connection: no reuse there).
 _look_up_pool: Any = getattr(HTTPAdapter, "get_connection_with_tls_context", None)
+# What that lookup keys a pool by (the same requests versions); an override changes it.
+_pool_key_attributes: Any = getattr(HTTPAdapter, "build_connection_pool_key_attributes",
+                                    None)
 # (adapter, URL, pool) while a retry runs: the pool its last failed response came from.
 _REUSE_POOL: contextvars.ContextVar[Optional[tuple[Any, Optional[str], Any]]] = (
     contextvars.ContextVar("requests_smartretry_reuse_pool", default=None))
@@ -382,6 +414,9 @@ class SmartRetryAdapter(HTTPAdapter):
     #: False when a class after this one in a subclass's MRO (a mixin) overrides either
     #: (or request_url): they are then reached through super(), as before.
     _direct_base = True
+    #: Whether pools are looked up by HTTPAdapter's own key (requests >= 2.32.2, no
+    #: ``build_connection_pool_key_attributes`` override): then remembered per URL.
+    _pool_keys_by_default = _look_up_pool is not None and _pool_key_attributes is not None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -389,6 +424,10 @@ class SmartRetryAdapter(HTTPAdapter):
         cls._direct_base = (after.send is HTTPAdapter.send
                             and after.build_response is HTTPAdapter.build_response
                             and after.request_url is HTTPAdapter.request_url)
+        cls._pool_keys_by_default = (
+            cls._direct_base and _pool_key_attributes is not None
+            and getattr(cls, "build_connection_pool_key_attributes",
+                        None) is _pool_key_attributes)
 
     def __init__(
         self,
@@ -492,6 +531,10 @@ class SmartRetryAdapter(HTTPAdapter):
         self._derived: dict[int, tuple[RetryPolicy, _PolicyFacts, tuple[Hook, ...], Any]] = {}
         # URL -> what HTTPAdapter.request_url gives for it without proxies (request_url).
         self._paths: dict[str, str] = {}
+        # (URL, verify, cert) -> (pool manager, its pool for them, the manager's size,
+        # its pools' removals before the lookup: _CountedPools), without proxies
+        # (get_connection_with_tls_context).
+        self._pools_by_url: dict[Any, tuple[Any, Any, int, int]] = {}
 
     def _overridden(self, policy: RetryPolicy) -> tuple[_PolicyFacts, tuple[Hook, ...], Any]:
         """What ``send`` works out once per policy (facts, hooks, quiet plan), for a policy
@@ -554,6 +597,13 @@ class SmartRetryAdapter(HTTPAdapter):
         """Create the pool manager with pools that let the watchdog enforce deadlines."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = dict(POOL_CLASSES)
+        held = getattr(self.poolmanager, "pools", None)
+        if type(held) is RecentlyUsedContainer and not len(held):
+            self.poolmanager.pools = _CountedPools(held._maxsize,
+                                                   dispose_func=held.dispose_func)
+        # The pools remembered are the previous manager's (never served again: they
+        # would only keep it and their connections alive).
+        self._pools_by_url = {}
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         """As ``HTTPAdapter``'s, with watched pools (SOCKS pools keep per-read timeouts)."""
@@ -567,6 +617,7 @@ class SmartRetryAdapter(HTTPAdapter):
         (they end on their last failure, given up as "closed").  As ``HTTPAdapter``'s, the
         adapter stays usable: a later call opens new connections."""
         self._closes += 1
+        self._pools_by_url = {}  # the pools below are closed (or forgotten): asked again
         # HTTPAdapter.close() clears the pool managers; a urllib3 whose PoolManager.clear()
         # forgets its pools without closing them (2.8) leaves their idle sockets open until
         # the garbage collector finds the pools (a failed response in a reference cycle
@@ -574,6 +625,10 @@ class SmartRetryAdapter(HTTPAdapter):
         managers = [self.poolmanager, *self.proxy_manager.values()]
         pools = [pool for manager in managers for pool in _pools_of(manager)]
         super().close()
+        # A request of another thread looking its pool up meanwhile (after the pools
+        # above were taken, before the manager forgot them) may have remembered a pool
+        # the manager no longer holds, which no close() would close: forgotten again.
+        self._pools_by_url = {}
         for pool in pools:
             pool.close()
 
@@ -588,7 +643,60 @@ class SmartRetryAdapter(HTTPAdapter):
         if memo is not None and memo[0] is self and memo[1] == request.url \
                 and getattr(memo[2], "pool", None) is not None:
             return memo[2]
-        return _look_up_pool(self, request, verify, proxies, cert)
+        if proxies or not self._pool_keys_by_default:
+            return _look_up_pool(self, request, verify, proxies, cert)
+        # Without proxies the pool depends on the URL's origin, verify and cert alone:
+        # remembered per (URL, verify, cert).  HTTPAdapter's lookup parses the URL twice,
+        # stats a CA bundle given as a path (REQUESTS_CA_BUNDLE) and builds the pool key
+        # under the pool manager's lock, on every attempt.
+        key = (request.url, verify, cert)
+        pools = self._pools_by_url
+        try:
+            known = pools.get(key)
+        except TypeError:  # a cert given as a list: looked up every time
+            return _look_up_pool(self, request, verify, proxies, cert)
+        manager = self.poolmanager
+        held: Any = getattr(manager, "pools", None)
+        removals = getattr(held, "removals", None)  # read before the lookup: see below
+        if known is not None and known[0] is manager and known[1].pool is not None \
+                and removals == known[3]:
+            count = len(held)
+            if count < known[2]:
+                # The same pool manager, the pool not closed, the manager below its size
+                # and no pool taken out of it since (clear(), close()): no pool was
+                # evicted (urllib3 2.8 no longer closes an evicted pool) or forgotten, so
+                # the pool is still the one the manager would hand out.  A full manager
+                # is asked every time, which keeps its least-recently-used order true.
+                if count > 1:  # the memory keeps the order of use (see below)
+                    pools.pop(key, None)
+                    pools[key] = known
+                return known[1]
+        pool = _look_up_pool(self, request, verify, proxies, cert)
+        size = getattr(held, "_maxsize", None)  # a urllib3 PoolManager's (num_pools)
+        if isinstance(size, int) and isinstance(removals, int) \
+                and getattr(pool, "pool", None) is not None:
+            if len(held) >= size:
+                # Full: nothing is served from memory while it is, and the pools
+                # remembered may be ones it evicted (urllib3 2.8 does not close them):
+                # held here, they would keep their connections open beyond
+                # pool_connections.  Forgotten, as the manager forgot them.  On becoming
+                # full, the pools served from memory (not marked used in the manager)
+                # are marked used first, in the memory's order (the order of use), then
+                # the pool just looked up: the next host evicts the least recently used
+                # pool, not the one used most that the memory served.
+                if pools:
+                    mark_used = getattr(held, "mark_used", None)
+                    if mark_used is not None:
+                        mark_used([entry[1] for entry in list(pools.values())] + [pool])
+                    pools.clear()
+            else:
+                if len(pools) >= _PolicyFacts.NAMES:  # bounded, as the names of calls
+                    pools.clear()
+                # (A clear() after the count was read leaves the count behind: the
+                # pool, perhaps one the manager forgot, is then not served again.)
+                pools.pop(key, None)  # at the end: the memory's order is the order of use
+                pools[key] = (manager, pool, size, removals)
+        return pool
 
     def request_url(self, request: requests.PreparedRequest,
                     proxies: Any) -> str:

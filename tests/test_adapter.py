@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import gc
 import io
 import itertools
 import pickle
@@ -12,6 +13,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +118,248 @@ def test_a_retry_reuses_the_pool_of_the_failed_response(server: FaultServer) -> 
         url = seq(server, "503,ok")
         assert session.get(url).status_code == 200
         assert server.hits(route(url)) == 2 and len(looked_up) == 3
+
+
+@pytest.fixture
+def lookups() -> Iterator[list[tuple[str, Any]]]:
+    """Every pool lookup HTTPAdapter makes for the adapter: (URL, verify)."""
+    lookup = adapter_module._look_up_pool
+    if lookup is None:
+        pytest.skip("requests < 2.32.2 looks pools up in get_connection")
+    made: list[tuple[str, Any]] = []
+
+    def counting(self: Any, request: Any, verify: Any, *args: Any) -> Any:
+        made.append((request.url, verify))
+        return lookup(self, request, verify, *args)
+
+    with mock.patch.object(adapter_module, "_look_up_pool", counting):
+        yield made
+
+
+def test_a_pool_is_looked_up_once_per_url_and_tls_settings(
+        server: FaultServer, lookups: list[tuple[str, Any]]) -> None:
+    """Without proxies, a URL's pool is remembered per (URL, verify, cert): 20 GETs look it
+    up once and share one kept-alive connection; other TLS settings (verify=False, a CA
+    bundle path) get their own pool; after session.close() the pools are looked up again
+    and the next GET works on a new connection."""
+    session = smart_session(max_retries=1)
+    session.trust_env = False  # verify=True by default, whatever REQUESTS_CA_BUNDLE says
+    adapter = session.get_adapter("http://")
+    url = server.url("/ok")
+    for _ in range(20):
+        assert session.get(url).status_code == 200
+    assert server.hits("/ok") == 20 and len(lookups) == 1
+    assert server.open_connections() == 1
+    first = adapter.get_connection_with_tls_context(requests.Request("GET", url).prepare(),
+                                                    True)
+    for verify in (False, "/etc/ssl/certs/ca-certificates.crt", False):
+        assert session.get(url, verify=verify).status_code == 200
+    assert [v for _, v in lookups] == [True, False, "/etc/ssl/certs/ca-certificates.crt"]
+    other = adapter.get_connection_with_tls_context(requests.Request("GET", url).prepare(),
+                                                    False)
+    assert other is not first and len(lookups) == 3
+    session.close()
+    assert first.pool is None  # closed with the adapter
+    assert session.get(url).status_code == 200
+    assert len(lookups) == 4 and server.hits("/ok") == 24
+
+
+def test_requests_with_proxies_look_their_pool_up_every_time(
+        lookups: list[tuple[str, Any]]) -> None:
+    """With proxies (the session's or the environment's), the pool depends on them and on
+    NO_PROXY: asked every time, as HTTPAdapter does."""
+    adapter = SmartRetryAdapter()
+    request = requests.Request("GET", "http://127.0.0.1:9/ok").prepare()
+    proxies = {"http": f"http://127.0.0.1:{unused_port()}"}
+    for _ in range(3):
+        adapter.get_connection_with_tls_context(request, True, proxies)
+    assert len(lookups) == 3
+    adapter.close()
+
+
+def test_a_full_pool_manager_is_asked_every_time(lookups: list[tuple[str, Any]]) -> None:
+    """A pool manager holding as many pools as it may (pool_connections) evicts the least
+    recently used one for the next host, and urllib3 2.8 no longer closes it: the adapter
+    then asks the manager every time, so each request goes out on the pool the manager
+    holds for its host, never on an evicted one."""
+    with FaultServer() as one, FaultServer() as two:
+        session = requests.Session()
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=1)
+        session.mount("http://", adapter)
+        for _ in range(3):
+            for running in (one, two):
+                assert session.get(running.url("/ok")).status_code == 200
+                used = adapter.get_connection_with_tls_context(
+                    requests.Request("GET", running.url("/ok")).prepare(), True)
+                assert list(adapter.poolmanager.pools._container.values()) == [used]
+        assert one.hits("/ok") == 3 and two.hits("/ok") == 3
+        assert len(lookups) == 12  # each GET and each check above: the manager was asked
+        session.close()
+
+
+def test_a_pool_key_override_is_asked_for_every_request(server: FaultServer) -> None:
+    """A subclass that keys pools itself (build_connection_pool_key_attributes, requests'
+    extension point) is asked for every request: its key may depend on anything in it."""
+    if adapter_module._pool_key_attributes is None:
+        pytest.skip("requests < 2.32.2 has no build_connection_pool_key_attributes")
+    asked: list[str] = []
+
+    class Keyed(SmartRetryAdapter):
+        def build_connection_pool_key_attributes(self, request: Any, verify: Any,
+                                                 cert: Any = None) -> Any:
+            asked.append(request.url)
+            return super().build_connection_pool_key_attributes(request, verify, cert)
+
+    session = requests.Session()
+    session.mount("http://", Keyed(max_retries=0))
+    for _ in range(3):
+        assert session.get(server.url("/ok")).status_code == 200
+    assert len(asked) == 3
+    session.close()
+
+
+def test_an_unhashable_cert_fails_as_with_httpadapter() -> None:
+    """A client cert given as a list cannot key a pool: the lookup raises what
+    HTTPAdapter's raises (urllib3 cannot key it either), not an error of ours."""
+    request = requests.Request("GET", "http://127.0.0.1:9/ok").prepare()
+    with pytest.raises(Exception) as plain:
+        requests.adapters.HTTPAdapter().get_connection_with_tls_context(
+            request, True, None, ["cert.pem", "key.pem"])
+    with pytest.raises(type(plain.value)):
+        SmartRetryAdapter().get_connection_with_tls_context(
+            request, True, None, ["cert.pem", "key.pem"])
+
+
+def _open_at(servers: list[FaultServer], at_most: int, timeout: float = 5.0) -> int:
+    """The connections open at ``servers`` once at most ``at_most`` are (a connection the
+    client closed leaves a server's count when its thread reads the end), or after
+    ``timeout`` seconds."""
+    until = time.monotonic() + timeout
+    while True:
+        count = sum(each.open_connections() for each in servers)
+        if count <= at_most or time.monotonic() > until:
+            return count
+        time.sleep(0.02)
+
+
+def test_pools_the_manager_evicted_are_not_kept_alive_by_the_adapter() -> None:
+    """pool_connections bounds the pools (and so the idle connections) kept: a pool the
+    manager evicts (urllib3 2.8 does not close it) is not held by the adapter's memory of
+    pools either, so it goes away with its connection as it does with HTTPAdapter."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=1)
+        session.mount("http://", adapter)
+        used: list[weakref.ReferenceType[Any]] = []
+        for _ in range(3):
+            for running in servers:
+                response = session.get(running.url("/ok"))
+                assert response.status_code == 200
+                used.append(weakref.ref(response.raw._pool))
+                del response
+        gc.collect()
+        alive = {id(pool) for pool in (ref() for ref in used) if pool is not None}
+        assert alive == {id(pool) for pool in adapter.poolmanager.pools._container.values()}
+        assert _open_at(servers, 1) == 1
+        session.close()
+        assert _open_at(servers, 0) == 0
+    finally:
+        for running in servers:
+            running.stop()
+
+
+def test_a_new_pool_manager_lets_the_old_pools_go(server: FaultServer) -> None:
+    """adapter.init_poolmanager(...) called again (a user resizing the pools) replaces the
+    manager: the old manager's pools are not kept alive by the adapter."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    response = session.get(server.url("/ok"))
+    old = weakref.ref(response.raw._pool)
+    del response
+    adapter.init_poolmanager(4, 4)
+    gc.collect()
+    assert old() is None
+    response = session.get(server.url("/ok"))
+    assert response.raw._pool in adapter.poolmanager.pools._container.values()
+    session.close()
+
+
+def test_a_pool_looked_up_while_close_runs_is_not_served_afterwards(
+        server: FaultServer) -> None:
+    """A request of another thread looking its pool up while close() runs, after close()
+    took the pools to close and before the manager forgot them, gets a pool the manager
+    then drops: the adapter does not remember it, so later requests go out on the
+    manager's pools, and the next close() closes their connections (a response kept by
+    the caller included)."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    url = server.url("/ok")
+    manager = adapter.poolmanager
+    clear = manager.clear
+
+    def racing_clear() -> None:  # the other thread's request, at that moment
+        assert session.get(url).status_code == 200
+        clear()
+
+    with mock.patch.object(manager, "clear", racing_clear):
+        session.close()
+    kept = session.get(url)
+    assert kept.status_code == 200
+    assert kept.raw._pool in manager.pools._container.values()
+    session.close()
+    assert kept.raw._pool.pool is None
+    assert _open_at([server], 0) == 0
+
+
+
+def test_a_pool_manager_cleared_by_hand_is_asked_again(server: FaultServer) -> None:
+    """adapter.poolmanager.clear() (a forked child's way not to share the parent's
+    sockets) makes urllib3 2.8 forget its pools without closing them: the next request
+    goes out on a pool the manager holds, on a new connection, never on the forgotten
+    pool's kept-alive one."""
+    session = requests.Session()
+    session.trust_env = False
+    adapter = SmartRetryAdapter(max_retries=0)
+    session.mount("http://", adapter)
+    first = session.get(server.url("/ok"))
+    forgotten = first.raw._pool
+    adapter.poolmanager.clear()
+    second = session.get(server.url("/ok"))
+    assert second.raw._pool is not forgotten
+    assert second.raw._pool in adapter.poolmanager.pools._container.values()
+    assert server.open_connections() == 2  # the forgotten pool's connection was not used
+    forgotten.close()
+    session.close()
+    assert _open_at([server], 0) == 0
+
+
+
+def test_the_pool_used_last_is_evicted_last() -> None:
+    """Pools served from memory are not marked used in the pool manager; when it becomes
+    full, the next host evicts the least recently used pool all the same (as with
+    HTTPAdapter), not the one used most that the memory served."""
+    servers = [FaultServer().start() for _ in range(4)]
+    try:
+        hot, cold, third, fourth = servers
+        session = requests.Session()
+        session.trust_env = False
+        adapter = SmartRetryAdapter(max_retries=0, pool_connections=3)
+        session.mount("http://", adapter)
+        for running in (hot, cold, hot, hot, third, fourth):
+            assert session.get(running.url("/ok")).status_code == 200
+        kept = {pool.port for pool in adapter.poolmanager.pools._container.values()}
+        assert kept == {hot.port, third.port, fourth.port}
+        session.close()
+    finally:
+        for running in servers:
+            running.stop()
+
 
 
 def test_two_failures_return_the_last_response(server: FaultServer, sleeps: SleepRecorder) -> None:
