@@ -273,6 +273,11 @@ class _CountedPools(RecentlyUsedContainer[Any, Any]):
 
     removals = 0
 
+    def __len__(self) -> int:
+        # One read of the container's size, without the lock: the adapter asks it for
+        # every request it serves a remembered pool to.
+        return len(self._container)
+
     def clear(self) -> None:
         super().clear()
         self.removals += 1  # after: a lookup that read the count before is not trusted
@@ -617,7 +622,6 @@ class SmartRetryAdapter(HTTPAdapter):
         (they end on their last failure, given up as "closed").  As ``HTTPAdapter``'s, the
         adapter stays usable: a later call opens new connections."""
         self._closes += 1
-        self._pools_by_url = {}  # the pools below are closed (or forgotten): asked again
         # HTTPAdapter.close() clears the pool managers; a urllib3 whose PoolManager.clear()
         # forgets its pools without closing them (2.8) leaves their idle sockets open until
         # the garbage collector finds the pools (a failed response in a reference cycle
@@ -625,9 +629,10 @@ class SmartRetryAdapter(HTTPAdapter):
         managers = [self.poolmanager, *self.proxy_manager.values()]
         pools = [pool for manager in managers for pool in _pools_of(manager)]
         super().close()
-        # A request of another thread looking its pool up meanwhile (after the pools
-        # above were taken, before the manager forgot them) may have remembered a pool
-        # the manager no longer holds, which no close() would close: forgotten again.
+        # The pools remembered are closed below or forgotten by the manager: forgotten
+        # here too, after the manager, so that a pool another thread looked up meanwhile
+        # (after the pools above were taken, before the manager forgot them), which no
+        # close() would close, is not kept either.
         self._pools_by_url = {}
         for pool in pools:
             pool.close()
