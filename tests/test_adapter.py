@@ -90,36 +90,6 @@ def test_one_failure_is_retried_once(server: FaultServer, sleeps: SleepRecorder)
     assert sleeps.waits == [1.0]
 
 
-def test_a_retry_reuses_the_pool_of_the_failed_response(server: FaultServer) -> None:
-    """A retry after a 503 goes out on the pool that answered it, and when that pool was
-    closed before the retry (pools evicted), on a fresh one: the retry still succeeds."""
-    evicting: list[bool] = []
-
-    def evict_at_retry(event: Any) -> None:
-        if evicting and event.kind is EventKind.FAILURE:  # evicted and closed (as 1.26 does)
-            event.error.response.raw._pool.close()
-            adapter.poolmanager.clear()
-
-    session = smart_session(max_retries=1, hooks=[evict_at_retry])
-    adapter = session.get_adapter("http://")
-    looked_up: list[str] = []
-    lookup = adapter_module._look_up_pool
-    if lookup is None:
-        pytest.skip("requests < 2.32.2 looks pools up in get_connection")
-
-    def counting(self: Any, request: Any, *args: Any) -> Any:
-        looked_up.append(request.url)
-        return lookup(self, request, *args)
-
-    with mock.patch.object(adapter_module, "_look_up_pool", counting):
-        assert session.get(seq(server, "503,ok")).status_code == 200
-        assert len(looked_up) == 1  # the retry did not look its pool up again
-        evicting.append(True)
-        url = seq(server, "503,ok")
-        assert session.get(url).status_code == 200
-        assert server.hits(route(url)) == 2 and len(looked_up) == 3
-
-
 @pytest.fixture
 def lookups() -> Iterator[list[tuple[str, Any]]]:
     """Every pool lookup HTTPAdapter makes for the adapter: (URL, verify)."""
@@ -134,6 +104,27 @@ def lookups() -> Iterator[list[tuple[str, Any]]]:
 
     with mock.patch.object(adapter_module, "_look_up_pool", counting):
         yield made
+
+
+def test_a_retry_reuses_the_pool_of_the_failed_response(
+        server: FaultServer, lookups: list[tuple[str, Any]]) -> None:
+    """A retry after a 503 goes out on the pool that answered it, and when that pool was
+    closed before the retry (pools evicted), on a fresh one: the retry still succeeds."""
+    evicting: list[bool] = []
+
+    def evict_at_retry(event: Any) -> None:
+        if evicting and event.kind is EventKind.FAILURE:  # evicted and closed (as 1.26 does)
+            event.error.response.raw._pool.close()
+            adapter.poolmanager.clear()
+
+    session = smart_session(max_retries=1, hooks=[evict_at_retry])
+    adapter = session.get_adapter("http://")
+    assert session.get(seq(server, "503,ok")).status_code == 200
+    assert len(lookups) == 1  # the retry did not look its pool up again
+    evicting.append(True)
+    url = seq(server, "503,ok")
+    assert session.get(url).status_code == 200
+    assert server.hits(route(url)) == 2 and len(lookups) == 3
 
 
 def test_a_pool_is_looked_up_once_per_url_and_tls_settings(
